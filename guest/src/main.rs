@@ -1,0 +1,142 @@
+//! Papervisor's test guest: a small kernel that plays a Linux pseries guest.
+//! It runs at CPL0, where PVM emulates every instruction: keep loops short and
+//! never use SSE (see .cargo/config.toml).
+#![no_std]
+#![no_main]
+#![no_builtins]
+
+mod arch;
+mod console;
+mod cpu;
+mod fdt;
+mod hcall;
+mod mem;
+mod platform;
+mod rtas;
+mod shell;
+mod sync;
+
+use console::Line;
+use core::arch::global_asm;
+
+const BOOT_STACK_SIZE: usize = 32 * 1024;
+
+#[repr(C, align(16))]
+struct BootStack([u8; BOOT_STACK_SIZE]);
+
+static mut BOOT_STACK: BootStack = BootStack([0; BOOT_STACK_SIZE]);
+
+// The VMM enters here in long mode on identity-mapped memory, with the FDT
+// address in RDI (PAPR's r3) and this CPU's id in RSI.
+global_asm!(
+    r#"
+    .section .text.entry
+    .global _start
+    _start:
+        cli
+        lea rsp, [rip + {stack} + {size}]
+        xor ebp, ebp
+        call {main}
+    2:
+        hlt
+        jmp 2b
+    "#,
+    stack = sym BOOT_STACK,
+    size = const BOOT_STACK_SIZE,
+    main = sym kernel_main,
+);
+
+extern "C" fn kernel_main(fdt_address: u64, cpu_id: u64) -> ! {
+    let cpu_id = cpu_id as usize;
+    arch::init_idt();
+    arch::init_cpu(cpu_id);
+    let platform = match platform::probe(fdt_address) {
+        Ok(platform) => platform,
+        Err(platform::ProbeError::BadBlob) => fatal("no valid device tree"),
+        Err(platform::ProbeError::NoVty) => fatal("no /vdevice/vty in the device tree"),
+    };
+    console::set_termno(platform.vty_termno);
+    cpu::set_online(cpu_id, true);
+    banner(platform, cpu_id);
+    shell::run()
+}
+
+fn banner(platform: &platform::Platform, cpu_id: usize) {
+    Line::new()
+        .str("Papervisor test guest on cpu ")
+        .dec(cpu_id as u64)
+        .nl();
+    let mut line = Line::new();
+    line.str("cpus: ")
+        .dec(platform.present_count as u64)
+        .str(" present, ")
+        .dec(platform.threads_per_core as u64)
+        .str(" threads per core:");
+    for &id in &platform.present[..platform.present_count] {
+        line.str(" ").dec(id as u64);
+    }
+    line.nl();
+    drop(line);
+    Line::new()
+        .str("memory: ")
+        .dec(platform.memory_bytes >> 20)
+        .str(" MiB")
+        .nl();
+    Line::new()
+        .str("drcs: ")
+        .dec(platform.cpu_drcs as u64)
+        .str(" cpu, ")
+        .dec(platform.lmb_drcs as u64)
+        .str(" lmb")
+        .nl();
+    let mut line = Line::new();
+    let known = platform::RTAS_CALLS
+        .iter()
+        .filter(|name| platform.rtas_token(name).is_some())
+        .count();
+    line.str("rtas: ").dec(known as u64).str(" calls:");
+    for name in platform::RTAS_CALLS {
+        if let Some(token) = platform.rtas_token(name) {
+            line.str(" ").str(name).str("=").hex(token as u64);
+        }
+    }
+    line.nl();
+}
+
+/// Called by the interrupt stubs in `arch` with the saved frame.
+extern "C" fn interrupt_dispatch(frame: &arch::InterruptFrame) {
+    let vector = frame.vector as u8;
+    if vector < 32 {
+        Line::new()
+            .str("guest: exception ")
+            .dec(frame.vector)
+            .str(" error ")
+            .hex(frame.error_code)
+            .str(" at rip ")
+            .hex(frame.rip)
+            .nl();
+        fatal("unexpected exception");
+    }
+    // Device interrupts only wake the CPU; whoever waits polls its source.
+    arch::end_of_interrupt();
+}
+
+fn fatal(why: &str) -> ! {
+    Line::new().str("guest: fatal: ").str(why).nl();
+    arch::triple_fault()
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    let mut line = Line::new();
+    line.str("guest: panic");
+    if let Some(location) = info.location() {
+        line.str(" at ")
+            .str(location.file())
+            .str(":")
+            .dec(location.line() as u64);
+    }
+    line.nl();
+    drop(line);
+    arch::triple_fault()
+}

@@ -1,0 +1,72 @@
+//! RTAS calls, made the way Linux makes them: a big-endian `rtas_args` block
+//! whose address goes to the H_RTAS hypercall. Tokens come from `/rtas`.
+
+use crate::hcall::{hcall, H_RTAS, H_SUCCESS};
+use crate::platform;
+use crate::sync::SpinLock;
+
+const MAX_ARGS: usize = 16;
+
+#[repr(C)]
+struct RtasArgs {
+    token: u32,
+    nargs: u32,
+    nret: u32,
+    /// The arguments, then the return values, all big-endian.
+    cells: [u32; MAX_ARGS],
+}
+
+static ARGS: SpinLock<RtasArgs> = SpinLock::new(RtasArgs {
+    token: 0,
+    nargs: 0,
+    nret: 0,
+    cells: [0; MAX_ARGS],
+});
+
+pub enum RtasError {
+    /// The platform does not advertise this call in `/rtas`.
+    NoToken,
+    /// The hypercall itself failed (e.g. H_FUNCTION when RTAS is unavailable).
+    Hcall(i64),
+}
+
+pub struct RtasReturn {
+    pub status: i32,
+    /// rets[1..]: the outputs after the status.
+    pub out: [u32; MAX_ARGS],
+}
+
+/// Calls `name` with `args`, expecting `nret` return cells (status included).
+pub fn call(name: &str, args: &[u32], nret: usize) -> Result<RtasReturn, RtasError> {
+    let token = platform::get().rtas_token(name).ok_or(RtasError::NoToken)?;
+    call_token(token, args, nret)
+}
+
+pub fn call_token(token: u32, args: &[u32], nret: usize) -> Result<RtasReturn, RtasError> {
+    let mut block = ARGS.lock();
+    let nargs = args.len().min(MAX_ARGS);
+    let nret = nret.min(MAX_ARGS - nargs).max(1);
+    block.token = token.to_be();
+    block.nargs = (nargs as u32).to_be();
+    block.nret = (nret as u32).to_be();
+    for (cell, arg) in block.cells.iter_mut().zip(args) {
+        *cell = arg.to_be();
+    }
+    for cell in &mut block.cells[nargs..] {
+        *cell = 0;
+    }
+    let address = &*block as *const RtasArgs as u64;
+    let ret = hcall(H_RTAS, [address, 0, 0, 0, 0, 0]);
+    if ret.status != H_SUCCESS {
+        return Err(RtasError::Hcall(ret.status));
+    }
+    let rets = &block.cells[nargs..nargs + nret];
+    let mut out = [0u32; MAX_ARGS];
+    for (o, r) in out.iter_mut().zip(&rets[1..]) {
+        *o = u32::from_be(*r);
+    }
+    Ok(RtasReturn {
+        status: u32::from_be(rets[0]) as i32,
+        out,
+    })
+}

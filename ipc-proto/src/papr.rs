@@ -1,0 +1,220 @@
+//! PAPR platform facts shared by the core and the device processes.
+//!
+//! Values follow QEMU's sPAPR machine so that a pseries guest sees what it
+//! expects (see the design notes' PAPR reference, sections 1 to 4).
+
+/// Size of one logical memory block (LMB), the unit of memory hotplug.
+pub const LMB_SIZE: u64 = 256 << 20;
+
+/// Bits 31..28 of a DRC index hold the connector type.
+const DRC_INDEX_TYPE_SHIFT: u32 = 28;
+const DRC_INDEX_ID_MASK: u32 = (1 << DRC_INDEX_TYPE_SHIFT) - 1;
+
+/// The kinds of dynamic-reconfiguration connector Papervisor implements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DrcKind {
+    /// A CPU core; its id is the core's first vCPU id.
+    Cpu,
+    /// A 256 MiB logical memory block; its id is its guest address / LMB_SIZE.
+    Lmb,
+}
+
+impl DrcKind {
+    /// The value in bits 31..28 of the index.
+    pub const fn type_shift(self) -> u32 {
+        match self {
+            DrcKind::Cpu => 1,
+            DrcKind::Lmb => 8,
+        }
+    }
+
+    /// The string of `ibm,drc-types`.
+    pub const fn type_name(self) -> &'static str {
+        match self {
+            DrcKind::Cpu => "CPU",
+            DrcKind::Lmb => "MEM",
+        }
+    }
+
+    /// The prefix of the `ibm,drc-names` entries.
+    pub const fn name_prefix(self) -> &'static str {
+        match self {
+            DrcKind::Cpu => "CPU ",
+            DrcKind::Lmb => "LMB ",
+        }
+    }
+}
+
+/// A DRC index as the guest sees it: type in bits 31..28, id below.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DrcIndex(pub u32);
+
+impl DrcIndex {
+    /// The index of the connector of `kind` with `id`; `None` if `id` does not fit.
+    pub const fn new(kind: DrcKind, id: u32) -> Option<DrcIndex> {
+        if id > DRC_INDEX_ID_MASK {
+            return None;
+        }
+        Some(DrcIndex((kind.type_shift() << DRC_INDEX_TYPE_SHIFT) | id))
+    }
+
+    /// The connector type, if it is one Papervisor implements.
+    pub fn kind(self) -> Option<DrcKind> {
+        match self.0 >> DRC_INDEX_TYPE_SHIFT {
+            1 => Some(DrcKind::Cpu),
+            8 => Some(DrcKind::Lmb),
+            _ => None,
+        }
+    }
+
+    /// The id within its type.
+    pub const fn id(self) -> u32 {
+        self.0 & DRC_INDEX_ID_MASK
+    }
+
+    /// The `ibm,drc-names` entry, e.g. `CPU 8` or `LMB 4`.
+    pub fn name(self) -> Option<String> {
+        Some(format!("{}{}", self.kind()?.name_prefix(), self.id()))
+    }
+}
+
+/// The RTAS calls of the platform, each with the token QEMU gives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RtasCall {
+    /// Prints one character on the console.
+    DisplayCharacter,
+    /// Reads the real-time clock.
+    GetTimeOfDay,
+    /// Powers the machine off.
+    PowerOff,
+    /// Resets the machine.
+    SystemReboot,
+    /// Asks whether a CPU has stopped.
+    QueryCpuStoppedState,
+    /// Starts a stopped CPU at an address.
+    StartCpu,
+    /// Stops the calling CPU.
+    StopSelf,
+    /// Dequeues an event from the RTAS event log.
+    CheckException,
+    /// Periodic scan for events.
+    EventScan,
+    /// Sets a DRC indicator (isolation, allocation, DR indicator).
+    SetIndicator,
+    /// Reads a DRC sensor (entity sense).
+    GetSensorState,
+    /// Hands out the device-tree fragment of a DRC's device.
+    ConfigureConnector,
+    /// The OS reports that it terminated.
+    OsTerm,
+}
+
+impl RtasCall {
+    /// Every call the platform implements, for `/rtas` and dispatch.
+    pub const ALL: [RtasCall; 13] = [
+        RtasCall::DisplayCharacter,
+        RtasCall::GetTimeOfDay,
+        RtasCall::PowerOff,
+        RtasCall::SystemReboot,
+        RtasCall::QueryCpuStoppedState,
+        RtasCall::StartCpu,
+        RtasCall::StopSelf,
+        RtasCall::CheckException,
+        RtasCall::EventScan,
+        RtasCall::SetIndicator,
+        RtasCall::GetSensorState,
+        RtasCall::ConfigureConnector,
+        RtasCall::OsTerm,
+    ];
+
+    /// The token the guest passes in `rtas_args.token`.
+    pub const fn token(self) -> u32 {
+        match self {
+            RtasCall::DisplayCharacter => 0x2000,
+            RtasCall::GetTimeOfDay => 0x2001,
+            RtasCall::PowerOff => 0x2003,
+            RtasCall::SystemReboot => 0x2004,
+            RtasCall::QueryCpuStoppedState => 0x2005,
+            RtasCall::StartCpu => 0x2006,
+            RtasCall::StopSelf => 0x2007,
+            RtasCall::CheckException => 0x200e,
+            RtasCall::EventScan => 0x200f,
+            RtasCall::SetIndicator => 0x201a,
+            RtasCall::GetSensorState => 0x201d,
+            RtasCall::ConfigureConnector => 0x201e,
+            RtasCall::OsTerm => 0x201f,
+        }
+    }
+
+    /// The property name under `/rtas`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            RtasCall::DisplayCharacter => "display-character",
+            RtasCall::GetTimeOfDay => "get-time-of-day",
+            RtasCall::PowerOff => "power-off",
+            RtasCall::SystemReboot => "system-reboot",
+            RtasCall::QueryCpuStoppedState => "query-cpu-stopped-state",
+            RtasCall::StartCpu => "start-cpu",
+            RtasCall::StopSelf => "stop-self",
+            RtasCall::CheckException => "check-exception",
+            RtasCall::EventScan => "event-scan",
+            RtasCall::SetIndicator => "set-indicator",
+            RtasCall::GetSensorState => "get-sensor-state",
+            RtasCall::ConfigureConnector => "ibm,configure-connector",
+            RtasCall::OsTerm => "ibm,os-term",
+        }
+    }
+
+    /// The call a token names, if any.
+    pub fn from_token(token: u32) -> Option<RtasCall> {
+        RtasCall::ALL.into_iter().find(|call| call.token() == token)
+    }
+}
+
+/// PAPR interrupt source numbers (QEMU's fixed numbers for the event sources).
+pub mod irq {
+    /// Environmental and power warnings (EPOW) event source.
+    pub const EPOW: u32 = 0x1000;
+    /// Hot-plug event source.
+    pub const HOTPLUG: u32 = 0x1001;
+    /// The console (vty) input interrupt.
+    pub const VTY: u32 = 0x1002;
+    /// First source number; on x86 source `BASE + n` is delivered on vector
+    /// `X86_VECTOR_BASE + n`.
+    pub const BASE: u32 = 0x1000;
+    /// The x86 vector of source `BASE`.
+    pub const X86_VECTOR_BASE: u32 = 0x30;
+
+    /// The x86 vector a source is delivered on.
+    pub const fn x86_vector(source: u32) -> u32 {
+        X86_VECTOR_BASE + (source - BASE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drc_index_encodes_type_in_top_nibble() {
+        let cpu = DrcIndex::new(DrcKind::Cpu, 8).unwrap();
+        assert_eq!(cpu.0, 0x1000_0008);
+        assert_eq!(cpu.kind(), Some(DrcKind::Cpu));
+        assert_eq!(cpu.id(), 8);
+        assert_eq!(cpu.name().as_deref(), Some("CPU 8"));
+        let lmb = DrcIndex::new(DrcKind::Lmb, 4).unwrap();
+        assert_eq!(lmb.0, 0x8000_0004);
+        assert_eq!(lmb.name().as_deref(), Some("LMB 4"));
+        assert_eq!(DrcIndex::new(DrcKind::Lmb, 1 << 28), None);
+        assert_eq!(DrcIndex(0x2000_0001).kind(), None);
+    }
+
+    #[test]
+    fn rtas_tokens_are_unique_and_round_trip() {
+        for call in RtasCall::ALL {
+            assert_eq!(RtasCall::from_token(call.token()), Some(call));
+        }
+        assert_eq!(RtasCall::from_token(0x2002), None);
+        assert_eq!(RtasCall::SetIndicator.token(), 0x201a);
+    }
+}

@@ -1,0 +1,323 @@
+//! The command line, validated into a [`VmConfig`] before anything starts.
+
+use clap::Parser;
+use ipc_proto::papr::LMB_SIZE;
+use std::path::PathBuf;
+use thiserror::Error;
+
+/// Largest boot RAM: x86 keeps 3 GiB..4 GiB for the APIC and other MMIO.
+pub const MAX_BOOT_RAM: u64 = 3 << 30;
+/// PAPR's limit on DIMM slots (QEMU's SPAPR_MAX_RAM_SLOTS).
+pub const MAX_MEMORY_SLOTS: u32 = 32;
+/// The guest's CPU table and the FDT ids assume at most this many vCPUs.
+pub const MAX_VCPUS: u32 = 64;
+pub const MAX_THREADS_PER_CORE: u32 = 8;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "papervisor",
+    version,
+    about = "A multi-process VMM for the PAPR (pseries) platform on KVM"
+)]
+pub struct Cli {
+    /// CPU topology: cpus=N[,maxcpus=M][,threads=T]. A core is T vCPUs.
+    #[arg(long, default_value = "cpus=1", value_parser = SmpConfig::parse)]
+    pub smp: SmpConfig,
+    /// Memory: size=S[,maxmem=M][,slots=N]; sizes take K/M/G/T suffixes and are multiples of 256M.
+    #[arg(long, default_value = "size=512M", value_parser = MemoryConfig::parse)]
+    pub memory: MemoryConfig,
+    /// Path of the QMP Unix socket to serve.
+    #[arg(long, value_name = "PATH")]
+    pub qmp: Option<PathBuf>,
+    /// Where the guest console goes: `stdio`, or the path of a Unix socket to serve.
+    #[arg(long, default_value = "stdio", value_parser = ConsoleConfig::parse)]
+    pub console: ConsoleConfig,
+    /// Guest kernel ELF; the built-in test guest when absent.
+    #[arg(long, value_name = "ELF")]
+    pub guest: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SmpConfig {
+    /// vCPUs present at boot.
+    pub cpus: u32,
+    /// vCPUs the machine can ever have.
+    pub max_cpus: u32,
+    pub threads_per_core: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryConfig {
+    pub size: u64,
+    pub max_size: u64,
+    pub slots: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConsoleConfig {
+    Stdio,
+    Socket(PathBuf),
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("'{0}' is not key=value")]
+    NotKeyValue(String),
+    #[error("unknown key '{key}' (expected one of: {expected})")]
+    UnknownKey { key: String, expected: String },
+    #[error("'{key}' is given twice")]
+    DuplicateKey { key: String },
+    #[error("'{key}' is required")]
+    MissingKey { key: &'static str },
+    #[error("{key}={value} is not a number")]
+    NotANumber { key: String, value: String },
+    #[error("{key}={value} is not a size (like 512M or 4G)")]
+    NotASize { key: String, value: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Splits `a=1,b=2` into pairs, accepting each key of `allowed` at most once.
+fn key_values<'a>(
+    text: &'a str,
+    allowed: &'static [&'static str],
+) -> Result<Vec<(&'a str, &'a str)>, ConfigError> {
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    for item in text.split(',') {
+        let (key, value) = item
+            .split_once('=')
+            .ok_or_else(|| ConfigError::NotKeyValue(item.to_string()))?;
+        if !allowed.contains(&key) {
+            return Err(ConfigError::UnknownKey {
+                key: key.to_string(),
+                expected: allowed.join(", "),
+            });
+        }
+        if pairs.iter().any(|(k, _)| *k == key) {
+            return Err(ConfigError::DuplicateKey {
+                key: key.to_string(),
+            });
+        }
+        pairs.push((key, value));
+    }
+    Ok(pairs)
+}
+
+fn lookup<'a>(pairs: &[(&str, &'a str)], key: &str) -> Option<&'a str> {
+    pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+}
+
+fn parse_number(key: &str, value: &str) -> Result<u32, ConfigError> {
+    value.parse().map_err(|_| ConfigError::NotANumber {
+        key: key.to_string(),
+        value: value.to_string(),
+    })
+}
+
+/// Parses `512M`, `4G`, `1073741824`; a bare number is bytes.
+pub fn parse_size(key: &str, value: &str) -> Result<u64, ConfigError> {
+    let bad = || ConfigError::NotASize {
+        key: key.to_string(),
+        value: value.to_string(),
+    };
+    let (digits, shift) = match value.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&value[..i], 10),
+        Some((i, 'M' | 'm')) => (&value[..i], 20),
+        Some((i, 'G' | 'g')) => (&value[..i], 30),
+        Some((i, 'T' | 't')) => (&value[..i], 40),
+        _ => (value, 0),
+    };
+    let number: u64 = digits.parse().map_err(|_| bad())?;
+    number.checked_mul(1u64 << shift).ok_or_else(bad)
+}
+
+fn format_size(bytes: u64) -> String {
+    match bytes {
+        b if b != 0 && b % (1 << 30) == 0 => format!("{}G", b >> 30),
+        b if b != 0 && b % (1 << 20) == 0 => format!("{}M", b >> 20),
+        b => format!("{b}"),
+    }
+}
+
+impl SmpConfig {
+    pub fn parse(text: &str) -> Result<SmpConfig, ConfigError> {
+        let pairs = key_values(text, &["cpus", "maxcpus", "threads"])?;
+        let number = |key| lookup(&pairs, key).map(|v| parse_number(key, v)).transpose();
+        let cpus = number("cpus")?.ok_or(ConfigError::MissingKey { key: "cpus" })?;
+        let threads = number("threads")?.unwrap_or(1);
+        let max_cpus = number("maxcpus")?.unwrap_or(cpus);
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        if !(1..=MAX_THREADS_PER_CORE).contains(&threads) {
+            return invalid(format!(
+                "threads={threads} is out of range (1..={MAX_THREADS_PER_CORE})"
+            ));
+        }
+        if cpus == 0 {
+            return invalid("cpus=0: at least one vCPU is needed".into());
+        }
+        if max_cpus < cpus {
+            return invalid(format!("maxcpus={max_cpus} is less than cpus={cpus}"));
+        }
+        if max_cpus > MAX_VCPUS {
+            return invalid(format!("maxcpus={max_cpus} is above the limit of {MAX_VCPUS}"));
+        }
+        if cpus % threads != 0 {
+            return invalid(format!(
+                "cpus={cpus} is not a multiple of threads={threads} (cores are plugged whole)"
+            ));
+        }
+        if max_cpus % threads != 0 {
+            return invalid(format!(
+                "maxcpus={max_cpus} is not a multiple of threads={threads} (cores are plugged whole)"
+            ));
+        }
+        Ok(SmpConfig {
+            cpus,
+            max_cpus,
+            threads_per_core: threads,
+        })
+    }
+
+    pub fn boot_cores(&self) -> u32 {
+        self.cpus / self.threads_per_core
+    }
+
+    pub fn max_cores(&self) -> u32 {
+        self.max_cpus / self.threads_per_core
+    }
+}
+
+impl MemoryConfig {
+    pub fn parse(text: &str) -> Result<MemoryConfig, ConfigError> {
+        let pairs = key_values(text, &["size", "maxmem", "slots"])?;
+        let size_of = |key| lookup(&pairs, key).map(|v| parse_size(key, v)).transpose();
+        let size = size_of("size")?.ok_or(ConfigError::MissingKey { key: "size" })?;
+        let max_size = size_of("maxmem")?.unwrap_or(size);
+        let slots = lookup(&pairs, "slots")
+            .map(|v| parse_number("slots", v))
+            .transpose()?
+            .unwrap_or(0);
+        let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+        for (key, bytes) in [("size", size), ("maxmem", max_size)] {
+            if bytes == 0 || bytes % LMB_SIZE != 0 {
+                return invalid(format!(
+                    "{key}={} is not a non-zero multiple of 256M",
+                    format_size(bytes)
+                ));
+            }
+        }
+        if size > MAX_BOOT_RAM {
+            return invalid(format!(
+                "size={} is above {} (the x86 MMIO hole starts there)",
+                format_size(size),
+                format_size(MAX_BOOT_RAM)
+            ));
+        }
+        if max_size < size {
+            return invalid(format!(
+                "maxmem={} is less than size={}",
+                format_size(max_size),
+                format_size(size)
+            ));
+        }
+        if slots > MAX_MEMORY_SLOTS {
+            return invalid(format!(
+                "slots={slots} is above the limit of {MAX_MEMORY_SLOTS}"
+            ));
+        }
+        if max_size > size && slots == 0 {
+            return invalid(format!(
+                "maxmem={} leaves room for DIMMs but slots=0",
+                format_size(max_size)
+            ));
+        }
+        Ok(MemoryConfig {
+            size,
+            max_size,
+            slots,
+        })
+    }
+}
+
+impl ConsoleConfig {
+    pub fn parse(text: &str) -> Result<ConsoleConfig, ConfigError> {
+        match text {
+            "stdio" => Ok(ConsoleConfig::Stdio),
+            "" => Err(ConfigError::Invalid("the console path is empty".into())),
+            path => Ok(ConsoleConfig::Socket(PathBuf::from(path))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smp_accepts_qemu_style_topology() {
+        assert_eq!(
+            SmpConfig::parse("cpus=2,maxcpus=4").unwrap(),
+            SmpConfig {
+                cpus: 2,
+                max_cpus: 4,
+                threads_per_core: 1
+            }
+        );
+        let smt = SmpConfig::parse("cpus=4,maxcpus=8,threads=2").unwrap();
+        assert_eq!((smt.boot_cores(), smt.max_cores()), (2, 4));
+        assert_eq!(SmpConfig::parse("cpus=3").unwrap().max_cpus, 3);
+    }
+
+    #[test]
+    fn smp_rejects_bad_values_naming_them() {
+        let cases = [
+            ("cpus=0", "cpus=0"),
+            ("cpus=2,maxcpus=1", "maxcpus=1"),
+            ("cpus=2,threads=9", "threads=9"),
+            ("cpus=2,threads=0", "threads=0"),
+            ("cpus=3,threads=2", "cpus=3"),
+            ("cpus=2,maxcpus=5,threads=2", "maxcpus=5"),
+            ("cpus=x", "cpus=x"),
+            ("cpus=1,sockets=2", "sockets"),
+            ("maxcpus=2", "cpus"),
+            ("cpus=1,cpus=2", "cpus"),
+            ("cpus", "cpus"),
+            ("cpus=1,maxcpus=65", "maxcpus=65"),
+        ];
+        for (text, named) in cases {
+            let error = SmpConfig::parse(text).unwrap_err().to_string();
+            assert!(error.contains(named), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn memory_sizes_are_lmb_multiples() {
+        let m = MemoryConfig::parse("size=512M,maxmem=4G,slots=8").unwrap();
+        assert_eq!((m.size, m.max_size, m.slots), (512 << 20, 4 << 30, 8));
+        let cases = [
+            ("size=100M", "size=100M"),
+            ("size=512M,maxmem=1000M", "maxmem=1000M"),
+            ("size=1G,maxmem=512M", "maxmem=512M"),
+            ("size=512M,maxmem=4G", "slots=0"),
+            ("size=512M,slots=33", "slots=33"),
+            ("size=4G", "size=4G"),
+            ("size=lots", "size=lots"),
+            ("size=0", "size=0"),
+            ("size=99999999999999T", "size=99999999999999T"),
+            ("maxmem=1G", "size"),
+        ];
+        for (text, named) in cases {
+            let error = MemoryConfig::parse(text).unwrap_err().to_string();
+            assert!(error.contains(named), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn sizes_parse_with_suffixes() {
+        assert_eq!(parse_size("s", "256M"), Ok(256 << 20));
+        assert_eq!(parse_size("s", "2g"), Ok(2 << 30));
+        assert_eq!(parse_size("s", "1024"), Ok(1024));
+        assert!(parse_size("s", "M").is_err());
+        assert!(parse_size("s", "-1G").is_err());
+    }
+}

@@ -1,0 +1,297 @@
+//! The guest console (the PAPR vty): a bounded input queue filled from stdio or
+//! a Unix socket, and output to the same place. New input after the guest found
+//! the queue empty raises the vty interrupt, so the guest can sleep meanwhile.
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
+use std::time::Duration;
+use thiserror::Error;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Input waiting for the guest; a writer blocks (nothing is dropped) when full.
+const INPUT_CAPACITY: usize = 4096;
+/// Output kept while no socket client is connected, so that the banner printed
+/// before a client connects still reaches it; the oldest bytes go first.
+const BACKLOG_CAPACITY: usize = 256 * 1024;
+/// A client that does not read for this long is disconnected.
+const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// H_GET_TERM_CHAR returns at most 16 bytes.
+pub const MAX_READ: usize = 16;
+
+#[derive(Debug, Error)]
+pub enum ConsoleError {
+    #[error("cannot serve the console on {path}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the console thread")]
+    Thread(#[source] std::io::Error),
+}
+
+enum Sink {
+    Stdout,
+    Socket {
+        client: Option<UnixStream>,
+        backlog: VecDeque<u8>,
+    },
+}
+
+struct Input {
+    queue: VecDeque<u8>,
+    /// The guest found the queue empty and may be asleep waiting for input.
+    guest_waiting: bool,
+}
+
+pub struct Console {
+    input: Mutex<Input>,
+    space: Condvar,
+    sink: Mutex<Sink>,
+    interrupt: EventFd,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking console thread must not take the guest console down with it.
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Console {
+    fn new(sink: Sink, interrupt: EventFd) -> Arc<Console> {
+        Arc::new(Console {
+            input: Mutex::new(Input {
+                queue: VecDeque::new(),
+                guest_waiting: true,
+            }),
+            space: Condvar::new(),
+            sink: Mutex::new(sink),
+            interrupt,
+        })
+    }
+
+    /// A console on the process's stdin and stdout.
+    pub fn stdio(interrupt: EventFd) -> Result<Arc<Console>, ConsoleError> {
+        let console = Console::new(Sink::Stdout, interrupt);
+        let reader = Arc::clone(&console);
+        thread::Builder::new()
+            .name("console-stdin".into())
+            .spawn(move || reader.pump(std::io::stdin().lock()))
+            .map_err(ConsoleError::Thread)?;
+        Ok(console)
+    }
+
+    /// A console served on a Unix socket at `path`: one client at a time, a
+    /// new client replaces the previous one.
+    pub fn socket(path: &Path, interrupt: EventFd) -> Result<Arc<Console>, ConsoleError> {
+        let bind_error = |source| ConsoleError::Bind {
+            path: path.to_path_buf(),
+            source,
+        };
+        let listener = UnixListener::bind(path).map_err(bind_error)?;
+        let console = Console::new(
+            Sink::Socket {
+                client: None,
+                backlog: VecDeque::new(),
+            },
+            interrupt,
+        );
+        let acceptor = Arc::clone(&console);
+        thread::Builder::new()
+            .name("console-accept".into())
+            .spawn(move || acceptor.accept_loop(listener))
+            .map_err(ConsoleError::Thread)?;
+        Ok(console)
+    }
+
+    fn accept_loop(self: Arc<Self>, listener: UnixListener) {
+        for stream in listener.incoming() {
+            let stream = match stream {
+                Ok(stream) => stream,
+                Err(error) => {
+                    log::warn!("console: accept failed: {error}");
+                    continue;
+                }
+            };
+            if let Err(error) = self.attach_client(&stream) {
+                log::warn!("console: cannot set up client: {error}");
+                continue;
+            }
+            log::info!("console: client connected");
+            let reader = Arc::clone(&self);
+            let spawned = thread::Builder::new()
+                .name("console-client".into())
+                .spawn(move || reader.pump(stream));
+            if let Err(error) = spawned {
+                log::warn!("console: cannot start client reader: {error}");
+            }
+        }
+    }
+
+    fn attach_client(&self, stream: &UnixStream) -> std::io::Result<()> {
+        let mut writer = stream.try_clone()?;
+        writer.set_write_timeout(Some(CLIENT_WRITE_TIMEOUT))?;
+        let mut sink = lock(&self.sink);
+        if let Sink::Socket { client, backlog } = &mut *sink {
+            let (first, second) = backlog.as_slices();
+            writer.write_all(first)?;
+            writer.write_all(second)?;
+            backlog.clear();
+            *client = Some(writer);
+        }
+        Ok(())
+    }
+
+    /// Moves bytes from `source` to the guest's input queue until EOF.
+    fn pump(&self, mut source: impl Read) {
+        let mut buf = [0u8; 512];
+        loop {
+            match source.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => self.push_input(&buf[..n]),
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    log::debug!("console: input closed: {error}");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Queues input for the guest, waiting for room when the queue is full.
+    pub fn push_input(&self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let mut input = lock(&self.input);
+            while input.queue.len() >= INPUT_CAPACITY {
+                input = self
+                    .space
+                    .wait(input)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+            let room = INPUT_CAPACITY - input.queue.len();
+            let (now, later) = bytes.split_at(room.min(bytes.len()));
+            input.queue.extend(now);
+            bytes = later;
+            if std::mem::take(&mut input.guest_waiting) {
+                if let Err(error) = self.interrupt.write(1) {
+                    log::warn!("console: cannot raise the vty interrupt: {error}");
+                }
+            }
+        }
+    }
+
+    /// H_GET_TERM_CHAR: up to 16 bytes of input. Finding the queue empty arms
+    /// the interrupt for the next input.
+    pub fn read(&self, out: &mut [u8; MAX_READ]) -> usize {
+        let mut input = lock(&self.input);
+        let n = input.queue.len().min(MAX_READ);
+        for (slot, byte) in out.iter_mut().zip(input.queue.drain(..n)) {
+            *slot = byte;
+        }
+        if input.queue.is_empty() {
+            input.guest_waiting = true;
+        }
+        drop(input);
+        self.space.notify_all();
+        n
+    }
+
+    /// H_PUT_TERM_CHAR and display-character.
+    pub fn write(&self, bytes: &[u8]) {
+        let mut sink = lock(&self.sink);
+        match &mut *sink {
+            Sink::Stdout => {
+                let mut stdout = std::io::stdout().lock();
+                // A closed stdout must not stop the guest; the bytes have nowhere to go.
+                let _ = stdout.write_all(bytes).and_then(|()| stdout.flush());
+            }
+            Sink::Socket { client, backlog } => {
+                if let Some(stream) = client {
+                    if let Err(error) = stream.write_all(bytes) {
+                        log::info!("console: client gone ({error}); keeping output until the next one");
+                        *client = None;
+                    } else {
+                        return;
+                    }
+                }
+                backlog.extend(bytes);
+                let excess = backlog.len().saturating_sub(BACKLOG_CAPACITY);
+                backlog.drain(..excess);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmm_sys_util::eventfd::EFD_NONBLOCK;
+
+    fn console() -> Arc<Console> {
+        Console::new(
+            Sink::Socket {
+                client: None,
+                backlog: VecDeque::new(),
+            },
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+        )
+    }
+
+    #[test]
+    fn interrupt_fires_only_when_the_guest_found_the_queue_empty() {
+        let c = console();
+        c.push_input(b"ab");
+        assert_eq!(c.interrupt.read().unwrap(), 1);
+        c.push_input(b"cd");
+        assert!(c.interrupt.read().is_err(), "no second interrupt before the guest read");
+        let mut out = [0u8; MAX_READ];
+        assert_eq!(c.read(&mut out), 4);
+        assert_eq!(&out[..4], b"abcd");
+        c.push_input(b"e");
+        assert_eq!(c.interrupt.read().unwrap(), 1);
+    }
+
+    #[test]
+    fn reads_are_at_most_sixteen_bytes_and_keep_order() {
+        let c = console();
+        c.push_input(b"0123456789abcdefXYZ");
+        let mut out = [0u8; MAX_READ];
+        assert_eq!(c.read(&mut out), 16);
+        assert_eq!(&out, b"0123456789abcdef");
+        assert_eq!(c.read(&mut out), 3);
+        assert_eq!(&out[..3], b"XYZ");
+        assert_eq!(c.read(&mut out), 0);
+    }
+
+    #[test]
+    fn a_full_queue_blocks_the_writer_instead_of_dropping() {
+        let c = console();
+        let writer = {
+            let c = Arc::clone(&c);
+            thread::spawn(move || c.push_input(&[b'x'; INPUT_CAPACITY + 100]))
+        };
+        let mut total = 0;
+        let mut out = [0u8; MAX_READ];
+        while total < INPUT_CAPACITY + 100 {
+            total += c.read(&mut out);
+            thread::yield_now();
+        }
+        writer.join().unwrap();
+        assert_eq!(total, INPUT_CAPACITY + 100);
+    }
+
+    #[test]
+    fn output_waits_for_a_client_in_a_bounded_backlog() {
+        let c = console();
+        c.write(b"banner\n");
+        c.write(&vec![b'y'; BACKLOG_CAPACITY]);
+        let Sink::Socket { backlog, .. } = &*lock(&c.sink) else {
+            unreachable!()
+        };
+        assert_eq!(backlog.len(), BACKLOG_CAPACITY);
+        assert!(backlog.iter().all(|&b| b == b'y'));
+    }
+}

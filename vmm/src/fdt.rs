@@ -1,0 +1,444 @@
+//! The flattened device tree the guest boots from: how a pseries guest learns
+//! the machine (CPUs and their DRCs, memory and LMB DRCs, RTAS, event sources).
+
+use crate::config::SmpConfig;
+use crate::layout::MemoryLayout;
+use ipc_proto::papr::{irq, DrcIndex, DrcKind, RtasCall, LMB_SIZE};
+use thiserror::Error;
+use vm_fdt::FdtWriter;
+
+/// The vty's `reg`: the terminal number the console hcalls name.
+pub const VTY_TERMNO: u32 = 0x3000_0000;
+pub const VTY_PATH: &str = "/vdevice/vty@30000000";
+
+/// `ibm,dynamic-memory-v2` flags (the numbers Linux's drmem uses).
+const LMB_RESERVED: u32 = 0x80;
+const LMB_DRC_INVALID: u32 = 0x20;
+const NO_ASSOCIATIVITY: u32 = 0xffff_ffff;
+/// `ibm,drc-power-domains`: -1, live insertion (power managed automatically).
+const LIVE_INSERTION: u32 = 0xffff_ffff;
+const RTAS_ERROR_LOG_MAX: u32 = 2048;
+
+#[derive(Debug, Error)]
+pub enum FdtError {
+    #[error("cannot write the device tree")]
+    Writer(#[from] vm_fdt::Error),
+    #[error("cannot rename node {0} in the written tree")]
+    Rename(String),
+    #[error("DRC id {0} does not fit in a DRC index")]
+    DrcId(u32),
+}
+
+/// What the tree describes.
+pub struct MachineDescription<'a> {
+    pub smp: &'a SmpConfig,
+    pub layout: &'a MemoryLayout,
+    /// Indices (0-based) of the cores present now.
+    pub present_cores: &'a [u32],
+}
+
+impl MachineDescription<'_> {
+    /// The CPU DRC of core `core`: its id is the core's first vCPU id (QEMU's
+    /// core-id, with one vCPU id per thread).
+    pub fn core_drc(&self, core: u32) -> Result<DrcIndex, FdtError> {
+        let id = core * self.smp.threads_per_core;
+        DrcIndex::new(DrcKind::Cpu, id).ok_or(FdtError::DrcId(id))
+    }
+
+    fn cpu_drcs(&self) -> Result<Vec<DrcIndex>, FdtError> {
+        (0..self.smp.max_cores()).map(|core| self.core_drc(core)).collect()
+    }
+
+    fn lmb_drcs(&self) -> Result<Vec<DrcIndex>, FdtError> {
+        let first = self.layout.device_memory_start / LMB_SIZE;
+        let last = self.layout.device_memory_end / LMB_SIZE;
+        (first..last)
+            .map(|id| DrcIndex::new(DrcKind::Lmb, id as u32).ok_or(FdtError::DrcId(id as u32)))
+            .collect()
+    }
+}
+
+/// The four `ibm,drc-*` arrays, each a count followed by one element per DRC.
+fn write_drc_arrays(fdt: &mut FdtWriter, drcs: &[DrcIndex]) -> Result<(), FdtError> {
+    let count = drcs.len() as u32;
+    let mut indexes = vec![count];
+    indexes.extend(drcs.iter().map(|drc| drc.0));
+    fdt.property_array_u32("ibm,drc-indexes", &indexes)?;
+    let mut domains = vec![count];
+    domains.extend(drcs.iter().map(|_| LIVE_INSERTION));
+    fdt.property_array_u32("ibm,drc-power-domains", &domains)?;
+    let strings = |f: &dyn Fn(&DrcIndex) -> String| {
+        let mut bytes = count.to_be_bytes().to_vec();
+        for drc in drcs {
+            bytes.extend_from_slice(f(drc).as_bytes());
+            bytes.push(0);
+        }
+        bytes
+    };
+    let names = strings(&|drc| drc.name().unwrap_or_default());
+    fdt.property("ibm,drc-names", &names)?;
+    let types = strings(&|drc| {
+        drc.kind()
+            .map(|kind| kind.type_name().to_string())
+            .unwrap_or_default()
+    });
+    fdt.property("ibm,drc-types", &types)?;
+    Ok(())
+}
+
+/// The `/cpus` child for core `core` (also the configure-connector fragment later).
+pub fn write_core_node(
+    fdt: &mut FdtWriter,
+    machine: &MachineDescription,
+    core: u32,
+) -> Result<(), FdtError> {
+    let threads = machine.smp.threads_per_core;
+    let first = core * threads;
+    let node = fdt.begin_node(&format!("cpu@{first:x}"))?;
+    fdt.property_string("device_type", "cpu")?;
+    fdt.property_u32("reg", first)?;
+    fdt.property_u32("ibm,my-drc-index", machine.core_drc(core)?.0)?;
+    let servers: Vec<u32> = (first..first + threads).collect();
+    fdt.property_array_u32("ibm,ppc-interrupt-server#s", &servers)?;
+    fdt.end_node(node)?;
+    Ok(())
+}
+
+pub fn build(machine: &MachineDescription) -> Result<Vec<u8>, FdtError> {
+    let layout = machine.layout;
+    let mut fdt = FdtWriter::new()?;
+    let root = fdt.begin_node("")?;
+    fdt.property_string("compatible", "papervisor,pseries")?;
+    fdt.property_string("model", "papervisor")?;
+    fdt.property_string("device_type", "chrp")?;
+    fdt.property_u32("#address-cells", 2)?;
+    fdt.property_u32("#size-cells", 2)?;
+    let lmb_drcs = machine.lmb_drcs()?;
+    write_drc_arrays(&mut fdt, &lmb_drcs)?;
+
+    let chosen = fdt.begin_node("chosen")?;
+    fdt.property_string("stdout-path", VTY_PATH)?;
+    fdt.property_string("bootargs", "")?;
+    fdt.end_node(chosen)?;
+
+    let memory = fdt.begin_node("memory@0")?;
+    fdt.property_string("device_type", "memory")?;
+    fdt.property_array_u64("reg", &[0, layout.boot_ram])?;
+    fdt.end_node(memory)?;
+
+    let cpus = fdt.begin_node("cpus")?;
+    fdt.property_u32("#address-cells", 1)?;
+    fdt.property_u32("#size-cells", 0)?;
+    write_drc_arrays(&mut fdt, &machine.cpu_drcs()?)?;
+    for &core in machine.present_cores {
+        write_core_node(&mut fdt, machine, core)?;
+    }
+    fdt.end_node(cpus)?;
+
+    let rtas = fdt.begin_node("rtas")?;
+    for call in RtasCall::ALL {
+        fdt.property_u32(call.name(), call.token())?;
+    }
+    fdt.property_u32("rtas-error-log-max", RTAS_ERROR_LOG_MAX)?;
+    fdt.property_u32("rtas-event-scan-rate", 1)?;
+    fdt.property_null("ibm,extended-os-term")?;
+    let max_address = layout.device_memory_end;
+    fdt.property_array_u32(
+        "ibm,lrdr-capacity",
+        &[
+            (max_address >> 32) as u32,
+            max_address as u32,
+            (LMB_SIZE >> 32) as u32,
+            LMB_SIZE as u32,
+            machine.smp.max_cores(),
+        ],
+    )?;
+    fdt.end_node(rtas)?;
+
+    let sources = fdt.begin_node("event-sources")?;
+    fdt.property_null("interrupt-controller")?;
+    fdt.property_u32("#interrupt-cells", 2)?;
+    fdt.property_array_u32("interrupt-ranges", &[irq::EPOW, 1, irq::HOTPLUG, 1])?;
+    for (name, source) in [("epow-events", irq::EPOW), ("hot-plug-events", irq::HOTPLUG)] {
+        let node = fdt.begin_node(name)?;
+        fdt.property_array_u32("interrupts", &[source, 0])?;
+        fdt.end_node(node)?;
+    }
+    fdt.end_node(sources)?;
+
+    let vdevice = fdt.begin_node("vdevice")?;
+    fdt.property_string("device_type", "vdevice")?;
+    fdt.property_string("compatible", "IBM,vdevice")?;
+    fdt.property_u32("#address-cells", 1)?;
+    fdt.property_u32("#size-cells", 0)?;
+    let vty = fdt.begin_node(&format!("vty@{VTY_TERMNO:x}"))?;
+    fdt.property_string("name", "vty")?;
+    fdt.property_string("device_type", "serial")?;
+    fdt.property_string("compatible", "hvterm1")?;
+    fdt.property_u32("reg", VTY_TERMNO)?;
+    fdt.property_array_u32("interrupts", &[irq::VTY, 0])?;
+    fdt.end_node(vty)?;
+    fdt.end_node(vdevice)?;
+
+    let drconf = fdt.begin_node(DRCONF_PLACEHOLDER)?;
+    fdt.property_array_u32("ibm,lmb-size", &[(LMB_SIZE >> 32) as u32, LMB_SIZE as u32])?;
+    fdt.property_u32("ibm,memory-flags-mask", 0xff)?;
+    fdt.property_u32("ibm,memory-preservation-time", 0)?;
+    // One associativity array of four cells, all node 0.
+    fdt.property_array_u32("ibm,associativity-lookup-arrays", &[1, 4, 0, 0, 0, 0])?;
+    fdt.property("ibm,dynamic-memory-v2", &dynamic_memory_v2(layout, &lmb_drcs))?;
+    fdt.end_node(drconf)?;
+
+    fdt.end_node(root)?;
+    rename_node(&fdt.finish()?, DRCONF_PLACEHOLDER, DRCONF_NAME)
+}
+
+/// Linux looks for this node by name, but it is longer than the 31 characters
+/// the devicetree specification (and so vm-fdt) allows: the tree is written
+/// with a placeholder that [`rename_node`] then replaces.
+const DRCONF_NAME: &str = "ibm,dynamic-reconfiguration-memory";
+const DRCONF_PLACEHOLDER: &str = "ibm,drconf-placeholder";
+
+const FDT_BEGIN_NODE: u32 = 1;
+
+fn header_field(blob: &[u8], offset: usize) -> Option<usize> {
+    let bytes = blob.get(offset..offset + 4)?;
+    Some(u32::from_be_bytes(bytes.try_into().ok()?) as usize)
+}
+
+fn set_header_field(blob: &mut [u8], offset: usize, value: usize) {
+    blob[offset..offset + 4].copy_from_slice(&(value as u32).to_be_bytes());
+}
+
+/// Replaces the name of the node called `from` (which must be unique) with
+/// `to`, growing the structure block and fixing the header. vm-fdt lays out
+/// the blob as header, reserve map, structure block, strings block.
+fn rename_node(blob: &[u8], from: &str, to: &str) -> Result<Vec<u8>, FdtError> {
+    const OFF_DT_STRUCT: usize = 8;
+    const OFF_DT_STRINGS: usize = 12;
+    const TOTAL_SIZE: usize = 4;
+    const SIZE_DT_STRUCT: usize = 36;
+    let malformed = || FdtError::Rename(from.to_string());
+    let structs = header_field(blob, OFF_DT_STRUCT).ok_or_else(malformed)?;
+    let strings = header_field(blob, OFF_DT_STRINGS).ok_or_else(malformed)?;
+    let struct_size = header_field(blob, SIZE_DT_STRUCT).ok_or_else(malformed)?;
+    let mut needle = FDT_BEGIN_NODE.to_be_bytes().to_vec();
+    needle.extend_from_slice(from.as_bytes());
+    needle.push(0);
+    let block = blob.get(structs..structs + struct_size).ok_or_else(malformed)?;
+    let at = structs
+        + block
+            .windows(needle.len())
+            .position(|window| window == needle.as_slice())
+            .ok_or_else(malformed)?;
+    let padded = |name: &str| (name.len() + 1).div_ceil(4) * 4;
+    let old_end = at + 4 + padded(from);
+    let mut out = Vec::with_capacity(blob.len() + padded(to));
+    out.extend_from_slice(&blob[..at + 4]);
+    out.extend_from_slice(to.as_bytes());
+    out.resize(at + 4 + padded(to), 0);
+    out.extend_from_slice(&blob[old_end..]);
+    let growth = padded(to) - padded(from);
+    set_header_field(&mut out, OFF_DT_STRINGS, strings + growth);
+    set_header_field(&mut out, SIZE_DT_STRUCT, struct_size + growth);
+    let total = out.len();
+    set_header_field(&mut out, TOTAL_SIZE, total);
+    Ok(out)
+}
+
+/// Packed 24-byte runs: (u32 count, u64 base, u32 first DRC, u32 aa index, u32 flags).
+/// Boot RAM and the gap up to device memory form one reserved run; the empty
+/// device-memory area one free run.
+fn dynamic_memory_v2(layout: &MemoryLayout, lmb_drcs: &[DrcIndex]) -> Vec<u8> {
+    let mut runs = vec![(
+        (layout.device_memory_start / LMB_SIZE) as u32,
+        0u64,
+        0u32,
+        NO_ASSOCIATIVITY,
+        LMB_RESERVED | LMB_DRC_INVALID,
+    )];
+    if let Some(first) = lmb_drcs.first() {
+        runs.push((
+            lmb_drcs.len() as u32,
+            layout.device_memory_start,
+            first.0,
+            NO_ASSOCIATIVITY,
+            0,
+        ));
+    }
+    let mut bytes = (runs.len() as u32).to_be_bytes().to_vec();
+    for (count, base, drc, aa, flags) in runs {
+        bytes.extend_from_slice(&count.to_be_bytes());
+        bytes.extend_from_slice(&base.to_be_bytes());
+        bytes.extend_from_slice(&drc.to_be_bytes());
+        bytes.extend_from_slice(&aa.to_be_bytes());
+        bytes.extend_from_slice(&flags.to_be_bytes());
+    }
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fdt::Fdt;
+
+    fn be32s(bytes: &[u8]) -> Vec<u32> {
+        bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
+            .collect()
+    }
+
+    fn strings(bytes: &[u8]) -> Vec<&str> {
+        bytes
+            .split(|&b| b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| std::str::from_utf8(s).unwrap())
+            .collect()
+    }
+
+    fn machine_blob(smp: SmpConfig, layout: MemoryLayout, present: &[u32]) -> Vec<u8> {
+        build(&MachineDescription {
+            smp: &smp,
+            layout: &layout,
+            present_cores: present,
+        })
+        .unwrap()
+    }
+
+    fn example() -> Vec<u8> {
+        machine_blob(
+            SmpConfig {
+                cpus: 4,
+                max_cpus: 8,
+                threads_per_core: 2,
+            },
+            MemoryLayout {
+                boot_ram: 512 << 20,
+                device_memory_start: 1 << 30,
+                device_memory_end: (1 << 30) + (1 << 30),
+            },
+            &[0, 1],
+        )
+    }
+
+    #[test]
+    fn cpus_node_has_a_child_per_present_core_and_every_possible_drc() {
+        let blob = example();
+        let fdt = Fdt::new(&blob).unwrap();
+        let cpus = fdt.find_node("/cpus").unwrap();
+        let cores: Vec<_> = cpus.children().collect();
+        assert_eq!(cores.len(), 2);
+        let core1 = fdt.find_node("/cpus/cpu@2").unwrap();
+        let prop = |name| core1.property(name).unwrap().value;
+        assert_eq!(be32s(prop("ibm,my-drc-index")), [0x1000_0002]);
+        assert_eq!(be32s(prop("ibm,ppc-interrupt-server#s")), [2, 3]);
+        assert_eq!(be32s(prop("reg")), [2]);
+
+        let cpu_prop = |name| cpus.property(name).unwrap().value;
+        assert_eq!(
+            be32s(cpu_prop("ibm,drc-indexes")),
+            [4, 0x1000_0000, 0x1000_0002, 0x1000_0004, 0x1000_0006]
+        );
+        assert_eq!(be32s(cpu_prop("ibm,drc-power-domains")), [4, !0, !0, !0, !0]);
+        let names = cpu_prop("ibm,drc-names");
+        assert_eq!(be32s(&names[..4]), [4]);
+        assert_eq!(strings(&names[4..]), ["CPU 0", "CPU 2", "CPU 4", "CPU 6"]);
+        let types = cpu_prop("ibm,drc-types");
+        assert_eq!(strings(&types[4..]), ["CPU"; 4]);
+    }
+
+    #[test]
+    fn root_lists_the_lmb_drcs_of_device_memory() {
+        let blob = example();
+        let fdt = Fdt::new(&blob).unwrap();
+        let root = fdt.find_node("/").unwrap();
+        // Device memory 1 GiB..2 GiB: LMB ids 4..8.
+        assert_eq!(
+            be32s(root.property("ibm,drc-indexes").unwrap().value),
+            [4, 0x8000_0004, 0x8000_0005, 0x8000_0006, 0x8000_0007]
+        );
+        let names = root.property("ibm,drc-names").unwrap().value;
+        assert_eq!(strings(&names[4..]), ["LMB 4", "LMB 5", "LMB 6", "LMB 7"]);
+        let types = root.property("ibm,drc-types").unwrap().value;
+        assert_eq!(strings(&types[4..]), ["MEM"; 4]);
+        let memory = fdt.find_node("/memory@0").unwrap();
+        let reg = be32s(memory.property("reg").unwrap().value);
+        assert_eq!(reg, [0, 0, 0, 512 << 20]);
+    }
+
+    #[test]
+    fn dynamic_reconfiguration_memory_describes_ram_and_free_device_memory() {
+        let blob = example();
+        let fdt = Fdt::new(&blob).unwrap();
+        let node = fdt.find_node("/ibm,dynamic-reconfiguration-memory").unwrap();
+        assert_eq!(be32s(node.property("ibm,lmb-size").unwrap().value), [0, 0x1000_0000]);
+        let v2 = be32s(node.property("ibm,dynamic-memory-v2").unwrap().value);
+        assert_eq!(
+            v2,
+            [
+                2, // runs
+                4, 0, 0, 0, 0xffff_ffff, 0xa0, // boot RAM + gap: reserved
+                4, 0, 1 << 30, 0x8000_0004, 0xffff_ffff, 0, // device memory, free
+            ]
+        );
+    }
+
+    #[test]
+    fn rtas_advertises_every_implemented_call() {
+        let blob = example();
+        let fdt = Fdt::new(&blob).unwrap();
+        let rtas = fdt.find_node("/rtas").unwrap();
+        for call in RtasCall::ALL {
+            let value = rtas.property(call.name()).unwrap().value;
+            assert_eq!(be32s(value), [call.token()], "{}", call.name());
+        }
+        assert_eq!(be32s(rtas.property("rtas-error-log-max").unwrap().value), [2048]);
+        assert_eq!(
+            be32s(rtas.property("ibm,lrdr-capacity").unwrap().value),
+            [0, 2 << 30, 0, 0x1000_0000, 4]
+        );
+    }
+
+    #[test]
+    fn event_sources_and_console_have_their_interrupts() {
+        let blob = example();
+        let fdt = Fdt::new(&blob).unwrap();
+        let hotplug = fdt.find_node("/event-sources/hot-plug-events").unwrap();
+        assert_eq!(be32s(hotplug.property("interrupts").unwrap().value), [0x1001, 0]);
+        let epow = fdt.find_node("/event-sources/epow-events").unwrap();
+        assert_eq!(be32s(epow.property("interrupts").unwrap().value), [0x1000, 0]);
+        let sources = fdt.find_node("/event-sources").unwrap();
+        assert!(sources.property("interrupt-controller").is_some());
+        let vty = fdt.find_node(VTY_PATH).unwrap();
+        assert_eq!(be32s(vty.property("reg").unwrap().value), [VTY_TERMNO]);
+        assert_eq!(vty.property("compatible").unwrap().as_str(), Some("hvterm1"));
+        let chosen = fdt.find_node("/chosen").unwrap();
+        assert_eq!(chosen.property("stdout-path").unwrap().as_str(), Some(VTY_PATH));
+    }
+
+    #[test]
+    fn a_machine_without_device_memory_has_no_lmb_drcs() {
+        let blob = machine_blob(
+            SmpConfig {
+                cpus: 1,
+                max_cpus: 1,
+                threads_per_core: 1,
+            },
+            MemoryLayout {
+                boot_ram: 256 << 20,
+                device_memory_start: 1 << 30,
+                device_memory_end: 1 << 30,
+            },
+            &[0],
+        );
+        let fdt = Fdt::new(&blob).unwrap();
+        let root = fdt.find_node("/").unwrap();
+        assert_eq!(be32s(root.property("ibm,drc-indexes").unwrap().value), [0]);
+        let node = fdt.find_node("/ibm,dynamic-reconfiguration-memory").unwrap();
+        assert_eq!(
+            be32s(node.property("ibm,dynamic-memory-v2").unwrap().value),
+            [1, 4, 0, 0, 0, 0xffff_ffff, 0xa0]
+        );
+    }
+}

@@ -1,0 +1,99 @@
+//! The hypercall doorbell ABI: PAPR's hcall registers mapped onto x86.
+//!
+//! | PAPR | x86 | in | out |
+//! |------|-----|----|-----|
+//! | r3 | RAX | hcall number | status |
+//! | r4..r9 | RBX, RCX, RSI, RDI, R8, R9 | arguments | outputs |
+//!
+//! The guest then writes EAX to [`HCALL_DOORBELL_PORT`](crate::layout::HCALL_DOORBELL_PORT).
+
+use kvm_bindings::kvm_regs;
+
+pub const H_SUCCESS: i64 = 0;
+pub const H_FUNCTION: i64 = -2;
+pub const H_PARAMETER: i64 = -4;
+
+pub const H_GET_TERM_CHAR: u64 = 0x54;
+pub const H_PUT_TERM_CHAR: u64 = 0x58;
+/// QEMU's private hcall for RTAS (KVMPPC_H_RTAS).
+pub const H_RTAS: u64 = 0xf000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hcall {
+    pub number: u64,
+    pub args: [u64; 6],
+}
+
+impl Hcall {
+    pub fn from_regs(regs: &kvm_regs) -> Hcall {
+        Hcall {
+            number: regs.rax,
+            args: [regs.rbx, regs.rcx, regs.rsi, regs.rdi, regs.r8, regs.r9],
+        }
+    }
+}
+
+/// What goes back: the status in r3 and up to six outputs in r4..r9.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HcallResult {
+    pub status: i64,
+    pub outputs: [u64; 6],
+}
+
+impl HcallResult {
+    pub fn status(status: i64) -> HcallResult {
+        HcallResult {
+            status,
+            outputs: [0; 6],
+        }
+    }
+
+    /// Writes the result into the registers; argument registers not used
+    /// for outputs are left as the guest set them, as on PAPR.
+    pub fn write_to(&self, regs: &mut kvm_regs, output_count: usize) {
+        regs.rax = self.status as u64;
+        let slots = [
+            &mut regs.rbx,
+            &mut regs.rcx,
+            &mut regs.rsi,
+            &mut regs.rdi,
+            &mut regs.r8,
+            &mut regs.r9,
+        ];
+        for (slot, value) in slots.into_iter().zip(self.outputs).take(output_count) {
+            *slot = value;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_map_to_papr_r3_to_r9() {
+        let regs = kvm_regs {
+            rax: H_PUT_TERM_CHAR,
+            rbx: 1,
+            rcx: 2,
+            rsi: 3,
+            rdi: 4,
+            r8: 5,
+            r9: 6,
+            rdx: 0x700,
+            ..Default::default()
+        };
+        let call = Hcall::from_regs(&regs);
+        assert_eq!(call.number, H_PUT_TERM_CHAR);
+        assert_eq!(call.args, [1, 2, 3, 4, 5, 6]);
+
+        let mut out = regs;
+        HcallResult {
+            status: H_SUCCESS,
+            outputs: [10, 11, 12, 0, 0, 0],
+        }
+        .write_to(&mut out, 3);
+        assert_eq!((out.rax, out.rbx, out.rcx, out.rsi), (0, 10, 11, 12));
+        assert_eq!((out.rdi, out.r8, out.rdx), (4, 5, 0x700));
+    }
+}

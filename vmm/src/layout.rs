@@ -1,0 +1,85 @@
+//! Where things live in guest-physical memory, and the port the guest knocks on.
+
+use crate::config::MemoryConfig;
+
+/// The hypercall doorbell: a 32-bit `out` here traps to the core.
+pub const HCALL_DOORBELL_PORT: u16 = 0x0700;
+
+/// The boot GDT the core writes for the first instructions (the guest loads its own).
+pub const BOOT_GDT: u64 = 0x500;
+/// An empty IDT: the guest has interrupts disabled until it loads its own.
+pub const BOOT_IDT: u64 = 0x520;
+pub const PML4: u64 = 0x9000;
+pub const PDPT: u64 = 0xa000;
+/// One page directory per GiB mapped, from here up (at most 0x100000).
+pub const PAGE_DIRECTORIES: u64 = 0x10000;
+/// Where the guest kernel must load, and below which the core owns memory.
+pub const GUEST_IMAGE_START: u64 = 0x10_0000;
+/// The flattened device tree; the guest image must end below it.
+pub const FDT_START: u64 = 0x100_0000;
+pub const FDT_MAX_SIZE: u64 = 0x100_0000;
+/// The KVM TSS needs three pages of guest-physical space that is not RAM.
+pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
+
+const GIB: u64 = 1 << 30;
+
+/// Boot RAM from 0, then (after a gap up to the next 1 GiB boundary) the
+/// device-memory area where DIMMs go, as PAPR lays it out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryLayout {
+    pub boot_ram: u64,
+    pub device_memory_start: u64,
+    pub device_memory_end: u64,
+}
+
+impl MemoryLayout {
+    pub fn new(config: &MemoryConfig) -> MemoryLayout {
+        let device_memory_start = config.size.div_ceil(GIB) * GIB;
+        MemoryLayout {
+            boot_ram: config.size,
+            device_memory_start,
+            device_memory_end: device_memory_start + (config.max_size - config.size),
+        }
+    }
+
+    /// GiBs of identity mapping the guest starts with: all RAM it can ever have.
+    pub fn mapped_gib(&self) -> u64 {
+        self.device_memory_end.max(self.boot_ram).div_ceil(GIB).max(4)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_memory_starts_at_the_next_gib_after_boot_ram() {
+        let layout = MemoryLayout::new(&MemoryConfig {
+            size: 512 << 20,
+            max_size: 4 << 30,
+            slots: 8,
+        });
+        assert_eq!(layout.device_memory_start, 1 << 30);
+        assert_eq!(layout.device_memory_end, (1 << 30) + (3584 << 20));
+        assert_eq!(layout.mapped_gib(), 5);
+        let exact = MemoryLayout::new(&MemoryConfig {
+            size: 2 << 30,
+            max_size: 2 << 30,
+            slots: 0,
+        });
+        assert_eq!(exact.device_memory_start, exact.device_memory_end);
+        assert_eq!(exact.device_memory_start, 2 << 30);
+    }
+
+    #[test]
+    fn page_directories_fit_below_the_guest_image() {
+        let worst = MemoryLayout {
+            boot_ram: 3 << 30,
+            device_memory_start: 3 << 30,
+            device_memory_end: 3 << 40,
+        };
+        // A 3 TiB machine would need more page directories than the low area holds;
+        // the boot code must refuse it rather than overwrite the guest image.
+        assert!(PAGE_DIRECTORIES + worst.mapped_gib() * 0x1000 > GUEST_IMAGE_START);
+    }
+}

@@ -1,0 +1,122 @@
+//! Guest RAM: memfds mapped through vm-memory and registered with KVM.
+//! The memfds are what device processes will map to share guest memory.
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::VmFd;
+use nix::fcntl::{fallocate, FallocateFlags};
+use nix::sys::memfd::{memfd_create, MFdFlags};
+use std::fs::File;
+use thiserror::Error;
+use vm_memory::{
+    FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
+
+#[derive(Debug, Error)]
+pub enum MemoryError {
+    #[error("cannot create the memfd for guest RAM")]
+    Memfd(#[source] nix::Error),
+    #[error("cannot size the guest RAM memfd to {size} bytes")]
+    Resize {
+        size: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot map guest RAM")]
+    Map(#[source] vm_memory::mmap::FromRangesError),
+    #[error("KVM refused memory slot {slot}")]
+    Register {
+        slot: u32,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot discard guest RAM contents")]
+    Discard(#[source] nix::Error),
+}
+
+/// Boot RAM, backed by one memfd.
+pub struct GuestRam {
+    memory: GuestMemoryMmap,
+    memfd: File,
+    size: u64,
+}
+
+impl GuestRam {
+    pub fn new(size: u64) -> Result<GuestRam, MemoryError> {
+        let fd = memfd_create("papervisor-ram", MFdFlags::MFD_CLOEXEC).map_err(MemoryError::Memfd)?;
+        let memfd = File::from(fd);
+        memfd
+            .set_len(size)
+            .map_err(|source| MemoryError::Resize { size, source })?;
+        let clone = memfd
+            .try_clone()
+            .map_err(|source| MemoryError::Resize { size, source })?;
+        let memory = GuestMemoryMmap::from_ranges_with_files([(
+            GuestAddress(0),
+            size as usize,
+            Some(FileOffset::new(clone, 0)),
+        )])
+        .map_err(MemoryError::Map)?;
+        Ok(GuestRam {
+            memory,
+            memfd,
+            size,
+        })
+    }
+
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Registers every region with KVM, one slot each.
+    pub fn register(&self, vm: &VmFd) -> Result<(), MemoryError> {
+        for (slot, region) in self.memory.iter().enumerate() {
+            let slot = slot as u32;
+            let host = self
+                .memory
+                .get_host_address(region.start_addr())
+                .expect("a region's start is inside guest memory");
+            let description = kvm_userspace_memory_region {
+                slot,
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: the mapping is owned by `self.memory`, which lives as long as
+            // the VM (the core drops the VM fd first), and slots do not overlap.
+            unsafe { vm.set_user_memory_region(description) }
+                .map_err(|source| MemoryError::Register { slot, source })?;
+        }
+        Ok(())
+    }
+
+    /// Zeroes all of RAM as a power cycle would, and gives the pages back to
+    /// the host. vCPUs must be stopped.
+    pub fn discard(&self) -> Result<(), MemoryError> {
+        fallocate(
+            &self.memfd,
+            FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            0,
+            self.size as i64,
+        )
+        .map_err(MemoryError::Discard)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::Bytes;
+
+    #[test]
+    fn discard_zeroes_ram() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        ram.memory().write_obj(0xdead_beefu32, GuestAddress(0x1000)).unwrap();
+        ram.discard().unwrap();
+        assert_eq!(ram.memory().read_obj::<u32>(GuestAddress(0x1000)).unwrap(), 0);
+    }
+}
