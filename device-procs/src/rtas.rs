@@ -45,7 +45,9 @@ pub enum RtasError {
     #[error("rtas_args at {0:#x} is outside guest memory")]
     ArgsOutsideMemory(u64),
     /// nargs + nret exceed the cells of `rtas_args`, or there is no return cell.
-    #[error("rtas_args with nargs={nargs} nret={nret} (at most {MAX_CELLS} cells, at least one return)")]
+    #[error(
+        "rtas_args with nargs={nargs} nret={nret} (at most {MAX_CELLS} cells, at least one return)"
+    )]
     BadCellCount {
         /// Arguments the guest claims.
         nargs: u32,
@@ -165,7 +167,10 @@ fn dispatch<M: Bytes<GuestAddress, E = GuestMemoryError>>(
         }
         RtasCall::OsTerm if nargs == 1 && nret == 1 => {
             let message = read_message(memory, u64::from(call.args[0]) & REAL_ADDRESS_MASK);
-            (status(RTAS_SUCCESS), Some(PlatformRequest::OsTerm { message }))
+            (
+                status(RTAS_SUCCESS),
+                Some(PlatformRequest::OsTerm { message }),
+            )
         }
         _ => {
             log::debug!(
@@ -216,7 +221,8 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z.rem_euclid(146_097);
-    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let mp = (5 * day_of_year + 2) / 153;
     let day = (day_of_year - (153 * mp + 2) / 5 + 1) as u32;
@@ -260,7 +266,8 @@ mod tests {
     fn power_off_succeeds_and_asks_the_core() {
         let m = memory();
         write_call(&m, BLOCK, RtasCall::PowerOff.token(), &[!0, !0], 1);
-        m.write_obj(0x5555_5555u32, GuestAddress(BLOCK + 20)).unwrap();
+        m.write_obj(0x5555_5555u32, GuestAddress(BLOCK + 20))
+            .unwrap();
         assert_eq!(handle_call(&m, BLOCK), Ok(Some(PlatformRequest::PowerOff)));
         assert_eq!(ret(&m, BLOCK, 2, 0), 0);
     }
@@ -301,16 +308,25 @@ mod tests {
             Err(RtasError::BadCellCount { nargs: 0, nret: 17 })
         );
         write_call(&m, BLOCK, RtasCall::SystemReboot.token(), &[], 0);
-        assert!(matches!(handle_call(&m, BLOCK), Err(RtasError::BadCellCount { .. })));
-        m.write_obj(u32::MAX.to_be(), GuestAddress(BLOCK + 4)).unwrap();
-        m.write_obj(u32::MAX.to_be(), GuestAddress(BLOCK + 8)).unwrap();
-        assert!(matches!(handle_call(&m, BLOCK), Err(RtasError::BadCellCount { .. })));
+        assert!(matches!(
+            handle_call(&m, BLOCK),
+            Err(RtasError::BadCellCount { .. })
+        ));
+        m.write_obj(u32::MAX.to_be(), GuestAddress(BLOCK + 4))
+            .unwrap();
+        m.write_obj(u32::MAX.to_be(), GuestAddress(BLOCK + 8))
+            .unwrap();
+        assert!(matches!(
+            handle_call(&m, BLOCK),
+            Err(RtasError::BadCellCount { .. })
+        ));
     }
 
     #[test]
     fn os_term_message_is_bounded_and_sanitised() {
         let m = memory();
-        m.write_slice(b"oops\x01 bad\0", GuestAddress(0x2000)).unwrap();
+        m.write_slice(b"oops\x01 bad\0", GuestAddress(0x2000))
+            .unwrap();
         write_call(&m, BLOCK, RtasCall::OsTerm.token(), &[0x2000], 1);
         assert_eq!(
             handle_call(&m, BLOCK),

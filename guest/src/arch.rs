@@ -173,15 +173,12 @@ fn set_idt_entry(vector: usize, handler: u64) {
 
 /// Fills the IDT once, on the boot CPU.
 pub fn init_idt() {
-    for vector in 0..32 {
-        // SAFETY: isr_table is a constant table emitted by the assembly above.
-        let handler = unsafe { isr_table[vector] };
+    // SAFETY: isr_table is a constant table emitted by the assembly above.
+    let table = unsafe { &isr_table };
+    let vectors =
+        (0..32).chain(DEVICE_VECTOR_BASE as usize..(DEVICE_VECTOR_BASE + DEVICE_VECTORS) as usize);
+    for (vector, &handler) in vectors.zip(table.iter()) {
         set_idt_entry(vector, handler);
-    }
-    for i in 0..DEVICE_VECTORS as usize {
-        // SAFETY: as above.
-        let handler = unsafe { isr_table[32 + i] };
-        set_idt_entry(DEVICE_VECTOR_BASE as usize + i, handler);
     }
 }
 
@@ -252,7 +249,9 @@ pub fn end_of_interrupt() {
 unsafe fn rdmsr(msr: u32) -> u64 {
     let (low, high): (u32, u32);
     // SAFETY: delegated to the caller.
-    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") low, out("edx") high, options(nomem, nostack)) };
+    unsafe {
+        asm!("rdmsr", in("ecx") msr, out("eax") low, out("edx") high, options(nomem, nostack))
+    };
     ((high as u64) << 32) | low as u64
 }
 

@@ -19,7 +19,14 @@ fn put_chunk(chunk: &[u8]) {
     let lo = u64::from_be_bytes(first8(&packed[8..16]));
     hcall(
         H_PUT_TERM_CHAR,
-        [TERMNO.load(Ordering::Relaxed), chunk.len() as u64, hi, lo, 0, 0],
+        [
+            TERMNO.load(Ordering::Relaxed),
+            chunk.len() as u64,
+            hi,
+            lo,
+            0,
+            0,
+        ],
     );
 }
 

@@ -12,5 +12,7 @@ pub fn set_online(cpu: usize, online: bool) {
 }
 
 pub fn is_online(cpu: usize) -> bool {
-    ONLINE.get(cpu).is_some_and(|flag| flag.load(Ordering::SeqCst))
+    ONLINE
+        .get(cpu)
+        .is_some_and(|flag| flag.load(Ordering::SeqCst))
 }

@@ -73,10 +73,6 @@ impl Fdt {
         })
     }
 
-    pub fn size(&self) -> usize {
-        self.blob.len()
-    }
-
     fn token(&self, offset: usize) -> Option<(Token<'static>, usize)> {
         let mut off = offset;
         loop {
@@ -141,17 +137,6 @@ impl Fdt {
 
     pub fn prop_u32(&self, node: Node, name: &str) -> Option<u32> {
         be32(self.prop(node, name)?, 0)
-    }
-
-    /// Calls `f` for every property of `node`.
-    pub fn for_each_prop(&self, node: Node, mut f: impl FnMut(&'static [u8], &'static [u8])) {
-        let Some(mut off) = self.body(node) else {
-            return;
-        };
-        while let Some((Token::Prop(name, value), next)) = self.token(off) {
-            f(name, value);
-            off = next;
-        }
     }
 
     /// Calls `f` for every direct child of `node`.

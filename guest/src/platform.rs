@@ -5,10 +5,6 @@ use crate::fdt::{be32, Fdt, Node};
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-/// The PAPR interrupt source numbers start here; source `0x1000 + n` arrives
-/// on x86 vector `DEVICE_VECTOR_BASE + n`.
-pub const IRQ_SOURCE_BASE: u32 = 0x1000;
-
 /// The RTAS calls this guest knows how to use, in the order the banner lists them.
 pub const RTAS_CALLS: &[&str] = &[
     "display-character",
@@ -56,9 +52,16 @@ static PLATFORM: PlatformCell = PlatformCell {
 };
 
 pub fn get() -> &'static Platform {
-    assert!(PLATFORM.ready.load(Ordering::Acquire), "platform not read yet");
+    assert!(
+        PLATFORM.ready.load(Ordering::Acquire),
+        "platform not read yet"
+    );
     // SAFETY: `ready` is set only after the value was written, and it is never written again.
-    unsafe { (*PLATFORM.value.get()).as_ref().expect("platform set before ready") }
+    unsafe {
+        (*PLATFORM.value.get())
+            .as_ref()
+            .expect("platform set before ready")
+    }
 }
 
 pub enum ProbeError {
@@ -98,7 +101,8 @@ pub fn probe(fdt_address: u64) -> Result<&'static Platform, ProbeError> {
                 platform.threads_per_core = servers.len() / 4;
                 for i in 0..servers.len() / 4 {
                     if platform.present_count < MAX_CPUS {
-                        platform.present[platform.present_count] = be32(servers, i * 4).unwrap_or(0);
+                        platform.present[platform.present_count] =
+                            be32(servers, i * 4).unwrap_or(0);
                         platform.present_count += 1;
                     }
                 }
@@ -127,9 +131,5 @@ pub fn probe(fdt_address: u64) -> Result<&'static Platform, ProbeError> {
 impl Platform {
     pub fn rtas_token(&self, name: &str) -> Option<u32> {
         self.fdt.prop_u32(self.rtas?, name)
-    }
-
-    pub fn is_present(&self, cpu: u32) -> bool {
-        self.present[..self.present_count].contains(&cpu)
     }
 }

@@ -47,11 +47,9 @@ impl LineReader {
                     print("\n");
                     break;
                 }
-                0x08 | 0x7f => {
-                    if self.len > 0 {
-                        self.len -= 1;
-                        print("\x08 \x08");
-                    }
+                0x08 | 0x7f if self.len > 0 => {
+                    self.len -= 1;
+                    print("\x08 \x08");
                 }
                 b if (0x20..0x7f).contains(&b) && self.len < MAX_LINE => {
                     self.buf[self.len] = b;
@@ -115,7 +113,12 @@ fn cpus() {
         } else {
             "offline"
         };
-        Line::new().str("cpu ").dec(id as u64).str(" ").str(state).nl();
+        Line::new()
+            .str("cpu ")
+            .dec(id as u64)
+            .str(" ")
+            .str(state)
+            .nl();
     }
 }
 

@@ -1,0 +1,245 @@
+//! Helpers for the end-to-end tests: build and find Papervisor's binaries,
+//! start a VM, talk to its console socket.
+#![deny(missing_docs)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The guest shell's prompt.
+pub const PROMPT: &str = "guest> ";
+/// Generous: the guest kernel is emulated instruction by instruction here.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one shell command may take.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The directory cargo puts this build's binaries in (target/<profile>).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// The path of one of the workspace's binaries, built first if needed.
+///
+/// Cargo builds only the binaries of the package under test, so the e2e
+/// tests build the workspace's once per test process; when nothing changed
+/// that is a no-op.
+pub fn binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = profile_dir();
+        let mut build = Command::new(env!("CARGO"));
+        build
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .args(["build", "--workspace", "--bins"]);
+        if dir.file_name().is_some_and(|p| p == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cannot run cargo build");
+        assert!(status.success(), "building the workspace binaries failed");
+    });
+    let path = profile_dir().join(name);
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// Whether /dev/kvm can be used. When it cannot, prints why, loudly, so a
+/// skipped test is never mistaken for a passing one.
+pub fn kvm_usable(test: &str) -> bool {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => true,
+        Err(error) => {
+            eprintln!("SKIPPED {test}: /dev/kvm is not usable ({error})");
+            false
+        }
+    }
+}
+
+/// A fresh, short directory for sockets (Unix socket paths are limited to 108 bytes).
+pub fn scratch_dir() -> PathBuf {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "pv-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// A running `papervisor` with its console on a Unix socket.
+pub struct Vm {
+    child: Option<Child>,
+    dir: PathBuf,
+    /// The console connection.
+    pub console: Console,
+}
+
+impl Vm {
+    /// Starts `papervisor` with `args` plus a console socket, and connects to it.
+    pub fn start(args: &[&str]) -> Vm {
+        let dir = scratch_dir();
+        let socket = dir.join("console.sock");
+        let child = Command::new(binary("papervisor"))
+            .args(args)
+            .arg("--console")
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("cannot start papervisor");
+        let mut vm = Vm {
+            child: Some(child),
+            dir,
+            console: Console::placeholder(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let stream = loop {
+            match UnixStream::connect(&socket) {
+                Ok(stream) => break stream,
+                Err(error) => {
+                    if let Some(status) = vm.try_exit_status() {
+                        panic!("papervisor exited with {status} before serving the console");
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "console socket {} never appeared: {error}",
+                        socket.display()
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        };
+        vm.console = Console::new(stream);
+        vm
+    }
+
+    /// The core's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    fn try_exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_exit_status() {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "papervisor did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Boots to the first prompt and returns the banner.
+    pub fn boot(&mut self) -> String {
+        self.console.read_until(PROMPT, BOOT_TIMEOUT)
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The guest console: everything read so far, and a way to run commands.
+pub struct Console {
+    stream: Option<UnixStream>,
+    seen: String,
+}
+
+impl Console {
+    fn placeholder() -> Console {
+        Console {
+            stream: None,
+            seen: String::new(),
+        }
+    }
+
+    fn new(stream: UnixStream) -> Console {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("set console read timeout");
+        Console {
+            stream: Some(stream),
+            seen: String::new(),
+        }
+    }
+
+    /// Reads until `pattern` appears; returns everything before and including it.
+    pub fn read_until(&mut self, pattern: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let stream = self.stream.as_mut().expect("console connected");
+        loop {
+            if let Some(at) = self.seen.find(pattern) {
+                let rest = self.seen.split_off(at + pattern.len());
+                return std::mem::replace(&mut self.seen, rest);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "console: {pattern:?} did not appear within {timeout:?}; got so far:\n{}",
+                self.seen
+            );
+            let mut buf = [0u8; 4096];
+            match stream.read(&mut buf) {
+                Ok(0) => panic!("console closed; got so far:\n{}", self.seen),
+                Ok(n) => self.seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(error) => panic!("console read failed: {error}"),
+            }
+        }
+    }
+
+    /// Sends one line.
+    pub fn send_line(&mut self, line: &str) {
+        let stream = self.stream.as_mut().expect("console connected");
+        stream
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("console write");
+    }
+
+    /// Runs a shell command and returns its output lines, without the
+    /// echoed command and the next prompt.
+    pub fn command(&mut self, line: &str) -> Vec<String> {
+        self.send_line(line);
+        let output = self.read_until(PROMPT, COMMAND_TIMEOUT);
+        let body = output
+            .strip_suffix(PROMPT)
+            .expect("read_until ends at the prompt");
+        let body = body
+            .strip_prefix(&format!("{line}\n"))
+            .unwrap_or_else(|| panic!("the guest did not echo {line:?}; got:\n{output}"));
+        body.lines().map(str::to_string).collect()
+    }
+}

@@ -61,7 +61,7 @@ const BOOT_GDT_ENTRIES: [u64; 4] = [
 ];
 
 fn segment_from_gdt(entry: u64, selector: u16) -> kvm_segment {
-    let base = (((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000)) as u64;
+    let base = ((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000);
     let limit = ((entry & 0xffff) | ((entry >> 32) & 0x000f_0000)) as u32;
     let granularity = ((entry >> 55) & 1) as u8;
     kvm_segment {
@@ -107,7 +107,10 @@ pub fn write_boot_tables(memory: &GuestMemoryMmap, layout: &MemoryLayout) -> Res
     for g in 0..gib {
         let directory = PAGE_DIRECTORIES + g * 0x1000;
         memory
-            .write_obj(directory | PAGE_PRESENT_WRITABLE, GuestAddress(PDPT + g * 8))
+            .write_obj(
+                directory | PAGE_PRESENT_WRITABLE,
+                GuestAddress(PDPT + g * 8),
+            )
             .map_err(BootError::GuestMemory)?;
         for i in 0..512u64 {
             let frame = (g << 30) | (i << 21);
@@ -178,12 +181,15 @@ mod tests {
     #[test]
     fn gdt_entries_decode_to_flat_long_mode_segments() {
         let code = segment_from_gdt(BOOT_GDT_ENTRIES[1], CODE_SELECTOR);
-        assert_eq!((code.l, code.db, code.present, code.s, code.type_), (1, 0, 1, 1, 0xb));
+        assert_eq!(
+            (code.l, code.db, code.present, code.s, code.type_),
+            (1, 0, 1, 1, 0xb)
+        );
         assert_eq!(code.limit, 0xffff_ffff);
         let data = segment_from_gdt(BOOT_GDT_ENTRIES[2], DATA_SELECTOR);
         assert_eq!((data.l, data.db, data.type_), (0, 1, 3));
         let tss = segment_from_gdt(BOOT_GDT_ENTRIES[3], TSS_SELECTOR);
-        assert_eq!((tss.s, tss.type_, tss.g), (0, 0xb, 0));
+        assert_eq!((tss.s, tss.type_, tss.present), (0, 0xb, 1));
     }
 
     #[test]
@@ -202,6 +208,6 @@ mod tests {
         let page: u64 = memory
             .read_obj(GuestAddress(PAGE_DIRECTORIES + 0x2000 + 5 * 8))
             .unwrap();
-        assert_eq!(page, (2 << 30) + (5 << 21) | 0x83);
+        assert_eq!(page, ((2 << 30) + (5 << 21)) | 0x83);
     }
 }

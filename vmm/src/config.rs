@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use ipc_proto::papr::LMB_SIZE;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 /// Largest boot RAM: x86 keeps 3 GiB..4 GiB for the APIC and other MMIO.
@@ -142,7 +142,11 @@ fn format_size(bytes: u64) -> String {
 impl SmpConfig {
     pub fn parse(text: &str) -> Result<SmpConfig, ConfigError> {
         let pairs = key_values(text, &["cpus", "maxcpus", "threads"])?;
-        let number = |key| lookup(&pairs, key).map(|v| parse_number(key, v)).transpose();
+        let number = |key| {
+            lookup(&pairs, key)
+                .map(|v| parse_number(key, v))
+                .transpose()
+        };
         let cpus = number("cpus")?.ok_or(ConfigError::MissingKey { key: "cpus" })?;
         let threads = number("threads")?.unwrap_or(1);
         let max_cpus = number("maxcpus")?.unwrap_or(cpus);
@@ -159,7 +163,9 @@ impl SmpConfig {
             return invalid(format!("maxcpus={max_cpus} is less than cpus={cpus}"));
         }
         if max_cpus > MAX_VCPUS {
-            return invalid(format!("maxcpus={max_cpus} is above the limit of {MAX_VCPUS}"));
+            return invalid(format!(
+                "maxcpus={max_cpus} is above the limit of {MAX_VCPUS}"
+            ));
         }
         if cpus % threads != 0 {
             return invalid(format!(
@@ -249,6 +255,109 @@ impl ConsoleConfig {
     }
 }
 
+/// Everything the VM needs, checked: nothing here can be refused later for
+/// being malformed.
+pub struct VmConfig {
+    pub smp: SmpConfig,
+    pub memory: MemoryConfig,
+    pub console: ConsoleConfig,
+    pub qmp: Option<PathBuf>,
+    /// The guest ELF's bytes, already checked to be an x86_64 executable.
+    pub guest_image: GuestImage,
+}
+
+pub enum GuestImage {
+    BuiltIn,
+    File(Vec<u8>),
+}
+
+const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
+const ELFCLASS64: u8 = 2;
+const ELFDATA2LSB: u8 = 1;
+const ET_EXEC: u16 = 2;
+const EM_X86_64: u16 = 62;
+
+/// Checks the ELF header fields the loader relies on.
+pub fn check_guest_elf(bytes: &[u8]) -> Result<(), &'static str> {
+    if bytes.len() < 64 || &bytes[..4] != ELF_MAGIC {
+        return Err("not an ELF file");
+    }
+    if bytes[4] != ELFCLASS64 || bytes[5] != ELFDATA2LSB {
+        return Err("not a 64-bit little-endian ELF");
+    }
+    let half = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]);
+    if half(16) != ET_EXEC {
+        return Err("not an executable (ET_EXEC) ELF");
+    }
+    if half(18) != EM_X86_64 {
+        return Err("not an x86_64 ELF");
+    }
+    Ok(())
+}
+
+/// A socket path we will create: its directory must exist and the path must be free.
+fn check_socket_path(option: &str, path: &Path) -> Result<(), ConfigError> {
+    let shown = path.display();
+    if path.exists() {
+        return Err(ConfigError::Invalid(format!(
+            "{option} {shown}: the path already exists"
+        )));
+    }
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        return Err(ConfigError::Invalid(format!(
+            "{option} {shown}: directory {} does not exist",
+            parent.display()
+        )));
+    }
+    // sockaddr_un holds 108 bytes including the terminating NUL.
+    if path.as_os_str().len() > 107 {
+        return Err(ConfigError::Invalid(format!(
+            "{option} {shown}: longer than the 107 bytes a Unix socket path may have"
+        )));
+    }
+    Ok(())
+}
+
+impl VmConfig {
+    pub fn from_cli(cli: Cli) -> Result<VmConfig, ConfigError> {
+        if let ConsoleConfig::Socket(path) = &cli.console {
+            check_socket_path("--console", path)?;
+        }
+        if let Some(path) = &cli.qmp {
+            check_socket_path("--qmp", path)?;
+            if cli.console == ConsoleConfig::Socket(path.clone()) {
+                return Err(ConfigError::Invalid(format!(
+                    "--qmp {} is also the console socket",
+                    path.display()
+                )));
+            }
+        }
+        let guest_image = match &cli.guest {
+            None => GuestImage::BuiltIn,
+            Some(path) => {
+                let shown = path.display();
+                let bytes = std::fs::read(path).map_err(|error| {
+                    ConfigError::Invalid(format!("--guest {shown}: cannot read it: {error}"))
+                })?;
+                check_guest_elf(&bytes)
+                    .map_err(|why| ConfigError::Invalid(format!("--guest {shown}: {why}")))?;
+                GuestImage::File(bytes)
+            }
+        };
+        Ok(VmConfig {
+            smp: cli.smp,
+            memory: cli.memory,
+            console: cli.console,
+            qmp: cli.qmp,
+            guest_image,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,6 +419,35 @@ mod tests {
             let error = MemoryConfig::parse(text).unwrap_err().to_string();
             assert!(error.contains(named), "{text}: {error}");
         }
+    }
+
+    #[test]
+    fn guest_elf_header_is_checked() {
+        assert_eq!(check_guest_elf(b"hello"), Err("not an ELF file"));
+        let mut header = vec![0u8; 64];
+        header[..4].copy_from_slice(ELF_MAGIC);
+        header[4] = ELFCLASS64;
+        header[5] = ELFDATA2LSB;
+        header[16] = 2;
+        header[18] = 62;
+        assert_eq!(check_guest_elf(&header), Ok(()));
+        header[18] = 183; // aarch64
+        assert_eq!(check_guest_elf(&header), Err("not an x86_64 ELF"));
+        header[18] = 62;
+        header[16] = 3; // shared object
+        assert_eq!(
+            check_guest_elf(&header),
+            Err("not an executable (ET_EXEC) ELF")
+        );
+    }
+
+    #[test]
+    fn socket_paths_need_an_existing_directory_and_a_free_name() {
+        assert!(check_socket_path("--qmp", Path::new("/nonexistent-dir/q.sock")).is_err());
+        assert!(check_socket_path("--qmp", Path::new("/")).is_err());
+        let long = format!("/tmp/{}", "x".repeat(120));
+        assert!(check_socket_path("--qmp", Path::new(&long)).is_err());
+        assert!(check_socket_path("--qmp", Path::new("/tmp/papervisor-free-name.sock")).is_ok());
     }
 
     #[test]

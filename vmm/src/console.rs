@@ -57,7 +57,9 @@ pub struct Console {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panicking console thread must not take the guest console down with it.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Console {
@@ -211,7 +213,9 @@ impl Console {
             Sink::Socket { client, backlog } => {
                 if let Some(stream) = client {
                     if let Err(error) = stream.write_all(bytes) {
-                        log::info!("console: client gone ({error}); keeping output until the next one");
+                        log::info!(
+                            "console: client gone ({error}); keeping output until the next one"
+                        );
                         *client = None;
                     } else {
                         return;
@@ -246,7 +250,10 @@ mod tests {
         c.push_input(b"ab");
         assert_eq!(c.interrupt.read().unwrap(), 1);
         c.push_input(b"cd");
-        assert!(c.interrupt.read().is_err(), "no second interrupt before the guest read");
+        assert!(
+            c.interrupt.read().is_err(),
+            "no second interrupt before the guest read"
+        );
         let mut out = [0u8; MAX_READ];
         assert_eq!(c.read(&mut out), 4);
         assert_eq!(&out[..4], b"abcd");

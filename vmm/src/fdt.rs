@@ -46,7 +46,9 @@ impl MachineDescription<'_> {
     }
 
     fn cpu_drcs(&self) -> Result<Vec<DrcIndex>, FdtError> {
-        (0..self.smp.max_cores()).map(|core| self.core_drc(core)).collect()
+        (0..self.smp.max_cores())
+            .map(|core| self.core_drc(core))
+            .collect()
     }
 
     fn lmb_drcs(&self) -> Result<Vec<DrcIndex>, FdtError> {
@@ -159,7 +161,10 @@ pub fn build(machine: &MachineDescription) -> Result<Vec<u8>, FdtError> {
     fdt.property_null("interrupt-controller")?;
     fdt.property_u32("#interrupt-cells", 2)?;
     fdt.property_array_u32("interrupt-ranges", &[irq::EPOW, 1, irq::HOTPLUG, 1])?;
-    for (name, source) in [("epow-events", irq::EPOW), ("hot-plug-events", irq::HOTPLUG)] {
+    for (name, source) in [
+        ("epow-events", irq::EPOW),
+        ("hot-plug-events", irq::HOTPLUG),
+    ] {
         let node = fdt.begin_node(name)?;
         fdt.property_array_u32("interrupts", &[source, 0])?;
         fdt.end_node(node)?;
@@ -186,7 +191,10 @@ pub fn build(machine: &MachineDescription) -> Result<Vec<u8>, FdtError> {
     fdt.property_u32("ibm,memory-preservation-time", 0)?;
     // One associativity array of four cells, all node 0.
     fdt.property_array_u32("ibm,associativity-lookup-arrays", &[1, 4, 0, 0, 0, 0])?;
-    fdt.property("ibm,dynamic-memory-v2", &dynamic_memory_v2(layout, &lmb_drcs))?;
+    fdt.property(
+        "ibm,dynamic-memory-v2",
+        &dynamic_memory_v2(layout, &lmb_drcs),
+    )?;
     fdt.end_node(drconf)?;
 
     fdt.end_node(root)?;
@@ -225,7 +233,9 @@ fn rename_node(blob: &[u8], from: &str, to: &str) -> Result<Vec<u8>, FdtError> {
     let mut needle = FDT_BEGIN_NODE.to_be_bytes().to_vec();
     needle.extend_from_slice(from.as_bytes());
     needle.push(0);
-    let block = blob.get(structs..structs + struct_size).ok_or_else(malformed)?;
+    let block = blob
+        .get(structs..structs + struct_size)
+        .ok_or_else(malformed)?;
     let at = structs
         + block
             .windows(needle.len())
@@ -340,7 +350,10 @@ mod tests {
             be32s(cpu_prop("ibm,drc-indexes")),
             [4, 0x1000_0000, 0x1000_0002, 0x1000_0004, 0x1000_0006]
         );
-        assert_eq!(be32s(cpu_prop("ibm,drc-power-domains")), [4, !0, !0, !0, !0]);
+        assert_eq!(
+            be32s(cpu_prop("ibm,drc-power-domains")),
+            [4, !0, !0, !0, !0]
+        );
         let names = cpu_prop("ibm,drc-names");
         assert_eq!(be32s(&names[..4]), [4]);
         assert_eq!(strings(&names[4..]), ["CPU 0", "CPU 2", "CPU 4", "CPU 6"]);
@@ -371,15 +384,30 @@ mod tests {
     fn dynamic_reconfiguration_memory_describes_ram_and_free_device_memory() {
         let blob = example();
         let fdt = Fdt::new(&blob).unwrap();
-        let node = fdt.find_node("/ibm,dynamic-reconfiguration-memory").unwrap();
-        assert_eq!(be32s(node.property("ibm,lmb-size").unwrap().value), [0, 0x1000_0000]);
+        let node = fdt
+            .find_node("/ibm,dynamic-reconfiguration-memory")
+            .unwrap();
+        assert_eq!(
+            be32s(node.property("ibm,lmb-size").unwrap().value),
+            [0, 0x1000_0000]
+        );
         let v2 = be32s(node.property("ibm,dynamic-memory-v2").unwrap().value);
         assert_eq!(
             v2,
             [
                 2, // runs
-                4, 0, 0, 0, 0xffff_ffff, 0xa0, // boot RAM + gap: reserved
-                4, 0, 1 << 30, 0x8000_0004, 0xffff_ffff, 0, // device memory, free
+                4,
+                0,
+                0,
+                0,
+                0xffff_ffff,
+                0xa0, // boot RAM + gap: reserved
+                4,
+                0,
+                1 << 30,
+                0x8000_0004,
+                0xffff_ffff,
+                0, // device memory, free
             ]
         );
     }
@@ -393,7 +421,10 @@ mod tests {
             let value = rtas.property(call.name()).unwrap().value;
             assert_eq!(be32s(value), [call.token()], "{}", call.name());
         }
-        assert_eq!(be32s(rtas.property("rtas-error-log-max").unwrap().value), [2048]);
+        assert_eq!(
+            be32s(rtas.property("rtas-error-log-max").unwrap().value),
+            [2048]
+        );
         assert_eq!(
             be32s(rtas.property("ibm,lrdr-capacity").unwrap().value),
             [0, 2 << 30, 0, 0x1000_0000, 4]
@@ -405,16 +436,28 @@ mod tests {
         let blob = example();
         let fdt = Fdt::new(&blob).unwrap();
         let hotplug = fdt.find_node("/event-sources/hot-plug-events").unwrap();
-        assert_eq!(be32s(hotplug.property("interrupts").unwrap().value), [0x1001, 0]);
+        assert_eq!(
+            be32s(hotplug.property("interrupts").unwrap().value),
+            [0x1001, 0]
+        );
         let epow = fdt.find_node("/event-sources/epow-events").unwrap();
-        assert_eq!(be32s(epow.property("interrupts").unwrap().value), [0x1000, 0]);
+        assert_eq!(
+            be32s(epow.property("interrupts").unwrap().value),
+            [0x1000, 0]
+        );
         let sources = fdt.find_node("/event-sources").unwrap();
         assert!(sources.property("interrupt-controller").is_some());
         let vty = fdt.find_node(VTY_PATH).unwrap();
         assert_eq!(be32s(vty.property("reg").unwrap().value), [VTY_TERMNO]);
-        assert_eq!(vty.property("compatible").unwrap().as_str(), Some("hvterm1"));
+        assert_eq!(
+            vty.property("compatible").unwrap().as_str(),
+            Some("hvterm1")
+        );
         let chosen = fdt.find_node("/chosen").unwrap();
-        assert_eq!(chosen.property("stdout-path").unwrap().as_str(), Some(VTY_PATH));
+        assert_eq!(
+            chosen.property("stdout-path").unwrap().as_str(),
+            Some(VTY_PATH)
+        );
     }
 
     #[test]
@@ -435,7 +478,9 @@ mod tests {
         let fdt = Fdt::new(&blob).unwrap();
         let root = fdt.find_node("/").unwrap();
         assert_eq!(be32s(root.property("ibm,drc-indexes").unwrap().value), [0]);
-        let node = fdt.find_node("/ibm,dynamic-reconfiguration-memory").unwrap();
+        let node = fdt
+            .find_node("/ibm,dynamic-reconfiguration-memory")
+            .unwrap();
         assert_eq!(
             be32s(node.property("ibm,dynamic-memory-v2").unwrap().value),
             [1, 4, 0, 0, 0, 0xffff_ffff, 0xa0]

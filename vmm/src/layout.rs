@@ -44,7 +44,10 @@ impl MemoryLayout {
 
     /// GiBs of identity mapping the guest starts with: all RAM it can ever have.
     pub fn mapped_gib(&self) -> u64 {
-        self.device_memory_end.max(self.boot_ram).div_ceil(GIB).max(4)
+        self.device_memory_end
+            .max(self.boot_ram)
+            .div_ceil(GIB)
+            .max(4)
     }
 }
 

@@ -52,22 +52,20 @@ fn main() -> ExitCode {
         .format_target(false)
         .init();
 
-    if let Some(path) = &cli.qmp {
-        log::warn!(
-            "QMP is not served yet; ignoring --qmp {}",
-            path.display()
-        );
+    let config = match config::VmConfig::from_cli(cli) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("papervisor: {error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if let Some(path) = &config.qmp {
+        log::warn!("QMP is not served yet; ignoring --qmp {}", path.display());
     }
     if let Err(error) = install_kick_handler() {
         eprintln!("papervisor: {}", describe(&error));
         return ExitCode::from(EXIT_FAILURE);
     }
-    let config = vm::VmConfig {
-        smp: cli.smp,
-        memory: cli.memory,
-        console: cli.console,
-        guest: cli.guest,
-    };
     let console_socket = match &config.console {
         config::ConsoleConfig::Socket(path) => Some(path.clone()),
         config::ConsoleConfig::Stdio => None,

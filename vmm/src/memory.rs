@@ -7,9 +7,7 @@ use nix::fcntl::{fallocate, FallocateFlags};
 use nix::sys::memfd::{memfd_create, MFdFlags};
 use std::fs::File;
 use thiserror::Error;
-use vm_memory::{
-    FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 #[derive(Debug, Error)]
 pub enum MemoryError {
@@ -42,7 +40,8 @@ pub struct GuestRam {
 
 impl GuestRam {
     pub fn new(size: u64) -> Result<GuestRam, MemoryError> {
-        let fd = memfd_create("papervisor-ram", MFdFlags::MFD_CLOEXEC).map_err(MemoryError::Memfd)?;
+        let fd =
+            memfd_create("papervisor-ram", MFdFlags::MFD_CLOEXEC).map_err(MemoryError::Memfd)?;
         let memfd = File::from(fd);
         memfd
             .set_len(size)
@@ -65,10 +64,6 @@ impl GuestRam {
 
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.memory
-    }
-
-    pub fn size(&self) -> u64 {
-        self.size
     }
 
     /// Registers every region with KVM, one slot each.
@@ -115,8 +110,13 @@ mod tests {
     #[test]
     fn discard_zeroes_ram() {
         let ram = GuestRam::new(1 << 20).unwrap();
-        ram.memory().write_obj(0xdead_beefu32, GuestAddress(0x1000)).unwrap();
+        ram.memory()
+            .write_obj(0xdead_beefu32, GuestAddress(0x1000))
+            .unwrap();
         ram.discard().unwrap();
-        assert_eq!(ram.memory().read_obj::<u32>(GuestAddress(0x1000)).unwrap(), 0);
+        assert_eq!(
+            ram.memory().read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
+            0
+        );
     }
 }

@@ -59,7 +59,9 @@ struct Control {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The VM-wide things a vCPU needs to answer hypercalls.
@@ -107,13 +109,6 @@ impl VcpuHandle {
         let mut state = lock(&self.control.state);
         *state = (RunState::StartRequested, Some(start));
         self.control.changed.notify_all();
-    }
-
-    pub fn is_running(&self) -> bool {
-        matches!(
-            lock(&self.control.state).0,
-            RunState::Running | RunState::StartRequested
-        )
     }
 
     /// Stops the vCPU and waits until its thread is out of KVM_RUN.
@@ -243,7 +238,10 @@ impl Vcpu {
             let next = match exit {
                 VcpuExit::IoOut(HCALL_DOORBELL_PORT, _) => self.doorbell(),
                 VcpuExit::IoOut(port, data) => {
-                    log::debug!("vcpu{}: ignored write of {data:?} to port {port:#x}", self.id);
+                    log::debug!(
+                        "vcpu{}: ignored write of {data:?} to port {port:#x}",
+                        self.id
+                    );
                     Next::Continue
                 }
                 VcpuExit::IoIn(port, data) => {
@@ -262,7 +260,10 @@ impl Vcpu {
                 }
                 VcpuExit::Shutdown => {
                     let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or_default();
-                    self.crash(format!("vcpu{}: guest triple fault (rip {rip:#x})", self.id));
+                    self.crash(format!(
+                        "vcpu{}: guest triple fault (rip {rip:#x})",
+                        self.id
+                    ));
                     Next::Park
                 }
                 VcpuExit::InternalError => {

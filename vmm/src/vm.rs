@@ -2,7 +2,7 @@
 //! carries out power-off and reset.
 
 use crate::boot::{self, BootError};
-use crate::config::{ConsoleConfig, MemoryConfig, SmpConfig};
+use crate::config::{ConsoleConfig, GuestImage, SmpConfig, VmConfig};
 use crate::console::{Console, ConsoleError};
 use crate::fdt::{self, FdtError, MachineDescription};
 use crate::layout::{MemoryLayout, FDT_MAX_SIZE, FDT_START, GUEST_IMAGE_START, KVM_TSS_ADDRESS};
@@ -10,13 +10,12 @@ use crate::memory::{GuestRam, MemoryError};
 use crate::vcpu::{StartPoint, VcpuContext, VcpuHandle, VmEvent};
 use ipc_proto::papr::irq;
 use kvm_bindings::{
-    kvm_irq_routing_entry, kvm_irq_routing_entry__bindgen_ty_1, kvm_irq_routing_msi,
-    KvmIrqRouting, KVM_IRQ_ROUTING_MSI,
+    kvm_irq_routing_entry, kvm_irq_routing_entry__bindgen_ty_1, kvm_irq_routing_msi, KvmIrqRouting,
+    KVM_IRQ_ROUTING_MSI,
 };
 use kvm_ioctls::{Kvm, VmFd};
 use linux_loader::loader::{elf::Elf, KernelLoader};
 use std::io::Cursor;
-use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::Arc;
 use thiserror::Error;
@@ -28,13 +27,6 @@ pub static BUILTIN_GUEST: &[u8] = include_bytes!(env!("PAPERVISOR_GUEST_ELF"));
 
 /// x86 MSI address window: 0xFEE0_0000 | destination APIC id << 12.
 const MSI_ADDRESS_BASE: u32 = 0xfee0_0000;
-
-pub struct VmConfig {
-    pub smp: SmpConfig,
-    pub memory: MemoryConfig,
-    pub console: ConsoleConfig,
-    pub guest: Option<PathBuf>,
-}
 
 #[derive(Debug, Error)]
 pub enum VmError {
@@ -56,12 +48,6 @@ pub enum VmError {
     FdtTooLarge(usize),
     #[error("console")]
     Console(#[from] ConsoleError),
-    #[error("cannot read the guest image {path}")]
-    ReadGuest {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("cannot load the guest ELF")]
     LoadGuest(#[source] linux_loader::loader::Error),
     #[error("the guest image ends at {end:#x}, into the device tree at {FDT_START:#x}")]
@@ -108,12 +94,9 @@ pub struct Vm {
 
 impl Vm {
     pub fn new(config: VmConfig) -> Result<Vm, VmError> {
-        let guest_image = match &config.guest {
-            Some(path) => std::fs::read(path).map_err(|source| VmError::ReadGuest {
-                path: path.clone(),
-                source,
-            })?,
-            None => BUILTIN_GUEST.to_vec(),
+        let guest_image = match config.guest_image {
+            GuestImage::File(bytes) => bytes,
+            GuestImage::BuiltIn => BUILTIN_GUEST.to_vec(),
         };
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let vm_fd = kvm.create_vm().map_err(kvm_call("KVM_CREATE_VM"))?;
@@ -282,4 +265,42 @@ fn route_interrupts(vm_fd: &VmFd, routes: &[(u32, u32)]) -> Result<(), VmError> 
     vm_fd
         .set_gsi_routing(&table)
         .map_err(kvm_call("KVM_SET_GSI_ROUTING"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// PVM emulates CPL0 code and cannot emulate SSE: one SSE instruction in
+    /// the guest kernel is a KVM internal error at run time.
+    #[test]
+    fn builtin_guest_contains_no_sse_instruction() {
+        let elf = env!("PAPERVISOR_GUEST_ELF");
+        let output = Command::new("objdump")
+            .args(["-d", "--no-show-raw-insn", elf])
+            .output()
+            .expect("objdump (binutils) is needed to check the guest's instructions");
+        assert!(output.status.success(), "objdump failed on {elf}");
+        let listing = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            listing.lines().count() > 1000,
+            "suspiciously short disassembly"
+        );
+        let offending: Vec<&str> = listing
+            .lines()
+            .filter(|line| line.contains("%xmm") || line.contains("%ymm") || line.contains("%zmm"))
+            .take(10)
+            .collect();
+        assert!(
+            offending.is_empty(),
+            "SSE/AVX in the guest:\n{}",
+            offending.join("\n")
+        );
+    }
+
+    #[test]
+    fn builtin_guest_is_a_loadable_elf() {
+        assert_eq!(crate::config::check_guest_elf(BUILTIN_GUEST), Ok(()));
+    }
 }

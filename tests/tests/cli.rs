@@ -1,0 +1,86 @@
+//! Bad command lines are refused before anything starts: one line naming the
+//! bad value, exit status 2. None of these needs /dev/kvm.
+
+use papervisor_tests::{binary, scratch_dir};
+use std::process::{Command, Stdio};
+
+fn refused(args: &[&str]) -> String {
+    let output = Command::new(binary("papervisor"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run papervisor");
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "{args:?} was not refused: {output:?}"
+    );
+    let stderr = String::from_utf8(output.stderr).expect("utf-8 stderr");
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "{args:?}: not one line: {stderr}"
+    );
+    assert!(stderr.starts_with("papervisor: "), "{stderr}");
+    assert!(output.stdout.is_empty(), "{args:?} printed on stdout");
+    stderr
+}
+
+#[test]
+fn bad_values_are_named() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--smp", "cpus=0"], "cpus=0"),
+        (&["--smp", "cpus=4,maxcpus=2"], "maxcpus=2"),
+        (&["--smp", "cpus=2,threads=9"], "threads=9"),
+        (&["--smp", "cpus=3,threads=2"], "cpus=3"),
+        (&["--smp", "cpus=two"], "cpus=two"),
+        (&["--smp", "sockets=1"], "sockets"),
+        (&["--memory", "size=300M"], "size=300M"),
+        (&["--memory", "size=512M,maxmem=256M"], "maxmem=256M"),
+        (&["--memory", "size=512M,maxmem=4G"], "slots=0"),
+        (&["--memory", "size=512M,maxmem=4G,slots=99"], "slots=99"),
+        (&["--memory", "size=8G"], "size=8G"),
+        (&["--console", ""], "console"),
+        (&["--console", "/no/such/dir/console.sock"], "/no/such/dir"),
+        (&["--qmp", "/no/such/dir/qmp.sock"], "/no/such/dir"),
+        (&["--guest", "/no/such/guest.elf"], "/no/such/guest.elf"),
+        (&["--frobnicate"], "--frobnicate"),
+    ];
+    for (args, named) in cases {
+        let message = refused(args);
+        assert!(message.contains(named), "{args:?}: {message}");
+    }
+}
+
+#[test]
+fn a_guest_that_is_not_an_x86_64_elf_is_refused() {
+    let dir = scratch_dir();
+    let not_elf = dir.join("guest.txt");
+    std::fs::write(&not_elf, "not a kernel").unwrap();
+    let message = refused(&["--guest", not_elf.to_str().unwrap()]);
+    assert!(message.contains("not an ELF file"), "{message}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn an_existing_socket_path_is_refused() {
+    let dir = scratch_dir();
+    let taken = dir.join("taken");
+    std::fs::write(&taken, "").unwrap();
+    let message = refused(&["--console", taken.to_str().unwrap()]);
+    assert!(message.contains("already exists"), "{message}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn help_describes_the_options() {
+    let output = Command::new(binary("papervisor"))
+        .arg("--help")
+        .output()
+        .expect("run papervisor");
+    assert_eq!(output.status.code(), Some(0));
+    let help = String::from_utf8(output.stdout).unwrap();
+    for option in ["--smp", "--memory", "--qmp", "--console", "--guest"] {
+        assert!(help.contains(option), "--help lacks {option}");
+    }
+}
