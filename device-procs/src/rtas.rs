@@ -1,19 +1,20 @@
 //! The RTAS call server: reads `rtas_args` from guest memory, validates every
 //! field and address, dispatches by token and writes the return cells back.
-//! Effects on the machine (power, reset, console) are returned as typed
-//! [`PlatformRequest`]s for the core to carry out; nothing here touches a vCPU.
+//! Effects on the machine (power, reset, console, vCPUs, interrupt routing)
+//! are returned as typed [`PlatformRequest`]s for the core to carry out;
+//! nothing here touches a vCPU.
 
-use ipc_proto::papr::RtasCall;
+pub mod server;
+
+use ipc_proto::papr::{irq, RtasCall};
+use ipc_proto::rtas::{CallRefusal, CpuSnapshot, PlatformRequest, MAX_OS_TERM_MESSAGE};
 use std::time::{SystemTime, UNIX_EPOCH};
-use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError};
 
 /// Linux's `struct rtas_args` holds 16 cells for arguments and returns together.
 pub const MAX_CELLS: u32 = 16;
 /// PAPR addresses may carry the top nibble (ppc64_phys_to_real masks it).
 const REAL_ADDRESS_MASK: u64 = !0xf000_0000_0000_0000;
-/// How much of an `ibm,os-term` message is kept.
-const MAX_OS_TERM_MESSAGE: usize = 256;
 
 /// RTAS status: success.
 pub const RTAS_SUCCESS: i32 = 0;
@@ -22,39 +23,10 @@ pub const RTAS_HARDWARE_ERROR: i32 = -1;
 /// RTAS status: parameter error / not supported.
 pub const RTAS_PARAMETER_ERROR: i32 = -3;
 
-/// What the core must do after a call, on behalf of the guest.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PlatformRequest {
-    /// `display-character`: one byte for the console.
-    DisplayCharacter(u8),
-    /// `power-off`.
-    PowerOff,
-    /// `system-reboot`.
-    Reboot,
-    /// `ibm,os-term`, with the guest's message (printable ASCII only).
-    OsTerm {
-        /// The message, sanitised and truncated.
-        message: String,
-    },
-}
-
-/// Why a call could not be answered at all (the hypercall fails with H_PARAMETER).
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum RtasError {
-    /// The `rtas_args` block, or part of it, is not in guest memory.
-    #[error("rtas_args at {0:#x} is outside guest memory")]
-    ArgsOutsideMemory(u64),
-    /// nargs + nret exceed the cells of `rtas_args`, or there is no return cell.
-    #[error(
-        "rtas_args with nargs={nargs} nret={nret} (at most {MAX_CELLS} cells, at least one return)"
-    )]
-    BadCellCount {
-        /// Arguments the guest claims.
-        nargs: u32,
-        /// Return cells the guest claims.
-        nret: u32,
-    },
-}
+/// query-cpu-stopped-state: the CPU is stopped.
+const CPU_STOPPED: u32 = 0;
+/// query-cpu-stopped-state: the CPU runs.
+const CPU_RUNNING: u32 = 2;
 
 /// One decoded call: the header and argument cells, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,11 +44,11 @@ pub struct RtasArgs {
 fn read_cell<M: Bytes<GuestAddress, E = GuestMemoryError>>(
     memory: &M,
     address: u64,
-) -> Result<u32, RtasError> {
+) -> Result<u32, CallRefusal> {
     memory
         .read_obj::<u32>(GuestAddress(address))
         .map(u32::from_be)
-        .map_err(|_| RtasError::ArgsOutsideMemory(address))
+        .map_err(|_| CallRefusal::ArgsOutsideMemory { address })
 }
 
 impl RtasArgs {
@@ -84,19 +56,19 @@ impl RtasArgs {
     pub fn read<M: Bytes<GuestAddress, E = GuestMemoryError>>(
         memory: &M,
         address: u64,
-    ) -> Result<RtasArgs, RtasError> {
+    ) -> Result<RtasArgs, CallRefusal> {
         let address = address & REAL_ADDRESS_MASK;
         let cell = |i: u64| {
             let at = address
                 .checked_add(4 * i)
-                .ok_or(RtasError::ArgsOutsideMemory(address))?;
+                .ok_or(CallRefusal::ArgsOutsideMemory { address })?;
             read_cell(memory, at)
         };
         let token = cell(0)?;
         let nargs = cell(1)?;
         let nret = cell(2)?;
         if nret == 0 || nargs.checked_add(nret).is_none_or(|n| n > MAX_CELLS) {
-            return Err(RtasError::BadCellCount { nargs, nret });
+            return Err(CallRefusal::BadCellCount { nargs, nret });
         }
         // The last return cell must be writable memory too, before we act.
         cell(3 + u64::from(nargs) + u64::from(nret) - 1)?;
@@ -115,13 +87,13 @@ impl RtasArgs {
         &self,
         memory: &M,
         rets: &[u32],
-    ) -> Result<(), RtasError> {
+    ) -> Result<(), CallRefusal> {
         let first = self.address + 12 + 4 * self.args.len() as u64;
         for (i, value) in rets.iter().take(self.nret as usize).enumerate() {
             let at = first + 4 * i as u64;
             memory
                 .write_obj(value.to_be(), GuestAddress(at))
-                .map_err(|_| RtasError::ArgsOutsideMemory(at))?;
+                .map_err(|_| CallRefusal::ArgsOutsideMemory { address: at })?;
         }
         Ok(())
     }
@@ -132,9 +104,10 @@ impl RtasArgs {
 pub fn handle_call<M: Bytes<GuestAddress, E = GuestMemoryError>>(
     memory: &M,
     address: u64,
-) -> Result<Option<PlatformRequest>, RtasError> {
+    cpus: &CpuSnapshot,
+) -> Result<Option<PlatformRequest>, CallRefusal> {
     let call = RtasArgs::read(memory, address)?;
-    let (rets, request) = dispatch(memory, &call);
+    let (rets, request) = dispatch(memory, &call, cpus);
     call.write_rets(memory, &rets)?;
     Ok(request)
 }
@@ -146,6 +119,7 @@ fn status(code: i32) -> Vec<u32> {
 fn dispatch<M: Bytes<GuestAddress, E = GuestMemoryError>>(
     memory: &M,
     call: &RtasArgs,
+    cpus: &CpuSnapshot,
 ) -> (Vec<u32>, Option<PlatformRequest>) {
     let nargs = call.args.len();
     let nret = call.nret as usize;
@@ -164,6 +138,42 @@ fn dispatch<M: Bytes<GuestAddress, E = GuestMemoryError>>(
         }
         RtasCall::SystemReboot if nargs == 0 && nret == 1 => {
             (status(RTAS_SUCCESS), Some(PlatformRequest::Reboot))
+        }
+        RtasCall::StartCpu if nargs == 3 && nret == 1 => {
+            let [cpu, entry, r3] = [call.args[0], call.args[1], call.args[2]];
+            if !cpus.is_present(cpu) || memory.read_obj::<u8>(GuestAddress(entry.into())).is_err() {
+                (status(RTAS_PARAMETER_ERROR), None)
+            } else if cpus.is_running(cpu) {
+                (status(RTAS_HARDWARE_ERROR), None)
+            } else {
+                let request = PlatformRequest::StartCpu {
+                    cpu,
+                    entry: entry.into(),
+                    r3: r3.into(),
+                };
+                (status(RTAS_SUCCESS), Some(request))
+            }
+        }
+        // QEMU checks neither count: the call does not return to the caller.
+        RtasCall::StopSelf => (status(RTAS_SUCCESS), Some(PlatformRequest::StopSelf)),
+        RtasCall::QueryCpuStoppedState if nargs == 1 && nret == 2 => {
+            let cpu = call.args[0];
+            if !cpus.is_present(cpu) {
+                (vec![RTAS_PARAMETER_ERROR as u32, 0], None)
+            } else if cpus.is_running(cpu) {
+                (vec![RTAS_SUCCESS as u32, CPU_RUNNING], None)
+            } else {
+                (vec![RTAS_SUCCESS as u32, CPU_STOPPED], None)
+            }
+        }
+        RtasCall::SetXive if nargs == 3 && nret == 1 => {
+            let [source, server, _priority] = [call.args[0], call.args[1], call.args[2]];
+            if !irq::ALL.contains(&source) || !cpus.is_present(server) {
+                (status(RTAS_PARAMETER_ERROR), None)
+            } else {
+                let request = PlatformRequest::SetInterruptServer { source, server };
+                (status(RTAS_SUCCESS), Some(request))
+            }
         }
         RtasCall::OsTerm if nargs == 1 && nret == 1 => {
             let message = read_message(memory, u64::from(call.args[0]) & REAL_ADDRESS_MASK);
@@ -237,6 +247,16 @@ mod tests {
     use std::time::Duration;
     use vm_memory::GuestMemoryMmap;
 
+    /// vCPUs 0..4 exist; 0 and 2 run.
+    const CPUS: CpuSnapshot = CpuSnapshot {
+        present: 0b1111,
+        running: 0b0101,
+    };
+
+    fn handle(m: &GuestMemoryMmap, at: u64) -> Result<Option<PlatformRequest>, CallRefusal> {
+        handle_call(m, at, &CPUS)
+    }
+
     const BLOCK: u64 = 0x1000;
 
     fn memory() -> GuestMemoryMmap {
@@ -268,7 +288,7 @@ mod tests {
         write_call(&m, BLOCK, RtasCall::PowerOff.token(), &[!0, !0], 1);
         m.write_obj(0x5555_5555u32, GuestAddress(BLOCK + 20))
             .unwrap();
-        assert_eq!(handle_call(&m, BLOCK), Ok(Some(PlatformRequest::PowerOff)));
+        assert_eq!(handle(&m, BLOCK), Ok(Some(PlatformRequest::PowerOff)));
         assert_eq!(ret(&m, BLOCK, 2, 0), 0);
     }
 
@@ -276,7 +296,7 @@ mod tests {
     fn unknown_token_gets_parameter_error() {
         let m = memory();
         write_call(&m, BLOCK, 0x2002, &[], 1);
-        assert_eq!(handle_call(&m, BLOCK), Ok(None));
+        assert_eq!(handle(&m, BLOCK), Ok(None));
         assert_eq!(ret(&m, BLOCK, 0, 0) as i32, RTAS_PARAMETER_ERROR);
     }
 
@@ -284,7 +304,7 @@ mod tests {
     fn wrong_cell_counts_for_a_call_get_parameter_error() {
         let m = memory();
         write_call(&m, BLOCK, RtasCall::SystemReboot.token(), &[1], 1);
-        assert_eq!(handle_call(&m, BLOCK), Ok(None));
+        assert_eq!(handle(&m, BLOCK), Ok(None));
         assert_eq!(ret(&m, BLOCK, 1, 0) as i32, RTAS_PARAMETER_ERROR);
     }
 
@@ -292,34 +312,94 @@ mod tests {
     fn blocks_outside_memory_or_with_too_many_cells_are_refused() {
         let m = memory();
         assert_eq!(
-            handle_call(&m, 0x20000),
-            Err(RtasError::ArgsOutsideMemory(0x20000))
+            handle(&m, 0x20000),
+            Err(CallRefusal::ArgsOutsideMemory { address: 0x20000 })
         );
-        assert!(handle_call(&m, u64::MAX - 3).is_err());
+        assert!(handle(&m, u64::MAX - 3).is_err());
         // The header fits but the return cells run off the end of memory.
         write_call(&m, 0x10000 - 12, RtasCall::SystemReboot.token(), &[], 1);
         assert_eq!(
-            handle_call(&m, 0x10000 - 12),
-            Err(RtasError::ArgsOutsideMemory(0x10000))
+            handle(&m, 0x10000 - 12),
+            Err(CallRefusal::ArgsOutsideMemory { address: 0x10000 })
         );
         write_call(&m, BLOCK, RtasCall::SystemReboot.token(), &[], 17);
         assert_eq!(
-            handle_call(&m, BLOCK),
-            Err(RtasError::BadCellCount { nargs: 0, nret: 17 })
+            handle(&m, BLOCK),
+            Err(CallRefusal::BadCellCount { nargs: 0, nret: 17 })
         );
         write_call(&m, BLOCK, RtasCall::SystemReboot.token(), &[], 0);
         assert!(matches!(
-            handle_call(&m, BLOCK),
-            Err(RtasError::BadCellCount { .. })
+            handle(&m, BLOCK),
+            Err(CallRefusal::BadCellCount { .. })
         ));
         m.write_obj(u32::MAX.to_be(), GuestAddress(BLOCK + 4))
             .unwrap();
         m.write_obj(u32::MAX.to_be(), GuestAddress(BLOCK + 8))
             .unwrap();
         assert!(matches!(
-            handle_call(&m, BLOCK),
-            Err(RtasError::BadCellCount { .. })
+            handle(&m, BLOCK),
+            Err(CallRefusal::BadCellCount { .. })
         ));
+    }
+
+    #[test]
+    fn start_cpu_starts_only_a_stopped_present_cpu_at_a_memory_address() {
+        let m = memory();
+        let start = RtasCall::StartCpu.token();
+        write_call(&m, BLOCK, start, &[1, 0x8000, 42], 1);
+        assert_eq!(
+            handle(&m, BLOCK),
+            Ok(Some(PlatformRequest::StartCpu {
+                cpu: 1,
+                entry: 0x8000,
+                r3: 42
+            }))
+        );
+        assert_eq!(ret(&m, BLOCK, 3, 0), 0);
+        write_call(&m, BLOCK, start, &[2, 0x8000, 0], 1);
+        assert_eq!(handle(&m, BLOCK), Ok(None));
+        assert_eq!(ret(&m, BLOCK, 3, 0) as i32, RTAS_HARDWARE_ERROR);
+        for bad in [[9, 0x8000, 0], [1, 0x20000, 0]] {
+            write_call(&m, BLOCK, start, &bad, 1);
+            assert_eq!(handle(&m, BLOCK), Ok(None));
+            assert_eq!(ret(&m, BLOCK, 3, 0) as i32, RTAS_PARAMETER_ERROR, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn query_cpu_stopped_state_reports_the_snapshot() {
+        let m = memory();
+        let query = RtasCall::QueryCpuStoppedState.token();
+        for (cpu, expected) in [(0, [0, 2]), (1, [0, 0]), (7, [-3i32 as u32, 0])] {
+            write_call(&m, BLOCK, query, &[cpu], 2);
+            assert_eq!(handle(&m, BLOCK), Ok(None));
+            assert_eq!(
+                [ret(&m, BLOCK, 1, 0), ret(&m, BLOCK, 1, 1)],
+                expected,
+                "cpu {cpu}"
+            );
+        }
+    }
+
+    #[test]
+    fn stop_self_and_set_xive_ask_the_core() {
+        let m = memory();
+        write_call(&m, BLOCK, RtasCall::StopSelf.token(), &[], 1);
+        assert_eq!(handle(&m, BLOCK), Ok(Some(PlatformRequest::StopSelf)));
+        let xive = RtasCall::SetXive.token();
+        write_call(&m, BLOCK, xive, &[irq::VTY, 3, 5], 1);
+        assert_eq!(
+            handle(&m, BLOCK),
+            Ok(Some(PlatformRequest::SetInterruptServer {
+                source: irq::VTY,
+                server: 3
+            }))
+        );
+        for bad in [[0x2000, 1, 5], [irq::HOTPLUG, 4, 5]] {
+            write_call(&m, BLOCK, xive, &bad, 1);
+            assert_eq!(handle(&m, BLOCK), Ok(None));
+            assert_eq!(ret(&m, BLOCK, 3, 0) as i32, RTAS_PARAMETER_ERROR);
+        }
     }
 
     #[test]
@@ -329,14 +409,14 @@ mod tests {
             .unwrap();
         write_call(&m, BLOCK, RtasCall::OsTerm.token(), &[0x2000], 1);
         assert_eq!(
-            handle_call(&m, BLOCK),
+            handle(&m, BLOCK),
             Ok(Some(PlatformRequest::OsTerm {
                 message: "oops? bad".into()
             }))
         );
         m.write_slice(&[b'a'; 1000], GuestAddress(0x3000)).unwrap();
         write_call(&m, BLOCK, RtasCall::OsTerm.token(), &[0x3000], 1);
-        let Ok(Some(PlatformRequest::OsTerm { message })) = handle_call(&m, BLOCK) else {
+        let Ok(Some(PlatformRequest::OsTerm { message })) = handle(&m, BLOCK) else {
             panic!("os-term refused");
         };
         assert_eq!(message.len(), MAX_OS_TERM_MESSAGE);

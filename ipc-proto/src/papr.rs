@@ -107,11 +107,14 @@ pub enum RtasCall {
     ConfigureConnector,
     /// The OS reports that it terminated.
     OsTerm,
+    /// Routes an interrupt source to a CPU (the guest moves interrupts off a
+    /// CPU before offlining it).
+    SetXive,
 }
 
 impl RtasCall {
     /// Every call the platform implements, for `/rtas` and dispatch.
-    pub const ALL: [RtasCall; 13] = [
+    pub const ALL: [RtasCall; 14] = [
         RtasCall::DisplayCharacter,
         RtasCall::GetTimeOfDay,
         RtasCall::PowerOff,
@@ -125,6 +128,7 @@ impl RtasCall {
         RtasCall::GetSensorState,
         RtasCall::ConfigureConnector,
         RtasCall::OsTerm,
+        RtasCall::SetXive,
     ];
 
     /// The token the guest passes in `rtas_args.token`.
@@ -143,6 +147,7 @@ impl RtasCall {
             RtasCall::GetSensorState => 0x201d,
             RtasCall::ConfigureConnector => 0x201e,
             RtasCall::OsTerm => 0x201f,
+            RtasCall::SetXive => 0x200a,
         }
     }
 
@@ -162,6 +167,7 @@ impl RtasCall {
             RtasCall::GetSensorState => "get-sensor-state",
             RtasCall::ConfigureConnector => "ibm,configure-connector",
             RtasCall::OsTerm => "ibm,os-term",
+            RtasCall::SetXive => "ibm,set-xive",
         }
     }
 
@@ -184,6 +190,9 @@ pub mod irq {
     pub const BASE: u32 = 0x1000;
     /// The x86 vector of source `BASE`.
     pub const X86_VECTOR_BASE: u32 = 0x30;
+
+    /// Every source the platform has.
+    pub const ALL: [u32; 3] = [EPOW, HOTPLUG, VTY];
 
     /// The x86 vector a source is delivered on.
     pub const fn x86_vector(source: u32) -> u32 {

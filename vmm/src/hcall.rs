@@ -11,6 +11,7 @@ use kvm_bindings::kvm_regs;
 
 pub const H_SUCCESS: i64 = 0;
 pub const H_FUNCTION: i64 = -2;
+pub const H_HARDWARE: i64 = -1;
 pub const H_PARAMETER: i64 = -4;
 
 pub const H_GET_TERM_CHAR: u64 = 0x54;

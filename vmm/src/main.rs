@@ -3,16 +3,21 @@
 mod boot;
 mod config;
 mod console;
+mod control;
 mod fdt;
 mod hcall;
+mod interrupts;
 mod layout;
 mod memory;
+mod qmp;
+mod rtas_client;
 mod vcpu;
 mod vm;
 
 use clap::Parser;
 use config::Cli;
 use std::error::Error;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Exit status for a command line we refuse, before anything starts.
@@ -48,9 +53,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_target(false)
-        .init();
+    device_procs::init_logging("core");
 
     let config = match config::VmConfig::from_cli(cli) {
         Ok(config) => config,
@@ -59,28 +62,39 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    if let Some(path) = &config.qmp {
-        log::warn!("QMP is not served yet; ignoring --qmp {}", path.display());
-    }
     if let Err(error) = install_kick_handler() {
         eprintln!("papervisor: {}", describe(&error));
         return ExitCode::from(EXIT_FAILURE);
     }
-    let console_socket = match &config.console {
-        config::ConsoleConfig::Socket(path) => Some(path.clone()),
-        config::ConsoleConfig::Stdio => None,
-    };
-    let result = vm::Vm::new(config).and_then(vm::Vm::run);
-    if let Some(path) = console_socket {
+    let mut sockets: Vec<PathBuf> = config.qmp.iter().cloned().collect();
+    if let config::ConsoleConfig::Socket(path) = &config.console {
+        sockets.push(path.clone());
+    }
+    let result = run(config);
+    for path in sockets {
         let _ = std::fs::remove_file(path);
     }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            log::error!("{}", describe(&error));
+            log::error!("{}", describe(error.as_ref()));
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// Builds the VM, serves QMP, and runs the guest to the end.
+fn run(config: config::VmConfig) -> Result<(), Box<dyn Error>> {
+    let qmp_path = config.qmp.clone();
+    let vm = vm::Vm::new(config)?;
+    let qmp = match qmp_path {
+        Some(path) => Some(
+            qmp::QmpServer::start(&path, vm.qmp_context())
+                .map_err(|error| format!("cannot serve QMP on {}: {error}", path.display()))?,
+        ),
+        None => None,
+    };
+    Ok(vm.run(qmp)?)
 }
 
 /// vCPU threads are kicked out of KVM_RUN with a signal; it must not kill us.

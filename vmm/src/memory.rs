@@ -1,11 +1,13 @@
 //! Guest RAM: memfds mapped through vm-memory and registered with KVM.
 //! The memfds are what device processes will map to share guest memory.
 
+use ipc_proto::rtas::MemoryRegion;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use nix::fcntl::{fallocate, FallocateFlags};
 use nix::sys::memfd::{memfd_create, MFdFlags};
 use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd};
 use thiserror::Error;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
@@ -64,6 +66,18 @@ impl GuestRam {
 
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.memory
+    }
+
+    /// The regions with the descriptor that backs each, for device processes.
+    pub fn regions(&self) -> Vec<(MemoryRegion, BorrowedFd<'_>)> {
+        vec![(
+            MemoryRegion {
+                guest_address: 0,
+                size: self.size,
+                file_offset: 0,
+            },
+            self.memfd.as_fd(),
+        )]
     }
 
     /// Registers every region with KVM, one slot each.

@@ -1,38 +1,32 @@
 //! vCPU threads. Each vCPU has a thread that parks until it is told where to
 //! start, runs the guest, handles its exits (the hypercall doorbell), and
-//! parks again when the core asks (reset, power-off) or the guest stops it.
+//! parks again when the core asks (reset, power-off) or the guest stops it
+//! (RTAS stop-self).
 
 use crate::boot;
 use crate::console::{Console, MAX_READ};
+use crate::control::ControlMessage;
 use crate::fdt::VTY_TERMNO;
 use crate::hcall::{
-    Hcall, HcallResult, H_FUNCTION, H_GET_TERM_CHAR, H_PARAMETER, H_PUT_TERM_CHAR, H_RTAS,
-    H_SUCCESS,
+    Hcall, HcallResult, H_FUNCTION, H_GET_TERM_CHAR, H_HARDWARE, H_PARAMETER, H_PUT_TERM_CHAR,
+    H_RTAS, H_SUCCESS,
 };
+use crate::interrupts::InterruptRouter;
 use crate::layout::HCALL_DOORBELL_PORT;
-use device_procs::rtas::{self, PlatformRequest};
+use crate::rtas_client::{RtasFailure, RtasService};
+use ipc_proto::rtas::{CpuSnapshot, PlatformRequest};
 use kvm_bindings::{kvm_mp_state, KVM_MP_STATE_RUNNABLE};
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::signal::{Killable, SIGRTMIN};
 
 /// The signal that kicks a vCPU thread out of KVM_RUN.
 pub fn kick_signal() -> i32 {
     SIGRTMIN()
-}
-
-/// What the vCPU threads tell the VM's control loop.
-#[derive(Debug, PartialEq, Eq)]
-pub enum VmEvent {
-    PowerOff,
-    Reset,
-    /// The guest can no longer run: the reason, for the log.
-    Crashed(String),
 }
 
 /// Where a parked vCPU starts when it is released.
@@ -51,70 +45,134 @@ enum RunState {
     Exit,
 }
 
-struct Control {
-    state: Mutex<(RunState, Option<StartPoint>)>,
-    changed: Condvar,
-    /// Read before every KVM_RUN: the core wants this vCPU parked.
-    park_requested: AtomicBool,
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The state of one vCPU that other threads may read or change.
+pub struct VcpuControl {
+    state: Mutex<(RunState, Option<StartPoint>)>,
+    changed: Condvar,
+    /// Read before every KVM_RUN: the core wants this vCPU parked.
+    park_requested: AtomicBool,
+    /// The host thread id, for QMP (0 until the thread runs).
+    thread_id: AtomicI32,
+}
+
+impl VcpuControl {
+    fn new() -> VcpuControl {
+        VcpuControl {
+            state: Mutex::new((RunState::Parked, None)),
+            changed: Condvar::new(),
+            park_requested: AtomicBool::new(false),
+            thread_id: AtomicI32::new(0),
+        }
+    }
+
+    fn is_running(&self) -> bool {
+        matches!(
+            lock(&self.state).0,
+            RunState::Running | RunState::StartRequested
+        )
+    }
+}
+
+/// Every vCPU's shared state, indexed by vCPU id.
+pub struct CpuTable {
+    vcpus: Vec<VcpuControl>,
+}
+
+/// One vCPU as QMP reports it.
+pub struct VcpuInfo {
+    pub id: u32,
+    pub thread_id: i32,
+}
+
+impl CpuTable {
+    pub fn new(count: u32) -> CpuTable {
+        CpuTable {
+            vcpus: (0..count).map(|_| VcpuControl::new()).collect(),
+        }
+    }
+
+    pub fn snapshot(&self) -> CpuSnapshot {
+        let mut snapshot = CpuSnapshot::default();
+        for (id, vcpu) in self.vcpus.iter().enumerate() {
+            snapshot.present |= 1 << id;
+            if vcpu.is_running() {
+                snapshot.running |= 1 << id;
+            }
+        }
+        snapshot
+    }
+
+    pub fn info(&self) -> Vec<VcpuInfo> {
+        self.vcpus
+            .iter()
+            .enumerate()
+            .map(|(id, vcpu)| VcpuInfo {
+                id: id as u32,
+                thread_id: vcpu.thread_id.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// Releases a parked vCPU at `start`; false if it is not parked.
+    pub fn start(&self, id: u32, start: StartPoint) -> bool {
+        let Some(vcpu) = self.vcpus.get(id as usize) else {
+            return false;
+        };
+        let mut state = lock(&vcpu.state);
+        if state.0 != RunState::Parked {
+            return false;
+        }
+        *state = (RunState::StartRequested, Some(start));
+        vcpu.changed.notify_all();
+        true
+    }
+}
+
 /// The VM-wide things a vCPU needs to answer hypercalls.
 #[derive(Clone)]
 pub struct VcpuContext {
     pub console: Arc<Console>,
-    pub memory: GuestMemoryMmap,
-    pub events: Sender<VmEvent>,
+    pub cpus: Arc<CpuTable>,
+    pub rtas: Arc<RtasService>,
+    pub interrupts: Arc<InterruptRouter>,
+    pub control: Sender<ControlMessage>,
 }
 
+/// Owns a vCPU thread.
 pub struct VcpuHandle {
-    pub id: u32,
-    control: Arc<Control>,
+    id: u32,
+    cpus: Arc<CpuTable>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl VcpuHandle {
     pub fn spawn(id: u32, fd: VcpuFd, context: VcpuContext) -> std::io::Result<VcpuHandle> {
-        let control = Arc::new(Control {
-            state: Mutex::new((RunState::Parked, None)),
-            changed: Condvar::new(),
-            park_requested: AtomicBool::new(false),
-        });
-        let thread_control = Arc::clone(&control);
+        let cpus = Arc::clone(&context.cpus);
         let thread = thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || {
-                Vcpu {
-                    id,
-                    fd,
-                    control: thread_control,
-                    context,
-                }
-                .run()
-            })?;
+            .spawn(move || Vcpu { id, fd, context }.run())?;
         Ok(VcpuHandle {
             id,
-            control,
+            cpus,
             thread: Some(thread),
         })
     }
 
-    /// Releases a parked vCPU at `start`.
-    pub fn start(&self, start: StartPoint) {
-        let mut state = lock(&self.control.state);
-        *state = (RunState::StartRequested, Some(start));
-        self.control.changed.notify_all();
+    fn control(&self) -> &VcpuControl {
+        &self.cpus.vcpus[self.id as usize]
     }
 
     /// Stops the vCPU and waits until its thread is out of KVM_RUN.
     pub fn park(&self) {
-        self.control.park_requested.store(true, Ordering::SeqCst);
-        let mut state = lock(&self.control.state);
+        let control = self.control();
+        control.park_requested.store(true, Ordering::SeqCst);
+        let mut state = lock(&control.state);
         if state.0 == RunState::StartRequested {
             state.0 = RunState::Parked;
         }
@@ -127,14 +185,13 @@ impl VcpuHandle {
                     log::warn!("vcpu{}: cannot signal its thread: {error}", self.id);
                 }
             }
-            state = self
-                .control
+            state = control
                 .changed
                 .wait_timeout(state, Duration::from_millis(5))
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .0;
         }
-        self.control.park_requested.store(false, Ordering::SeqCst);
+        control.park_requested.store(false, Ordering::SeqCst);
     }
 }
 
@@ -142,9 +199,10 @@ impl Drop for VcpuHandle {
     fn drop(&mut self) {
         self.park();
         {
-            let mut state = lock(&self.control.state);
+            let control = self.control();
+            let mut state = lock(&control.state);
             state.0 = RunState::Exit;
-            self.control.changed.notify_all();
+            control.changed.notify_all();
         }
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -161,39 +219,46 @@ enum Next {
 struct Vcpu {
     id: u32,
     fd: VcpuFd,
-    control: Arc<Control>,
     context: VcpuContext,
 }
 
 impl Vcpu {
+    fn control(&self) -> &VcpuControl {
+        &self.context.cpus.vcpus[self.id as usize]
+    }
+
     fn run(mut self) {
+        self.control()
+            .thread_id
+            .store(nix::unistd::gettid().as_raw(), Ordering::Relaxed);
         while let Some(start) = self.wait_for_start() {
             if let Err(error) = self.prepare(start) {
                 self.crash(format!("vcpu{}: cannot set up registers: {error}", self.id));
             } else {
                 self.run_guest();
             }
-            let mut state = lock(&self.control.state);
+            let control = self.control();
+            let mut state = lock(&control.state);
             if state.0 == RunState::Running {
                 state.0 = RunState::Parked;
             }
-            self.control.changed.notify_all();
+            control.changed.notify_all();
         }
     }
 
     fn wait_for_start(&self) -> Option<StartPoint> {
-        let mut state = lock(&self.control.state);
+        let control = self.control();
+        let mut state = lock(&control.state);
         loop {
             match *state {
                 (RunState::Exit, _) => return None,
                 (RunState::StartRequested, Some(start)) => {
                     state.0 = RunState::Running;
-                    self.control.changed.notify_all();
+                    control.changed.notify_all();
                     return Some(start);
                 }
                 _ => {
-                    state = self
-                        .control
+                    state = control
                         .changed
                         .wait(state)
                         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -217,23 +282,35 @@ impl Vcpu {
     }
 
     fn crash(&self, reason: String) {
-        let _ = self.context.events.send(VmEvent::Crashed(reason));
+        let _ = self
+            .context
+            .control
+            .send(ControlMessage::GuestCrashed(reason));
     }
 
     fn run_guest(&mut self) {
         loop {
-            if self.control.park_requested.load(Ordering::SeqCst) {
+            if self.control().park_requested.load(Ordering::SeqCst) {
                 return;
             }
             let exit = match self.fd.run() {
                 Ok(exit) => exit,
-                Err(error) if error.errno() == libc_eintr() || error.errno() == libc_eagain() => {
+                Err(error)
+                    if error.errno() == nix::libc::EINTR || error.errno() == nix::libc::EAGAIN =>
+                {
                     continue
                 }
                 Err(error) => {
                     self.crash(format!("vcpu{}: KVM_RUN failed: {error}", self.id));
                     return;
                 }
+            };
+            let crash = |reason: String| {
+                let _ = self
+                    .context
+                    .control
+                    .send(ControlMessage::GuestCrashed(reason));
+                Next::Park
             };
             let next = match exit {
                 VcpuExit::IoOut(HCALL_DOORBELL_PORT, _) => self.doorbell(),
@@ -260,25 +337,19 @@ impl Vcpu {
                 }
                 VcpuExit::Shutdown => {
                     let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or_default();
-                    self.crash(format!(
+                    crash(format!(
                         "vcpu{}: guest triple fault (rip {rip:#x})",
                         self.id
-                    ));
-                    Next::Park
+                    ))
                 }
                 VcpuExit::InternalError => {
                     let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or_default();
-                    self.crash(format!(
+                    crash(format!(
                         "vcpu{}: KVM internal error at rip {rip:#x} (an instruction KVM cannot emulate, e.g. SSE at CPL0)",
                         self.id
-                    ));
-                    Next::Park
+                    ))
                 }
-                other => {
-                    let reason = format!("vcpu{}: unexpected exit {other:?}", self.id);
-                    let _ = self.context.events.send(VmEvent::Crashed(reason));
-                    Next::Park
-                }
+                other => crash(format!("vcpu{}: unexpected exit {other:?}", self.id)),
             };
             if let Next::Park = next {
                 return;
@@ -332,16 +403,23 @@ impl Vcpu {
                 };
                 (result, 3, Next::Continue)
             }
-            H_RTAS => match rtas::handle_call(&self.context.memory, call.args[0]) {
-                Ok(request) => {
-                    let next = self.carry_out(request);
-                    (HcallResult::status(H_SUCCESS), 0, next)
+            H_RTAS => {
+                let snapshot = self.context.cpus.snapshot();
+                match self.context.rtas.call(self.id, call.args[0], snapshot) {
+                    Ok(request) => {
+                        let next = self.carry_out(request);
+                        (HcallResult::status(H_SUCCESS), 0, next)
+                    }
+                    Err(RtasFailure::Refused(refusal)) => {
+                        log::warn!("vcpu{}: RTAS call refused: {refusal}", self.id);
+                        (HcallResult::status(H_PARAMETER), 0, Next::Continue)
+                    }
+                    Err(failure @ RtasFailure::Unavailable(_)) => {
+                        log::warn!("vcpu{}: {failure}", self.id);
+                        (HcallResult::status(H_HARDWARE), 0, Next::Continue)
+                    }
                 }
-                Err(error) => {
-                    log::warn!("vcpu{}: RTAS call refused: {error}", self.id);
-                    (HcallResult::status(H_PARAMETER), 0, Next::Continue)
-                }
-            },
+            }
             number => {
                 log::debug!("vcpu{}: unknown hcall {number:#x}", self.id);
                 (HcallResult::status(H_FUNCTION), 0, Next::Continue)
@@ -349,28 +427,49 @@ impl Vcpu {
         }
     }
 
+    /// Carries out what the RTAS server asked for on the guest's behalf.
     fn carry_out(&self, request: Option<PlatformRequest>) -> Next {
-        let event = match request {
+        let message = match request {
             None => return Next::Continue,
             Some(PlatformRequest::DisplayCharacter(byte)) => {
                 self.context.console.write(&[byte]);
                 return Next::Continue;
             }
-            Some(PlatformRequest::PowerOff) => VmEvent::PowerOff,
-            Some(PlatformRequest::Reboot) => VmEvent::Reset,
+            Some(PlatformRequest::StartCpu { cpu, entry, r3 }) => {
+                let start = StartPoint {
+                    entry,
+                    rdi: r3,
+                    rsi: u64::from(cpu),
+                };
+                if !self.context.cpus.start(cpu, start) {
+                    // Another vCPU started it between the snapshot and now.
+                    log::warn!(
+                        "vcpu{}: start-cpu of vCPU {cpu}, which is not stopped",
+                        self.id
+                    );
+                }
+                return Next::Continue;
+            }
+            Some(PlatformRequest::StopSelf) => {
+                log::debug!("vcpu{}: stopped itself", self.id);
+                return Next::Park;
+            }
+            Some(PlatformRequest::SetInterruptServer { source, server }) => {
+                if let Err(error) = self.context.interrupts.set_server(source, server) {
+                    log::error!(
+                        "vcpu{}: cannot route interrupt {source:#x}: {error}",
+                        self.id
+                    );
+                }
+                return Next::Continue;
+            }
+            Some(PlatformRequest::PowerOff) => ControlMessage::PowerOff,
+            Some(PlatformRequest::Reboot) => ControlMessage::Reset { by_guest: true },
             Some(PlatformRequest::OsTerm { message }) => {
-                VmEvent::Crashed(format!("guest called ibm,os-term: {message}"))
+                ControlMessage::GuestCrashed(format!("guest called ibm,os-term: {message}"))
             }
         };
-        let _ = self.context.events.send(event);
+        let _ = self.context.control.send(message);
         Next::Park
     }
-}
-
-fn libc_eintr() -> i32 {
-    nix::errno::Errno::EINTR as i32
-}
-
-fn libc_eagain() -> i32 {
-    nix::errno::Errno::EAGAIN as i32
 }

@@ -4,29 +4,26 @@
 use crate::boot::{self, BootError};
 use crate::config::{ConsoleConfig, GuestImage, SmpConfig, VmConfig};
 use crate::console::{Console, ConsoleError};
+use crate::control::ControlMessage;
 use crate::fdt::{self, FdtError, MachineDescription};
+use crate::interrupts::{InterruptError, InterruptRouter};
 use crate::layout::{MemoryLayout, FDT_MAX_SIZE, FDT_START, GUEST_IMAGE_START, KVM_TSS_ADDRESS};
 use crate::memory::{GuestRam, MemoryError};
-use crate::vcpu::{StartPoint, VcpuContext, VcpuHandle, VmEvent};
+use crate::qmp::{QmpContext, QmpServer};
+use crate::rtas_client::{self, RtasService, SpawnError};
+use crate::vcpu::{CpuTable, StartPoint, VcpuContext, VcpuHandle};
 use ipc_proto::papr::irq;
-use kvm_bindings::{
-    kvm_irq_routing_entry, kvm_irq_routing_entry__bindgen_ty_1, kvm_irq_routing_msi, KvmIrqRouting,
-    KVM_IRQ_ROUTING_MSI,
-};
 use kvm_ioctls::{Kvm, VmFd};
 use linux_loader::loader::{elf::Elf, KernelLoader};
+use serde_json::json;
 use std::io::Cursor;
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// The built-in test guest, built by vmm/build.rs from guest/.
 pub static BUILTIN_GUEST: &[u8] = include_bytes!(env!("PAPERVISOR_GUEST_ELF"));
-
-/// x86 MSI address window: 0xFEE0_0000 | destination APIC id << 12.
-const MSI_ADDRESS_BASE: u32 = 0xfee0_0000;
 
 #[derive(Debug, Error)]
 pub enum VmError {
@@ -54,12 +51,10 @@ pub enum VmError {
     GuestTooLarge { end: u64 },
     #[error("cannot write the device tree into guest memory")]
     WriteFdt(#[source] vm_memory::GuestMemoryError),
-    #[error("cannot create the eventfd for {what}")]
-    EventFd {
-        what: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("interrupts")]
+    Interrupts(#[from] InterruptError),
+    #[error("cannot start the RTAS server")]
+    RtasServer(#[from] SpawnError),
     #[error("cannot start the thread of vCPU {id}")]
     SpawnVcpu {
         id: u32,
@@ -74,21 +69,20 @@ fn kvm_call(call: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
     move |source| VmError::Kvm { call, source }
 }
 
-/// KVM GSI of a PAPR interrupt source (routes above the legacy irqchip pins).
-fn gsi_for(source: u32) -> u32 {
-    32 + (source - irq::BASE)
-}
-
 pub struct Vm {
-    // Field order is drop order: vCPU threads end before the fds they use.
+    // Field order is drop order: vCPU threads end before what they use.
     vcpus: Vec<VcpuHandle>,
+    cpus: Arc<CpuTable>,
+    _rtas: Arc<RtasService>,
+    interrupts: Arc<InterruptRouter>,
     _console: Arc<Console>,
-    events: Receiver<VmEvent>,
+    control: Sender<ControlMessage>,
+    inbox: Receiver<ControlMessage>,
     ram: GuestRam,
     layout: MemoryLayout,
     smp: SmpConfig,
     guest_image: Vec<u8>,
-    _vm_fd: VmFd,
+    _vm_fd: Arc<VmFd>,
     _kvm: Kvm,
 }
 
@@ -99,7 +93,7 @@ impl Vm {
             GuestImage::BuiltIn => BUILTIN_GUEST.to_vec(),
         };
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
-        let vm_fd = kvm.create_vm().map_err(kvm_call("KVM_CREATE_VM"))?;
+        let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_call("KVM_CREATE_VM"))?);
         vm_fd
             .set_tss_address(KVM_TSS_ADDRESS as usize)
             .map_err(kvm_call("KVM_SET_TSS_ADDR"))?;
@@ -111,24 +105,25 @@ impl Vm {
         let ram = GuestRam::new(layout.boot_ram)?;
         ram.register(&vm_fd)?;
 
-        let vty_interrupt = EventFd::new(EFD_NONBLOCK).map_err(|source| VmError::EventFd {
-            what: "the vty interrupt",
-            source,
-        })?;
-        route_interrupts(&vm_fd, &[(irq::VTY, 0)])?;
-        vm_fd
-            .register_irqfd(&vty_interrupt, gsi_for(irq::VTY))
-            .map_err(kvm_call("KVM_IRQFD"))?;
+        let interrupts = Arc::new(InterruptRouter::new(Arc::clone(&vm_fd))?);
+        let vty_interrupt = interrupts.eventfd(irq::VTY)?;
         let console = match &config.console {
             ConsoleConfig::Stdio => Console::stdio(vty_interrupt)?,
             ConsoleConfig::Socket(path) => Console::socket(path, vty_interrupt)?,
         };
+        let rtas = Arc::new(RtasService::spawn(
+            &rtas_client::sibling_binary(rtas_client::RTAS_SERVER_BINARY),
+            &ram,
+        )?);
 
-        let (event_sender, events) = channel();
+        let (control, inbox) = channel();
+        let cpus = Arc::new(CpuTable::new(config.smp.cpus));
         let context = VcpuContext {
             console: Arc::clone(&console),
-            memory: ram.memory().clone(),
-            events: event_sender,
+            cpus: Arc::clone(&cpus),
+            rtas: Arc::clone(&rtas),
+            interrupts: Arc::clone(&interrupts),
+            control: control.clone(),
         };
         let mut vcpus = Vec::new();
         for id in 0..config.smp.cpus {
@@ -144,8 +139,12 @@ impl Vm {
 
         Ok(Vm {
             vcpus,
+            cpus,
+            _rtas: rtas,
+            interrupts,
             _console: console,
-            events,
+            control,
+            inbox,
             ram,
             layout,
             smp: config.smp,
@@ -153,6 +152,15 @@ impl Vm {
             _vm_fd: vm_fd,
             _kvm: kvm,
         })
+    }
+
+    /// What the QMP server needs to reach this VM.
+    pub fn qmp_context(&self) -> QmpContext {
+        QmpContext {
+            control: self.control.clone(),
+            cpus: Arc::clone(&self.cpus),
+            smp: self.smp,
+        }
     }
 
     /// Writes everything the guest finds at power-on; returns where CPU 0 starts.
@@ -197,7 +205,9 @@ impl Vm {
             start.entry,
             start.rdi
         );
-        self.vcpus[0].start(start);
+        if !self.cpus.start(0, start) {
+            log::error!("vCPU 0 was not stopped at power-on");
+        }
         Ok(())
     }
 
@@ -207,64 +217,62 @@ impl Vm {
         }
     }
 
-    /// Boots the guest and runs it until it powers off (Ok) or crashes.
-    pub fn run(self) -> Result<(), VmError> {
+    /// Boots the guest and runs it until it powers off or QMP quits (Ok),
+    /// or it crashes.
+    pub fn run(self, qmp: Option<Arc<QmpServer>>) -> Result<(), VmError> {
+        let emit = |event: &str, data| {
+            if let Some(qmp) = &qmp {
+                qmp.emit(event, data);
+            }
+        };
         self.power_on()?;
         loop {
-            let event = self
-                .events
+            let message = self
+                .inbox
                 .recv()
                 .map_err(|_| VmError::GuestCrashed("every vCPU thread is gone".into()))?;
-            match event {
-                VmEvent::PowerOff => {
+            match message {
+                ControlMessage::PowerOff => {
                     log::info!("guest powered off");
                     self.park_all();
+                    emit(
+                        "SHUTDOWN",
+                        json!({"guest": true, "reason": "guest-shutdown"}),
+                    );
                     return Ok(());
                 }
-                VmEvent::Reset => {
-                    log::info!("guest requested a reset");
+                ControlMessage::Quit => {
+                    log::info!("quit requested over QMP");
                     self.park_all();
+                    emit(
+                        "SHUTDOWN",
+                        json!({"guest": false, "reason": "host-qmp-quit"}),
+                    );
+                    return Ok(());
+                }
+                ControlMessage::Reset { by_guest } => {
+                    log::info!(
+                        "machine reset requested by the {}",
+                        if by_guest { "guest" } else { "host" }
+                    );
+                    self.park_all();
+                    self.interrupts.reset()?;
                     self.ram.discard()?;
                     self.power_on()?;
+                    let reason = if by_guest {
+                        "guest-reset"
+                    } else {
+                        "host-qmp-system-reset"
+                    };
+                    emit("RESET", json!({"guest": by_guest, "reason": reason}));
                 }
-                VmEvent::Crashed(reason) => {
+                ControlMessage::GuestCrashed(reason) => {
                     self.park_all();
                     return Err(VmError::GuestCrashed(reason));
                 }
             }
         }
     }
-}
-
-/// Routes each PAPR interrupt source to a vCPU's local APIC as an MSI on the
-/// source's x86 vector. Replaces KVM's whole routing table.
-fn route_interrupts(vm_fd: &VmFd, routes: &[(u32, u32)]) -> Result<(), VmError> {
-    let mut table = KvmIrqRouting::new(0).map_err(|_| VmError::Kvm {
-        call: "KVM_SET_GSI_ROUTING",
-        source: kvm_ioctls::Error::new(nix::errno::Errno::ENOMEM as i32),
-    })?;
-    for &(source, apic_id) in routes {
-        let entry = kvm_irq_routing_entry {
-            gsi: gsi_for(source),
-            type_: KVM_IRQ_ROUTING_MSI,
-            u: kvm_irq_routing_entry__bindgen_ty_1 {
-                msi: kvm_irq_routing_msi {
-                    address_lo: MSI_ADDRESS_BASE | (apic_id << 12),
-                    address_hi: 0,
-                    data: irq::x86_vector(source),
-                    ..Default::default()
-                },
-            },
-            ..Default::default()
-        };
-        table.push(entry).map_err(|_| VmError::Kvm {
-            call: "KVM_SET_GSI_ROUTING",
-            source: kvm_ioctls::Error::new(nix::errno::Errno::ENOSPC as i32),
-        })?;
-    }
-    vm_fd
-        .set_gsi_routing(&table)
-        .map_err(kvm_call("KVM_SET_GSI_ROUTING"))
 }
 
 #[cfg(test)]

@@ -1,0 +1,298 @@
+//! Messages between the core and the RTAS server.
+//!
+//! The core opens the channel with [`CoreToRtas::SetMemoryTable`] (the guest
+//! RAM memfds ride along, one per region, vhost-user style), then forwards
+//! each H_RTAS hypercall as a [`CoreToRtas::Call`]. The server reads and
+//! validates `rtas_args` in guest memory itself, writes the return cells, and
+//! answers with what the core must do, as a typed [`PlatformRequest`].
+
+use crate::channel::MAX_FDS;
+use crate::papr::irq;
+use serde::{Deserialize, Serialize};
+
+/// vCPU ids are below this (bit masks in [`CpuSnapshot`] are 64 bits).
+pub const MAX_VCPUS: u32 = 64;
+/// Guest RAM regions in one memory table: one descriptor each.
+pub const MAX_MEMORY_REGIONS: usize = MAX_FDS;
+/// The longest `ibm,os-term` message passed on.
+pub const MAX_OS_TERM_MESSAGE: usize = 256;
+
+/// One region of guest RAM: the descriptor at the same position in the
+/// message's descriptors maps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryRegion {
+    /// Guest-physical start.
+    pub guest_address: u64,
+    /// Length in bytes.
+    pub size: u64,
+    /// Where the region starts in its file.
+    pub file_offset: u64,
+}
+
+/// Which vCPUs exist and which run, as the core saw them when it forwarded
+/// the call (bit n is vCPU n).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuSnapshot {
+    /// vCPUs that exist.
+    pub present: u64,
+    /// vCPUs running guest code (the others are stopped).
+    pub running: u64,
+}
+
+impl CpuSnapshot {
+    /// Whether vCPU `cpu` exists.
+    pub fn is_present(&self, cpu: u32) -> bool {
+        cpu < MAX_VCPUS && self.present & (1 << cpu) != 0
+    }
+
+    /// Whether vCPU `cpu` runs guest code.
+    pub fn is_running(&self, cpu: u32) -> bool {
+        cpu < MAX_VCPUS && self.running & (1 << cpu) != 0
+    }
+}
+
+/// Core → RTAS server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CoreToRtas {
+    /// Replaces the guest memory map; one descriptor per region, in order.
+    SetMemoryTable {
+        /// The regions.
+        regions: Vec<MemoryRegion>,
+    },
+    /// One H_RTAS hypercall.
+    Call {
+        /// The vCPU that made it.
+        caller: u32,
+        /// The guest address of its `rtas_args` block (r4).
+        args_address: u64,
+        /// vCPU states at the time of the call.
+        cpus: CpuSnapshot,
+    },
+}
+
+/// RTAS server → core.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RtasToCore {
+    /// The memory table was mapped.
+    MemoryTableSet,
+    /// The call was answered (return cells written); the core carries out `request`.
+    CallDone {
+        /// What the core must do, if anything.
+        request: Option<PlatformRequest>,
+    },
+    /// The call could not be answered at all; the hypercall fails.
+    CallRefused(CallRefusal),
+    /// The request did not make sense (malformed frame, bad memory table).
+    Rejected {
+        /// Why, for the log.
+        reason: String,
+    },
+}
+
+/// Why a call got no RTAS status at all.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CallRefusal {
+    /// `rtas_args`, or part of it, is outside guest memory.
+    ArgsOutsideMemory {
+        /// The first address that is not memory.
+        address: u64,
+    },
+    /// nargs + nret exceed the block, or there is no return cell.
+    BadCellCount {
+        /// Arguments claimed.
+        nargs: u32,
+        /// Returns claimed.
+        nret: u32,
+    },
+    /// No memory table has been set.
+    NoMemory,
+}
+
+impl std::fmt::Display for CallRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallRefusal::ArgsOutsideMemory { address } => {
+                write!(f, "rtas_args reach {address:#x}, outside guest memory")
+            }
+            CallRefusal::BadCellCount { nargs, nret } => write!(
+                f,
+                "rtas_args with nargs={nargs} nret={nret} (at most 16 cells, at least one return)"
+            ),
+            CallRefusal::NoMemory => write!(f, "the RTAS server has no guest memory mapped"),
+        }
+    }
+}
+
+/// What a call asks of the machine; the core carries it out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PlatformRequest {
+    /// `display-character`: one byte for the console.
+    DisplayCharacter(u8),
+    /// `power-off`.
+    PowerOff,
+    /// `system-reboot`.
+    Reboot,
+    /// `ibm,os-term`, with the guest's message (printable ASCII).
+    OsTerm {
+        /// The message.
+        message: String,
+    },
+    /// `start-cpu`: run a stopped vCPU at `entry` with `r3` as its argument.
+    StartCpu {
+        /// The vCPU.
+        cpu: u32,
+        /// Guest address to start at.
+        entry: u64,
+        /// Passed in the first argument register.
+        r3: u64,
+    },
+    /// `stop-self`: the calling vCPU stops.
+    StopSelf,
+    /// `ibm,set-xive`: deliver `source` to vCPU `server`.
+    SetInterruptServer {
+        /// The PAPR interrupt source.
+        source: u32,
+        /// The vCPU.
+        server: u32,
+    },
+}
+
+impl PlatformRequest {
+    /// Checks the fields a peer could get wrong; the core calls it on every reply.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            PlatformRequest::OsTerm { message } => {
+                if message.len() > MAX_OS_TERM_MESSAGE {
+                    return Err(format!("os-term message of {} bytes", message.len()));
+                }
+                if !message.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+                    return Err("os-term message is not printable ASCII".into());
+                }
+            }
+            PlatformRequest::StartCpu { cpu, .. } if *cpu >= MAX_VCPUS => {
+                return Err(format!("start-cpu of vCPU {cpu}"));
+            }
+            PlatformRequest::SetInterruptServer { source, server } => {
+                if !irq::ALL.contains(source) {
+                    return Err(format!("interrupt source {source:#x} does not exist"));
+                }
+                if *server >= MAX_VCPUS {
+                    return Err(format!("interrupt server {server}"));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl CoreToRtas {
+    /// Checks the fields a peer could get wrong; the server calls it on every request.
+    pub fn validate(&self, fds: usize) -> Result<(), String> {
+        match self {
+            CoreToRtas::SetMemoryTable { regions } => {
+                if regions.is_empty() || regions.len() > MAX_MEMORY_REGIONS {
+                    return Err(format!("memory table of {} regions", regions.len()));
+                }
+                if regions.len() != fds {
+                    return Err(format!(
+                        "memory table of {} regions with {fds} descriptors",
+                        regions.len()
+                    ));
+                }
+                for region in regions {
+                    if region.size == 0
+                        || region.guest_address.checked_add(region.size).is_none()
+                        || region.file_offset.checked_add(region.size).is_none()
+                    {
+                        return Err(format!("bad memory region {region:?}"));
+                    }
+                }
+            }
+            CoreToRtas::Call { caller, .. } => {
+                if *caller >= MAX_VCPUS {
+                    return Err(format!("call from vCPU {caller}"));
+                }
+                if fds != 0 {
+                    return Err(format!("call with {fds} descriptors"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_from_a_peer_are_range_checked() {
+        assert!(PlatformRequest::StartCpu {
+            cpu: 64,
+            entry: 0,
+            r3: 0
+        }
+        .validate()
+        .is_err());
+        assert!(PlatformRequest::SetInterruptServer {
+            source: 0x1001,
+            server: 3
+        }
+        .validate()
+        .is_ok());
+        assert!(PlatformRequest::SetInterruptServer {
+            source: 0x2000,
+            server: 3
+        }
+        .validate()
+        .is_err());
+        assert!(PlatformRequest::OsTerm {
+            message: "a\nb".into()
+        }
+        .validate()
+        .is_err());
+        assert!(PlatformRequest::OsTerm {
+            message: "x".repeat(257)
+        }
+        .validate()
+        .is_err());
+    }
+
+    #[test]
+    fn requests_are_range_checked() {
+        let region = MemoryRegion {
+            guest_address: 0,
+            size: 4096,
+            file_offset: 0,
+        };
+        let table = CoreToRtas::SetMemoryTable {
+            regions: vec![region],
+        };
+        assert!(table.validate(1).is_ok());
+        assert!(table.validate(0).is_err());
+        let overflowing = CoreToRtas::SetMemoryTable {
+            regions: vec![MemoryRegion {
+                guest_address: u64::MAX,
+                ..region
+            }],
+        };
+        assert!(overflowing.validate(1).is_err());
+        let call = CoreToRtas::Call {
+            caller: 70,
+            args_address: 0,
+            cpus: CpuSnapshot::default(),
+        };
+        assert!(call.validate(0).is_err());
+    }
+
+    #[test]
+    fn snapshot_bits_name_vcpus() {
+        let cpus = CpuSnapshot {
+            present: 0b111,
+            running: 0b101,
+        };
+        assert!(cpus.is_present(2) && !cpus.is_present(3) && !cpus.is_present(200));
+        assert!(cpus.is_running(0) && !cpus.is_running(1));
+    }
+}

@@ -1,0 +1,529 @@
+//! QMP, the QEMU Machine Protocol, on a Unix socket: QEMU's greeting,
+//! capabilities negotiation, framing, ids and error classes, so that existing
+//! clients (such as the `qemu.qmp` Python package) drive Papervisor unchanged.
+//!
+//! Input is untrusted: it is split into JSON values by a bounded scanner
+//! ([`JsonSplitter`]) before parsing, so no client can make the core buffer
+//! more than [`MAX_REQUEST`] bytes, and every bad request gets an error reply.
+
+use crate::config::SmpConfig;
+use crate::control::ControlMessage;
+use crate::vcpu::CpuTable;
+use serde_json::{json, Map, Value};
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The largest request accepted.
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// Clients served at once; more are refused with a message.
+const MAX_CLIENTS: usize = 16;
+
+/// What the QMP server needs from the VM.
+#[derive(Clone)]
+pub struct QmpContext {
+    pub control: Sender<ControlMessage>,
+    pub cpus: Arc<CpuTable>,
+    pub smp: SmpConfig,
+}
+
+/// Serves QMP clients and sends them events.
+pub struct QmpServer {
+    /// Write halves of the clients that finished negotiation.
+    event_sinks: Mutex<Vec<UnixStream>>,
+    clients: Mutex<usize>,
+}
+
+impl QmpServer {
+    /// Binds `path` and serves it from a thread of its own.
+    pub fn start(path: &Path, context: QmpContext) -> std::io::Result<Arc<QmpServer>> {
+        let listener = UnixListener::bind(path)?;
+        let server = Arc::new(QmpServer {
+            event_sinks: Mutex::new(Vec::new()),
+            clients: Mutex::new(0),
+        });
+        let acceptor = Arc::clone(&server);
+        thread::Builder::new()
+            .name("qmp-accept".into())
+            .spawn(move || acceptor.accept_loop(listener, context))?;
+        Ok(server)
+    }
+
+    fn accept_loop(self: Arc<Self>, listener: UnixListener, context: QmpContext) {
+        for stream in listener.incoming() {
+            let mut stream = match stream {
+                Ok(stream) => stream,
+                Err(error) => {
+                    log::warn!("qmp: accept failed: {error}");
+                    continue;
+                }
+            };
+            {
+                let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+                if *clients >= MAX_CLIENTS {
+                    let _ = write_message(
+                        &mut stream,
+                        &error_reply(None, "GenericError", "too many QMP clients"),
+                    );
+                    continue;
+                }
+                *clients += 1;
+            }
+            let server = Arc::clone(&self);
+            let context = context.clone();
+            let spawned = thread::Builder::new()
+                .name("qmp-client".into())
+                .spawn(move || {
+                    if let Err(error) = server.serve_client(stream, &context) {
+                        log::debug!("qmp: client gone: {error}");
+                    }
+                    *server.clients.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+                });
+            if let Err(error) = spawned {
+                log::warn!("qmp: cannot start a client thread: {error}");
+            }
+        }
+    }
+
+    /// Sends an event to every negotiated client; clients that fail are dropped.
+    pub fn emit(&self, event: &str, data: Value) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let message = json!({
+            "event": event,
+            "data": data,
+            "timestamp": {"seconds": now.as_secs(), "microseconds": now.subsec_micros()},
+        });
+        let mut sinks = self.event_sinks.lock().unwrap_or_else(|p| p.into_inner());
+        sinks.retain_mut(|sink| write_message(sink, &message).is_ok());
+    }
+
+    fn serve_client(&self, mut stream: UnixStream, context: &QmpContext) -> std::io::Result<()> {
+        write_message(&mut stream, &greeting())?;
+        let mut session = Session {
+            negotiated: false,
+            context,
+        };
+        let mut splitter = JsonSplitter::default();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            for item in splitter.push(&buf[..n]) {
+                let (reply, after) = match item {
+                    Ok(text) => session.handle(&text),
+                    Err(too_long) => (error_reply(None, "GenericError", &too_long), None),
+                };
+                write_message(&mut stream, &reply)?;
+                match after {
+                    Some(After::Negotiated) => {
+                        let sink = stream.try_clone()?;
+                        self.event_sinks
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(sink);
+                    }
+                    Some(After::Send(message)) => {
+                        let _ = context.control.send(message);
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+}
+
+fn write_message(stream: &mut UnixStream, message: &Value) -> std::io::Result<()> {
+    let mut text = message.to_string();
+    text.push_str("\r\n");
+    stream.write_all(text.as_bytes())
+}
+
+fn greeting() -> Value {
+    json!({"QMP": {
+        "version": {
+            "qemu": {"major": 9, "minor": 0, "micro": 0},
+            "package": concat!("papervisor ", env!("CARGO_PKG_VERSION")),
+        },
+        "capabilities": [],
+    }})
+}
+
+fn error_reply(id: Option<&Value>, class: &str, desc: &str) -> Value {
+    let mut reply = json!({"error": {"class": class, "desc": desc}});
+    if let Some(id) = id {
+        reply["id"] = id.clone();
+    }
+    reply
+}
+
+/// What the connection does after writing a reply.
+enum After {
+    Negotiated,
+    Send(ControlMessage),
+}
+
+struct Session<'a> {
+    negotiated: bool,
+    context: &'a QmpContext,
+}
+
+type CommandResult = Result<(Value, Option<After>), (&'static str, String)>;
+
+impl Session<'_> {
+    fn handle(&mut self, text: &str) -> (Value, Option<After>) {
+        let request: Value = match serde_json::from_str(text) {
+            Ok(value) => value,
+            Err(error) => {
+                return (
+                    error_reply(None, "GenericError", &format!("JSON parse error, {error}")),
+                    None,
+                )
+            }
+        };
+        let Value::Object(request) = request else {
+            return (
+                error_reply(None, "GenericError", "QMP input must be a JSON object"),
+                None,
+            );
+        };
+        let id = request.get("id");
+        match self.dispatch(&request) {
+            Ok((value, after)) => {
+                let mut reply = json!({"return": value});
+                if let Some(id) = id {
+                    reply["id"] = id.clone();
+                }
+                (reply, after)
+            }
+            Err((class, desc)) => (error_reply(id, class, &desc), None),
+        }
+    }
+
+    fn dispatch(&mut self, request: &Map<String, Value>) -> CommandResult {
+        let generic = |desc: String| ("GenericError", desc);
+        for key in request.keys() {
+            if !matches!(key.as_str(), "execute" | "arguments" | "id") {
+                return Err(generic(format!("QMP input member '{key}' is unexpected")));
+            }
+        }
+        let command = match request.get("execute") {
+            Some(Value::String(command)) => command.as_str(),
+            Some(_) => {
+                return Err(generic(
+                    "QMP input member 'execute' must be a string".into(),
+                ))
+            }
+            None => return Err(generic("QMP input lacks member 'execute'".into())),
+        };
+        let empty = Map::new();
+        let arguments = match request.get("arguments") {
+            None => &empty,
+            Some(Value::Object(arguments)) => arguments,
+            Some(_) => {
+                return Err(generic(
+                    "QMP input member 'arguments' must be an object".into(),
+                ))
+            }
+        };
+        if !self.negotiated && command != "qmp_capabilities" {
+            return Err((
+                "CommandNotFound",
+                "Expecting capabilities negotiation with 'qmp_capabilities'".into(),
+            ));
+        }
+        let no_arguments = || match arguments.keys().next() {
+            Some(key) => Err(generic(format!("Parameter '{key}' is unexpected"))),
+            None => Ok(()),
+        };
+        match command {
+            "qmp_capabilities" => {
+                if self.negotiated {
+                    return Err((
+                        "CommandNotFound",
+                        "Capabilities negotiation is already complete, command ignored".into(),
+                    ));
+                }
+                if let Some(Value::Array(enable)) = arguments.get("enable") {
+                    if let Some(capability) = enable.first() {
+                        return Err(generic(format!("Capability {capability} is not supported")));
+                    }
+                }
+                self.negotiated = true;
+                Ok((json!({}), Some(After::Negotiated)))
+            }
+            "query-status" => {
+                no_arguments()?;
+                Ok((
+                    json!({"status": "running", "singlestep": false, "running": true}),
+                    None,
+                ))
+            }
+            "query-cpus-fast" => {
+                no_arguments()?;
+                Ok((self.query_cpus_fast(), None))
+            }
+            "system_reset" => {
+                no_arguments()?;
+                Ok((
+                    json!({}),
+                    Some(After::Send(ControlMessage::Reset { by_guest: false })),
+                ))
+            }
+            "quit" => {
+                no_arguments()?;
+                Ok((json!({}), Some(After::Send(ControlMessage::Quit))))
+            }
+            other => Err((
+                "CommandNotFound",
+                format!("The command {other} has not been found"),
+            )),
+        }
+    }
+
+    fn query_cpus_fast(&self) -> Value {
+        let threads = self.context.smp.threads_per_core;
+        let cpus: Vec<Value> = self
+            .context
+            .cpus
+            .info()
+            .into_iter()
+            .map(|vcpu| {
+                let core = vcpu.id / threads;
+                let thread = vcpu.id % threads;
+                json!({
+                    "cpu-index": vcpu.id,
+                    "qom-path": format!("/machine/unattached/device[{core}]/thread[{thread}]"),
+                    "thread-id": vcpu.thread_id,
+                    "props": {"core-id": core * threads, "thread-id": thread},
+                    "target": "x86_64",
+                })
+            })
+            .collect();
+        Value::Array(cpus)
+    }
+}
+
+/// Cuts a byte stream into top-level JSON values without parsing them, so
+/// that a request's size is bounded before the parser sees it.
+#[derive(Default)]
+pub struct JsonSplitter {
+    current: Vec<u8>,
+    depth: usize,
+    in_string: bool,
+    escaped: bool,
+    /// Inside a top-level scalar (not an object or array).
+    in_scalar: bool,
+    /// Skipping the rest of a value that was too long.
+    discarding: bool,
+}
+
+impl JsonSplitter {
+    /// Feeds bytes; returns each complete value, or an error for a value
+    /// longer than [`MAX_REQUEST`].
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<Result<String, String>> {
+        let mut out = Vec::new();
+        for &byte in bytes {
+            if self.depth == 0 && !self.in_scalar {
+                match byte {
+                    b' ' | b'\t' | b'\r' | b'\n' => continue,
+                    b'{' | b'[' => {}
+                    _ => self.in_scalar = true,
+                }
+            }
+            if self.in_scalar && self.depth == 0 {
+                if matches!(byte, b' ' | b'\t' | b'\r' | b'\n') {
+                    self.finish(&mut out);
+                    continue;
+                }
+                if matches!(byte, b'{' | b'[') {
+                    self.finish(&mut out);
+                }
+            }
+            if !self.discarding {
+                self.current.push(byte);
+            }
+            if self.in_string {
+                match (self.escaped, byte) {
+                    (true, _) => self.escaped = false,
+                    (false, b'\\') => self.escaped = true,
+                    (false, b'"') => self.in_string = false,
+                    _ => {}
+                }
+            } else if !self.in_scalar {
+                match byte {
+                    b'"' => self.in_string = true,
+                    b'{' | b'[' => self.depth += 1,
+                    b'}' | b']' => {
+                        self.depth = self.depth.saturating_sub(1);
+                        if self.depth == 0 {
+                            self.finish(&mut out);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if self.current.len() > MAX_REQUEST && !self.discarding {
+                self.discarding = true;
+                self.current = Vec::new();
+                out.push(Err(format!("QMP input exceeds {MAX_REQUEST} bytes")));
+            }
+        }
+        out
+    }
+
+    fn finish(&mut self, out: &mut Vec<Result<String, String>>) {
+        if !self.discarding {
+            out.push(Ok(String::from_utf8_lossy(&self.current).into_owned()));
+        }
+        self.current.clear();
+        self.in_scalar = false;
+        self.discarding = false;
+        self.in_string = false;
+        self.escaped = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::channel;
+
+    fn split(chunks: &[&str]) -> Vec<Result<String, String>> {
+        let mut splitter = JsonSplitter::default();
+        chunks
+            .iter()
+            .flat_map(|c| splitter.push(c.as_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn splitter_cuts_values_across_chunks_and_strings() {
+        let values = split(&[r#"{"execute": "a}{"#, r#""}{"x":[1,{"y":"\"}"}]}"#, "\n"]);
+        assert_eq!(
+            values,
+            [
+                Ok(r#"{"execute": "a}{"}"#.to_string()),
+                Ok(r#"{"x":[1,{"y":"\"}"}]}"#.to_string())
+            ]
+        );
+        assert_eq!(split(&["42 true {}"]).len(), 3);
+    }
+
+    #[test]
+    fn splitter_bounds_a_huge_value_and_recovers() {
+        let mut splitter = JsonSplitter::default();
+        let mut results = splitter.push(b"{\"execute\": \"");
+        results.extend(splitter.push(&vec![b'a'; MAX_REQUEST * 2]));
+        results.extend(splitter.push(b"\"}{\"execute\":\"quit\"}"));
+        assert_eq!(results.len(), 2, "{results:?}");
+        assert!(results[0].is_err());
+        assert_eq!(results[1], Ok("{\"execute\":\"quit\"}".to_string()));
+    }
+
+    fn session_replies(lines: &[&str]) -> (Vec<Value>, Vec<ControlMessage>) {
+        let (sender, receiver) = channel();
+        let context = QmpContext {
+            control: sender,
+            cpus: Arc::new(CpuTable::new(2)),
+            smp: SmpConfig {
+                cpus: 2,
+                max_cpus: 4,
+                threads_per_core: 1,
+            },
+        };
+        let mut session = Session {
+            negotiated: false,
+            context: &context,
+        };
+        let mut replies = Vec::new();
+        for line in lines {
+            let (reply, after) = session.handle(line);
+            if let Some(After::Send(message)) = after {
+                context.control.send(message).unwrap();
+            }
+            replies.push(reply);
+        }
+        drop(context);
+        (replies, receiver.iter().collect())
+    }
+
+    #[test]
+    fn commands_need_negotiation_first() {
+        let (replies, _) = session_replies(&[
+            r#"{"execute": "query-status", "id": 1}"#,
+            r#"{"execute": "qmp_capabilities"}"#,
+            r#"{"execute": "qmp_capabilities", "id": "x"}"#,
+            r#"{"execute": "query-status", "id": {"n": 2}}"#,
+        ]);
+        assert_eq!(replies[0]["error"]["class"], "CommandNotFound");
+        assert_eq!(replies[0]["id"], 1);
+        assert_eq!(replies[1], json!({"return": {}}));
+        assert_eq!(replies[2]["error"]["class"], "CommandNotFound");
+        assert_eq!(replies[2]["id"], "x");
+        assert_eq!(
+            replies[3],
+            json!({"return": {"status": "running", "singlestep": false, "running": true}, "id": {"n": 2}})
+        );
+    }
+
+    #[test]
+    fn bad_requests_get_generic_errors() {
+        let (replies, messages) = session_replies(&[
+            r#"{"execute": "qmp_capabilities"}"#,
+            r#"{"execute": "query-status""#,
+            r#"[1, 2]"#,
+            r#"{"arguments": {}}"#,
+            r#"{"execute": 5}"#,
+            r#"{"execute": "quit", "arguments": 3}"#,
+            r#"{"execute": "quit", "arguments": {"now": true}}"#,
+            r#"{"execute": "quit", "bogus": 1}"#,
+            r#"{"execute": "frobnicate", "id": 9}"#,
+        ]);
+        for reply in &replies[1..8] {
+            assert_eq!(reply["error"]["class"], "GenericError", "{reply}");
+        }
+        assert_eq!(replies[8]["error"]["class"], "CommandNotFound");
+        assert_eq!(
+            replies[8]["error"]["desc"],
+            "The command frobnicate has not been found"
+        );
+        assert!(messages.is_empty(), "a refused quit must not quit");
+    }
+
+    #[test]
+    fn reset_and_quit_reach_the_control_loop() {
+        let (replies, messages) = session_replies(&[
+            r#"{"execute": "qmp_capabilities"}"#,
+            r#"{"execute": "system_reset"}"#,
+            r#"{"execute": "quit"}"#,
+        ]);
+        assert_eq!(replies[1], json!({"return": {}}));
+        assert_eq!(
+            messages,
+            [
+                ControlMessage::Reset { by_guest: false },
+                ControlMessage::Quit
+            ]
+        );
+    }
+
+    #[test]
+    fn query_cpus_fast_lists_each_vcpu_with_its_core() {
+        let (replies, _) = session_replies(&[
+            r#"{"execute": "qmp_capabilities"}"#,
+            r#"{"execute": "query-cpus-fast"}"#,
+        ]);
+        let cpus = replies[1]["return"].as_array().unwrap();
+        assert_eq!(cpus.len(), 2);
+        assert_eq!(cpus[1]["cpu-index"], 1);
+        assert_eq!(cpus[1]["props"]["core-id"], 1);
+    }
+}
