@@ -5,14 +5,19 @@ use core::arch::{asm, global_asm};
 use core::mem::size_of;
 
 pub const MAX_CPUS: usize = 64;
+pub const STACK_SIZE: usize = 16 * 1024;
 const IST_SIZE: usize = 8 * 1024;
 
 /// Device interrupts arrive on vector `DEVICE_VECTOR_BASE + (source - 0x1000)`.
 pub const DEVICE_VECTOR_BASE: u8 = 0x30;
 const DEVICE_VECTORS: u8 = 16;
+/// The last device vector is ours: a CPU wakes another with it.
+pub const WAKE_VECTOR: u8 = DEVICE_VECTOR_BASE + DEVICE_VECTORS - 1;
 
 const MSR_APIC_BASE: u32 = 0x1b;
+const MSR_X2APIC_ID: u32 = 0x802;
 const MSR_X2APIC_EOI: u32 = 0x80b;
+const MSR_X2APIC_ICR: u32 = 0x830;
 const MSR_X2APIC_SVR: u32 = 0x80f;
 
 #[repr(C, packed)]
@@ -39,6 +44,12 @@ const EMPTY_TSS: Tss = Tss {
 
 #[repr(C, align(16))]
 struct IstStack([u8; IST_SIZE]);
+#[repr(C, align(16))]
+pub struct Stack([u8; STACK_SIZE]);
+
+/// Kernel stacks of the secondary CPUs, by CPU id (the boot CPU has its own).
+/// The entry code in main.rs computes a CPU's stack top from this symbol.
+pub static mut STACKS: [Stack; MAX_CPUS] = [const { Stack([0; STACK_SIZE]) }; MAX_CPUS];
 
 #[repr(C, packed)]
 struct DescriptorPointer {
@@ -237,6 +248,20 @@ pub fn init_cpu(cpu: usize) {
         wrmsr(MSR_APIC_BASE, base | (1 << 11) | (1 << 10));
         wrmsr(MSR_X2APIC_SVR, 0x100 | 0xff);
     }
+}
+
+/// This CPU's id (the VMM makes the x2APIC id equal to the PAPR vCPU id).
+pub fn cpu_id() -> usize {
+    // SAFETY: reading the x2APIC id has no side effects.
+    unsafe { rdmsr(MSR_X2APIC_ID) as usize }
+}
+
+/// Wakes `cpu` from `hlt` with an inter-processor interrupt.
+pub fn wake(cpu: usize) {
+    // Fixed delivery, physical destination, level assert, edge.
+    let icr = ((cpu as u64) << 32) | (1 << 14) | WAKE_VECTOR as u64;
+    // SAFETY: an IPI on our own wake vector only makes the target run its handler.
+    unsafe { wrmsr(MSR_X2APIC_ICR, icr) };
 }
 
 pub fn end_of_interrupt() {

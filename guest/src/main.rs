@@ -46,6 +46,38 @@ global_asm!(
     main = sym kernel_main,
 );
 
+// Started CPUs enter here (start-cpu's entry) with their id in RDI (r3).
+global_asm!(
+    r#"
+    .section .text
+    .global secondary_start
+    secondary_start:
+        cli
+        cmp rdi, {max_cpus}
+        jae 3f
+        lea rax, [rdi + 1]
+        imul rax, rax, {stack_size}
+        lea rsp, [rip + {stacks}]
+        add rsp, rax
+        xor ebp, ebp
+        call {main}
+    3:
+        hlt
+        jmp 3b
+    "#,
+    max_cpus = const arch::MAX_CPUS,
+    stack_size = const arch::STACK_SIZE,
+    stacks = sym arch::STACKS,
+    main = sym secondary_main,
+);
+
+extern "C" fn secondary_main(cpu_id: u64) -> ! {
+    let cpu_id = cpu_id as usize;
+    arch::init_cpu(cpu_id);
+    cpu::set_online(cpu_id, true);
+    cpu::idle()
+}
+
 extern "C" fn kernel_main(fdt_address: u64, cpu_id: u64) -> ! {
     let cpu_id = cpu_id as usize;
     arch::init_idt();
@@ -57,8 +89,33 @@ extern "C" fn kernel_main(fdt_address: u64, cpu_id: u64) -> ! {
     };
     console::set_termno(platform.vty_termno);
     cpu::set_online(cpu_id, true);
+    let sources = [platform.vty_irq, platform.hotplug_irq];
+    let sources: [u32; 2] = sources.map(|source| source.unwrap_or(0));
+    cpu::set_sources(&sources);
     banner(platform, cpu_id);
-    shell::run()
+    bring_up_secondaries(platform, cpu_id);
+    cpu::idle()
+}
+
+/// Starts every other present CPU, as Linux's smp_init does.
+fn bring_up_secondaries(platform: &platform::Platform, boot_cpu: usize) {
+    let mut online = 1u64;
+    for &id in &platform.present[..platform.present_count] {
+        if id as usize == boot_cpu {
+            continue;
+        }
+        match cpu::bring_up(id as usize) {
+            Ok(()) => online += 1,
+            Err(error) => shell::report_cpu_error(id as usize, error),
+        }
+    }
+    Line::new()
+        .str("smp: ")
+        .dec(online)
+        .str(" of ")
+        .dec(platform.present_count as u64)
+        .str(" cpus online")
+        .nl();
 }
 
 fn banner(platform: &platform::Platform, cpu_id: usize) {
@@ -117,8 +174,29 @@ extern "C" fn interrupt_dispatch(frame: &arch::InterruptFrame) {
             .nl();
         fatal("unexpected exception");
     }
-    // Device interrupts only wake the CPU; whoever waits polls its source.
     arch::end_of_interrupt();
+    // Device interrupts only wake a CPU; the console's reader polls its
+    // source, so pass the wake-up on when the shell runs elsewhere.
+    if vector != arch::WAKE_VECTOR {
+        let owner = cpu::shell_owner();
+        if owner != arch::cpu_id() {
+            arch::wake(owner);
+        }
+    }
+}
+
+/// For RTAS calls that must not fail.
+fn fatal_rtas(what: &str, result: Result<rtas::RtasReturn, rtas::RtasError>) -> ! {
+    let mut line = Line::new();
+    line.str("guest: ").str(what);
+    match result {
+        Ok(ret) => line.str(" (status ").signed(ret.status as i64).str(")"),
+        Err(rtas::RtasError::NoToken) => line.str(" (no RTAS token)"),
+        Err(rtas::RtasError::Hcall(status)) => line.str(" (hcall status ").signed(status).str(")"),
+    };
+    line.nl();
+    drop(line);
+    arch::triple_fault()
 }
 
 fn fatal(why: &str) -> ! {

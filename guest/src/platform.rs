@@ -12,6 +12,7 @@ pub const RTAS_CALLS: &[&str] = &[
     "power-off",
     "system-reboot",
     "ibm,os-term",
+    "ibm,set-xive",
     "start-cpu",
     "stop-self",
     "query-cpu-stopped-state",
@@ -20,7 +21,6 @@ pub const RTAS_CALLS: &[&str] = &[
     "ibm,configure-connector",
     "check-exception",
     "event-scan",
-    "ibm,set-xive",
 ];
 
 pub struct Platform {
@@ -129,6 +129,10 @@ pub fn probe(fdt_address: u64) -> Result<&'static Platform, ProbeError> {
 }
 
 impl Platform {
+    pub fn is_present(&self, cpu: u32) -> bool {
+        self.present[..self.present_count].contains(&cpu)
+    }
+
     pub fn rtas_token(&self, name: &str) -> Option<u32> {
         self.fdt.prop_u32(self.rtas?, name)
     }

@@ -1,6 +1,7 @@
 //! RTAS calls, made the way Linux makes them: a big-endian `rtas_args` block
 //! whose address goes to the H_RTAS hypercall. Tokens come from `/rtas`.
 
+use crate::arch::MAX_CPUS;
 use crate::hcall::{hcall, H_RTAS, H_SUCCESS};
 use crate::platform;
 use crate::sync::SpinLock;
@@ -16,12 +17,18 @@ struct RtasArgs {
     cells: [u32; MAX_ARGS],
 }
 
-static ARGS: SpinLock<RtasArgs> = SpinLock::new(RtasArgs {
+const EMPTY_ARGS: RtasArgs = RtasArgs {
     token: 0,
     nargs: 0,
     nret: 0,
     cells: [0; MAX_ARGS],
-});
+};
+
+static ARGS: SpinLock<RtasArgs> = SpinLock::new(EMPTY_ARGS);
+/// stop-self never returns, so it must not hold the shared block's lock:
+/// each CPU has its own block for it, as Linux's rtas_stop_self does.
+static STOP_SELF_ARGS: [SpinLock<RtasArgs>; MAX_CPUS] =
+    [const { SpinLock::new(EMPTY_ARGS) }; MAX_CPUS];
 
 pub enum RtasError {
     /// The platform does not advertise this call in `/rtas`.
@@ -42,8 +49,30 @@ pub fn call(name: &str, args: &[u32], nret: usize) -> Result<RtasReturn, RtasErr
     call_token(token, args, nret)
 }
 
+/// H_RTAS on a block the caller prepared (for testing the platform's checks).
+pub fn raw(address: u64) -> i64 {
+    hcall(H_RTAS, [address, 0, 0, 0, 0, 0]).status
+}
+
 pub fn call_token(token: u32, args: &[u32], nret: usize) -> Result<RtasReturn, RtasError> {
-    let mut block = ARGS.lock();
+    call_with(&mut ARGS.lock(), token, args, nret)
+}
+
+/// stop-self on this CPU's own block; returns only if the call failed.
+pub fn stop_self(cpu: usize) -> Result<RtasReturn, RtasError> {
+    let token = platform::get()
+        .rtas_token("stop-self")
+        .ok_or(RtasError::NoToken)?;
+    let mut block = STOP_SELF_ARGS[cpu % MAX_CPUS].lock();
+    call_with(&mut block, token, &[], 1)
+}
+
+fn call_with(
+    block: &mut RtasArgs,
+    token: u32,
+    args: &[u32],
+    nret: usize,
+) -> Result<RtasReturn, RtasError> {
     let nargs = args.len().min(MAX_ARGS);
     let nret = nret.min(MAX_ARGS - nargs).max(1);
     block.token = token.to_be();

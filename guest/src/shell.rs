@@ -1,14 +1,21 @@
 //! The console shell. Every command's output is documented in the README,
-//! because tests read it.
+//! because tests read it. The shell runs on one CPU at a time (see
+//! `cpu::shell_owner`); its input state is shared so that it survives a move.
 
 use crate::arch;
 use crate::console::{print, read_input, Line};
-use crate::cpu;
+use crate::cpu::{self, CpuError};
+use crate::hcall::hcall;
 use crate::platform;
 use crate::rtas::{self, RtasError};
+use crate::sync::SpinLock;
 
 const PROMPT: &str = "guest> ";
 const MAX_LINE: usize = 128;
+/// rtas-raw only writes its block into RAM above the kernel and device tree.
+const RAW_BLOCK_FLOOR: u64 = 32 << 20;
+/// An hcall number nobody implements: the cheapest round trip to the VMM.
+const H_NULL_FOR_BENCH: u64 = 0xdead;
 
 struct LineReader {
     buf: [u8; MAX_LINE],
@@ -18,6 +25,15 @@ struct LineReader {
     pending_pos: usize,
     last_was_cr: bool,
 }
+
+static READER: SpinLock<LineReader> = SpinLock::new(LineReader {
+    buf: [0; MAX_LINE],
+    len: 0,
+    pending: [0; 16],
+    pending_len: 0,
+    pending_pos: 0,
+    last_was_cr: false,
+});
 
 impl LineReader {
     fn next_byte(&mut self) -> u8 {
@@ -35,8 +51,8 @@ impl LineReader {
         b
     }
 
-    /// Reads one line, echoing what is typed.
-    fn read_line(&mut self) -> &str {
+    /// Reads one line into `out`, echoing what is typed.
+    fn read_line(&mut self, out: &mut [u8; MAX_LINE]) -> usize {
         self.len = 0;
         loop {
             let b = self.next_byte();
@@ -59,29 +75,32 @@ impl LineReader {
                 _ => {}
             }
         }
-        core::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+        out[..self.len].copy_from_slice(&self.buf[..self.len]);
+        self.len
     }
 }
 
+/// Runs the shell on this CPU for as long as it owns it.
 pub fn run() -> ! {
-    let mut reader = LineReader {
-        buf: [0; MAX_LINE],
-        len: 0,
-        pending: [0; 16],
-        pending_len: 0,
-        pending_pos: 0,
-        last_was_cr: false,
-    };
+    if let Some((stopped, result)) = cpu::finish_pending_stop() {
+        report_offline(stopped, result);
+    }
+    let mut line = [0u8; MAX_LINE];
     loop {
         print(PROMPT);
-        let line = reader.read_line();
-        let mut words = line.split(' ').filter(|w| !w.is_empty());
+        let len = READER.lock().read_line(&mut line);
+        let text = core::str::from_utf8(&line[..len]).unwrap_or("");
+        let mut words = text.split(' ').filter(|w| !w.is_empty());
         let Some(command) = words.next() else {
             continue;
         };
         match command {
             "help" => help(),
             "cpus" => cpus(),
+            "cpu" => cpu_command(&mut words),
+            "time" => time(),
+            "rtas-raw" => rtas_raw(&mut words),
+            "bench" => bench(&mut words),
             "poweroff" => power_off(),
             "reboot" => reboot(),
             _ => {
@@ -98,10 +117,15 @@ pub fn run() -> ! {
 fn help() {
     print(concat!(
         "commands:\n",
-        "  help      this list\n",
-        "  cpus      one line per present CPU: cpu <n> online|offline\n",
-        "  poweroff  RTAS power-off\n",
-        "  reboot    RTAS system-reboot\n",
+        "  help                 this list\n",
+        "  cpus                 one line per present CPU: cpu <n> online|offline\n",
+        "  cpu offline <n>      stop CPU n (stop-self); the shell moves if it ran there\n",
+        "  cpu online <n>       start CPU n (start-cpu)\n",
+        "  time                 RTAS get-time-of-day\n",
+        "  rtas-raw <addr> <token> <nargs> <nret> [args]  a hand-made RTAS call\n",
+        "  bench hcall|rtas <n> n null hcalls or n RTAS calls\n",
+        "  poweroff             RTAS power-off\n",
+        "  reboot               RTAS system-reboot\n",
     ));
 }
 
@@ -120,6 +144,167 @@ fn cpus() {
             .str(state)
             .nl();
     }
+}
+
+/// A decimal or 0x-prefixed hexadecimal number.
+fn parse_number(word: &str) -> Option<u64> {
+    match word.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => word.parse().ok(),
+    }
+}
+
+fn usage(text: &str) {
+    Line::new().str("usage: ").str(text).nl();
+}
+
+fn cpu_command<'a>(words: &mut impl Iterator<Item = &'a str>) {
+    let action = words.next();
+    let Some(cpu) = words.next().and_then(parse_number).map(|n| n as usize) else {
+        return usage("cpu offline|online <n>");
+    };
+    match action {
+        Some("offline") => report_offline(cpu, cpu::take_down(cpu)),
+        Some("online") => match cpu::bring_up(cpu) {
+            Ok(()) => {
+                Line::new().str("cpu ").dec(cpu as u64).str(" online").nl();
+            }
+            Err(error) => report_cpu_error(cpu, error),
+        },
+        _ => usage("cpu offline|online <n>"),
+    }
+}
+
+fn report_offline(cpu: usize, result: Result<(), CpuError>) {
+    match result {
+        Ok(()) => {
+            Line::new().str("cpu ").dec(cpu as u64).str(" offline").nl();
+        }
+        Err(error) => report_cpu_error(cpu, error),
+    }
+}
+
+pub fn report_cpu_error(cpu: usize, error: CpuError) {
+    let mut line = Line::new();
+    line.str("cpu ").dec(cpu as u64);
+    match error {
+        CpuError::NoSuchCpu => line.str(": no such CPU"),
+        CpuError::AlreadyOnline => line.str(" is already online"),
+        CpuError::AlreadyOffline => line.str(" is already offline"),
+        CpuError::LastOnline => line.str(": cannot offline the last online CPU"),
+        CpuError::Timeout => line.str(": timed out"),
+        CpuError::Rtas(call, result) => {
+            line.str(": ").str(call).str(" failed: ");
+            match result {
+                Ok(status) => line.str("status ").signed(status as i64),
+                Err(RtasError::NoToken) => line.str("no RTAS token"),
+                Err(RtasError::Hcall(status)) => line.str("hcall status ").signed(status),
+            }
+        }
+    };
+    line.nl();
+}
+
+fn two_digits(line: &mut Line, value: u32) {
+    if value < 10 {
+        line.str("0");
+    }
+    line.dec(value as u64);
+}
+
+fn time() {
+    match rtas::call("get-time-of-day", &[], 8) {
+        Ok(ret) if ret.status == 0 => {
+            let [year, month, day, hour, minute, second, ..] = ret.out;
+            let mut line = Line::new();
+            line.str("time: ").dec(year as u64).str("-");
+            two_digits(&mut line, month);
+            line.str("-");
+            two_digits(&mut line, day);
+            line.str(" ");
+            two_digits(&mut line, hour);
+            line.str(":");
+            two_digits(&mut line, minute);
+            line.str(":");
+            two_digits(&mut line, second);
+            line.str(" UTC").nl();
+        }
+        result => report_rtas_failure("time", result),
+    }
+}
+
+/// Builds an rtas_args block by hand (big-endian token, nargs, nret, args)
+/// at `addr` if that is RAM we may scribble on, and makes the hypercall.
+fn rtas_raw<'a>(words: &mut impl Iterator<Item = &'a str>) {
+    const SYNTAX: &str = "rtas-raw <addr> <token> <nargs> <nret> [args...]";
+    let mut numbers = [0u64; 4 + 16];
+    let mut count = 0;
+    for word in words.by_ref().take(numbers.len()) {
+        let Some(value) = parse_number(word) else {
+            return usage(SYNTAX);
+        };
+        numbers[count] = value;
+        count += 1;
+    }
+    if count < 4 {
+        return usage(SYNTAX);
+    }
+    let [address, token, nargs, nret] = [numbers[0], numbers[1], numbers[2], numbers[3]];
+    let args = &numbers[4..count];
+    let cells = 3 + nargs.min(16) + nret.min(16);
+    let writable = address >= RAW_BLOCK_FLOOR
+        && address % 4 == 0
+        && address.saturating_add(4 * cells) <= platform::get().memory_bytes;
+    if writable {
+        let block = address as *mut u32;
+        let header = [token, nargs, nret];
+        for (i, &value) in header.iter().chain(args).enumerate() {
+            // SAFETY: the block lies in RAM above everything the guest uses.
+            unsafe { block.add(i).write_volatile((value as u32).to_be()) };
+        }
+    }
+    let status = rtas::raw(address);
+    let mut line = Line::new();
+    line.str("rtas-raw: ");
+    if status != 0 {
+        line.str("hcall status ").signed(status).nl();
+        return;
+    }
+    if writable && nargs + nret <= 16 && nret > 0 {
+        // SAFETY: as above; the return cell is inside the block.
+        let ret = unsafe {
+            (address as *const u32)
+                .add(3 + nargs as usize)
+                .read_volatile()
+        };
+        line.str("status ")
+            .signed(u32::from_be(ret) as i32 as i64)
+            .nl();
+    } else {
+        line.str("hcall status 0").nl();
+    }
+}
+
+fn bench<'a>(words: &mut impl Iterator<Item = &'a str>) {
+    let kind = words.next();
+    let Some(count) = words.next().and_then(parse_number) else {
+        return usage("bench hcall|rtas <n>");
+    };
+    let me = arch::cpu_id() as u32;
+    match kind {
+        Some("hcall") => {
+            for _ in 0..count {
+                hcall(H_NULL_FOR_BENCH, [0; 6]);
+            }
+        }
+        Some("rtas") => {
+            for _ in 0..count {
+                let _ = rtas::call("query-cpu-stopped-state", &[me], 2);
+            }
+        }
+        _ => return usage("bench hcall|rtas <n>"),
+    }
+    Line::new().str("bench: ").dec(count).str(" calls").nl();
 }
 
 fn report_rtas_failure(what: &str, result: Result<rtas::RtasReturn, RtasError>) {

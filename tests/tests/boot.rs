@@ -28,7 +28,7 @@ fn banner_reports_what_the_device_tree_describes() {
     assert!(banner.contains("memory: 512 MiB\n"), "{banner}");
     // Device memory 1 GiB .. 2.5 GiB: six 256 MiB LMBs; four possible cores.
     assert!(banner.contains("drcs: 4 cpu, 6 lmb\n"), "{banner}");
-    assert!(banner.contains("rtas: 13 calls: "), "{banner}");
+    assert!(banner.contains("rtas: 14 calls: "), "{banner}");
     assert!(banner.contains(" power-off=0x2003 "), "{banner}");
     assert!(banner.contains(" set-indicator=0x201a "), "{banner}");
 

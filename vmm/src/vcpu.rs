@@ -411,7 +411,8 @@ impl Vcpu {
                         (HcallResult::status(H_SUCCESS), 0, next)
                     }
                     Err(RtasFailure::Refused(refusal)) => {
-                        log::warn!("vcpu{}: RTAS call refused: {refusal}", self.id);
+                        // The RTAS server already logged why.
+                        log::debug!("vcpu{}: RTAS call refused: {refusal}", self.id);
                         (HcallResult::status(H_PARAMETER), 0, Next::Continue)
                     }
                     Err(failure @ RtasFailure::Unavailable(_)) => {
