@@ -160,7 +160,7 @@ fn wait_stopped(cpu: usize) -> Result<(), CpuError> {
 fn stop_self() -> ! {
     let me = arch::cpu_id();
     set_online(me, false);
-    let result = rtas::stop_self(me);
+    let result = rtas::stop_self();
     crate::fatal_rtas("stop-self returned", result)
 }
 

@@ -1,7 +1,6 @@
 //! RTAS calls, made the way Linux makes them: a big-endian `rtas_args` block
 //! whose address goes to the H_RTAS hypercall. Tokens come from `/rtas`.
 
-use crate::arch::MAX_CPUS;
 use crate::hcall::{hcall, H_RTAS, H_SUCCESS};
 use crate::platform;
 use crate::sync::SpinLock;
@@ -25,10 +24,6 @@ const EMPTY_ARGS: RtasArgs = RtasArgs {
 };
 
 static ARGS: SpinLock<RtasArgs> = SpinLock::new(EMPTY_ARGS);
-/// stop-self never returns, so it must not hold the shared block's lock:
-/// each CPU has its own block for it, as Linux's rtas_stop_self does.
-static STOP_SELF_ARGS: [SpinLock<RtasArgs>; MAX_CPUS] =
-    [const { SpinLock::new(EMPTY_ARGS) }; MAX_CPUS];
 
 pub enum RtasError {
     /// The platform does not advertise this call in `/rtas`.
@@ -58,12 +53,15 @@ pub fn call_token(token: u32, args: &[u32], nret: usize) -> Result<RtasReturn, R
     call_with(&mut ARGS.lock(), token, args, nret)
 }
 
-/// stop-self on this CPU's own block; returns only if the call failed.
-pub fn stop_self(cpu: usize) -> Result<RtasReturn, RtasError> {
+/// stop-self; returns only if the call failed. It never returns on success,
+/// so it must not take the shared block's lock (nothing would release it):
+/// the block lives on the dying CPU's stack, which nobody reuses until the
+/// CPU is started again (Linux's rtas_stop_self keeps its own block too).
+pub fn stop_self() -> Result<RtasReturn, RtasError> {
     let token = platform::get()
         .rtas_token("stop-self")
         .ok_or(RtasError::NoToken)?;
-    let mut block = STOP_SELF_ARGS[cpu % MAX_CPUS].lock();
+    let mut block = EMPTY_ARGS;
     call_with(&mut block, token, &[], 1)
 }
 

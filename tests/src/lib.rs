@@ -80,7 +80,7 @@ pub fn scratch_dir() -> PathBuf {
     dir
 }
 
-/// A running `papervisor` with its console on a Unix socket.
+/// A running `papervisor` with its console and QMP on Unix sockets.
 pub struct Vm {
     child: Option<Child>,
     dir: PathBuf,
@@ -89,12 +89,15 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Starts `papervisor` with `args` plus a console socket, and connects to it.
+    /// Starts `papervisor` with `args` plus console and QMP sockets, and
+    /// connects to the console.
     pub fn start(args: &[&str]) -> Vm {
         let dir = scratch_dir();
         let socket = dir.join("console.sock");
         let child = Command::new(binary("papervisor"))
             .args(args)
+            .arg("--qmp")
+            .arg(dir.join("qmp.sock"))
             .arg("--console")
             .arg(&socket)
             .stdin(Stdio::null())
@@ -131,6 +134,59 @@ impl Vm {
     /// The core's pid.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
+    }
+
+    /// The QMP socket's path.
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.dir.join("qmp.sock")
+    }
+
+    /// Runs QMP steps through the `qemu.qmp` Python client (see
+    /// tests/qmp/drive.py) and returns one JSON value per step.
+    pub fn qmp(&self, steps: &[&str]) -> Vec<serde_json::Value> {
+        let output = Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/qmp/drive.py"))
+            .arg(self.qmp_socket())
+            .args(steps)
+            .output()
+            .expect("python3 is needed for the QMP tests");
+        assert!(
+            output.status.success(),
+            "the qemu.qmp driver failed ({}): {}\n(`pip install qemu.qmp` provides the client)",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("the driver prints JSON lines"))
+            .collect()
+    }
+
+    /// Pids of the core's direct children, with their command names.
+    pub fn children(&self) -> Vec<(u32, String)> {
+        let core = self.pid();
+        let mut children = Vec::new();
+        for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid ...; comm may hold spaces, so split at the last ')'.
+            let Some((head, tail)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let comm = head.split_once('(').map(|(_, c)| c).unwrap_or_default();
+            let ppid = tail
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(core) {
+                children.push((pid, comm.to_string()));
+            }
+        }
+        children
     }
 
     fn try_exit_status(&mut self) -> Option<ExitStatus> {

@@ -59,7 +59,10 @@ pub fn serve(channel: &Channel) -> Result<(), ChannelError> {
             } => match &memory {
                 None => RtasToCore::CallRefused(CallRefusal::NoMemory),
                 Some(memory) => match handle_call(memory, args_address, &cpus) {
-                    Ok(request) => RtasToCore::CallDone { request },
+                    Ok(request) => {
+                        log::debug!("vCPU {caller}: call at {args_address:#x} -> {request:?}");
+                        RtasToCore::CallDone { request }
+                    }
                     Err(refusal) => {
                         log::warn!("vCPU {caller}: {refusal}");
                         RtasToCore::CallRefused(refusal)

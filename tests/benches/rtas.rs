@@ -1,0 +1,73 @@
+//! The cost of one RTAS round trip through the RTAS server process, beside a
+//! bare hypercall exit that the core answers itself, and the memory of each
+//! process. Prints a table; run with
+//! `cargo bench -p papervisor-tests --bench rtas [-- BATCHES]`.
+//!
+//! The guest times nothing (it has no calibrated clock); the host times a
+//! console command that makes N calls in a row, and divides. Each batch
+//! includes one console round trip, which the large N makes negligible.
+
+use papervisor_tests::{binary, kvm_usable, Vm};
+use std::time::{Duration, Instant};
+
+const CALLS_PER_BATCH: u32 = 2000;
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+fn per_call_micros(vm: &mut Vm, kind: &str) -> f64 {
+    let started = Instant::now();
+    let output = vm
+        .console
+        .command(&format!("bench {kind} {CALLS_PER_BATCH}"));
+    assert_eq!(output, [format!("bench: {CALLS_PER_BATCH} calls")]);
+    started.elapsed().as_secs_f64() * 1e6 / f64::from(CALLS_PER_BATCH)
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kib / 1024.0
+}
+
+fn main() {
+    if !kvm_usable("rtas benchmark") {
+        return;
+    }
+    let batches: usize = std::env::args()
+        .skip(1)
+        .find_map(|arg| arg.parse().ok())
+        .unwrap_or(9);
+    binary("papervisor");
+    let mut vm = Vm::start(&["--smp", "cpus=2"]);
+    vm.boot();
+    let (mut hcall, mut rtas) = (Vec::new(), Vec::new());
+    for _ in 0..batches {
+        hcall.push(per_call_micros(&mut vm, "hcall"));
+        rtas.push(per_call_micros(&mut vm, "rtas"));
+    }
+    let hcall = median(&mut hcall);
+    let rtas = median(&mut rtas);
+    println!("| per call ({batches} batches of {CALLS_PER_BATCH}, median) | µs | ratio |");
+    println!("|---|---|---|");
+    println!("| null hcall: port-I/O exit answered by the core | {hcall:.1} | 1.0 |");
+    println!(
+        "| RTAS query-cpu-stopped-state through the RTAS server | {rtas:.1} | {:.1} |",
+        rtas / hcall
+    );
+    println!();
+    println!("| process | RSS |");
+    println!("|---|---|");
+    println!("| core (papervisor) | {:.1} MiB |", rss_mib(vm.pid()));
+    for (pid, name) in vm.children() {
+        println!("| {name} | {:.1} MiB |", rss_mib(pid));
+    }
+    vm.console.send_line("poweroff");
+    vm.wait_exit(Duration::from_secs(30));
+}
