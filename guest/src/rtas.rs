@@ -8,7 +8,7 @@ use crate::sync::SpinLock;
 const MAX_ARGS: usize = 16;
 
 #[repr(C)]
-struct RtasArgs {
+pub struct RtasArgs {
     token: u32,
     nargs: u32,
     nret: u32,
@@ -24,6 +24,15 @@ const EMPTY_ARGS: RtasArgs = RtasArgs {
 };
 
 static ARGS: SpinLock<RtasArgs> = SpinLock::new(EMPTY_ARGS);
+
+impl RtasArgs {
+    /// A block for `token` with `args`, room for `nret` returns.
+    pub fn new(token: u32, args: &[u32], nret: usize) -> RtasArgs {
+        let mut block = EMPTY_ARGS;
+        fill(&mut block, token, args, nret);
+        block
+    }
+}
 
 pub enum RtasError {
     /// The platform does not advertise this call in `/rtas`.
@@ -65,12 +74,8 @@ pub fn stop_self() -> Result<RtasReturn, RtasError> {
     call_with(&mut block, token, &[], 1)
 }
 
-fn call_with(
-    block: &mut RtasArgs,
-    token: u32,
-    args: &[u32],
-    nret: usize,
-) -> Result<RtasReturn, RtasError> {
+/// Writes the header and arguments; returns the counts actually used.
+fn fill(block: &mut RtasArgs, token: u32, args: &[u32], nret: usize) -> (usize, usize) {
     let nargs = args.len().min(MAX_ARGS);
     let nret = nret.min(MAX_ARGS - nargs).max(1);
     block.token = token.to_be();
@@ -82,6 +87,16 @@ fn call_with(
     for cell in &mut block.cells[nargs..] {
         *cell = 0;
     }
+    (nargs, nret)
+}
+
+fn call_with(
+    block: &mut RtasArgs,
+    token: u32,
+    args: &[u32],
+    nret: usize,
+) -> Result<RtasReturn, RtasError> {
+    let (nargs, nret) = fill(block, token, args, nret);
     let address = &*block as *const RtasArgs as u64;
     let ret = hcall(H_RTAS, [address, 0, 0, 0, 0, 0]);
     if ret.status != H_SUCCESS {

@@ -298,8 +298,14 @@ fn bench<'a>(words: &mut impl Iterator<Item = &'a str>) {
             }
         }
         Some("rtas") => {
+            // One block built once, so that the loop times the platform
+            // rather than this guest's (emulated) token lookup.
+            let Some(token) = platform::get().rtas_token("query-cpu-stopped-state") else {
+                return report_rtas_failure("bench", Err(RtasError::NoToken));
+            };
+            let mut block = rtas::RtasArgs::new(token, &[me], 2);
             for _ in 0..count {
-                let _ = rtas::call("query-cpu-stopped-state", &[me], 2);
+                rtas::raw(&mut block as *mut rtas::RtasArgs as u64);
             }
         }
         _ => return usage("bench hcall|rtas <n>"),

@@ -246,8 +246,16 @@ impl Channel {
             return Err(ChannelError::TooManyFds);
         }
         if len == 0 && fds.is_empty() {
-            // SOCK_SEQPACKET reports the peer's close as a zero-length read.
-            return Err(ChannelError::HungUp);
+            // SOCK_SEQPACKET reports the peer's close as a zero-length read,
+            // but a peer can also send an empty packet: tell them apart.
+            return Err(if self.peer_closed()? {
+                ChannelError::HungUp
+            } else {
+                ChannelError::Malformed {
+                    len: 0,
+                    reason: "empty frame".into(),
+                }
+            });
         }
         bytes.truncate(len);
         Ok(Frame { bytes, fds })
@@ -260,6 +268,13 @@ impl Channel {
     ) -> Result<(Envelope<T>, Vec<OwnedFd>), ChannelError> {
         let frame = self.recv_frame(timeout)?;
         Ok((decode(&frame.bytes)?, frame.fds))
+    }
+
+    fn peer_closed(&self) -> Result<bool, ChannelError> {
+        let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::ZERO)?;
+        let events = fds[0].revents().unwrap_or(PollFlags::empty());
+        Ok(events.intersects(PollFlags::POLLHUP | PollFlags::POLLERR))
     }
 
     fn wait_readable(&self, timeout: Duration) -> Result<(), ChannelError> {
@@ -408,6 +423,18 @@ mod tests {
             b.recv_frame(Some(Duration::from_secs(1))),
             Err(ChannelError::FrameTooLarge)
         ));
+    }
+
+    #[test]
+    fn an_empty_frame_is_malformed_not_a_hang_up() {
+        let (a, b) = Channel::pair().unwrap();
+        a.send_frame(&[], &[]).unwrap();
+        assert!(matches!(
+            b.recv_frame(Some(Duration::from_secs(1))),
+            Err(ChannelError::Malformed { len: 0, .. })
+        ));
+        a.send_frame(b"x", &[]).unwrap();
+        assert_eq!(b.recv_frame(None).unwrap().bytes, b"x");
     }
 
     #[test]

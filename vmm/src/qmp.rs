@@ -319,7 +319,7 @@ pub struct JsonSplitter {
     depth: usize,
     in_string: bool,
     escaped: bool,
-    /// Inside a top-level scalar (not an object or array).
+    /// Inside top-level text that is not an object or array (up to a newline).
     in_scalar: bool,
     /// Skipping the rest of a value that was too long.
     discarding: bool,
@@ -339,12 +339,11 @@ impl JsonSplitter {
                 }
             }
             if self.in_scalar && self.depth == 0 {
-                if matches!(byte, b' ' | b'\t' | b'\r' | b'\n') {
+                // Anything at top level that is not an object or array runs
+                // to the end of the line and is answered once, as an error.
+                if byte == b'\n' {
                     self.finish(&mut out);
                     continue;
-                }
-                if matches!(byte, b'{' | b'[') {
-                    self.finish(&mut out);
                 }
             }
             if !self.discarding {
@@ -414,7 +413,8 @@ mod tests {
                 Ok(r#"{"x":[1,{"y":"\"}"}]}"#.to_string())
             ]
         );
-        assert_eq!(split(&["42 true {}"]).len(), 3);
+        assert_eq!(split(&["42\ntrue\n{}"]).len(), 3);
+        assert_eq!(split(&["this is not json\n"]).len(), 1);
     }
 
     #[test]

@@ -26,7 +26,11 @@ pub fn serve(channel: &Channel) -> Result<(), ChannelError> {
                 log::info!("the core hung up; exiting");
                 return Ok(());
             }
-            Err(error @ (ChannelError::FrameTooLarge | ChannelError::TooManyFds)) => {
+            Err(
+                error @ (ChannelError::FrameTooLarge
+                | ChannelError::TooManyFds
+                | ChannelError::Malformed { .. }),
+            ) => {
                 reject(channel, 0, &error.to_string())?;
                 continue;
             }

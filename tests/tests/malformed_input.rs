@@ -1,0 +1,275 @@
+//! Malformed input from every side is answered with an error and the
+//! receiver keeps serving: IPC frames sent to the RTAS server process by a
+//! fake core, and bad QMP sent to the core. (Malformed replies sent to the
+//! core by a fake RTAS server are unit tests in vmm/src/rtas_client.rs.)
+
+use ipc_proto::channel::{encode, Channel, Envelope, MAX_FDS, MAX_FRAME};
+use ipc_proto::rtas::{CallRefusal, CoreToRtas, CpuSnapshot, MemoryRegion, RtasToCore};
+use ipc_proto::ProcessKind;
+use papervisor_tests::{binary, kvm_usable, Vm};
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const REPLY_TIMEOUT: Option<Duration> = Some(Duration::from_secs(5));
+
+/// Starts papervisor-rtas with this test as its core.
+fn start_rtas_server() -> (Channel, Child) {
+    let (core_end, server_end) = Channel::pair().unwrap();
+    let server_fd = server_end.as_fd().as_raw_fd();
+    let mut command = Command::new(binary("papervisor-rtas"));
+    command.stdin(Stdio::null());
+    // SAFETY: dup2 is async-signal-safe; the result is checked.
+    unsafe {
+        command.pre_exec(move || {
+            if nix::libc::dup2(server_fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn().unwrap();
+    drop(server_end);
+    core_end
+        .handshake(ProcessKind::RtasServer, Duration::from_secs(5))
+        .unwrap();
+    (core_end, child)
+}
+
+fn reply(channel: &Channel) -> Envelope<RtasToCore> {
+    channel.recv::<RtasToCore>(REPLY_TIMEOUT).unwrap().0
+}
+
+fn assert_alive(child: &mut Child) {
+    assert!(child.try_wait().unwrap().is_none(), "the RTAS server died");
+}
+
+#[test]
+fn the_rtas_server_rejects_bad_frames_and_keeps_serving() {
+    let (channel, mut child) = start_rtas_server();
+    let call = Envelope {
+        id: 7,
+        body: CoreToRtas::Call {
+            caller: 0,
+            args_address: 0x1000,
+            cpus: CpuSnapshot::default(),
+        },
+    };
+    let good = encode(&call).unwrap();
+    let bad_frames: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0xff; 7],
+        good[..good.len() - 1].to_vec(),
+        [good.clone(), vec![1, 2, 3]].concat(),
+        // A vCPU id out of range.
+        encode(&Envelope {
+            id: 8,
+            body: CoreToRtas::Call {
+                caller: 1000,
+                args_address: 0,
+                cpus: CpuSnapshot::default(),
+            },
+        })
+        .unwrap(),
+        // A memory table without its descriptors.
+        encode(&Envelope {
+            id: 9,
+            body: CoreToRtas::SetMemoryTable {
+                regions: vec![MemoryRegion {
+                    guest_address: 0,
+                    size: 4096,
+                    file_offset: 0,
+                }],
+            },
+        })
+        .unwrap(),
+    ];
+    for frame in &bad_frames {
+        channel.send_frame(frame, &[]).unwrap();
+        let answer = reply(&channel);
+        assert!(
+            matches!(answer.body, RtasToCore::Rejected { .. }),
+            "{frame:?} got {answer:?}"
+        );
+        assert_alive(&mut child);
+    }
+    // Random frames, deterministic.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..300 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let len = 1 + (state % 48) as usize;
+        let frame: Vec<u8> = (0..len).map(|i| (state >> ((i % 8) * 8)) as u8).collect();
+        channel.send_frame(&frame, &[]).unwrap();
+        let _ = reply(&channel);
+    }
+    assert_alive(&mut child);
+
+    // An oversized frame (sent raw, past our own sender's check).
+    nix::sys::socket::send(
+        channel.as_fd().as_raw_fd(),
+        &vec![0u8; MAX_FRAME + 100],
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .unwrap();
+    assert!(matches!(reply(&channel).body, RtasToCore::Rejected { .. }));
+
+    // Too many descriptors: the kernel cuts them, the server says so.
+    let memfd = nix::sys::memfd::memfd_create("t", nix::sys::memfd::MFdFlags::empty()).unwrap();
+    let many: Vec<_> = (0..MAX_FDS).map(|_| memfd.as_fd()).collect();
+    channel.send_frame(&good, &many).unwrap();
+    assert!(matches!(reply(&channel).body, RtasToCore::Rejected { .. }));
+
+    // A call before any memory table: refused, not a crash.
+    channel.send(&call, &[]).unwrap();
+    let answer = reply(&channel);
+    assert_eq!(answer.id, 7);
+    assert_eq!(answer.body, RtasToCore::CallRefused(CallRefusal::NoMemory));
+
+    // A memory table whose file is too short to back it.
+    let file = std::fs::File::from(memfd);
+    file.set_len(4096).unwrap();
+    let table = |size| Envelope {
+        id: 10,
+        body: CoreToRtas::SetMemoryTable {
+            regions: vec![MemoryRegion {
+                guest_address: 0,
+                size,
+                file_offset: 0,
+            }],
+        },
+    };
+    channel.send(&table(1 << 20), &[file.as_fd()]).unwrap();
+    assert!(matches!(reply(&channel).body, RtasToCore::Rejected { .. }));
+
+    // And after all that, real work: map 64 KiB and make a real call.
+    file.set_len(64 * 1024).unwrap();
+    channel.send(&table(64 * 1024), &[file.as_fd()]).unwrap();
+    assert_eq!(reply(&channel).body, RtasToCore::MemoryTableSet);
+    // rtas_args at 0x1000: token get-time-of-day, nargs 0, nret 8.
+    use std::os::unix::fs::FileExt;
+    let header: Vec<u8> = [0x2001u32, 0, 8]
+        .iter()
+        .flat_map(|c| c.to_be_bytes())
+        .collect();
+    file.write_all_at(&header, 0x1000).unwrap();
+    channel.send(&call, &[]).unwrap();
+    assert_eq!(reply(&channel).body, RtasToCore::CallDone { request: None });
+    let mut status = [0xffu8; 4];
+    file.read_exact_at(&mut status, 0x1000 + 12).unwrap();
+    assert_eq!(u32::from_be_bytes(status), 0, "get-time-of-day status");
+    let mut year = [0u8; 4];
+    file.read_exact_at(&mut year, 0x1000 + 16).unwrap();
+    assert!(u32::from_be_bytes(year) >= 2024);
+
+    drop(channel);
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "the server exits cleanly when the core hangs up: {status}"
+    );
+}
+
+#[test]
+fn the_rtas_server_refuses_a_wrong_handshake() {
+    let (core_end, server_end) = Channel::pair().unwrap();
+    let server_fd = server_end.as_fd().as_raw_fd();
+    let mut command = Command::new(binary("papervisor-rtas"));
+    command.arg("--channel-fd").arg(server_fd.to_string());
+    // SAFETY: fcntl is async-signal-safe; it only lets the fd survive exec.
+    unsafe {
+        command.pre_exec(move || {
+            if nix::libc::fcntl(server_fd, nix::libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.stdin(Stdio::null()).spawn().unwrap();
+    drop(server_end);
+    core_end
+        .send(
+            &Envelope {
+                id: 0,
+                body: ipc_proto::channel::Hello {
+                    version: ipc_proto::PROTOCOL_VERSION + 1,
+                    kind: ProcessKind::RtasServer,
+                },
+            },
+            &[],
+        )
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        !status.success(),
+        "a server speaking another version must not serve"
+    );
+}
+
+#[test]
+fn qmp_answers_malformed_input_with_errors_and_keeps_serving() {
+    if !kvm_usable("qmp_answers_malformed_input_with_errors_and_keeps_serving") {
+        return;
+    }
+    let mut vm = Vm::start(&[]);
+    vm.boot();
+    let stream = UnixStream::connect(vm.qmp_socket()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut writer = stream;
+    let mut next = || -> serde_json::Value {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    };
+    assert!(next()["QMP"]["version"].is_object(), "greeting");
+    let huge = format!("{{\"execute\": \"{}\"}}", "x".repeat(100_000));
+    let inputs: Vec<(&str, &str)> = vec![
+        ("{\"execute\": \"query-status\"}", "CommandNotFound"),
+        ("this is not json", "GenericError"),
+        ("{\"execute\": \"qmp_capabilities\"}", ""),
+        ("{\"execute\": }", "GenericError"),
+        ("[\"execute\", \"quit\"]", "GenericError"),
+        ("{\"execute\": [1]}", "GenericError"),
+        ("{\"exec\": \"quit\"}", "GenericError"),
+        (
+            "{\"execute\": \"no-such-command\", \"id\": 5}",
+            "CommandNotFound",
+        ),
+        (
+            "{\"execute\": \"system_reset\", \"arguments\": {\"x\": 1}}",
+            "GenericError",
+        ),
+        (huge.as_str(), "GenericError"),
+        ("\u{0}\u{1}\u{2}", "GenericError"),
+    ];
+    for (input, class) in inputs {
+        writer.write_all(input.as_bytes()).unwrap();
+        writer.write_all(b"\n").unwrap();
+        let reply = next();
+        if class.is_empty() {
+            assert_eq!(reply["return"], serde_json::json!({}), "{input}");
+        } else {
+            assert_eq!(
+                reply["error"]["class"],
+                class,
+                "{} -> {reply}",
+                &input[..input.len().min(40)]
+            );
+        }
+    }
+    writer
+        .write_all(b"{\"execute\": \"query-status\", \"id\": \"after\"}\n")
+        .unwrap();
+    let reply = next();
+    assert_eq!(reply["id"], "after");
+    assert_eq!(reply["return"]["status"], "running");
+    // The guest did not notice.
+    assert!(vm.console.command("time")[0].starts_with("time: 20"));
+}
