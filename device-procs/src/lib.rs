@@ -3,6 +3,10 @@
 //! entry points.
 #![deny(missing_docs)]
 
+pub mod clock;
+pub mod eventlog;
+pub mod hotplug;
+pub mod process;
 pub mod rtas;
 
 /// Logs to stderr with the process kind in every line, so that the

@@ -11,7 +11,7 @@ const DRC_INDEX_TYPE_SHIFT: u32 = 28;
 const DRC_INDEX_ID_MASK: u32 = (1 << DRC_INDEX_TYPE_SHIFT) - 1;
 
 /// The kinds of dynamic-reconfiguration connector Papervisor implements.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum DrcKind {
     /// A CPU core; its id is the core's first vCPU id.
     Cpu,
@@ -46,7 +46,9 @@ impl DrcKind {
 }
 
 /// A DRC index as the guest sees it: type in bits 31..28, id below.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct DrcIndex(pub u32);
 
 impl DrcIndex {
@@ -175,6 +177,34 @@ impl RtasCall {
     pub fn from_token(token: u32) -> Option<RtasCall> {
         RtasCall::ALL.into_iter().find(|call| call.token() == token)
     }
+}
+
+/// The properties of the `/cpus` node of a core whose threads are the vCPUs
+/// `first_vcpu..first_vcpu + threads`: the boot device tree and the
+/// configure-connector fragment of a hot-plugged core both use these.
+pub fn cpu_core_properties(
+    first_vcpu: u32,
+    threads: u32,
+    drc: DrcIndex,
+) -> Vec<(&'static str, Vec<u8>)> {
+    let cells = |values: &[u32]| {
+        values
+            .iter()
+            .flat_map(|v| v.to_be_bytes())
+            .collect::<Vec<u8>>()
+    };
+    let servers: Vec<u32> = (first_vcpu..first_vcpu + threads).collect();
+    vec![
+        ("device_type", b"cpu\0".to_vec()),
+        ("reg", cells(&[first_vcpu])),
+        ("ibm,my-drc-index", cells(&[drc.0])),
+        ("ibm,ppc-interrupt-server#s", cells(&servers)),
+    ]
+}
+
+/// The node name of that core.
+pub fn cpu_core_node_name(first_vcpu: u32) -> String {
+    format!("cpu@{first_vcpu:x}")
 }
 
 /// PAPR interrupt source numbers (QEMU's fixed numbers for the event sources).

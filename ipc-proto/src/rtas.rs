@@ -59,6 +59,11 @@ pub enum CoreToRtas {
         /// The regions.
         regions: Vec<MemoryRegion>,
     },
+    /// The machine's shape, for the device-tree fragments of hot-plugged cores.
+    SetTopology {
+        /// vCPUs per core (1..=8).
+        threads_per_core: u32,
+    },
     /// One H_RTAS hypercall.
     Call {
         /// The vCPU that made it.
@@ -73,7 +78,7 @@ pub enum CoreToRtas {
 /// RTAS server → core.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RtasToCore {
-    /// The memory table was mapped.
+    /// The memory table was mapped, or the topology set.
     MemoryTableSet,
     /// The call was answered (return cells written); the core carries out `request`.
     CallDone {
@@ -207,6 +212,14 @@ impl CoreToRtas {
                     {
                         return Err(format!("bad memory region {region:?}"));
                     }
+                }
+            }
+            CoreToRtas::SetTopology { threads_per_core } => {
+                if !(1..=8).contains(threads_per_core) {
+                    return Err(format!("{threads_per_core} threads per core"));
+                }
+                if fds != 0 {
+                    return Err(format!("topology with {fds} descriptors"));
                 }
             }
             CoreToRtas::Call { caller, .. } => {

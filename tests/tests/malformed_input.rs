@@ -10,33 +10,30 @@ use papervisor_tests::{binary, kvm_usable, Vm};
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const REPLY_TIMEOUT: Option<Duration> = Some(Duration::from_secs(5));
 
-/// Starts papervisor-rtas with this test as its core.
-fn start_rtas_server() -> (Channel, Child) {
-    let (core_end, server_end) = Channel::pair().unwrap();
-    let server_fd = server_end.as_fd().as_raw_fd();
+/// Starts papervisor-rtas with this test as its core, hotplug controller
+/// and event log; returns the core's channel.
+fn start_rtas_server() -> (Channel, Vec<Channel>, Child) {
+    let links = ProcessKind::RtasServer.links();
+    let pairs: Vec<(Channel, Channel)> = links.iter().map(|_| Channel::pair().unwrap()).collect();
+    let fds: Vec<_> = pairs
+        .iter()
+        .map(|(_, theirs)| theirs.as_fd().as_raw_fd())
+        .collect();
     let mut command = Command::new(binary("papervisor-rtas"));
     command.stdin(Stdio::null());
-    // SAFETY: dup2 is async-signal-safe; the result is checked.
-    unsafe {
-        command.pre_exec(move || {
-            if nix::libc::dup2(server_fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    ipc_proto::pass_fds(&mut command, &fds);
     let child = command.spawn().unwrap();
-    drop(server_end);
-    core_end
-        .handshake(ProcessKind::RtasServer, Duration::from_secs(5))
-        .unwrap();
-    (core_end, child)
+    let mut ours: Vec<Channel> = pairs.into_iter().map(|(ours, _)| ours).collect();
+    for (channel, &link) in ours.iter().zip(links) {
+        channel.handshake(link, Duration::from_secs(5)).unwrap();
+    }
+    let core = ours.remove(0);
+    (core, ours, child)
 }
 
 fn reply(channel: &Channel) -> Envelope<RtasToCore> {
@@ -49,7 +46,7 @@ fn assert_alive(child: &mut Child) {
 
 #[test]
 fn the_rtas_server_rejects_bad_frames_and_keeps_serving() {
-    let (channel, mut child) = start_rtas_server();
+    let (channel, _peers, mut child) = start_rtas_server();
     let call = Envelope {
         id: 7,
         body: CoreToRtas::Call {
@@ -176,33 +173,32 @@ fn the_rtas_server_rejects_bad_frames_and_keeps_serving() {
 
 #[test]
 fn the_rtas_server_refuses_a_wrong_handshake() {
-    let (core_end, server_end) = Channel::pair().unwrap();
-    let server_fd = server_end.as_fd().as_raw_fd();
+    let links = ProcessKind::RtasServer.links();
+    let pairs: Vec<(Channel, Channel)> = links.iter().map(|_| Channel::pair().unwrap()).collect();
+    let fds: Vec<_> = pairs
+        .iter()
+        .map(|(_, theirs)| theirs.as_fd().as_raw_fd())
+        .collect();
     let mut command = Command::new(binary("papervisor-rtas"));
-    command.arg("--channel-fd").arg(server_fd.to_string());
-    // SAFETY: fcntl is async-signal-safe; it only lets the fd survive exec.
-    unsafe {
-        command.pre_exec(move || {
-            if nix::libc::fcntl(server_fd, nix::libc::F_SETFD, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = command.stdin(Stdio::null()).spawn().unwrap();
-    drop(server_end);
-    core_end
+    command.stdin(Stdio::null());
+    ipc_proto::pass_fds(&mut command, &fds);
+    let mut child = command.spawn().unwrap();
+    pairs[0]
+        .0
         .send(
             &Envelope {
                 id: 0,
                 body: ipc_proto::channel::Hello {
                     version: ipc_proto::PROTOCOL_VERSION + 1,
-                    kind: ProcessKind::RtasServer,
+                    link: ipc_proto::Link::CoreRtas,
                 },
             },
             &[],
         )
         .unwrap();
+    for (channel, &link) in pairs.iter().zip(links).skip(1) {
+        channel.0.send_hello(link).unwrap();
+    }
     let status = child.wait().unwrap();
     assert!(
         !status.success(),

@@ -1,7 +1,29 @@
-//! Messages to the VM's control loop, from vCPU threads and from QMP.
+//! Messages to the VM's control loop, from vCPU threads, from the hotplug
+//! controller's notifications and from QMP. The control loop is the one
+//! owner of the machine's state.
+
+use ipc_proto::hotplug::HotplugNotification;
+use serde_json::{Map, Value};
+use std::sync::mpsc::Sender;
+
+/// A QMP error: QEMU's class and a message.
+#[derive(Debug, PartialEq, Eq)]
+pub struct QmpError {
+    pub class: &'static str,
+    pub desc: String,
+}
+
+impl QmpError {
+    pub fn generic(desc: impl Into<String>) -> QmpError {
+        QmpError {
+            class: "GenericError",
+            desc: desc.into(),
+        }
+    }
+}
 
 /// What the control loop is asked to do.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum ControlMessage {
     /// The guest powered off (RTAS power-off).
     PowerOff,
@@ -11,4 +33,25 @@ pub enum ControlMessage {
     Quit,
     /// The guest can no longer run: the reason, for the log.
     GuestCrashed(String),
+    /// The hotplug controller reports a release or a refusal.
+    Hotplug(HotplugNotification),
+    /// A QMP command that needs the machine.
+    Qmp {
+        command: String,
+        arguments: Map<String, Value>,
+        reply: Sender<Result<Value, QmpError>>,
+    },
+}
+
+impl PartialEq for ControlMessage {
+    fn eq(&self, other: &Self) -> bool {
+        use ControlMessage::*;
+        match (self, other) {
+            (PowerOff, PowerOff) | (Quit, Quit) => true,
+            (Reset { by_guest: a }, Reset { by_guest: b }) => a == b,
+            (GuestCrashed(a), GuestCrashed(b)) => a == b,
+            (Hotplug(a), Hotplug(b)) => a == b,
+            _ => false,
+        }
+    }
 }

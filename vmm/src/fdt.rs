@@ -3,7 +3,9 @@
 
 use crate::config::SmpConfig;
 use crate::layout::MemoryLayout;
-use ipc_proto::papr::{irq, DrcIndex, DrcKind, RtasCall, LMB_SIZE};
+use ipc_proto::papr::{
+    cpu_core_node_name, cpu_core_properties, irq, DrcIndex, DrcKind, RtasCall, LMB_SIZE,
+};
 use thiserror::Error;
 use vm_fdt::FdtWriter;
 
@@ -88,7 +90,7 @@ fn write_drc_arrays(fdt: &mut FdtWriter, drcs: &[DrcIndex]) -> Result<(), FdtErr
     Ok(())
 }
 
-/// The `/cpus` child for core `core` (also the configure-connector fragment later).
+/// The `/cpus` child for core `core`.
 pub fn write_core_node(
     fdt: &mut FdtWriter,
     machine: &MachineDescription,
@@ -96,12 +98,10 @@ pub fn write_core_node(
 ) -> Result<(), FdtError> {
     let threads = machine.smp.threads_per_core;
     let first = core * threads;
-    let node = fdt.begin_node(&format!("cpu@{first:x}"))?;
-    fdt.property_string("device_type", "cpu")?;
-    fdt.property_u32("reg", first)?;
-    fdt.property_u32("ibm,my-drc-index", machine.core_drc(core)?.0)?;
-    let servers: Vec<u32> = (first..first + threads).collect();
-    fdt.property_array_u32("ibm,ppc-interrupt-server#s", &servers)?;
+    let node = fdt.begin_node(&cpu_core_node_name(first))?;
+    for (name, value) in cpu_core_properties(first, threads, machine.core_drc(core)?) {
+        fdt.property(name, &value)?;
+    }
     fdt.end_node(node)?;
     Ok(())
 }

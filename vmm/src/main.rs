@@ -4,6 +4,8 @@ mod boot;
 mod config;
 mod console;
 mod control;
+mod cores;
+mod devices;
 mod fdt;
 mod hcall;
 mod interrupts;
@@ -86,15 +88,13 @@ fn main() -> ExitCode {
 /// Builds the VM, serves QMP, and runs the guest to the end.
 fn run(config: config::VmConfig) -> Result<(), Box<dyn Error>> {
     let qmp_path = config.qmp.clone();
-    let vm = vm::Vm::new(config)?;
-    let qmp = match qmp_path {
-        Some(path) => Some(
-            qmp::QmpServer::start(&path, vm.qmp_context())
-                .map_err(|error| format!("cannot serve QMP on {}: {error}", path.display()))?,
-        ),
-        None => None,
-    };
-    Ok(vm.run(qmp)?)
+    let qmp = std::sync::Arc::new(qmp::QmpServer::default());
+    let vm = vm::Vm::new(config, std::sync::Arc::clone(&qmp))?;
+    if let Some(path) = qmp_path {
+        qmp.serve(&path, vm.qmp_context())
+            .map_err(|error| format!("cannot serve QMP on {}: {error}", path.display()))?;
+    }
+    Ok(vm.run()?)
 }
 
 /// vCPU threads are kicked out of KVM_RUN with a signal; it must not kill us.

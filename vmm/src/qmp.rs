@@ -6,9 +6,7 @@
 //! ([`JsonSplitter`]) before parsing, so no client can make the core buffer
 //! more than [`MAX_REQUEST`] bytes, and every bad request gets an error reply.
 
-use crate::config::SmpConfig;
-use crate::control::ControlMessage;
-use crate::vcpu::CpuTable;
+use crate::control::{ControlMessage, QmpError};
 use serde_json::{json, Map, Value};
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -20,6 +18,17 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The largest request accepted.
 pub const MAX_REQUEST: usize = 64 * 1024;
+/// How long a command that needs the machine may wait for it.
+const MACHINE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Commands the control loop answers.
+const MACHINE_COMMANDS: &[&str] = &[
+    "query-cpus-fast",
+    "device_add",
+    "device_del",
+    "query-hotpluggable-cpus",
+    "x-query-drcs",
+    "x-query-event-log",
+];
 /// Clients served at once; more are refused with a message.
 const MAX_CLIENTS: usize = 16;
 
@@ -27,11 +36,10 @@ const MAX_CLIENTS: usize = 16;
 #[derive(Clone)]
 pub struct QmpContext {
     pub control: Sender<ControlMessage>,
-    pub cpus: Arc<CpuTable>,
-    pub smp: SmpConfig,
 }
 
 /// Serves QMP clients and sends them events.
+#[derive(Default)]
 pub struct QmpServer {
     /// Write halves of the clients that finished negotiation.
     event_sinks: Mutex<Vec<UnixStream>>,
@@ -40,17 +48,13 @@ pub struct QmpServer {
 
 impl QmpServer {
     /// Binds `path` and serves it from a thread of its own.
-    pub fn start(path: &Path, context: QmpContext) -> std::io::Result<Arc<QmpServer>> {
+    pub fn serve(self: &Arc<Self>, path: &Path, context: QmpContext) -> std::io::Result<()> {
         let listener = UnixListener::bind(path)?;
-        let server = Arc::new(QmpServer {
-            event_sinks: Mutex::new(Vec::new()),
-            clients: Mutex::new(0),
-        });
-        let acceptor = Arc::clone(&server);
+        let acceptor = Arc::clone(self);
         thread::Builder::new()
             .name("qmp-accept".into())
             .spawn(move || acceptor.accept_loop(listener, context))?;
-        Ok(server)
+        Ok(())
     }
 
     fn accept_loop(self: Arc<Self>, listener: UnixListener, context: QmpContext) {
@@ -266,10 +270,6 @@ impl Session<'_> {
                     None,
                 ))
             }
-            "query-cpus-fast" => {
-                no_arguments()?;
-                Ok((self.query_cpus_fast(), None))
-            }
             "system_reset" => {
                 no_arguments()?;
                 Ok((
@@ -281,6 +281,7 @@ impl Session<'_> {
                 no_arguments()?;
                 Ok((json!({}), Some(After::Send(ControlMessage::Quit))))
             }
+            machine if MACHINE_COMMANDS.contains(&machine) => self.ask_machine(machine, arguments),
             other => Err((
                 "CommandNotFound",
                 format!("The command {other} has not been found"),
@@ -288,26 +289,25 @@ impl Session<'_> {
         }
     }
 
-    fn query_cpus_fast(&self) -> Value {
-        let threads = self.context.smp.threads_per_core;
-        let cpus: Vec<Value> = self
-            .context
-            .cpus
-            .info()
-            .into_iter()
-            .map(|vcpu| {
-                let core = vcpu.id / threads;
-                let thread = vcpu.id % threads;
-                json!({
-                    "cpu-index": vcpu.id,
-                    "qom-path": format!("/machine/unattached/device[{core}]/thread[{thread}]"),
-                    "thread-id": vcpu.thread_id,
-                    "props": {"core-id": core * threads, "thread-id": thread},
-                    "target": "x86_64",
-                })
-            })
-            .collect();
-        Value::Array(cpus)
+    /// Runs a command on the control loop and waits for its answer.
+    fn ask_machine(&self, command: &str, arguments: &Map<String, Value>) -> CommandResult {
+        let (reply, answer) = std::sync::mpsc::channel();
+        let message = ControlMessage::Qmp {
+            command: command.to_string(),
+            arguments: arguments.clone(),
+            reply,
+        };
+        if self.context.control.send(message).is_err() {
+            return Err(("GenericError", "the machine is shutting down".into()));
+        }
+        match answer.recv_timeout(MACHINE_TIMEOUT) {
+            Ok(Ok(value)) => Ok((value, None)),
+            Ok(Err(QmpError { class, desc })) => Err((class, desc)),
+            Err(_) => Err((
+                "GenericError",
+                format!("the machine did not answer {command} within {MACHINE_TIMEOUT:?}"),
+            )),
+        }
     }
 }
 
@@ -428,17 +428,29 @@ mod tests {
         assert_eq!(results[1], Ok("{\"execute\":\"quit\"}".to_string()));
     }
 
+    #[test]
+    fn machine_commands_go_to_the_control_loop_and_time_out_cleanly() {
+        let (sender, receiver) = channel();
+        let context = QmpContext { control: sender };
+        let answering = thread::spawn(move || {
+            let Ok(ControlMessage::Qmp { command, reply, .. }) = receiver.recv() else {
+                panic!("no command");
+            };
+            assert_eq!(command, "x-query-drcs");
+            reply.send(Ok(json!([]))).unwrap();
+        });
+        let mut session = Session {
+            negotiated: true,
+            context: &context,
+        };
+        let (reply, _) = session.handle(r#"{"execute": "x-query-drcs", "id": 3}"#);
+        assert_eq!(reply, json!({"return": [], "id": 3}));
+        answering.join().unwrap();
+    }
+
     fn session_replies(lines: &[&str]) -> (Vec<Value>, Vec<ControlMessage>) {
         let (sender, receiver) = channel();
-        let context = QmpContext {
-            control: sender,
-            cpus: Arc::new(CpuTable::new(2)),
-            smp: SmpConfig {
-                cpus: 2,
-                max_cpus: 4,
-                threads_per_core: 1,
-            },
-        };
+        let context = QmpContext { control: sender };
         let mut session = Session {
             negotiated: false,
             context: &context,
@@ -513,17 +525,5 @@ mod tests {
                 ControlMessage::Quit
             ]
         );
-    }
-
-    #[test]
-    fn query_cpus_fast_lists_each_vcpu_with_its_core() {
-        let (replies, _) = session_replies(&[
-            r#"{"execute": "qmp_capabilities"}"#,
-            r#"{"execute": "query-cpus-fast"}"#,
-        ]);
-        let cpus = replies[1]["return"].as_array().unwrap();
-        assert_eq!(cpus.len(), 2);
-        assert_eq!(cpus[1]["cpu-index"], 1);
-        assert_eq!(cpus[1]["props"]["core-id"], 1);
     }
 }

@@ -1,28 +1,18 @@
-//! The core's side of the RTAS server: spawns the process, shares guest
-//! memory with it, forwards H_RTAS calls and checks every reply.
+//! The core's side of the RTAS server: forwards H_RTAS calls and checks
+//! every reply.
 //!
 //! The server is untrusted: a reply that does not decode, does not validate,
 //! or does not come within [`CALL_TIMEOUT`] cuts the server off (it is
 //! killed), and from then on calls fail with an error the guest sees.
 
-use crate::memory::GuestRam;
-use ipc_proto::channel::{Channel, ChannelError, Envelope};
+use ipc_proto::channel::Client;
 use ipc_proto::rtas::{CallRefusal, CoreToRtas, CpuSnapshot, PlatformRequest, RtasToCore};
-use ipc_proto::ProcessKind;
-use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 use thiserror::Error;
 
 /// How long a vCPU waits for the RTAS server before giving up on it.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
-/// The channel's descriptor number in the server process.
-const CHILD_CHANNEL_FD: i32 = 3;
-pub const RTAS_SERVER_BINARY: &str = "papervisor-rtas";
 
 #[derive(Debug, Error)]
 pub enum RtasFailure {
@@ -34,99 +24,23 @@ pub enum RtasFailure {
     Unavailable(String),
 }
 
-#[derive(Debug, Error)]
-pub enum SpawnError {
-    #[error("cannot create the channel")]
-    Channel(#[source] ChannelError),
-    #[error("cannot start {path}")]
-    Exec {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the RTAS server did not set up")]
-    Setup(#[source] ChannelError),
-    #[error("the RTAS server refused the memory table: {0}")]
-    MemoryTable(String),
-}
-
-struct Connection {
-    channel: Channel,
-    child: Child,
-    next_id: u64,
-}
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The RTAS server as the vCPUs see it. Calls are serialised, as PAPR
 /// requires of RTAS anyway.
 pub struct RtasService {
-    connection: Mutex<Option<Connection>>,
-}
-
-/// The binary of a device process: beside the core's own executable.
-pub fn sibling_binary(name: &str) -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(Path::to_path_buf))
-        .unwrap_or_default()
-        .join(name)
+    client: Mutex<Option<Client>>,
+    pid: u32,
 }
 
 impl RtasService {
-    /// Starts the RTAS server and gives it guest memory.
-    pub fn spawn(binary: &Path, ram: &GuestRam) -> Result<RtasService, SpawnError> {
-        let (core_end, server_end) = Channel::pair().map_err(SpawnError::Channel)?;
-        let server_fd = server_end.as_fd().as_raw_fd();
-        let mut command = Command::new(binary);
-        command
-            .args(["--channel-fd", &CHILD_CHANNEL_FD.to_string()])
-            .stdin(Stdio::null());
-        // SAFETY: dup2 is async-signal-safe and touches only the child's
-        // descriptor table; the result is checked.
-        unsafe {
-            command.pre_exec(move || {
-                if nix::libc::dup2(server_fd, CHILD_CHANNEL_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+    pub fn new(client: Client, pid: u32) -> RtasService {
+        RtasService {
+            client: Mutex::new(Some(client)),
+            pid,
         }
-        let child = command.spawn().map_err(|source| SpawnError::Exec {
-            path: binary.to_path_buf(),
-            source,
-        })?;
-        drop(server_end);
-        let pid = child.id();
-        let mut connection = Connection {
-            channel: core_end,
-            child,
-            next_id: 1,
-        };
-        connection
-            .channel
-            .handshake(ProcessKind::RtasServer, SETUP_TIMEOUT)
-            .map_err(SpawnError::Setup)?;
-        let (regions, fds): (Vec<_>, Vec<_>) = ram.regions().into_iter().unzip();
-        let reply = connection
-            .request(CoreToRtas::SetMemoryTable { regions }, &fds, SETUP_TIMEOUT)
-            .map_err(SpawnError::Setup)?;
-        if reply != RtasToCore::MemoryTableSet {
-            return Err(SpawnError::MemoryTable(format!("{reply:?}")));
-        }
-        log::info!("RTAS server running as pid {pid}");
-        Ok(RtasService {
-            connection: Mutex::new(Some(connection)),
-        })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Option<Connection>> {
-        self.connection.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Option<Client>> {
+        self.client.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Forwards one H_RTAS call and returns what the core must do.
@@ -137,7 +51,7 @@ impl RtasService {
         cpus: CpuSnapshot,
     ) -> Result<Option<PlatformRequest>, RtasFailure> {
         let mut guard = self.lock();
-        let Some(connection) = guard.as_mut() else {
+        let Some(client) = guard.as_mut() else {
             return Err(RtasFailure::Unavailable("it was cut off earlier".into()));
         };
         let request = CoreToRtas::Call {
@@ -145,7 +59,7 @@ impl RtasService {
             args_address,
             cpus,
         };
-        let outcome = match connection.request(request, &[], CALL_TIMEOUT) {
+        let outcome = match client.request(request, &[], CALL_TIMEOUT) {
             Ok(RtasToCore::CallDone { request }) => match &request {
                 Some(effect) => effect.validate().map(|()| request).map_err(|why| {
                     RtasFailure::Unavailable(format!("it asked for something invalid: {why}"))
@@ -161,59 +75,27 @@ impl RtasService {
         if let Err(failure) = &outcome {
             log::error!("cutting off the RTAS server: {failure}");
             *guard = None;
+            if self.pid != 0 {
+                // It may be hung or hostile: make sure it is gone.
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(self.pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
         }
         outcome
     }
 }
-
-impl Connection {
-    /// Sends a request and waits for the reply with the same id; stale
-    /// replies (to requests that timed out) are skipped.
-    fn request(
-        &mut self,
-        body: CoreToRtas,
-        fds: &[std::os::fd::BorrowedFd<'_>],
-        timeout: Duration,
-    ) -> Result<RtasToCore, ChannelError> {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.channel.send(&Envelope { id, body }, fds)?;
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let (reply, received_fds) = self.channel.recv::<RtasToCore>(Some(left))?;
-            if !received_fds.is_empty() {
-                return Err(ChannelError::TooManyFds);
-            }
-            if reply.id == id {
-                return Ok(reply.body);
-            }
-            log::warn!(
-                "RTAS server: dropping a reply to request {} while waiting for {id}",
-                reply.id
-            );
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ipc_proto::channel::encode;
+    use ipc_proto::channel::{encode, Channel, Envelope};
 
     /// A service whose "server" is a thread of this test, speaking raw frames.
     fn fake_service(server: impl FnOnce(Channel) + Send + 'static) -> RtasService {
         let (core_end, server_end) = Channel::pair().unwrap();
         std::thread::spawn(move || server(server_end));
-        // Any child works as the process to kill when cutting off.
-        let child = Command::new("sleep").arg("30").spawn().unwrap();
-        RtasService {
-            connection: Mutex::new(Some(Connection {
-                channel: core_end,
-                child,
-                next_id: 1,
-            })),
-        }
+        RtasService::new(Client::new(core_end), 0)
     }
 
     fn call(service: &RtasService) -> Result<Option<PlatformRequest>, RtasFailure> {

@@ -6,6 +6,7 @@
 use crate::boot;
 use crate::console::{Console, MAX_READ};
 use crate::control::ControlMessage;
+use crate::devices::DeviceProcesses;
 use crate::fdt::VTY_TERMNO;
 use crate::hcall::{
     Hcall, HcallResult, H_FUNCTION, H_GET_TERM_CHAR, H_HARDWARE, H_PARAMETER, H_PUT_TERM_CHAR,
@@ -13,7 +14,7 @@ use crate::hcall::{
 };
 use crate::interrupts::InterruptRouter;
 use crate::layout::HCALL_DOORBELL_PORT;
-use crate::rtas_client::{RtasFailure, RtasService};
+use crate::rtas_client::RtasFailure;
 use ipc_proto::rtas::{CpuSnapshot, PlatformRequest};
 use kvm_bindings::{kvm_mp_state, KVM_MP_STATE_RUNNABLE};
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -59,6 +60,8 @@ pub struct VcpuControl {
     park_requested: AtomicBool,
     /// The host thread id, for QMP (0 until the thread runs).
     thread_id: AtomicI32,
+    /// Its core is plugged. A vCPU that is not present never starts.
+    present: AtomicBool,
 }
 
 impl VcpuControl {
@@ -68,6 +71,7 @@ impl VcpuControl {
             changed: Condvar::new(),
             park_requested: AtomicBool::new(false),
             thread_id: AtomicI32::new(0),
+            present: AtomicBool::new(false),
         }
     }
 
@@ -97,9 +101,18 @@ impl CpuTable {
         }
     }
 
+    pub fn set_present(&self, id: u32, present: bool) {
+        if let Some(vcpu) = self.vcpus.get(id as usize) {
+            vcpu.present.store(present, Ordering::SeqCst);
+        }
+    }
+
     pub fn snapshot(&self) -> CpuSnapshot {
         let mut snapshot = CpuSnapshot::default();
         for (id, vcpu) in self.vcpus.iter().enumerate() {
+            if !vcpu.present.load(Ordering::SeqCst) {
+                continue;
+            }
             snapshot.present |= 1 << id;
             if vcpu.is_running() {
                 snapshot.running |= 1 << id;
@@ -112,6 +125,7 @@ impl CpuTable {
         self.vcpus
             .iter()
             .enumerate()
+            .filter(|(_, vcpu)| vcpu.present.load(Ordering::SeqCst))
             .map(|(id, vcpu)| VcpuInfo {
                 id: id as u32,
                 thread_id: vcpu.thread_id.load(Ordering::Relaxed),
@@ -119,11 +133,15 @@ impl CpuTable {
             .collect()
     }
 
-    /// Releases a parked vCPU at `start`; false if it is not parked.
+    /// Releases a parked vCPU at `start`; false if it is not parked or its
+    /// core is not plugged.
     pub fn start(&self, id: u32, start: StartPoint) -> bool {
         let Some(vcpu) = self.vcpus.get(id as usize) else {
             return false;
         };
+        if !vcpu.present.load(Ordering::SeqCst) {
+            return false;
+        }
         let mut state = lock(&vcpu.state);
         if state.0 != RunState::Parked {
             return false;
@@ -139,7 +157,7 @@ impl CpuTable {
 pub struct VcpuContext {
     pub console: Arc<Console>,
     pub cpus: Arc<CpuTable>,
-    pub rtas: Arc<RtasService>,
+    pub devices: Arc<DeviceProcesses>,
     pub interrupts: Arc<InterruptRouter>,
     pub control: Sender<ControlMessage>,
 }
@@ -405,7 +423,12 @@ impl Vcpu {
             }
             H_RTAS => {
                 let snapshot = self.context.cpus.snapshot();
-                match self.context.rtas.call(self.id, call.args[0], snapshot) {
+                match self
+                    .context
+                    .devices
+                    .rtas
+                    .call(self.id, call.args[0], snapshot)
+                {
                     Ok(request) => {
                         let next = self.carry_out(request);
                         (HcallResult::status(H_SUCCESS), 0, next)

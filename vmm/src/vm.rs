@@ -1,21 +1,28 @@
-//! The VM: KVM objects, guest RAM, vCPU threads and the control loop that
-//! carries out power-off and reset.
+//! The VM: KVM objects, guest RAM, vCPU threads, the device processes, and
+//! the control loop that owns the machine's state and carries out power-off,
+//! reset, CPU hotplug and the QMP commands that need the machine.
 
 use crate::boot::{self, BootError};
 use crate::config::{ConsoleConfig, GuestImage, SmpConfig, VmConfig};
 use crate::console::{Console, ConsoleError};
-use crate::control::ControlMessage;
+use crate::control::{ControlMessage, QmpError};
+use crate::cores::{CoreDevice, Cores, CORE_DRIVER};
+use crate::devices::{DeviceError, DeviceProcesses};
 use crate::fdt::{self, FdtError, MachineDescription};
 use crate::interrupts::{InterruptError, InterruptRouter};
 use crate::layout::{MemoryLayout, FDT_MAX_SIZE, FDT_START, GUEST_IMAGE_START, KVM_TSS_ADDRESS};
 use crate::memory::{GuestRam, MemoryError};
 use crate::qmp::{QmpContext, QmpServer};
-use crate::rtas_client::{self, RtasService, SpawnError};
 use crate::vcpu::{CpuTable, StartPoint, VcpuContext, VcpuHandle};
-use ipc_proto::papr::irq;
+use ipc_proto::channel::Channel;
+use ipc_proto::eventlog::{CoreToEventLog, EventLogToCore, HotplugAction, HotplugTarget};
+use ipc_proto::hotplug::{
+    CoreToHotplug, DrcRange, HotplugNotification, HotplugToCore, Released, MAX_DEVICE_ID,
+};
+use ipc_proto::papr::{irq, DrcKind, LMB_SIZE};
 use kvm_ioctls::{Kvm, VmFd};
 use linux_loader::loader::{elf::Elf, KernelLoader};
-use serde_json::json;
+use serde_json::{json, Map, Value};
 use std::io::Cursor;
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
@@ -53,11 +60,13 @@ pub enum VmError {
     WriteFdt(#[source] vm_memory::GuestMemoryError),
     #[error("interrupts")]
     Interrupts(#[from] InterruptError),
-    #[error("cannot start the RTAS server")]
-    RtasServer(#[from] SpawnError),
-    #[error("cannot start the thread of vCPU {id}")]
-    SpawnVcpu {
-        id: u32,
+    #[error("device processes")]
+    Devices(#[from] DeviceError),
+    #[error("the hotplug controller: {0}")]
+    Hotplug(String),
+    #[error("cannot start the thread of {what}")]
+    Thread {
+        what: String,
         #[source]
         source: std::io::Error,
     },
@@ -71,23 +80,44 @@ fn kvm_call(call: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 
 pub struct Vm {
     // Field order is drop order: vCPU threads end before what they use.
-    vcpus: Vec<VcpuHandle>,
+    vcpus: Vec<Option<VcpuHandle>>,
     cpus: Arc<CpuTable>,
-    _rtas: Arc<RtasService>,
+    context: VcpuContext,
+    devices: Arc<DeviceProcesses>,
     interrupts: Arc<InterruptRouter>,
-    _console: Arc<Console>,
+    cores: Cores,
+    qmp: Arc<QmpServer>,
     control: Sender<ControlMessage>,
     inbox: Receiver<ControlMessage>,
     ram: GuestRam,
     layout: MemoryLayout,
     smp: SmpConfig,
     guest_image: Vec<u8>,
-    _vm_fd: Arc<VmFd>,
-    _kvm: Kvm,
+    vm_fd: Arc<VmFd>,
+    kvm: Kvm,
+}
+
+/// The DRC table of the machine: a CPU DRC per possible core, an LMB DRC per
+/// 256 MiB of device memory.
+fn drc_ranges(smp: &SmpConfig, layout: &MemoryLayout) -> Vec<DrcRange> {
+    vec![
+        DrcRange {
+            kind: DrcKind::Cpu,
+            first_id: 0,
+            count: smp.max_cores(),
+            step: smp.threads_per_core,
+        },
+        DrcRange {
+            kind: DrcKind::Lmb,
+            first_id: (layout.device_memory_start / LMB_SIZE) as u32,
+            count: ((layout.device_memory_end - layout.device_memory_start) / LMB_SIZE) as u32,
+            step: 1,
+        },
+    ]
 }
 
 impl Vm {
-    pub fn new(config: VmConfig) -> Result<Vm, VmError> {
+    pub fn new(config: VmConfig, qmp: Arc<QmpServer>) -> Result<Vm, VmError> {
         let guest_image = match config.guest_image {
             GuestImage::File(bytes) => bytes,
             GuestImage::BuiltIn => BUILTIN_GUEST.to_vec(),
@@ -111,55 +141,95 @@ impl Vm {
             ConsoleConfig::Stdio => Console::stdio(vty_interrupt)?,
             ConsoleConfig::Socket(path) => Console::socket(path, vty_interrupt)?,
         };
-        let rtas = Arc::new(RtasService::spawn(
-            &rtas_client::sibling_binary(rtas_client::RTAS_SERVER_BINARY),
+        let mut devices = DeviceProcesses::spawn(
             &ram,
-        )?);
+            &interrupts,
+            config.smp.threads_per_core,
+            drc_ranges(&config.smp, &layout),
+        )?;
+        let notify = devices.notify.take();
+        let devices = Arc::new(devices);
 
         let (control, inbox) = channel();
-        let cpus = Arc::new(CpuTable::new(config.smp.cpus));
+        if let Some(notify) = notify {
+            spawn_notification_reader(notify, control.clone())?;
+        }
+        let cpus = Arc::new(CpuTable::new(config.smp.max_cpus));
         let context = VcpuContext {
-            console: Arc::clone(&console),
+            console,
             cpus: Arc::clone(&cpus),
-            rtas: Arc::clone(&rtas),
+            devices: Arc::clone(&devices),
             interrupts: Arc::clone(&interrupts),
             control: control.clone(),
         };
-        let mut vcpus = Vec::new();
-        for id in 0..config.smp.cpus {
-            let fd = vm_fd
-                .create_vcpu(u64::from(id))
-                .map_err(kvm_call("KVM_CREATE_VCPU"))?;
-            fd.set_cpuid2(&boot::cpuid_for(&kvm, id)?)
-                .map_err(kvm_call("KVM_SET_CPUID2"))?;
-            let handle = VcpuHandle::spawn(id, fd, context.clone())
-                .map_err(|source| VmError::SpawnVcpu { id, source })?;
-            vcpus.push(handle);
-        }
-
-        Ok(Vm {
-            vcpus,
+        let mut vm = Vm {
+            vcpus: (0..config.smp.max_cpus).map(|_| None).collect(),
             cpus,
-            _rtas: rtas,
+            context,
+            devices,
             interrupts,
-            _console: console,
+            cores: Cores::new(&config.smp),
+            qmp,
             control,
             inbox,
             ram,
             layout,
             smp: config.smp,
             guest_image,
-            _vm_fd: vm_fd,
-            _kvm: kvm,
-        })
+            vm_fd,
+            kvm,
+        };
+        for core in vm.cores.present() {
+            vm.create_core_vcpus(core)?;
+            let device = vm.cores.device(core).cloned().expect("a boot core");
+            vm.hotplug_request(CoreToHotplug::Plug {
+                drcs: vec![vm.cores.drc(core)],
+                device: device.path,
+                cold: true,
+            })
+            .map_err(VmError::Hotplug)?;
+        }
+        Ok(vm)
     }
 
     /// What the QMP server needs to reach this VM.
     pub fn qmp_context(&self) -> QmpContext {
         QmpContext {
             control: self.control.clone(),
-            cpus: Arc::clone(&self.cpus),
-            smp: self.smp,
+        }
+    }
+
+    /// Creates (or finds, after an earlier unplug: KVM cannot destroy vCPUs)
+    /// the vCPUs of core slot `core`, parked, and marks them present.
+    fn create_core_vcpus(&mut self, core: u32) -> Result<(), VmError> {
+        for id in self.cores.vcpus(core) {
+            if self.vcpus[id as usize].is_none() {
+                let fd = self
+                    .vm_fd
+                    .create_vcpu(u64::from(id))
+                    .map_err(kvm_call("KVM_CREATE_VCPU"))?;
+                fd.set_cpuid2(&boot::cpuid_for(&self.kvm, id)?)
+                    .map_err(kvm_call("KVM_SET_CPUID2"))?;
+                let handle = VcpuHandle::spawn(id, fd, self.context.clone()).map_err(|source| {
+                    VmError::Thread {
+                        what: format!("vCPU {id}"),
+                        source,
+                    }
+                })?;
+                self.vcpus[id as usize] = Some(handle);
+            }
+            self.cpus.set_present(id, true);
+        }
+        Ok(())
+    }
+
+    /// A request to the hotplug controller; the error is for QMP or the log.
+    fn hotplug_request(&self, request: CoreToHotplug) -> Result<Vec<Released>, String> {
+        match self.devices.hotplug(request) {
+            Ok(HotplugToCore::Done { released }) => Ok(released),
+            Ok(HotplugToCore::Refused { reason }) => Err(reason),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(error) => Err(format!("the hotplug controller is unavailable: {error}")),
         }
     }
 
@@ -179,7 +249,7 @@ impl Vm {
                 end: loaded.kernel_end,
             });
         }
-        let present_cores: Vec<u32> = (0..self.smp.boot_cores()).collect();
+        let present_cores = self.cores.present();
         let blob = fdt::build(&MachineDescription {
             smp: &self.smp,
             layout: &self.layout,
@@ -212,19 +282,14 @@ impl Vm {
     }
 
     fn park_all(&self) {
-        for vcpu in &self.vcpus {
+        for vcpu in self.vcpus.iter().flatten() {
             vcpu.park();
         }
     }
 
     /// Boots the guest and runs it until it powers off or QMP quits (Ok),
     /// or it crashes.
-    pub fn run(self, qmp: Option<Arc<QmpServer>>) -> Result<(), VmError> {
-        let emit = |event: &str, data| {
-            if let Some(qmp) = &qmp {
-                qmp.emit(event, data);
-            }
-        };
+    pub fn run(mut self) -> Result<(), VmError> {
         self.power_on()?;
         loop {
             let message = self
@@ -235,7 +300,7 @@ impl Vm {
                 ControlMessage::PowerOff => {
                     log::info!("guest powered off");
                     self.park_all();
-                    emit(
+                    self.qmp.emit(
                         "SHUTDOWN",
                         json!({"guest": true, "reason": "guest-shutdown"}),
                     );
@@ -244,35 +309,355 @@ impl Vm {
                 ControlMessage::Quit => {
                     log::info!("quit requested over QMP");
                     self.park_all();
-                    emit(
+                    self.qmp.emit(
                         "SHUTDOWN",
                         json!({"guest": false, "reason": "host-qmp-quit"}),
                     );
                     return Ok(());
                 }
-                ControlMessage::Reset { by_guest } => {
-                    log::info!(
-                        "machine reset requested by the {}",
-                        if by_guest { "guest" } else { "host" }
-                    );
-                    self.park_all();
-                    self.interrupts.reset()?;
-                    self.ram.discard()?;
-                    self.power_on()?;
-                    let reason = if by_guest {
-                        "guest-reset"
-                    } else {
-                        "host-qmp-system-reset"
-                    };
-                    emit("RESET", json!({"guest": by_guest, "reason": reason}));
-                }
+                ControlMessage::Reset { by_guest } => self.reset(by_guest)?,
                 ControlMessage::GuestCrashed(reason) => {
                     self.park_all();
                     return Err(VmError::GuestCrashed(reason));
                 }
+                ControlMessage::Hotplug(notification) => self.on_hotplug(notification),
+                ControlMessage::Qmp {
+                    command,
+                    arguments,
+                    reply,
+                } => {
+                    let answer = self.qmp_command(&command, &arguments);
+                    let _ = reply.send(answer);
+                }
             }
         }
     }
+
+    /// Machine reset. Pending unplugs complete here, in a fixed order: every
+    /// vCPU is parked first, then the controller releases, then the cores go,
+    /// then the event queue is emptied, then the guest is loaded again.
+    fn reset(&mut self, by_guest: bool) -> Result<(), VmError> {
+        log::info!(
+            "machine reset requested by the {}",
+            if by_guest { "guest" } else { "host" }
+        );
+        self.park_all();
+        let released = self
+            .hotplug_request(CoreToHotplug::Reset)
+            .map_err(VmError::Hotplug)?;
+        for device in released {
+            self.release(&device);
+        }
+        match self.devices.eventlog(CoreToEventLog::Reset) {
+            Ok(EventLogToCore::Done) => {}
+            other => log::error!("the event log did not reset: {other:?}"),
+        }
+        self.interrupts.reset()?;
+        self.ram.discard()?;
+        self.power_on()?;
+        let reason = if by_guest {
+            "guest-reset"
+        } else {
+            "host-qmp-system-reset"
+        };
+        self.qmp
+            .emit("RESET", json!({"guest": by_guest, "reason": reason}));
+        Ok(())
+    }
+
+    fn on_hotplug(&mut self, notification: HotplugNotification) {
+        match notification {
+            HotplugNotification::Released(released) => self.release(&released),
+            HotplugNotification::UnplugRefused { device } => {
+                let Some(core) = self.cores.find(&device) else {
+                    log::warn!("the hotplug controller names an unknown device {device}");
+                    return;
+                };
+                let id = self.cores.device(core).and_then(|d| d.id.clone());
+                log::warn!("Device hotunplug rejected by the guest for device {device}");
+                self.qmp.emit(
+                    "DEVICE_UNPLUG_GUEST_ERROR",
+                    json!({"device": id, "path": device}),
+                );
+            }
+        }
+    }
+
+    /// A device the guest gave back (or a pending unplug at reset): its vCPUs
+    /// stop for good (parked, their fds kept for a re-plug) and it goes.
+    fn release(&mut self, released: &Released) {
+        let Some((core, device)) = self.cores.remove(&released.device) else {
+            log::warn!(
+                "the hotplug controller released an unknown device {}",
+                released.device
+            );
+            return;
+        };
+        for id in self.cores.vcpus(core) {
+            self.cpus.set_present(id, false);
+            if let Some(vcpu) = &self.vcpus[id as usize] {
+                vcpu.park();
+            }
+        }
+        log::info!("core {core} ({}) unplugged", device.path);
+        self.qmp.emit(
+            "DEVICE_DELETED",
+            json!({"device": device.id, "path": device.path}),
+        );
+    }
+
+    fn qmp_command(
+        &mut self,
+        command: &str,
+        arguments: &Map<String, Value>,
+    ) -> Result<Value, QmpError> {
+        match command {
+            "device_add" => self.device_add(arguments),
+            "device_del" => self.device_del(arguments),
+            "query-hotpluggable-cpus" => Ok(self.query_hotpluggable_cpus()),
+            "query-cpus-fast" => Ok(self.query_cpus_fast()),
+            "x-query-drcs" => self.query_drcs(),
+            "x-query-event-log" => self.query_event_log(),
+            other => Err(QmpError {
+                class: "CommandNotFound",
+                desc: format!("The command {other} has not been found"),
+            }),
+        }
+    }
+
+    fn device_add(&mut self, arguments: &Map<String, Value>) -> Result<Value, QmpError> {
+        let driver = match arguments.get("driver") {
+            Some(Value::String(driver)) => driver.as_str(),
+            Some(_) => return Err(QmpError::generic("Parameter 'driver' expects a string")),
+            None => return Err(QmpError::generic("Parameter 'driver' is missing")),
+        };
+        if driver != CORE_DRIVER {
+            return Err(QmpError::generic(format!(
+                "'{driver}' is not a valid device model name (this machine plugs {CORE_DRIVER})"
+            )));
+        }
+        if let Some(key) = arguments
+            .keys()
+            .find(|k| !matches!(k.as_str(), "driver" | "core-id" | "id"))
+        {
+            return Err(QmpError::generic(format!(
+                "Property '{CORE_DRIVER}.{key}' not found"
+            )));
+        }
+        let core_id = match arguments.get("core-id") {
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .ok_or_else(|| QmpError::generic("Parameter 'core-id' expects an integer"))?,
+            Some(_) => return Err(QmpError::generic("Parameter 'core-id' expects an integer")),
+            None => return Err(QmpError::generic("Parameter 'core-id' is missing")),
+        };
+        let id = match arguments.get("id") {
+            Some(Value::String(id)) if id.len() <= MAX_DEVICE_ID => Some(id.as_str()),
+            Some(_) => return Err(QmpError::generic("Parameter 'id' expects a short string")),
+            None => None,
+        };
+        let (core, device) = self.cores.prepare_plug(core_id, id).map_err(|e| QmpError {
+            class: e.class,
+            desc: e.desc,
+        })?;
+        self.create_core_vcpus(core)
+            .map_err(|error| QmpError::generic(format!("cannot create the vCPUs: {error}")))?;
+        let plug = CoreToHotplug::Plug {
+            drcs: vec![self.cores.drc(core)],
+            device: device.path.clone(),
+            cold: false,
+        };
+        if let Err(reason) = self.hotplug_request(plug) {
+            for id in self.cores.vcpus(core) {
+                self.cpus.set_present(id, false);
+            }
+            return Err(QmpError::generic(reason));
+        }
+        log::info!("core {core} plugged as {}", device.path);
+        self.cores.plugged(core, device);
+        Ok(json!({}))
+    }
+
+    fn device_del(&mut self, arguments: &Map<String, Value>) -> Result<Value, QmpError> {
+        let name = match arguments.get("id") {
+            Some(Value::String(name)) => name.clone(),
+            Some(_) => return Err(QmpError::generic("Parameter 'id' expects a string")),
+            None => return Err(QmpError::generic("Parameter 'id' is missing")),
+        };
+        if let Some(key) = arguments.keys().find(|k| k.as_str() != "id") {
+            return Err(QmpError::generic(format!(
+                "Parameter '{key}' is unexpected"
+            )));
+        }
+        let core = self.cores.prepare_unplug(&name).map_err(|e| QmpError {
+            class: e.class,
+            desc: e.desc,
+        })?;
+        let released = self
+            .hotplug_request(CoreToHotplug::UnplugRequest {
+                drcs: vec![self.cores.drc(core)],
+            })
+            .map_err(QmpError::generic)?;
+        for device in released {
+            self.release(&device);
+        }
+        Ok(json!({}))
+    }
+
+    fn query_hotpluggable_cpus(&self) -> Value {
+        let threads = self.cores.threads();
+        let cpus: Vec<Value> = (0..self.cores.max_cores())
+            .rev()
+            .map(|core| {
+                let mut entry = json!({
+                    "type": CORE_DRIVER,
+                    "vcpus-count": threads,
+                    "props": {"core-id": core * threads},
+                });
+                if let Some(CoreDevice { path, .. }) = self.cores.device(core) {
+                    entry["qom-path"] = json!(path);
+                }
+                entry
+            })
+            .collect();
+        Value::Array(cpus)
+    }
+
+    /// Every vCPU of a plugged core, with the core's QOM path.
+    fn query_cpus_fast(&self) -> Value {
+        let threads = self.cores.threads();
+        let cpus: Vec<Value> = self
+            .cpus
+            .info()
+            .into_iter()
+            .filter_map(|vcpu| {
+                let core = vcpu.id / threads;
+                let thread = vcpu.id % threads;
+                let device = self.cores.device(core)?;
+                Some(json!({
+                    "cpu-index": vcpu.id,
+                    "qom-path": format!("{}/thread[{thread}]", device.path),
+                    "thread-id": vcpu.thread_id,
+                    "props": {"core-id": core * threads, "thread-id": thread},
+                    "target": "x86_64",
+                }))
+            })
+            .collect();
+        Value::Array(cpus)
+    }
+
+    fn query_drcs(&self) -> Result<Value, QmpError> {
+        let mut rows = Vec::new();
+        let mut from = Some(0);
+        while let Some(start) = from {
+            match self
+                .devices
+                .hotplug(CoreToHotplug::ListDrcs { from: start })
+            {
+                Ok(HotplugToCore::Drcs { rows: page, next }) => {
+                    if next.is_some_and(|n| n <= start) {
+                        return Err(QmpError::generic("the hotplug controller pages backwards"));
+                    }
+                    rows.extend(page);
+                    from = next;
+                }
+                other => {
+                    return Err(QmpError::generic(format!(
+                        "the hotplug controller did not list its DRCs: {other:?}"
+                    )))
+                }
+            }
+        }
+        let rows: Vec<Value> = rows
+            .into_iter()
+            .map(|row| {
+                let id = row
+                    .device
+                    .as_deref()
+                    .and_then(|path| self.cores.find(path))
+                    .and_then(|core| self.cores.device(core))
+                    .and_then(|d| d.id.clone());
+                json!({
+                    "index": row.index.0,
+                    "type": row.index.kind().map(|k| k.type_name()),
+                    "name": row.index.name(),
+                    "state": row.state.name(),
+                    "device": id,
+                    "path": row.device,
+                    "unplug-requested": row.unplug_requested,
+                })
+            })
+            .collect();
+        Ok(Value::Array(rows))
+    }
+
+    fn query_event_log(&self) -> Result<Value, QmpError> {
+        match self.devices.eventlog(CoreToEventLog::List) {
+            Ok(EventLogToCore::Queued(events)) => Ok(Value::Array(
+                events
+                    .into_iter()
+                    .map(|event| {
+                        let action = match event.action {
+                            HotplugAction::Add => "add",
+                            HotplugAction::Remove => "remove",
+                        };
+                        match event.target {
+                            HotplugTarget::CpuByIndex(drc) => {
+                                json!({"action": action, "resource": "cpu", "drc": drc.0})
+                            }
+                            HotplugTarget::LmbsCountIndexed { count, first } => json!({
+                                "action": action, "resource": "memory", "drc": first.0, "count": count
+                            }),
+                        }
+                    })
+                    .collect(),
+            )),
+            other => Err(QmpError::generic(format!(
+                "the event log did not list its queue: {other:?}"
+            ))),
+        }
+    }
+}
+
+/// Reads the hotplug controller's notifications and hands them, checked, to
+/// the control loop.
+fn spawn_notification_reader(
+    notify: Channel,
+    control: Sender<ControlMessage>,
+) -> Result<(), VmError> {
+    std::thread::Builder::new()
+        .name("hotplug-notify".into())
+        .spawn(move || loop {
+            match notify.recv::<HotplugNotification>(None) {
+                Ok((message, fds)) => {
+                    let valid = fds.is_empty()
+                        && match &message.body {
+                            HotplugNotification::Released(r) => r.device.len() <= MAX_DEVICE_ID,
+                            HotplugNotification::UnplugRefused { device } => {
+                                device.len() <= MAX_DEVICE_ID
+                            }
+                        };
+                    if !valid {
+                        log::error!("dropping an invalid notification from the hotplug controller");
+                        continue;
+                    }
+                    if control.send(ControlMessage::Hotplug(message.body)).is_err() {
+                        return;
+                    }
+                }
+                Err(ipc_proto::channel::ChannelError::HungUp) => {
+                    // At shutdown this is expected; a crash is reported by its exit.
+                    log::info!("the hotplug controller closed its notifications");
+                    return;
+                }
+                Err(error) => log::error!("bad notification from the hotplug controller: {error}"),
+            }
+        })
+        .map(|_| ())
+        .map_err(|source| VmError::Thread {
+            what: "the notification reader".into(),
+            source,
+        })
 }
 
 #[cfg(test)]

@@ -1,99 +1,160 @@
-//! The RTAS server's main loop: one request at a time from the core's channel.
+//! The RTAS server's process: one request at a time from the core; the
+//! hotplug controller and the event log are reached on their own links.
 //! A frame that does not decode or validate is answered with
-//! [`RtasToCore::Rejected`] and the loop goes on; only a hang-up ends it.
+//! [`RtasToCore::Rejected`] and the loop goes on; only the core's hang-up ends it.
 
-use super::handle_call;
-use ipc_proto::channel::{decode, Channel, ChannelError, Envelope};
+use super::configure::ConfigureSessions;
+use super::{handle_call, Peers, Services};
+use crate::process::{open_links, reply, serve, PEER_TIMEOUT};
+use ipc_proto::channel::{decode, Channel, ChannelError, Client, Frame};
+use ipc_proto::eventlog::{EventLogToRtas, RtasToEventLog};
+use ipc_proto::hotplug::{HotplugToRtas, RtasToHotplug};
 use ipc_proto::rtas::{CallRefusal, CoreToRtas, MemoryRegion, RtasToCore};
-use ipc_proto::ProcessKind;
+use ipc_proto::{Link, ProcessKind};
 use std::fs::File;
 use std::os::fd::OwnedFd;
-use std::time::Duration;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
 
-/// How long the core has to answer the handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+struct Links {
+    hotplug: Client,
+    eventlog: Client,
+}
 
-/// Serves until the core hangs up (Ok) or the channel fails.
-pub fn serve(channel: &Channel) -> Result<(), ChannelError> {
-    channel.handshake(ProcessKind::RtasServer, HANDSHAKE_TIMEOUT)?;
+impl Peers for Links {
+    fn hotplug(&mut self, request: RtasToHotplug) -> Option<(i32, u32)> {
+        match self
+            .hotplug
+            .request::<_, HotplugToRtas>(request, &[], PEER_TIMEOUT)
+        {
+            Ok(HotplugToRtas::Status { status, value }) => Some((status, value)),
+            Ok(other) => {
+                log::error!("the hotplug controller answered {other:?}");
+                None
+            }
+            Err(error) => {
+                log::error!("cannot reach the hotplug controller: {error}");
+                None
+            }
+        }
+    }
+
+    fn eventlog(&mut self, request: RtasToEventLog) -> Option<EventLogToRtas> {
+        match self
+            .eventlog
+            .request::<_, EventLogToRtas>(request, &[], PEER_TIMEOUT)
+        {
+            Ok(EventLogToRtas::Rejected { reason }) => {
+                log::error!("the event log rejected a request: {reason}");
+                None
+            }
+            Ok(answer) => Some(answer),
+            Err(error) => {
+                log::error!("cannot reach the event log: {error}");
+                None
+            }
+        }
+    }
+}
+
+struct Server {
+    memory: Option<GuestMemoryMmap>,
+    threads_per_core: u32,
+    configure: ConfigureSessions,
+    links: Links,
+}
+
+/// Runs the RTAS server until the core hangs up.
+pub fn run() -> Result<(), String> {
+    let mut channels = open_links(ProcessKind::RtasServer)?.into_iter();
+    let (Some(core), Some(hotplug), Some(eventlog)) =
+        (channels.next(), channels.next(), channels.next())
+    else {
+        return Err("missing channels".into());
+    };
     log::info!("serving RTAS calls");
-    let mut memory: Option<GuestMemoryMmap> = None;
-    loop {
-        let frame = match channel.recv_frame(None) {
+    let mut server = Server {
+        memory: None,
+        threads_per_core: 1,
+        configure: ConfigureSessions::default(),
+        links: Links {
+            hotplug: Client::new(hotplug),
+            eventlog: Client::new(eventlog),
+        },
+    };
+    serve(&[(&core, Link::CoreRtas)], |_, frame| {
+        server.on_core(&core, frame)
+    })
+    .map_err(|error| error.to_string())
+}
+
+impl Server {
+    fn on_core(
+        &mut self,
+        core: &Channel,
+        frame: Result<Frame, ChannelError>,
+    ) -> Result<(), ChannelError> {
+        let frame = match frame {
             Ok(frame) => frame,
-            Err(ChannelError::HungUp) => {
-                log::info!("the core hung up; exiting");
-                return Ok(());
-            }
-            Err(
-                error @ (ChannelError::FrameTooLarge
-                | ChannelError::TooManyFds
-                | ChannelError::Malformed { .. }),
-            ) => {
-                reject(channel, 0, &error.to_string())?;
-                continue;
-            }
-            Err(error) => return Err(error),
+            Err(error) => return reject(core, 0, &error.to_string()),
         };
         let message = match decode::<CoreToRtas>(&frame.bytes) {
             Ok(message) => message,
-            Err(error) => {
-                reject(channel, 0, &error.to_string())?;
-                continue;
-            }
+            Err(error) => return reject(core, 0, &error.to_string()),
         };
         if let Err(reason) = message.body.validate(frame.fds.len()) {
-            reject(channel, message.id, &reason)?;
-            continue;
+            return reject(core, message.id, &reason);
         }
-        let reply = match message.body {
+        let answer = match message.body {
             CoreToRtas::SetMemoryTable { regions } => match map_memory(&regions, frame.fds) {
                 Ok(mapped) => {
                     log::info!("mapped {} guest memory region(s)", regions.len());
-                    memory = Some(mapped);
+                    self.memory = Some(mapped);
                     RtasToCore::MemoryTableSet
                 }
                 Err(reason) => RtasToCore::Rejected { reason },
             },
+            CoreToRtas::SetTopology { threads_per_core } => {
+                self.threads_per_core = threads_per_core;
+                RtasToCore::MemoryTableSet
+            }
             CoreToRtas::Call {
                 caller,
                 args_address,
                 cpus,
-            } => match &memory {
+            } => match &self.memory {
                 None => RtasToCore::CallRefused(CallRefusal::NoMemory),
-                Some(memory) => match handle_call(memory, args_address, &cpus) {
-                    Ok(request) => {
-                        log::debug!("vCPU {caller}: call at {args_address:#x} -> {request:?}");
-                        RtasToCore::CallDone { request }
+                Some(memory) => {
+                    let mut services = Services {
+                        cpus: &cpus,
+                        peers: &mut self.links,
+                        configure: &mut self.configure,
+                        threads_per_core: self.threads_per_core,
+                    };
+                    match handle_call(memory, args_address, &mut services) {
+                        Ok(request) => {
+                            log::debug!("vCPU {caller}: call at {args_address:#x} -> {request:?}");
+                            RtasToCore::CallDone { request }
+                        }
+                        Err(refusal) => {
+                            log::warn!("vCPU {caller}: {refusal}");
+                            RtasToCore::CallRefused(refusal)
+                        }
                     }
-                    Err(refusal) => {
-                        log::warn!("vCPU {caller}: {refusal}");
-                        RtasToCore::CallRefused(refusal)
-                    }
-                },
+                }
             },
         };
-        channel.send(
-            &Envelope {
-                id: message.id,
-                body: reply,
-            },
-            &[],
-        )?;
+        reply(core, message.id, answer)
     }
 }
 
 fn reject(channel: &Channel, id: u64, reason: &str) -> Result<(), ChannelError> {
     log::warn!("rejected a request from the core: {reason}");
-    channel.send(
-        &Envelope {
-            id,
-            body: RtasToCore::Rejected {
-                reason: reason.to_string(),
-            },
+    reply(
+        channel,
+        id,
+        RtasToCore::Rejected {
+            reason: reason.to_string(),
         },
-        &[],
     )
 }
 

@@ -1,0 +1,213 @@
+//! The event log: the RTAS event queue and the hot-plug interrupt.
+//!
+//! Semantics (PAPR reference §4.2, §4.4): a FIFO filtered by class mask on
+//! dequeue; the interrupt is pulsed on enqueue, again after a dequeue while
+//! events of that class remain, and on event-scan while events remain —
+//! never on an empty queue (a Linux guest would re-read a stale buffer).
+//! Repeats are coalesced: at most one unconsumed event per (DRC, action).
+
+pub mod encode;
+pub mod process;
+
+use crate::clock::UtcTime;
+use ipc_proto::eventlog::HotplugEvent;
+use std::collections::VecDeque;
+
+/// Event class mask of hot-plug events (PAPR class 3).
+pub const CLASS_HOTPLUG: u32 = 0x1000_0000;
+/// Events kept at most; with coalescing a guest that never reads still
+/// cannot fill it with fewer DRCs than this.
+pub const MAX_QUEUED: usize = 4096;
+
+struct Entry {
+    event: HotplugEvent,
+    class: u32,
+    bytes: Vec<u8>,
+}
+
+/// The queue holds [`MAX_QUEUED`] events already.
+#[derive(Debug, PartialEq, Eq)]
+pub struct QueueFull;
+
+/// What a queue operation asks of the interrupt.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pulse {
+    /// Raise the hot-plug interrupt.
+    Hotplug,
+    /// Leave it.
+    None,
+}
+
+/// Result of [`EventQueue::dequeue`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Dequeued {
+    /// The event's bytes.
+    Event(Vec<u8>),
+    /// Nothing matches the mask.
+    Nothing,
+    /// The first match is longer than the guest's buffer; it stays.
+    TooLarge(usize),
+}
+
+/// The queue.
+#[derive(Default)]
+pub struct EventQueue {
+    entries: VecDeque<Entry>,
+    next_plid: u32,
+}
+
+impl EventQueue {
+    /// Queues `event` unless the same one waits; either way the interrupt is
+    /// pulsed, so a repeated request reaches the guest again. `Err` when full.
+    pub fn enqueue(
+        &mut self,
+        event: HotplugEvent,
+        now: UtcTime,
+    ) -> Result<(bool, Pulse), QueueFull> {
+        if self.entries.iter().any(|entry| entry.event == event) {
+            return Ok((true, Pulse::Hotplug));
+        }
+        if self.entries.len() >= MAX_QUEUED {
+            return Err(QueueFull);
+        }
+        self.next_plid = self.next_plid.wrapping_add(1);
+        let bytes = encode::hotplug_event(&event, self.next_plid, now).to_vec();
+        self.entries.push_back(Entry {
+            event,
+            class: CLASS_HOTPLUG,
+            bytes,
+        });
+        Ok((false, Pulse::Hotplug))
+    }
+
+    /// check-exception: the first event of a class in `mask` that fits.
+    pub fn dequeue(&mut self, mask: u32, max_len: usize) -> (Dequeued, Pulse) {
+        let Some(position) = self.entries.iter().position(|e| e.class & mask != 0) else {
+            return (Dequeued::Nothing, Pulse::None);
+        };
+        if self.entries[position].bytes.len() > max_len {
+            return (
+                Dequeued::TooLarge(self.entries[position].bytes.len()),
+                Pulse::None,
+            );
+        }
+        let entry = self.entries.remove(position).expect("position is in range");
+        (
+            Dequeued::Event(entry.bytes),
+            self.pulse_if_pending(CLASS_HOTPLUG),
+        )
+    }
+
+    /// event-scan: pulse while events of a class in `mask` remain.
+    pub fn scan(&self, mask: u32) -> Pulse {
+        self.pulse_if_pending(mask)
+    }
+
+    fn pulse_if_pending(&self, mask: u32) -> Pulse {
+        if self
+            .entries
+            .iter()
+            .any(|e| e.class & mask & CLASS_HOTPLUG != 0)
+        {
+            Pulse::Hotplug
+        } else {
+            Pulse::None
+        }
+    }
+
+    /// Machine reset.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    /// The queued events, oldest first.
+    pub fn list(&self) -> Vec<HotplugEvent> {
+        self.entries.iter().map(|e| e.event).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipc_proto::eventlog::{HotplugAction, HotplugTarget};
+    use ipc_proto::papr::DrcIndex;
+
+    fn now() -> UtcTime {
+        UtcTime::now()
+    }
+
+    fn event(action: HotplugAction, drc: u32) -> HotplugEvent {
+        HotplugEvent {
+            action,
+            target: HotplugTarget::CpuByIndex(DrcIndex(drc)),
+        }
+    }
+
+    #[test]
+    fn repeats_coalesce_but_still_pulse() {
+        let mut q = EventQueue::default();
+        let remove = event(HotplugAction::Remove, 0x1000_0001);
+        assert_eq!(q.enqueue(remove, now()), Ok((false, Pulse::Hotplug)));
+        for _ in 0..1000 {
+            assert_eq!(q.enqueue(remove, now()), Ok((true, Pulse::Hotplug)));
+        }
+        assert_eq!(q.list(), [remove]);
+        // Another DRC or action is another event.
+        q.enqueue(event(HotplugAction::Add, 0x1000_0001), now())
+            .unwrap();
+        q.enqueue(event(HotplugAction::Remove, 0x1000_0002), now())
+            .unwrap();
+        assert_eq!(q.list().len(), 3);
+    }
+
+    #[test]
+    fn dequeue_is_fifo_by_mask_and_repulses_while_events_remain() {
+        let mut q = EventQueue::default();
+        q.enqueue(event(HotplugAction::Add, 1), now()).unwrap();
+        q.enqueue(event(HotplugAction::Add, 2), now()).unwrap();
+        // An EPOW-only mask matches nothing.
+        assert_eq!(
+            q.dequeue(0x4000_0000, 2048),
+            (Dequeued::Nothing, Pulse::None)
+        );
+        let (first, pulse) = q.dequeue(CLASS_HOTPLUG, 2048);
+        let Dequeued::Event(bytes) = first else {
+            panic!("no event");
+        };
+        assert_eq!(&bytes[108..112], &1u32.to_be_bytes());
+        assert_eq!(pulse, Pulse::Hotplug, "one remains: pulse again");
+        let (_, pulse) = q.dequeue(CLASS_HOTPLUG, 2048);
+        assert_eq!(pulse, Pulse::None, "empty now: no pulse");
+        assert_eq!(
+            q.dequeue(CLASS_HOTPLUG, 2048),
+            (Dequeued::Nothing, Pulse::None)
+        );
+        assert_eq!(q.scan(0xffff_ffff), Pulse::None);
+    }
+
+    #[test]
+    fn a_small_buffer_leaves_the_event_queued() {
+        let mut q = EventQueue::default();
+        q.enqueue(event(HotplugAction::Add, 1), now()).unwrap();
+        assert_eq!(
+            q.dequeue(CLASS_HOTPLUG, 100),
+            (Dequeued::TooLarge(116), Pulse::None)
+        );
+        assert_eq!(q.list().len(), 1);
+        assert_eq!(q.scan(CLASS_HOTPLUG), Pulse::Hotplug);
+    }
+
+    #[test]
+    fn the_queue_is_bounded_and_cleared_at_reset() {
+        let mut q = EventQueue::default();
+        for drc in 0..MAX_QUEUED as u32 {
+            q.enqueue(event(HotplugAction::Add, drc), now()).unwrap();
+        }
+        assert_eq!(
+            q.enqueue(event(HotplugAction::Add, u32::MAX), now()),
+            Err(QueueFull)
+        );
+        q.clear();
+        assert!(q.list().is_empty());
+    }
+}

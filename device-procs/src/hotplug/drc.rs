@@ -1,0 +1,363 @@
+//! One logical DRC (CPU core, LMB) and its state machine, as in the PAPR
+//! reference §2.3 and §2.6: each guest request is one `match` on
+//! (state, value), so the code reads like the table it implements.
+
+use ipc_proto::hotplug::DrcState;
+use ipc_proto::papr::{DrcIndex, DrcKind};
+
+/// RTAS statuses the state machine returns.
+pub const SUCCESS: i32 = 0;
+/// Hardware error: the LMB isolate guard.
+pub const HARDWARE_ERROR: i32 = -1;
+/// Parameter error / no such indicator / not allowed now.
+pub const PARAMETER_ERROR: i32 = -3;
+/// configure-connector on a DRC that is not being configured.
+pub const NOT_CONFIGURABLE: i32 = -9003;
+
+/// Isolation values (set-indicator 9001).
+const ISOLATE: u32 = 0;
+const UNISOLATE: u32 = 1;
+/// Allocation values (set-indicator 9003).
+const UNUSABLE: u32 = 0;
+const USABLE: u32 = 1;
+/// dr-entity-sense values (get-sensor-state 9003).
+pub const SENSE_PRESENT: u32 = 1;
+/// dr-entity-sense: the DRC is not usable by the guest now.
+pub const SENSE_UNUSABLE: u32 = 2;
+
+/// What a transition means beyond its status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing more.
+    Nothing,
+    /// The guest gave the device back with an unplug pending: it is released.
+    Released,
+    /// The guest re-unisolated a DRC with a pending unplug: it refuses the
+    /// unplug, which is withdrawn.
+    UnplugRefused,
+}
+
+/// One logical DRC.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Drc {
+    /// Its index.
+    pub index: DrcIndex,
+    /// Its state.
+    pub state: DrcState,
+    /// The attached device.
+    pub device: Option<String>,
+    /// The host asked for the device back.
+    pub unplug_requested: bool,
+    /// Bumped on every AVAILABLE → UNISOLATE: a configure-connector walk
+    /// started under an older generation starts over.
+    pub configure_generation: u32,
+}
+
+impl Drc {
+    /// An empty DRC.
+    pub fn new(index: DrcIndex) -> Drc {
+        Drc {
+            index,
+            state: DrcState::Unusable,
+            device: None,
+            unplug_requested: false,
+            configure_generation: 0,
+        }
+    }
+
+    fn is_lmb(&self) -> bool {
+        self.index.kind() == Some(DrcKind::Lmb)
+    }
+
+    /// set-indicator 9001 (isolation-state).
+    pub fn set_isolation(&mut self, value: u32) -> (i32, Outcome) {
+        use DrcState::*;
+        match (self.state, value) {
+            (Unusable, UNISOLATE) => (PARAMETER_ERROR, Outcome::Nothing),
+            (Available, UNISOLATE) => {
+                if self.device.is_none() {
+                    return (PARAMETER_ERROR, Outcome::Nothing);
+                }
+                self.state = Unisolate;
+                self.configure_generation = self.configure_generation.wrapping_add(1);
+                (SUCCESS, Outcome::Nothing)
+            }
+            // A no-op that succeeds, unless an unplug is pending: then it is
+            // the guest's "I refuse" (Linux ≥ 5.13 after a failed removal).
+            (Unisolate | Configured, UNISOLATE) => {
+                if self.unplug_requested && self.device.is_some() {
+                    self.unplug_requested = false;
+                    (SUCCESS, Outcome::UnplugRefused)
+                } else {
+                    (SUCCESS, Outcome::Nothing)
+                }
+            }
+            (Unusable | Available, ISOLATE) => (SUCCESS, Outcome::Nothing),
+            (Unisolate, ISOLATE) => (PARAMETER_ERROR, Outcome::Nothing),
+            (Configured, ISOLATE) => {
+                // An LMB the host did not ask for cannot be taken away by the
+                // guest (a by-count removal must not pick another DIMM's LMBs).
+                if self.is_lmb() && !self.unplug_requested {
+                    return (HARDWARE_ERROR, Outcome::Nothing);
+                }
+                self.state = Available;
+                (SUCCESS, Outcome::Nothing)
+            }
+            _ => (PARAMETER_ERROR, Outcome::Nothing),
+        }
+    }
+
+    /// set-indicator 9003 (allocation-state).
+    pub fn set_allocation(&mut self, value: u32) -> (i32, Outcome) {
+        use DrcState::*;
+        match (self.state, value) {
+            (Unusable, USABLE) => {
+                if self.device.is_none() || self.unplug_requested {
+                    return (PARAMETER_ERROR, Outcome::Nothing);
+                }
+                self.state = Available;
+                (SUCCESS, Outcome::Nothing)
+            }
+            (Available | Unisolate | Configured, USABLE) => (SUCCESS, Outcome::Nothing),
+            (Unusable, UNUSABLE) => (SUCCESS, Outcome::Nothing),
+            (Available, UNUSABLE) => {
+                self.state = Unusable;
+                if self.unplug_requested {
+                    self.release();
+                    (SUCCESS, Outcome::Released)
+                } else {
+                    (SUCCESS, Outcome::Nothing)
+                }
+            }
+            (Unisolate | Configured, UNUSABLE) => (PARAMETER_ERROR, Outcome::Nothing),
+            _ => (PARAMETER_ERROR, Outcome::Nothing),
+        }
+    }
+
+    /// get-sensor-state 9003 (dr-entity-sense): status and value.
+    pub fn entity_sense(&self) -> (i32, u32) {
+        match self.state {
+            DrcState::Unusable => (SUCCESS, SENSE_UNUSABLE),
+            DrcState::Available | DrcState::Unisolate | DrcState::Configured => {
+                (SUCCESS, SENSE_PRESENT)
+            }
+        }
+    }
+
+    /// ibm,configure-connector may walk this DRC's device tree now.
+    pub fn may_configure(&self) -> bool {
+        matches!(self.state, DrcState::Unisolate | DrcState::Configured)
+    }
+
+    /// The walk handed out the whole fragment.
+    pub fn configured(&mut self) {
+        if self.may_configure() {
+            self.state = DrcState::Configured;
+        }
+    }
+
+    /// Links a device. A cold plug resets the DRC to CONFIGURED at once.
+    pub fn attach(&mut self, device: &str, cold: bool) -> Result<(), String> {
+        if self.device.is_some() || self.state != DrcState::Unusable {
+            return Err(format!("DRC {:#x} is in use", self.index.0));
+        }
+        self.device = Some(device.to_string());
+        if cold {
+            self.reset();
+        }
+        Ok(())
+    }
+
+    /// The host asks for the device back; it is released at once when the
+    /// guest does not hold it.
+    pub fn unplug_request(&mut self) -> Outcome {
+        if self.device.is_none() {
+            return Outcome::Nothing;
+        }
+        self.unplug_requested = true;
+        if self.state == DrcState::Unusable {
+            self.release();
+            return Outcome::Released;
+        }
+        Outcome::Nothing
+    }
+
+    fn release(&mut self) {
+        self.device = None;
+        self.unplug_requested = false;
+    }
+
+    /// Machine reset: a pending unplug completes; then an attached device is
+    /// configured, an empty DRC unusable.
+    pub fn reset(&mut self) -> Outcome {
+        let outcome = if self.unplug_requested {
+            self.release();
+            Outcome::Released
+        } else {
+            Outcome::Nothing
+        };
+        self.state = if self.device.is_some() {
+            DrcState::Configured
+        } else {
+            DrcState::Unusable
+        };
+        outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use DrcState::*;
+
+    fn cpu() -> DrcIndex {
+        DrcIndex::new(DrcKind::Cpu, 1).unwrap()
+    }
+
+    fn lmb() -> DrcIndex {
+        DrcIndex::new(DrcKind::Lmb, 4).unwrap()
+    }
+
+    /// A DRC in `state`, with a device attached or not, unplug requested or not.
+    fn drc(index: DrcIndex, state: DrcState, device: bool, unplug: bool) -> Drc {
+        Drc {
+            index,
+            state,
+            device: device.then(|| "dev".to_string()),
+            unplug_requested: unplug,
+            configure_generation: 0,
+        }
+    }
+
+    type Cell = (DrcState, bool, bool, u32, i32, DrcState, Outcome);
+
+    fn check(index: DrcIndex, cells: &[Cell], apply: fn(&mut Drc, u32) -> (i32, Outcome)) {
+        for &(state, device, unplug, value, status, after, outcome) in cells {
+            let mut d = drc(index, state, device, unplug);
+            let got = apply(&mut d, value);
+            assert_eq!(
+                (got, d.state),
+                ((status, outcome), after),
+                "{state:?} device={device} unplug={unplug} value={value}"
+            );
+        }
+    }
+
+    #[test]
+    fn isolation_table() {
+        let n = Outcome::Nothing;
+        #[rustfmt::skip]
+        let cells: &[Cell] = &[
+            // state, device, unplug, value → status, state after, outcome
+            (Unusable, true, false, UNISOLATE, -3, Unusable, n),
+            (Available, true, false, UNISOLATE, 0, Unisolate, n),
+            (Available, false, false, UNISOLATE, -3, Available, n),
+            (Unisolate, true, false, UNISOLATE, 0, Unisolate, n),
+            (Configured, true, false, UNISOLATE, 0, Configured, n),
+            (Configured, true, true, UNISOLATE, 0, Configured, Outcome::UnplugRefused),
+            (Unisolate, true, true, UNISOLATE, 0, Unisolate, Outcome::UnplugRefused),
+            (Unusable, true, false, ISOLATE, 0, Unusable, n),
+            (Available, true, false, ISOLATE, 0, Available, n),
+            (Unisolate, true, false, ISOLATE, -3, Unisolate, n),
+            (Configured, true, false, ISOLATE, 0, Available, n),
+            (Configured, true, true, ISOLATE, 0, Available, n),
+            (Configured, true, false, 2, -3, Configured, n),
+            (Available, true, false, 7, -3, Available, n),
+        ];
+        check(cpu(), cells, Drc::set_isolation);
+    }
+
+    #[test]
+    fn isolating_a_configured_lmb_needs_an_unplug_request() {
+        let n = Outcome::Nothing;
+        #[rustfmt::skip]
+        let cells: &[Cell] = &[
+            (Configured, true, false, ISOLATE, -1, Configured, n),
+            (Configured, true, true, ISOLATE, 0, Available, n),
+        ];
+        check(lmb(), cells, Drc::set_isolation);
+    }
+
+    #[test]
+    fn allocation_table() {
+        let n = Outcome::Nothing;
+        #[rustfmt::skip]
+        let cells: &[Cell] = &[
+            (Unusable, true, false, USABLE, 0, Available, n),
+            (Unusable, false, false, USABLE, -3, Unusable, n),
+            (Unusable, true, true, USABLE, -3, Unusable, n),
+            (Available, true, false, USABLE, 0, Available, n),
+            (Unisolate, true, false, USABLE, 0, Unisolate, n),
+            (Configured, true, false, USABLE, 0, Configured, n),
+            (Unusable, true, false, UNUSABLE, 0, Unusable, n),
+            (Available, true, false, UNUSABLE, 0, Unusable, n),
+            (Available, true, true, UNUSABLE, 0, Unusable, Outcome::Released),
+            (Unisolate, true, false, UNUSABLE, -3, Unisolate, n),
+            (Configured, true, false, UNUSABLE, -3, Configured, n),
+            (Available, true, false, 2, -3, Available, n),
+            (Available, true, false, 3, -3, Available, n),
+        ];
+        check(cpu(), cells, Drc::set_allocation);
+    }
+
+    #[test]
+    fn release_clears_the_device_and_the_request() {
+        let mut d = drc(cpu(), Available, true, true);
+        assert_eq!(d.set_allocation(UNUSABLE), (0, Outcome::Released));
+        assert_eq!((d.device.clone(), d.unplug_requested), (None, false));
+    }
+
+    #[test]
+    fn entity_sense_table() {
+        for (state, sense) in [
+            (Unusable, SENSE_UNUSABLE),
+            (Available, SENSE_PRESENT),
+            (Unisolate, SENSE_PRESENT),
+            (Configured, SENSE_PRESENT),
+        ] {
+            assert_eq!(drc(cpu(), state, true, false).entity_sense(), (0, sense));
+        }
+    }
+
+    #[test]
+    fn unisolate_from_available_starts_a_new_configure_walk() {
+        let mut d = drc(cpu(), Available, true, false);
+        assert!(!d.may_configure());
+        d.set_isolation(UNISOLATE);
+        assert_eq!(d.configure_generation, 1);
+        assert!(d.may_configure());
+        d.configured();
+        assert_eq!(d.state, Configured);
+        // Already unisolated: no new walk.
+        d.set_isolation(UNISOLATE);
+        assert_eq!(d.configure_generation, 1);
+    }
+
+    #[test]
+    fn attach_unplug_request_and_reset() {
+        let mut d = Drc::new(cpu());
+        d.attach("core1", false).unwrap();
+        assert_eq!(d.state, Unusable);
+        assert!(d.attach("other", false).is_err());
+        // The guest never took it: the unplug completes at once.
+        assert_eq!(d.unplug_request(), Outcome::Released);
+        assert_eq!(d.device, None);
+
+        let mut d = Drc::new(cpu());
+        d.attach("core1", true).unwrap();
+        assert_eq!(d.state, Configured);
+        // The guest holds it: the request waits, repeats change nothing.
+        assert_eq!(d.unplug_request(), Outcome::Nothing);
+        assert_eq!(d.unplug_request(), Outcome::Nothing);
+        assert!(d.unplug_requested);
+        // A pending unplug completes at reset.
+        assert_eq!(d.reset(), Outcome::Released);
+        assert_eq!((d.state, d.device.clone()), (Unusable, None));
+        // Reset of an attached DRC configures it.
+        let mut d = drc(cpu(), Available, true, false);
+        assert_eq!(d.reset(), Outcome::Nothing);
+        assert_eq!(d.state, Configured);
+        // No device: nothing to unplug.
+        assert_eq!(Drc::new(cpu()).unplug_request(), Outcome::Nothing);
+    }
+}

@@ -1,0 +1,480 @@
+//! The hotplug controller: the DRC table, unplug requests, plug and unplug
+//! completion. It maps no guest memory: everything it learns arrives as
+//! typed, validated values from the core and the RTAS server.
+//!
+//! The unplug rules (design notes, "Unplug semantics") live here, for every
+//! device type: detach once; every request re-sends the remove event (the
+//! event log coalesces repeats); a guest that re-unisolates a DRC with a
+//! pending unplug refuses it, once, for the whole device; pending unplugs
+//! complete at reset.
+
+pub mod drc;
+pub mod process;
+
+use drc::{Drc, Outcome, NOT_CONFIGURABLE, PARAMETER_ERROR, SUCCESS};
+use ipc_proto::eventlog::{HotplugAction, HotplugEvent, HotplugTarget};
+use ipc_proto::hotplug::{
+    indicator, DrcInfo, DrcRange, HotplugNotification, Released, DRCS_PER_PAGE, MAX_DEVICE_ID,
+    MAX_DRCS,
+};
+use ipc_proto::papr::{DrcIndex, DrcKind};
+use std::collections::BTreeMap;
+
+/// What the controller must tell others after a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// To the core, on the notify link.
+    Notify(HotplugNotification),
+    /// To the event log.
+    Queue(HotplugEvent),
+}
+
+/// The DRC table.
+#[derive(Default)]
+pub struct Controller {
+    drcs: BTreeMap<DrcIndex, Drc>,
+    /// Each attached device's DRCs.
+    devices: BTreeMap<String, Vec<DrcIndex>>,
+}
+
+fn target(drcs: &[DrcIndex]) -> Option<HotplugTarget> {
+    let first = *drcs.iter().min()?;
+    match first.kind()? {
+        DrcKind::Cpu => Some(HotplugTarget::CpuByIndex(first)),
+        DrcKind::Lmb => Some(HotplugTarget::LmbsCountIndexed {
+            count: drcs.len() as u32,
+            first,
+        }),
+    }
+}
+
+impl Controller {
+    /// Creates the DRCs of `ranges`.
+    pub fn define(&mut self, ranges: &[DrcRange]) -> Result<(), String> {
+        let total: u64 = ranges.iter().map(|r| u64::from(r.count)).sum();
+        if total + self.drcs.len() as u64 > MAX_DRCS as u64 {
+            return Err(format!("{total} DRCs is more than {MAX_DRCS}"));
+        }
+        for range in ranges {
+            for i in 0..range.count {
+                let id = i
+                    .checked_mul(range.step)
+                    .and_then(|offset| offset.checked_add(range.first_id))
+                    .and_then(|id| DrcIndex::new(range.kind, id))
+                    .ok_or_else(|| format!("DRC range {range:?} overflows"))?;
+                self.drcs.entry(id).or_insert_with(|| Drc::new(id));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_drcs(&self, drcs: &[DrcIndex]) -> Result<DrcKind, String> {
+        let first = drcs.first().ok_or("no DRC given")?;
+        let kind = first
+            .kind()
+            .ok_or(format!("DRC {:#x} has no known type", first.0))?;
+        for index in drcs {
+            if !self.drcs.contains_key(index) {
+                return Err(format!("no DRC {:#x}", index.0));
+            }
+            if index.kind() != Some(kind) {
+                return Err("DRCs of different types".into());
+            }
+        }
+        Ok(kind)
+    }
+
+    /// Attaches `device` to `drcs`; a hot plug queues the add event.
+    pub fn plug(
+        &mut self,
+        drcs: &[DrcIndex],
+        device: &str,
+        cold: bool,
+    ) -> Result<Vec<Effect>, String> {
+        self.check_drcs(drcs)?;
+        if device.is_empty() || device.len() > MAX_DEVICE_ID {
+            return Err(format!("device id of {} bytes", device.len()));
+        }
+        if self.devices.contains_key(device) {
+            return Err(format!("device {device} is already plugged"));
+        }
+        if let Some(busy) = drcs.iter().find(|i| self.drcs[i].device.is_some()) {
+            return Err(format!("DRC {:#x} is in use", busy.0));
+        }
+        for index in drcs {
+            if let Some(drc) = self.drcs.get_mut(index) {
+                drc.attach(device, cold)?;
+            }
+        }
+        self.devices.insert(device.to_string(), drcs.to_vec());
+        let mut effects = Vec::new();
+        if !cold {
+            if let Some(target) = target(drcs) {
+                effects.push(Effect::Queue(HotplugEvent {
+                    action: HotplugAction::Add,
+                    target,
+                }));
+            }
+        }
+        Ok(effects)
+    }
+
+    /// device_del. Returns the devices it released at once (the guest never
+    /// took them) and, every time, the remove event to queue.
+    pub fn unplug_request(
+        &mut self,
+        drcs: &[DrcIndex],
+    ) -> Result<(Vec<Released>, Vec<Effect>), String> {
+        self.check_drcs(drcs)?;
+        let device = self.drcs[&drcs[0]]
+            .device
+            .clone()
+            .ok_or_else(|| format!("DRC {:#x} has no device", drcs[0].0))?;
+        if drcs
+            .iter()
+            .any(|i| self.drcs[i].device.as_deref() != Some(device.as_str()))
+        {
+            return Err("the DRCs do not hold one device".into());
+        }
+        for index in drcs {
+            if let Some(drc) = self.drcs.get_mut(index) {
+                drc.unplug_request();
+            }
+        }
+        let released = self.completed(&device).into_iter().collect();
+        let mut effects = Vec::new();
+        if let Some(target) = target(drcs) {
+            effects.push(Effect::Queue(HotplugEvent {
+                action: HotplugAction::Remove,
+                target,
+            }));
+        }
+        Ok((released, effects))
+    }
+
+    /// The device's release, if none of its DRCs holds it any more.
+    fn completed(&mut self, device: &str) -> Option<Released> {
+        let drcs = self.devices.get(device)?;
+        if drcs
+            .iter()
+            .any(|i| self.drcs.get(i).and_then(|d| d.device.as_deref()) == Some(device))
+        {
+            return None;
+        }
+        let drcs = self.devices.remove(device)?;
+        Some(Released {
+            device: device.to_string(),
+            drcs,
+        })
+    }
+
+    /// set-indicator: the RTAS status and what follows from it.
+    pub fn set_indicator(&mut self, kind: u32, index: u32, value: u32) -> (i32, Vec<Effect>) {
+        let Some(drc) = self.drcs.get_mut(&DrcIndex(index)) else {
+            return (PARAMETER_ERROR, Vec::new());
+        };
+        let device = drc.device.clone();
+        let (status, outcome) = match kind {
+            indicator::ISOLATION_STATE => drc.set_isolation(value),
+            indicator::ALLOCATION_STATE => drc.set_allocation(value),
+            // Logical DRCs have no DR indicator.
+            _ => (PARAMETER_ERROR, Outcome::Nothing),
+        };
+        let mut effects = Vec::new();
+        match (outcome, device) {
+            (Outcome::Released, Some(device)) => {
+                if let Some(released) = self.completed(&device) {
+                    effects.push(Effect::Notify(HotplugNotification::Released(released)));
+                }
+            }
+            (Outcome::UnplugRefused, Some(device)) => {
+                // The whole device's unplug is withdrawn (all its LMBs), and
+                // reported once.
+                for index in self.devices.get(&device).cloned().unwrap_or_default() {
+                    if let Some(drc) = self.drcs.get_mut(&index) {
+                        drc.unplug_requested = false;
+                    }
+                }
+                effects.push(Effect::Notify(HotplugNotification::UnplugRefused {
+                    device,
+                }));
+            }
+            _ => {}
+        }
+        (status, effects)
+    }
+
+    /// get-sensor-state: status and value.
+    pub fn sensor(&self, sensor: u32, index: u32) -> (i32, u32) {
+        match (sensor, self.drcs.get(&DrcIndex(index))) {
+            (indicator::DR_ENTITY_SENSE, Some(drc)) => drc.entity_sense(),
+            _ => (PARAMETER_ERROR, 0),
+        }
+    }
+
+    /// configure-connector may walk the DRC: status and the walk's generation.
+    pub fn configure_begin(&self, index: u32) -> (i32, u32) {
+        match self.drcs.get(&DrcIndex(index)) {
+            None => (PARAMETER_ERROR, 0),
+            Some(drc) if drc.may_configure() && drc.device.is_some() => {
+                (SUCCESS, drc.configure_generation)
+            }
+            Some(_) => (NOT_CONFIGURABLE, 0),
+        }
+    }
+
+    /// configure-connector handed out the whole fragment.
+    pub fn configure_done(&mut self, index: u32) -> i32 {
+        match self.drcs.get_mut(&DrcIndex(index)) {
+            Some(drc) if drc.may_configure() => {
+                drc.configured();
+                SUCCESS
+            }
+            Some(_) => NOT_CONFIGURABLE,
+            None => PARAMETER_ERROR,
+        }
+    }
+
+    /// Machine reset; returns the devices whose pending unplug completed.
+    pub fn reset(&mut self) -> Vec<Released> {
+        let mut devices = Vec::new();
+        for drc in self.drcs.values_mut() {
+            let device = drc.device.clone();
+            if drc.reset() == Outcome::Released {
+                devices.extend(device);
+            }
+        }
+        devices.dedup();
+        devices.iter().filter_map(|d| self.completed(d)).collect()
+    }
+
+    /// A page of the table from row `from`.
+    pub fn list(&self, from: u32) -> (Vec<DrcInfo>, Option<u32>) {
+        let rows: Vec<DrcInfo> = self
+            .drcs
+            .values()
+            .skip(from as usize)
+            .take(DRCS_PER_PAGE)
+            .map(|drc| DrcInfo {
+                index: drc.index,
+                state: drc.state,
+                device: drc.device.clone(),
+                unplug_requested: drc.unplug_requested,
+            })
+            .collect();
+        let end = from as usize + rows.len();
+        let next = (end < self.drcs.len()).then_some(end as u32);
+        (rows, next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipc_proto::hotplug::DrcState;
+
+    const CORE1: DrcIndex = DrcIndex(0x1000_0001);
+
+    fn controller() -> Controller {
+        let mut c = Controller::default();
+        c.define(&[
+            DrcRange {
+                kind: DrcKind::Cpu,
+                first_id: 0,
+                count: 4,
+                step: 1,
+            },
+            DrcRange {
+                kind: DrcKind::Lmb,
+                first_id: 4,
+                count: 8,
+                step: 1,
+            },
+        ])
+        .unwrap();
+        c
+    }
+
+    fn remove_event(drc: DrcIndex) -> Effect {
+        Effect::Queue(HotplugEvent {
+            action: HotplugAction::Remove,
+            target: HotplugTarget::CpuByIndex(drc),
+        })
+    }
+
+    /// Drives the guest side of an acquire: entity sense 2, usable, unisolate, configure.
+    fn acquire(c: &mut Controller, drc: DrcIndex) {
+        assert_eq!(c.sensor(9003, drc.0), (0, 2));
+        assert_eq!(c.set_indicator(9003, drc.0, 1).0, 0);
+        assert_eq!(c.set_indicator(9001, drc.0, 1).0, 0);
+        assert_eq!(c.configure_begin(drc.0).0, 0);
+        assert_eq!(c.configure_done(drc.0), 0);
+    }
+
+    #[test]
+    fn hot_plug_then_guest_acquires_then_unplug_completes_on_release() {
+        let mut c = controller();
+        let effects = c.plug(&[CORE1], "core1", false).unwrap();
+        assert_eq!(
+            effects,
+            [Effect::Queue(HotplugEvent {
+                action: HotplugAction::Add,
+                target: HotplugTarget::CpuByIndex(CORE1)
+            })]
+        );
+        acquire(&mut c, CORE1);
+        let (released, effects) = c.unplug_request(&[CORE1]).unwrap();
+        assert!(released.is_empty());
+        assert_eq!(effects, [remove_event(CORE1)]);
+        // Guest release: sensor 1, isolate, unusable.
+        assert_eq!(c.sensor(9003, CORE1.0), (0, 1));
+        assert_eq!(c.set_indicator(9001, CORE1.0, 0), (0, vec![]));
+        let (status, effects) = c.set_indicator(9003, CORE1.0, 0);
+        assert_eq!(status, 0);
+        assert_eq!(
+            effects,
+            [Effect::Notify(HotplugNotification::Released(Released {
+                device: "core1".into(),
+                drcs: vec![CORE1]
+            }))]
+        );
+        // Re-plug of the same DRC works.
+        c.plug(&[CORE1], "core1", false).unwrap();
+    }
+
+    #[test]
+    fn a_refusal_is_reported_once_and_a_retry_asks_again() {
+        let mut c = controller();
+        c.plug(&[CORE1], "core1", false).unwrap();
+        acquire(&mut c, CORE1);
+        for _ in 0..3 {
+            // Every device_del re-sends the event; detach happens once.
+            let (_, effects) = c.unplug_request(&[CORE1]).unwrap();
+            assert_eq!(effects, [remove_event(CORE1)]);
+        }
+        let (status, effects) = c.set_indicator(9001, CORE1.0, 1);
+        assert_eq!(status, 0);
+        assert_eq!(
+            effects,
+            [Effect::Notify(HotplugNotification::UnplugRefused {
+                device: "core1".into()
+            })]
+        );
+        // A second unisolate is a plain no-op: no second report.
+        assert_eq!(c.set_indicator(9001, CORE1.0, 1), (0, vec![]));
+        let (rows, _) = c.list(0);
+        let row = rows.iter().find(|r| r.index == CORE1).unwrap();
+        assert_eq!(
+            (row.state, row.unplug_requested),
+            (DrcState::Configured, false)
+        );
+        // Retry: asked again, and this time given back.
+        c.unplug_request(&[CORE1]).unwrap();
+        c.set_indicator(9001, CORE1.0, 0);
+        let (_, effects) = c.set_indicator(9003, CORE1.0, 0);
+        assert!(matches!(
+            effects[..],
+            [Effect::Notify(HotplugNotification::Released(_))]
+        ));
+    }
+
+    #[test]
+    fn unplug_before_the_guest_acquired_completes_at_once() {
+        let mut c = controller();
+        c.plug(&[CORE1], "core1", false).unwrap();
+        let (released, effects) = c.unplug_request(&[CORE1]).unwrap();
+        assert_eq!(released.len(), 1);
+        assert_eq!(effects, [remove_event(CORE1)]);
+    }
+
+    #[test]
+    fn reset_completes_pending_unplugs_and_configures_the_rest() {
+        let mut c = controller();
+        c.plug(&[DrcIndex(0x1000_0000)], "core0", true).unwrap();
+        c.plug(&[CORE1], "core1", false).unwrap();
+        acquire(&mut c, CORE1);
+        c.plug(&[DrcIndex(0x1000_0002)], "core2", false).unwrap();
+        c.unplug_request(&[CORE1]).unwrap();
+        let released = c.reset();
+        assert_eq!(released.len(), 1);
+        assert_eq!(released[0].device, "core1");
+        let (rows, next) = c.list(0);
+        assert_eq!(next, None);
+        let state = |i: u32| rows.iter().find(|r| r.index.0 == i).unwrap().state;
+        assert_eq!(state(0x1000_0000), DrcState::Configured);
+        assert_eq!(state(0x1000_0001), DrcState::Unusable);
+        assert_eq!(state(0x1000_0002), DrcState::Configured);
+    }
+
+    #[test]
+    fn a_dimm_refusal_rolls_back_all_its_lmbs_once() {
+        let mut c = controller();
+        let lmbs: Vec<DrcIndex> = (4..6)
+            .map(|id| DrcIndex::new(DrcKind::Lmb, id).unwrap())
+            .collect();
+        c.plug(&lmbs, "dimm0", true).unwrap();
+        let (_, effects) = c.unplug_request(&lmbs).unwrap();
+        assert_eq!(
+            effects,
+            [Effect::Queue(HotplugEvent {
+                action: HotplugAction::Remove,
+                target: HotplugTarget::LmbsCountIndexed {
+                    count: 2,
+                    first: lmbs[0]
+                }
+            })]
+        );
+        let (_, first) = c.set_indicator(9001, lmbs[0].0, 1);
+        assert_eq!(first.len(), 1);
+        let (_, second) = c.set_indicator(9001, lmbs[1].0, 1);
+        assert!(second.is_empty(), "one refusal, one report");
+        // Without a pending unplug the guest cannot take a configured LMB away.
+        assert_eq!(c.set_indicator(9001, lmbs[0].0, 0).0, -1);
+    }
+
+    #[test]
+    fn bad_requests_are_refused() {
+        let mut c = controller();
+        assert!(c.plug(&[DrcIndex(0x1000_0009)], "x", false).is_err());
+        assert!(c.plug(&[], "x", false).is_err());
+        assert!(c.plug(&[CORE1], "", false).is_err());
+        c.plug(&[CORE1], "core1", false).unwrap();
+        assert!(c.plug(&[CORE1], "other", false).is_err());
+        assert!(c.plug(&[DrcIndex(0x1000_0002)], "core1", false).is_err());
+        assert!(c.unplug_request(&[DrcIndex(0x1000_0002)]).is_err());
+        assert_eq!(c.set_indicator(9001, 0x1000_0009, 1), (-3, vec![]));
+        assert_eq!(c.set_indicator(9002, CORE1.0, 1).0, -3);
+        assert_eq!(c.sensor(9001, CORE1.0), (-3, 0));
+        assert_eq!(c.sensor(9003, 0x1000_0009), (-3, 0));
+        assert_eq!(c.configure_begin(CORE1.0).0, -9003);
+        assert_eq!(c.configure_begin(0x1000_0009).0, -3);
+        assert!(c
+            .define(&[DrcRange {
+                kind: DrcKind::Lmb,
+                first_id: u32::MAX - 1,
+                count: 5,
+                step: 1
+            }])
+            .is_err());
+    }
+
+    #[test]
+    fn the_table_pages() {
+        let mut c = Controller::default();
+        c.define(&[DrcRange {
+            kind: DrcKind::Lmb,
+            first_id: 4,
+            count: 16_384,
+            step: 1,
+        }])
+        .unwrap();
+        let mut from = Some(0);
+        let mut rows = 0;
+        while let Some(start) = from {
+            let (page, next) = c.list(start);
+            rows += page.len();
+            from = next;
+        }
+        assert_eq!(rows, 16_384);
+    }
+}

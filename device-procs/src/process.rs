@@ -1,0 +1,145 @@
+//! What every device process does around its own logic: take the channels
+//! the core handed it, handshake on all of them, and serve requests from
+//! several channels in one loop.
+
+use ipc_proto::channel::{decode, Channel, ChannelError, Envelope, Frame};
+use ipc_proto::{Link, ProcessKind, FIRST_CHANNEL_FD};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{getsockopt, sockopt, SockType};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+/// How long peers have to answer the handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a device process waits for a peer's reply.
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Takes descriptor `fd`, inherited from the core, checking it is a
+/// SOCK_SEQPACKET socket.
+fn take_socket(fd: RawFd) -> Result<Channel, String> {
+    // SAFETY: only inspected here; ownership is taken below once it is known to be a socket.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    match getsockopt(&borrowed, sockopt::SockType) {
+        Ok(SockType::SeqPacket) => {}
+        other => {
+            return Err(format!(
+                "descriptor {fd} is not a SOCK_SEQPACKET socket ({other:?})"
+            ))
+        }
+    }
+    // SAFETY: fd is an open socket the core handed to this process alone.
+    Ok(unsafe { Channel::from_raw_fd(fd) })
+}
+
+/// Takes an extra descriptor (after the channels) of any type.
+///
+/// # Safety
+/// The core must have passed descriptor `fd` to this process for this use.
+pub unsafe fn take_fd(fd: RawFd) -> Result<OwnedFd, String> {
+    // SAFETY: only inspected until ownership is taken below.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    if nix::fcntl::fcntl(borrowed, nix::fcntl::FcntlArg::F_GETFD).is_err() {
+        return Err(format!("descriptor {fd} is not open"));
+    }
+    // SAFETY: open (checked above) and ours by the caller's promise.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Takes the channels of `kind` and handshakes on all of them: hellos are
+/// sent on every link before any is awaited, so no start-up order deadlocks.
+pub fn open_links(kind: ProcessKind) -> Result<Vec<Channel>, String> {
+    let links = kind.links();
+    let channels = (0..links.len())
+        .map(|i| take_socket(FIRST_CHANNEL_FD + i as RawFd))
+        .collect::<Result<Vec<_>, _>>()?;
+    for (channel, &link) in channels.iter().zip(links) {
+        channel
+            .send_hello(link)
+            .map_err(|error| format!("{link:?}: {error}"))?;
+    }
+    for (channel, &link) in channels.iter().zip(links) {
+        channel
+            .expect_hello(link, HANDSHAKE_TIMEOUT)
+            .map_err(|error| format!("{link:?}: {error}"))?;
+    }
+    Ok(channels)
+}
+
+/// Serves `channels` (links that send us requests) until the first one (the
+/// core's) hangs up. Each frame, or the error that stands for a bad frame,
+/// goes to `handle` with the channel's position; a peer other than the core
+/// that hangs up is no longer polled.
+pub fn serve(
+    channels: &[(&Channel, Link)],
+    mut handle: impl FnMut(usize, Result<Frame, ChannelError>) -> Result<(), ChannelError>,
+) -> Result<(), ChannelError> {
+    let mut open: Vec<bool> = vec![true; channels.len()];
+    loop {
+        let watched: Vec<usize> = (0..channels.len()).filter(|&i| open[i]).collect();
+        let mut fds: Vec<PollFd> = watched
+            .iter()
+            .map(|&i| PollFd::new(channels[i].0.as_fd(), PollFlags::POLLIN))
+            .collect();
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(errno) => return Err(errno.into()),
+        }
+        let ready: Vec<usize> = fds
+            .iter()
+            .zip(&watched)
+            .filter(|(fd, _)| fd.revents().is_some_and(|r| !r.is_empty()))
+            .map(|(_, &i)| i)
+            .collect();
+        for i in ready {
+            let (channel, link) = channels[i];
+            match channel.recv_frame(Some(Duration::ZERO)) {
+                Err(ChannelError::HungUp) if i == 0 => {
+                    log::info!("the core hung up; exiting");
+                    return Ok(());
+                }
+                Err(ChannelError::HungUp) => {
+                    log::warn!("{link:?}: the peer hung up");
+                    open[i] = false;
+                }
+                Err(ChannelError::Timeout(_)) => {}
+                result => handle(i, result)?,
+            }
+        }
+    }
+}
+
+/// Decodes a request frame; a bad one becomes the reason to reject it.
+pub fn decode_request<T: DeserializeOwned>(
+    frame: Result<Frame, ChannelError>,
+) -> Result<Envelope<T>, String> {
+    let frame = frame.map_err(|error| error.to_string())?;
+    if !frame.fds.is_empty() {
+        return Err("unexpected descriptors".into());
+    }
+    decode::<T>(&frame.bytes).map_err(|error| error.to_string())
+}
+
+/// Answers request `id`.
+pub fn reply<T: Serialize>(channel: &Channel, id: u64, body: T) -> Result<(), ChannelError> {
+    channel.send(&Envelope { id, body }, &[])
+}
+
+/// The `main` of every device process: logging, then `run` until the core
+/// hangs up (status 0) or something fails (status 1, with the reason logged).
+pub fn main(name: &'static str, run: fn() -> Result<(), String>) -> std::process::ExitCode {
+    crate::init_logging(name);
+    if std::env::args().len() > 1 {
+        log::error!("{name} takes no arguments; its channels are descriptors {FIRST_CHANNEL_FD}..");
+        return std::process::ExitCode::from(2);
+    }
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            log::error!("{error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
