@@ -4,7 +4,6 @@
 //! it goes. Any CPU may go offline, the boot CPU included, but never the last.
 
 use crate::arch::{self, MAX_CPUS};
-use crate::platform;
 use crate::rtas::{self, RtasError};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
@@ -81,7 +80,7 @@ extern "C" {
 
 /// start-cpu, then waits for the CPU to report itself online.
 pub fn bring_up(cpu: usize) -> Result<(), CpuError> {
-    if !platform::get().is_present(cpu as u32) {
+    if !crate::dlpar::is_present(cpu) {
         return Err(CpuError::NoSuchCpu);
     }
     if is_online(cpu) {
@@ -104,7 +103,7 @@ pub fn bring_up(cpu: usize) -> Result<(), CpuError> {
 /// Takes `cpu` offline. When it is the calling CPU, the shell moves to
 /// another CPU first and this does not return.
 pub fn take_down(cpu: usize) -> Result<(), CpuError> {
-    if !platform::get().is_present(cpu as u32) {
+    if !crate::dlpar::is_present(cpu) {
         return Err(CpuError::NoSuchCpu);
     }
     if !is_online(cpu) {
@@ -164,6 +163,12 @@ fn stop_self() -> ! {
     crate::fatal_rtas("stop-self returned", result)
 }
 
+/// Moves the shell to `heir` (which must be online); the caller goes idle.
+pub fn hand_shell_to(heir: usize) {
+    SHELL_OWNER.store(heir, Ordering::SeqCst);
+    arch::wake(heir);
+}
+
 /// Called by the new shell owner: finishes an offline its predecessor began.
 pub fn finish_pending_stop() -> Option<(usize, Result<(), CpuError>)> {
     let cpu = PENDING_STOP.swap(NONE, Ordering::SeqCst);
@@ -180,6 +185,7 @@ pub fn idle() -> ! {
         }
         if shell_owner() == me {
             crate::shell::run();
+            continue;
         }
         arch::wait_for_interrupt();
     }

@@ -8,6 +8,7 @@
 mod arch;
 mod console;
 mod cpu;
+mod dlpar;
 mod fdt;
 mod hcall;
 mod mem;
@@ -88,6 +89,7 @@ extern "C" fn kernel_main(fdt_address: u64, cpu_id: u64) -> ! {
         Err(platform::ProbeError::NoVty) => fatal("no /vdevice/vty in the device tree"),
     };
     console::set_termno(platform.vty_termno);
+    dlpar::init(platform);
     cpu::set_online(cpu_id, true);
     let sources = [platform.vty_irq, platform.hotplug_irq];
     let sources: [u32; 2] = sources.map(|source| source.unwrap_or(0));
@@ -175,8 +177,14 @@ extern "C" fn interrupt_dispatch(frame: &arch::InterruptFrame) {
         fatal("unexpected exception");
     }
     arch::end_of_interrupt();
-    // Device interrupts only wake a CPU; the console's reader polls its
-    // source, so pass the wake-up on when the shell runs elsewhere.
+    let hotplug = platform::get().hotplug_irq;
+    if hotplug.is_some_and(|source| {
+        source.wrapping_sub(0x1000) == u32::from(vector - arch::DEVICE_VECTOR_BASE)
+    }) {
+        dlpar::interrupt();
+    }
+    // Device interrupts only wake a CPU; the shell's CPU does the work (reads
+    // the console, handles hot-plug events), so pass the wake-up on.
     if vector != arch::WAKE_VECTOR {
         let owner = cpu::shell_owner();
         if owner != arch::cpu_id() {

@@ -129,10 +129,6 @@ pub fn probe(fdt_address: u64) -> Result<&'static Platform, ProbeError> {
 }
 
 impl Platform {
-    pub fn is_present(&self, cpu: u32) -> bool {
-        self.present[..self.present_count].contains(&cpu)
-    }
-
     pub fn rtas_token(&self, name: &str) -> Option<u32> {
         self.fdt.prop_u32(self.rtas?, name)
     }

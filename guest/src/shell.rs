@@ -5,6 +5,7 @@
 use crate::arch;
 use crate::console::{print, read_input, Line};
 use crate::cpu::{self, CpuError};
+use crate::dlpar;
 use crate::hcall::hcall;
 use crate::platform;
 use crate::rtas::{self, RtasError};
@@ -36,11 +37,15 @@ static READER: SpinLock<LineReader> = SpinLock::new(LineReader {
 });
 
 impl LineReader {
-    fn next_byte(&mut self) -> u8 {
+    /// The next input byte; `None` when hot-plug work arrived first.
+    fn next_byte(&mut self) -> Option<u8> {
         while self.pending_pos == self.pending_len {
             self.pending_len = read_input(&mut self.pending);
             self.pending_pos = 0;
             if self.pending_len == 0 {
+                if dlpar::pending() {
+                    return None;
+                }
                 // The VMM raises the console interrupt when input arrives after
                 // we found the queue empty, so this cannot sleep through input.
                 arch::wait_for_interrupt();
@@ -48,20 +53,22 @@ impl LineReader {
         }
         let b = self.pending[self.pending_pos];
         self.pending_pos += 1;
-        b
+        Some(b)
     }
 
-    /// Reads one line into `out`, echoing what is typed.
-    fn read_line(&mut self, out: &mut [u8; MAX_LINE]) -> usize {
-        self.len = 0;
+    /// Reads one line into `out`, echoing what is typed; `None` when
+    /// interrupted by hot-plug work (what was typed so far is kept).
+    fn read_line(&mut self, out: &mut [u8; MAX_LINE]) -> Option<usize> {
         loop {
-            let b = self.next_byte();
+            let b = self.next_byte()?;
             let after_cr = core::mem::replace(&mut self.last_was_cr, b == b'\r');
             match b {
                 b'\n' if after_cr => continue,
                 b'\r' | b'\n' => {
                     print("\n");
-                    break;
+                    let len = core::mem::take(&mut self.len);
+                    out[..len].copy_from_slice(&self.buf[..len]);
+                    return Some(len);
                 }
                 0x08 | 0x7f if self.len > 0 => {
                     self.len -= 1;
@@ -75,20 +82,40 @@ impl LineReader {
                 _ => {}
             }
         }
-        out[..self.len].copy_from_slice(&self.buf[..self.len]);
-        self.len
+    }
+
+    /// Prints the prompt and what was typed of the current line.
+    fn prompt(&self) {
+        Line::new().str(PROMPT).bytes(&self.buf[..self.len]);
     }
 }
 
 /// Runs the shell on this CPU for as long as it owns it.
-pub fn run() -> ! {
+pub fn run() {
+    let me = arch::cpu_id();
     if let Some((stopped, result)) = cpu::finish_pending_stop() {
         report_offline(stopped, result);
     }
     let mut line = [0u8; MAX_LINE];
+    let mut show_prompt = true;
     loop {
-        print(PROMPT);
-        let len = READER.lock().read_line(&mut line);
+        if dlpar::pending() {
+            if let dlpar::Work::MoveShellTo(heir) = dlpar::process() {
+                cpu::hand_shell_to(heir);
+                return;
+            }
+            show_prompt = true;
+        }
+        if cpu::shell_owner() != me {
+            return;
+        }
+        if core::mem::take(&mut show_prompt) {
+            READER.lock().prompt();
+        }
+        let Some(len) = READER.lock().read_line(&mut line) else {
+            continue;
+        };
+        show_prompt = true;
         let text = core::str::from_utf8(&line[..len]).unwrap_or("");
         let mut words = text.split(' ').filter(|w| !w.is_empty());
         let Some(command) = words.next() else {
@@ -98,6 +125,18 @@ pub fn run() -> ! {
             "help" => help(),
             "cpus" => cpus(),
             "cpu" => cpu_command(&mut words),
+            "events" => dlpar::print_recent(),
+            "dlpar" => match words.next() {
+                Some("off") => {
+                    dlpar::hold(true);
+                    print("dlpar: off\n");
+                }
+                Some("on") => {
+                    dlpar::hold(false);
+                    print("dlpar: on\n");
+                }
+                _ => usage("dlpar on|off"),
+            },
             "time" => time(),
             "rtas-raw" => rtas_raw(&mut words),
             "bench" => bench(&mut words),
@@ -121,6 +160,8 @@ fn help() {
         "  cpus                 one line per present CPU: cpu <n> online|offline\n",
         "  cpu offline <n>      stop CPU n (stop-self); the shell moves if it ran there\n",
         "  cpu online <n>       start CPU n (start-cpu)\n",
+        "  events               the last hot-plug events received\n",
+        "  dlpar off|on         stop or resume handling hot-plug events\n",
         "  time                 RTAS get-time-of-day\n",
         "  rtas-raw <addr> <token> <nargs> <nret> [args]  a hand-made RTAS call\n",
         "  bench hcall|rtas <n> n null hcalls or n RTAS calls\n",
@@ -130,9 +171,8 @@ fn help() {
 }
 
 fn cpus() {
-    let platform = platform::get();
-    for &id in &platform.present[..platform.present_count] {
-        let state = if cpu::is_online(id as usize) {
+    for id in (0..arch::MAX_CPUS).filter(|&id| dlpar::is_present(id)) {
+        let state = if cpu::is_online(id) {
             "online"
         } else {
             "offline"

@@ -41,6 +41,9 @@ pub enum HotplugToEventLog {
     /// Queues the event unless the same one waits unconsumed; pulses the
     /// hot-plug interrupt either way.
     Queue(HotplugEvent),
+    /// Drops the event if it waits unconsumed: the request it re-sent has
+    /// been answered (the guest refused it), so the guest must not see it again.
+    Withdraw(HotplugEvent),
 }
 
 /// Event log → hotplug controller.
@@ -58,6 +61,8 @@ pub enum EventLogToHotplug {
     },
     /// The queue is full; the event was not queued.
     Full,
+    /// Withdrawn (`true`) or not found.
+    Withdrawn(bool),
 }
 
 /// RTAS server → event log.

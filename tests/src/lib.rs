@@ -229,6 +229,9 @@ impl Drop for Vm {
 pub struct Console {
     stream: Option<UnixStream>,
     seen: String,
+    /// Lines the guest printed by itself (hot-plug work) that `command`
+    /// skipped, in order.
+    pub async_lines: Vec<String>,
 }
 
 impl Console {
@@ -236,6 +239,7 @@ impl Console {
         Console {
             stream: None,
             seen: String::new(),
+            async_lines: Vec::new(),
         }
     }
 
@@ -246,6 +250,7 @@ impl Console {
         Console {
             stream: Some(stream),
             seen: String::new(),
+            async_lines: Vec::new(),
         }
     }
 
@@ -277,6 +282,16 @@ impl Console {
         }
     }
 
+    /// Waits for a line the guest prints by itself (hot-plug work) containing
+    /// `text`; returns that line, and consumes the prompt printed after it.
+    pub fn expect_async(&mut self, text: &str, timeout: Duration) -> String {
+        let before = self.read_until(text, timeout);
+        let rest = self.read_until("\n", COMMAND_TIMEOUT);
+        self.read_until(PROMPT, COMMAND_TIMEOUT);
+        let start = before.rfind('\n').map_or(0, |i| i + 1);
+        format!("{}{}", &before[start..], rest.trim_end())
+    }
+
     /// Sends one line.
     pub fn send_line(&mut self, line: &str) {
         let stream = self.stream.as_mut().expect("console connected");
@@ -286,16 +301,36 @@ impl Console {
     }
 
     /// Runs a shell command and returns its output lines, without the
-    /// echoed command and the next prompt.
+    /// echoed command and the next prompt. Lines the guest printed by itself
+    /// before the echo (hot-plug work, each followed by a fresh prompt) are
+    /// skipped.
     pub fn command(&mut self, line: &str) -> Vec<String> {
         self.send_line(line);
+        let echo = format!("{line}\n");
+        let through_echo = self.read_until(&echo, COMMAND_TIMEOUT);
+        let before = through_echo.strip_suffix(&echo).unwrap_or_default();
+        // Prompts printed after hot-plug work start the lines they share.
+        let lines: Vec<String> = before
+            .lines()
+            .map(|l| {
+                let mut l = l;
+                while let Some(rest) = l.strip_prefix(PROMPT) {
+                    l = rest;
+                }
+                l.trim_end().to_string()
+            })
+            .filter(|l| !l.is_empty() && l != PROMPT.trim_end())
+            .collect();
+        let unexpected: Vec<&String> = lines.iter().filter(|l| !l.starts_with("dlpar: ")).collect();
+        assert!(
+            unexpected.is_empty(),
+            "before the echo of {line:?} the guest printed {unexpected:?}"
+        );
+        self.async_lines.extend(lines.iter().cloned());
         let output = self.read_until(PROMPT, COMMAND_TIMEOUT);
         let body = output
             .strip_suffix(PROMPT)
             .expect("read_until ends at the prompt");
-        let body = body
-            .strip_prefix(&format!("{line}\n"))
-            .unwrap_or_else(|| panic!("the guest did not echo {line:?}; got:\n{output}"));
         body.lines().map(str::to_string).collect()
     }
 }

@@ -1,6 +1,9 @@
 //! The guest console (the PAPR vty): a bounded input queue filled from stdio or
 //! a Unix socket, and output to the same place. New input after the guest found
 //! the queue empty raises the vty interrupt, so the guest can sleep meanwhile.
+//! Output goes through a buffer that a writer thread drains, so a slow or
+//! absent reader never stalls a vCPU; output written while no socket client is
+//! connected waits for the next one.
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -8,17 +11,14 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
-use std::time::Duration;
 use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Input waiting for the guest; a writer blocks (nothing is dropped) when full.
 const INPUT_CAPACITY: usize = 4096;
-/// Output kept while no socket client is connected, so that the banner printed
-/// before a client connects still reaches it; the oldest bytes go first.
-const BACKLOG_CAPACITY: usize = 256 * 1024;
-/// A client that does not read for this long is disconnected.
-const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Output not yet written (no client yet, or a slow one); past this the
+/// oldest bytes go first.
+const BACKLOG_CAPACITY: usize = 1024 * 1024;
 /// H_GET_TERM_CHAR returns at most 16 bytes.
 pub const MAX_READ: usize = 16;
 
@@ -34,12 +34,17 @@ pub enum ConsoleError {
     Thread(#[source] std::io::Error),
 }
 
-enum Sink {
+enum Target {
     Stdout,
-    Socket {
-        client: Option<UnixStream>,
-        backlog: VecDeque<u8>,
-    },
+    /// The connected client, if any.
+    Socket(Option<UnixStream>),
+}
+
+struct Output {
+    target: Target,
+    backlog: VecDeque<u8>,
+    /// Bytes dropped because the backlog was full, not yet reported.
+    dropped: usize,
 }
 
 struct Input {
@@ -51,7 +56,8 @@ struct Input {
 pub struct Console {
     input: Mutex<Input>,
     space: Condvar,
-    sink: Mutex<Sink>,
+    output: Mutex<Output>,
+    output_ready: Condvar,
     interrupt: EventFd,
 }
 
@@ -63,21 +69,91 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Console {
-    fn new(sink: Sink, interrupt: EventFd) -> Arc<Console> {
+    fn new(target: Target, interrupt: EventFd) -> Arc<Console> {
         Arc::new(Console {
             input: Mutex::new(Input {
                 queue: VecDeque::new(),
                 guest_waiting: true,
             }),
             space: Condvar::new(),
-            sink: Mutex::new(sink),
+            output: Mutex::new(Output {
+                target,
+                backlog: VecDeque::new(),
+                dropped: 0,
+            }),
+            output_ready: Condvar::new(),
             interrupt,
         })
     }
 
+    fn start_writer(self: &Arc<Self>) -> Result<(), ConsoleError> {
+        let writer = Arc::clone(self);
+        thread::Builder::new()
+            .name("console-out".into())
+            .spawn(move || writer.write_loop())
+            .map(|_| ())
+            .map_err(ConsoleError::Thread)
+    }
+
+    /// Drains the backlog to stdout or the client, outside any vCPU.
+    fn write_loop(&self) {
+        loop {
+            let (chunk, mut client) = {
+                let mut output = lock(&self.output);
+                loop {
+                    let writable = match &output.target {
+                        Target::Stdout => true,
+                        Target::Socket(client) => client.is_some(),
+                    };
+                    if writable && !output.backlog.is_empty() {
+                        break;
+                    }
+                    output = self
+                        .output_ready
+                        .wait(output)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                }
+                if std::mem::take(&mut output.dropped) > 0 {
+                    log::warn!("console: the reader fell {BACKLOG_CAPACITY} bytes behind; the oldest output was dropped");
+                }
+                let n = output.backlog.len().min(64 * 1024);
+                let chunk: Vec<u8> = output.backlog.drain(..n).collect();
+                let client = match &output.target {
+                    Target::Socket(Some(stream)) => stream.try_clone().ok(),
+                    _ => None,
+                };
+                (chunk, client)
+            };
+            let written = match client.as_mut() {
+                Some(stream) => stream.write_all(&chunk),
+                None => {
+                    let mut stdout = std::io::stdout().lock();
+                    stdout.write_all(&chunk).and_then(|()| stdout.flush())
+                }
+            };
+            if let Err(error) = written {
+                let mut output = lock(&self.output);
+                match &mut output.target {
+                    Target::Socket(client) => {
+                        log::info!(
+                            "console: client gone ({error}); keeping output for the next one"
+                        );
+                        *client = None;
+                        for &byte in chunk.iter().rev() {
+                            output.backlog.push_front(byte);
+                        }
+                    }
+                    // Nowhere to write: the bytes are gone with stdout.
+                    Target::Stdout => {}
+                }
+            }
+        }
+    }
+
     /// A console on the process's stdin and stdout.
     pub fn stdio(interrupt: EventFd) -> Result<Arc<Console>, ConsoleError> {
-        let console = Console::new(Sink::Stdout, interrupt);
+        let console = Console::new(Target::Stdout, interrupt);
+        console.start_writer()?;
         let reader = Arc::clone(&console);
         thread::Builder::new()
             .name("console-stdin".into())
@@ -94,13 +170,8 @@ impl Console {
             source,
         };
         let listener = UnixListener::bind(path).map_err(bind_error)?;
-        let console = Console::new(
-            Sink::Socket {
-                client: None,
-                backlog: VecDeque::new(),
-            },
-            interrupt,
-        );
+        let console = Console::new(Target::Socket(None), interrupt);
+        console.start_writer()?;
         let acceptor = Arc::clone(&console);
         thread::Builder::new()
             .name("console-accept".into())
@@ -134,16 +205,10 @@ impl Console {
     }
 
     fn attach_client(&self, stream: &UnixStream) -> std::io::Result<()> {
-        let mut writer = stream.try_clone()?;
-        writer.set_write_timeout(Some(CLIENT_WRITE_TIMEOUT))?;
-        let mut sink = lock(&self.sink);
-        if let Sink::Socket { client, backlog } = &mut *sink {
-            let (first, second) = backlog.as_slices();
-            writer.write_all(first)?;
-            writer.write_all(second)?;
-            backlog.clear();
-            *client = Some(writer);
-        }
+        let writer = stream.try_clone()?;
+        let mut output = lock(&self.output);
+        output.target = Target::Socket(Some(writer));
+        self.output_ready.notify_all();
         Ok(())
     }
 
@@ -201,31 +266,16 @@ impl Console {
         n
     }
 
-    /// H_PUT_TERM_CHAR and display-character.
+    /// H_PUT_TERM_CHAR and display-character: never blocks the vCPU.
     pub fn write(&self, bytes: &[u8]) {
-        let mut sink = lock(&self.sink);
-        match &mut *sink {
-            Sink::Stdout => {
-                let mut stdout = std::io::stdout().lock();
-                // A closed stdout must not stop the guest; the bytes have nowhere to go.
-                let _ = stdout.write_all(bytes).and_then(|()| stdout.flush());
-            }
-            Sink::Socket { client, backlog } => {
-                if let Some(stream) = client {
-                    if let Err(error) = stream.write_all(bytes) {
-                        log::info!(
-                            "console: client gone ({error}); keeping output until the next one"
-                        );
-                        *client = None;
-                    } else {
-                        return;
-                    }
-                }
-                backlog.extend(bytes);
-                let excess = backlog.len().saturating_sub(BACKLOG_CAPACITY);
-                backlog.drain(..excess);
-            }
+        let mut output = lock(&self.output);
+        output.backlog.extend(bytes);
+        let excess = output.backlog.len().saturating_sub(BACKLOG_CAPACITY);
+        if excess > 0 {
+            output.backlog.drain(..excess);
+            output.dropped += excess;
         }
+        self.output_ready.notify_all();
     }
 }
 
@@ -235,13 +285,7 @@ mod tests {
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
     fn console() -> Arc<Console> {
-        Console::new(
-            Sink::Socket {
-                client: None,
-                backlog: VecDeque::new(),
-            },
-            EventFd::new(EFD_NONBLOCK).unwrap(),
-        )
+        Console::new(Target::Socket(None), EventFd::new(EFD_NONBLOCK).unwrap())
     }
 
     #[test]
@@ -295,10 +339,9 @@ mod tests {
         let c = console();
         c.write(b"banner\n");
         c.write(&vec![b'y'; BACKLOG_CAPACITY]);
-        let Sink::Socket { backlog, .. } = &*lock(&c.sink) else {
-            unreachable!()
-        };
-        assert_eq!(backlog.len(), BACKLOG_CAPACITY);
-        assert!(backlog.iter().all(|&b| b == b'y'));
+        let output = lock(&c.output);
+        assert_eq!(output.backlog.len(), BACKLOG_CAPACITY);
+        assert!(output.backlog.iter().all(|&b| b == b'y'));
+        assert_eq!(output.dropped, "banner\n".len());
     }
 }

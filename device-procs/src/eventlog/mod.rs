@@ -80,6 +80,13 @@ impl EventQueue {
         Ok((false, Pulse::Hotplug))
     }
 
+    /// Removes `event` if it waits unconsumed.
+    pub fn withdraw(&mut self, event: &HotplugEvent) -> bool {
+        let before = self.entries.len();
+        self.entries.retain(|entry| entry.event != *event);
+        self.entries.len() != before
+    }
+
     /// check-exception: the first event of a class in `mask` that fits.
     pub fn dequeue(&mut self, mask: u32, max_len: usize) -> (Dequeued, Pulse) {
         let Some(position) = self.entries.iter().position(|e| e.class & mask != 0) else {
@@ -183,6 +190,17 @@ mod tests {
             (Dequeued::Nothing, Pulse::None)
         );
         assert_eq!(q.scan(0xffff_ffff), Pulse::None);
+    }
+
+    #[test]
+    fn a_withdrawn_event_is_not_delivered() {
+        let mut q = EventQueue::default();
+        let remove = event(HotplugAction::Remove, 1);
+        q.enqueue(event(HotplugAction::Add, 2), now()).unwrap();
+        q.enqueue(remove, now()).unwrap();
+        assert!(q.withdraw(&remove));
+        assert!(!q.withdraw(&remove));
+        assert_eq!(q.list(), [event(HotplugAction::Add, 2)]);
     }
 
     #[test]

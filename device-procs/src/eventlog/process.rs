@@ -94,15 +94,19 @@ impl EventLog {
                 return reply(hotplug, 0, EventLogToHotplug::Rejected { reason });
             }
         };
-        let HotplugToEventLog::Queue(event) = message.body;
-        let answer = match self.queue.enqueue(event, UtcTime::now()) {
-            Ok((coalesced, pulse)) => {
-                self.pulse(pulse);
-                EventLogToHotplug::Queued { coalesced }
-            }
-            Err(super::QueueFull) => {
-                log::error!("the event queue is full; dropping {event:?}");
-                EventLogToHotplug::Full
+        let answer = match message.body {
+            HotplugToEventLog::Queue(event) => match self.queue.enqueue(event, UtcTime::now()) {
+                Ok((coalesced, pulse)) => {
+                    self.pulse(pulse);
+                    EventLogToHotplug::Queued { coalesced }
+                }
+                Err(super::QueueFull) => {
+                    log::error!("the event queue is full; dropping {event:?}");
+                    EventLogToHotplug::Full
+                }
+            },
+            HotplugToEventLog::Withdraw(event) => {
+                EventLogToHotplug::Withdrawn(self.queue.withdraw(&event))
             }
         };
         reply(hotplug, message.id, answer)

@@ -27,6 +27,8 @@ pub enum Effect {
     Notify(HotplugNotification),
     /// To the event log.
     Queue(HotplugEvent),
+    /// To the event log: drop this event if it still waits.
+    Withdraw(HotplugEvent),
 }
 
 /// The DRC table.
@@ -189,15 +191,24 @@ impl Controller {
             }
             (Outcome::UnplugRefused, Some(device)) => {
                 // The whole device's unplug is withdrawn (all its LMBs), and
-                // reported once.
-                for index in self.devices.get(&device).cloned().unwrap_or_default() {
-                    if let Some(drc) = self.drcs.get_mut(&index) {
+                // reported once. A remove event that re-sent the answered
+                // request and still waits is withdrawn too: otherwise the
+                // guest would refuse again a request that no longer exists.
+                let drcs = self.devices.get(&device).cloned().unwrap_or_default();
+                for index in &drcs {
+                    if let Some(drc) = self.drcs.get_mut(index) {
                         drc.unplug_requested = false;
                     }
                 }
                 effects.push(Effect::Notify(HotplugNotification::UnplugRefused {
                     device,
                 }));
+                if let Some(target) = target(&drcs) {
+                    effects.push(Effect::Withdraw(HotplugEvent {
+                        action: HotplugAction::Remove,
+                        target,
+                    }));
+                }
             }
             _ => {}
         }
@@ -356,9 +367,15 @@ mod tests {
         assert_eq!(status, 0);
         assert_eq!(
             effects,
-            [Effect::Notify(HotplugNotification::UnplugRefused {
-                device: "core1".into()
-            })]
+            [
+                Effect::Notify(HotplugNotification::UnplugRefused {
+                    device: "core1".into()
+                }),
+                Effect::Withdraw(HotplugEvent {
+                    action: HotplugAction::Remove,
+                    target: HotplugTarget::CpuByIndex(CORE1)
+                })
+            ]
         );
         // A second unisolate is a plain no-op: no second report.
         assert_eq!(c.set_indicator(9001, CORE1.0, 1), (0, vec![]));
@@ -425,7 +442,7 @@ mod tests {
             })]
         );
         let (_, first) = c.set_indicator(9001, lmbs[0].0, 1);
-        assert_eq!(first.len(), 1);
+        assert_eq!(first.len(), 2, "the report and the withdrawal: {first:?}");
         let (_, second) = c.set_indicator(9001, lmbs[1].0, 1);
         assert!(second.is_empty(), "one refusal, one report");
         // Without a pending unplug the guest cannot take a configured LMB away.

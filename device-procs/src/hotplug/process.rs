@@ -123,6 +123,18 @@ impl Process {
         reply(rtas, message.id, HotplugToRtas::Status { status, value })
     }
 
+    fn tell_eventlog(&mut self, request: HotplugToEventLog) {
+        let result: Result<EventLogToHotplug, _> =
+            self.eventlog.request(request.clone(), &[], PEER_TIMEOUT);
+        match result {
+            Ok(EventLogToHotplug::Queued { .. } | EventLogToHotplug::Withdrawn(_)) => {
+                log::debug!("event log: {request:?} -> {result:?}");
+            }
+            Ok(other) => log::error!("the event log did not take {request:?}: {other:?}"),
+            Err(error) => log::error!("cannot reach the event log: {error}"),
+        }
+    }
+
     fn carry_out(&mut self, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
@@ -137,20 +149,8 @@ impl Process {
                         log::error!("cannot notify the core: {error}");
                     }
                 }
-                Effect::Queue(event) => {
-                    let result: Result<EventLogToHotplug, _> =
-                        self.eventlog
-                            .request(HotplugToEventLog::Queue(event), &[], PEER_TIMEOUT);
-                    match result {
-                        Ok(EventLogToHotplug::Queued { coalesced }) => {
-                            log::debug!("queued {event:?} (coalesced: {coalesced})");
-                        }
-                        Ok(other) => {
-                            log::error!("the event log did not queue {event:?}: {other:?}")
-                        }
-                        Err(error) => log::error!("cannot reach the event log: {error}"),
-                    }
-                }
+                Effect::Queue(event) => self.tell_eventlog(HotplugToEventLog::Queue(event)),
+                Effect::Withdraw(event) => self.tell_eventlog(HotplugToEventLog::Withdraw(event)),
             }
         }
     }

@@ -1,0 +1,479 @@
+//! Dynamic reconfiguration as pseries Linux does it (PAPR reference §7): on
+//! the hot-plug interrupt, check-exception fetches the event; a CPU add by
+//! index acquires the DRC, walks ibm,configure-connector and starts the new
+//! threads; a CPU remove by index offlines the threads and releases the DRC,
+//! or — when that would take the last online CPU — refuses with Linux's
+//! message and re-unisolates the DRC so that the platform hears the refusal.
+
+use crate::arch::{self, MAX_CPUS};
+use crate::console::Line;
+use crate::cpu;
+use crate::fdt::be32;
+use crate::platform;
+use crate::rtas;
+use crate::sync::SpinLock;
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+const ISOLATION_STATE: u32 = 9001;
+const ALLOCATION_STATE: u32 = 9003;
+const DR_ENTITY_SENSE: u32 = 9003;
+const PRESENT: u32 = 1;
+const UNUSABLE: u32 = 2;
+const ISOLATE: u32 = 0;
+const UNISOLATE: u32 = 1;
+const ALLOC_UNUSABLE: u32 = 0;
+const ALLOC_USABLE: u32 = 1;
+
+const RTAS_HOTPLUG_EVENTS: u32 = 0x1000_0000;
+const RTAS_VECTOR_EXTERNAL_INTERRUPT: u32 = 0x500;
+const EVENT_BUFFER_SIZE: usize = 2048;
+/// configure-connector steps before a walk is taken as broken.
+const MAX_CONFIGURE_STEPS: usize = 256;
+
+const RESOURCE_CPU: u8 = 1;
+const RESOURCE_MEMORY: u8 = 2;
+const ACTION_ADD: u8 = 1;
+const ACTION_REMOVE: u8 = 2;
+const ID_DRC_INDEX: u8 = 2;
+const ID_DRC_COUNT: u8 = 3;
+const ID_DRC_COUNT_INDEXED: u8 = 4;
+
+/// A hot-plug interrupt arrived; the shell's CPU does the work.
+static PENDING: AtomicBool = AtomicBool::new(false);
+/// `dlpar off`: events stay queued in the platform, as with a guest whose
+/// hotplug worker is stuck.
+static HELD: AtomicBool = AtomicBool::new(false);
+/// The CPU DRC of each present CPU's core (0: not present).
+static CORE_OF: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
+
+#[derive(Clone, Copy)]
+pub struct Event {
+    resource: u8,
+    action: u8,
+    id_type: u8,
+    index_or_count: u32,
+    index: u32,
+}
+
+/// Events fetched but not handled yet (one waits here while the shell moves
+/// off a CPU that the event removes), and the last ones handled.
+struct EventState {
+    waiting: Option<Event>,
+    recent: [Option<Event>; 8],
+    next_recent: usize,
+}
+
+static EVENTS: SpinLock<EventState> = SpinLock::new(EventState {
+    waiting: None,
+    recent: [None; 8],
+    next_recent: 0,
+});
+
+#[repr(C, align(4096))]
+struct Page([u8; 4096]);
+static BUFFER: SpinLock<Page> = SpinLock::new(Page([0; 4096]));
+static WORK_AREA: SpinLock<Page> = SpinLock::new(Page([0; 4096]));
+
+/// Records the boot cores from the device tree.
+pub fn init(platform: &platform::Platform) {
+    let fdt = &platform.fdt;
+    let Some(cpus) = fdt.path("/cpus") else {
+        return;
+    };
+    fdt.for_each_child(cpus, |core| {
+        let drc = fdt.prop_u32(core, "ibm,my-drc-index").unwrap_or(0);
+        if let Some(servers) = fdt.prop(core, "ibm,ppc-interrupt-server#s") {
+            for i in 0..servers.len() / 4 {
+                let id = be32(servers, i * 4).unwrap_or(u32::MAX) as usize;
+                if let Some(slot) = CORE_OF.get(id) {
+                    slot.store(drc, Ordering::SeqCst);
+                }
+            }
+        }
+    });
+}
+
+pub fn is_present(cpu: usize) -> bool {
+    CORE_OF
+        .get(cpu)
+        .is_some_and(|c| c.load(Ordering::SeqCst) != 0)
+}
+
+/// Called by the interrupt handler.
+pub fn interrupt() {
+    PENDING.store(true, Ordering::SeqCst);
+}
+
+pub fn pending() -> bool {
+    !HELD.load(Ordering::SeqCst)
+        && (PENDING.load(Ordering::SeqCst) || EVENTS.lock().waiting.is_some())
+}
+
+/// `dlpar off` / `dlpar on`. Turning it on fetches whatever waits.
+pub fn hold(held: bool) {
+    HELD.store(held, Ordering::SeqCst);
+    if !held {
+        PENDING.store(true, Ordering::SeqCst);
+    }
+}
+
+/// What handling the events needs from the shell.
+pub enum Work {
+    Done,
+    /// The shell must move to this CPU first; the event waits for it there.
+    MoveShellTo(usize),
+}
+
+/// Handles every queued event.
+pub fn process() -> Work {
+    PENDING.store(false, Ordering::SeqCst);
+    loop {
+        let waiting = EVENTS.lock().waiting.take();
+        let event = match waiting {
+            Some(event) => event,
+            None => match fetch() {
+                Some(event) => {
+                    remember(event);
+                    event
+                }
+                None => return Work::Done,
+            },
+        };
+        if let Some(heir) = handle(event) {
+            EVENTS.lock().waiting = Some(event);
+            return Work::MoveShellTo(heir);
+        }
+    }
+}
+
+fn remember(event: Event) {
+    let mut state = EVENTS.lock();
+    let slot = state.next_recent % state.recent.len();
+    state.recent[slot] = Some(event);
+    state.next_recent += 1;
+}
+
+/// check-exception for hot-plug events, parsed like Linux's
+/// get_pseries_errorlog; `None` when nothing (valid) is queued.
+fn fetch() -> Option<Event> {
+    let platform = platform::get();
+    let irq = platform.hotplug_irq.unwrap_or(0);
+    let buffer = BUFFER.lock();
+    let address = buffer.0.as_ptr() as u32;
+    let args = [
+        RTAS_VECTOR_EXTERNAL_INTERRUPT,
+        irq,
+        RTAS_HOTPLUG_EVENTS,
+        0,
+        address,
+        EVENT_BUFFER_SIZE as u32,
+    ];
+    match rtas::call("check-exception", &args, 1) {
+        Ok(ret) if ret.status == 0 => {}
+        _ => return None,
+    }
+    parse(&buffer.0[..EVENT_BUFFER_SIZE])
+}
+
+fn parse(log: &[u8]) -> Option<Event> {
+    let extended = be32(log, 4)? as usize;
+    if extended < 16 || log.get(10)? & 0x0f != 14 || log.get(20..24)? != b"IBM\0" {
+        return None;
+    }
+    let end = (8 + extended).min(log.len());
+    let mut at = 24;
+    while at + 4 <= end {
+        let length = u16::from_be_bytes([log[at + 2], log[at + 3]]) as usize;
+        if log[at..at + 2] == *b"HP" && at + 16 <= end {
+            return Some(Event {
+                resource: log[at + 8],
+                action: log[at + 9],
+                id_type: log[at + 10],
+                index_or_count: be32(log, at + 12)?,
+                index: be32(log, at + 16).unwrap_or(0),
+            });
+        }
+        if length == 0 {
+            return None;
+        }
+        at += length;
+    }
+    None
+}
+
+/// Handles one event; `Some(cpu)` when the shell must move there first.
+fn handle(event: Event) -> Option<usize> {
+    match (event.resource, event.action, event.id_type) {
+        (RESOURCE_CPU, ACTION_ADD, ID_DRC_INDEX) => {
+            cpu_add(event.index_or_count);
+            None
+        }
+        (RESOURCE_CPU, ACTION_REMOVE, ID_DRC_INDEX) => cpu_remove(event.index_or_count),
+        _ => {
+            let mut line = Line::new();
+            line.str("dlpar: ignored event ");
+            describe(&mut line, &event);
+            line.nl();
+            None
+        }
+    }
+}
+
+fn describe(line: &mut Line, event: &Event) {
+    line.str(match event.action {
+        ACTION_ADD => "add ",
+        ACTION_REMOVE => "remove ",
+        _ => "? ",
+    });
+    line.str(match event.resource {
+        RESOURCE_CPU => "cpu ",
+        RESOURCE_MEMORY => "memory ",
+        _ => "other ",
+    });
+    match event.id_type {
+        ID_DRC_INDEX => line.str("index ").hex(event.index_or_count as u64),
+        ID_DRC_COUNT => line.str("count ").dec(event.index_or_count as u64),
+        ID_DRC_COUNT_INDEXED => line
+            .str("count ")
+            .dec(event.index_or_count as u64)
+            .str(" from ")
+            .hex(event.index as u64),
+        _ => line.str("?"),
+    };
+}
+
+/// The `events` command: the last events received, oldest first.
+pub fn print_recent() {
+    let state = EVENTS.lock();
+    let count = state.next_recent.min(state.recent.len());
+    if count == 0 {
+        Line::new().str("no events").nl();
+    }
+    for n in state.next_recent - count..state.next_recent {
+        if let Some(event) = state.recent[n % state.recent.len()] {
+            let mut line = Line::new();
+            line.str("event ").dec(n as u64 + 1).str(": ");
+            describe(&mut line, &event);
+            line.nl();
+        }
+    }
+}
+
+fn report(what: &str, drc: u32, outcome: &str, detail: &str) {
+    Line::new()
+        .str("dlpar: cpu ")
+        .str(what)
+        .str(" ")
+        .hex(drc as u64)
+        .str(": ")
+        .str(outcome)
+        .str(detail)
+        .nl();
+}
+
+fn sensor(drc: u32) -> Option<u32> {
+    match rtas::call("get-sensor-state", &[DR_ENTITY_SENSE, drc], 2) {
+        Ok(ret) if ret.status == 0 => Some(ret.out[0]),
+        _ => None,
+    }
+}
+
+fn set_indicator(kind: u32, drc: u32, value: u32) -> bool {
+    matches!(rtas::call("set-indicator", &[kind, drc, value], 1), Ok(ret) if ret.status == 0)
+}
+
+/// Linux's dlpar_acquire_drc.
+fn acquire_drc(drc: u32) -> bool {
+    if sensor(drc) != Some(UNUSABLE) {
+        return false;
+    }
+    if !set_indicator(ALLOCATION_STATE, drc, ALLOC_USABLE) {
+        return false;
+    }
+    if !set_indicator(ISOLATION_STATE, drc, UNISOLATE) {
+        set_indicator(ALLOCATION_STATE, drc, ALLOC_UNUSABLE);
+        return false;
+    }
+    true
+}
+
+/// Linux's dlpar_release_drc.
+fn release_drc(drc: u32) -> bool {
+    if sensor(drc) != Some(PRESENT) {
+        return false;
+    }
+    if !set_indicator(ISOLATION_STATE, drc, ISOLATE) {
+        return false;
+    }
+    if !set_indicator(ALLOCATION_STATE, drc, ALLOC_UNUSABLE) {
+        set_indicator(ISOLATION_STATE, drc, UNISOLATE);
+        return false;
+    }
+    true
+}
+
+/// Linux ≥ 5.13's dlpar_unisolate_drc: the "I refused" hint to the platform.
+fn unisolate_drc(drc: u32) {
+    if sensor(drc) == Some(PRESENT) {
+        set_indicator(ISOLATION_STATE, drc, UNISOLATE);
+    }
+}
+
+fn drc_in_device_tree(drc: u32) -> bool {
+    let fdt = &platform::get().fdt;
+    let Some(indexes) = fdt
+        .path("/cpus")
+        .and_then(|n| fdt.prop(n, "ibm,drc-indexes"))
+    else {
+        return false;
+    };
+    (1..indexes.len() / 4).any(|i| be32(indexes, i * 4) == Some(drc))
+}
+
+fn threads_of(drc: u32) -> impl Iterator<Item = usize> {
+    (0..MAX_CPUS).filter(move |&cpu| CORE_OF[cpu].load(Ordering::SeqCst) == drc)
+}
+
+/// Walks ibm,configure-connector for `drc`; returns the new core's threads.
+fn configure(drc: u32) -> Result<([u32; arch::MAX_CPUS], usize), &'static str> {
+    let mut area = WORK_AREA.lock();
+    let address = area.0.as_ptr() as u32;
+    let mut threads = [0u32; MAX_CPUS];
+    let mut count = 0;
+    area.0[..8].copy_from_slice(&[0; 8]);
+    area.0[..4].copy_from_slice(&drc.to_be_bytes());
+    for _ in 0..MAX_CONFIGURE_STEPS {
+        let status = match rtas::call("ibm,configure-connector", &[address, 0], 1) {
+            Ok(ret) => ret.status,
+            Err(_) => return Err("configure-connector unavailable"),
+        };
+        match status {
+            0 => {
+                return if count > 0 {
+                    Ok((threads, count))
+                } else {
+                    Err("no threads in the node")
+                }
+            }
+            2 | 4 | -2 => {}
+            3 => {
+                let name_at = be32(&area.0, 8).unwrap_or(0) as usize;
+                let length = be32(&area.0, 12).unwrap_or(0) as usize;
+                let value_at = be32(&area.0, 16).unwrap_or(0) as usize;
+                let name_end = area.0[name_at.min(4096)..]
+                    .iter()
+                    .position(|&b| b == 0)
+                    .map(|n| name_at + n);
+                let name = name_end.map(|end| &area.0[name_at..end]);
+                if name == Some(b"ibm,ppc-interrupt-server#s") && value_at + length <= 4096 {
+                    for i in 0..(length / 4).min(MAX_CPUS) {
+                        threads[i] = be32(&area.0, value_at + i * 4).unwrap_or(u32::MAX);
+                    }
+                    count = (length / 4).min(MAX_CPUS);
+                }
+            }
+            _ => return Err("configure-connector failed"),
+        }
+    }
+    Err("configure-connector did not finish")
+}
+
+fn cpu_add(drc: u32) {
+    if threads_of(drc).next().is_some() {
+        return report(
+            "add",
+            drc,
+            "failed: ",
+            "CPU with this drc index already exists",
+        );
+    }
+    if !drc_in_device_tree(drc) {
+        return report("add", drc, "failed: ", "Cannot find CPU (drc index) to add");
+    }
+    if !acquire_drc(drc) {
+        return report("add", drc, "failed: ", "cannot acquire the DRC");
+    }
+    let (threads, count) = match configure(drc) {
+        Ok(found) => found,
+        Err(why) => {
+            release_drc(drc);
+            return report("add", drc, "failed: ", why);
+        }
+    };
+    if threads[..count].iter().any(|&t| t as usize >= MAX_CPUS) {
+        release_drc(drc);
+        return report("add", drc, "failed: ", "thread id out of range");
+    }
+    for &thread in &threads[..count] {
+        CORE_OF[thread as usize].store(drc, Ordering::SeqCst);
+    }
+    let mut online = 0;
+    for &thread in &threads[..count] {
+        match cpu::bring_up(thread as usize) {
+            Ok(()) => online += 1,
+            Err(error) => crate::shell::report_cpu_error(thread as usize, error),
+        }
+    }
+    let mut line = Line::new();
+    line.str("dlpar: cpu add ")
+        .hex(drc as u64)
+        .str(": ok, cpus");
+    for &thread in &threads[..count] {
+        line.str(" ").dec(thread as u64);
+    }
+    line.str(" (").dec(online).str(" online)").nl();
+}
+
+/// `Some(heir)` when the calling CPU belongs to the core: the shell must
+/// move before the core can go.
+fn cpu_remove(drc: u32) -> Option<usize> {
+    let me = arch::cpu_id();
+    if threads_of(drc).next().is_none() {
+        unisolate_drc(drc);
+        report(
+            "remove",
+            drc,
+            "failed: ",
+            "Cannot find CPU (drc index) to remove",
+        );
+        return None;
+    }
+    let outside =
+        (0..MAX_CPUS).find(|&c| cpu::is_online(c) && CORE_OF[c].load(Ordering::SeqCst) != drc);
+    let Some(heir) = outside else {
+        // Every online CPU is in this core: Linux refuses and says why.
+        let last = threads_of(drc).find(|&c| cpu::is_online(c)).unwrap_or(0);
+        Line::new()
+            .str("dlpar: cpu remove ")
+            .hex(drc as u64)
+            .str(": refused: Unable to remove last online CPU ")
+            .dec(last as u64)
+            .nl();
+        unisolate_drc(drc);
+        return None;
+    };
+    if CORE_OF[me].load(Ordering::SeqCst) == drc {
+        return Some(heir);
+    }
+    for thread in threads_of(drc) {
+        if !cpu::is_online(thread) {
+            continue;
+        }
+        if let Err(error) = cpu::take_down(thread) {
+            crate::shell::report_cpu_error(thread, error);
+            unisolate_drc(drc);
+            report("remove", drc, "failed: ", "cannot offline a thread");
+            return None;
+        }
+    }
+    if !release_drc(drc) {
+        unisolate_drc(drc);
+        report("remove", drc, "failed: ", "cannot release the DRC");
+        return None;
+    }
+    for thread in 0..MAX_CPUS {
+        let _ = CORE_OF[thread].compare_exchange(drc, 0, Ordering::SeqCst, Ordering::SeqCst);
+    }
+    report("remove", drc, "ok", "");
+    None
+}
