@@ -334,3 +334,69 @@ impl Console {
         body.lines().map(str::to_string).collect()
     }
 }
+
+/// A minimal QMP client for benchmarks, where a Python process per step
+/// would dominate what is measured. The tests use the `qemu.qmp` client.
+pub struct QmpClient {
+    reader: std::io::BufReader<UnixStream>,
+    writer: UnixStream,
+    events: Vec<serde_json::Value>,
+}
+
+impl QmpClient {
+    /// Connects and negotiates capabilities.
+    pub fn connect(path: &Path) -> QmpClient {
+        let stream = UnixStream::connect(path).expect("connect to QMP");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("set QMP read timeout");
+        let mut client = QmpClient {
+            reader: std::io::BufReader::new(stream.try_clone().expect("clone QMP stream")),
+            writer: stream,
+            events: Vec::new(),
+        };
+        let greeting = client.next_message();
+        assert!(greeting.get("QMP").is_some(), "{greeting}");
+        client.execute("qmp_capabilities", serde_json::json!({}));
+        client
+    }
+
+    fn next_message(&mut self) -> serde_json::Value {
+        use std::io::BufRead;
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("read from QMP");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("QMP sent {line:?}: {e}"))
+    }
+
+    /// Runs a command; returns its `return` or `error` object.
+    pub fn execute(&mut self, command: &str, arguments: serde_json::Value) -> serde_json::Value {
+        let request = serde_json::json!({"execute": command, "arguments": arguments});
+        self.writer
+            .write_all(format!("{request}\n").as_bytes())
+            .expect("write to QMP");
+        loop {
+            let message = self.next_message();
+            if message.get("event").is_some() {
+                self.events.push(message);
+                continue;
+            }
+            return message;
+        }
+    }
+
+    /// Waits for the event `name` (events received earlier count).
+    pub fn wait_event(&mut self, name: &str) -> serde_json::Value {
+        if let Some(at) = self.events.iter().position(|e| e["event"] == name) {
+            return self.events.remove(at);
+        }
+        loop {
+            let message = self.next_message();
+            if message["event"] == name {
+                return message;
+            }
+            if message.get("event").is_some() {
+                self.events.push(message);
+            }
+        }
+    }
+}
