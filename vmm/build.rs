@@ -18,7 +18,13 @@ fn main() {
     // The nested build must see the guest's flags, not the outer build's.
     let status = Command::new(cargo)
         .current_dir(&guest_dir)
-        .args(["build", "--release", "--target", GUEST_TARGET, "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            GUEST_TARGET,
+            "--target-dir",
+        ])
         .arg(&target_dir)
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
@@ -31,7 +37,9 @@ fn main() {
         .expect("cannot run cargo to build the test guest");
     assert!(status.success(), "building the test guest failed");
 
-    let elf = target_dir.join(GUEST_TARGET).join("release/papervisor-guest");
+    let elf = target_dir
+        .join(GUEST_TARGET)
+        .join("release/papervisor-guest");
     println!("cargo:rustc-env=PAPERVISOR_GUEST_ELF={}", elf.display());
     for path in ["src", "Cargo.toml", "link.ld", ".cargo/config.toml"] {
         println!("cargo:rerun-if-changed={}", guest_dir.join(path).display());

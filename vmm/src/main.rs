@@ -49,8 +49,14 @@ fn main() -> ExitCode {
         }
         Err(error) => {
             // clap's own message is several lines; keep the one that names the value.
+            // clap's message spans lines (and adds usage); keep its sentence.
             let rendered = error.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid command line");
+            let first = rendered
+                .lines()
+                .take_while(|line| !line.is_empty() && !line.starts_with("Usage:"))
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ");
             eprintln!("papervisor: {}", first.trim_start_matches("error: "));
             return ExitCode::from(EXIT_USAGE);
         }

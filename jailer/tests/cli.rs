@@ -1,0 +1,112 @@
+//! The jailer binary's command line and one jailed run.
+
+use std::process::Command;
+
+fn jailer(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_jailer"))
+        .args(args)
+        .output()
+        .expect("run the jailer")
+}
+
+fn refused(args: &[&str], named: &str) {
+    let output = jailer(args);
+    assert_eq!(output.status.code(), Some(2), "{args:?}: {output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("jailer: ") && stderr.contains(named),
+        "{args:?}: {stderr}"
+    );
+}
+
+#[test]
+fn bad_arguments_are_refused_before_anything_is_done() {
+    let exe = env!("CARGO_BIN_EXE_jailer");
+    refused(
+        &["--id", "bad/id", "--exec-file", exe],
+        "invalid --id 'bad/id'",
+    );
+    refused(&["--id", "", "--exec-file", exe], "invalid --id");
+    refused(
+        &["--id", "a", "--exec-file", "/no/such/program"],
+        "--exec-file /no/such/program",
+    );
+    refused(
+        &["--id", "a", "--exec-file", exe, "--uid", "0"],
+        "invalid --uid 0",
+    );
+    refused(
+        &["--id", "a", "--exec-file", exe, "--uid", "nobody"],
+        "nobody",
+    );
+    refused(&["--id", "a", "--exec-file", exe, "--gid", "-5"], "-5");
+    refused(
+        &[
+            "--id",
+            "a",
+            "--exec-file",
+            exe,
+            "--resource-limit",
+            "as=lots",
+        ],
+        "as=lots",
+    );
+    refused(
+        &["--id", "a", "--exec-file", exe, "--cgroup", "../../etc=1"],
+        "--cgroup",
+    );
+    refused(
+        &["--id", "a", "--exec-file", exe, "--chroot-base-dir", "rel"],
+        "absolute",
+    );
+    refused(&["--exec-file", exe], "--id");
+}
+
+#[test]
+fn a_static_program_runs_jailed_and_its_status_comes_back() {
+    if !nix_is_root() {
+        eprintln!("SKIPPED a_static_program_runs_jailed_and_its_status_comes_back: needs root");
+        return;
+    }
+    // This test binary is itself static: `--list` prints and exits 0.
+    let me = std::env::current_exe().unwrap();
+    let me = me.to_str().unwrap();
+    let base = std::env::temp_dir().join(format!("jailer-cli-{}", std::process::id()));
+    let base = base.to_str().unwrap();
+    let output = jailer(&[
+        "--id",
+        "cli-test",
+        "--exec-file",
+        me,
+        "--chroot-base-dir",
+        base,
+        "--",
+        "--list",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("bad_arguments_are_refused"));
+    // A program that needs a dynamic loader cannot run in the empty root.
+    let output = jailer(&[
+        "--id",
+        "cli-test-2",
+        "--exec-file",
+        "/bin/true",
+        "--chroot-base-dir",
+        base,
+    ]);
+    assert_eq!(output.status.code(), Some(127), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("exec the program"));
+    let _ = std::fs::remove_dir_all(base);
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
