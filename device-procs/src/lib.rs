@@ -8,6 +8,7 @@ pub mod eventlog;
 pub mod hotplug;
 pub mod process;
 pub mod rtas;
+pub mod seccomp;
 
 /// Logs to stderr with the process kind in every line, so that the
 /// interleaved logs of the core and its device processes stay readable.

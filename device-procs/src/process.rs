@@ -47,13 +47,15 @@ pub unsafe fn take_fd(fd: RawFd) -> Result<OwnedFd, String> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Takes the channels of `kind` and handshakes on all of them: hellos are
-/// sent on every link before any is awaited, so no start-up order deadlocks.
+/// Takes the channels of `kind`, installs its seccomp filter, and handshakes
+/// on all of them: hellos are sent on every link before any is awaited, so no
+/// start-up order deadlocks. Extra descriptors must be taken before.
 pub fn open_links(kind: ProcessKind) -> Result<Vec<Channel>, String> {
     let links = kind.links();
     let channels = (0..links.len())
         .map(|i| take_socket(FIRST_CHANNEL_FD + i as RawFd))
         .collect::<Result<Vec<_>, _>>()?;
+    crate::seccomp::install(kind, seccomp_mode())?;
     for (channel, &link) in channels.iter().zip(links) {
         channel
             .send_hello(link)
@@ -127,14 +129,35 @@ pub fn reply<T: Serialize>(channel: &Channel, id: u64, body: T) -> Result<(), Ch
     channel.send(&Envelope { id, body }, &[])
 }
 
+static SECCOMP_MODE: std::sync::OnceLock<crate::seccomp::Mode> = std::sync::OnceLock::new();
+
+fn seccomp_mode() -> crate::seccomp::Mode {
+    *SECCOMP_MODE.get().unwrap_or(&crate::seccomp::Mode::Kill)
+}
+
 /// The `main` of every device process: logging, then `run` until the core
 /// hangs up (status 0) or something fails (status 1, with the reason logged).
+/// The only argument is `--seccomp kill|log|off` (kill when absent).
 pub fn main(name: &'static str, run: fn() -> Result<(), String>) -> std::process::ExitCode {
     crate::init_logging(name);
-    if std::env::args().len() > 1 {
-        log::error!("{name} takes no arguments; its channels are descriptors {FIRST_CHANNEL_FD}..");
-        return std::process::ExitCode::from(2);
-    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mode = match args.as_slice() {
+        [] => crate::seccomp::Mode::Kill,
+        [flag, mode] if flag == "--seccomp" => match crate::seccomp::Mode::parse(mode) {
+            Some(mode) => mode,
+            None => {
+                log::error!("--seccomp {mode}: expected kill, log or off");
+                return std::process::ExitCode::from(2);
+            }
+        },
+        _ => {
+            log::error!(
+                "{name} takes only --seccomp kill|log|off; its channels are descriptors {FIRST_CHANNEL_FD}.."
+            );
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let _ = SECCOMP_MODE.set(mode);
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

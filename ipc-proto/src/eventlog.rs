@@ -105,6 +105,8 @@ pub enum EventLogToRtas {
 /// Core → event log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CoreToEventLog {
+    /// Commit `Fault` (tests of the jail); answered only if it did not kill.
+    InjectFault(crate::Fault),
     /// Machine reset: the queue is emptied.
     Reset,
     /// What is queued.
@@ -114,6 +116,11 @@ pub enum CoreToEventLog {
 /// Event log → core.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventLogToCore {
+    /// The fault was attempted and the process lived: what happened.
+    FaultSurvived {
+        /// The outcome, e.g. the error the attempt got.
+        outcome: String,
+    },
     /// The request did not decode or validate.
     Rejected {
         /// Why, for the log.

@@ -88,6 +88,8 @@ pub const DRCS_PER_PAGE: usize = 512;
 /// Core → hotplug controller.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CoreToHotplug {
+    /// Commit `Fault` (tests of the jail); answered only if it did not kill.
+    InjectFault(crate::Fault),
     /// Creates the machine's DRCs, all empty. Sent once, first.
     DefineDrcs {
         /// The runs.
@@ -131,6 +133,11 @@ pub struct Released {
 /// Hotplug controller → core (replies).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HotplugToCore {
+    /// The fault was attempted and the process lived: what happened.
+    FaultSurvived {
+        /// The outcome, e.g. the error the attempt got.
+        outcome: String,
+    },
     /// Done; `released` lists devices the request completed (an unplug
     /// request on a device the guest never took completes at once; a reset
     /// completes every pending unplug).

@@ -77,6 +77,33 @@ impl ProcessKind {
     }
 }
 
+/// A misbehaviour a device process is told to commit, to prove its jail
+/// (`x-inject-fault`). Each is forbidden by the process's seccomp filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Fault {
+    /// open("/etc/passwd").
+    OpenHostFile,
+    /// socket(AF_INET, SOCK_STREAM).
+    OpenSocket,
+    /// fork().
+    Fork,
+    /// execve("/bin/sh").
+    Exec,
+    /// Stops answering (the core must cut it off).
+    Hang,
+}
+
+impl Fault {
+    /// The QMP names.
+    pub const ALL: [(&'static str, Fault); 5] = [
+        ("open-host-file", Fault::OpenHostFile),
+        ("open-socket", Fault::OpenSocket),
+        ("fork", Fault::Fork),
+        ("exec", Fault::Exec),
+        ("hang", Fault::Hang),
+    ];
+}
+
 /// Device processes find their channels from this descriptor number on, in
 /// the order of [`ProcessKind::links`]; extra descriptors (the event log's
 /// interrupt eventfd) follow them.

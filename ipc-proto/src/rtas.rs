@@ -54,6 +54,8 @@ impl CpuSnapshot {
 /// Core → RTAS server.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CoreToRtas {
+    /// Commit `Fault` (tests of the jail); answered only if it did not kill.
+    InjectFault(crate::Fault),
     /// Replaces the guest memory map; one descriptor per region, in order.
     SetMemoryTable {
         /// The regions.
@@ -78,6 +80,11 @@ pub enum CoreToRtas {
 /// RTAS server → core.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RtasToCore {
+    /// The fault was attempted and the process lived: what happened.
+    FaultSurvived {
+        /// The outcome, e.g. the error the attempt got.
+        outcome: String,
+    },
     /// The memory table was mapped, or the topology set.
     MemoryTableSet,
     /// The call was answered (return cells written); the core carries out `request`.
@@ -222,6 +229,7 @@ impl CoreToRtas {
                     return Err(format!("topology with {fds} descriptors"));
                 }
             }
+            CoreToRtas::InjectFault(_) => {}
             CoreToRtas::Call { caller, .. } => {
                 if *caller >= MAX_VCPUS {
                     return Err(format!("call from vCPU {caller}"));

@@ -17,14 +17,15 @@ use std::io::Write;
 /// Runs the event log until the core hangs up.
 pub fn run() -> Result<(), String> {
     let links = ProcessKind::EventLog.links();
+    // SAFETY: the core passes the hot-plug interrupt's eventfd right after the
+    // channels. Taken before the seccomp filter (which forbids fcntl) is on.
+    let interrupt = File::from(unsafe { take_fd(FIRST_CHANNEL_FD + links.len() as i32)? });
     let mut channels = open_links(ProcessKind::EventLog)?.into_iter();
     let (Some(core), Some(hotplug), Some(rtas)) =
         (channels.next(), channels.next(), channels.next())
     else {
         return Err("missing channels".into());
     };
-    // SAFETY: the core passes the hot-plug interrupt's eventfd right after the channels.
-    let interrupt = File::from(unsafe { take_fd(FIRST_CHANNEL_FD + links.len() as i32)? });
     log::info!("serving the event queue");
     let mut log = EventLog {
         queue: EventQueue::default(),
@@ -78,6 +79,9 @@ impl EventLog {
                 EventLogToCore::Done
             }
             CoreToEventLog::List => EventLogToCore::Queued(self.queue.list()),
+            CoreToEventLog::InjectFault(fault) => EventLogToCore::FaultSurvived {
+                outcome: crate::seccomp::commit(fault),
+            },
         };
         reply(core, message.id, answer)
     }

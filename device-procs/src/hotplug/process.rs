@@ -85,6 +85,9 @@ impl Process {
             CoreToHotplug::Reset => HotplugToCore::Done {
                 released: self.controller.reset(),
             },
+            CoreToHotplug::InjectFault(fault) => HotplugToCore::FaultSurvived {
+                outcome: crate::seccomp::commit(fault),
+            },
             CoreToHotplug::ListDrcs { from } => {
                 let (rows, next) = self.controller.list(from);
                 HotplugToCore::Drcs { rows, next }

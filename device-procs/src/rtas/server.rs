@@ -113,6 +113,9 @@ impl Server {
                 }
                 Err(reason) => RtasToCore::Rejected { reason },
             },
+            CoreToRtas::InjectFault(fault) => RtasToCore::FaultSurvived {
+                outcome: crate::seccomp::commit(fault),
+            },
             CoreToRtas::SetTopology { threads_per_core } => {
                 self.threads_per_core = threads_per_core;
                 RtasToCore::MemoryTableSet
