@@ -69,59 +69,101 @@ pub fn open_links(kind: ProcessKind) -> Result<Vec<Channel>, String> {
     Ok(channels)
 }
 
-/// Serves `channels` (links that send us requests) until the first one (the
-/// core's) hangs up. Each frame, or the error that stands for a bad frame,
-/// goes to `handle` with the channel's position; a peer other than the core
-/// that hangs up is no longer polled.
-pub fn serve(
-    channels: &[(&Channel, Link)],
-    mut handle: impl FnMut(usize, Result<Frame, ChannelError>) -> Result<(), ChannelError>,
-) -> Result<(), ChannelError> {
-    let mut open: Vec<bool> = vec![true; channels.len()];
+/// What a device process serves: the links that send it requests.
+pub trait Server {
+    /// The channels to watch now, the core's first.
+    fn watched(&self) -> Vec<(&Channel, Link)>;
+    /// Handles what arrived on `link` (a frame, or the error that stands
+    /// for a bad one).
+    fn handle(
+        &mut self,
+        link: Link,
+        frame: Result<Frame, ChannelError>,
+    ) -> Result<(), ChannelError>;
+    /// The peer on `link` (not the core) hung up.
+    fn peer_gone(&mut self, link: Link);
+}
+
+/// Serves until the core hangs up. A peer other than the core that hangs up
+/// is reported to the server (which stops watching it until the core hands
+/// over a replacement).
+pub fn serve(server: &mut impl Server) -> Result<(), ChannelError> {
     loop {
-        let watched: Vec<usize> = (0..channels.len()).filter(|&i| open[i]).collect();
-        let mut fds: Vec<PollFd> = watched
-            .iter()
-            .map(|&i| PollFd::new(channels[i].0.as_fd(), PollFlags::POLLIN))
-            .collect();
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(errno) => return Err(errno.into()),
-        }
-        let ready: Vec<usize> = fds
-            .iter()
-            .zip(&watched)
-            .filter(|(fd, _)| fd.revents().is_some_and(|r| !r.is_empty()))
-            .map(|(_, &i)| i)
-            .collect();
+        let ready: Vec<usize> = {
+            let watched = server.watched();
+            let mut fds: Vec<PollFd> = watched
+                .iter()
+                .map(|(channel, _)| PollFd::new(channel.as_fd(), PollFlags::POLLIN))
+                .collect();
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(errno) => return Err(errno.into()),
+            }
+            fds.iter()
+                .enumerate()
+                .filter(|(_, fd)| fd.revents().is_some_and(|r| !r.is_empty()))
+                .map(|(i, _)| i)
+                .collect()
+        };
         for i in ready {
-            let (channel, link) = channels[i];
-            match channel.recv_frame(Some(Duration::ZERO)) {
+            let (result, link) = {
+                let watched = server.watched();
+                let Some((channel, link)) = watched.get(i) else {
+                    continue;
+                };
+                (channel.recv_frame(Some(Duration::ZERO)), *link)
+            };
+            match result {
                 Err(ChannelError::HungUp) if i == 0 => {
                     log::info!("the core hung up; exiting");
                     return Ok(());
                 }
                 Err(ChannelError::HungUp) => {
                     log::warn!("{link:?}: the peer hung up");
-                    open[i] = false;
+                    server.peer_gone(link);
                 }
                 Err(ChannelError::Timeout(_)) => {}
-                result => handle(i, result)?,
+                result => server.handle(link, result)?,
             }
+            // Indices may have changed (a link replaced or dropped).
+            break;
         }
     }
+}
+
+/// Takes over a replacement channel the core sent for `link`, and handshakes on it.
+pub fn adopt(link: Link, fds: Vec<OwnedFd>) -> Result<Channel, String> {
+    let fd = fds
+        .into_iter()
+        .next()
+        .ok_or("no descriptor with the new link")?;
+    let channel = Channel::from_fd(fd);
+    channel
+        .handshake(link, HANDSHAKE_TIMEOUT)
+        .map_err(|error| format!("{link:?}: {error}"))?;
+    log::info!("{link:?}: new peer connected");
+    Ok(channel)
 }
 
 /// Decodes a request frame; a bad one becomes the reason to reject it.
 pub fn decode_request<T: DeserializeOwned>(
     frame: Result<Frame, ChannelError>,
 ) -> Result<Envelope<T>, String> {
-    let frame = frame.map_err(|error| error.to_string())?;
-    if !frame.fds.is_empty() {
+    let (message, fds) = decode_with_fds(frame)?;
+    if !fds.is_empty() {
         return Err("unexpected descriptors".into());
     }
-    decode::<T>(&frame.bytes).map_err(|error| error.to_string())
+    Ok(message)
+}
+
+/// Decodes a request frame that may carry descriptors.
+pub fn decode_with_fds<T: DeserializeOwned>(
+    frame: Result<Frame, ChannelError>,
+) -> Result<(Envelope<T>, Vec<OwnedFd>), String> {
+    let frame = frame.map_err(|error| error.to_string())?;
+    let message = decode::<T>(&frame.bytes).map_err(|error| error.to_string())?;
+    Ok((message, frame.fds))
 }
 
 /// Answers request `id`.

@@ -105,6 +105,9 @@ pub enum EventLogToRtas {
 /// Core → event log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CoreToEventLog {
+    /// A peer was restarted: the descriptor sent along is the new channel
+    /// of `link`, to handshake on and use instead of the old one.
+    ReplaceLink(crate::Link),
     /// Commit `Fault` (tests of the jail); answered only if it did not kill.
     InjectFault(crate::Fault),
     /// Machine reset: the queue is emptied.

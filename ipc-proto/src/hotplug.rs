@@ -88,6 +88,9 @@ pub const DRCS_PER_PAGE: usize = 512;
 /// Core → hotplug controller.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CoreToHotplug {
+    /// A peer was restarted: the descriptor sent along is the new channel
+    /// of `link`, to handshake on and use instead of the old one.
+    ReplaceLink(crate::Link),
     /// Commit `Fault` (tests of the jail); answered only if it did not kill.
     InjectFault(crate::Fault),
     /// Creates the machine's DRCs, all empty. Sent once, first.

@@ -54,6 +54,9 @@ impl CpuSnapshot {
 /// Core → RTAS server.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CoreToRtas {
+    /// A peer was restarted: the descriptor sent along is the new channel
+    /// of `link`, to handshake on and use instead of the old one.
+    ReplaceLink(crate::Link),
     /// Commit `Fault` (tests of the jail); answered only if it did not kill.
     InjectFault(crate::Fault),
     /// Replaces the guest memory map; one descriptor per region, in order.
@@ -230,6 +233,12 @@ impl CoreToRtas {
                 }
             }
             CoreToRtas::InjectFault(_) => {}
+            CoreToRtas::ReplaceLink(link) => {
+                if !matches!(link, crate::Link::RtasHotplug | crate::Link::RtasEventLog) || fds != 1
+                {
+                    return Err(format!("cannot replace {link:?} with {fds} descriptors"));
+                }
+            }
             CoreToRtas::Call { caller, .. } => {
                 if *caller >= MAX_VCPUS {
                     return Err(format!("call from vCPU {caller}"));

@@ -4,7 +4,9 @@
 
 use super::{Dequeued, EventQueue, Pulse};
 use crate::clock::UtcTime;
-use crate::process::{decode_request, open_links, reply, serve, take_fd};
+use crate::process::{
+    adopt, decode_request, decode_with_fds, open_links, reply, serve, take_fd, Server,
+};
 use ipc_proto::channel::{Channel, ChannelError, Frame};
 use ipc_proto::eventlog::{
     CoreToEventLog, EventLogToCore, EventLogToHotplug, EventLogToRtas, HotplugToEventLog,
@@ -30,25 +32,61 @@ pub fn run() -> Result<(), String> {
     let mut log = EventLog {
         queue: EventQueue::default(),
         interrupt,
+        core,
+        hotplug: Some(hotplug),
+        rtas: Some(rtas),
     };
-    serve(
-        &[
-            (&core, Link::CoreEventLog),
-            (&hotplug, Link::HotplugEventLog),
-            (&rtas, Link::RtasEventLog),
-        ],
-        |i, frame| match i {
-            0 => log.on_core(&core, frame),
-            1 => log.on_hotplug(&hotplug, frame),
-            _ => log.on_rtas(&rtas, frame),
-        },
-    )
-    .map_err(|error| error.to_string())
+    serve(&mut log).map_err(|error| error.to_string())
 }
 
 struct EventLog {
     queue: EventQueue,
     interrupt: File,
+    core: Channel,
+    /// None while that peer is down.
+    hotplug: Option<Channel>,
+    rtas: Option<Channel>,
+}
+
+impl Server for EventLog {
+    fn watched(&self) -> Vec<(&Channel, Link)> {
+        let mut watched = vec![(&self.core, Link::CoreEventLog)];
+        if let Some(hotplug) = &self.hotplug {
+            watched.push((hotplug, Link::HotplugEventLog));
+        }
+        if let Some(rtas) = &self.rtas {
+            watched.push((rtas, Link::RtasEventLog));
+        }
+        watched
+    }
+
+    fn handle(
+        &mut self,
+        link: Link,
+        frame: Result<Frame, ChannelError>,
+    ) -> Result<(), ChannelError> {
+        match link {
+            Link::CoreEventLog => self.on_core(frame),
+            Link::HotplugEventLog => self.on_hotplug(frame),
+            _ => self.on_rtas(frame),
+        }
+    }
+
+    fn peer_gone(&mut self, link: Link) {
+        match link {
+            Link::HotplugEventLog => self.hotplug = None,
+            _ => self.rtas = None,
+        }
+    }
+}
+
+/// Answers a peer; a failure means the peer died, which is not ours to end.
+fn answer_peer<T: serde::Serialize>(channel: &Option<Channel>, id: u64, body: T) {
+    if let Some(channel) = channel {
+        if let Err(error) = reply(channel, id, body) {
+            log::warn!("cannot answer a peer: {error}");
+        }
+    }
 }
 
 impl EventLog {
@@ -61,18 +99,18 @@ impl EventLog {
         }
     }
 
-    fn on_core(
-        &mut self,
-        core: &Channel,
-        frame: Result<Frame, ChannelError>,
-    ) -> Result<(), ChannelError> {
-        let message = match decode_request::<CoreToEventLog>(frame) {
-            Ok(message) => message,
+    fn on_core(&mut self, frame: Result<Frame, ChannelError>) -> Result<(), ChannelError> {
+        let (message, fds) = match decode_with_fds::<CoreToEventLog>(frame) {
+            Ok(decoded) => decoded,
             Err(reason) => {
                 log::warn!("rejected a request from the core: {reason}");
-                return reply(core, 0, EventLogToCore::Rejected { reason });
+                return reply(&self.core, 0, EventLogToCore::Rejected { reason });
             }
         };
+        if !fds.is_empty() && !matches!(message.body, CoreToEventLog::ReplaceLink(_)) {
+            let reason = "unexpected descriptors".to_string();
+            return reply(&self.core, message.id, EventLogToCore::Rejected { reason });
+        }
         let answer = match message.body {
             CoreToEventLog::Reset => {
                 self.queue.clear();
@@ -82,20 +120,31 @@ impl EventLog {
             CoreToEventLog::InjectFault(fault) => EventLogToCore::FaultSurvived {
                 outcome: crate::seccomp::commit(fault),
             },
+            CoreToEventLog::ReplaceLink(link) => match (link, adopt(link, fds)) {
+                (Link::HotplugEventLog, Ok(channel)) => {
+                    self.hotplug = Some(channel);
+                    EventLogToCore::Done
+                }
+                (Link::RtasEventLog, Ok(channel)) => {
+                    self.rtas = Some(channel);
+                    EventLogToCore::Done
+                }
+                (_, Ok(_)) => EventLogToCore::Rejected {
+                    reason: format!("{link:?} is not a link to replace here"),
+                },
+                (_, Err(reason)) => EventLogToCore::Rejected { reason },
+            },
         };
-        reply(core, message.id, answer)
+        reply(&self.core, message.id, answer)
     }
 
-    fn on_hotplug(
-        &mut self,
-        hotplug: &Channel,
-        frame: Result<Frame, ChannelError>,
-    ) -> Result<(), ChannelError> {
+    fn on_hotplug(&mut self, frame: Result<Frame, ChannelError>) -> Result<(), ChannelError> {
         let message = match decode_request::<HotplugToEventLog>(frame) {
             Ok(message) => message,
             Err(reason) => {
                 log::warn!("rejected a request from the hotplug controller: {reason}");
-                return reply(hotplug, 0, EventLogToHotplug::Rejected { reason });
+                answer_peer(&self.hotplug, 0, EventLogToHotplug::Rejected { reason });
+                return Ok(());
             }
         };
         let answer = match message.body {
@@ -113,19 +162,17 @@ impl EventLog {
                 EventLogToHotplug::Withdrawn(self.queue.withdraw(&event))
             }
         };
-        reply(hotplug, message.id, answer)
+        answer_peer(&self.hotplug, message.id, answer);
+        Ok(())
     }
 
-    fn on_rtas(
-        &mut self,
-        rtas: &Channel,
-        frame: Result<Frame, ChannelError>,
-    ) -> Result<(), ChannelError> {
+    fn on_rtas(&mut self, frame: Result<Frame, ChannelError>) -> Result<(), ChannelError> {
         let message = match decode_request::<RtasToEventLog>(frame) {
             Ok(message) => message,
             Err(reason) => {
                 log::warn!("rejected a request from the RTAS server: {reason}");
-                return reply(rtas, 0, EventLogToRtas::Rejected { reason });
+                answer_peer(&self.rtas, 0, EventLogToRtas::Rejected { reason });
+                return Ok(());
             }
         };
         let answer = match message.body {
@@ -146,6 +193,7 @@ impl EventLog {
                 EventLogToRtas::NoEvent
             }
         };
-        reply(rtas, message.id, answer)
+        answer_peer(&self.rtas, message.id, answer);
+        Ok(())
     }
 }

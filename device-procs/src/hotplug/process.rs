@@ -2,7 +2,9 @@
 //! server, events to the event log, notifications to the core.
 
 use super::{Controller, Effect};
-use crate::process::{decode_request, open_links, reply, serve, PEER_TIMEOUT};
+use crate::process::{
+    adopt, decode_request, decode_with_fds, open_links, reply, serve, Server, PEER_TIMEOUT,
+};
 use ipc_proto::channel::{Channel, ChannelError, Client, Envelope, Frame};
 use ipc_proto::eventlog::{EventLogToHotplug, HotplugToEventLog};
 use ipc_proto::hotplug::{CoreToHotplug, HotplugToCore, HotplugToRtas, RtasToHotplug};
@@ -10,6 +12,9 @@ use ipc_proto::{Link, ProcessKind};
 
 struct Process {
     controller: Controller,
+    core: Channel,
+    /// None while the RTAS server is down.
+    rtas: Option<Channel>,
     notify: Channel,
     notifications: u64,
     eventlog: Client,
@@ -29,33 +34,53 @@ pub fn run() -> Result<(), String> {
     log::info!("serving the DRC table");
     let mut process = Process {
         controller: Controller::default(),
+        core,
+        rtas: Some(rtas),
         notify,
         notifications: 0,
         eventlog: Client::new(eventlog),
     };
-    serve(
-        &[(&core, Link::CoreHotplug), (&rtas, Link::RtasHotplug)],
-        |i, frame| match i {
-            0 => process.on_core(&core, frame),
-            _ => process.on_rtas(&rtas, frame),
-        },
-    )
-    .map_err(|error| error.to_string())
+    serve(&mut process).map_err(|error| error.to_string())
+}
+
+impl Server for Process {
+    fn watched(&self) -> Vec<(&Channel, Link)> {
+        let mut watched = vec![(&self.core, Link::CoreHotplug)];
+        if let Some(rtas) = &self.rtas {
+            watched.push((rtas, Link::RtasHotplug));
+        }
+        watched
+    }
+
+    fn handle(
+        &mut self,
+        link: Link,
+        frame: Result<Frame, ChannelError>,
+    ) -> Result<(), ChannelError> {
+        match link {
+            Link::CoreHotplug => self.on_core(frame),
+            _ => self.on_rtas(frame),
+        }
+    }
+
+    fn peer_gone(&mut self, _: Link) {
+        self.rtas = None;
+    }
 }
 
 impl Process {
-    fn on_core(
-        &mut self,
-        core: &Channel,
-        frame: Result<Frame, ChannelError>,
-    ) -> Result<(), ChannelError> {
-        let message = match decode_request::<CoreToHotplug>(frame) {
-            Ok(message) => message,
+    fn on_core(&mut self, frame: Result<Frame, ChannelError>) -> Result<(), ChannelError> {
+        let (message, fds) = match decode_with_fds::<CoreToHotplug>(frame) {
+            Ok(decoded) => decoded,
             Err(reason) => {
                 log::warn!("rejected a request from the core: {reason}");
-                return reply(core, 0, HotplugToCore::Refused { reason });
+                return reply(&self.core, 0, HotplugToCore::Refused { reason });
             }
         };
+        if !fds.is_empty() && !matches!(message.body, CoreToHotplug::ReplaceLink(_)) {
+            let reason = "unexpected descriptors".to_string();
+            return reply(&self.core, message.id, HotplugToCore::Refused { reason });
+        }
         let answer = match message.body {
             CoreToHotplug::DefineDrcs { ranges } => match self.controller.define(&ranges) {
                 Ok(()) => HotplugToCore::Done { released: vec![] },
@@ -64,11 +89,8 @@ impl Process {
             CoreToHotplug::Plug { drcs, device, cold } => {
                 match self.controller.plug(&drcs, &device, cold) {
                     Ok(effects) => {
-                        log::info!(
-                            "plugged {device} ({} DRCs, {})",
-                            drcs.len(),
-                            if cold { "cold" } else { "hot" }
-                        );
+                        let how = if cold { "cold" } else { "hot" };
+                        log::info!("plugged {device} ({} DRCs, {how})", drcs.len());
                         self.carry_out(effects);
                         HotplugToCore::Done { released: vec![] }
                     }
@@ -85,27 +107,37 @@ impl Process {
             CoreToHotplug::Reset => HotplugToCore::Done {
                 released: self.controller.reset(),
             },
-            CoreToHotplug::InjectFault(fault) => HotplugToCore::FaultSurvived {
-                outcome: crate::seccomp::commit(fault),
-            },
             CoreToHotplug::ListDrcs { from } => {
                 let (rows, next) = self.controller.list(from);
                 HotplugToCore::Drcs { rows, next }
             }
+            CoreToHotplug::InjectFault(fault) => HotplugToCore::FaultSurvived {
+                outcome: crate::seccomp::commit(fault),
+            },
+            CoreToHotplug::ReplaceLink(link) => match (link, adopt(link, fds)) {
+                (Link::RtasHotplug, Ok(channel)) => {
+                    self.rtas = Some(channel);
+                    HotplugToCore::Done { released: vec![] }
+                }
+                (Link::HotplugEventLog, Ok(channel)) => {
+                    self.eventlog = Client::new(channel);
+                    HotplugToCore::Done { released: vec![] }
+                }
+                (_, Ok(_)) => HotplugToCore::Refused {
+                    reason: format!("{link:?} is not a link to replace here"),
+                },
+                (_, Err(reason)) => HotplugToCore::Refused { reason },
+            },
         };
-        reply(core, message.id, answer)
+        reply(&self.core, message.id, answer)
     }
 
-    fn on_rtas(
-        &mut self,
-        rtas: &Channel,
-        frame: Result<Frame, ChannelError>,
-    ) -> Result<(), ChannelError> {
+    fn on_rtas(&mut self, frame: Result<Frame, ChannelError>) -> Result<(), ChannelError> {
         let message = match decode_request::<RtasToHotplug>(frame) {
             Ok(message) => message,
             Err(reason) => {
                 log::warn!("rejected a request from the RTAS server: {reason}");
-                return reply(rtas, 0, HotplugToRtas::Rejected { reason });
+                return self.answer_rtas(0, HotplugToRtas::Rejected { reason });
             }
         };
         let (status, value) = match message.body {
@@ -123,7 +155,20 @@ impl Process {
             RtasToHotplug::ConfigureBegin { drc } => self.controller.configure_begin(drc),
             RtasToHotplug::ConfigureDone { drc } => (self.controller.configure_done(drc), 0),
         };
-        reply(rtas, message.id, HotplugToRtas::Status { status, value })
+        self.answer_rtas(message.id, HotplugToRtas::Status { status, value })
+    }
+
+    fn answer_rtas(&self, id: u64, answer: HotplugToRtas) -> Result<(), ChannelError> {
+        match &self.rtas {
+            // A send failure means the RTAS server died; it is not ours to end.
+            Some(rtas) => {
+                if let Err(error) = reply(rtas, id, answer) {
+                    log::warn!("cannot answer the RTAS server: {error}");
+                }
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 
     fn tell_eventlog(&mut self, request: HotplugToEventLog) {

@@ -5,7 +5,7 @@
 
 use super::configure::ConfigureSessions;
 use super::{handle_call, Peers, Services};
-use crate::process::{open_links, reply, serve, PEER_TIMEOUT};
+use crate::process::{adopt, open_links, reply, serve, Server as Serve, PEER_TIMEOUT};
 use ipc_proto::channel::{decode, Channel, ChannelError, Client, Frame};
 use ipc_proto::eventlog::{EventLogToRtas, RtasToEventLog};
 use ipc_proto::hotplug::{HotplugToRtas, RtasToHotplug};
@@ -57,6 +57,7 @@ impl Peers for Links {
 }
 
 struct Server {
+    core: Channel,
     memory: Option<GuestMemoryMmap>,
     threads_per_core: u32,
     configure: ConfigureSessions,
@@ -73,6 +74,7 @@ pub fn run() -> Result<(), String> {
     };
     log::info!("serving RTAS calls");
     let mut server = Server {
+        core,
         memory: None,
         threads_per_core: 1,
         configure: ConfigureSessions::default(),
@@ -81,18 +83,24 @@ pub fn run() -> Result<(), String> {
             eventlog: Client::new(eventlog),
         },
     };
-    serve(&[(&core, Link::CoreRtas)], |_, frame| {
-        server.on_core(&core, frame)
-    })
-    .map_err(|error| error.to_string())
+    serve(&mut server).map_err(|error| error.to_string())
+}
+
+impl Serve for Server {
+    fn watched(&self) -> Vec<(&Channel, Link)> {
+        vec![(&self.core, Link::CoreRtas)]
+    }
+
+    fn handle(&mut self, _: Link, frame: Result<Frame, ChannelError>) -> Result<(), ChannelError> {
+        self.on_core(frame)
+    }
+
+    fn peer_gone(&mut self, _: Link) {}
 }
 
 impl Server {
-    fn on_core(
-        &mut self,
-        core: &Channel,
-        frame: Result<Frame, ChannelError>,
-    ) -> Result<(), ChannelError> {
+    fn on_core(&mut self, frame: Result<Frame, ChannelError>) -> Result<(), ChannelError> {
+        let core = &self.core;
         let frame = match frame {
             Ok(frame) => frame,
             Err(error) => return reject(core, 0, &error.to_string()),
@@ -105,6 +113,16 @@ impl Server {
             return reject(core, message.id, &reason);
         }
         let answer = match message.body {
+            CoreToRtas::ReplaceLink(link) => match adopt(link, frame.fds) {
+                Ok(channel) => {
+                    match link {
+                        Link::RtasHotplug => self.links.hotplug = Client::new(channel),
+                        _ => self.links.eventlog = Client::new(channel),
+                    }
+                    RtasToCore::MemoryTableSet
+                }
+                Err(reason) => RtasToCore::Rejected { reason },
+            },
             CoreToRtas::SetMemoryTable { regions } => match map_memory(&regions, frame.fds) {
                 Ok(mapped) => {
                     log::info!("mapped {} guest memory region(s)", regions.len());
@@ -146,7 +164,7 @@ impl Server {
                 }
             },
         };
-        reply(core, message.id, answer)
+        reply(&self.core, message.id, answer)
     }
 }
 
