@@ -208,3 +208,29 @@ pub fn main(name: &'static str, run: fn() -> Result<(), String>) -> std::process
         }
     }
 }
+
+/// Fault injection: random and truncated frames on `channel`, as a hostile
+/// process would send them.
+pub fn send_garbage(channel: &Channel) {
+    let valid = ipc_proto::channel::encode(&Envelope {
+        id: u64::MAX,
+        body: ipc_proto::Link::CoreRtas,
+    })
+    .unwrap_or_default();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for round in 0..64 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let frame: Vec<u8> = if round % 4 == 0 {
+            valid[..(state as usize) % valid.len().max(1)].to_vec()
+        } else {
+            (0..(state % 200) as usize)
+                .map(|i| (state >> (i % 8 * 8)) as u8)
+                .collect()
+        };
+        if channel.send_frame(&frame, &[]).is_err() {
+            return;
+        }
+    }
+}

@@ -186,6 +186,7 @@ pub fn commit(fault: ipc_proto::Fault) -> String {
             unsafe { nix::libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
             format!("exec failed: errno {}", nix::errno::Errno::last_raw())
         }
+        Fault::Garbage => "garbage is sent by the process loop".into(),
         Fault::Hang => loop {
             // Never answers again; poll with no descriptors is allowed.
             let _ = nix::poll::poll(&mut [], nix::poll::PollTimeout::NONE);

@@ -91,16 +91,20 @@ pub enum Fault {
     Exec,
     /// Stops answering (the core must cut it off).
     Hang,
+    /// Sends random and truncated frames on every link to the core, then
+    /// goes on serving (the core must survive and cut it off).
+    Garbage,
 }
 
 impl Fault {
     /// The QMP names.
-    pub const ALL: [(&'static str, Fault); 5] = [
+    pub const ALL: [(&'static str, Fault); 6] = [
         ("open-host-file", Fault::OpenHostFile),
         ("open-socket", Fault::OpenSocket),
         ("fork", Fault::Fork),
         ("exec", Fault::Exec),
         ("hang", Fault::Hang),
+        ("garbage", Fault::Garbage),
     ];
 }
 

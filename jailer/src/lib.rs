@@ -377,10 +377,6 @@ fn jail_and_exec(
     program: &OwnedFd,
     root: bool,
 ) -> Result<std::convert::Infallible, JailError> {
-    // Die with the jailer.
-    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag of this process.
-    unsafe { nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGKILL, 0, 0, 0) };
-
     // Mounts made here stay here.
     mount(
         None::<&str>,
@@ -434,6 +430,10 @@ fn jail_and_exec(
     nix::unistd::setresgid(gid, gid, gid).map_err(step("setresgid"))?;
     // Leaving uid 0 for good clears the permitted and effective capabilities.
     nix::unistd::setresuid(uid, uid, uid).map_err(step("setresuid"))?;
+    // Die with the jailer. Set after the id change, which clears it.
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag of this process.
+    unsafe { nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGKILL, 0, 0, 0) };
+
     // SAFETY: these prctls only clear this process's ambient capabilities and
     // set no_new_privs; they take no pointers.
     unsafe {

@@ -35,6 +35,15 @@ pub struct Cli {
     /// Guest kernel ELF; the built-in test guest when absent.
     #[arg(long, value_name = "ELF")]
     pub guest: Option<PathBuf>,
+    /// What a device process's forbidden system call does: kill it, log it, or nothing (no filter).
+    #[arg(long, default_value = "kill", value_parser = ["kill", "log", "off"])]
+    pub seccomp: String,
+    /// Start device processes through the jailer (on), or directly (off, for debugging).
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    pub jail: String,
+    /// Where the jails' empty roots are made.
+    #[arg(long, value_name = "DIR", default_value = "/tmp/papervisor-jails")]
+    pub jail_dir: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -264,6 +273,8 @@ pub struct VmConfig {
     pub qmp: Option<PathBuf>,
     /// The guest ELF's bytes, already checked to be an x86_64 executable.
     pub guest_image: GuestImage,
+    /// How device processes are confined.
+    pub sandbox: crate::devices::Sandbox,
 }
 
 pub enum GuestImage {
@@ -348,12 +359,23 @@ impl VmConfig {
                 GuestImage::File(bytes)
             }
         };
+        if !cli.jail_dir.is_absolute() {
+            return Err(ConfigError::Invalid(format!(
+                "--jail-dir {}: must be an absolute path",
+                cli.jail_dir.display()
+            )));
+        }
         Ok(VmConfig {
             smp: cli.smp,
             memory: cli.memory,
             console: cli.console,
             qmp: cli.qmp,
             guest_image,
+            sandbox: crate::devices::Sandbox {
+                jail: cli.jail == "on",
+                seccomp: cli.seccomp,
+                jail_dir: cli.jail_dir,
+            },
         })
     }
 }

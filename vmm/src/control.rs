@@ -35,6 +35,14 @@ pub enum ControlMessage {
     GuestCrashed(String),
     /// The hotplug controller reports a release or a refusal.
     Hotplug(HotplugNotification),
+    /// A device process ended (its watcher saw it).
+    DeviceExited {
+        kind: ipc_proto::ProcessKind,
+        generation: u64,
+        reason: String,
+    },
+    /// Time to start a fresh device process in place of a dead one.
+    RestartDevice(ipc_proto::ProcessKind),
     /// A QMP command that needs the machine.
     Qmp {
         command: String,

@@ -10,6 +10,8 @@
 use kvm_bindings::kvm_regs;
 
 pub const H_SUCCESS: i64 = 0;
+/// Try again later (PAPR H_BUSY).
+pub const H_BUSY: i64 = 1;
 pub const H_FUNCTION: i64 = -2;
 pub const H_HARDWARE: i64 = -1;
 pub const H_PARAMETER: i64 = -4;

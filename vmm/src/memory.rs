@@ -64,6 +64,10 @@ impl GuestRam {
         })
     }
 
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.memory
     }

@@ -28,6 +28,8 @@ const MACHINE_COMMANDS: &[&str] = &[
     "query-hotpluggable-cpus",
     "x-query-drcs",
     "x-query-event-log",
+    "x-query-device-processes",
+    "x-inject-fault",
 ];
 /// Clients served at once; more are refused with a message.
 const MAX_CLIENTS: usize = 16;

@@ -3,10 +3,15 @@
 //!
 //! The server is untrusted: a reply that does not decode, does not validate,
 //! or does not come within [`CALL_TIMEOUT`] cuts the server off (it is
-//! killed), and from then on calls fail with an error the guest sees.
+//! killed, and the supervisor restarts it). Meanwhile calls fail with an
+//! error the guest sees: "busy" while a new server is on its way, "hardware
+//! error" once the supervisor gave up.
 
-use ipc_proto::channel::Client;
+use ipc_proto::channel::{ChannelError, Client};
 use ipc_proto::rtas::{CallRefusal, CoreToRtas, CpuSnapshot, PlatformRequest, RtasToCore};
+use ipc_proto::{Fault, Link};
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 use thiserror::Error;
@@ -19,7 +24,10 @@ pub enum RtasFailure {
     /// The server answered, refusing the call: the hcall fails with H_PARAMETER.
     #[error("{0}")]
     Refused(CallRefusal),
-    /// The server is gone or was cut off: the hcall fails with H_HARDWARE.
+    /// The server is being restarted: the hcall fails with H_BUSY.
+    #[error("the RTAS server is restarting")]
+    Busy,
+    /// The server is gone for good or misbehaved: the hcall fails with H_HARDWARE.
     #[error("the RTAS server is unavailable: {0}")]
     Unavailable(String),
 }
@@ -28,19 +36,67 @@ pub enum RtasFailure {
 /// requires of RTAS anyway.
 pub struct RtasService {
     client: Mutex<Option<Client>>,
-    pid: u32,
+    /// The process to kill when cutting the server off (0: none).
+    pid: AtomicU32,
+    failed: AtomicBool,
 }
 
 impl RtasService {
-    pub fn new(client: Client, pid: u32) -> RtasService {
+    /// No server yet.
+    pub fn unavailable() -> RtasService {
         RtasService {
-            client: Mutex::new(Some(client)),
-            pid,
+            client: Mutex::new(None),
+            pid: AtomicU32::new(0),
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    #[cfg(test)]
+    pub fn new(client: Client, pid: u32) -> RtasService {
+        let service = RtasService::unavailable();
+        service.connect(client, pid);
+        service
+    }
+
+    /// A (new) server is ready.
+    pub fn connect(&self, client: Client, pid: u32) {
+        *self.lock() = Some(client);
+        self.pid.store(pid, Ordering::SeqCst);
+        self.failed.store(false, Ordering::SeqCst);
+    }
+
+    pub fn disconnect(&self) {
+        *self.lock() = None;
+    }
+
+    /// The supervisor gave up on the server.
+    pub fn set_failed(&self, failed: bool) {
+        if failed {
+            self.failed.store(true, Ordering::SeqCst);
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<Client>> {
         self.client.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn not_connected(&self) -> RtasFailure {
+        if self.failed.load(Ordering::SeqCst) {
+            RtasFailure::Unavailable("the supervisor gave up on it".into())
+        } else {
+            RtasFailure::Busy
+        }
+    }
+
+    fn kill(&self) {
+        let pid = self.pid.swap(0, Ordering::SeqCst);
+        if pid != 0 {
+            // It may be hung or hostile: make sure it is gone.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 
     /// Forwards one H_RTAS call and returns what the core must do.
@@ -52,7 +108,7 @@ impl RtasService {
     ) -> Result<Option<PlatformRequest>, RtasFailure> {
         let mut guard = self.lock();
         let Some(client) = guard.as_mut() else {
-            return Err(RtasFailure::Unavailable("it was cut off earlier".into()));
+            return Err(self.not_connected());
         };
         let request = CoreToRtas::Call {
             caller,
@@ -75,17 +131,32 @@ impl RtasService {
         if let Err(failure) = &outcome {
             log::error!("cutting off the RTAS server: {failure}");
             *guard = None;
-            if self.pid != 0 {
-                // It may be hung or hostile: make sure it is gone.
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(self.pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+            self.kill();
+            // The supervisor restarts it: the guest may try again.
+            return Err(self.not_connected());
         }
         outcome
     }
+
+    /// Hands the server the new end of `link`.
+    pub fn replace_link(&self, link: Link, fds: &[BorrowedFd<'_>]) -> Result<(), String> {
+        let mut guard = self.lock();
+        let client = guard.as_mut().ok_or("not running")?;
+        match client.request::<_, RtasToCore>(CoreToRtas::ReplaceLink(link), fds, CALL_TIMEOUT) {
+            Ok(RtasToCore::MemoryTableSet) => Ok(()),
+            Ok(other) => Err(format!("{other:?}")),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    /// x-inject-fault on the server.
+    pub fn inject(&self, fault: Fault, timeout: Duration) -> Result<RtasToCore, ChannelError> {
+        let mut guard = self.lock();
+        let client = guard.as_mut().ok_or(ChannelError::HungUp)?;
+        client.request(CoreToRtas::InjectFault(fault), &[], timeout)
+    }
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,8 +205,11 @@ mod tests {
                 let _ = channel.send_frame(&reply, &[]);
                 let _ = channel.recv_frame(None);
             });
-            assert!(matches!(call(&service), Err(RtasFailure::Unavailable(_))));
-            // Cut off: later calls fail at once instead of waiting.
+            // Cut off: the guest is told to retry while a new server comes.
+            assert!(matches!(call(&service), Err(RtasFailure::Busy)));
+            assert!(matches!(call(&service), Err(RtasFailure::Busy)));
+            // Once the supervisor gives up, calls fail for good.
+            service.set_failed(true);
             assert!(matches!(call(&service), Err(RtasFailure::Unavailable(_))));
         }
     }
@@ -165,11 +239,11 @@ mod tests {
             std::thread::sleep(CALL_TIMEOUT + Duration::from_secs(1));
         });
         let started = std::time::Instant::now();
-        assert!(matches!(call(&service), Err(RtasFailure::Unavailable(_))));
+        assert!(matches!(call(&service), Err(RtasFailure::Busy)));
         assert!(started.elapsed() < CALL_TIMEOUT + Duration::from_secs(1));
 
         let service = fake_service(drop);
-        assert!(matches!(call(&service), Err(RtasFailure::Unavailable(_))));
+        assert!(matches!(call(&service), Err(RtasFailure::Busy)));
     }
 
     #[test]

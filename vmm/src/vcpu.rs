@@ -9,8 +9,8 @@ use crate::control::ControlMessage;
 use crate::devices::DeviceProcesses;
 use crate::fdt::VTY_TERMNO;
 use crate::hcall::{
-    Hcall, HcallResult, H_FUNCTION, H_GET_TERM_CHAR, H_HARDWARE, H_PARAMETER, H_PUT_TERM_CHAR,
-    H_RTAS, H_SUCCESS,
+    Hcall, HcallResult, H_BUSY, H_FUNCTION, H_GET_TERM_CHAR, H_HARDWARE, H_PARAMETER,
+    H_PUT_TERM_CHAR, H_RTAS, H_SUCCESS,
 };
 use crate::interrupts::InterruptRouter;
 use crate::layout::HCALL_DOORBELL_PORT;
@@ -438,6 +438,7 @@ impl Vcpu {
                         log::debug!("vcpu{}: RTAS call refused: {refusal}", self.id);
                         (HcallResult::status(H_PARAMETER), 0, Next::Continue)
                     }
+                    Err(RtasFailure::Busy) => (HcallResult::status(H_BUSY), 0, Next::Continue),
                     Err(failure @ RtasFailure::Unavailable(_)) => {
                         log::warn!("vcpu{}: {failure}", self.id);
                         (HcallResult::status(H_HARDWARE), 0, Next::Continue)

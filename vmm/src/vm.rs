@@ -7,23 +7,36 @@ use crate::config::{ConsoleConfig, GuestImage, SmpConfig, VmConfig};
 use crate::console::{Console, ConsoleError};
 use crate::control::{ControlMessage, QmpError};
 use crate::cores::{CoreDevice, Cores, CORE_DRIVER};
-use crate::devices::{DeviceError, DeviceProcesses};
+use crate::devices::{AfterExit, DeviceError, DeviceProcesses};
 use crate::fdt::{self, FdtError, MachineDescription};
 use crate::interrupts::{InterruptError, InterruptRouter};
 use crate::layout::{MemoryLayout, FDT_MAX_SIZE, FDT_START, GUEST_IMAGE_START, KVM_TSS_ADDRESS};
 use crate::memory::{GuestRam, MemoryError};
 use crate::qmp::{QmpContext, QmpServer};
 use crate::vcpu::{CpuTable, StartPoint, VcpuContext, VcpuHandle};
-use ipc_proto::channel::Channel;
 use ipc_proto::eventlog::{CoreToEventLog, EventLogToCore, HotplugAction, HotplugTarget};
 use ipc_proto::hotplug::{
     CoreToHotplug, DrcRange, HotplugNotification, HotplugToCore, Released, MAX_DEVICE_ID,
 };
+
+/// One line: an error and its causes.
+fn describe_error(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
+}
 use ipc_proto::papr::{irq, DrcKind, LMB_SIZE};
+use ipc_proto::{Fault, ProcessKind};
 use kvm_ioctls::{Kvm, VmFd};
 use linux_loader::loader::{elf::Elf, KernelLoader};
 use serde_json::{json, Map, Value};
 use std::io::Cursor;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use thiserror::Error;
@@ -141,19 +154,25 @@ impl Vm {
             ConsoleConfig::Stdio => Console::stdio(vty_interrupt)?,
             ConsoleConfig::Socket(path) => Console::socket(path, vty_interrupt)?,
         };
-        let mut devices = DeviceProcesses::spawn(
+        let (control, inbox) = channel();
+        let hotplug_interrupt = {
+            let eventfd = interrupts.eventfd(irq::HOTPLUG)?;
+            // SAFETY: `eventfd` keeps the descriptor open while it is borrowed here.
+            unsafe { BorrowedFd::borrow_raw(eventfd.as_raw_fd()) }
+                .try_clone_to_owned()
+                .map_err(|source| VmError::Thread {
+                    what: "the event log's interrupt".into(),
+                    source,
+                })?
+        };
+        let devices = Arc::new(DeviceProcesses::start(
             &ram,
-            &interrupts,
+            hotplug_interrupt,
             config.smp.threads_per_core,
             drc_ranges(&config.smp, &layout),
-        )?;
-        let notify = devices.notify.take();
-        let devices = Arc::new(devices);
-
-        let (control, inbox) = channel();
-        if let Some(notify) = notify {
-            spawn_notification_reader(notify, control.clone())?;
-        }
+            config.sandbox.clone(),
+            control.clone(),
+        )?);
         let cpus = Arc::new(CpuTable::new(config.smp.max_cpus));
         let context = VcpuContext {
             console,
@@ -181,15 +200,23 @@ impl Vm {
         };
         for core in vm.cores.present() {
             vm.create_core_vcpus(core)?;
-            let device = vm.cores.device(core).cloned().expect("a boot core");
-            vm.hotplug_request(CoreToHotplug::Plug {
-                drcs: vec![vm.cores.drc(core)],
+        }
+        vm.cold_plug_present_cores().map_err(VmError::Hotplug)?;
+        Ok(vm)
+    }
+
+    /// Tells the hotplug controller about every plugged core, as configured:
+    /// at start, and to a controller restarted with an empty table.
+    fn cold_plug_present_cores(&self) -> Result<(), String> {
+        for core in self.cores.present() {
+            let device = self.cores.device(core).cloned().expect("a present core");
+            self.hotplug_request(CoreToHotplug::Plug {
+                drcs: vec![self.cores.drc(core)],
                 device: device.path,
                 cold: true,
-            })
-            .map_err(VmError::Hotplug)?;
+            })?;
         }
-        Ok(vm)
+        Ok(())
     }
 
     /// What the QMP server needs to reach this VM.
@@ -225,11 +252,14 @@ impl Vm {
 
     /// A request to the hotplug controller; the error is for QMP or the log.
     fn hotplug_request(&self, request: CoreToHotplug) -> Result<Vec<Released>, String> {
-        match self.devices.hotplug(request) {
-            Ok(HotplugToCore::Done { released }) => Ok(released),
-            Ok(HotplugToCore::Refused { reason }) => Err(reason),
-            Ok(other) => Err(format!("unexpected answer {other:?}")),
-            Err(error) => Err(format!("the hotplug controller is unavailable: {error}")),
+        match self.devices.hotplug(request)? {
+            HotplugToCore::Done { released } => Ok(released),
+            HotplugToCore::Refused { reason } => Err(reason),
+            other => {
+                let why = format!("unexpected answer {other:?}");
+                self.devices.cut_off(ProcessKind::HotplugController, &why);
+                Err(why)
+            }
         }
     }
 
@@ -321,6 +351,12 @@ impl Vm {
                     return Err(VmError::GuestCrashed(reason));
                 }
                 ControlMessage::Hotplug(notification) => self.on_hotplug(notification),
+                ControlMessage::DeviceExited {
+                    kind,
+                    generation,
+                    reason,
+                } => self.device_exited(kind, generation, &reason),
+                ControlMessage::RestartDevice(kind) => self.restart_device(kind),
                 ControlMessage::Qmp {
                     command,
                     arguments,
@@ -363,6 +399,73 @@ impl Vm {
         self.qmp
             .emit("RESET", json!({"guest": by_guest, "reason": reason}));
         Ok(())
+    }
+
+    /// The supervisor's part: report, then restart with backoff or give up.
+    fn device_exited(&mut self, kind: ProcessKind, generation: u64, reason: &str) {
+        let after = self.devices.exited(kind, generation, reason);
+        self.after_exit(kind, reason, after);
+    }
+
+    fn after_exit(&mut self, kind: ProcessKind, reason: &str, after: AfterExit) {
+        let pid = self.devices.pid(kind);
+        match after {
+            AfterExit::Ignore => {}
+            AfterExit::RestartAfter(delay) => {
+                log::error!(
+                    "{} (pid {pid}) {reason}; restarting in {delay:?}",
+                    kind.name()
+                );
+                self.qmp.emit(
+                    "X_DEVICE_PROCESS_EXITED",
+                    json!({"process": kind.name(), "pid": pid, "reason": reason,
+                           "restarts": self.devices.restarts(kind), "action": "restart"}),
+                );
+                let control = self.control.clone();
+                let timer = std::thread::Builder::new()
+                    .name("restart-timer".into())
+                    .spawn(move || {
+                        std::thread::sleep(delay);
+                        let _ = control.send(ControlMessage::RestartDevice(kind));
+                    });
+                if let Err(error) = timer {
+                    log::error!("cannot schedule the restart of {}: {error}", kind.name());
+                }
+            }
+            AfterExit::Failed => {
+                log::error!(
+                    "{} (pid {pid}) {reason}; it keeps dying: marked failed, the VM runs on without it",
+                    kind.name()
+                );
+                self.qmp.emit(
+                    "X_DEVICE_PROCESS_EXITED",
+                    json!({"process": kind.name(), "pid": pid, "reason": reason,
+                           "restarts": self.devices.restarts(kind), "action": "failed"}),
+                );
+            }
+        }
+    }
+
+    fn restart_device(&mut self, kind: ProcessKind) {
+        if let Err(error) = self.devices.restart(kind) {
+            log::error!("cannot restart {}: {}", kind.name(), describe_error(&error));
+            // Counts as another death: the backoff grows, then it fails.
+            let after = self.devices.restart_failed(kind);
+            self.after_exit(kind, "its restart did not come up", after);
+            return;
+        }
+        if kind == ProcessKind::HotplugController {
+            // A fresh controller has an empty table: tell it what is plugged.
+            if let Err(error) = self.cold_plug_present_cores() {
+                log::error!("the restarted hotplug controller refused the cores: {error}");
+            }
+        }
+        let pid = self.devices.pid(kind);
+        log::info!("{} restarted as pid {pid}", kind.name());
+        self.qmp.emit(
+            "X_DEVICE_PROCESS_RESTARTED",
+            json!({"process": kind.name(), "pid": pid, "restarts": self.devices.restarts(kind)}),
+        );
     }
 
     fn on_hotplug(&mut self, notification: HotplugNotification) {
@@ -418,6 +521,8 @@ impl Vm {
             "query-cpus-fast" => Ok(self.query_cpus_fast()),
             "x-query-drcs" => self.query_drcs(),
             "x-query-event-log" => self.query_event_log(),
+            "x-query-device-processes" => Ok(self.devices.info()),
+            "x-inject-fault" => self.inject_fault(arguments),
             other => Err(QmpError {
                 class: "CommandNotFound",
                 desc: format!("The command {other} has not been found"),
@@ -591,6 +696,40 @@ impl Vm {
         Ok(Value::Array(rows))
     }
 
+    fn inject_fault(&mut self, arguments: &Map<String, Value>) -> Result<Value, QmpError> {
+        let process = arguments
+            .get("process")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let kind = ProcessKind::ALL
+            .into_iter()
+            .find(|k| k.name() == process)
+            .ok_or_else(|| {
+                QmpError::generic(format!(
+                    "Parameter 'process' expects rtas-server, hotplug-controller or event-log, not '{process}'"
+                ))
+            })?;
+        let name = arguments
+            .get("fault")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let fault = Fault::ALL
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, f)| f)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Fault::ALL.iter().map(|(n, _)| *n).collect();
+                QmpError::generic(format!(
+                    "Parameter 'fault' expects one of {}, not '{name}'",
+                    names.join(", ")
+                ))
+            })?;
+        match self.devices.inject(kind, fault) {
+            Ok(outcome) => Ok(json!({"survived": true, "outcome": outcome})),
+            Err(error) => Ok(json!({"survived": false, "outcome": error})),
+        }
+    }
+
     fn query_event_log(&self) -> Result<Value, QmpError> {
         match self.devices.eventlog(CoreToEventLog::List) {
             Ok(EventLogToCore::Queued(events)) => Ok(Value::Array(
@@ -617,47 +756,6 @@ impl Vm {
             ))),
         }
     }
-}
-
-/// Reads the hotplug controller's notifications and hands them, checked, to
-/// the control loop.
-fn spawn_notification_reader(
-    notify: Channel,
-    control: Sender<ControlMessage>,
-) -> Result<(), VmError> {
-    std::thread::Builder::new()
-        .name("hotplug-notify".into())
-        .spawn(move || loop {
-            match notify.recv::<HotplugNotification>(None) {
-                Ok((message, fds)) => {
-                    let valid = fds.is_empty()
-                        && match &message.body {
-                            HotplugNotification::Released(r) => r.device.len() <= MAX_DEVICE_ID,
-                            HotplugNotification::UnplugRefused { device } => {
-                                device.len() <= MAX_DEVICE_ID
-                            }
-                        };
-                    if !valid {
-                        log::error!("dropping an invalid notification from the hotplug controller");
-                        continue;
-                    }
-                    if control.send(ControlMessage::Hotplug(message.body)).is_err() {
-                        return;
-                    }
-                }
-                Err(ipc_proto::channel::ChannelError::HungUp) => {
-                    // At shutdown this is expected; a crash is reported by its exit.
-                    log::info!("the hotplug controller closed its notifications");
-                    return;
-                }
-                Err(error) => log::error!("bad notification from the hotplug controller: {error}"),
-            }
-        })
-        .map(|_| ())
-        .map_err(|source| VmError::Thread {
-            what: "the notification reader".into(),
-            source,
-        })
 }
 
 #[cfg(test)]

@@ -118,7 +118,12 @@ impl EventLog {
             }
             CoreToEventLog::List => EventLogToCore::Queued(self.queue.list()),
             CoreToEventLog::InjectFault(fault) => EventLogToCore::FaultSurvived {
-                outcome: crate::seccomp::commit(fault),
+                outcome: {
+                    if fault == ipc_proto::Fault::Garbage {
+                        crate::process::send_garbage(&self.core);
+                    }
+                    crate::seccomp::commit(fault)
+                },
             },
             CoreToEventLog::ReplaceLink(link) => match (link, adopt(link, fds)) {
                 (Link::HotplugEventLog, Ok(channel)) => {

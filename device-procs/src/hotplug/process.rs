@@ -112,7 +112,13 @@ impl Process {
                 HotplugToCore::Drcs { rows, next }
             }
             CoreToHotplug::InjectFault(fault) => HotplugToCore::FaultSurvived {
-                outcome: crate::seccomp::commit(fault),
+                outcome: {
+                    if fault == ipc_proto::Fault::Garbage {
+                        crate::process::send_garbage(&self.core);
+                        crate::process::send_garbage(&self.notify);
+                    }
+                    crate::seccomp::commit(fault)
+                },
             },
             CoreToHotplug::ReplaceLink(link) => match (link, adopt(link, fds)) {
                 (Link::RtasHotplug, Ok(channel)) => {

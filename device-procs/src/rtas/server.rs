@@ -132,7 +132,12 @@ impl Server {
                 Err(reason) => RtasToCore::Rejected { reason },
             },
             CoreToRtas::InjectFault(fault) => RtasToCore::FaultSurvived {
-                outcome: crate::seccomp::commit(fault),
+                outcome: {
+                    if fault == ipc_proto::Fault::Garbage {
+                        crate::process::send_garbage(&self.core);
+                    }
+                    crate::seccomp::commit(fault)
+                },
             },
             CoreToRtas::SetTopology { threads_per_core } => {
                 self.threads_per_core = threads_per_core;

@@ -1,0 +1,229 @@
+//! Every device process runs jailed and filtered, and the supervisor reports
+//! and restarts one that dies, is killed by its filter, stops answering or
+//! sends garbage — while the guest keeps running. These need root (the jail
+//! mounts and changes ids) and /dev/kvm; they say so when skipped.
+
+use papervisor_tests::{kvm_usable, Vm};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const KINDS: [&str; 3] = ["rtas-server", "hotplug-controller", "event-log"];
+
+fn root(test: &str) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let is_root = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .is_some_and(|l| l.split_whitespace().nth(2) == Some("0"));
+    if !is_root {
+        eprintln!("SKIPPED {test}: needs root to jail device processes");
+    }
+    is_root && kvm_usable(test)
+}
+
+fn processes(vm: &Vm) -> Vec<Value> {
+    vm.qmp(&["x-query-device-processes"])[0]["return"]
+        .as_array()
+        .expect("a process list")
+        .clone()
+}
+
+fn process(vm: &Vm, kind: &str) -> Value {
+    processes(vm)
+        .into_iter()
+        .find(|p| p["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind}"))
+}
+
+fn status_field(pid: u64, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} for {pid}"))
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn namespace(pid: u32, kind: &str) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn every_device_process_is_jailed_and_filtered() {
+    if !root("every_device_process_is_jailed_and_filtered") {
+        return;
+    }
+    let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=2"]);
+    vm.boot();
+    let listed = processes(&vm);
+    assert_eq!(listed.len(), 3);
+    for p in listed {
+        let pid = p["pid"].as_u64().unwrap();
+        let kind = p["kind"].as_str().unwrap();
+        assert_eq!(p["state"], "running", "{kind}");
+        assert_eq!(status_field(pid, "Seccomp"), "2", "{kind}");
+        assert_eq!(status_field(pid, "NoNewPrivs"), "1", "{kind}");
+        assert_eq!(
+            status_field(pid, "Uid"),
+            "65534 65534 65534 65534",
+            "{kind}"
+        );
+        assert_eq!(
+            status_field(pid, "Gid"),
+            "65534 65534 65534 65534",
+            "{kind}"
+        );
+        assert_eq!(status_field(pid, "Groups"), "", "{kind}");
+        assert_eq!(status_field(pid, "CapEff"), "0000000000000000", "{kind}");
+        assert_eq!(status_field(pid, "CapPrm"), "0000000000000000", "{kind}");
+        assert_eq!(status_field(pid, "CapBnd"), "0000000000000000", "{kind}");
+        for ns in ["mnt", "pid", "net", "ipc", "uts"] {
+            assert_ne!(
+                namespace(pid as u32, ns),
+                namespace(vm.pid(), ns),
+                "{kind} shares the core's {ns} namespace"
+            );
+        }
+        let root: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/root"))
+            .unwrap()
+            .collect();
+        assert!(
+            root.is_empty(),
+            "{kind} sees {} entries in its root",
+            root.len()
+        );
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let limit = |name: &str| {
+            limits
+                .lines()
+                .find(|l| l.starts_with(name))
+                .map(|l| l.split_whitespace().rev().nth(1).unwrap_or("").to_string())
+                .unwrap_or_default()
+        };
+        assert_eq!(limit("Max processes"), "0", "{kind}: {limits}");
+        assert_eq!(limit("Max core file size"), "0", "{kind}");
+    }
+    // Jailed, the platform still works: a core comes and goes.
+    let replies =
+        vm.qmp(&[r#"device_add={"driver": "host-spapr-cpu-core", "core-id": 1, "id": "c1"}"#]);
+    assert_eq!(replies[0], json!({"return": {}}));
+    vm.console
+        .expect_async("dlpar: cpu add 0x10000001: ok", Duration::from_secs(60));
+}
+
+#[test]
+fn forbidden_calls_kill_the_process_which_is_reported_and_restarted() {
+    if !root("forbidden_calls_kill_the_process_which_is_reported_and_restarted") {
+        return;
+    }
+    let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=2"]);
+    vm.boot();
+    for kind in KINDS {
+        for (n, fault) in ["open-host-file", "open-socket", "fork", "exec"]
+            .iter()
+            .enumerate()
+        {
+            let before = process(&vm, kind)["pid"].clone();
+            let inject = format!(r#"x-inject-fault={{"process": "{kind}", "fault": "{fault}"}}"#);
+            let replies = vm.qmp(&[
+                &inject,
+                "wait-event:X_DEVICE_PROCESS_EXITED",
+                "wait-event:X_DEVICE_PROCESS_RESTARTED",
+            ]);
+            assert_eq!(replies[0]["return"]["survived"], false, "{kind} {fault}");
+            let exited = &replies[1]["data"];
+            assert_eq!(exited["process"], kind);
+            assert_eq!(exited["pid"], before);
+            assert_eq!(exited["reason"], "killed by SIGSYS", "{kind} {fault}");
+            assert_eq!(exited["action"], "restart");
+            let now = process(&vm, kind);
+            assert_ne!(now["pid"], before, "{kind} was not replaced");
+            assert_eq!(now["state"], "running");
+            assert_eq!(now["restarts"], n as u64 + 1);
+            assert_eq!(now["last-exit"], "killed by SIGSYS");
+        }
+    }
+    // Every process was replaced four times; the machine still works end to end.
+    assert_eq!(vm.console.command("cpus"), ["cpu 0 online"]);
+    assert!(vm.console.command("time")[0].starts_with("time: 20"));
+    let replies =
+        vm.qmp(&[r#"device_add={"driver": "host-spapr-cpu-core", "core-id": 1, "id": "c1"}"#]);
+    assert_eq!(replies[0], json!({"return": {}}));
+    vm.console
+        .expect_async("dlpar: cpu add 0x10000001: ok", Duration::from_secs(60));
+    assert_eq!(vm.console.command("cpus"), ["cpu 0 online", "cpu 1 online"]);
+}
+
+#[test]
+fn garbage_and_silence_from_a_device_process_are_cut_off_and_the_guest_runs_on() {
+    if !root("garbage_and_silence_from_a_device_process_are_cut_off_and_the_guest_runs_on") {
+        return;
+    }
+    let mut vm = Vm::start(&["--smp", "cpus=2,maxcpus=4"]);
+    vm.boot();
+    for kind in KINDS {
+        for fault in ["garbage", "hang"] {
+            let inject = format!(r#"x-inject-fault={{"process": "{kind}", "fault": "{fault}"}}"#);
+            let replies = vm.qmp(&[
+                &inject,
+                "wait-event:X_DEVICE_PROCESS_EXITED",
+                "wait-event:X_DEVICE_PROCESS_RESTARTED",
+            ]);
+            assert_eq!(replies[0]["return"]["survived"], false, "{kind} {fault}");
+            assert!(
+                replies[0]["return"]["outcome"]
+                    .as_str()
+                    .unwrap()
+                    .contains("cut off"),
+                "{kind} {fault}: {}",
+                replies[0]
+            );
+            assert_eq!(replies[1]["data"]["reason"], "killed by SIGKILL");
+            // The guest kept running all along.
+            assert_eq!(vm.console.command("cpus"), ["cpu 0 online", "cpu 1 online"]);
+        }
+    }
+    assert!(vm.console.command("time")[0].starts_with("time: 20"));
+    assert_eq!(vm.console.command("cpu offline 1"), ["cpu 1 offline"]);
+    assert_eq!(vm.console.command("cpu online 1"), ["cpu 1 online"]);
+}
+
+#[test]
+fn a_process_that_keeps_dying_is_marked_failed_and_the_vm_runs_on() {
+    if !root("a_process_that_keeps_dying_is_marked_failed_and_the_vm_runs_on") {
+        return;
+    }
+    let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=2"]);
+    vm.boot();
+    let inject = r#"x-inject-fault={"process": "rtas-server", "fault": "open-socket"}"#;
+    let mut last = Value::Null;
+    for round in 0..6 {
+        // The restart backoff doubles from 100 ms: 4 s covers each wait.
+        let replies = vm.qmp(&[inject, "wait-event:X_DEVICE_PROCESS_EXITED", "events-for:4"]);
+        last = replies[1]["data"].clone();
+        let restarted = replies[2]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "X_DEVICE_PROCESS_RESTARTED");
+        if last["action"] == "failed" {
+            assert!(!restarted);
+            break;
+        }
+        assert!(restarted, "round {round}: {replies:?}");
+    }
+    assert_eq!(last["action"], "failed", "{last}");
+    let rtas = process(&vm, "rtas-server");
+    assert_eq!(rtas["state"], "failed");
+    assert_eq!(rtas["last-exit"], "killed by SIGSYS");
+    // RTAS calls now fail cleanly; everything else goes on.
+    assert_eq!(vm.console.command("time"), ["time failed: hcall status -1"]);
+    assert_eq!(vm.console.command("cpus"), ["cpu 0 online"]);
+    assert_eq!(process(&vm, "hotplug-controller")["state"], "running");
+    assert_eq!(vm.qmp(&["query-status"])[0]["return"]["status"], "running");
+}
