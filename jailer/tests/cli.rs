@@ -61,6 +61,13 @@ fn bad_arguments_are_refused_before_anything_is_done() {
         "absolute",
     );
     refused(&["--exec-file", exe], "--id");
+    if !std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        // No cgroup v2 here: asking for cgroup settings is a clear error.
+        refused(
+            &["--id", "a", "--exec-file", exe, "--cgroup", "pids.max=1"],
+            "cgroup v2",
+        );
+    }
 }
 
 #[test]
