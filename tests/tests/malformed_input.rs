@@ -15,9 +15,9 @@ use std::time::Duration;
 
 const REPLY_TIMEOUT: Option<Duration> = Some(Duration::from_secs(5));
 
-/// Starts papervisor-rtas with this test as its core, hotplug controller
-/// and event log; returns the core's channel.
-fn start_rtas_server() -> (Channel, Vec<Channel>, Child) {
+/// Starts papervisor-rtas (unjailed, with its filter) with channels whose
+/// other ends this test holds, in the order of its links.
+fn spawn_rtas_server() -> (Vec<Channel>, Child) {
     let links = ProcessKind::RtasServer.links();
     let pairs: Vec<(Channel, Channel)> = links.iter().map(|_| Channel::pair().unwrap()).collect();
     let fds: Vec<_> = pairs
@@ -28,7 +28,14 @@ fn start_rtas_server() -> (Channel, Vec<Channel>, Child) {
     command.stdin(Stdio::null());
     ipc_proto::pass_fds(&mut command, &fds);
     let child = command.spawn().unwrap();
-    let mut ours: Vec<Channel> = pairs.into_iter().map(|(ours, _)| ours).collect();
+    (pairs.into_iter().map(|(ours, _)| ours).collect(), child)
+}
+
+/// Starts papervisor-rtas with this test as its core, hotplug controller
+/// and event log; returns the core's channel.
+fn start_rtas_server() -> (Channel, Vec<Channel>, Child) {
+    let links = ProcessKind::RtasServer.links();
+    let (mut ours, child) = spawn_rtas_server();
     for (channel, &link) in ours.iter().zip(links) {
         channel.handshake(link, Duration::from_secs(5)).unwrap();
     }
@@ -174,17 +181,8 @@ fn the_rtas_server_rejects_bad_frames_and_keeps_serving() {
 #[test]
 fn the_rtas_server_refuses_a_wrong_handshake() {
     let links = ProcessKind::RtasServer.links();
-    let pairs: Vec<(Channel, Channel)> = links.iter().map(|_| Channel::pair().unwrap()).collect();
-    let fds: Vec<_> = pairs
-        .iter()
-        .map(|(_, theirs)| theirs.as_fd().as_raw_fd())
-        .collect();
-    let mut command = Command::new(binary("papervisor-rtas"));
-    command.stdin(Stdio::null());
-    ipc_proto::pass_fds(&mut command, &fds);
-    let mut child = command.spawn().unwrap();
-    pairs[0]
-        .0
+    let (ours, mut child) = spawn_rtas_server();
+    ours[0]
         .send(
             &Envelope {
                 id: 0,
@@ -196,8 +194,8 @@ fn the_rtas_server_refuses_a_wrong_handshake() {
             &[],
         )
         .unwrap();
-    for (channel, &link) in pairs.iter().zip(links).skip(1) {
-        channel.0.send_hello(link).unwrap();
+    for (channel, &link) in ours.iter().zip(links).skip(1) {
+        channel.send_hello(link).unwrap();
     }
     let status = child.wait().unwrap();
     assert!(

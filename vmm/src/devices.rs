@@ -131,6 +131,18 @@ struct Record {
     jail_dir: Option<PathBuf>,
 }
 
+impl Record {
+    /// The process itself, then the jailer that watches it.
+    fn kill(&self) {
+        for pid in [self.pid, self.child_pid] {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 /// What the supervisor decided about an exit.
 pub enum AfterExit {
     /// An exit of an older generation, or while shutting down.
@@ -502,13 +514,7 @@ impl DeviceProcesses {
             ProcessKind::EventLog => *lock(&self.eventlog) = None,
         }
         if let Some(record) = lock(&self.records).get(&kind) {
-            // The process itself, then the jailer that watches it.
-            for pid in [record.pid, record.child_pid] {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+            record.kill();
         }
     }
 
@@ -704,12 +710,7 @@ impl DeviceProcesses {
 impl Drop for DeviceProcesses {
     fn drop(&mut self) {
         for record in lock(&self.records).values() {
-            for pid in [record.pid, record.child_pid] {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+            record.kill();
             if let Some(dir) = &record.jail_dir {
                 let _ = std::fs::remove_dir_all(dir);
             }

@@ -28,7 +28,7 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_FAILURE: u8 = 1;
 
 /// One line: the error and each of its causes.
-fn describe(error: &dyn Error) -> String {
+pub fn describe(error: &dyn Error) -> String {
     let mut line = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

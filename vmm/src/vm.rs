@@ -19,17 +19,6 @@ use ipc_proto::hotplug::{
     CoreToHotplug, DrcRange, HotplugNotification, HotplugToCore, Released, MAX_DEVICE_ID,
 };
 
-/// One line: an error and its causes.
-fn describe_error(error: &dyn std::error::Error) -> String {
-    let mut line = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        line.push_str(": ");
-        line.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    line
-}
 use ipc_proto::papr::{irq, DrcKind, LMB_SIZE};
 use ipc_proto::{Fault, ProcessKind};
 use kvm_ioctls::{Kvm, VmFd};
@@ -448,7 +437,11 @@ impl Vm {
 
     fn restart_device(&mut self, kind: ProcessKind) {
         if let Err(error) = self.devices.restart(kind) {
-            log::error!("cannot restart {}: {}", kind.name(), describe_error(&error));
+            log::error!(
+                "cannot restart {}: {}",
+                kind.name(),
+                crate::describe(&error)
+            );
             // Counts as another death: the backoff grows, then it fails.
             let after = self.devices.restart_failed(kind);
             self.after_exit(kind, "its restart did not come up", after);
