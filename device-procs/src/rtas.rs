@@ -24,6 +24,8 @@ const REAL_ADDRESS_MASK: u64 = !0xf000_0000_0000_0000;
 pub const RTAS_SUCCESS: i32 = 0;
 /// RTAS status: hardware error.
 pub const RTAS_HARDWARE_ERROR: i32 = -1;
+/// RTAS status: busy, try again (a peer process is down or restarting).
+pub const RTAS_BUSY: i32 = -2;
 /// RTAS status: parameter error / not supported.
 pub const RTAS_PARAMETER_ERROR: i32 = -3;
 
@@ -109,7 +111,8 @@ impl RtasArgs {
 }
 
 /// The other device processes, as the RTAS server reaches them. `None`
-/// means the peer did not answer; the guest then gets a hardware error.
+/// means the peer did not answer (it is down, and the supervisor restarts
+/// it): the guest then gets "busy, try again" (-2), which PAPR guests handle.
 pub trait Peers {
     /// A request to the hotplug controller: RTAS status and sensor value.
     fn hotplug(&mut self, request: RtasToHotplug) -> Option<(i32, u32)>;
@@ -215,7 +218,7 @@ fn dispatch<M: Bytes<GuestAddress, E = GuestMemoryError>>(
             let status = services
                 .peers
                 .hotplug(request)
-                .map_or(RTAS_HARDWARE_ERROR, |(status, _)| status);
+                .map_or(RTAS_BUSY, |(status, _)| status);
             (self::status(status), None)
         }
         RtasCall::GetSensorState if nargs == 2 && nret == 2 => {
@@ -223,10 +226,7 @@ fn dispatch<M: Bytes<GuestAddress, E = GuestMemoryError>>(
                 sensor: call.args[0],
                 drc: call.args[1],
             };
-            let (status, value) = services
-                .peers
-                .hotplug(request)
-                .unwrap_or((RTAS_HARDWARE_ERROR, 0));
+            let (status, value) = services.peers.hotplug(request).unwrap_or((RTAS_BUSY, 0));
             (vec![status as u32, value], None)
         }
         RtasCall::ConfigureConnector if nargs == 2 && nret == 1 => {
@@ -255,7 +255,7 @@ fn dispatch<M: Bytes<GuestAddress, E = GuestMemoryError>>(
                 .eventlog(RtasToEventLog::EventScan { mask: call.args[0] })
             {
                 Some(_) => (status(RTAS_NO_ERRORS_FOUND), None),
-                None => (status(RTAS_HARDWARE_ERROR), None),
+                None => (status(RTAS_BUSY), None),
             }
         }
         RtasCall::OsTerm if nargs == 1 && nret == 1 => {
@@ -295,7 +295,7 @@ fn configure_connector<M: Bytes<GuestAddress, E = GuestMemoryError>>(
         .peers
         .hotplug(RtasToHotplug::ConfigureBegin { drc })
     else {
-        return RTAS_HARDWARE_ERROR;
+        return RTAS_BUSY;
     };
     if status != RTAS_SUCCESS {
         return status;
@@ -309,7 +309,7 @@ fn configure_connector<M: Bytes<GuestAddress, E = GuestMemoryError>>(
         Progress::Complete => services
             .peers
             .hotplug(RtasToHotplug::ConfigureDone { drc })
-            .map_or(RTAS_HARDWARE_ERROR, |(status, _)| status),
+            .map_or(RTAS_BUSY, |(status, _)| status),
     }
 }
 
@@ -339,6 +339,7 @@ fn check_exception<M: Bytes<GuestAddress, E = GuestMemoryError>>(
         }
         Some(EventLogToRtas::NoEvent) => RTAS_NO_ERRORS_FOUND,
         Some(EventLogToRtas::BufferTooSmall { .. }) => RTAS_PARAMETER_ERROR,
+        None => RTAS_BUSY,
         _ => RTAS_HARDWARE_ERROR,
     }
 }
@@ -567,7 +568,7 @@ mod tests {
     }
 
     #[test]
-    fn drc_calls_go_to_the_hotplug_controller_and_a_silent_one_is_a_hardware_error() {
+    fn drc_calls_go_to_the_hotplug_controller_and_a_silent_one_means_busy() {
         let m = memory();
         let mut peers = FakePeers {
             hotplug_answer: Some((0, 2)),
@@ -600,7 +601,7 @@ mod tests {
         );
         let mut silent = FakePeers::default();
         handle_with(&m, BLOCK, &mut silent).unwrap();
-        assert_eq!(ret(&m, BLOCK, 3, 0) as i32, RTAS_HARDWARE_ERROR);
+        assert_eq!(ret(&m, BLOCK, 3, 0) as i32, RTAS_BUSY);
         // Wrong counts never reach the controller.
         write_call(
             &m,

@@ -7,7 +7,7 @@
 //! console command that makes N calls in a row, and divides. Each batch
 //! includes one console round trip, which the large N makes negligible.
 
-use papervisor_tests::{binary, kvm_usable, Vm};
+use papervisor_tests::{binary, kvm_usable, QmpClient, Vm};
 use std::time::{Duration, Instant};
 
 const CALLS_PER_BATCH: u32 = 2000;
@@ -65,8 +65,18 @@ fn main() {
     println!("| process | RSS |");
     println!("|---|---|");
     println!("| core (papervisor) | {:.1} MiB |", rss_mib(vm.pid()));
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    let processes = qmp.execute("x-query-device-processes", serde_json::json!({}));
+    for process in processes["return"].as_array().expect("a process list") {
+        let pid = process["pid"].as_u64().expect("a pid") as u32;
+        println!(
+            "| {} (jailed) | {:.1} MiB |",
+            process["kind"].as_str().unwrap_or("?"),
+            rss_mib(pid)
+        );
+    }
     for (pid, name) in vm.children() {
-        println!("| {name} | {:.1} MiB |", rss_mib(pid));
+        println!("| {name} (the jailer, waiting) | {:.1} MiB |", rss_mib(pid));
     }
     vm.console.send_line("poweroff");
     vm.wait_exit(Duration::from_secs(30));
