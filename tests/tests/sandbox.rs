@@ -193,18 +193,17 @@ fn garbage_and_silence_from_a_device_process_are_cut_off_and_the_guest_runs_on()
     assert_eq!(vm.console.command("cpu online 1"), ["cpu 1 online"]);
 }
 
-#[test]
-fn a_process_that_keeps_dying_is_marked_failed_and_the_vm_runs_on() {
-    if !root("a_process_that_keeps_dying_is_marked_failed_and_the_vm_runs_on") {
-        return;
-    }
-    let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=2"]);
-    vm.boot();
-    let inject = r#"x-inject-fault={"process": "rtas-server", "fault": "open-socket"}"#;
+/// Kills `kind` with forbidden calls until the supervisor gives up on it.
+fn make_fail(vm: &Vm, kind: &str) -> Value {
+    let inject = format!(r#"x-inject-fault={{"process": "{kind}", "fault": "open-socket"}}"#);
     let mut last = Value::Null;
     for round in 0..6 {
         // The restart backoff doubles from 100 ms: 4 s covers each wait.
-        let replies = vm.qmp(&[inject, "wait-event:X_DEVICE_PROCESS_EXITED", "events-for:4"]);
+        let replies = vm.qmp(&[
+            &inject,
+            "wait-event:X_DEVICE_PROCESS_EXITED",
+            "events-for:4",
+        ]);
         last = replies[1]["data"].clone();
         let restarted = replies[2]["events"]
             .as_array()
@@ -217,6 +216,44 @@ fn a_process_that_keeps_dying_is_marked_failed_and_the_vm_runs_on() {
         }
         assert!(restarted, "round {round}: {replies:?}");
     }
+    last
+}
+
+#[test]
+fn a_machine_reset_without_a_hotplug_controller_still_resets() {
+    if !root("a_machine_reset_without_a_hotplug_controller_still_resets") {
+        return;
+    }
+    let mut vm = Vm::start(&["--smp", "cpus=2,maxcpus=4"]);
+    vm.boot();
+    assert_eq!(make_fail(&vm, "hotplug-controller")["action"], "failed");
+    let replies = vm.qmp(&[
+        "system_reset",
+        "wait-event:RESET",
+        r#"device_add={"driver": "host-spapr-cpu-core", "core-id": 2, "id": "c2"}"#,
+    ]);
+    assert_eq!(replies[0], json!({"return": {}}));
+    assert!(
+        replies[2]["error"]["desc"]
+            .as_str()
+            .unwrap()
+            .contains("hotplug-controller has failed"),
+        "{}",
+        replies[2]
+    );
+    let banner = vm.boot();
+    assert!(banner.contains("smp: 2 of 2 cpus online"), "{banner}");
+    assert_eq!(vm.console.command("cpus"), ["cpu 0 online", "cpu 1 online"]);
+}
+
+#[test]
+fn a_process_that_keeps_dying_is_marked_failed_and_the_vm_runs_on() {
+    if !root("a_process_that_keeps_dying_is_marked_failed_and_the_vm_runs_on") {
+        return;
+    }
+    let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=2"]);
+    vm.boot();
+    let last = make_fail(&vm, "rtas-server");
     assert_eq!(last["action"], "failed", "{last}");
     let rtas = process(&vm, "rtas-server");
     assert_eq!(rtas["state"], "failed");

@@ -367,11 +367,15 @@ impl Vm {
             if by_guest { "guest" } else { "host" }
         );
         self.park_all();
-        let released = self
-            .hotplug_request(CoreToHotplug::Reset)
-            .map_err(VmError::Hotplug)?;
-        for device in released {
-            self.release(&device);
+        // A controller that is down (restarting or failed) cannot complete
+        // pending unplugs; the machine resets all the same.
+        match self.hotplug_request(CoreToHotplug::Reset) {
+            Ok(released) => {
+                for device in released {
+                    self.release(&device);
+                }
+            }
+            Err(error) => log::error!("reset without the hotplug controller: {error}"),
         }
         match self.devices.eventlog(CoreToEventLog::Reset) {
             Ok(EventLogToCore::Done) => {}
