@@ -2,31 +2,15 @@
 //! memory, over several boots. Prints a table; run with
 //! `cargo bench -p papervisor-tests --bench boot [-- RUNS]`.
 
+use papervisor_tests::bench::{count_arg, median, status_kib};
 use papervisor_tests::{binary, kvm_usable, Vm};
 use std::time::{Duration, Instant};
-
-fn status_field_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values[values.len() / 2]
-}
 
 fn main() {
     if !kvm_usable("boot benchmark") {
         return;
     }
-    let runs: usize = std::env::args()
-        .skip(1)
-        .find_map(|arg| arg.parse().ok())
-        .unwrap_or(9);
+    let runs = count_arg(9);
     let args = [
         "--smp",
         "cpus=2,maxcpus=4",
@@ -43,8 +27,8 @@ fn main() {
         let mut vm = Vm::start(&args);
         vm.boot();
         boot_ms.push(started.elapsed().as_secs_f64() * 1000.0);
-        rss_kib.push(status_field_kib(vm.pid(), "VmRSS:") as f64);
-        hwm_kib.push(status_field_kib(vm.pid(), "VmHWM:") as f64);
+        rss_kib.push(status_kib(vm.pid(), "VmRSS:") as f64);
+        hwm_kib.push(status_kib(vm.pid(), "VmHWM:") as f64);
         vm.console.send_line("poweroff");
         vm.wait_exit(Duration::from_secs(30));
     }

@@ -2,23 +2,16 @@
 //! core online, and from device_del to DEVICE_DELETED. Prints a table; run
 //! with `cargo bench -p papervisor-tests --bench hotplug [-- ROUNDS]`.
 
+use papervisor_tests::bench::{count_arg, median};
 use papervisor_tests::{binary, kvm_usable, QmpClient, Vm};
 use serde_json::json;
 use std::time::{Duration, Instant};
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values[values.len() / 2]
-}
 
 fn main() {
     if !kvm_usable("hotplug benchmark") {
         return;
     }
-    let rounds: usize = std::env::args()
-        .skip(1)
-        .find_map(|arg| arg.parse().ok())
-        .unwrap_or(15);
+    let rounds = count_arg(15);
     binary("papervisor");
     let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=2"]);
     vm.boot();

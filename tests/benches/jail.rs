@@ -3,14 +3,10 @@
 //! run `papervisor --version` to completion. Prints a table; run with
 //! `cargo bench -p papervisor-tests --bench jail [-- RUNS]`. Needs root.
 
+use papervisor_tests::bench::{count_arg, median};
 use papervisor_tests::binary;
 use std::process::{Command, Stdio};
 use std::time::Instant;
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values[values.len() / 2]
-}
 
 fn time(command: &mut Command) -> f64 {
     let started = Instant::now();
@@ -20,10 +16,7 @@ fn time(command: &mut Command) -> f64 {
 }
 
 fn main() {
-    let runs: usize = std::env::args()
-        .skip(1)
-        .find_map(|arg| arg.parse().ok())
-        .unwrap_or(21);
+    let runs = count_arg(21);
     let program = binary("papervisor");
     let jailer = binary("jailer");
     let base = std::env::temp_dir().join(format!("jail-bench-{}", std::process::id()));

@@ -7,15 +7,11 @@
 //! console command that makes N calls in a row, and divides. Each batch
 //! includes one console round trip, which the large N makes negligible.
 
+use papervisor_tests::bench::{count_arg, median, status_kib};
 use papervisor_tests::{binary, kvm_usable, QmpClient, Vm};
 use std::time::{Duration, Instant};
 
 const CALLS_PER_BATCH: u32 = 2000;
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(|a, b| a.total_cmp(b));
-    values[values.len() / 2]
-}
 
 fn per_call_micros(vm: &mut Vm, kind: &str) -> f64 {
     let started = Instant::now();
@@ -27,23 +23,14 @@ fn per_call_micros(vm: &mut Vm, kind: &str) -> f64 {
 }
 
 fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    let kib: f64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS");
-    kib / 1024.0
+    status_kib(pid, "VmRSS:") as f64 / 1024.0
 }
 
 fn main() {
     if !kvm_usable("rtas benchmark") {
         return;
     }
-    let batches: usize = std::env::args()
-        .skip(1)
-        .find_map(|arg| arg.parse().ok())
-        .unwrap_or(9);
+    let batches = count_arg(9);
     binary("papervisor");
     let mut vm = Vm::start(&["--smp", "cpus=2"]);
     vm.boot();

@@ -400,3 +400,30 @@ impl QmpClient {
         }
     }
 }
+
+/// Helpers shared by the benchmark binaries.
+pub mod bench {
+    /// The median (sorts `values`).
+    pub fn median(values: &mut [f64]) -> f64 {
+        values.sort_by(|a, b| a.total_cmp(b));
+        values[values.len() / 2]
+    }
+
+    /// The first numeric command-line argument (`cargo bench ... -- N`), or `default`.
+    pub fn count_arg(default: usize) -> usize {
+        std::env::args()
+            .skip(1)
+            .find_map(|arg| arg.parse().ok())
+            .unwrap_or(default)
+    }
+
+    /// A kB field of /proc/PID/status (`VmRSS:`, `VmHWM:`), in KiB.
+    pub fn status_kib(pid: u32, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+    }
+}
