@@ -1,33 +1,63 @@
-//! What every device process does around its own logic: take the channels
-//! the core handed it, handshake on all of them, and serve requests from
-//! several channels in one loop.
+//! What every device process does around its own logic, once: take the
+//! channels the core handed it, install its seccomp filter, handshake on
+//! every link, serve the links it answers, call the peers it needs (with the
+//! link's timeout, and blame the peer that fails), and carry out the control
+//! sub-protocol (re-link, fault arming) the same way for every kind.
 
-use ipc_proto::channel::{decode, Channel, ChannelError, Envelope, Frame};
+use crate::seccomp::{self, SeccompError};
+use ipc_proto::channel::{Channel, ChannelError, Envelope, Frame};
+use ipc_proto::control::{Answer, ControlRequest, Refusal, Reply, Request};
+use ipc_proto::protocol::{
+    await_reply, decode_request, send_reply, Incoming, Protocol, Unacceptable,
+};
 use ipc_proto::{Link, ProcessKind, FIRST_CHANNEL_FD};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{getsockopt, sockopt, SockType};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
+use thiserror::Error;
 
 /// How long peers have to answer the handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a device process waits for a peer's reply.
-pub const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a device process stops.
+#[derive(Debug, Error)]
+pub enum ProcessError {
+    /// A descriptor the core should have passed is not a SOCK_SEQPACKET socket.
+    #[error("descriptor {0} is not a SOCK_SEQPACKET socket")]
+    NotASocket(RawFd),
+    /// An extra descriptor the core should have passed is not open.
+    #[error("descriptor {0} is not open")]
+    NotOpen(RawFd),
+    /// The seccomp filter could not be installed.
+    #[error("cannot install the seccomp filter")]
+    Seccomp(#[from] SeccompError),
+    /// A link's handshake failed.
+    #[error("{link:?}: handshake failed")]
+    Handshake {
+        /// The link.
+        link: Link,
+        /// What went wrong.
+        #[source]
+        source: ChannelError,
+    },
+    /// The link to the core failed.
+    #[error("the link to the core failed")]
+    Core(#[source] ChannelError),
+    /// Waiting for the links failed.
+    #[error("cannot wait for requests")]
+    Poll(#[source] nix::Error),
+}
 
 /// Takes descriptor `fd`, inherited from the core, checking it is a
 /// SOCK_SEQPACKET socket.
-fn take_socket(fd: RawFd) -> Result<Channel, String> {
+fn take_socket(fd: RawFd) -> Result<Channel, ProcessError> {
     // SAFETY: only inspected here; ownership is taken below once it is known to be a socket.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
     match getsockopt(&borrowed, sockopt::SockType) {
         Ok(SockType::SeqPacket) => {}
-        other => {
-            return Err(format!(
-                "descriptor {fd} is not a SOCK_SEQPACKET socket ({other:?})"
-            ))
-        }
+        _ => return Err(ProcessError::NotASocket(fd)),
     }
     // SAFETY: fd is an open socket the core handed to this process alone.
     Ok(unsafe { Channel::from_raw_fd(fd) })
@@ -37,200 +67,364 @@ fn take_socket(fd: RawFd) -> Result<Channel, String> {
 ///
 /// # Safety
 /// The core must have passed descriptor `fd` to this process for this use.
-pub unsafe fn take_fd(fd: RawFd) -> Result<OwnedFd, String> {
+pub unsafe fn take_fd(fd: RawFd) -> Result<OwnedFd, ProcessError> {
     // SAFETY: only inspected until ownership is taken below.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
     if nix::fcntl::fcntl(borrowed, nix::fcntl::FcntlArg::F_GETFD).is_err() {
-        return Err(format!("descriptor {fd} is not open"));
+        return Err(ProcessError::NotOpen(fd));
     }
     // SAFETY: open (checked above) and ours by the caller's promise.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Takes the channels of `kind`, installs its seccomp filter, and handshakes
-/// on all of them: hellos are sent on every link before any is awaited, so no
-/// start-up order deadlocks. Extra descriptors must be taken before.
-pub fn open_links(kind: ProcessKind) -> Result<Vec<Channel>, String> {
-    let links = kind.links();
-    let channels = (0..links.len())
-        .map(|i| take_socket(FIRST_CHANNEL_FD + i as RawFd))
-        .collect::<Result<Vec<_>, _>>()?;
-    crate::seccomp::install(kind, seccomp_mode())?;
-    for (channel, &link) in channels.iter().zip(links) {
-        channel
-            .send_hello(link)
-            .map_err(|error| format!("{link:?}: {error}"))?;
-    }
-    for (channel, &link) in channels.iter().zip(links) {
-        channel
-            .expect_hello(link, HANDSHAKE_TIMEOUT)
-            .map_err(|error| format!("{link:?}: {error}"))?;
-    }
-    Ok(channels)
+/// One end of a link, and the next request id on it.
+struct End {
+    channel: Channel,
+    next_id: u64,
 }
 
-/// What a device process serves: the links that send it requests.
-pub trait Server {
-    /// The channels to watch now, the core's first.
-    fn watched(&self) -> Vec<(&Channel, Link)>;
-    /// Handles what arrived on `link` (a frame, or the error that stands
-    /// for a bad one).
-    fn handle(
+/// A peer that could not be reached; the caller answers the guest "busy".
+#[derive(Debug, Error)]
+#[error("{0:?} is down")]
+pub struct PeerDown(pub Link);
+
+/// The ends of a process's links. A link without an end is a peer that is
+/// down (it hung up, or failed this process) until the core hands over a
+/// replacement.
+pub struct Links {
+    kind: ProcessKind,
+    ends: BTreeMap<Link, End>,
+    /// The peer that failed this process while it answered the current request.
+    peer_failed: Option<ProcessKind>,
+    /// Links replaced since the serving loop last looked.
+    relinked: Vec<Link>,
+}
+
+impl Links {
+    /// Takes the channels of `kind` (descriptors 3..), installs its seccomp
+    /// filter, and handshakes on all of them: hellos are sent on every link
+    /// before any is awaited, so no start-up order deadlocks. Extra
+    /// descriptors must be taken before.
+    pub fn open(kind: ProcessKind, mode: seccomp::Mode) -> Result<Links, ProcessError> {
+        let links = kind.links();
+        let channels = (0..links.len())
+            .map(|i| take_socket(FIRST_CHANNEL_FD + i as RawFd))
+            .collect::<Result<Vec<_>, _>>()?;
+        seccomp::install(kind, mode)?;
+        let handshake = |link: Link| move |source| ProcessError::Handshake { link, source };
+        for (channel, &link) in channels.iter().zip(links) {
+            channel.send_hello(link).map_err(handshake(link))?;
+        }
+        for (channel, &link) in channels.iter().zip(links) {
+            channel
+                .expect_hello(link, HANDSHAKE_TIMEOUT)
+                .map_err(handshake(link))?;
+        }
+        let ends = links
+            .iter()
+            .zip(channels)
+            .map(|(&link, channel)| {
+                let end = End {
+                    channel,
+                    next_id: 1,
+                };
+                (link, end)
+            })
+            .collect();
+        Ok(Links {
+            kind,
+            ends,
+            peer_failed: None,
+            relinked: Vec::new(),
+        })
+    }
+
+    /// The kind of this process.
+    pub fn kind(&self) -> ProcessKind {
+        self.kind
+    }
+
+    /// The links this process answers on, that have an end, the core's first.
+    fn served(&self) -> Vec<(Link, &Channel)> {
+        self.kind
+            .links()
+            .iter()
+            .filter(|link| link.server() == Some(self.kind))
+            .filter_map(|link| Some((*link, &self.ends.get(link)?.channel)))
+            .collect()
+    }
+
+    /// The ends whose other side is the core.
+    pub fn core_channels(&self) -> impl Iterator<Item = &Channel> {
+        self.ends
+            .iter()
+            .filter(|(link, _)| link.touches_core())
+            .map(|(_, end)| &end.channel)
+    }
+
+    /// Asks the peer on link `P` and waits (the link's timeout) for its
+    /// answer. A peer that is down, silent, or answers garbage is dropped
+    /// until the core re-links it, and blamed in this process's reply.
+    pub fn request<P: Protocol>(
         &mut self,
+        request: P::Request,
+    ) -> Result<Answer<P::Reply>, PeerDown> {
+        let link = P::LINK;
+        let end = self.ends.get_mut(&link).ok_or(PeerDown(link))?;
+        let id = end.next_id;
+        end.next_id += 1;
+        let sent = end.channel.send(
+            &Envelope {
+                id,
+                body: Request::<P::Request>::Link(request),
+            },
+            &[],
+        );
+        let result = sent.and_then(|()| await_reply::<P>(&end.channel, id, link.reply_timeout()));
+        match result {
+            Ok(reply) => {
+                // A peer of the peer failed: pass the blame on.
+                if let Some(failed) = reply.peer_failed {
+                    self.peer_failed = Some(failed);
+                }
+                Ok(reply.answer)
+            }
+            Err(error) => {
+                log::error!(
+                    "{link:?}: the peer failed ({error}); dropping it until it is replaced"
+                );
+                self.ends.remove(&link);
+                self.peer_failed = link.server();
+                Err(PeerDown(link))
+            }
+        }
+    }
+
+    /// Sends a one-way message on link `P` (the notify link).
+    pub fn notify<P: Protocol>(&mut self, message: P::Request) -> Result<(), PeerDown> {
+        let link = P::LINK;
+        let end = self.ends.get_mut(&link).ok_or(PeerDown(link))?;
+        let id = end.next_id;
+        end.next_id += 1;
+        let envelope = Envelope {
+            id,
+            body: Request::<P::Request>::Link(message),
+        };
+        end.channel.send(&envelope, &[]).map_err(|error| {
+            log::error!("{link:?}: cannot send: {error}");
+            PeerDown(link)
+        })
+    }
+
+    /// Answers request `id` on link `P`, with the blame gathered meanwhile.
+    /// Failing to answer the core ends the process; failing to answer a peer
+    /// means that peer died, which is not this process's to end.
+    fn reply<P: Protocol>(
+        &mut self,
+        id: u64,
+        answer: Answer<P::Reply>,
+    ) -> Result<(), ChannelError> {
+        let link = P::LINK;
+        let reply = Reply {
+            answer,
+            peer_failed: self.peer_failed.take(),
+        };
+        let Some(end) = self.ends.get(&link) else {
+            return Ok(());
+        };
+        match send_reply::<P>(&end.channel, id, &reply) {
+            Err(error) if link.touches_core() => Err(error),
+            Err(error) => {
+                log::warn!("{link:?}: cannot answer the peer: {error}");
+                self.ends.remove(&link);
+                Ok(())
+            }
+            Ok(()) => Ok(()),
+        }
+    }
+
+    /// Carries out a control request, the same for every kind.
+    fn control<R>(&mut self, request: ControlRequest, fds: Vec<OwnedFd>) -> Answer<R> {
+        match request {
+            ControlRequest::ReplaceLink(link) => match self.adopt(link, fds) {
+                Ok(()) => Answer::Ack,
+                Err(reason) => Answer::Refused(Refusal::Relink { link, reason }),
+            },
+            ControlRequest::ArmFault(fault) => arm_fault(self, fault),
+        }
+    }
+
+    /// Takes over a replacement channel the core sent for `link`, and
+    /// handshakes on it.
+    fn adopt(&mut self, link: Link, fds: Vec<OwnedFd>) -> Result<(), String> {
+        if !self.kind.links().contains(&link) || link.touches_core() {
+            return Err(format!(
+                "{link:?} is not a peer link of the {}",
+                self.kind.name()
+            ));
+        }
+        let fd = fds
+            .into_iter()
+            .next()
+            .ok_or("no descriptor with the new link")?;
+        let channel = Channel::from_fd(fd);
+        channel
+            .handshake(link, HANDSHAKE_TIMEOUT)
+            .map_err(|error| error.to_string())?;
+        log::info!("{link:?}: new peer connected");
+        self.ends.insert(
+            link,
+            End {
+                channel,
+                next_id: 1,
+            },
+        );
+        self.relinked.push(link);
+        Ok(())
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+fn arm_fault<R>(links: &Links, fault: ipc_proto::Fault) -> Answer<R> {
+    let outcome = crate::fault::commit(fault, links);
+    Answer::Control(ipc_proto::control::ControlReply::FaultSurvived { outcome })
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn arm_fault<R>(_: &Links, fault: ipc_proto::Fault) -> Answer<R> {
+    log::warn!("refused to commit {fault:?}: this build has no fault injection");
+    Answer::Refused(Refusal::FaultInjectionNotBuilt)
+}
+
+/// A device process's own logic.
+pub trait Device {
+    /// Handles what arrived on served link `link` — a frame, or the error
+    /// that stands for a bad one — usually with [`answer`] and the link's
+    /// protocol.
+    fn on_frame(
+        &mut self,
+        links: &mut Links,
         link: Link,
         frame: Result<Frame, ChannelError>,
     ) -> Result<(), ChannelError>;
-    /// The peer on `link` (not the core) hung up.
-    fn peer_gone(&mut self, link: Link);
+
+    /// A new peer took over `link`.
+    fn relinked(&mut self, _links: &mut Links, _link: Link) {}
 }
 
-/// Serves until the core hangs up. A peer other than the core that hangs up
-/// is reported to the server (which stops watching it until the core hands
-/// over a replacement).
-pub fn serve(server: &mut impl Server) -> Result<(), ChannelError> {
+/// Decodes and validates one request of link `P`, carries out a control
+/// request, hands a link request to `handle`, and answers. A frame that does
+/// not decode or validate is refused and the process goes on.
+pub fn answer<P: Protocol>(
+    links: &mut Links,
+    frame: Result<Frame, ChannelError>,
+    handle: impl FnOnce(&mut Links, P::Request, Vec<OwnedFd>) -> Answer<P::Reply>,
+) -> Result<(), ChannelError> {
+    let decoded = frame
+        .map_err(|error| Unacceptable {
+            id: 0,
+            refusal: Refusal::Malformed {
+                reason: error.to_string(),
+            },
+        })
+        .and_then(decode_request::<P>);
+    let (id, answer) = match decoded {
+        Ok(Incoming {
+            id,
+            request: Request::Control(request),
+            fds,
+        }) => (id, links.control(request, fds)),
+        Ok(Incoming {
+            id,
+            request: Request::Link(request),
+            fds,
+        }) => (id, handle(links, request, fds)),
+        Err(Unacceptable { id, refusal }) => {
+            log::warn!("{:?}: refused a request: {refusal}", P::LINK);
+            (id, Answer::Refused(refusal))
+        }
+    };
+    links.reply::<P>(id, answer)
+}
+
+/// Serves until the core hangs up. A peer (not the core) that hangs up is
+/// dropped until the core hands over a replacement.
+pub fn serve(device: &mut impl Device, links: &mut Links) -> Result<(), ProcessError> {
     loop {
-        let ready: Vec<usize> = {
-            let watched = server.watched();
-            let mut fds: Vec<PollFd> = watched
+        let ready: Vec<Link> = {
+            let served = links.served();
+            let mut fds: Vec<PollFd> = served
                 .iter()
-                .map(|(channel, _)| PollFd::new(channel.as_fd(), PollFlags::POLLIN))
+                .map(|(_, channel)| PollFd::new(channel.as_fd(), PollFlags::POLLIN))
                 .collect();
             match poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => continue,
-                Err(errno) => return Err(errno.into()),
+                Err(errno) => return Err(ProcessError::Poll(errno)),
             }
-            fds.iter()
-                .enumerate()
+            served
+                .iter()
+                .zip(&fds)
                 .filter(|(_, fd)| fd.revents().is_some_and(|r| !r.is_empty()))
-                .map(|(i, _)| i)
+                .map(|((link, _), _)| *link)
                 .collect()
         };
-        for i in ready {
-            let (result, link) = {
-                let watched = server.watched();
-                let Some((channel, link)) = watched.get(i) else {
-                    continue;
-                };
-                (channel.recv_frame(Some(Duration::ZERO)), *link)
+        for link in ready {
+            let Some(end) = links.ends.get(&link) else {
+                continue;
             };
-            match result {
-                Err(ChannelError::HungUp) if i == 0 => {
+            match end.channel.recv_frame(Some(Duration::ZERO)) {
+                Err(ChannelError::HungUp) if link.touches_core() => {
                     log::info!("the core hung up; exiting");
                     return Ok(());
                 }
                 Err(ChannelError::HungUp) => {
                     log::warn!("{link:?}: the peer hung up");
-                    server.peer_gone(link);
+                    links.ends.remove(&link);
                 }
                 Err(ChannelError::Timeout(_)) => {}
-                result => server.handle(link, result)?,
+                frame => device
+                    .on_frame(links, link, frame)
+                    .map_err(ProcessError::Core)?,
             }
-            // Indices may have changed (a link replaced or dropped).
-            break;
+            for link in std::mem::take(&mut links.relinked) {
+                device.relinked(links, link);
+            }
         }
     }
-}
-
-/// Takes over a replacement channel the core sent for `link`, and handshakes on it.
-pub fn adopt(link: Link, fds: Vec<OwnedFd>) -> Result<Channel, String> {
-    let fd = fds
-        .into_iter()
-        .next()
-        .ok_or("no descriptor with the new link")?;
-    let channel = Channel::from_fd(fd);
-    channel
-        .handshake(link, HANDSHAKE_TIMEOUT)
-        .map_err(|error| format!("{link:?}: {error}"))?;
-    log::info!("{link:?}: new peer connected");
-    Ok(channel)
-}
-
-/// Decodes a request frame; a bad one becomes the reason to reject it.
-pub fn decode_request<T: DeserializeOwned>(
-    frame: Result<Frame, ChannelError>,
-) -> Result<Envelope<T>, String> {
-    let (message, fds) = decode_with_fds(frame)?;
-    if !fds.is_empty() {
-        return Err("unexpected descriptors".into());
-    }
-    Ok(message)
-}
-
-/// Decodes a request frame that may carry descriptors.
-pub fn decode_with_fds<T: DeserializeOwned>(
-    frame: Result<Frame, ChannelError>,
-) -> Result<(Envelope<T>, Vec<OwnedFd>), String> {
-    let frame = frame.map_err(|error| error.to_string())?;
-    let message = decode::<T>(&frame.bytes).map_err(|error| error.to_string())?;
-    Ok((message, frame.fds))
-}
-
-/// Answers request `id`.
-pub fn reply<T: Serialize>(channel: &Channel, id: u64, body: T) -> Result<(), ChannelError> {
-    channel.send(&Envelope { id, body }, &[])
-}
-
-static SECCOMP_MODE: std::sync::OnceLock<crate::seccomp::Mode> = std::sync::OnceLock::new();
-
-fn seccomp_mode() -> crate::seccomp::Mode {
-    *SECCOMP_MODE.get().unwrap_or(&crate::seccomp::Mode::Kill)
 }
 
 /// The `main` of every device process: logging, then `run` until the core
 /// hangs up (status 0) or something fails (status 1, with the reason logged).
 /// The only argument is `--seccomp kill|log|off` (kill when absent).
-pub fn main(name: &'static str, run: fn() -> Result<(), String>) -> std::process::ExitCode {
-    crate::init_logging(name);
+pub fn main(
+    kind: ProcessKind,
+    run: fn(seccomp::Mode) -> Result<(), ProcessError>,
+) -> std::process::ExitCode {
+    let name = kind.name();
+    common::init_logging(name);
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = match args.as_slice() {
-        [] => crate::seccomp::Mode::Kill,
-        [flag, mode] if flag == "--seccomp" => match crate::seccomp::Mode::parse(mode) {
+        [] => seccomp::Mode::Kill,
+        [flag, mode] if flag == "--seccomp" => match seccomp::Mode::parse(mode) {
             Some(mode) => mode,
             None => {
                 log::error!("--seccomp {mode}: expected kill, log or off");
-                return std::process::ExitCode::from(2);
+                return std::process::ExitCode::from(common::EXIT_USAGE);
             }
         },
         _ => {
             log::error!(
                 "{name} takes only --seccomp kill|log|off; its channels are descriptors {FIRST_CHANNEL_FD}.."
             );
-            return std::process::ExitCode::from(2);
+            return std::process::ExitCode::from(common::EXIT_USAGE);
         }
     };
-    let _ = SECCOMP_MODE.set(mode);
-    match run() {
+    match run(mode) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            log::error!("{error}");
+            log::error!("{}", common::describe(&error));
             std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-/// Fault injection: random and truncated frames on `channel`, as a hostile
-/// process would send them.
-pub fn send_garbage(channel: &Channel) {
-    let valid = ipc_proto::channel::encode(&Envelope {
-        id: u64::MAX,
-        body: ipc_proto::Link::CoreRtas,
-    })
-    .unwrap_or_default();
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    for round in 0..64 {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        let frame: Vec<u8> = if round % 4 == 0 {
-            valid[..(state as usize) % valid.len().max(1)].to_vec()
-        } else {
-            (0..(state % 200) as usize)
-                .map(|i| (state >> (i % 8 * 8)) as u8)
-                .collect()
-        };
-        if channel.send_frame(&frame, &[]).is_err() {
-            return;
         }
     }
 }

@@ -10,6 +10,18 @@ use seccompiler::{
     SeccompRule, TargetArch,
 };
 use std::collections::BTreeMap;
+use thiserror::Error;
+
+/// Why a filter cannot be built or installed.
+#[derive(Debug, Error)]
+pub enum SeccompError {
+    /// The rules do not make a filter.
+    #[error("the filter does not build")]
+    Build(#[from] seccompiler::Error),
+    /// The filter does not compile to BPF.
+    #[error("the filter does not compile")]
+    Compile(#[from] seccompiler::BackendError),
+}
 
 /// What a call outside the filter does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,7 +129,7 @@ pub fn rules(kind: ProcessKind) -> BTreeMap<i64, Vec<SeccompRule>> {
 }
 
 /// The compiled filter of `kind`, or `None` in [`Mode::Off`].
-pub fn program(kind: ProcessKind, mode: Mode) -> Result<Option<BpfProgram>, String> {
+pub fn program(kind: ProcessKind, mode: Mode) -> Result<Option<BpfProgram>, SeccompError> {
     let mismatch = match mode {
         Mode::Kill => SeccompAction::KillProcess,
         Mode::Log => SeccompAction::Log,
@@ -128,69 +140,16 @@ pub fn program(kind: ProcessKind, mode: Mode) -> Result<Option<BpfProgram>, Stri
         mismatch,
         SeccompAction::Allow,
         TargetArch::x86_64,
-    )
-    .map_err(|error| format!("seccomp filter: {error}"))?;
-    let program: BpfProgram = filter
-        .try_into()
-        .map_err(|error: seccompiler::BackendError| format!("seccomp filter: {error}"))?;
+    )?;
+    let program: BpfProgram = filter.try_into()?;
     Ok(Some(program))
 }
 
 /// Installs the filter of `kind` on this process (it also sets no_new_privs).
-pub fn install(kind: ProcessKind, mode: Mode) -> Result<(), String> {
+pub fn install(kind: ProcessKind, mode: Mode) -> Result<(), SeccompError> {
     match program(kind, mode)? {
-        Some(program) => {
-            seccompiler::apply_filter(&program).map_err(|error| format!("seccomp: {error}"))
-        }
+        Some(program) => Ok(seccompiler::apply_filter(&program)?),
         None => Ok(()),
-    }
-}
-
-/// Commits `fault`; returns what happened if the process is still alive.
-pub fn commit(fault: ipc_proto::Fault) -> String {
-    use ipc_proto::Fault;
-    log::warn!("committing {fault:?} as asked");
-    match fault {
-        Fault::OpenHostFile => match std::fs::File::open("/etc/passwd") {
-            Ok(_) => "opened /etc/passwd".into(),
-            Err(error) => format!("open failed: {}", error.kind()),
-        },
-        Fault::OpenSocket => {
-            // SAFETY: socket(2) has no memory preconditions; the descriptor is closed.
-            let fd = unsafe { nix::libc::socket(nix::libc::AF_INET, nix::libc::SOCK_STREAM, 0) };
-            if fd >= 0 {
-                // SAFETY: fd was just returned by socket and is ours.
-                unsafe { nix::libc::close(fd) };
-                "opened a socket".into()
-            } else {
-                format!("socket failed: errno {}", nix::errno::Errno::last_raw())
-            }
-        }
-        Fault::Fork => {
-            // SAFETY: the child exits at once without touching anything.
-            let pid = unsafe { nix::libc::fork() };
-            match pid {
-                0 => {
-                    // SAFETY: _exit is always safe in a forked child.
-                    unsafe { nix::libc::_exit(0) }
-                }
-                p if p > 0 => "forked".into(),
-                _ => format!("fork failed: errno {}", nix::errno::Errno::last_raw()),
-            }
-        }
-        Fault::Exec => {
-            let path = c"/bin/sh";
-            let argv = [path.as_ptr(), std::ptr::null()];
-            let envp = [std::ptr::null()];
-            // SAFETY: NUL-terminated path and argument/environment arrays.
-            unsafe { nix::libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
-            format!("exec failed: errno {}", nix::errno::Errno::last_raw())
-        }
-        Fault::Garbage => "garbage is sent by the process loop".into(),
-        Fault::Hang => loop {
-            // Never answers again; poll with no descriptors is allowed.
-            let _ = nix::poll::poll(&mut [], nix::poll::PollTimeout::NONE);
-        },
     }
 }
 

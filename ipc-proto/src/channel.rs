@@ -5,7 +5,7 @@
 //! descriptors is an [`ChannelError`], never a panic, and never an allocation
 //! larger than the frame.
 
-use crate::{Link, PROTOCOL_VERSION};
+use crate::control::Hello;
 use bincode::config::{Configuration, Fixint, Limit, LittleEndian};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -40,15 +40,6 @@ pub struct Envelope<T> {
     pub id: u64,
     /// The message.
     pub body: T,
-}
-
-/// The first message each side sends on a new channel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Hello {
-    /// The sender's [`PROTOCOL_VERSION`].
-    pub version: u32,
-    /// Which link this channel is.
-    pub link: Link,
 }
 
 /// What can go wrong on a channel.
@@ -93,6 +84,9 @@ pub enum ChannelError {
         /// What the peer sent.
         got: Hello,
     },
+    /// The message decoded but a field is out of range.
+    #[error("invalid message: {0}")]
+    Invalid(String),
     /// A system call on the socket failed.
     #[error("socket error")]
     Io(#[source] std::io::Error),
@@ -293,90 +287,6 @@ impl Channel {
             }
         }
     }
-
-    /// Exchanges [`Hello`]s: sends ours, and checks that the peer's names the
-    /// same version and link.
-    pub fn handshake(&self, link: Link, timeout: Duration) -> Result<(), ChannelError> {
-        self.send_hello(link)?;
-        self.expect_hello(link, timeout)
-    }
-
-    /// The first half of a handshake. A process with several channels sends
-    /// on all of them before it waits on any, so that no order of start-up
-    /// can deadlock.
-    pub fn send_hello(&self, link: Link) -> Result<(), ChannelError> {
-        let ours = Hello {
-            version: PROTOCOL_VERSION,
-            link,
-        };
-        self.send(&Envelope { id: 0, body: ours }, &[])
-    }
-
-    /// The second half of a handshake.
-    pub fn expect_hello(&self, link: Link, timeout: Duration) -> Result<(), ChannelError> {
-        let ours = Hello {
-            version: PROTOCOL_VERSION,
-            link,
-        };
-        let (theirs, _fds) = self.recv::<Hello>(Some(timeout))?;
-        if theirs.body != ours {
-            return Err(ChannelError::Handshake {
-                expected: ours,
-                got: theirs.body,
-            });
-        }
-        Ok(())
-    }
-}
-
-/// The requesting end of a link: numbers requests and waits for the reply
-/// with the same id, skipping stale replies (to requests that timed out).
-#[derive(Debug)]
-pub struct Client {
-    channel: Channel,
-    next_id: u64,
-}
-
-impl Client {
-    /// Wraps the requesting end of a link.
-    pub fn new(channel: Channel) -> Client {
-        Client {
-            channel,
-            next_id: 1,
-        }
-    }
-
-    /// The channel, e.g. for the handshake.
-    pub fn channel(&self) -> &Channel {
-        &self.channel
-    }
-
-    /// Sends `body` with `fds` and waits up to `timeout` for its reply.
-    /// A reply carrying descriptors is refused.
-    pub fn request<Req: Serialize, Resp: DeserializeOwned>(
-        &mut self,
-        body: Req,
-        fds: &[BorrowedFd<'_>],
-        timeout: Duration,
-    ) -> Result<Resp, ChannelError> {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.channel.send(&Envelope { id, body }, fds)?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(ChannelError::Timeout(timeout));
-            }
-            let (reply, received_fds) = self.channel.recv::<Resp>(Some(left))?;
-            if !received_fds.is_empty() {
-                return Err(ChannelError::TooManyFds);
-            }
-            if reply.id == id {
-                return Ok(reply.body);
-            }
-        }
-    }
 }
 
 impl AsFd for Channel {
@@ -513,30 +423,5 @@ mod tests {
         drop(a);
         assert!(matches!(b.recv_frame(None), Err(ChannelError::HungUp)));
         assert!(matches!(b.send_frame(b"x", &[]), Err(ChannelError::HungUp)));
-    }
-
-    #[test]
-    fn handshake_checks_version_and_kind() {
-        let (a, b) = Channel::pair().unwrap();
-        let peer = std::thread::spawn(move || b.handshake(Link::CoreRtas, Duration::from_secs(1)));
-        a.handshake(Link::CoreRtas, Duration::from_secs(1)).unwrap();
-        peer.join().unwrap().unwrap();
-
-        let (a, b) = Channel::pair().unwrap();
-        b.send(
-            &Envelope {
-                id: 0,
-                body: Hello {
-                    version: PROTOCOL_VERSION + 1,
-                    link: Link::CoreRtas,
-                },
-            },
-            &[],
-        )
-        .unwrap();
-        assert!(matches!(
-            a.handshake(Link::CoreRtas, Duration::from_secs(1)),
-            Err(ChannelError::Handshake { .. })
-        ));
     }
 }

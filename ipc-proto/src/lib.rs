@@ -2,23 +2,31 @@
 //!
 //! - [`channel`]: the transport — one bincode message per SOCK_SEQPACKET
 //!   packet, inside an [`Envelope`](channel::Envelope) with a request id, file
-//!   descriptors beside it, total decoding with size limits, and the version
-//!   handshake that opens every channel.
-//! - [`rtas`]: the messages between the core and the RTAS server.
-//! - [`papr`]: the platform vocabulary every process shares (DRC indices,
-//!   RTAS tokens, interrupt sources).
+//!   descriptors beside it, total decoding with size limits.
+//! - [`protocol`]: what a link is — its request and reply types, their
+//!   validation, and a [`Client`](protocol::Client) that can send only that
+//!   link's requests and gets only its replies.
+//! - [`control`]: the sub-protocol every link shares: handshake, re-link,
+//!   fault arming, acknowledgement, refusal with a typed reason.
+//! - [`link`]: one module per link, with its messages.
+//! - [`papr`]: the platform vocabulary every process shares (DRC indices and
+//!   states, RTAS tokens and statuses, indicators, interrupt sources).
 //!
 //! This crate depends on no other crate of Papervisor's.
 #![deny(missing_docs)]
 
 pub mod channel;
-pub mod eventlog;
-pub mod hotplug;
+pub mod control;
+pub mod link;
 pub mod papr;
-pub mod rtas;
+pub mod protocol;
+
+pub use control::Fault;
+
+use std::time::Duration;
 
 /// Bumped whenever a message changes shape; both ends must agree.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The device processes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -77,37 +85,6 @@ impl ProcessKind {
     }
 }
 
-/// A misbehaviour a device process is told to commit, to prove its jail
-/// (`x-inject-fault`). Each is forbidden by the process's seccomp filter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Fault {
-    /// open("/etc/passwd").
-    OpenHostFile,
-    /// socket(AF_INET, SOCK_STREAM).
-    OpenSocket,
-    /// fork().
-    Fork,
-    /// execve("/bin/sh").
-    Exec,
-    /// Stops answering (the core must cut it off).
-    Hang,
-    /// Sends random and truncated frames on every link to the core, then
-    /// goes on serving (the core must survive and cut it off).
-    Garbage,
-}
-
-impl Fault {
-    /// The QMP names.
-    pub const ALL: [(&'static str, Fault); 6] = [
-        ("open-host-file", Fault::OpenHostFile),
-        ("open-socket", Fault::OpenSocket),
-        ("fork", Fault::Fork),
-        ("exec", Fault::Exec),
-        ("hang", Fault::Hang),
-        ("garbage", Fault::Garbage),
-    ];
-}
-
 /// Device processes find their channels from this descriptor number on, in
 /// the order of [`ProcessKind::links`]; extra descriptors (the event log's
 /// interrupt eventfd) follow them.
@@ -115,7 +92,9 @@ pub const FIRST_CHANNEL_FD: i32 = 3;
 
 /// One channel between two processes; both ends name it in their handshake.
 /// The first process named sends the requests.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Link {
     /// Core → RTAS server: memory table, H_RTAS calls.
     CoreRtas,
@@ -131,6 +110,63 @@ pub enum Link {
     RtasEventLog,
     /// Core → event log: reset, queries.
     CoreEventLog,
+}
+
+impl Link {
+    /// Every link.
+    pub const ALL: [Link; 7] = [
+        Link::CoreRtas,
+        Link::CoreHotplug,
+        Link::HotplugNotify,
+        Link::RtasHotplug,
+        Link::HotplugEventLog,
+        Link::RtasEventLog,
+        Link::CoreEventLog,
+    ];
+
+    /// The device process that sends on this link; `None`: the core.
+    pub const fn requester(self) -> Option<ProcessKind> {
+        match self {
+            Link::CoreRtas | Link::CoreHotplug | Link::CoreEventLog => None,
+            Link::HotplugNotify | Link::HotplugEventLog => Some(ProcessKind::HotplugController),
+            Link::RtasHotplug | Link::RtasEventLog => Some(ProcessKind::RtasServer),
+        }
+    }
+
+    /// The device process that receives on this link; `None`: the core
+    /// (only the notify link, which has no replies).
+    pub const fn server(self) -> Option<ProcessKind> {
+        match self {
+            Link::CoreRtas => Some(ProcessKind::RtasServer),
+            Link::CoreHotplug | Link::RtasHotplug => Some(ProcessKind::HotplugController),
+            Link::CoreEventLog | Link::HotplugEventLog | Link::RtasEventLog => {
+                Some(ProcessKind::EventLog)
+            }
+            Link::HotplugNotify => None,
+        }
+    }
+
+    /// Whether the core holds one end.
+    pub const fn touches_core(self) -> bool {
+        self.requester().is_none() || self.server().is_none()
+    }
+
+    /// How long the requester waits for a reply before it gives up on the
+    /// server. Timeouts nest: a process waits for its own peers for less
+    /// time than its requester waits for it, so a timeout blames the process
+    /// that is really silent, never the messenger (tested below).
+    pub const fn reply_timeout(self) -> Duration {
+        match self {
+            // The event log asks nobody.
+            Link::HotplugEventLog | Link::RtasEventLog => Duration::from_secs(1),
+            // The controller may wait once for the event log.
+            Link::RtasHotplug => Duration::from_secs(2),
+            // The RTAS server may wait once for each of its peers.
+            Link::CoreRtas | Link::CoreHotplug | Link::CoreEventLog | Link::HotplugNotify => {
+                Duration::from_secs(5)
+            }
+        }
+    }
 }
 
 /// Makes `command` start with `fds` as descriptors [`FIRST_CHANNEL_FD`],
@@ -167,5 +203,46 @@ pub fn pass_fds(command: &mut std::process::Command, fds: &[std::os::fd::RawFd])
             }
             Ok(())
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_process_has_the_links_that_name_it() {
+        for link in Link::ALL {
+            for kind in [link.requester(), link.server()].into_iter().flatten() {
+                assert!(kind.links().contains(&link), "{kind:?} lacks {link:?}");
+            }
+        }
+        for kind in ProcessKind::ALL {
+            for link in kind.links() {
+                assert!(link.requester() == Some(kind) || link.server() == Some(kind));
+            }
+            // The core's link comes first: it is the one whose hang-up ends the process.
+            assert!(kind.links()[0].touches_core());
+        }
+    }
+
+    #[test]
+    fn timeouts_nest_so_that_the_silent_process_is_blamed() {
+        for link in Link::ALL {
+            let Some(server) = link.server() else {
+                continue;
+            };
+            // Everything the server may wait for while it answers one request.
+            let waits: Duration = Link::ALL
+                .into_iter()
+                .filter(|inner| inner.requester() == Some(server) && inner.server().is_some())
+                .map(Link::reply_timeout)
+                .sum();
+            assert!(
+                link.reply_timeout() > waits,
+                "{link:?} waits {:?}, its server may wait {waits:?}",
+                link.reply_timeout()
+            );
+        }
     }
 }

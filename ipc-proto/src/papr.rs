@@ -80,6 +80,91 @@ impl DrcIndex {
     }
 }
 
+/// The states of a logical DRC (PAPR; the numbers are the guest-visible ones).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum DrcState {
+    /// 1: no device the guest may use (empty, or given back).
+    Unusable,
+    /// 2: allocated to the guest, isolated.
+    Available,
+    /// 3: unisolated, being configured.
+    Unisolate,
+    /// 4: configured: the guest uses the device.
+    Configured,
+}
+
+impl DrcState {
+    /// The number PAPR gives the state.
+    pub const fn number(self) -> u32 {
+        match self {
+            DrcState::Unusable => 1,
+            DrcState::Available => 2,
+            DrcState::Unisolate => 3,
+            DrcState::Configured => 4,
+        }
+    }
+
+    /// A name for QMP.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DrcState::Unusable => "unusable",
+            DrcState::Available => "available",
+            DrcState::Unisolate => "unisolate",
+            DrcState::Configured => "configured",
+        }
+    }
+}
+
+/// RTAS indicator and sensor numbers (PAPR).
+pub mod indicator {
+    /// set-indicator: isolation state (0 isolate, 1 unisolate).
+    pub const ISOLATION_STATE: u32 = 9001;
+    /// set-indicator: DR indicator (lights; not for logical DRCs).
+    pub const DR_INDICATOR: u32 = 9002;
+    /// set-indicator: allocation state (0 unusable, 1 usable);
+    /// get-sensor-state: dr-entity-sense.
+    pub const ALLOCATION_STATE: u32 = 9003;
+    /// get-sensor-state's sensor for the entity sense (same number).
+    pub const DR_ENTITY_SENSE: u32 = 9003;
+}
+
+/// The status of an RTAS call, as the guest reads it in the first return
+/// cell. Statuses cross process boundaries as this type, never as integers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum RtasStatus {
+    /// 0.
+    Success,
+    /// 1: check-exception and event-scan found no event.
+    NoErrorsFound,
+    /// -1: hardware error (also: the state does not allow the request).
+    HardwareError,
+    /// -2: busy, try again (a peer process is down or restarting).
+    Busy,
+    /// -3: parameter error, or a call not supported with these counts.
+    ParameterError,
+    /// -9003: configure-connector on a DRC that is not being configured.
+    NotConfigurable,
+}
+
+impl RtasStatus {
+    /// The number PAPR gives the status.
+    pub const fn code(self) -> i32 {
+        match self {
+            RtasStatus::Success => 0,
+            RtasStatus::NoErrorsFound => 1,
+            RtasStatus::HardwareError => -1,
+            RtasStatus::Busy => -2,
+            RtasStatus::ParameterError => -3,
+            RtasStatus::NotConfigurable => -9003,
+        }
+    }
+
+    /// The status as the guest's return cell holds it.
+    pub const fn cell(self) -> u32 {
+        self.code() as u32
+    }
+}
+
 /// The RTAS calls of the platform, each with the token QEMU gives it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RtasCall {
@@ -246,6 +331,13 @@ mod tests {
         assert_eq!(lmb.name().as_deref(), Some("LMB 4"));
         assert_eq!(DrcIndex::new(DrcKind::Lmb, 1 << 28), None);
         assert_eq!(DrcIndex(0x2000_0001).kind(), None);
+    }
+
+    #[test]
+    fn rtas_statuses_have_papr_codes() {
+        assert_eq!(RtasStatus::Busy.cell(), (-2i32) as u32);
+        assert_eq!(RtasStatus::NotConfigurable.code(), -9003);
+        assert_eq!(RtasStatus::NoErrorsFound.cell(), 1);
     }
 
     #[test]

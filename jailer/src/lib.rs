@@ -12,7 +12,10 @@
 //! The core uses [`JailConfig::to_args`] to start the `jailer` binary, which
 //! calls [`run`]. The program becomes PID 1 of its PID namespace; the jailer
 //! stays as its parent, passes its exit status on, and takes it down if the
-//! jailer itself is killed.
+//! jailer itself is killed. Right after the fork, the jailer hands a pidfd of
+//! the program to whoever started it, on the report socket
+//! ([`JailConfig::report_fd`]), so that the program is watched and
+//! signalled through that pidfd and never through a pid that could be reused.
 #![deny(missing_docs)]
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -69,6 +72,14 @@ pub enum JailError {
     /// A cgroup setting that is not FILE=VALUE with a plain file name.
     #[error("invalid --cgroup '{0}': expected FILE=VALUE, e.g. pids.max=1")]
     BadCgroup(String),
+    /// The report socket is one of the handed-over descriptors, or stdio.
+    #[error("--report-fd {fd}: must be a descriptor above the kept ones (>= {first_free})")]
+    BadReportFd {
+        /// The descriptor given.
+        fd: i32,
+        /// The first descriptor that is not handed over.
+        first_free: i32,
+    },
     /// cgroup settings were asked for but cgroup v2 is not mounted.
     #[error("--cgroup needs cgroup v2 at {CGROUP_ROOT}")]
     NoCgroupV2,
@@ -176,6 +187,10 @@ pub struct JailConfig {
     pub cgroup: Vec<CgroupSetting>,
     /// Descriptors 3..3+N are handed to the program.
     pub keep_fds: u32,
+    /// A Unix socket on which the jailer sends, once the program exists,
+    /// its pid (4 bytes, little-endian) with a pidfd of it (SCM_RIGHTS). The
+    /// program never sees this descriptor.
+    pub report_fd: Option<i32>,
     /// The program's arguments.
     pub args: Vec<OsString>,
 }
@@ -211,6 +226,10 @@ impl JailConfig {
                 return Err(JailError::BadId2 { which, value });
             }
         }
+        let first_free = FIRST_KEPT_FD + self.keep_fds as i32;
+        if let Some(fd) = self.report_fd.filter(|&fd| fd < first_free) {
+            return Err(JailError::BadReportFd { fd, first_free });
+        }
         if !self.chroot_base.is_absolute() {
             return Err(JailError::BadChrootBase(self.chroot_base.clone()));
         }
@@ -236,6 +255,10 @@ impl JailConfig {
             "--keep-fds".into(),
             self.keep_fds.to_string().into(),
         ];
+        if let Some(fd) = self.report_fd {
+            args.push("--report-fd".into());
+            args.push(fd.to_string().into());
+        }
         for limit in &self.limits {
             args.push("--resource-limit".into());
             args.push(limit.arg().into());
@@ -255,19 +278,63 @@ impl JailConfig {
     }
 }
 
-/// Closes every descriptor from `first` up.
-fn close_from(first: i32) {
-    // SAFETY: close_range only closes descriptors; nothing of ours above
-    // `first` is in use (the caller runs before it opens anything).
-    unsafe { nix::libc::syscall(nix::libc::SYS_close_range, first as u32, u32::MAX, 0u32) };
+/// Closes every descriptor from `first` up, but `keep`.
+fn close_from(first: i32, keep: Option<i32>) {
+    let ranges = match keep {
+        Some(keep) if keep >= first => [(first, keep - 1), (keep + 1, i32::MAX)],
+        _ => [(first, i32::MAX), (0, -1)],
+    };
+    for (low, high) in ranges.into_iter().filter(|(low, high)| low <= high) {
+        // SAFETY: close_range only closes descriptors; nothing of ours in the
+        // range is in use (the caller runs before it opens anything).
+        unsafe { nix::libc::syscall(nix::libc::SYS_close_range, low as u32, high as u32, 0u32) };
+    }
+}
+
+/// Sends the program's pid and a pidfd of it on the report socket, then
+/// closes it. Called before anything waits for the program, so the pid
+/// cannot have been reused yet.
+fn report_child(report: OwnedFd, child: nix::unistd::Pid) -> Result<(), JailError> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let pid = rustix::process::Pid::from_raw(child.as_raw()).ok_or_else(|| {
+        io_step("pidfd_open")(std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    })?;
+    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+        .map_err(|errno| io_step("pidfd_open")(errno.into()))?;
+    let bytes = (child.as_raw() as u32).to_le_bytes();
+    let fds = [pidfd.as_raw_fd()];
+    sendmsg::<()>(
+        report.as_raw_fd(),
+        &[std::io::IoSlice::new(&bytes)],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map_err(step("report the program's pidfd"))?;
+    Ok(())
 }
 
 /// Makes the jail and execs the program in it; returns only on failure, or
 /// (in the jailer process that stays) with the program's exit status.
 pub fn run(config: &JailConfig) -> Result<i32, JailError> {
     config.validate()?;
-    // Sanitize first: only the handed-over descriptors and stdio stay.
-    close_from(FIRST_KEPT_FD + config.keep_fds as i32);
+    // Sanitize first: only the handed-over descriptors, the report socket and stdio stay.
+    close_from(FIRST_KEPT_FD + config.keep_fds as i32, config.report_fd);
+    let report = match config.report_fd {
+        Some(fd) => {
+            // SAFETY: the descriptor was handed to us for this use; the program
+            // must not inherit it, hence close-on-exec.
+            let report = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            nix::fcntl::fcntl(
+                &report,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )
+            .map_err(step("the report socket"))?;
+            Some(report)
+        }
+        None => None,
+    };
     let environment: Vec<OsString> = std::env::vars_os().map(|(key, _)| key).collect();
     for key in environment {
         // SAFETY: single-threaded here; nothing reads the environment concurrently.
@@ -301,7 +368,14 @@ pub fn run(config: &JailConfig) -> Result<i32, JailError> {
             // The handed-over descriptors are the program's alone: were they
             // left open here, the peers would never see it hang up.
             drop(program);
-            close_from(FIRST_KEPT_FD);
+            let reported = report.map(|report| report_child(report, child));
+            close_from(FIRST_KEPT_FD, None);
+            if let Some(Err(error)) = reported {
+                // Nobody could watch the program: it must not run.
+                let _ = kill(child, Signal::SIGKILL);
+                let _ = waitpid(child, None);
+                return Err(error);
+            }
             wait_and_mirror(child)
         }
         ForkResult::Child => {
@@ -510,6 +584,7 @@ mod tests {
             limits: vec![Limit::OpenFiles(32)],
             cgroup: vec![],
             keep_fds: 2,
+            report_fd: Some(5),
             args: vec!["--seccomp".into(), "kill".into()],
         }
     }
@@ -538,6 +613,8 @@ mod tests {
                 "/srv/jailer",
                 "--keep-fds",
                 "2",
+                "--report-fd",
+                "5",
                 "--resource-limit",
                 "no-file=32",
                 "--",
@@ -597,6 +674,13 @@ mod tests {
                 "not executable",
             ),
             (JailConfig { uid: 0, ..config() }, "invalid --uid 0"),
+            (
+                JailConfig {
+                    report_fd: Some(4),
+                    ..config()
+                },
+                "--report-fd 4",
+            ),
             (
                 JailConfig {
                     gid: u32::MAX,

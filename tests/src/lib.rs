@@ -30,8 +30,8 @@ fn profile_dir() -> PathBuf {
 /// The path of one of the workspace's binaries, built first if needed.
 ///
 /// Cargo builds only the binaries of the package under test, so the e2e
-/// tests build the workspace's once per test process; when nothing changed
-/// that is a no-op.
+/// tests build the workspace's once per test process, with fault injection
+/// (`x-inject-fault`) built in; when nothing changed that is a no-op.
 pub fn binary(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
@@ -39,7 +39,13 @@ pub fn binary(name: &str) -> PathBuf {
         let mut build = Command::new(env!("CARGO"));
         build
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-            .args(["build", "--workspace", "--bins"]);
+            .args([
+                "build",
+                "--workspace",
+                "--bins",
+                "--features",
+                "fault-injection",
+            ]);
         if dir.file_name().is_some_and(|p| p == "release") {
             build.arg("--release");
         }

@@ -1,10 +1,13 @@
 //! Malformed input from every side is answered with an error and the
 //! receiver keeps serving: IPC frames sent to the RTAS server process by a
 //! fake core, and bad QMP sent to the core. (Malformed replies sent to the
-//! core by a fake RTAS server are unit tests in vmm/src/rtas_client.rs.)
+//! core by a fake device process are unit tests in vmm/src/devices/proxy.rs.)
 
 use ipc_proto::channel::{encode, Channel, Envelope, MAX_FDS, MAX_FRAME};
-use ipc_proto::rtas::{CallRefusal, CoreToRtas, CpuSnapshot, MemoryRegion, RtasToCore};
+use ipc_proto::control::{Answer, Refusal, Reply, Request};
+use ipc_proto::link::core_rtas::{
+    CallRefusal, CpuSnapshot, MemoryRegion, Reply as RtasReply, Request as RtasRequest,
+};
 use ipc_proto::ProcessKind;
 use papervisor_tests::{binary, kvm_usable, Vm};
 use std::io::{BufRead, BufReader, Write};
@@ -43,8 +46,19 @@ fn start_rtas_server() -> (Channel, Vec<Channel>, Child) {
     (core, ours, child)
 }
 
-fn reply(channel: &Channel) -> Envelope<RtasToCore> {
-    channel.recv::<RtasToCore>(REPLY_TIMEOUT).unwrap().0
+fn reply(channel: &Channel) -> Envelope<Reply<RtasReply>> {
+    channel.recv::<Reply<RtasReply>>(REPLY_TIMEOUT).unwrap().0
+}
+
+fn refused(answer: &Envelope<Reply<RtasReply>>) -> bool {
+    matches!(answer.body.answer, Answer::Refused(_))
+}
+
+fn request(id: u64, body: RtasRequest) -> Envelope<Request<RtasRequest>> {
+    Envelope {
+        id,
+        body: Request::Link(body),
+    }
 }
 
 fn assert_alive(child: &mut Child) {
@@ -54,14 +68,14 @@ fn assert_alive(child: &mut Child) {
 #[test]
 fn the_rtas_server_rejects_bad_frames_and_keeps_serving() {
     let (channel, _peers, mut child) = start_rtas_server();
-    let call = Envelope {
-        id: 7,
-        body: CoreToRtas::Call {
+    let call = request(
+        7,
+        RtasRequest::Call {
             caller: 0,
             args_address: 0x1000,
             cpus: CpuSnapshot::default(),
         },
-    };
+    );
     let good = encode(&call).unwrap();
     let bad_frames: Vec<Vec<u8>> = vec![
         vec![],
@@ -69,35 +83,40 @@ fn the_rtas_server_rejects_bad_frames_and_keeps_serving() {
         good[..good.len() - 1].to_vec(),
         [good.clone(), vec![1, 2, 3]].concat(),
         // A vCPU id out of range.
-        encode(&Envelope {
-            id: 8,
-            body: CoreToRtas::Call {
+        encode(&request(
+            8,
+            RtasRequest::Call {
                 caller: 1000,
                 args_address: 0,
                 cpus: CpuSnapshot::default(),
             },
-        })
+        ))
         .unwrap(),
         // A memory table without its descriptors.
-        encode(&Envelope {
-            id: 9,
-            body: CoreToRtas::SetMemoryTable {
+        encode(&request(
+            9,
+            RtasRequest::SetMemoryTable {
                 regions: vec![MemoryRegion {
                     guest_address: 0,
                     size: 4096,
                     file_offset: 0,
                 }],
             },
+        ))
+        .unwrap(),
+        // A re-link of a link that is the core's.
+        encode(&Envelope {
+            id: 10,
+            body: Request::<RtasRequest>::Control(ipc_proto::control::ControlRequest::ReplaceLink(
+                ipc_proto::Link::CoreHotplug,
+            )),
         })
         .unwrap(),
     ];
     for frame in &bad_frames {
         channel.send_frame(frame, &[]).unwrap();
         let answer = reply(&channel);
-        assert!(
-            matches!(answer.body, RtasToCore::Rejected { .. }),
-            "{frame:?} got {answer:?}"
-        );
+        assert!(refused(&answer), "{frame:?} got {answer:?}");
         assert_alive(&mut child);
     }
     // Random frames, deterministic.
@@ -120,40 +139,49 @@ fn the_rtas_server_rejects_bad_frames_and_keeps_serving() {
         nix::sys::socket::MsgFlags::empty(),
     )
     .unwrap();
-    assert!(matches!(reply(&channel).body, RtasToCore::Rejected { .. }));
+    assert!(refused(&reply(&channel)));
 
     // Too many descriptors: the kernel cuts them, the server says so.
     let memfd = nix::sys::memfd::memfd_create("t", nix::sys::memfd::MFdFlags::empty()).unwrap();
     let many: Vec<_> = (0..MAX_FDS).map(|_| memfd.as_fd()).collect();
     channel.send_frame(&good, &many).unwrap();
-    assert!(matches!(reply(&channel).body, RtasToCore::Rejected { .. }));
+    assert!(refused(&reply(&channel)));
 
     // A call before any memory table: refused, not a crash.
     channel.send(&call, &[]).unwrap();
     let answer = reply(&channel);
     assert_eq!(answer.id, 7);
-    assert_eq!(answer.body, RtasToCore::CallRefused(CallRefusal::NoMemory));
+    assert_eq!(
+        answer.body.answer,
+        Answer::Link(RtasReply::CallRefused(CallRefusal::NoMemory))
+    );
 
     // A memory table whose file is too short to back it.
     let file = std::fs::File::from(memfd);
     file.set_len(4096).unwrap();
-    let table = |size| Envelope {
-        id: 10,
-        body: CoreToRtas::SetMemoryTable {
-            regions: vec![MemoryRegion {
-                guest_address: 0,
-                size,
-                file_offset: 0,
-            }],
-        },
+    let table = |size| {
+        request(
+            10,
+            RtasRequest::SetMemoryTable {
+                regions: vec![MemoryRegion {
+                    guest_address: 0,
+                    size,
+                    file_offset: 0,
+                }],
+            },
+        )
     };
     channel.send(&table(1 << 20), &[file.as_fd()]).unwrap();
-    assert!(matches!(reply(&channel).body, RtasToCore::Rejected { .. }));
+    let answer = reply(&channel);
+    assert!(
+        matches!(&answer.body.answer, Answer::Refused(Refusal::Rejected { reason }) if reason.contains("4096-byte file")),
+        "{answer:?}"
+    );
 
     // And after all that, real work: map 64 KiB and make a real call.
     file.set_len(64 * 1024).unwrap();
     channel.send(&table(64 * 1024), &[file.as_fd()]).unwrap();
-    assert_eq!(reply(&channel).body, RtasToCore::MemoryTableSet);
+    assert_eq!(reply(&channel).body.answer, Answer::Ack);
     // rtas_args at 0x1000: token get-time-of-day, nargs 0, nret 8.
     use std::os::unix::fs::FileExt;
     let header: Vec<u8> = [0x2001u32, 0, 8]
@@ -162,7 +190,10 @@ fn the_rtas_server_rejects_bad_frames_and_keeps_serving() {
         .collect();
     file.write_all_at(&header, 0x1000).unwrap();
     channel.send(&call, &[]).unwrap();
-    assert_eq!(reply(&channel).body, RtasToCore::CallDone { request: None });
+    assert_eq!(
+        reply(&channel).body.answer,
+        Answer::Link(RtasReply::CallDone { request: None })
+    );
     let mut status = [0xffu8; 4];
     file.read_exact_at(&mut status, 0x1000 + 12).unwrap();
     assert_eq!(u32::from_be_bytes(status), 0, "get-time-of-day status");
@@ -186,7 +217,7 @@ fn the_rtas_server_refuses_a_wrong_handshake() {
         .send(
             &Envelope {
                 id: 0,
-                body: ipc_proto::channel::Hello {
+                body: ipc_proto::control::Hello {
                     version: ipc_proto::PROTOCOL_VERSION + 1,
                     link: ipc_proto::Link::CoreRtas,
                 },

@@ -2,7 +2,7 @@
 //! controller's notifications and from QMP. The control loop is the one
 //! owner of the machine's state.
 
-use ipc_proto::hotplug::HotplugNotification;
+use ipc_proto::link::hotplug_notify::Notification;
 use serde_json::{Map, Value};
 use std::sync::mpsc::Sender;
 
@@ -33,8 +33,15 @@ pub enum ControlMessage {
     Quit,
     /// The guest can no longer run: the reason, for the log.
     GuestCrashed(String),
-    /// The hotplug controller reports a release or a refusal.
-    Hotplug(HotplugNotification),
+    /// The hotplug controller reports a release, a refusal, or the end of a reset.
+    Hotplug(Notification),
+    /// A device process found generation `generation` of `peer` silent or
+    /// misbehaving while it answered the core.
+    PeerFailed {
+        peer: ipc_proto::ProcessKind,
+        generation: u64,
+        reported_by: ipc_proto::ProcessKind,
+    },
     /// A device process ended (its watcher saw it).
     DeviceExited {
         kind: ipc_proto::ProcessKind,
@@ -59,6 +66,18 @@ impl PartialEq for ControlMessage {
             (Reset { by_guest: a }, Reset { by_guest: b }) => a == b,
             (GuestCrashed(a), GuestCrashed(b)) => a == b,
             (Hotplug(a), Hotplug(b)) => a == b,
+            (
+                PeerFailed {
+                    peer: a,
+                    generation: g,
+                    reported_by: r,
+                },
+                PeerFailed {
+                    peer: b,
+                    generation: h,
+                    reported_by: s,
+                },
+            ) => (a, g, r) == (b, h, s),
             _ => false,
         }
     }

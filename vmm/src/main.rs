@@ -12,66 +12,33 @@ mod interrupts;
 mod layout;
 mod memory;
 mod qmp;
-mod rtas_client;
 mod vcpu;
 mod vm;
 
-use clap::Parser;
 use config::Cli;
 use std::error::Error;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Exit status for a command line we refuse, before anything starts.
-const EXIT_USAGE: u8 = 2;
 /// Exit status when the VM could not be run or the guest crashed.
 const EXIT_FAILURE: u8 = 1;
 
-/// One line: the error and each of its causes.
-pub fn describe(error: &dyn Error) -> String {
-    let mut line = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        line.push_str(": ");
-        line.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    line
-}
-
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match common::parse_cli("papervisor") {
         Ok(cli) => cli,
-        Err(error) if !error.use_stderr() => {
-            // --help and --version
-            let _ = error.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(error) => {
-            // clap's own message is several lines; keep the one that names the value.
-            // clap's message spans lines (and adds usage); keep its sentence.
-            let rendered = error.render().to_string();
-            let first = rendered
-                .lines()
-                .take_while(|line| !line.is_empty() && !line.starts_with("Usage:"))
-                .map(str::trim)
-                .collect::<Vec<_>>()
-                .join(" ");
-            eprintln!("papervisor: {}", first.trim_start_matches("error: "));
-            return ExitCode::from(EXIT_USAGE);
-        }
+        Err(exit) => return exit,
     };
-    device_procs::init_logging("core");
+    common::init_logging("core");
 
     let config = match config::VmConfig::from_cli(cli) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("papervisor: {error}");
-            return ExitCode::from(EXIT_USAGE);
+            return ExitCode::from(common::EXIT_USAGE);
         }
     };
     if let Err(error) = install_kick_handler() {
-        eprintln!("papervisor: {}", describe(&error));
+        eprintln!("papervisor: {}", common::describe(&error));
         return ExitCode::from(EXIT_FAILURE);
     }
     let mut sockets: Vec<PathBuf> = config.qmp.iter().cloned().collect();
@@ -85,7 +52,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            log::error!("{}", describe(error.as_ref()));
+            log::error!("{}", common::describe(error.as_ref()));
             ExitCode::from(EXIT_FAILURE)
         }
     }

@@ -1,7 +1,7 @@
 //! Guest RAM: memfds mapped through vm-memory and registered with KVM.
 //! The memfds are what device processes will map to share guest memory.
 
-use ipc_proto::rtas::MemoryRegion;
+use ipc_proto::link::core_rtas::MemoryRegion;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use nix::fcntl::{fallocate, FallocateFlags};

@@ -6,6 +6,7 @@
 use crate::boot;
 use crate::console::{Console, MAX_READ};
 use crate::control::ControlMessage;
+use crate::devices::proxy::DeviceFailure;
 use crate::devices::DeviceProcesses;
 use crate::fdt::VTY_TERMNO;
 use crate::hcall::{
@@ -14,8 +15,7 @@ use crate::hcall::{
 };
 use crate::interrupts::InterruptRouter;
 use crate::layout::HCALL_DOORBELL_PORT;
-use crate::rtas_client::RtasFailure;
-use ipc_proto::rtas::{CpuSnapshot, PlatformRequest};
+use ipc_proto::link::core_rtas::{self, CpuSnapshot, PlatformRequest};
 use kvm_bindings::{kvm_mp_state, KVM_MP_STATE_RUNNABLE};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -422,24 +422,28 @@ impl Vcpu {
                 (result, 3, Next::Continue)
             }
             H_RTAS => {
-                let snapshot = self.context.cpus.snapshot();
-                match self
-                    .context
-                    .devices
-                    .rtas
-                    .call(self.id, call.args[0], snapshot)
-                {
-                    Ok(request) => {
+                let call = core_rtas::Request::Call {
+                    caller: self.id,
+                    args_address: call.args[0],
+                    cpus: self.context.cpus.snapshot(),
+                };
+                match self.context.devices.rtas.query(call) {
+                    Ok(core_rtas::Reply::CallDone { request }) => {
                         let next = self.carry_out(request);
                         (HcallResult::status(H_SUCCESS), 0, next)
                     }
-                    Err(RtasFailure::Refused(refusal)) => {
+                    Ok(core_rtas::Reply::CallRefused(refusal)) => {
                         // The RTAS server already logged why.
                         log::debug!("vcpu{}: RTAS call refused: {refusal}", self.id);
                         (HcallResult::status(H_PARAMETER), 0, Next::Continue)
                     }
-                    Err(RtasFailure::Busy) => (HcallResult::status(H_BUSY), 0, Next::Continue),
-                    Err(failure @ RtasFailure::Unavailable(_)) => {
+                    // A new server is on its way: the guest may try again.
+                    Err(
+                        DeviceFailure::Restarting(_)
+                        | DeviceFailure::Died(_)
+                        | DeviceFailure::CutOff { .. },
+                    ) => (HcallResult::status(H_BUSY), 0, Next::Continue),
+                    Err(failure) => {
                         log::warn!("vcpu{}: {failure}", self.id);
                         (HcallResult::status(H_HARDWARE), 0, Next::Continue)
                     }

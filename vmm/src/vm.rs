@@ -7,26 +7,28 @@ use crate::config::{ConsoleConfig, GuestImage, SmpConfig, VmConfig};
 use crate::console::{Console, ConsoleError};
 use crate::control::{ControlMessage, QmpError};
 use crate::cores::{CoreDevice, Cores, CORE_DRIVER};
-use crate::devices::{AfterExit, DeviceError, DeviceProcesses};
+use crate::devices::supervisor::AfterExit;
+use crate::devices::{DeviceError, DeviceProcesses};
 use crate::fdt::{self, FdtError, MachineDescription};
 use crate::interrupts::{InterruptError, InterruptRouter};
 use crate::layout::{MemoryLayout, FDT_MAX_SIZE, FDT_START, GUEST_IMAGE_START, KVM_TSS_ADDRESS};
 use crate::memory::{GuestRam, MemoryError};
 use crate::qmp::{QmpContext, QmpServer};
 use crate::vcpu::{CpuTable, StartPoint, VcpuContext, VcpuHandle};
-use ipc_proto::eventlog::{CoreToEventLog, EventLogToCore, HotplugAction, HotplugTarget};
-use ipc_proto::hotplug::{
-    CoreToHotplug, DrcRange, HotplugNotification, HotplugToCore, Released, MAX_DEVICE_ID,
-};
+use ipc_proto::link::core_eventlog;
+use ipc_proto::link::core_hotplug::{self, DrcRange, MAX_DEVICE_ID};
+use ipc_proto::link::hotplug_eventlog::{HotplugAction, HotplugTarget};
+use ipc_proto::link::hotplug_notify::{Notification, Released};
 
 use ipc_proto::papr::{irq, DrcKind, LMB_SIZE};
-use ipc_proto::{Fault, ProcessKind};
+use ipc_proto::ProcessKind;
 use kvm_ioctls::{Kvm, VmFd};
 use linux_loader::loader::{elf::Elf, KernelLoader};
 use serde_json::{json, Map, Value};
+use std::collections::VecDeque;
 use std::io::Cursor;
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress};
@@ -91,6 +93,8 @@ pub struct Vm {
     qmp: Arc<QmpServer>,
     control: Sender<ControlMessage>,
     inbox: Receiver<ControlMessage>,
+    /// Messages that arrived while a reset waited for the controller's releases.
+    deferred: VecDeque<ControlMessage>,
     ram: GuestRam,
     layout: MemoryLayout,
     smp: SmpConfig,
@@ -180,6 +184,7 @@ impl Vm {
             qmp,
             control,
             inbox,
+            deferred: VecDeque::new(),
             ram,
             layout,
             smp: config.smp,
@@ -199,7 +204,7 @@ impl Vm {
     fn cold_plug_present_cores(&self) -> Result<(), String> {
         for core in self.cores.present() {
             let device = self.cores.device(core).cloned().expect("a present core");
-            self.hotplug_request(CoreToHotplug::Plug {
+            self.hotplug_request(core_hotplug::Request::Plug {
                 drcs: vec![self.cores.drc(core)],
                 device: device.path,
                 cold: true,
@@ -240,16 +245,11 @@ impl Vm {
     }
 
     /// A request to the hotplug controller; the error is for QMP or the log.
-    fn hotplug_request(&self, request: CoreToHotplug) -> Result<Vec<Released>, String> {
-        match self.devices.hotplug(request)? {
-            HotplugToCore::Done { released } => Ok(released),
-            HotplugToCore::Refused { reason } => Err(reason),
-            other => {
-                let why = format!("unexpected answer {other:?}");
-                self.devices.cut_off(ProcessKind::HotplugController, &why);
-                Err(why)
-            }
-        }
+    fn hotplug_request(&self, request: core_hotplug::Request) -> Result<(), String> {
+        self.devices
+            .hotplug
+            .command(request)
+            .map_err(|failure| failure.to_string())
     }
 
     /// Writes everything the guest finds at power-on; returns where CPU 0 starts.
@@ -311,10 +311,13 @@ impl Vm {
     pub fn run(mut self) -> Result<(), VmError> {
         self.power_on()?;
         loop {
-            let message = self
-                .inbox
-                .recv()
-                .map_err(|_| VmError::GuestCrashed("every vCPU thread is gone".into()))?;
+            let message = match self.deferred.pop_front() {
+                Some(message) => message,
+                None => self
+                    .inbox
+                    .recv()
+                    .map_err(|_| VmError::GuestCrashed("every vCPU thread is gone".into()))?,
+            };
             match message {
                 ControlMessage::PowerOff => {
                     log::info!("guest powered off");
@@ -346,6 +349,11 @@ impl Vm {
                     reason,
                 } => self.device_exited(kind, generation, &reason),
                 ControlMessage::RestartDevice(kind) => self.restart_device(kind),
+                ControlMessage::PeerFailed {
+                    peer,
+                    generation,
+                    reported_by,
+                } => self.devices.peer_failed(peer, generation, reported_by),
                 ControlMessage::Qmp {
                     command,
                     arguments,
@@ -369,17 +377,12 @@ impl Vm {
         self.park_all();
         // A controller that is down (restarting or failed) cannot complete
         // pending unplugs; the machine resets all the same.
-        match self.hotplug_request(CoreToHotplug::Reset) {
-            Ok(released) => {
-                for device in released {
-                    self.release(&device);
-                }
-            }
+        match self.hotplug_request(core_hotplug::Request::Reset) {
+            Ok(()) => self.await_reset_releases(),
             Err(error) => log::error!("reset without the hotplug controller: {error}"),
         }
-        match self.devices.eventlog(CoreToEventLog::Reset) {
-            Ok(EventLogToCore::Done) => {}
-            other => log::error!("the event log did not reset: {other:?}"),
+        if let Err(error) = self.devices.eventlog.command(core_eventlog::Request::Reset) {
+            log::error!("the event log did not reset: {error}");
         }
         self.interrupts.reset()?;
         self.ram.discard()?;
@@ -392,6 +395,25 @@ impl Vm {
         self.qmp
             .emit("RESET", json!({"guest": by_guest, "reason": reason}));
         Ok(())
+    }
+
+    /// Carries out the releases of a reset, which the controller notifies
+    /// (the one path by which releases reach the core) before it says the
+    /// reset is complete. Anything else that arrives meanwhile waits.
+    fn await_reset_releases(&mut self) {
+        let deadline = std::time::Instant::now() + ipc_proto::Link::CoreHotplug.reply_timeout();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.inbox.recv_timeout(left) {
+                Ok(ControlMessage::Hotplug(Notification::ResetComplete)) => return,
+                Ok(ControlMessage::Hotplug(notification)) => self.on_hotplug(notification),
+                Ok(other) => self.deferred.push_back(other),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                    log::error!("the hotplug controller did not complete the reset in time");
+                    return;
+                }
+            }
+        }
     }
 
     /// The supervisor's part: report, then restart with backoff or give up.
@@ -444,7 +466,7 @@ impl Vm {
             log::error!(
                 "cannot restart {}: {}",
                 kind.name(),
-                crate::describe(&error)
+                common::describe(&error)
             );
             // Counts as another death: the backoff grows, then it fails.
             let after = self.devices.restart_failed(kind);
@@ -465,10 +487,11 @@ impl Vm {
         );
     }
 
-    fn on_hotplug(&mut self, notification: HotplugNotification) {
+    fn on_hotplug(&mut self, notification: Notification) {
         match notification {
-            HotplugNotification::Released(released) => self.release(&released),
-            HotplugNotification::UnplugRefused { device } => {
+            Notification::Released(released) => self.release(&released),
+            Notification::ResetComplete => log::debug!("a late reset completion"),
+            Notification::UnplugRefused { device } => {
                 let Some(core) = self.cores.find(&device) else {
                     log::warn!("the hotplug controller names an unknown device {device}");
                     return;
@@ -564,7 +587,7 @@ impl Vm {
         })?;
         self.create_core_vcpus(core)
             .map_err(|error| QmpError::generic(format!("cannot create the vCPUs: {error}")))?;
-        let plug = CoreToHotplug::Plug {
+        let plug = core_hotplug::Request::Plug {
             drcs: vec![self.cores.drc(core)],
             device: device.path.clone(),
             cold: false,
@@ -595,14 +618,11 @@ impl Vm {
             class: e.class,
             desc: e.desc,
         })?;
-        let released = self
-            .hotplug_request(CoreToHotplug::UnplugRequest {
-                drcs: vec![self.cores.drc(core)],
-            })
-            .map_err(QmpError::generic)?;
-        for device in released {
-            self.release(&device);
-        }
+        // A device the guest never took is released at once, notified.
+        self.hotplug_request(core_hotplug::Request::UnplugRequest {
+            drcs: vec![self.cores.drc(core)],
+        })
+        .map_err(QmpError::generic)?;
         Ok(json!({}))
     }
 
@@ -654,18 +674,19 @@ impl Vm {
         while let Some(start) = from {
             match self
                 .devices
-                .hotplug(CoreToHotplug::ListDrcs { from: start })
+                .hotplug
+                .query(core_hotplug::Request::ListDrcs { from: start })
             {
-                Ok(HotplugToCore::Drcs { rows: page, next }) => {
+                Ok(core_hotplug::Reply::Drcs { rows: page, next }) => {
                     if next.is_some_and(|n| n <= start) {
                         return Err(QmpError::generic("the hotplug controller pages backwards"));
                     }
                     rows.extend(page);
                     from = next;
                 }
-                other => {
+                Err(failure) => {
                     return Err(QmpError::generic(format!(
-                        "the hotplug controller did not list its DRCs: {other:?}"
+                        "the hotplug controller did not list its DRCs: {failure}"
                     )))
                 }
             }
@@ -693,6 +714,7 @@ impl Vm {
         Ok(Value::Array(rows))
     }
 
+    #[cfg(feature = "fault-injection")]
     fn inject_fault(&mut self, arguments: &Map<String, Value>) -> Result<Value, QmpError> {
         let process = arguments
             .get("process")
@@ -710,12 +732,12 @@ impl Vm {
             .get("fault")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        let fault = Fault::ALL
+        let fault = ipc_proto::Fault::ALL
             .into_iter()
             .find(|(n, _)| *n == name)
             .map(|(_, f)| f)
             .ok_or_else(|| {
-                let names: Vec<&str> = Fault::ALL.iter().map(|(n, _)| *n).collect();
+                let names: Vec<&str> = ipc_proto::Fault::ALL.iter().map(|(n, _)| *n).collect();
                 QmpError::generic(format!(
                     "Parameter 'fault' expects one of {}, not '{name}'",
                     names.join(", ")
@@ -727,9 +749,16 @@ impl Vm {
         }
     }
 
+    #[cfg(not(feature = "fault-injection"))]
+    fn inject_fault(&mut self, _: &Map<String, Value>) -> Result<Value, QmpError> {
+        Err(QmpError::generic(
+            "x-inject-fault: this build has no fault injection (build with --features fault-injection)",
+        ))
+    }
+
     fn query_event_log(&self) -> Result<Value, QmpError> {
-        match self.devices.eventlog(CoreToEventLog::List) {
-            Ok(EventLogToCore::Queued(events)) => Ok(Value::Array(
+        match self.devices.eventlog.query(core_eventlog::Request::List) {
+            Ok(core_eventlog::Reply::Queued(events)) => Ok(Value::Array(
                 events
                     .into_iter()
                     .map(|event| {
@@ -748,8 +777,8 @@ impl Vm {
                     })
                     .collect(),
             )),
-            other => Err(QmpError::generic(format!(
-                "the event log did not list its queue: {other:?}"
+            Err(failure) => Err(QmpError::generic(format!(
+                "the event log did not list its queue: {failure}"
             ))),
         }
     }

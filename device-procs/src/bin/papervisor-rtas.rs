@@ -2,5 +2,8 @@
 //! with its channels as descriptors 3.. (`ipc_proto::ProcessKind::links`).
 
 fn main() -> std::process::ExitCode {
-    device_procs::process::main("rtas-server", device_procs::rtas::server::run)
+    device_procs::process::main(
+        ipc_proto::ProcessKind::RtasServer,
+        device_procs::rtas::process::run,
+    )
 }

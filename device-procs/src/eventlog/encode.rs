@@ -4,7 +4,7 @@
 //! their lengths and a zero would make it loop forever.
 
 use crate::clock::UtcTime;
-use ipc_proto::eventlog::{HotplugAction, HotplugEvent, HotplugTarget};
+use ipc_proto::link::hotplug_eventlog::{HotplugAction, HotplugEvent, HotplugTarget};
 
 /// Length of a hot-plug event.
 pub const HOTPLUG_EVENT_LEN: usize = 116;

@@ -10,14 +10,14 @@ pub mod encode;
 pub mod process;
 
 use crate::clock::UtcTime;
-use ipc_proto::eventlog::HotplugEvent;
+use ipc_proto::link::hotplug_eventlog::HotplugEvent;
 use std::collections::VecDeque;
 
 /// Event class mask of hot-plug events (PAPR class 3).
 pub const CLASS_HOTPLUG: u32 = 0x1000_0000;
 /// Events kept at most; with coalescing a guest that never reads still
 /// cannot fill it with fewer DRCs than this.
-pub const MAX_QUEUED: usize = 4096;
+pub const MAX_QUEUED: usize = ipc_proto::link::core_eventlog::MAX_QUEUED_EVENTS;
 
 struct Entry {
     event: HotplugEvent,
@@ -136,7 +136,7 @@ impl EventQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ipc_proto::eventlog::{HotplugAction, HotplugTarget};
+    use ipc_proto::link::hotplug_eventlog::{HotplugAction, HotplugTarget};
     use ipc_proto::papr::DrcIndex;
 
     fn now() -> UtcTime {

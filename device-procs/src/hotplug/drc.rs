@@ -2,17 +2,8 @@
 //! reference §2.3 and §2.6: each guest request is one `match` on
 //! (state, value), so the code reads like the table it implements.
 
-use ipc_proto::hotplug::DrcState;
-use ipc_proto::papr::{DrcIndex, DrcKind};
-
-/// RTAS statuses the state machine returns.
-pub const SUCCESS: i32 = 0;
-/// Hardware error: the LMB isolate guard.
-pub const HARDWARE_ERROR: i32 = -1;
-/// Parameter error / no such indicator / not allowed now.
-pub const PARAMETER_ERROR: i32 = -3;
-/// configure-connector on a DRC that is not being configured.
-pub const NOT_CONFIGURABLE: i32 = -9003;
+use super::HotplugError;
+use ipc_proto::papr::{DrcIndex, DrcKind, DrcState, RtasStatus};
 
 /// Isolation values (set-indicator 9001).
 const ISOLATE: u32 = 0;
@@ -70,76 +61,76 @@ impl Drc {
     }
 
     /// set-indicator 9001 (isolation-state).
-    pub fn set_isolation(&mut self, value: u32) -> (i32, Outcome) {
+    pub fn set_isolation(&mut self, value: u32) -> (RtasStatus, Outcome) {
         use DrcState::*;
         match (self.state, value) {
-            (Unusable, UNISOLATE) => (PARAMETER_ERROR, Outcome::Nothing),
+            (Unusable, UNISOLATE) => (RtasStatus::ParameterError, Outcome::Nothing),
             (Available, UNISOLATE) => {
                 if self.device.is_none() {
-                    return (PARAMETER_ERROR, Outcome::Nothing);
+                    return (RtasStatus::ParameterError, Outcome::Nothing);
                 }
                 self.state = Unisolate;
                 self.configure_generation = self.configure_generation.wrapping_add(1);
-                (SUCCESS, Outcome::Nothing)
+                (RtasStatus::Success, Outcome::Nothing)
             }
             // A no-op that succeeds, unless an unplug is pending: then it is
             // the guest's "I refuse" (Linux ≥ 5.13 after a failed removal).
             (Unisolate | Configured, UNISOLATE) => {
                 if self.unplug_requested && self.device.is_some() {
                     self.unplug_requested = false;
-                    (SUCCESS, Outcome::UnplugRefused)
+                    (RtasStatus::Success, Outcome::UnplugRefused)
                 } else {
-                    (SUCCESS, Outcome::Nothing)
+                    (RtasStatus::Success, Outcome::Nothing)
                 }
             }
-            (Unusable | Available, ISOLATE) => (SUCCESS, Outcome::Nothing),
-            (Unisolate, ISOLATE) => (PARAMETER_ERROR, Outcome::Nothing),
+            (Unusable | Available, ISOLATE) => (RtasStatus::Success, Outcome::Nothing),
+            (Unisolate, ISOLATE) => (RtasStatus::ParameterError, Outcome::Nothing),
             (Configured, ISOLATE) => {
                 // An LMB the host did not ask for cannot be taken away by the
                 // guest (a by-count removal must not pick another DIMM's LMBs).
                 if self.is_lmb() && !self.unplug_requested {
-                    return (HARDWARE_ERROR, Outcome::Nothing);
+                    return (RtasStatus::HardwareError, Outcome::Nothing);
                 }
                 self.state = Available;
-                (SUCCESS, Outcome::Nothing)
+                (RtasStatus::Success, Outcome::Nothing)
             }
-            _ => (PARAMETER_ERROR, Outcome::Nothing),
+            _ => (RtasStatus::ParameterError, Outcome::Nothing),
         }
     }
 
     /// set-indicator 9003 (allocation-state).
-    pub fn set_allocation(&mut self, value: u32) -> (i32, Outcome) {
+    pub fn set_allocation(&mut self, value: u32) -> (RtasStatus, Outcome) {
         use DrcState::*;
         match (self.state, value) {
             (Unusable, USABLE) => {
                 if self.device.is_none() || self.unplug_requested {
-                    return (PARAMETER_ERROR, Outcome::Nothing);
+                    return (RtasStatus::ParameterError, Outcome::Nothing);
                 }
                 self.state = Available;
-                (SUCCESS, Outcome::Nothing)
+                (RtasStatus::Success, Outcome::Nothing)
             }
-            (Available | Unisolate | Configured, USABLE) => (SUCCESS, Outcome::Nothing),
-            (Unusable, UNUSABLE) => (SUCCESS, Outcome::Nothing),
+            (Available | Unisolate | Configured, USABLE) => (RtasStatus::Success, Outcome::Nothing),
+            (Unusable, UNUSABLE) => (RtasStatus::Success, Outcome::Nothing),
             (Available, UNUSABLE) => {
                 self.state = Unusable;
                 if self.unplug_requested {
                     self.release();
-                    (SUCCESS, Outcome::Released)
+                    (RtasStatus::Success, Outcome::Released)
                 } else {
-                    (SUCCESS, Outcome::Nothing)
+                    (RtasStatus::Success, Outcome::Nothing)
                 }
             }
-            (Unisolate | Configured, UNUSABLE) => (PARAMETER_ERROR, Outcome::Nothing),
-            _ => (PARAMETER_ERROR, Outcome::Nothing),
+            (Unisolate | Configured, UNUSABLE) => (RtasStatus::ParameterError, Outcome::Nothing),
+            _ => (RtasStatus::ParameterError, Outcome::Nothing),
         }
     }
 
     /// get-sensor-state 9003 (dr-entity-sense): status and value.
-    pub fn entity_sense(&self) -> (i32, u32) {
+    pub fn entity_sense(&self) -> (RtasStatus, u32) {
         match self.state {
-            DrcState::Unusable => (SUCCESS, SENSE_UNUSABLE),
+            DrcState::Unusable => (RtasStatus::Success, SENSE_UNUSABLE),
             DrcState::Available | DrcState::Unisolate | DrcState::Configured => {
-                (SUCCESS, SENSE_PRESENT)
+                (RtasStatus::Success, SENSE_PRESENT)
             }
         }
     }
@@ -157,9 +148,9 @@ impl Drc {
     }
 
     /// Links a device. A cold plug resets the DRC to CONFIGURED at once.
-    pub fn attach(&mut self, device: &str, cold: bool) -> Result<(), String> {
+    pub fn attach(&mut self, device: &str, cold: bool) -> Result<(), HotplugError> {
         if self.device.is_some() || self.state != DrcState::Unusable {
-            return Err(format!("DRC {:#x} is in use", self.index.0));
+            return Err(HotplugError::DrcInUse(self.index));
         }
         self.device = Some(device.to_string());
         if cold {
@@ -231,12 +222,12 @@ mod tests {
 
     type Cell = (DrcState, bool, bool, u32, i32, DrcState, Outcome);
 
-    fn check(index: DrcIndex, cells: &[Cell], apply: fn(&mut Drc, u32) -> (i32, Outcome)) {
+    fn check(index: DrcIndex, cells: &[Cell], apply: fn(&mut Drc, u32) -> (RtasStatus, Outcome)) {
         for &(state, device, unplug, value, status, after, outcome) in cells {
             let mut d = drc(index, state, device, unplug);
-            let got = apply(&mut d, value);
+            let (got_status, got_outcome) = apply(&mut d, value);
             assert_eq!(
-                (got, d.state),
+                ((got_status.code(), got_outcome), d.state),
                 ((status, outcome), after),
                 "{state:?} device={device} unplug={unplug} value={value}"
             );
@@ -303,7 +294,10 @@ mod tests {
     #[test]
     fn release_clears_the_device_and_the_request() {
         let mut d = drc(cpu(), Available, true, true);
-        assert_eq!(d.set_allocation(UNUSABLE), (0, Outcome::Released));
+        assert_eq!(
+            d.set_allocation(UNUSABLE),
+            (RtasStatus::Success, Outcome::Released)
+        );
         assert_eq!((d.device.clone(), d.unplug_requested), (None, false));
     }
 
@@ -315,7 +309,10 @@ mod tests {
             (Unisolate, SENSE_PRESENT),
             (Configured, SENSE_PRESENT),
         ] {
-            assert_eq!(drc(cpu(), state, true, false).entity_sense(), (0, sense));
+            assert_eq!(
+                drc(cpu(), state, true, false).entity_sense(),
+                (RtasStatus::Success, sense)
+            );
         }
     }
 

@@ -11,20 +11,57 @@
 pub mod drc;
 pub mod process;
 
-use drc::{Drc, Outcome, NOT_CONFIGURABLE, PARAMETER_ERROR, SUCCESS};
-use ipc_proto::eventlog::{HotplugAction, HotplugEvent, HotplugTarget};
-use ipc_proto::hotplug::{
-    indicator, DrcInfo, DrcRange, HotplugNotification, Released, DRCS_PER_PAGE, MAX_DEVICE_ID,
-    MAX_DRCS,
-};
-use ipc_proto::papr::{DrcIndex, DrcKind};
+use drc::{Drc, Outcome};
+use ipc_proto::link::core_hotplug::{DrcInfo, DrcRange, DRCS_PER_PAGE, MAX_DEVICE_ID, MAX_DRCS};
+use ipc_proto::link::hotplug_eventlog::{HotplugAction, HotplugEvent, HotplugTarget};
+use ipc_proto::link::hotplug_notify::{Notification, Released};
+use ipc_proto::papr::{indicator, DrcIndex, DrcKind, RtasStatus};
 use std::collections::BTreeMap;
+use thiserror::Error;
+
+/// Why the controller refuses a request of the core.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum HotplugError {
+    /// The table would grow past [`MAX_DRCS`].
+    #[error("{0} DRCs is more than {MAX_DRCS}")]
+    TooManyDrcs(u64),
+    /// A run of DRCs whose ids do not fit a DRC index.
+    #[error("DRC range {0:?} overflows")]
+    RangeOverflows(DrcRange),
+    /// A request that names no DRC.
+    #[error("no DRC given")]
+    NoDrc,
+    /// A DRC index of a type the platform does not have.
+    #[error("DRC {:#x} has no known type", .0 .0)]
+    UnknownType(DrcIndex),
+    /// A DRC the table does not have.
+    #[error("no DRC {:#x}", .0 .0)]
+    NoSuchDrc(DrcIndex),
+    /// One request for DRCs of different types.
+    #[error("DRCs of different types")]
+    MixedTypes,
+    /// A device id that is empty or too long.
+    #[error("device id of {0} bytes")]
+    BadDeviceId(usize),
+    /// A device that is plugged already.
+    #[error("device {0} is already plugged")]
+    AlreadyPlugged(String),
+    /// A DRC that holds a device already.
+    #[error("DRC {:#x} is in use", .0 .0)]
+    DrcInUse(DrcIndex),
+    /// An unplug request for an empty DRC.
+    #[error("DRC {:#x} has no device", .0 .0)]
+    NoDevice(DrcIndex),
+    /// An unplug request whose DRCs hold more than one device.
+    #[error("the DRCs do not hold one device")]
+    NotOneDevice,
+}
 
 /// What the controller must tell others after a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
     /// To the core, on the notify link.
-    Notify(HotplugNotification),
+    Notify(Notification),
     /// To the event log.
     Queue(HotplugEvent),
     /// To the event log: drop this event if it still waits.
@@ -52,10 +89,10 @@ fn target(drcs: &[DrcIndex]) -> Option<HotplugTarget> {
 
 impl Controller {
     /// Creates the DRCs of `ranges`.
-    pub fn define(&mut self, ranges: &[DrcRange]) -> Result<(), String> {
+    pub fn define(&mut self, ranges: &[DrcRange]) -> Result<(), HotplugError> {
         let total: u64 = ranges.iter().map(|r| u64::from(r.count)).sum();
         if total + self.drcs.len() as u64 > MAX_DRCS as u64 {
-            return Err(format!("{total} DRCs is more than {MAX_DRCS}"));
+            return Err(HotplugError::TooManyDrcs(total));
         }
         for range in ranges {
             for i in 0..range.count {
@@ -63,24 +100,22 @@ impl Controller {
                     .checked_mul(range.step)
                     .and_then(|offset| offset.checked_add(range.first_id))
                     .and_then(|id| DrcIndex::new(range.kind, id))
-                    .ok_or_else(|| format!("DRC range {range:?} overflows"))?;
+                    .ok_or(HotplugError::RangeOverflows(*range))?;
                 self.drcs.entry(id).or_insert_with(|| Drc::new(id));
             }
         }
         Ok(())
     }
 
-    fn check_drcs(&self, drcs: &[DrcIndex]) -> Result<DrcKind, String> {
-        let first = drcs.first().ok_or("no DRC given")?;
-        let kind = first
-            .kind()
-            .ok_or(format!("DRC {:#x} has no known type", first.0))?;
+    fn check_drcs(&self, drcs: &[DrcIndex]) -> Result<DrcKind, HotplugError> {
+        let first = drcs.first().ok_or(HotplugError::NoDrc)?;
+        let kind = first.kind().ok_or(HotplugError::UnknownType(*first))?;
         for index in drcs {
             if !self.drcs.contains_key(index) {
-                return Err(format!("no DRC {:#x}", index.0));
+                return Err(HotplugError::NoSuchDrc(*index));
             }
             if index.kind() != Some(kind) {
-                return Err("DRCs of different types".into());
+                return Err(HotplugError::MixedTypes);
             }
         }
         Ok(kind)
@@ -92,16 +127,16 @@ impl Controller {
         drcs: &[DrcIndex],
         device: &str,
         cold: bool,
-    ) -> Result<Vec<Effect>, String> {
+    ) -> Result<Vec<Effect>, HotplugError> {
         self.check_drcs(drcs)?;
         if device.is_empty() || device.len() > MAX_DEVICE_ID {
-            return Err(format!("device id of {} bytes", device.len()));
+            return Err(HotplugError::BadDeviceId(device.len()));
         }
         if self.devices.contains_key(device) {
-            return Err(format!("device {device} is already plugged"));
+            return Err(HotplugError::AlreadyPlugged(device.to_string()));
         }
         if let Some(busy) = drcs.iter().find(|i| self.drcs[i].device.is_some()) {
-            return Err(format!("DRC {:#x} is in use", busy.0));
+            return Err(HotplugError::DrcInUse(*busy));
         }
         for index in drcs {
             if let Some(drc) = self.drcs.get_mut(index) {
@@ -126,17 +161,17 @@ impl Controller {
     pub fn unplug_request(
         &mut self,
         drcs: &[DrcIndex],
-    ) -> Result<(Vec<Released>, Vec<Effect>), String> {
+    ) -> Result<(Vec<Released>, Vec<Effect>), HotplugError> {
         self.check_drcs(drcs)?;
         let device = self.drcs[&drcs[0]]
             .device
             .clone()
-            .ok_or_else(|| format!("DRC {:#x} has no device", drcs[0].0))?;
+            .ok_or(HotplugError::NoDevice(drcs[0]))?;
         if drcs
             .iter()
             .any(|i| self.drcs[i].device.as_deref() != Some(device.as_str()))
         {
-            return Err("the DRCs do not hold one device".into());
+            return Err(HotplugError::NotOneDevice);
         }
         for index in drcs {
             if let Some(drc) = self.drcs.get_mut(index) {
@@ -171,22 +206,27 @@ impl Controller {
     }
 
     /// set-indicator: the RTAS status and what follows from it.
-    pub fn set_indicator(&mut self, kind: u32, index: u32, value: u32) -> (i32, Vec<Effect>) {
+    pub fn set_indicator(
+        &mut self,
+        kind: u32,
+        index: u32,
+        value: u32,
+    ) -> (RtasStatus, Vec<Effect>) {
         let Some(drc) = self.drcs.get_mut(&DrcIndex(index)) else {
-            return (PARAMETER_ERROR, Vec::new());
+            return (RtasStatus::ParameterError, Vec::new());
         };
         let device = drc.device.clone();
         let (status, outcome) = match kind {
             indicator::ISOLATION_STATE => drc.set_isolation(value),
             indicator::ALLOCATION_STATE => drc.set_allocation(value),
             // Logical DRCs have no DR indicator.
-            _ => (PARAMETER_ERROR, Outcome::Nothing),
+            _ => (RtasStatus::ParameterError, Outcome::Nothing),
         };
         let mut effects = Vec::new();
         match (outcome, device) {
             (Outcome::Released, Some(device)) => {
                 if let Some(released) = self.completed(&device) {
-                    effects.push(Effect::Notify(HotplugNotification::Released(released)));
+                    effects.push(Effect::Notify(Notification::Released(released)));
                 }
             }
             (Outcome::UnplugRefused, Some(device)) => {
@@ -200,9 +240,7 @@ impl Controller {
                         drc.unplug_requested = false;
                     }
                 }
-                effects.push(Effect::Notify(HotplugNotification::UnplugRefused {
-                    device,
-                }));
+                effects.push(Effect::Notify(Notification::UnplugRefused { device }));
                 if let Some(target) = target(&drcs) {
                     effects.push(Effect::Withdraw(HotplugEvent {
                         action: HotplugAction::Remove,
@@ -216,33 +254,33 @@ impl Controller {
     }
 
     /// get-sensor-state: status and value.
-    pub fn sensor(&self, sensor: u32, index: u32) -> (i32, u32) {
+    pub fn sensor(&self, sensor: u32, index: u32) -> (RtasStatus, u32) {
         match (sensor, self.drcs.get(&DrcIndex(index))) {
             (indicator::DR_ENTITY_SENSE, Some(drc)) => drc.entity_sense(),
-            _ => (PARAMETER_ERROR, 0),
+            _ => (RtasStatus::ParameterError, 0),
         }
     }
 
     /// configure-connector may walk the DRC: status and the walk's generation.
-    pub fn configure_begin(&self, index: u32) -> (i32, u32) {
+    pub fn configure_begin(&self, index: u32) -> (RtasStatus, u32) {
         match self.drcs.get(&DrcIndex(index)) {
-            None => (PARAMETER_ERROR, 0),
+            None => (RtasStatus::ParameterError, 0),
             Some(drc) if drc.may_configure() && drc.device.is_some() => {
-                (SUCCESS, drc.configure_generation)
+                (RtasStatus::Success, drc.configure_generation)
             }
-            Some(_) => (NOT_CONFIGURABLE, 0),
+            Some(_) => (RtasStatus::NotConfigurable, 0),
         }
     }
 
     /// configure-connector handed out the whole fragment.
-    pub fn configure_done(&mut self, index: u32) -> i32 {
+    pub fn configure_done(&mut self, index: u32) -> RtasStatus {
         match self.drcs.get_mut(&DrcIndex(index)) {
             Some(drc) if drc.may_configure() => {
                 drc.configured();
-                SUCCESS
+                RtasStatus::Success
             }
-            Some(_) => NOT_CONFIGURABLE,
-            None => PARAMETER_ERROR,
+            Some(_) => RtasStatus::NotConfigurable,
+            None => RtasStatus::ParameterError,
         }
     }
 
@@ -282,7 +320,8 @@ impl Controller {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ipc_proto::hotplug::DrcState;
+    use ipc_proto::papr::DrcState;
+    use RtasStatus::{ParameterError, Success};
 
     const CORE1: DrcIndex = DrcIndex(0x1000_0001);
 
@@ -315,11 +354,11 @@ mod tests {
 
     /// Drives the guest side of an acquire: entity sense 2, usable, unisolate, configure.
     fn acquire(c: &mut Controller, drc: DrcIndex) {
-        assert_eq!(c.sensor(9003, drc.0), (0, 2));
-        assert_eq!(c.set_indicator(9003, drc.0, 1).0, 0);
-        assert_eq!(c.set_indicator(9001, drc.0, 1).0, 0);
-        assert_eq!(c.configure_begin(drc.0).0, 0);
-        assert_eq!(c.configure_done(drc.0), 0);
+        assert_eq!(c.sensor(9003, drc.0), (Success, 2));
+        assert_eq!(c.set_indicator(9003, drc.0, 1).0, Success);
+        assert_eq!(c.set_indicator(9001, drc.0, 1).0, Success);
+        assert_eq!(c.configure_begin(drc.0).0, Success);
+        assert_eq!(c.configure_done(drc.0), Success);
     }
 
     #[test]
@@ -338,13 +377,13 @@ mod tests {
         assert!(released.is_empty());
         assert_eq!(effects, [remove_event(CORE1)]);
         // Guest release: sensor 1, isolate, unusable.
-        assert_eq!(c.sensor(9003, CORE1.0), (0, 1));
-        assert_eq!(c.set_indicator(9001, CORE1.0, 0), (0, vec![]));
+        assert_eq!(c.sensor(9003, CORE1.0), (Success, 1));
+        assert_eq!(c.set_indicator(9001, CORE1.0, 0), (Success, vec![]));
         let (status, effects) = c.set_indicator(9003, CORE1.0, 0);
-        assert_eq!(status, 0);
+        assert_eq!(status, Success);
         assert_eq!(
             effects,
-            [Effect::Notify(HotplugNotification::Released(Released {
+            [Effect::Notify(Notification::Released(Released {
                 device: "core1".into(),
                 drcs: vec![CORE1]
             }))]
@@ -364,11 +403,11 @@ mod tests {
             assert_eq!(effects, [remove_event(CORE1)]);
         }
         let (status, effects) = c.set_indicator(9001, CORE1.0, 1);
-        assert_eq!(status, 0);
+        assert_eq!(status, Success);
         assert_eq!(
             effects,
             [
-                Effect::Notify(HotplugNotification::UnplugRefused {
+                Effect::Notify(Notification::UnplugRefused {
                     device: "core1".into()
                 }),
                 Effect::Withdraw(HotplugEvent {
@@ -378,7 +417,7 @@ mod tests {
             ]
         );
         // A second unisolate is a plain no-op: no second report.
-        assert_eq!(c.set_indicator(9001, CORE1.0, 1), (0, vec![]));
+        assert_eq!(c.set_indicator(9001, CORE1.0, 1), (Success, vec![]));
         let (rows, _) = c.list(0);
         let row = rows.iter().find(|r| r.index == CORE1).unwrap();
         assert_eq!(
@@ -391,7 +430,7 @@ mod tests {
         let (_, effects) = c.set_indicator(9003, CORE1.0, 0);
         assert!(matches!(
             effects[..],
-            [Effect::Notify(HotplugNotification::Released(_))]
+            [Effect::Notify(Notification::Released(_))]
         ));
     }
 
@@ -446,7 +485,10 @@ mod tests {
         let (_, second) = c.set_indicator(9001, lmbs[1].0, 1);
         assert!(second.is_empty(), "one refusal, one report");
         // Without a pending unplug the guest cannot take a configured LMB away.
-        assert_eq!(c.set_indicator(9001, lmbs[0].0, 0).0, -1);
+        assert_eq!(
+            c.set_indicator(9001, lmbs[0].0, 0).0,
+            RtasStatus::HardwareError
+        );
     }
 
     #[test]
@@ -459,12 +501,15 @@ mod tests {
         assert!(c.plug(&[CORE1], "other", false).is_err());
         assert!(c.plug(&[DrcIndex(0x1000_0002)], "core1", false).is_err());
         assert!(c.unplug_request(&[DrcIndex(0x1000_0002)]).is_err());
-        assert_eq!(c.set_indicator(9001, 0x1000_0009, 1), (-3, vec![]));
-        assert_eq!(c.set_indicator(9002, CORE1.0, 1).0, -3);
-        assert_eq!(c.sensor(9001, CORE1.0), (-3, 0));
-        assert_eq!(c.sensor(9003, 0x1000_0009), (-3, 0));
-        assert_eq!(c.configure_begin(CORE1.0).0, -9003);
-        assert_eq!(c.configure_begin(0x1000_0009).0, -3);
+        assert_eq!(
+            c.set_indicator(9001, 0x1000_0009, 1),
+            (ParameterError, vec![])
+        );
+        assert_eq!(c.set_indicator(9002, CORE1.0, 1).0, ParameterError);
+        assert_eq!(c.sensor(9001, CORE1.0), (ParameterError, 0));
+        assert_eq!(c.sensor(9003, 0x1000_0009), (ParameterError, 0));
+        assert_eq!(c.configure_begin(CORE1.0).0, RtasStatus::NotConfigurable);
+        assert_eq!(c.configure_begin(0x1000_0009).0, ParameterError);
         assert!(c
             .define(&[DrcRange {
                 kind: DrcKind::Lmb,

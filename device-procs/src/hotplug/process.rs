@@ -2,210 +2,176 @@
 //! server, events to the event log, notifications to the core.
 
 use super::{Controller, Effect};
-use crate::process::{
-    adopt, decode_request, decode_with_fds, open_links, reply, serve, Server, PEER_TIMEOUT,
-};
-use ipc_proto::channel::{Channel, ChannelError, Client, Envelope, Frame};
-use ipc_proto::eventlog::{EventLogToHotplug, HotplugToEventLog};
-use ipc_proto::hotplug::{CoreToHotplug, HotplugToCore, HotplugToRtas, RtasToHotplug};
+use crate::process::{answer, serve, Device, Links, ProcessError};
+use crate::seccomp;
+use ipc_proto::channel::{ChannelError, Frame};
+use ipc_proto::control::Answer;
+use ipc_proto::link::core_hotplug::{self, CoreHotplug};
+use ipc_proto::link::hotplug_eventlog::{self, HotplugEventLog};
+use ipc_proto::link::hotplug_notify::{HotplugNotify, Notification};
+use ipc_proto::link::rtas_hotplug::{self, RtasHotplug};
+use ipc_proto::protocol::refused;
 use ipc_proto::{Link, ProcessKind};
+use std::collections::VecDeque;
 
-struct Process {
-    controller: Controller,
-    core: Channel,
-    /// None while the RTAS server is down.
-    rtas: Option<Channel>,
-    notify: Channel,
-    notifications: u64,
-    eventlog: Client,
-}
+/// Events the event log did not take because it was down, at most this many;
+/// they are sent again, in order, to its successor.
+const MAX_UNDELIVERED: usize = 1024;
 
 /// Runs the controller until the core hangs up.
-pub fn run() -> Result<(), String> {
-    let mut channels = open_links(ProcessKind::HotplugController)?.into_iter();
-    let (Some(core), Some(notify), Some(rtas), Some(eventlog)) = (
-        channels.next(),
-        channels.next(),
-        channels.next(),
-        channels.next(),
-    ) else {
-        return Err("missing channels".into());
-    };
+pub fn run(mode: seccomp::Mode) -> Result<(), ProcessError> {
+    let mut links = Links::open(ProcessKind::HotplugController, mode)?;
     log::info!("serving the DRC table");
-    let mut process = Process {
+    let mut process = HotplugController {
         controller: Controller::default(),
-        core,
-        rtas: Some(rtas),
-        notify,
-        notifications: 0,
-        eventlog: Client::new(eventlog),
+        undelivered: VecDeque::new(),
     };
-    serve(&mut process).map_err(|error| error.to_string())
+    serve(&mut process, &mut links)
 }
 
-impl Server for Process {
-    fn watched(&self) -> Vec<(&Channel, Link)> {
-        let mut watched = vec![(&self.core, Link::CoreHotplug)];
-        if let Some(rtas) = &self.rtas {
-            watched.push((rtas, Link::RtasHotplug));
-        }
-        watched
-    }
+struct HotplugController {
+    controller: Controller,
+    /// What the event log should have received but did not (it was down).
+    undelivered: VecDeque<hotplug_eventlog::Request>,
+}
 
-    fn handle(
+impl Device for HotplugController {
+    fn on_frame(
         &mut self,
+        links: &mut Links,
         link: Link,
         frame: Result<Frame, ChannelError>,
     ) -> Result<(), ChannelError> {
         match link {
-            Link::CoreHotplug => self.on_core(frame),
-            _ => self.on_rtas(frame),
+            Link::CoreHotplug => answer::<CoreHotplug>(links, frame, |links, request, _| {
+                self.on_core(links, request)
+            }),
+            _ => answer::<RtasHotplug>(links, frame, |links, request, _| {
+                Answer::Link(self.on_rtas(links, request))
+            }),
         }
     }
 
-    fn peer_gone(&mut self, _: Link) {
-        self.rtas = None;
+    fn relinked(&mut self, links: &mut Links, link: Link) {
+        if link == Link::HotplugEventLog && !self.undelivered.is_empty() {
+            log::info!(
+                "sending {} undelivered event(s) to the new event log",
+                self.undelivered.len()
+            );
+            self.deliver(links);
+        }
     }
 }
 
-impl Process {
-    fn on_core(&mut self, frame: Result<Frame, ChannelError>) -> Result<(), ChannelError> {
-        let (message, fds) = match decode_with_fds::<CoreToHotplug>(frame) {
-            Ok(decoded) => decoded,
-            Err(reason) => {
-                log::warn!("rejected a request from the core: {reason}");
-                return reply(&self.core, 0, HotplugToCore::Refused { reason });
+impl HotplugController {
+    fn on_core(
+        &mut self,
+        links: &mut Links,
+        request: core_hotplug::Request,
+    ) -> Answer<core_hotplug::Reply> {
+        let outcome = match request {
+            core_hotplug::Request::DefineDrcs { ranges } => self.controller.define(&ranges),
+            core_hotplug::Request::Plug { drcs, device, cold } => {
+                self.controller.plug(&drcs, &device, cold).map(|effects| {
+                    let how = if cold { "cold" } else { "hot" };
+                    log::info!("plugged {device} ({} DRCs, {how})", drcs.len());
+                    self.carry_out(links, effects);
+                })
             }
-        };
-        if !fds.is_empty() && !matches!(message.body, CoreToHotplug::ReplaceLink(_)) {
-            let reason = "unexpected descriptors".to_string();
-            return reply(&self.core, message.id, HotplugToCore::Refused { reason });
-        }
-        let answer = match message.body {
-            CoreToHotplug::DefineDrcs { ranges } => match self.controller.define(&ranges) {
-                Ok(()) => HotplugToCore::Done { released: vec![] },
-                Err(reason) => HotplugToCore::Refused { reason },
-            },
-            CoreToHotplug::Plug { drcs, device, cold } => {
-                match self.controller.plug(&drcs, &device, cold) {
-                    Ok(effects) => {
-                        let how = if cold { "cold" } else { "hot" };
-                        log::info!("plugged {device} ({} DRCs, {how})", drcs.len());
-                        self.carry_out(effects);
-                        HotplugToCore::Done { released: vec![] }
-                    }
-                    Err(reason) => HotplugToCore::Refused { reason },
-                }
+            core_hotplug::Request::UnplugRequest { drcs } => self
+                .controller
+                .unplug_request(&drcs)
+                .map(|(released, effects)| {
+                    let released = released
+                        .into_iter()
+                        .map(|r| Effect::Notify(Notification::Released(r)));
+                    self.carry_out(links, released.chain(effects).collect());
+                }),
+            core_hotplug::Request::Reset => {
+                let released = self.controller.reset();
+                let notifications = released
+                    .into_iter()
+                    .map(|r| Effect::Notify(Notification::Released(r)))
+                    .chain([Effect::Notify(Notification::ResetComplete)]);
+                self.carry_out(links, notifications.collect());
+                Ok(())
             }
-            CoreToHotplug::UnplugRequest { drcs } => match self.controller.unplug_request(&drcs) {
-                Ok((released, effects)) => {
-                    self.carry_out(effects);
-                    HotplugToCore::Done { released }
-                }
-                Err(reason) => HotplugToCore::Refused { reason },
-            },
-            CoreToHotplug::Reset => HotplugToCore::Done {
-                released: self.controller.reset(),
-            },
-            CoreToHotplug::ListDrcs { from } => {
+            core_hotplug::Request::ListDrcs { from } => {
                 let (rows, next) = self.controller.list(from);
-                HotplugToCore::Drcs { rows, next }
+                return Answer::Link(core_hotplug::Reply::Drcs { rows, next });
             }
-            CoreToHotplug::InjectFault(fault) => HotplugToCore::FaultSurvived {
-                outcome: {
-                    if fault == ipc_proto::Fault::Garbage {
-                        crate::process::send_garbage(&self.core);
-                        crate::process::send_garbage(&self.notify);
-                    }
-                    crate::seccomp::commit(fault)
-                },
-            },
-            CoreToHotplug::ReplaceLink(link) => match (link, adopt(link, fds)) {
-                (Link::RtasHotplug, Ok(channel)) => {
-                    self.rtas = Some(channel);
-                    HotplugToCore::Done { released: vec![] }
-                }
-                (Link::HotplugEventLog, Ok(channel)) => {
-                    self.eventlog = Client::new(channel);
-                    HotplugToCore::Done { released: vec![] }
-                }
-                (_, Ok(_)) => HotplugToCore::Refused {
-                    reason: format!("{link:?} is not a link to replace here"),
-                },
-                (_, Err(reason)) => HotplugToCore::Refused { reason },
-            },
         };
-        reply(&self.core, message.id, answer)
+        match outcome {
+            Ok(()) => Answer::Ack,
+            Err(error) => refused(error.to_string()),
+        }
     }
 
-    fn on_rtas(&mut self, frame: Result<Frame, ChannelError>) -> Result<(), ChannelError> {
-        let message = match decode_request::<RtasToHotplug>(frame) {
-            Ok(message) => message,
-            Err(reason) => {
-                log::warn!("rejected a request from the RTAS server: {reason}");
-                return self.answer_rtas(0, HotplugToRtas::Rejected { reason });
-            }
-        };
-        let (status, value) = match message.body {
-            RtasToHotplug::SetIndicator {
+    fn on_rtas(
+        &mut self,
+        links: &mut Links,
+        request: rtas_hotplug::Request,
+    ) -> rtas_hotplug::Reply {
+        let (status, value) = match request {
+            rtas_hotplug::Request::SetIndicator {
                 indicator,
                 drc,
                 value,
             } => {
                 let (status, effects) = self.controller.set_indicator(indicator, drc, value);
-                log::debug!("set-indicator {indicator} {drc:#x} {value} -> {status}");
-                self.carry_out(effects);
+                log::debug!("set-indicator {indicator} {drc:#x} {value} -> {status:?}");
+                self.carry_out(links, effects);
                 (status, 0)
             }
-            RtasToHotplug::GetSensorState { sensor, drc } => self.controller.sensor(sensor, drc),
-            RtasToHotplug::ConfigureBegin { drc } => self.controller.configure_begin(drc),
-            RtasToHotplug::ConfigureDone { drc } => (self.controller.configure_done(drc), 0),
+            rtas_hotplug::Request::GetSensorState { sensor, drc } => {
+                self.controller.sensor(sensor, drc)
+            }
+            rtas_hotplug::Request::ConfigureBegin { drc } => self.controller.configure_begin(drc),
+            rtas_hotplug::Request::ConfigureDone { drc } => {
+                (self.controller.configure_done(drc), 0)
+            }
         };
-        self.answer_rtas(message.id, HotplugToRtas::Status { status, value })
+        rtas_hotplug::Reply::Status { status, value }
     }
 
-    fn answer_rtas(&self, id: u64, answer: HotplugToRtas) -> Result<(), ChannelError> {
-        match &self.rtas {
-            // A send failure means the RTAS server died; it is not ours to end.
-            Some(rtas) => {
-                if let Err(error) = reply(rtas, id, answer) {
-                    log::warn!("cannot answer the RTAS server: {error}");
-                }
-                Ok(())
-            }
-            None => Ok(()),
-        }
-    }
-
-    fn tell_eventlog(&mut self, request: HotplugToEventLog) {
-        let result: Result<EventLogToHotplug, _> =
-            self.eventlog.request(request.clone(), &[], PEER_TIMEOUT);
-        match result {
-            Ok(EventLogToHotplug::Queued { .. } | EventLogToHotplug::Withdrawn(_)) => {
-                log::debug!("event log: {request:?} -> {result:?}");
-            }
-            Ok(other) => log::error!("the event log did not take {request:?}: {other:?}"),
-            Err(error) => log::error!("cannot reach the event log: {error}"),
-        }
-    }
-
-    fn carry_out(&mut self, effects: Vec<Effect>) {
+    fn carry_out(&mut self, links: &mut Links, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
                 Effect::Notify(notification) => {
                     log::info!("telling the core: {notification:?}");
-                    self.notifications += 1;
-                    let envelope = Envelope {
-                        id: self.notifications,
-                        body: notification,
-                    };
-                    if let Err(error) = self.notify.send(&envelope, &[]) {
-                        log::error!("cannot notify the core: {error}");
-                    }
+                    // A failure means the core is gone; the serving loop ends on its hang-up.
+                    let _ = links.notify::<HotplugNotify>(notification);
                 }
-                Effect::Queue(event) => self.tell_eventlog(HotplugToEventLog::Queue(event)),
-                Effect::Withdraw(event) => self.tell_eventlog(HotplugToEventLog::Withdraw(event)),
+                Effect::Queue(event) => {
+                    self.undelivered
+                        .push_back(hotplug_eventlog::Request::Queue(event));
+                }
+                Effect::Withdraw(event) => {
+                    self.undelivered
+                        .push_back(hotplug_eventlog::Request::Withdraw(event));
+                }
             }
+        }
+        self.deliver(links);
+    }
+
+    /// Sends the waiting events in order; stops at the first the event log
+    /// cannot take (it is down: they wait for its successor).
+    fn deliver(&mut self, links: &mut Links) {
+        while let Some(request) = self.undelivered.front() {
+            match links.request::<HotplugEventLog>(request.clone()) {
+                Ok(Answer::Link(reply)) => log::debug!("event log: {request:?} -> {reply:?}"),
+                Ok(other) => log::error!("the event log did not take {request:?}: {other:?}"),
+                Err(down) => {
+                    log::warn!("{down}: {} event(s) wait for it", self.undelivered.len());
+                    while self.undelivered.len() > MAX_UNDELIVERED {
+                        let dropped = self.undelivered.pop_front();
+                        log::error!("too many undelivered events: dropping {dropped:?}");
+                    }
+                    return;
+                }
+            }
+            self.undelivered.pop_front();
         }
     }
 }

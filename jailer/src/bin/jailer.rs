@@ -1,13 +1,12 @@
 //! `jailer`: runs a program jailed (see the `jailer` library). Exit status:
 //! the program's; 2 for a bad command line; 1 when the jail cannot be made.
 
-use clap::Parser;
 use jailer::{CgroupSetting, JailConfig, Limit, DEFAULT_CHROOT_BASE, DEFAULT_ID};
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(Parser)]
+#[derive(clap::Parser)]
 #[command(
     name = "jailer",
     version,
@@ -38,30 +37,19 @@ struct Cli {
     /// Descriptors 3..3+N are handed to the program; all others are closed.
     #[arg(long, default_value_t = 0)]
     keep_fds: u32,
+    /// A Unix socket (above the kept descriptors) on which the program's pid
+    /// and a pidfd of it are sent once it exists.
+    #[arg(long)]
+    report_fd: Option<i32>,
     /// The program's arguments.
     #[arg(last = true)]
     args: Vec<OsString>,
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match common::parse_cli("jailer") {
         Ok(cli) => cli,
-        Err(error) if !error.use_stderr() => {
-            let _ = error.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(error) => {
-            // clap's message spans lines (and adds usage); keep its sentence.
-            let rendered = error.render().to_string();
-            let first = rendered
-                .lines()
-                .take_while(|line| !line.is_empty() && !line.starts_with("Usage:"))
-                .map(str::trim)
-                .collect::<Vec<_>>()
-                .join(" ");
-            eprintln!("jailer: {}", first.trim_start_matches("error: "));
-            return ExitCode::from(2);
-        }
+        Err(exit) => return exit,
     };
     let config = JailConfig {
         id: cli.id,
@@ -72,11 +60,12 @@ fn main() -> ExitCode {
         limits: cli.resource_limit,
         cgroup: cli.cgroup,
         keep_fds: cli.keep_fds,
+        report_fd: cli.report_fd,
         args: cli.args,
     };
     if let Err(error) = config.validate() {
         eprintln!("jailer: {error}");
-        return ExitCode::from(2);
+        return ExitCode::from(common::EXIT_USAGE);
     }
     match jailer::run(&config) {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),

@@ -1,18 +1,15 @@
-//! The RTAS call server: reads `rtas_args` from guest memory, validates every
-//! field and address, dispatches by token and writes the return cells back.
-//! Effects on the machine (power, reset, console, vCPUs, interrupt routing)
-//! are returned as typed [`PlatformRequest`]s for the core to carry out;
-//! nothing here touches a vCPU.
+//! The RTAS calls: read `rtas_args` from guest memory, validate every field
+//! and address, dispatch by token and write the return cells back. Effects
+//! on the machine (power, reset, console, vCPUs, interrupt routing) are
+//! returned as typed [`PlatformRequest`]s for the core to carry out; nothing
+//! here touches a vCPU.
 
-pub mod configure;
-pub mod server;
-
+use super::configure::{ConfigureSessions, Progress, WORK_AREA_SIZE};
 use crate::clock::UtcTime;
-use configure::{ConfigureSessions, Progress, WORK_AREA_SIZE};
-use ipc_proto::eventlog::{EventLogToRtas, RtasToEventLog};
-use ipc_proto::hotplug::RtasToHotplug;
-use ipc_proto::papr::{irq, DrcIndex, RtasCall};
-use ipc_proto::rtas::{CallRefusal, CpuSnapshot, PlatformRequest, MAX_OS_TERM_MESSAGE};
+use ipc_proto::link::core_rtas::{CallRefusal, CpuSnapshot, PlatformRequest, MAX_OS_TERM_MESSAGE};
+use ipc_proto::link::rtas_eventlog::{Reply as EventLogReply, Request as EventLogRequest};
+use ipc_proto::link::rtas_hotplug::Request as HotplugRequest;
+use ipc_proto::papr::{irq, DrcIndex, RtasCall, RtasStatus};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError};
 
 /// Linux's `struct rtas_args` holds 16 cells for arguments and returns together.
@@ -20,17 +17,6 @@ pub const MAX_CELLS: u32 = 16;
 /// PAPR addresses may carry the top nibble (ppc64_phys_to_real masks it).
 const REAL_ADDRESS_MASK: u64 = !0xf000_0000_0000_0000;
 
-/// RTAS status: success.
-pub const RTAS_SUCCESS: i32 = 0;
-/// RTAS status: hardware error.
-pub const RTAS_HARDWARE_ERROR: i32 = -1;
-/// RTAS status: busy, try again (a peer process is down or restarting).
-pub const RTAS_BUSY: i32 = -2;
-/// RTAS status: parameter error / not supported.
-pub const RTAS_PARAMETER_ERROR: i32 = -3;
-
-/// check-exception / event-scan: no event.
-const RTAS_NO_ERRORS_FOUND: i32 = 1;
 /// The largest check-exception buffer looked at (Linux uses 2048).
 const MAX_EVENT_BUFFER: u32 = 64 * 1024;
 
@@ -114,10 +100,10 @@ impl RtasArgs {
 /// means the peer did not answer (it is down, and the supervisor restarts
 /// it): the guest then gets "busy, try again" (-2), which PAPR guests handle.
 pub trait Peers {
-    /// A request to the hotplug controller: RTAS status and sensor value.
-    fn hotplug(&mut self, request: RtasToHotplug) -> Option<(i32, u32)>;
-    /// A request to the event log.
-    fn eventlog(&mut self, request: RtasToEventLog) -> Option<EventLogToRtas>;
+    /// A request to the hotplug controller: RTAS status and value.
+    fn hotplug(&mut self, request: HotplugRequest) -> Option<(RtasStatus, u32)>;
+    /// A request to the event log: its reply, or `Ok(None)` for an acknowledgement.
+    fn eventlog(&mut self, request: EventLogRequest) -> Option<Option<EventLogReply>>;
 }
 
 /// What a call may use besides guest memory.
@@ -145,8 +131,8 @@ pub fn handle_call<M: Bytes<GuestAddress, E = GuestMemoryError>>(
     Ok(request)
 }
 
-fn status(code: i32) -> Vec<u32> {
-    vec![code as u32]
+fn status(status: RtasStatus) -> Vec<u32> {
+    vec![status.cell()]
 }
 
 fn dispatch<M: Bytes<GuestAddress, E = GuestMemoryError>>(
@@ -159,58 +145,58 @@ fn dispatch<M: Bytes<GuestAddress, E = GuestMemoryError>>(
     let nret = call.nret as usize;
     let Some(kind) = RtasCall::from_token(call.token) else {
         log::debug!("RTAS: unknown token {:#x}", call.token);
-        return (status(RTAS_PARAMETER_ERROR), None);
+        return (status(RtasStatus::ParameterError), None);
     };
     match kind {
         RtasCall::DisplayCharacter if nargs == 1 && nret == 1 => (
-            status(RTAS_SUCCESS),
+            status(RtasStatus::Success),
             Some(PlatformRequest::DisplayCharacter(call.args[0] as u8)),
         ),
         RtasCall::GetTimeOfDay if nargs == 0 && nret == 8 => (time_of_day(UtcTime::now()), None),
         RtasCall::PowerOff if nargs == 2 && nret == 1 => {
-            (status(RTAS_SUCCESS), Some(PlatformRequest::PowerOff))
+            (status(RtasStatus::Success), Some(PlatformRequest::PowerOff))
         }
         RtasCall::SystemReboot if nargs == 0 && nret == 1 => {
-            (status(RTAS_SUCCESS), Some(PlatformRequest::Reboot))
+            (status(RtasStatus::Success), Some(PlatformRequest::Reboot))
         }
         RtasCall::StartCpu if nargs == 3 && nret == 1 => {
             let [cpu, entry, r3] = [call.args[0], call.args[1], call.args[2]];
             if !cpus.is_present(cpu) || memory.read_obj::<u8>(GuestAddress(entry.into())).is_err() {
-                (status(RTAS_PARAMETER_ERROR), None)
+                (status(RtasStatus::ParameterError), None)
             } else if cpus.is_running(cpu) {
-                (status(RTAS_HARDWARE_ERROR), None)
+                (status(RtasStatus::HardwareError), None)
             } else {
                 let request = PlatformRequest::StartCpu {
                     cpu,
                     entry: entry.into(),
                     r3: r3.into(),
                 };
-                (status(RTAS_SUCCESS), Some(request))
+                (status(RtasStatus::Success), Some(request))
             }
         }
         // QEMU checks neither count: the call does not return to the caller.
-        RtasCall::StopSelf => (status(RTAS_SUCCESS), Some(PlatformRequest::StopSelf)),
+        RtasCall::StopSelf => (status(RtasStatus::Success), Some(PlatformRequest::StopSelf)),
         RtasCall::QueryCpuStoppedState if nargs == 1 && nret == 2 => {
             let cpu = call.args[0];
             if !cpus.is_present(cpu) {
-                (vec![RTAS_PARAMETER_ERROR as u32, 0], None)
+                (vec![RtasStatus::ParameterError.cell(), 0], None)
             } else if cpus.is_running(cpu) {
-                (vec![RTAS_SUCCESS as u32, CPU_RUNNING], None)
+                (vec![RtasStatus::Success.cell(), CPU_RUNNING], None)
             } else {
-                (vec![RTAS_SUCCESS as u32, CPU_STOPPED], None)
+                (vec![RtasStatus::Success.cell(), CPU_STOPPED], None)
             }
         }
         RtasCall::SetXive if nargs == 3 && nret == 1 => {
             let [source, server, _priority] = [call.args[0], call.args[1], call.args[2]];
             if !irq::ALL.contains(&source) || !cpus.is_present(server) {
-                (status(RTAS_PARAMETER_ERROR), None)
+                (status(RtasStatus::ParameterError), None)
             } else {
                 let request = PlatformRequest::SetInterruptServer { source, server };
-                (status(RTAS_SUCCESS), Some(request))
+                (status(RtasStatus::Success), Some(request))
             }
         }
         RtasCall::SetIndicator if nargs == 3 && nret == 1 => {
-            let request = RtasToHotplug::SetIndicator {
+            let request = HotplugRequest::SetIndicator {
                 indicator: call.args[0],
                 drc: call.args[1],
                 value: call.args[2],
@@ -218,21 +204,24 @@ fn dispatch<M: Bytes<GuestAddress, E = GuestMemoryError>>(
             let status = services
                 .peers
                 .hotplug(request)
-                .map_or(RTAS_BUSY, |(status, _)| status);
+                .map_or(RtasStatus::Busy, |(status, _)| status);
             (self::status(status), None)
         }
         RtasCall::GetSensorState if nargs == 2 && nret == 2 => {
-            let request = RtasToHotplug::GetSensorState {
+            let request = HotplugRequest::GetSensorState {
                 sensor: call.args[0],
                 drc: call.args[1],
             };
-            let (status, value) = services.peers.hotplug(request).unwrap_or((RTAS_BUSY, 0));
-            (vec![status as u32, value], None)
+            let (status, value) = services
+                .peers
+                .hotplug(request)
+                .unwrap_or((RtasStatus::Busy, 0));
+            (vec![status.cell(), value], None)
         }
         RtasCall::ConfigureConnector if nargs == 2 && nret == 1 => {
             let area =
                 (u64::from(call.args[0]) | (u64::from(call.args[1]) << 32)) & REAL_ADDRESS_MASK;
-            (status(configure_connector(memory, area, services)), None)
+            (vec![configure_connector(memory, area, services)], None)
         }
         RtasCall::CheckException if (nargs == 6 || nargs == 7) && nret == 1 => {
             let [mask, buffer, length] = [call.args[2], call.args[4], call.args[5]];
@@ -252,16 +241,16 @@ fn dispatch<M: Bytes<GuestAddress, E = GuestMemoryError>>(
             // queued classes, so a lost interrupt is delivered again.
             match services
                 .peers
-                .eventlog(RtasToEventLog::EventScan { mask: call.args[0] })
+                .eventlog(EventLogRequest::EventScan { mask: call.args[0] })
             {
-                Some(_) => (status(RTAS_NO_ERRORS_FOUND), None),
-                None => (status(RTAS_BUSY), None),
+                Some(_) => (status(RtasStatus::NoErrorsFound), None),
+                None => (status(RtasStatus::Busy), None),
             }
         }
         RtasCall::OsTerm if nargs == 1 && nret == 1 => {
             let message = read_message(memory, u64::from(call.args[0]) & REAL_ADDRESS_MASK);
             (
-                status(RTAS_SUCCESS),
+                status(RtasStatus::Success),
                 Some(PlatformRequest::OsTerm { message }),
             )
         }
@@ -270,46 +259,48 @@ fn dispatch<M: Bytes<GuestAddress, E = GuestMemoryError>>(
                 "RTAS: {} with nargs={nargs} nret={nret} is not supported",
                 kind.name()
             );
-            (status(RTAS_PARAMETER_ERROR), None)
+            (status(RtasStatus::ParameterError), None)
         }
     }
 }
 
-/// One configure-connector step; the status for the guest.
+/// One configure-connector step; the status cell for the guest (an RTAS
+/// status, or the walk's own step code).
 fn configure_connector<M: Bytes<GuestAddress, E = GuestMemoryError>>(
     memory: &M,
     area: u64,
     services: &mut Services<'_>,
-) -> i32 {
+) -> u32 {
     let in_memory = |at: u64| memory.read_obj::<u8>(GuestAddress(at)).is_ok();
     let Some(last) = area.checked_add(WORK_AREA_SIZE - 1) else {
-        return RTAS_PARAMETER_ERROR;
+        return RtasStatus::ParameterError.cell();
     };
     if !in_memory(area) || !in_memory(last) {
-        return RTAS_PARAMETER_ERROR;
+        return RtasStatus::ParameterError.cell();
     }
     let Ok(drc) = memory.read_obj::<u32>(GuestAddress(area)).map(u32::from_be) else {
-        return RTAS_PARAMETER_ERROR;
+        return RtasStatus::ParameterError.cell();
     };
     let Some((status, generation)) = services
         .peers
-        .hotplug(RtasToHotplug::ConfigureBegin { drc })
+        .hotplug(HotplugRequest::ConfigureBegin { drc })
     else {
-        return RTAS_BUSY;
+        return RtasStatus::Busy.cell();
     };
-    if status != RTAS_SUCCESS {
-        return status;
+    if status != RtasStatus::Success {
+        return status.cell();
     }
     let threads = services.threads_per_core;
     match services
         .configure
         .step(memory, area, DrcIndex(drc), generation, threads)
     {
-        Progress::Step(status) => status,
+        Progress::Step(code) => code as u32,
         Progress::Complete => services
             .peers
-            .hotplug(RtasToHotplug::ConfigureDone { drc })
-            .map_or(RTAS_BUSY, |(status, _)| status),
+            .hotplug(HotplugRequest::ConfigureDone { drc })
+            .map_or(RtasStatus::Busy, |(status, _)| status)
+            .cell(),
     }
 }
 
@@ -320,27 +311,27 @@ fn check_exception<M: Bytes<GuestAddress, E = GuestMemoryError>>(
     buffer: u64,
     length: u32,
     services: &mut Services<'_>,
-) -> i32 {
+) -> RtasStatus {
     let length = length.min(MAX_EVENT_BUFFER);
     let in_memory = |at: u64| memory.read_obj::<u8>(GuestAddress(at)).is_ok();
     let buffer = buffer & REAL_ADDRESS_MASK;
     if length == 0 || !in_memory(buffer) || !in_memory(buffer + u64::from(length) - 1) {
-        return RTAS_PARAMETER_ERROR;
+        return RtasStatus::ParameterError;
     }
-    match services.peers.eventlog(RtasToEventLog::CheckException {
+    match services.peers.eventlog(EventLogRequest::CheckException {
         mask,
         max_len: length,
     }) {
-        Some(EventLogToRtas::Event(bytes)) if bytes.len() <= length as usize => {
+        Some(Some(EventLogReply::Event(bytes))) if bytes.len() <= length as usize => {
             match memory.write_slice(&bytes, GuestAddress(buffer)) {
-                Ok(()) => RTAS_SUCCESS,
-                Err(_) => RTAS_HARDWARE_ERROR,
+                Ok(()) => RtasStatus::Success,
+                Err(_) => RtasStatus::HardwareError,
             }
         }
-        Some(EventLogToRtas::NoEvent) => RTAS_NO_ERRORS_FOUND,
-        Some(EventLogToRtas::BufferTooSmall { .. }) => RTAS_PARAMETER_ERROR,
-        None => RTAS_BUSY,
-        _ => RTAS_HARDWARE_ERROR,
+        Some(Some(EventLogReply::NoEvent)) => RtasStatus::NoErrorsFound,
+        Some(Some(EventLogReply::BufferTooSmall { .. })) => RtasStatus::ParameterError,
+        None => RtasStatus::Busy,
+        _ => RtasStatus::HardwareError,
     }
 }
 
@@ -363,7 +354,7 @@ fn read_message<M: Bytes<GuestAddress, E = GuestMemoryError>>(memory: &M, addres
 /// `get-time-of-day` return cells: status, year, month, day, hour, minute, second, ns (UTC).
 fn time_of_day(now: UtcTime) -> Vec<u32> {
     vec![
-        RTAS_SUCCESS as u32,
+        RtasStatus::Success.cell(),
         now.year,
         now.month,
         now.day,
@@ -388,18 +379,18 @@ mod tests {
     /// Peers that record requests and give canned answers.
     #[derive(Default)]
     struct FakePeers {
-        hotplug: Vec<RtasToHotplug>,
-        hotplug_answer: Option<(i32, u32)>,
-        eventlog_answer: Option<EventLogToRtas>,
+        hotplug: Vec<HotplugRequest>,
+        hotplug_answer: Option<(RtasStatus, u32)>,
+        eventlog_answer: Option<EventLogReply>,
     }
 
     impl Peers for FakePeers {
-        fn hotplug(&mut self, request: RtasToHotplug) -> Option<(i32, u32)> {
+        fn hotplug(&mut self, request: HotplugRequest) -> Option<(RtasStatus, u32)> {
             self.hotplug.push(request);
             self.hotplug_answer
         }
-        fn eventlog(&mut self, _: RtasToEventLog) -> Option<EventLogToRtas> {
-            self.eventlog_answer.clone()
+        fn eventlog(&mut self, _: EventLogRequest) -> Option<Option<EventLogReply>> {
+            self.eventlog_answer.clone().map(Some)
         }
     }
 
@@ -462,7 +453,7 @@ mod tests {
         let m = memory();
         write_call(&m, BLOCK, 0x2002, &[], 1);
         assert_eq!(handle(&m, BLOCK), Ok(None));
-        assert_eq!(ret(&m, BLOCK, 0, 0) as i32, RTAS_PARAMETER_ERROR);
+        assert_eq!(ret(&m, BLOCK, 0, 0), RtasStatus::ParameterError.cell());
     }
 
     #[test]
@@ -470,7 +461,7 @@ mod tests {
         let m = memory();
         write_call(&m, BLOCK, RtasCall::SystemReboot.token(), &[1], 1);
         assert_eq!(handle(&m, BLOCK), Ok(None));
-        assert_eq!(ret(&m, BLOCK, 1, 0) as i32, RTAS_PARAMETER_ERROR);
+        assert_eq!(ret(&m, BLOCK, 1, 0), RtasStatus::ParameterError.cell());
     }
 
     #[test]
@@ -523,11 +514,15 @@ mod tests {
         assert_eq!(ret(&m, BLOCK, 3, 0), 0);
         write_call(&m, BLOCK, start, &[2, 0x8000, 0], 1);
         assert_eq!(handle(&m, BLOCK), Ok(None));
-        assert_eq!(ret(&m, BLOCK, 3, 0) as i32, RTAS_HARDWARE_ERROR);
+        assert_eq!(ret(&m, BLOCK, 3, 0), RtasStatus::HardwareError.cell());
         for bad in [[9, 0x8000, 0], [1, 0x20000, 0]] {
             write_call(&m, BLOCK, start, &bad, 1);
             assert_eq!(handle(&m, BLOCK), Ok(None));
-            assert_eq!(ret(&m, BLOCK, 3, 0) as i32, RTAS_PARAMETER_ERROR, "{bad:?}");
+            assert_eq!(
+                ret(&m, BLOCK, 3, 0),
+                RtasStatus::ParameterError.cell(),
+                "{bad:?}"
+            );
         }
     }
 
@@ -535,7 +530,11 @@ mod tests {
     fn query_cpu_stopped_state_reports_the_snapshot() {
         let m = memory();
         let query = RtasCall::QueryCpuStoppedState.token();
-        for (cpu, expected) in [(0, [0, 2]), (1, [0, 0]), (7, [-3i32 as u32, 0])] {
+        for (cpu, expected) in [
+            (0, [0, 2]),
+            (1, [0, 0]),
+            (7, [RtasStatus::ParameterError.cell(), 0]),
+        ] {
             write_call(&m, BLOCK, query, &[cpu], 2);
             assert_eq!(handle(&m, BLOCK), Ok(None));
             assert_eq!(
@@ -563,7 +562,7 @@ mod tests {
         for bad in [[0x2000, 1, 5], [irq::HOTPLUG, 4, 5]] {
             write_call(&m, BLOCK, xive, &bad, 1);
             assert_eq!(handle(&m, BLOCK), Ok(None));
-            assert_eq!(ret(&m, BLOCK, 3, 0) as i32, RTAS_PARAMETER_ERROR);
+            assert_eq!(ret(&m, BLOCK, 3, 0), RtasStatus::ParameterError.cell());
         }
     }
 
@@ -571,7 +570,7 @@ mod tests {
     fn drc_calls_go_to_the_hotplug_controller_and_a_silent_one_means_busy() {
         let m = memory();
         let mut peers = FakePeers {
-            hotplug_answer: Some((0, 2)),
+            hotplug_answer: Some((RtasStatus::Success, 2)),
             ..FakePeers::default()
         };
         write_call(
@@ -583,6 +582,13 @@ mod tests {
         );
         assert_eq!(handle_with(&m, BLOCK, &mut peers), Ok(None));
         assert_eq!([ret(&m, BLOCK, 2, 0), ret(&m, BLOCK, 2, 1)], [0, 2]);
+        // The controller's status reaches the guest as its PAPR code.
+        let mut refusing = FakePeers {
+            hotplug_answer: Some((RtasStatus::ParameterError, 0)),
+            ..FakePeers::default()
+        };
+        handle_with(&m, BLOCK, &mut refusing).unwrap();
+        assert_eq!(ret(&m, BLOCK, 2, 0), RtasStatus::ParameterError.cell());
         write_call(
             &m,
             BLOCK,
@@ -593,7 +599,7 @@ mod tests {
         handle_with(&m, BLOCK, &mut peers).unwrap();
         assert_eq!(
             peers.hotplug[1],
-            RtasToHotplug::SetIndicator {
+            HotplugRequest::SetIndicator {
                 indicator: 9001,
                 drc: 0x1000_0001,
                 value: 1
@@ -601,7 +607,7 @@ mod tests {
         );
         let mut silent = FakePeers::default();
         handle_with(&m, BLOCK, &mut silent).unwrap();
-        assert_eq!(ret(&m, BLOCK, 3, 0) as i32, RTAS_BUSY);
+        assert_eq!(ret(&m, BLOCK, 3, 0), RtasStatus::Busy.cell());
         // Wrong counts never reach the controller.
         write_call(
             &m,
@@ -613,14 +619,14 @@ mod tests {
         let mut counted = FakePeers::default();
         handle_with(&m, BLOCK, &mut counted).unwrap();
         assert!(counted.hotplug.is_empty());
-        assert_eq!(ret(&m, BLOCK, 2, 0) as i32, RTAS_PARAMETER_ERROR);
+        assert_eq!(ret(&m, BLOCK, 2, 0), RtasStatus::ParameterError.cell());
     }
 
     #[test]
     fn configure_connector_checks_the_work_area() {
         let m = memory();
         let mut peers = FakePeers {
-            hotplug_answer: Some((0, 1)),
+            hotplug_answer: Some((RtasStatus::Success, 1)),
             ..FakePeers::default()
         };
         let token = RtasCall::ConfigureConnector.token();
@@ -629,8 +635,8 @@ mod tests {
             write_call(&m, BLOCK, token, &args, 1);
             handle_with(&m, BLOCK, &mut peers).unwrap();
             assert_eq!(
-                ret(&m, BLOCK, 2, 0) as i32,
-                RTAS_PARAMETER_ERROR,
+                ret(&m, BLOCK, 2, 0),
+                RtasStatus::ParameterError.cell(),
                 "{args:?}"
             );
         }
@@ -644,15 +650,15 @@ mod tests {
         assert_eq!(ret(&m, BLOCK, 2, 0), 2);
         assert_eq!(
             peers.hotplug[0],
-            RtasToHotplug::ConfigureBegin { drc: 0x1000_0001 }
+            HotplugRequest::ConfigureBegin { drc: 0x1000_0001 }
         );
         // Not configurable now: the controller's status passes through.
         let mut refusing = FakePeers {
-            hotplug_answer: Some((-9003, 0)),
+            hotplug_answer: Some((RtasStatus::NotConfigurable, 0)),
             ..FakePeers::default()
         };
         handle_with(&m, BLOCK, &mut refusing).unwrap();
-        assert_eq!(ret(&m, BLOCK, 2, 0) as i32, -9003);
+        assert_eq!(ret(&m, BLOCK, 2, 0), RtasStatus::NotConfigurable.cell());
     }
 
     #[test]
@@ -660,7 +666,7 @@ mod tests {
         let m = memory();
         let token = RtasCall::CheckException.token();
         let mut peers = FakePeers {
-            eventlog_answer: Some(EventLogToRtas::Event(vec![0xab; 116])),
+            eventlog_answer: Some(EventLogReply::Event(vec![0xab; 116])),
             ..FakePeers::default()
         };
         write_call(
@@ -673,7 +679,7 @@ mod tests {
         handle_with(&m, BLOCK, &mut peers).unwrap();
         assert_eq!(ret(&m, BLOCK, 6, 0), 0);
         assert_eq!(m.read_obj::<u8>(GuestAddress(0x3000 + 115)).unwrap(), 0xab);
-        peers.eventlog_answer = Some(EventLogToRtas::NoEvent);
+        peers.eventlog_answer = Some(EventLogReply::NoEvent);
         handle_with(&m, BLOCK, &mut peers).unwrap();
         assert_eq!(ret(&m, BLOCK, 6, 0), 1);
         // A buffer outside memory.
@@ -685,7 +691,7 @@ mod tests {
             1,
         );
         handle_with(&m, BLOCK, &mut peers).unwrap();
-        assert_eq!(ret(&m, BLOCK, 6, 0) as i32, RTAS_PARAMETER_ERROR);
+        assert_eq!(ret(&m, BLOCK, 6, 0), RtasStatus::ParameterError.cell());
         write_call(
             &m,
             BLOCK,

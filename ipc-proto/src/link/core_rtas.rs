@@ -1,14 +1,26 @@
-//! Messages between the core and the RTAS server.
+//! Core → RTAS server.
 //!
-//! The core opens the channel with [`CoreToRtas::SetMemoryTable`] (the guest
-//! RAM memfds ride along, one per region, vhost-user style), then forwards
-//! each H_RTAS hypercall as a [`CoreToRtas::Call`]. The server reads and
-//! validates `rtas_args` in guest memory itself, writes the return cells, and
-//! answers with what the core must do, as a typed [`PlatformRequest`].
+//! The core sets the server up with [`Request::SetMemoryTable`] (the guest
+//! RAM memfds ride along, one per region, vhost-user style) and
+//! [`Request::SetTopology`], each acknowledged, then forwards each H_RTAS
+//! hypercall as a [`Request::Call`]. The server reads and validates
+//! `rtas_args` in guest memory itself, writes the return cells, and answers
+//! with what the core must do, as a typed [`PlatformRequest`].
 
 use crate::channel::MAX_FDS;
 use crate::papr::irq;
+use crate::protocol::{Message, Protocol};
+use crate::Link;
 use serde::{Deserialize, Serialize};
+
+/// The link's protocol.
+pub struct CoreRtas;
+
+impl Protocol for CoreRtas {
+    const LINK: Link = Link::CoreRtas;
+    type Request = Request;
+    type Reply = Reply;
+}
 
 /// vCPU ids are below this (bit masks in [`CpuSnapshot`] are 64 bits).
 pub const MAX_VCPUS: u32 = 64;
@@ -53,12 +65,7 @@ impl CpuSnapshot {
 
 /// Core → RTAS server.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum CoreToRtas {
-    /// A peer was restarted: the descriptor sent along is the new channel
-    /// of `link`, to handshake on and use instead of the old one.
-    ReplaceLink(crate::Link),
-    /// Commit `Fault` (tests of the jail); answered only if it did not kill.
-    InjectFault(crate::Fault),
+pub enum Request {
     /// Replaces the guest memory map; one descriptor per region, in order.
     SetMemoryTable {
         /// The regions.
@@ -80,16 +87,9 @@ pub enum CoreToRtas {
     },
 }
 
-/// RTAS server → core.
+/// RTAS server → core, for a [`Request::Call`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum RtasToCore {
-    /// The fault was attempted and the process lived: what happened.
-    FaultSurvived {
-        /// The outcome, e.g. the error the attempt got.
-        outcome: String,
-    },
-    /// The memory table was mapped, or the topology set.
-    MemoryTableSet,
+pub enum Reply {
     /// The call was answered (return cells written); the core carries out `request`.
     CallDone {
         /// What the core must do, if anything.
@@ -97,11 +97,6 @@ pub enum RtasToCore {
     },
     /// The call could not be answered at all; the hypercall fails.
     CallRefused(CallRefusal),
-    /// The request did not make sense (malformed frame, bad memory table).
-    Rejected {
-        /// Why, for the log.
-        reason: String,
-    },
 }
 
 /// Why a call got no RTAS status at all.
@@ -173,8 +168,8 @@ pub enum PlatformRequest {
 }
 
 impl PlatformRequest {
-    /// Checks the fields a peer could get wrong; the core calls it on every reply.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the fields a peer could get wrong.
+    fn validate(&self) -> Result<(), String> {
         match self {
             PlatformRequest::OsTerm { message } => {
                 if message.len() > MAX_OS_TERM_MESSAGE {
@@ -201,11 +196,21 @@ impl PlatformRequest {
     }
 }
 
-impl CoreToRtas {
-    /// Checks the fields a peer could get wrong; the server calls it on every request.
-    pub fn validate(&self, fds: usize) -> Result<(), String> {
+impl Message for Reply {
+    fn validate(&self, _: usize) -> Result<(), String> {
         match self {
-            CoreToRtas::SetMemoryTable { regions } => {
+            Reply::CallDone {
+                request: Some(request),
+            } => request.validate(),
+            Reply::CallDone { request: None } | Reply::CallRefused(_) => Ok(()),
+        }
+    }
+}
+
+impl Message for Request {
+    fn validate(&self, fds: usize) -> Result<(), String> {
+        match self {
+            Request::SetMemoryTable { regions } => {
                 if regions.is_empty() || regions.len() > MAX_MEMORY_REGIONS {
                     return Err(format!("memory table of {} regions", regions.len()));
                 }
@@ -223,30 +228,21 @@ impl CoreToRtas {
                         return Err(format!("bad memory region {region:?}"));
                     }
                 }
+                return Ok(());
             }
-            CoreToRtas::SetTopology { threads_per_core } => {
+            Request::SetTopology { threads_per_core } => {
                 if !(1..=8).contains(threads_per_core) {
                     return Err(format!("{threads_per_core} threads per core"));
                 }
-                if fds != 0 {
-                    return Err(format!("topology with {fds} descriptors"));
-                }
             }
-            CoreToRtas::InjectFault(_) => {}
-            CoreToRtas::ReplaceLink(link) => {
-                if !matches!(link, crate::Link::RtasHotplug | crate::Link::RtasEventLog) || fds != 1
-                {
-                    return Err(format!("cannot replace {link:?} with {fds} descriptors"));
-                }
-            }
-            CoreToRtas::Call { caller, .. } => {
+            Request::Call { caller, .. } => {
                 if *caller >= MAX_VCPUS {
                     return Err(format!("call from vCPU {caller}"));
                 }
-                if fds != 0 {
-                    return Err(format!("call with {fds} descriptors"));
-                }
             }
+        }
+        if fds != 0 {
+            return Err(format!("{self:?} with {fds} descriptors"));
         }
         Ok(())
     }
@@ -258,34 +254,37 @@ mod tests {
 
     #[test]
     fn replies_from_a_peer_are_range_checked() {
-        assert!(PlatformRequest::StartCpu {
+        let done = |request| Reply::CallDone {
+            request: Some(request),
+        };
+        assert!(done(PlatformRequest::StartCpu {
             cpu: 64,
             entry: 0,
             r3: 0
-        }
-        .validate()
+        })
+        .validate(0)
         .is_err());
-        assert!(PlatformRequest::SetInterruptServer {
+        assert!(done(PlatformRequest::SetInterruptServer {
             source: 0x1001,
             server: 3
-        }
-        .validate()
+        })
+        .validate(0)
         .is_ok());
-        assert!(PlatformRequest::SetInterruptServer {
+        assert!(done(PlatformRequest::SetInterruptServer {
             source: 0x2000,
             server: 3
-        }
-        .validate()
+        })
+        .validate(0)
         .is_err());
-        assert!(PlatformRequest::OsTerm {
+        assert!(done(PlatformRequest::OsTerm {
             message: "a\nb".into()
-        }
-        .validate()
+        })
+        .validate(0)
         .is_err());
-        assert!(PlatformRequest::OsTerm {
+        assert!(done(PlatformRequest::OsTerm {
             message: "x".repeat(257)
-        }
-        .validate()
+        })
+        .validate(0)
         .is_err());
     }
 
@@ -296,19 +295,19 @@ mod tests {
             size: 4096,
             file_offset: 0,
         };
-        let table = CoreToRtas::SetMemoryTable {
+        let table = Request::SetMemoryTable {
             regions: vec![region],
         };
         assert!(table.validate(1).is_ok());
         assert!(table.validate(0).is_err());
-        let overflowing = CoreToRtas::SetMemoryTable {
+        let overflowing = Request::SetMemoryTable {
             regions: vec![MemoryRegion {
                 guest_address: u64::MAX,
                 ..region
             }],
         };
         assert!(overflowing.validate(1).is_err());
-        let call = CoreToRtas::Call {
+        let call = Request::Call {
             caller: 70,
             args_address: 0,
             cpus: CpuSnapshot::default(),

@@ -1,0 +1,167 @@
+//! The RTAS server's process: requests from the core, one at a time; the
+//! hotplug controller and the event log are reached on their own links.
+
+use super::calls::{handle_call, Peers, Services};
+use super::configure::ConfigureSessions;
+use crate::process::{answer, serve, Device, Links, ProcessError};
+use crate::seccomp;
+use ipc_proto::channel::{ChannelError, Frame};
+use ipc_proto::control::Answer;
+use ipc_proto::link::core_rtas::{CallRefusal, CoreRtas, MemoryRegion, Reply, Request};
+use ipc_proto::link::rtas_eventlog::{self, RtasEventLog};
+use ipc_proto::link::rtas_hotplug::{self, RtasHotplug};
+use ipc_proto::papr::RtasStatus;
+use ipc_proto::protocol::refused;
+use ipc_proto::{Link, ProcessKind};
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use thiserror::Error;
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
+
+/// Runs the RTAS server until the core hangs up.
+pub fn run(mode: seccomp::Mode) -> Result<(), ProcessError> {
+    let mut links = Links::open(ProcessKind::RtasServer, mode)?;
+    log::info!("serving RTAS calls");
+    let mut server = RtasServer {
+        memory: None,
+        threads_per_core: 1,
+        configure: ConfigureSessions::default(),
+    };
+    serve(&mut server, &mut links)
+}
+
+struct RtasServer {
+    memory: Option<GuestMemoryMmap>,
+    threads_per_core: u32,
+    configure: ConfigureSessions,
+}
+
+impl Peers for Links {
+    fn hotplug(&mut self, request: rtas_hotplug::Request) -> Option<(RtasStatus, u32)> {
+        match self.request::<RtasHotplug>(request) {
+            Ok(Answer::Link(rtas_hotplug::Reply::Status { status, value })) => {
+                Some((status, value))
+            }
+            Ok(other) => {
+                log::error!("the hotplug controller answered {other:?}");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    fn eventlog(
+        &mut self,
+        request: rtas_eventlog::Request,
+    ) -> Option<Option<rtas_eventlog::Reply>> {
+        match self.request::<RtasEventLog>(request) {
+            Ok(Answer::Link(reply)) => Some(Some(reply)),
+            Ok(Answer::Ack) => Some(None),
+            Ok(other) => {
+                log::error!("the event log answered {other:?}");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+impl Device for RtasServer {
+    fn on_frame(
+        &mut self,
+        links: &mut Links,
+        _: Link,
+        frame: Result<Frame, ChannelError>,
+    ) -> Result<(), ChannelError> {
+        answer::<CoreRtas>(links, frame, |links, request, fds| {
+            self.on_core(links, request, fds)
+        })
+    }
+}
+
+impl RtasServer {
+    fn on_core(&mut self, links: &mut Links, request: Request, fds: Vec<OwnedFd>) -> Answer<Reply> {
+        match request {
+            Request::SetMemoryTable { regions } => match map_memory(&regions, fds) {
+                Ok(mapped) => {
+                    log::info!("mapped {} guest memory region(s)", regions.len());
+                    self.memory = Some(mapped);
+                    Answer::Ack
+                }
+                Err(error) => refused(error.to_string()),
+            },
+            Request::SetTopology { threads_per_core } => {
+                self.threads_per_core = threads_per_core;
+                Answer::Ack
+            }
+            Request::Call {
+                caller,
+                args_address,
+                cpus,
+            } => {
+                let Some(memory) = &self.memory else {
+                    return Answer::Link(Reply::CallRefused(CallRefusal::NoMemory));
+                };
+                let mut services = Services {
+                    cpus: &cpus,
+                    peers: links,
+                    configure: &mut self.configure,
+                    threads_per_core: self.threads_per_core,
+                };
+                Answer::Link(match handle_call(memory, args_address, &mut services) {
+                    Ok(request) => {
+                        log::debug!("vCPU {caller}: call at {args_address:#x} -> {request:?}");
+                        Reply::CallDone { request }
+                    }
+                    Err(refusal) => {
+                        log::warn!("vCPU {caller}: {refusal}");
+                        Reply::CallRefused(refusal)
+                    }
+                })
+            }
+        }
+    }
+}
+
+/// Why guest memory cannot be mapped.
+#[derive(Debug, Error)]
+enum MapError {
+    #[error("cannot stat a memory descriptor")]
+    Stat(#[source] std::io::Error),
+    #[error("the region at {guest_address:#x} needs {end} bytes of a {length}-byte file")]
+    FileTooShort {
+        guest_address: u64,
+        end: u64,
+        length: u64,
+    },
+    #[error("the region at {0:#x} is larger than the address space")]
+    TooLarge(u64),
+    #[error("cannot map guest memory")]
+    Map(#[source] vm_memory::mmap::FromRangesError),
+}
+
+/// Maps each region from its memfd, refusing a region its file cannot back
+/// (touching it would raise SIGBUS).
+fn map_memory(regions: &[MemoryRegion], fds: Vec<OwnedFd>) -> Result<GuestMemoryMmap, MapError> {
+    let mut ranges = Vec::with_capacity(regions.len());
+    for (region, fd) in regions.iter().zip(fds) {
+        let file = File::from(fd);
+        let length = file.metadata().map_err(MapError::Stat)?.len();
+        let end = region.file_offset + region.size;
+        if end > length {
+            return Err(MapError::FileTooShort {
+                guest_address: region.guest_address,
+                end,
+                length,
+            });
+        }
+        let size =
+            usize::try_from(region.size).map_err(|_| MapError::TooLarge(region.guest_address))?;
+        ranges.push((
+            GuestAddress(region.guest_address),
+            size,
+            Some(FileOffset::new(file, region.file_offset)),
+        ));
+    }
+    GuestMemoryMmap::from_ranges_with_files(ranges).map_err(MapError::Map)
+}

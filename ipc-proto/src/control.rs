@@ -1,0 +1,267 @@
+//! The control sub-protocol every link shares, and the wire shape of every
+//! request and reply.
+//!
+//! A requester sends [`Request`]s: either a request of the link's own
+//! protocol, or a [`ControlRequest`] that every process understands the same
+//! way (re-link, fault arming). A server answers each with one [`Reply`]:
+//! the link's reply, an acknowledgement, or a [`Refusal`] with a typed
+//! reason; and, beside it, the peer it needed and found silent, so that the
+//! supervisor acts on that peer instead of the messenger. Each side handles
+//! the control part in one place (the device processes' serving loop, the
+//! core's proxy).
+
+use crate::{Link, ProcessKind, PROTOCOL_VERSION};
+use serde::{Deserialize, Serialize};
+
+/// The longest free text (a reason, an outcome) a message may carry.
+pub const MAX_TEXT: usize = 512;
+
+/// The first message each side sends on a new channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The sender's [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// Which link this channel is.
+    pub link: Link,
+}
+
+impl Hello {
+    /// Ours, for `link`.
+    pub const fn ours(link: Link) -> Hello {
+        Hello {
+            version: PROTOCOL_VERSION,
+            link,
+        }
+    }
+}
+
+/// A misbehaviour a device process is told to commit, to prove its jail
+/// (`x-inject-fault`). Only builds with the `fault-injection` feature commit
+/// one; others refuse with [`Refusal::FaultInjectionNotBuilt`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Fault {
+    /// open("/etc/passwd").
+    OpenHostFile,
+    /// socket(AF_INET, SOCK_STREAM).
+    OpenSocket,
+    /// fork().
+    Fork,
+    /// execve("/bin/sh").
+    Exec,
+    /// Stops answering (the core must cut it off).
+    Hang,
+    /// Sends random and truncated frames on every link to the core, then
+    /// goes on serving (the core must survive and cut it off).
+    Garbage,
+}
+
+impl Fault {
+    /// The QMP names.
+    pub const ALL: [(&'static str, Fault); 6] = [
+        ("open-host-file", Fault::OpenHostFile),
+        ("open-socket", Fault::OpenSocket),
+        ("fork", Fault::Fork),
+        ("exec", Fault::Exec),
+        ("hang", Fault::Hang),
+        ("garbage", Fault::Garbage),
+    ];
+}
+
+/// What every device process understands, on any link it serves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlRequest {
+    /// A peer was restarted: the one descriptor sent along is the new channel
+    /// of `link`, to handshake on and use instead of the old one.
+    ReplaceLink(Link),
+    /// Commit `Fault`; answered only if the process lived.
+    ArmFault(Fault),
+}
+
+/// The answers to a [`ControlRequest`] besides an acknowledgement.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlReply {
+    /// The fault was committed and the process lived: what happened.
+    FaultSurvived {
+        /// The outcome, e.g. the error the attempt got.
+        outcome: String,
+    },
+}
+
+/// Why a request was not carried out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// The frame did not decode as a request of the link.
+    Malformed {
+        /// What the decoder said.
+        reason: String,
+    },
+    /// The request decoded but a field is out of range.
+    Invalid {
+        /// Which field, and why.
+        reason: String,
+    },
+    /// The request is valid but cannot be carried out now (a DRC in use, a
+    /// device already plugged, ...).
+    Rejected {
+        /// Why, for the management client.
+        reason: String,
+    },
+    /// A re-link that failed: the link is not this process's, or the new
+    /// peer did not complete the handshake.
+    Relink {
+        /// The link.
+        link: Link,
+        /// What went wrong.
+        reason: String,
+    },
+    /// This build of the process has no fault injection.
+    FaultInjectionNotBuilt,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Malformed { reason } => write!(f, "malformed request: {reason}"),
+            Refusal::Invalid { reason } => write!(f, "invalid request: {reason}"),
+            Refusal::Rejected { reason } => f.write_str(reason),
+            Refusal::Relink { link, reason } => write!(f, "cannot re-link {link:?}: {reason}"),
+            Refusal::FaultInjectionNotBuilt => {
+                f.write_str("this build has no fault injection (feature fault-injection)")
+            }
+        }
+    }
+}
+
+impl Refusal {
+    fn text(&self) -> Option<&str> {
+        match self {
+            Refusal::Malformed { reason }
+            | Refusal::Invalid { reason }
+            | Refusal::Rejected { reason }
+            | Refusal::Relink { reason, .. } => Some(reason),
+            Refusal::FaultInjectionNotBuilt => None,
+        }
+    }
+}
+
+/// What a requester sends: the link's own request, or a control request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request<R> {
+    /// Shared by every link.
+    Control(ControlRequest),
+    /// The link's own.
+    Link(R),
+}
+
+/// What a server answers to one request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Answer<R> {
+    /// Done; nothing to report.
+    Ack,
+    /// The link's own reply.
+    Link(R),
+    /// The answer to a control request.
+    Control(ControlReply),
+    /// Not done, and why.
+    Refused(Refusal),
+}
+
+/// One reply: the answer, and the peer this process needed for it and found
+/// silent, dead or misbehaving (it stopped using it until the core hands it
+/// a new one). The supervisor acts on that peer, never on the messenger.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply<R> {
+    /// The answer.
+    pub answer: Answer<R>,
+    /// A peer that failed this process while it answered.
+    pub peer_failed: Option<ProcessKind>,
+}
+
+impl<R> Reply<R> {
+    /// A reply that blames nobody.
+    pub fn new(answer: Answer<R>) -> Reply<R> {
+        Reply {
+            answer,
+            peer_failed: None,
+        }
+    }
+}
+
+/// Checks free text from a peer: bounded, so it cannot flood a log line.
+pub fn check_text(what: &str, text: &str) -> Result<(), String> {
+    if text.len() > MAX_TEXT {
+        return Err(format!("{what} of {} bytes", text.len()));
+    }
+    Ok(())
+}
+
+impl ControlRequest {
+    /// Checks the request against the descriptors that came with it.
+    pub fn validate(&self, fds: usize) -> Result<(), String> {
+        match self {
+            ControlRequest::ReplaceLink(link) => {
+                if link.touches_core() {
+                    return Err(format!("{link:?} is the core's, not a link to replace"));
+                }
+                if fds != 1 {
+                    return Err(format!("re-link of {link:?} with {fds} descriptors"));
+                }
+            }
+            ControlRequest::ArmFault(_) if fds != 0 => {
+                return Err(format!("fault with {fds} descriptors"));
+            }
+            ControlRequest::ArmFault(_) => {}
+        }
+        Ok(())
+    }
+}
+
+impl<R> Answer<R> {
+    /// Checks the parts every link shares; `link` checks the link's own reply.
+    pub fn validate(&self, link: impl FnOnce(&R) -> Result<(), String>) -> Result<(), String> {
+        match self {
+            Answer::Ack => Ok(()),
+            Answer::Link(reply) => link(reply),
+            Answer::Control(ControlReply::FaultSurvived { outcome }) => {
+                check_text("fault outcome", outcome)
+            }
+            Answer::Refused(refusal) => refusal
+                .text()
+                .map_or(Ok(()), |text| check_text("refusal reason", text)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relinks_carry_one_descriptor_and_never_name_a_core_link() {
+        let relink = ControlRequest::ReplaceLink(Link::RtasHotplug);
+        assert!(relink.validate(1).is_ok());
+        assert!(relink.validate(0).is_err());
+        assert!(ControlRequest::ReplaceLink(Link::CoreRtas)
+            .validate(1)
+            .is_err());
+        assert!(ControlRequest::ReplaceLink(Link::HotplugNotify)
+            .validate(1)
+            .is_err());
+        assert!(ControlRequest::ArmFault(Fault::Hang).validate(1).is_err());
+    }
+
+    #[test]
+    fn free_text_from_a_peer_is_bounded() {
+        let long = Answer::<()>::Refused(Refusal::Rejected {
+            reason: "x".repeat(MAX_TEXT + 1),
+        });
+        assert!(long.validate(|_| Ok(())).is_err());
+        let survived = Answer::<()>::Control(ControlReply::FaultSurvived {
+            outcome: "open failed".into(),
+        });
+        assert!(survived.validate(|_| Ok(())).is_ok());
+        assert!(Answer::Link(5)
+            .validate(|v| if *v == 5 { Err("no".into()) } else { Ok(()) })
+            .is_err());
+    }
+}

@@ -1,0 +1,191 @@
+//! Core → hotplug controller, which owns the DRC table.
+//!
+//! Every request is acknowledged or refused with a reason; only
+//! [`Request::ListDrcs`] has a reply of its own. What the guest gives back
+//! (or what a reset releases) reaches the core by one path only: the
+//! controller's notifications ([`super::hotplug_notify`]).
+
+use crate::papr::{DrcIndex, DrcKind, DrcState};
+use crate::protocol::{Message, Protocol};
+use crate::Link;
+use serde::{Deserialize, Serialize};
+
+/// The link's protocol.
+pub struct CoreHotplug;
+
+impl Protocol for CoreHotplug {
+    const LINK: Link = Link::CoreHotplug;
+    type Request = Request;
+    type Reply = Reply;
+}
+
+/// The longest device id the controller stores (QMP ids are short names).
+pub const MAX_DEVICE_ID: usize = 128;
+/// The most DRCs one machine has (16 384 LMBs plus CPU cores fit).
+pub const MAX_DRCS: usize = 17_000;
+/// DRC rows per [`Reply::Drcs`] page, so that a page fits a frame.
+pub const DRCS_PER_PAGE: usize = 512;
+/// The most runs one [`Request::DefineDrcs`] carries.
+pub const MAX_DRC_RANGES: usize = 8;
+
+/// One row of the DRC table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrcInfo {
+    /// The DRC.
+    pub index: DrcIndex,
+    /// Its state.
+    pub state: DrcState,
+    /// The attached device's id, if any.
+    pub device: Option<String>,
+    /// The host asked for the device to go; the guest has not given it back.
+    pub unplug_requested: bool,
+}
+
+/// A run of DRCs of one kind: ids `first_id`, `first_id + step`, ...
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrcRange {
+    /// The kind.
+    pub kind: DrcKind,
+    /// The first id.
+    pub first_id: u32,
+    /// How many.
+    pub count: u32,
+    /// Distance between ids (threads per core for CPU cores, 1 for LMBs).
+    pub step: u32,
+}
+
+/// Core → hotplug controller.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Creates the machine's DRCs, all empty. Sent once, first.
+    DefineDrcs {
+        /// The runs.
+        ranges: Vec<DrcRange>,
+    },
+    /// Attaches `device` to the DRCs (one per LMB for a DIMM). A cold plug
+    /// (boot) leaves them configured and tells the guest nothing; a hot plug
+    /// leaves them unusable and queues an add event.
+    Plug {
+        /// The DRCs, all of one kind.
+        drcs: Vec<DrcIndex>,
+        /// The device's id.
+        device: String,
+        /// Plugged before the guest runs.
+        cold: bool,
+    },
+    /// device_del: marks the device's DRCs unplug-requested (once) and, every
+    /// time, queues the remove event and pulses the interrupt. A device the
+    /// guest never took is released at once (notified).
+    UnplugRequest {
+        /// The DRCs.
+        drcs: Vec<DrcIndex>,
+    },
+    /// Machine reset: pending unplugs complete (each notified, then
+    /// [`super::hotplug_notify::Notification::ResetComplete`]), attached DRCs
+    /// become configured.
+    Reset,
+    /// One page of the table, from row `from`.
+    ListDrcs {
+        /// The first row.
+        from: u32,
+    },
+}
+
+/// Hotplug controller → core, for [`Request::ListDrcs`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// A page of the table.
+    Drcs {
+        /// At most [`DRCS_PER_PAGE`] rows.
+        rows: Vec<DrcInfo>,
+        /// Where the next page starts, if there is one.
+        next: Option<u32>,
+    },
+}
+
+/// Checks a device id from a peer.
+pub fn check_device_id(device: &str) -> Result<(), String> {
+    if device.is_empty() || device.len() > MAX_DEVICE_ID {
+        return Err(format!("device id of {} bytes", device.len()));
+    }
+    Ok(())
+}
+
+fn check_drcs(drcs: &[DrcIndex]) -> Result<(), String> {
+    if drcs.is_empty() || drcs.len() > MAX_DRCS {
+        return Err(format!("{} DRCs", drcs.len()));
+    }
+    Ok(())
+}
+
+impl Message for Request {
+    fn validate(&self, fds: usize) -> Result<(), String> {
+        if fds != 0 {
+            return Err(format!("{fds} descriptors with a hotplug request"));
+        }
+        match self {
+            Request::DefineDrcs { ranges } if ranges.len() > MAX_DRC_RANGES => {
+                Err(format!("{} DRC ranges", ranges.len()))
+            }
+            Request::Plug { drcs, device, .. } => {
+                check_drcs(drcs)?;
+                check_device_id(device)
+            }
+            Request::UnplugRequest { drcs } => check_drcs(drcs),
+            Request::DefineDrcs { .. } | Request::Reset | Request::ListDrcs { .. } => Ok(()),
+        }
+    }
+}
+
+impl Message for Reply {
+    fn validate(&self, _: usize) -> Result<(), String> {
+        match self {
+            Reply::Drcs { rows, .. } => {
+                if rows.len() > DRCS_PER_PAGE {
+                    return Err(format!("a page of {} DRCs", rows.len()));
+                }
+                for device in rows.iter().filter_map(|row| row.device.as_deref()) {
+                    check_device_id(device)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_pages_are_bounded() {
+        let plug = |device: &str, drcs: Vec<DrcIndex>| Request::Plug {
+            drcs,
+            device: device.into(),
+            cold: false,
+        };
+        assert!(plug("core1", vec![DrcIndex(0x1000_0001)])
+            .validate(0)
+            .is_ok());
+        assert!(plug("core1", vec![DrcIndex(0x1000_0001)])
+            .validate(1)
+            .is_err());
+        assert!(plug("", vec![DrcIndex(0x1000_0001)]).validate(0).is_err());
+        assert!(plug(&"x".repeat(200), vec![DrcIndex(1)])
+            .validate(0)
+            .is_err());
+        assert!(plug("core1", vec![]).validate(0).is_err());
+        let row = DrcInfo {
+            index: DrcIndex(0x1000_0001),
+            state: DrcState::Unusable,
+            device: None,
+            unplug_requested: false,
+        };
+        let page = |n| Reply::Drcs {
+            rows: vec![row.clone(); n],
+            next: None,
+        };
+        assert!(page(DRCS_PER_PAGE).validate(0).is_ok());
+        assert!(page(DRCS_PER_PAGE + 1).validate(0).is_err());
+    }
+}

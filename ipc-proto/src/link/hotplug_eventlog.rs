@@ -1,0 +1,91 @@
+//! Hotplug controller → event log: hot-plug events to queue or withdraw.
+
+use crate::papr::DrcIndex;
+use crate::protocol::{Message, Protocol};
+use crate::Link;
+use serde::{Deserialize, Serialize};
+
+/// The link's protocol.
+pub struct HotplugEventLog;
+
+impl Protocol for HotplugEventLog {
+    const LINK: Link = Link::HotplugEventLog;
+    type Request = Request;
+    type Reply = Reply;
+}
+
+/// What a hot-plug event asks of the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum HotplugAction {
+    /// Take the resource.
+    Add,
+    /// Give the resource back.
+    Remove,
+}
+
+/// Which resources, in the PAPR identifier forms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum HotplugTarget {
+    /// One CPU core, by DRC index.
+    CpuByIndex(DrcIndex),
+    /// `count` LMBs from the DRC `first` (QEMU's DIMM form).
+    LmbsCountIndexed {
+        /// How many LMBs.
+        count: u32,
+        /// The first LMB's DRC.
+        first: DrcIndex,
+    },
+}
+
+/// One hot-plug event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HotplugEvent {
+    /// Add or remove.
+    pub action: HotplugAction,
+    /// What.
+    pub target: HotplugTarget,
+}
+
+/// Hotplug controller → event log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Queues the event unless the same one waits unconsumed; pulses the
+    /// hot-plug interrupt either way.
+    Queue(HotplugEvent),
+    /// Drops the event if it waits unconsumed: the request it re-sent has
+    /// been answered (the guest refused it), so the guest must not see it again.
+    Withdraw(HotplugEvent),
+}
+
+/// Event log → hotplug controller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// Queued, or merged with the same event already waiting.
+    Queued {
+        /// The same event was already waiting: nothing was added.
+        coalesced: bool,
+    },
+    /// The queue is full; the event was not queued.
+    Full,
+    /// Withdrawn (`true`) or not found.
+    Withdrawn(bool),
+}
+
+impl Message for Request {
+    fn validate(&self, fds: usize) -> Result<(), String> {
+        if fds != 0 {
+            return Err(format!("{fds} descriptors with an event"));
+        }
+        let (Request::Queue(event) | Request::Withdraw(event)) = self;
+        match event.target {
+            HotplugTarget::LmbsCountIndexed { count: 0, .. } => Err("an event for 0 LMBs".into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Message for Reply {
+    fn validate(&self, _: usize) -> Result<(), String> {
+        Ok(())
+    }
+}

@@ -1,0 +1,61 @@
+//! Hotplug controller → core, one way: what the guest (or a reset) decided
+//! about a device. This is the only path by which a release reaches the core.
+
+use super::core_hotplug::check_device_id;
+use crate::papr::DrcIndex;
+use crate::protocol::{Message, NoReply, Protocol};
+use crate::Link;
+use serde::{Deserialize, Serialize};
+
+/// The link's protocol: notifications, never answered.
+pub struct HotplugNotify;
+
+impl Protocol for HotplugNotify {
+    const LINK: Link = Link::HotplugNotify;
+    type Request = Notification;
+    type Reply = NoReply;
+}
+
+/// A device whose DRCs all went back to the platform.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Released {
+    /// The device's id.
+    pub device: String,
+    /// Its DRCs.
+    pub drcs: Vec<DrcIndex>,
+}
+
+/// Hotplug controller → core.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Notification {
+    /// The device is gone: the guest gave it back, it never took it, or a
+    /// reset completed its pending unplug.
+    Released(Released),
+    /// The guest refused the unplug (it re-unisolated a DRC with a pending
+    /// unplug): the request is cleared.
+    UnplugRefused {
+        /// The device's id.
+        device: String,
+    },
+    /// Every release of a machine reset was sent before this.
+    ResetComplete,
+}
+
+impl Message for Notification {
+    fn validate(&self, fds: usize) -> Result<(), String> {
+        if fds != 0 {
+            return Err(format!("a notification with {fds} descriptors"));
+        }
+        match self {
+            Notification::Released(Released { device, drcs }) => {
+                check_device_id(device)?;
+                if drcs.len() > super::core_hotplug::MAX_DRCS {
+                    return Err(format!("a release of {} DRCs", drcs.len()));
+                }
+                Ok(())
+            }
+            Notification::UnplugRefused { device } => check_device_id(device),
+            Notification::ResetComplete => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! RTAS server → hotplug controller: the DRC calls of the guest, with their
+//! arguments as the guest passed them (the controller checks them against
+//! its table).
+
+use crate::papr::RtasStatus;
+use crate::protocol::{Message, Protocol};
+use crate::Link;
+use serde::{Deserialize, Serialize};
+
+/// The link's protocol.
+pub struct RtasHotplug;
+
+impl Protocol for RtasHotplug {
+    const LINK: Link = Link::RtasHotplug;
+    type Request = Request;
+    type Reply = Reply;
+}
+
+/// RTAS server → hotplug controller.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// set-indicator.
+    SetIndicator {
+        /// Indicator number (9001, 9002, 9003).
+        indicator: u32,
+        /// The DRC, as the guest passed it.
+        drc: u32,
+        /// The value.
+        value: u32,
+    },
+    /// get-sensor-state.
+    GetSensorState {
+        /// Sensor number (9003).
+        sensor: u32,
+        /// The DRC, as the guest passed it.
+        drc: u32,
+    },
+    /// ibm,configure-connector is about to hand out the DRC's device tree.
+    ConfigureBegin {
+        /// The DRC, as the guest passed it.
+        drc: u32,
+    },
+    /// ibm,configure-connector handed out the whole fragment.
+    ConfigureDone {
+        /// The DRC.
+        drc: u32,
+    },
+}
+
+/// Hotplug controller → RTAS server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// The RTAS status for the guest, and a value: the sensor's for
+    /// get-sensor-state, the walk's generation for configure-begin, else 0.
+    Status {
+        /// RTAS status.
+        status: RtasStatus,
+        /// The value.
+        value: u32,
+    },
+}
+
+impl Message for Request {
+    fn validate(&self, fds: usize) -> Result<(), String> {
+        // Every u32 the guest passes is legal here: the controller answers
+        // unknown DRCs and indicators with an RTAS status.
+        match fds {
+            0 => Ok(()),
+            _ => Err(format!("{fds} descriptors with an RTAS request")),
+        }
+    }
+}
+
+impl Message for Reply {
+    fn validate(&self, _: usize) -> Result<(), String> {
+        Ok(())
+    }
+}

@@ -1,0 +1,542 @@
+//! The core's side of the device processes, in one place: starting them
+//! ([`spawn`]), handing out their links ([`wiring`]), talking to each through
+//! one generic [`proxy`], and supervising them ([`supervisor`]): a process
+//! that dies, or that the core (or a peer) finds misbehaving, is reported and
+//! restarted with bounded backoff, with fresh links to the core and to its
+//! peers; one that keeps dying is failed, and what it served answers with
+//! errors while the VM runs on.
+
+pub mod proxy;
+pub mod spawn;
+pub mod supervisor;
+pub mod wiring;
+
+use crate::control::ControlMessage;
+use crate::memory::GuestRam;
+use ipc_proto::channel::{Channel, ChannelError};
+use ipc_proto::link::core_eventlog::CoreEventLog;
+use ipc_proto::link::core_hotplug::{self, CoreHotplug, DrcRange};
+use ipc_proto::link::core_rtas::{self, CoreRtas, MemoryRegion};
+use ipc_proto::link::hotplug_notify::HotplugNotify;
+use ipc_proto::protocol::decode_request;
+use ipc_proto::{Link, ProcessKind};
+use proxy::{DeviceFailure, Proxy, Supervised};
+use serde_json::{json, Value};
+use spawn::{ProcessHandle, SpawnError};
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use supervisor::{AfterExit, State, Supervision};
+use thiserror::Error;
+use wiring::Holder;
+
+pub use spawn::Sandbox;
+
+/// How long a new process has for its handshakes.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Error)]
+pub enum DeviceError {
+    #[error("cannot create the {0:?} channel")]
+    Channel(Link, #[source] ChannelError),
+    #[error("cannot start the {kind}")]
+    Spawn {
+        kind: &'static str,
+        #[source]
+        source: SpawnError,
+    },
+    #[error("the {kind} did not complete its handshake")]
+    Handshake {
+        kind: &'static str,
+        #[source]
+        source: ChannelError,
+    },
+    #[error("the {kind} refused its set-up")]
+    Setup {
+        kind: &'static str,
+        #[source]
+        source: DeviceFailure,
+    },
+    #[error("cannot duplicate a descriptor")]
+    Dup(#[source] std::io::Error),
+    #[error("cannot start the thread that watches the {kind}")]
+    Watch {
+        kind: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What a (re)started process is given besides its links.
+pub struct Resources {
+    pub memory: Vec<(MemoryRegion, OwnedFd)>,
+    pub guest_ram_bytes: u64,
+    pub threads_per_core: u32,
+    pub drcs: Vec<DrcRange>,
+    pub hotplug_interrupt: OwnedFd,
+}
+
+/// One process kind: how it is supervised and the process it runs now.
+struct Record {
+    supervision: Supervision,
+    /// The pid last started, for reports only: never signalled.
+    pid: u32,
+    /// `None` once the process is gone: nothing is ever signalled through
+    /// the record of a process that exited.
+    process: Option<Arc<ProcessHandle>>,
+}
+
+pub struct DeviceProcesses {
+    sandbox: Sandbox,
+    resources: Resources,
+    control: Sender<ControlMessage>,
+    pub rtas: Proxy<CoreRtas>,
+    pub hotplug: Proxy<CoreHotplug>,
+    pub eventlog: Proxy<CoreEventLog>,
+    records: Mutex<HashMap<ProcessKind, Record>>,
+    next_generation: Mutex<u64>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn duplicate(fd: BorrowedFd<'_>) -> Result<OwnedFd, DeviceError> {
+    fd.try_clone_to_owned().map_err(DeviceError::Dup)
+}
+
+impl DeviceProcesses {
+    /// Starts every device process, wires them together, and sets each up.
+    pub fn start(
+        ram: &GuestRam,
+        hotplug_interrupt: OwnedFd,
+        threads_per_core: u32,
+        drcs: Vec<DrcRange>,
+        sandbox: Sandbox,
+        control: Sender<ControlMessage>,
+    ) -> Result<DeviceProcesses, DeviceError> {
+        let memory = ram
+            .regions()
+            .into_iter()
+            .map(|(region, fd)| Ok((region, duplicate(fd)?)))
+            .collect::<Result<Vec<_>, DeviceError>>()?;
+        let devices = DeviceProcesses {
+            sandbox,
+            resources: Resources {
+                memory,
+                guest_ram_bytes: ram.size(),
+                threads_per_core,
+                drcs,
+                hotplug_interrupt,
+            },
+            rtas: Proxy::new(ProcessKind::RtasServer, control.clone()),
+            hotplug: Proxy::new(ProcessKind::HotplugController, control.clone()),
+            eventlog: Proxy::new(ProcessKind::EventLog, control.clone()),
+            control,
+            records: Mutex::new(HashMap::new()),
+            next_generation: Mutex::new(0),
+        };
+        devices.wire(&ProcessKind::ALL)?;
+        Ok(devices)
+    }
+
+    /// The proxy of `kind`, for what is done to every kind alike.
+    fn proxy(&self, kind: ProcessKind) -> &dyn Supervised {
+        match kind {
+            ProcessKind::RtasServer => &self.rtas,
+            ProcessKind::HotplugController => &self.hotplug,
+            ProcessKind::EventLog => &self.eventlog,
+        }
+    }
+
+    fn generation(&self, kind: ProcessKind) -> Option<u64> {
+        lock(&self.records)
+            .get(&kind)
+            .filter(|record| record.supervision.state == State::Running)
+            .map(|record| record.supervision.generation)
+    }
+
+    /// Starts the processes of `kinds` (all, or those being restarted) with
+    /// fresh links: to the core, to each other, and — by re-link — to the
+    /// peers that keep running.
+    fn wire(&self, kinds: &[ProcessKind]) -> Result<(), DeviceError> {
+        let mut descriptors: HashMap<ProcessKind, HashMap<Link, Channel>> = HashMap::new();
+        let mut core_ends: Vec<(Link, Channel)> = Vec::new();
+        let mut relinks: Vec<(ProcessKind, Link, Channel)> = Vec::new();
+        for plan in wiring::plan(kinds) {
+            let (requester_end, server_end) =
+                Channel::pair().map_err(|error| DeviceError::Channel(plan.link, error))?;
+            for (holder, end) in [(plan.requester, requester_end), (plan.server, server_end)] {
+                match holder {
+                    Holder::Core => core_ends.push((plan.link, end)),
+                    Holder::Starting(kind) => {
+                        descriptors.entry(kind).or_default().insert(plan.link, end);
+                    }
+                    Holder::Running(kind) => relinks.push((kind, plan.link, end)),
+                }
+            }
+        }
+
+        let mut started = HashMap::new();
+        for &kind in kinds {
+            let ends = descriptors.remove(&kind).unwrap_or_default();
+            let mut fds: Vec<RawFd> = kind
+                .links()
+                .iter()
+                .filter_map(|link| ends.get(link).map(|end| end.as_fd().as_raw_fd()))
+                .collect();
+            if kind == ProcessKind::EventLog {
+                fds.push(self.resources.hotplug_interrupt.as_raw_fd());
+            }
+            let process = self.spawn(kind, &fds)?;
+            // The process's ends are its alone now.
+            drop(ends);
+            started.insert(kind, process);
+        }
+
+        // Peers first: a new process waits for their hellos before it
+        // answers anything of the core's.
+        for (peer, link, channel) in relinks {
+            let Some(new) = [link.requester(), link.server()]
+                .into_iter()
+                .flatten()
+                .find(|kind| kinds.contains(kind))
+            else {
+                continue;
+            };
+            let generation = started[&new].0;
+            if let Err(error) = self.proxy(peer).relink(link, channel.as_fd(), generation) {
+                log::error!(
+                    "{}: cannot hand over the new {link:?}: {error}",
+                    peer.name()
+                );
+            }
+        }
+        for (link, channel) in &core_ends {
+            channel
+                .send_hello(*link)
+                .map_err(|source| handshake_failed(*link, source))?;
+        }
+        for (link, channel) in &core_ends {
+            channel
+                .expect_hello(*link, SETUP_TIMEOUT)
+                .map_err(|source| handshake_failed(*link, source))?;
+        }
+        for (link, channel) in core_ends {
+            match link.server() {
+                Some(kind) => {
+                    let (_, process) = &started[&kind];
+                    let peers = self.peer_generations(kind, &started);
+                    self.proxy(kind)
+                        .connect(channel, Arc::clone(process), peers);
+                }
+                None => spawn_notification_reader(channel, self.control.clone()),
+            }
+        }
+        for &kind in kinds {
+            self.set_up(kind).map_err(|source| DeviceError::Setup {
+                kind: kind.name(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The generations of the peers `kind` is linked to once started.
+    fn peer_generations(
+        &self,
+        kind: ProcessKind,
+        started: &HashMap<ProcessKind, (u64, Arc<ProcessHandle>)>,
+    ) -> HashMap<ProcessKind, u64> {
+        ProcessKind::ALL
+            .into_iter()
+            .filter(|&peer| peer != kind)
+            .filter_map(|peer| {
+                let generation = match started.get(&peer) {
+                    Some((generation, _)) => Some(*generation),
+                    None => self.generation(peer),
+                };
+                Some((peer, generation?))
+            })
+            .collect()
+    }
+
+    /// Starts one process, records it as a new generation and watches it.
+    fn spawn(
+        &self,
+        kind: ProcessKind,
+        fds: &[RawFd],
+    ) -> Result<(u64, Arc<ProcessHandle>), DeviceError> {
+        let generation = {
+            let mut next = lock(&self.next_generation);
+            *next += 1;
+            *next
+        };
+        let id = format!("{}-{generation}", std::process::id());
+        let address_space = match kind {
+            // Guest RAM is mapped besides the process's own memory.
+            ProcessKind::RtasServer => self.resources.guest_ram_bytes + (1 << 30),
+            _ => 1 << 30,
+        };
+        let (handle, waiter) =
+            spawn::spawn(&self.sandbox, kind, &id, fds, address_space).map_err(|source| {
+                DeviceError::Spawn {
+                    kind: kind.name(),
+                    source,
+                }
+            })?;
+        let handle = Arc::new(handle);
+        log::info!(
+            "{} running as pid {} (generation {generation})",
+            kind.name(),
+            handle.pid
+        );
+        {
+            let mut records = lock(&self.records);
+            let record = records.entry(kind).or_insert_with(|| Record {
+                supervision: Supervision::new(generation),
+                pid: handle.pid,
+                process: None,
+            });
+            record.supervision.started(generation);
+            record.pid = handle.pid;
+            record.process = Some(Arc::clone(&handle));
+        }
+        let control = self.control.clone();
+        waiter
+            .watch(kind, move |reason| {
+                let _ = control.send(ControlMessage::DeviceExited {
+                    kind,
+                    generation,
+                    reason,
+                });
+            })
+            .map_err(|source| {
+                handle.kill();
+                DeviceError::Watch {
+                    kind: kind.name(),
+                    source,
+                }
+            })?;
+        Ok((generation, handle))
+    }
+
+    /// What a new process is told before it serves the guest.
+    fn set_up(&self, kind: ProcessKind) -> Result<(), DeviceFailure> {
+        match kind {
+            ProcessKind::RtasServer => {
+                let (regions, fds): (Vec<MemoryRegion>, Vec<BorrowedFd<'_>>) = self
+                    .resources
+                    .memory
+                    .iter()
+                    .map(|(region, fd)| (*region, fd.as_fd()))
+                    .unzip();
+                self.rtas
+                    .command_with(core_rtas::Request::SetMemoryTable { regions }, &fds)?;
+                let threads_per_core = self.resources.threads_per_core;
+                self.rtas
+                    .command(core_rtas::Request::SetTopology { threads_per_core })
+            }
+            ProcessKind::HotplugController => {
+                self.hotplug.command(core_hotplug::Request::DefineDrcs {
+                    ranges: self.resources.drcs.clone(),
+                })
+            }
+            ProcessKind::EventLog => Ok(()),
+        }
+    }
+
+    /// Kills a process the core no longer trusts; its watcher reports it.
+    pub fn cut_off(&self, kind: ProcessKind, why: &str) {
+        self.proxy(kind).cut_off(why);
+    }
+
+    /// A process reported that generation `generation` of `peer` failed it:
+    /// the supervisor acts on that peer, unless it was replaced meanwhile.
+    pub fn peer_failed(&self, peer: ProcessKind, generation: u64, reported_by: ProcessKind) {
+        if self.generation(peer) != Some(generation) {
+            log::info!(
+                "the {} reported generation {generation} of the {}, which is gone already",
+                reported_by.name(),
+                peer.name()
+            );
+            return;
+        }
+        let why = format!("the {} found it silent or misbehaving", reported_by.name());
+        self.cut_off(peer, &why);
+    }
+
+    pub fn state(&self, kind: ProcessKind) -> Option<State> {
+        lock(&self.records)
+            .get(&kind)
+            .map(|record| record.supervision.state)
+    }
+
+    /// Records an exit and decides what follows.
+    pub fn exited(&self, kind: ProcessKind, generation: u64, reason: &str) -> AfterExit {
+        let after = {
+            let mut records = lock(&self.records);
+            let Some(record) = records.get_mut(&kind) else {
+                return AfterExit::Ignore;
+            };
+            let after = record
+                .supervision
+                .exited(generation, reason, Instant::now());
+            if after != AfterExit::Ignore {
+                if let Some(process) = record.process.take() {
+                    // Its jailer ended with it; the jail's directory goes too.
+                    if let Some(dir) = &process.jail_dir {
+                        let _ = std::fs::remove_dir_all(dir);
+                    }
+                }
+            }
+            after
+        };
+        if after != AfterExit::Ignore {
+            let proxy = self.proxy(kind);
+            proxy.disconnect();
+            proxy.set_failed(after == AfterExit::Failed);
+        }
+        after
+    }
+
+    /// A restart that did not come up counts as another exit.
+    pub fn restart_failed(&self, kind: ProcessKind) -> AfterExit {
+        let proxy = self.proxy(kind);
+        proxy.cut_off("its restart did not come up");
+        let mut records = lock(&self.records);
+        let Some(record) = records.get_mut(&kind) else {
+            return AfterExit::Ignore;
+        };
+        if let Some(process) = record.process.take() {
+            process.kill();
+        }
+        let after = record.supervision.restart_failed(Instant::now());
+        drop(records);
+        proxy.disconnect();
+        proxy.set_failed(after == AfterExit::Failed);
+        after
+    }
+
+    /// Starts a fresh `kind` in place of the dead one.
+    pub fn restart(&self, kind: ProcessKind) -> Result<(), DeviceError> {
+        if self.state(kind) != Some(State::Restarting) {
+            return Ok(());
+        }
+        self.wire(&[kind])?;
+        if let Some(record) = lock(&self.records).get_mut(&kind) {
+            record.supervision.restarted();
+        }
+        Ok(())
+    }
+
+    /// The pid of the process of `kind`, as last started (for reports).
+    pub fn pid(&self, kind: ProcessKind) -> u32 {
+        lock(&self.records)
+            .get(&kind)
+            .map_or(0, |record| record.pid)
+    }
+
+    pub fn restarts(&self, kind: ProcessKind) -> u32 {
+        lock(&self.records)
+            .get(&kind)
+            .map(|record| record.supervision.restarts)
+            .unwrap_or(0)
+    }
+
+    /// x-query-device-processes.
+    pub fn info(&self) -> Value {
+        let records = lock(&self.records);
+        let rows: Vec<Value> = ProcessKind::ALL
+            .into_iter()
+            .filter_map(|kind| {
+                let record = records.get(&kind)?;
+                Some(json!({
+                    "kind": kind.name(),
+                    "pid": record.pid,
+                    "state": record.supervision.state.name(),
+                    "restarts": record.supervision.restarts,
+                    "last-exit": record.supervision.last_exit,
+                }))
+            })
+            .collect();
+        Value::Array(rows)
+    }
+
+    /// x-inject-fault: the process's answer if it lived, or what became of it.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject(&self, kind: ProcessKind, fault: ipc_proto::Fault) -> Result<String, String> {
+        use ipc_proto::control::ControlRequest;
+        match self
+            .proxy(kind)
+            .control(ControlRequest::ArmFault(fault), &[])
+        {
+            Ok(Some(outcome)) => Ok(outcome),
+            Ok(None) => {
+                let why = format!("an acknowledgement after {fault:?}");
+                self.cut_off(kind, &why);
+                Err(format!("it answered {why} and was cut off"))
+            }
+            // Dead already: its watcher reports how it died.
+            Err(DeviceFailure::Died(_)) => Err("it died".into()),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+}
+
+fn handshake_failed(link: Link, source: ChannelError) -> DeviceError {
+    let kind = link
+        .server()
+        .or(link.requester())
+        .map_or("device process", ProcessKind::name);
+    DeviceError::Handshake { kind, source }
+}
+
+impl Drop for DeviceProcesses {
+    fn drop(&mut self) {
+        for record in lock(&self.records).values() {
+            if let Some(process) = &record.process {
+                process.kill();
+                if let Some(dir) = &process.jail_dir {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+            }
+        }
+    }
+}
+
+/// Reads the hotplug controller's notifications and hands them, validated,
+/// to the control loop. Ends when that controller goes.
+fn spawn_notification_reader(notify: Channel, control: Sender<ControlMessage>) {
+    let spawned = std::thread::Builder::new()
+        .name("hotplug-notify".into())
+        .spawn(move || loop {
+            let frame = match notify.recv_frame(None) {
+                Ok(frame) => frame,
+                Err(ChannelError::HungUp) => return,
+                Err(error) => {
+                    log::error!("bad notification from the hotplug controller: {error}");
+                    continue;
+                }
+            };
+            match decode_request::<HotplugNotify>(frame).map(|incoming| incoming.request) {
+                Ok(ipc_proto::control::Request::Link(notification)) => {
+                    if control.send(ControlMessage::Hotplug(notification)).is_err() {
+                        return;
+                    }
+                }
+                Ok(request) => {
+                    log::error!("the hotplug controller sent {request:?} as a notification");
+                }
+                Err(unacceptable) => log::error!(
+                    "dropping a notification from the hotplug controller: {}",
+                    unacceptable.refusal
+                ),
+            }
+        });
+    if let Err(error) = spawned {
+        log::error!("cannot read hotplug notifications: {error}");
+    }
+}

@@ -1,0 +1,450 @@
+//! The core's end of one device process, the same for every kind: requests
+//! with the link's timeout, replies checked before anyone sees them, and a
+//! process that answers garbage, the wrong thing, or nothing is cut off
+//! (SIGKILLed through its pidfd; the supervisor restarts it). A reply that
+//! blames a peer is passed to the supervisor, which acts on that peer.
+
+use super::spawn::ProcessHandle;
+use crate::control::ControlMessage;
+use ipc_proto::channel::{Channel, ChannelError};
+use ipc_proto::control::{Answer, ControlRequest, Refusal, Request};
+use ipc_proto::protocol::{Client, Protocol};
+use ipc_proto::ProcessKind;
+use std::collections::HashMap;
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, MutexGuard};
+use thiserror::Error;
+
+/// Why a request to a device process did not get its answer.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DeviceFailure {
+    /// The process answered, refusing.
+    #[error("{0}")]
+    Refused(Refusal),
+    /// The process is down; a new one is on its way.
+    #[error("the {} is restarting; try again", .0.name())]
+    Restarting(ProcessKind),
+    /// The supervisor gave up on the process.
+    #[error("the {} has failed", .0.name())]
+    Failed(ProcessKind),
+    /// The process died while it was asked.
+    #[error("the {} died", .0.name())]
+    Died(ProcessKind),
+    /// The process misbehaved and was cut off.
+    #[error("the {} failed ({why}) and was cut off", kind.name())]
+    CutOff { kind: ProcessKind, why: String },
+}
+
+/// The non-generic part of a proxy, for what is done to every kind alike.
+pub trait Supervised: Send + Sync {
+    /// A (new) process is ready on `channel`, linked to the peers of `peers`
+    /// (kind → generation).
+    fn connect(
+        &self,
+        channel: Channel,
+        process: Arc<ProcessHandle>,
+        peers: HashMap<ProcessKind, u64>,
+    );
+    /// Hands the process `fd`, the new end of `link`, to generation
+    /// `generation` of its peer.
+    fn relink(
+        &self,
+        link: ipc_proto::Link,
+        fd: BorrowedFd<'_>,
+        generation: u64,
+    ) -> Result<(), DeviceFailure>;
+    /// The process is gone: requests fail until the next connect.
+    fn disconnect(&self);
+    /// The supervisor gave up (or not) on the process.
+    fn set_failed(&self, failed: bool);
+    /// Kills a process the core no longer trusts; its watcher reports it.
+    fn cut_off(&self, why: &str);
+    /// A control request, answered by an acknowledgement or a fault's outcome.
+    #[cfg(feature = "fault-injection")]
+    fn control(
+        &self,
+        request: ControlRequest,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<Option<String>, DeviceFailure>;
+}
+
+struct Connected<P> {
+    client: Client<P>,
+    process: Arc<ProcessHandle>,
+    /// The generation of each peer this process is linked to: blame names
+    /// that one, so a late report never hits the peer's successor.
+    peers: HashMap<ProcessKind, u64>,
+}
+
+/// The core's end of the link `P` to one device process.
+pub struct Proxy<P: Protocol> {
+    kind: ProcessKind,
+    connected: Mutex<Option<Connected<P>>>,
+    failed: AtomicBool,
+    control: Sender<ControlMessage>,
+}
+
+impl<P: Protocol> Proxy<P> {
+    /// A proxy of `kind`, not yet connected; blame goes to `control`.
+    pub fn new(kind: ProcessKind, control: Sender<ControlMessage>) -> Proxy<P> {
+        Proxy {
+            kind,
+            connected: Mutex::new(None),
+            failed: AtomicBool::new(false),
+            control,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<Connected<P>>> {
+        self.connected.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn unavailable(&self) -> DeviceFailure {
+        if self.failed.load(Ordering::SeqCst) {
+            DeviceFailure::Failed(self.kind)
+        } else {
+            DeviceFailure::Restarting(self.kind)
+        }
+    }
+
+    /// Sends `request` and waits (the link's timeout) for the answer.
+    /// Serialised: one request at a time per process.
+    pub fn call(
+        &self,
+        request: Request<P::Request>,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<Answer<P::Reply>, DeviceFailure> {
+        self.call_locked(&mut self.lock(), request, fds)
+    }
+
+    fn call_locked(
+        &self,
+        guard: &mut MutexGuard<'_, Option<Connected<P>>>,
+        request: Request<P::Request>,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<Answer<P::Reply>, DeviceFailure> {
+        let Some(connected) = guard.as_mut() else {
+            return Err(self.unavailable());
+        };
+        match connected.client.call(request, fds, P::LINK.reply_timeout()) {
+            Ok(reply) => {
+                if let Some(peer) = reply.peer_failed {
+                    if let Some(&generation) = connected.peers.get(&peer) {
+                        let _ = self.control.send(ControlMessage::PeerFailed {
+                            peer,
+                            generation,
+                            reported_by: self.kind,
+                        });
+                    }
+                }
+                match reply.answer {
+                    Answer::Refused(refusal) => Err(DeviceFailure::Refused(refusal)),
+                    answer => Ok(answer),
+                }
+            }
+            Err(ChannelError::HungUp) => {
+                **guard = None;
+                Err(DeviceFailure::Died(self.kind))
+            }
+            Err(error) => {
+                let why = error.to_string();
+                Self::cut(self.kind, guard, &why);
+                Err(DeviceFailure::CutOff {
+                    kind: self.kind,
+                    why,
+                })
+            }
+        }
+    }
+
+    fn cut(kind: ProcessKind, guard: &mut Option<Connected<P>>, why: &str) {
+        if let Some(connected) = guard.take() {
+            log::error!("cutting off the {}: {why}", kind.name());
+            connected.process.kill();
+        }
+    }
+
+    fn wrong_answer(&self, answer: &Answer<P::Reply>) -> DeviceFailure {
+        let why = format!("it answered {answer:?}");
+        Self::cut(self.kind, &mut self.lock(), &why);
+        DeviceFailure::CutOff {
+            kind: self.kind,
+            why,
+        }
+    }
+
+    /// A request whose answer is an acknowledgement.
+    pub fn command(&self, request: P::Request) -> Result<(), DeviceFailure> {
+        match self.call(Request::Link(request), &[])? {
+            Answer::Ack => Ok(()),
+            other => Err(self.wrong_answer(&other)),
+        }
+    }
+
+    /// A request whose answer is the link's reply (`fds` ride along).
+    pub fn query_with(
+        &self,
+        request: P::Request,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<P::Reply, DeviceFailure> {
+        match self.call(Request::Link(request), fds)? {
+            Answer::Link(reply) => Ok(reply),
+            other => Err(self.wrong_answer(&other)),
+        }
+    }
+
+    /// A request whose answer is the link's reply.
+    pub fn query(&self, request: P::Request) -> Result<P::Reply, DeviceFailure> {
+        self.query_with(request, &[])
+    }
+
+    /// A request with descriptors whose answer is an acknowledgement.
+    pub fn command_with(
+        &self,
+        request: P::Request,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), DeviceFailure> {
+        match self.call(Request::Link(request), fds)? {
+            Answer::Ack => Ok(()),
+            other => Err(self.wrong_answer(&other)),
+        }
+    }
+}
+
+impl<P: Protocol> Supervised for Proxy<P> {
+    fn connect(
+        &self,
+        channel: Channel,
+        process: Arc<ProcessHandle>,
+        peers: HashMap<ProcessKind, u64>,
+    ) {
+        *self.lock() = Some(Connected {
+            client: Client::new(channel),
+            process,
+            peers,
+        });
+        self.failed.store(false, Ordering::SeqCst);
+    }
+
+    fn relink(
+        &self,
+        link: ipc_proto::Link,
+        fd: BorrowedFd<'_>,
+        generation: u64,
+    ) -> Result<(), DeviceFailure> {
+        let mut guard = self.lock();
+        let request = Request::Control(ControlRequest::ReplaceLink(link));
+        match self.call_locked(&mut guard, request, &[fd])? {
+            Answer::Ack => {
+                let peer = [link.requester(), link.server()]
+                    .into_iter()
+                    .flatten()
+                    .find(|&kind| kind != self.kind);
+                if let (Some(connected), Some(peer)) = (guard.as_mut(), peer) {
+                    connected.peers.insert(peer, generation);
+                }
+                Ok(())
+            }
+            other => {
+                drop(guard);
+                Err(self.wrong_answer(&other))
+            }
+        }
+    }
+
+    fn disconnect(&self) {
+        *self.lock() = None;
+    }
+
+    fn set_failed(&self, failed: bool) {
+        self.failed.store(failed, Ordering::SeqCst);
+    }
+
+    fn cut_off(&self, why: &str) {
+        Self::cut(self.kind, &mut self.lock(), why);
+    }
+
+    #[cfg(feature = "fault-injection")]
+    fn control(
+        &self,
+        request: ControlRequest,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<Option<String>, DeviceFailure> {
+        match self.call(Request::Control(request), fds)? {
+            Answer::Ack => Ok(None),
+            Answer::Control(ipc_proto::control::ControlReply::FaultSurvived { outcome }) => {
+                Ok(Some(outcome))
+            }
+            other => Err(self.wrong_answer(&other)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipc_proto::channel::{encode, Envelope};
+    use ipc_proto::control::Reply;
+    use ipc_proto::link::core_rtas::{
+        CoreRtas, CpuSnapshot, PlatformRequest, Reply as RtasReply, Request as RtasRequest,
+    };
+    use std::sync::mpsc::{channel, Receiver};
+    use std::time::Duration;
+
+    /// A proxy whose "process" is a thread of this test, speaking raw frames.
+    fn fake(
+        server: impl FnOnce(Channel) + Send + 'static,
+    ) -> (Proxy<CoreRtas>, Receiver<ControlMessage>) {
+        let (core_end, server_end) = Channel::pair().unwrap();
+        std::thread::spawn(move || server(server_end));
+        let (control, inbox) = channel();
+        let proxy = Proxy::new(ProcessKind::RtasServer, control);
+        let peers = HashMap::from([(ProcessKind::EventLog, 7)]);
+        proxy.connect(core_end, Arc::new(ProcessHandle::of_this_test()), peers);
+        (proxy, inbox)
+    }
+
+    fn call(proxy: &Proxy<CoreRtas>) -> Result<RtasReply, DeviceFailure> {
+        proxy.query(RtasRequest::Call {
+            caller: 0,
+            args_address: 0x1000,
+            cpus: CpuSnapshot::default(),
+        })
+    }
+
+    fn done(id: u64, request: PlatformRequest) -> Vec<u8> {
+        encode(&Envelope {
+            id,
+            body: Reply::new(Answer::Link(RtasReply::CallDone {
+                request: Some(request),
+            })),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn garbage_truncated_invalid_and_wrong_replies_cut_the_process_off() {
+        let valid = done(1, PlatformRequest::PowerOff);
+        let wrong = encode(&Envelope {
+            id: 1,
+            body: Reply::<RtasReply>::new(Answer::Ack),
+        })
+        .unwrap();
+        let replies: Vec<Vec<u8>> = vec![
+            vec![0xff; 40],
+            valid[..valid.len() - 3].to_vec(),
+            [valid.clone(), vec![0]].concat(),
+            done(
+                1,
+                PlatformRequest::StartCpu {
+                    cpu: 999,
+                    entry: 0,
+                    r3: 0,
+                },
+            ),
+            wrong,
+        ];
+        for reply in replies {
+            let (proxy, _inbox) = fake(move |channel| {
+                let _ = channel.recv_frame(None);
+                let _ = channel.send_frame(&reply, &[]);
+                let _ = channel.recv_frame(None);
+            });
+            assert!(matches!(call(&proxy), Err(DeviceFailure::CutOff { .. })));
+            // Cut off: the caller is told to retry while a new process comes.
+            assert_eq!(
+                call(&proxy),
+                Err(DeviceFailure::Restarting(ProcessKind::RtasServer))
+            );
+            // Once the supervisor gives up, requests fail for good.
+            proxy.set_failed(true);
+            assert_eq!(
+                call(&proxy),
+                Err(DeviceFailure::Failed(ProcessKind::RtasServer))
+            );
+        }
+    }
+
+    #[test]
+    fn a_valid_reply_is_returned_and_stale_replies_are_skipped() {
+        let (proxy, _inbox) = fake(|channel| {
+            let _ = channel.recv_frame(None);
+            for id in [0, 1] {
+                channel
+                    .send_frame(&done(id, PlatformRequest::Reboot), &[])
+                    .unwrap();
+            }
+            let _ = channel.recv_frame(None);
+        });
+        assert_eq!(
+            call(&proxy).unwrap(),
+            RtasReply::CallDone {
+                request: Some(PlatformRequest::Reboot)
+            }
+        );
+    }
+
+    #[test]
+    fn a_silent_process_times_out_and_a_dead_one_fails_fast() {
+        let timeout = ipc_proto::Link::CoreRtas.reply_timeout();
+        let (proxy, _inbox) = fake(move |channel| {
+            let _ = channel.recv_frame(None);
+            std::thread::sleep(timeout + Duration::from_secs(1));
+        });
+        let started = std::time::Instant::now();
+        assert!(matches!(call(&proxy), Err(DeviceFailure::CutOff { .. })));
+        assert!(started.elapsed() < timeout + Duration::from_secs(1));
+
+        let (proxy, _inbox) = fake(drop);
+        assert_eq!(
+            call(&proxy),
+            Err(DeviceFailure::Died(ProcessKind::RtasServer))
+        );
+    }
+
+    #[test]
+    fn refusals_pass_through_and_blame_reaches_the_supervisor() {
+        let (proxy, inbox) = fake(|channel| {
+            let _ = channel.recv_frame(None);
+            let refused = Reply::<RtasReply>::new(Answer::Refused(Refusal::Rejected {
+                reason: "no".into(),
+            }));
+            channel
+                .send(
+                    &Envelope {
+                        id: 1,
+                        body: refused,
+                    },
+                    &[],
+                )
+                .unwrap();
+            let _ = channel.recv_frame(None);
+            let blaming = Reply {
+                answer: Answer::Link(RtasReply::CallDone { request: None }),
+                peer_failed: Some(ProcessKind::EventLog),
+            };
+            channel
+                .send(
+                    &Envelope {
+                        id: 2,
+                        body: blaming,
+                    },
+                    &[],
+                )
+                .unwrap();
+            let _ = channel.recv_frame(None);
+        });
+        assert!(matches!(call(&proxy), Err(DeviceFailure::Refused(_))));
+        assert_eq!(call(&proxy).unwrap(), RtasReply::CallDone { request: None });
+        assert_eq!(
+            inbox.try_recv().unwrap(),
+            ControlMessage::PeerFailed {
+                peer: ProcessKind::EventLog,
+                generation: 7,
+                reported_by: ProcessKind::RtasServer
+            }
+        );
+    }
+}

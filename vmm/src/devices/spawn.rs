@@ -1,0 +1,277 @@
+//! Starting a device process (through the jailer, or directly for
+//! debugging) and holding it: through pidfds only, so that a process that is
+//! gone can never be confused with a later one that got its pid.
+
+use ipc_proto::channel::{Channel, ChannelError};
+use ipc_proto::ProcessKind;
+use rustix::process::{pidfd_open, pidfd_send_signal, waitid, Pid, PidfdFlags, Signal};
+use rustix::process::{WaitId, WaitIdOptions};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use thiserror::Error;
+
+/// How long the jailer has to report the program it started.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How device processes are started.
+#[derive(Clone, Debug)]
+pub struct Sandbox {
+    /// Through the jailer (the default); off only for debugging.
+    pub jail: bool,
+    /// `kill`, `log` or `off`, passed to each process.
+    pub seccomp: String,
+    /// Where the jails' roots are made.
+    pub jail_dir: PathBuf,
+}
+
+#[derive(Debug, Error)]
+pub enum SpawnError {
+    #[error("cannot start {path}")]
+    Exec {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create the jailer's report socket")]
+    ReportSocket(#[source] ChannelError),
+    #[error("the jailer did not report its program")]
+    NoReport(#[source] ChannelError),
+    #[error("the jailer's report is malformed ({0} bytes, {1} descriptors)")]
+    BadReport(usize, usize),
+    #[error("cannot open a pidfd of pid {pid}")]
+    Pidfd {
+        pid: u32,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The binary of a device process: beside the core's own executable.
+pub fn sibling_binary(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+        .unwrap_or_default()
+        .join(name)
+}
+
+/// A started device process, held through pidfds.
+#[derive(Debug)]
+pub struct ProcessHandle {
+    /// For reports only; never used to signal.
+    pub pid: u32,
+    /// The device process.
+    process: OwnedFd,
+    /// The jailer that waits for it, when jailed.
+    jailer: Option<OwnedFd>,
+    /// The jail's directory, removed when the process is gone.
+    pub jail_dir: Option<PathBuf>,
+}
+
+impl ProcessHandle {
+    /// SIGKILLs the process and its jailer. A process that is gone already
+    /// is not signalled (the pidfd refers to it alone).
+    pub fn kill(&self) {
+        for pidfd in std::iter::once(&self.process).chain(&self.jailer) {
+            match pidfd_send_signal(pidfd, Signal::KILL) {
+                Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+                Err(errno) => log::warn!("cannot kill pid {}: {errno}", self.pid),
+            }
+        }
+    }
+
+    /// A handle of nothing, for tests of what uses one.
+    #[cfg(test)]
+    pub fn of_this_test() -> ProcessHandle {
+        ProcessHandle {
+            pid: 0,
+            // A pidfd of a child that has exited: signalling it does nothing.
+            process: exited_child_pidfd(),
+            jailer: None,
+            jail_dir: None,
+        }
+    }
+}
+
+#[cfg(test)]
+fn exited_child_pidfd() -> OwnedFd {
+    let mut child = Command::new("true").spawn().expect("run true");
+    let pidfd = pidfd_of(child.id()).expect("pidfd of a child");
+    child.wait().expect("wait for true");
+    pidfd
+}
+
+/// The direct child to wait for: the jailer, or the program itself.
+pub struct Waiter(OwnedFd);
+
+fn pidfd_of(pid: u32) -> Result<OwnedFd, SpawnError> {
+    let failed = |source| SpawnError::Pidfd { pid, source };
+    let raw =
+        Pid::from_raw(pid as i32).ok_or_else(|| failed(std::io::ErrorKind::InvalidInput.into()))?;
+    pidfd_open(raw, PidfdFlags::empty()).map_err(|errno| failed(errno.into()))
+}
+
+/// Starts `kind` with `fds` as its descriptors 3.., jailed as `id` unless the
+/// sandbox is off, with an address-space limit of `address_space` bytes.
+pub fn spawn(
+    sandbox: &Sandbox,
+    kind: ProcessKind,
+    id: &str,
+    fds: &[RawFd],
+    address_space: u64,
+) -> Result<(ProcessHandle, Waiter), SpawnError> {
+    let program = sibling_binary(kind.binary());
+    let args = ["--seccomp".to_string(), sandbox.seccomp.clone()];
+    let exec_failed = |source| SpawnError::Exec {
+        path: program.clone(),
+        source,
+    };
+    if !sandbox.jail {
+        let mut command = Command::new(&program);
+        command.args(args).stdin(Stdio::null());
+        ipc_proto::pass_fds(&mut command, fds);
+        let child = command.spawn().map_err(exec_failed)?;
+        // Not yet waited for, so the pid is still this child's.
+        let process = pidfd_of(child.id())?;
+        let waiter = process.try_clone().map_err(|source| SpawnError::Pidfd {
+            pid: child.id(),
+            source,
+        })?;
+        let handle = ProcessHandle {
+            pid: child.id(),
+            process,
+            jailer: None,
+            jail_dir: None,
+        };
+        return Ok((handle, Waiter(waiter)));
+    }
+
+    let (ours, jailers) = Channel::pair().map_err(SpawnError::ReportSocket)?;
+    let config = jailer::JailConfig {
+        id: id.to_string(),
+        exec_file: program.clone(),
+        uid: jailer::DEFAULT_ID,
+        gid: jailer::DEFAULT_ID,
+        chroot_base: sandbox.jail_dir.clone(),
+        limits: vec![jailer::Limit::AddressSpace(address_space)],
+        cgroup: vec![],
+        keep_fds: fds.len() as u32,
+        report_fd: Some(ipc_proto::FIRST_CHANNEL_FD + fds.len() as i32),
+        args: args.iter().map(Into::into).collect(),
+    };
+    let mut command = Command::new(sibling_binary("jailer"));
+    command.args(config.to_args()).stdin(Stdio::null());
+    let mut passed = fds.to_vec();
+    passed.push(jailers.as_fd().as_raw_fd());
+    ipc_proto::pass_fds(&mut command, &passed);
+    let child = command.spawn().map_err(exec_failed)?;
+    drop(jailers);
+    let jailer = pidfd_of(child.id())?;
+    let waiter = jailer.try_clone().map_err(|source| SpawnError::Pidfd {
+        pid: child.id(),
+        source,
+    })?;
+    let reported = ours
+        .recv_frame(Some(REPORT_TIMEOUT))
+        .map_err(SpawnError::NoReport)
+        .and_then(|frame| {
+            let pid: [u8; 4] = frame
+                .bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| SpawnError::BadReport(frame.bytes.len(), frame.fds.len()))?;
+            let count = frame.fds.len();
+            let process = frame
+                .fds
+                .into_iter()
+                .next()
+                .filter(|_| count == 1)
+                .ok_or(SpawnError::BadReport(4, count))?;
+            Ok((u32::from_le_bytes(pid), process))
+        });
+    let (pid, process) = match reported {
+        Ok(report) => report,
+        Err(error) => {
+            let _ = pidfd_send_signal(&jailer, Signal::KILL);
+            let _ = waitid(WaitId::PidFd(jailer.as_fd()), WaitIdOptions::EXITED);
+            return Err(error);
+        }
+    };
+    let handle = ProcessHandle {
+        pid,
+        process,
+        jailer: Some(jailer),
+        jail_dir: Some(sandbox.jail_dir.join(kind.binary()).join(id)),
+    };
+    Ok((handle, Waiter(waiter)))
+}
+
+impl Waiter {
+    /// Waits, on a thread of its own, for the direct child to end, then
+    /// calls `on_exit` with the exit in words ("killed by SIGSYS").
+    pub fn watch(
+        self,
+        kind: ProcessKind,
+        on_exit: impl FnOnce(String) + Send + 'static,
+    ) -> std::io::Result<()> {
+        std::thread::Builder::new()
+            .name(format!("watch-{}", kind.name()))
+            .spawn(move || {
+                let reason = loop {
+                    match waitid(WaitId::PidFd(self.0.as_fd()), WaitIdOptions::EXITED) {
+                        Ok(Some(status)) => break describe_exit(&status),
+                        Ok(None) | Err(rustix::io::Errno::INTR) => continue,
+                        Err(errno) => break format!("cannot be waited for: {errno}"),
+                    }
+                };
+                on_exit(reason);
+            })
+            .map(drop)
+    }
+}
+
+/// The exit, in words: "exited with status 1", "killed by SIGSYS".
+fn describe_exit(status: &rustix::process::WaitIdStatus) -> String {
+    match (status.exit_status(), status.terminating_signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => format!("killed by {}", jailer::signal_name(signal)),
+        _ => "ended".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    // The child is reaped through its pidfd, which clippy cannot see.
+    #[allow(clippy::zombie_processes)]
+    fn exits_are_described_through_the_pidfd() {
+        let child = Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap();
+        let waiter = Waiter(pidfd_of(child.id()).unwrap());
+        let (sender, receiver) = std::sync::mpsc::channel();
+        waiter
+            .watch(ProcessKind::EventLog, move |reason| {
+                sender.send(reason).unwrap()
+            })
+            .unwrap();
+        assert_eq!(
+            receiver.recv_timeout(Duration::from_secs(10)).unwrap(),
+            "exited with status 3"
+        );
+    }
+
+    #[test]
+    fn a_handle_of_a_process_that_is_gone_signals_nothing() {
+        // The pid of an exited, reaped child may be reused by anyone; its
+        // pidfd still names the old process, so the kill goes nowhere.
+        let handle = ProcessHandle::of_this_test();
+        handle.kill();
+        assert!(matches!(
+            pidfd_send_signal(&handle.process, Signal::KILL),
+            Err(rustix::io::Errno::SRCH)
+        ));
+    }
+}

@@ -1,0 +1,165 @@
+//! The supervisor's policy, as plain code: what an exit of a device process
+//! leads to (a restart after a backoff that doubles, or giving up), and the
+//! state QMP reports. It holds no process handle: the caller carries out
+//! what it decides.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Exits allowed within [`RESTART_WINDOW`] before a process is failed.
+pub const MAX_RESTARTS: usize = 5;
+/// The window in which exits count.
+pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
+/// The wait before the first restart; it doubles with each recent exit.
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest wait before a restart.
+const MAX_BACKOFF_DOUBLINGS: usize = 6;
+
+/// What QMP reports of a process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Running,
+    Restarting,
+    Failed,
+}
+
+impl State {
+    pub const fn name(self) -> &'static str {
+        match self {
+            State::Running => "running",
+            State::Restarting => "restarting",
+            State::Failed => "failed",
+        }
+    }
+}
+
+/// What the supervisor decided about an exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterExit {
+    /// An exit of an older generation, or of a process not running.
+    Ignore,
+    RestartAfter(Duration),
+    Failed,
+}
+
+/// The supervision record of one process kind.
+#[derive(Debug)]
+pub struct Supervision {
+    pub state: State,
+    /// Which start of the process this is; exits of older ones are stale.
+    pub generation: u64,
+    pub restarts: u32,
+    pub last_exit: Option<String>,
+    recent_exits: VecDeque<Instant>,
+}
+
+impl Supervision {
+    /// A process just started as `generation`.
+    pub fn new(generation: u64) -> Supervision {
+        Supervision {
+            state: State::Running,
+            generation,
+            restarts: 0,
+            last_exit: None,
+            recent_exits: VecDeque::new(),
+        }
+    }
+
+    /// A new generation of the process runs.
+    pub fn started(&mut self, generation: u64) {
+        self.generation = generation;
+        self.state = State::Running;
+    }
+
+    /// A restart completed.
+    pub fn restarted(&mut self) {
+        self.restarts += 1;
+    }
+
+    /// Generation `generation` ended, for `reason`, at `now`.
+    pub fn exited(&mut self, generation: u64, reason: &str, now: Instant) -> AfterExit {
+        if generation != self.generation || self.state != State::Running {
+            return AfterExit::Ignore;
+        }
+        self.last_exit = Some(reason.to_string());
+        self.recent_exits.push_back(now);
+        while self
+            .recent_exits
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > RESTART_WINDOW)
+        {
+            self.recent_exits.pop_front();
+        }
+        if self.recent_exits.len() > MAX_RESTARTS {
+            self.state = State::Failed;
+            return AfterExit::Failed;
+        }
+        self.state = State::Restarting;
+        let doublings = (self.recent_exits.len() - 1).min(MAX_BACKOFF_DOUBLINGS);
+        AfterExit::RestartAfter(FIRST_BACKOFF * (1 << doublings))
+    }
+
+    /// A restart that did not come up counts as another exit.
+    pub fn restart_failed(&mut self, now: Instant) -> AfterExit {
+        self.state = State::Running;
+        self.exited(self.generation, "its restart did not come up", now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_then_the_process_is_failed() {
+        let start = Instant::now();
+        let mut s = Supervision::new(1);
+        let mut waits = Vec::new();
+        for generation in 1..=6 {
+            s.started(generation);
+            let at = start + Duration::from_secs(generation);
+            match s.exited(generation, "killed by SIGSYS", at) {
+                AfterExit::RestartAfter(wait) => waits.push(wait.as_millis()),
+                other => {
+                    assert_eq!(generation, 6, "{other:?} too early");
+                    assert_eq!(other, AfterExit::Failed);
+                }
+            }
+        }
+        assert_eq!(waits, [100, 200, 400, 800, 1600]);
+        assert_eq!(s.state, State::Failed);
+        assert_eq!(s.last_exit.as_deref(), Some("killed by SIGSYS"));
+        // Failed is final: a late exit changes nothing.
+        assert_eq!(s.exited(6, "again", start), AfterExit::Ignore);
+    }
+
+    #[test]
+    fn exits_outside_the_window_are_forgotten() {
+        let start = Instant::now();
+        let mut s = Supervision::new(0);
+        for generation in 0..20u64 {
+            s.started(generation);
+            let at = start + RESTART_WINDOW * generation as u32;
+            assert_eq!(
+                s.exited(generation, "exited with status 1", at),
+                AfterExit::RestartAfter(FIRST_BACKOFF)
+            );
+        }
+    }
+
+    #[test]
+    fn stale_generations_and_exits_while_restarting_are_ignored() {
+        let now = Instant::now();
+        let mut s = Supervision::new(3);
+        assert_eq!(s.exited(2, "old", now), AfterExit::Ignore);
+        assert!(matches!(s.exited(3, "x", now), AfterExit::RestartAfter(_)));
+        assert_eq!(s.state, State::Restarting);
+        assert_eq!(s.exited(3, "x", now), AfterExit::Ignore);
+        // A restart that does not come up counts as an exit.
+        assert_eq!(
+            s.restart_failed(now),
+            AfterExit::RestartAfter(FIRST_BACKOFF * 2)
+        );
+        assert_eq!(s.last_exit.as_deref(), Some("its restart did not come up"));
+    }
+}
