@@ -57,6 +57,45 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// The path of one of the workspace's binaries as the README's plain build
+/// makes them: without the `fault-injection` feature. Built once, into
+/// target/plain, so that it never replaces the binaries the other tests use.
+pub fn plain_binary(name: &str) -> PathBuf {
+    const PLAIN_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/plain");
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+            .args(["build", "--workspace", "--bins", "--target-dir", PLAIN_DIR])
+            .status()
+            .expect("cannot run cargo build");
+        assert!(status.success(), "the plain build failed");
+    });
+    // Binaries land in <target dir>/<triple>/<profile>, as for this build.
+    let profile = profile_dir();
+    let triple = profile
+        .parent()
+        .and_then(Path::file_name)
+        .expect("binaries live in target/<triple>/<profile>");
+    let path = Path::new(PLAIN_DIR).join(triple).join("debug").join(name);
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// Whether this runs as root (the jail mounts and changes ids) with a usable
+/// /dev/kvm. When not, prints why, loudly.
+pub fn root_and_kvm(test: &str) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let is_root = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .is_some_and(|l| l.split_whitespace().nth(2) == Some("0"));
+    if !is_root {
+        eprintln!("SKIPPED {test}: needs root to jail device processes");
+    }
+    is_root && kvm_usable(test)
+}
+
 /// Whether /dev/kvm can be used. When it cannot, prints why, loudly, so a
 /// skipped test is never mistaken for a passing one.
 pub fn kvm_usable(test: &str) -> bool {
@@ -98,9 +137,14 @@ impl Vm {
     /// Starts `papervisor` with `args` plus console and QMP sockets, and
     /// connects to the console.
     pub fn start(args: &[&str]) -> Vm {
+        Vm::start_program(&binary("papervisor"), args)
+    }
+
+    /// Starts the core binary `program` as [`Vm::start`] does.
+    pub fn start_program(program: &Path, args: &[&str]) -> Vm {
         let dir = scratch_dir();
         let socket = dir.join("console.sock");
-        let child = Command::new(binary("papervisor"))
+        let child = Command::new(program)
             .args(args)
             .arg("--qmp")
             .arg(dir.join("qmp.sock"))
@@ -166,6 +210,49 @@ impl Vm {
             .lines()
             .map(|line| serde_json::from_str(line).expect("the driver prints JSON lines"))
             .collect()
+    }
+
+    /// Every device process as `x-query-device-processes` lists it.
+    pub fn device_processes(&self) -> Vec<serde_json::Value> {
+        self.qmp(&["x-query-device-processes"])[0]["return"]
+            .as_array()
+            .expect("a process list")
+            .clone()
+    }
+
+    /// The device process of `kind` as `x-query-device-processes` lists it.
+    pub fn device_process(&self, kind: &str) -> serde_json::Value {
+        self.device_processes()
+            .into_iter()
+            .find(|p| p["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {kind}"))
+    }
+
+    /// Kills `kind` with forbidden calls until the supervisor gives up on it;
+    /// returns the last `X_DEVICE_PROCESS_EXITED` data.
+    pub fn make_fail(&self, kind: &str) -> serde_json::Value {
+        let inject = format!(r#"x-inject-fault={{"process": "{kind}", "fault": "open-socket"}}"#);
+        let mut last = serde_json::Value::Null;
+        for round in 0..6 {
+            // The restart backoff doubles from 100 ms: 4 s covers each wait.
+            let replies = self.qmp(&[
+                &inject,
+                "wait-event:X_DEVICE_PROCESS_EXITED",
+                "events-for:4",
+            ]);
+            last = replies[1]["data"].clone();
+            let restarted = replies[2]["events"]
+                .as_array()
+                .expect("an event list")
+                .iter()
+                .any(|e| e["event"] == "X_DEVICE_PROCESS_RESTARTED");
+            if last["action"] == "failed" {
+                assert!(!restarted);
+                break;
+            }
+            assert!(restarted, "round {round}: {replies:?}");
+        }
+        last
     }
 
     /// Pids of the core's direct children, with their command names.

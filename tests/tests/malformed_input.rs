@@ -9,7 +9,7 @@ use ipc_proto::link::core_rtas::{
     CallRefusal, CpuSnapshot, MemoryRegion, Reply as RtasReply, Request as RtasRequest,
 };
 use ipc_proto::ProcessKind;
-use papervisor_tests::{binary, kvm_usable, Vm};
+use papervisor_tests::{binary, kvm_usable, plain_binary, Vm};
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
@@ -21,13 +21,17 @@ const REPLY_TIMEOUT: Option<Duration> = Some(Duration::from_secs(5));
 /// Starts papervisor-rtas (unjailed, with its filter) with channels whose
 /// other ends this test holds, in the order of its links.
 fn spawn_rtas_server() -> (Vec<Channel>, Child) {
+    spawn_rtas_program(&binary("papervisor-rtas"))
+}
+
+fn spawn_rtas_program(program: &std::path::Path) -> (Vec<Channel>, Child) {
     let links = ProcessKind::RtasServer.links();
     let pairs: Vec<(Channel, Channel)> = links.iter().map(|_| Channel::pair().unwrap()).collect();
     let fds: Vec<_> = pairs
         .iter()
         .map(|(_, theirs)| theirs.as_fd().as_raw_fd())
         .collect();
-    let mut command = Command::new(binary("papervisor-rtas"));
+    let mut command = Command::new(program);
     command.stdin(Stdio::null());
     ipc_proto::pass_fds(&mut command, &fds);
     let child = command.spawn().unwrap();
@@ -37,8 +41,12 @@ fn spawn_rtas_server() -> (Vec<Channel>, Child) {
 /// Starts papervisor-rtas with this test as its core, hotplug controller
 /// and event log; returns the core's channel.
 fn start_rtas_server() -> (Channel, Vec<Channel>, Child) {
+    start_rtas_program(&binary("papervisor-rtas"))
+}
+
+fn start_rtas_program(program: &std::path::Path) -> (Channel, Vec<Channel>, Child) {
     let links = ProcessKind::RtasServer.links();
-    let (mut ours, child) = spawn_rtas_server();
+    let (mut ours, child) = spawn_rtas_program(program);
     for (channel, &link) in ours.iter().zip(links) {
         channel.handshake(link, Duration::from_secs(5)).unwrap();
     }
@@ -207,6 +215,37 @@ fn the_rtas_server_rejects_bad_frames_and_keeps_serving() {
         status.success(),
         "the server exits cleanly when the core hangs up: {status}"
     );
+}
+
+#[test]
+fn a_plain_build_refuses_to_arm_a_fault_and_a_fault_injection_build_commits_it() {
+    let arm = Envelope {
+        id: 3,
+        body: Request::<RtasRequest>::Control(ipc_proto::control::ControlRequest::ArmFault(
+            ipc_proto::Fault::OpenHostFile,
+        )),
+    };
+    let (channel, _peers, mut child) = start_rtas_program(&plain_binary("papervisor-rtas"));
+    channel.send(&arm, &[]).unwrap();
+    let answer = reply(&channel);
+    assert_eq!(answer.id, 3);
+    assert_eq!(
+        answer.body.answer,
+        Answer::Refused(Refusal::FaultInjectionNotBuilt)
+    );
+    assert_alive(&mut child);
+    drop(channel);
+    assert!(child.wait().unwrap().success());
+
+    let (channel, _peers, mut child) = start_rtas_server();
+    channel.send(&arm, &[]).unwrap();
+    // Killed by its filter for the attempt: no answer, a hang-up.
+    assert!(matches!(
+        channel.recv::<Reply<RtasReply>>(REPLY_TIMEOUT),
+        Err(ipc_proto::channel::ChannelError::HungUp)
+    ));
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(child.wait().unwrap().signal(), Some(nix::libc::SIGSYS));
 }
 
 #[test]

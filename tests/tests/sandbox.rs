@@ -3,36 +3,22 @@
 //! sends garbage — while the guest keeps running. These need root (the jail
 //! mounts and changes ids) and /dev/kvm; they say so when skipped.
 
-use papervisor_tests::{kvm_usable, Vm};
+use papervisor_tests::{root_and_kvm, Vm};
 use serde_json::{json, Value};
 use std::time::Duration;
 
 const KINDS: [&str; 3] = ["rtas-server", "hotplug-controller", "event-log"];
 
 fn root(test: &str) -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let is_root = status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .is_some_and(|l| l.split_whitespace().nth(2) == Some("0"));
-    if !is_root {
-        eprintln!("SKIPPED {test}: needs root to jail device processes");
-    }
-    is_root && kvm_usable(test)
+    root_and_kvm(test)
 }
 
 fn processes(vm: &Vm) -> Vec<Value> {
-    vm.qmp(&["x-query-device-processes"])[0]["return"]
-        .as_array()
-        .expect("a process list")
-        .clone()
+    vm.device_processes()
 }
 
 fn process(vm: &Vm, kind: &str) -> Value {
-    processes(vm)
-        .into_iter()
-        .find(|p| p["kind"] == kind)
-        .unwrap_or_else(|| panic!("no {kind}"))
+    vm.device_process(kind)
 }
 
 fn status_field(pid: u64, field: &str) -> String {
@@ -193,32 +179,6 @@ fn garbage_and_silence_from_a_device_process_are_cut_off_and_the_guest_runs_on()
     assert_eq!(vm.console.command("cpu online 1"), ["cpu 1 online"]);
 }
 
-/// Kills `kind` with forbidden calls until the supervisor gives up on it.
-fn make_fail(vm: &Vm, kind: &str) -> Value {
-    let inject = format!(r#"x-inject-fault={{"process": "{kind}", "fault": "open-socket"}}"#);
-    let mut last = Value::Null;
-    for round in 0..6 {
-        // The restart backoff doubles from 100 ms: 4 s covers each wait.
-        let replies = vm.qmp(&[
-            &inject,
-            "wait-event:X_DEVICE_PROCESS_EXITED",
-            "events-for:4",
-        ]);
-        last = replies[1]["data"].clone();
-        let restarted = replies[2]["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["event"] == "X_DEVICE_PROCESS_RESTARTED");
-        if last["action"] == "failed" {
-            assert!(!restarted);
-            break;
-        }
-        assert!(restarted, "round {round}: {replies:?}");
-    }
-    last
-}
-
 #[test]
 fn a_machine_reset_without_a_hotplug_controller_still_resets() {
     if !root("a_machine_reset_without_a_hotplug_controller_still_resets") {
@@ -226,7 +186,7 @@ fn a_machine_reset_without_a_hotplug_controller_still_resets() {
     }
     let mut vm = Vm::start(&["--smp", "cpus=2,maxcpus=4"]);
     vm.boot();
-    assert_eq!(make_fail(&vm, "hotplug-controller")["action"], "failed");
+    assert_eq!(vm.make_fail("hotplug-controller")["action"], "failed");
     let replies = vm.qmp(&[
         "system_reset",
         "wait-event:RESET",
@@ -253,7 +213,7 @@ fn a_process_that_keeps_dying_is_marked_failed_and_the_vm_runs_on() {
     }
     let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=2"]);
     vm.boot();
-    let last = make_fail(&vm, "rtas-server");
+    let last = vm.make_fail("rtas-server");
     assert_eq!(last["action"], "failed", "{last}");
     let rtas = process(&vm, "rtas-server");
     assert_eq!(rtas["state"], "failed");

@@ -1,0 +1,135 @@
+//! The supervisor blames the process that is really at fault, holds
+//! processes only through pidfds, and fault injection exists only in builds
+//! that ask for it. These need root (the jail) and /dev/kvm; they say so
+//! when skipped.
+
+use papervisor_tests::{plain_binary, root_and_kvm, Vm};
+use serde_json::json;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn signal(pid: u64, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
+        .unwrap_or_else(|error| panic!("cannot send {signal} to {pid}: {error}"));
+}
+
+#[test]
+fn a_hung_event_log_is_blamed_not_the_controller_that_waited_for_it() {
+    if !root_and_kvm("a_hung_event_log_is_blamed_not_the_controller_that_waited_for_it") {
+        return;
+    }
+    let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=2"]);
+    vm.boot();
+    let hung = vm.device_process("event-log")["pid"].as_u64().unwrap();
+    signal(hung, nix::sys::signal::Signal::SIGSTOP);
+    // The controller must forward the add event to the stopped event log.
+    let replies = vm.qmp(&[
+        r#"device_add={"driver": "host-spapr-cpu-core", "core-id": 1, "id": "core1"}"#,
+        "wait-event:X_DEVICE_PROCESS_EXITED",
+        "wait-event:X_DEVICE_PROCESS_RESTARTED",
+    ]);
+    assert_eq!(replies[0], json!({"return": {}}));
+    let exited = &replies[1]["data"];
+    assert_eq!(exited["process"], "event-log", "{exited}");
+    assert_eq!(exited["pid"], hung);
+    assert_eq!(exited["reason"], "killed by SIGKILL");
+    assert_eq!(replies[2]["data"]["process"], "event-log");
+    for kind in ["hotplug-controller", "rtas-server"] {
+        let process = vm.device_process(kind);
+        assert_eq!(process["state"], "running", "{process}");
+        assert_eq!(process["restarts"], 0, "{process}");
+    }
+    let eventlog = vm.device_process("event-log");
+    assert_eq!(eventlog["state"], "running");
+    assert_eq!(eventlog["restarts"], 1);
+    assert_ne!(eventlog["pid"], hung);
+    // The add event the stopped log never took reaches its successor, and
+    // the guest takes the core.
+    let line = vm
+        .console
+        .expect_async("dlpar: cpu add 0x10000001: ", Duration::from_secs(60));
+    assert_eq!(line, "dlpar: cpu add 0x10000001: ok, cpus 1 (1 online)");
+    assert_eq!(vm.console.command("cpus"), ["cpu 0 online", "cpu 1 online"]);
+}
+
+/// Starts `sleep` as pid `target` (pids are handed out in order after
+/// ns_last_pid), retrying while other processes take it first.
+fn process_with_pid(target: u64) -> Option<std::process::Child> {
+    for _ in 0..50 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (target - 1).to_string()).ok()?;
+        let mut child = Command::new("sleep")
+            .arg("60")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("run sleep");
+        if u64::from(child.id()) == target {
+            return Some(child);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    None
+}
+
+#[test]
+fn a_failed_processs_pid_reused_by_another_process_is_never_signalled() {
+    if !root_and_kvm("a_failed_processs_pid_reused_by_another_process_is_never_signalled") {
+        return;
+    }
+    let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=2"]);
+    vm.boot();
+    assert_eq!(vm.make_fail("event-log")["action"], "failed");
+    let gone = vm.device_process("event-log")["pid"].as_u64().unwrap();
+    assert!(!std::path::Path::new(&format!("/proc/{gone}")).exists());
+    // An unrelated process now has the failed process's pid.
+    let mut bystander = process_with_pid(gone).expect("could not start a process with the old pid");
+    assert_eq!(
+        vm.qmp(&["quit"])[0],
+        json!({"return": {}}),
+        "quit was refused"
+    );
+    assert!(vm.wait_exit(Duration::from_secs(30)).success());
+    std::thread::sleep(Duration::from_millis(200));
+    let alive = bystander.try_wait().unwrap().is_none();
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    assert!(
+        alive,
+        "the core signalled pid {gone}, which is no longer its process"
+    );
+}
+
+#[test]
+fn only_the_fault_injection_build_accepts_x_inject_fault() {
+    if !root_and_kvm("only_the_fault_injection_build_accepts_x_inject_fault") {
+        return;
+    }
+    let inject = r#"x-inject-fault={"process": "event-log", "fault": "open-host-file"}"#;
+    let mut plain = Vm::start_program(&plain_binary("papervisor"), &[]);
+    plain.boot();
+    let replies = plain.qmp(&[inject, "x-query-device-processes"]);
+    assert_eq!(
+        replies[0]["error"]["class"], "GenericError",
+        "{}",
+        replies[0]
+    );
+    assert!(
+        replies[0]["error"]["desc"]
+            .as_str()
+            .unwrap()
+            .contains("no fault injection"),
+        "{}",
+        replies[0]
+    );
+    // Nothing was committed: every process still runs as started.
+    for process in replies[1]["return"].as_array().unwrap() {
+        assert_eq!(process["restarts"], 0, "{process}");
+    }
+    drop(plain);
+
+    let mut built = Vm::start(&[]);
+    built.boot();
+    let replies = built.qmp(&[inject, "wait-event:X_DEVICE_PROCESS_EXITED"]);
+    assert_eq!(replies[0]["return"]["survived"], false, "{}", replies[0]);
+    assert_eq!(replies[1]["data"]["reason"], "killed by SIGSYS");
+}
