@@ -207,10 +207,7 @@ impl ControlRequest {
                     return Err(format!("re-link of {link:?} with {fds} descriptors"));
                 }
             }
-            ControlRequest::ArmFault(_) if fds != 0 => {
-                return Err(format!("fault with {fds} descriptors"));
-            }
-            ControlRequest::ArmFault(_) => {}
+            ControlRequest::ArmFault(_) => crate::protocol::no_descriptors(fds, "a fault")?,
         }
         Ok(())
     }

@@ -34,6 +34,30 @@ pub trait Protocol: 'static {
     type Reply: Message;
 }
 
+/// Declares a link's protocol: a unit type that names the link, its request
+/// type and its reply type.
+macro_rules! link_protocol {
+    ($(#[$doc:meta])* $name:ident: $link:ident, $request:ty => $reply:ty) => {
+        $(#[$doc])*
+        pub struct $name;
+
+        impl $crate::protocol::Protocol for $name {
+            const LINK: $crate::Link = $crate::Link::$link;
+            type Request = $request;
+            type Reply = $reply;
+        }
+    };
+}
+pub(crate) use link_protocol;
+
+/// Refuses descriptors with a message that does not take any.
+pub fn no_descriptors(fds: usize, what: &str) -> Result<(), String> {
+    match fds {
+        0 => Ok(()),
+        _ => Err(format!("{fds} descriptors with {what}")),
+    }
+}
+
 /// A message no one sends: the reply type of a one-way link.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum NoReply {}
@@ -55,9 +79,7 @@ impl<R: Message> Message for Request<R> {
 
 impl<R: Message> Message for Reply<R> {
     fn validate(&self, fds: usize) -> Result<(), String> {
-        if fds != 0 {
-            return Err(format!("a reply with {fds} descriptors"));
-        }
+        no_descriptors(fds, "a reply")?;
         self.answer.validate(|reply| reply.validate(0))
     }
 }

@@ -1,17 +1,12 @@
 //! Core → event log: reset and queries.
 
 use super::hotplug_eventlog::HotplugEvent;
-use crate::protocol::{Message, Protocol};
-use crate::Link;
+use crate::protocol::{link_protocol, no_descriptors, Message};
 use serde::{Deserialize, Serialize};
 
-/// The link's protocol.
-pub struct CoreEventLog;
-
-impl Protocol for CoreEventLog {
-    const LINK: Link = Link::CoreEventLog;
-    type Request = Request;
-    type Reply = Reply;
+link_protocol! {
+    /// The link's protocol.
+    CoreEventLog: CoreEventLog, Request => Reply
 }
 
 /// The most events the queue holds.
@@ -35,10 +30,7 @@ pub enum Reply {
 
 impl Message for Request {
     fn validate(&self, fds: usize) -> Result<(), String> {
-        match fds {
-            0 => Ok(()),
-            _ => Err(format!("{fds} descriptors with an event-log request")),
-        }
+        no_descriptors(fds, "an event-log request")
     }
 }
 

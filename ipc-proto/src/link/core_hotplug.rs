@@ -6,17 +6,12 @@
 //! controller's notifications ([`super::hotplug_notify`]).
 
 use crate::papr::{DrcIndex, DrcKind, DrcState};
-use crate::protocol::{Message, Protocol};
-use crate::Link;
+use crate::protocol::{link_protocol, no_descriptors, Message};
 use serde::{Deserialize, Serialize};
 
-/// The link's protocol.
-pub struct CoreHotplug;
-
-impl Protocol for CoreHotplug {
-    const LINK: Link = Link::CoreHotplug;
-    type Request = Request;
-    type Reply = Reply;
+link_protocol! {
+    /// The link's protocol.
+    CoreHotplug: CoreHotplug, Request => Reply
 }
 
 /// The longest device id the controller stores (QMP ids are short names).
@@ -120,9 +115,7 @@ fn check_drcs(drcs: &[DrcIndex]) -> Result<(), String> {
 
 impl Message for Request {
     fn validate(&self, fds: usize) -> Result<(), String> {
-        if fds != 0 {
-            return Err(format!("{fds} descriptors with a hotplug request"));
-        }
+        no_descriptors(fds, "a hotplug request")?;
         match self {
             Request::DefineDrcs { ranges } if ranges.len() > MAX_DRC_RANGES => {
                 Err(format!("{} DRC ranges", ranges.len()))

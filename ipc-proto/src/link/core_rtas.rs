@@ -9,17 +9,12 @@
 
 use crate::channel::MAX_FDS;
 use crate::papr::irq;
-use crate::protocol::{Message, Protocol};
-use crate::Link;
+use crate::protocol::{link_protocol, no_descriptors, Message};
 use serde::{Deserialize, Serialize};
 
-/// The link's protocol.
-pub struct CoreRtas;
-
-impl Protocol for CoreRtas {
-    const LINK: Link = Link::CoreRtas;
-    type Request = Request;
-    type Reply = Reply;
+link_protocol! {
+    /// The link's protocol.
+    CoreRtas: CoreRtas, Request => Reply
 }
 
 /// vCPU ids are below this (bit masks in [`CpuSnapshot`] are 64 bits).
@@ -241,10 +236,7 @@ impl Message for Request {
                 }
             }
         }
-        if fds != 0 {
-            return Err(format!("{self:?} with {fds} descriptors"));
-        }
-        Ok(())
+        no_descriptors(fds, "this request")
     }
 }
 

@@ -1,17 +1,12 @@
 //! Hotplug controller → event log: hot-plug events to queue or withdraw.
 
 use crate::papr::DrcIndex;
-use crate::protocol::{Message, Protocol};
-use crate::Link;
+use crate::protocol::{link_protocol, no_descriptors, Message};
 use serde::{Deserialize, Serialize};
 
-/// The link's protocol.
-pub struct HotplugEventLog;
-
-impl Protocol for HotplugEventLog {
-    const LINK: Link = Link::HotplugEventLog;
-    type Request = Request;
-    type Reply = Reply;
+link_protocol! {
+    /// The link's protocol.
+    HotplugEventLog: HotplugEventLog, Request => Reply
 }
 
 /// What a hot-plug event asks of the guest.
@@ -73,9 +68,7 @@ pub enum Reply {
 
 impl Message for Request {
     fn validate(&self, fds: usize) -> Result<(), String> {
-        if fds != 0 {
-            return Err(format!("{fds} descriptors with an event"));
-        }
+        no_descriptors(fds, "an event")?;
         let (Request::Queue(event) | Request::Withdraw(event)) = self;
         match event.target {
             HotplugTarget::LmbsCountIndexed { count: 0, .. } => Err("an event for 0 LMBs".into()),

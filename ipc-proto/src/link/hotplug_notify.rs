@@ -3,17 +3,12 @@
 
 use super::core_hotplug::check_device_id;
 use crate::papr::DrcIndex;
-use crate::protocol::{Message, NoReply, Protocol};
-use crate::Link;
+use crate::protocol::{link_protocol, no_descriptors, Message, NoReply};
 use serde::{Deserialize, Serialize};
 
-/// The link's protocol: notifications, never answered.
-pub struct HotplugNotify;
-
-impl Protocol for HotplugNotify {
-    const LINK: Link = Link::HotplugNotify;
-    type Request = Notification;
-    type Reply = NoReply;
+link_protocol! {
+    /// The link's protocol: notifications, never answered.
+    HotplugNotify: HotplugNotify, Notification => NoReply
 }
 
 /// A device whose DRCs all went back to the platform.
@@ -43,9 +38,7 @@ pub enum Notification {
 
 impl Message for Notification {
     fn validate(&self, fds: usize) -> Result<(), String> {
-        if fds != 0 {
-            return Err(format!("a notification with {fds} descriptors"));
-        }
+        no_descriptors(fds, "a notification")?;
         match self {
             Notification::Released(Released { device, drcs }) => {
                 check_device_id(device)?;

@@ -1,16 +1,11 @@
 //! RTAS server → event log: check-exception and event-scan.
 
-use crate::protocol::{Message, Protocol};
-use crate::Link;
+use crate::protocol::{link_protocol, no_descriptors, Message};
 use serde::{Deserialize, Serialize};
 
-/// The link's protocol.
-pub struct RtasEventLog;
-
-impl Protocol for RtasEventLog {
-    const LINK: Link = Link::RtasEventLog;
-    type Request = Request;
-    type Reply = Reply;
+link_protocol! {
+    /// The link's protocol.
+    RtasEventLog: RtasEventLog, Request => Reply
 }
 
 /// The largest event the log hands out (a v6 hot-plug event is 116 bytes).
@@ -50,10 +45,7 @@ pub enum Reply {
 
 impl Message for Request {
     fn validate(&self, fds: usize) -> Result<(), String> {
-        match fds {
-            0 => Ok(()),
-            _ => Err(format!("{fds} descriptors with an event request")),
-        }
+        no_descriptors(fds, "an event request")
     }
 }
 

@@ -3,17 +3,12 @@
 //! its table).
 
 use crate::papr::RtasStatus;
-use crate::protocol::{Message, Protocol};
-use crate::Link;
+use crate::protocol::{link_protocol, no_descriptors, Message};
 use serde::{Deserialize, Serialize};
 
-/// The link's protocol.
-pub struct RtasHotplug;
-
-impl Protocol for RtasHotplug {
-    const LINK: Link = Link::RtasHotplug;
-    type Request = Request;
-    type Reply = Reply;
+link_protocol! {
+    /// The link's protocol.
+    RtasHotplug: RtasHotplug, Request => Reply
 }
 
 /// RTAS server → hotplug controller.
@@ -64,10 +59,7 @@ impl Message for Request {
     fn validate(&self, fds: usize) -> Result<(), String> {
         // Every u32 the guest passes is legal here: the controller answers
         // unknown DRCs and indicators with an RTAS status.
-        match fds {
-            0 => Ok(()),
-            _ => Err(format!("{fds} descriptors with an RTAS request")),
-        }
+        no_descriptors(fds, "an RTAS request")
     }
 }
 

@@ -139,7 +139,7 @@ mod tests {
         let mut s = Supervision::new(0);
         for generation in 0..20u64 {
             s.started(generation);
-            let at = start + RESTART_WINDOW * generation as u32;
+            let at = start + (RESTART_WINDOW + Duration::from_secs(1)) * generation as u32;
             assert_eq!(
                 s.exited(generation, "exited with status 1", at),
                 AfterExit::RestartAfter(FIRST_BACKOFF)
