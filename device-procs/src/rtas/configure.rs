@@ -4,7 +4,9 @@
 //! name; the DRC's state is the hotplug controller's, which says whether a
 //! walk may run and when an old walk is stale (its generation).
 
-use ipc_proto::papr::{cpu_core_node_name, cpu_core_properties, DrcIndex, DrcKind, LMB_SIZE};
+use ipc_proto::papr::{
+    cpu_core_node_name, cpu_core_properties, DrcIndex, DrcKind, RtasStatus, LMB_SIZE,
+};
 use std::collections::HashMap;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError};
 
@@ -21,7 +23,7 @@ const NEXT_CHILD: i32 = 2;
 const NEXT_PROPERTY: i32 = 3;
 const PREV_PARENT: i32 = 4;
 /// A step that does not fit the work area.
-pub const HARDWARE_ERROR: i32 = -1;
+const HARDWARE_ERROR: i32 = RtasStatus::HardwareError.code();
 
 /// One step of a walk.
 #[derive(Clone, Debug, PartialEq, Eq)]
