@@ -2,18 +2,23 @@
 //! causes on one line, and clap's command-line errors on one line.
 #![deny(missing_docs)]
 
+use std::collections::HashMap;
 use std::error::Error;
 use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Exit status for a command line that is refused before anything starts.
 pub const EXIT_USAGE: u8 = 2;
 
 /// Logs to stderr with the process's name in every line, so that the
 /// interleaved logs of the core and its device processes stay readable.
-/// `RUST_LOG` sets the level (info when unset).
+/// `RUST_LOG` sets the level (info when unset). Each place in the code that
+/// logs is rate-limited ([`RateLimit`]): a guest or a peer that makes one
+/// line repeat cannot flood the host's log.
 pub fn init_logging(process: &'static str) {
     use std::io::Write;
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+    let inner = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format(move |out, record| {
             writeln!(
                 out,
@@ -23,7 +28,112 @@ pub fn init_logging(process: &'static str) {
                 record.args()
             )
         })
-        .init();
+        .build();
+    let level = inner.filter();
+    let logger = RateLimitedLogger {
+        inner,
+        sites: Mutex::new(HashMap::new()),
+    };
+    if log::set_boxed_logger(Box::new(logger)).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+/// Lines one place in the code may log at once.
+const LOG_BURST: u32 = 20;
+/// Then one line per this long.
+const LOG_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A token bucket: `burst` events at once, then one per `interval`; counts
+/// what it refuses, to say so with the next event it lets through.
+#[derive(Debug)]
+pub struct RateLimit {
+    burst: u32,
+    interval: Duration,
+    tokens: u32,
+    refilled: Instant,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    /// A full bucket.
+    pub fn new(burst: u32, interval: Duration, now: Instant) -> RateLimit {
+        RateLimit {
+            burst,
+            interval,
+            tokens: burst,
+            refilled: now,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(n)`: let the event through, `n` were refused since the last one.
+    pub fn admit(&mut self, now: Instant) -> Option<u64> {
+        let elapsed = now.saturating_duration_since(self.refilled);
+        let earned = (elapsed.as_nanos() / self.interval.as_nanos().max(1)) as u64;
+        if earned > 0 {
+            self.tokens = (u64::from(self.tokens) + earned).min(u64::from(self.burst)) as u32;
+            self.refilled = now;
+        }
+        if self.tokens == 0 {
+            self.suppressed += 1;
+            return None;
+        }
+        self.tokens -= 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+struct RateLimitedLogger {
+    inner: env_logger::Logger,
+    sites: Mutex<HashMap<(&'static str, u32), RateLimit>>,
+}
+
+impl log::Log for RateLimitedLogger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.inner.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.inner.enabled(record.metadata()) {
+            return;
+        }
+        let site = (
+            record
+                .file_static()
+                .or(record.module_path_static())
+                .unwrap_or("?"),
+            record.line().unwrap_or(0),
+        );
+        let now = Instant::now();
+        let admitted = {
+            let mut sites = self.sites.lock().unwrap_or_else(|p| p.into_inner());
+            sites
+                .entry(site)
+                .or_insert_with(|| RateLimit::new(LOG_BURST, LOG_INTERVAL, now))
+                .admit(now)
+        };
+        match admitted {
+            None => {}
+            Some(0) => self.inner.log(record),
+            Some(suppressed) => self.inner.log(
+                &log::Record::builder()
+                    .args(format_args!(
+                        "{} ({suppressed} more such lines suppressed)",
+                        record.args()
+                    ))
+                    .metadata(record.metadata().clone())
+                    .file(record.file())
+                    .line(record.line())
+                    .module_path(record.module_path())
+                    .build(),
+            ),
+        }
+    }
+
+    fn flush(&self) {
+        self.inner.flush();
+    }
 }
 
 /// One line: the error and each of its causes.
@@ -77,6 +187,22 @@ mod tests {
             one_line(rendered),
             "invalid value 'x' for '--smp <SMP>': bad tip: more"
         );
+    }
+
+    #[test]
+    fn a_repeating_line_is_limited_and_the_suppressed_ones_counted() {
+        let start = Instant::now();
+        let mut limit = RateLimit::new(3, Duration::from_secs(1), start);
+        let admitted: Vec<Option<u64>> = (0..10).map(|_| limit.admit(start)).collect();
+        assert_eq!(&admitted[..3], [Some(0); 3]);
+        assert!(admitted[3..].iter().all(Option::is_none));
+        // A second later one more line, which says how many were dropped.
+        assert_eq!(limit.admit(start + Duration::from_secs(1)), Some(7));
+        assert_eq!(limit.admit(start + Duration::from_secs(1)), None);
+        // A quiet spell refills the bucket, up to the burst.
+        let later = start + Duration::from_secs(100);
+        let refilled = (0..5).filter(|_| limit.admit(later).is_some()).count();
+        assert_eq!(refilled, 3);
     }
 
     #[test]

@@ -46,6 +46,11 @@ pub fn commit(fault: Fault, links: &Links) -> String {
             unsafe { nix::libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
             format!("exec failed: errno {}", nix::errno::Errno::last_raw())
         }
+        Fault::WriteOtherFd => {
+            // SAFETY: write(2) of a one-byte buffer that outlives the call.
+            let written = unsafe { nix::libc::write(0, b"x".as_ptr().cast(), 1) };
+            format!("write to descriptor 0 returned {written}")
+        }
         Fault::Garbage => {
             for channel in links.core_channels() {
                 send_garbage(channel);

@@ -47,9 +47,9 @@ impl Mode {
 }
 
 /// Every device process: its channels, its allocator, its log (stderr).
+/// `write` is allowed on the log descriptor only (see [`rules`]).
 const COMMON: &[i64] = &[
     nix::libc::SYS_read,
-    nix::libc::SYS_write,
     nix::libc::SYS_sendmsg,
     nix::libc::SYS_recvmsg,
     nix::libc::SYS_poll,
@@ -77,6 +77,9 @@ const RTAS_SERVER: &[i64] = &[
     nix::libc::SYS_newfstatat,
     nix::libc::SYS_statx,
 ];
+
+/// The log descriptor (stderr).
+const LOG_FD: i32 = 2;
 
 fn condition(arg: u8, len: SeccompCmpArgLen, op: SeccompCmpOp, value: u64) -> SeccompCondition {
     SeccompCondition::new(arg, len, op, value).expect("a well-formed condition")
@@ -108,6 +111,23 @@ pub fn rules(kind: ProcessKind) -> BTreeMap<i64, Vec<SeccompRule>> {
         nix::libc::F_GETFD as u64,
     );
     rules.insert(nix::libc::SYS_fcntl, vec![rule(vec![getfd])]);
+    // write(2) only to the log, and to the hot-plug interrupt's eventfd for
+    // the event log: everything else goes over the links (sendmsg).
+    let write_to = |fd: i32| {
+        rule(vec![condition(
+            0,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            fd as u64,
+        )])
+    };
+    let mut writable = vec![write_to(LOG_FD)];
+    if kind == ProcessKind::EventLog {
+        writable.push(write_to(
+            ipc_proto::FIRST_CHANNEL_FD + kind.links().len() as i32,
+        ));
+    }
+    rules.insert(nix::libc::SYS_write, writable);
     match kind {
         ProcessKind::RtasServer => {
             // Shared mappings of guest RAM, never executable.
@@ -180,6 +200,12 @@ mod tests {
             }
         }
         assert!(rules(ProcessKind::RtasServer).contains_key(&nix::libc::SYS_statx));
+        // write(2): the log, plus the interrupt for the event log.
+        assert_eq!(
+            rules(ProcessKind::RtasServer)[&nix::libc::SYS_write].len(),
+            1
+        );
+        assert_eq!(rules(ProcessKind::EventLog)[&nix::libc::SYS_write].len(), 2);
         assert!(!rules(ProcessKind::EventLog).contains_key(&nix::libc::SYS_statx));
     }
 

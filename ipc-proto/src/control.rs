@@ -48,6 +48,8 @@ pub enum Fault {
     Fork,
     /// execve("/bin/sh").
     Exec,
+    /// write(2) to a descriptor that is neither a link nor the log (stdin).
+    WriteOtherFd,
     /// Stops answering (the core must cut it off).
     Hang,
     /// Sends random and truncated frames on every link to the core, then
@@ -57,11 +59,12 @@ pub enum Fault {
 
 impl Fault {
     /// The QMP names.
-    pub const ALL: [(&'static str, Fault); 6] = [
+    pub const ALL: [(&'static str, Fault); 7] = [
         ("open-host-file", Fault::OpenHostFile),
         ("open-socket", Fault::OpenSocket),
         ("fork", Fault::Fork),
         ("exec", Fault::Exec),
+        ("write-other-fd", Fault::WriteOtherFd),
         ("hang", Fault::Hang),
         ("garbage", Fault::Garbage),
     ];

@@ -110,9 +110,15 @@ fn forbidden_calls_kill_the_process_which_is_reported_and_restarted() {
     let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=2"]);
     vm.boot();
     for kind in KINDS {
-        for (n, fault) in ["open-host-file", "open-socket", "fork", "exec"]
-            .iter()
-            .enumerate()
+        for (n, fault) in [
+            "open-host-file",
+            "open-socket",
+            "fork",
+            "exec",
+            "write-other-fd",
+        ]
+        .iter()
+        .enumerate()
         {
             let before = process(&vm, kind)["pid"].clone();
             let inject = format!(r#"x-inject-fault={{"process": "{kind}", "fault": "{fault}"}}"#);

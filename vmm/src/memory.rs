@@ -4,7 +4,7 @@
 use ipc_proto::link::core_rtas::MemoryRegion;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
-use nix::fcntl::{fallocate, FallocateFlags};
+use nix::fcntl::{fallocate, fcntl, FallocateFlags, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -29,11 +29,15 @@ pub enum MemoryError {
         #[source]
         source: kvm_ioctls::Error,
     },
+    #[error("cannot seal the guest RAM memfd against resizing")]
+    Seal(#[source] nix::Error),
     #[error("cannot discard guest RAM contents")]
     Discard(#[source] nix::Error),
 }
 
-/// Boot RAM, backed by one memfd.
+/// Boot RAM, backed by one memfd, sealed against growing and shrinking
+/// before anyone else sees it: a device process that maps it cannot make the
+/// host back more memory (or pull pages from under the core, SIGBUS).
 pub struct GuestRam {
     memory: GuestMemoryMmap,
     memfd: File,
@@ -42,12 +46,17 @@ pub struct GuestRam {
 
 impl GuestRam {
     pub fn new(size: u64) -> Result<GuestRam, MemoryError> {
-        let fd =
-            memfd_create("papervisor-ram", MFdFlags::MFD_CLOEXEC).map_err(MemoryError::Memfd)?;
+        let fd = memfd_create(
+            "papervisor-ram",
+            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+        )
+        .map_err(MemoryError::Memfd)?;
         let memfd = File::from(fd);
         memfd
             .set_len(size)
             .map_err(|source| MemoryError::Resize { size, source })?;
+        let seals = SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_SEAL;
+        fcntl(&memfd, FcntlArg::F_ADD_SEALS(seals)).map_err(MemoryError::Seal)?;
         let clone = memfd
             .try_clone()
             .map_err(|source| MemoryError::Resize { size, source })?;
@@ -124,6 +133,26 @@ impl GuestRam {
 mod tests {
     use super::*;
     use vm_memory::Bytes;
+
+    #[test]
+    fn the_memfd_can_neither_grow_nor_shrink_nor_lose_its_seals() {
+        let ram = GuestRam::new(1 << 20).unwrap();
+        let (_, fd) = ram.regions()[0];
+        let file = File::from(fd.try_clone_to_owned().unwrap());
+        assert!(file.set_len(2 << 20).is_err());
+        assert!(file.set_len(1 << 19).is_err());
+        use std::os::unix::fs::FileExt;
+        assert!(
+            file.write_at(b"x", 1 << 20).is_err(),
+            "a write past the end grows it"
+        );
+        assert!(
+            file.write_at(b"x", 0).is_ok(),
+            "writing inside is still allowed"
+        );
+        assert!(fcntl(&file, FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_WRITE)).is_err());
+        assert_eq!(file.metadata().unwrap().len(), 1 << 20);
+    }
 
     #[test]
     fn discard_zeroes_ram() {
