@@ -403,6 +403,11 @@ pub fn main(
 ) -> std::process::ExitCode {
     let name = kind.name();
     common::init_logging(name);
+    // No other process of the same uid may read this one's memory.
+    if let Err(error) = nix::sys::prctl::set_dumpable(false) {
+        log::error!("cannot make the process non-dumpable: {error}");
+        return std::process::ExitCode::FAILURE;
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mode = match args.as_slice() {
         [] => seccomp::Mode::Kill,

@@ -10,20 +10,20 @@
 //! exec of the program, opened before the root went away.
 //!
 //! The core uses [`JailConfig::to_args`] to start the `jailer` binary, which
-//! calls [`run`]. The program becomes PID 1 of its PID namespace; the jailer
-//! stays as its parent, passes its exit status on, and takes it down if the
-//! jailer itself is killed. Right after the fork, the jailer hands a pidfd of
-//! the program to whoever started it, on the report socket
-//! ([`JailConfig::report_fd`]), so that the program is watched and
-//! signalled through that pidfd and never through a pid that could be reused.
+//! calls [`run`]. The program becomes PID 1 of its PID namespace. The jailer
+//! does not stay: once the program has been exec'd it hands a pidfd of it to
+//! whoever started it, on the report socket ([`JailConfig::report_fd`]), and
+//! exits; the starter, a child subreaper, inherits the program as its child
+//! and watches and signals it through that pidfd, never through a pid that
+//! could be reused. No privileged process is left behind.
 #![deny(missing_docs)]
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::resource::{setrlimit, Resource};
-use nix::sys::signal::{kill, signal, SigHandler, Signal};
-use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::{chdir, fork, getpid, pivot_root, ForkResult, Gid, Uid};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::waitpid;
+use nix::unistd::{chdir, fork, pivot_root, ForkResult, Gid, Uid};
 use std::ffi::{CString, OsString};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
@@ -83,6 +83,9 @@ pub enum JailError {
     /// cgroup settings were asked for but cgroup v2 is not mounted.
     #[error("--cgroup needs cgroup v2 at {CGROUP_ROOT}")]
     NoCgroupV2,
+    /// A step inside the jail failed (the program did not start).
+    #[error("{0}")]
+    InJail(String),
     /// A step of the jail failed.
     #[error("{step}: {source}")]
     Step {
@@ -291,17 +294,24 @@ fn close_from(first: i32, keep: Option<i32>) {
     }
 }
 
-/// Sends the program's pid and a pidfd of it on the report socket, then
-/// closes it. Called before anything waits for the program, so the pid
-/// cannot have been reused yet.
-fn report_child(report: OwnedFd, child: nix::unistd::Pid) -> Result<(), JailError> {
+/// Closes the handed-over descriptors 3..3+`count` (and nothing else).
+fn close_kept(count: u32) {
+    if count > 0 {
+        let (low, high) = (FIRST_KEPT_FD as u32, FIRST_KEPT_FD as u32 + count - 1);
+        // SAFETY: close_range only closes descriptors; the handed-over ones
+        // are the program's, nothing here uses them.
+        unsafe { nix::libc::syscall(nix::libc::SYS_close_range, low, high, 0u32) };
+    }
+}
+
+/// Sends the program's pid and a pidfd of it on the report socket.
+fn report_child(
+    report: &OwnedFd,
+    child: nix::unistd::Pid,
+    pidfd: &OwnedFd,
+) -> Result<(), JailError> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
     use std::os::fd::AsRawFd;
-    let pid = rustix::process::Pid::from_raw(child.as_raw()).ok_or_else(|| {
-        io_step("pidfd_open")(std::io::Error::from(std::io::ErrorKind::InvalidInput))
-    })?;
-    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
-        .map_err(|errno| io_step("pidfd_open")(errno.into()))?;
     let bytes = (child.as_raw() as u32).to_le_bytes();
     let fds = [pidfd.as_raw_fd()];
     sendmsg::<()>(
@@ -315,9 +325,9 @@ fn report_child(report: OwnedFd, child: nix::unistd::Pid) -> Result<(), JailErro
     Ok(())
 }
 
-/// Makes the jail and execs the program in it; returns only on failure, or
-/// (in the jailer process that stays) with the program's exit status.
-pub fn run(config: &JailConfig) -> Result<i32, JailError> {
+/// Makes the jail and execs the program in it. Returns once the program
+/// runs (after reporting it), or with the error that kept it from running.
+pub fn run(config: &JailConfig) -> Result<(), JailError> {
     config.validate()?;
     // Sanitize first: only the handed-over descriptors, the report socket and stdio stay.
     close_from(FIRST_KEPT_FD + config.keep_fds as i32, config.report_fd);
@@ -361,6 +371,10 @@ pub fn run(config: &JailConfig) -> Result<i32, JailError> {
     // Opened now: after pivot_root the program's path no longer exists.
     let program = std::fs::File::open(&config.exec_file).map_err(io_step("open the program"))?;
     let program = OwnedFd::from(program);
+    // The child's end closes at its exec: end of file says the program runs;
+    // anything else is why it does not.
+    let (exec_read, exec_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(step("pipe"))?;
 
     // SAFETY: the jailer is single-threaded, so the child may do anything.
     match unsafe { fork() }.map_err(step("fork"))? {
@@ -368,45 +382,52 @@ pub fn run(config: &JailConfig) -> Result<i32, JailError> {
             // The handed-over descriptors are the program's alone: were they
             // left open here, the peers would never see it hang up.
             drop(program);
-            let reported = report.map(|report| report_child(report, child));
-            close_from(FIRST_KEPT_FD, None);
-            if let Some(Err(error)) = reported {
+            drop(exec_write);
+            close_kept(config.keep_fds);
+            // Before anything could reap the child: the pid is still its.
+            let pidfd = pidfd_of(child);
+            let mut why = String::new();
+            let _ = std::io::Read::read_to_string(&mut std::fs::File::from(exec_read), &mut why);
+            if !why.is_empty() {
+                let _ = waitpid(child, None);
+                return Err(JailError::InJail(why));
+            }
+            let reported = pidfd.and_then(|pidfd| match report {
+                Some(report) => report_child(&report, child, &pidfd),
+                None => Ok(()),
+            });
+            if let Err(error) = reported {
                 // Nobody could watch the program: it must not run.
                 let _ = kill(child, Signal::SIGKILL);
                 let _ = waitpid(child, None);
                 return Err(error);
             }
-            wait_and_mirror(child)
+            Ok(())
         }
         ForkResult::Child => {
+            drop(exec_read);
             let error = match jail_and_exec(config, &program, root) {
                 Err(error) => error,
                 Ok(never) => match never {},
             };
-            eprintln!("jailer: {error}");
+            let _ = std::io::Write::write_all(
+                &mut std::fs::File::from(exec_write),
+                error.to_string().as_bytes(),
+            );
             std::process::exit(127);
         }
     }
 }
 
-/// Waits for the jailed program and ends the way it ended.
-fn wait_and_mirror(child: nix::unistd::Pid) -> Result<i32, JailError> {
-    let _ = setrlimit(Resource::RLIMIT_CORE, 0, 0);
-    loop {
-        match waitpid(child, None) {
-            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
-            Ok(WaitStatus::Signaled(_, signal_number, _)) => {
-                // Die of the same signal, so our parent sees what happened.
-                // SAFETY: restoring the default disposition has no preconditions.
-                let _ = unsafe { signal(signal_number, SigHandler::SigDfl) };
-                let _ = kill(getpid(), signal_number);
-                return Ok(128 + signal_number as i32);
-            }
-            Ok(_) => continue,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(errno) => return Err(step("wait for the program")(errno)),
-        }
-    }
+fn pidfd_of(child: nix::unistd::Pid) -> Result<OwnedFd, JailError> {
+    let failed = |source| JailError::Step {
+        step: "pidfd_open",
+        source,
+    };
+    let pid = rustix::process::Pid::from_raw(child.as_raw())
+        .ok_or_else(|| failed(std::io::ErrorKind::InvalidInput.into()))?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+        .map_err(|errno| failed(errno.into()))
 }
 
 fn write_file(path: &str, text: &str, what: &'static str) -> Result<(), JailError> {
@@ -504,9 +525,6 @@ fn jail_and_exec(
     nix::unistd::setresgid(gid, gid, gid).map_err(step("setresgid"))?;
     // Leaving uid 0 for good clears the permitted and effective capabilities.
     nix::unistd::setresuid(uid, uid, uid).map_err(step("setresuid"))?;
-    // Die with the jailer. Set after the id change, which clears it.
-    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a flag of this process.
-    unsafe { nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGKILL, 0, 0, 0) };
 
     // SAFETY: these prctls only clear this process's ambient capabilities and
     // set no_new_privs; they take no pointers.

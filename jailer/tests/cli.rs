@@ -71,28 +71,84 @@ fn bad_arguments_are_refused_before_anything_is_done() {
 }
 
 #[test]
-fn a_static_program_runs_jailed_and_its_status_comes_back() {
+fn a_static_program_runs_jailed_is_reported_and_the_jailer_does_not_stay() {
+    use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
     if !nix_is_root() {
-        eprintln!("SKIPPED a_static_program_runs_jailed_and_its_status_comes_back: needs root");
+        eprintln!("SKIPPED a_static_program_runs_jailed_is_reported_and_the_jailer_does_not_stay: needs root");
         return;
     }
+    // The program is reparented to this test when the jailer exits.
+    nix::sys::prctl::set_child_subreaper(true).unwrap();
+    let (ours, theirs) = nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::SeqPacket,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .unwrap();
     // This test binary is itself static: `--list` prints and exits 0.
     let me = std::env::current_exe().unwrap();
     let me = me.to_str().unwrap();
     let base = std::env::temp_dir().join(format!("jailer-cli-{}", std::process::id()));
     let base = base.to_str().unwrap();
-    let output = jailer(&[
+    let report = theirs.as_fd().as_raw_fd();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_jailer"));
+    command.args([
         "--id",
         "cli-test",
         "--exec-file",
         me,
         "--chroot-base-dir",
         base,
+        "--report-fd",
+        "3",
         "--",
         "--list",
     ]);
+    // SAFETY: dup2 is async-signal-safe and touches only the child's table.
+    unsafe {
+        command.pre_exec(move || match nix::libc::dup2(report, 3) {
+            -1 => Err(std::io::Error::last_os_error()),
+            _ => Ok(()),
+        });
+    }
+    let output = command.output().expect("run the jailer");
+    drop(theirs);
+    // The jailer ended once the program ran; the output is the program's.
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stdout).contains("bad_arguments_are_refused"));
+    // The report: the program's pid and a pidfd, through which it is waited for.
+    let mut bytes = [0u8; 4];
+    let mut control = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let mut iov = [std::io::IoSliceMut::new(&mut bytes)];
+    let message = nix::sys::socket::recvmsg::<()>(
+        ours.as_raw_fd(),
+        &mut iov,
+        Some(&mut control),
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .unwrap();
+    let pidfd = message
+        .cmsgs()
+        .unwrap()
+        .find_map(|cmsg| match cmsg {
+            nix::sys::socket::ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
+            _ => None,
+        })
+        .expect("a pidfd in the report");
+    assert_eq!(message.bytes, 4);
+    // SAFETY: the kernel just installed this descriptor for us.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    let pid = u32::from_le_bytes(bytes);
+    let status = rustix::process::waitid(
+        rustix::process::WaitId::PidFd(pidfd.as_fd()),
+        rustix::process::WaitIdOptions::EXITED,
+    )
+    .unwrap()
+    .expect("a status");
+    assert_eq!(status.exit_status(), Some(0), "program {pid}");
+
     // A program that needs a dynamic loader cannot run in the empty root.
     let output = jailer(&[
         "--id",

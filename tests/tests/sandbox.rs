@@ -48,22 +48,33 @@ fn every_device_process_is_jailed_and_filtered() {
     vm.boot();
     let listed = processes(&vm);
     assert_eq!(listed.len(), 3);
+    // No jailer stays behind: the device processes are the core's children.
+    let mut children: Vec<u64> = vm
+        .children()
+        .iter()
+        .map(|(pid, _)| u64::from(*pid))
+        .collect();
+    let mut device_pids: Vec<u64> = listed.iter().map(|p| p["pid"].as_u64().unwrap()).collect();
+    children.sort_unstable();
+    device_pids.sort_unstable();
+    assert_eq!(children, device_pids, "{:?}", vm.children());
+    let mut uids = Vec::new();
     for p in listed {
         let pid = p["pid"].as_u64().unwrap();
         let kind = p["kind"].as_str().unwrap();
         assert_eq!(p["state"], "running", "{kind}");
         assert_eq!(status_field(pid, "Seccomp"), "2", "{kind}");
         assert_eq!(status_field(pid, "NoNewPrivs"), "1", "{kind}");
-        assert_eq!(
-            status_field(pid, "Uid"),
-            "65534 65534 65534 65534",
-            "{kind}"
+        // The VM's own ids, from the documented range, the same for all four.
+        let uid = status_field(pid, "Uid");
+        let ids: Vec<u64> = uid.split(' ').map(|id| id.parse().unwrap()).collect();
+        assert!(ids.iter().all(|&id| id == ids[0]), "{kind}: {uid}");
+        assert!(
+            (1_900_000_000..1_900_065_536).contains(&ids[0]),
+            "{kind}: {uid}"
         );
-        assert_eq!(
-            status_field(pid, "Gid"),
-            "65534 65534 65534 65534",
-            "{kind}"
-        );
+        assert_eq!(status_field(pid, "Gid"), uid, "{kind}");
+        uids.push(uid);
         assert_eq!(status_field(pid, "Groups"), "", "{kind}");
         assert_eq!(status_field(pid, "CapEff"), "0000000000000000", "{kind}");
         assert_eq!(status_field(pid, "CapPrm"), "0000000000000000", "{kind}");
@@ -94,6 +105,7 @@ fn every_device_process_is_jailed_and_filtered() {
         assert_eq!(limit("Max processes"), "0", "{kind}: {limits}");
         assert_eq!(limit("Max core file size"), "0", "{kind}");
     }
+    assert!(uids.iter().all(|uid| *uid == uids[0]), "{uids:?}");
     // Jailed, the platform still works: a core comes and goes.
     let replies =
         vm.qmp(&[r#"device_add={"driver": "host-spapr-cpu-core", "core-id": 1, "id": "c1"}"#]);

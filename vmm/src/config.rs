@@ -41,9 +41,28 @@ pub struct Cli {
     /// Start device processes through the jailer (on), or directly (off, for debugging).
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     pub jail: String,
-    /// Where the jails' empty roots are made.
-    #[arg(long, value_name = "DIR", default_value = "/tmp/papervisor-jails")]
+    /// Where the VM's runtime directory is made (DIR/vm-<pid>, the jails'
+    /// roots inside); directories of VMs that are gone are removed at start.
+    #[arg(long, value_name = "DIR", default_value = "/run/papervisor")]
     pub jail_dir: PathBuf,
+    /// The uid the device processes run as (not 0); by default the first
+    /// free one of 1900000000..1900065536. Refused if another VM or any
+    /// process uses it.
+    #[arg(long, value_parser = parse_id)]
+    pub uid: Option<u32>,
+    /// The gid the device processes run as (not 0); by default the uid.
+    #[arg(long, value_parser = parse_id)]
+    pub gid: Option<u32>,
+}
+
+/// An unprivileged id: not root, not -1.
+fn parse_id(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(0) => Err("0 is root: an unprivileged id is required".into()),
+        Ok(u32::MAX) => Err("4294967295 is not an id".into()),
+        Ok(id) => Ok(id),
+        Err(_) => Err(format!("'{text}' is not a number")),
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -273,8 +292,12 @@ pub struct VmConfig {
     pub qmp: Option<PathBuf>,
     /// The guest ELF's bytes, already checked to be an x86_64 executable.
     pub guest_image: GuestImage,
-    /// How device processes are confined.
+    /// How device processes are confined (the jail directory and ids are
+    /// settled at start, see `runtime`).
     pub sandbox: crate::devices::Sandbox,
+    /// The uid and gid asked for on the command line.
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
 }
 
 pub enum GuestImage {
@@ -375,7 +398,11 @@ impl VmConfig {
                 jail: cli.jail == "on",
                 seccomp: cli.seccomp,
                 jail_dir: cli.jail_dir,
+                uid: jailer::DEFAULT_ID,
+                gid: jailer::DEFAULT_ID,
             },
+            uid: cli.uid,
+            gid: cli.gid,
         })
     }
 }

@@ -31,6 +31,8 @@ pub enum ControlMessage {
     Reset { by_guest: bool },
     /// QMP quit.
     Quit,
+    /// SIGTERM or SIGINT: the VM ends as for quit.
+    HostSignal(nix::sys::signal::Signal),
     /// The guest can no longer run: the reason, for the log.
     GuestCrashed(String),
     /// The hotplug controller reports a release, a refusal, or the end of a reset.

@@ -12,6 +12,8 @@ mod interrupts;
 mod layout;
 mod memory;
 mod qmp;
+mod runtime;
+mod signals;
 mod vcpu;
 mod vm;
 
@@ -30,7 +32,7 @@ fn main() -> ExitCode {
     };
     common::init_logging("core");
 
-    let config = match config::VmConfig::from_cli(cli) {
+    let mut config = match config::VmConfig::from_cli(cli) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("papervisor: {error}");
@@ -41,14 +43,36 @@ fn main() -> ExitCode {
         eprintln!("papervisor: {}", common::describe(&error));
         return ExitCode::from(EXIT_FAILURE);
     }
+    // Termination signals end the VM like quit does; they are taken by one
+    // thread (see `signals`), so every thread started from here blocks them.
+    let signals = match signals::block() {
+        Ok(signals) => signals,
+        Err(error) => {
+            eprintln!("papervisor: cannot block termination signals: {error}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    // No other process of the same uid may read the core's memory (guest RAM).
+    if let Err(error) = nix::sys::prctl::set_dumpable(false) {
+        eprintln!("papervisor: cannot make the core non-dumpable: {error}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    let runtime = match claim_runtime(&mut config) {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("papervisor: {}", common::describe(&error));
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
     let mut sockets: Vec<PathBuf> = config.qmp.iter().cloned().collect();
     if let config::ConsoleConfig::Socket(path) = &config.console {
         sockets.push(path.clone());
     }
-    let result = run(config);
+    let result = run(config, signals);
     for path in sockets {
         let _ = std::fs::remove_file(path);
     }
+    drop(runtime);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -58,11 +82,35 @@ fn main() -> ExitCode {
     }
 }
 
+/// The runtime directory and the device processes' ids of a jailed VM;
+/// held until the VM ends.
+fn claim_runtime(
+    config: &mut config::VmConfig,
+) -> Result<Option<(runtime::RunDir, runtime::Identity)>, runtime::RuntimeError> {
+    if !config.sandbox.jail {
+        return Ok(None);
+    }
+    let base = config.sandbox.jail_dir.clone();
+    let run_dir = runtime::RunDir::create(&base)?;
+    let identity = runtime::Identity::claim(&base, config.uid, config.gid)?;
+    log::info!(
+        "runtime directory {}; device processes run as uid {} gid {}",
+        run_dir.path().display(),
+        identity.uid,
+        identity.gid
+    );
+    config.sandbox.jail_dir = run_dir.jails();
+    config.sandbox.uid = identity.uid;
+    config.sandbox.gid = identity.gid;
+    Ok(Some((run_dir, identity)))
+}
+
 /// Builds the VM, serves QMP, and runs the guest to the end.
-fn run(config: config::VmConfig) -> Result<(), Box<dyn Error>> {
+fn run(config: config::VmConfig, signals: signals::Blocked) -> Result<(), Box<dyn Error>> {
     let qmp_path = config.qmp.clone();
     let qmp = std::sync::Arc::new(qmp::QmpServer::default());
     let vm = vm::Vm::new(config, std::sync::Arc::clone(&qmp))?;
+    signals.forward_to(vm.qmp_context().control)?;
     if let Some(path) = qmp_path {
         qmp.serve(&path, vm.qmp_context())
             .map_err(|error| format!("cannot serve QMP on {}: {error}", path.display()))?;

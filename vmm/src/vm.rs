@@ -337,6 +337,13 @@ impl Vm {
                     );
                     return Ok(());
                 }
+                ControlMessage::HostSignal(signal) => {
+                    log::info!("{signal}: ending the VM");
+                    self.park_all();
+                    self.qmp
+                        .emit("SHUTDOWN", json!({"guest": false, "reason": "host-signal"}));
+                    return Ok(());
+                }
                 ControlMessage::Reset { by_guest } => self.reset(by_guest)?,
                 ControlMessage::GuestCrashed(reason) => {
                     self.park_all();

@@ -1,5 +1,7 @@
-//! `jailer`: runs a program jailed (see the `jailer` library). Exit status:
-//! the program's; 2 for a bad command line; 1 when the jail cannot be made.
+//! `jailer`: runs a program jailed (see the `jailer` library) and exits as
+//! soon as it runs. Exit status: 0 once the program runs; 2 for a bad command
+//! line; 1 when the jail cannot be made; 127 when a step inside the jail (or
+//! the exec) failed.
 
 use jailer::{CgroupSetting, JailConfig, Limit, DEFAULT_CHROOT_BASE, DEFAULT_ID};
 use std::ffi::OsString;
@@ -46,6 +48,9 @@ struct Cli {
     args: Vec<OsString>,
 }
 
+/// A step inside the jail, or the exec, failed.
+const EXIT_NOT_STARTED: u8 = 127;
+
 fn main() -> ExitCode {
     let cli: Cli = match common::parse_cli("jailer") {
         Ok(cli) => cli,
@@ -68,7 +73,11 @@ fn main() -> ExitCode {
         return ExitCode::from(common::EXIT_USAGE);
     }
     match jailer::run(&config) {
-        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error @ jailer::JailError::InJail(_)) => {
+            eprintln!("jailer: {error}");
+            ExitCode::from(EXIT_NOT_STARTED)
+        }
         Err(error) => {
             eprintln!("jailer: {error}");
             ExitCode::from(1)

@@ -117,6 +117,12 @@ impl DeviceProcesses {
         sandbox: Sandbox,
         control: Sender<ControlMessage>,
     ) -> Result<DeviceProcesses, DeviceError> {
+        if sandbox.jail {
+            spawn::become_subreaper().map_err(|source| DeviceError::Spawn {
+                kind: "jailer",
+                source,
+            })?;
+        }
         let memory = ram
             .regions()
             .into_iter()

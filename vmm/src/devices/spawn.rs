@@ -24,6 +24,9 @@ pub struct Sandbox {
     pub seccomp: String,
     /// Where the jails' roots are made.
     pub jail_dir: PathBuf,
+    /// The ids the device processes run as.
+    pub uid: u32,
+    pub gid: u32,
 }
 
 #[derive(Debug, Error)]
@@ -40,6 +43,10 @@ pub enum SpawnError {
     NoReport(#[source] ChannelError),
     #[error("the jailer's report is malformed ({0} bytes, {1} descriptors)")]
     BadReport(usize, usize),
+    #[error("the jailer did not end cleanly after starting its program: {0}")]
+    Jailer(String),
+    #[error("cannot become the child subreaper of the device processes")]
+    Subreaper(#[source] std::io::Error),
     #[error("cannot open a pidfd of pid {pid}")]
     Pidfd {
         pid: u32,
@@ -57,28 +64,30 @@ pub fn sibling_binary(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A started device process, held through pidfds.
+/// Makes this process the parent of the programs its jailers start: a
+/// jailer exits once its program runs, and the program is reparented here.
+pub fn become_subreaper() -> Result<(), SpawnError> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(|errno| SpawnError::Subreaper(errno.into()))
+}
+
+/// A started device process (a child of the core), held through a pidfd.
 #[derive(Debug)]
 pub struct ProcessHandle {
     /// For reports only; never used to signal.
     pub pid: u32,
     /// The device process.
     process: OwnedFd,
-    /// The jailer that waits for it, when jailed.
-    jailer: Option<OwnedFd>,
     /// The jail's directory, removed when the process is gone.
     pub jail_dir: Option<PathBuf>,
 }
 
 impl ProcessHandle {
-    /// SIGKILLs the process and its jailer. A process that is gone already
-    /// is not signalled (the pidfd refers to it alone).
+    /// SIGKILLs the process. A process that is gone already is not signalled
+    /// (the pidfd refers to it alone).
     pub fn kill(&self) {
-        for pidfd in std::iter::once(&self.process).chain(&self.jailer) {
-            match pidfd_send_signal(pidfd, Signal::KILL) {
-                Ok(()) | Err(rustix::io::Errno::SRCH) => {}
-                Err(errno) => log::warn!("cannot kill pid {}: {errno}", self.pid),
-            }
+        match pidfd_send_signal(&self.process, Signal::KILL) {
+            Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+            Err(errno) => log::warn!("cannot kill pid {}: {errno}", self.pid),
         }
     }
 
@@ -89,7 +98,6 @@ impl ProcessHandle {
             pid: 0,
             // A pidfd of a child that has exited: signalling it does nothing.
             process: exited_child_pidfd(),
-            jailer: None,
             jail_dir: None,
         }
     }
@@ -103,7 +111,7 @@ fn exited_child_pidfd() -> OwnedFd {
     pidfd
 }
 
-/// The direct child to wait for: the jailer, or the program itself.
+/// The device process to wait for: a child of the core.
 pub struct Waiter(OwnedFd);
 
 fn pidfd_of(pid: u32) -> Result<OwnedFd, SpawnError> {
@@ -142,7 +150,6 @@ pub fn spawn(
         let handle = ProcessHandle {
             pid: child.id(),
             process,
-            jailer: None,
             jail_dir: None,
         };
         return Ok((handle, Waiter(waiter)));
@@ -152,8 +159,8 @@ pub fn spawn(
     let config = jailer::JailConfig {
         id: id.to_string(),
         exec_file: program.clone(),
-        uid: jailer::DEFAULT_ID,
-        gid: jailer::DEFAULT_ID,
+        uid: sandbox.uid,
+        gid: sandbox.gid,
         chroot_base: sandbox.jail_dir.clone(),
         limits: vec![jailer::Limit::AddressSpace(address_space)],
         cgroup: vec![],
@@ -169,10 +176,6 @@ pub fn spawn(
     let child = command.spawn().map_err(exec_failed)?;
     drop(jailers);
     let jailer = pidfd_of(child.id())?;
-    let waiter = jailer.try_clone().map_err(|source| SpawnError::Pidfd {
-        pid: child.id(),
-        source,
-    })?;
     let reported = ours
         .recv_frame(Some(REPORT_TIMEOUT))
         .map_err(SpawnError::NoReport)
@@ -199,17 +202,27 @@ pub fn spawn(
             return Err(error);
         }
     };
+    // The jailer exits once it reported; then the program is our child.
+    match waitid(WaitId::PidFd(jailer.as_fd()), WaitIdOptions::EXITED) {
+        Ok(Some(status)) if status.exit_status() == Some(0) => {}
+        other => {
+            let _ = pidfd_send_signal(&process, Signal::KILL);
+            return Err(SpawnError::Jailer(format!("{other:?}")));
+        }
+    }
+    let waiter = process
+        .try_clone()
+        .map_err(|source| SpawnError::Pidfd { pid, source })?;
     let handle = ProcessHandle {
         pid,
         process,
-        jailer: Some(jailer),
         jail_dir: Some(sandbox.jail_dir.join(kind.binary()).join(id)),
     };
     Ok((handle, Waiter(waiter)))
 }
 
 impl Waiter {
-    /// Waits, on a thread of its own, for the direct child to end, then
+    /// Waits, on a thread of its own, for the process to end, then
     /// calls `on_exit` with the exit in words ("killed by SIGSYS").
     pub fn watch(
         self,

@@ -1,0 +1,204 @@
+//! What confines a VM on its host: an identity of its own for its device
+//! processes, memory no other process of that identity can read, sealed guest
+//! RAM, and nothing left behind however the VM ends. These need root (the
+//! jail, switching to a VM's uid) and /dev/kvm; they say so when skipped.
+
+use papervisor_tests::{root_and_kvm, Vm};
+use serde_json::json;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// Where the VMs' runtime directories are (the default `--jail-dir`).
+const RUN_BASE: &str = "/run/papervisor";
+
+fn ids(pid: u64) -> (u32, u32) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let id = |field: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|id| id.parse().ok())
+            .unwrap()
+    };
+    (id("Uid:"), id("Gid:"))
+}
+
+/// Whether a shell running as `uid`/`gid` can open `path` for reading.
+fn can_open_as(uid: u32, gid: u32, path: &str) -> bool {
+    let output = Command::new("sh")
+        .args(["-c", &format!("exec 3< {path} && echo opened")])
+        .uid(uid)
+        .gid(gid)
+        .output()
+        .expect("run sh");
+    String::from_utf8_lossy(&output.stdout).contains("opened")
+}
+
+#[test]
+fn two_vms_have_ids_of_their_own_and_nobody_reads_a_device_processs_memory() {
+    if !root_and_kvm("two_vms_have_ids_of_their_own_and_nobody_reads_a_device_processs_memory") {
+        return;
+    }
+    let mut a = Vm::start(&[]);
+    let mut b = Vm::start(&[]);
+    a.boot();
+    b.boot();
+    let rtas = |vm: &Vm| vm.device_process("rtas-server")["pid"].as_u64().unwrap();
+    let (uid_a, gid_a) = ids(rtas(&a));
+    let (uid_b, _) = ids(rtas(&b));
+    assert_ne!(uid_a, uid_b, "two VMs share a device uid");
+    assert_ne!(uid_a, 0);
+    // The method works: a process of that uid opens its own memory...
+    assert!(can_open_as(uid_a, gid_a, "/proc/self/mem"));
+    // ...but not the other VM's device processes', nor its own VM's: they
+    // are non-dumpable. (The RTAS server maps the guest's RAM.)
+    assert!(!can_open_as(
+        uid_a,
+        gid_a,
+        &format!("/proc/{}/mem", rtas(&b))
+    ));
+    for kind in ["rtas-server", "hotplug-controller", "event-log"] {
+        let pid = a.device_process(kind)["pid"].as_u64().unwrap();
+        assert!(
+            !can_open_as(uid_a, gid_a, &format!("/proc/{pid}/mem")),
+            "VM A's uid reads its own {kind}'s memory"
+        );
+    }
+    // Nor the core's.
+    assert!(!can_open_as(
+        uid_a,
+        gid_a,
+        &format!("/proc/{}/mem", a.pid())
+    ));
+    // A uid in use is refused to the next VM, before anything starts.
+    let taken = uid_a.to_string();
+    let console = std::env::temp_dir().join(format!("pv-uid-{}.sock", std::process::id()));
+    let mut third = Command::new(papervisor_tests::binary("papervisor"))
+        .args(["--uid", &taken, "--console"])
+        .arg(&console)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = third.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = third.kill();
+            panic!("a VM started with uid {taken}, which another VM holds");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut third.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!("uid {taken} is in use")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn guest_ram_cannot_be_grown_through_its_memfd() {
+    if !root_and_kvm("guest_ram_cannot_be_grown_through_its_memfd") {
+        return;
+    }
+    let mut vm = Vm::start(&["--memory", "size=512M"]);
+    vm.boot();
+    // The RTAS server's mapping of guest RAM: the memfd it was handed.
+    let rtas = vm.device_process("rtas-server")["pid"].as_u64().unwrap();
+    let fd = std::fs::read_dir(format!("/proc/{rtas}/fd"))
+        .unwrap()
+        .flatten()
+        .find(|entry| {
+            std::fs::read_link(entry.path())
+                .is_ok_and(|target| target.to_string_lossy().contains("memfd:papervisor-ram"))
+        })
+        .expect("the RTAS server holds the guest RAM memfd");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(fd.path())
+        .unwrap();
+    use std::os::unix::fs::FileExt;
+    assert!(
+        file.write_at(b"x", 512 << 20).is_err(),
+        "a write grew guest RAM"
+    );
+    assert!(file.set_len(768 << 20).is_err(), "guest RAM grew");
+    assert!(file.set_len(256 << 20).is_err(), "guest RAM shrank");
+    assert_eq!(file.metadata().unwrap().len(), 512 << 20);
+    assert_eq!(vm.console.command("cpus"), ["cpu 0 online"]);
+}
+
+#[test]
+fn sigterm_ends_the_vm_like_quit_and_leaves_nothing_behind() {
+    if !root_and_kvm("sigterm_ends_the_vm_like_quit_and_leaves_nothing_behind") {
+        return;
+    }
+    let mut vm = Vm::start(&[]);
+    vm.boot();
+    let core = vm.pid();
+    let run_dir = Path::new(RUN_BASE).join(format!("vm-{core}"));
+    assert!(
+        run_dir.join("jails").exists(),
+        "{} missing",
+        run_dir.display()
+    );
+    let devices: Vec<u64> = vm
+        .device_processes()
+        .iter()
+        .map(|p| p["pid"].as_u64().unwrap())
+        .collect();
+    let signaller = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(core as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+    });
+    let replies = vm.qmp(&["query-status", "wait-event:SHUTDOWN"]);
+    signaller.join().unwrap();
+    assert_eq!(
+        replies[1]["data"],
+        json!({"guest": false, "reason": "host-signal"})
+    );
+    assert!(vm.wait_exit(Duration::from_secs(30)).success());
+    assert!(!run_dir.exists(), "{} stayed", run_dir.display());
+    assert!(!vm.qmp_socket().exists(), "the QMP socket stayed");
+    std::thread::sleep(Duration::from_millis(500));
+    for pid in devices {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "device process {pid} outlived its VM"
+        );
+    }
+}
+
+#[test]
+fn a_killed_vms_directory_is_removed_when_the_next_vm_starts() {
+    if !root_and_kvm("a_killed_vms_directory_is_removed_when_the_next_vm_starts") {
+        return;
+    }
+    let mut first = Vm::start(&[]);
+    first.boot();
+    let run_dir = Path::new(RUN_BASE).join(format!("vm-{}", first.pid()));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    first.wait_exit(Duration::from_secs(10));
+    assert!(run_dir.exists(), "nothing could remove it yet");
+    let mut next = Vm::start(&[]);
+    next.boot();
+    assert!(
+        !run_dir.exists(),
+        "{} outlived the next start",
+        run_dir.display()
+    );
+}

@@ -1,0 +1,246 @@
+//! What a VM holds on the host while it runs: its runtime directory (the
+//! jails' roots live there) and the uid/gid its device processes run as.
+//!
+//! Both are claimed with `flock`, which the kernel releases when the core
+//! dies however it dies: a directory whose lock nobody holds belongs to a
+//! dead VM and is removed at the next start; a uid whose lock is held is
+//! another VM's and is never handed out twice.
+
+use nix::fcntl::{Flock, FlockArg};
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// Device processes run as a uid (and gid) of this range, one per VM:
+/// far above login users' and the usual subordinate-id ranges.
+pub const ID_RANGE: std::ops::Range<u32> = 1_900_000_000..1_900_065_536;
+/// Directories of VMs are called this, then the core's pid.
+const VM_DIR_PREFIX: &str = "vm-";
+const LOCK_FILE: &str = "lock";
+
+#[derive(Debug, Error)]
+pub enum RuntimeError {
+    #[error("cannot create {0}")]
+    Create(PathBuf, #[source] std::io::Error),
+    #[error("cannot lock {0}")]
+    Lock(PathBuf, #[source] nix::Error),
+    #[error("uid {0} is in use (by another VM or another process); choose another --uid")]
+    UidInUse(u32),
+    #[error("every uid of {}..{} is in use", ID_RANGE.start, ID_RANGE.end)]
+    NoFreeUid,
+}
+
+/// This VM's runtime directory, `<base>/vm-<pid>`, removed when dropped.
+pub struct RunDir {
+    path: PathBuf,
+    _lock: Flock<File>,
+}
+
+fn create_private_dir(path: &Path) -> Result<(), RuntimeError> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|error| RuntimeError::Create(path.to_path_buf(), error))
+}
+
+/// Takes the lock at `path` without waiting; `None` if someone holds it.
+fn try_lock(path: &Path) -> Result<Option<Flock<File>>, RuntimeError> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|error| RuntimeError::Create(path.to_path_buf(), error))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, errno)) => Err(RuntimeError::Lock(path.to_path_buf(), errno)),
+    }
+}
+
+impl RunDir {
+    /// Removes the directories of dead VMs under `base`, then makes and
+    /// locks this VM's.
+    pub fn create(base: &Path) -> Result<RunDir, RuntimeError> {
+        create_private_dir(base)?;
+        remove_stale(base);
+        let path = base.join(format!("{VM_DIR_PREFIX}{}", std::process::id()));
+        // A directory of a dead VM whose pid we now have: it is stale too.
+        let _ = std::fs::remove_dir_all(&path);
+        create_private_dir(&path)?;
+        let lock = try_lock(&path.join(LOCK_FILE))?
+            .ok_or_else(|| RuntimeError::Lock(path.clone(), nix::errno::Errno::EWOULDBLOCK))?;
+        Ok(RunDir { path, _lock: lock })
+    }
+
+    /// Where the jails' roots are made.
+    pub fn jails(&self) -> PathBuf {
+        self.path.join("jails")
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_dir_all(&self.path) {
+            log::warn!("cannot remove {}: {error}", self.path.display());
+        }
+    }
+}
+
+/// Removes every VM directory under `base` whose lock nobody holds.
+fn remove_stale(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with(VM_DIR_PREFIX) {
+            continue;
+        }
+        let dir = entry.path();
+        match try_lock(&dir.join(LOCK_FILE)) {
+            Ok(Some(_stale)) => {
+                log::info!("removing {}, left by a VM that is gone", dir.display());
+                if let Err(error) = std::fs::remove_dir_all(&dir) {
+                    log::warn!("cannot remove {}: {error}", dir.display());
+                }
+            }
+            Ok(None) => {}
+            Err(error) => log::warn!("{}", common::describe(&error)),
+        }
+    }
+}
+
+/// The uid and gid this VM's device processes run as, held while it runs.
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+    _lock: Flock<File>,
+}
+
+/// Whether a process on the host runs with `uid` as any of its uids.
+fn uid_used_by_a_process(uid: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        std::fs::read_to_string(entry.path().join("status"))
+            .ok()
+            .and_then(|status| {
+                let line = status.lines().find(|l| l.starts_with("Uid:"))?.to_string();
+                Some(
+                    line.split_whitespace()
+                        .skip(1)
+                        .any(|id| id == uid.to_string()),
+                )
+            })
+            .unwrap_or(false)
+    })
+}
+
+impl Identity {
+    /// Claims `uid` (and `gid`, the uid when absent), or the first free uid
+    /// of [`ID_RANGE`]. A uid another VM holds, or that a process runs as,
+    /// is refused.
+    pub fn claim(
+        base: &Path,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> Result<Identity, RuntimeError> {
+        let ids = base.join("ids");
+        create_private_dir(&ids)?;
+        let take = |uid: u32| -> Result<Option<Identity>, RuntimeError> {
+            let Some(lock) = try_lock(&ids.join(uid.to_string()))? else {
+                return Ok(None);
+            };
+            if uid_used_by_a_process(uid) {
+                return Ok(None);
+            }
+            Ok(Some(Identity {
+                uid,
+                gid: gid.unwrap_or(uid),
+                _lock: lock,
+            }))
+        };
+        match uid {
+            Some(uid) => take(uid)?.ok_or(RuntimeError::UidInUse(uid)),
+            None => {
+                for candidate in ID_RANGE {
+                    if let Some(identity) = take(candidate)? {
+                        return Ok(identity);
+                    }
+                }
+                Err(RuntimeError::NoFreeUid)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> PathBuf {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::env::temp_dir().join(format!("pv-runtime-{}-{n}", std::process::id()))
+    }
+
+    #[test]
+    fn a_uid_is_never_claimed_twice_while_held() {
+        let base = base();
+        let first = Identity::claim(&base, None, None).unwrap();
+        let second = Identity::claim(&base, None, None).unwrap();
+        assert_ne!(first.uid, second.uid);
+        assert!(ID_RANGE.contains(&first.uid) && ID_RANGE.contains(&second.uid));
+        assert!(matches!(
+            Identity::claim(&base, Some(first.uid), None),
+            Err(RuntimeError::UidInUse(_))
+        ));
+        let uid = first.uid;
+        drop(first);
+        assert_eq!(Identity::claim(&base, Some(uid), Some(7)).unwrap().gid, 7);
+        let _ = std::fs::remove_dir_all(base);
+    }
+
+    #[test]
+    fn a_uid_a_process_runs_as_is_refused() {
+        let base = base();
+        // This test runs as some uid; that one is in use.
+        let mine = nix::unistd::getuid().as_raw();
+        assert!(matches!(
+            Identity::claim(&base, Some(mine), None),
+            Err(RuntimeError::UidInUse(_))
+        ));
+        let _ = std::fs::remove_dir_all(base);
+    }
+
+    #[test]
+    fn directories_of_dead_vms_go_and_live_ones_stay() {
+        let base = base();
+        let dead = base.join("vm-999999999");
+        create_private_dir(&dead.join("jails/x")).unwrap();
+        let live = base.join("vm-999999998");
+        create_private_dir(&live).unwrap();
+        let held = try_lock(&live.join(LOCK_FILE)).unwrap().unwrap();
+        let ours = RunDir::create(&base).unwrap();
+        assert!(!dead.exists(), "a dead VM's directory stayed");
+        assert!(live.exists(), "a live VM's directory was removed");
+        let path = ours.path().to_path_buf();
+        assert!(path.exists());
+        drop(ours);
+        assert!(
+            !path.exists(),
+            "the VM's own directory stayed after it ended"
+        );
+        drop(held);
+        let _ = std::fs::remove_dir_all(base);
+    }
+}

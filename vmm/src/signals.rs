@@ -1,0 +1,42 @@
+//! SIGTERM and SIGINT end the VM the way QMP `quit` does: blocked in every
+//! thread, and taken by one thread that tells the control loop.
+
+use crate::control::ControlMessage;
+use nix::sys::signal::{SigSet, Signal};
+use std::sync::mpsc::Sender;
+
+/// The termination signals, blocked in this thread (and so in every thread
+/// it starts) until [`Blocked::forward_to`] takes them.
+pub struct Blocked(SigSet);
+
+pub fn block() -> nix::Result<Blocked> {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.thread_block()?;
+    Ok(Blocked(set))
+}
+
+impl Blocked {
+    /// Waits for the signals on a thread of its own; each becomes a
+    /// [`ControlMessage::HostSignal`].
+    pub fn forward_to(self, control: Sender<ControlMessage>) -> std::io::Result<()> {
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || loop {
+                match self.0.wait() {
+                    Ok(signal) => {
+                        log::info!("{signal} received: ending the VM");
+                        if control.send(ControlMessage::HostSignal(signal)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(error) => {
+                        log::error!("cannot wait for termination signals: {error}");
+                        return;
+                    }
+                }
+            })
+            .map(drop)
+    }
+}
