@@ -202,3 +202,80 @@ fn a_killed_vms_directory_is_removed_when_the_next_vm_starts() {
         run_dir.display()
     );
 }
+
+/// One field of a thread's status, e.g. `CapEff`.
+fn task_field(status: &str, field: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no {field}"))
+}
+
+/// The capabilities the spawner thread keeps (README): CAP_KILL (5),
+/// CAP_SETGID (6), CAP_SETUID (7), CAP_SETPCAP (8), CAP_SYS_ADMIN (21).
+const SPAWNER_CAPS: &str = "00000000002001e0";
+
+#[test]
+fn no_thread_of_the_core_holds_a_privilege_but_the_spawner() {
+    if !root_and_kvm("no_thread_of_the_core_holds_a_privilege_but_the_spawner") {
+        return;
+    }
+    let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=4"]);
+    vm.boot();
+    // A core is being hot-plugged: its vCPU thread and the proxies are busy.
+    let replies =
+        vm.qmp(&[r#"device_add={"driver": "host-spapr-cpu-core", "core-id": 1, "id": "c1"}"#]);
+    assert_eq!(replies[0], json!({"return": {}}));
+    vm.console
+        .expect_async("dlpar: cpu add 0x10000001: ok", Duration::from_secs(60));
+    let core = vm.pid();
+    let mut seen = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{core}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue; // a thread that just ended
+        };
+        let name = task_field(&status, "Name");
+        let expected = if name == "spawner" {
+            SPAWNER_CAPS
+        } else {
+            "0000000000000000"
+        };
+        for set in ["CapEff", "CapPrm", "CapBnd"] {
+            assert_eq!(task_field(&status, set), expected, "{name}: {set}");
+        }
+        assert_eq!(task_field(&status, "CapInh"), "0000000000000000", "{name}");
+        assert_eq!(task_field(&status, "CapAmb"), "0000000000000000", "{name}");
+        assert_eq!(task_field(&status, "NoNewPrivs"), "1", "{name}");
+        seen.push(name);
+    }
+    for name in [
+        "spawner",
+        "vcpu0",
+        "vcpu1",
+        "qmp-accept",
+        "console-accept",
+        "hotplug-notify",
+    ] {
+        assert!(
+            seen.iter().any(|s| s == name),
+            "no {name} thread in {seen:?}"
+        );
+    }
+    // The rest of the tree: the three device processes, none privileged.
+    let children = vm.children();
+    assert_eq!(children.len(), 3, "{children:?}");
+    for (pid, name) in children {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        assert_ne!(
+            task_field(&status, "Uid").split_whitespace().next(),
+            Some("0"),
+            "{name}"
+        );
+        assert_eq!(task_field(&status, "CapEff"), "0000000000000000", "{name}");
+        assert_eq!(task_field(&status, "CapBnd"), "0000000000000000", "{name}");
+    }
+}

@@ -2,6 +2,7 @@
 
 mod boot;
 mod config;
+mod confine;
 mod console;
 mod control;
 mod cores;
@@ -52,6 +53,16 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
+    // Privileges: only the spawner thread keeps some, and only what starting
+    // jails needs; this thread (and every thread it starts) drops them all.
+    if let Err(error) = devices::spawn::start_spawner() {
+        eprintln!("papervisor: {}", common::describe(&error));
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    if let Err(error) = confine::drop_all() {
+        eprintln!("papervisor: {}", common::describe(&error));
+        return ExitCode::from(EXIT_FAILURE);
+    }
     // No other process of the same uid may read the core's memory (guest RAM).
     if let Err(error) = nix::sys::prctl::set_dumpable(false) {
         eprintln!("papervisor: cannot make the core non-dumpable: {error}");

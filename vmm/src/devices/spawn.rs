@@ -6,9 +6,11 @@ use ipc_proto::channel::{Channel, ChannelError};
 use ipc_proto::ProcessKind;
 use rustix::process::{pidfd_open, pidfd_send_signal, waitid, Pid, PidfdFlags, Signal};
 use rustix::process::{WaitId, WaitIdOptions};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::OnceLock;
 use std::time::Duration;
 use thiserror::Error;
 
@@ -47,6 +49,10 @@ pub enum SpawnError {
     Jailer(String),
     #[error("cannot become the child subreaper of the device processes")]
     Subreaper(#[source] std::io::Error),
+    #[error("cannot start the spawner thread")]
+    Thread(#[source] std::io::Error),
+    #[error("cannot confine the spawner thread: {0}")]
+    Confine(String),
     #[error("cannot open a pidfd of pid {pid}")]
     Pidfd {
         pid: u32,
@@ -82,10 +88,25 @@ pub struct ProcessHandle {
 }
 
 impl ProcessHandle {
-    /// SIGKILLs the process. A process that is gone already is not signalled
-    /// (the pidfd refers to it alone).
+    /// SIGKILLs the process (on the spawner thread when there is one: it
+    /// runs under another uid). A process that is gone already is not
+    /// signalled (the pidfd refers to it alone).
     pub fn kill(&self) {
-        match pidfd_send_signal(&self.process, Signal::KILL) {
+        let sent = match SPAWNER.get() {
+            None => pidfd_send_signal(&self.process, Signal::KILL),
+            Some(spawner) => {
+                let (reply, answer) = channel();
+                let request = Request::Kill {
+                    pidfd: self.process.as_raw_fd(),
+                    reply,
+                };
+                match spawner.send(request) {
+                    Ok(()) => answer.recv().unwrap_or(Err(rustix::io::Errno::PIPE)),
+                    Err(_) => Err(rustix::io::Errno::PIPE),
+                }
+            }
+        };
+        match sent {
             Ok(()) | Err(rustix::io::Errno::SRCH) => {}
             Err(errno) => log::warn!("cannot kill pid {}: {errno}", self.pid),
         }
@@ -121,9 +142,104 @@ fn pidfd_of(pid: u32) -> Result<OwnedFd, SpawnError> {
     pidfd_open(raw, PidfdFlags::empty()).map_err(|errno| failed(errno.into()))
 }
 
+/// What the spawner thread is asked to do.
+enum Request {
+    Spawn {
+        sandbox: Sandbox,
+        kind: ProcessKind,
+        id: String,
+        /// Held open by the requester until the reply.
+        fds: Vec<RawFd>,
+        address_space: u64,
+        reply: Sender<Result<(ProcessHandle, Waiter), SpawnError>>,
+    },
+    Kill {
+        /// Held open by the requester until the reply.
+        pidfd: RawFd,
+        reply: Sender<rustix::io::Result<()>>,
+    },
+}
+
+/// The spawner thread, once started: the only thread of the core with
+/// privileges (see `confine::SPAWNER_CAPABILITIES`).
+static SPAWNER: OnceLock<Sender<Request>> = OnceLock::new();
+
+/// Starts the spawner thread, which keeps only what starting jails and
+/// killing their programs needs. Call it before anything else makes threads,
+/// and drop every privilege of the calling thread afterwards.
+pub fn start_spawner() -> Result<(), SpawnError> {
+    let (requests, inbox) = channel::<Request>();
+    let (ready, confined) = channel();
+    std::thread::Builder::new()
+        .name("spawner".into())
+        .spawn(move || {
+            let result = crate::confine::keep_only(&crate::confine::SPAWNER_CAPABILITIES);
+            let ok = result.is_ok();
+            let _ = ready.send(result);
+            if !ok {
+                return;
+            }
+            while let Ok(request) = inbox.recv() {
+                serve(request);
+            }
+        })
+        .map_err(SpawnError::Thread)?;
+    confined
+        .recv()
+        .map_err(|_| SpawnError::Thread(std::io::ErrorKind::BrokenPipe.into()))?
+        .map_err(|error| SpawnError::Confine(error.to_string()))?;
+    let _ = SPAWNER.set(requests);
+    Ok(())
+}
+
+fn serve(request: Request) {
+    match request {
+        Request::Spawn {
+            sandbox,
+            kind,
+            id,
+            fds,
+            address_space,
+            reply,
+        } => {
+            let _ = reply.send(spawn_here(&sandbox, kind, &id, &fds, address_space));
+        }
+        Request::Kill { pidfd, reply } => {
+            // SAFETY: the requester keeps the pidfd open until it has the reply.
+            let pidfd = unsafe { BorrowedFd::borrow_raw(pidfd) };
+            let _ = reply.send(pidfd_send_signal(pidfd, Signal::KILL));
+        }
+    }
+}
+
 /// Starts `kind` with `fds` as its descriptors 3.., jailed as `id` unless the
-/// sandbox is off, with an address-space limit of `address_space` bytes.
+/// sandbox is off, with an address-space limit of `address_space` bytes —
+/// on the spawner thread when there is one.
 pub fn spawn(
+    sandbox: &Sandbox,
+    kind: ProcessKind,
+    id: &str,
+    fds: &[RawFd],
+    address_space: u64,
+) -> Result<(ProcessHandle, Waiter), SpawnError> {
+    let Some(spawner) = SPAWNER.get() else {
+        return spawn_here(sandbox, kind, id, fds, address_space);
+    };
+    let (reply, answer) = channel();
+    let request = Request::Spawn {
+        sandbox: sandbox.clone(),
+        kind,
+        id: id.to_string(),
+        fds: fds.to_vec(),
+        address_space,
+        reply,
+    };
+    let gone = || SpawnError::Thread(std::io::ErrorKind::BrokenPipe.into());
+    spawner.send(request).map_err(|_| gone())?;
+    answer.recv().map_err(|_| gone())?
+}
+
+fn spawn_here(
     sandbox: &Sandbox,
     kind: ProcessKind,
     id: &str,
