@@ -90,7 +90,10 @@ impl Console {
         let writer = Arc::clone(self);
         thread::Builder::new()
             .name("console-out".into())
-            .spawn(move || writer.write_loop())
+            .spawn(move || {
+                crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Console);
+                writer.write_loop()
+            })
             .map(|_| ())
             .map_err(ConsoleError::Thread)
     }
@@ -157,7 +160,10 @@ impl Console {
         let reader = Arc::clone(&console);
         thread::Builder::new()
             .name("console-stdin".into())
-            .spawn(move || reader.pump(std::io::stdin().lock()))
+            .spawn(move || {
+                crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Console);
+                reader.pump(std::io::stdin().lock())
+            })
             .map_err(ConsoleError::Thread)?;
         Ok(console)
     }
@@ -175,7 +181,10 @@ impl Console {
         let acceptor = Arc::clone(&console);
         thread::Builder::new()
             .name("console-accept".into())
-            .spawn(move || acceptor.accept_loop(listener))
+            .spawn(move || {
+                crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Console);
+                acceptor.accept_loop(listener)
+            })
             .map_err(ConsoleError::Thread)?;
         Ok(console)
     }

@@ -14,6 +14,7 @@ mod layout;
 mod memory;
 mod qmp;
 mod runtime;
+mod seccomp;
 mod signals;
 mod vcpu;
 mod vm;
@@ -25,6 +26,8 @@ use std::process::ExitCode;
 
 /// Exit status when the VM could not be run or the guest crashed.
 const EXIT_FAILURE: u8 = 1;
+/// glibc's malloc arenas at most (its default for 2 CPUs would be 16).
+const MALLOC_ARENAS: i32 = 8;
 
 fn main() -> ExitCode {
     let cli: Cli = match common::parse_cli("papervisor") {
@@ -53,6 +56,14 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
+    // glibc sizes its malloc arenas from the CPU count, read from /sys the
+    // first time a thread needs a new arena: under a thread's seccomp filter
+    // that open would kill the core. A fixed limit means it never reads it.
+    // SAFETY: mallopt only sets an allocator parameter; no thread runs yet.
+    if unsafe { nix::libc::mallopt(nix::libc::M_ARENA_MAX, MALLOC_ARENAS) } != 1 {
+        eprintln!("papervisor: cannot set the malloc arena limit");
+        return ExitCode::from(EXIT_FAILURE);
+    }
     // Privileges: only the spawner thread keeps some, and only what starting
     // jails needs; this thread (and every thread it starts) drops them all.
     if let Err(error) = devices::spawn::start_spawner() {
@@ -68,6 +79,7 @@ fn main() -> ExitCode {
         eprintln!("papervisor: cannot make the core non-dumpable: {error}");
         return ExitCode::from(EXIT_FAILURE);
     }
+    seccomp::set_mode(&config.sandbox.seccomp);
     let runtime = match claim_runtime(&mut config) {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -126,6 +138,8 @@ fn run(config: config::VmConfig, signals: signals::Blocked) -> Result<(), Box<dy
         qmp.serve(&path, vm.qmp_context())
             .map_err(|error| format!("cannot serve QMP on {}: {error}", path.display()))?;
     }
+    // Set up: from here this thread is the control loop, under its filter.
+    seccomp::confine_thread(seccomp::ThreadKind::Control)?;
     Ok(vm.run()?)
 }
 

@@ -55,7 +55,10 @@ impl QmpServer {
         let acceptor = Arc::clone(self);
         thread::Builder::new()
             .name("qmp-accept".into())
-            .spawn(move || acceptor.accept_loop(listener, context))?;
+            .spawn(move || {
+                crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Qmp);
+                acceptor.accept_loop(listener, context)
+            })?;
         Ok(())
     }
 

@@ -63,16 +63,22 @@ fn try_lock(path: &Path) -> Result<Option<Flock<File>>, RuntimeError> {
 
 impl RunDir {
     /// Removes the directories of dead VMs under `base`, then makes and
-    /// locks this VM's.
+    /// locks this VM's. The directory gets its name only once it is locked,
+    /// so that another VM starting at the same time never takes it for stale.
     pub fn create(base: &Path) -> Result<RunDir, RuntimeError> {
         create_private_dir(base)?;
         remove_stale(base);
-        let path = base.join(format!("{VM_DIR_PREFIX}{}", std::process::id()));
-        // A directory of a dead VM whose pid we now have: it is stale too.
+        let pid = std::process::id();
+        let path = base.join(format!("{VM_DIR_PREFIX}{pid}"));
+        let unnamed = base.join(format!(".{VM_DIR_PREFIX}{pid}"));
+        // Directories of a dead VM whose pid we now have: stale too.
         let _ = std::fs::remove_dir_all(&path);
-        create_private_dir(&path)?;
-        let lock = try_lock(&path.join(LOCK_FILE))?
-            .ok_or_else(|| RuntimeError::Lock(path.clone(), nix::errno::Errno::EWOULDBLOCK))?;
+        let _ = std::fs::remove_dir_all(&unnamed);
+        create_private_dir(&unnamed)?;
+        let lock = try_lock(&unnamed.join(LOCK_FILE))?
+            .ok_or_else(|| RuntimeError::Lock(unnamed.clone(), nix::errno::Errno::EWOULDBLOCK))?;
+        std::fs::rename(&unnamed, &path)
+            .map_err(|error| RuntimeError::Create(path.clone(), error))?;
         Ok(RunDir { path, _lock: lock })
     }
 

@@ -23,20 +23,27 @@ impl Blocked {
     pub fn forward_to(self, control: Sender<ControlMessage>) -> std::io::Result<()> {
         std::thread::Builder::new()
             .name("signals".into())
-            .spawn(move || loop {
-                match self.0.wait() {
-                    Ok(signal) => {
-                        log::info!("{signal} received: ending the VM");
-                        if control.send(ControlMessage::HostSignal(signal)).is_err() {
-                            return;
-                        }
-                    }
-                    Err(error) => {
-                        log::error!("cannot wait for termination signals: {error}");
+            .spawn(move || {
+                crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Signals);
+                self.forward(&control)
+            })
+            .map(drop)
+    }
+
+    fn forward(&self, control: &Sender<ControlMessage>) {
+        loop {
+            match self.0.wait() {
+                Ok(signal) => {
+                    log::info!("{signal} received: ending the VM");
+                    if control.send(ControlMessage::HostSignal(signal)).is_err() {
                         return;
                     }
                 }
-            })
-            .map(drop)
+                Err(error) => {
+                    log::error!("cannot wait for termination signals: {error}");
+                    return;
+                }
+            }
+        }
     }
 }

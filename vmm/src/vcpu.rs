@@ -174,7 +174,10 @@ impl VcpuHandle {
         let cpus = Arc::clone(&context.cpus);
         let thread = thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || Vcpu { id, fd, context }.run())?;
+            .spawn(move || {
+                crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Vcpu);
+                Vcpu { id, fd, context }.run()
+            })?;
         Ok(VcpuHandle {
             id,
             cpus,

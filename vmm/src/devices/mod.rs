@@ -518,31 +518,38 @@ impl Drop for DeviceProcesses {
 fn spawn_notification_reader(notify: Channel, control: Sender<ControlMessage>) {
     let spawned = std::thread::Builder::new()
         .name("hotplug-notify".into())
-        .spawn(move || loop {
-            let frame = match notify.recv_frame(None) {
-                Ok(frame) => frame,
-                Err(ChannelError::HungUp) => return,
-                Err(error) => {
-                    log::error!("bad notification from the hotplug controller: {error}");
-                    continue;
-                }
-            };
-            match decode_request::<HotplugNotify>(frame).map(|incoming| incoming.request) {
-                Ok(ipc_proto::control::Request::Link(notification)) => {
-                    if control.send(ControlMessage::Hotplug(notification)).is_err() {
-                        return;
-                    }
-                }
-                Ok(request) => {
-                    log::error!("the hotplug controller sent {request:?} as a notification");
-                }
-                Err(unacceptable) => log::error!(
-                    "dropping a notification from the hotplug controller: {}",
-                    unacceptable.refusal
-                ),
-            }
+        .spawn(move || {
+            crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Notifications);
+            notification_loop(&notify, &control)
         });
     if let Err(error) = spawned {
         log::error!("cannot read hotplug notifications: {error}");
+    }
+}
+
+fn notification_loop(notify: &Channel, control: &Sender<ControlMessage>) {
+    loop {
+        let frame = match notify.recv_frame(None) {
+            Ok(frame) => frame,
+            Err(ChannelError::HungUp) => return,
+            Err(error) => {
+                log::error!("bad notification from the hotplug controller: {error}");
+                continue;
+            }
+        };
+        match decode_request::<HotplugNotify>(frame).map(|incoming| incoming.request) {
+            Ok(ipc_proto::control::Request::Link(notification)) => {
+                if control.send(ControlMessage::Hotplug(notification)).is_err() {
+                    return;
+                }
+            }
+            Ok(request) => {
+                log::error!("the hotplug controller sent {request:?} as a notification");
+            }
+            Err(unacceptable) => log::error!(
+                "dropping a notification from the hotplug controller: {}",
+                unacceptable.refusal
+            ),
+        }
     }
 }

@@ -348,6 +348,7 @@ impl Waiter {
         std::thread::Builder::new()
             .name(format!("watch-{}", kind.name()))
             .spawn(move || {
+                crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Watcher);
                 let reason = loop {
                     match waitid(WaitId::PidFd(self.0.as_fd()), WaitIdOptions::EXITED) {
                         Ok(Some(status)) => break describe_exit(&status),

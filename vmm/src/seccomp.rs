@@ -1,0 +1,426 @@
+//! One seccomp filter per kind of thread of the core, written as reviewable
+//! data, installed by each thread itself when it starts (the main thread
+//! once the VM is set up). A thread inherits the filter of the thread that
+//! started it, so the control loop's filter also covers what the threads it
+//! starts later need (vCPUs of a hot-plugged core, process watchers). The
+//! spawner thread takes no input and has no filter (see `confine`).
+//! `--seccomp kill|log|off` sets what a call outside a filter does.
+
+use kvm_bindings::{kvm_cpuid2, kvm_irq_routing, kvm_irqfd, kvm_mp_state, kvm_regs, kvm_sregs};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use thiserror::Error;
+
+/// What a call outside the filter does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Kill,
+    Log,
+    Off,
+}
+
+static MODE: OnceLock<Mode> = OnceLock::new();
+
+/// Sets the mode for every thread (once, from the command line).
+pub fn set_mode(mode: &str) {
+    let mode = match mode {
+        "log" => Mode::Log,
+        "off" => Mode::Off,
+        _ => Mode::Kill,
+    };
+    let _ = MODE.set(mode);
+}
+
+/// The kinds of thread of the core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThreadKind {
+    /// Runs one vCPU: KVM_RUN, hypercalls, the RTAS proxy.
+    Vcpu,
+    /// The control loop: QMP commands, hotplug, reset, supervision.
+    Control,
+    /// Accepts QMP clients and serves each.
+    Qmp,
+    /// The console: stdin/stdout or a socket client.
+    Console,
+    /// Reads the hotplug controller's notifications.
+    Notifications,
+    /// Waits for a device process to end.
+    Watcher,
+    /// Takes SIGTERM and SIGINT.
+    Signals,
+}
+
+#[derive(Debug, Error)]
+pub enum SeccompError {
+    #[error("the filter does not build")]
+    Build(#[from] seccompiler::BackendError),
+    #[error("the filter cannot be installed")]
+    Install(#[from] seccompiler::Error),
+}
+
+const KVMIO: u64 = 0xAE;
+
+/// An ioctl request number as linux/ioctl.h makes it on x86_64: direction
+/// (bit 30 write, bit 31 read), argument size, type, number.
+const fn kvm_request(write: bool, read: bool, nr: u64, size: usize) -> u64 {
+    ((read as u64) << 31) | ((write as u64) << 30) | ((size as u64) << 16) | (KVMIO << 8) | nr
+}
+
+/// The KVM requests each kind may make (arguments filtered by number).
+fn kvm_requests(kind: ThreadKind) -> Vec<u64> {
+    use std::mem::size_of;
+    let run = kvm_request(false, false, 0x80, 0);
+    let get_regs = kvm_request(false, true, 0x81, size_of::<kvm_regs>());
+    let set_regs = kvm_request(true, false, 0x82, size_of::<kvm_regs>());
+    let get_sregs = kvm_request(false, true, 0x83, size_of::<kvm_sregs>());
+    let set_sregs = kvm_request(true, false, 0x84, size_of::<kvm_sregs>());
+    let set_mp_state = kvm_request(true, false, 0x99, size_of::<kvm_mp_state>());
+    let set_gsi_routing = kvm_request(true, false, 0x6a, size_of::<kvm_irq_routing>());
+    let irqfd = kvm_request(true, false, 0x76, size_of::<kvm_irqfd>());
+    let create_vcpu = kvm_request(false, false, 0x41, 0);
+    let vcpu_mmap_size = kvm_request(false, false, 0x04, 0);
+    let check_extension = kvm_request(false, false, 0x03, 0);
+    let get_supported_cpuid = kvm_request(true, true, 0x05, size_of::<kvm_cpuid2>());
+    let set_cpuid2 = kvm_request(true, false, 0x90, size_of::<kvm_cpuid2>());
+    // A vCPU runs, reads and writes its registers, becomes runnable when
+    // started, and routes an interrupt for ibm,set-xive.
+    let vcpu = vec![
+        run,
+        set_mp_state,
+        get_regs,
+        set_regs,
+        get_sregs,
+        set_sregs,
+        set_gsi_routing,
+    ];
+    match kind {
+        ThreadKind::Vcpu => vcpu,
+        // The control loop creates the vCPUs of a hot-plugged core (whose
+        // threads start under its filter) and resets interrupt routing.
+        ThreadKind::Control => {
+            let mut control = vcpu;
+            control.extend([
+                create_vcpu,
+                vcpu_mmap_size,
+                check_extension,
+                get_supported_cpuid,
+                set_cpuid2,
+                irqfd,
+            ]);
+            control
+        }
+        _ => vec![],
+    }
+}
+
+/// What every thread does: memory, locks and channels, time, its log,
+/// signals (the vCPU kick), ending.
+const EVERY_THREAD: &[i64] = &[
+    nix::libc::SYS_brk,
+    nix::libc::SYS_munmap,
+    nix::libc::SYS_mremap,
+    nix::libc::SYS_madvise,
+    nix::libc::SYS_futex,
+    nix::libc::SYS_getrandom,
+    nix::libc::SYS_clock_gettime,
+    nix::libc::SYS_clock_nanosleep,
+    nix::libc::SYS_nanosleep,
+    nix::libc::SYS_sched_yield,
+    nix::libc::SYS_rt_sigreturn,
+    nix::libc::SYS_rt_sigprocmask,
+    nix::libc::SYS_sigaltstack,
+    nix::libc::SYS_write,
+    nix::libc::SYS_close,
+    nix::libc::SYS_gettid,
+    nix::libc::SYS_getpid,
+    nix::libc::SYS_exit,
+    nix::libc::SYS_exit_group,
+];
+
+/// Starting a thread (std's spawn and the new thread's own set-up).
+const STARTS_THREADS: &[i64] = &[
+    nix::libc::SYS_clone,
+    nix::libc::SYS_clone3,
+    nix::libc::SYS_set_robust_list,
+    nix::libc::SYS_rseq,
+    nix::libc::SYS_prctl,
+    nix::libc::SYS_sched_getaffinity,
+];
+
+/// Talking over a Unix socket: the device-process links and clients.
+const SOCKETS: &[i64] = &[
+    nix::libc::SYS_sendmsg,
+    nix::libc::SYS_recvmsg,
+    nix::libc::SYS_sendto,
+    nix::libc::SYS_recvfrom,
+    nix::libc::SYS_read,
+    nix::libc::SYS_poll,
+    nix::libc::SYS_ppoll,
+];
+
+fn extra_calls(kind: ThreadKind) -> Vec<i64> {
+    use nix::libc::*;
+    match kind {
+        ThreadKind::Vcpu => [SOCKETS, &[SYS_tgkill]].concat(),
+        ThreadKind::Control => [
+            SOCKETS,
+            STARTS_THREADS,
+            &[
+                // Kicking vCPUs out of KVM_RUN.
+                SYS_tgkill,
+                // Device processes: new links, descriptors handed out,
+                // the jails' directories removed.
+                SYS_socketpair,
+                SYS_dup,
+                SYS_openat,
+                SYS_newfstatat,
+                SYS_statx,
+                SYS_fstat,
+                SYS_getdents64,
+                SYS_unlinkat,
+                SYS_unlink,
+                SYS_rmdir,
+                // Reset: guest RAM given back to the host.
+                SYS_fallocate,
+                // The end: the runtime directory's and the uid's locks go.
+                SYS_flock,
+                // Watchers and restart timers start under this filter, and
+                // the threads it starts install their own on top.
+                SYS_waitid,
+                SYS_seccomp,
+                SYS_shutdown,
+            ],
+        ]
+        .concat(),
+        ThreadKind::Qmp => [
+            SOCKETS,
+            STARTS_THREADS,
+            &[SYS_accept4, SYS_accept, SYS_shutdown],
+        ]
+        .concat(),
+        ThreadKind::Console => [
+            SOCKETS,
+            STARTS_THREADS,
+            &[SYS_accept4, SYS_accept, SYS_shutdown],
+        ]
+        .concat(),
+        ThreadKind::Notifications => SOCKETS.to_vec(),
+        ThreadKind::Watcher => vec![SYS_waitid],
+        ThreadKind::Signals => vec![SYS_rt_sigtimedwait],
+    }
+}
+
+fn condition(arg: u8, len: SeccompCmpArgLen, op: SeccompCmpOp, value: u64) -> SeccompCondition {
+    SeccompCondition::new(arg, len, op, value).expect("a well-formed condition")
+}
+
+fn rule(conditions: Vec<SeccompCondition>) -> SeccompRule {
+    SeccompRule::new(conditions).expect("a well-formed rule")
+}
+
+/// The allowed calls of `kind`: number → rules (empty: always allowed).
+pub fn rules(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = EVERY_THREAD
+        .iter()
+        .chain(&extra_calls(kind))
+        .map(|&n| (n, vec![]))
+        .collect();
+    // Memory is never executable.
+    let no_exec = || {
+        condition(
+            2,
+            SeccompCmpArgLen::Qword,
+            SeccompCmpOp::MaskedEq(nix::libc::PROT_EXEC as u64),
+            0,
+        )
+    };
+    rules.insert(nix::libc::SYS_mmap, vec![rule(vec![no_exec()])]);
+    rules.insert(nix::libc::SYS_mprotect, vec![rule(vec![no_exec()])]);
+    // fcntl: std checks a descriptor before closing it (debug builds);
+    // the threads that hand out or set up descriptors do more.
+    let fcntl_commands: &[i32] = match kind {
+        ThreadKind::Control | ThreadKind::Qmp | ThreadKind::Console => &[
+            nix::libc::F_GETFD,
+            nix::libc::F_SETFD,
+            nix::libc::F_GETFL,
+            nix::libc::F_SETFL,
+            nix::libc::F_DUPFD_CLOEXEC,
+        ],
+        _ => &[nix::libc::F_GETFD],
+    };
+    let fcntl = fcntl_commands
+        .iter()
+        .map(|&command| {
+            rule(vec![condition(
+                1,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                command as u64,
+            )])
+        })
+        .collect();
+    rules.insert(nix::libc::SYS_fcntl, fcntl);
+    // ioctl: the KVM requests of the kind, and TCGETS (the log checks
+    // whether stderr is a terminal).
+    let requests = kvm_requests(kind).into_iter().chain([nix::libc::TCGETS]);
+    let ioctls: Vec<SeccompRule> = requests
+        .map(|request| {
+            rule(vec![condition(
+                1,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Eq,
+                request,
+            )])
+        })
+        .collect();
+    rules.insert(nix::libc::SYS_ioctl, ioctls);
+    rules
+}
+
+/// The compiled filter of `kind`, or `None` in [`Mode::Off`].
+pub fn program(kind: ThreadKind, mode: Mode) -> Result<Option<BpfProgram>, SeccompError> {
+    let mismatch = match mode {
+        Mode::Kill => SeccompAction::KillProcess,
+        Mode::Log => SeccompAction::Log,
+        Mode::Off => return Ok(None),
+    };
+    let filter = SeccompFilter::new(
+        rules(kind),
+        mismatch,
+        SeccompAction::Allow,
+        TargetArch::x86_64,
+    )?;
+    Ok(Some(filter.try_into()?))
+}
+
+/// Installs the filter of `kind` on the calling thread (it also sets
+/// no_new_privs). A thread that cannot be confined must not go on.
+pub fn confine_thread(kind: ThreadKind) -> Result<(), SeccompError> {
+    // Unset (unit tests): no filter.
+    let mode = *MODE.get().unwrap_or(&Mode::Off);
+    match program(kind, mode)? {
+        Some(program) => Ok(seccompiler::apply_filter(&program)?),
+        None => Ok(()),
+    }
+}
+
+/// [`confine_thread`] for the start of a thread: logs and ends the process
+/// if the filter cannot be installed.
+pub fn confine_or_exit(kind: ThreadKind) {
+    if let Err(error) = confine_thread(kind) {
+        log::error!(
+            "cannot confine a {kind:?} thread: {}",
+            common::describe(&error)
+        );
+        std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [ThreadKind; 7] = [
+        ThreadKind::Vcpu,
+        ThreadKind::Control,
+        ThreadKind::Qmp,
+        ThreadKind::Console,
+        ThreadKind::Notifications,
+        ThreadKind::Watcher,
+        ThreadKind::Signals,
+    ];
+
+    #[test]
+    fn every_kind_compiles_and_none_may_open_exec_or_trace() {
+        for kind in ALL {
+            assert!(program(kind, Mode::Kill).unwrap().is_some());
+            let allowed = rules(kind);
+            for forbidden in [
+                nix::libc::SYS_execve,
+                nix::libc::SYS_execveat,
+                nix::libc::SYS_fork,
+                nix::libc::SYS_ptrace,
+                nix::libc::SYS_socket,
+                nix::libc::SYS_connect,
+                nix::libc::SYS_setuid,
+                nix::libc::SYS_mount,
+                nix::libc::SYS_kill,
+            ] {
+                assert!(
+                    !allowed.contains_key(&forbidden),
+                    "{kind:?} allows {forbidden}"
+                );
+            }
+        }
+        // Only the threads that face no guest or client may open files.
+        assert!(rules(ThreadKind::Control).contains_key(&nix::libc::SYS_openat));
+        for kind in [ThreadKind::Vcpu, ThreadKind::Qmp, ThreadKind::Console] {
+            assert!(
+                !rules(kind).contains_key(&nix::libc::SYS_openat),
+                "{kind:?}"
+            );
+        }
+        // ioctl requests are filtered by number: KVM's for the threads that
+        // drive KVM, and only TCGETS for the others.
+        assert_eq!(rules(ThreadKind::Vcpu)[&nix::libc::SYS_ioctl].len(), 8);
+        assert_eq!(rules(ThreadKind::Qmp)[&nix::libc::SYS_ioctl].len(), 1);
+    }
+
+    #[test]
+    fn a_call_outside_the_filter_kills_and_one_inside_does_not() {
+        use nix::sys::wait::{waitpid, WaitStatus};
+        let program = program(ThreadKind::Qmp, Mode::Kill).unwrap().unwrap();
+        for (path, expect_killed) in [(c"/etc/hostname", true), (c"", false)] {
+            // SAFETY: the child only installs the prepared filter and makes
+            // raw system calls before it exits; it allocates nothing.
+            match unsafe { nix::unistd::fork() }.unwrap() {
+                nix::unistd::ForkResult::Child => {
+                    if seccompiler::apply_filter(&program).is_err() {
+                        // SAFETY: _exit is always safe in a forked child.
+                        unsafe { nix::libc::_exit(3) };
+                    }
+                    if !path.is_empty() {
+                        // SAFETY: a NUL-terminated path; the result is ignored.
+                        unsafe { nix::libc::open(path.as_ptr(), nix::libc::O_RDONLY) };
+                    }
+                    // SAFETY: _exit is always safe in a forked child.
+                    unsafe { nix::libc::_exit(0) };
+                }
+                nix::unistd::ForkResult::Parent { child } => {
+                    let status = waitpid(child, None).unwrap();
+                    if expect_killed {
+                        assert!(
+                            matches!(
+                                status,
+                                WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGSYS, _)
+                            ),
+                            "{status:?}"
+                        );
+                    } else {
+                        assert_eq!(status, WaitStatus::Exited(child, 0));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn kvm_request_numbers_are_the_kernels() {
+        // From linux/kvm.h, as the kernel computes them on x86_64.
+        let vcpu = kvm_requests(ThreadKind::Vcpu);
+        assert!(vcpu.contains(&0xae80), "KVM_RUN");
+        assert!(vcpu.contains(&0x8090_ae81), "KVM_GET_REGS");
+        assert!(vcpu.contains(&0x4090_ae82), "KVM_SET_REGS");
+        assert!(vcpu.contains(&0x8138_ae83), "KVM_GET_SREGS");
+        assert!(vcpu.contains(&0x4008_ae6a), "KVM_SET_GSI_ROUTING");
+        assert!(vcpu.contains(&0x4004_ae99), "KVM_SET_MP_STATE");
+        let control = kvm_requests(ThreadKind::Control);
+        assert!(control.contains(&0xae41), "KVM_CREATE_VCPU");
+        assert!(control.contains(&0x4008_ae90), "KVM_SET_CPUID2");
+        assert!(control.contains(&0xc008_ae05), "KVM_GET_SUPPORTED_CPUID");
+    }
+}
