@@ -364,7 +364,14 @@ pub fn run(config: &JailConfig) -> Result<(), JailError> {
         namespaces |= CloneFlags::CLONE_NEWUSER;
     }
     let (outer_uid, outer_gid) = (Uid::effective(), Gid::effective());
-    unshare(namespaces).map_err(step("unshare"))?;
+    unshare(namespaces).map_err(|errno| JailError::Step {
+        step: if root {
+            "unshare"
+        } else {
+            "unshare (without root the jail needs unprivileged user namespaces: user.max_user_namespaces > 0, kernel.unprivileged_userns_clone = 1 where it exists)"
+        },
+        source: std::io::Error::from(errno),
+    })?;
     if !root {
         map_ids(config, outer_uid.as_raw(), outer_gid.as_raw())?;
     }

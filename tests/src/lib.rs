@@ -32,7 +32,16 @@ fn profile_dir() -> PathBuf {
 /// Cargo builds only the binaries of the package under test, so the e2e
 /// tests build the workspace's once per test process, with fault injection
 /// (`x-inject-fault`) built in; when nothing changed that is a no-op.
+///
+/// With `PAPERVISOR_BIN_DIR` set, the binaries are taken from there as they
+/// are (built beforehand, e.g. for a run as an unprivileged user who has no
+/// toolchain).
 pub fn binary(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("PAPERVISOR_BIN_DIR") {
+        let path = Path::new(&dir).join(name);
+        assert!(path.exists(), "{} does not exist", path.display());
+        return path;
+    }
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let dir = profile_dir();

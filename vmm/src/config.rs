@@ -43,8 +43,10 @@ pub struct Cli {
     pub jail: String,
     /// Where the VM's runtime directory is made (DIR/vm-<pid>, the jails'
     /// roots inside); directories of VMs that are gone are removed at start.
-    #[arg(long, value_name = "DIR", default_value = "/run/papervisor")]
-    pub jail_dir: PathBuf,
+    /// By default /run/papervisor as root, else $XDG_RUNTIME_DIR/papervisor
+    /// or /tmp/papervisor-<uid>.
+    #[arg(long, value_name = "DIR")]
+    pub jail_dir: Option<PathBuf>,
     /// The uid the device processes run as (not 0); by default the first
     /// free one of 1900000000..1900065536. Refused if another VM or any
     /// process uses it.
@@ -382,10 +384,11 @@ impl VmConfig {
                 GuestImage::File(bytes)
             }
         };
-        if !cli.jail_dir.is_absolute() {
+        let jail_dir = cli.jail_dir.unwrap_or_else(crate::runtime::default_base);
+        if !jail_dir.is_absolute() {
             return Err(ConfigError::Invalid(format!(
                 "--jail-dir {}: must be an absolute path",
-                cli.jail_dir.display()
+                jail_dir.display()
             )));
         }
         Ok(VmConfig {
@@ -397,7 +400,7 @@ impl VmConfig {
             sandbox: crate::devices::Sandbox {
                 jail: cli.jail == "on",
                 seccomp: cli.seccomp,
-                jail_dir: cli.jail_dir,
+                jail_dir,
                 uid: jailer::DEFAULT_ID,
                 gid: jailer::DEFAULT_ID,
             },

@@ -56,13 +56,19 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    // glibc sizes its malloc arenas from the CPU count, read from /sys the
-    // first time a thread needs a new arena: under a thread's seccomp filter
-    // that open would kill the core. A fixed limit means it never reads it.
-    // SAFETY: mallopt only sets an allocator parameter; no thread runs yet.
-    if unsafe { nix::libc::mallopt(nix::libc::M_ARENA_MAX, MALLOC_ARENAS) } != 1 {
-        eprintln!("papervisor: cannot set the malloc arena limit");
-        return ExitCode::from(EXIT_FAILURE);
+    // glibc's malloc opens files lazily: the CPU count (/sys) the first time
+    // a thread needs a new arena, and /proc/sys/vm/overcommit_memory the
+    // first time it shrinks a thread's heap. Under a thread's seccomp filter
+    // either open would kill the core: fixed limits mean it never does.
+    for (parameter, value) in [
+        (nix::libc::M_ARENA_MAX, MALLOC_ARENAS),
+        (nix::libc::M_TRIM_THRESHOLD, i32::MAX),
+    ] {
+        // SAFETY: mallopt only sets an allocator parameter; no thread runs yet.
+        if unsafe { nix::libc::mallopt(parameter, value) } != 1 {
+            eprintln!("papervisor: cannot set malloc parameter {parameter}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
     }
     // Privileges: only the spawner thread keeps some, and only what starting
     // jails needs; this thread (and every thread it starts) drops them all.
@@ -115,12 +121,23 @@ fn claim_runtime(
     }
     let base = config.sandbox.jail_dir.clone();
     let run_dir = runtime::RunDir::create(&base)?;
-    let identity = runtime::Identity::claim(&base, config.uid, config.gid)?;
+    let identity = if nix::unistd::geteuid().is_root() {
+        runtime::Identity::claim(&base, config.uid, config.gid)?
+    } else if config.uid.is_some() || config.gid.is_some() {
+        return Err(runtime::RuntimeError::IdsNeedRoot);
+    } else {
+        runtime::Identity::unprivileged()
+    };
     log::info!(
-        "runtime directory {}; device processes run as uid {} gid {}",
+        "runtime directory {}; device processes run as uid {} gid {}{}",
         run_dir.path().display(),
         identity.uid,
-        identity.gid
+        identity.gid,
+        if nix::unistd::geteuid().is_root() {
+            ""
+        } else {
+            " in their user namespace (this user's ids outside)"
+        }
     );
     config.sandbox.jail_dir = run_dir.jails();
     config.sandbox.uid = identity.uid;

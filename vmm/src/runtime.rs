@@ -29,6 +29,22 @@ pub enum RuntimeError {
     UidInUse(u32),
     #[error("every uid of {}..{} is in use", ID_RANGE.start, ID_RANGE.end)]
     NoFreeUid,
+    #[error("{0} is not a private directory of this user (mode 0700, ours)")]
+    NotPrivate(PathBuf),
+    #[error("--uid and --gid need root: without it, device processes run under this user's uid, in a user namespace")]
+    IdsNeedRoot,
+}
+
+/// Where runtime directories go by default: `/run/papervisor` for root;
+/// otherwise `$XDG_RUNTIME_DIR/papervisor`, or `/tmp/papervisor-<uid>`.
+pub fn default_base() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/run/papervisor");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        Some(dir) if dir.is_absolute() => dir.join("papervisor"),
+        _ => PathBuf::from(format!("/tmp/papervisor-{}", nix::unistd::geteuid())),
+    }
 }
 
 /// This VM's runtime directory, `<base>/vm-<pid>`, removed when dropped.
@@ -37,12 +53,24 @@ pub struct RunDir {
     _lock: Flock<File>,
 }
 
+/// Makes `path` (mode 0700), and checks that it is ours and private: a
+/// directory someone else made in a shared place (/tmp) is refused.
 fn create_private_dir(path: &Path) -> Result<(), RuntimeError> {
+    use std::os::unix::fs::MetadataExt;
     DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(path)
-        .map_err(|error| RuntimeError::Create(path.to_path_buf(), error))
+        .map_err(|error| RuntimeError::Create(path.to_path_buf(), error))?;
+    let metadata = std::fs::symlink_metadata(path)
+        .map_err(|error| RuntimeError::Create(path.to_path_buf(), error))?;
+    if !metadata.is_dir()
+        || metadata.uid() != nix::unistd::geteuid().as_raw()
+        || metadata.mode() & 0o077 != 0
+    {
+        return Err(RuntimeError::NotPrivate(path.to_path_buf()));
+    }
+    Ok(())
 }
 
 /// Takes the lock at `path` without waiting; `None` if someone holds it.
@@ -128,7 +156,7 @@ fn remove_stale(base: &Path) {
 pub struct Identity {
     pub uid: u32,
     pub gid: u32,
-    _lock: Flock<File>,
+    _lock: Option<Flock<File>>,
 }
 
 /// Whether a process on the host runs with `uid` as any of its uids.
@@ -152,6 +180,16 @@ fn uid_used_by_a_process(uid: u32) -> bool {
 }
 
 impl Identity {
+    /// Without root: the jailer maps the only ids it may, this user's, to
+    /// these inside the device processes' user namespace.
+    pub fn unprivileged() -> Identity {
+        Identity {
+            uid: jailer::DEFAULT_ID,
+            gid: jailer::DEFAULT_ID,
+            _lock: None,
+        }
+    }
+
     /// Claims `uid` (and `gid`, the uid when absent), or the first free uid
     /// of [`ID_RANGE`]. A uid another VM holds, or that a process runs as,
     /// is refused.
@@ -172,7 +210,7 @@ impl Identity {
             Ok(Some(Identity {
                 uid,
                 gid: gid.unwrap_or(uid),
-                _lock: lock,
+                _lock: Some(lock),
             }))
         };
         match uid {
