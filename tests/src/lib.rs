@@ -358,18 +358,28 @@ impl Console {
 
     /// Reads until `pattern` appears; returns everything before and including it.
     pub fn read_until(&mut self, pattern: &str, timeout: Duration) -> String {
+        match self.read_until_or_timeout(pattern, timeout) {
+            Some(text) => text,
+            None => panic!(
+                "console: {pattern:?} did not appear within {timeout:?}; got so far:\n{}",
+                self.seen
+            ),
+        }
+    }
+
+    /// As [`Console::read_until`], but `None` when `pattern` did not appear
+    /// within `timeout` (what was read stays for the next read).
+    pub fn read_until_or_timeout(&mut self, pattern: &str, timeout: Duration) -> Option<String> {
         let deadline = Instant::now() + timeout;
         let stream = self.stream.as_mut().expect("console connected");
         loop {
             if let Some(at) = self.seen.find(pattern) {
                 let rest = self.seen.split_off(at + pattern.len());
-                return std::mem::replace(&mut self.seen, rest);
+                return Some(std::mem::replace(&mut self.seen, rest));
             }
-            assert!(
-                Instant::now() < deadline,
-                "console: {pattern:?} did not appear within {timeout:?}; got so far:\n{}",
-                self.seen
-            );
+            if Instant::now() >= deadline {
+                return None;
+            }
             let mut buf = [0u8; 4096];
             match stream.read(&mut buf) {
                 Ok(0) => panic!("console closed; got so far:\n{}", self.seen),

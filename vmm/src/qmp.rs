@@ -9,17 +9,19 @@
 use crate::control::{ControlMessage, QmpError};
 use serde_json::{json, Map, Value};
 use std::io::{Read, Write};
+use std::net::Shutdown;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, Sender, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The largest request accepted.
 pub const MAX_REQUEST: usize = 64 * 1024;
 /// How long a command that needs the machine may wait for it.
-const MACHINE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+const MACHINE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Commands the control loop answers.
 const MACHINE_COMMANDS: &[&str] = &[
     "query-cpus-fast",
@@ -30,22 +32,54 @@ const MACHINE_COMMANDS: &[&str] = &[
     "x-query-event-log",
     "x-query-device-processes",
     "x-inject-fault",
+    "stop",
+    "cont",
 ];
-/// Clients served at once; more are refused with a message.
+/// Clients served at once. When all slots are taken, the oldest client
+/// that never negotiated is dropped to make room; if every client has
+/// negotiated, the new one is refused with a message.
 const MAX_CLIENTS: usize = 16;
+/// Messages (replies and events) waiting for one client at most: a client
+/// that lets more pile up is not reading, and is disconnected.
+const MAX_QUEUED: usize = 1024;
+/// How long a client has to negotiate capabilities.
+const NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one write to a client may block before it is given up.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The pause after a failed accept (e.g. no descriptor left), so that the
+/// accept thread does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// What the QMP server needs from the VM.
 #[derive(Clone)]
 pub struct QmpContext {
     pub control: Sender<ControlMessage>,
+    /// For query-status, answered without the control loop.
+    pub cpus: Arc<crate::vcpu::CpuTable>,
 }
 
-/// Serves QMP clients and sends them events.
+/// One connected client, as the server sees it.
+struct Client {
+    id: u64,
+    /// Replies and events, written in order by the client's writer thread.
+    outgoing: SyncSender<Arc<str>>,
+    /// To disconnect it from another thread.
+    socket: UnixStream,
+    negotiated: bool,
+}
+
+impl Client {
+    fn disconnect(&self) {
+        let _ = self.socket.shutdown(Shutdown::Both);
+    }
+}
+
+/// Serves QMP clients and sends them events. Nothing waits for a client:
+/// each has a bounded queue drained by a writer thread of its own.
 #[derive(Default)]
 pub struct QmpServer {
-    /// Write halves of the clients that finished negotiation.
-    event_sinks: Mutex<Vec<UnixStream>>,
-    clients: Mutex<usize>,
+    clients: Mutex<Vec<Client>>,
+    next_id: AtomicU64,
 }
 
 impl QmpServer {
@@ -62,43 +96,99 @@ impl QmpServer {
         Ok(())
     }
 
+    fn clients(&self) -> MutexGuard<'_, Vec<Client>> {
+        self.clients.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn accept_loop(self: Arc<Self>, listener: UnixListener, context: QmpContext) {
-        for stream in listener.incoming() {
-            let mut stream = match stream {
-                Ok(stream) => stream,
+        loop {
+            let stream = match listener.accept() {
+                Ok((stream, _)) => stream,
                 Err(error) => {
-                    log::warn!("qmp: accept failed: {error}");
+                    log::warn!("qmp: accept failed: {error}; pausing {ACCEPT_BACKOFF:?}");
+                    thread::sleep(ACCEPT_BACKOFF);
                     continue;
                 }
             };
-            {
-                let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-                if *clients >= MAX_CLIENTS {
-                    let _ = write_message(
-                        &mut stream,
-                        &error_reply(None, "GenericError", "too many QMP clients"),
-                    );
-                    continue;
-                }
-                *clients += 1;
-            }
-            let server = Arc::clone(&self);
-            let context = context.clone();
-            let spawned = thread::Builder::new()
-                .name("qmp-client".into())
-                .spawn(move || {
-                    if let Err(error) = server.serve_client(stream, &context) {
-                        log::debug!("qmp: client gone: {error}");
-                    }
-                    *server.clients.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
-                });
-            if let Err(error) = spawned {
-                log::warn!("qmp: cannot start a client thread: {error}");
+            if let Err(error) = self.start_client(stream, &context) {
+                log::warn!("qmp: cannot serve a new client: {error}");
             }
         }
     }
 
-    /// Sends an event to every negotiated client; clients that fail are dropped.
+    fn start_client(
+        self: &Arc<Self>,
+        stream: UnixStream,
+        context: &QmpContext,
+    ) -> std::io::Result<()> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (outgoing, queue) = sync_channel::<Arc<str>>(MAX_QUEUED);
+        {
+            let mut clients = self.clients();
+            if clients.len() >= MAX_CLIENTS {
+                match clients.iter().find(|c| !c.negotiated) {
+                    Some(oldest) => {
+                        log::warn!("qmp: all {MAX_CLIENTS} slots taken; dropping client {} that never negotiated", oldest.id);
+                        oldest.disconnect();
+                        let oldest = oldest.id;
+                        clients.retain(|c| c.id != oldest);
+                    }
+                    None => {
+                        let mut stream = stream;
+                        let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+                        let refusal = error_reply(None, "GenericError", "too many QMP clients");
+                        let _ = stream.write_all(frame(&refusal).as_bytes());
+                        return Ok(());
+                    }
+                }
+            }
+            clients.push(Client {
+                id,
+                outgoing: outgoing.clone(),
+                socket: stream.try_clone()?,
+                negotiated: false,
+            });
+        }
+        let writer = stream.try_clone()?;
+        writer.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        let spawned = thread::Builder::new()
+            .name("qmp-writer".into())
+            .spawn(move || write_loop(writer, queue));
+        if let Err(error) = spawned {
+            self.forget(id);
+            return Err(error);
+        }
+        let server = Arc::clone(self);
+        let context = context.clone();
+        let spawned = thread::Builder::new()
+            .name("qmp-client".into())
+            .spawn(move || {
+                if let Err(error) = server.serve_client(id, &stream, &outgoing, &context) {
+                    log::debug!("qmp: client {id} gone: {error}");
+                }
+                let _ = stream.shutdown(Shutdown::Both);
+                server.forget(id);
+            });
+        if let Err(error) = spawned {
+            self.forget(id);
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Removes a client: its queue's last sender goes, so its writer ends,
+    /// and with it the last descriptor of its socket.
+    fn forget(&self, id: u64) {
+        self.clients().retain(|c| {
+            if c.id == id {
+                c.disconnect();
+            }
+            c.id != id
+        });
+    }
+
+    /// Queues an event for every negotiated client. A client whose queue is
+    /// full is not reading: it is disconnected, and nobody waits for it.
     pub fn emit(&self, event: &str, data: Value) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -108,20 +198,61 @@ impl QmpServer {
             "data": data,
             "timestamp": {"seconds": now.as_secs(), "microseconds": now.subsec_micros()},
         });
-        let mut sinks = self.event_sinks.lock().unwrap_or_else(|p| p.into_inner());
-        sinks.retain_mut(|sink| write_message(sink, &message).is_ok());
+        let text: Arc<str> = frame(&message).into();
+        self.clients().retain(|client| {
+            if !client.negotiated {
+                return true;
+            }
+            match client.outgoing.try_send(Arc::clone(&text)) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    log::warn!(
+                        "qmp: client {} does not read ({MAX_QUEUED} messages wait): disconnecting it",
+                        client.id
+                    );
+                    client.disconnect();
+                    false
+                }
+                Err(TrySendError::Disconnected(_)) => false,
+            }
+        });
     }
 
-    fn serve_client(&self, mut stream: UnixStream, context: &QmpContext) -> std::io::Result<()> {
-        write_message(&mut stream, &greeting())?;
+    fn serve_client(
+        &self,
+        id: u64,
+        stream: &UnixStream,
+        outgoing: &SyncSender<Arc<str>>,
+        context: &QmpContext,
+    ) -> std::io::Result<()> {
+        let send = |message: &Value| {
+            outgoing
+                .try_send(frame(message).into())
+                .map_err(|_| std::io::Error::other("the client does not read its replies"))
+        };
+        send(&greeting())?;
+        stream.set_read_timeout(Some(NEGOTIATION_TIMEOUT))?;
         let mut session = Session {
             negotiated: false,
             context,
         };
         let mut splitter = JsonSplitter::default();
         let mut buf = [0u8; 4096];
+        let mut reader = stream;
         loop {
-            let n = stream.read(&mut buf)?;
+            let n = match reader.read(&mut buf) {
+                Ok(n) => n,
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    log::info!("qmp: client {id} did not negotiate within {NEGOTIATION_TIMEOUT:?}: disconnecting it");
+                    return Ok(());
+                }
+                Err(error) => return Err(error),
+            };
             if n == 0 {
                 return Ok(());
             }
@@ -130,14 +261,13 @@ impl QmpServer {
                     Ok(text) => session.handle(&text),
                     Err(too_long) => (error_reply(None, "GenericError", &too_long), None),
                 };
-                write_message(&mut stream, &reply)?;
+                send(&reply)?;
                 match after {
                     Some(After::Negotiated) => {
-                        let sink = stream.try_clone()?;
-                        self.event_sinks
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push(sink);
+                        reader.set_read_timeout(None)?;
+                        if let Some(client) = self.clients().iter_mut().find(|c| c.id == id) {
+                            client.negotiated = true;
+                        }
                     }
                     Some(After::Send(message)) => {
                         let _ = context.control.send(message);
@@ -149,10 +279,22 @@ impl QmpServer {
     }
 }
 
-fn write_message(stream: &mut UnixStream, message: &Value) -> std::io::Result<()> {
+/// Writes a client's messages in order until its queue closes or a write
+/// fails (or blocks longer than [`WRITE_TIMEOUT`]).
+fn write_loop(mut stream: UnixStream, queue: Receiver<Arc<str>>) {
+    for text in queue {
+        if stream.write_all(text.as_bytes()).is_err() {
+            let _ = stream.shutdown(Shutdown::Both);
+            return;
+        }
+    }
+}
+
+/// A message as it goes on the wire.
+fn frame(message: &Value) -> String {
     let mut text = message.to_string();
     text.push_str("\r\n");
-    stream.write_all(text.as_bytes())
+    text
 }
 
 fn greeting() -> Value {
@@ -270,8 +412,10 @@ impl Session<'_> {
             }
             "query-status" => {
                 no_arguments()?;
+                let paused = self.context.cpus.is_paused();
+                let status = if paused { "paused" } else { "running" };
                 Ok((
-                    json!({"status": "running", "singlestep": false, "running": true}),
+                    json!({"status": status, "singlestep": false, "running": !paused}),
                     None,
                 ))
             }
@@ -436,7 +580,10 @@ mod tests {
     #[test]
     fn machine_commands_go_to_the_control_loop_and_time_out_cleanly() {
         let (sender, receiver) = channel();
-        let context = QmpContext { control: sender };
+        let context = QmpContext {
+            control: sender,
+            cpus: Arc::new(crate::vcpu::CpuTable::new(1)),
+        };
         let answering = thread::spawn(move || {
             let Ok(ControlMessage::Qmp { command, reply, .. }) = receiver.recv() else {
                 panic!("no command");
@@ -455,7 +602,10 @@ mod tests {
 
     fn session_replies(lines: &[&str]) -> (Vec<Value>, Vec<ControlMessage>) {
         let (sender, receiver) = channel();
-        let context = QmpContext { control: sender };
+        let context = QmpContext {
+            control: sender,
+            cpus: Arc::new(crate::vcpu::CpuTable::new(1)),
+        };
         let mut session = Session {
             negotiated: false,
             context: &context,

@@ -199,7 +199,8 @@ fn extra_calls(kind: ThreadKind) -> Vec<i64> {
         ThreadKind::Qmp => [
             SOCKETS,
             STARTS_THREADS,
-            &[SYS_accept4, SYS_accept, SYS_shutdown],
+            // Read and write time-outs of the clients' sockets.
+            &[SYS_accept4, SYS_accept, SYS_shutdown, SYS_setsockopt],
         ]
         .concat(),
         ThreadKind::Console => [

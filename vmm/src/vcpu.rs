@@ -62,6 +62,8 @@ pub struct VcpuControl {
     thread_id: AtomicI32,
     /// Its core is plugged. A vCPU that is not present never starts.
     present: AtomicBool,
+    /// The thread holds at the pause gate (QMP `stop`).
+    holding: AtomicBool,
 }
 
 impl VcpuControl {
@@ -69,6 +71,7 @@ impl VcpuControl {
         VcpuControl {
             state: Mutex::new((RunState::Parked, None)),
             changed: Condvar::new(),
+            holding: AtomicBool::new(false),
             park_requested: AtomicBool::new(false),
             thread_id: AtomicI32::new(0),
             present: AtomicBool::new(false),
@@ -86,6 +89,9 @@ impl VcpuControl {
 /// Every vCPU's shared state, indexed by vCPU id.
 pub struct CpuTable {
     vcpus: Vec<VcpuControl>,
+    /// QMP `stop`: every vCPU holds before its next KVM_RUN until `cont`.
+    paused: Mutex<bool>,
+    resumed: Condvar,
 }
 
 /// One vCPU as QMP reports it.
@@ -98,7 +104,20 @@ impl CpuTable {
     pub fn new(count: u32) -> CpuTable {
         CpuTable {
             vcpus: (0..count).map(|_| VcpuControl::new()).collect(),
+            paused: Mutex::new(false),
+            resumed: Condvar::new(),
         }
+    }
+
+    /// Pauses (`true`) or resumes the guest. Pausing returns at once; each
+    /// vCPU holds at its next exit ([`VcpuHandle::wait_paused`]).
+    pub fn set_paused(&self, paused: bool) {
+        *lock(&self.paused) = paused;
+        self.resumed.notify_all();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        *lock(&self.paused)
     }
 
     pub fn set_present(&self, id: u32, present: bool) {
@@ -216,6 +235,29 @@ impl VcpuHandle {
     }
 }
 
+impl VcpuHandle {
+    /// After [`CpuTable::set_paused`]: kicks the vCPU out of KVM_RUN and
+    /// waits until it holds (or is not running at all).
+    pub fn wait_paused(&self) {
+        let control = self.control();
+        loop {
+            let state = lock(&control.state);
+            if state.0 != RunState::Running || control.holding.load(Ordering::SeqCst) {
+                return;
+            }
+            if let Some(thread) = &self.thread {
+                if let Err(error) = thread.kill(kick_signal()) {
+                    log::warn!("vcpu{}: cannot signal its thread: {error}", self.id);
+                }
+            }
+            let _ = control
+                .changed
+                .wait_timeout(state, Duration::from_millis(5))
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+}
+
 impl Drop for VcpuHandle {
     fn drop(&mut self) {
         self.park();
@@ -309,8 +351,33 @@ impl Vcpu {
             .send(ControlMessage::GuestCrashed(reason));
     }
 
+    /// Holds while the guest is paused (QMP `stop`), unless the core wants
+    /// the vCPU parked.
+    fn hold_while_paused(&self) {
+        let control = self.control();
+        let table = &self.context.cpus;
+        let mut paused = lock(&table.paused);
+        if !*paused {
+            return;
+        }
+        control.holding.store(true, Ordering::SeqCst);
+        {
+            let _state = lock(&control.state);
+            control.changed.notify_all();
+        }
+        while *paused && !control.park_requested.load(Ordering::SeqCst) {
+            paused = table
+                .resumed
+                .wait_timeout(paused, Duration::from_millis(5))
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+        control.holding.store(false, Ordering::SeqCst);
+    }
+
     fn run_guest(&mut self) {
         loop {
+            self.hold_while_paused();
             if self.control().park_requested.load(Ordering::SeqCst) {
                 return;
             }

@@ -217,6 +217,7 @@ impl Vm {
     pub fn qmp_context(&self) -> QmpContext {
         QmpContext {
             control: self.control.clone(),
+            cpus: Arc::clone(&self.cpus),
         }
     }
 
@@ -544,17 +545,37 @@ impl Vm {
         match command {
             "device_add" => self.device_add(arguments),
             "device_del" => self.device_del(arguments),
-            "query-hotpluggable-cpus" => Ok(self.query_hotpluggable_cpus()),
-            "query-cpus-fast" => Ok(self.query_cpus_fast()),
-            "x-query-drcs" => self.query_drcs(),
-            "x-query-event-log" => self.query_event_log(),
-            "x-query-device-processes" => Ok(self.devices.info()),
+            "query-hotpluggable-cpus" => {
+                no_arguments(arguments).map(|()| self.query_hotpluggable_cpus())
+            }
+            "query-cpus-fast" => no_arguments(arguments).map(|()| self.query_cpus_fast()),
+            "x-query-drcs" => no_arguments(arguments).and_then(|()| self.query_drcs()),
+            "x-query-event-log" => no_arguments(arguments).and_then(|()| self.query_event_log()),
+            "x-query-device-processes" => no_arguments(arguments).map(|()| self.devices.info()),
             "x-inject-fault" => self.inject_fault(arguments),
+            "stop" => no_arguments(arguments).map(|()| self.pause(true)),
+            "cont" => no_arguments(arguments).map(|()| self.pause(false)),
             other => Err(QmpError {
                 class: "CommandNotFound",
                 desc: format!("The command {other} has not been found"),
             }),
         }
+    }
+
+    /// QMP `stop` (`true`) and `cont`: every vCPU holds before its next
+    /// KVM_RUN, or goes on; `STOP`/`RESUME` when the state changes.
+    fn pause(&mut self, pause: bool) -> Value {
+        if self.cpus.is_paused() != pause {
+            self.cpus.set_paused(pause);
+            if pause {
+                for vcpu in self.vcpus.iter().flatten() {
+                    vcpu.wait_paused();
+                }
+            }
+            self.qmp
+                .emit(if pause { "STOP" } else { "RESUME" }, json!({}));
+        }
+        json!({})
     }
 
     fn device_add(&mut self, arguments: &Map<String, Value>) -> Result<Value, QmpError> {
@@ -723,6 +744,14 @@ impl Vm {
 
     #[cfg(feature = "fault-injection")]
     fn inject_fault(&mut self, arguments: &Map<String, Value>) -> Result<Value, QmpError> {
+        if let Some(key) = arguments
+            .keys()
+            .find(|k| !matches!(k.as_str(), "process" | "fault"))
+        {
+            return Err(QmpError::generic(format!(
+                "Parameter '{key}' is unexpected"
+            )));
+        }
         let process = arguments
             .get("process")
             .and_then(Value::as_str)
@@ -788,6 +817,16 @@ impl Vm {
                 "the event log did not list its queue: {failure}"
             ))),
         }
+    }
+}
+
+/// Refuses any argument (QMP commands without parameters).
+fn no_arguments(arguments: &Map<String, Value>) -> Result<(), QmpError> {
+    match arguments.keys().next() {
+        Some(key) => Err(QmpError::generic(format!(
+            "Parameter '{key}' is unexpected"
+        ))),
+        None => Ok(()),
     }
 }
 

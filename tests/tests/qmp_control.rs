@@ -1,0 +1,187 @@
+//! The QMP control plane holds against clients that misbehave: one that
+//! stops reading, many that never negotiate, endless connect/close cycles.
+//! And `stop`/`cont` pause the guest. The other clients here are the PyPI
+//! `qemu.qmp` client (tests/qmp/drive.py) and a raw Rust client.
+
+use papervisor_tests::{kvm_usable, QmpClient, Vm};
+use serde_json::json;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+/// A client that negotiates, then never reads again.
+fn stalled_client(vm: &Vm) -> UnixStream {
+    let mut stream = UnixStream::connect(vm.qmp_socket()).unwrap();
+    stream
+        .write_all(b"{\"execute\": \"qmp_capabilities\"}\n")
+        .unwrap();
+    stream
+}
+
+fn descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn a_client_that_reads_nothing_delays_nobody_and_is_disconnected() {
+    if !kvm_usable("a_client_that_reads_nothing_delays_nobody_and_is_disconnected") {
+        return;
+    }
+    let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=2"]);
+    vm.boot();
+    let mut stalled = stalled_client(&vm);
+    std::thread::sleep(Duration::from_millis(200));
+    // 10 000 events (STOP, RESUME) that the stalled client never reads.
+    let mut driver = QmpClient::connect(&vm.qmp_socket());
+    for _ in 0..5_000 {
+        assert_eq!(driver.execute("stop", json!({})), json!({"return": {}}));
+        assert_eq!(driver.execute("cont", json!({})), json!({"return": {}}));
+    }
+    // Meanwhile and after, another client is answered, and hotplug works.
+    let started = Instant::now();
+    let replies = vm.qmp(&[
+        "query-status",
+        r#"device_add={"driver": "host-spapr-cpu-core", "core-id": 1, "id": "c1"}"#,
+    ]);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "QMP was held up"
+    );
+    assert_eq!(replies[0]["return"]["status"], "running");
+    assert_eq!(replies[1], json!({"return": {}}));
+    vm.console
+        .expect_async("dlpar: cpu add 0x10000001: ok", Duration::from_secs(60));
+    let replies = vm.qmp(&[r#"device_del={"id": "c1"}"#, "wait-event:DEVICE_DELETED"]);
+    assert_eq!(replies[0], json!({"return": {}}));
+    assert_eq!(replies[1]["data"]["device"], "c1");
+    // The stalled client was cut off: what it can still read ends.
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut sink = Vec::new();
+    let read = stalled.read_to_end(&mut sink);
+    assert!(
+        read.is_ok(),
+        "the stalled client was never disconnected: {read:?}"
+    );
+    assert!(sink.len() < 10_000 * 60, "it got {} bytes", sink.len());
+}
+
+#[test]
+fn connect_close_cycles_leave_no_descriptor_behind() {
+    if !kvm_usable("connect_close_cycles_leave_no_descriptor_behind") {
+        return;
+    }
+    let mut vm = Vm::start(&[]);
+    vm.boot();
+    // One client first, so that everything lazily opened is open.
+    let _ = vm.qmp(&["query-status"]);
+    let before = descriptors(vm.pid());
+    for _ in 0..500 {
+        let mut stream = UnixStream::connect(vm.qmp_socket()).unwrap();
+        let mut greeting = [0u8; 64];
+        let _ = stream.read(&mut greeting).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while descriptors(vm.pid()) != before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(descriptors(vm.pid()), before);
+    assert_eq!(vm.qmp(&["query-status"])[0]["return"]["status"], "running");
+}
+
+#[test]
+fn clients_that_never_negotiate_do_not_lock_out_a_real_one() {
+    if !kvm_usable("clients_that_never_negotiate_do_not_lock_out_a_real_one") {
+        return;
+    }
+    let mut vm = Vm::start(&[]);
+    vm.boot();
+    let silent: Vec<UnixStream> = (0..32)
+        .map(|_| UnixStream::connect(vm.qmp_socket()).unwrap())
+        .collect();
+    let started = Instant::now();
+    let replies = vm.qmp(&["query-status"]);
+    assert_eq!(replies[0]["return"]["status"], "running");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a real client waited {:?}",
+        started.elapsed()
+    );
+    drop(silent);
+}
+
+#[test]
+fn stop_pauses_the_guest_and_cont_resumes_it() {
+    if !kvm_usable("stop_pauses_the_guest_and_cont_resumes_it") {
+        return;
+    }
+    let mut vm = Vm::start(&["--smp", "cpus=2"]);
+    vm.boot();
+    let replies = vm.qmp(&["stop", "wait-event:STOP", "query-status"]);
+    assert_eq!(replies[0], json!({"return": {}}));
+    assert_eq!(
+        replies[2]["return"],
+        json!({"status": "paused", "running": false, "singlestep": false})
+    );
+    // Paused: the guest does not answer its console.
+    vm.console.send_line("cpus");
+    let early = vm
+        .console
+        .read_until_or_timeout("cpu 1 online", Duration::from_secs(2));
+    assert!(early.is_none(), "the guest ran while paused: {early:?}");
+    let replies = vm.qmp(&["cont", "wait-event:RESUME", "query-status"]);
+    assert_eq!(replies[0], json!({"return": {}}));
+    assert_eq!(replies[2]["return"]["status"], "running");
+    vm.console
+        .read_until("cpu 1 online", Duration::from_secs(30));
+    // Twice is not an error, and changes nothing.
+    let replies = vm.qmp(&["cont", "events-for:0.5"]);
+    assert_eq!(replies[0], json!({"return": {}}));
+    assert_eq!(replies[1], json!({"events": []}));
+}
+
+#[test]
+fn every_command_refuses_an_unknown_argument() {
+    if !kvm_usable("every_command_refuses_an_unknown_argument") {
+        return;
+    }
+    let mut vm = Vm::start(&[]);
+    vm.boot();
+    for command in [
+        "query-status",
+        "query-cpus-fast",
+        "query-hotpluggable-cpus",
+        "x-query-drcs",
+        "x-query-event-log",
+        "x-query-device-processes",
+        "stop",
+        "cont",
+        "system_reset",
+        "quit",
+    ] {
+        let replies = vm.qmp(&[&format!(r#"{command}={{"bogus": 1}}"#)]);
+        assert_eq!(
+            replies[0]["error"]["class"], "GenericError",
+            "{command}: {}",
+            replies[0]
+        );
+        assert!(
+            replies[0]["error"]["desc"]
+                .as_str()
+                .unwrap()
+                .contains("bogus"),
+            "{command}: {}",
+            replies[0]
+        );
+    }
+    let replies =
+        vm.qmp(&[r#"x-inject-fault={"process": "event-log", "fault": "hang", "bogus": 1}"#]);
+    assert!(replies[0]["error"]["desc"]
+        .as_str()
+        .unwrap()
+        .contains("bogus"));
+    assert_eq!(vm.qmp(&["query-status"])[0]["return"]["status"], "running");
+}
