@@ -151,7 +151,12 @@ impl Vm {
 
     /// Starts the core binary `program` as [`Vm::start`] does.
     pub fn start_program(program: &Path, args: &[&str]) -> Vm {
-        let dir = scratch_dir();
+        Vm::start_in(program, scratch_dir(), args)
+    }
+
+    /// Starts `program` with its console and QMP sockets in `dir`
+    /// (`console.sock`, `qmp.sock`).
+    pub fn start_in(program: &Path, dir: PathBuf, args: &[&str]) -> Vm {
         let socket = dir.join("console.sock");
         let child = Command::new(program)
             .args(args)

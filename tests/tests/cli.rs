@@ -63,12 +63,30 @@ fn a_guest_that_is_not_an_x86_64_elf_is_refused() {
 }
 
 #[test]
-fn an_existing_socket_path_is_refused() {
+fn an_existing_socket_path_is_refused_unless_it_is_a_stale_socket() {
     let dir = scratch_dir();
     let taken = dir.join("taken");
     std::fs::write(&taken, "").unwrap();
     let message = refused(&["--console", taken.to_str().unwrap()]);
     assert!(message.contains("already exists"), "{message}");
+    // A socket that something serves is refused...
+    let live = dir.join("live.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&live).unwrap();
+    let message = refused(&["--console", live.to_str().unwrap()]);
+    assert!(message.contains("serves this socket"), "{message}");
+    drop(listener);
+    // ...ones left behind by a process that is gone are replaced.
+    let vm_dir = scratch_dir();
+    for name in ["console.sock", "qmp.sock"] {
+        drop(std::os::unix::net::UnixListener::bind(vm_dir.join(name)).unwrap());
+    }
+    if papervisor_tests::kvm_usable(
+        "an_existing_socket_path_is_refused_unless_it_is_a_stale_socket",
+    ) {
+        let mut vm = papervisor_tests::Vm::start_in(&binary("papervisor"), vm_dir, &[]);
+        vm.boot();
+        assert_eq!(vm.qmp(&["query-status"])[0]["return"]["status"], "running");
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }
 

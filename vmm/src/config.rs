@@ -55,6 +55,21 @@ pub struct Cli {
     /// The gid the device processes run as (not 0); by default the uid.
     #[arg(long, value_parser = parse_id)]
     pub gid: Option<u32>,
+    /// The VM's name, for QMP query-name and the logs (at most 128
+    /// printable characters).
+    #[arg(long, value_parser = parse_name)]
+    pub name: Option<String>,
+}
+
+/// A VM name: short and printable, as it goes into QMP and logs.
+fn parse_name(text: &str) -> Result<String, String> {
+    if text.is_empty()
+        || text.len() > 128
+        || !text.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+    {
+        return Err("a name is 1 to 128 printable ASCII characters".into());
+    }
+    Ok(text.to_string())
 }
 
 /// An unprivileged id: not root, not -1.
@@ -297,6 +312,8 @@ pub struct VmConfig {
     /// How device processes are confined (the jail directory and ids are
     /// settled at start, see `runtime`).
     pub sandbox: crate::devices::Sandbox,
+    /// `--name`.
+    pub name: Option<String>,
     /// The uid and gid asked for on the command line.
     pub uid: Option<u32>,
     pub gid: Option<u32>,
@@ -331,13 +348,29 @@ pub fn check_guest_elf(bytes: &[u8]) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// A socket path we will create: its directory must exist and the path must be free.
+/// A socket path we will create: its directory must exist and the path must
+/// be free. A socket nobody listens on (left by a VM that died) is removed;
+/// one that is served is refused, and so is anything else that is there.
 fn check_socket_path(option: &str, path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::FileTypeExt;
     let shown = path.display();
-    if path.exists() {
-        return Err(ConfigError::Invalid(format!(
-            "{option} {shown}: the path already exists"
-        )));
+    if let Ok(metadata) = std::fs::symlink_metadata(path) {
+        if !metadata.file_type().is_socket() {
+            return Err(ConfigError::Invalid(format!(
+                "{option} {shown}: the path already exists and is not a socket"
+            )));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ConfigError::Invalid(format!(
+                "{option} {shown}: a running process serves this socket"
+            )));
+        }
+        std::fs::remove_file(path).map_err(|error| {
+            ConfigError::Invalid(format!(
+                "{option} {shown}: cannot remove the stale socket: {error}"
+            ))
+        })?;
+        log::info!("{option} {shown}: removed a stale socket nobody served");
     }
     let parent = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
@@ -404,6 +437,7 @@ impl VmConfig {
                 uid: jailer::DEFAULT_ID,
                 gid: jailer::DEFAULT_ID,
             },
+            name: cli.name,
             uid: cli.uid,
             gid: cli.gid,
         })

@@ -54,7 +54,7 @@ pub enum ControlMessage {
     RestartDevice(ipc_proto::ProcessKind),
     /// A QMP command that needs the machine.
     Qmp {
-        command: String,
+        command: crate::qmp::schema::Command,
         arguments: Map<String, Value>,
         reply: Sender<Result<Value, QmpError>>,
     },

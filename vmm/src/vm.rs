@@ -13,6 +13,7 @@ use crate::fdt::{self, FdtError, MachineDescription};
 use crate::interrupts::{InterruptError, InterruptRouter};
 use crate::layout::{MemoryLayout, FDT_MAX_SIZE, FDT_START, GUEST_IMAGE_START, KVM_TSS_ADDRESS};
 use crate::memory::{GuestRam, MemoryError};
+use crate::qmp::schema::Command;
 use crate::qmp::{QmpContext, QmpServer};
 use crate::vcpu::{CpuTable, StartPoint, VcpuContext, VcpuHandle};
 use ipc_proto::link::core_eventlog;
@@ -98,6 +99,7 @@ pub struct Vm {
     ram: GuestRam,
     layout: MemoryLayout,
     smp: SmpConfig,
+    name: Option<String>,
     guest_image: Vec<u8>,
     vm_fd: Arc<VmFd>,
     kvm: Kvm,
@@ -188,6 +190,7 @@ impl Vm {
             ram,
             layout,
             smp: config.smp,
+            name: config.name.clone(),
             guest_image,
             vm_fd,
             kvm,
@@ -218,6 +221,7 @@ impl Vm {
         QmpContext {
             control: self.control.clone(),
             cpus: Arc::clone(&self.cpus),
+            name: self.name.clone(),
         }
     }
 
@@ -367,7 +371,7 @@ impl Vm {
                     arguments,
                     reply,
                 } => {
-                    let answer = self.qmp_command(&command, &arguments);
+                    let answer = self.qmp_command(command, &arguments);
                     let _ = reply.send(answer);
                 }
             }
@@ -508,7 +512,7 @@ impl Vm {
                 log::warn!("Device hotunplug rejected by the guest for device {device}");
                 self.qmp.emit(
                     "DEVICE_UNPLUG_GUEST_ERROR",
-                    json!({"device": id, "path": device}),
+                    device_event(id.as_deref(), &device),
                 );
             }
         }
@@ -533,32 +537,32 @@ impl Vm {
         log::info!("core {core} ({}) unplugged", device.path);
         self.qmp.emit(
             "DEVICE_DELETED",
-            json!({"device": device.id, "path": device.path}),
+            device_event(device.id.as_deref(), &device.path),
         );
     }
 
+    /// A command that needs the machine; its arguments were checked
+    /// against its definition (`qmp::schema`).
     fn qmp_command(
         &mut self,
-        command: &str,
+        command: Command,
         arguments: &Map<String, Value>,
     ) -> Result<Value, QmpError> {
         match command {
-            "device_add" => self.device_add(arguments),
-            "device_del" => self.device_del(arguments),
-            "query-hotpluggable-cpus" => {
-                no_arguments(arguments).map(|()| self.query_hotpluggable_cpus())
-            }
-            "query-cpus-fast" => no_arguments(arguments).map(|()| self.query_cpus_fast()),
-            "x-query-drcs" => no_arguments(arguments).and_then(|()| self.query_drcs()),
-            "x-query-event-log" => no_arguments(arguments).and_then(|()| self.query_event_log()),
-            "x-query-device-processes" => no_arguments(arguments).map(|()| self.devices.info()),
-            "x-inject-fault" => self.inject_fault(arguments),
-            "stop" => no_arguments(arguments).map(|()| self.pause(true)),
-            "cont" => no_arguments(arguments).map(|()| self.pause(false)),
-            other => Err(QmpError {
-                class: "CommandNotFound",
-                desc: format!("The command {other} has not been found"),
-            }),
+            Command::DeviceAdd => self.device_add(arguments),
+            Command::DeviceDel => self.device_del(arguments),
+            Command::QueryHotpluggableCpus => Ok(self.query_hotpluggable_cpus()),
+            Command::QueryCpusFast => Ok(self.query_cpus_fast()),
+            Command::XQueryDrcs => self.query_drcs(),
+            Command::XQueryEventLog => self.query_event_log(),
+            Command::XQueryDeviceProcesses => Ok(self.devices.info()),
+            Command::XInjectFault => self.inject_fault(arguments),
+            Command::Stop => Ok(self.pause(true)),
+            Command::Cont => Ok(self.pause(false)),
+            other => Err(QmpError::generic(format!(
+                "{} is answered by the QMP server, not the machine",
+                other.name()
+            ))),
         }
     }
 
@@ -637,11 +641,6 @@ impl Vm {
             Some(_) => return Err(QmpError::generic("Parameter 'id' expects a string")),
             None => return Err(QmpError::generic("Parameter 'id' is missing")),
         };
-        if let Some(key) = arguments.keys().find(|k| k.as_str() != "id") {
-            return Err(QmpError::generic(format!(
-                "Parameter '{key}' is unexpected"
-            )));
-        }
         let core = self.cores.prepare_unplug(&name).map_err(|e| QmpError {
             class: e.class,
             desc: e.desc,
@@ -744,14 +743,6 @@ impl Vm {
 
     #[cfg(feature = "fault-injection")]
     fn inject_fault(&mut self, arguments: &Map<String, Value>) -> Result<Value, QmpError> {
-        if let Some(key) = arguments
-            .keys()
-            .find(|k| !matches!(k.as_str(), "process" | "fault"))
-        {
-            return Err(QmpError::generic(format!(
-                "Parameter '{key}' is unexpected"
-            )));
-        }
         let process = arguments
             .get("process")
             .and_then(Value::as_str)
@@ -820,13 +811,12 @@ impl Vm {
     }
 }
 
-/// Refuses any argument (QMP commands without parameters).
-fn no_arguments(arguments: &Map<String, Value>) -> Result<(), QmpError> {
-    match arguments.keys().next() {
-        Some(key) => Err(QmpError::generic(format!(
-            "Parameter '{key}' is unexpected"
-        ))),
-        None => Ok(()),
+/// The data of DEVICE_DELETED and DEVICE_UNPLUG_GUEST_ERROR: `device` only
+/// when the device has an id, as QEMU's schema says.
+fn device_event(id: Option<&str>, path: &str) -> Value {
+    match id {
+        Some(id) => json!({"device": id, "path": path}),
+        None => json!({"path": path}),
     }
 }
 
@@ -859,6 +849,18 @@ mod tests {
             offending.is_empty(),
             "SSE/AVX in the guest:\n{}",
             offending.join("\n")
+        );
+    }
+
+    #[test]
+    fn device_events_name_the_device_only_when_it_has_an_id() {
+        assert_eq!(
+            device_event(Some("c1"), "/machine/peripheral/c1"),
+            json!({"device": "c1", "path": "/machine/peripheral/c1"})
+        );
+        assert_eq!(
+            device_event(None, "/machine/peripheral-anon/device[0]"),
+            json!({"path": "/machine/peripheral-anon/device[0]"})
         );
     }
 

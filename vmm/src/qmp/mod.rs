@@ -6,7 +6,10 @@
 //! ([`JsonSplitter`]) before parsing, so no client can make the core buffer
 //! more than [`MAX_REQUEST`] bytes, and every bad request gets an error reply.
 
+pub mod schema;
+
 use crate::control::{ControlMessage, QmpError};
+use schema::Command;
 use serde_json::{json, Map, Value};
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -22,19 +25,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const MAX_REQUEST: usize = 64 * 1024;
 /// How long a command that needs the machine may wait for it.
 const MACHINE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Commands the control loop answers.
-const MACHINE_COMMANDS: &[&str] = &[
-    "query-cpus-fast",
-    "device_add",
-    "device_del",
-    "query-hotpluggable-cpus",
-    "x-query-drcs",
-    "x-query-event-log",
-    "x-query-device-processes",
-    "x-inject-fault",
-    "stop",
-    "cont",
-];
 /// Clients served at once. When all slots are taken, the oldest client
 /// that never negotiated is dropped to make room; if every client has
 /// negotiated, the new one is refused with a message.
@@ -56,6 +46,8 @@ pub struct QmpContext {
     pub control: Sender<ControlMessage>,
     /// For query-status, answered without the control loop.
     pub cpus: Arc<crate::vcpu::CpuTable>,
+    /// `--name`, for query-name.
+    pub name: Option<String>,
 }
 
 /// One connected client, as the server sees it.
@@ -297,14 +289,21 @@ fn frame(message: &Value) -> String {
     text
 }
 
+/// What the greeting and query-version say: the QEMU version whose QMP
+/// commands Papervisor follows, and what it is.
+fn version() -> Value {
+    json!({
+        "qemu": {"major": 9, "minor": 0, "micro": 0},
+        "package": concat!(
+            "papervisor ",
+            env!("CARGO_PKG_VERSION"),
+            " (a multi-process PAPR VMM; QEMU's QMP, the commands of query-commands)"
+        ),
+    })
+}
+
 fn greeting() -> Value {
-    json!({"QMP": {
-        "version": {
-            "qemu": {"major": 9, "minor": 0, "micro": 0},
-            "package": concat!("papervisor ", env!("CARGO_PKG_VERSION")),
-        },
-        "capabilities": [],
-    }})
+    json!({"QMP": {"version": version(), "capabilities": []}})
 }
 
 fn error_reply(id: Option<&Value>, class: &str, desc: &str) -> Value {
@@ -365,8 +364,8 @@ impl Session<'_> {
                 return Err(generic(format!("QMP input member '{key}' is unexpected")));
             }
         }
-        let command = match request.get("execute") {
-            Some(Value::String(command)) => command.as_str(),
+        let name = match request.get("execute") {
+            Some(Value::String(name)) => name.as_str(),
             Some(_) => {
                 return Err(generic(
                     "QMP input member 'execute' must be a string".into(),
@@ -384,18 +383,24 @@ impl Session<'_> {
                 ))
             }
         };
-        if !self.negotiated && command != "qmp_capabilities" {
+        let Some(command) = Command::from_name(name) else {
+            return Err((
+                "CommandNotFound",
+                format!("The command {name} has not been found"),
+            ));
+        };
+        if !self.negotiated && command != Command::QmpCapabilities {
             return Err((
                 "CommandNotFound",
                 "Expecting capabilities negotiation with 'qmp_capabilities'".into(),
             ));
         }
-        let no_arguments = || match arguments.keys().next() {
-            Some(key) => Err(generic(format!("Parameter '{key}' is unexpected"))),
-            None => Ok(()),
-        };
+        command
+            .check(arguments)
+            .map_err(|error| (error.class, error.desc))?;
+        let done = |value: Value| Ok((value, None));
         match command {
-            "qmp_capabilities" => {
+            Command::QmpCapabilities => {
                 if self.negotiated {
                     return Err((
                         "CommandNotFound",
@@ -410,39 +415,33 @@ impl Session<'_> {
                 self.negotiated = true;
                 Ok((json!({}), Some(After::Negotiated)))
             }
-            "query-status" => {
-                no_arguments()?;
+            Command::QueryStatus => {
                 let paused = self.context.cpus.is_paused();
                 let status = if paused { "paused" } else { "running" };
-                Ok((
-                    json!({"status": status, "singlestep": false, "running": !paused}),
-                    None,
-                ))
+                done(json!({"status": status, "singlestep": false, "running": !paused}))
             }
-            "system_reset" => {
-                no_arguments()?;
-                Ok((
-                    json!({}),
-                    Some(After::Send(ControlMessage::Reset { by_guest: false })),
-                ))
-            }
-            "quit" => {
-                no_arguments()?;
-                Ok((json!({}), Some(After::Send(ControlMessage::Quit))))
-            }
-            machine if MACHINE_COMMANDS.contains(&machine) => self.ask_machine(machine, arguments),
-            other => Err((
-                "CommandNotFound",
-                format!("The command {other} has not been found"),
+            Command::QueryVersion => done(version()),
+            Command::QueryName => done(match &self.context.name {
+                Some(name) => json!({"name": name}),
+                None => json!({}),
+            }),
+            Command::QueryKvm => done(json!({"enabled": true, "present": true})),
+            Command::QueryCommands => done(schema::query_commands()),
+            Command::QueryQmpSchema => done(schema::query_qmp_schema()),
+            Command::SystemReset => Ok((
+                json!({}),
+                Some(After::Send(ControlMessage::Reset { by_guest: false })),
             )),
+            Command::Quit => Ok((json!({}), Some(After::Send(ControlMessage::Quit)))),
+            machine => self.ask_machine(machine, arguments),
         }
     }
 
     /// Runs a command on the control loop and waits for its answer.
-    fn ask_machine(&self, command: &str, arguments: &Map<String, Value>) -> CommandResult {
+    fn ask_machine(&self, command: Command, arguments: &Map<String, Value>) -> CommandResult {
         let (reply, answer) = std::sync::mpsc::channel();
         let message = ControlMessage::Qmp {
-            command: command.to_string(),
+            command,
             arguments: arguments.clone(),
             reply,
         };
@@ -454,7 +453,10 @@ impl Session<'_> {
             Ok(Err(QmpError { class, desc })) => Err((class, desc)),
             Err(_) => Err((
                 "GenericError",
-                format!("the machine did not answer {command} within {MACHINE_TIMEOUT:?}"),
+                format!(
+                    "the machine did not answer {} within {MACHINE_TIMEOUT:?}",
+                    command.name()
+                ),
             )),
         }
     }
@@ -583,12 +585,13 @@ mod tests {
         let context = QmpContext {
             control: sender,
             cpus: Arc::new(crate::vcpu::CpuTable::new(1)),
+            name: None,
         };
         let answering = thread::spawn(move || {
             let Ok(ControlMessage::Qmp { command, reply, .. }) = receiver.recv() else {
                 panic!("no command");
             };
-            assert_eq!(command, "x-query-drcs");
+            assert_eq!(command, Command::XQueryDrcs);
             reply.send(Ok(json!([]))).unwrap();
         });
         let mut session = Session {
@@ -605,6 +608,7 @@ mod tests {
         let context = QmpContext {
             control: sender,
             cpus: Arc::new(crate::vcpu::CpuTable::new(1)),
+            name: None,
         };
         let mut session = Session {
             negotiated: false,
