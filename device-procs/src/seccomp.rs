@@ -123,9 +123,10 @@ pub fn rules(kind: ProcessKind) -> BTreeMap<i64, Vec<SeccompRule>> {
     };
     let mut writable = vec![write_to(LOG_FD)];
     if kind == ProcessKind::EventLog {
-        writable.push(write_to(
-            ipc_proto::FIRST_CHANNEL_FD + kind.links().len() as i32,
-        ));
+        // The hot-plug and the EPOW interrupts, after the channels.
+        let first_extra = ipc_proto::FIRST_CHANNEL_FD + kind.links().len() as i32;
+        writable.push(write_to(first_extra));
+        writable.push(write_to(first_extra + 1));
     }
     rules.insert(nix::libc::SYS_write, writable);
     match kind {
@@ -205,7 +206,7 @@ mod tests {
             rules(ProcessKind::RtasServer)[&nix::libc::SYS_write].len(),
             1
         );
-        assert_eq!(rules(ProcessKind::EventLog)[&nix::libc::SYS_write].len(), 2);
+        assert_eq!(rules(ProcessKind::EventLog)[&nix::libc::SYS_write].len(), 3);
         assert!(!rules(ProcessKind::EventLog).contains_key(&nix::libc::SYS_statx));
     }
 

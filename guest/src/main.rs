@@ -9,6 +9,7 @@ mod arch;
 mod console;
 mod cpu;
 mod dlpar;
+mod epow;
 mod fdt;
 mod hcall;
 mod mem;
@@ -91,8 +92,8 @@ extern "C" fn kernel_main(fdt_address: u64, cpu_id: u64) -> ! {
     console::set_termno(platform.vty_termno);
     dlpar::init(platform);
     cpu::set_online(cpu_id, true);
-    let sources = [platform.vty_irq, platform.hotplug_irq];
-    let sources: [u32; 2] = sources.map(|source| source.unwrap_or(0));
+    let sources = [platform.vty_irq, platform.hotplug_irq, platform.epow_irq];
+    let sources: [u32; 3] = sources.map(|source| source.unwrap_or(0));
     cpu::set_sources(&sources);
     banner(platform, cpu_id);
     bring_up_secondaries(platform, cpu_id);
@@ -177,11 +178,16 @@ extern "C" fn interrupt_dispatch(frame: &arch::InterruptFrame) {
         fatal("unexpected exception");
     }
     arch::end_of_interrupt();
-    let hotplug = platform::get().hotplug_irq;
-    if hotplug.is_some_and(|source| {
-        source.wrapping_sub(0x1000) == u32::from(vector - arch::DEVICE_VECTOR_BASE)
-    }) {
+    let is_source = |source: Option<u32>| {
+        source.is_some_and(|source| {
+            source.wrapping_sub(0x1000) == u32::from(vector - arch::DEVICE_VECTOR_BASE)
+        })
+    };
+    if is_source(platform::get().hotplug_irq) {
         dlpar::interrupt();
+    }
+    if is_source(platform::get().epow_irq) {
+        epow::interrupt();
     }
     // Device interrupts only wake a CPU; the shell's CPU does the work (reads
     // the console, handles hot-plug events), so pass the wake-up on.

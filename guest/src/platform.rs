@@ -28,6 +28,7 @@ pub struct Platform {
     pub vty_termno: u64,
     pub vty_irq: Option<u32>,
     pub hotplug_irq: Option<u32>,
+    pub epow_irq: Option<u32>,
     /// Hardware ids of the present CPU threads, in device-tree order.
     pub present: [u32; MAX_CPUS],
     pub present_count: usize,
@@ -78,6 +79,7 @@ pub fn probe(fdt_address: u64) -> Result<&'static Platform, ProbeError> {
         vty_termno: 0,
         vty_irq: None,
         hotplug_irq: None,
+        epow_irq: None,
         present: [0; MAX_CPUS],
         present_count: 0,
         threads_per_core: 1,
@@ -92,6 +94,9 @@ pub fn probe(fdt_address: u64) -> Result<&'static Platform, ProbeError> {
     platform.vty_irq = fdt.prop_u32(vty, "interrupts");
     platform.hotplug_irq = fdt
         .path("/event-sources/hot-plug-events")
+        .and_then(|node| fdt.prop_u32(node, "interrupts"));
+    platform.epow_irq = fdt
+        .path("/event-sources/epow-events")
         .and_then(|node| fdt.prop_u32(node, "interrupts"));
 
     if let Some(cpus) = fdt.path("/cpus") {

@@ -6,6 +6,7 @@ use crate::arch;
 use crate::console::{print, read_input, Line};
 use crate::cpu::{self, CpuError};
 use crate::dlpar;
+use crate::epow;
 use crate::hcall::hcall;
 use crate::platform;
 use crate::rtas::{self, RtasError};
@@ -43,7 +44,7 @@ impl LineReader {
             self.pending_len = read_input(&mut self.pending);
             self.pending_pos = 0;
             if self.pending_len == 0 {
-                if dlpar::pending() {
+                if dlpar::pending() || epow::pending() {
                     return None;
                 }
                 // The VMM raises the console interrupt when input arrives after
@@ -99,6 +100,10 @@ pub fn run() {
     let mut line = [0u8; MAX_LINE];
     let mut show_prompt = true;
     loop {
+        if epow::pending() {
+            epow::process();
+            show_prompt = true;
+        }
         if dlpar::pending() {
             if let dlpar::Work::MoveShellTo(heir) = dlpar::process() {
                 cpu::hand_shell_to(heir);
@@ -364,7 +369,7 @@ fn report_rtas_failure(what: &str, result: Result<rtas::RtasReturn, RtasError>) 
     line.nl();
 }
 
-fn power_off() {
+pub fn power_off() {
     print("powering off\n");
     // Linux passes -1 for both halves of the power-on mask.
     let result = rtas::call("power-off", &[u32::MAX, u32::MAX], 1);

@@ -185,3 +185,26 @@ fn every_command_refuses_an_unknown_argument() {
         .contains("bogus"));
     assert_eq!(vm.qmp(&["query-status"])[0]["return"]["status"], "running");
 }
+
+#[test]
+fn system_powerdown_is_an_epow_event_on_which_the_guest_powers_off() {
+    if !kvm_usable("system_powerdown_is_an_epow_event_on_which_the_guest_powers_off") {
+        return;
+    }
+    let mut vm = Vm::start(&["--smp", "cpus=2"]);
+    vm.boot();
+    let replies = vm.qmp(&[
+        "system_powerdown",
+        "wait-event:POWERDOWN",
+        "wait-event:SHUTDOWN",
+    ]);
+    assert_eq!(replies[0], json!({"return": {}}));
+    assert_eq!(
+        replies[2]["data"],
+        json!({"guest": true, "reason": "guest-shutdown"})
+    );
+    vm.console
+        .read_until("epow: power-off requested", Duration::from_secs(30));
+    let status = vm.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0));
+}

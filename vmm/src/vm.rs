@@ -28,7 +28,7 @@ use linux_loader::loader::{elf::Elf, KernelLoader};
 use serde_json::{json, Map, Value};
 use std::collections::VecDeque;
 use std::io::Cursor;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use thiserror::Error;
@@ -150,19 +150,22 @@ impl Vm {
             ConsoleConfig::Socket(path) => Console::socket(path, vty_interrupt)?,
         };
         let (control, inbox) = channel();
-        let hotplug_interrupt = {
-            let eventfd = interrupts.eventfd(irq::HOTPLUG)?;
+        // The event log raises the hot-plug and EPOW interrupts itself.
+        let event_log_interrupt = |source| -> Result<OwnedFd, VmError> {
+            let eventfd = interrupts.eventfd(source)?;
             // SAFETY: `eventfd` keeps the descriptor open while it is borrowed here.
             unsafe { BorrowedFd::borrow_raw(eventfd.as_raw_fd()) }
                 .try_clone_to_owned()
                 .map_err(|source| VmError::Thread {
-                    what: "the event log's interrupt".into(),
+                    what: "the event log's interrupts".into(),
                     source,
-                })?
+                })
         };
+        let hotplug_interrupt = event_log_interrupt(irq::HOTPLUG)?;
+        let epow_interrupt = event_log_interrupt(irq::EPOW)?;
         let devices = Arc::new(DeviceProcesses::start(
             &ram,
-            hotplug_interrupt,
+            [hotplug_interrupt, epow_interrupt],
             config.smp.threads_per_core,
             drc_ranges(&config.smp, &layout),
             config.sandbox.clone(),
@@ -557,6 +560,7 @@ impl Vm {
             Command::XQueryEventLog => self.query_event_log(),
             Command::XQueryDeviceProcesses => Ok(self.devices.info()),
             Command::XInjectFault => self.inject_fault(arguments),
+            Command::SystemPowerdown => self.power_button(),
             Command::Stop => Ok(self.pause(true)),
             Command::Cont => Ok(self.pause(false)),
             other => Err(QmpError::generic(format!(
@@ -564,6 +568,17 @@ impl Vm {
                 other.name()
             ))),
         }
+    }
+
+    /// QMP `system_powerdown`: an EPOW power-off request to the guest,
+    /// which powers off (`SHUTDOWN`) if it honours it, as Linux does.
+    fn power_button(&mut self) -> Result<Value, QmpError> {
+        self.devices
+            .eventlog
+            .command(core_eventlog::Request::PowerDown)
+            .map_err(|failure| QmpError::generic(failure.to_string()))?;
+        self.qmp.emit("POWERDOWN", json!({}));
+        Ok(json!({}))
     }
 
     /// QMP `stop` (`true`) and `cont`: every vCPU holds before its next

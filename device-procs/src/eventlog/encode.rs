@@ -11,6 +11,7 @@ pub const HOTPLUG_EVENT_LEN: usize = 116;
 /// Summary word: version 6, severity "event", not recovered, extended log
 /// present, initiator hot plug, type hot plug.
 const SUMMARY_HOTPLUG: u32 = 0x0634_60e5;
+const SUMMARY_EPOW: u32 = 0x0634_0040;
 const EXTENDED_LENGTH: u32 = (HOTPLUG_EVENT_LEN - 8) as u32;
 /// v6 byte 0: valid, new log, big-endian.
 const V6_VALID_NEW_BIG_ENDIAN: u8 = 0x86;
@@ -19,6 +20,12 @@ const V6_POWERPC_PLATFORM_EVENT: u8 = 0x8e;
 const COMPANY_IBM: &[u8; 4] = b"IBM\0";
 const CREATOR_HYPERVISOR: u8 = b'H';
 const SUBSYSTEM_HOTPLUG: u8 = 0x80;
+const SUBSYSTEM_EPOW: u8 = 0xa0;
+const EPOW_SUBTYPE: u8 = 0xd0;
+/// EPOW sensor value: system shutdown; modifier: normal; extended: partition.
+const EPOW_SYSTEM_SHUTDOWN: u8 = 3;
+const EPOW_MODIFIER_NORMAL: u8 = 1;
+const EPOW_EXTENDED_PARTITION: u8 = 1;
 
 const HOTPLUG_TYPE_CPU: u8 = 1;
 const HOTPLUG_TYPE_MEMORY: u8 = 2;
@@ -52,10 +59,15 @@ fn section_header(bytes: &mut [u8], at: usize, id: &[u8; 2], length: u16, versio
     bytes[at + 4] = version;
 }
 
-/// Encodes `event`, created at `time` with platform log id `plid`.
-pub fn hotplug_event(event: &HotplugEvent, plid: u32, time: UtcTime) -> [u8; HOTPLUG_EVENT_LEN] {
+/// The header and the "PH" and "UH" sections every event has.
+fn platform_event(
+    summary: u32,
+    subsystem: u8,
+    plid: u32,
+    time: UtcTime,
+) -> [u8; HOTPLUG_EVENT_LEN] {
     let mut b = [0u8; HOTPLUG_EVENT_LEN];
-    put32(&mut b, 0, SUMMARY_HOTPLUG);
+    put32(&mut b, 0, summary);
     put32(&mut b, 4, EXTENDED_LENGTH);
     b[8] = V6_VALID_NEW_BIG_ENDIAN;
     b[10] = V6_POWERPC_PLATFORM_EVENT;
@@ -80,7 +92,25 @@ pub fn hotplug_event(event: &HotplugEvent, plid: u32, time: UtcTime) -> [u8; HOT
 
     // Main-B, "UH": the subsystem.
     section_header(&mut b, 72, b"UH", 24, 1);
-    b[80] = SUBSYSTEM_HOTPLUG;
+    b[80] = subsystem;
+    b
+}
+
+/// An EPOW event asking for an orderly power-off (the power button),
+/// created at `time` with platform log id `plid`.
+pub fn power_down_event(plid: u32, time: UtcTime) -> [u8; HOTPLUG_EVENT_LEN] {
+    let mut b = platform_event(SUMMARY_EPOW, SUBSYSTEM_EPOW, plid, time);
+    b[83] = EPOW_SUBTYPE;
+    section_header(&mut b, 96, b"EP", 20, 2);
+    b[104] = EPOW_SYSTEM_SHUTDOWN;
+    b[105] = EPOW_MODIFIER_NORMAL;
+    b[106] = EPOW_EXTENDED_PARTITION;
+    b
+}
+
+/// Encodes `event`, created at `time` with platform log id `plid`.
+pub fn hotplug_event(event: &HotplugEvent, plid: u32, time: UtcTime) -> [u8; HOTPLUG_EVENT_LEN] {
+    let mut b = platform_event(SUMMARY_HOTPLUG, SUBSYSTEM_HOTPLUG, plid, time);
 
     // "HP": what to plug or unplug.
     section_header(&mut b, 96, b"HP", 20, 1);

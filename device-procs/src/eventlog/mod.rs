@@ -15,12 +15,22 @@ use std::collections::VecDeque;
 
 /// Event class mask of hot-plug events (PAPR class 3).
 pub const CLASS_HOTPLUG: u32 = 0x1000_0000;
+/// Event class mask of EPOW events (PAPR class 1): the power button.
+pub const CLASS_EPOW: u32 = 0x4000_0000;
 /// Events kept at most; with coalescing a guest that never reads still
 /// cannot fill it with fewer DRCs than this.
 pub const MAX_QUEUED: usize = ipc_proto::link::core_eventlog::MAX_QUEUED_EVENTS;
 
+/// What an entry of the queue is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Queued {
+    Hotplug(HotplugEvent),
+    /// EPOW: an orderly power-off.
+    PowerDown,
+}
+
 struct Entry {
-    event: HotplugEvent,
+    event: Queued,
     class: u32,
     bytes: Vec<u8>,
 }
@@ -29,13 +39,31 @@ struct Entry {
 #[derive(Debug, PartialEq, Eq)]
 pub struct QueueFull;
 
-/// What a queue operation asks of the interrupt.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Pulse {
+/// Which interrupts a queue operation asks to raise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pulse {
+    /// The hot-plug source.
+    pub hotplug: bool,
+    /// The EPOW source.
+    pub epow: bool,
+}
+
+impl Pulse {
+    /// Raise nothing.
+    pub const NONE: Pulse = Pulse {
+        hotplug: false,
+        epow: false,
+    };
     /// Raise the hot-plug interrupt.
-    Hotplug,
-    /// Leave it.
-    None,
+    pub const HOTPLUG: Pulse = Pulse {
+        hotplug: true,
+        epow: false,
+    };
+    /// Raise the EPOW interrupt.
+    pub const EPOW: Pulse = Pulse {
+        hotplug: false,
+        epow: true,
+    };
 }
 
 /// Result of [`EventQueue::dequeue`].
@@ -64,8 +92,9 @@ impl EventQueue {
         event: HotplugEvent,
         now: UtcTime,
     ) -> Result<(bool, Pulse), QueueFull> {
-        if self.entries.iter().any(|entry| entry.event == event) {
-            return Ok((true, Pulse::Hotplug));
+        let queued = Queued::Hotplug(event);
+        if self.entries.iter().any(|entry| entry.event == queued) {
+            return Ok((true, Pulse::HOTPLUG));
         }
         if self.entries.len() >= MAX_QUEUED {
             return Err(QueueFull);
@@ -73,35 +102,53 @@ impl EventQueue {
         self.next_plid = self.next_plid.wrapping_add(1);
         let bytes = encode::hotplug_event(&event, self.next_plid, now).to_vec();
         self.entries.push_back(Entry {
-            event,
+            event: queued,
             class: CLASS_HOTPLUG,
             bytes,
         });
-        Ok((false, Pulse::Hotplug))
+        Ok((false, Pulse::HOTPLUG))
+    }
+
+    /// The power button: queues an EPOW power-off request unless one waits;
+    /// either way the EPOW interrupt is pulsed.
+    pub fn power_down(&mut self, now: UtcTime) -> Result<Pulse, QueueFull> {
+        if !self.entries.iter().any(|e| e.event == Queued::PowerDown) {
+            if self.entries.len() >= MAX_QUEUED {
+                return Err(QueueFull);
+            }
+            self.next_plid = self.next_plid.wrapping_add(1);
+            self.entries.push_back(Entry {
+                event: Queued::PowerDown,
+                class: CLASS_EPOW,
+                bytes: encode::power_down_event(self.next_plid, now).to_vec(),
+            });
+        }
+        Ok(Pulse::EPOW)
     }
 
     /// Removes `event` if it waits unconsumed.
     pub fn withdraw(&mut self, event: &HotplugEvent) -> bool {
         let before = self.entries.len();
-        self.entries.retain(|entry| entry.event != *event);
+        self.entries
+            .retain(|entry| entry.event != Queued::Hotplug(*event));
         self.entries.len() != before
     }
 
     /// check-exception: the first event of a class in `mask` that fits.
     pub fn dequeue(&mut self, mask: u32, max_len: usize) -> (Dequeued, Pulse) {
         let Some(position) = self.entries.iter().position(|e| e.class & mask != 0) else {
-            return (Dequeued::Nothing, Pulse::None);
+            return (Dequeued::Nothing, Pulse::NONE);
         };
         if self.entries[position].bytes.len() > max_len {
             return (
                 Dequeued::TooLarge(self.entries[position].bytes.len()),
-                Pulse::None,
+                Pulse::NONE,
             );
         }
         let entry = self.entries.remove(position).expect("position is in range");
         (
             Dequeued::Event(entry.bytes),
-            self.pulse_if_pending(CLASS_HOTPLUG),
+            self.pulse_if_pending(entry.class),
         )
     }
 
@@ -111,14 +158,10 @@ impl EventQueue {
     }
 
     fn pulse_if_pending(&self, mask: u32) -> Pulse {
-        if self
-            .entries
-            .iter()
-            .any(|e| e.class & mask & CLASS_HOTPLUG != 0)
-        {
-            Pulse::Hotplug
-        } else {
-            Pulse::None
+        let pending = |class: u32| self.entries.iter().any(|e| e.class & mask & class != 0);
+        Pulse {
+            hotplug: pending(CLASS_HOTPLUG),
+            epow: pending(CLASS_EPOW),
         }
     }
 
@@ -127,9 +170,15 @@ impl EventQueue {
         self.entries.clear();
     }
 
-    /// The queued events, oldest first.
+    /// The queued hot-plug events, oldest first.
     pub fn list(&self) -> Vec<HotplugEvent> {
-        self.entries.iter().map(|e| e.event).collect()
+        self.entries
+            .iter()
+            .filter_map(|e| match e.event {
+                Queued::Hotplug(event) => Some(event),
+                Queued::PowerDown => None,
+            })
+            .collect()
     }
 }
 
@@ -154,9 +203,9 @@ mod tests {
     fn repeats_coalesce_but_still_pulse() {
         let mut q = EventQueue::default();
         let remove = event(HotplugAction::Remove, 0x1000_0001);
-        assert_eq!(q.enqueue(remove, now()), Ok((false, Pulse::Hotplug)));
+        assert_eq!(q.enqueue(remove, now()), Ok((false, Pulse::HOTPLUG)));
         for _ in 0..1000 {
-            assert_eq!(q.enqueue(remove, now()), Ok((true, Pulse::Hotplug)));
+            assert_eq!(q.enqueue(remove, now()), Ok((true, Pulse::HOTPLUG)));
         }
         assert_eq!(q.list(), [remove]);
         // Another DRC or action is another event.
@@ -175,21 +224,42 @@ mod tests {
         // An EPOW-only mask matches nothing.
         assert_eq!(
             q.dequeue(0x4000_0000, 2048),
-            (Dequeued::Nothing, Pulse::None)
+            (Dequeued::Nothing, Pulse::NONE)
         );
         let (first, pulse) = q.dequeue(CLASS_HOTPLUG, 2048);
         let Dequeued::Event(bytes) = first else {
             panic!("no event");
         };
         assert_eq!(&bytes[108..112], &1u32.to_be_bytes());
-        assert_eq!(pulse, Pulse::Hotplug, "one remains: pulse again");
+        assert_eq!(pulse, Pulse::HOTPLUG, "one remains: pulse again");
         let (_, pulse) = q.dequeue(CLASS_HOTPLUG, 2048);
-        assert_eq!(pulse, Pulse::None, "empty now: no pulse");
+        assert_eq!(pulse, Pulse::NONE, "empty now: no pulse");
         assert_eq!(
             q.dequeue(CLASS_HOTPLUG, 2048),
-            (Dequeued::Nothing, Pulse::None)
+            (Dequeued::Nothing, Pulse::NONE)
         );
-        assert_eq!(q.scan(0xffff_ffff), Pulse::None);
+        assert_eq!(q.scan(0xffff_ffff), Pulse::NONE);
+    }
+
+    #[test]
+    fn the_power_button_queues_one_epow_event_on_its_own_interrupt() {
+        let mut q = EventQueue::default();
+        assert_eq!(q.power_down(now()), Ok(Pulse::EPOW));
+        assert_eq!(q.power_down(now()), Ok(Pulse::EPOW), "repeats still pulse");
+        // Hot-plug readers do not see it; EPOW readers get it once.
+        assert_eq!(
+            q.dequeue(CLASS_HOTPLUG, 2048),
+            (Dequeued::Nothing, Pulse::NONE)
+        );
+        let (event, pulse) = q.dequeue(CLASS_EPOW, 2048);
+        let Dequeued::Event(bytes) = event else {
+            panic!("no EPOW event: {event:?}");
+        };
+        assert_eq!(pulse, Pulse::NONE);
+        assert_eq!(&bytes[0..4], &[0x06, 0x34, 0x00, 0x40]);
+        assert_eq!(&bytes[96..98], b"EP");
+        assert_eq!(bytes[104..107], [3, 1, 1]);
+        assert_eq!(q.dequeue(CLASS_EPOW, 2048).0, Dequeued::Nothing);
     }
 
     #[test]
@@ -209,10 +279,10 @@ mod tests {
         q.enqueue(event(HotplugAction::Add, 1), now()).unwrap();
         assert_eq!(
             q.dequeue(CLASS_HOTPLUG, 100),
-            (Dequeued::TooLarge(116), Pulse::None)
+            (Dequeued::TooLarge(116), Pulse::NONE)
         );
         assert_eq!(q.list().len(), 1);
-        assert_eq!(q.scan(CLASS_HOTPLUG), Pulse::Hotplug);
+        assert_eq!(q.scan(CLASS_HOTPLUG), Pulse::HOTPLUG);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use ipc_proto::control::Answer;
 use ipc_proto::link::core_eventlog::{self, CoreEventLog};
 use ipc_proto::link::hotplug_eventlog::{self, HotplugEventLog};
 use ipc_proto::link::rtas_eventlog::{self, RtasEventLog};
+use ipc_proto::protocol::refused;
 use ipc_proto::{Link, ProcessKind, FIRST_CHANNEL_FD};
 use std::fs::File;
 use std::io::Write;
@@ -18,13 +19,18 @@ use std::io::Write;
 /// Runs the event log until the core hangs up.
 pub fn run(mode: seccomp::Mode) -> Result<(), ProcessError> {
     let links = ProcessKind::EventLog.links();
-    // SAFETY: the core passes the hot-plug interrupt's eventfd right after the channels.
-    let interrupt = File::from(unsafe { take_fd(FIRST_CHANNEL_FD + links.len() as i32)? });
+    let first_extra = FIRST_CHANNEL_FD + links.len() as i32;
+    // SAFETY: the core passes the hot-plug interrupt's eventfd right after
+    // the channels, then the EPOW interrupt's.
+    let interrupt = File::from(unsafe { take_fd(first_extra)? });
+    // SAFETY: as above.
+    let epow = File::from(unsafe { take_fd(first_extra + 1)? });
     let mut links = Links::open(ProcessKind::EventLog, mode)?;
     log::info!("serving the event queue");
     let mut log = EventLog {
         queue: EventQueue::default(),
         interrupt,
+        epow,
     };
     serve(&mut log, &mut links)
 }
@@ -32,6 +38,7 @@ pub fn run(mode: seccomp::Mode) -> Result<(), ProcessError> {
 struct EventLog {
     queue: EventQueue,
     interrupt: File,
+    epow: File,
 }
 
 impl Device for EventLog {
@@ -55,10 +62,15 @@ impl Device for EventLog {
 
 impl EventLog {
     fn pulse(&mut self, pulse: Pulse) {
-        if pulse == Pulse::Hotplug {
+        for (raise, eventfd, name) in [
+            (pulse.hotplug, &mut self.interrupt, "hot-plug"),
+            (pulse.epow, &mut self.epow, "EPOW"),
+        ] {
             // An eventfd counter write: KVM injects the interrupt.
-            if let Err(error) = self.interrupt.write_all(&1u64.to_ne_bytes()) {
-                log::error!("cannot raise the hot-plug interrupt: {error}");
+            if raise {
+                if let Err(error) = eventfd.write_all(&1u64.to_ne_bytes()) {
+                    log::error!("cannot raise the {name} interrupt: {error}");
+                }
             }
         }
     }
@@ -69,6 +81,13 @@ impl EventLog {
                 self.queue.clear();
                 Answer::Ack
             }
+            core_eventlog::Request::PowerDown => match self.queue.power_down(UtcTime::now()) {
+                Ok(pulse) => {
+                    self.pulse(pulse);
+                    Answer::Ack
+                }
+                Err(QueueFull) => refused("the event queue is full"),
+            },
             core_eventlog::Request::List => {
                 Answer::Link(core_eventlog::Reply::Queued(self.queue.list()))
             }

@@ -17,6 +17,9 @@ pub const MAX_QUEUED_EVENTS: usize = 4096;
 pub enum Request {
     /// Machine reset: the queue is emptied; acknowledged.
     Reset,
+    /// The power button: an EPOW event asking the guest for an orderly
+    /// power-off, on the EPOW interrupt; acknowledged.
+    PowerDown,
     /// What is queued.
     List,
 }

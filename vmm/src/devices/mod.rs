@@ -75,7 +75,8 @@ pub struct Resources {
     pub guest_ram_bytes: u64,
     pub threads_per_core: u32,
     pub drcs: Vec<DrcRange>,
-    pub hotplug_interrupt: OwnedFd,
+    /// The event log's interrupts: hot-plug, then EPOW.
+    pub event_log_interrupts: [OwnedFd; 2],
 }
 
 /// One process kind: how it is supervised and the process it runs now.
@@ -111,7 +112,7 @@ impl DeviceProcesses {
     /// Starts every device process, wires them together, and sets each up.
     pub fn start(
         ram: &GuestRam,
-        hotplug_interrupt: OwnedFd,
+        event_log_interrupts: [OwnedFd; 2],
         threads_per_core: u32,
         drcs: Vec<DrcRange>,
         sandbox: Sandbox,
@@ -135,7 +136,7 @@ impl DeviceProcesses {
                 guest_ram_bytes: ram.size(),
                 threads_per_core,
                 drcs,
-                hotplug_interrupt,
+                event_log_interrupts,
             },
             rtas: Proxy::new(ProcessKind::RtasServer, control.clone()),
             hotplug: Proxy::new(ProcessKind::HotplugController, control.clone()),
@@ -194,7 +195,12 @@ impl DeviceProcesses {
                 .filter_map(|link| ends.get(link).map(|end| end.as_fd().as_raw_fd()))
                 .collect();
             if kind == ProcessKind::EventLog {
-                fds.push(self.resources.hotplug_interrupt.as_raw_fd());
+                fds.extend(
+                    self.resources
+                        .event_log_interrupts
+                        .iter()
+                        .map(AsRawFd::as_raw_fd),
+                );
             }
             let process = self.spawn(kind, &fds)?;
             // The process's ends are its alone now.

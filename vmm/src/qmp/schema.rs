@@ -110,6 +110,7 @@ commands! {
     QueryCommands = "query-commands", args: [];
     QueryQmpSchema = "query-qmp-schema", args: [];
     SystemReset = "system_reset", args: [];
+    SystemPowerdown = "system_powerdown", args: [];
     Quit = "quit", args: [];
     Stop = "stop", args: [];
     Cont = "cont", args: [];
@@ -147,6 +148,7 @@ pub const EVENTS: &[(&str, &[Arg])] = &[
         ],
     ),
     ("STOP", &[]),
+    ("POWERDOWN", &[]),
     ("RESUME", &[]),
     (
         "DEVICE_DELETED",
