@@ -11,14 +11,30 @@ use std::time::{Duration, Instant};
 /// Exit status for a command line that is refused before anything starts.
 pub const EXIT_USAGE: u8 = 2;
 
-/// Logs to stderr with the process's name in every line, so that the
-/// interleaved logs of the core and its device processes stay readable.
-/// `RUST_LOG` sets the level (info when unset). Each place in the code that
-/// logs is rate-limited ([`RateLimit`]): a guest or a peer that makes one
-/// line repeat cannot flood the host's log.
-pub fn init_logging(process: &'static str) {
+/// The levels `--log-level` takes.
+pub const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Logs to stderr (or `file`) with the process's name in every line, so
+/// that the interleaved logs of the core and its device processes stay
+/// readable. `level` (`--log-level`) wins over `RUST_LOG`; info when
+/// neither is given. Each place in the code that logs is rate-limited
+/// ([`RateLimit`]): a guest or a peer that makes one line repeat cannot
+/// flood the host's log.
+pub fn init_logging(
+    process: &'static str,
+    level: Option<log::LevelFilter>,
+    file: Option<std::fs::File>,
+) {
     use std::io::Write;
-    let inner = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if let Some(level) = level {
+        builder.filter_level(level);
+    }
+    if let Some(file) = file {
+        builder.target(env_logger::Target::Pipe(Box::new(file)));
+    }
+    let inner = builder
         .format(move |out, record| {
             writeln!(
                 out,

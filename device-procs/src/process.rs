@@ -394,42 +394,109 @@ pub fn serve(device: &mut impl Device, links: &mut Links) -> Result<(), ProcessE
     }
 }
 
+/// What a device process's command line says.
+#[derive(Debug, PartialEq, Eq)]
+struct Options {
+    seccomp: seccomp::Mode,
+    log_level: Option<log::LevelFilter>,
+}
+
+/// Parses `--seccomp kill|log|off` and `--log-level LEVEL`, each at most once.
+fn parse_options(args: &[String]) -> Result<Options, String> {
+    let mut options = Options {
+        seccomp: seccomp::Mode::Kill,
+        log_level: None,
+    };
+    let mut args = args.iter();
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--seccomp" => {
+                options.seccomp = seccomp::Mode::parse(value)
+                    .ok_or_else(|| format!("--seccomp {value}: expected kill, log or off"))?;
+            }
+            "--log-level" => {
+                let level = value.parse().map_err(|_| {
+                    format!(
+                        "--log-level {value}: expected one of {:?}",
+                        common::LOG_LEVELS
+                    )
+                })?;
+                options.log_level = Some(level);
+            }
+            _ => return Err(format!("unknown option {flag}")),
+        }
+    }
+    Ok(options)
+}
+
 /// The `main` of every device process: logging, then `run` until the core
 /// hangs up (status 0) or something fails (status 1, with the reason logged).
-/// The only argument is `--seccomp kill|log|off` (kill when absent).
+/// Options: `--seccomp kill|log|off` (kill when absent) and `--log-level
+/// LEVEL` (the jailer clears the environment, so `RUST_LOG` cannot reach a
+/// jailed process: the core passes its level). The log is stderr, which the
+/// core points at its own log.
 pub fn main(
     kind: ProcessKind,
     run: fn(seccomp::Mode) -> Result<(), ProcessError>,
 ) -> std::process::ExitCode {
     let name = kind.name();
-    common::init_logging(name);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let options = parse_options(&args);
+    common::init_logging(name, options.as_ref().ok().and_then(|o| o.log_level), None);
+    let mode = match options {
+        Ok(options) => options.seccomp,
+        Err(error) => {
+            log::error!(
+                "{error}; {name} takes --seccomp kill|log|off and --log-level LEVEL; its channels are descriptors {FIRST_CHANNEL_FD}.."
+            );
+            return std::process::ExitCode::from(common::EXIT_USAGE);
+        }
+    };
     // No other process of the same uid may read this one's memory.
     if let Err(error) = nix::sys::prctl::set_dumpable(false) {
         log::error!("cannot make the process non-dumpable: {error}");
         return std::process::ExitCode::FAILURE;
     }
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mode = match args.as_slice() {
-        [] => seccomp::Mode::Kill,
-        [flag, mode] if flag == "--seccomp" => match seccomp::Mode::parse(mode) {
-            Some(mode) => mode,
-            None => {
-                log::error!("--seccomp {mode}: expected kill, log or off");
-                return std::process::ExitCode::from(common::EXIT_USAGE);
-            }
-        },
-        _ => {
-            log::error!(
-                "{name} takes only --seccomp kill|log|off; its channels are descriptors {FIRST_CHANNEL_FD}.."
-            );
-            return std::process::ExitCode::from(common::EXIT_USAGE);
-        }
-    };
     match run(mode) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             log::error!("{}", common::describe(&error));
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Options, String> {
+        parse_options(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn options_parse_in_any_order_and_bad_ones_are_named() {
+        assert_eq!(
+            parse(&[]).unwrap(),
+            Options {
+                seccomp: seccomp::Mode::Kill,
+                log_level: None
+            }
+        );
+        assert_eq!(
+            parse(&["--log-level", "debug", "--seccomp", "log"]).unwrap(),
+            Options {
+                seccomp: seccomp::Mode::Log,
+                log_level: Some(log::LevelFilter::Debug)
+            }
+        );
+        assert!(parse(&["--log-level", "loud"])
+            .unwrap_err()
+            .contains("loud"));
+        assert!(parse(&["--seccomp"]).unwrap_err().contains("needs a value"));
+        assert!(parse(&["--verbose", "1"])
+            .unwrap_err()
+            .contains("--verbose"));
     }
 }

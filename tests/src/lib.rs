@@ -200,6 +200,11 @@ impl Vm {
         self.child.as_ref().expect("running").id()
     }
 
+    /// The console socket's path.
+    pub fn console_socket(&self) -> PathBuf {
+        self.dir.join("console.sock")
+    }
+
     /// The QMP socket's path.
     pub fn qmp_socket(&self) -> PathBuf {
         self.dir.join("qmp.sock")
@@ -370,6 +375,26 @@ impl Console {
                 self.seen
             ),
         }
+    }
+
+    /// Whether the VM closed this connection (waits up to `timeout`).
+    pub fn is_closed(&mut self, timeout: Duration) -> bool {
+        let stream = self.stream.as_mut().expect("console connected");
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            match stream.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(n) => self.seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return true,
+            }
+        }
+        false
     }
 
     /// As [`Console::read_until`], but `None` when `pattern` did not appear

@@ -55,6 +55,16 @@ pub struct Cli {
     /// The gid the device processes run as (not 0); by default the uid.
     #[arg(long, value_parser = parse_id)]
     pub gid: Option<u32>,
+    /// How much the core and its device processes log: off, error, warn,
+    /// info, debug or trace (overrides RUST_LOG).
+    #[arg(long, value_name = "LEVEL", value_parser = common::LOG_LEVELS)]
+    pub log_level: Option<String>,
+    /// Where the core and its device processes log: a file (appended to),
+    /// or `stderr`. By default stderr, but with `--console stdio` on a
+    /// terminal a file beside the runtime directories, so that log lines
+    /// never mix with the console.
+    #[arg(long, value_name = "PATH|stderr")]
+    pub log_file: Option<PathBuf>,
     /// The VM's name, for QMP query-name and the logs (at most 128
     /// printable characters).
     #[arg(long, value_parser = parse_name)]
@@ -436,6 +446,8 @@ impl VmConfig {
                 jail_dir,
                 uid: jailer::DEFAULT_ID,
                 gid: jailer::DEFAULT_ID,
+                log_level: log::LevelFilter::Info,
+                log_file: None,
             },
             name: cli.name,
             uid: cli.uid,

@@ -21,6 +21,9 @@ const INPUT_CAPACITY: usize = 4096;
 const BACKLOG_CAPACITY: usize = 1024 * 1024;
 /// H_GET_TERM_CHAR returns at most 16 bytes.
 pub const MAX_READ: usize = 16;
+/// Ctrl-a: on the stdio console, `Ctrl-a x` ends the VM (as in QEMU) and
+/// `Ctrl-a Ctrl-a` sends one Ctrl-a to the guest.
+const ESCAPE: u8 = 0x01;
 
 #[derive(Debug, Error)]
 pub enum ConsoleError {
@@ -32,6 +35,71 @@ pub enum ConsoleError {
     },
     #[error("cannot start the console thread")]
     Thread(#[source] std::io::Error),
+    #[error("cannot put the terminal in raw mode")]
+    Terminal(#[source] nix::Error),
+}
+
+/// The stdio terminal in raw mode (no echo, no line editing, Ctrl-C a byte
+/// for the guest) until dropped, when its settings come back.
+pub struct RawTerminal {
+    saved: nix::sys::termios::Termios,
+}
+
+impl RawTerminal {
+    /// Raw mode for stdin, if it is a terminal.
+    pub fn enter() -> Result<Option<RawTerminal>, ConsoleError> {
+        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+        let stdin = std::io::stdin();
+        if !nix::unistd::isatty(&stdin).unwrap_or(false) {
+            return Ok(None);
+        }
+        let saved = tcgetattr(&stdin).map_err(ConsoleError::Terminal)?;
+        let mut raw = saved.clone();
+        cfmakeraw(&mut raw);
+        tcsetattr(&stdin, SetArg::TCSANOW, &raw).map_err(ConsoleError::Terminal)?;
+        Ok(Some(RawTerminal { saved }))
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        use nix::sys::termios::{tcsetattr, SetArg};
+        let _ = tcsetattr(std::io::stdin(), SetArg::TCSANOW, &self.saved);
+    }
+}
+
+/// Watches stdio input for `Ctrl-a x`; what it returns goes to the guest.
+#[derive(Default)]
+struct EscapeScanner {
+    after_escape: bool,
+}
+
+/// What one chunk of stdio input holds.
+#[derive(Debug, PartialEq, Eq)]
+enum Scanned {
+    Input(Vec<u8>),
+    /// `Ctrl-a x`: the input before it, then end the VM.
+    Quit(Vec<u8>),
+}
+
+impl EscapeScanner {
+    fn scan(&mut self, bytes: &[u8]) -> Scanned {
+        let mut input = Vec::with_capacity(bytes.len());
+        for &byte in bytes {
+            if std::mem::take(&mut self.after_escape) {
+                match byte {
+                    b'x' => return Scanned::Quit(input),
+                    ESCAPE => input.push(ESCAPE),
+                    other => input.extend([ESCAPE, other]),
+                }
+            } else if byte == ESCAPE {
+                self.after_escape = true;
+            } else {
+                input.push(byte);
+            }
+        }
+        Scanned::Input(input)
+    }
 }
 
 enum Target {
@@ -153,8 +221,12 @@ impl Console {
         }
     }
 
-    /// A console on the process's stdin and stdout.
-    pub fn stdio(interrupt: EventFd) -> Result<Arc<Console>, ConsoleError> {
+    /// A console on the process's stdin and stdout; `Ctrl-a x` on stdin
+    /// calls `quit`.
+    pub fn stdio(
+        interrupt: EventFd,
+        quit: impl Fn() + Send + 'static,
+    ) -> Result<Arc<Console>, ConsoleError> {
         let console = Console::new(Target::Stdout, interrupt);
         console.start_writer()?;
         let reader = Arc::clone(&console);
@@ -162,10 +234,35 @@ impl Console {
             .name("console-stdin".into())
             .spawn(move || {
                 crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Console);
-                reader.pump(std::io::stdin().lock())
+                reader.pump_stdio(std::io::stdin().lock(), quit)
             })
             .map_err(ConsoleError::Thread)?;
         Ok(console)
+    }
+
+    /// [`Console::pump`] for stdio, which watches for the escape.
+    fn pump_stdio(&self, mut source: impl Read, quit: impl Fn()) {
+        let mut scanner = EscapeScanner::default();
+        let mut buf = [0u8; 512];
+        loop {
+            match source.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => match scanner.scan(&buf[..n]) {
+                    Scanned::Input(bytes) => self.push_input(&bytes),
+                    Scanned::Quit(bytes) => {
+                        self.push_input(&bytes);
+                        log::info!("console: Ctrl-a x: ending the VM");
+                        quit();
+                        break;
+                    }
+                },
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    log::debug!("console: input closed: {error}");
+                    break;
+                }
+            }
+        }
     }
 
     /// A console served on a Unix socket at `path`: one client at a time, a
@@ -190,6 +287,9 @@ impl Console {
     }
 
     fn accept_loop(self: Arc<Self>, listener: UnixListener) {
+        // One client at a time: a new one replaces the previous, which is
+        // disconnected (its input must not reach the guest any more).
+        let mut current: Option<UnixStream> = None;
         for stream in listener.incoming() {
             let stream = match stream {
                 Ok(stream) => stream,
@@ -198,10 +298,15 @@ impl Console {
                     continue;
                 }
             };
+            if let Some(previous) = current.take() {
+                log::info!("console: a new client replaces the previous one");
+                let _ = previous.shutdown(std::net::Shutdown::Both);
+            }
             if let Err(error) = self.attach_client(&stream) {
                 log::warn!("console: cannot set up client: {error}");
                 continue;
             }
+            current = stream.try_clone().ok();
             log::info!("console: client connected");
             let reader = Arc::clone(&self);
             let spawned = thread::Builder::new()
@@ -295,6 +400,23 @@ mod tests {
 
     fn console() -> Arc<Console> {
         Console::new(Target::Socket(None), EventFd::new(EFD_NONBLOCK).unwrap())
+    }
+
+    #[test]
+    fn ctrl_a_x_quits_and_ctrl_a_twice_is_one_ctrl_a() {
+        let mut scanner = EscapeScanner::default();
+        assert_eq!(scanner.scan(b"ls\r"), Scanned::Input(b"ls\r".to_vec()));
+        assert_eq!(
+            scanner.scan(b"a\x01\x01b"),
+            Scanned::Input(b"a\x01b".to_vec())
+        );
+        assert_eq!(scanner.scan(b"\x01c"), Scanned::Input(b"\x01c".to_vec()));
+        // Split across reads.
+        assert_eq!(scanner.scan(b"q\x01"), Scanned::Input(b"q".to_vec()));
+        assert_eq!(scanner.scan(b"x rest"), Scanned::Quit(vec![]));
+        // Ctrl-C is the guest's.
+        let mut scanner = EscapeScanner::default();
+        assert_eq!(scanner.scan(b"\x03"), Scanned::Input(vec![3]));
     }
 
     #[test]

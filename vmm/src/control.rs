@@ -31,6 +31,8 @@ pub enum ControlMessage {
     Reset { by_guest: bool },
     /// QMP quit.
     Quit,
+    /// `Ctrl-a x` on the stdio console: the VM ends as for quit.
+    ConsoleQuit,
     /// SIGTERM or SIGINT: the VM ends as for quit.
     HostSignal(nix::sys::signal::Signal),
     /// The guest can no longer run: the reason, for the log.

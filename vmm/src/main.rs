@@ -34,7 +34,22 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(exit) => return exit,
     };
-    common::init_logging("core");
+    let log_level = cli
+        .log_level
+        .as_deref()
+        .and_then(|level| level.parse().ok());
+    let log_file = match open_log(&cli) {
+        Ok(log_file) => log_file,
+        Err(error) => {
+            eprintln!("papervisor: {error}");
+            return ExitCode::from(common::EXIT_USAGE);
+        }
+    };
+    let shared_log = log_file
+        .as_ref()
+        .and_then(|file| file.try_clone().ok())
+        .map(std::sync::Arc::new);
+    common::init_logging("core", log_level, log_file);
 
     let mut config = match config::VmConfig::from_cli(cli) {
         Ok(config) => config,
@@ -43,6 +58,8 @@ fn main() -> ExitCode {
             return ExitCode::from(common::EXIT_USAGE);
         }
     };
+    config.sandbox.log_level = log::max_level();
+    config.sandbox.log_file = shared_log;
     if let Err(error) = install_kick_handler() {
         eprintln!("papervisor: {}", common::describe(&error));
         return ExitCode::from(EXIT_FAILURE);
@@ -97,7 +114,19 @@ fn main() -> ExitCode {
     if let config::ConsoleConfig::Socket(path) = &config.console {
         sockets.push(path.clone());
     }
+    // The stdio console: the terminal in raw mode while the VM runs.
+    let terminal = match config.console {
+        config::ConsoleConfig::Stdio => match console::RawTerminal::enter() {
+            Ok(terminal) => terminal,
+            Err(error) => {
+                eprintln!("papervisor: {}", common::describe(&error));
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        },
+        config::ConsoleConfig::Socket(_) => None,
+    };
     let result = run(config, signals);
+    drop(terminal);
     for path in sockets {
         let _ = std::fs::remove_file(path);
     }
@@ -109,6 +138,38 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// Where the logs go: `--log-file` (a file, or `stderr`); by default stderr,
+/// unless the console is this terminal: then a file beside the runtime
+/// directories, named on stderr before the console starts.
+fn open_log(cli: &Cli) -> Result<Option<std::fs::File>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = match &cli.log_file {
+        Some(path) if path.as_os_str() == "stderr" => return Ok(None),
+        Some(path) => path.clone(),
+        None => {
+            let stdio = matches!(cli.console, config::ConsoleConfig::Stdio);
+            if !stdio || !nix::unistd::isatty(std::io::stderr()).unwrap_or(false) {
+                return Ok(None);
+            }
+            let base = cli.jail_dir.clone().unwrap_or_else(runtime::default_base);
+            runtime::create_private_dir(&base).map_err(|error| common::describe(&error))?;
+            let path = base.join(format!("papervisor-{}.log", std::process::id()));
+            eprintln!(
+                "papervisor: the console is this terminal; logs go to {}",
+                path.display()
+            );
+            path
+        }
+    };
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&path)
+        .map(Some)
+        .map_err(|error| format!("--log-file {}: {error}", path.display()))
 }
 
 /// The runtime directory and the device processes' ids of a jailed VM;

@@ -55,7 +55,7 @@ pub struct RunDir {
 
 /// Makes `path` (mode 0700), and checks that it is ours and private: a
 /// directory someone else made in a shared place (/tmp) is refused.
-fn create_private_dir(path: &Path) -> Result<(), RuntimeError> {
+pub fn create_private_dir(path: &Path) -> Result<(), RuntimeError> {
     use std::os::unix::fs::MetadataExt;
     DirBuilder::new()
         .recursive(true)

@@ -266,8 +266,15 @@ pub fn rules(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
         .collect();
     rules.insert(nix::libc::SYS_fcntl, fcntl);
     // ioctl: the KVM requests of the kind, and TCGETS (the log checks
-    // whether stderr is a terminal).
-    let requests = kvm_requests(kind).into_iter().chain([nix::libc::TCGETS]);
+    // whether stderr is a terminal); the control loop, whose thread ends the
+    // process, gives the terminal its settings back (TCSETS).
+    let terminal: &[u64] = match kind {
+        ThreadKind::Control => &[nix::libc::TCGETS, nix::libc::TCSETS],
+        _ => &[nix::libc::TCGETS],
+    };
+    let requests = kvm_requests(kind)
+        .into_iter()
+        .chain(terminal.iter().copied());
     let ioctls: Vec<SeccompRule> = requests
         .map(|request| {
             rule(vec![condition(

@@ -145,11 +145,16 @@ impl Vm {
 
         let interrupts = Arc::new(InterruptRouter::new(Arc::clone(&vm_fd))?);
         let vty_interrupt = interrupts.eventfd(irq::VTY)?;
+        let (control, inbox) = channel();
         let console = match &config.console {
-            ConsoleConfig::Stdio => Console::stdio(vty_interrupt)?,
+            ConsoleConfig::Stdio => {
+                let control = control.clone();
+                Console::stdio(vty_interrupt, move || {
+                    let _ = control.send(ControlMessage::ConsoleQuit);
+                })?
+            }
             ConsoleConfig::Socket(path) => Console::socket(path, vty_interrupt)?,
         };
-        let (control, inbox) = channel();
         // The event log raises the hot-plug and EPOW interrupts itself.
         let event_log_interrupt = |source| -> Result<OwnedFd, VmError> {
             let eventfd = interrupts.eventfd(source)?;
@@ -343,6 +348,13 @@ impl Vm {
                         "SHUTDOWN",
                         json!({"guest": false, "reason": "host-qmp-quit"}),
                     );
+                    return Ok(());
+                }
+                ControlMessage::ConsoleQuit => {
+                    log::info!("Ctrl-a x on the console: ending the VM");
+                    self.park_all();
+                    self.qmp
+                        .emit("SHUTDOWN", json!({"guest": false, "reason": "host-ui"}));
                     return Ok(());
                 }
                 ControlMessage::HostSignal(signal) => {

@@ -29,6 +29,28 @@ pub struct Sandbox {
     /// The ids the device processes run as.
     pub uid: u32,
     pub gid: u32,
+    /// The level passed to each process (`--log-level`).
+    pub log_level: log::LevelFilter,
+    /// Their stderr, when the core logs to a file.
+    pub log_file: Option<std::sync::Arc<std::fs::File>>,
+}
+
+impl Sandbox {
+    fn program_args(&self) -> [String; 4] {
+        [
+            "--seccomp".to_string(),
+            self.seccomp.clone(),
+            "--log-level".to_string(),
+            self.log_level.to_string().to_lowercase(),
+        ]
+    }
+
+    fn stderr(&self) -> Stdio {
+        self.log_file
+            .as_ref()
+            .and_then(|file| file.try_clone().ok())
+            .map_or_else(Stdio::inherit, Stdio::from)
+    }
 }
 
 #[derive(Debug, Error)]
@@ -247,14 +269,17 @@ fn spawn_here(
     address_space: u64,
 ) -> Result<(ProcessHandle, Waiter), SpawnError> {
     let program = sibling_binary(kind.binary());
-    let args = ["--seccomp".to_string(), sandbox.seccomp.clone()];
+    let args = sandbox.program_args();
     let exec_failed = |source| SpawnError::Exec {
         path: program.clone(),
         source,
     };
     if !sandbox.jail {
         let mut command = Command::new(&program);
-        command.args(args).stdin(Stdio::null());
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stderr(sandbox.stderr());
         ipc_proto::pass_fds(&mut command, fds);
         let child = command.spawn().map_err(exec_failed)?;
         // Not yet waited for, so the pid is still this child's.
@@ -285,7 +310,10 @@ fn spawn_here(
         args: args.iter().map(Into::into).collect(),
     };
     let mut command = Command::new(sibling_binary("jailer"));
-    command.args(config.to_args()).stdin(Stdio::null());
+    command
+        .args(config.to_args())
+        .stdin(Stdio::null())
+        .stderr(sandbox.stderr());
     let mut passed = fds.to_vec();
     passed.push(jailers.as_fd().as_raw_fd());
     ipc_proto::pass_fds(&mut command, &passed);
