@@ -2,6 +2,8 @@
 //! causes on one line, and clap's command-line errors on one line.
 #![deny(missing_docs)]
 
+pub mod seccomp;
+
 use std::collections::HashMap;
 use std::error::Error;
 use std::process::ExitCode;

@@ -4,47 +4,10 @@
 //! it reads its first message. Anything else kills the process (or, for
 //! debugging, is logged or allowed).
 
+use common::seccomp::{arg_equals_32, compile, condition, not_executable, rule, Rules};
+pub use common::seccomp::{Mode, SeccompError};
 use ipc_proto::ProcessKind;
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
-};
-use std::collections::BTreeMap;
-use thiserror::Error;
-
-/// Why a filter cannot be built or installed.
-#[derive(Debug, Error)]
-pub enum SeccompError {
-    /// The rules do not make a filter.
-    #[error("the filter does not build")]
-    Build(#[from] seccompiler::Error),
-    /// The filter does not compile to BPF.
-    #[error("the filter does not compile")]
-    Compile(#[from] seccompiler::BackendError),
-}
-
-/// What a call outside the filter does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// The process is killed (SIGSYS). The default.
-    Kill,
-    /// The call is logged by the kernel and allowed.
-    Log,
-    /// No filter.
-    Off,
-}
-
-impl Mode {
-    /// Parses `kill`, `log`, `off`.
-    pub fn parse(text: &str) -> Option<Mode> {
-        match text {
-            "kill" => Some(Mode::Kill),
-            "log" => Some(Mode::Log),
-            "off" => Some(Mode::Off),
-            _ => None,
-        }
-    }
-}
+use seccompiler::{BpfProgram, SeccompCmpArgLen, SeccompCmpOp};
 
 /// Every device process: its channels, its allocator, its log (stderr).
 /// `write` is allowed on the log descriptor only (see [`rules`]).
@@ -81,46 +44,20 @@ const RTAS_SERVER: &[i64] = &[
 /// The log descriptor (stderr).
 const LOG_FD: i32 = 2;
 
-fn condition(arg: u8, len: SeccompCmpArgLen, op: SeccompCmpOp, value: u64) -> SeccompCondition {
-    SeccompCondition::new(arg, len, op, value).expect("a well-formed condition")
-}
-
-fn rule(conditions: Vec<SeccompCondition>) -> SeccompRule {
-    SeccompRule::new(conditions).expect("a well-formed rule")
-}
-
 /// The allowed calls of `kind`: number → rules (empty: always allowed).
-pub fn rules(kind: ProcessKind) -> BTreeMap<i64, Vec<SeccompRule>> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = COMMON.iter().map(|&n| (n, vec![])).collect();
-    let no_exec = || {
-        condition(
-            2,
-            SeccompCmpArgLen::Qword,
-            SeccompCmpOp::MaskedEq(nix::libc::PROT_EXEC as u64),
-            0,
-        )
-    };
+pub fn rules(kind: ProcessKind) -> Rules {
+    let mut rules: Rules = COMMON.iter().map(|&n| (n, vec![])).collect();
     // Never executable memory.
-    rules.insert(nix::libc::SYS_mprotect, vec![rule(vec![no_exec()])]);
+    rules.insert(nix::libc::SYS_mprotect, vec![rule(vec![not_executable()])]);
     // Only F_GETFD: std checks a descriptor is open before closing it (with
     // debug assertions); nothing else of fcntl is needed.
-    let getfd = condition(
-        1,
-        SeccompCmpArgLen::Dword,
-        SeccompCmpOp::Eq,
-        nix::libc::F_GETFD as u64,
+    rules.insert(
+        nix::libc::SYS_fcntl,
+        vec![arg_equals_32(1, nix::libc::F_GETFD as u64)],
     );
-    rules.insert(nix::libc::SYS_fcntl, vec![rule(vec![getfd])]);
-    // write(2) only to the log, and to the hot-plug interrupt's eventfd for
-    // the event log: everything else goes over the links (sendmsg).
-    let write_to = |fd: i32| {
-        rule(vec![condition(
-            0,
-            SeccompCmpArgLen::Dword,
-            SeccompCmpOp::Eq,
-            fd as u64,
-        )])
-    };
+    // write(2) only to the log, and to the interrupts' eventfds for the
+    // event log: everything else goes over the links (sendmsg).
+    let write_to = |fd: i32| arg_equals_32(0, fd as u64);
     let mut writable = vec![write_to(LOG_FD)];
     if kind == ProcessKind::EventLog {
         // The hot-plug and the EPOW interrupts, after the channels.
@@ -132,7 +69,7 @@ pub fn rules(kind: ProcessKind) -> BTreeMap<i64, Vec<SeccompRule>> {
     match kind {
         ProcessKind::RtasServer => {
             // Shared mappings of guest RAM, never executable.
-            rules.insert(nix::libc::SYS_mmap, vec![rule(vec![no_exec()])]);
+            rules.insert(nix::libc::SYS_mmap, vec![rule(vec![not_executable()])]);
             rules.extend(RTAS_SERVER.iter().map(|&n| (n, vec![])));
         }
         ProcessKind::HotplugController | ProcessKind::EventLog => {
@@ -143,7 +80,10 @@ pub fn rules(kind: ProcessKind) -> BTreeMap<i64, Vec<SeccompRule>> {
                 SeccompCmpOp::MaskedEq(nix::libc::MAP_ANONYMOUS as u64),
                 nix::libc::MAP_ANONYMOUS as u64,
             );
-            rules.insert(nix::libc::SYS_mmap, vec![rule(vec![no_exec(), anonymous])]);
+            rules.insert(
+                nix::libc::SYS_mmap,
+                vec![rule(vec![not_executable(), anonymous])],
+            );
         }
     }
     rules
@@ -151,27 +91,12 @@ pub fn rules(kind: ProcessKind) -> BTreeMap<i64, Vec<SeccompRule>> {
 
 /// The compiled filter of `kind`, or `None` in [`Mode::Off`].
 pub fn program(kind: ProcessKind, mode: Mode) -> Result<Option<BpfProgram>, SeccompError> {
-    let mismatch = match mode {
-        Mode::Kill => SeccompAction::KillProcess,
-        Mode::Log => SeccompAction::Log,
-        Mode::Off => return Ok(None),
-    };
-    let filter = SeccompFilter::new(
-        rules(kind),
-        mismatch,
-        SeccompAction::Allow,
-        TargetArch::x86_64,
-    )?;
-    let program: BpfProgram = filter.try_into()?;
-    Ok(Some(program))
+    compile(rules(kind), mode)
 }
 
 /// Installs the filter of `kind` on this process (it also sets no_new_privs).
 pub fn install(kind: ProcessKind, mode: Mode) -> Result<(), SeccompError> {
-    match program(kind, mode)? {
-        Some(program) => Ok(seccompiler::apply_filter(&program)?),
-        None => Ok(()),
-    }
+    common::seccomp::install(program(kind, mode)?.as_ref())
 }
 
 #[cfg(test)]
@@ -208,13 +133,5 @@ mod tests {
         );
         assert_eq!(rules(ProcessKind::EventLog)[&nix::libc::SYS_write].len(), 3);
         assert!(!rules(ProcessKind::EventLog).contains_key(&nix::libc::SYS_statx));
-    }
-
-    #[test]
-    fn modes_parse() {
-        assert_eq!(Mode::parse("kill"), Some(Mode::Kill));
-        assert_eq!(Mode::parse("log"), Some(Mode::Log));
-        assert_eq!(Mode::parse("off"), Some(Mode::Off));
-        assert_eq!(Mode::parse("KILL"), None);
     }
 }

@@ -6,33 +6,16 @@
 //! spawner thread takes no input and has no filter (see `confine`).
 //! `--seccomp kill|log|off` sets what a call outside a filter does.
 
+use common::seccomp::{arg_equals_32, compile, not_executable, rule, Mode, Rules, SeccompError};
 use kvm_bindings::{kvm_cpuid2, kvm_irq_routing, kvm_irqfd, kvm_mp_state, kvm_regs, kvm_sregs};
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
-};
-use std::collections::BTreeMap;
+use seccompiler::BpfProgram;
 use std::sync::OnceLock;
-use thiserror::Error;
-
-/// What a call outside the filter does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    Kill,
-    Log,
-    Off,
-}
 
 static MODE: OnceLock<Mode> = OnceLock::new();
 
 /// Sets the mode for every thread (once, from the command line).
 pub fn set_mode(mode: &str) {
-    let mode = match mode {
-        "log" => Mode::Log,
-        "off" => Mode::Off,
-        _ => Mode::Kill,
-    };
-    let _ = MODE.set(mode);
+    let _ = MODE.set(Mode::parse(mode).unwrap_or(Mode::Kill));
 }
 
 /// The kinds of thread of the core.
@@ -52,14 +35,6 @@ pub enum ThreadKind {
     Watcher,
     /// Takes SIGTERM and SIGINT.
     Signals,
-}
-
-#[derive(Debug, Error)]
-pub enum SeccompError {
-    #[error("the filter does not build")]
-    Build(#[from] seccompiler::BackendError),
-    #[error("the filter cannot be installed")]
-    Install(#[from] seccompiler::Error),
 }
 
 const KVMIO: u64 = 0xAE;
@@ -215,32 +190,16 @@ fn extra_calls(kind: ThreadKind) -> Vec<i64> {
     }
 }
 
-fn condition(arg: u8, len: SeccompCmpArgLen, op: SeccompCmpOp, value: u64) -> SeccompCondition {
-    SeccompCondition::new(arg, len, op, value).expect("a well-formed condition")
-}
-
-fn rule(conditions: Vec<SeccompCondition>) -> SeccompRule {
-    SeccompRule::new(conditions).expect("a well-formed rule")
-}
-
 /// The allowed calls of `kind`: number → rules (empty: always allowed).
-pub fn rules(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = EVERY_THREAD
+pub fn rules(kind: ThreadKind) -> Rules {
+    let mut rules: Rules = EVERY_THREAD
         .iter()
         .chain(&extra_calls(kind))
         .map(|&n| (n, vec![]))
         .collect();
     // Memory is never executable.
-    let no_exec = || {
-        condition(
-            2,
-            SeccompCmpArgLen::Qword,
-            SeccompCmpOp::MaskedEq(nix::libc::PROT_EXEC as u64),
-            0,
-        )
-    };
-    rules.insert(nix::libc::SYS_mmap, vec![rule(vec![no_exec()])]);
-    rules.insert(nix::libc::SYS_mprotect, vec![rule(vec![no_exec()])]);
+    rules.insert(nix::libc::SYS_mmap, vec![rule(vec![not_executable()])]);
+    rules.insert(nix::libc::SYS_mprotect, vec![rule(vec![not_executable()])]);
     // fcntl: std checks a descriptor before closing it (debug builds);
     // the threads that hand out or set up descriptors do more.
     let fcntl_commands: &[i32] = match kind {
@@ -255,14 +214,7 @@ pub fn rules(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
     };
     let fcntl = fcntl_commands
         .iter()
-        .map(|&command| {
-            rule(vec![condition(
-                1,
-                SeccompCmpArgLen::Dword,
-                SeccompCmpOp::Eq,
-                command as u64,
-            )])
-        })
+        .map(|&command| arg_equals_32(1, command as u64))
         .collect();
     rules.insert(nix::libc::SYS_fcntl, fcntl);
     // ioctl: the KVM requests of the kind, and TCGETS (the log checks
@@ -272,18 +224,10 @@ pub fn rules(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
         ThreadKind::Control => &[nix::libc::TCGETS, nix::libc::TCSETS],
         _ => &[nix::libc::TCGETS],
     };
-    let requests = kvm_requests(kind)
+    let ioctls = kvm_requests(kind)
         .into_iter()
-        .chain(terminal.iter().copied());
-    let ioctls: Vec<SeccompRule> = requests
-        .map(|request| {
-            rule(vec![condition(
-                1,
-                SeccompCmpArgLen::Dword,
-                SeccompCmpOp::Eq,
-                request,
-            )])
-        })
+        .chain(terminal.iter().copied())
+        .map(|request| arg_equals_32(1, request))
         .collect();
     rules.insert(nix::libc::SYS_ioctl, ioctls);
     rules
@@ -291,18 +235,7 @@ pub fn rules(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
 
 /// The compiled filter of `kind`, or `None` in [`Mode::Off`].
 pub fn program(kind: ThreadKind, mode: Mode) -> Result<Option<BpfProgram>, SeccompError> {
-    let mismatch = match mode {
-        Mode::Kill => SeccompAction::KillProcess,
-        Mode::Log => SeccompAction::Log,
-        Mode::Off => return Ok(None),
-    };
-    let filter = SeccompFilter::new(
-        rules(kind),
-        mismatch,
-        SeccompAction::Allow,
-        TargetArch::x86_64,
-    )?;
-    Ok(Some(filter.try_into()?))
+    compile(rules(kind), mode)
 }
 
 /// Installs the filter of `kind` on the calling thread (it also sets
@@ -310,10 +243,7 @@ pub fn program(kind: ThreadKind, mode: Mode) -> Result<Option<BpfProgram>, Secco
 pub fn confine_thread(kind: ThreadKind) -> Result<(), SeccompError> {
     // Unset (unit tests): no filter.
     let mode = *MODE.get().unwrap_or(&Mode::Off);
-    match program(kind, mode)? {
-        Some(program) => Ok(seccompiler::apply_filter(&program)?),
-        None => Ok(()),
-    }
+    common::seccomp::install(program(kind, mode)?.as_ref())
 }
 
 /// [`confine_thread`] for the start of a thread: logs and ends the process
