@@ -27,6 +27,9 @@ const COMMON: &[i64] = &[
     nix::libc::SYS_clock_gettime,
     nix::libc::SYS_sched_yield,
     nix::libc::SYS_rt_sigreturn,
+    // A stopped process (SIGSTOP, a cgroup freeze, a debugger) resumes its
+    // interrupted poll or wait through this.
+    nix::libc::SYS_restart_syscall,
     nix::libc::SYS_rt_sigprocmask,
     nix::libc::SYS_sigaltstack,
     nix::libc::SYS_exit,

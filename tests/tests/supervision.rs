@@ -133,3 +133,35 @@ fn only_the_fault_injection_build_accepts_x_inject_fault() {
     assert_eq!(replies[0]["return"]["survived"], false, "{}", replies[0]);
     assert_eq!(replies[1]["data"]["reason"], "killed by SIGSYS");
 }
+
+#[test]
+fn sigstop_then_sigcont_restarts_nothing() {
+    if !root_and_kvm("sigstop_then_sigcont_restarts_nothing") {
+        return;
+    }
+    let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=2"]);
+    vm.boot();
+    let pids: Vec<u64> = vm
+        .device_processes()
+        .iter()
+        .map(|p| p["pid"].as_u64().unwrap())
+        .collect();
+    // Each device process, and the core itself, stopped and continued (as a
+    // debugger, strace or a cgroup freeze would).
+    for pid in pids.iter().copied().chain([u64::from(vm.pid())]) {
+        signal(pid, nix::sys::signal::Signal::SIGSTOP);
+        std::thread::sleep(Duration::from_millis(300));
+        signal(pid, nix::sys::signal::Signal::SIGCONT);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for process in vm.device_processes() {
+        assert_eq!(process["state"], "running", "{process}");
+        assert_eq!(process["restarts"], 0, "{process}");
+    }
+    assert!(vm.console.command("time")[0].starts_with("time: 20"));
+    let replies =
+        vm.qmp(&[r#"device_add={"driver": "host-spapr-cpu-core", "core-id": 1, "id": "core1"}"#]);
+    assert_eq!(replies[0], json!({"return": {}}));
+    vm.console
+        .expect_async("dlpar: cpu add 0x10000001: ok", Duration::from_secs(60));
+}

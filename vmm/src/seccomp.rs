@@ -106,6 +106,9 @@ const EVERY_THREAD: &[i64] = &[
     nix::libc::SYS_nanosleep,
     nix::libc::SYS_sched_yield,
     nix::libc::SYS_rt_sigreturn,
+    // A stopped core (SIGSTOP, a cgroup freeze, a debugger) resumes its
+    // interrupted waits through this.
+    nix::libc::SYS_restart_syscall,
     nix::libc::SYS_rt_sigprocmask,
     nix::libc::SYS_sigaltstack,
     nix::libc::SYS_write,
