@@ -104,7 +104,10 @@ impl Links {
     /// Takes the channels of `kind` (descriptors 3..), installs its seccomp
     /// filter, and handshakes on all of them: hellos are sent on every link
     /// before any is awaited, so no start-up order deadlocks. Extra
-    /// descriptors must be taken before.
+    /// descriptors must be taken before. A peer that is down (several
+    /// processes restart together) is simply not linked yet: the core hands
+    /// over its link when it is back; one that does not answer in its link's
+    /// time is blamed in the first reply.
     pub fn open(kind: ProcessKind, mode: seccomp::Mode) -> Result<Links, ProcessError> {
         let links = kind.links();
         let channels = (0..links.len())
@@ -115,26 +118,41 @@ impl Links {
         for (channel, &link) in channels.iter().zip(links) {
             channel.send_hello(link).map_err(handshake(link))?;
         }
-        for (channel, &link) in channels.iter().zip(links) {
-            channel
-                .expect_hello(link, HANDSHAKE_TIMEOUT)
-                .map_err(handshake(link))?;
+        let mut ends = BTreeMap::new();
+        let mut peer_failed = None;
+        for (channel, &link) in channels.into_iter().zip(links) {
+            let timeout = match link.touches_core() {
+                true => HANDSHAKE_TIMEOUT,
+                false => link.reply_timeout(),
+            };
+            match channel.expect_hello(link, timeout) {
+                Ok(()) => {
+                    ends.insert(
+                        link,
+                        End {
+                            channel,
+                            next_id: 1,
+                        },
+                    );
+                }
+                Err(error) if !link.touches_core() => {
+                    log::warn!(
+                        "{link:?}: no peer yet ({error}); it joins when the core re-links it"
+                    );
+                    if matches!(error, ChannelError::Timeout(_)) {
+                        peer_failed = [link.requester(), link.server()]
+                            .into_iter()
+                            .flatten()
+                            .find(|&peer| peer != kind);
+                    }
+                }
+                Err(error) => return Err(handshake(link)(error)),
+            }
         }
-        let ends = links
-            .iter()
-            .zip(channels)
-            .map(|(&link, channel)| {
-                let end = End {
-                    channel,
-                    next_id: 1,
-                };
-                (link, end)
-            })
-            .collect();
         Ok(Links {
             kind,
             ends,
-            peer_failed: None,
+            peer_failed,
             relinked: Vec::new(),
         })
     }

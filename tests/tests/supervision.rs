@@ -165,3 +165,66 @@ fn sigstop_then_sigcont_restarts_nothing() {
     vm.console
         .expect_async("dlpar: cpu add 0x10000001: ok", Duration::from_secs(60));
 }
+
+#[test]
+fn the_rtas_server_killed_while_a_cpu_goes_offline_is_only_a_slower_call() {
+    if !root_and_kvm("the_rtas_server_killed_while_a_cpu_goes_offline_is_only_a_slower_call") {
+        return;
+    }
+    let mut vm = Vm::start(&["--smp", "cpus=2"]);
+    vm.boot();
+    let rtas = vm.device_process("rtas-server")["pid"].as_u64().unwrap();
+    // set-xive and stop-self reach a dead server: they wait for its successor.
+    signal(rtas, nix::sys::signal::Signal::SIGKILL);
+    assert_eq!(vm.console.command("cpu offline 1"), ["cpu 1 offline"]);
+    assert_eq!(
+        vm.console.command("cpus"),
+        ["cpu 0 online", "cpu 1 offline"]
+    );
+    let server = vm.device_process("rtas-server");
+    assert_eq!(server["state"], "running");
+    assert_eq!(server["restarts"], 1);
+    assert_eq!(vm.console.command("cpu online 1"), ["cpu 1 online"]);
+}
+
+#[test]
+fn processes_killed_together_come_back_together() {
+    if !root_and_kvm("processes_killed_together_come_back_together") {
+        return;
+    }
+    let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=2"]);
+    vm.boot();
+    let pids: Vec<u64> = vm
+        .device_processes()
+        .iter()
+        .map(|p| p["pid"].as_u64().unwrap())
+        .collect();
+    for pid in pids {
+        signal(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let processes = vm.device_processes();
+        if processes.iter().all(|p| p["state"] == "running") {
+            for process in &processes {
+                assert_eq!(process["restarts"], 1, "{process}");
+            }
+            break;
+        }
+        assert!(
+            processes.iter().all(|p| p["state"] != "failed"),
+            "{processes:?}"
+        );
+        assert!(std::time::Instant::now() < deadline, "{processes:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The three are linked to each other again: a hotplug cycle works.
+    let replies =
+        vm.qmp(&[r#"device_add={"driver": "host-spapr-cpu-core", "core-id": 1, "id": "core1"}"#]);
+    assert_eq!(replies[0], json!({"return": {}}));
+    vm.console
+        .expect_async("dlpar: cpu add 0x10000001: ok", Duration::from_secs(60));
+    let replies = vm.qmp(&[r#"device_del={"id": "core1"}"#, "wait-event:DEVICE_DELETED"]);
+    assert_eq!(replies[1]["data"]["device"], "core1");
+    assert!(vm.console.command("time")[0].starts_with("time: 20"));
+}

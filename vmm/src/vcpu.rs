@@ -497,7 +497,9 @@ impl Vcpu {
                     args_address: call.args[0],
                     cpus: self.context.cpus.snapshot(),
                 };
-                match self.context.devices.rtas.query(call) {
+                let control = self.control();
+                let parking = || control.park_requested.load(Ordering::SeqCst);
+                match self.context.devices.rtas_call(call, &parking) {
                     Ok(core_rtas::Reply::CallDone { request }) => {
                         let next = self.carry_out(request);
                         (HcallResult::status(H_SUCCESS), 0, next)

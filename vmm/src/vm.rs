@@ -488,30 +488,43 @@ impl Vm {
         }
     }
 
+    /// Restarts `kind` together with every other process that is down:
+    /// processes that died together come back together.
     fn restart_device(&mut self, kind: ProcessKind) {
-        if let Err(error) = self.devices.restart(kind) {
-            log::error!(
-                "cannot restart {}: {}",
-                kind.name(),
-                common::describe(&error)
-            );
-            // Counts as another death: the backoff grows, then it fails.
-            let after = self.devices.restart_failed(kind);
-            self.after_exit(kind, "its restart did not come up", after);
-            return;
-        }
-        if kind == ProcessKind::HotplugController {
+        let group = match self.devices.restart(kind) {
+            Ok(group) => group,
+            Err((group, error)) => {
+                log::error!(
+                    "cannot restart {}: {}",
+                    group
+                        .iter()
+                        .map(|k| k.name())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    common::describe(&error)
+                );
+                // Counts as another death: the backoff grows, then it fails.
+                for kind in group {
+                    let after = self.devices.restart_failed(kind);
+                    self.after_exit(kind, "its restart did not come up", after);
+                }
+                return;
+            }
+        };
+        if group.contains(&ProcessKind::HotplugController) {
             // A fresh controller has an empty table: tell it what is plugged.
             if let Err(error) = self.cold_plug_present_cores() {
                 log::error!("the restarted hotplug controller refused the cores: {error}");
             }
         }
-        let pid = self.devices.pid(kind);
-        log::info!("{} restarted as pid {pid}", kind.name());
-        self.qmp.emit(
-            "X_DEVICE_PROCESS_RESTARTED",
-            json!({"process": kind.name(), "pid": pid, "restarts": self.devices.restarts(kind)}),
-        );
+        for kind in group {
+            let pid = self.devices.pid(kind);
+            log::info!("{} restarted as pid {pid}", kind.name());
+            self.qmp.emit(
+                "X_DEVICE_PROCESS_RESTARTED",
+                json!({"process": kind.name(), "pid": pid, "restarts": self.devices.restarts(kind)}),
+            );
+        }
     }
 
     fn on_hotplug(&mut self, notification: Notification) {

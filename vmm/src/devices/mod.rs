@@ -36,6 +36,9 @@ pub use spawn::Sandbox;
 
 /// How long a new process has for its handshakes.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an RTAS call waits for a restarting RTAS server: the guest
+/// sees a slower call, not a failed one.
+pub const RTAS_RESTART_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Error)]
 pub enum DeviceError {
@@ -252,6 +255,7 @@ impl DeviceProcesses {
                 kind: kind.name(),
                 source,
             })?;
+            self.proxy(kind).mark_ready();
         }
         Ok(())
     }
@@ -360,6 +364,35 @@ impl DeviceProcesses {
         }
     }
 
+    /// One H_RTAS call. While the RTAS server restarts, the call waits for
+    /// its successor (up to [`RTAS_RESTART_WAIT`], or until `abort`) and is
+    /// made again: a `stop-self` that "returned" busy would be fatal to the
+    /// guest. A server that died with the call in hand may have run it:
+    /// until requests are idempotent (issue 11), such a call is made again.
+    pub fn rtas_call(
+        &self,
+        request: core_rtas::Request,
+        abort: &dyn Fn() -> bool,
+    ) -> Result<core_rtas::Reply, DeviceFailure> {
+        let deadline = Instant::now() + RTAS_RESTART_WAIT;
+        loop {
+            // A server just restarted serves the guest once it is set up.
+            if !self.rtas.wait_for_process(deadline, abort) {
+                return self.rtas.query(request);
+            }
+            match self.rtas.query(request.clone()) {
+                Err(
+                    failure @ (DeviceFailure::Restarting(_)
+                    | DeviceFailure::Died(_)
+                    | DeviceFailure::CutOff { .. }),
+                ) => {
+                    log::info!("RTAS call waits for the RTAS server: {failure}");
+                }
+                answer => return answer,
+            }
+        }
+    }
+
     /// Kills a process the core no longer trusts; its watcher reports it.
     pub fn cut_off(&self, kind: ProcessKind, why: &str) {
         self.proxy(kind).cut_off(why);
@@ -432,16 +465,29 @@ impl DeviceProcesses {
         after
     }
 
-    /// Starts a fresh `kind` in place of the dead one.
-    pub fn restart(&self, kind: ProcessKind) -> Result<(), DeviceError> {
+    /// Starts a fresh `kind` in place of the dead one, together with every
+    /// other process that is down (processes that died together come back
+    /// together, linked to each other). Returns the processes restarted; an
+    /// exit of `kind` already handled (it runs again) restarts nothing.
+    pub fn restart(
+        &self,
+        kind: ProcessKind,
+    ) -> Result<Vec<ProcessKind>, (Vec<ProcessKind>, DeviceError)> {
         if self.state(kind) != Some(State::Restarting) {
-            return Ok(());
+            return Ok(vec![]);
         }
-        self.wire(&[kind])?;
-        if let Some(record) = lock(&self.records).get_mut(&kind) {
-            record.supervision.restarted();
+        let group: Vec<ProcessKind> = ProcessKind::ALL
+            .into_iter()
+            .filter(|&k| self.state(k) == Some(State::Restarting))
+            .collect();
+        self.wire(&group).map_err(|error| (group.clone(), error))?;
+        let mut records = lock(&self.records);
+        for kind in &group {
+            if let Some(record) = records.get_mut(kind) {
+                record.supervision.restarted();
+            }
         }
-        Ok(())
+        Ok(group)
     }
 
     /// The pid of the process of `kind`, as last started (for reports).

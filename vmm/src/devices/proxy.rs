@@ -14,7 +14,8 @@ use std::collections::HashMap;
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 use thiserror::Error;
 
 /// Why a request to a device process did not get its answer.
@@ -61,6 +62,8 @@ pub trait Supervised: Send + Sync {
     fn set_failed(&self, failed: bool);
     /// Kills a process the core no longer trusts; its watcher reports it.
     fn cut_off(&self, why: &str);
+    /// The connected process is set up: callers waiting for it go on.
+    fn mark_ready(&self);
     /// A control request, answered by an acknowledgement or a fault's outcome.
     #[cfg(feature = "fault-injection")]
     fn control(
@@ -82,6 +85,10 @@ struct Connected<P> {
 pub struct Proxy<P: Protocol> {
     kind: ProcessKind,
     connected: Mutex<Option<Connected<P>>>,
+    /// Notified when a process is ready or the supervisor gives up.
+    changed: Condvar,
+    /// The connected process is set up and serves the guest.
+    ready: AtomicBool,
     failed: AtomicBool,
     control: Sender<ControlMessage>,
 }
@@ -92,6 +99,8 @@ impl<P: Protocol> Proxy<P> {
         Proxy {
             kind,
             connected: Mutex::new(None),
+            changed: Condvar::new(),
+            ready: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             control,
         }
@@ -106,6 +115,28 @@ impl<P: Protocol> Proxy<P> {
             DeviceFailure::Failed(self.kind)
         } else {
             DeviceFailure::Restarting(self.kind)
+        }
+    }
+
+    /// Waits until a process is connected and set up (`true`), or the
+    /// supervisor gave up, `deadline` passed or `abort` says so (`false`).
+    pub fn wait_for_process(&self, deadline: Instant, abort: &dyn Fn() -> bool) -> bool {
+        let mut guard = self.lock();
+        loop {
+            if guard.is_some() && self.ready.load(Ordering::SeqCst) {
+                return true;
+            }
+            let now = Instant::now();
+            if self.failed.load(Ordering::SeqCst) || now >= deadline || abort() {
+                return false;
+            }
+            // Short slices, so that `abort` is looked at.
+            let slice = (deadline - now).min(Duration::from_millis(20));
+            guard = self
+                .changed
+                .wait_timeout(guard, slice)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 
@@ -220,11 +251,13 @@ impl<P: Protocol> Supervised for Proxy<P> {
         process: Arc<ProcessHandle>,
         peers: HashMap<ProcessKind, u64>,
     ) {
-        *self.lock() = Some(Connected {
+        let mut guard = self.lock();
+        *guard = Some(Connected {
             client: Client::new(channel),
             process,
             peers,
         });
+        self.ready.store(false, Ordering::SeqCst);
         self.failed.store(false, Ordering::SeqCst);
     }
 
@@ -256,10 +289,18 @@ impl<P: Protocol> Supervised for Proxy<P> {
 
     fn disconnect(&self) {
         *self.lock() = None;
+        self.ready.store(false, Ordering::SeqCst);
+    }
+
+    fn mark_ready(&self) {
+        let _guard = self.lock();
+        self.ready.store(true, Ordering::SeqCst);
+        self.changed.notify_all();
     }
 
     fn set_failed(&self, failed: bool) {
         self.failed.store(failed, Ordering::SeqCst);
+        self.changed.notify_all();
     }
 
     fn cut_off(&self, why: &str) {
@@ -291,7 +332,6 @@ mod tests {
         CoreRtas, CpuSnapshot, PlatformRequest, Reply as RtasReply, Request as RtasRequest,
     };
     use std::sync::mpsc::{channel, Receiver};
-    use std::time::Duration;
 
     /// A proxy whose "process" is a thread of this test, speaking raw frames.
     fn fake(
