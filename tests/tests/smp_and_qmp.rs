@@ -100,13 +100,10 @@ fn the_rtas_server_is_another_process_and_its_death_fails_calls_cleanly() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    // Until a new server is up, RTAS calls fail with an error the guest
-    // sees (H_BUSY, 1); nothing hangs, nothing crashes.
+    // A call made while the server is down waits for its successor: the
+    // guest sees a slower call; nothing hangs, nothing crashes.
     let during = vm.console.command("time");
-    assert!(
-        during == ["time failed: hcall status 1"] || during[0].starts_with("time: 20"),
-        "{during:?}"
-    );
+    assert!(during[0].starts_with("time: 20"), "{during:?}");
     let exited = qmp.wait_event("X_DEVICE_PROCESS_EXITED");
     assert_eq!(exited["data"]["reason"], "killed by SIGKILL");
     assert_eq!(exited["data"]["pid"], server);

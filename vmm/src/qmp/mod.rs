@@ -253,18 +253,24 @@ impl QmpServer {
                     Ok(text) => session.handle(&text),
                     Err(too_long) => (error_reply(None, "GenericError", &too_long), None),
                 };
-                send(&reply)?;
                 match after {
                     Some(After::Negotiated) => {
-                        reader.set_read_timeout(None)?;
-                        if let Some(client) = self.clients().iter_mut().find(|c| c.id == id) {
+                        // The reply is queued and the client starts getting
+                        // events under one lock: no event is lost in between,
+                        // and none comes before the reply.
+                        let mut clients = self.clients();
+                        send(&reply)?;
+                        if let Some(client) = clients.iter_mut().find(|c| c.id == id) {
                             client.negotiated = true;
                         }
+                        drop(clients);
+                        reader.set_read_timeout(None)?;
                     }
                     Some(After::Send(message)) => {
+                        send(&reply)?;
                         let _ = context.control.send(message);
                     }
-                    None => {}
+                    None => send(&reply)?,
                 }
             }
         }
