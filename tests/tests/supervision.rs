@@ -228,3 +228,41 @@ fn processes_killed_together_come_back_together() {
     assert_eq!(replies[1]["data"]["device"], "core1");
     assert!(vm.console.command("time")[0].starts_with("time: 20"));
 }
+
+#[test]
+fn a_hotplug_command_for_a_restarting_controller_restarts_it_and_goes_through() {
+    if !root_and_kvm("a_hotplug_command_for_a_restarting_controller_restarts_it_and_goes_through") {
+        return;
+    }
+    let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=2"]);
+    vm.boot();
+    let mut qmp = papervisor_tests::QmpClient::connect(&vm.qmp_socket());
+    let controller = |vm: &Vm| {
+        vm.device_process("hotplug-controller")["pid"]
+            .as_u64()
+            .unwrap()
+    };
+    // Four deaths in a row: the fifth restart waits 1.6 s.
+    for _ in 0..4 {
+        signal(controller(&vm), nix::sys::signal::Signal::SIGKILL);
+        qmp.wait_event("X_DEVICE_PROCESS_EXITED");
+        qmp.wait_event("X_DEVICE_PROCESS_RESTARTED");
+    }
+    signal(controller(&vm), nix::sys::signal::Signal::SIGKILL);
+    let exited = qmp.wait_event("X_DEVICE_PROCESS_EXITED");
+    assert_eq!(exited["data"]["action"], "restart");
+    // Asked meanwhile, the command restarts it now and goes through.
+    let reply = qmp.execute(
+        "device_add",
+        json!({"driver": "host-spapr-cpu-core", "core-id": 1, "id": "core1"}),
+    );
+    assert_eq!(reply, json!({"return": {}}));
+    qmp.wait_event("X_DEVICE_PROCESS_RESTARTED");
+    vm.console
+        .expect_async("dlpar: cpu add 0x10000001: ok", Duration::from_secs(60));
+    // The backoff timer that fires later restarts nothing.
+    std::thread::sleep(Duration::from_secs(2));
+    let process = vm.device_process("hotplug-controller");
+    assert_eq!(process["state"], "running");
+    assert_eq!(process["restarts"], 5, "{process}");
+}

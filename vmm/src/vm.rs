@@ -7,6 +7,7 @@ use crate::config::{ConsoleConfig, GuestImage, SmpConfig, VmConfig};
 use crate::console::{Console, ConsoleError};
 use crate::control::{ControlMessage, QmpError};
 use crate::cores::{CoreDevice, Cores, CORE_DRIVER};
+use crate::devices::proxy::DeviceFailure;
 use crate::devices::supervisor::AfterExit;
 use crate::devices::{DeviceError, DeviceProcesses};
 use crate::fdt::{self, FdtError, MachineDescription};
@@ -212,7 +213,7 @@ impl Vm {
 
     /// Tells the hotplug controller about every plugged core, as configured:
     /// at start, and to a controller restarted with an empty table.
-    fn cold_plug_present_cores(&self) -> Result<(), String> {
+    fn cold_plug_present_cores(&mut self) -> Result<(), String> {
         for core in self.cores.present() {
             let device = self.cores.device(core).cloned().expect("a present core");
             self.hotplug_request(core_hotplug::Request::Plug {
@@ -258,11 +259,19 @@ impl Vm {
     }
 
     /// A request to the hotplug controller; the error is for QMP or the log.
-    fn hotplug_request(&self, request: core_hotplug::Request) -> Result<(), String> {
-        self.devices
-            .hotplug
-            .command(request)
-            .map_err(|failure| failure.to_string())
+    /// A controller that is down waiting out its restart backoff is
+    /// restarted now and asked again: a QMP command sees a slower answer,
+    /// not "try again".
+    fn hotplug_request(&mut self, request: core_hotplug::Request) -> Result<(), String> {
+        let result = match self.devices.hotplug.command(request.clone()) {
+            Err(DeviceFailure::Restarting(kind)) => {
+                log::info!("restarting the {} now: a request waits for it", kind.name());
+                self.restart_device(kind);
+                self.devices.hotplug.command(request)
+            }
+            other => other,
+        };
+        result.map_err(|failure| failure.to_string())
     }
 
     /// Writes everything the guest finds at power-on; returns where CPU 0 starts.
