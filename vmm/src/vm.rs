@@ -837,7 +837,13 @@ impl Vm {
             Ok(core_eventlog::Reply::Queued(events)) => Ok(Value::Array(
                 events
                     .into_iter()
-                    .map(|event| {
+                    .map(|queued| {
+                        let event = match queued {
+                            core_eventlog::QueuedEvent::Hotplug(event) => event,
+                            core_eventlog::QueuedEvent::PowerDown => {
+                                return json!({"action": "power-off", "resource": "epow"})
+                            }
+                        };
                         let action = match event.action {
                             HotplugAction::Add => "add",
                             HotplugAction::Remove => "remove",

@@ -10,6 +10,7 @@ pub mod encode;
 pub mod process;
 
 use crate::clock::UtcTime;
+use ipc_proto::link::core_eventlog::QueuedEvent as Queued;
 use ipc_proto::link::hotplug_eventlog::HotplugEvent;
 use std::collections::VecDeque;
 
@@ -20,14 +21,6 @@ pub const CLASS_EPOW: u32 = 0x4000_0000;
 /// Events kept at most; with coalescing a guest that never reads still
 /// cannot fill it with fewer DRCs than this.
 pub const MAX_QUEUED: usize = ipc_proto::link::core_eventlog::MAX_QUEUED_EVENTS;
-
-/// What an entry of the queue is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Queued {
-    Hotplug(HotplugEvent),
-    /// EPOW: an orderly power-off.
-    PowerDown,
-}
 
 struct Entry {
     event: Queued,
@@ -170,15 +163,9 @@ impl EventQueue {
         self.entries.clear();
     }
 
-    /// The queued hot-plug events, oldest first.
-    pub fn list(&self) -> Vec<HotplugEvent> {
-        self.entries
-            .iter()
-            .filter_map(|e| match e.event {
-                Queued::Hotplug(event) => Some(event),
-                Queued::PowerDown => None,
-            })
-            .collect()
+    /// The queued events, oldest first.
+    pub fn list(&self) -> Vec<Queued> {
+        self.entries.iter().map(|e| e.event).collect()
     }
 }
 
@@ -207,7 +194,7 @@ mod tests {
         for _ in 0..1000 {
             assert_eq!(q.enqueue(remove, now()), Ok((true, Pulse::HOTPLUG)));
         }
-        assert_eq!(q.list(), [remove]);
+        assert_eq!(q.list(), [Queued::Hotplug(remove)]);
         // Another DRC or action is another event.
         q.enqueue(event(HotplugAction::Add, 0x1000_0001), now())
             .unwrap();
@@ -246,6 +233,7 @@ mod tests {
         let mut q = EventQueue::default();
         assert_eq!(q.power_down(now()), Ok(Pulse::EPOW));
         assert_eq!(q.power_down(now()), Ok(Pulse::EPOW), "repeats still pulse");
+        assert_eq!(q.list(), [Queued::PowerDown]);
         // Hot-plug readers do not see it; EPOW readers get it once.
         assert_eq!(
             q.dequeue(CLASS_HOTPLUG, 2048),
@@ -270,7 +258,7 @@ mod tests {
         q.enqueue(remove, now()).unwrap();
         assert!(q.withdraw(&remove));
         assert!(!q.withdraw(&remove));
-        assert_eq!(q.list(), [event(HotplugAction::Add, 2)]);
+        assert_eq!(q.list(), [Queued::Hotplug(event(HotplugAction::Add, 2))]);
     }
 
     #[test]

@@ -24,11 +24,20 @@ pub enum Request {
     List,
 }
 
+/// One event waiting in the queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QueuedEvent {
+    /// A hot-plug event.
+    Hotplug(HotplugEvent),
+    /// An EPOW power-off request (the power button).
+    PowerDown,
+}
+
 /// Event log → core, for [`Request::List`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
     /// The queued events, oldest first.
-    Queued(Vec<HotplugEvent>),
+    Queued(Vec<QueuedEvent>),
 }
 
 impl Message for Request {
