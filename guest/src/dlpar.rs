@@ -25,8 +25,6 @@ const ALLOC_UNUSABLE: u32 = 0;
 const ALLOC_USABLE: u32 = 1;
 
 const RTAS_HOTPLUG_EVENTS: u32 = 0x1000_0000;
-const RTAS_VECTOR_EXTERNAL_INTERRUPT: u32 = 0x500;
-const EVENT_BUFFER_SIZE: usize = 2048;
 /// configure-connector steps before a walk is taken as broken.
 const MAX_CONFIGURE_STEPS: usize = 256;
 
@@ -69,10 +67,8 @@ static EVENTS: SpinLock<EventState> = SpinLock::new(EventState {
     next_recent: 0,
 });
 
-#[repr(C, align(4096))]
-struct Page([u8; 4096]);
-static BUFFER: SpinLock<Page> = SpinLock::new(Page([0; 4096]));
-static WORK_AREA: SpinLock<Page> = SpinLock::new(Page([0; 4096]));
+static BUFFER: SpinLock<rtas::Page> = SpinLock::new(rtas::Page::zeroed());
+static WORK_AREA: SpinLock<rtas::Page> = SpinLock::new(rtas::Page::zeroed());
 
 /// Records the boot cores from the device tree.
 pub fn init(platform: &platform::Platform) {
@@ -156,49 +152,20 @@ fn remember(event: Event) {
 /// check-exception for hot-plug events, parsed like Linux's
 /// get_pseries_errorlog; `None` when nothing (valid) is queued.
 fn fetch() -> Option<Event> {
-    let platform = platform::get();
-    let irq = platform.hotplug_irq.unwrap_or(0);
-    let buffer = BUFFER.lock();
-    let address = buffer.0.as_ptr() as u32;
-    let args = [
-        RTAS_VECTOR_EXTERNAL_INTERRUPT,
-        irq,
-        RTAS_HOTPLUG_EVENTS,
-        0,
-        address,
-        EVENT_BUFFER_SIZE as u32,
-    ];
-    match rtas::call("check-exception", &args, 1) {
-        Ok(ret) if ret.status == 0 => {}
-        _ => return None,
-    }
-    parse(&buffer.0[..EVENT_BUFFER_SIZE])
-}
-
-fn parse(log: &[u8]) -> Option<Event> {
-    let extended = be32(log, 4)? as usize;
-    if extended < 16 || log.get(10)? & 0x0f != 14 || log.get(20..24)? != b"IBM\0" {
+    let irq = platform::get().hotplug_irq.unwrap_or(0);
+    let mut buffer = BUFFER.lock();
+    let log = rtas::check_exception(&mut buffer, irq, RTAS_HOTPLUG_EVENTS)?;
+    let section = rtas::event_section(log, *b"HP")?;
+    if section.len() < 16 {
         return None;
     }
-    let end = (8 + extended).min(log.len());
-    let mut at = 24;
-    while at + 4 <= end {
-        let length = u16::from_be_bytes([log[at + 2], log[at + 3]]) as usize;
-        if log[at..at + 2] == *b"HP" && at + 16 <= end {
-            return Some(Event {
-                resource: log[at + 8],
-                action: log[at + 9],
-                id_type: log[at + 10],
-                index_or_count: be32(log, at + 12)?,
-                index: be32(log, at + 16).unwrap_or(0),
-            });
-        }
-        if length == 0 {
-            return None;
-        }
-        at += length;
-    }
-    None
+    Some(Event {
+        resource: section[8],
+        action: section[9],
+        id_type: section[10],
+        index_or_count: be32(section, 12)?,
+        index: be32(section, 16).unwrap_or(0),
+    })
 }
 
 /// Handles one event; `Some(cpu)` when the shell must move there first.

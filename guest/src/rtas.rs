@@ -1,11 +1,25 @@
 //! RTAS calls, made the way Linux makes them: a big-endian `rtas_args` block
 //! whose address goes to the H_RTAS hypercall. Tokens come from `/rtas`.
 
+use crate::fdt::be32;
 use crate::hcall::{hcall, H_RTAS, H_SUCCESS};
 use crate::platform;
 use crate::sync::SpinLock;
 
 const MAX_ARGS: usize = 16;
+const RTAS_VECTOR_EXTERNAL_INTERRUPT: u32 = 0x500;
+/// The event log length check-exception is offered (Linux's RTAS_ERROR_LOG_MAX).
+const EVENT_BUFFER_SIZE: usize = 2048;
+
+/// A page RTAS writes into: an event log, a configure-connector work area.
+#[repr(C, align(4096))]
+pub struct Page(pub [u8; 4096]);
+
+impl Page {
+    pub const fn zeroed() -> Page {
+        Page([0; 4096])
+    }
+}
 
 #[repr(C)]
 pub struct RtasArgs {
@@ -111,4 +125,45 @@ fn call_with(
         status: u32::from_be(rets[0]) as i32,
         out,
     })
+}
+
+/// check-exception for the events of `class` raised on `irq`, as Linux's
+/// ras.c calls it: the event log RTAS wrote into `buffer`, or `None` when
+/// nothing of that class is queued (or the call failed).
+pub fn check_exception(buffer: &mut Page, irq: u32, class: u32) -> Option<&[u8]> {
+    let args = [
+        RTAS_VECTOR_EXTERNAL_INTERRUPT,
+        irq,
+        class,
+        0,
+        buffer.0.as_ptr() as u32,
+        EVENT_BUFFER_SIZE as u32,
+    ];
+    match call("check-exception", &args, 1) {
+        Ok(ret) if ret.status == 0 => Some(&buffer.0[..EVENT_BUFFER_SIZE]),
+        _ => None,
+    }
+}
+
+/// The first section tagged `id` of an extended PAPR event log, from its
+/// header to the log's end, found as Linux's get_pseries_errorlog finds it;
+/// `None` when `log` is no valid extended log or has no such section.
+pub fn event_section(log: &[u8], id: [u8; 2]) -> Option<&[u8]> {
+    let extended = be32(log, 4)? as usize;
+    if extended < 16 || log.get(10)? & 0x0f != 14 || log.get(20..24)? != b"IBM\0" {
+        return None;
+    }
+    let end = (8 + extended).min(log.len());
+    let mut at = 24;
+    while at + 4 <= end {
+        if log[at..at + 2] == id {
+            return Some(&log[at..end]);
+        }
+        let length = u16::from_be_bytes([log[at + 2], log[at + 3]]) as usize;
+        if length == 0 {
+            return None;
+        }
+        at += length;
+    }
+    None
 }
