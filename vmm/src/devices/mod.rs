@@ -296,13 +296,17 @@ impl DeviceProcesses {
             ProcessKind::RtasServer => self.resources.guest_ram_bytes + (1 << 30),
             _ => 1 << 30,
         };
-        let (handle, waiter) =
-            spawn::spawn(&self.sandbox, kind, &id, fds, address_space).map_err(|source| {
-                DeviceError::Spawn {
-                    kind: kind.name(),
-                    source,
-                }
-            })?;
+        let launch = spawn::Launch {
+            sandbox: self.sandbox.clone(),
+            kind,
+            id,
+            fds: fds.to_vec(),
+            address_space,
+        };
+        let (handle, waiter) = spawn::spawn(launch).map_err(|source| DeviceError::Spawn {
+            kind: kind.name(),
+            source,
+        })?;
         let handle = Arc::new(handle);
         log::info!(
             "{} running as pid {} (generation {generation})",

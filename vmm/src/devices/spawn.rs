@@ -164,15 +164,22 @@ fn pidfd_of(pid: u32) -> Result<OwnedFd, SpawnError> {
     pidfd_open(raw, PidfdFlags::empty()).map_err(|errno| failed(errno.into()))
 }
 
+/// A device process to start: `kind` with `fds` as its descriptors 3..,
+/// jailed as `id` unless the sandbox is off, with an address-space limit of
+/// `address_space` bytes.
+pub struct Launch {
+    pub sandbox: Sandbox,
+    pub kind: ProcessKind,
+    pub id: String,
+    /// Held open by the caller until [`spawn`] returns.
+    pub fds: Vec<RawFd>,
+    pub address_space: u64,
+}
+
 /// What the spawner thread is asked to do.
 enum Request {
     Spawn {
-        sandbox: Sandbox,
-        kind: ProcessKind,
-        id: String,
-        /// Held open by the requester until the reply.
-        fds: Vec<RawFd>,
-        address_space: u64,
+        launch: Launch,
         reply: Sender<Result<(ProcessHandle, Waiter), SpawnError>>,
     },
     Kill {
@@ -216,15 +223,8 @@ pub fn start_spawner() -> Result<(), SpawnError> {
 
 fn serve(request: Request) {
     match request {
-        Request::Spawn {
-            sandbox,
-            kind,
-            id,
-            fds,
-            address_space,
-            reply,
-        } => {
-            let _ = reply.send(spawn_here(&sandbox, kind, &id, &fds, address_space));
+        Request::Spawn { launch, reply } => {
+            let _ = reply.send(spawn_here(&launch));
         }
         Request::Kill { pidfd, reply } => {
             // SAFETY: the requester keeps the pidfd open until it has the reply.
@@ -234,40 +234,26 @@ fn serve(request: Request) {
     }
 }
 
-/// Starts `kind` with `fds` as its descriptors 3.., jailed as `id` unless the
-/// sandbox is off, with an address-space limit of `address_space` bytes —
-/// on the spawner thread when there is one.
-pub fn spawn(
-    sandbox: &Sandbox,
-    kind: ProcessKind,
-    id: &str,
-    fds: &[RawFd],
-    address_space: u64,
-) -> Result<(ProcessHandle, Waiter), SpawnError> {
+/// Starts `launch`, on the spawner thread when there is one.
+pub fn spawn(launch: Launch) -> Result<(ProcessHandle, Waiter), SpawnError> {
     let Some(spawner) = SPAWNER.get() else {
-        return spawn_here(sandbox, kind, id, fds, address_space);
+        return spawn_here(&launch);
     };
     let (reply, answer) = channel();
-    let request = Request::Spawn {
-        sandbox: sandbox.clone(),
-        kind,
-        id: id.to_string(),
-        fds: fds.to_vec(),
-        address_space,
-        reply,
-    };
+    let request = Request::Spawn { launch, reply };
     let gone = || SpawnError::Thread(std::io::ErrorKind::BrokenPipe.into());
     spawner.send(request).map_err(|_| gone())?;
     answer.recv().map_err(|_| gone())?
 }
 
-fn spawn_here(
-    sandbox: &Sandbox,
-    kind: ProcessKind,
-    id: &str,
-    fds: &[RawFd],
-    address_space: u64,
-) -> Result<(ProcessHandle, Waiter), SpawnError> {
+fn spawn_here(launch: &Launch) -> Result<(ProcessHandle, Waiter), SpawnError> {
+    let Launch {
+        sandbox,
+        kind,
+        id,
+        fds,
+        address_space,
+    } = launch;
     let program = sibling_binary(kind.binary());
     let args = sandbox.program_args();
     let exec_failed = |source| SpawnError::Exec {
@@ -283,17 +269,7 @@ fn spawn_here(
         ipc_proto::pass_fds(&mut command, fds);
         let child = command.spawn().map_err(exec_failed)?;
         // Not yet waited for, so the pid is still this child's.
-        let process = pidfd_of(child.id())?;
-        let waiter = process.try_clone().map_err(|source| SpawnError::Pidfd {
-            pid: child.id(),
-            source,
-        })?;
-        let handle = ProcessHandle {
-            pid: child.id(),
-            process,
-            jail_dir: None,
-        };
-        return Ok((handle, Waiter(waiter)));
+        return watched(child.id(), pidfd_of(child.id())?, None);
     }
 
     let (ours, jailers) = Channel::pair().map_err(SpawnError::ReportSocket)?;
@@ -303,7 +279,7 @@ fn spawn_here(
         uid: sandbox.uid,
         gid: sandbox.gid,
         chroot_base: sandbox.jail_dir.clone(),
-        limits: vec![jailer::Limit::AddressSpace(address_space)],
+        limits: vec![jailer::Limit::AddressSpace(*address_space)],
         cgroup: vec![],
         keep_fds: fds.len() as u32,
         report_fd: Some(ipc_proto::FIRST_CHANNEL_FD + fds.len() as i32),
@@ -354,13 +330,23 @@ fn spawn_here(
             return Err(SpawnError::Jailer(format!("{other:?}")));
         }
     }
+    let jail_dir = sandbox.jail_dir.join(kind.binary()).join(id);
+    watched(pid, process, Some(jail_dir))
+}
+
+/// The handle of a started process and the waiter on the same pidfd.
+fn watched(
+    pid: u32,
+    process: OwnedFd,
+    jail_dir: Option<PathBuf>,
+) -> Result<(ProcessHandle, Waiter), SpawnError> {
     let waiter = process
         .try_clone()
         .map_err(|source| SpawnError::Pidfd { pid, source })?;
     let handle = ProcessHandle {
         pid,
         process,
-        jail_dir: Some(sandbox.jail_dir.join(kind.binary()).join(id)),
+        jail_dir,
     };
     Ok((handle, Waiter(waiter)))
 }
