@@ -121,6 +121,13 @@ pub fn kvm_usable(test: &str) -> bool {
     }
 }
 
+/// Sends `signal` to process `pid`; panics when it cannot.
+pub fn send_signal(pid: u64, signal: nix::sys::signal::Signal) {
+    let target = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid"));
+    nix::sys::signal::kill(target, signal)
+        .unwrap_or_else(|error| panic!("cannot send {signal} to {pid}: {error}"));
+}
+
 /// A fresh, short directory for sockets (Unix socket paths are limited to 108 bytes).
 pub fn scratch_dir() -> PathBuf {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -237,6 +244,14 @@ impl Vm {
             .as_array()
             .expect("a process list")
             .clone()
+    }
+
+    /// The pids of the device processes, in `x-query-device-processes` order.
+    pub fn device_pids(&self) -> Vec<u64> {
+        self.device_processes()
+            .iter()
+            .map(|p| p["pid"].as_u64().expect("a pid"))
+            .collect()
     }
 
     /// The device process of `kind` as `x-query-device-processes` lists it.
@@ -377,21 +392,35 @@ impl Console {
         }
     }
 
+    /// Adds what arrives within the stream's read timeout to `seen`;
+    /// `Ok(false)` once the VM closed the connection.
+    fn read_more(&mut self) -> std::io::Result<bool> {
+        let stream = self.stream.as_mut().expect("console connected");
+        let mut buf = [0u8; 4096];
+        match stream.read(&mut buf) {
+            Ok(0) => Ok(false),
+            Ok(n) => {
+                self.seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+                Ok(true)
+            }
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(true)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
     /// Whether the VM closed this connection (waits up to `timeout`).
     pub fn is_closed(&mut self, timeout: Duration) -> bool {
-        let stream = self.stream.as_mut().expect("console connected");
         let deadline = Instant::now() + timeout;
-        let mut buf = [0u8; 4096];
         while Instant::now() < deadline {
-            match stream.read(&mut buf) {
-                Ok(0) => return true,
-                Ok(n) => self.seen.push_str(&String::from_utf8_lossy(&buf[..n])),
-                Err(error)
-                    if matches!(
-                        error.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => return true,
+            if !matches!(self.read_more(), Ok(true)) {
+                return true;
             }
         }
         false
@@ -401,7 +430,6 @@ impl Console {
     /// within `timeout` (what was read stays for the next read).
     pub fn read_until_or_timeout(&mut self, pattern: &str, timeout: Duration) -> Option<String> {
         let deadline = Instant::now() + timeout;
-        let stream = self.stream.as_mut().expect("console connected");
         loop {
             if let Some(at) = self.seen.find(pattern) {
                 let rest = self.seen.split_off(at + pattern.len());
@@ -410,15 +438,9 @@ impl Console {
             if Instant::now() >= deadline {
                 return None;
             }
-            let mut buf = [0u8; 4096];
-            match stream.read(&mut buf) {
-                Ok(0) => panic!("console closed; got so far:\n{}", self.seen),
-                Ok(n) => self.seen.push_str(&String::from_utf8_lossy(&buf[..n])),
-                Err(error)
-                    if matches!(
-                        error.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
+            match self.read_more() {
+                Ok(true) => {}
+                Ok(false) => panic!("console closed; got so far:\n{}", self.seen),
                 Err(error) => panic!("console read failed: {error}"),
             }
         }

@@ -3,7 +3,7 @@
 //! RAM, and nothing left behind however the VM ends. These need root (the
 //! jail, switching to a VM's uid) and /dev/kvm; they say so when skipped.
 
-use papervisor_tests::{root_and_kvm, Vm};
+use papervisor_tests::{root_and_kvm, send_signal, Vm};
 use serde_json::json;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -148,18 +148,10 @@ fn sigterm_ends_the_vm_like_quit_and_leaves_nothing_behind() {
         "{} missing",
         run_dir.display()
     );
-    let devices: Vec<u64> = vm
-        .device_processes()
-        .iter()
-        .map(|p| p["pid"].as_u64().unwrap())
-        .collect();
+    let devices = vm.device_pids();
     let signaller = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(1500));
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(core as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
+        send_signal(u64::from(core), nix::sys::signal::Signal::SIGTERM);
     });
     let replies = vm.qmp(&["query-status", "wait-event:SHUTDOWN"]);
     signaller.join().unwrap();
@@ -191,11 +183,7 @@ fn a_killed_vms_directory_is_removed_when_the_next_vm_starts() {
     let mut first = Vm::start(&[]);
     first.boot();
     let run_dir = Path::new(RUN_BASE).join(format!("vm-{}", first.pid()));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(first.pid() as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    send_signal(u64::from(first.pid()), nix::sys::signal::Signal::SIGKILL);
     first.wait_exit(Duration::from_secs(10));
     assert!(run_dir.exists(), "nothing could remove it yet");
     let mut next = Vm::start(&[]);

@@ -1,7 +1,7 @@
 //! CPUs brought up and down by the guest through the RTAS server, and the VM
 //! managed over QMP with the unmodified `qemu.qmp` client.
 
-use papervisor_tests::{kvm_usable, QmpClient, Vm};
+use papervisor_tests::{kvm_usable, send_signal, QmpClient, Vm};
 use std::time::Duration;
 
 const SMP: [&str; 2] = ["--smp", "cpus=2,maxcpus=4"];
@@ -95,11 +95,7 @@ fn the_rtas_server_is_another_process_and_its_death_fails_calls_cleanly() {
     assert!(vm.console.command("time")[0].starts_with("time: 20"));
 
     let mut qmp = QmpClient::connect(&vm.qmp_socket());
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    send_signal(u64::from(server), nix::sys::signal::Signal::SIGKILL);
     // A call made while the server is down waits for its successor: the
     // guest sees a slower call; nothing hangs, nothing crashes.
     let during = vm.console.command("time");

@@ -3,15 +3,10 @@
 //! that ask for it. These need root (the jail) and /dev/kvm; they say so
 //! when skipped.
 
-use papervisor_tests::{plain_binary, root_and_kvm, Vm};
+use papervisor_tests::{plain_binary, root_and_kvm, send_signal, Vm};
 use serde_json::json;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-fn signal(pid: u64, signal: nix::sys::signal::Signal) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
-        .unwrap_or_else(|error| panic!("cannot send {signal} to {pid}: {error}"));
-}
 
 #[test]
 fn a_hung_event_log_is_blamed_not_the_controller_that_waited_for_it() {
@@ -21,7 +16,7 @@ fn a_hung_event_log_is_blamed_not_the_controller_that_waited_for_it() {
     let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=2"]);
     vm.boot();
     let hung = vm.device_process("event-log")["pid"].as_u64().unwrap();
-    signal(hung, nix::sys::signal::Signal::SIGSTOP);
+    send_signal(hung, nix::sys::signal::Signal::SIGSTOP);
     // The controller must forward the add event to the stopped event log.
     let replies = vm.qmp(&[
         r#"device_add={"driver": "host-spapr-cpu-core", "core-id": 1, "id": "core1"}"#,
@@ -141,17 +136,13 @@ fn sigstop_then_sigcont_restarts_nothing() {
     }
     let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=2"]);
     vm.boot();
-    let pids: Vec<u64> = vm
-        .device_processes()
-        .iter()
-        .map(|p| p["pid"].as_u64().unwrap())
-        .collect();
+    let pids = vm.device_pids();
     // Each device process, and the core itself, stopped and continued (as a
     // debugger, strace or a cgroup freeze would).
     for pid in pids.iter().copied().chain([u64::from(vm.pid())]) {
-        signal(pid, nix::sys::signal::Signal::SIGSTOP);
+        send_signal(pid, nix::sys::signal::Signal::SIGSTOP);
         std::thread::sleep(Duration::from_millis(300));
-        signal(pid, nix::sys::signal::Signal::SIGCONT);
+        send_signal(pid, nix::sys::signal::Signal::SIGCONT);
         std::thread::sleep(Duration::from_millis(300));
     }
     for process in vm.device_processes() {
@@ -175,7 +166,7 @@ fn the_rtas_server_killed_while_a_cpu_goes_offline_is_only_a_slower_call() {
     vm.boot();
     let rtas = vm.device_process("rtas-server")["pid"].as_u64().unwrap();
     // set-xive and stop-self reach a dead server: they wait for its successor.
-    signal(rtas, nix::sys::signal::Signal::SIGKILL);
+    send_signal(rtas, nix::sys::signal::Signal::SIGKILL);
     assert_eq!(vm.console.command("cpu offline 1"), ["cpu 1 offline"]);
     assert_eq!(
         vm.console.command("cpus"),
@@ -194,13 +185,9 @@ fn processes_killed_together_come_back_together() {
     }
     let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=2"]);
     vm.boot();
-    let pids: Vec<u64> = vm
-        .device_processes()
-        .iter()
-        .map(|p| p["pid"].as_u64().unwrap())
-        .collect();
+    let pids = vm.device_pids();
     for pid in pids {
-        signal(pid, nix::sys::signal::Signal::SIGKILL);
+        send_signal(pid, nix::sys::signal::Signal::SIGKILL);
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -244,11 +231,11 @@ fn a_hotplug_command_for_a_restarting_controller_restarts_it_and_goes_through() 
     };
     // Four deaths in a row: the fifth restart waits 1.6 s.
     for _ in 0..4 {
-        signal(controller(&vm), nix::sys::signal::Signal::SIGKILL);
+        send_signal(controller(&vm), nix::sys::signal::Signal::SIGKILL);
         qmp.wait_event("X_DEVICE_PROCESS_EXITED");
         qmp.wait_event("X_DEVICE_PROCESS_RESTARTED");
     }
-    signal(controller(&vm), nix::sys::signal::Signal::SIGKILL);
+    send_signal(controller(&vm), nix::sys::signal::Signal::SIGKILL);
     let exited = qmp.wait_event("X_DEVICE_PROCESS_EXITED");
     assert_eq!(exited["data"]["action"], "restart");
     // Asked meanwhile, the command restarts it now and goes through.
