@@ -79,6 +79,8 @@ struct Connected<P> {
     /// The generation of each peer this process is linked to: blame names
     /// that one, so a late report never hits the peer's successor.
     peers: HashMap<ProcessKind, u64>,
+    /// The process is set up and serves the guest.
+    ready: bool,
 }
 
 /// The core's end of the link `P` to one device process.
@@ -87,8 +89,6 @@ pub struct Proxy<P: Protocol> {
     connected: Mutex<Option<Connected<P>>>,
     /// Notified when a process is ready or the supervisor gives up.
     changed: Condvar,
-    /// The connected process is set up and serves the guest.
-    ready: AtomicBool,
     failed: AtomicBool,
     control: Sender<ControlMessage>,
 }
@@ -100,7 +100,6 @@ impl<P: Protocol> Proxy<P> {
             kind,
             connected: Mutex::new(None),
             changed: Condvar::new(),
-            ready: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             control,
         }
@@ -123,7 +122,7 @@ impl<P: Protocol> Proxy<P> {
     pub fn wait_for_process(&self, deadline: Instant, abort: &dyn Fn() -> bool) -> bool {
         let mut guard = self.lock();
         loop {
-            if guard.is_some() && self.ready.load(Ordering::SeqCst) {
+            if guard.as_ref().is_some_and(|connected| connected.ready) {
                 return true;
             }
             let now = Instant::now();
@@ -256,8 +255,8 @@ impl<P: Protocol> Supervised for Proxy<P> {
             client: Client::new(channel),
             process,
             peers,
+            ready: false,
         });
-        self.ready.store(false, Ordering::SeqCst);
         self.failed.store(false, Ordering::SeqCst);
     }
 
@@ -289,12 +288,12 @@ impl<P: Protocol> Supervised for Proxy<P> {
 
     fn disconnect(&self) {
         *self.lock() = None;
-        self.ready.store(false, Ordering::SeqCst);
     }
 
     fn mark_ready(&self) {
-        let _guard = self.lock();
-        self.ready.store(true, Ordering::SeqCst);
+        if let Some(connected) = self.lock().as_mut() {
+            connected.ready = true;
+        }
         self.changed.notify_all();
     }
 
