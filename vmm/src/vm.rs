@@ -328,6 +328,13 @@ impl Vm {
         }
     }
 
+    /// The VM ends: every vCPU parked, and QMP clients told why.
+    fn shut_down(&self, guest: bool, reason: &str) {
+        self.park_all();
+        self.qmp
+            .emit("SHUTDOWN", json!({"guest": guest, "reason": reason}));
+    }
+
     /// Boots the guest and runs it until it powers off or QMP quits (Ok),
     /// or it crashes.
     pub fn run(mut self) -> Result<(), VmError> {
@@ -343,34 +350,22 @@ impl Vm {
             match message {
                 ControlMessage::PowerOff => {
                     log::info!("guest powered off");
-                    self.park_all();
-                    self.qmp.emit(
-                        "SHUTDOWN",
-                        json!({"guest": true, "reason": "guest-shutdown"}),
-                    );
+                    self.shut_down(true, "guest-shutdown");
                     return Ok(());
                 }
                 ControlMessage::Quit => {
                     log::info!("quit requested over QMP");
-                    self.park_all();
-                    self.qmp.emit(
-                        "SHUTDOWN",
-                        json!({"guest": false, "reason": "host-qmp-quit"}),
-                    );
+                    self.shut_down(false, "host-qmp-quit");
                     return Ok(());
                 }
                 ControlMessage::ConsoleQuit => {
                     log::info!("Ctrl-a x on the console: ending the VM");
-                    self.park_all();
-                    self.qmp
-                        .emit("SHUTDOWN", json!({"guest": false, "reason": "host-ui"}));
+                    self.shut_down(false, "host-ui");
                     return Ok(());
                 }
                 ControlMessage::HostSignal(signal) => {
                     log::info!("{signal}: ending the VM");
-                    self.park_all();
-                    self.qmp
-                        .emit("SHUTDOWN", json!({"guest": false, "reason": "host-signal"}));
+                    self.shut_down(false, "host-signal");
                     return Ok(());
                 }
                 ControlMessage::Reset { by_guest } => self.reset(by_guest)?,
