@@ -220,11 +220,7 @@ impl VcpuHandle {
             // The flag is checked before each KVM_RUN; a signal interrupts a
             // KVM_RUN already in progress. Repeat in case the signal landed
             // between the check and the ioctl.
-            if let Some(thread) = &self.thread {
-                if let Err(error) = thread.kill(kick_signal()) {
-                    log::warn!("vcpu{}: cannot signal its thread: {error}", self.id);
-                }
-            }
+            self.kick();
             state = control
                 .changed
                 .wait_timeout(state, Duration::from_millis(5))
@@ -233,9 +229,16 @@ impl VcpuHandle {
         }
         control.park_requested.store(false, Ordering::SeqCst);
     }
-}
 
-impl VcpuHandle {
+    /// Interrupts a KVM_RUN in progress on the vCPU's thread.
+    fn kick(&self) {
+        if let Some(thread) = &self.thread {
+            if let Err(error) = thread.kill(kick_signal()) {
+                log::warn!("vcpu{}: cannot signal its thread: {error}", self.id);
+            }
+        }
+    }
+
     /// After [`CpuTable::set_paused`]: kicks the vCPU out of KVM_RUN and
     /// waits until it holds (or is not running at all).
     pub fn wait_paused(&self) {
@@ -245,11 +248,7 @@ impl VcpuHandle {
             if state.0 != RunState::Running || control.holding.load(Ordering::SeqCst) {
                 return;
             }
-            if let Some(thread) = &self.thread {
-                if let Err(error) = thread.kill(kick_signal()) {
-                    log::warn!("vcpu{}: cannot signal its thread: {error}", self.id);
-                }
-            }
+            self.kick();
             let _ = control
                 .changed
                 .wait_timeout(state, Duration::from_millis(5))
