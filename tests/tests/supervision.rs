@@ -179,6 +179,30 @@ fn the_rtas_server_killed_while_a_cpu_goes_offline_is_only_a_slower_call() {
 }
 
 #[test]
+fn a_stopped_rtas_server_is_cut_off_and_the_cpu_still_goes_offline() {
+    if !root_and_kvm("a_stopped_rtas_server_is_cut_off_and_the_cpu_still_goes_offline") {
+        return;
+    }
+    let mut vm = Vm::start(&["--smp", "cpus=2"]);
+    vm.boot();
+    let rtas = vm.device_process("rtas-server")["pid"].as_u64().unwrap();
+    // A server that never answers (SIGSTOP: a debugger, a freeze) is a
+    // silent one: the call times out, the server is replaced, and the
+    // guest's call is answered by the successor.
+    send_signal(rtas, nix::sys::signal::Signal::SIGSTOP);
+    assert_eq!(vm.console.command("cpu offline 1"), ["cpu 1 offline"]);
+    let server = vm.device_process("rtas-server");
+    assert_ne!(server["pid"], rtas);
+    assert_eq!(server["state"], "running");
+    assert_eq!(server["restarts"], 1);
+    assert_eq!(vm.console.command("cpu online 1"), ["cpu 1 online"]);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{rtas}")).exists(),
+        "the stopped server is still there"
+    );
+}
+
+#[test]
 fn processes_killed_together_come_back_together() {
     if !root_and_kvm("processes_killed_together_come_back_together") {
         return;
