@@ -393,7 +393,10 @@ impl Console {
     }
 
     /// Adds what arrives within the stream's read timeout to `seen`;
-    /// `Ok(false)` once the VM closed the connection.
+    /// `Ok(false)` once the VM closed the connection. A timed read is not
+    /// restarted after a signal, and even a SIGCHLD left at its default
+    /// interrupts it when it arrived while the forking thread had signals
+    /// blocked (as around posix_spawn): that is retried like a time-out.
     fn read_more(&mut self) -> std::io::Result<bool> {
         let stream = self.stream.as_mut().expect("console connected");
         let mut buf = [0u8; 4096];
@@ -406,7 +409,9 @@ impl Console {
             Err(error)
                 if matches!(
                     error.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
                 ) =>
             {
                 Ok(true)
