@@ -277,3 +277,40 @@ fn a_hotplug_command_for_a_restarting_controller_restarts_it_and_goes_through() 
     assert_eq!(process["state"], "running");
     assert_eq!(process["restarts"], 5, "{process}");
 }
+
+#[test]
+fn a_device_del_that_finds_the_controller_stopped_fails_and_its_retry_reaches_the_guest() {
+    if !root_and_kvm(
+        "a_device_del_that_finds_the_controller_stopped_fails_and_its_retry_reaches_the_guest",
+    ) {
+        return;
+    }
+    let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=2"]);
+    vm.boot();
+    let replies =
+        vm.qmp(&[r#"device_add={"driver": "host-spapr-cpu-core", "core-id": 1, "id": "core1"}"#]);
+    assert_eq!(replies[0], json!({"return": {}}));
+    vm.console
+        .expect_async("dlpar: cpu add 0x10000001: ok", Duration::from_secs(60));
+    let stopped = vm.device_process("hotplug-controller")["pid"]
+        .as_u64()
+        .unwrap();
+    send_signal(stopped, nix::sys::signal::Signal::SIGSTOP);
+    // The controller never answers: the command fails, naming it, once the
+    // core's link times out; the controller is replaced.
+    let replies = vm.qmp(&[
+        r#"device_del={"id": "core1"}"#,
+        "wait-event:X_DEVICE_PROCESS_RESTARTED",
+    ]);
+    let desc = replies[0]["error"]["desc"].as_str().unwrap_or_default();
+    assert!(desc.contains("hotplug-controller"), "{}", replies[0]);
+    assert_eq!(replies[1]["data"]["process"], "hotplug-controller");
+    let controller = vm.device_process("hotplug-controller");
+    assert_ne!(controller["pid"], stopped);
+    assert_eq!(controller["restarts"], 1, "{controller}");
+    // The successor knows the core is plugged: a retry reaches the guest.
+    let replies = vm.qmp(&[r#"device_del={"id": "core1"}"#, "wait-event:DEVICE_DELETED"]);
+    assert_eq!(replies[0], json!({"return": {}}));
+    assert_eq!(replies[1]["data"]["device"], "core1");
+    assert_eq!(vm.console.command("cpus"), ["cpu 0 online"]);
+}
