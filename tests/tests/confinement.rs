@@ -272,5 +272,7 @@ fn every_thread_of_the_core_is_filtered_and_unprivileged_but_the_spawner() {
         );
         assert_eq!(task_field(&status, "CapEff"), "0000000000000000", "{name}");
         assert_eq!(task_field(&status, "CapBnd"), "0000000000000000", "{name}");
+        // The core's blocked signals are not passed on.
+        assert_eq!(task_field(&status, "SigBlk"), "0000000000000000", "{name}");
     }
 }

@@ -7,6 +7,7 @@ use ipc_proto::ProcessKind;
 use rustix::process::{pidfd_open, pidfd_send_signal, waitid, Pid, PidfdFlags, Signal};
 use rustix::process::{WaitId, WaitIdOptions};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{channel, Sender};
@@ -261,13 +262,9 @@ fn spawn_here(launch: &Launch) -> Result<(ProcessHandle, Waiter), SpawnError> {
         source,
     };
     if !sandbox.jail {
-        let mut command = Command::new(&program);
-        command
-            .args(args)
-            .stdin(Stdio::null())
-            .stderr(sandbox.stderr());
-        ipc_proto::pass_fds(&mut command, fds);
-        let child = command.spawn().map_err(exec_failed)?;
+        let child = command(&program, &args, sandbox, fds)
+            .spawn()
+            .map_err(exec_failed)?;
         // Not yet waited for, so the pid is still this child's.
         return watched(child.id(), pidfd_of(child.id())?, None);
     }
@@ -285,15 +282,16 @@ fn spawn_here(launch: &Launch) -> Result<(ProcessHandle, Waiter), SpawnError> {
         report_fd: Some(ipc_proto::FIRST_CHANNEL_FD + fds.len() as i32),
         args: args.iter().map(Into::into).collect(),
     };
-    let mut command = Command::new(sibling_binary("jailer"));
-    command
-        .args(config.to_args())
-        .stdin(Stdio::null())
-        .stderr(sandbox.stderr());
     let mut passed = fds.to_vec();
     passed.push(jailers.as_fd().as_raw_fd());
-    ipc_proto::pass_fds(&mut command, &passed);
-    let child = command.spawn().map_err(exec_failed)?;
+    let child = command(
+        &sibling_binary("jailer"),
+        &config.to_args(),
+        sandbox,
+        &passed,
+    )
+    .spawn()
+    .map_err(exec_failed)?;
     drop(jailers);
     let jailer = pidfd_of(child.id())?;
     let reported = ours
@@ -332,6 +330,33 @@ fn spawn_here(launch: &Launch) -> Result<(ProcessHandle, Waiter), SpawnError> {
     }
     let jail_dir = sandbox.jail_dir.join(kind.binary()).join(id);
     watched(pid, process, Some(jail_dir))
+}
+
+/// `path` with `args`, stdin closed, stderr to the log, `fds` as its
+/// descriptors 3.., and no signal blocked: programs inherit the mask, and
+/// the core's (see `signals`) is its own.
+fn command(
+    path: &Path,
+    args: &[impl AsRef<std::ffi::OsStr>],
+    sandbox: &Sandbox,
+    fds: &[RawFd],
+) -> Command {
+    let mut command = Command::new(path);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(sandbox.stderr());
+    ipc_proto::pass_fds(&mut command, fds);
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // calls pthread_sigmask, which is async-signal-safe and allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::signal::SigSet::empty()
+                .thread_set_mask()
+                .map_err(std::io::Error::from)
+        });
+    }
+    command
 }
 
 /// The handle of a started process and the waiter on the same pidfd.
