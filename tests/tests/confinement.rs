@@ -245,6 +245,13 @@ fn every_thread_of_the_core_is_filtered_and_unprivileged_but_the_spawner() {
         // Every thread but the spawner (which takes no input) is filtered.
         let filtered = if name == "spawner" { "0" } else { "2" };
         assert_eq!(task_field(&status, "Seccomp"), filtered, "{name}");
+        // Children are waited for through pidfds; a stray SIGCHLD must
+        // never interrupt a thread's timed read.
+        assert!(
+            blocks(&status, nix::sys::signal::Signal::SIGCHLD),
+            "{name}: SigBlk {}",
+            task_field(&status, "SigBlk")
+        );
         seen.push(name);
     }
     for name in [
@@ -275,4 +282,10 @@ fn every_thread_of_the_core_is_filtered_and_unprivileged_but_the_spawner() {
         // The core's blocked signals are not passed on.
         assert_eq!(task_field(&status, "SigBlk"), "0000000000000000", "{name}");
     }
+}
+
+/// Whether the `SigBlk` mask of a status file holds `signal`.
+fn blocks(status: &str, signal: nix::sys::signal::Signal) -> bool {
+    let mask = u64::from_str_radix(&task_field(status, "SigBlk"), 16).expect("a hex mask");
+    mask & (1 << (signal as i32 - 1)) != 0
 }

@@ -234,6 +234,7 @@ impl QmpServer {
         loop {
             let n = match reader.read(&mut buf) {
                 Ok(n) => n,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(error)
                     if matches!(
                         error.kind(),
