@@ -246,6 +246,21 @@ impl Vm {
             .clone()
     }
 
+    /// Hot-plugs CPU core `core_id` as device `id` over QMP and waits until
+    /// the guest has taken it (one thread per core, as the tests run).
+    pub fn plug_core(&mut self, core_id: u32, id: &str) {
+        let add = format!(
+            r#"device_add={{"driver": "host-spapr-cpu-core", "core-id": {core_id}, "id": "{id}"}}"#
+        );
+        let replies = self.qmp(&[&add]);
+        assert_eq!(replies[0], serde_json::json!({"return": {}}), "{add}");
+        let drc = 0x1000_0000 + core_id;
+        self.console.expect_async(
+            &format!("dlpar: cpu add {drc:#010x}: ok"),
+            Duration::from_secs(60),
+        );
+    }
+
     /// The pids of the device processes, in `x-query-device-processes` order.
     pub fn device_pids(&self) -> Vec<u64> {
         self.device_processes()

@@ -216,11 +216,7 @@ fn every_thread_of_the_core_is_filtered_and_unprivileged_but_the_spawner() {
     let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=4"]);
     vm.boot();
     // A core is being hot-plugged: its vCPU thread and the proxies are busy.
-    let replies =
-        vm.qmp(&[r#"device_add={"driver": "host-spapr-cpu-core", "core-id": 1, "id": "c1"}"#]);
-    assert_eq!(replies[0], json!({"return": {}}));
-    vm.console
-        .expect_async("dlpar: cpu add 0x10000001: ok", Duration::from_secs(60));
+    vm.plug_core(1, "c1");
     let core = vm.pid();
     let mut seen = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{core}/task"))

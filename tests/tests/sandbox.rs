@@ -5,7 +5,6 @@
 
 use papervisor_tests::{root_and_kvm, Vm};
 use serde_json::{json, Value};
-use std::time::Duration;
 
 const KINDS: [&str; 3] = ["rtas-server", "hotplug-controller", "event-log"];
 
@@ -107,11 +106,7 @@ fn every_device_process_is_jailed_and_filtered() {
     }
     assert!(uids.iter().all(|uid| *uid == uids[0]), "{uids:?}");
     // Jailed, the platform still works: a core comes and goes.
-    let replies =
-        vm.qmp(&[r#"device_add={"driver": "host-spapr-cpu-core", "core-id": 1, "id": "c1"}"#]);
-    assert_eq!(replies[0], json!({"return": {}}));
-    vm.console
-        .expect_async("dlpar: cpu add 0x10000001: ok", Duration::from_secs(60));
+    vm.plug_core(1, "c1");
 }
 
 #[test]
@@ -155,11 +150,7 @@ fn forbidden_calls_kill_the_process_which_is_reported_and_restarted() {
     // Every process was replaced four times; the machine still works end to end.
     assert_eq!(vm.console.command("cpus"), ["cpu 0 online"]);
     assert!(vm.console.command("time")[0].starts_with("time: 20"));
-    let replies =
-        vm.qmp(&[r#"device_add={"driver": "host-spapr-cpu-core", "core-id": 1, "id": "c1"}"#]);
-    assert_eq!(replies[0], json!({"return": {}}));
-    vm.console
-        .expect_async("dlpar: cpu add 0x10000001: ok", Duration::from_secs(60));
+    vm.plug_core(1, "c1");
     assert_eq!(vm.console.command("cpus"), ["cpu 0 online", "cpu 1 online"]);
 }
 

@@ -150,11 +150,7 @@ fn sigstop_then_sigcont_restarts_nothing() {
         assert_eq!(process["restarts"], 0, "{process}");
     }
     assert!(vm.console.command("time")[0].starts_with("time: 20"));
-    let replies =
-        vm.qmp(&[r#"device_add={"driver": "host-spapr-cpu-core", "core-id": 1, "id": "core1"}"#]);
-    assert_eq!(replies[0], json!({"return": {}}));
-    vm.console
-        .expect_async("dlpar: cpu add 0x10000001: ok", Duration::from_secs(60));
+    vm.plug_core(1, "core1");
 }
 
 #[test]
@@ -230,11 +226,7 @@ fn processes_killed_together_come_back_together() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // The three are linked to each other again: a hotplug cycle works.
-    let replies =
-        vm.qmp(&[r#"device_add={"driver": "host-spapr-cpu-core", "core-id": 1, "id": "core1"}"#]);
-    assert_eq!(replies[0], json!({"return": {}}));
-    vm.console
-        .expect_async("dlpar: cpu add 0x10000001: ok", Duration::from_secs(60));
+    vm.plug_core(1, "core1");
     let replies = vm.qmp(&[r#"device_del={"id": "core1"}"#, "wait-event:DEVICE_DELETED"]);
     assert_eq!(replies[1]["data"]["device"], "core1");
     assert!(vm.console.command("time")[0].starts_with("time: 20"));
@@ -287,11 +279,7 @@ fn a_device_del_that_finds_the_controller_stopped_fails_and_its_retry_reaches_th
     }
     let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=2"]);
     vm.boot();
-    let replies =
-        vm.qmp(&[r#"device_add={"driver": "host-spapr-cpu-core", "core-id": 1, "id": "core1"}"#]);
-    assert_eq!(replies[0], json!({"return": {}}));
-    vm.console
-        .expect_async("dlpar: cpu add 0x10000001: ok", Duration::from_secs(60));
+    vm.plug_core(1, "core1");
     let stopped = vm.device_process("hotplug-controller")["pid"]
         .as_u64()
         .unwrap();
