@@ -12,3 +12,4 @@ pub mod hotplug;
 pub mod process;
 pub mod rtas;
 pub mod seccomp;
+pub mod state;

@@ -48,6 +48,9 @@ pub enum ProcessError {
     /// Waiting for the links failed.
     #[error("cannot wait for requests")]
     Poll(#[source] nix::Error),
+    /// The state region the core passed cannot be used.
+    #[error("the state region cannot be used")]
+    State(#[source] crate::state::StateError),
 }
 
 /// Takes descriptor `fd`, inherited from the core, checking it is a
@@ -77,7 +80,8 @@ pub unsafe fn take_fd(fd: RawFd) -> Result<OwnedFd, ProcessError> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// One end of a link, and the next request id on it.
+/// One end of a link, and the next request id on it for requests that are
+/// not made on behalf of another.
 struct End {
     channel: Channel,
     next_id: u64,
@@ -98,7 +102,14 @@ pub struct Links {
     peer_failed: Option<ProcessKind>,
     /// Links replaced since the serving loop last looked.
     relinked: Vec<Link>,
+    /// The id of the request being answered, and how many peer requests it
+    /// made so far: a peer request's id derives from them, so that the same
+    /// request sent again (after a restart) asks the peers with the same ids.
+    serving: Option<(u64, u64)>,
 }
+
+/// Peer requests one request may make, at most (ids derive from its id).
+const PEER_REQUESTS_PER_REQUEST: u64 = 16;
 
 impl Links {
     /// Takes the channels of `kind` (descriptors 3..), installs its seccomp
@@ -154,6 +165,7 @@ impl Links {
             ends,
             peer_failed,
             relinked: Vec::new(),
+            serving: None,
         })
     }
 
@@ -183,14 +195,38 @@ impl Links {
     /// Asks the peer on link `P` and waits (the link's timeout) for its
     /// answer. A peer that is down, silent, or answers garbage is dropped
     /// until the core re-links it, and blamed in this process's reply.
+    /// While a request is answered, the peer request's id derives from its
+    /// id, so that a repeat of that request repeats the same peer requests.
     pub fn request<P: Protocol>(
         &mut self,
         request: P::Request,
     ) -> Result<Answer<P::Reply>, PeerDown> {
+        let id = match &mut self.serving {
+            Some((serving, made)) if *made < PEER_REQUESTS_PER_REQUEST => {
+                *made += 1;
+                serving
+                    .wrapping_mul(PEER_REQUESTS_PER_REQUEST)
+                    .wrapping_add(*made - 1)
+            }
+            _ => {
+                let end = self.ends.get_mut(&P::LINK).ok_or(PeerDown(P::LINK))?;
+                end.next_id += 1;
+                end.next_id - 1
+            }
+        };
+        self.request_as::<P>(id, request)
+    }
+
+    /// [`Links::request`] with the id the caller chose: the same id for the
+    /// same request, whichever incarnation of this process sends it, so the
+    /// peer can recognise a repeat.
+    pub fn request_as<P: Protocol>(
+        &mut self,
+        id: u64,
+        request: P::Request,
+    ) -> Result<Answer<P::Reply>, PeerDown> {
         let link = P::LINK;
         let end = self.ends.get_mut(&link).ok_or(PeerDown(link))?;
-        let id = end.next_id;
-        end.next_id += 1;
         let sent = end.channel.send(
             &Envelope {
                 id,
@@ -218,12 +254,11 @@ impl Links {
         }
     }
 
-    /// Sends a one-way message on link `P` (the notify link).
-    pub fn notify<P: Protocol>(&mut self, message: P::Request) -> Result<(), PeerDown> {
+    /// Sends a one-way message on link `P` (the notify link) as `id`: the
+    /// receiver drops an id it has seen.
+    pub fn notify_as<P: Protocol>(&mut self, id: u64, message: P::Request) -> Result<(), PeerDown> {
         let link = P::LINK;
         let end = self.ends.get_mut(&link).ok_or(PeerDown(link))?;
-        let id = end.next_id;
-        end.next_id += 1;
         let envelope = Envelope {
             id,
             body: Request::<P::Request>::Link(message),
@@ -331,12 +366,12 @@ pub trait Device {
 }
 
 /// Decodes and validates one request of link `P`, carries out a control
-/// request, hands a link request to `handle`, and answers. A frame that does
+/// request, hands a link request (and its id) to `handle`, and answers. A frame that does
 /// not decode or validate is refused and the process goes on.
 pub fn answer<P: Protocol>(
     links: &mut Links,
     frame: Result<Frame, ChannelError>,
-    handle: impl FnOnce(&mut Links, P::Request, Vec<OwnedFd>) -> Answer<P::Reply>,
+    handle: impl FnOnce(&mut Links, u64, P::Request, Vec<OwnedFd>) -> Answer<P::Reply>,
 ) -> Result<(), ChannelError> {
     let decoded = frame
         .map_err(|error| Unacceptable {
@@ -356,7 +391,12 @@ pub fn answer<P: Protocol>(
             id,
             request: Request::Link(request),
             fds,
-        }) => (id, handle(links, request, fds)),
+        }) => {
+            links.serving = Some((id, 0));
+            let answer = handle(links, id, request, fds);
+            links.serving = None;
+            (id, answer)
+        }
         Err(Unacceptable { id, refusal }) => {
             log::warn!("{:?}: refused a request: {refusal}", P::LINK);
             (id, Answer::Refused(refusal))

@@ -175,6 +175,20 @@ impl<P: Protocol> Client<P> {
         await_reply::<P>(&self.channel, id, timeout)
     }
 
+    /// [`Client::call`] as request `id`, which the caller chose: a request
+    /// sent again to a restarted server keeps its id, so the server can tell
+    /// a repeat from a new request.
+    pub fn call_as(
+        &mut self,
+        id: u64,
+        request: Request<P::Request>,
+        fds: &[BorrowedFd<'_>],
+        timeout: Duration,
+    ) -> Result<Reply<P::Reply>, ChannelError> {
+        self.channel.send(&Envelope { id, body: request }, fds)?;
+        await_reply::<P>(&self.channel, id, timeout)
+    }
+
     /// Sends without waiting: the one-way notify link, and the tests of
     /// hostile requesters.
     pub fn send(

@@ -277,6 +277,41 @@ impl Vm {
             .unwrap_or_else(|| panic!("no {kind}"))
     }
 
+    /// SIGKILLs the device process of `kind` and waits until its successor
+    /// runs (one more restart).
+    pub fn kill_and_await_restart(&self, kind: &str) {
+        let before = self.device_process(kind);
+        let restarts = before["restarts"].as_u64().expect("a restart count");
+        send_signal(
+            before["pid"].as_u64().expect("a pid"),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = self.device_process(kind);
+            if now["state"] == "running" && now["restarts"] == restarts + 1 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the {kind} did not come back: {now}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The row of DRC `index` in `x-query-drcs`.
+    pub fn drc(&self, index: u32) -> serde_json::Value {
+        let replies = self.qmp(&["x-query-drcs"]);
+        replies[0]["return"]
+            .as_array()
+            .expect("a DRC list")
+            .iter()
+            .find(|row| row["index"] == index)
+            .unwrap_or_else(|| panic!("no DRC {index:#x}: {}", replies[0]))
+            .clone()
+    }
+
     /// Kills `kind` with forbidden calls until the supervisor gives up on it;
     /// returns the last `X_DEVICE_PROCESS_EXITED` data.
     pub fn make_fail(&self, kind: &str) -> serde_json::Value {
@@ -566,6 +601,47 @@ impl QmpClient {
             }
             return message;
         }
+    }
+
+    /// The events received so far and those that arrive within `window`;
+    /// they are not kept.
+    pub fn events_within(&mut self, window: Duration) -> Vec<serde_json::Value> {
+        use std::io::BufRead;
+        let mut events = std::mem::take(&mut self.events);
+        let deadline = Instant::now() + window;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            self.writer
+                .set_read_timeout(Some(left))
+                .expect("set QMP read timeout");
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) => break,
+                Ok(_) => {
+                    let message: serde_json::Value = serde_json::from_str(&line)
+                        .unwrap_or_else(|e| panic!("QMP sent {line:?}: {e}"));
+                    if message.get("event").is_some() {
+                        events.push(message);
+                    }
+                }
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break
+                }
+                Err(error) => panic!("read from QMP: {error}"),
+            }
+        }
+        self.writer
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("set QMP read timeout");
+        events
     }
 
     /// Waits for the event `name` (events received earlier count).

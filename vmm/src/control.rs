@@ -37,8 +37,10 @@ pub enum ControlMessage {
     HostSignal(nix::sys::signal::Signal),
     /// The guest can no longer run: the reason, for the log.
     GuestCrashed(String),
-    /// The hotplug controller reports a release, a refusal, or the end of a reset.
-    Hotplug(Notification),
+    /// The hotplug controller reports a release, a refusal, or the end of a
+    /// reset, numbered: a successor sends again what its predecessor may
+    /// have sent, and the core drops a number it has seen.
+    Hotplug { id: u64, notification: Notification },
     /// A device process found generation `generation` of `peer` silent or
     /// misbehaving while it answered the core.
     PeerFailed {
@@ -69,7 +71,16 @@ impl PartialEq for ControlMessage {
             (PowerOff, PowerOff) | (Quit, Quit) => true,
             (Reset { by_guest: a }, Reset { by_guest: b }) => a == b,
             (GuestCrashed(a), GuestCrashed(b)) => a == b,
-            (Hotplug(a), Hotplug(b)) => a == b,
+            (
+                Hotplug {
+                    id: a,
+                    notification: m,
+                },
+                Hotplug {
+                    id: b,
+                    notification: n,
+                },
+            ) => (a, m) == (b, n),
             (
                 PeerFailed {
                     peer: a,

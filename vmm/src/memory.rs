@@ -13,10 +13,11 @@ use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, G
 
 #[derive(Debug, Error)]
 pub enum MemoryError {
-    #[error("cannot create the memfd for guest RAM")]
-    Memfd(#[source] nix::Error),
-    #[error("cannot size the guest RAM memfd to {size} bytes")]
+    #[error("cannot create the memfd {0}")]
+    Memfd(&'static str, #[source] nix::Error),
+    #[error("cannot size the memfd {name} to {size} bytes")]
     Resize {
+        name: &'static str,
         size: u64,
         #[source]
         source: std::io::Error,
@@ -29,8 +30,8 @@ pub enum MemoryError {
         #[source]
         source: kvm_ioctls::Error,
     },
-    #[error("cannot seal the guest RAM memfd against resizing")]
-    Seal(#[source] nix::Error),
+    #[error("cannot seal the memfd {0} against resizing")]
+    Seal(&'static str, #[source] nix::Error),
     #[error("cannot discard guest RAM contents")]
     Discard(#[source] nix::Error),
 }
@@ -44,22 +45,30 @@ pub struct GuestRam {
     size: u64,
 }
 
+/// A memfd of `size` zero bytes, sealed against growing and shrinking (and
+/// against unsealing) before anyone else sees it: what the core shares with
+/// device processes, which then can neither make the host back more memory
+/// nor pull pages from under the core (SIGBUS).
+pub fn sealed_memfd(name: &'static str, size: u64) -> Result<File, MemoryError> {
+    let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)
+        .map_err(|error| MemoryError::Memfd(name, error))?;
+    let memfd = File::from(fd);
+    memfd
+        .set_len(size)
+        .map_err(|source| MemoryError::Resize { name, size, source })?;
+    let seals = SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_SEAL;
+    fcntl(&memfd, FcntlArg::F_ADD_SEALS(seals)).map_err(|error| MemoryError::Seal(name, error))?;
+    Ok(memfd)
+}
+
 impl GuestRam {
     pub fn new(size: u64) -> Result<GuestRam, MemoryError> {
-        let fd = memfd_create(
-            "papervisor-ram",
-            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-        )
-        .map_err(MemoryError::Memfd)?;
-        let memfd = File::from(fd);
-        memfd
-            .set_len(size)
-            .map_err(|source| MemoryError::Resize { size, source })?;
-        let seals = SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_SEAL;
-        fcntl(&memfd, FcntlArg::F_ADD_SEALS(seals)).map_err(MemoryError::Seal)?;
-        let clone = memfd
-            .try_clone()
-            .map_err(|source| MemoryError::Resize { size, source })?;
+        let name = "papervisor-ram";
+        let memfd = sealed_memfd(name, size)?;
+        let clone =
+            memfd
+                .try_clone()
+                .map_err(|source| MemoryError::Resize { name, size, source })?;
         let memory = GuestMemoryMmap::from_ranges_with_files([(
             GuestAddress(0),
             size as usize,

@@ -8,7 +8,7 @@ use crate::console::{Console, ConsoleError};
 use crate::control::{ControlMessage, QmpError};
 use crate::cores::{CoreDevice, Cores, CORE_DRIVER};
 use crate::devices::proxy::DeviceFailure;
-use crate::devices::supervisor::AfterExit;
+use crate::devices::supervisor::{AfterExit, State};
 use crate::devices::{DeviceError, DeviceProcesses};
 use crate::fdt::{self, FdtError, MachineDescription};
 use crate::interrupts::{InterruptError, InterruptRouter};
@@ -34,6 +34,13 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress};
+
+/// How many times a request to the hotplug controller is sent, to it and
+/// to its successors, before QMP is told it failed.
+const MAX_HOTPLUG_ATTEMPTS: u32 = 3;
+/// How long the control loop waits for the report of a process that died
+/// while it was asked (its watcher sees the exit within milliseconds).
+const EXIT_REPORT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The built-in test guest, built by vmm/build.rs from guest/.
 pub static BUILTIN_GUEST: &[u8] = include_bytes!(env!("PAPERVISOR_GUEST_ELF"));
@@ -97,6 +104,10 @@ pub struct Vm {
     inbox: Receiver<ControlMessage>,
     /// Messages that arrived while a reset waited for the controller's releases.
     deferred: VecDeque<ControlMessage>,
+    /// The highest notification number the hotplug controller sent: a
+    /// successor repeats what its predecessor may have sent, and a repeat
+    /// must not emit a second DEVICE_DELETED.
+    last_notification: u64,
     ram: GuestRam,
     layout: MemoryLayout,
     smp: SmpConfig,
@@ -196,6 +207,7 @@ impl Vm {
             control,
             inbox,
             deferred: VecDeque::new(),
+            last_notification: 0,
             ram,
             layout,
             smp: config.smp,
@@ -211,8 +223,8 @@ impl Vm {
         Ok(vm)
     }
 
-    /// Tells the hotplug controller about every plugged core, as configured:
-    /// at start, and to a controller restarted with an empty table.
+    /// Tells the hotplug controller about every plugged core, as configured,
+    /// at start. A restarted controller resumes from its state region.
     fn cold_plug_present_cores(&mut self) -> Result<(), String> {
         for core in self.cores.present() {
             let device = self.cores.device(core).cloned().expect("a present core");
@@ -260,18 +272,62 @@ impl Vm {
 
     /// A request to the hotplug controller; the error is for QMP or the log.
     /// A controller that is down waiting out its restart backoff is
-    /// restarted now and asked again: a QMP command sees a slower answer,
-    /// not "try again".
+    /// restarted now, and one that dies while it is asked is awaited and
+    /// restarted: either way the request is sent again under the same id, so
+    /// a successor that finds it applied (in its state region) answers it
+    /// without applying it twice. A QMP command sees a slower answer.
     fn hotplug_request(&mut self, request: core_hotplug::Request) -> Result<(), String> {
-        let result = match self.devices.hotplug.command(request.clone()) {
-            Err(DeviceFailure::Restarting(kind)) => {
-                log::info!("restarting the {} now: a request waits for it", kind.name());
-                self.restart_device(kind);
-                self.devices.hotplug.command(request)
+        let kind = ProcessKind::HotplugController;
+        let id = self.devices.hotplug.new_id();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let failure = match self.devices.hotplug.command_as(id, request.clone()) {
+                Ok(()) => return Ok(()),
+                Err(failure) => failure,
+            };
+            if attempts > MAX_HOTPLUG_ATTEMPTS {
+                return Err(format!("{failure}, {attempts} times"));
             }
-            other => other,
-        };
-        result.map_err(|failure| failure.to_string())
+            match failure {
+                DeviceFailure::Restarting(_) => {
+                    log::info!("restarting the {} now: a request waits for it", kind.name());
+                }
+                DeviceFailure::Died(_) | DeviceFailure::CutOff { .. } => {
+                    log::warn!("{failure} with request {id} in hand: it goes to the successor");
+                    if !self.await_exit(kind) {
+                        return Err(failure.to_string());
+                    }
+                }
+                other => return Err(other.to_string()),
+            }
+            self.restart_device(kind);
+        }
+    }
+
+    /// Waits (bounded) for the supervisor's report of a process that died
+    /// while the control loop asked it, and acts on it; anything else that
+    /// arrives meanwhile waits its turn.
+    fn await_exit(&mut self, kind: ProcessKind) -> bool {
+        let deadline = std::time::Instant::now() + EXIT_REPORT_WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.inbox.recv_timeout(left) {
+                Ok(ControlMessage::DeviceExited {
+                    kind: exited,
+                    generation,
+                    reason,
+                }) if exited == kind => {
+                    self.device_exited(kind, generation, &reason);
+                    return self.devices.state(kind) == Some(State::Restarting);
+                }
+                Ok(other) => self.deferred.push_back(other),
+                Err(_) => {
+                    log::error!("the {} did not exit in time", kind.name());
+                    return false;
+                }
+            }
+        }
     }
 
     /// Writes everything the guest finds at power-on; returns where CPU 0 starts.
@@ -373,7 +429,7 @@ impl Vm {
                     self.park_all();
                     return Err(VmError::GuestCrashed(reason));
                 }
-                ControlMessage::Hotplug(notification) => self.on_hotplug(notification),
+                ControlMessage::Hotplug { id, notification } => self.on_hotplug(id, notification),
                 ControlMessage::DeviceExited {
                     kind,
                     generation,
@@ -436,8 +492,16 @@ impl Vm {
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.inbox.recv_timeout(left) {
-                Ok(ControlMessage::Hotplug(Notification::ResetComplete)) => return,
-                Ok(ControlMessage::Hotplug(notification)) => self.on_hotplug(notification),
+                Ok(ControlMessage::Hotplug {
+                    id,
+                    notification: Notification::ResetComplete,
+                }) if id > self.last_notification => {
+                    self.last_notification = id;
+                    return;
+                }
+                Ok(ControlMessage::Hotplug { id, notification }) => {
+                    self.on_hotplug(id, notification)
+                }
                 Ok(other) => self.deferred.push_back(other),
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
                     log::error!("the hotplug controller did not complete the reset in time");
@@ -515,12 +579,6 @@ impl Vm {
                 return;
             }
         };
-        if group.contains(&ProcessKind::HotplugController) {
-            // A fresh controller has an empty table: tell it what is plugged.
-            if let Err(error) = self.cold_plug_present_cores() {
-                log::error!("the restarted hotplug controller refused the cores: {error}");
-            }
-        }
         for kind in group {
             let pid = self.devices.pid(kind);
             log::info!("{} restarted as pid {pid}", kind.name());
@@ -531,7 +589,12 @@ impl Vm {
         }
     }
 
-    fn on_hotplug(&mut self, notification: Notification) {
+    fn on_hotplug(&mut self, id: u64, notification: Notification) {
+        if id <= self.last_notification {
+            log::info!("the hotplug controller repeats notification {id}: already handled");
+            return;
+        }
+        self.last_notification = id;
         match notification {
             Notification::Released(released) => self.release(&released),
             Notification::ResetComplete => log::debug!("a late reset completion"),

@@ -29,6 +29,7 @@ pub fn run(mode: seccomp::Mode) -> Result<(), ProcessError> {
     log::info!("serving the event queue");
     let mut log = EventLog {
         queue: EventQueue::default(),
+        last_from_controller: 0,
         interrupt,
         epow,
     };
@@ -37,6 +38,8 @@ pub fn run(mode: seccomp::Mode) -> Result<(), ProcessError> {
 
 struct EventLog {
     queue: EventQueue,
+    /// The highest request number the hotplug controller sent.
+    last_from_controller: u64,
     interrupt: File,
     epow: File,
 }
@@ -50,12 +53,14 @@ impl Device for EventLog {
     ) -> Result<(), ChannelError> {
         match link {
             Link::CoreEventLog => {
-                answer::<CoreEventLog>(links, frame, |_, request, _| self.on_core(request))
+                answer::<CoreEventLog>(links, frame, |_, _, request, _| self.on_core(request))
             }
-            Link::HotplugEventLog => answer::<HotplugEventLog>(links, frame, |_, request, _| {
-                Answer::Link(self.on_hotplug(request))
-            }),
-            _ => answer::<RtasEventLog>(links, frame, |_, request, _| self.on_rtas(request)),
+            Link::HotplugEventLog => {
+                answer::<HotplugEventLog>(links, frame, |_, id, request, _| {
+                    Answer::Link(self.on_hotplug(id, request))
+                })
+            }
+            _ => answer::<RtasEventLog>(links, frame, |_, _, request, _| self.on_rtas(request)),
         }
     }
 }
@@ -94,7 +99,24 @@ impl EventLog {
         }
     }
 
-    fn on_hotplug(&mut self, request: hotplug_eventlog::Request) -> hotplug_eventlog::Reply {
+    /// The controller numbers its requests in the order it commits them,
+    /// and sends one again when it does not know it arrived (it restarted):
+    /// a number already seen is answered without being applied again.
+    fn on_hotplug(
+        &mut self,
+        id: u64,
+        request: hotplug_eventlog::Request,
+    ) -> hotplug_eventlog::Reply {
+        if id <= self.last_from_controller {
+            log::info!("the hotplug controller repeats request {id}: already applied");
+            return match request {
+                hotplug_eventlog::Request::Queue(_) => {
+                    hotplug_eventlog::Reply::Queued { coalesced: true }
+                }
+                hotplug_eventlog::Request::Withdraw(_) => hotplug_eventlog::Reply::Withdrawn(false),
+            };
+        }
+        self.last_from_controller = id;
         match request {
             hotplug_eventlog::Request::Queue(event) => {
                 match self.queue.enqueue(event, UtcTime::now()) {

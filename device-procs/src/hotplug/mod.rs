@@ -10,12 +10,14 @@
 
 pub mod drc;
 pub mod process;
+pub mod store;
 
 use drc::{Drc, Outcome};
 use ipc_proto::link::core_hotplug::{DrcInfo, DrcRange, DRCS_PER_PAGE, MAX_DEVICE_ID, MAX_DRCS};
 use ipc_proto::link::hotplug_eventlog::{HotplugAction, HotplugEvent, HotplugTarget};
 use ipc_proto::link::hotplug_notify::{Notification, Released};
 use ipc_proto::papr::{indicator, DrcIndex, DrcKind, RtasStatus};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use thiserror::Error;
 
@@ -55,10 +57,13 @@ pub enum HotplugError {
     /// An unplug request whose DRCs hold more than one device.
     #[error("the DRCs do not hold one device")]
     NotOneDevice,
+    /// A device's DRCs must be a run of consecutive indexes.
+    #[error("the DRCs of a device must be consecutive")]
+    NotConsecutive,
 }
 
 /// What the controller must tell others after a request.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Effect {
     /// To the core, on the notify link.
     Notify(Notification),
@@ -68,12 +73,23 @@ pub enum Effect {
     Withdraw(HotplugEvent),
 }
 
+/// A record a request changed, which the state region must be told of.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Touched {
+    /// A DRC's state, device or unplug request.
+    Drc(DrcIndex),
+    /// A device was attached or went.
+    Device(String),
+}
+
 /// The DRC table.
 #[derive(Default)]
 pub struct Controller {
     drcs: BTreeMap<DrcIndex, Drc>,
     /// Each attached device's DRCs.
     devices: BTreeMap<String, Vec<DrcIndex>>,
+    /// What changed since [`Controller::take_touched`] was last called.
+    touched: Vec<Touched>,
 }
 
 fn target(drcs: &[DrcIndex]) -> Option<HotplugTarget> {
@@ -88,6 +104,44 @@ fn target(drcs: &[DrcIndex]) -> Option<HotplugTarget> {
 }
 
 impl Controller {
+    /// A table as a state region recorded it: its DRCs and its devices
+    /// (id, DRCs).
+    pub fn restore(drcs: Vec<Drc>, devices: Vec<(String, Vec<DrcIndex>)>) -> Controller {
+        Controller {
+            drcs: drcs.into_iter().map(|drc| (drc.index, drc)).collect(),
+            devices: devices.into_iter().collect(),
+            touched: Vec::new(),
+        }
+    }
+
+    /// What requests changed since the last call, each once.
+    pub fn take_touched(&mut self) -> Vec<Touched> {
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.sort();
+        touched.dedup();
+        touched
+    }
+
+    /// Whether a request changed anything since [`Controller::take_touched`].
+    pub fn has_touched(&self) -> bool {
+        !self.touched.is_empty()
+    }
+
+    /// The DRCs, in index order.
+    pub fn drcs(&self) -> impl Iterator<Item = &Drc> {
+        self.drcs.values()
+    }
+
+    /// One DRC.
+    pub fn drc(&self, index: DrcIndex) -> Option<&Drc> {
+        self.drcs.get(&index)
+    }
+
+    /// An attached device's DRCs.
+    pub fn device(&self, id: &str) -> Option<&[DrcIndex]> {
+        self.devices.get(id).map(Vec::as_slice)
+    }
+
     /// Creates the DRCs of `ranges`.
     pub fn define(&mut self, ranges: &[DrcRange]) -> Result<(), HotplugError> {
         let total: u64 = ranges.iter().map(|r| u64::from(r.count)).sum();
@@ -102,6 +156,7 @@ impl Controller {
                     .and_then(|id| DrcIndex::new(range.kind, id))
                     .ok_or(HotplugError::RangeOverflows(*range))?;
                 self.drcs.entry(id).or_insert_with(|| Drc::new(id));
+                self.touched.push(Touched::Drc(id));
             }
         }
         Ok(())
@@ -135,15 +190,23 @@ impl Controller {
         if self.devices.contains_key(device) {
             return Err(HotplugError::AlreadyPlugged(device.to_string()));
         }
+        if drcs
+            .windows(2)
+            .any(|pair| pair[0].0.checked_add(1) != Some(pair[1].0))
+        {
+            return Err(HotplugError::NotConsecutive);
+        }
         if let Some(busy) = drcs.iter().find(|i| self.drcs[i].device.is_some()) {
             return Err(HotplugError::DrcInUse(*busy));
         }
         for index in drcs {
             if let Some(drc) = self.drcs.get_mut(index) {
                 drc.attach(device, cold)?;
+                self.touched.push(Touched::Drc(*index));
             }
         }
         self.devices.insert(device.to_string(), drcs.to_vec());
+        self.touched.push(Touched::Device(device.to_string()));
         let mut effects = Vec::new();
         if !cold {
             if let Some(target) = target(drcs) {
@@ -175,7 +238,11 @@ impl Controller {
         }
         for index in drcs {
             if let Some(drc) = self.drcs.get_mut(index) {
+                let before = drc.clone();
                 drc.unplug_request();
+                if *drc != before {
+                    self.touched.push(Touched::Drc(*index));
+                }
             }
         }
         let released = self.completed(&device).into_iter().collect();
@@ -198,10 +265,10 @@ impl Controller {
         {
             return None;
         }
-        let drcs = self.devices.remove(device)?;
+        self.devices.remove(device)?;
+        self.touched.push(Touched::Device(device.to_string()));
         Some(Released {
             device: device.to_string(),
-            drcs,
         })
     }
 
@@ -216,12 +283,16 @@ impl Controller {
             return (RtasStatus::ParameterError, Vec::new());
         };
         let device = drc.device.clone();
+        let before = drc.clone();
         let (status, outcome) = match kind {
             indicator::ISOLATION_STATE => drc.set_isolation(value),
             indicator::ALLOCATION_STATE => drc.set_allocation(value),
             // Logical DRCs have no DR indicator.
             _ => (RtasStatus::ParameterError, Outcome::Nothing),
         };
+        if *drc != before {
+            self.touched.push(Touched::Drc(DrcIndex(index)));
+        }
         let mut effects = Vec::new();
         match (outcome, device) {
             (Outcome::Released, Some(device)) => {
@@ -237,7 +308,10 @@ impl Controller {
                 let drcs = self.devices.get(&device).cloned().unwrap_or_default();
                 for index in &drcs {
                     if let Some(drc) = self.drcs.get_mut(index) {
-                        drc.unplug_requested = false;
+                        if drc.unplug_requested {
+                            drc.unplug_requested = false;
+                            self.touched.push(Touched::Drc(*index));
+                        }
                     }
                 }
                 effects.push(Effect::Notify(Notification::UnplugRefused { device }));
@@ -276,7 +350,10 @@ impl Controller {
     pub fn configure_done(&mut self, index: u32) -> RtasStatus {
         match self.drcs.get_mut(&DrcIndex(index)) {
             Some(drc) if drc.may_configure() => {
-                drc.configured();
+                if drc.state != ipc_proto::papr::DrcState::Configured {
+                    drc.configured();
+                    self.touched.push(Touched::Drc(DrcIndex(index)));
+                }
                 RtasStatus::Success
             }
             Some(_) => RtasStatus::NotConfigurable,
@@ -289,8 +366,12 @@ impl Controller {
         let mut devices = Vec::new();
         for drc in self.drcs.values_mut() {
             let device = drc.device.clone();
+            let before = drc.clone();
             if drc.reset() == Outcome::Released {
                 devices.extend(device);
+            }
+            if *drc != before {
+                self.touched.push(Touched::Drc(drc.index));
             }
         }
         devices.dedup();
@@ -385,7 +466,6 @@ mod tests {
             effects,
             [Effect::Notify(Notification::Released(Released {
                 device: "core1".into(),
-                drcs: vec![CORE1]
             }))]
         );
         // Re-plug of the same DRC works.

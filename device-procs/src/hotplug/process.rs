@@ -1,38 +1,49 @@
 //! The hotplug controller's process: requests from the core and from the RTAS
-//! server, events to the event log, notifications to the core.
+//! server, events to the event log, notifications to the core — all through
+//! its state region, so that a successor resumes where it stopped.
 
+use super::store::{Destination, RequestKey, Requester, Store, StoreError, StoredReply};
 use super::{Controller, Effect};
-use crate::process::{answer, serve, Device, Links, ProcessError};
+use crate::process::{answer, serve, take_fd, Device, Links, ProcessError};
 use crate::seccomp;
+use crate::state::Mapping;
 use ipc_proto::channel::{ChannelError, Frame};
 use ipc_proto::control::Answer;
-use ipc_proto::link::core_hotplug::{self, CoreHotplug};
+use ipc_proto::link::core_hotplug::{self, CoreHotplug, DrcRange};
 use ipc_proto::link::hotplug_eventlog::{self, HotplugEventLog};
 use ipc_proto::link::hotplug_notify::{HotplugNotify, Notification};
 use ipc_proto::link::rtas_hotplug::{self, RtasHotplug};
 use ipc_proto::protocol::refused;
-use ipc_proto::{Link, ProcessKind};
-use std::collections::VecDeque;
-
-/// Events the event log did not take because it was down, at most this many;
-/// they are sent again, in order, to its successor.
-const MAX_UNDELIVERED: usize = 1024;
+use ipc_proto::{Link, ProcessKind, FIRST_CHANNEL_FD};
 
 /// Runs the controller until the core hangs up.
 pub fn run(mode: seccomp::Mode) -> Result<(), ProcessError> {
+    let first_extra = FIRST_CHANNEL_FD + ProcessKind::HotplugController.links().len() as i32;
+    // SAFETY: the core passes the state region's memfd right after the channels.
+    let region = unsafe { take_fd(first_extra)? };
+    // Mapped before the seccomp filter, which allows anonymous memory only.
+    let mapping = Mapping::map(&region).map_err(ProcessError::State)?;
+    drop(region);
     let mut links = Links::open(ProcessKind::HotplugController, mode)?;
     log::info!("serving the DRC table");
     let mut process = HotplugController {
         controller: Controller::default(),
-        undelivered: VecDeque::new(),
+        state: State::Unattached(Some(mapping)),
     };
     serve(&mut process, &mut links)
 }
 
+/// The region, before and after set-up.
+enum State {
+    /// Mapped, waiting for the DRC table (`None` once a set-up failed).
+    Unattached(Option<Mapping>),
+    /// Formatted or resumed.
+    Attached(Box<Store>),
+}
+
 struct HotplugController {
     controller: Controller,
-    /// What the event log should have received but did not (it was down).
-    undelivered: VecDeque<hotplug_eventlog::Request>,
+    state: State,
 }
 
 impl Device for HotplugController {
@@ -43,58 +54,133 @@ impl Device for HotplugController {
         frame: Result<Frame, ChannelError>,
     ) -> Result<(), ChannelError> {
         match link {
-            Link::CoreHotplug => answer::<CoreHotplug>(links, frame, |links, request, _| {
-                self.on_core(links, request)
+            Link::CoreHotplug => answer::<CoreHotplug>(links, frame, |links, id, request, _| {
+                self.on_core(links, id, request)
             }),
-            _ => answer::<RtasHotplug>(links, frame, |links, request, _| {
-                Answer::Link(self.on_rtas(links, request))
+            _ => answer::<RtasHotplug>(links, frame, |links, id, request, _| {
+                self.on_rtas(links, id, request)
             }),
         }
     }
 
     fn relinked(&mut self, links: &mut Links, link: Link) {
-        if link == Link::HotplugEventLog && !self.undelivered.is_empty() {
-            log::info!(
-                "sending {} undelivered event(s) to the new event log",
-                self.undelivered.len()
-            );
+        if link == Link::HotplugEventLog {
             self.deliver(links);
         }
     }
 }
 
+/// A store failure leaves memory ahead of the region: the process ends, and
+/// its successor resumes from the region.
+fn fatal(error: StoreError) -> ! {
+    log::error!(
+        "the state region cannot record a transition: {}",
+        common::describe(&error)
+    );
+    std::process::exit(1);
+}
+
 impl HotplugController {
+    fn store(&mut self) -> Option<&mut Store> {
+        match &mut self.state {
+            State::Attached(store) => Some(store),
+            State::Unattached(_) => None,
+        }
+    }
+
+    /// Formats the region for `ranges`, or resumes from it.
+    fn attach(&mut self, ranges: &[DrcRange], resume: bool) -> Result<(), String> {
+        let mapping = match &mut self.state {
+            State::Attached(_) => return Err("the DRC table is defined already".into()),
+            State::Unattached(mapping) => mapping
+                .take()
+                .ok_or("an earlier set-up failed; this process cannot serve")?,
+        };
+        let mut expected = Controller::default();
+        expected.define(ranges).map_err(|e| e.to_string())?;
+        let count = expected.drcs().count() as u32;
+        let (store, controller) = if resume {
+            let (store, controller) =
+                Store::resume(mapping, count).map_err(|e| common::describe(&e))?;
+            let found: Vec<_> = controller.drcs().map(|drc| drc.index).collect();
+            let wanted: Vec<_> = expected.drcs().map(|drc| drc.index).collect();
+            if found != wanted {
+                return Err(format!(
+                    "the state region holds {} other DRCs than the {} defined",
+                    found.len(),
+                    wanted.len()
+                ));
+            }
+            log::info!(
+                "resumed from the state region: {count} DRCs, {} transitions committed before",
+                store.transitions()
+            );
+            (store, controller)
+        } else {
+            let store = Store::create(mapping, &mut expected).map_err(|e| common::describe(&e))?;
+            log::info!("state region formatted for {count} DRCs");
+            (store, expected)
+        };
+        self.controller = controller;
+        self.state = State::Attached(Box::new(store));
+        Ok(())
+    }
+
     fn on_core(
         &mut self,
         links: &mut Links,
+        id: u64,
         request: core_hotplug::Request,
     ) -> Answer<core_hotplug::Reply> {
+        if let core_hotplug::Request::DefineDrcs { ranges, resume } = &request {
+            let attached = self.attach(ranges, *resume);
+            // A successor delivers what its predecessor still owed.
+            self.deliver(links);
+            return match attached {
+                Ok(()) => Answer::Ack,
+                Err(error) => {
+                    log::error!("{error}");
+                    refused(error)
+                }
+            };
+        }
+        let key = RequestKey::of(Requester::Core, id, &request);
+        let Some(store) = self.store() else {
+            return refused("the DRC table is not defined yet");
+        };
+        if let Some(reply) = store.replayed(key) {
+            log::info!("core request {id} was applied before a restart: answering it again");
+            self.deliver(links);
+            return match reply {
+                StoredReply::Ack => Answer::Ack,
+                StoredReply::Status { .. } => refused("a recorded reply of the wrong kind"),
+            };
+        }
         let outcome = match request {
-            core_hotplug::Request::DefineDrcs { ranges } => self.controller.define(&ranges),
+            core_hotplug::Request::DefineDrcs { .. } => unreachable!("handled above"),
             core_hotplug::Request::Plug { drcs, device, cold } => {
-                self.controller.plug(&drcs, &device, cold).map(|effects| {
+                self.controller.plug(&drcs, &device, cold).inspect(|_| {
                     let how = if cold { "cold" } else { "hot" };
                     log::info!("plugged {device} ({} DRCs, {how})", drcs.len());
-                    self.carry_out(links, effects);
                 })
             }
             core_hotplug::Request::UnplugRequest { drcs } => self
                 .controller
                 .unplug_request(&drcs)
                 .map(|(released, effects)| {
-                    let released = released
+                    released
                         .into_iter()
-                        .map(|r| Effect::Notify(Notification::Released(r)));
-                    self.carry_out(links, released.chain(effects).collect());
+                        .map(|r| Effect::Notify(Notification::Released(r)))
+                        .chain(effects)
+                        .collect()
                 }),
             core_hotplug::Request::Reset => {
                 let released = self.controller.reset();
-                let notifications = released
+                Ok(released
                     .into_iter()
                     .map(|r| Effect::Notify(Notification::Released(r)))
-                    .chain([Effect::Notify(Notification::ResetComplete)]);
-                self.carry_out(links, notifications.collect());
-                Ok(())
+                    .chain([Effect::Notify(Notification::ResetComplete)])
+                    .collect())
             }
             core_hotplug::Request::ListDrcs { from } => {
                 let (rows, next) = self.controller.list(from);
@@ -102,17 +188,39 @@ impl HotplugController {
             }
         };
         match outcome {
-            Ok(()) => Answer::Ack,
-            Err(error) => refused(error.to_string()),
+            Ok(effects) => {
+                self.commit(effects, Some((key, StoredReply::Ack)));
+                self.deliver(links);
+                Answer::Ack
+            }
+            Err(error) => {
+                // Nothing changed; a repeat is judged afresh.
+                self.commit(Vec::new(), None);
+                refused(error.to_string())
+            }
         }
     }
 
     fn on_rtas(
         &mut self,
         links: &mut Links,
+        id: u64,
         request: rtas_hotplug::Request,
-    ) -> rtas_hotplug::Reply {
-        let (status, value) = match request {
+    ) -> Answer<rtas_hotplug::Reply> {
+        let key = RequestKey::of(Requester::Rtas, id, &request);
+        let Some(store) = self.store() else {
+            return refused("the DRC table is not defined yet");
+        };
+        if let Some(reply) = store.replayed(key) {
+            log::info!("RTAS request {id} was applied before a restart: answering it again");
+            return match reply {
+                StoredReply::Status { status, value } => {
+                    Answer::Link(rtas_hotplug::Reply::Status { status, value })
+                }
+                StoredReply::Ack => refused("a recorded reply of the wrong kind"),
+            };
+        }
+        let ((status, value), effects) = match request {
             rtas_hotplug::Request::SetIndicator {
                 indicator,
                 drc,
@@ -120,58 +228,82 @@ impl HotplugController {
             } => {
                 let (status, effects) = self.controller.set_indicator(indicator, drc, value);
                 log::debug!("set-indicator {indicator} {drc:#x} {value} -> {status:?}");
-                self.carry_out(links, effects);
-                (status, 0)
+                ((status, 0), effects)
             }
             rtas_hotplug::Request::GetSensorState { sensor, drc } => {
-                self.controller.sensor(sensor, drc)
+                (self.controller.sensor(sensor, drc), Vec::new())
             }
-            rtas_hotplug::Request::ConfigureBegin { drc } => self.controller.configure_begin(drc),
+            rtas_hotplug::Request::ConfigureBegin { drc } => {
+                (self.controller.configure_begin(drc), Vec::new())
+            }
             rtas_hotplug::Request::ConfigureDone { drc } => {
-                (self.controller.configure_done(drc), 0)
+                ((self.controller.configure_done(drc), 0), Vec::new())
             }
         };
-        rtas_hotplug::Reply::Status { status, value }
+        self.commit(effects, Some((key, StoredReply::Status { status, value })));
+        self.deliver(links);
+        Answer::Link(rtas_hotplug::Reply::Status { status, value })
     }
 
-    fn carry_out(&mut self, links: &mut Links, effects: Vec<Effect>) {
-        for effect in effects {
-            match effect {
-                Effect::Notify(notification) => {
-                    log::info!("telling the core: {notification:?}");
-                    // A failure means the core is gone; the serving loop ends on its hang-up.
-                    let _ = links.notify::<HotplugNotify>(notification);
+    /// Records what the request changed, if anything, with its effects and
+    /// reply. A request that changed nothing is not recorded: answered again,
+    /// it is judged afresh, which gives what a first answer would have.
+    fn commit(&mut self, effects: Vec<Effect>, reply: Option<(RequestKey, StoredReply)>) {
+        let State::Attached(store) = &mut self.state else {
+            return;
+        };
+        let touched = self.controller.has_touched();
+        let reply = reply.filter(|_| touched || !effects.is_empty());
+        if let Err(error) = store.commit(&mut self.controller, effects, reply) {
+            fatal(error);
+        }
+    }
+
+    /// Sends what the core and the event log are owed, in order; stops at
+    /// the first the event log cannot take (it is down: its successor gets
+    /// them). Each delivery is recorded, and receivers drop repeats.
+    fn deliver(&mut self, links: &mut Links) {
+        let State::Attached(store) = &mut self.state else {
+            return;
+        };
+        for destination in [Destination::Core, Destination::EventLog] {
+            for (id, effect) in store.pending(destination) {
+                let sent = match effect {
+                    Effect::Notify(notification) => {
+                        log::info!("telling the core: {notification:?}");
+                        links.notify_as::<HotplugNotify>(id, notification).is_ok()
+                    }
+                    Effect::Queue(event) => {
+                        Self::to_event_log(links, id, hotplug_eventlog::Request::Queue(event))
+                    }
+                    Effect::Withdraw(event) => {
+                        Self::to_event_log(links, id, hotplug_eventlog::Request::Withdraw(event))
+                    }
+                };
+                if !sent {
+                    let waiting = store.pending(destination).len();
+                    log::warn!("{destination:?} is down: {waiting} effect(s) wait for it");
+                    break;
                 }
-                Effect::Queue(event) => {
-                    self.undelivered
-                        .push_back(hotplug_eventlog::Request::Queue(event));
-                }
-                Effect::Withdraw(event) => {
-                    self.undelivered
-                        .push_back(hotplug_eventlog::Request::Withdraw(event));
+                if let Err(error) = store.delivered(id) {
+                    fatal(error);
                 }
             }
         }
-        self.deliver(links);
     }
 
-    /// Sends the waiting events in order; stops at the first the event log
-    /// cannot take (it is down: they wait for its successor).
-    fn deliver(&mut self, links: &mut Links) {
-        while let Some(request) = self.undelivered.front() {
-            match links.request::<HotplugEventLog>(request.clone()) {
-                Ok(Answer::Link(reply)) => log::debug!("event log: {request:?} -> {reply:?}"),
-                Ok(other) => log::error!("the event log did not take {request:?}: {other:?}"),
-                Err(down) => {
-                    log::warn!("{down}: {} event(s) wait for it", self.undelivered.len());
-                    while self.undelivered.len() > MAX_UNDELIVERED {
-                        let dropped = self.undelivered.pop_front();
-                        log::error!("too many undelivered events: dropping {dropped:?}");
-                    }
-                    return;
-                }
+    fn to_event_log(links: &mut Links, id: u64, request: hotplug_eventlog::Request) -> bool {
+        match links.request_as::<HotplugEventLog>(id, request.clone()) {
+            Ok(Answer::Link(reply)) => {
+                log::debug!("event log: {request:?} -> {reply:?}");
+                true
             }
-            self.undelivered.pop_front();
+            Ok(other) => {
+                // Delivered, and refused: sending it again would not help.
+                log::error!("the event log did not take {request:?}: {other:?}");
+                true
+            }
+            Err(_) => false,
         }
     }
 }

@@ -96,14 +96,16 @@ impl RtasArgs {
     }
 }
 
-/// The other device processes, as the RTAS server reaches them. `None`
-/// means the peer did not answer (it is down, and the supervisor restarts
-/// it): the guest then gets "busy, try again" (-2), which PAPR guests handle.
+/// The other device processes, as the RTAS server reaches them. A peer
+/// that does not answer (it is down, and the supervisor restarts it) is
+/// [`CallRefusal::PeerDown`]: the call stops there, writes no return cell,
+/// and the core makes it again once the peer is back — the guest never reads
+/// a status for a call that did not run.
 pub trait Peers {
     /// A request to the hotplug controller: RTAS status and value.
-    fn hotplug(&mut self, request: HotplugRequest) -> Option<(RtasStatus, u32)>;
-    /// A request to the event log: its reply, or `Ok(None)` for an acknowledgement.
-    fn eventlog(&mut self, request: EventLogRequest) -> Option<Option<EventLogReply>>;
+    fn hotplug(&mut self, request: HotplugRequest) -> Result<(RtasStatus, u32), CallRefusal>;
+    /// A request to the event log: its reply, or `None` for an acknowledgement.
+    fn eventlog(&mut self, request: EventLogRequest) -> Result<Option<EventLogReply>, CallRefusal>;
 }
 
 /// What a call may use besides guest memory.
@@ -126,7 +128,7 @@ pub fn handle_call<M: Bytes<GuestAddress, E = GuestMemoryError>>(
     services: &mut Services<'_>,
 ) -> Result<Option<PlatformRequest>, CallRefusal> {
     let call = RtasArgs::read(memory, address)?;
-    let (rets, request) = dispatch(memory, &call, services);
+    let (rets, request) = dispatch(memory, &call, services)?;
     call.write_rets(memory, &rets)?;
     Ok(request)
 }
@@ -135,19 +137,22 @@ fn status(status: RtasStatus) -> Vec<u32> {
     vec![status.cell()]
 }
 
+/// The return cells and the core's part, or why the call cannot run now.
+type Answered = Result<(Vec<u32>, Option<PlatformRequest>), CallRefusal>;
+
 fn dispatch<M: Bytes<GuestAddress, E = GuestMemoryError>>(
     memory: &M,
     call: &RtasArgs,
     services: &mut Services<'_>,
-) -> (Vec<u32>, Option<PlatformRequest>) {
+) -> Answered {
     let cpus = services.cpus;
     let nargs = call.args.len();
     let nret = call.nret as usize;
     let Some(kind) = RtasCall::from_token(call.token) else {
         log::debug!("RTAS: unknown token {:#x}", call.token);
-        return (status(RtasStatus::ParameterError), None);
+        return Ok((status(RtasStatus::ParameterError), None));
     };
-    match kind {
+    Ok(match kind {
         RtasCall::DisplayCharacter if nargs == 1 && nret == 1 => (
             status(RtasStatus::Success),
             Some(PlatformRequest::DisplayCharacter(call.args[0] as u8)),
@@ -201,10 +206,7 @@ fn dispatch<M: Bytes<GuestAddress, E = GuestMemoryError>>(
                 drc: call.args[1],
                 value: call.args[2],
             };
-            let status = services
-                .peers
-                .hotplug(request)
-                .map_or(RtasStatus::Busy, |(status, _)| status);
+            let (status, _) = services.peers.hotplug(request)?;
             (self::status(status), None)
         }
         RtasCall::GetSensorState if nargs == 2 && nret == 2 => {
@@ -212,16 +214,13 @@ fn dispatch<M: Bytes<GuestAddress, E = GuestMemoryError>>(
                 sensor: call.args[0],
                 drc: call.args[1],
             };
-            let (status, value) = services
-                .peers
-                .hotplug(request)
-                .unwrap_or((RtasStatus::Busy, 0));
+            let (status, value) = services.peers.hotplug(request)?;
             (vec![status.cell(), value], None)
         }
         RtasCall::ConfigureConnector if nargs == 2 && nret == 1 => {
             let area =
                 (u64::from(call.args[0]) | (u64::from(call.args[1]) << 32)) & REAL_ADDRESS_MASK;
-            (vec![configure_connector(memory, area, services)], None)
+            (vec![configure_connector(memory, area, services)?], None)
         }
         RtasCall::CheckException if (nargs == 6 || nargs == 7) && nret == 1 => {
             let [mask, buffer, length] = [call.args[2], call.args[4], call.args[5]];
@@ -232,20 +231,17 @@ fn dispatch<M: Bytes<GuestAddress, E = GuestMemoryError>>(
                     buffer.into(),
                     length,
                     services,
-                )),
+                )?),
                 None,
             )
         }
         RtasCall::EventScan if nargs == 4 && nret == 1 => {
             // Never returns data (as QEMU): it re-raises the interrupt of
             // queued classes, so a lost interrupt is delivered again.
-            match services
+            services
                 .peers
-                .eventlog(EventLogRequest::EventScan { mask: call.args[0] })
-            {
-                Some(_) => (status(RtasStatus::NoErrorsFound), None),
-                None => (status(RtasStatus::Busy), None),
-            }
+                .eventlog(EventLogRequest::EventScan { mask: call.args[0] })?;
+            (status(RtasStatus::NoErrorsFound), None)
         }
         RtasCall::OsTerm if nargs == 1 && nret == 1 => {
             let message = read_message(memory, u64::from(call.args[0]) & REAL_ADDRESS_MASK);
@@ -261,7 +257,7 @@ fn dispatch<M: Bytes<GuestAddress, E = GuestMemoryError>>(
             );
             (status(RtasStatus::ParameterError), None)
         }
-    }
+    })
 }
 
 /// One configure-connector step; the status cell for the guest (an RTAS
@@ -270,38 +266,38 @@ fn configure_connector<M: Bytes<GuestAddress, E = GuestMemoryError>>(
     memory: &M,
     area: u64,
     services: &mut Services<'_>,
-) -> u32 {
+) -> Result<u32, CallRefusal> {
     let in_memory = |at: u64| memory.read_obj::<u8>(GuestAddress(at)).is_ok();
     let Some(last) = area.checked_add(WORK_AREA_SIZE - 1) else {
-        return RtasStatus::ParameterError.cell();
+        return Ok(RtasStatus::ParameterError.cell());
     };
     if !in_memory(area) || !in_memory(last) {
-        return RtasStatus::ParameterError.cell();
+        return Ok(RtasStatus::ParameterError.cell());
     }
     let Ok(drc) = memory.read_obj::<u32>(GuestAddress(area)).map(u32::from_be) else {
-        return RtasStatus::ParameterError.cell();
+        return Ok(RtasStatus::ParameterError.cell());
     };
-    let Some((status, generation)) = services
+    let (status, generation) = services
         .peers
-        .hotplug(HotplugRequest::ConfigureBegin { drc })
-    else {
-        return RtasStatus::Busy.cell();
-    };
+        .hotplug(HotplugRequest::ConfigureBegin { drc })?;
     if status != RtasStatus::Success {
-        return status.cell();
+        return Ok(status.cell());
     }
     let threads = services.threads_per_core;
-    match services
-        .configure
-        .step(memory, area, DrcIndex(drc), generation, threads)
-    {
-        Progress::Step(code) => code as u32,
-        Progress::Complete => services
-            .peers
-            .hotplug(HotplugRequest::ConfigureDone { drc })
-            .map_or(RtasStatus::Busy, |(status, _)| status)
-            .cell(),
-    }
+    Ok(
+        match services
+            .configure
+            .step(memory, area, DrcIndex(drc), generation, threads)
+        {
+            Progress::Step(code) => code as u32,
+            Progress::Complete => {
+                let (status, _) = services
+                    .peers
+                    .hotplug(HotplugRequest::ConfigureDone { drc })?;
+                status.cell()
+            }
+        },
+    )
 }
 
 /// check-exception: dequeues one event into the guest's buffer.
@@ -311,28 +307,28 @@ fn check_exception<M: Bytes<GuestAddress, E = GuestMemoryError>>(
     buffer: u64,
     length: u32,
     services: &mut Services<'_>,
-) -> RtasStatus {
+) -> Result<RtasStatus, CallRefusal> {
     let length = length.min(MAX_EVENT_BUFFER);
     let in_memory = |at: u64| memory.read_obj::<u8>(GuestAddress(at)).is_ok();
     let buffer = buffer & REAL_ADDRESS_MASK;
     if length == 0 || !in_memory(buffer) || !in_memory(buffer + u64::from(length) - 1) {
-        return RtasStatus::ParameterError;
+        return Ok(RtasStatus::ParameterError);
     }
-    match services.peers.eventlog(EventLogRequest::CheckException {
+    let reply = services.peers.eventlog(EventLogRequest::CheckException {
         mask,
         max_len: length,
-    }) {
-        Some(Some(EventLogReply::Event(bytes))) if bytes.len() <= length as usize => {
+    })?;
+    Ok(match reply {
+        Some(EventLogReply::Event(bytes)) if bytes.len() <= length as usize => {
             match memory.write_slice(&bytes, GuestAddress(buffer)) {
                 Ok(()) => RtasStatus::Success,
                 Err(_) => RtasStatus::HardwareError,
             }
         }
-        Some(Some(EventLogReply::NoEvent)) => RtasStatus::NoErrorsFound,
-        Some(Some(EventLogReply::BufferTooSmall { .. })) => RtasStatus::ParameterError,
-        None => RtasStatus::Busy,
+        Some(EventLogReply::NoEvent) => RtasStatus::NoErrorsFound,
+        Some(EventLogReply::BufferTooSmall { .. }) => RtasStatus::ParameterError,
         _ => RtasStatus::HardwareError,
-    }
+    })
 }
 
 /// A NUL-terminated guest string, bounded and reduced to printable ASCII.
@@ -368,6 +364,7 @@ fn time_of_day(now: UtcTime) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ipc_proto::ProcessKind;
     use vm_memory::GuestMemoryMmap;
 
     /// vCPUs 0..4 exist; 0 and 2 run.
@@ -385,12 +382,19 @@ mod tests {
     }
 
     impl Peers for FakePeers {
-        fn hotplug(&mut self, request: HotplugRequest) -> Option<(RtasStatus, u32)> {
+        fn hotplug(&mut self, request: HotplugRequest) -> Result<(RtasStatus, u32), CallRefusal> {
             self.hotplug.push(request);
-            self.hotplug_answer
+            self.hotplug_answer.ok_or(CallRefusal::PeerDown {
+                peer: ProcessKind::HotplugController,
+            })
         }
-        fn eventlog(&mut self, _: EventLogRequest) -> Option<Option<EventLogReply>> {
-            self.eventlog_answer.clone().map(Some)
+        fn eventlog(&mut self, _: EventLogRequest) -> Result<Option<EventLogReply>, CallRefusal> {
+            match &self.eventlog_answer {
+                Some(answer) => Ok(Some(answer.clone())),
+                None => Err(CallRefusal::PeerDown {
+                    peer: ProcessKind::EventLog,
+                }),
+            }
         }
     }
 
@@ -567,7 +571,7 @@ mod tests {
     }
 
     #[test]
-    fn drc_calls_go_to_the_hotplug_controller_and_a_silent_one_means_busy() {
+    fn drc_calls_go_to_the_hotplug_controller_and_a_silent_one_writes_nothing() {
         let m = memory();
         let mut peers = FakePeers {
             hotplug_answer: Some((RtasStatus::Success, 2)),
@@ -605,9 +609,18 @@ mod tests {
                 value: 1
             }
         );
+        // A controller that is down: the call does not run, and the return
+        // cell keeps what the guest left there (Linux zeroes it first).
         let mut silent = FakePeers::default();
-        handle_with(&m, BLOCK, &mut silent).unwrap();
-        assert_eq!(ret(&m, BLOCK, 3, 0), RtasStatus::Busy.cell());
+        m.write_obj(0x5a5a_5a5au32, GuestAddress(BLOCK + 12 + 12))
+            .unwrap();
+        assert_eq!(
+            handle_with(&m, BLOCK, &mut silent),
+            Err(CallRefusal::PeerDown {
+                peer: ProcessKind::HotplugController
+            })
+        );
+        assert_eq!(ret(&m, BLOCK, 3, 0), 0x5a5a_5a5a);
         // Wrong counts never reach the controller.
         write_call(
             &m,

@@ -37,31 +37,36 @@ struct RtasServer {
 }
 
 impl Peers for Links {
-    fn hotplug(&mut self, request: rtas_hotplug::Request) -> Option<(RtasStatus, u32)> {
+    fn hotplug(
+        &mut self,
+        request: rtas_hotplug::Request,
+    ) -> Result<(RtasStatus, u32), CallRefusal> {
         match self.request::<RtasHotplug>(request) {
-            Ok(Answer::Link(rtas_hotplug::Reply::Status { status, value })) => {
-                Some((status, value))
-            }
+            Ok(Answer::Link(rtas_hotplug::Reply::Status { status, value })) => Ok((status, value)),
             Ok(other) => {
                 log::error!("the hotplug controller answered {other:?}");
-                None
+                Ok((RtasStatus::HardwareError, 0))
             }
-            Err(_) => None,
+            Err(_) => Err(CallRefusal::PeerDown {
+                peer: ProcessKind::HotplugController,
+            }),
         }
     }
 
     fn eventlog(
         &mut self,
         request: rtas_eventlog::Request,
-    ) -> Option<Option<rtas_eventlog::Reply>> {
+    ) -> Result<Option<rtas_eventlog::Reply>, CallRefusal> {
         match self.request::<RtasEventLog>(request) {
-            Ok(Answer::Link(reply)) => Some(Some(reply)),
-            Ok(Answer::Ack) => Some(None),
+            Ok(Answer::Link(reply)) => Ok(Some(reply)),
+            Ok(Answer::Ack) => Ok(None),
             Ok(other) => {
                 log::error!("the event log answered {other:?}");
-                None
+                Ok(None)
             }
-            Err(_) => None,
+            Err(_) => Err(CallRefusal::PeerDown {
+                peer: ProcessKind::EventLog,
+            }),
         }
     }
 }
@@ -73,7 +78,7 @@ impl Device for RtasServer {
         _: Link,
         frame: Result<Frame, ChannelError>,
     ) -> Result<(), ChannelError> {
-        answer::<CoreRtas>(links, frame, |links, request, fds| {
+        answer::<CoreRtas>(links, frame, |links, _, request, fds| {
             self.on_core(links, request, fds)
         })
     }

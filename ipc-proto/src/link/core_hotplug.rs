@@ -20,6 +20,15 @@ pub const MAX_DEVICE_ID: usize = 128;
 pub const MAX_DRCS: usize = 17_000;
 /// DRC rows per [`Reply::Drcs`] page, so that a page fits a frame.
 pub const DRCS_PER_PAGE: usize = 512;
+/// The size of the hotplug controller's state region for a table of `drcs`
+/// DRCs: the core creates it, the controller lays it out (and refuses one
+/// too small for its layout). Untouched pages cost nothing.
+pub fn state_region_bytes(drcs: usize) -> u64 {
+    STATE_REGION_FIXED_BYTES + STATE_REGION_BYTES_PER_DRC * drcs as u64
+}
+const STATE_REGION_FIXED_BYTES: u64 = 2 << 20;
+const STATE_REGION_BYTES_PER_DRC: u64 = 128;
+
 /// The most runs one [`Request::DefineDrcs`] carries.
 pub const MAX_DRC_RANGES: usize = 8;
 
@@ -52,10 +61,15 @@ pub struct DrcRange {
 /// Core → hotplug controller.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    /// Creates the machine's DRCs, all empty. Sent once, first.
+    /// Sent first to every incarnation, with the state region's memfd.
+    /// The first formats the region and creates the machine's DRCs, all
+    /// empty; a successor (`resume`) validates the region, which must hold
+    /// exactly these DRCs, and resumes from it.
     DefineDrcs {
         /// The runs.
         ranges: Vec<DrcRange>,
+        /// An earlier incarnation formatted the region.
+        resume: bool,
     },
     /// Attaches `device` to the DRCs (one per LMB for a DIMM). A cold plug
     /// (boot) leaves them configured and tells the guest nothing; a hot plug
@@ -117,7 +131,7 @@ impl Message for Request {
     fn validate(&self, fds: usize) -> Result<(), String> {
         no_descriptors(fds, "a hotplug request")?;
         match self {
-            Request::DefineDrcs { ranges } if ranges.len() > MAX_DRC_RANGES => {
+            Request::DefineDrcs { ranges, .. } if ranges.len() > MAX_DRC_RANGES => {
                 Err(format!("{} DRC ranges", ranges.len()))
             }
             Request::Plug { drcs, device, .. } => {

@@ -111,6 +111,12 @@ pub enum CallRefusal {
     },
     /// No memory table has been set.
     NoMemory,
+    /// A peer the call needs is down: the call did not run (no return cell
+    /// was written), and the core makes it again once the peer is back.
+    PeerDown {
+        /// The peer.
+        peer: crate::ProcessKind,
+    },
 }
 
 impl std::fmt::Display for CallRefusal {
@@ -124,6 +130,9 @@ impl std::fmt::Display for CallRefusal {
                 "rtas_args with nargs={nargs} nret={nret} (at most 16 cells, at least one return)"
             ),
             CallRefusal::NoMemory => write!(f, "the RTAS server has no guest memory mapped"),
+            CallRefusal::PeerDown { peer } => {
+                write!(f, "the {} is down; the call did not run", peer.name())
+            }
         }
     }
 }

@@ -2,7 +2,6 @@
 //! about a device. This is the only path by which a release reaches the core.
 
 use super::core_hotplug::check_device_id;
-use crate::papr::DrcIndex;
 use crate::protocol::{link_protocol, no_descriptors, Message, NoReply};
 use serde::{Deserialize, Serialize};
 
@@ -14,10 +13,8 @@ link_protocol! {
 /// A device whose DRCs all went back to the platform.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Released {
-    /// The device's id.
+    /// The device's id, as in its plug request.
     pub device: String,
-    /// Its DRCs.
-    pub drcs: Vec<DrcIndex>,
 }
 
 /// Hotplug controller → core.
@@ -40,13 +37,7 @@ impl Message for Notification {
     fn validate(&self, fds: usize) -> Result<(), String> {
         no_descriptors(fds, "a notification")?;
         match self {
-            Notification::Released(Released { device, drcs }) => {
-                check_device_id(device)?;
-                if drcs.len() > super::core_hotplug::MAX_DRCS {
-                    return Err(format!("a release of {} DRCs", drcs.len()));
-                }
-                Ok(())
-            }
+            Notification::Released(Released { device }) => check_device_id(device),
             Notification::UnplugRefused { device } => check_device_id(device),
             Notification::ResetComplete => Ok(()),
         }

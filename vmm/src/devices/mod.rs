@@ -24,7 +24,9 @@ use proxy::{DeviceFailure, Proxy, Supervised};
 use serde_json::{json, Value};
 use spawn::{ProcessHandle, SpawnError};
 use std::collections::HashMap;
+use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -39,6 +41,9 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an RTAS call waits for a restarting RTAS server: the guest
 /// sees a slower call, not a failed one.
 pub const RTAS_RESTART_WAIT: Duration = Duration::from_secs(10);
+/// How often a call that needs a restarting peer of the RTAS server asks
+/// again: the core learns of the restart only through the supervisor.
+const PEER_RESTART_POLL: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Error)]
 pub enum DeviceError {
@@ -70,6 +75,8 @@ pub enum DeviceError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot create the hotplug controller's state region")]
+    StateRegion(#[source] crate::memory::MemoryError),
 }
 
 /// What a (re)started process is given besides its links.
@@ -80,6 +87,11 @@ pub struct Resources {
     pub drcs: Vec<DrcRange>,
     /// The event log's interrupts: hot-plug, then EPOW.
     pub event_log_interrupts: [OwnedFd; 2],
+    /// The hotplug controller's state region: created once, handed to every
+    /// incarnation, so a successor resumes where its predecessor stopped.
+    pub hotplug_state: File,
+    /// An incarnation formatted the region: the next ones resume from it.
+    pub hotplug_state_formatted: AtomicBool,
 }
 
 /// One process kind: how it is supervised and the process it runs now.
@@ -132,6 +144,12 @@ impl DeviceProcesses {
             .into_iter()
             .map(|(region, fd)| Ok((region, duplicate(fd)?)))
             .collect::<Result<Vec<_>, DeviceError>>()?;
+        let drc_count: usize = drcs.iter().map(|range| range.count as usize).sum();
+        let hotplug_state = crate::memory::sealed_memfd(
+            "papervisor-hotplug-state",
+            core_hotplug::state_region_bytes(drc_count),
+        )
+        .map_err(DeviceError::StateRegion)?;
         let devices = DeviceProcesses {
             sandbox,
             resources: Resources {
@@ -140,6 +158,8 @@ impl DeviceProcesses {
                 threads_per_core,
                 drcs,
                 event_log_interrupts,
+                hotplug_state,
+                hotplug_state_formatted: AtomicBool::new(false),
             },
             rtas: Proxy::new(ProcessKind::RtasServer, control.clone()),
             hotplug: Proxy::new(ProcessKind::HotplugController, control.clone()),
@@ -197,13 +217,17 @@ impl DeviceProcesses {
                 .iter()
                 .filter_map(|link| ends.get(link).map(|end| end.as_fd().as_raw_fd()))
                 .collect();
-            if kind == ProcessKind::EventLog {
-                fds.extend(
+            match kind {
+                ProcessKind::EventLog => fds.extend(
                     self.resources
                         .event_log_interrupts
                         .iter()
                         .map(AsRawFd::as_raw_fd),
-                );
+                ),
+                ProcessKind::HotplugController => {
+                    fds.push(self.resources.hotplug_state.as_raw_fd());
+                }
+                ProcessKind::RtasServer => {}
             }
             let process = self.spawn(kind, &fds)?;
             // The process's ends are its alone now.
@@ -360,37 +384,56 @@ impl DeviceProcesses {
                     .command(core_rtas::Request::SetTopology { threads_per_core })
             }
             ProcessKind::HotplugController => {
+                let formatted = &self.resources.hotplug_state_formatted;
                 self.hotplug.command(core_hotplug::Request::DefineDrcs {
                     ranges: self.resources.drcs.clone(),
-                })
+                    resume: formatted.load(Ordering::SeqCst),
+                })?;
+                formatted.store(true, Ordering::SeqCst);
+                Ok(())
             }
             ProcessKind::EventLog => Ok(()),
         }
     }
 
-    /// One H_RTAS call. While the RTAS server restarts, the call waits for
-    /// its successor (up to [`RTAS_RESTART_WAIT`], or until `abort`) and is
-    /// made again: a `stop-self` that "returned" busy would be fatal to the
-    /// guest. A server that died with the call in hand may have run it:
-    /// until requests are idempotent (issue 11), such a call is made again.
+    /// One H_RTAS call. While the RTAS server, or a peer the call needs,
+    /// restarts, the call waits for the successor (up to
+    /// [`RTAS_RESTART_WAIT`], or until `abort`) and is made again, under the
+    /// same id: the guest sees a slower call, never a status for a call that
+    /// did not run (a `stop-self` that "returned" busy would be fatal to it,
+    /// and Linux zeroes the return cells before a call). A call that did run
+    /// before its server died is recognised by its id where it changed
+    /// something (the hotplug controller's state region) and not applied
+    /// twice. Only a process failed for good fails the call.
     pub fn rtas_call(
         &self,
         request: core_rtas::Request,
         abort: &dyn Fn() -> bool,
     ) -> Result<core_rtas::Reply, DeviceFailure> {
         let deadline = Instant::now() + RTAS_RESTART_WAIT;
+        let id = self.rtas.new_id();
         loop {
             // A server just restarted serves the guest once it is set up.
             if !self.rtas.wait_for_process(deadline, abort) {
-                return self.rtas.query(request);
+                return self.rtas.query_as(id, request);
             }
-            match self.rtas.query(request.clone()) {
+            match self.rtas.query_as(id, request.clone()) {
                 Err(
                     failure @ (DeviceFailure::Restarting(_)
                     | DeviceFailure::Died(_)
                     | DeviceFailure::CutOff { .. }),
                 ) => {
                     log::info!("RTAS call waits for the RTAS server: {failure}");
+                }
+                Ok(core_rtas::Reply::CallRefused(core_rtas::CallRefusal::PeerDown { peer })) => {
+                    if self.proxy(peer).is_failed() {
+                        return Err(DeviceFailure::Failed(peer));
+                    }
+                    if Instant::now() >= deadline || abort() {
+                        return Err(DeviceFailure::Restarting(peer));
+                    }
+                    log::debug!("RTAS call waits for the {}", peer.name());
+                    std::thread::sleep(PEER_RESTART_POLL);
                 }
                 answer => return answer,
             }
@@ -593,13 +636,17 @@ fn notification_loop(notify: &Channel, control: &Sender<ControlMessage>) {
                 continue;
             }
         };
-        match decode_request::<HotplugNotify>(frame).map(|incoming| incoming.request) {
-            Ok(ipc_proto::control::Request::Link(notification)) => {
-                if control.send(ControlMessage::Hotplug(notification)).is_err() {
+        match decode_request::<HotplugNotify>(frame).map(|incoming| (incoming.id, incoming.request))
+        {
+            Ok((id, ipc_proto::control::Request::Link(notification))) => {
+                if control
+                    .send(ControlMessage::Hotplug { id, notification })
+                    .is_err()
+                {
                     return;
                 }
             }
-            Ok(request) => {
+            Ok((_, request)) => {
                 log::error!("the hotplug controller sent {request:?} as a notification");
             }
             Err(unacceptable) => log::error!(

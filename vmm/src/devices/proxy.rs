@@ -12,7 +12,7 @@ use ipc_proto::protocol::{Client, Protocol};
 use ipc_proto::ProcessKind;
 use std::collections::HashMap;
 use std::os::fd::BorrowedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -60,6 +60,8 @@ pub trait Supervised: Send + Sync {
     fn disconnect(&self);
     /// The supervisor gave up (or not) on the process.
     fn set_failed(&self, failed: bool);
+    /// The supervisor gave up on the process.
+    fn is_failed(&self) -> bool;
     /// Kills a process the core no longer trusts; its watcher reports it.
     fn cut_off(&self, why: &str);
     /// The connected process is set up: callers waiting for it go on.
@@ -91,6 +93,9 @@ pub struct Proxy<P: Protocol> {
     changed: Condvar,
     failed: AtomicBool,
     control: Sender<ControlMessage>,
+    /// Request ids: unique across every process this proxy talks to, so a
+    /// request sent again to a successor keeps an id no other request had.
+    next_id: AtomicU64,
 }
 
 impl<P: Protocol> Proxy<P> {
@@ -102,7 +107,14 @@ impl<P: Protocol> Proxy<P> {
             changed: Condvar::new(),
             failed: AtomicBool::new(false),
             control,
+            next_id: AtomicU64::new(1),
         }
+    }
+
+    /// An id for a request that may be sent more than once (to a process
+    /// and to its successors): see [`Proxy::call_as`].
+    pub fn new_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<Connected<P>>> {
@@ -146,19 +158,36 @@ impl<P: Protocol> Proxy<P> {
         request: Request<P::Request>,
         fds: &[BorrowedFd<'_>],
     ) -> Result<Answer<P::Reply>, DeviceFailure> {
-        self.call_locked(&mut self.lock(), request, fds)
+        self.call_as(self.new_id(), request, fds)
+    }
+
+    /// [`Proxy::call`] as request `id`. A caller that got no answer (the
+    /// process died) sends the same request with the same id to the
+    /// successor, which answers a request it already applied from its state
+    /// region instead of applying it twice.
+    pub fn call_as(
+        &self,
+        id: u64,
+        request: Request<P::Request>,
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<Answer<P::Reply>, DeviceFailure> {
+        self.call_locked(&mut self.lock(), id, request, fds)
     }
 
     fn call_locked(
         &self,
         guard: &mut MutexGuard<'_, Option<Connected<P>>>,
+        id: u64,
         request: Request<P::Request>,
         fds: &[BorrowedFd<'_>],
     ) -> Result<Answer<P::Reply>, DeviceFailure> {
         let Some(connected) = guard.as_mut() else {
             return Err(self.unavailable());
         };
-        match connected.client.call(request, fds, P::LINK.reply_timeout()) {
+        match connected
+            .client
+            .call_as(id, request, fds, P::LINK.reply_timeout())
+        {
             Ok(reply) => {
                 if let Some(peer) = reply.peer_failed {
                     if let Some(&generation) = connected.peers.get(&peer) {
@@ -207,7 +236,12 @@ impl<P: Protocol> Proxy<P> {
 
     /// A request whose answer is an acknowledgement.
     pub fn command(&self, request: P::Request) -> Result<(), DeviceFailure> {
-        match self.call(Request::Link(request), &[])? {
+        self.command_as(self.new_id(), request)
+    }
+
+    /// [`Proxy::command`] as request `id` (see [`Proxy::call_as`]).
+    pub fn command_as(&self, id: u64, request: P::Request) -> Result<(), DeviceFailure> {
+        match self.call_as(id, Request::Link(request), &[])? {
             Answer::Ack => Ok(()),
             other => Err(self.wrong_answer(&other)),
         }
@@ -228,6 +262,14 @@ impl<P: Protocol> Proxy<P> {
     /// A request whose answer is the link's reply.
     pub fn query(&self, request: P::Request) -> Result<P::Reply, DeviceFailure> {
         self.query_with(request, &[])
+    }
+
+    /// [`Proxy::query`] as request `id` (see [`Proxy::call_as`]).
+    pub fn query_as(&self, id: u64, request: P::Request) -> Result<P::Reply, DeviceFailure> {
+        match self.call_as(id, Request::Link(request), &[])? {
+            Answer::Link(reply) => Ok(reply),
+            other => Err(self.wrong_answer(&other)),
+        }
     }
 
     /// A request with descriptors whose answer is an acknowledgement.
@@ -268,7 +310,7 @@ impl<P: Protocol> Supervised for Proxy<P> {
     ) -> Result<(), DeviceFailure> {
         let mut guard = self.lock();
         let request = Request::Control(ControlRequest::ReplaceLink(link));
-        match self.call_locked(&mut guard, request, &[fd])? {
+        match self.call_locked(&mut guard, self.new_id(), request, &[fd])? {
             Answer::Ack => {
                 let peer = [link.requester(), link.server()]
                     .into_iter()
@@ -300,6 +342,10 @@ impl<P: Protocol> Supervised for Proxy<P> {
     fn set_failed(&self, failed: bool) {
         self.failed.store(failed, Ordering::SeqCst);
         self.changed.notify_all();
+    }
+
+    fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
     }
 
     fn cut_off(&self, why: &str) {

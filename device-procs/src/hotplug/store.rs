@@ -1,0 +1,645 @@
+//! The hotplug controller's state region: its DRC table, its devices, the
+//! effects it owes the core and the event log, and the last reply to each
+//! requester — so that a successor resumes where a killed controller stopped,
+//! with nothing lost and nothing applied twice.
+//!
+//! Every request that changes something is one committed transition (see
+//! [`crate::state`]): the DRCs and devices it touched, the effects it caused
+//! (each numbered; receivers drop a number they have seen), and its reply
+//! under the request's id. A requester that got no answer sends the same id
+//! again, and is answered from the record instead of applying it twice.
+
+use super::drc::Drc;
+use super::{Controller, Effect, Touched};
+use crate::state::{Layout, Mapping, Region, StateError, Table, Write};
+use ipc_proto::channel::{decode, encode, Envelope};
+use ipc_proto::papr::{DrcIndex, DrcState, RtasStatus};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use thiserror::Error;
+
+/// Devices attached at once, at most.
+pub const DEVICE_SLOTS: u32 = 1024;
+/// Effects kept for a receiver that is down; beyond, the oldest are dropped.
+pub const OUTBOX_SLOTS: u32 = 1024;
+/// Bumped whenever a record's meaning changes.
+pub const LAYOUT_VERSION: u32 = 1;
+const MAGIC: [u8; 8] = *b"PVHOTPLG";
+
+const META: usize = 0;
+const DRCS: usize = 1;
+const DEVICES: usize = 2;
+const OUTBOX: usize = 3;
+const REPLIES: usize = 4;
+
+/// The region's tables for a table of `drcs` DRCs.
+pub fn layout(drcs: u32) -> Layout {
+    let table = |slot_bytes, slots| Table { slot_bytes, slots };
+    Layout {
+        magic: MAGIC,
+        version: LAYOUT_VERSION,
+        tables: vec![
+            table(64, 1),
+            table(48, drcs),
+            table(192, DEVICE_SLOTS),
+            table(192, OUTBOX_SLOTS),
+            table(64, Requester::ALL.len() as u32),
+        ],
+    }
+}
+
+/// Why the controller cannot use its region.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The region itself.
+    #[error(transparent)]
+    Region(#[from] StateError),
+    /// A record that does not decode, or records that disagree.
+    #[error("the state region is inconsistent: {0}")]
+    Inconsistent(String),
+    /// More devices than [`DEVICE_SLOTS`].
+    #[error("no free device record (at most {DEVICE_SLOTS} devices)")]
+    NoDeviceSlot,
+}
+
+/// Who sends the controller requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Requester {
+    /// The core (plug, unplug request, reset).
+    Core,
+    /// The RTAS server, for the guest.
+    Rtas,
+}
+
+impl Requester {
+    const ALL: [Requester; 2] = [Requester::Core, Requester::Rtas];
+
+    fn slot(self) -> u32 {
+        self as u32
+    }
+}
+
+/// Where an effect goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// The notify link.
+    Core,
+    /// The event log link.
+    EventLog,
+}
+
+impl Effect {
+    /// Who is owed this effect.
+    pub fn destination(&self) -> Destination {
+        match self {
+            Effect::Notify(_) => Destination::Core,
+            Effect::Queue(_) | Effect::Withdraw(_) => Destination::EventLog,
+        }
+    }
+}
+
+/// The reply a transition gave, kept to answer its id again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoredReply {
+    /// The core's requests.
+    Ack,
+    /// The RTAS server's requests.
+    Status {
+        /// The RTAS status.
+        status: RtasStatus,
+        /// Its value.
+        value: u32,
+    },
+}
+
+/// A request's identity: its id, and a digest of its content (a sender
+/// that reuses an id for another request is not answered from the record).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestKey {
+    /// Who sent it.
+    pub requester: Requester,
+    /// Its id.
+    pub id: u64,
+    /// CRC-32 of its encoding.
+    pub digest: u32,
+}
+
+impl RequestKey {
+    /// The key of `request`, sent as `id` by `requester`.
+    pub fn of<R: Serialize>(requester: Requester, id: u64, request: &R) -> RequestKey {
+        let bytes = encode(&Envelope { id, body: request }).unwrap_or_default();
+        RequestKey {
+            requester,
+            id,
+            digest: crc32fast::hash(&bytes),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Meta {
+    /// The number the next effect gets (numbers start at 1).
+    next_effect: u64,
+    /// The highest number delivered to the core, then to the event log.
+    delivered: [u64; 2],
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct DrcRecord {
+    index: DrcIndex,
+    state: DrcState,
+    /// The device's record slot.
+    device: Option<u32>,
+    unplug_requested: bool,
+    configure_generation: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct DeviceRecord {
+    id: String,
+    first: DrcIndex,
+    count: u32,
+}
+
+fn destination_index(destination: Destination) -> usize {
+    match destination {
+        Destination::Core => 0,
+        Destination::EventLog => 1,
+    }
+}
+
+fn record<T: Serialize>(id: u64, body: &T) -> Result<Vec<u8>, StoreError> {
+    encode(&Envelope { id, body }).map_err(|e| StoreError::Inconsistent(e.to_string()))
+}
+
+fn read<T: DeserializeOwned>(
+    region: &Region,
+    table: usize,
+    slot: u32,
+) -> Result<Option<(u64, T)>, StoreError> {
+    let Some(bytes) = region.get(table, slot) else {
+        return Ok(None);
+    };
+    let envelope = decode::<T>(bytes)
+        .map_err(|error| StoreError::Inconsistent(format!("table {table} slot {slot}: {error}")))?;
+    Ok(Some((envelope.id, envelope.body)))
+}
+
+/// The controller's region, and what it indexes of it.
+pub struct Store {
+    region: Region,
+    drc_slots: HashMap<DrcIndex, u32>,
+    device_slots: HashMap<String, u32>,
+    free_device_slots: Vec<u32>,
+    meta: Meta,
+    /// Effects not yet delivered, by number.
+    outbox: BTreeMap<u64, Effect>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("region", &self.region)
+            .field("meta", &self.meta)
+            .finish()
+    }
+}
+
+impl Store {
+    /// Formats `mapping` for the DRCs `controller` defined, and records them.
+    pub fn create(mapping: Mapping, controller: &mut Controller) -> Result<Store, StoreError> {
+        let count = controller.drcs().count() as u32;
+        let region = Region::format(mapping, layout(count))?;
+        let mut store = Store {
+            region,
+            drc_slots: controller
+                .drcs()
+                .enumerate()
+                .map(|(slot, drc)| (drc.index, slot as u32))
+                .collect(),
+            device_slots: HashMap::new(),
+            free_device_slots: (0..DEVICE_SLOTS).rev().collect(),
+            meta: Meta {
+                next_effect: 1,
+                delivered: [0; 2],
+            },
+            outbox: BTreeMap::new(),
+        };
+        store.transition(controller, Vec::new(), None, true)?;
+        Ok(store)
+    }
+
+    /// Validates the region a predecessor wrote for `drcs` DRCs and rebuilds
+    /// the table from it.
+    pub fn resume(mapping: Mapping, drcs: u32) -> Result<(Store, Controller), StoreError> {
+        let region = Region::open(mapping, layout(drcs))?;
+        let bad = |why: String| StoreError::Inconsistent(why);
+        let (_, meta) =
+            read::<Meta>(&region, META, 0)?.ok_or_else(|| bad("no meta record".into()))?;
+
+        let mut devices: BTreeMap<u32, DeviceRecord> = BTreeMap::new();
+        for slot in 0..DEVICE_SLOTS {
+            if let Some((_, device)) = read::<DeviceRecord>(&region, DEVICES, slot)? {
+                devices.insert(slot, device);
+            }
+        }
+        let mut table = Vec::with_capacity(drcs as usize);
+        let mut drc_slots = HashMap::new();
+        for slot in 0..drcs {
+            let (_, record) = read::<DrcRecord>(&region, DRCS, slot)?
+                .ok_or_else(|| bad(format!("DRC record {slot} is empty")))?;
+            let device = match record.device {
+                None => None,
+                Some(d) => Some(
+                    devices
+                        .get(&d)
+                        .ok_or_else(|| {
+                            bad(format!(
+                                "DRC {:#x} names device record {d}, which is empty",
+                                record.index.0
+                            ))
+                        })?
+                        .id
+                        .clone(),
+                ),
+            };
+            if drc_slots.insert(record.index, slot).is_some() {
+                return Err(bad(format!("DRC {:#x} is recorded twice", record.index.0)));
+            }
+            table.push(Drc {
+                index: record.index,
+                state: record.state,
+                device,
+                unplug_requested: record.unplug_requested,
+                configure_generation: record.configure_generation,
+            });
+        }
+        let mut attached = Vec::new();
+        for device in devices.values() {
+            let drcs: Vec<DrcIndex> = (0..device.count)
+                .map(|i| DrcIndex(device.first.0.wrapping_add(i)))
+                .collect();
+            if let Some(missing) = drcs.iter().find(|i| !drc_slots.contains_key(i)) {
+                return Err(bad(format!(
+                    "device {} names DRC {:#x}, which does not exist",
+                    device.id, missing.0
+                )));
+            }
+            attached.push((device.id.clone(), drcs));
+        }
+        let mut outbox = BTreeMap::new();
+        for slot in 0..OUTBOX_SLOTS {
+            if let Some((id, effect)) = read::<Effect>(&region, OUTBOX, slot)? {
+                let delivered = meta.delivered[destination_index(effect.destination())];
+                if id >= meta.next_effect {
+                    return Err(bad(format!("effect {id} is beyond the last one numbered")));
+                }
+                if id > delivered {
+                    outbox.insert(id, effect);
+                }
+            }
+        }
+        let device_slots: HashMap<String, u32> = devices
+            .iter()
+            .map(|(slot, d)| (d.id.clone(), *slot))
+            .collect();
+        let free_device_slots = (0..DEVICE_SLOTS)
+            .rev()
+            .filter(|slot| !devices.contains_key(slot))
+            .collect();
+        let store = Store {
+            region,
+            drc_slots,
+            device_slots,
+            free_device_slots,
+            meta,
+            outbox,
+        };
+        Ok((store, Controller::restore(table, attached)))
+    }
+
+    /// The reply already given to `key`, if it is the last request of its
+    /// requester that changed something.
+    pub fn replayed(&self, key: RequestKey) -> Option<StoredReply> {
+        let (id, (digest, reply)) =
+            read::<(u32, StoredReply)>(&self.region, REPLIES, key.requester.slot()).ok()??;
+        (id == key.id && digest == key.digest).then_some(reply)
+    }
+
+    /// Commits what the last request changed in `controller` (its touched
+    /// records), the effects it caused, and its reply: one transition.
+    pub fn commit(
+        &mut self,
+        controller: &mut Controller,
+        effects: Vec<Effect>,
+        reply: Option<(RequestKey, StoredReply)>,
+    ) -> Result<(), StoreError> {
+        self.transition(controller, effects, reply, false)
+    }
+
+    /// [`Store::commit`]; the first transition writes the meta record even
+    /// though nothing in it changed.
+    fn transition(
+        &mut self,
+        controller: &mut Controller,
+        effects: Vec<Effect>,
+        reply: Option<(RequestKey, StoredReply)>,
+        first: bool,
+    ) -> Result<(), StoreError> {
+        let mut writes = Vec::new();
+        let mut freed = Vec::new();
+        for touched in controller.take_touched() {
+            match touched {
+                Touched::Drc(index) => {
+                    let (Some(drc), Some(&slot)) =
+                        (controller.drc(index), self.drc_slots.get(&index))
+                    else {
+                        continue;
+                    };
+                    let device = match &drc.device {
+                        Some(id) => Some(self.device_slot(id)?),
+                        None => None,
+                    };
+                    let body = DrcRecord {
+                        index,
+                        state: drc.state,
+                        device,
+                        unplug_requested: drc.unplug_requested,
+                        configure_generation: drc.configure_generation,
+                    };
+                    writes.push(Write {
+                        table: DRCS,
+                        slot,
+                        payload: Some(record(0, &body)?),
+                    });
+                }
+                Touched::Device(id) => match controller.device(&id) {
+                    Some(drcs) => {
+                        let slot = self.device_slot(&id)?;
+                        let body = DeviceRecord {
+                            id: id.clone(),
+                            first: drcs.first().copied().unwrap_or(DrcIndex(0)),
+                            count: drcs.len() as u32,
+                        };
+                        writes.push(Write {
+                            table: DEVICES,
+                            slot,
+                            payload: Some(record(0, &body)?),
+                        });
+                    }
+                    None => {
+                        if let Some(slot) = self.device_slots.remove(&id) {
+                            writes.push(Write {
+                                table: DEVICES,
+                                slot,
+                                payload: None,
+                            });
+                            freed.push(slot);
+                        }
+                    }
+                },
+            }
+        }
+        let mut meta = self.meta;
+        let mut numbered = Vec::new();
+        for effect in effects {
+            let id = meta.next_effect;
+            meta.next_effect += 1;
+            writes.push(Write {
+                table: OUTBOX,
+                slot: (id % u64::from(OUTBOX_SLOTS)) as u32,
+                payload: Some(record(id, &effect)?),
+            });
+            numbered.push((id, effect));
+        }
+        if meta != self.meta || first {
+            writes.push(Write {
+                table: META,
+                slot: 0,
+                payload: Some(record(0, &meta)?),
+            });
+        }
+        if let Some((key, reply)) = reply {
+            writes.push(Write {
+                table: REPLIES,
+                slot: key.requester.slot(),
+                payload: Some(record(key.id, &(key.digest, reply))?),
+            });
+        }
+        if writes.is_empty() {
+            return Ok(());
+        }
+        self.region.commit(&writes)?;
+        self.meta = meta;
+        self.free_device_slots.extend(freed);
+        for (id, effect) in numbered {
+            // Its slot held effect `id - OUTBOX_SLOTS`, which is gone if it waited.
+            let overwritten = id.checked_sub(u64::from(OUTBOX_SLOTS));
+            if let Some((old, dropped)) =
+                overwritten.and_then(|old| Some((old, self.outbox.remove(&old)?)))
+            {
+                log::error!(
+                    "more than {OUTBOX_SLOTS} effects wait: dropped effect {old} ({dropped:?})"
+                );
+            }
+            self.outbox.insert(id, effect);
+        }
+        Ok(())
+    }
+
+    fn device_slot(&mut self, id: &str) -> Result<u32, StoreError> {
+        if let Some(&slot) = self.device_slots.get(id) {
+            return Ok(slot);
+        }
+        let slot = self
+            .free_device_slots
+            .pop()
+            .ok_or(StoreError::NoDeviceSlot)?;
+        self.device_slots.insert(id.to_string(), slot);
+        Ok(slot)
+    }
+
+    /// The effects owed to `destination`, in order, with their numbers.
+    pub fn pending(&self, destination: Destination) -> Vec<(u64, Effect)> {
+        self.outbox
+            .iter()
+            .filter(|(_, effect)| effect.destination() == destination)
+            .map(|(id, effect)| (*id, effect.clone()))
+            .collect()
+    }
+
+    /// Effect `id` reached its destination: committed, so a successor does
+    /// not send it again (it would be dropped as a repeat if it did).
+    pub fn delivered(&mut self, id: u64) -> Result<(), StoreError> {
+        let Some(effect) = self.outbox.get(&id) else {
+            return Ok(());
+        };
+        let mut meta = self.meta;
+        meta.delivered[destination_index(effect.destination())] = id;
+        self.region.commit(&[Write {
+            table: META,
+            slot: 0,
+            payload: Some(record(0, &meta)?),
+        }])?;
+        self.meta = meta;
+        self.outbox.remove(&id);
+        Ok(())
+    }
+
+    /// Transitions committed so far.
+    pub fn transitions(&self) -> u64 {
+        self.region.committed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipc_proto::link::core_hotplug::{state_region_bytes, DrcRange, MAX_DRCS};
+    use ipc_proto::link::hotplug_notify::{Notification, Released};
+    use ipc_proto::papr::DrcKind;
+
+    const CORE1: DrcIndex = DrcIndex(0x1000_0001);
+
+    fn ranges() -> Vec<DrcRange> {
+        vec![
+            DrcRange {
+                kind: DrcKind::Cpu,
+                first_id: 0,
+                count: 4,
+                step: 1,
+            },
+            DrcRange {
+                kind: DrcKind::Lmb,
+                first_id: 4,
+                count: 8,
+                step: 1,
+            },
+        ]
+    }
+
+    fn created() -> (Store, Controller) {
+        let mut controller = Controller::default();
+        controller.define(&ranges()).unwrap();
+        let mapping = Mapping::heap(layout(12).bytes());
+        (Store::create(mapping, &mut controller).unwrap(), controller)
+    }
+
+    fn resumed(store: &Store) -> (Store, Controller) {
+        Store::resume(store.region.snapshot(), 12).unwrap()
+    }
+
+    fn key(id: u64) -> RequestKey {
+        RequestKey::of(Requester::Core, id, &id)
+    }
+
+    #[test]
+    fn a_successor_resumes_the_table_the_devices_and_what_is_owed() {
+        let (mut store, mut c) = created();
+        let effects = c.plug(&[CORE1], "core1", false).unwrap();
+        store
+            .commit(&mut c, effects, Some((key(1), StoredReply::Ack)))
+            .unwrap();
+        // The guest acquires it, then the host asks for it back.
+        for (indicator, value) in [(9003, 1), (9001, 1)] {
+            let (_, effects) = c.set_indicator(indicator, CORE1.0, value);
+            store.commit(&mut c, effects, None).unwrap();
+        }
+        assert_eq!(c.configure_done(CORE1.0), RtasStatus::Success);
+        store.commit(&mut c, Vec::new(), None).unwrap();
+        let (_, effects) = c.unplug_request(&[CORE1]).unwrap();
+        store
+            .commit(&mut c, effects, Some((key(2), StoredReply::Ack)))
+            .unwrap();
+
+        let (successor, restored) = resumed(&store);
+        assert_eq!(restored.list(0), c.list(0));
+        assert_eq!(restored.device("core1"), Some(&[CORE1][..]));
+        let owed = successor.pending(Destination::EventLog);
+        assert_eq!(
+            owed.len(),
+            2,
+            "the add event, then the remove event: {owed:?}"
+        );
+        assert!(owed[0].0 < owed[1].0);
+        assert_eq!(successor.replayed(key(2)), Some(StoredReply::Ack));
+        assert_eq!(
+            successor.replayed(key(1)),
+            None,
+            "only the last request is kept"
+        );
+        // Another request under the same id is not a repeat.
+        let other = RequestKey {
+            digest: key(2).digest ^ 1,
+            ..key(2)
+        };
+        assert_eq!(successor.replayed(other), None);
+    }
+
+    #[test]
+    fn delivered_effects_are_not_owed_to_a_successor_and_numbers_keep_growing() {
+        let (mut store, mut c) = created();
+        let (released, effects) = {
+            c.plug(&[CORE1], "core1", false).unwrap();
+            c.unplug_request(&[CORE1]).unwrap()
+        };
+        let mut all: Vec<Effect> = released
+            .into_iter()
+            .map(|r| Effect::Notify(Notification::Released(r)))
+            .collect();
+        all.extend(effects);
+        store.commit(&mut c, all, None).unwrap();
+        let to_core = store.pending(Destination::Core);
+        assert_eq!(
+            to_core,
+            [(
+                1,
+                Effect::Notify(Notification::Released(Released {
+                    device: "core1".into()
+                }))
+            )]
+        );
+        store.delivered(1).unwrap();
+        let (mut successor, mut restored) = resumed(&store);
+        assert!(successor.pending(Destination::Core).is_empty());
+        assert_eq!(successor.pending(Destination::EventLog).len(), 1);
+        // The device is gone, and its record slot is free again.
+        assert_eq!(restored.device("core1"), None);
+        let effects = restored.plug(&[CORE1], "core1b", false).unwrap();
+        successor.commit(&mut restored, effects, None).unwrap();
+        let numbers: Vec<u64> = successor
+            .pending(Destination::EventLog)
+            .iter()
+            .map(|(id, _)| *id)
+            .collect();
+        assert_eq!(numbers, [2, 3]);
+    }
+
+    #[test]
+    fn a_region_for_other_drcs_or_damaged_records_is_refused() {
+        let (mut store, mut c) = created();
+        let effects = c.plug(&[CORE1], "core1", true).unwrap();
+        store.commit(&mut c, effects, None).unwrap();
+        assert!(matches!(
+            Store::resume(store.region.snapshot(), 13),
+            Err(StoreError::Region(StateError::BadGeometry { .. }))
+        ));
+        // A fresh (zeroed) region is not a table with no DRCs.
+        assert!(matches!(
+            Store::resume(Mapping::heap(layout(12).bytes()), 12),
+            Err(StoreError::Region(StateError::BadMagic { .. }))
+        ));
+    }
+
+    #[test]
+    fn the_core_sizes_the_region_for_every_table_size() {
+        for drcs in [0, 1, 12, 16_384, MAX_DRCS] {
+            let need = layout(drcs as u32).bytes() as u64;
+            assert!(
+                need <= state_region_bytes(drcs),
+                "{drcs} DRCs need {need} bytes"
+            );
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The hotplug controller keeps its state in a region the core holds: killed
+//! (SIGKILL) in the middle of a plug or an unplug, its successor resumes it,
+//! and the guest and QMP see each outcome exactly once. These need root (the
+//! jail) and /dev/kvm; they say so when skipped.
+
+use papervisor_tests::{root_and_kvm, QmpClient, Vm};
+use serde_json::json;
+use std::time::Duration;
+
+const CORE1: u32 = 0x1000_0001;
+/// Long enough for a duplicate event to show up after the first.
+const QUIET: Duration = Duration::from_secs(2);
+
+/// A VM with core 1 plugged and the guest's hot-plug handling paused, so
+/// that a request stays pending while the controller is killed.
+fn vm_with_core1_and_dlpar_off() -> Vm {
+    let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=2"]);
+    vm.boot();
+    vm.plug_core(1, "core1");
+    assert_eq!(vm.console.command("dlpar off"), ["dlpar: off"]);
+    vm
+}
+
+fn count(events: &[serde_json::Value], name: &str) -> usize {
+    events.iter().filter(|e| e["event"] == name).count()
+}
+
+#[test]
+fn a_controller_killed_with_an_unplug_pending_completes_it_once() {
+    if !root_and_kvm("a_controller_killed_with_an_unplug_pending_completes_it_once") {
+        return;
+    }
+    let mut vm = vm_with_core1_and_dlpar_off();
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    assert_eq!(
+        qmp.execute("device_del", json!({"id": "core1"})),
+        json!({"return": {}})
+    );
+    assert_eq!(vm.drc(CORE1)["unplug-requested"], true);
+    vm.kill_and_await_restart("hotplug-controller");
+    // The successor knows the unplug is pending: before, a fresh table said
+    // "unplug-requested: false" while QMP still listed the core.
+    let row = vm.drc(CORE1);
+    assert_eq!(
+        (&row["device"], &row["unplug-requested"], &row["state"]),
+        (&json!("core1"), &json!(true), &json!("configured")),
+        "{row}"
+    );
+    // Turned back on, the guest handles the waiting remove event at once.
+    assert_eq!(
+        vm.console.command("dlpar on"),
+        ["dlpar: on", "dlpar: cpu remove 0x10000001: ok"]
+    );
+    assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "core1");
+    assert_eq!(count(&qmp.events_within(QUIET), "DEVICE_DELETED"), 0);
+    assert_eq!(vm.console.command("cpus"), ["cpu 0 online"]);
+    assert_eq!(vm.device_process("hotplug-controller")["restarts"], 1);
+}
+
+#[test]
+fn a_controller_killed_after_the_guest_isolated_the_drc_releases_it_once() {
+    if !root_and_kvm("a_controller_killed_after_the_guest_isolated_the_drc_releases_it_once") {
+        return;
+    }
+    let mut vm = vm_with_core1_and_dlpar_off();
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    assert_eq!(
+        qmp.execute("device_del", json!({"id": "core1"})),
+        json!({"return": {}})
+    );
+    // The guest's removal, by hand, up to the isolation (set-indicator
+    // 0x201a, isolation-state 9001 = isolate).
+    assert_eq!(vm.console.command("cpu offline 1"), ["cpu 1 offline"]);
+    assert_eq!(
+        vm.console
+            .command("rtas-raw 0x2000000 0x201a 3 1 9001 0x10000001 0"),
+        ["rtas-raw: status 0"]
+    );
+    vm.kill_and_await_restart("hotplug-controller");
+    let row = vm.drc(CORE1);
+    assert_eq!(
+        (&row["state"], &row["unplug-requested"]),
+        (&json!("available"), &json!(true)),
+        "{row}"
+    );
+    // The rest of the removal, against the successor: allocation unusable.
+    assert_eq!(
+        vm.console
+            .command("rtas-raw 0x2000000 0x201a 3 1 9003 0x10000001 0"),
+        ["rtas-raw: status 0"]
+    );
+    assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "core1");
+    assert_eq!(count(&qmp.events_within(QUIET), "DEVICE_DELETED"), 0);
+    let row = vm.drc(CORE1);
+    assert_eq!(
+        (&row["state"], &row["device"]),
+        (&json!("unusable"), &json!(null))
+    );
+    // The slot is free: the core plugs again.
+    assert_eq!(
+        qmp.execute(
+            "device_add",
+            json!({"driver": "host-spapr-cpu-core", "core-id": 1, "id": "core1"})
+        ),
+        json!({"return": {}})
+    );
+}
+
+#[test]
+fn a_controller_killed_during_a_core_add_lets_the_guest_take_the_core() {
+    if !root_and_kvm("a_controller_killed_during_a_core_add_lets_the_guest_take_the_core") {
+        return;
+    }
+    let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=2"]);
+    vm.boot();
+    assert_eq!(vm.console.command("dlpar off"), ["dlpar: off"]);
+    let replies =
+        vm.qmp(&[r#"device_add={"driver": "host-spapr-cpu-core", "core-id": 1, "id": "core1"}"#]);
+    assert_eq!(replies[0], json!({"return": {}}));
+    vm.kill_and_await_restart("hotplug-controller");
+    let row = vm.drc(CORE1);
+    assert_eq!(
+        (&row["device"], &row["state"]),
+        (&json!("core1"), &json!("unusable")),
+        "{row}"
+    );
+    // The add event waited for the guest: it acquires the core from the
+    // successor (before, it failed to, and the DRC was stuck until a reset).
+    assert_eq!(
+        vm.console.command("dlpar on"),
+        [
+            "dlpar: on",
+            "dlpar: cpu add 0x10000001: ok, cpus 1 (1 online)"
+        ]
+    );
+    assert_eq!(vm.console.command("cpus"), ["cpu 0 online", "cpu 1 online"]);
+    assert_eq!(vm.drc(CORE1)["state"], "configured");
+    let replies = vm.qmp(&[r#"device_del={"id": "core1"}"#, "wait-event:DEVICE_DELETED"]);
+    assert_eq!(replies[0], json!({"return": {}}));
+}
