@@ -452,17 +452,42 @@ pub fn serve(device: &mut impl Device, links: &mut Links) -> Result<(), ProcessE
     }
 }
 
+/// A state region that cannot record a transition leaves the process's
+/// memory ahead of the region: the process ends, and its successor resumes
+/// from the region.
+pub fn exit_on_lost_state(error: &(dyn std::error::Error + 'static)) -> ! {
+    log::error!(
+        "the state region cannot record a transition: {}",
+        common::describe(error)
+    );
+    std::process::exit(1);
+}
+
+/// What a device process starts with, from its command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Startup {
+    /// `--seccomp kill|log|off`.
+    pub seccomp: seccomp::Mode,
+    /// `--state resume`: an earlier incarnation formatted the state region,
+    /// which must validate; `--state fresh` (the default): format it.
+    pub resume: bool,
+}
+
 /// What a device process's command line says.
 #[derive(Debug, PartialEq, Eq)]
 struct Options {
-    seccomp: seccomp::Mode,
+    startup: Startup,
     log_level: Option<log::LevelFilter>,
 }
 
-/// Parses `--seccomp kill|log|off` and `--log-level LEVEL`, each at most once.
+/// Parses `--seccomp kill|log|off`, `--log-level LEVEL` and `--state
+/// fresh|resume`, each at most once.
 fn parse_options(args: &[String]) -> Result<Options, String> {
     let mut options = Options {
-        seccomp: seccomp::Mode::Kill,
+        startup: Startup {
+            seccomp: seccomp::Mode::Kill,
+            resume: false,
+        },
         log_level: None,
     };
     let mut args = args.iter();
@@ -470,8 +495,15 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--seccomp" => {
-                options.seccomp = seccomp::Mode::parse(value)
+                options.startup.seccomp = seccomp::Mode::parse(value)
                     .ok_or_else(|| format!("--seccomp {value}: expected kill, log or off"))?;
+            }
+            "--state" => {
+                options.startup.resume = match value.as_str() {
+                    "fresh" => false,
+                    "resume" => true,
+                    _ => return Err(format!("--state {value}: expected fresh or resume")),
+                };
             }
             "--log-level" => {
                 let level = value.parse().map_err(|_| {
@@ -490,23 +522,23 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
 
 /// The `main` of every device process: logging, then `run` until the core
 /// hangs up (status 0) or something fails (status 1, with the reason logged).
-/// Options: `--seccomp kill|log|off` (kill when absent) and `--log-level
-/// LEVEL` (the jailer clears the environment, so `RUST_LOG` cannot reach a
-/// jailed process: the core passes its level). The log is stderr, which the
-/// core points at its own log.
+/// Options: `--seccomp kill|log|off` (kill when absent), `--log-level LEVEL`
+/// (the jailer clears the environment, so `RUST_LOG` cannot reach a jailed
+/// process: the core passes its level) and `--state fresh|resume` (see
+/// [`Startup`]). The log is stderr, which the core points at its own log.
 pub fn main(
     kind: ProcessKind,
-    run: fn(seccomp::Mode) -> Result<(), ProcessError>,
+    run: fn(Startup) -> Result<(), ProcessError>,
 ) -> std::process::ExitCode {
     let name = kind.name();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let options = parse_options(&args);
     common::init_logging(name, options.as_ref().ok().and_then(|o| o.log_level), None);
-    let mode = match options {
-        Ok(options) => options.seccomp,
+    let startup = match options {
+        Ok(options) => options.startup,
         Err(error) => {
             log::error!(
-                "{error}; {name} takes --seccomp kill|log|off and --log-level LEVEL; its channels are descriptors {FIRST_CHANNEL_FD}.."
+                "{error}; {name} takes --seccomp kill|log|off, --log-level LEVEL and --state fresh|resume; its channels are descriptors {FIRST_CHANNEL_FD}.."
             );
             return std::process::ExitCode::from(common::EXIT_USAGE);
         }
@@ -516,7 +548,7 @@ pub fn main(
         log::error!("cannot make the process non-dumpable: {error}");
         return std::process::ExitCode::FAILURE;
     }
-    match run(mode) {
+    match run(startup) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             log::error!("{}", common::describe(&error));
@@ -538,17 +570,32 @@ mod tests {
         assert_eq!(
             parse(&[]).unwrap(),
             Options {
-                seccomp: seccomp::Mode::Kill,
+                startup: Startup {
+                    seccomp: seccomp::Mode::Kill,
+                    resume: false
+                },
                 log_level: None
             }
         );
         assert_eq!(
-            parse(&["--log-level", "debug", "--seccomp", "log"]).unwrap(),
+            parse(&[
+                "--log-level",
+                "debug",
+                "--state",
+                "resume",
+                "--seccomp",
+                "log"
+            ])
+            .unwrap(),
             Options {
-                seccomp: seccomp::Mode::Log,
+                startup: Startup {
+                    seccomp: seccomp::Mode::Log,
+                    resume: true
+                },
                 log_level: Some(log::LevelFilter::Debug)
             }
         );
+        assert!(parse(&["--state", "maybe"]).unwrap_err().contains("maybe"));
         assert!(parse(&["--log-level", "loud"])
             .unwrap_err()
             .contains("loud"));

@@ -20,7 +20,10 @@
 //! slot's checksum — and refuses a region that fails any of them: it never
 //! guesses.
 
+use ipc_proto::channel::{decode, encode, Envelope};
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use std::num::NonZeroUsize;
 use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
@@ -97,6 +100,16 @@ pub enum StateError {
     /// A committed journal that is not the one recorded.
     #[error("the state region's journal is inconsistent: {0}")]
     BadJournal(String),
+    /// A record that does not encode or decode.
+    #[error("a record of table {table} slot {slot}: {reason}")]
+    BadRecord {
+        /// Table.
+        table: usize,
+        /// Slot.
+        slot: u32,
+        /// What the codec said.
+        reason: String,
+    },
     /// A write that does not fit its slot or table: a bug of the caller.
     #[error("a write to table {table} slot {slot} of {len} bytes does not fit")]
     BadWrite {
@@ -652,6 +665,76 @@ impl Region {
             }
         }
         true
+    }
+}
+
+/// A record: an ipc-proto envelope (an id, a body), which decodes with the
+/// same total decoder as a frame.
+pub fn encode_record<T: Serialize>(id: u64, body: &T) -> Result<Vec<u8>, StateError> {
+    encode(&Envelope { id, body }).map_err(|error| StateError::BadRecord {
+        table: usize::MAX,
+        slot: 0,
+        reason: error.to_string(),
+    })
+}
+
+/// The record in a slot: its id and body, or `None` when the slot is empty.
+pub fn decode_record<T: DeserializeOwned>(
+    region: &Region,
+    table: usize,
+    slot: u32,
+) -> Result<Option<(u64, T)>, StateError> {
+    let Some(bytes) = region.get(table, slot) else {
+        return Ok(None);
+    };
+    let envelope = decode::<T>(bytes).map_err(|error| StateError::BadRecord {
+        table,
+        slot,
+        reason: error.to_string(),
+    })?;
+    Ok(Some((envelope.id, envelope.body)))
+}
+
+/// A request's identity, for answering a repeat from the record: who sent
+/// it (a slot of the kind's replies table), its id, and a digest of its
+/// content (a sender that reuses an id for another request is not answered
+/// from the record).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestKey {
+    /// The requester's slot in the replies table.
+    pub requester: u32,
+    /// The request's id.
+    pub id: u64,
+    /// CRC-32 of its encoding.
+    pub digest: u32,
+}
+
+impl RequestKey {
+    /// The key of `request`, sent as `id` by the requester of slot `requester`.
+    pub fn of<R: Serialize>(requester: u32, id: u64, request: &R) -> RequestKey {
+        let bytes = encode(&Envelope { id, body: request }).unwrap_or_default();
+        RequestKey {
+            requester,
+            id,
+            digest: crc32fast::hash(&bytes),
+        }
+    }
+
+    /// The replies-table write that records `reply` as this request's answer.
+    pub fn record<T: Serialize>(&self, table: usize, reply: &T) -> Result<Write, StateError> {
+        Ok(Write {
+            table,
+            slot: self.requester,
+            payload: Some(encode_record(self.id, &(self.digest, reply))?),
+        })
+    }
+
+    /// The reply recorded for this request in `table`, if it is the last
+    /// recorded request of its requester.
+    pub fn replayed<T: DeserializeOwned>(&self, region: &Region, table: usize) -> Option<T> {
+        let (id, (digest, reply)) =
+            decode_record::<(u32, T)>(region, table, self.requester).ok()??;
+        (id == self.id && digest == self.digest).then_some(reply)
     }
 }
 

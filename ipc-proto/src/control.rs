@@ -119,6 +119,8 @@ pub enum Refusal {
     },
     /// This build of the process has no fault injection.
     FaultInjectionNotBuilt,
+    /// The process is not set up yet: the request did not run; ask again.
+    NotReady,
 }
 
 impl std::fmt::Display for Refusal {
@@ -131,6 +133,7 @@ impl std::fmt::Display for Refusal {
             Refusal::FaultInjectionNotBuilt => {
                 f.write_str("this build has no fault injection (feature fault-injection)")
             }
+            Refusal::NotReady => f.write_str("not set up yet; the request did not run"),
         }
     }
 }
@@ -142,7 +145,7 @@ impl Refusal {
             | Refusal::Invalid { reason }
             | Refusal::Rejected { reason }
             | Refusal::Relink { reason, .. } => Some(reason),
-            Refusal::FaultInjectionNotBuilt => None,
+            Refusal::FaultInjectionNotBuilt | Refusal::NotReady => None,
         }
     }
 }

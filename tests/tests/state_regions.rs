@@ -138,3 +138,41 @@ fn a_controller_killed_during_a_core_add_lets_the_guest_take_the_core() {
     let replies = vm.qmp(&[r#"device_del={"id": "core1"}"#, "wait-event:DEVICE_DELETED"]);
     assert_eq!(replies[0], json!({"return": {}}));
 }
+
+#[test]
+fn an_event_log_killed_with_events_queued_loses_none_and_repeats_none() {
+    if !root_and_kvm("an_event_log_killed_with_events_queued_loses_none_and_repeats_none") {
+        return;
+    }
+    let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=3"]);
+    vm.boot();
+    assert_eq!(vm.console.command("dlpar off"), ["dlpar: off"]);
+    let replies = vm.qmp(&[
+        r#"device_add={"driver": "host-spapr-cpu-core", "core-id": 1, "id": "core1"}"#,
+        r#"device_add={"driver": "host-spapr-cpu-core", "core-id": 2, "id": "core2"}"#,
+        "x-query-event-log",
+    ]);
+    assert_eq!(replies[0], json!({"return": {}}));
+    assert_eq!(replies[1], json!({"return": {}}));
+    let queued = replies[2]["return"].clone();
+    assert_eq!(queued.as_array().map(Vec::len), Some(2), "{queued}");
+    vm.kill_and_await_restart("event-log");
+    assert_eq!(vm.qmp(&["x-query-event-log"])[0]["return"], queued);
+    // The guest fetches both, each once, from the successor.
+    assert_eq!(
+        vm.console.command("dlpar on"),
+        [
+            "dlpar: on",
+            "dlpar: cpu add 0x10000001: ok, cpus 1 (1 online)",
+            "dlpar: cpu add 0x10000002: ok, cpus 2 (1 online)"
+        ]
+    );
+    assert_eq!(
+        vm.console.command("events"),
+        [
+            "event 1: add cpu index 0x10000001",
+            "event 2: add cpu index 0x10000002"
+        ]
+    );
+    assert_eq!(vm.qmp(&["x-query-event-log"])[0]["return"], json!([]));
+}

@@ -8,6 +8,7 @@
 
 pub mod encode;
 pub mod process;
+pub mod store;
 
 use crate::clock::UtcTime;
 use ipc_proto::link::core_eventlog::QueuedEvent as Queued;
@@ -22,10 +23,27 @@ pub const CLASS_EPOW: u32 = 0x4000_0000;
 /// cannot fill it with fewer DRCs than this.
 pub const MAX_QUEUED: usize = ipc_proto::link::core_eventlog::MAX_QUEUED_EVENTS;
 
-struct Entry {
-    event: Queued,
-    class: u32,
-    bytes: Vec<u8>,
+/// One queued event, as the guest will read it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Entry {
+    /// Its place in the queue: numbers grow, the oldest is the lowest.
+    pub order: u64,
+    /// What it is (for coalescing and withdrawal).
+    pub event: Queued,
+    /// Its class mask.
+    pub class: u32,
+    /// Its PAPR encoding.
+    pub bytes: Vec<u8>,
+}
+
+/// An entry a queue operation added or removed, which the state region
+/// must be told of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// The entry of this order was queued.
+    Added(u64),
+    /// The entry of this order left the queue.
+    Removed(u64),
 }
 
 /// The queue holds [`MAX_QUEUED`] events already.
@@ -75,9 +93,49 @@ pub enum Dequeued {
 pub struct EventQueue {
     entries: VecDeque<Entry>,
     next_plid: u32,
+    next_order: u64,
+    changes: Vec<Change>,
 }
 
 impl EventQueue {
+    /// A queue as a state region recorded it.
+    pub fn restore(mut entries: Vec<Entry>, next_plid: u32, next_order: u64) -> EventQueue {
+        entries.sort_by_key(|entry| entry.order);
+        EventQueue {
+            entries: entries.into(),
+            next_plid,
+            next_order,
+            changes: Vec::new(),
+        }
+    }
+
+    /// The counters a successor needs: next PLID, next order.
+    pub fn counters(&self) -> (u32, u64) {
+        (self.next_plid, self.next_order)
+    }
+
+    /// The entry of `order`, if it waits.
+    pub fn entry(&self, order: u64) -> Option<&Entry> {
+        self.entries.iter().find(|entry| entry.order == order)
+    }
+
+    /// What changed since the last call.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.changes)
+    }
+
+    fn push(&mut self, event: Queued, class: u32, bytes: Vec<u8>) {
+        let order = self.next_order;
+        self.next_order += 1;
+        self.entries.push_back(Entry {
+            order,
+            event,
+            class,
+            bytes,
+        });
+        self.changes.push(Change::Added(order));
+    }
+
     /// Queues `event` unless the same one waits; either way the interrupt is
     /// pulsed, so a repeated request reaches the guest again. `Err` when full.
     pub fn enqueue(
@@ -94,11 +152,7 @@ impl EventQueue {
         }
         self.next_plid = self.next_plid.wrapping_add(1);
         let bytes = encode::hotplug_event(&event, self.next_plid, now).to_vec();
-        self.entries.push_back(Entry {
-            event: queued,
-            class: CLASS_HOTPLUG,
-            bytes,
-        });
+        self.push(queued, CLASS_HOTPLUG, bytes);
         Ok((false, Pulse::HOTPLUG))
     }
 
@@ -110,11 +164,8 @@ impl EventQueue {
                 return Err(QueueFull);
             }
             self.next_plid = self.next_plid.wrapping_add(1);
-            self.entries.push_back(Entry {
-                event: Queued::PowerDown,
-                class: CLASS_EPOW,
-                bytes: encode::power_down_event(self.next_plid, now).to_vec(),
-            });
+            let bytes = encode::power_down_event(self.next_plid, now).to_vec();
+            self.push(Queued::PowerDown, CLASS_EPOW, bytes);
         }
         Ok(Pulse::EPOW)
     }
@@ -122,8 +173,14 @@ impl EventQueue {
     /// Removes `event` if it waits unconsumed.
     pub fn withdraw(&mut self, event: &HotplugEvent) -> bool {
         let before = self.entries.len();
-        self.entries
-            .retain(|entry| entry.event != Queued::Hotplug(*event));
+        let changes = &mut self.changes;
+        self.entries.retain(|entry| {
+            let keep = entry.event != Queued::Hotplug(*event);
+            if !keep {
+                changes.push(Change::Removed(entry.order));
+            }
+            keep
+        });
         self.entries.len() != before
     }
 
@@ -139,6 +196,7 @@ impl EventQueue {
             );
         }
         let entry = self.entries.remove(position).expect("position is in range");
+        self.changes.push(Change::Removed(entry.order));
         (
             Dequeued::Event(entry.bytes),
             self.pulse_if_pending(entry.class),
@@ -160,7 +218,11 @@ impl EventQueue {
 
     /// Machine reset.
     pub fn clear(&mut self) {
-        self.entries.clear();
+        self.changes.extend(
+            self.entries
+                .drain(..)
+                .map(|entry| Change::Removed(entry.order)),
+        );
     }
 
     /// The queued events, oldest first.

@@ -1,11 +1,15 @@
 //! The event log's process: requests from the core, the hotplug controller and
 //! the RTAS server; the hot-plug interrupt raised through the eventfd the core
-//! registered with KVM as an irqfd.
+//! registered with KVM as an irqfd. The queue lives in the state region
+//! (see [`super::store`]): a successor has every event not yet fetched.
 
+use super::store::{Resumed, Store};
 use super::{Dequeued, EventQueue, Pulse, QueueFull};
 use crate::clock::UtcTime;
-use crate::process::{answer, serve, take_fd, Device, Links, ProcessError};
-use crate::seccomp;
+use crate::process::{
+    answer, exit_on_lost_state, serve, take_fd, Device, Links, ProcessError, Startup,
+};
+use crate::state::Mapping;
 use ipc_proto::channel::{ChannelError, Frame};
 use ipc_proto::control::Answer;
 use ipc_proto::link::core_eventlog::{self, CoreEventLog};
@@ -17,22 +21,47 @@ use std::fs::File;
 use std::io::Write;
 
 /// Runs the event log until the core hangs up.
-pub fn run(mode: seccomp::Mode) -> Result<(), ProcessError> {
+pub fn run(startup: Startup) -> Result<(), ProcessError> {
     let links = ProcessKind::EventLog.links();
     let first_extra = FIRST_CHANNEL_FD + links.len() as i32;
     // SAFETY: the core passes the hot-plug interrupt's eventfd right after
-    // the channels, then the EPOW interrupt's.
+    // the channels, then the EPOW interrupt's, then the state region's memfd.
     let interrupt = File::from(unsafe { take_fd(first_extra)? });
     // SAFETY: as above.
     let epow = File::from(unsafe { take_fd(first_extra + 1)? });
-    let mut links = Links::open(ProcessKind::EventLog, mode)?;
+    // SAFETY: as above.
+    let region = unsafe { take_fd(first_extra + 2)? };
+    // Mapped before the seccomp filter, which allows anonymous memory only.
+    let mapping = Mapping::map(&region).map_err(ProcessError::State)?;
+    drop(region);
+    let (store, resumed) = if startup.resume {
+        let (store, resumed) = Store::resume(mapping).map_err(ProcessError::State)?;
+        log::info!(
+            "resumed from the state region: {} event(s) queued",
+            resumed.queue.list().len()
+        );
+        (store, resumed)
+    } else {
+        let store = Store::create(mapping).map_err(ProcessError::State)?;
+        let resumed = Resumed {
+            queue: EventQueue::default(),
+            last_from_controller: 0,
+        };
+        (store, resumed)
+    };
+    let mut links = Links::open(ProcessKind::EventLog, startup.seccomp)?;
     log::info!("serving the event queue");
     let mut log = EventLog {
-        queue: EventQueue::default(),
-        last_from_controller: 0,
+        queue: resumed.queue,
+        last_from_controller: resumed.last_from_controller,
+        store,
         interrupt,
         epow,
     };
+    // A successor raises the interrupt again for what waits: the guest may
+    // have missed the pulse of an event its predecessor queued.
+    let waiting = log.queue.scan(super::CLASS_HOTPLUG | super::CLASS_EPOW);
+    log.pulse(waiting);
     serve(&mut log, &mut links)
 }
 
@@ -40,6 +69,7 @@ struct EventLog {
     queue: EventQueue,
     /// The highest request number the hotplug controller sent.
     last_from_controller: u64,
+    store: Store,
     interrupt: File,
     epow: File,
 }
@@ -60,7 +90,9 @@ impl Device for EventLog {
                     Answer::Link(self.on_hotplug(id, request))
                 })
             }
-            _ => answer::<RtasEventLog>(links, frame, |_, _, request, _| self.on_rtas(request)),
+            _ => {
+                answer::<RtasEventLog>(links, frame, |_, id, request, _| self.on_rtas(id, request))
+            }
         }
     }
 }
@@ -80,14 +112,27 @@ impl EventLog {
         }
     }
 
+    /// Records what the last request changed (and the answer that fetched
+    /// an event) before anyone hears of it.
+    fn commit(&mut self, answered: Option<(u64, &rtas_eventlog::Request, &rtas_eventlog::Reply)>) {
+        if let Err(error) = self
+            .store
+            .commit(&mut self.queue, self.last_from_controller, answered)
+        {
+            exit_on_lost_state(&error);
+        }
+    }
+
     fn on_core(&mut self, request: core_eventlog::Request) -> Answer<core_eventlog::Reply> {
         match request {
             core_eventlog::Request::Reset => {
                 self.queue.clear();
+                self.commit(None);
                 Answer::Ack
             }
             core_eventlog::Request::PowerDown => match self.queue.power_down(UtcTime::now()) {
                 Ok(pulse) => {
+                    self.commit(None);
                     self.pulse(pulse);
                     Answer::Ack
                 }
@@ -117,37 +162,56 @@ impl EventLog {
             };
         }
         self.last_from_controller = id;
-        match request {
+        let (reply, pulse) = match request {
             hotplug_eventlog::Request::Queue(event) => {
                 match self.queue.enqueue(event, UtcTime::now()) {
                     Ok((coalesced, pulse)) => {
-                        self.pulse(pulse);
-                        hotplug_eventlog::Reply::Queued { coalesced }
+                        (hotplug_eventlog::Reply::Queued { coalesced }, pulse)
                     }
                     Err(QueueFull) => {
                         log::error!("the event queue is full; dropping {event:?}");
-                        hotplug_eventlog::Reply::Full
+                        (hotplug_eventlog::Reply::Full, Pulse::NONE)
                     }
                 }
             }
-            hotplug_eventlog::Request::Withdraw(event) => {
-                hotplug_eventlog::Reply::Withdrawn(self.queue.withdraw(&event))
-            }
-        }
+            hotplug_eventlog::Request::Withdraw(event) => (
+                hotplug_eventlog::Reply::Withdrawn(self.queue.withdraw(&event)),
+                Pulse::NONE,
+            ),
+        };
+        self.commit(None);
+        self.pulse(pulse);
+        reply
     }
 
-    fn on_rtas(&mut self, request: rtas_eventlog::Request) -> Answer<rtas_eventlog::Reply> {
+    /// A check-exception that fetched an event is recorded with its answer:
+    /// made again (the RTAS server, or this process, died before the guest
+    /// had it), it gets the same event, not the next one.
+    fn on_rtas(
+        &mut self,
+        id: u64,
+        request: rtas_eventlog::Request,
+    ) -> Answer<rtas_eventlog::Reply> {
+        if let Some(reply) = self.store.replayed(id, &request) {
+            log::info!(
+                "check-exception {id} fetched an event before a restart: answering it again"
+            );
+            return Answer::Link(reply);
+        }
         match request {
             rtas_eventlog::Request::CheckException { mask, max_len } => {
                 let (dequeued, pulse) = self.queue.dequeue(mask, max_len as usize);
-                self.pulse(pulse);
-                Answer::Link(match dequeued {
+                let reply = match dequeued {
                     Dequeued::Event(bytes) => rtas_eventlog::Reply::Event(bytes),
                     Dequeued::Nothing => rtas_eventlog::Reply::NoEvent,
                     Dequeued::TooLarge(needed) => rtas_eventlog::Reply::BufferTooSmall {
                         needed: needed as u32,
                     },
-                })
+                };
+                let fetched = matches!(reply, rtas_eventlog::Reply::Event(_));
+                self.commit(fetched.then_some((id, &request, &reply)));
+                self.pulse(pulse);
+                Answer::Link(reply)
             }
             rtas_eventlog::Request::EventScan { mask } => {
                 let pulse = self.queue.scan(mask);

@@ -2,13 +2,15 @@
 //! server, events to the event log, notifications to the core — all through
 //! its state region, so that a successor resumes where it stopped.
 
-use super::store::{Destination, RequestKey, Requester, Store, StoreError, StoredReply};
+use super::store::{Destination, Requester, Store, StoredReply};
 use super::{Controller, Effect};
-use crate::process::{answer, serve, take_fd, Device, Links, ProcessError};
-use crate::seccomp;
+use crate::process::{
+    answer, exit_on_lost_state, serve, take_fd, Device, Links, ProcessError, Startup,
+};
 use crate::state::Mapping;
+use crate::state::RequestKey;
 use ipc_proto::channel::{ChannelError, Frame};
-use ipc_proto::control::Answer;
+use ipc_proto::control::{Answer, Refusal};
 use ipc_proto::link::core_hotplug::{self, CoreHotplug, DrcRange};
 use ipc_proto::link::hotplug_eventlog::{self, HotplugEventLog};
 use ipc_proto::link::hotplug_notify::{HotplugNotify, Notification};
@@ -17,18 +19,19 @@ use ipc_proto::protocol::refused;
 use ipc_proto::{Link, ProcessKind, FIRST_CHANNEL_FD};
 
 /// Runs the controller until the core hangs up.
-pub fn run(mode: seccomp::Mode) -> Result<(), ProcessError> {
+pub fn run(startup: Startup) -> Result<(), ProcessError> {
     let first_extra = FIRST_CHANNEL_FD + ProcessKind::HotplugController.links().len() as i32;
     // SAFETY: the core passes the state region's memfd right after the channels.
     let region = unsafe { take_fd(first_extra)? };
     // Mapped before the seccomp filter, which allows anonymous memory only.
     let mapping = Mapping::map(&region).map_err(ProcessError::State)?;
     drop(region);
-    let mut links = Links::open(ProcessKind::HotplugController, mode)?;
+    let mut links = Links::open(ProcessKind::HotplugController, startup.seccomp)?;
     log::info!("serving the DRC table");
     let mut process = HotplugController {
         controller: Controller::default(),
         state: State::Unattached(Some(mapping)),
+        resume: startup.resume,
     };
     serve(&mut process, &mut links)
 }
@@ -44,6 +47,8 @@ enum State {
 struct HotplugController {
     controller: Controller,
     state: State,
+    /// An earlier incarnation formatted the region.
+    resume: bool,
 }
 
 impl Device for HotplugController {
@@ -70,16 +75,6 @@ impl Device for HotplugController {
     }
 }
 
-/// A store failure leaves memory ahead of the region: the process ends, and
-/// its successor resumes from the region.
-fn fatal(error: StoreError) -> ! {
-    log::error!(
-        "the state region cannot record a transition: {}",
-        common::describe(&error)
-    );
-    std::process::exit(1);
-}
-
 impl HotplugController {
     fn store(&mut self) -> Option<&mut Store> {
         match &mut self.state {
@@ -89,7 +84,8 @@ impl HotplugController {
     }
 
     /// Formats the region for `ranges`, or resumes from it.
-    fn attach(&mut self, ranges: &[DrcRange], resume: bool) -> Result<(), String> {
+    fn attach(&mut self, ranges: &[DrcRange]) -> Result<(), String> {
+        let resume = self.resume;
         let mapping = match &mut self.state {
             State::Attached(_) => return Err("the DRC table is defined already".into()),
             State::Unattached(mapping) => mapping
@@ -132,8 +128,8 @@ impl HotplugController {
         id: u64,
         request: core_hotplug::Request,
     ) -> Answer<core_hotplug::Reply> {
-        if let core_hotplug::Request::DefineDrcs { ranges, resume } = &request {
-            let attached = self.attach(ranges, *resume);
+        if let core_hotplug::Request::DefineDrcs { ranges } = &request {
+            let attached = self.attach(ranges);
             // A successor delivers what its predecessor still owed.
             self.deliver(links);
             return match attached {
@@ -144,9 +140,9 @@ impl HotplugController {
                 }
             };
         }
-        let key = RequestKey::of(Requester::Core, id, &request);
+        let key = Requester::Core.key(id, &request);
         let Some(store) = self.store() else {
-            return refused("the DRC table is not defined yet");
+            return Answer::Refused(Refusal::NotReady);
         };
         if let Some(reply) = store.replayed(key) {
             log::info!("core request {id} was applied before a restart: answering it again");
@@ -207,9 +203,9 @@ impl HotplugController {
         id: u64,
         request: rtas_hotplug::Request,
     ) -> Answer<rtas_hotplug::Reply> {
-        let key = RequestKey::of(Requester::Rtas, id, &request);
+        let key = Requester::Rtas.key(id, &request);
         let Some(store) = self.store() else {
-            return refused("the DRC table is not defined yet");
+            return Answer::Refused(Refusal::NotReady);
         };
         if let Some(reply) = store.replayed(key) {
             log::info!("RTAS request {id} was applied before a restart: answering it again");
@@ -255,7 +251,7 @@ impl HotplugController {
         let touched = self.controller.has_touched();
         let reply = reply.filter(|_| touched || !effects.is_empty());
         if let Err(error) = store.commit(&mut self.controller, effects, reply) {
-            fatal(error);
+            exit_on_lost_state(&error);
         }
     }
 
@@ -286,7 +282,7 @@ impl HotplugController {
                     break;
                 }
                 if let Err(error) = store.delivered(id) {
-                    fatal(error);
+                    exit_on_lost_state(&error);
                 }
             }
         }

@@ -11,10 +11,11 @@
 
 use super::drc::Drc;
 use super::{Controller, Effect, Touched};
-use crate::state::{Layout, Mapping, Region, StateError, Table, Write};
-use ipc_proto::channel::{decode, encode, Envelope};
+use crate::state::{
+    decode_record as read, encode_record as record, Layout, Mapping, Region, RequestKey,
+    StateError, Table, Write,
+};
 use ipc_proto::papr::{DrcIndex, DrcState, RtasStatus};
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use thiserror::Error;
@@ -75,8 +76,9 @@ pub enum Requester {
 impl Requester {
     const ALL: [Requester; 2] = [Requester::Core, Requester::Rtas];
 
-    fn slot(self) -> u32 {
-        self as u32
+    /// The key of `request`, sent as `id` by this requester.
+    pub fn key<R: Serialize>(self, id: u64, request: &R) -> RequestKey {
+        RequestKey::of(self as u32, id, request)
     }
 }
 
@@ -113,30 +115,6 @@ pub enum StoredReply {
     },
 }
 
-/// A request's identity: its id, and a digest of its content (a sender
-/// that reuses an id for another request is not answered from the record).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RequestKey {
-    /// Who sent it.
-    pub requester: Requester,
-    /// Its id.
-    pub id: u64,
-    /// CRC-32 of its encoding.
-    pub digest: u32,
-}
-
-impl RequestKey {
-    /// The key of `request`, sent as `id` by `requester`.
-    pub fn of<R: Serialize>(requester: Requester, id: u64, request: &R) -> RequestKey {
-        let bytes = encode(&Envelope { id, body: request }).unwrap_or_default();
-        RequestKey {
-            requester,
-            id,
-            digest: crc32fast::hash(&bytes),
-        }
-    }
-}
-
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct Meta {
     /// The number the next effect gets (numbers start at 1).
@@ -167,23 +145,6 @@ fn destination_index(destination: Destination) -> usize {
         Destination::Core => 0,
         Destination::EventLog => 1,
     }
-}
-
-fn record<T: Serialize>(id: u64, body: &T) -> Result<Vec<u8>, StoreError> {
-    encode(&Envelope { id, body }).map_err(|e| StoreError::Inconsistent(e.to_string()))
-}
-
-fn read<T: DeserializeOwned>(
-    region: &Region,
-    table: usize,
-    slot: u32,
-) -> Result<Option<(u64, T)>, StoreError> {
-    let Some(bytes) = region.get(table, slot) else {
-        return Ok(None);
-    };
-    let envelope = decode::<T>(bytes)
-        .map_err(|error| StoreError::Inconsistent(format!("table {table} slot {slot}: {error}")))?;
-    Ok(Some((envelope.id, envelope.body)))
 }
 
 /// The controller's region, and what it indexes of it.
@@ -322,9 +283,7 @@ impl Store {
     /// The reply already given to `key`, if it is the last request of its
     /// requester that changed something.
     pub fn replayed(&self, key: RequestKey) -> Option<StoredReply> {
-        let (id, (digest, reply)) =
-            read::<(u32, StoredReply)>(&self.region, REPLIES, key.requester.slot()).ok()??;
-        (id == key.id && digest == key.digest).then_some(reply)
+        key.replayed(&self.region, REPLIES)
     }
 
     /// Commits what the last request changed in `controller` (its touched
@@ -421,11 +380,7 @@ impl Store {
             });
         }
         if let Some((key, reply)) = reply {
-            writes.push(Write {
-                table: REPLIES,
-                slot: key.requester.slot(),
-                payload: Some(record(key.id, &(key.digest, reply))?),
-            });
+            writes.push(key.record(REPLIES, &reply)?);
         }
         if writes.is_empty() {
             return Ok(());
@@ -531,7 +486,7 @@ mod tests {
     }
 
     fn key(id: u64) -> RequestKey {
-        RequestKey::of(Requester::Core, id, &id)
+        Requester::Core.key(id, &id)
     }
 
     #[test]

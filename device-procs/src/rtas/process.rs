@@ -3,10 +3,9 @@
 
 use super::calls::{handle_call, Peers, Services};
 use super::configure::ConfigureSessions;
-use crate::process::{answer, serve, Device, Links, ProcessError};
-use crate::seccomp;
+use crate::process::{answer, serve, Device, Links, ProcessError, Startup};
 use ipc_proto::channel::{ChannelError, Frame};
-use ipc_proto::control::Answer;
+use ipc_proto::control::{Answer, Refusal};
 use ipc_proto::link::core_rtas::{CallRefusal, CoreRtas, MemoryRegion, Reply, Request};
 use ipc_proto::link::rtas_eventlog::{self, RtasEventLog};
 use ipc_proto::link::rtas_hotplug::{self, RtasHotplug};
@@ -19,8 +18,8 @@ use thiserror::Error;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
 
 /// Runs the RTAS server until the core hangs up.
-pub fn run(mode: seccomp::Mode) -> Result<(), ProcessError> {
-    let mut links = Links::open(ProcessKind::RtasServer, mode)?;
+pub fn run(startup: Startup) -> Result<(), ProcessError> {
+    let mut links = Links::open(ProcessKind::RtasServer, startup.seccomp)?;
     log::info!("serving RTAS calls");
     let mut server = RtasServer {
         memory: None,
@@ -43,6 +42,10 @@ impl Peers for Links {
     ) -> Result<(RtasStatus, u32), CallRefusal> {
         match self.request::<RtasHotplug>(request) {
             Ok(Answer::Link(rtas_hotplug::Reply::Status { status, value })) => Ok((status, value)),
+            // A successor that is not set up yet: the call waits for it.
+            Ok(Answer::Refused(Refusal::NotReady)) => Err(CallRefusal::PeerDown {
+                peer: ProcessKind::HotplugController,
+            }),
             Ok(other) => {
                 log::error!("the hotplug controller answered {other:?}");
                 Ok((RtasStatus::HardwareError, 0))

@@ -12,6 +12,10 @@ link_protocol! {
 /// The most events the queue holds.
 pub const MAX_QUEUED_EVENTS: usize = 4096;
 
+/// The size of the event log's state region: the core creates it, the event
+/// log lays it out (and refuses one too small for its layout).
+pub const STATE_REGION_BYTES: u64 = 4 << 20;
+
 /// Core → event log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {

@@ -61,15 +61,13 @@ pub struct DrcRange {
 /// Core → hotplug controller.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    /// Sent first to every incarnation, with the state region's memfd.
-    /// The first formats the region and creates the machine's DRCs, all
-    /// empty; a successor (`resume`) validates the region, which must hold
-    /// exactly these DRCs, and resumes from it.
+    /// Sent first to every incarnation. The first (started with `--state
+    /// fresh`) formats its state region and creates the machine's DRCs, all
+    /// empty; a successor (`--state resume`) validates the region, which
+    /// must hold exactly these DRCs, and resumes from it.
     DefineDrcs {
         /// The runs.
         ranges: Vec<DrcRange>,
-        /// An earlier incarnation formatted the region.
-        resume: bool,
     },
     /// Attaches `device` to the DRCs (one per LMB for a DIMM). A cold plug
     /// (boot) leaves them configured and tells the guest nothing; a hot plug
@@ -131,7 +129,7 @@ impl Message for Request {
     fn validate(&self, fds: usize) -> Result<(), String> {
         no_descriptors(fds, "a hotplug request")?;
         match self {
-            Request::DefineDrcs { ranges, .. } if ranges.len() > MAX_DRC_RANGES => {
+            Request::DefineDrcs { ranges } if ranges.len() > MAX_DRC_RANGES => {
                 Err(format!("{} DRC ranges", ranges.len()))
             }
             Request::Plug { drcs, device, .. } => {

@@ -87,11 +87,26 @@ pub struct Resources {
     pub drcs: Vec<DrcRange>,
     /// The event log's interrupts: hot-plug, then EPOW.
     pub event_log_interrupts: [OwnedFd; 2],
-    /// The hotplug controller's state region: created once, handed to every
-    /// incarnation, so a successor resumes where its predecessor stopped.
-    pub hotplug_state: File,
-    /// An incarnation formatted the region: the next ones resume from it.
-    pub hotplug_state_formatted: AtomicBool,
+    /// The state regions of the hotplug controller and the event log.
+    pub state_regions: HashMap<ProcessKind, StateRegion>,
+}
+
+/// A process kind's state region: created once, handed to every
+/// incarnation (as its last descriptor), kept by the core, so a successor
+/// resumes where its predecessor stopped.
+pub struct StateRegion {
+    memfd: File,
+    /// An incarnation formatted it: the next ones resume from it.
+    formatted: AtomicBool,
+}
+
+impl StateRegion {
+    fn new(name: &'static str, size: u64) -> Result<StateRegion, DeviceError> {
+        Ok(StateRegion {
+            memfd: crate::memory::sealed_memfd(name, size).map_err(DeviceError::StateRegion)?,
+            formatted: AtomicBool::new(false),
+        })
+    }
 }
 
 /// One process kind: how it is supervised and the process it runs now.
@@ -145,11 +160,22 @@ impl DeviceProcesses {
             .map(|(region, fd)| Ok((region, duplicate(fd)?)))
             .collect::<Result<Vec<_>, DeviceError>>()?;
         let drc_count: usize = drcs.iter().map(|range| range.count as usize).sum();
-        let hotplug_state = crate::memory::sealed_memfd(
-            "papervisor-hotplug-state",
-            core_hotplug::state_region_bytes(drc_count),
-        )
-        .map_err(DeviceError::StateRegion)?;
+        let state_regions = HashMap::from([
+            (
+                ProcessKind::HotplugController,
+                StateRegion::new(
+                    "papervisor-hotplug-state",
+                    core_hotplug::state_region_bytes(drc_count),
+                )?,
+            ),
+            (
+                ProcessKind::EventLog,
+                StateRegion::new(
+                    "papervisor-eventlog-state",
+                    ipc_proto::link::core_eventlog::STATE_REGION_BYTES,
+                )?,
+            ),
+        ]);
         let devices = DeviceProcesses {
             sandbox,
             resources: Resources {
@@ -158,8 +184,7 @@ impl DeviceProcesses {
                 threads_per_core,
                 drcs,
                 event_log_interrupts,
-                hotplug_state,
-                hotplug_state_formatted: AtomicBool::new(false),
+                state_regions,
             },
             rtas: Proxy::new(ProcessKind::RtasServer, control.clone()),
             hotplug: Proxy::new(ProcessKind::HotplugController, control.clone()),
@@ -217,17 +242,16 @@ impl DeviceProcesses {
                 .iter()
                 .filter_map(|link| ends.get(link).map(|end| end.as_fd().as_raw_fd()))
                 .collect();
-            match kind {
-                ProcessKind::EventLog => fds.extend(
+            if kind == ProcessKind::EventLog {
+                fds.extend(
                     self.resources
                         .event_log_interrupts
                         .iter()
                         .map(AsRawFd::as_raw_fd),
-                ),
-                ProcessKind::HotplugController => {
-                    fds.push(self.resources.hotplug_state.as_raw_fd());
-                }
-                ProcessKind::RtasServer => {}
+                );
+            }
+            if let Some(region) = self.resources.state_regions.get(&kind) {
+                fds.push(region.memfd.as_raw_fd());
             }
             let process = self.spawn(kind, &fds)?;
             // The process's ends are its alone now.
@@ -279,6 +303,9 @@ impl DeviceProcesses {
                 kind: kind.name(),
                 source,
             })?;
+            if let Some(region) = self.resources.state_regions.get(&kind) {
+                region.formatted.store(true, Ordering::SeqCst);
+            }
             self.proxy(kind).mark_ready();
         }
         Ok(())
@@ -320,12 +347,18 @@ impl DeviceProcesses {
             ProcessKind::RtasServer => self.resources.guest_ram_bytes + (1 << 30),
             _ => 1 << 30,
         };
+        let resume = self
+            .resources
+            .state_regions
+            .get(&kind)
+            .is_some_and(|region| region.formatted.load(Ordering::SeqCst));
         let launch = spawn::Launch {
             sandbox: self.sandbox.clone(),
             kind,
             id,
             fds: fds.to_vec(),
             address_space,
+            resume,
         };
         let (handle, waiter) = spawn::spawn(launch).map_err(|source| DeviceError::Spawn {
             kind: kind.name(),
@@ -384,13 +417,9 @@ impl DeviceProcesses {
                     .command(core_rtas::Request::SetTopology { threads_per_core })
             }
             ProcessKind::HotplugController => {
-                let formatted = &self.resources.hotplug_state_formatted;
                 self.hotplug.command(core_hotplug::Request::DefineDrcs {
                     ranges: self.resources.drcs.clone(),
-                    resume: formatted.load(Ordering::SeqCst),
-                })?;
-                formatted.store(true, Ordering::SeqCst);
-                Ok(())
+                })
             }
             ProcessKind::EventLog => Ok(()),
         }

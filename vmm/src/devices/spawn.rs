@@ -37,12 +37,16 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    fn program_args(&self) -> [String; 4] {
+    /// `resume`: the process resumes from the state region an earlier
+    /// incarnation formatted.
+    fn program_args(&self, resume: bool) -> [String; 6] {
         [
             "--seccomp".to_string(),
             self.seccomp.clone(),
             "--log-level".to_string(),
             self.log_level.to_string().to_lowercase(),
+            "--state".to_string(),
+            if resume { "resume" } else { "fresh" }.to_string(),
         ]
     }
 
@@ -175,6 +179,8 @@ pub struct Launch {
     /// Held open by the caller until [`spawn`] returns.
     pub fds: Vec<RawFd>,
     pub address_space: u64,
+    /// An earlier incarnation formatted the process's state region.
+    pub resume: bool,
 }
 
 /// What the spawner thread is asked to do.
@@ -254,9 +260,10 @@ fn spawn_here(launch: &Launch) -> Result<(ProcessHandle, Waiter), SpawnError> {
         id,
         fds,
         address_space,
+        resume,
     } = launch;
     let program = sibling_binary(kind.binary());
-    let args = sandbox.program_args();
+    let args = sandbox.program_args(*resume);
     let exec_failed = |source| SpawnError::Exec {
         path: program.clone(),
         source,
