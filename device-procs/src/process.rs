@@ -109,7 +109,7 @@ pub struct Links {
 }
 
 /// Peer requests one request may make, at most (ids derive from its id).
-const PEER_REQUESTS_PER_REQUEST: u64 = 16;
+pub const PEER_REQUESTS_PER_REQUEST: u64 = 16;
 
 impl Links {
     /// Takes the channels of `kind` (descriptors 3..), installs its seccomp

@@ -39,9 +39,9 @@ pub struct Drc {
     pub device: Option<String>,
     /// The host asked for the device back.
     pub unplug_requested: bool,
-    /// Bumped on every AVAILABLE → UNISOLATE: a configure-connector walk
-    /// started under an older generation starts over.
-    pub configure_generation: u32,
+    /// The configure-connector walk's next step: a new walk (AVAILABLE →
+    /// UNISOLATE) and a completed one start from 0.
+    pub configure_step: u32,
 }
 
 impl Drc {
@@ -52,7 +52,7 @@ impl Drc {
             state: DrcState::Unusable,
             device: None,
             unplug_requested: false,
-            configure_generation: 0,
+            configure_step: 0,
         }
     }
 
@@ -70,7 +70,7 @@ impl Drc {
                     return (RtasStatus::ParameterError, Outcome::Nothing);
                 }
                 self.state = Unisolate;
-                self.configure_generation = self.configure_generation.wrapping_add(1);
+                self.configure_step = 0;
                 (RtasStatus::Success, Outcome::Nothing)
             }
             // A no-op that succeeds, unless an unplug is pending: then it is
@@ -140,10 +140,18 @@ impl Drc {
         matches!(self.state, DrcState::Unisolate | DrcState::Configured)
     }
 
+    /// The walk handed out step `configure_step`: the index, and the cursor moves on.
+    pub fn next_configure_step(&mut self) -> u32 {
+        let index = self.configure_step;
+        self.configure_step = index.saturating_add(1);
+        index
+    }
+
     /// The walk handed out the whole fragment.
     pub fn configured(&mut self) {
         if self.may_configure() {
             self.state = DrcState::Configured;
+            self.configure_step = 0;
         }
     }
 
@@ -216,7 +224,7 @@ mod tests {
             state,
             device: device.then(|| "dev".to_string()),
             unplug_requested: unplug,
-            configure_generation: 0,
+            configure_step: 0,
         }
     }
 
@@ -319,15 +327,18 @@ mod tests {
     #[test]
     fn unisolate_from_available_starts_a_new_configure_walk() {
         let mut d = drc(cpu(), Available, true, false);
+        d.configure_step = 3;
         assert!(!d.may_configure());
         d.set_isolation(UNISOLATE);
-        assert_eq!(d.configure_generation, 1);
+        assert_eq!(d.configure_step, 0);
         assert!(d.may_configure());
-        d.configured();
-        assert_eq!(d.state, Configured);
-        // Already unisolated: no new walk.
+        assert_eq!((d.next_configure_step(), d.next_configure_step()), (0, 1));
+        // Already unisolated: the walk goes on.
         d.set_isolation(UNISOLATE);
-        assert_eq!(d.configure_generation, 1);
+        assert_eq!(d.next_configure_step(), 2);
+        // Complete: configured, and a later walk starts over.
+        d.configured();
+        assert_eq!((d.state, d.configure_step), (Configured, 0));
     }
 
     #[test]

@@ -335,12 +335,14 @@ impl Controller {
         }
     }
 
-    /// configure-connector may walk the DRC: status and the walk's generation.
-    pub fn configure_begin(&self, index: u32) -> (RtasStatus, u32) {
-        match self.drcs.get(&DrcIndex(index)) {
+    /// configure-connector hands out the DRC's next step: status and the
+    /// step's index; the walk's cursor moves on.
+    pub fn configure_step(&mut self, index: u32) -> (RtasStatus, u32) {
+        match self.drcs.get_mut(&DrcIndex(index)) {
             None => (RtasStatus::ParameterError, 0),
             Some(drc) if drc.may_configure() && drc.device.is_some() => {
-                (RtasStatus::Success, drc.configure_generation)
+                self.touched.push(Touched::Drc(DrcIndex(index)));
+                (RtasStatus::Success, drc.next_configure_step())
             }
             Some(_) => (RtasStatus::NotConfigurable, 0),
         }
@@ -350,8 +352,9 @@ impl Controller {
     pub fn configure_done(&mut self, index: u32) -> RtasStatus {
         match self.drcs.get_mut(&DrcIndex(index)) {
             Some(drc) if drc.may_configure() => {
-                if drc.state != ipc_proto::papr::DrcState::Configured {
-                    drc.configured();
+                let before = drc.clone();
+                drc.configured();
+                if *drc != before {
                     self.touched.push(Touched::Drc(DrcIndex(index)));
                 }
                 RtasStatus::Success
@@ -438,7 +441,7 @@ mod tests {
         assert_eq!(c.sensor(9003, drc.0), (Success, 2));
         assert_eq!(c.set_indicator(9003, drc.0, 1).0, Success);
         assert_eq!(c.set_indicator(9001, drc.0, 1).0, Success);
-        assert_eq!(c.configure_begin(drc.0).0, Success);
+        assert_eq!(c.configure_step(drc.0), (Success, 0));
         assert_eq!(c.configure_done(drc.0), Success);
     }
 
@@ -588,8 +591,8 @@ mod tests {
         assert_eq!(c.set_indicator(9002, CORE1.0, 1).0, ParameterError);
         assert_eq!(c.sensor(9001, CORE1.0), (ParameterError, 0));
         assert_eq!(c.sensor(9003, 0x1000_0009), (ParameterError, 0));
-        assert_eq!(c.configure_begin(CORE1.0).0, RtasStatus::NotConfigurable);
-        assert_eq!(c.configure_begin(0x1000_0009).0, ParameterError);
+        assert_eq!(c.configure_step(CORE1.0).0, RtasStatus::NotConfigurable);
+        assert_eq!(c.configure_step(0x1000_0009).0, ParameterError);
         assert!(c
             .define(&[DrcRange {
                 kind: DrcKind::Lmb,

@@ -229,8 +229,8 @@ impl HotplugController {
             rtas_hotplug::Request::GetSensorState { sensor, drc } => {
                 (self.controller.sensor(sensor, drc), Vec::new())
             }
-            rtas_hotplug::Request::ConfigureBegin { drc } => {
-                (self.controller.configure_begin(drc), Vec::new())
+            rtas_hotplug::Request::ConfigureStep { drc } => {
+                (self.controller.configure_step(drc), Vec::new())
             }
             rtas_hotplug::Request::ConfigureDone { drc } => {
                 ((self.controller.configure_done(drc), 0), Vec::new())

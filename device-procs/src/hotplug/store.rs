@@ -11,6 +11,7 @@
 
 use super::drc::Drc;
 use super::{Controller, Effect, Touched};
+use crate::process::PEER_REQUESTS_PER_REQUEST;
 use crate::state::{
     decode_record as read, encode_record as record, Layout, Mapping, Region, RequestKey,
     StateError, Table, Write,
@@ -45,7 +46,7 @@ pub fn layout(drcs: u32) -> Layout {
             table(48, drcs),
             table(192, DEVICE_SLOTS),
             table(192, OUTBOX_SLOTS),
-            table(64, Requester::ALL.len() as u32),
+            table(64, Requester::REPLY_SLOTS),
         ],
     }
 }
@@ -74,11 +75,18 @@ pub enum Requester {
 }
 
 impl Requester {
-    const ALL: [Requester; 2] = [Requester::Core, Requester::Rtas];
+    /// One reply for the core's last request; one for each request the RTAS
+    /// server made for its last call (a call makes several, and all of them
+    /// are made again when the call is).
+    const REPLY_SLOTS: u32 = 1 + PEER_REQUESTS_PER_REQUEST as u32;
 
     /// The key of `request`, sent as `id` by this requester.
     pub fn key<R: Serialize>(self, id: u64, request: &R) -> RequestKey {
-        RequestKey::of(self as u32, id, request)
+        let slot = match self {
+            Requester::Core => 0,
+            Requester::Rtas => 1 + (id % PEER_REQUESTS_PER_REQUEST) as u32,
+        };
+        RequestKey::of(slot, id, request)
     }
 }
 
@@ -130,7 +138,7 @@ struct DrcRecord {
     /// The device's record slot.
     device: Option<u32>,
     unplug_requested: bool,
-    configure_generation: u32,
+    configure_step: u32,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -233,7 +241,7 @@ impl Store {
                 state: record.state,
                 device,
                 unplug_requested: record.unplug_requested,
-                configure_generation: record.configure_generation,
+                configure_step: record.configure_step,
             });
         }
         let mut attached = Vec::new();
@@ -325,7 +333,7 @@ impl Store {
                         state: drc.state,
                         device,
                         unplug_requested: drc.unplug_requested,
-                        configure_generation: drc.configure_generation,
+                        configure_step: drc.configure_step,
                     };
                     writes.push(Write {
                         table: DRCS,
@@ -530,6 +538,23 @@ mod tests {
             ..key(2)
         };
         assert_eq!(successor.replayed(other), None);
+    }
+
+    #[test]
+    fn a_configure_walk_goes_on_where_it_was_across_a_restart() {
+        let (mut store, mut c) = created();
+        let effects = c.plug(&[CORE1], "core1", false).unwrap();
+        store.commit(&mut c, effects, None).unwrap();
+        for (indicator, value) in [(9003, 1), (9001, 1)] {
+            let (_, effects) = c.set_indicator(indicator, CORE1.0, value);
+            store.commit(&mut c, effects, None).unwrap();
+        }
+        for expected in 0..2 {
+            assert_eq!(c.configure_step(CORE1.0), (RtasStatus::Success, expected));
+            store.commit(&mut c, Vec::new(), None).unwrap();
+        }
+        let (_, mut restored) = resumed(&store);
+        assert_eq!(restored.configure_step(CORE1.0), (RtasStatus::Success, 2));
     }
 
     #[test]

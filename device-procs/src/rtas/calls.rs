@@ -4,7 +4,7 @@
 //! returned as typed [`PlatformRequest`]s for the core to carry out; nothing
 //! here touches a vCPU.
 
-use super::configure::{ConfigureSessions, Progress, WORK_AREA_SIZE};
+use super::configure::{write_walk_step, Progress, WORK_AREA_SIZE};
 use crate::clock::UtcTime;
 use ipc_proto::link::core_rtas::{CallRefusal, CpuSnapshot, PlatformRequest, MAX_OS_TERM_MESSAGE};
 use ipc_proto::link::rtas_eventlog::{Reply as EventLogReply, Request as EventLogRequest};
@@ -114,8 +114,6 @@ pub struct Services<'a> {
     pub cpus: &'a CpuSnapshot,
     /// The hotplug controller and the event log.
     pub peers: &'a mut dyn Peers,
-    /// configure-connector walks.
-    pub configure: &'a mut ConfigureSessions,
     /// vCPUs per core.
     pub threads_per_core: u32,
 }
@@ -277,18 +275,15 @@ fn configure_connector<M: Bytes<GuestAddress, E = GuestMemoryError>>(
     let Ok(drc) = memory.read_obj::<u32>(GuestAddress(area)).map(u32::from_be) else {
         return Ok(RtasStatus::ParameterError.cell());
     };
-    let (status, generation) = services
+    let (status, index) = services
         .peers
-        .hotplug(HotplugRequest::ConfigureBegin { drc })?;
+        .hotplug(HotplugRequest::ConfigureStep { drc })?;
     if status != RtasStatus::Success {
         return Ok(status.cell());
     }
     let threads = services.threads_per_core;
     Ok(
-        match services
-            .configure
-            .step(memory, area, DrcIndex(drc), generation, threads)
-        {
+        match write_walk_step(memory, area, DrcIndex(drc), index, threads) {
             Progress::Step(code) => code as u32,
             Progress::Complete => {
                 let (status, _) = services
@@ -403,11 +398,9 @@ mod tests {
         at: u64,
         peers: &mut FakePeers,
     ) -> Result<Option<PlatformRequest>, CallRefusal> {
-        let mut configure = ConfigureSessions::default();
         let mut services = Services {
             cpus: &CPUS,
             peers,
-            configure: &mut configure,
             threads_per_core: 1,
         };
         handle_call(m, at, &mut services)
@@ -639,7 +632,7 @@ mod tests {
     fn configure_connector_checks_the_work_area() {
         let m = memory();
         let mut peers = FakePeers {
-            hotplug_answer: Some((RtasStatus::Success, 1)),
+            hotplug_answer: Some((RtasStatus::Success, 0)),
             ..FakePeers::default()
         };
         let token = RtasCall::ConfigureConnector.token();
@@ -663,8 +656,15 @@ mod tests {
         assert_eq!(ret(&m, BLOCK, 2, 0), 2);
         assert_eq!(
             peers.hotplug[0],
-            HotplugRequest::ConfigureBegin { drc: 0x1000_0001 }
+            HotplugRequest::ConfigureStep { drc: 0x1000_0001 }
         );
+        // The controller's cursor says which step: the next is a property.
+        let mut further = FakePeers {
+            hotplug_answer: Some((RtasStatus::Success, 1)),
+            ..FakePeers::default()
+        };
+        handle_with(&m, BLOCK, &mut further).unwrap();
+        assert_eq!(ret(&m, BLOCK, 2, 0), 3);
         // Not configurable now: the controller's status passes through.
         let mut refusing = FakePeers {
             hotplug_answer: Some((RtasStatus::NotConfigurable, 0)),

@@ -1,21 +1,18 @@
 //! ibm,configure-connector: hands the guest the device-tree fragment of a
 //! DRC's device one step per call, through a 4 KiB work area (PAPR reference
 //! §3.4). Names go at work-area offset 20, a property's value right after its
-//! name; the DRC's state is the hotplug controller's, which says whether a
-//! walk may run and when an old walk is stale (its generation).
+//! name. The DRC's state is the hotplug controller's, which says whether a
+//! walk may run and which step comes next (its cursor).
 
 use ipc_proto::papr::{
     cpu_core_node_name, cpu_core_properties, DrcIndex, DrcKind, RtasStatus, LMB_SIZE,
 };
-use std::collections::HashMap;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError};
 
 /// Size of the work area.
 pub const WORK_AREA_SIZE: u64 = 4096;
 /// Where names are written.
 const NAME_OFFSET: u64 = 20;
-/// Walks kept at once; more (a guest opening walks on every DRC) start over.
-const MAX_SESSIONS: usize = 1024;
 
 /// Return codes of a step.
 pub const COMPLETE: i32 = 0;
@@ -69,18 +66,6 @@ pub fn fragment(drc: DrcIndex, threads_per_core: u32) -> Option<Vec<Step>> {
     Some(steps)
 }
 
-struct Session {
-    generation: u32,
-    steps: Vec<Step>,
-    next: usize,
-}
-
-/// The walks in progress, by DRC.
-#[derive(Default)]
-pub struct ConfigureSessions {
-    sessions: HashMap<u32, Session>,
-}
-
 /// What one call did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Progress {
@@ -90,56 +75,26 @@ pub enum Progress {
     Complete,
 }
 
-impl ConfigureSessions {
-    /// Writes the next step of `drc`'s walk into the work area at `area`,
-    /// starting over when `generation` changed.
-    pub fn step<M: Bytes<GuestAddress, E = GuestMemoryError>>(
-        &mut self,
-        memory: &M,
-        area: u64,
-        drc: DrcIndex,
-        generation: u32,
-        threads_per_core: u32,
-    ) -> Progress {
-        let fresh = !matches!(self.sessions.get(&drc.0), Some(s) if s.generation == generation);
-        if fresh {
-            if self.sessions.len() >= MAX_SESSIONS {
-                self.sessions.clear();
-            }
-            let Some(steps) = fragment(drc, threads_per_core) else {
-                return Progress::Step(HARDWARE_ERROR);
-            };
-            self.sessions.insert(
-                drc.0,
-                Session {
-                    generation,
-                    steps,
-                    next: 0,
-                },
-            );
-        }
-        let Some(session) = self.sessions.get_mut(&drc.0) else {
-            return Progress::Step(HARDWARE_ERROR);
-        };
-        let Some(step) = session.steps.get(session.next).cloned() else {
-            self.sessions.remove(&drc.0);
-            return Progress::Step(HARDWARE_ERROR);
-        };
-        session.next += 1;
-        let last = session.next == session.steps.len();
-        let status = match write_step(memory, area, &step) {
-            Ok(status) => status,
-            Err(()) => HARDWARE_ERROR,
-        };
-        if last || status == HARDWARE_ERROR {
-            // Rewind: the guest may fetch the fragment again later.
-            self.sessions.remove(&drc.0);
-        }
-        if last && status != HARDWARE_ERROR {
-            Progress::Complete
-        } else {
-            Progress::Step(status)
-        }
+/// Writes step `index` of `drc`'s walk into the work area at `area`. The
+/// walk's cursor is the hotplug controller's (in its state region), so a
+/// walk survives the death of either process; this side keeps nothing.
+pub fn write_walk_step<M: Bytes<GuestAddress, E = GuestMemoryError>>(
+    memory: &M,
+    area: u64,
+    drc: DrcIndex,
+    index: u32,
+    threads_per_core: u32,
+) -> Progress {
+    let Some(steps) = fragment(drc, threads_per_core) else {
+        return Progress::Step(HARDWARE_ERROR);
+    };
+    let Some(step) = steps.get(index as usize) else {
+        return Progress::Step(HARDWARE_ERROR);
+    };
+    match write_step(memory, area, step) {
+        Ok(_) if index as usize + 1 == steps.len() => Progress::Complete,
+        Ok(status) => Progress::Step(status),
+        Err(()) => Progress::Step(HARDWARE_ERROR),
     }
 }
 
@@ -215,36 +170,32 @@ mod tests {
     }
 
     #[test]
-    fn a_core_walk_yields_its_node_then_completes_and_rewinds() {
+    fn a_core_walk_yields_its_node_then_completes() {
         let m = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
-        let mut sessions = ConfigureSessions::default();
         let drc = DrcIndex(0x1000_0002);
         let mut seen = Vec::new();
-        for _ in 0..2 {
-            seen.clear();
-            loop {
-                match sessions.step(&m, AREA, drc, 1, 2) {
-                    Progress::Complete => break,
-                    Progress::Step(NEXT_CHILD) => seen.push(format!(
-                        "child {}",
-                        read_str(&m, AREA + read_cell(&m, AREA + 8) as u64)
-                    )),
-                    Progress::Step(NEXT_PROPERTY) => {
-                        let name = read_str(&m, AREA + read_cell(&m, AREA + 8) as u64);
-                        let len = read_cell(&m, AREA + 12);
-                        let value_at = AREA + read_cell(&m, AREA + 16) as u64;
-                        assert_eq!(value_at, AREA + 20 + name.len() as u64 + 1);
-                        if name == "ibm,ppc-interrupt-server#s" {
-                            assert_eq!(len, 8);
-                            assert_eq!(
-                                (read_cell(&m, value_at), read_cell(&m, value_at + 4)),
-                                (2, 3)
-                            );
-                        }
-                        seen.push(format!("property {name}"));
+        for index in 0.. {
+            match write_walk_step(&m, AREA, drc, index, 2) {
+                Progress::Complete => break,
+                Progress::Step(NEXT_CHILD) => seen.push(format!(
+                    "child {}",
+                    read_str(&m, AREA + read_cell(&m, AREA + 8) as u64)
+                )),
+                Progress::Step(NEXT_PROPERTY) => {
+                    let name = read_str(&m, AREA + read_cell(&m, AREA + 8) as u64);
+                    let len = read_cell(&m, AREA + 12);
+                    let value_at = AREA + read_cell(&m, AREA + 16) as u64;
+                    assert_eq!(value_at, AREA + 20 + name.len() as u64 + 1);
+                    if name == "ibm,ppc-interrupt-server#s" {
+                        assert_eq!(len, 8);
+                        assert_eq!(
+                            (read_cell(&m, value_at), read_cell(&m, value_at + 4)),
+                            (2, 3)
+                        );
                     }
-                    other => panic!("unexpected {other:?}"),
+                    seen.push(format!("property {name}"));
                 }
+                other => panic!("unexpected {other:?}"),
             }
         }
         assert_eq!(
@@ -258,24 +209,10 @@ mod tests {
                 "property ibm,ppc-interrupt-server#s",
             ]
         );
-    }
-
-    #[test]
-    fn a_new_generation_restarts_the_walk() {
-        let m = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
-        let mut sessions = ConfigureSessions::default();
-        let drc = DrcIndex(0x1000_0001);
+        // A cursor past the end (a guest that lies) is a hardware error.
         assert_eq!(
-            sessions.step(&m, AREA, drc, 1, 1),
-            Progress::Step(NEXT_CHILD)
-        );
-        assert_eq!(
-            sessions.step(&m, AREA, drc, 1, 1),
-            Progress::Step(NEXT_PROPERTY)
-        );
-        assert_eq!(
-            sessions.step(&m, AREA, drc, 2, 1),
-            Progress::Step(NEXT_CHILD)
+            write_walk_step(&m, AREA, drc, 7, 2),
+            Progress::Step(HARDWARE_ERROR)
         );
     }
 

@@ -2,7 +2,6 @@
 //! hotplug controller and the event log are reached on their own links.
 
 use super::calls::{handle_call, Peers, Services};
-use super::configure::ConfigureSessions;
 use crate::process::{answer, serve, Device, Links, ProcessError, Startup};
 use ipc_proto::channel::{ChannelError, Frame};
 use ipc_proto::control::{Answer, Refusal};
@@ -24,7 +23,6 @@ pub fn run(startup: Startup) -> Result<(), ProcessError> {
     let mut server = RtasServer {
         memory: None,
         threads_per_core: 1,
-        configure: ConfigureSessions::default(),
     };
     serve(&mut server, &mut links)
 }
@@ -32,7 +30,6 @@ pub fn run(startup: Startup) -> Result<(), ProcessError> {
 struct RtasServer {
     memory: Option<GuestMemoryMmap>,
     threads_per_core: u32,
-    configure: ConfigureSessions,
 }
 
 impl Peers for Links {
@@ -113,7 +110,6 @@ impl RtasServer {
                 let mut services = Services {
                     cpus: &cpus,
                     peers: links,
-                    configure: &mut self.configure,
                     threads_per_core: self.threads_per_core,
                 };
                 Answer::Link(match handle_call(memory, args_address, &mut services) {

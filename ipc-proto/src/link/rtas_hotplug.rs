@@ -30,12 +30,15 @@ pub enum Request {
         /// The DRC, as the guest passed it.
         drc: u32,
     },
-    /// ibm,configure-connector is about to hand out the DRC's device tree.
-    ConfigureBegin {
+    /// ibm,configure-connector hands out the next step of the DRC's device
+    /// tree: the controller answers the step's index and advances the walk's
+    /// cursor (which a new walk, AVAILABLE → UNISOLATE, resets).
+    ConfigureStep {
         /// The DRC, as the guest passed it.
         drc: u32,
     },
-    /// ibm,configure-connector handed out the whole fragment.
+    /// ibm,configure-connector handed out the whole fragment: the DRC is
+    /// configured, and a later walk starts from the first step.
     ConfigureDone {
         /// The DRC.
         drc: u32,
@@ -46,7 +49,7 @@ pub enum Request {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
     /// The RTAS status for the guest, and a value: the sensor's for
-    /// get-sensor-state, the walk's generation for configure-begin, else 0.
+    /// get-sensor-state, the step's index for configure-step, else 0.
     Status {
         /// RTAS status.
         status: RtasStatus,
