@@ -5,7 +5,100 @@
 
 use crate::process::Links;
 use ipc_proto::channel::{encode, Channel, Envelope};
+use ipc_proto::control::{ArmedFault, FaultAction, FaultPoint, FAULT_DELAY_MS};
 use ipc_proto::{Fault, Link};
+
+/// The status a crashing process ends with: `_exit`, as abrupt as SIGKILL
+/// (nothing is flushed or unwound), because a jailed process is its PID
+/// namespace's init, which ignores a SIGKILL it sends itself.
+pub const CRASH_STATUS: i32 = 70;
+
+/// The fault armed at a point, and what it does to the request in hand.
+#[derive(Debug, Default)]
+pub struct Armed {
+    fault: Option<ArmedFault>,
+    /// The request being answered: its link and name.
+    current: Option<(Link, String)>,
+    /// What to do to the current request's reply.
+    spoil: Option<FaultAction>,
+}
+
+impl Armed {
+    /// Arms `fault`, replacing any other.
+    pub fn arm(&mut self, fault: ArmedFault) {
+        self.fault = Some(fault);
+    }
+
+    /// A request of `link` named `name` is being answered.
+    pub fn serving(&mut self, link: Link, name: String) {
+        self.current = Some((link, name));
+        self.spoil = None;
+    }
+
+    /// The action of the armed fault, if it fires at `point` now (once).
+    pub fn fire(&mut self, point: FaultPoint) -> Option<FaultAction> {
+        let (_, name) = self.current.as_ref()?;
+        if !self.fault.as_ref()?.fires(point, name) {
+            return None;
+        }
+        let fault = self.fault.take()?;
+        log::warn!("fault {:?} fires at {point:?} for {name}", fault.action);
+        Some(fault.action)
+    }
+}
+
+/// Carries out `action` where it fired.
+pub fn act(action: FaultAction, links: &mut Links) {
+    match action {
+        FaultAction::Crash => {
+            // SAFETY: _exit ends the process; nothing after it runs.
+            unsafe { nix::libc::_exit(CRASH_STATUS) }
+        }
+        FaultAction::Hang => loop {
+            let _ = nix::poll::poll(&mut [], nix::poll::PollTimeout::NONE);
+        },
+        FaultAction::Delay => {
+            let delay = nix::poll::PollTimeout::try_from(FAULT_DELAY_MS as i32)
+                .unwrap_or(nix::poll::PollTimeout::NONE);
+            let _ = nix::poll::poll(&mut [], delay);
+        }
+        FaultAction::DropReply | FaultAction::CorruptReply => links.spoil(action),
+        FaultAction::CloseLink => {
+            if let Some(link) = links.current_link() {
+                log::warn!("closing {link:?} as asked");
+                links.close_link(link);
+            }
+        }
+    }
+}
+
+/// Drops or garbles the reply about to be sent on `channel`, if a fault
+/// said so; `true` when the reply must not be sent.
+pub fn spoil_reply(armed: &mut Armed, channel: &Channel) -> bool {
+    armed.current = None;
+    match armed.spoil.take() {
+        Some(FaultAction::DropReply) => {
+            log::warn!("dropping the reply as asked");
+            true
+        }
+        Some(FaultAction::CorruptReply) => {
+            log::warn!("sending garbage for the reply as asked");
+            let _ = channel.send_frame(&[0xff; 24], &[]);
+            true
+        }
+        _ => false,
+    }
+}
+
+impl Links {
+    fn spoil(&mut self, action: FaultAction) {
+        self.faults_mut().spoil = Some(action);
+    }
+
+    fn current_link(&mut self) -> Option<Link> {
+        self.faults_mut().current.as_ref().map(|(link, _)| *link)
+    }
+}
 
 /// Commits `fault`; returns what happened if the process is still alive.
 pub fn commit(fault: Fault, links: &Links) -> String {

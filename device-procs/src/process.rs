@@ -106,6 +106,9 @@ pub struct Links {
     /// made so far: a peer request's id derives from them, so that the same
     /// request sent again (after a restart) asks the peers with the same ids.
     serving: Option<(u64, u64)>,
+    /// Faults armed at points, and the request they would spoil.
+    #[cfg(feature = "fault-injection")]
+    faults: crate::fault::Armed,
 }
 
 /// Peer requests one request may make, at most (ids derive from its id).
@@ -126,17 +129,24 @@ impl Links {
             .collect::<Result<Vec<_>, _>>()?;
         seccomp::install(kind, mode)?;
         let handshake = |link: Link| move |source| ProcessError::Handshake { link, source };
+        let mut greeted = Vec::with_capacity(links.len());
         for (channel, &link) in channels.iter().zip(links) {
-            channel.send_hello(link).map_err(handshake(link))?;
+            match channel.send_hello(link) {
+                Ok(()) => greeted.push(Ok(())),
+                Err(error) if !link.touches_core() => greeted.push(Err(error)),
+                Err(error) => return Err(handshake(link)(error)),
+            }
         }
         let mut ends = BTreeMap::new();
         let mut peer_failed = None;
-        for (channel, &link) in channels.into_iter().zip(links) {
+        for ((channel, &link), greeted) in channels.into_iter().zip(links).zip(greeted) {
             let timeout = match link.touches_core() {
                 true => HANDSHAKE_TIMEOUT,
                 false => link.reply_timeout(),
             };
-            match channel.expect_hello(link, timeout) {
+            // A peer whose end is closed already (it is down, or this process
+            // replaces another and is linked to its peers afterwards).
+            match greeted.and_then(|()| channel.expect_hello(link, timeout)) {
                 Ok(()) => {
                     ends.insert(
                         link,
@@ -166,6 +176,8 @@ impl Links {
             peer_failed,
             relinked: Vec::new(),
             serving: None,
+            #[cfg(feature = "fault-injection")]
+            faults: crate::fault::Armed::default(),
         })
     }
 
@@ -285,6 +297,10 @@ impl Links {
         let Some(end) = self.ends.get(&link) else {
             return Ok(());
         };
+        #[cfg(feature = "fault-injection")]
+        if crate::fault::spoil_reply(&mut self.faults, &end.channel) {
+            return Ok(());
+        }
         match send_reply::<P>(&end.channel, id, &reply) {
             Err(error) if link.touches_core() => Err(error),
             Err(error) => {
@@ -304,6 +320,7 @@ impl Links {
                 Err(reason) => Answer::Refused(Refusal::Relink { link, reason }),
             },
             ControlRequest::ArmFault(fault) => arm_fault(self, fault),
+            ControlRequest::ArmFaultPoint(armed) => arm_fault_point(self, armed),
         }
     }
 
@@ -347,6 +364,47 @@ fn arm_fault<R>(links: &Links, fault: ipc_proto::Fault) -> Answer<R> {
 fn arm_fault<R>(_: &Links, fault: ipc_proto::Fault) -> Answer<R> {
     log::warn!("refused to commit {fault:?}: this build has no fault injection");
     Answer::Refused(Refusal::FaultInjectionNotBuilt)
+}
+
+#[cfg(feature = "fault-injection")]
+fn arm_fault_point<R>(links: &mut Links, armed: ipc_proto::control::ArmedFault) -> Answer<R> {
+    log::warn!("arming {armed:?} as asked");
+    links.faults.arm(armed);
+    Answer::Ack
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn arm_fault_point<R>(_: &mut Links, armed: ipc_proto::control::ArmedFault) -> Answer<R> {
+    log::warn!("refused to arm {armed:?}: this build has no fault injection");
+    Answer::Refused(Refusal::FaultInjectionNotBuilt)
+}
+
+impl Links {
+    /// The request being answered passes `point`: a fault armed there fires
+    /// (only in builds with fault injection; elsewhere this is nothing).
+    #[cfg(feature = "fault-injection")]
+    pub fn fault_point(&mut self, point: ipc_proto::control::FaultPoint) {
+        if let Some(action) = self.faults.fire(point) {
+            crate::fault::act(action, self);
+        }
+    }
+
+    /// The request being answered passes `point` (this build has no fault injection).
+    #[cfg(not(feature = "fault-injection"))]
+    #[inline(always)]
+    pub fn fault_point(&mut self, _: ipc_proto::control::FaultPoint) {}
+
+    /// Closes the link the current request came on (fault injection).
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn close_link(&mut self, link: Link) {
+        self.ends.remove(&link);
+    }
+
+    /// The faults armed at points.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn faults_mut(&mut self) -> &mut crate::fault::Armed {
+        &mut self.faults
+    }
 }
 
 /// A device process's own logic.
@@ -393,7 +451,13 @@ pub fn answer<P: Protocol>(
             fds,
         }) => {
             links.serving = Some((id, 0));
+            #[cfg(feature = "fault-injection")]
+            links
+                .faults
+                .serving(P::LINK, ipc_proto::control::request_name(&request));
+            links.fault_point(ipc_proto::control::FaultPoint::Received);
             let answer = handle(links, id, request, fds);
+            links.fault_point(ipc_proto::control::FaultPoint::Replying);
             links.serving = None;
             (id, answer)
         }

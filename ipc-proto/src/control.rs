@@ -70,6 +70,115 @@ impl Fault {
     ];
 }
 
+/// Where an armed fault fires: the steps every request passes, in order.
+/// A device process passes [`FaultPoint::Received`] and
+/// [`FaultPoint::Replying`] for every request; [`FaultPoint::Committed`]
+/// when a transition reached its state region (hotplug controller, event
+/// log); [`FaultPoint::Delivered`] when the hotplug controller handed on
+/// what a transition owed others; [`FaultPoint::PeerAnswered`] when a peer
+/// answered the RTAS server. The core passes [`FaultPoint::CoreSending`] and
+/// [`FaultPoint::CoreReceived`] at its end of each link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FaultPoint {
+    /// Decoded and validated, before anything is applied.
+    Received,
+    /// The transition is committed, before anything else.
+    Committed,
+    /// What the transition owed the core and the event log was delivered,
+    /// before the reply.
+    Delivered,
+    /// A peer answered, before the guest's return cells are written.
+    PeerAnswered,
+    /// The answer is ready, before it is sent.
+    Replying,
+    /// The core is about to send a request.
+    CoreSending,
+    /// The core received the answer, before it acts on it.
+    CoreReceived,
+}
+
+impl FaultPoint {
+    /// The QMP names.
+    pub const ALL: [(&'static str, FaultPoint); 7] = [
+        ("received", FaultPoint::Received),
+        ("committed", FaultPoint::Committed),
+        ("delivered", FaultPoint::Delivered),
+        ("peer-answered", FaultPoint::PeerAnswered),
+        ("replying", FaultPoint::Replying),
+        ("core-sending", FaultPoint::CoreSending),
+        ("core-received", FaultPoint::CoreReceived),
+    ];
+
+    /// The core's own points.
+    pub const fn at_core(self) -> bool {
+        matches!(self, FaultPoint::CoreSending | FaultPoint::CoreReceived)
+    }
+}
+
+/// What an armed fault does when it fires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FaultAction {
+    /// The process ends on the spot, as if SIGKILLed (not for the core).
+    Crash,
+    /// The process stops answering (not for the core).
+    Hang,
+    /// [`FAULT_DELAY_MS`] of nothing, then on as usual.
+    Delay,
+    /// The request's answer is never sent (at the core: never seen).
+    DropReply,
+    /// The request's answer is sent as garbage (at the core: read as such).
+    CorruptReply,
+    /// The link the request came on is closed.
+    CloseLink,
+}
+
+/// How long [`FaultAction::Delay`] waits: less than every link's timeout.
+pub const FAULT_DELAY_MS: u64 = 300;
+
+impl FaultAction {
+    /// The QMP names.
+    pub const ALL: [(&'static str, FaultAction); 6] = [
+        ("crash", FaultAction::Crash),
+        ("hang", FaultAction::Hang),
+        ("delay", FaultAction::Delay),
+        ("drop-reply", FaultAction::DropReply),
+        ("corrupt-reply", FaultAction::CorruptReply),
+        ("close-link", FaultAction::CloseLink),
+    ];
+}
+
+/// The longest request name an armed fault may be limited to.
+pub const MAX_FAULT_REQUEST_NAME: usize = 64;
+
+/// A fault armed at a point: it fires once, at the first request that
+/// passes `point` (and whose name, when given, is `request`, e.g.
+/// `SetIndicator`), then disarms.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArmedFault {
+    /// Where.
+    pub point: FaultPoint,
+    /// What.
+    pub action: FaultAction,
+    /// Only for requests of this name.
+    pub request: Option<String>,
+}
+
+impl ArmedFault {
+    /// Whether the fault fires at `point` for a request named `name`.
+    pub fn fires(&self, point: FaultPoint, name: &str) -> bool {
+        self.point == point && self.request.as_deref().is_none_or(|wanted| wanted == name)
+    }
+}
+
+/// The variant name of a request, as an armed fault names it.
+pub fn request_name(request: &impl std::fmt::Debug) -> String {
+    let text = format!("{request:?}");
+    text.split([' ', '(', '{'])
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// What every device process understands, on any link it serves.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ControlRequest {
@@ -78,6 +187,8 @@ pub enum ControlRequest {
     ReplaceLink(Link),
     /// Commit `Fault`; answered only if the process lived.
     ArmFault(Fault),
+    /// Arm a fault at a point; acknowledged.
+    ArmFaultPoint(ArmedFault),
 }
 
 /// The answers to a [`ControlRequest`] besides an acknowledgement.
@@ -214,6 +325,19 @@ impl ControlRequest {
                 }
             }
             ControlRequest::ArmFault(_) => crate::protocol::no_descriptors(fds, "a fault")?,
+            ControlRequest::ArmFaultPoint(armed) => {
+                crate::protocol::no_descriptors(fds, "a fault")?;
+                if armed
+                    .request
+                    .as_ref()
+                    .is_some_and(|name| name.len() > MAX_FAULT_REQUEST_NAME)
+                {
+                    return Err("a fault's request name is too long".into());
+                }
+                if armed.point.at_core() {
+                    return Err(format!("{:?} is the core's", armed.point));
+                }
+            }
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 //! and the guest and QMP see each outcome exactly once. These need root (the
 //! jail) and /dev/kvm; they say so when skipped.
 
-use papervisor_tests::{root_and_kvm, QmpClient, Vm};
+use papervisor_tests::{binary, root_and_kvm, QmpClient, Vm};
 use serde_json::json;
 use std::time::Duration;
 
@@ -175,4 +175,109 @@ fn an_event_log_killed_with_events_queued_loses_none_and_repeats_none() {
         ]
     );
     assert_eq!(vm.qmp(&["x-query-event-log"])[0]["return"], json!([]));
+}
+
+#[test]
+fn an_upgrade_to_the_same_binary_keeps_a_pending_unplug() {
+    if !root_and_kvm("an_upgrade_to_the_same_binary_keeps_a_pending_unplug") {
+        return;
+    }
+    let mut vm = vm_with_core1_and_dlpar_off();
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    assert_eq!(
+        qmp.execute("device_del", json!({"id": "core1"})),
+        json!({"return": {}})
+    );
+    let before = vm.device_processes();
+    // Every process, one after the other, replaced by the same binary.
+    for (kind, binary_name) in [
+        ("hotplug-controller", "papervisor-hotplug"),
+        ("event-log", "papervisor-eventlog"),
+        ("rtas-server", "papervisor-rtas"),
+    ] {
+        let path = binary(binary_name).display().to_string();
+        let reply = qmp.execute(
+            "x-upgrade-device-process",
+            json!({"process": kind, "path": path}),
+        );
+        let pid = reply["return"]["pid"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{reply}"));
+        let old = before.iter().find(|p| p["kind"] == kind).unwrap();
+        assert_ne!(old["pid"], pid);
+        let now = vm.device_process(kind);
+        assert_eq!(
+            (&now["pid"], &now["restarts"]),
+            (&json!(pid), &json!(0)),
+            "{now}"
+        );
+        assert_eq!(
+            qmp.wait_event("X_DEVICE_PROCESS_UPGRADED")["data"]["pid"],
+            pid
+        );
+    }
+    let row = vm.drc(CORE1);
+    assert_eq!(
+        (&row["device"], &row["unplug-requested"]),
+        (&json!("core1"), &json!(true)),
+        "{row}"
+    );
+    // The new processes, linked to each other, complete the unplug.
+    assert_eq!(
+        vm.console.command("dlpar on"),
+        ["dlpar: on", "dlpar: cpu remove 0x10000001: ok"]
+    );
+    assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "core1");
+    assert_eq!(count(&qmp.events_within(QUIET), "DEVICE_DELETED"), 0);
+    // Nothing exited: an upgrade is not a restart.
+    assert_eq!(
+        count(
+            &qmp.events_within(Duration::ZERO),
+            "X_DEVICE_PROCESS_EXITED"
+        ),
+        0
+    );
+    for process in vm.device_processes() {
+        assert_eq!(
+            (&process["state"], &process["restarts"]),
+            (&json!("running"), &json!(0))
+        );
+    }
+}
+
+#[test]
+fn an_upgrade_the_new_binary_cannot_serve_is_refused_and_the_old_one_serves_on() {
+    if !root_and_kvm("an_upgrade_the_new_binary_cannot_serve_is_refused_and_the_old_one_serves_on")
+    {
+        return;
+    }
+    let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=2"]);
+    vm.boot();
+    let before = vm.device_process("hotplug-controller");
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    // Another kind's binary: it fails the handshake of the controller's links.
+    let wrong = binary("papervisor-eventlog").display().to_string();
+    let reply = qmp.execute(
+        "x-upgrade-device-process",
+        json!({"process": "hotplug-controller", "path": wrong}),
+    );
+    let desc = reply["error"]["desc"].as_str().unwrap_or_default();
+    assert!(desc.contains("keeps serving"), "{reply}");
+    for path in ["papervisor-hotplug", "/nonexistent/papervisor-hotplug"] {
+        let reply = qmp.execute(
+            "x-upgrade-device-process",
+            json!({"process": "hotplug-controller", "path": path}),
+        );
+        let desc = reply["error"]["desc"].as_str().unwrap_or_default();
+        assert!(desc.contains("absolute path of an executable"), "{reply}");
+    }
+    let after = vm.device_process("hotplug-controller");
+    assert_eq!(
+        (&after["pid"], &after["restarts"]),
+        (&before["pid"], &json!(0))
+    );
+    // The old controller, and its links to its peers, serve on.
+    vm.plug_core(1, "core1");
+    let replies = vm.qmp(&[r#"device_del={"id": "core1"}"#, "wait-event:DEVICE_DELETED"]);
+    assert_eq!(replies[0], json!({"return": {}}));
 }

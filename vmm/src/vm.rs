@@ -652,6 +652,7 @@ impl Vm {
             Command::XQueryEventLog => self.query_event_log(),
             Command::XQueryDeviceProcesses => Ok(self.devices.info()),
             Command::XInjectFault => self.inject_fault(arguments),
+            Command::XUpgradeDeviceProcess => self.upgrade_device_process(arguments),
             Command::SystemPowerdown => self.power_button(),
             Command::Stop => Ok(self.pause(true)),
             Command::Cont => Ok(self.pause(false)),
@@ -850,36 +851,78 @@ impl Vm {
 
     #[cfg(feature = "fault-injection")]
     fn inject_fault(&mut self, arguments: &Map<String, Value>) -> Result<Value, QmpError> {
-        let process = arguments
-            .get("process")
+        let kind = process_kind(arguments)?;
+        let text = |name: &str| arguments.get(name).and_then(Value::as_str);
+        match (text("fault"), text("point"), text("action")) {
+            (Some(fault), None, None) => {
+                let fault = named(&ipc_proto::Fault::ALL, "fault", fault)?;
+                match self.devices.inject(kind, fault) {
+                    Ok(outcome) => Ok(json!({"survived": true, "outcome": outcome})),
+                    Err(error) => Ok(json!({"survived": false, "outcome": error})),
+                }
+            }
+            (None, Some(point), Some(action)) => {
+                use ipc_proto::control::{ArmedFault, FaultAction, FaultPoint};
+                let request = text("request").map(str::to_string);
+                if request
+                    .as_ref()
+                    .is_some_and(|r| r.len() > ipc_proto::control::MAX_FAULT_REQUEST_NAME)
+                {
+                    return Err(QmpError::generic("Parameter 'request' is too long"));
+                }
+                let fault = ArmedFault {
+                    point: named(&FaultPoint::ALL, "point", point)?,
+                    action: named(&FaultAction::ALL, "action", action)?,
+                    request,
+                };
+                self.devices
+                    .arm_fault(kind, fault)
+                    .map(|()| json!({"armed": true}))
+                    .map_err(|error| QmpError::generic(format!("x-inject-fault: {error}")))
+            }
+            _ => Err(QmpError::generic(
+                "x-inject-fault takes either 'fault', or 'point' and 'action' (and 'request')",
+            )),
+        }
+    }
+
+    /// x-upgrade-device-process: the process of a kind replaced by another
+    /// binary on the same state region, at a quiet point (every vCPU held
+    /// outside KVM_RUN and outside any call, for the few milliseconds it
+    /// takes; the guest sees nothing else).
+    fn upgrade_device_process(
+        &mut self,
+        arguments: &Map<String, Value>,
+    ) -> Result<Value, QmpError> {
+        let kind = process_kind(arguments)?;
+        let path = arguments
+            .get("path")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        let kind = ProcessKind::ALL
-            .into_iter()
-            .find(|k| k.name() == process)
-            .ok_or_else(|| {
-                QmpError::generic(format!(
-                    "Parameter 'process' expects rtas-server, hotplug-controller or event-log, not '{process}'"
-                ))
-            })?;
-        let name = arguments
-            .get("fault")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let fault = ipc_proto::Fault::ALL
-            .into_iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, f)| f)
-            .ok_or_else(|| {
-                let names: Vec<&str> = ipc_proto::Fault::ALL.iter().map(|(n, _)| *n).collect();
-                QmpError::generic(format!(
-                    "Parameter 'fault' expects one of {}, not '{name}'",
-                    names.join(", ")
-                ))
-            })?;
-        match self.devices.inject(kind, fault) {
-            Ok(outcome) => Ok(json!({"survived": true, "outcome": outcome})),
-            Err(error) => Ok(json!({"survived": false, "outcome": error})),
+        let was_paused = self.cpus.is_paused();
+        self.cpus.set_paused(true);
+        for vcpu in self.vcpus.iter().flatten() {
+            vcpu.wait_paused();
+        }
+        let upgraded = self.devices.upgrade(kind, std::path::PathBuf::from(path));
+        if !was_paused {
+            self.cpus.set_paused(false);
+        }
+        match upgraded {
+            Ok(pid) => {
+                self.qmp.emit(
+                    "X_DEVICE_PROCESS_UPGRADED",
+                    json!({"process": kind.name(), "pid": pid, "path": path}),
+                );
+                Ok(json!({"pid": pid}))
+            }
+            Err(error) => {
+                let error = common::describe(&error);
+                log::error!("{error}; the running one keeps serving");
+                Err(QmpError::generic(format!(
+                    "{error}; the running one keeps serving"
+                )))
+            }
         }
     }
 
@@ -931,6 +974,37 @@ fn device_event(id: Option<&str>, path: &str) -> Value {
         Some(id) => json!({"device": id, "path": path}),
         None => json!({"path": path}),
     }
+}
+
+/// The device-process kind QMP parameter `process` names.
+fn process_kind(arguments: &Map<String, Value>) -> Result<ProcessKind, QmpError> {
+    let process = arguments
+        .get("process")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    ProcessKind::ALL
+        .into_iter()
+        .find(|k| k.name() == process)
+        .ok_or_else(|| {
+            QmpError::generic(format!(
+                "Parameter 'process' expects rtas-server, hotplug-controller or event-log, not '{process}'"
+            ))
+        })
+}
+
+/// The value named `name` among `all` (QMP parameter `parameter`).
+#[cfg(feature = "fault-injection")]
+fn named<T: Copy>(all: &[(&str, T)], parameter: &str, name: &str) -> Result<T, QmpError> {
+    all.iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, value)| *value)
+        .ok_or_else(|| {
+            let names: Vec<&str> = all.iter().map(|(n, _)| *n).collect();
+            QmpError::generic(format!(
+                "Parameter '{parameter}' expects one of {}, not '{name}'",
+                names.join(", ")
+            ))
+        })
 }
 
 #[cfg(test)]

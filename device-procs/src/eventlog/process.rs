@@ -11,7 +11,7 @@ use crate::process::{
 };
 use crate::state::Mapping;
 use ipc_proto::channel::{ChannelError, Frame};
-use ipc_proto::control::Answer;
+use ipc_proto::control::{Answer, FaultPoint};
 use ipc_proto::link::core_eventlog::{self, CoreEventLog};
 use ipc_proto::link::hotplug_eventlog::{self, HotplugEventLog};
 use ipc_proto::link::rtas_eventlog::{self, RtasEventLog};
@@ -82,17 +82,17 @@ impl Device for EventLog {
         frame: Result<Frame, ChannelError>,
     ) -> Result<(), ChannelError> {
         match link {
-            Link::CoreEventLog => {
-                answer::<CoreEventLog>(links, frame, |_, _, request, _| self.on_core(request))
-            }
+            Link::CoreEventLog => answer::<CoreEventLog>(links, frame, |links, _, request, _| {
+                self.on_core(links, request)
+            }),
             Link::HotplugEventLog => {
-                answer::<HotplugEventLog>(links, frame, |_, id, request, _| {
-                    Answer::Link(self.on_hotplug(id, request))
+                answer::<HotplugEventLog>(links, frame, |links, id, request, _| {
+                    Answer::Link(self.on_hotplug(links, id, request))
                 })
             }
-            _ => {
-                answer::<RtasEventLog>(links, frame, |_, id, request, _| self.on_rtas(id, request))
-            }
+            _ => answer::<RtasEventLog>(links, frame, |links, id, request, _| {
+                self.on_rtas(links, id, request)
+            }),
         }
     }
 }
@@ -114,25 +114,37 @@ impl EventLog {
 
     /// Records what the last request changed (and the answer that fetched
     /// an event) before anyone hears of it.
-    fn commit(&mut self, answered: Option<(u64, &rtas_eventlog::Request, &rtas_eventlog::Reply)>) {
+    fn commit(
+        &mut self,
+        links: &mut Links,
+        answered: Option<(u64, &rtas_eventlog::Request, &rtas_eventlog::Reply)>,
+    ) {
+        let before = self.store.transitions();
         if let Err(error) = self
             .store
             .commit(&mut self.queue, self.last_from_controller, answered)
         {
             exit_on_lost_state(&error);
         }
+        if self.store.transitions() > before {
+            links.fault_point(FaultPoint::Committed);
+        }
     }
 
-    fn on_core(&mut self, request: core_eventlog::Request) -> Answer<core_eventlog::Reply> {
+    fn on_core(
+        &mut self,
+        links: &mut Links,
+        request: core_eventlog::Request,
+    ) -> Answer<core_eventlog::Reply> {
         match request {
             core_eventlog::Request::Reset => {
                 self.queue.clear();
-                self.commit(None);
+                self.commit(links, None);
                 Answer::Ack
             }
             core_eventlog::Request::PowerDown => match self.queue.power_down(UtcTime::now()) {
                 Ok(pulse) => {
-                    self.commit(None);
+                    self.commit(links, None);
                     self.pulse(pulse);
                     Answer::Ack
                 }
@@ -149,6 +161,7 @@ impl EventLog {
     /// a number already seen is answered without being applied again.
     fn on_hotplug(
         &mut self,
+        links: &mut Links,
         id: u64,
         request: hotplug_eventlog::Request,
     ) -> hotplug_eventlog::Reply {
@@ -179,7 +192,7 @@ impl EventLog {
                 Pulse::NONE,
             ),
         };
-        self.commit(None);
+        self.commit(links, None);
         self.pulse(pulse);
         reply
     }
@@ -189,6 +202,7 @@ impl EventLog {
     /// had it), it gets the same event, not the next one.
     fn on_rtas(
         &mut self,
+        links: &mut Links,
         id: u64,
         request: rtas_eventlog::Request,
     ) -> Answer<rtas_eventlog::Reply> {
@@ -209,7 +223,7 @@ impl EventLog {
                     },
                 };
                 let fetched = matches!(reply, rtas_eventlog::Reply::Event(_));
-                self.commit(fetched.then_some((id, &request, &reply)));
+                self.commit(links, fetched.then_some((id, &request, &reply)));
                 self.pulse(pulse);
                 Answer::Link(reply)
             }

@@ -131,6 +131,11 @@ impl Store {
         ))
     }
 
+    /// Transitions committed since the region was formatted.
+    pub fn transitions(&self) -> u64 {
+        self.region.committed()
+    }
+
     /// The answer already given to this check-exception, if it was the last.
     pub fn replayed(
         &self,

@@ -10,7 +10,7 @@ use crate::process::{
 use crate::state::Mapping;
 use crate::state::RequestKey;
 use ipc_proto::channel::{ChannelError, Frame};
-use ipc_proto::control::{Answer, Refusal};
+use ipc_proto::control::{Answer, FaultPoint, Refusal};
 use ipc_proto::link::core_hotplug::{self, CoreHotplug, DrcRange};
 use ipc_proto::link::hotplug_eventlog::{self, HotplugEventLog};
 use ipc_proto::link::hotplug_notify::{HotplugNotify, Notification};
@@ -185,13 +185,13 @@ impl HotplugController {
         };
         match outcome {
             Ok(effects) => {
-                self.commit(effects, Some((key, StoredReply::Ack)));
+                self.commit(links, effects, Some((key, StoredReply::Ack)));
                 self.deliver(links);
                 Answer::Ack
             }
             Err(error) => {
                 // Nothing changed; a repeat is judged afresh.
-                self.commit(Vec::new(), None);
+                self.commit(links, Vec::new(), None);
                 refused(error.to_string())
             }
         }
@@ -236,7 +236,11 @@ impl HotplugController {
                 ((self.controller.configure_done(drc), 0), Vec::new())
             }
         };
-        self.commit(effects, Some((key, StoredReply::Status { status, value })));
+        self.commit(
+            links,
+            effects,
+            Some((key, StoredReply::Status { status, value })),
+        );
         self.deliver(links);
         Answer::Link(rtas_hotplug::Reply::Status { status, value })
     }
@@ -244,14 +248,23 @@ impl HotplugController {
     /// Records what the request changed, if anything, with its effects and
     /// reply. A request that changed nothing is not recorded: answered again,
     /// it is judged afresh, which gives what a first answer would have.
-    fn commit(&mut self, effects: Vec<Effect>, reply: Option<(RequestKey, StoredReply)>) {
+    fn commit(
+        &mut self,
+        links: &mut Links,
+        effects: Vec<Effect>,
+        reply: Option<(RequestKey, StoredReply)>,
+    ) {
         let State::Attached(store) = &mut self.state else {
             return;
         };
         let touched = self.controller.has_touched();
         let reply = reply.filter(|_| touched || !effects.is_empty());
+        let before = store.transitions();
         if let Err(error) = store.commit(&mut self.controller, effects, reply) {
             exit_on_lost_state(&error);
+        }
+        if store.transitions() > before {
+            links.fault_point(FaultPoint::Committed);
         }
     }
 
@@ -262,6 +275,7 @@ impl HotplugController {
         let State::Attached(store) = &mut self.state else {
             return;
         };
+        let mut delivered = false;
         for destination in [Destination::Core, Destination::EventLog] {
             for (id, effect) in store.pending(destination) {
                 let sent = match effect {
@@ -284,7 +298,11 @@ impl HotplugController {
                 if let Err(error) = store.delivered(id) {
                     exit_on_lost_state(&error);
                 }
+                delivered = true;
             }
+        }
+        if delivered {
+            links.fault_point(FaultPoint::Delivered);
         }
     }
 

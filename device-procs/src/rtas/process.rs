@@ -4,7 +4,7 @@
 use super::calls::{handle_call, Peers, Services};
 use crate::process::{answer, serve, Device, Links, ProcessError, Startup};
 use ipc_proto::channel::{ChannelError, Frame};
-use ipc_proto::control::{Answer, Refusal};
+use ipc_proto::control::{Answer, FaultPoint, Refusal};
 use ipc_proto::link::core_rtas::{CallRefusal, CoreRtas, MemoryRegion, Reply, Request};
 use ipc_proto::link::rtas_eventlog::{self, RtasEventLog};
 use ipc_proto::link::rtas_hotplug::{self, RtasHotplug};
@@ -38,7 +38,10 @@ impl Peers for Links {
         request: rtas_hotplug::Request,
     ) -> Result<(RtasStatus, u32), CallRefusal> {
         match self.request::<RtasHotplug>(request) {
-            Ok(Answer::Link(rtas_hotplug::Reply::Status { status, value })) => Ok((status, value)),
+            Ok(Answer::Link(rtas_hotplug::Reply::Status { status, value })) => {
+                self.fault_point(FaultPoint::PeerAnswered);
+                Ok((status, value))
+            }
             // A successor that is not set up yet: the call waits for it.
             Ok(Answer::Refused(Refusal::NotReady)) => Err(CallRefusal::PeerDown {
                 peer: ProcessKind::HotplugController,
@@ -58,8 +61,14 @@ impl Peers for Links {
         request: rtas_eventlog::Request,
     ) -> Result<Option<rtas_eventlog::Reply>, CallRefusal> {
         match self.request::<RtasEventLog>(request) {
-            Ok(Answer::Link(reply)) => Ok(Some(reply)),
-            Ok(Answer::Ack) => Ok(None),
+            Ok(Answer::Link(reply)) => {
+                self.fault_point(FaultPoint::PeerAnswered);
+                Ok(Some(reply))
+            }
+            Ok(Answer::Ack) => {
+                self.fault_point(FaultPoint::PeerAnswered);
+                Ok(None)
+            }
             Ok(other) => {
                 log::error!("the event log answered {other:?}");
                 Ok(None)

@@ -26,6 +26,7 @@ use spawn::{ProcessHandle, SpawnError};
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -77,6 +78,8 @@ pub enum DeviceError {
     },
     #[error("cannot create the hotplug controller's state region")]
     StateRegion(#[source] crate::memory::MemoryError),
+    #[error("cannot upgrade the {kind}: {why}")]
+    Upgrade { kind: &'static str, why: String },
 }
 
 /// What a (re)started process is given besides its links.
@@ -336,6 +339,16 @@ impl DeviceProcesses {
         kind: ProcessKind,
         fds: &[RawFd],
     ) -> Result<(u64, Arc<ProcessHandle>), DeviceError> {
+        self.spawn_program(kind, fds, None)
+    }
+
+    /// [`DeviceProcesses::spawn`] of `program` instead of the kind's binary.
+    fn spawn_program(
+        &self,
+        kind: ProcessKind,
+        fds: &[RawFd],
+        program: Option<PathBuf>,
+    ) -> Result<(u64, Arc<ProcessHandle>), DeviceError> {
         let generation = {
             let mut next = lock(&self.next_generation);
             *next += 1;
@@ -359,6 +372,7 @@ impl DeviceProcesses {
             fds: fds.to_vec(),
             address_space,
             resume,
+            program,
         };
         let (handle, waiter) = spawn::spawn(launch).map_err(|source| DeviceError::Spawn {
             kind: kind.name(),
@@ -566,6 +580,159 @@ impl DeviceProcesses {
         Ok(group)
     }
 
+    /// x-upgrade-device-process: starts `program` as the `kind` on the same
+    /// state region beside the one that serves, which must be quiet (the
+    /// caller pauses the vCPUs; the control loop sends nothing meanwhile).
+    /// Only once the new process has completed its handshake (same protocol
+    /// version) and its set-up (it validated the region: same layout) does
+    /// it take over: the old one is killed and the peers are re-linked to
+    /// the new one. Otherwise the new one is killed and the old one keeps
+    /// serving, untouched. Returns the new pid.
+    pub fn upgrade(&self, kind: ProcessKind, program: PathBuf) -> Result<u32, DeviceError> {
+        let refused = |why: String| DeviceError::Upgrade {
+            kind: kind.name(),
+            why,
+        };
+        if self.state(kind) != Some(State::Running) {
+            return Err(refused("it is not running".into()));
+        }
+        let executable = std::fs::metadata(&program)
+            .map(|m| {
+                m.is_file()
+                    && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+            })
+            .unwrap_or(false);
+        if !program.is_absolute() || !executable {
+            return Err(refused(format!(
+                "{} is not the absolute path of an executable file",
+                program.display()
+            )));
+        }
+        // Its links: to the core, live; to its peers, dead for now (it
+        // starts without them, and is re-linked to them once it is in).
+        let mut core_ends = Vec::new();
+        let mut fds = Vec::new();
+        let mut held = Vec::new();
+        for &link in kind.links() {
+            let (ours, its) = Channel::pair().map_err(|error| DeviceError::Channel(link, error))?;
+            fds.push(its.as_fd().as_raw_fd());
+            held.push(its);
+            if link.touches_core() {
+                core_ends.push((link, ours));
+            }
+        }
+        if kind == ProcessKind::EventLog {
+            fds.extend(
+                self.resources
+                    .event_log_interrupts
+                    .iter()
+                    .map(AsRawFd::as_raw_fd),
+            );
+        }
+        if let Some(region) = self.resources.state_regions.get(&kind) {
+            fds.push(region.memfd.as_raw_fd());
+        }
+        let old = {
+            let records = lock(&self.records);
+            let record = records
+                .get(&kind)
+                .ok_or_else(|| refused("never started".into()))?;
+            (
+                record.supervision.generation,
+                record.pid,
+                record.process.clone(),
+            )
+        };
+        let (generation, process) = self.spawn_program(kind, &fds, Some(program))?;
+        drop(held);
+        let restore = || {
+            process.kill();
+            let mut records = lock(&self.records);
+            if let Some(record) = records.get_mut(&kind) {
+                record.supervision.started(old.0);
+                record.pid = old.1;
+                record.process = old.2.clone();
+            }
+        };
+        let handshake = core_ends.iter().try_for_each(|(link, channel)| {
+            channel.send_hello(*link)?;
+            channel.expect_hello(*link, SETUP_TIMEOUT)
+        });
+        if let Err(error) = handshake {
+            restore();
+            return Err(refused(format!(
+                "the new process failed its handshake: {error}"
+            )));
+        }
+        let peers = self.peer_generations(kind, &HashMap::new());
+        let mut notify = None;
+        for (link, channel) in core_ends {
+            match link.server() {
+                Some(_) => self
+                    .proxy(kind)
+                    .stage(channel, Arc::clone(&process), peers.clone()),
+                None => notify = Some(channel),
+            }
+        }
+        if let Err(failure) = self.set_up(kind) {
+            self.proxy(kind).finish_stage(false);
+            restore();
+            return Err(refused(format!(
+                "the new process refused its set-up: {failure}"
+            )));
+        }
+        self.proxy(kind).finish_stage(true);
+        if let Some(notify) = notify {
+            spawn_notification_reader(notify, self.control.clone());
+        }
+        log::info!(
+            "{} upgraded: pid {} (generation {generation}) replaces pid {}",
+            kind.name(),
+            process.pid,
+            old.1
+        );
+        self.relink_peers(kind, generation, &peers);
+        Ok(process.pid)
+    }
+
+    /// Links `kind` (generation `generation`) and each running peer with a
+    /// fresh channel: both are told at once, as each waits for the other's
+    /// hello.
+    fn relink_peers(&self, kind: ProcessKind, generation: u64, peers: &HashMap<ProcessKind, u64>) {
+        for &link in kind.links().iter().filter(|link| !link.touches_core()) {
+            let Some(peer) = [link.requester(), link.server()]
+                .into_iter()
+                .flatten()
+                .find(|&other| other != kind)
+            else {
+                continue;
+            };
+            let Some(&peer_generation) = peers.get(&peer) else {
+                continue;
+            };
+            let (ours, theirs) = match Channel::pair() {
+                Ok(pair) => pair,
+                Err(error) => {
+                    log::error!("{link:?}: cannot make a channel: {error}");
+                    continue;
+                }
+            };
+            std::thread::scope(|scope| {
+                let new =
+                    scope.spawn(|| self.proxy(kind).relink(link, ours.as_fd(), peer_generation));
+                let old = self.proxy(peer).relink(link, theirs.as_fd(), generation);
+                for (who, result) in [
+                    (kind, new.join().unwrap_or(Err(DeviceFailure::Died(kind)))),
+                    (peer, old),
+                ] {
+                    if let Err(error) = result {
+                        log::error!("{}: cannot take the new {link:?}: {error}", who.name());
+                    }
+                }
+            });
+        }
+    }
+
     /// The pid of the process of `kind`, as last started (for reports).
     pub fn pid(&self, kind: ProcessKind) -> u32 {
         lock(&self.records)
@@ -597,6 +764,39 @@ impl DeviceProcesses {
             })
             .collect();
         Value::Array(rows)
+    }
+
+    /// x-inject-fault at a point: armed at the core's end of the link to
+    /// `kind`, or in the process.
+    #[cfg(feature = "fault-injection")]
+    pub fn arm_fault(
+        &self,
+        kind: ProcessKind,
+        fault: ipc_proto::control::ArmedFault,
+    ) -> Result<(), String> {
+        use ipc_proto::control::{ControlRequest, FaultAction};
+        if fault.point.at_core() {
+            if matches!(fault.action, FaultAction::Crash | FaultAction::Hang) {
+                return Err(format!(
+                    "the core does not {:?} on purpose: {:?} is for device processes",
+                    fault.action, fault.action
+                ));
+            }
+            match kind {
+                ProcessKind::RtasServer => self.rtas.arm(fault),
+                ProcessKind::HotplugController => self.hotplug.arm(fault),
+                ProcessKind::EventLog => self.eventlog.arm(fault),
+            }
+            return Ok(());
+        }
+        match self
+            .proxy(kind)
+            .control(ControlRequest::ArmFaultPoint(fault), &[])
+        {
+            Ok(None) => Ok(()),
+            Ok(Some(outcome)) => Err(format!("it answered {outcome}")),
+            Err(error) => Err(error.to_string()),
+        }
     }
 
     /// x-inject-fault: the process's answer if it lived, or what became of it.

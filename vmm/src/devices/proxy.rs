@@ -66,6 +66,18 @@ pub trait Supervised: Send + Sync {
     fn cut_off(&self, why: &str);
     /// The connected process is set up: callers waiting for it go on.
     fn mark_ready(&self);
+    /// An upgrade: `process`, connected on `channel`, takes the requests
+    /// while the one it would replace waits aside, still linked.
+    fn stage(
+        &self,
+        channel: Channel,
+        process: Arc<ProcessHandle>,
+        peers: HashMap<ProcessKind, u64>,
+    );
+    /// Ends an upgrade: `keep`, the staged process serves (ready) and the
+    /// one aside is killed; else the staged one is killed and the one aside
+    /// serves again.
+    fn finish_stage(&self, keep: bool);
     /// A control request, answered by an acknowledgement or a fault's outcome.
     #[cfg(feature = "fault-injection")]
     fn control(
@@ -96,6 +108,11 @@ pub struct Proxy<P: Protocol> {
     /// Request ids: unique across every process this proxy talks to, so a
     /// request sent again to a successor keeps an id no other request had.
     next_id: AtomicU64,
+    /// A fault armed at the core's end of the link.
+    #[cfg(feature = "fault-injection")]
+    armed: Mutex<Option<ipc_proto::control::ArmedFault>>,
+    /// During an upgrade, the process being replaced.
+    aside: Mutex<Option<Connected<P>>>,
 }
 
 impl<P: Protocol> Proxy<P> {
@@ -108,7 +125,40 @@ impl<P: Protocol> Proxy<P> {
             failed: AtomicBool::new(false),
             control,
             next_id: AtomicU64::new(1),
+            #[cfg(feature = "fault-injection")]
+            armed: Mutex::new(None),
+            aside: Mutex::new(None),
         }
+    }
+
+    /// Arms a fault at the core's end of this link (fault injection).
+    #[cfg(feature = "fault-injection")]
+    pub fn arm(&self, fault: ipc_proto::control::ArmedFault) {
+        *self.armed.lock().unwrap_or_else(|p| p.into_inner()) = Some(fault);
+    }
+
+    /// The action of the fault armed at `point`, if it fires for `request`.
+    #[cfg(feature = "fault-injection")]
+    fn fires(
+        &self,
+        point: ipc_proto::control::FaultPoint,
+        request: &Request<P::Request>,
+    ) -> Option<ipc_proto::control::FaultAction> {
+        let Request::Link(request) = request else {
+            return None;
+        };
+        let mut armed = self.armed.lock().unwrap_or_else(|p| p.into_inner());
+        let name = ipc_proto::control::request_name(request);
+        if !armed.as_ref()?.fires(point, &name) {
+            return None;
+        }
+        let fault = armed.take()?;
+        log::warn!(
+            "fault {:?} fires at {point:?} for {name} to the {}",
+            fault.action,
+            self.kind.name()
+        );
+        Some(fault.action)
     }
 
     /// An id for a request that may be sent more than once (to a process
@@ -181,13 +231,52 @@ impl<P: Protocol> Proxy<P> {
         request: Request<P::Request>,
         fds: &[BorrowedFd<'_>],
     ) -> Result<Answer<P::Reply>, DeviceFailure> {
+        if guard.is_none() {
+            return Err(self.unavailable());
+        }
+        #[cfg(feature = "fault-injection")]
+        let at_reply = {
+            use ipc_proto::control::{FaultAction, FaultPoint};
+            match self.fires(FaultPoint::CoreSending, &request) {
+                Some(FaultAction::CloseLink) => {
+                    Self::cut(self.kind, guard, "its link was closed (fault injection)");
+                    return Err(DeviceFailure::Died(self.kind));
+                }
+                Some(FaultAction::Delay) => {
+                    std::thread::sleep(Duration::from_millis(ipc_proto::control::FAULT_DELAY_MS));
+                    None
+                }
+                Some(action) => Some(action),
+                None => self.fires(FaultPoint::CoreReceived, &request),
+            }
+        };
         let Some(connected) = guard.as_mut() else {
             return Err(self.unavailable());
         };
-        match connected
+        let result = connected
             .client
-            .call_as(id, request, fds, P::LINK.reply_timeout())
-        {
+            .call_as(id, request, fds, P::LINK.reply_timeout());
+        #[cfg(feature = "fault-injection")]
+        let result = match (result, at_reply) {
+            (Ok(reply), Some(action)) => {
+                use ipc_proto::control::FaultAction;
+                match action {
+                    FaultAction::Delay => {
+                        std::thread::sleep(Duration::from_millis(
+                            ipc_proto::control::FAULT_DELAY_MS,
+                        ));
+                        Ok(reply)
+                    }
+                    FaultAction::CloseLink => Err(ChannelError::HungUp),
+                    // The answer never seen, or seen as garbage.
+                    _ => Err(ChannelError::Invalid(format!(
+                        "its reply was {action:?} (fault injection)"
+                    ))),
+                }
+            }
+            (result, _) => result,
+        };
+        match result {
             Ok(reply) => {
                 if let Some(peer) = reply.peer_failed {
                     if let Some(&generation) = connected.peers.get(&peer) {
@@ -204,7 +293,10 @@ impl<P: Protocol> Proxy<P> {
                 }
             }
             Err(ChannelError::HungUp) => {
-                **guard = None;
+                // Dead, or it closed the link and lingers: either way it is
+                // done (killing a dead process is harmless), and its
+                // watcher reports the exit the supervisor waits for.
+                Self::cut(self.kind, guard, "it hung up");
                 Err(DeviceFailure::Died(self.kind))
             }
             Err(error) => {
@@ -330,6 +422,40 @@ impl<P: Protocol> Supervised for Proxy<P> {
 
     fn disconnect(&self) {
         *self.lock() = None;
+    }
+
+    fn stage(
+        &self,
+        channel: Channel,
+        process: Arc<ProcessHandle>,
+        peers: HashMap<ProcessKind, u64>,
+    ) {
+        let staged = Connected {
+            client: Client::new(channel),
+            process,
+            peers,
+            ready: false,
+        };
+        let serving = self.lock().replace(staged);
+        *self.aside.lock().unwrap_or_else(|p| p.into_inner()) = serving;
+    }
+
+    fn finish_stage(&self, keep: bool) {
+        let aside = self.aside.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let mut guard = self.lock();
+        let dropped = if keep {
+            if let Some(staged) = guard.as_mut() {
+                staged.ready = true;
+            }
+            aside
+        } else {
+            std::mem::replace(&mut *guard, aside)
+        };
+        drop(guard);
+        if let Some(dropped) = dropped {
+            dropped.process.kill();
+        }
+        self.changed.notify_all();
     }
 
     fn mark_ready(&self) {

@@ -181,6 +181,8 @@ pub struct Launch {
     pub address_space: u64,
     /// An earlier incarnation formatted the process's state region.
     pub resume: bool,
+    /// The binary, when not the kind's beside the core (an upgrade).
+    pub program: Option<PathBuf>,
 }
 
 /// What the spawner thread is asked to do.
@@ -261,8 +263,11 @@ fn spawn_here(launch: &Launch) -> Result<(ProcessHandle, Waiter), SpawnError> {
         fds,
         address_space,
         resume,
+        program,
     } = launch;
-    let program = sibling_binary(kind.binary());
+    let program = program
+        .clone()
+        .unwrap_or_else(|| sibling_binary(kind.binary()));
     let args = sandbox.program_args(*resume);
     let exec_failed = |source| SpawnError::Exec {
         path: program.clone(),

@@ -125,9 +125,16 @@ commands! {
     XQueryDrcs = "x-query-drcs", args: [];
     XQueryEventLog = "x-query-event-log", args: [];
     XQueryDeviceProcesses = "x-query-device-processes", args: [];
+    XUpgradeDeviceProcess = "x-upgrade-device-process", args: [
+        required("process", ArgType::Str),
+        required("path", ArgType::Str)
+    ];
     XInjectFault = "x-inject-fault", args: [
         required("process", ArgType::Str),
-        required("fault", ArgType::Str)
+        optional("fault", ArgType::Str),
+        optional("point", ArgType::Str),
+        optional("action", ArgType::Str),
+        optional("request", ArgType::Str)
     ];
 }
 
@@ -180,6 +187,14 @@ pub const EVENTS: &[(&str, &[Arg])] = &[
             required("process", ArgType::Str),
             required("pid", ArgType::Int),
             required("restarts", ArgType::Int),
+        ],
+    ),
+    (
+        "X_DEVICE_PROCESS_UPGRADED",
+        &[
+            required("process", ArgType::Str),
+            required("pid", ArgType::Int),
+            required("path", ArgType::Str),
         ],
     ),
 ];
