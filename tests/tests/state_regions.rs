@@ -21,6 +21,29 @@ fn vm_with_core1_and_dlpar_off() -> Vm {
     vm
 }
 
+/// [`vm_with_core1_and_dlpar_off`], and core 1's unplug requested: it waits
+/// for the guest. The QMP client sees the events that follow.
+fn vm_with_core1_unplug_pending() -> (Vm, QmpClient) {
+    let vm = vm_with_core1_and_dlpar_off();
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    assert_eq!(
+        qmp.execute("device_del", json!({"id": "core1"})),
+        json!({"return": {}})
+    );
+    (vm, qmp)
+}
+
+/// Turned back on, the guest handles the waiting remove event at once;
+/// DEVICE_DELETED comes, once.
+fn complete_the_pending_unplug(vm: &mut Vm, qmp: &mut QmpClient) {
+    assert_eq!(
+        vm.console.command("dlpar on"),
+        ["dlpar: on", "dlpar: cpu remove 0x10000001: ok"]
+    );
+    assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "core1");
+    assert_eq!(count(&qmp.events_within(QUIET), "DEVICE_DELETED"), 0);
+}
+
 fn count(events: &[serde_json::Value], name: &str) -> usize {
     events.iter().filter(|e| e["event"] == name).count()
 }
@@ -30,12 +53,7 @@ fn a_controller_killed_with_an_unplug_pending_completes_it_once() {
     if !root_and_kvm("a_controller_killed_with_an_unplug_pending_completes_it_once") {
         return;
     }
-    let mut vm = vm_with_core1_and_dlpar_off();
-    let mut qmp = QmpClient::connect(&vm.qmp_socket());
-    assert_eq!(
-        qmp.execute("device_del", json!({"id": "core1"})),
-        json!({"return": {}})
-    );
+    let (mut vm, mut qmp) = vm_with_core1_unplug_pending();
     assert_eq!(vm.drc(CORE1)["unplug-requested"], true);
     vm.kill_and_await_restart("hotplug-controller");
     // The successor knows the unplug is pending: before, a fresh table said
@@ -46,13 +64,7 @@ fn a_controller_killed_with_an_unplug_pending_completes_it_once() {
         (&json!("core1"), &json!(true), &json!("configured")),
         "{row}"
     );
-    // Turned back on, the guest handles the waiting remove event at once.
-    assert_eq!(
-        vm.console.command("dlpar on"),
-        ["dlpar: on", "dlpar: cpu remove 0x10000001: ok"]
-    );
-    assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "core1");
-    assert_eq!(count(&qmp.events_within(QUIET), "DEVICE_DELETED"), 0);
+    complete_the_pending_unplug(&mut vm, &mut qmp);
     assert_eq!(vm.console.command("cpus"), ["cpu 0 online"]);
     assert_eq!(vm.device_process("hotplug-controller")["restarts"], 1);
 }
@@ -62,12 +74,7 @@ fn a_controller_killed_after_the_guest_isolated_the_drc_releases_it_once() {
     if !root_and_kvm("a_controller_killed_after_the_guest_isolated_the_drc_releases_it_once") {
         return;
     }
-    let mut vm = vm_with_core1_and_dlpar_off();
-    let mut qmp = QmpClient::connect(&vm.qmp_socket());
-    assert_eq!(
-        qmp.execute("device_del", json!({"id": "core1"})),
-        json!({"return": {}})
-    );
+    let (mut vm, mut qmp) = vm_with_core1_unplug_pending();
     // The guest's removal, by hand, up to the isolation (set-indicator
     // 0x201a, isolation-state 9001 = isolate).
     assert_eq!(vm.console.command("cpu offline 1"), ["cpu 1 offline"]);
@@ -182,12 +189,7 @@ fn an_upgrade_to_the_same_binary_keeps_a_pending_unplug() {
     if !root_and_kvm("an_upgrade_to_the_same_binary_keeps_a_pending_unplug") {
         return;
     }
-    let mut vm = vm_with_core1_and_dlpar_off();
-    let mut qmp = QmpClient::connect(&vm.qmp_socket());
-    assert_eq!(
-        qmp.execute("device_del", json!({"id": "core1"})),
-        json!({"return": {}})
-    );
+    let (mut vm, mut qmp) = vm_with_core1_unplug_pending();
     let before = vm.device_processes();
     // Every process, one after the other, replaced by the same binary.
     for (kind, binary_name) in [
@@ -222,13 +224,8 @@ fn an_upgrade_to_the_same_binary_keeps_a_pending_unplug() {
         (&json!("core1"), &json!(true)),
         "{row}"
     );
-    // The new processes, linked to each other, complete the unplug.
-    assert_eq!(
-        vm.console.command("dlpar on"),
-        ["dlpar: on", "dlpar: cpu remove 0x10000001: ok"]
-    );
-    assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "core1");
-    assert_eq!(count(&qmp.events_within(QUIET), "DEVICE_DELETED"), 0);
+    // The new processes, linked to each other, complete it.
+    complete_the_pending_unplug(&mut vm, &mut qmp);
     // Nothing exited: an upgrade is not a restart.
     assert_eq!(
         count(

@@ -1,5 +1,6 @@
 //! x86_64 entry state: long mode without firmware (the Firecracker recipe).
-//! GDT with flat 64-bit segments, identity page tables with 2 MiB pages,
+//! GDT with flat 64-bit segments, identity page tables (2 MiB pages for the
+//! first 64 GiB, 1 GiB pages above, so that a machine of several TiB fits),
 //! paging and long mode on, CPUID from KVM with each vCPU's own APIC id.
 
 use crate::layout::{
@@ -86,6 +87,9 @@ fn segment_from_gdt(entry: u64, selector: u16) -> kvm_segment {
     }
 }
 
+/// GiBs mapped with 2 MiB pages (one page directory each); above, 1 GiB pages.
+const SMALL_PAGE_GIB: u64 = 64;
+
 /// Writes the boot GDT, an empty IDT and the identity page tables.
 pub fn write_boot_tables(memory: &GuestMemoryMmap, layout: &MemoryLayout) -> Result<(), BootError> {
     for (i, entry) in BOOT_GDT_ENTRIES.iter().enumerate() {
@@ -98,28 +102,40 @@ pub fn write_boot_tables(memory: &GuestMemoryMmap, layout: &MemoryLayout) -> Res
         .map_err(BootError::GuestMemory)?;
 
     let gib = layout.mapped_gib();
-    if PAGE_DIRECTORIES + gib * 0x1000 > GUEST_IMAGE_START || gib > 512 {
+    let small = gib.min(SMALL_PAGE_GIB);
+    // The first 512 GiB's PDPT is PDPT; each further 512 GiB has one after
+    // the page directories.
+    let pdpts = gib.div_ceil(512);
+    let extra_pdpts = PAGE_DIRECTORIES + small * 0x1000;
+    if extra_pdpts + (pdpts - 1) * 0x1000 > GUEST_IMAGE_START || pdpts > 512 {
         return Err(BootError::TooMuchMemory { gib });
     }
-    memory
-        .write_obj(PDPT | PAGE_PRESENT_WRITABLE, GuestAddress(PML4))
-        .map_err(BootError::GuestMemory)?;
-    for g in 0..gib {
-        let directory = PAGE_DIRECTORIES + g * 0x1000;
+    let write = |value: u64, at: u64| {
         memory
-            .write_obj(
-                directory | PAGE_PRESENT_WRITABLE,
-                GuestAddress(PDPT + g * 8),
-            )
-            .map_err(BootError::GuestMemory)?;
+            .write_obj(value, GuestAddress(at))
+            .map_err(BootError::GuestMemory)
+    };
+    let pdpt_of = |k: u64| {
+        if k == 0 {
+            PDPT
+        } else {
+            extra_pdpts + (k - 1) * 0x1000
+        }
+    };
+    for k in 0..pdpts {
+        write(pdpt_of(k) | PAGE_PRESENT_WRITABLE, PML4 + k * 8)?;
+    }
+    for g in 0..gib {
+        let entry = pdpt_of(g / 512) + (g % 512) * 8;
+        if g >= small {
+            write((g << 30) | PAGE_PRESENT_WRITABLE | PAGE_HUGE, entry)?;
+            continue;
+        }
+        let directory = PAGE_DIRECTORIES + g * 0x1000;
+        write(directory | PAGE_PRESENT_WRITABLE, entry)?;
         for i in 0..512u64 {
             let frame = (g << 30) | (i << 21);
-            memory
-                .write_obj(
-                    frame | PAGE_PRESENT_WRITABLE | PAGE_HUGE,
-                    GuestAddress(directory + i * 8),
-                )
-                .map_err(BootError::GuestMemory)?;
+            write(frame | PAGE_PRESENT_WRITABLE | PAGE_HUGE, directory + i * 8)?;
         }
     }
     Ok(())
@@ -209,5 +225,27 @@ mod tests {
             .read_obj(GuestAddress(PAGE_DIRECTORIES + 0x2000 + 5 * 8))
             .unwrap();
         assert_eq!(page, ((2 << 30) + (5 << 21)) | 0x83);
+    }
+
+    #[test]
+    fn terabytes_are_mapped_with_1gib_pages_above_64gib() {
+        let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 21)]).unwrap();
+        let layout = MemoryLayout {
+            boot_ram: 512 << 20,
+            device_memory_start: 1 << 30,
+            device_memory_end: 4 << 40,
+        };
+        write_boot_tables(&memory, &layout).unwrap();
+        let read = |at: u64| -> u64 { memory.read_obj(GuestAddress(at)).unwrap() };
+        // 64 GiB of 2 MiB pages, then 1 GiB pages in PDPT, then in 7 more PDPTs.
+        assert_eq!(read(PDPT + 63 * 8), (PAGE_DIRECTORIES + 63 * 0x1000) | 3);
+        assert_eq!(read(PDPT + 64 * 8), (64 << 30) | 0x83);
+        let second = PAGE_DIRECTORIES + 64 * 0x1000;
+        assert_eq!(read(PML4 + 8), second | 3);
+        assert_eq!(read(second + 3 * 8), ((512 + 3) << 30) | 0x83);
+        let last = second + 6 * 0x1000;
+        assert_eq!(read(PML4 + 7 * 8), last | 3);
+        assert_eq!(read(last + 511 * 8), (4095u64 << 30) | 0x83);
+        assert_eq!(read(PML4 + 8 * 8), 0);
     }
 }

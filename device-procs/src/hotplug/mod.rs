@@ -402,16 +402,16 @@ impl Controller {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use ipc_proto::papr::DrcState;
     use RtasStatus::{ParameterError, Success};
 
     const CORE1: DrcIndex = DrcIndex(0x1000_0001);
 
-    fn controller() -> Controller {
-        let mut c = Controller::default();
-        c.define(&[
+    /// Four CPU DRCs and eight LMB DRCs.
+    pub(crate) fn test_ranges() -> Vec<DrcRange> {
+        vec![
             DrcRange {
                 kind: DrcKind::Cpu,
                 first_id: 0,
@@ -424,8 +424,12 @@ mod tests {
                 count: 8,
                 step: 1,
             },
-        ])
-        .unwrap();
+        ]
+    }
+
+    fn controller() -> Controller {
+        let mut c = Controller::default();
+        c.define(&test_ranges()).unwrap();
         c
     }
 

@@ -459,32 +459,16 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ipc_proto::link::core_hotplug::{state_region_bytes, DrcRange, MAX_DRCS};
+    use ipc_proto::link::core_hotplug::{state_region_bytes, MAX_DRCS};
     use ipc_proto::link::hotplug_notify::{Notification, Released};
-    use ipc_proto::papr::DrcKind;
 
     const CORE1: DrcIndex = DrcIndex(0x1000_0001);
 
-    fn ranges() -> Vec<DrcRange> {
-        vec![
-            DrcRange {
-                kind: DrcKind::Cpu,
-                first_id: 0,
-                count: 4,
-                step: 1,
-            },
-            DrcRange {
-                kind: DrcKind::Lmb,
-                first_id: 4,
-                count: 8,
-                step: 1,
-            },
-        ]
-    }
-
     fn created() -> (Store, Controller) {
         let mut controller = Controller::default();
-        controller.define(&ranges()).unwrap();
+        controller
+            .define(&crate::hotplug::tests::test_ranges())
+            .unwrap();
         let mapping = Mapping::heap(layout(12).bytes());
         (Store::create(mapping, &mut controller).unwrap(), controller)
     }

@@ -245,17 +245,7 @@ impl DeviceProcesses {
                 .iter()
                 .filter_map(|link| ends.get(link).map(|end| end.as_fd().as_raw_fd()))
                 .collect();
-            if kind == ProcessKind::EventLog {
-                fds.extend(
-                    self.resources
-                        .event_log_interrupts
-                        .iter()
-                        .map(AsRawFd::as_raw_fd),
-                );
-            }
-            if let Some(region) = self.resources.state_regions.get(&kind) {
-                fds.push(region.memfd.as_raw_fd());
-            }
+            fds.extend(self.extra_fds(kind));
             let process = self.spawn(kind, &fds)?;
             // The process's ends are its alone now.
             drop(ends);
@@ -312,6 +302,24 @@ impl DeviceProcesses {
             self.proxy(kind).mark_ready();
         }
         Ok(())
+    }
+
+    /// What a process of `kind` gets after its links: the event log its
+    /// interrupts (hot-plug, EPOW), then a stateful process its state region.
+    fn extra_fds(&self, kind: ProcessKind) -> Vec<RawFd> {
+        let mut fds = Vec::new();
+        if kind == ProcessKind::EventLog {
+            fds.extend(
+                self.resources
+                    .event_log_interrupts
+                    .iter()
+                    .map(AsRawFd::as_raw_fd),
+            );
+        }
+        if let Some(region) = self.resources.state_regions.get(&kind) {
+            fds.push(region.memfd.as_raw_fd());
+        }
+        fds
     }
 
     /// The generations of the peers `kind` is linked to once started.
@@ -621,17 +629,7 @@ impl DeviceProcesses {
                 core_ends.push((link, ours));
             }
         }
-        if kind == ProcessKind::EventLog {
-            fds.extend(
-                self.resources
-                    .event_log_interrupts
-                    .iter()
-                    .map(AsRawFd::as_raw_fd),
-            );
-        }
-        if let Some(region) = self.resources.state_regions.get(&kind) {
-            fds.push(region.memfd.as_raw_fd());
-        }
+        fds.extend(self.extra_fds(kind));
         let old = {
             let records = lock(&self.records);
             let record = records
