@@ -278,3 +278,62 @@ fn an_upgrade_the_new_binary_cannot_serve_is_refused_and_the_old_one_serves_on()
     let replies = vm.qmp(&[r#"device_del={"id": "core1"}"#, "wait-event:DEVICE_DELETED"]);
     assert_eq!(replies[0], json!({"return": {}}));
 }
+
+#[test]
+fn a_damaged_state_region_is_refused_and_the_controller_ends_failed() {
+    if !root_and_kvm("a_damaged_state_region_is_refused_and_the_controller_ends_failed") {
+        return;
+    }
+    let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=2"]);
+    vm.boot();
+    vm.plug_core(1, "core1");
+    // The region the core keeps, damaged from outside (as a bit flip, or a
+    // compromised controller scribbling over its own records, would).
+    let region = std::fs::read_dir(format!("/proc/{}/fd", vm.pid()))
+        .expect("the core's descriptors")
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| {
+            std::fs::read_link(path).is_ok_and(|target| {
+                target
+                    .to_string_lossy()
+                    .contains("papervisor-hotplug-state")
+            })
+        })
+        .expect("the controller's state region");
+    let mut bytes = std::fs::read(&region).expect("read the region");
+    // Every byte after the header page: the journal and every record.
+    for byte in &mut bytes[4096..] {
+        *byte ^= 0x5a;
+    }
+    std::os::unix::fs::FileExt::write_all_at(
+        &std::fs::OpenOptions::new()
+            .write(true)
+            .open(&region)
+            .expect("open the region"),
+        &bytes,
+        0,
+    )
+    .expect("write the region");
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    let pid = vm.device_process("hotplug-controller")["pid"]
+        .as_u64()
+        .unwrap();
+    papervisor_tests::send_signal(pid, nix::sys::signal::Signal::SIGKILL);
+    // Every successor refuses the region (it never guesses), until the
+    // supervisor gives up; the VM runs on, and QMP says why hotplug fails.
+    loop {
+        let exited = qmp.wait_event("X_DEVICE_PROCESS_EXITED");
+        if exited["data"]["action"] == "failed" {
+            break;
+        }
+    }
+    let process = vm.device_process("hotplug-controller");
+    assert_eq!(process["state"], "failed", "{process}");
+    let last_exit = process["last-exit"].as_str().unwrap_or_default();
+    assert!(last_exit.contains("fails its checksum"), "{process}");
+    let reply = qmp.execute("device_del", json!({"id": "core1"}));
+    let desc = reply["error"]["desc"].as_str().unwrap_or_default();
+    assert!(desc.contains("hotplug-controller has failed"), "{reply}");
+    assert!(vm.console.command("time")[0].starts_with("time: 20"));
+}

@@ -562,19 +562,21 @@ impl Vm {
         let group = match self.devices.restart(kind) {
             Ok(group) => group,
             Err((group, error)) => {
+                let why = common::describe(&error);
                 log::error!(
-                    "cannot restart {}: {}",
+                    "cannot restart {}: {why}",
                     group
                         .iter()
                         .map(|k| k.name())
                         .collect::<Vec<_>>()
                         .join(", "),
-                    common::describe(&error)
                 );
                 // Counts as another death: the backoff grows, then it fails.
+                // The reason reaches QMP (`last-exit`, the exit event).
+                let reason = format!("its restart did not come up: {why}");
                 for kind in group {
-                    let after = self.devices.restart_failed(kind);
-                    self.after_exit(kind, "its restart did not come up", after);
+                    let after = self.devices.restart_failed(kind, &reason);
+                    self.after_exit(kind, &reason, after);
                 }
                 return;
             }

@@ -545,10 +545,10 @@ impl DeviceProcesses {
         after
     }
 
-    /// A restart that did not come up counts as another exit.
-    pub fn restart_failed(&self, kind: ProcessKind) -> AfterExit {
+    /// A restart that did not come up (`reason`) counts as another exit.
+    pub fn restart_failed(&self, kind: ProcessKind, reason: &str) -> AfterExit {
         let proxy = self.proxy(kind);
-        proxy.cut_off("its restart did not come up");
+        proxy.cut_off(reason);
         let mut records = lock(&self.records);
         let Some(record) = records.get_mut(&kind) else {
             return AfterExit::Ignore;
@@ -556,7 +556,7 @@ impl DeviceProcesses {
         if let Some(process) = record.process.take() {
             process.kill();
         }
-        let after = record.supervision.restart_failed(Instant::now());
+        let after = record.supervision.restart_failed(reason, Instant::now());
         drop(records);
         proxy.disconnect();
         proxy.set_failed(after == AfterExit::Failed);

@@ -99,10 +99,10 @@ impl Supervision {
         AfterExit::RestartAfter(FIRST_BACKOFF * (1 << doublings))
     }
 
-    /// A restart that did not come up counts as another exit.
-    pub fn restart_failed(&mut self, now: Instant) -> AfterExit {
+    /// A restart that did not come up (`reason`) counts as another exit.
+    pub fn restart_failed(&mut self, reason: &str, now: Instant) -> AfterExit {
         self.state = State::Running;
-        self.exited(self.generation, "its restart did not come up", now)
+        self.exited(self.generation, reason, now)
     }
 }
 
@@ -157,7 +157,7 @@ mod tests {
         assert_eq!(s.exited(3, "x", now), AfterExit::Ignore);
         // A restart that does not come up counts as an exit.
         assert_eq!(
-            s.restart_failed(now),
+            s.restart_failed("its restart did not come up", now),
             AfterExit::RestartAfter(FIRST_BACKOFF * 2)
         );
         assert_eq!(s.last_exit.as_deref(), Some("its restart did not come up"));
