@@ -23,7 +23,7 @@ use thiserror::Error;
 /// The largest frame either side sends or accepts.
 pub const MAX_FRAME: usize = 64 * 1024;
 /// The most file descriptors one message may carry.
-pub const MAX_FDS: usize = 16;
+pub const MAX_FDS: usize = 64;
 
 type WireConfig = Configuration<LittleEndian, Fixint, Limit<MAX_FRAME>>;
 

@@ -38,7 +38,7 @@ fn generic(desc: String) -> CoreError {
 }
 
 /// QEMU's rule for ids: a letter, then letters, digits, '-', '.', '_'.
-fn valid_id(id: &str) -> bool {
+pub fn valid_id(id: &str) -> bool {
     id.len() <= 128
         && id.starts_with(|c: char| c.is_ascii_alphabetic())
         && id

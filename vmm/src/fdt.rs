@@ -14,6 +14,8 @@ pub const VTY_TERMNO: u32 = 0x3000_0000;
 pub const VTY_PATH: &str = "/vdevice/vty@30000000";
 
 /// `ibm,dynamic-memory-v2` flags (the numbers Linux's drmem uses).
+const LMB_ASSIGNED: u32 = 0x08;
+const LMB_HOT_REMOVABLE: u32 = 0x100;
 const LMB_RESERVED: u32 = 0x80;
 const LMB_DRC_INVALID: u32 = 0x20;
 const NO_ASSOCIATIVITY: u32 = 0xffff_ffff;
@@ -37,6 +39,8 @@ pub struct MachineDescription<'a> {
     pub layout: &'a MemoryLayout,
     /// Indices (0-based) of the cores present now.
     pub present_cores: &'a [u32],
+    /// The plugged DIMMs (address, size), in address order.
+    pub dimms: &'a [(u64, u64)],
 }
 
 impl MachineDescription<'_> {
@@ -193,7 +197,7 @@ pub fn build(machine: &MachineDescription) -> Result<Vec<u8>, FdtError> {
     fdt.property_array_u32("ibm,associativity-lookup-arrays", &[1, 4, 0, 0, 0, 0])?;
     fdt.property(
         "ibm,dynamic-memory-v2",
-        &dynamic_memory_v2(layout, &lmb_drcs),
+        &dynamic_memory_v2(layout, machine.dimms),
     )?;
     fdt.end_node(drconf)?;
 
@@ -257,9 +261,11 @@ fn rename_node(blob: &[u8], from: &str, to: &str) -> Result<Vec<u8>, FdtError> {
 }
 
 /// Packed 24-byte runs: (u32 count, u64 base, u32 first DRC, u32 aa index, u32 flags).
-/// Boot RAM and the gap up to device memory form one reserved run; the empty
-/// device-memory area one free run.
-fn dynamic_memory_v2(layout: &MemoryLayout, lmb_drcs: &[DrcIndex]) -> Vec<u8> {
+/// Boot RAM and the gap up to device memory form one reserved run; then, in
+/// address order, each plugged DIMM an assigned (and hot-removable) run and
+/// each hole a free one. Rebuilt at every reset: a rebooted guest sees the
+/// DIMMs plugged now.
+fn dynamic_memory_v2(layout: &MemoryLayout, dimms: &[(u64, u64)]) -> Vec<u8> {
     let mut runs = vec![(
         (layout.device_memory_start / LMB_SIZE) as u32,
         0u64,
@@ -267,14 +273,26 @@ fn dynamic_memory_v2(layout: &MemoryLayout, lmb_drcs: &[DrcIndex]) -> Vec<u8> {
         NO_ASSOCIATIVITY,
         LMB_RESERVED | LMB_DRC_INVALID,
     )];
-    if let Some(first) = lmb_drcs.first() {
-        runs.push((
-            lmb_drcs.len() as u32,
-            layout.device_memory_start,
-            first.0,
-            NO_ASSOCIATIVITY,
-            0,
-        ));
+    let lmb_drc = |at: u64| DrcIndex::new(DrcKind::Lmb, (at / LMB_SIZE) as u32).map_or(0, |d| d.0);
+    let mut at = layout.device_memory_start;
+    let holes_and_dimms = dimms
+        .iter()
+        .map(|&(addr, size)| (addr, size, LMB_ASSIGNED | LMB_HOT_REMOVABLE, 0))
+        .chain([(layout.device_memory_end, 0, 0, 0)]);
+    for (addr, size, flags, aa) in holes_and_dimms {
+        if addr > at {
+            runs.push((
+                ((addr - at) / LMB_SIZE) as u32,
+                at,
+                lmb_drc(at),
+                NO_ASSOCIATIVITY,
+                0,
+            ));
+        }
+        if size > 0 {
+            runs.push(((size / LMB_SIZE) as u32, addr, lmb_drc(addr), aa, flags));
+        }
+        at = at.max(addr + size);
     }
     let mut bytes = (runs.len() as u32).to_be_bytes().to_vec();
     for (count, base, drc, aa, flags) in runs {
@@ -312,6 +330,7 @@ mod tests {
             smp: &smp,
             layout: &layout,
             present_cores: present,
+            dimms: &[],
         })
         .unwrap()
     }
@@ -410,6 +429,51 @@ mod tests {
                 0, // device memory, free
             ]
         );
+    }
+
+    #[test]
+    fn plugged_dimms_are_assigned_runs_between_free_ones() {
+        let layout = MemoryLayout {
+            boot_ram: 512 << 20,
+            device_memory_start: 1 << 30,
+            device_memory_end: 3 << 30,
+        };
+        // A 512 MiB DIMM at 1.5 GiB: free 1 GiB..1.5, the DIMM, free 2..3 GiB.
+        let v2 = be32s(&dynamic_memory_v2(&layout, &[(3 << 29, 1 << 29)]));
+        assert_eq!(
+            v2,
+            [
+                4,
+                4,
+                0,
+                0,
+                0,
+                0xffff_ffff,
+                0xa0, // boot RAM + gap
+                2,
+                0,
+                1 << 30,
+                0x8000_0004,
+                0xffff_ffff,
+                0, // free
+                2,
+                0,
+                3 << 29,
+                0x8000_0006,
+                0,
+                0x108, // the DIMM
+                4,
+                0,
+                1 << 31,
+                0x8000_0008,
+                0xffff_ffff,
+                0, // free
+            ]
+        );
+        // A DIMM that fills the area leaves no free run.
+        let full = be32s(&dynamic_memory_v2(&layout, &[(1 << 30, 2 << 30)]));
+        assert_eq!(full[0], 2);
+        assert_eq!(&full[7..], [8, 0, 1 << 30, 0x8000_0004, 0, 0x108]);
     }
 
     #[test]

@@ -22,9 +22,15 @@ pub const FDT_MAX_SIZE: u64 = 0x100_0000;
 pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
 
 const GIB: u64 = 1 << 30;
+/// Where x86's window below 4 GiB starts, which no DIMM may cover: the TSS
+/// KVM needs ([`KVM_TSS_ADDRESS`]), the IOAPIC and the local APIC pages.
+const X86_WINDOW_START: u64 = 3 * GIB;
+const X86_WINDOW_END: u64 = 4 * GIB;
 
-/// Boot RAM from 0, then (after a gap up to the next 1 GiB boundary) the
-/// device-memory area where DIMMs go, as PAPR lays it out.
+/// Boot RAM from 0, then (after a gap up to the next 1 GiB boundary, or up to
+/// 4 GiB when the area would cross x86's window below 4 GiB) the
+/// device-memory area where DIMMs go, as PAPR lays it out. The device tree
+/// describes the gap as reserved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryLayout {
     pub boot_ram: u64,
@@ -34,11 +40,18 @@ pub struct MemoryLayout {
 
 impl MemoryLayout {
     pub fn new(config: &MemoryConfig) -> MemoryLayout {
-        let device_memory_start = config.size.div_ceil(GIB) * GIB;
+        let mut device_memory_start = config.size.div_ceil(GIB) * GIB;
+        let span = config.max_size - config.size;
+        if span > 0
+            && device_memory_start < X86_WINDOW_END
+            && device_memory_start + span > X86_WINDOW_START
+        {
+            device_memory_start = X86_WINDOW_END;
+        }
         MemoryLayout {
             boot_ram: config.size,
             device_memory_start,
-            device_memory_end: device_memory_start + (config.max_size - config.size),
+            device_memory_end: device_memory_start + span,
         }
     }
 
@@ -62,9 +75,19 @@ mod tests {
             max_size: 4 << 30,
             slots: 8,
         });
-        assert_eq!(layout.device_memory_start, 1 << 30);
-        assert_eq!(layout.device_memory_end, (1 << 30) + (3584 << 20));
-        assert_eq!(layout.mapped_gib(), 5);
+        // 3.5 GiB of device memory from 1 GiB would cross 3..4 GiB: from 4 GiB.
+        assert_eq!(layout.device_memory_start, 4 << 30);
+        assert_eq!(layout.device_memory_end, (4 << 30) + (3584 << 20));
+        assert_eq!(layout.mapped_gib(), 8);
+        let below = MemoryLayout::new(&MemoryConfig {
+            size: 512 << 20,
+            max_size: 2560 << 20,
+            slots: 8,
+        });
+        assert_eq!(
+            (below.device_memory_start, below.device_memory_end),
+            (1 << 30, 3 << 30)
+        );
         let exact = MemoryLayout::new(&MemoryConfig {
             size: 2 << 30,
             max_size: 2 << 30,

@@ -7,6 +7,7 @@ mod console;
 mod control;
 mod cores;
 mod devices;
+mod dimms;
 mod fdt;
 mod hcall;
 mod interrupts;

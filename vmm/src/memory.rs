@@ -32,6 +32,8 @@ pub enum MemoryError {
     },
     #[error("cannot seal the memfd {0} against resizing")]
     Seal(&'static str, #[source] nix::Error),
+    #[error("cannot map a DIMM's memory")]
+    MapDimm(#[source] vm_memory::mmap::MmapRegionError),
     #[error("cannot discard guest RAM contents")]
     Discard(#[source] nix::Error),
 }
@@ -43,6 +45,70 @@ pub struct GuestRam {
     memory: GuestMemoryMmap,
     memfd: File,
     size: u64,
+}
+
+/// A DIMM's memory as the core holds it: its backend's memfd, mapped, and
+/// the KVM slot that shows it to the guest while it is plugged.
+pub struct DimmMemory {
+    region: vm_memory::mmap::MmapRegion,
+    slot: u32,
+    guest_address: u64,
+}
+
+impl DimmMemory {
+    /// Maps `memfd` and shows it to the guest at `guest_address` in KVM
+    /// memory slot `slot`.
+    pub fn plug(
+        vm: &VmFd,
+        memfd: &File,
+        size: u64,
+        slot: u32,
+        guest_address: u64,
+    ) -> Result<DimmMemory, MemoryError> {
+        let file = memfd.try_clone().map_err(|source| MemoryError::Resize {
+            name: "a DIMM's backend",
+            size,
+            source,
+        })?;
+        let region =
+            vm_memory::mmap::MmapRegion::from_file(FileOffset::new(file, 0), size as usize)
+                .map_err(MemoryError::MapDimm)?;
+        let memory = DimmMemory {
+            region,
+            slot,
+            guest_address,
+        };
+        memory.set_slot(vm, size)?;
+        Ok(memory)
+    }
+
+    fn set_slot(&self, vm: &VmFd, size: u64) -> Result<(), MemoryError> {
+        let description = kvm_userspace_memory_region {
+            slot: self.slot,
+            flags: 0,
+            guest_phys_addr: self.guest_address,
+            memory_size: size,
+            userspace_addr: self.region.as_ptr() as u64,
+        };
+        // SAFETY: the mapping is `self.region`, which outlives the slot: the
+        // slot is deleted (size 0) in `unplug` before the region is dropped,
+        // and DIMM slots never overlap boot RAM or each other.
+        unsafe { vm.set_user_memory_region(description) }.map_err(|source| MemoryError::Register {
+            slot: self.slot,
+            source,
+        })
+    }
+
+    /// The guest can no longer reach it: the slot goes, then the mapping.
+    /// A slot KVM would not delete keeps its mapping (leaked, not unmapped
+    /// under the guest).
+    pub fn unplug(self, vm: &VmFd) -> Result<(), MemoryError> {
+        let deleted = self.set_slot(vm, 0);
+        if deleted.is_err() {
+            std::mem::forget(self.region);
+        }
+        deleted
+    }
 }
 
 /// A memfd of `size` zero bytes, sealed against growing and shrinking (and
@@ -80,10 +146,6 @@ impl GuestRam {
             memfd,
             size,
         })
-    }
-
-    pub fn size(&self) -> u64 {
-        self.size
     }
 
     pub fn memory(&self) -> &GuestMemoryMmap {

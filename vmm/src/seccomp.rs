@@ -61,6 +61,12 @@ fn kvm_requests(kind: ThreadKind) -> Vec<u64> {
     let check_extension = kvm_request(false, false, 0x03, 0);
     let get_supported_cpuid = kvm_request(true, true, 0x05, size_of::<kvm_cpuid2>());
     let set_cpuid2 = kvm_request(true, false, 0x90, size_of::<kvm_cpuid2>());
+    let set_user_memory_region = kvm_request(
+        true,
+        false,
+        0x46,
+        size_of::<kvm_bindings::kvm_userspace_memory_region>(),
+    );
     // A vCPU runs, reads and writes its registers, becomes runnable when
     // started, and routes an interrupt for ibm,set-xive.
     let vcpu = vec![
@@ -85,6 +91,8 @@ fn kvm_requests(kind: ThreadKind) -> Vec<u64> {
                 get_supported_cpuid,
                 set_cpuid2,
                 irqfd,
+                // A DIMM's memory shown to the guest, and taken back.
+                set_user_memory_region,
             ]);
             control
         }
@@ -164,6 +172,9 @@ fn extra_calls(kind: ThreadKind) -> Vec<i64> {
                 SYS_rmdir,
                 // Reset: guest RAM given back to the host.
                 SYS_fallocate,
+                // object-add: a memory backend's sealed memfd.
+                SYS_memfd_create,
+                SYS_ftruncate,
                 // The end: the runtime directory's and the uid's locks go.
                 SYS_flock,
                 // Watchers and restart timers start under this filter, and
@@ -206,7 +217,16 @@ pub fn rules(kind: ThreadKind) -> Rules {
     // fcntl: std checks a descriptor before closing it (debug builds);
     // the threads that hand out or set up descriptors do more.
     let fcntl_commands: &[i32] = match kind {
-        ThreadKind::Control | ThreadKind::Qmp | ThreadKind::Console => &[
+        ThreadKind::Control => &[
+            nix::libc::F_GETFD,
+            nix::libc::F_SETFD,
+            nix::libc::F_GETFL,
+            nix::libc::F_SETFL,
+            nix::libc::F_DUPFD_CLOEXEC,
+            // A memory backend's memfd is sealed against resizing.
+            nix::libc::F_ADD_SEALS,
+        ],
+        ThreadKind::Qmp | ThreadKind::Console => &[
             nix::libc::F_GETFD,
             nix::libc::F_SETFD,
             nix::libc::F_GETFL,

@@ -10,15 +10,17 @@ use crate::cores::{CoreDevice, Cores, CORE_DRIVER};
 use crate::devices::proxy::DeviceFailure;
 use crate::devices::supervisor::{AfterExit, State};
 use crate::devices::{DeviceError, DeviceProcesses};
+use crate::dimms::{Dimm, Dimms, BACKEND_TYPES, DIMM_DRIVER};
 use crate::fdt::{self, FdtError, MachineDescription};
 use crate::interrupts::{InterruptError, InterruptRouter};
 use crate::layout::{MemoryLayout, FDT_MAX_SIZE, FDT_START, GUEST_IMAGE_START, KVM_TSS_ADDRESS};
-use crate::memory::{GuestRam, MemoryError};
+use crate::memory::{DimmMemory, GuestRam, MemoryError};
 use crate::qmp::schema::Command;
 use crate::qmp::{QmpContext, QmpServer};
 use crate::vcpu::{CpuTable, StartPoint, VcpuContext, VcpuHandle};
 use ipc_proto::link::core_eventlog;
 use ipc_proto::link::core_hotplug::{self, DrcRange, MAX_DEVICE_ID};
+use ipc_proto::link::core_rtas::MemoryRegion;
 use ipc_proto::link::hotplug_eventlog::{HotplugAction, HotplugTarget};
 use ipc_proto::link::hotplug_notify::{Notification, Released};
 
@@ -29,11 +31,21 @@ use linux_loader::loader::{elf::Elf, KernelLoader};
 use serde_json::{json, Map, Value};
 use std::collections::VecDeque;
 use std::io::Cursor;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress};
+
+/// KVM memory slot of DIMM slot 0 (boot RAM has slot 0).
+const FIRST_DIMM_KVM_SLOT: u32 = 1;
+
+/// What backs a memory backend in the core: its memfd, and its mapping and
+/// KVM slot while a DIMM it backs is plugged.
+struct BackendMemory {
+    memfd: std::fs::File,
+    plugged: Option<DimmMemory>,
+}
 
 /// How many times a request to the hotplug controller is sent, to it and
 /// to its successors, before QMP is told it failed.
@@ -99,6 +111,8 @@ pub struct Vm {
     devices: Arc<DeviceProcesses>,
     interrupts: Arc<InterruptRouter>,
     cores: Cores,
+    /// Memory backends and the DIMMs they back.
+    dimms: Dimms<BackendMemory>,
     qmp: Arc<QmpServer>,
     control: Sender<ControlMessage>,
     inbox: Receiver<ControlMessage>,
@@ -182,6 +196,7 @@ impl Vm {
         let epow_interrupt = event_log_interrupt(irq::EPOW)?;
         let devices = Arc::new(DeviceProcesses::start(
             &ram,
+            config.memory.max_size,
             [hotplug_interrupt, epow_interrupt],
             config.smp.threads_per_core,
             drc_ranges(&config.smp, &layout),
@@ -203,6 +218,7 @@ impl Vm {
             devices,
             interrupts,
             cores: Cores::new(&config.smp),
+            dimms: Dimms::new(&layout, config.memory.slots),
             qmp,
             control,
             inbox,
@@ -347,10 +363,17 @@ impl Vm {
             });
         }
         let present_cores = self.cores.present();
+        let dimms: Vec<(u64, u64)> = self
+            .dimms
+            .plugged_dimms()
+            .iter()
+            .map(|dimm| (dimm.addr, dimm.size))
+            .collect();
         let blob = fdt::build(&MachineDescription {
             smp: &self.smp,
             layout: &self.layout,
             present_cores: &present_cores,
+            dimms: &dimms,
         })?;
         if blob.len() as u64 > FDT_MAX_SIZE {
             return Err(VmError::FdtTooLarge(blob.len()));
@@ -601,11 +624,14 @@ impl Vm {
             Notification::Released(released) => self.release(&released),
             Notification::ResetComplete => log::debug!("a late reset completion"),
             Notification::UnplugRefused { device } => {
-                let Some(core) = self.cores.find(&device) else {
-                    log::warn!("the hotplug controller names an unknown device {device}");
-                    return;
+                let id = match (self.cores.find(&device), self.dimms.find(&device)) {
+                    (Some(core), _) => self.cores.device(core).and_then(|d| d.id.clone()),
+                    (None, Some(dimm)) => Some(dimm.id.clone()),
+                    (None, None) => {
+                        log::warn!("the hotplug controller names an unknown device {device}");
+                        return;
+                    }
                 };
-                let id = self.cores.device(core).and_then(|d| d.id.clone());
                 log::warn!("Device hotunplug rejected by the guest for device {device}");
                 self.qmp.emit(
                     "DEVICE_UNPLUG_GUEST_ERROR",
@@ -618,6 +644,10 @@ impl Vm {
     /// A device the guest gave back (or a pending unplug at reset): its vCPUs
     /// stop for good (parked, their fds kept for a re-plug) and it goes.
     fn release(&mut self, released: &Released) {
+        if self.dimms.find(&released.device).is_some() {
+            self.release_dimm(&released.device);
+            return;
+        }
         let Some((core, device)) = self.cores.remove(&released.device) else {
             log::warn!(
                 "the hotplug controller released an unknown device {}",
@@ -647,6 +677,13 @@ impl Vm {
     ) -> Result<Value, QmpError> {
         match command {
             Command::DeviceAdd => self.device_add(arguments),
+            Command::ObjectAdd => self.object_add(arguments),
+            Command::ObjectDel => self.object_del(arguments),
+            Command::QueryMemoryDevices => Ok(self.query_memory_devices()),
+            Command::QueryMemorySizeSummary => Ok(json!({
+                "base-memory": self.layout.boot_ram,
+                "plugged-memory": self.dimms.plugged_bytes(),
+            })),
             Command::DeviceDel => self.device_del(arguments),
             Command::QueryHotpluggableCpus => Ok(self.query_hotpluggable_cpus()),
             Command::QueryCpusFast => Ok(self.query_cpus_fast()),
@@ -698,9 +735,12 @@ impl Vm {
             Some(_) => return Err(QmpError::generic("Parameter 'driver' expects a string")),
             None => return Err(QmpError::generic("Parameter 'driver' is missing")),
         };
+        if driver == DIMM_DRIVER {
+            return self.dimm_add(arguments);
+        }
         if driver != CORE_DRIVER {
             return Err(QmpError::generic(format!(
-                "'{driver}' is not a valid device model name (this machine plugs {CORE_DRIVER})"
+                "'{driver}' is not a valid device model name (this machine plugs {CORE_DRIVER} and {DIMM_DRIVER})"
             )));
         }
         if let Some(key) = arguments
@@ -751,6 +791,13 @@ impl Vm {
             Some(_) => return Err(QmpError::generic("Parameter 'id' expects a string")),
             None => return Err(QmpError::generic("Parameter 'id' is missing")),
         };
+        if let Some(dimm) = self.dimms.find(&name) {
+            // Every request reaches the guest again (coalesced in the queue).
+            let drcs = dimm.drcs();
+            self.hotplug_request(core_hotplug::Request::UnplugRequest { drcs })
+                .map_err(QmpError::generic)?;
+            return Ok(json!({}));
+        }
         let core = self.cores.prepare_unplug(&name).map_err(|e| QmpError {
             class: e.class,
             desc: e.desc,
@@ -761,6 +808,227 @@ impl Vm {
         })
         .map_err(QmpError::generic)?;
         Ok(json!({}))
+    }
+
+    /// object-add of a memory backend: a sealed memfd of `size` bytes.
+    fn object_add(&mut self, arguments: &Map<String, Value>) -> Result<Value, QmpError> {
+        let text = |name: &str| {
+            arguments
+                .get(name)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        };
+        let (qom_type, id) = (text("qom-type"), text("id"));
+        if !BACKEND_TYPES.contains(&qom_type) {
+            return Err(QmpError::generic(format!(
+                "invalid object type: {qom_type} (this machine has {})",
+                BACKEND_TYPES.join(" and ")
+            )));
+        }
+        if !crate::cores::valid_id(id) {
+            return Err(QmpError::generic(format!(
+                "Parameter 'id' expects an identifier, not '{id}'"
+            )));
+        }
+        let size = arguments.get("size").and_then(Value::as_u64).unwrap_or(0);
+        let room = self.layout.device_memory_end - self.layout.device_memory_start;
+        if size == 0 || size > room {
+            return Err(QmpError::generic(format!(
+                "property 'size' of {qom_type} must be between 1 and {room} bytes (the device memory), not {size}"
+            )));
+        }
+        let memfd = crate::memory::sealed_memfd("papervisor-dimm", size)
+            .map_err(|error| QmpError::generic(common::describe(&error)))?;
+        let memory = BackendMemory {
+            memfd,
+            plugged: None,
+        };
+        self.dimms
+            .add_backend(id, size, memory)
+            .map_err(|e| QmpError {
+                class: e.class,
+                desc: e.desc,
+            })?;
+        Ok(json!({}))
+    }
+
+    fn object_del(&mut self, arguments: &Map<String, Value>) -> Result<Value, QmpError> {
+        let id = arguments
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        self.dimms.remove_backend(id).map_err(|e| QmpError {
+            class: e.class,
+            desc: e.desc,
+        })?;
+        Ok(json!({}))
+    }
+
+    /// The RTAS server's view of the DIMMs: each plugged one, plus `adding`.
+    fn dimm_memory_table(
+        &self,
+        adding: Option<&Dimm>,
+    ) -> Result<Vec<(MemoryRegion, OwnedFd)>, QmpError> {
+        let mut table = Vec::new();
+        for dimm in self.dimms.plugged_dimms().into_iter().chain(adding) {
+            let Some(backend) = self.dimms.backend(&dimm.memdev) else {
+                continue;
+            };
+            let fd = backend
+                .memory
+                .memfd
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|error| QmpError::generic(format!("cannot share a DIMM: {error}")))?;
+            let region = MemoryRegion {
+                guest_address: dimm.addr,
+                size: dimm.size,
+                file_offset: 0,
+            };
+            table.push((region, fd));
+        }
+        Ok(table)
+    }
+
+    /// device_add of a DIMM: its memory is shown to the guest (KVM slot)
+    /// and to the RTAS server before the controller tells the guest.
+    fn dimm_add(&mut self, arguments: &Map<String, Value>) -> Result<Value, QmpError> {
+        if let Some(key) = arguments
+            .keys()
+            .find(|k| !matches!(k.as_str(), "driver" | "id" | "memdev" | "addr"))
+        {
+            return Err(QmpError::generic(format!(
+                "Property '{DIMM_DRIVER}.{key}' not found"
+            )));
+        }
+        let text = |name: &str| arguments.get(name).and_then(Value::as_str);
+        let id = text("id").ok_or_else(|| QmpError::generic("Parameter 'id' is missing"))?;
+        if id.len() > MAX_DEVICE_ID || !crate::cores::valid_id(id) {
+            return Err(QmpError::generic(format!(
+                "Parameter 'id' expects an identifier, not '{id}'"
+            )));
+        }
+        if self.cores.find(id).is_some() {
+            return Err(QmpError::generic(format!("Duplicate device ID '{id}'")));
+        }
+        let memdev =
+            text("memdev").ok_or_else(|| QmpError::generic("Parameter 'memdev' is missing"))?;
+        let addr = match arguments.get("addr") {
+            None => None,
+            Some(value) => Some(value.as_u64().ok_or_else(|| {
+                QmpError::generic("Parameter 'addr' expects an unsigned integer")
+            })?),
+        };
+        let dimm = self
+            .dimms
+            .prepare_plug(id, memdev, addr)
+            .map_err(|e| QmpError {
+                class: e.class,
+                desc: e.desc,
+            })?;
+        let memfd = &self
+            .dimms
+            .backend(memdev)
+            .ok_or_else(|| QmpError::generic("the backend went away"))?
+            .memory
+            .memfd;
+        let memory = DimmMemory::plug(
+            &self.vm_fd,
+            memfd,
+            dimm.size,
+            FIRST_DIMM_KVM_SLOT + dimm.slot,
+            dimm.addr,
+        )
+        .map_err(|error| QmpError::generic(common::describe(&error)))?;
+        let undo = |vm: &Self, memory: DimmMemory| {
+            if let Err(error) = memory.unplug(&vm.vm_fd) {
+                log::error!("cannot take back a DIMM's memory: {error}");
+            }
+        };
+        let table = match self.dimm_memory_table(Some(&dimm)) {
+            Ok(table) => table,
+            Err(error) => {
+                undo(self, memory);
+                return Err(error);
+            }
+        };
+        if let Err(failure) = self.devices.set_dimm_memory(table) {
+            undo(self, memory);
+            return Err(QmpError::generic(format!(
+                "the RTAS server cannot map the DIMM: {failure}"
+            )));
+        }
+        let plug = core_hotplug::Request::Plug {
+            drcs: dimm.drcs(),
+            device: dimm.path(),
+            cold: false,
+        };
+        if let Err(reason) = self.hotplug_request(plug) {
+            undo(self, memory);
+            if let Ok(table) = self.dimm_memory_table(None) {
+                let _ = self.devices.set_dimm_memory(table);
+            }
+            return Err(QmpError::generic(reason));
+        }
+        log::info!(
+            "DIMM {} plugged: {:#x} bytes at {:#x}, slot {}",
+            dimm.id,
+            dimm.size,
+            dimm.addr,
+            dimm.slot
+        );
+        if let Some(backend) = self.dimms.backend_mut(memdev) {
+            backend.memory.plugged = Some(memory);
+        }
+        self.dimms.plugged(dimm);
+        Ok(json!({}))
+    }
+
+    /// Every LMB of the DIMM went back to the platform (or a reset completed
+    /// its unplug): the guest can no longer reach it, so its KVM slot, the
+    /// RTAS server's mapping and the core's go, and its backend is free.
+    fn release_dimm(&mut self, device: &str) {
+        let Some(dimm) = self.dimms.remove(device) else {
+            return;
+        };
+        let memory = self
+            .dimms
+            .backend_mut(&dimm.memdev)
+            .and_then(|backend| backend.memory.plugged.take());
+        if let Some(memory) = memory {
+            if let Err(error) = memory.unplug(&self.vm_fd) {
+                log::error!("DIMM {}: {}", dimm.id, common::describe(&error));
+            }
+        }
+        match self.dimm_memory_table(None) {
+            Ok(table) => {
+                if let Err(failure) = self.devices.set_dimm_memory(table) {
+                    log::error!("the RTAS server did not drop DIMM {}: {failure}", dimm.id);
+                }
+            }
+            Err(error) => log::error!("DIMM {}: {}", dimm.id, error.desc),
+        }
+        log::info!("DIMM {} unplugged", dimm.id);
+        self.qmp
+            .emit("DEVICE_DELETED", device_event(Some(&dimm.id), &dimm.path()));
+    }
+
+    /// QEMU's shape.
+    fn query_memory_devices(&self) -> Value {
+        let dimms: Vec<Value> = self
+            .dimms
+            .plugged_dimms()
+            .into_iter()
+            .map(|dimm| {
+                json!({"type": "dimm", "data": {
+                    "id": dimm.id, "addr": dimm.addr, "size": dimm.size,
+                    "slot": dimm.slot, "node": 0,
+                    "memdev": format!("/objects/{}", dimm.memdev),
+                    "hotplugged": true, "hotpluggable": true,
+                }})
+            })
+            .collect();
+        Value::Array(dimms)
     }
 
     fn query_hotpluggable_cpus(&self) -> Value {
@@ -831,12 +1099,12 @@ impl Vm {
         let rows: Vec<Value> = rows
             .into_iter()
             .map(|row| {
-                let id = row
-                    .device
-                    .as_deref()
-                    .and_then(|path| self.cores.find(path))
-                    .and_then(|core| self.cores.device(core))
-                    .and_then(|d| d.id.clone());
+                let id = row.device.as_deref().and_then(|path| {
+                    match (self.cores.find(path), self.dimms.find(path)) {
+                        (Some(core), _) => self.cores.device(core).and_then(|d| d.id.clone()),
+                        (None, dimm) => dimm.map(|d| d.id.clone()),
+                    }
+                });
                 json!({
                     "index": row.index.0,
                     "type": row.index.kind().map(|k| k.type_name()),

@@ -84,7 +84,10 @@ pub enum DeviceError {
 
 /// What a (re)started process is given besides its links.
 pub struct Resources {
+    /// Boot RAM, for the RTAS server.
     pub memory: Vec<(MemoryRegion, OwnedFd)>,
+    /// The plugged DIMMs' memory, for the RTAS server too.
+    pub dimm_memory: Mutex<Vec<(MemoryRegion, OwnedFd)>>,
     pub guest_ram_bytes: u64,
     pub threads_per_core: u32,
     pub drcs: Vec<DrcRange>,
@@ -143,8 +146,10 @@ fn duplicate(fd: BorrowedFd<'_>) -> Result<OwnedFd, DeviceError> {
 
 impl DeviceProcesses {
     /// Starts every device process, wires them together, and sets each up.
+    /// `max_memory`: boot RAM and every DIMM the machine can take.
     pub fn start(
         ram: &GuestRam,
+        max_memory: u64,
         event_log_interrupts: [OwnedFd; 2],
         threads_per_core: u32,
         drcs: Vec<DrcRange>,
@@ -183,7 +188,8 @@ impl DeviceProcesses {
             sandbox,
             resources: Resources {
                 memory,
-                guest_ram_bytes: ram.size(),
+                dimm_memory: Mutex::new(Vec::new()),
+                guest_ram_bytes: max_memory,
                 threads_per_core,
                 drcs,
                 event_log_interrupts,
@@ -364,7 +370,7 @@ impl DeviceProcesses {
         };
         let id = format!("{}-{generation}", std::process::id());
         let address_space = match kind {
-            // Guest RAM is mapped besides the process's own memory.
+            // Guest RAM, DIMMs included, is mapped besides the process's own memory.
             ProcessKind::RtasServer => self.resources.guest_ram_bytes + (1 << 30),
             _ => 1 << 30,
         };
@@ -426,14 +432,7 @@ impl DeviceProcesses {
     fn set_up(&self, kind: ProcessKind) -> Result<(), DeviceFailure> {
         match kind {
             ProcessKind::RtasServer => {
-                let (regions, fds): (Vec<MemoryRegion>, Vec<BorrowedFd<'_>>) = self
-                    .resources
-                    .memory
-                    .iter()
-                    .map(|(region, fd)| (*region, fd.as_fd()))
-                    .unzip();
-                self.rtas
-                    .command_with(core_rtas::Request::SetMemoryTable { regions }, &fds)?;
+                self.send_memory_table()?;
                 let threads_per_core = self.resources.threads_per_core;
                 self.rtas
                     .command(core_rtas::Request::SetTopology { threads_per_core })
@@ -444,6 +443,33 @@ impl DeviceProcesses {
                 })
             }
             ProcessKind::EventLog => Ok(()),
+        }
+    }
+
+    /// The RTAS server's memory table: boot RAM and every plugged DIMM.
+    fn send_memory_table(&self) -> Result<(), DeviceFailure> {
+        let dimms = lock(&self.resources.dimm_memory);
+        let (regions, fds): (Vec<MemoryRegion>, Vec<BorrowedFd<'_>>) = self
+            .resources
+            .memory
+            .iter()
+            .chain(dimms.iter())
+            .map(|(region, fd)| (*region, fd.as_fd()))
+            .unzip();
+        self.rtas
+            .command_with(core_rtas::Request::SetMemoryTable { regions }, &fds)
+    }
+
+    /// The plugged DIMMs changed: the RTAS server maps `dimms` besides boot
+    /// RAM (a restarting one gets the table at its set-up).
+    pub fn set_dimm_memory(
+        &self,
+        dimms: Vec<(MemoryRegion, OwnedFd)>,
+    ) -> Result<(), DeviceFailure> {
+        *lock(&self.resources.dimm_memory) = dimms;
+        match self.send_memory_table() {
+            Err(DeviceFailure::Restarting(_)) => Ok(()),
+            other => other,
         }
     }
 

@@ -119,8 +119,18 @@ commands! {
     DeviceAdd = "device_add", args: [
         required("driver", ArgType::Str),
         optional("id", ArgType::Str),
-        optional("core-id", ArgType::Int)
+        optional("core-id", ArgType::Int),
+        optional("memdev", ArgType::Str),
+        optional("addr", ArgType::Int)
     ];
+    ObjectAdd = "object-add", args: [
+        required("qom-type", ArgType::Str),
+        required("id", ArgType::Str),
+        required("size", ArgType::Int)
+    ];
+    ObjectDel = "object-del", args: [required("id", ArgType::Str)];
+    QueryMemoryDevices = "query-memory-devices", args: [];
+    QueryMemorySizeSummary = "query-memory-size-summary", args: [];
     DeviceDel = "device_del", args: [required("id", ArgType::Str)];
     XQueryDrcs = "x-query-drcs", args: [];
     XQueryEventLog = "x-query-event-log", args: [];
