@@ -176,6 +176,14 @@ fn handle(event: Event) -> Option<usize> {
             None
         }
         (RESOURCE_CPU, ACTION_REMOVE, ID_DRC_INDEX) => cpu_remove(event.index_or_count),
+        (RESOURCE_MEMORY, ACTION_ADD, ID_DRC_COUNT_INDEXED) => {
+            crate::lmb::add(event.index, event.index_or_count);
+            None
+        }
+        (RESOURCE_MEMORY, ACTION_REMOVE, ID_DRC_COUNT_INDEXED) => {
+            crate::lmb::remove(event.index, event.index_or_count);
+            None
+        }
         _ => {
             let mut line = Line::new();
             line.str("dlpar: ignored event ");
@@ -250,7 +258,7 @@ fn set_indicator(kind: u32, drc: u32, value: u32) -> bool {
 }
 
 /// Linux's dlpar_acquire_drc.
-fn acquire_drc(drc: u32) -> bool {
+pub(crate) fn acquire_drc(drc: u32) -> bool {
     if sensor(drc) != Some(UNUSABLE) {
         return false;
     }
@@ -265,7 +273,7 @@ fn acquire_drc(drc: u32) -> bool {
 }
 
 /// Linux's dlpar_release_drc.
-fn release_drc(drc: u32) -> bool {
+pub(crate) fn release_drc(drc: u32) -> bool {
     if sensor(drc) != Some(PRESENT) {
         return false;
     }
@@ -280,7 +288,7 @@ fn release_drc(drc: u32) -> bool {
 }
 
 /// Linux ≥ 5.13's dlpar_unisolate_drc: the "I refused" hint to the platform.
-fn unisolate_drc(drc: u32) {
+pub(crate) fn unisolate_drc(drc: u32) {
     if sensor(drc) == Some(PRESENT) {
         set_indicator(ISOLATION_STATE, drc, UNISOLATE);
     }
@@ -303,10 +311,30 @@ fn threads_of(drc: u32) -> impl Iterator<Item = usize> {
 
 /// Walks ibm,configure-connector for `drc`; returns the new core's threads.
 fn configure(drc: u32) -> Result<([u32; arch::MAX_CPUS], usize), &'static str> {
-    let mut area = WORK_AREA.lock();
-    let address = area.0.as_ptr() as u32;
     let mut threads = [0u32; MAX_CPUS];
     let mut count = 0;
+    walk(drc, |name, value| {
+        if name == b"ibm,ppc-interrupt-server#s" {
+            for i in 0..(value.len() / 4).min(MAX_CPUS) {
+                threads[i] = be32(value, i * 4).unwrap_or(u32::MAX);
+            }
+            count = (value.len() / 4).min(MAX_CPUS);
+        }
+    })?;
+    match count {
+        0 => Err("no threads in the node"),
+        _ => Ok((threads, count)),
+    }
+}
+
+/// Walks ibm,configure-connector for `drc` to its end, handing each
+/// property (name, value) to `on_property`.
+pub(crate) fn walk(
+    drc: u32,
+    mut on_property: impl FnMut(&[u8], &[u8]),
+) -> Result<(), &'static str> {
+    let mut area = WORK_AREA.lock();
+    let address = area.0.as_ptr() as u32;
     area.0[..8].copy_from_slice(&[0; 8]);
     area.0[..4].copy_from_slice(&drc.to_be_bytes());
     for _ in 0..MAX_CONFIGURE_STEPS {
@@ -315,13 +343,7 @@ fn configure(drc: u32) -> Result<([u32; arch::MAX_CPUS], usize), &'static str> {
             Err(_) => return Err("configure-connector unavailable"),
         };
         match status {
-            0 => {
-                return if count > 0 {
-                    Ok((threads, count))
-                } else {
-                    Err("no threads in the node")
-                }
-            }
+            0 => return Ok(()),
             2 | 4 | -2 => {}
             3 => {
                 let name_at = be32(&area.0, 8).unwrap_or(0) as usize;
@@ -331,12 +353,10 @@ fn configure(drc: u32) -> Result<([u32; arch::MAX_CPUS], usize), &'static str> {
                     .iter()
                     .position(|&b| b == 0)
                     .map(|n| name_at + n);
-                let name = name_end.map(|end| &area.0[name_at..end]);
-                if name == Some(b"ibm,ppc-interrupt-server#s") && value_at + length <= 4096 {
-                    for i in 0..(length / 4).min(MAX_CPUS) {
-                        threads[i] = be32(&area.0, value_at + i * 4).unwrap_or(u32::MAX);
+                if let Some(end) = name_end {
+                    if value_at.checked_add(length).is_some_and(|e| e <= 4096) {
+                        on_property(&area.0[name_at..end], &area.0[value_at..value_at + length]);
                     }
-                    count = (length / 4).min(MAX_CPUS);
                 }
             }
             _ => return Err("configure-connector failed"),

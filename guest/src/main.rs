@@ -12,6 +12,7 @@ mod dlpar;
 mod epow;
 mod fdt;
 mod hcall;
+mod lmb;
 mod mem;
 mod platform;
 mod rtas;
@@ -91,6 +92,7 @@ extern "C" fn kernel_main(fdt_address: u64, cpu_id: u64) -> ! {
     };
     console::set_termno(platform.vty_termno);
     dlpar::init(platform);
+    lmb::init(platform);
     cpu::set_online(cpu_id, true);
     let sources = [platform.vty_irq, platform.hotplug_irq, platform.epow_irq];
     let sources: [u32; 3] = sources.map(|source| source.unwrap_or(0));

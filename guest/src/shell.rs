@@ -131,6 +131,7 @@ pub fn run() {
             "cpus" => cpus(),
             "cpu" => cpu_command(&mut words),
             "events" => dlpar::print_recent(),
+            "mem" => crate::lmb::command(&mut words, parse_number),
             "dlpar" => match words.next() {
                 Some("off") => {
                     dlpar::hold(true);
@@ -167,6 +168,9 @@ fn help() {
         "  cpu online <n>       start CPU n (start-cpu)\n",
         "  events               the last hot-plug events received\n",
         "  dlpar off|on         stop or resume handling hot-plug events\n",
+        "  mem                  one line per LMB: lmb <drc> at <addr>: assigned|free [online] [pinned]\n",
+        "  mem pin|unpin <addr> make the LMB holding addr non-movable, or movable again\n",
+        "  mem fill|check <addr> <len> <seed>  write or check a pattern (a word per page)\n",
         "  time                 RTAS get-time-of-day\n",
         "  rtas-raw <addr> <token> <nargs> <nret> [args]  a hand-made RTAS call\n",
         "  bench hcall|rtas <n> n null hcalls or n RTAS calls\n",

@@ -1,8 +1,9 @@
-//! Memory backends and DIMMs from the host's side: object-add, device_add
-//! pc-dimm, the DRCs, the KVM slot and the memfd, QEMU's query shapes, clear
-//! errors, and a pending DIMM unplug completing at reset. The test guest
-//! does not take memory yet (it reports the events and ignores them), so
-//! these are the unplugs a silent guest leaves pending. Need /dev/kvm.
+//! Memory backends and DIMMs: object-add, device_add pc-dimm, the DRCs, the
+//! KVM slot and the memfd, QEMU's query shapes, clear errors; the guest
+//! onlining a DIMM's LMBs, keeping data in them, giving them back, refusing
+//! pinned memory (once, or silently as Linux does when the first LMB is
+//! pinned) and a retry after unpinning; a pending unplug completing at
+//! reset. Need /dev/kvm.
 
 use papervisor_tests::{kvm_usable, QmpClient, Vm};
 use serde_json::{json, Value};
@@ -67,13 +68,15 @@ fn dimms_plug_and_a_pending_unplug_completes_at_reset() {
     }
     let mut vm = Vm::start(&["--memory", "size=512M,maxmem=2G,slots=2"]);
     vm.boot();
+    // The guest leaves hot-plug events alone: nothing it does interferes.
+    assert_eq!(vm.console.command("dlpar off"), ["dlpar: off"]);
     let mut qmp = QmpClient::connect(&vm.qmp_socket());
     assert_eq!(backend(&mut qmp, "mem0", 512 * MIB), json!({"return": {}}));
     assert_eq!(dimm(&mut qmp, "dimm0", "mem0"), json!({"return": {}}));
-    // One count-indexed add event for its two LMBs reaches the guest.
-    vm.console.expect_async(
-        "dlpar: ignored event add memory count 2 from 0x80000004",
-        Duration::from_secs(30),
+    // One count-indexed add event for its two LMBs waits for the guest.
+    assert_eq!(
+        qmp.execute("x-query-event-log", json!({}))["return"],
+        json!([{"action": "add", "resource": "memory", "drc": 0x8000_0004u32, "count": 2}])
     );
     let rows = lmb_rows(&vm);
     let taken: Vec<&Value> = rows.iter().filter(|r| r["device"] == "dimm0").collect();
@@ -164,5 +167,169 @@ fn dimms_plug_and_a_pending_unplug_completes_at_reset() {
     assert_eq!(
         qmp.execute("query-memory-size-summary", json!({}))["return"],
         json!({"base-memory": 512 * MIB, "plugged-memory": 256 * MIB})
+    );
+}
+
+/// A VM with a 512 MiB DIMM (LMBs 0x80000004 and 0x80000005, at 1 GiB) that
+/// the guest took.
+fn vm_with_dimm0() -> (Vm, QmpClient) {
+    let mut vm = Vm::start(&["--memory", "size=512M,maxmem=2G,slots=2"]);
+    vm.boot();
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    assert_eq!(backend(&mut qmp, "mem0", 512 * MIB), json!({"return": {}}));
+    assert_eq!(dimm(&mut qmp, "dimm0", "mem0"), json!({"return": {}}));
+    vm.console.expect_async(
+        "dlpar: memory add count 2 from 0x80000004: ok",
+        Duration::from_secs(30),
+    );
+    (vm, qmp)
+}
+
+const FILL: &str = "mem fill 0x4ff00000 0x200000 7";
+const CHECK: &str = "mem check 0x4ff00000 0x200000 7";
+
+#[test]
+fn a_dimm_is_onlined_holds_data_and_goes_when_asked() {
+    if !kvm_usable("a_dimm_is_onlined_holds_data_and_goes_when_asked") {
+        return;
+    }
+    let (mut vm, mut qmp) = vm_with_dimm0();
+    let lmbs = vm.console.command("mem");
+    assert_eq!(
+        &lmbs[..3],
+        [
+            "lmb 0x80000004 at 0x40000000: assigned online",
+            "lmb 0x80000005 at 0x50000000: assigned online",
+            "lmb 0x80000006 at 0x60000000: free",
+        ]
+    );
+    // A pattern across the boundary of the two LMBs.
+    assert_eq!(vm.console.command(FILL), ["mem fill: 513 words"]);
+    assert_eq!(vm.console.command(CHECK), ["mem check: 513 words, ok"]);
+    assert_eq!(
+        vm.console.command("mem check 0x4ff00000 0x200000 8")[0],
+        "mem check: mismatch at 0x4ff00000"
+    );
+    assert_eq!(
+        qmp.execute("device_del", json!({"id": "dimm0"})),
+        json!({"return": {}})
+    );
+    assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "dimm0");
+    vm.console.expect_async(
+        "dlpar: memory remove count 2 from 0x80000004: ok",
+        Duration::from_secs(30),
+    );
+    assert_eq!(dimm_memfds(&vm), 1, "only the backend's own memfd is left");
+    assert_eq!(
+        qmp.execute("query-memory-devices", json!({}))["return"],
+        json!([])
+    );
+    // The id, the backend and the place can be used again.
+    assert_eq!(dimm(&mut qmp, "dimm0", "mem0"), json!({"return": {}}));
+    vm.console.expect_async(
+        "dlpar: memory add count 2 from 0x80000004: ok",
+        Duration::from_secs(30),
+    );
+}
+
+#[test]
+fn pinned_memory_refuses_an_unplug_once_and_a_retry_after_unpinning_works() {
+    if !kvm_usable("pinned_memory_refuses_an_unplug_once_and_a_retry_after_unpinning_works") {
+        return;
+    }
+    let (mut vm, mut qmp) = vm_with_dimm0();
+    assert_eq!(vm.console.command(FILL), ["mem fill: 513 words"]);
+    // Pinned in the second LMB: the first goes offline, the second cannot;
+    // the first is added back, re-unisolated: one refusal reaches QMP.
+    assert_eq!(
+        vm.console.command("mem pin 0x50000000"),
+        ["mem: lmb 0x80000005 pinned"]
+    );
+    assert_eq!(
+        qmp.execute("device_del", json!({"id": "dimm0"})),
+        json!({"return": {}})
+    );
+    vm.console.expect_async(
+        "dlpar: memory remove count 2 from 0x80000004: refused: memory is not movable",
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        qmp.wait_event("DEVICE_UNPLUG_GUEST_ERROR")["data"]["device"],
+        "dimm0"
+    );
+    let later = qmp.events_within(Duration::from_millis(500));
+    assert!(
+        !later
+            .iter()
+            .any(|e| e["event"] == "DEVICE_UNPLUG_GUEST_ERROR"),
+        "{later:?}"
+    );
+    assert_eq!(vm.console.command(CHECK), ["mem check: 513 words, ok"]);
+    let devices = qmp.execute("query-memory-devices", json!({}))["return"].clone();
+    assert_eq!(devices.as_array().map(Vec::len), Some(1));
+    let rows = lmb_rows(&vm);
+    assert!(rows
+        .iter()
+        .filter(|r| r["device"] == "dimm0")
+        .all(|r| r["unplug-requested"] == false && r["state"] == "configured"));
+    // Unpinned, a new device_del removes it.
+    assert_eq!(
+        vm.console.command("mem unpin 0x50000000"),
+        ["mem: lmb 0x80000005 unpinned"]
+    );
+    assert_eq!(
+        qmp.execute("device_del", json!({"id": "dimm0"})),
+        json!({"return": {}})
+    );
+    assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "dimm0");
+}
+
+#[test]
+fn a_dimm_whose_first_lmb_is_pinned_is_refused_silently_and_removed_after_unpinning() {
+    if !kvm_usable(
+        "a_dimm_whose_first_lmb_is_pinned_is_refused_silently_and_removed_after_unpinning",
+    ) {
+        return;
+    }
+    let (mut vm, mut qmp) = vm_with_dimm0();
+    assert_eq!(
+        vm.console.command("mem pin 0x40000000"),
+        ["mem: lmb 0x80000004 pinned"]
+    );
+    assert_eq!(
+        qmp.execute("device_del", json!({"id": "dimm0"})),
+        json!({"return": {}})
+    );
+    vm.console.expect_async(
+        "dlpar: memory remove count 2 from 0x80000004: refused: memory is not movable",
+        Duration::from_secs(30),
+    );
+    // Linux makes no RTAS call when the first LMB fails: the host never
+    // hears, and the unplug stays pending.
+    let later = qmp.events_within(Duration::from_millis(500));
+    assert!(
+        !later
+            .iter()
+            .any(|e| e["event"] == "DEVICE_UNPLUG_GUEST_ERROR"),
+        "{later:?}"
+    );
+    assert!(lmb_rows(&vm)
+        .iter()
+        .filter(|r| r["device"] == "dimm0")
+        .all(|r| r["unplug-requested"] == true));
+    // A second device_del is not an error: it asks again, and after the
+    // unpin the guest gives the DIMM back, without a reboot.
+    assert_eq!(
+        vm.console.command("mem unpin 0x40000000"),
+        ["mem: lmb 0x80000004 unpinned"]
+    );
+    assert_eq!(
+        qmp.execute("device_del", json!({"id": "dimm0"})),
+        json!({"return": {}})
+    );
+    assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "dimm0");
+    vm.console.expect_async(
+        "dlpar: memory remove count 2 from 0x80000004: ok",
+        Duration::from_secs(30),
     );
 }
