@@ -72,7 +72,15 @@ pub fn raw(address: u64) -> i64 {
     hcall(H_RTAS, [address, 0, 0, 0, 0, 0]).status
 }
 
+/// RTAS calls made through [`call`] since boot (`rtas-calls`).
+static CALLS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+pub fn calls() -> u64 {
+    CALLS.load(core::sync::atomic::Ordering::Relaxed)
+}
+
 pub fn call_token(token: u32, args: &[u32], nret: usize) -> Result<RtasReturn, RtasError> {
+    CALLS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     call_with(&mut ARGS.lock(), token, args, nret)
 }
 

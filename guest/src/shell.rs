@@ -131,6 +131,9 @@ pub fn run() {
             "cpus" => cpus(),
             "cpu" => cpu_command(&mut words),
             "events" => dlpar::print_recent(),
+            "rtas-calls" => {
+                Line::new().str("rtas-calls: ").dec(rtas::calls()).nl();
+            }
             "mem" => crate::lmb::command(&mut words, parse_number),
             "dlpar" => match words.next() {
                 Some("off") => {
@@ -167,6 +170,7 @@ fn help() {
         "  cpu offline <n>      stop CPU n (stop-self); the shell moves if it ran there\n",
         "  cpu online <n>       start CPU n (start-cpu)\n",
         "  events               the last hot-plug events received\n",
+        "  rtas-calls           RTAS calls the guest made since boot\n",
         "  dlpar off|on         stop or resume handling hot-plug events\n",
         "  mem                  one line per LMB: lmb <drc> at <addr>: assigned|free [online] [pinned]\n",
         "  mem pin|unpin <addr> make the LMB holding addr non-movable, or movable again\n",

@@ -111,11 +111,11 @@ fn main() {
         );
     }
     println!();
-    println!("| hotplug controller, {rounds} rounds | LMB DRCs | region (memfd size) | region (memory used) | SIGKILL → serving again |");
-    println!("|---|---|---|---|---|");
+    println!("| hotplug controller, {rounds} rounds | LMB DRCs | region (memfd size) | region (memory used) | controller RSS | SIGKILL → serving again |");
+    println!("|---|---|---|---|---|---|");
     for maxmem in ["4G", "4T"] {
         let memory = format!("size=512M,maxmem={maxmem},slots=8");
-        let (drcs, (size, used)) = {
+        let (drcs, (size, used), rss) = {
             let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=2", "--memory", &memory]);
             let banner = vm.boot();
             let drcs = banner
@@ -126,15 +126,19 @@ fn main() {
                 .unwrap_or("?")
                 .to_string();
             let region = region_kib(&vm);
+            let pid = vm.device_process("hotplug-controller")["pid"]
+                .as_u64()
+                .expect("a pid");
+            let rss = papervisor_tests::bench::status_kib(pid as u32, "VmRSS:");
             vm.console.send_line("poweroff");
             vm.wait_exit(Duration::from_secs(30));
-            (drcs, region)
+            (drcs, region, rss)
         };
         let mut serving: Vec<f64> = (0..rounds)
             .map(|_| kill_round("hotplug-controller", &memory).serving_ms)
             .collect();
         println!(
-            "| maxmem={maxmem} | {drcs} | {size} KiB | {used} KiB | {:.1} ms |",
+            "| maxmem={maxmem} | {drcs} | {size} KiB | {used} KiB | {rss} KiB | {:.1} ms |",
             median(&mut serving)
         );
     }

@@ -333,3 +333,46 @@ fn a_dimm_whose_first_lmb_is_pinned_is_refused_silently_and_removed_after_unpinn
         Duration::from_secs(30),
     );
 }
+
+#[test]
+fn a_16gib_dimm_plugs_and_unplugs_with_16382_lmb_drcs() {
+    if !kvm_usable("a_16gib_dimm_plugs_and_unplugs_with_16382_lmb_drcs") {
+        return;
+    }
+    let mut vm = Vm::start(&["--memory", "size=512M,maxmem=4T,slots=8"]);
+    let banner = vm.boot();
+    assert!(banner.contains("drcs: 1 cpu, 16382 lmb\n"), "{banner}");
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    assert_eq!(backend(&mut qmp, "big", 16 * GIB), json!({"return": {}}));
+    assert_eq!(dimm(&mut qmp, "dimm0", "big"), json!({"return": {}}));
+    // Device memory starts at 4 GiB here (it would cross 3..4 GiB from 1 GiB).
+    vm.console.expect_async(
+        "dlpar: memory add count 64 from 0x80000010: ok",
+        Duration::from_secs(120),
+    );
+    let devices = qmp.execute("query-memory-devices", json!({}))["return"].clone();
+    assert_eq!(devices[0]["data"]["addr"], 4 * GIB);
+    // Data at both ends of the DIMM.
+    for (at, words) in [
+        ("0x100000000", "mem fill: 2 words"),
+        ("0x4fffff000", "mem fill: 2 words"),
+    ] {
+        assert_eq!(
+            vm.console.command(&format!("mem fill {at} 0x1000 3")),
+            [words]
+        );
+    }
+    assert_eq!(
+        vm.console.command("mem check 0x4fffff000 0x1000 3"),
+        ["mem check: 2 words, ok"]
+    );
+    assert_eq!(
+        qmp.execute("device_del", json!({"id": "dimm0"})),
+        json!({"return": {}})
+    );
+    assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "dimm0");
+    vm.console.expect_async(
+        "dlpar: memory remove count 64 from 0x80000010: ok",
+        Duration::from_secs(120),
+    );
+}

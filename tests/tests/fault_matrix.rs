@@ -1,6 +1,6 @@
 //! The fault matrix: every fault point of every device process (and the
-//! core's end of its links) × every action, against a CPU-core plug and a
-//! CPU-core unplug, each cell in a VM of its own with the guest running.
+//! core's end of its links) × every action, against a CPU-core plug and
+//! unplug and a DIMM plug and unplug, each cell in a VM of its own with the guest running.
 //! Each cell asserts: the operation completes (or fails with a clear error
 //! that a retry fixes); the DRC table and the guest agree; DEVICE_DELETED
 //! comes exactly once; the fault really fired (a restart, unless it was a
@@ -64,18 +64,19 @@ fn points(process: &str) -> &'static [&'static str] {
 /// guest's sensor read commits nothing, and none of its requests owes
 /// anyone anything (the add event went with the core's request).
 fn requests(process: &str, operation: Operation, point: &str) -> &'static [&'static str] {
-    match (process, operation, point) {
-        ("hotplug-controller", Operation::Plug, "received" | "replying") => &[
+    let plugs = operation.plugs();
+    match (process, plugs, point) {
+        ("hotplug-controller", true, "received" | "replying") => &[
             "-",
             "GetSensorState",
             "SetIndicator",
             "ConfigureStep",
             "ConfigureDone",
         ],
-        ("hotplug-controller", Operation::Plug, "committed") => {
+        ("hotplug-controller", true, "committed") => {
             &["-", "SetIndicator", "ConfigureStep", "ConfigureDone"]
         }
-        ("hotplug-controller", Operation::Unplug, _) => &["-", "SetIndicator"],
+        ("hotplug-controller", false, _) => &["-", "SetIndicator"],
         ("event-log", _, _) => &["-", "CheckException"],
         _ => &["-"],
     }
@@ -85,6 +86,8 @@ fn requests(process: &str, operation: Operation, point: &str) -> &'static [&'sta
 enum Operation {
     Plug,
     Unplug,
+    PlugDimm,
+    UnplugDimm,
 }
 
 impl Operation {
@@ -92,7 +95,17 @@ impl Operation {
         match self {
             Operation::Plug => "plug",
             Operation::Unplug => "unplug",
+            Operation::PlugDimm => "DIMM plug",
+            Operation::UnplugDimm => "DIMM unplug",
         }
+    }
+
+    fn plugs(self) -> bool {
+        matches!(self, Operation::Plug | Operation::PlugDimm)
+    }
+
+    fn dimm(self) -> bool {
+        matches!(self, Operation::PlugDimm | Operation::UnplugDimm)
     }
 }
 
@@ -184,6 +197,55 @@ fn plug(vm: &mut Vm, qmp: &mut QmpClient) -> bool {
     retried
 }
 
+const DIMM_ADD_DONE: &str = "dlpar: memory add count 2 from 0x80000004: ok";
+const DIMM_REMOVE_DONE: &str = "dlpar: memory remove count 2 from 0x80000004: ok";
+
+/// The DIMM's two LMB DRCs, as QMP and the guest see them.
+fn assert_dimm(vm: &mut Vm, plugged: bool) {
+    for drc in [0x8000_0004u32, 0x8000_0005] {
+        let row = vm.drc(drc);
+        let expected = match plugged {
+            true => (json!("configured"), json!("dimm0")),
+            false => (json!("unusable"), json!(null)),
+        };
+        assert_eq!(
+            (row["state"].clone(), row["device"].clone()),
+            expected,
+            "{row}"
+        );
+        assert_eq!(row["unplug-requested"], false, "{row}");
+    }
+    let state = if plugged { "assigned online" } else { "free" };
+    assert_eq!(
+        &vm.console.command("mem")[..2],
+        [
+            format!("lmb 0x80000004 at 0x40000000: {state}"),
+            format!("lmb 0x80000005 at 0x50000000: {state}")
+        ]
+    );
+}
+
+fn plug_dimm(vm: &mut Vm, qmp: &mut QmpClient) -> bool {
+    let request = json!({"driver": "pc-dimm", "id": "dimm0", "memdev": "mem0"});
+    let retried = execute_with_retry(qmp, "device_add", request);
+    vm.console.expect_async(DIMM_ADD_DONE, GUEST_TIMEOUT);
+    assert_dimm(vm, true);
+    retried
+}
+
+fn unplug_dimm(vm: &mut Vm, qmp: &mut QmpClient) -> bool {
+    let retried = execute_with_retry(qmp, "device_del", json!({"id": "dimm0"}));
+    assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "dimm0");
+    let later = qmp.events_within(QUIET);
+    assert!(
+        !later.iter().any(|e| e["event"] == "DEVICE_DELETED"),
+        "a second DEVICE_DELETED: {later:?}"
+    );
+    vm.console.expect_async(DIMM_REMOVE_DONE, GUEST_TIMEOUT);
+    assert_dimm(vm, false);
+    retried
+}
+
 fn unplug(vm: &mut Vm, qmp: &mut QmpClient) -> bool {
     let retried = execute_with_retry(qmp, "device_del", json!({"id": "core1"}));
     assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "core1");
@@ -203,12 +265,30 @@ fn run(cell: &Cell<'_>, log: &std::path::Path) -> Outcome {
     let mut vm = Vm::start_in(
         &binary("papervisor"),
         dir,
-        &["--smp", "cpus=1,maxcpus=2", "--log-file", &log_arg],
+        &[
+            "--smp",
+            "cpus=1,maxcpus=2",
+            "--memory",
+            "size=512M,maxmem=2G,slots=2",
+            "--log-file",
+            &log_arg,
+        ],
     );
     vm.boot();
     let mut qmp = QmpClient::connect(&vm.qmp_socket());
-    if cell.operation == Operation::Unplug {
-        plug(&mut vm, &mut qmp);
+    if cell.operation.dimm() {
+        let backend =
+            json!({"qom-type": "memory-backend-memfd", "id": "mem0", "size": 512u64 << 20});
+        assert_eq!(qmp.execute("object-add", backend), json!({"return": {}}));
+    }
+    match cell.operation {
+        Operation::Unplug => {
+            plug(&mut vm, &mut qmp);
+        }
+        Operation::UnplugDimm => {
+            plug_dimm(&mut vm, &mut qmp);
+        }
+        Operation::Plug | Operation::PlugDimm => {}
     }
     let mut fault = json!({"process": cell.process, "point": cell.point, "action": cell.action});
     if cell.request != "-" {
@@ -220,6 +300,8 @@ fn run(cell: &Cell<'_>, log: &std::path::Path) -> Outcome {
     let retried = match cell.operation {
         Operation::Plug => plug(&mut vm, &mut qmp),
         Operation::Unplug => unplug(&mut vm, &mut qmp),
+        Operation::PlugDimm => plug_dimm(&mut vm, &mut qmp),
+        Operation::UnplugDimm => unplug_dimm(&mut vm, &mut qmp),
     };
     let seconds = started.elapsed().as_secs_f64();
     await_all_running(&vm);
@@ -234,6 +316,8 @@ fn run(cell: &Cell<'_>, log: &std::path::Path) -> Outcome {
     match cell.operation {
         Operation::Plug => unplug(&mut vm, &mut qmp),
         Operation::Unplug => plug(&mut vm, &mut qmp),
+        Operation::PlugDimm => unplug_dimm(&mut vm, &mut qmp),
+        Operation::UnplugDimm => plug_dimm(&mut vm, &mut qmp),
     };
     assert!(vm.console.command("time")[0].starts_with("time: 20"));
     assert_eq!(
@@ -378,4 +462,34 @@ fn fault_matrix_event_log_plug() {
 #[test]
 fn fault_matrix_event_log_unplug() {
     rows("event-log", Operation::Unplug);
+}
+
+#[test]
+fn fault_matrix_hotplug_controller_dimm_plug() {
+    rows("hotplug-controller", Operation::PlugDimm);
+}
+
+#[test]
+fn fault_matrix_hotplug_controller_dimm_unplug() {
+    rows("hotplug-controller", Operation::UnplugDimm);
+}
+
+#[test]
+fn fault_matrix_rtas_server_dimm_plug() {
+    rows("rtas-server", Operation::PlugDimm);
+}
+
+#[test]
+fn fault_matrix_rtas_server_dimm_unplug() {
+    rows("rtas-server", Operation::UnplugDimm);
+}
+
+#[test]
+fn fault_matrix_event_log_dimm_plug() {
+    rows("event-log", Operation::PlugDimm);
+}
+
+#[test]
+fn fault_matrix_event_log_dimm_unplug() {
+    rows("event-log", Operation::UnplugDimm);
 }

@@ -337,3 +337,56 @@ fn a_damaged_state_region_is_refused_and_the_controller_ends_failed() {
     assert!(desc.contains("hotplug-controller has failed"), "{reply}");
     assert!(vm.console.command("time")[0].starts_with("time: 20"));
 }
+
+#[test]
+fn a_controller_killed_in_a_dimm_unplug_after_some_lmbs_went_completes_it_once() {
+    if !root_and_kvm("a_controller_killed_in_a_dimm_unplug_after_some_lmbs_went_completes_it_once")
+    {
+        return;
+    }
+    let mut vm = Vm::start(&["--memory", "size=512M,maxmem=2G,slots=2"]);
+    vm.boot();
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    let backend = json!({"qom-type": "memory-backend-memfd", "id": "mem0", "size": 512u64 << 20});
+    assert_eq!(qmp.execute("object-add", backend), json!({"return": {}}));
+    let plug = json!({"driver": "pc-dimm", "id": "dimm0", "memdev": "mem0"});
+    assert_eq!(qmp.execute("device_add", plug), json!({"return": {}}));
+    vm.console.expect_async(
+        "dlpar: memory add count 2 from 0x80000004: ok",
+        Duration::from_secs(30),
+    );
+    assert_eq!(vm.console.command("dlpar off"), ["dlpar: off"]);
+    assert_eq!(
+        qmp.execute("device_del", json!({"id": "dimm0"})),
+        json!({"return": {}})
+    );
+    // The guest's release of the first LMB, by hand: isolate, unusable.
+    let release = |vm: &mut Vm, lmb: &str| {
+        for (indicator, value) in [(9001, 0), (9003, 0)] {
+            let call = format!("rtas-raw 0x2000000 0x201a 3 1 {indicator} {lmb} {value}");
+            assert_eq!(vm.console.command(&call), ["rtas-raw: status 0"], "{call}");
+        }
+    };
+    release(&mut vm, "0x80000004");
+    vm.kill_and_await_restart("hotplug-controller");
+    let first = vm.drc(0x8000_0004);
+    assert_eq!(
+        (&first["state"], &first["device"]),
+        (&json!("unusable"), &json!(null)),
+        "{first}"
+    );
+    let second = vm.drc(0x8000_0005);
+    assert_eq!(
+        (&second["device"], &second["unplug-requested"]),
+        (&json!("dimm0"), &json!(true)),
+        "{second}"
+    );
+    // The rest of the release, against the successor: the DIMM goes, once.
+    release(&mut vm, "0x80000005");
+    assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "dimm0");
+    assert_eq!(count(&qmp.events_within(QUIET), "DEVICE_DELETED"), 0);
+    assert_eq!(
+        qmp.execute("query-memory-devices", json!({}))["return"],
+        json!([])
+    );
+}

@@ -954,6 +954,10 @@ impl Vm {
         };
         if let Err(failure) = self.devices.set_dimm_memory(table) {
             undo(self, memory);
+            // The table a successor gets at its set-up: without this DIMM.
+            if let Ok(table) = self.dimm_memory_table(None) {
+                let _ = self.devices.set_dimm_memory(table);
+            }
             return Err(QmpError::generic(format!(
                 "the RTAS server cannot map the DIMM: {failure}"
             )));
