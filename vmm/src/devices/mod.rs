@@ -461,14 +461,23 @@ impl DeviceProcesses {
     }
 
     /// The plugged DIMMs changed: the RTAS server maps `dimms` besides boot
-    /// RAM (a restarting one gets the table at its set-up).
+    /// RAM. One that is down, or dies taking the table, is replaced by a
+    /// successor that gets the table at its set-up (and guest calls wait
+    /// for it): only a refusal, or a server failed for good, is an error.
     pub fn set_dimm_memory(
         &self,
         dimms: Vec<(MemoryRegion, OwnedFd)>,
     ) -> Result<(), DeviceFailure> {
         *lock(&self.resources.dimm_memory) = dimms;
         match self.send_memory_table() {
-            Err(DeviceFailure::Restarting(_)) => Ok(()),
+            Err(
+                failure @ (DeviceFailure::Restarting(_)
+                | DeviceFailure::Died(_)
+                | DeviceFailure::CutOff { .. }),
+            ) => {
+                log::info!("the RTAS server's successor maps the DIMMs at its set-up ({failure})");
+                Ok(())
+            }
             other => other,
         }
     }
