@@ -51,6 +51,20 @@ fn dimm(qmp: &mut QmpClient, id: &str, memdev: &str) -> Value {
     )
 }
 
+fn device_del(qmp: &mut QmpClient, id: &str) {
+    assert_eq!(
+        qmp.execute("device_del", json!({"id": id})),
+        json!({"return": {}})
+    );
+}
+
+/// device_del of dimm0, then DEVICE_DELETED and the guest's `done` line.
+fn remove_dimm0(vm: &mut Vm, qmp: &mut QmpClient, done: &str) {
+    device_del(qmp, "dimm0");
+    assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "dimm0");
+    vm.console.expect_async(done, Duration::from_secs(120));
+}
+
 fn lmb_rows(vm: &Vm) -> Vec<Value> {
     vm.qmp(&["x-query-drcs"])[0]["return"]
         .as_array()
@@ -210,14 +224,10 @@ fn a_dimm_is_onlined_holds_data_and_goes_when_asked() {
         vm.console.command("mem check 0x4ff00000 0x200000 8")[0],
         "mem check: mismatch at 0x4ff00000"
     );
-    assert_eq!(
-        qmp.execute("device_del", json!({"id": "dimm0"})),
-        json!({"return": {}})
-    );
-    assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "dimm0");
-    vm.console.expect_async(
+    remove_dimm0(
+        &mut vm,
+        &mut qmp,
         "dlpar: memory remove count 2 from 0x80000004: ok",
-        Duration::from_secs(30),
     );
     assert_eq!(dimm_memfds(&vm), 1, "only the backend's own memfd is left");
     assert_eq!(
@@ -245,10 +255,7 @@ fn pinned_memory_refuses_an_unplug_once_and_a_retry_after_unpinning_works() {
         vm.console.command("mem pin 0x50000000"),
         ["mem: lmb 0x80000005 pinned"]
     );
-    assert_eq!(
-        qmp.execute("device_del", json!({"id": "dimm0"})),
-        json!({"return": {}})
-    );
+    device_del(&mut qmp, "dimm0");
     vm.console.expect_async(
         "dlpar: memory remove count 2 from 0x80000004: refused: memory is not movable",
         Duration::from_secs(30),
@@ -277,10 +284,7 @@ fn pinned_memory_refuses_an_unplug_once_and_a_retry_after_unpinning_works() {
         vm.console.command("mem unpin 0x50000000"),
         ["mem: lmb 0x80000005 unpinned"]
     );
-    assert_eq!(
-        qmp.execute("device_del", json!({"id": "dimm0"})),
-        json!({"return": {}})
-    );
+    device_del(&mut qmp, "dimm0");
     assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "dimm0");
 }
 
@@ -296,10 +300,7 @@ fn a_dimm_whose_first_lmb_is_pinned_is_refused_silently_and_removed_after_unpinn
         vm.console.command("mem pin 0x40000000"),
         ["mem: lmb 0x80000004 pinned"]
     );
-    assert_eq!(
-        qmp.execute("device_del", json!({"id": "dimm0"})),
-        json!({"return": {}})
-    );
+    device_del(&mut qmp, "dimm0");
     vm.console.expect_async(
         "dlpar: memory remove count 2 from 0x80000004: refused: memory is not movable",
         Duration::from_secs(30),
@@ -323,14 +324,10 @@ fn a_dimm_whose_first_lmb_is_pinned_is_refused_silently_and_removed_after_unpinn
         vm.console.command("mem unpin 0x40000000"),
         ["mem: lmb 0x80000004 unpinned"]
     );
-    assert_eq!(
-        qmp.execute("device_del", json!({"id": "dimm0"})),
-        json!({"return": {}})
-    );
-    assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "dimm0");
-    vm.console.expect_async(
+    remove_dimm0(
+        &mut vm,
+        &mut qmp,
         "dlpar: memory remove count 2 from 0x80000004: ok",
-        Duration::from_secs(30),
     );
 }
 
@@ -366,13 +363,9 @@ fn a_16gib_dimm_plugs_and_unplugs_with_16382_lmb_drcs() {
         vm.console.command("mem check 0x4fffff000 0x1000 3"),
         ["mem check: 2 words, ok"]
     );
-    assert_eq!(
-        qmp.execute("device_del", json!({"id": "dimm0"})),
-        json!({"return": {}})
-    );
-    assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "dimm0");
-    vm.console.expect_async(
+    remove_dimm0(
+        &mut vm,
+        &mut qmp,
         "dlpar: memory remove count 64 from 0x80000010: ok",
-        Duration::from_secs(120),
     );
 }
