@@ -53,19 +53,65 @@ pub struct Event {
     index: u32,
 }
 
-/// Events fetched but not handled yet (one waits here while the shell moves
-/// off a CPU that the event removes), and the last ones handled.
+/// Events fetched and not handled yet, oldest first, and the last ones
+/// fetched. Linux fetches every event from its interrupt handler as soon
+/// as it is pulsed and handles them later, in order; so does this guest —
+/// before it handles one, and before it refuses one — so that several
+/// remove events for a device may be fetched before the first is refused.
 struct EventState {
-    waiting: Option<Event>,
+    fetched: [Option<Event>; FETCHED],
+    first: usize,
+    count: usize,
     recent: [Option<Event>; 8],
     next_recent: usize,
 }
 
+/// Events fetched and waiting, at most.
+const FETCHED: usize = 16;
+
 static EVENTS: SpinLock<EventState> = SpinLock::new(EventState {
-    waiting: None,
+    fetched: [None; FETCHED],
+    first: 0,
+    count: 0,
     recent: [None; 8],
     next_recent: 0,
 });
+
+impl EventState {
+    fn push_back(&mut self, event: Event) {
+        let slot = (self.first + self.count) % FETCHED;
+        self.fetched[slot] = Some(event);
+        self.count += 1;
+    }
+
+    fn push_front(&mut self, event: Event) {
+        self.first = (self.first + FETCHED - 1) % FETCHED;
+        self.fetched[self.first] = Some(event);
+        self.count += 1;
+    }
+
+    fn pop_front(&mut self) -> Option<Event> {
+        if self.count == 0 {
+            return None;
+        }
+        let event = self.fetched[self.first].take();
+        self.first = (self.first + 1) % FETCHED;
+        self.count -= 1;
+        event
+    }
+}
+
+/// Fetches every queued event (as Linux's interrupt handler does), while
+/// there is room to keep them.
+fn drain() {
+    while EVENTS.lock().count < FETCHED {
+        let Some(event) = fetch() else {
+            return;
+        };
+        remember(event);
+        EVENTS.lock().push_back(event);
+    }
+}
 
 static BUFFER: SpinLock<rtas::Page> = SpinLock::new(rtas::Page::zeroed());
 static WORK_AREA: SpinLock<rtas::Page> = SpinLock::new(rtas::Page::zeroed());
@@ -101,8 +147,7 @@ pub fn interrupt() {
 }
 
 pub fn pending() -> bool {
-    !HELD.load(Ordering::SeqCst)
-        && (PENDING.load(Ordering::SeqCst) || EVENTS.lock().waiting.is_some())
+    !HELD.load(Ordering::SeqCst) && (PENDING.load(Ordering::SeqCst) || EVENTS.lock().count > 0)
 }
 
 /// `dlpar off` / `dlpar on`. Turning it on fetches whatever waits.
@@ -124,19 +169,13 @@ pub enum Work {
 pub fn process() -> Work {
     PENDING.store(false, Ordering::SeqCst);
     loop {
-        let waiting = EVENTS.lock().waiting.take();
-        let event = match waiting {
-            Some(event) => event,
-            None => match fetch() {
-                Some(event) => {
-                    remember(event);
-                    event
-                }
-                None => return Work::Done,
-            },
+        drain();
+        let Some(event) = EVENTS.lock().pop_front() else {
+            return Work::Done;
         };
         if let Some(heir) = handle(event) {
-            EVENTS.lock().waiting = Some(event);
+            // It waits, first, for the shell on the other CPU.
+            EVENTS.lock().push_front(event);
             return Work::MoveShellTo(heir);
         }
     }
@@ -288,7 +327,10 @@ pub(crate) fn release_drc(drc: u32) -> bool {
 }
 
 /// Linux ≥ 5.13's dlpar_unisolate_drc: the "I refused" hint to the platform.
+/// Events pulsed meanwhile are fetched first, as Linux's interrupt handler
+/// would have: the platform must answer this refusal and theirs apart.
 pub(crate) fn unisolate_drc(drc: u32) {
+    drain();
     if sensor(drc) == Some(PRESENT) {
         set_indicator(ISOLATION_STATE, drc, UNISOLATE);
     }

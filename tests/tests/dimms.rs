@@ -224,6 +224,15 @@ fn a_dimm_is_onlined_holds_data_and_goes_when_asked() {
         vm.console.command("mem check 0x4ff00000 0x200000 8")[0],
         "mem check: mismatch at 0x4ff00000"
     );
+    // The guest cannot give memory back on its own: boot memory has no DRC
+    // (-3), and a DIMM's LMB the host did not ask for cannot be isolated (-1).
+    for (lmb, status) in [("0x80000000", "-3"), ("0x80000004", "-1")] {
+        assert_eq!(
+            vm.console
+                .command(&format!("rtas-raw 0x2000000 0x201a 3 1 9001 {lmb} 0")),
+            [format!("rtas-raw: status {status}")]
+        );
+    }
     remove_dimm0(
         &mut vm,
         &mut qmp,
@@ -367,5 +376,57 @@ fn a_16gib_dimm_plugs_and_unplugs_with_16382_lmb_drcs() {
         &mut vm,
         &mut qmp,
         "dlpar: memory remove count 64 from 0x80000010: ok",
+    );
+}
+
+#[test]
+fn twenty_device_dels_of_a_dimm_the_guest_refuses_give_one_error_per_refusal() {
+    if !kvm_usable("twenty_device_dels_of_a_dimm_the_guest_refuses_give_one_error_per_refusal") {
+        return;
+    }
+    let (mut vm, _qmp) = vm_with_dimm0();
+    assert_eq!(
+        vm.console.command("mem pin 0x50000000"),
+        ["mem: lmb 0x80000005 pinned"]
+    );
+    // The guest fetches remove events as Linux does (before it handles the
+    // one before, and before it refuses it): several may be fetched before
+    // the first refusal; each fetched and refused one is reported once.
+    let storm = format!("repeat:20:device_del={}", r#"{"id": "dimm0"}"#);
+    let replies = vm.qmp(&[&storm, "events-for:5"]);
+    assert_eq!(
+        replies[0]["errors"],
+        json!([]),
+        "every device_del is accepted"
+    );
+    let errors = replies[1]["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["event"] == "DEVICE_UNPLUG_GUEST_ERROR")
+        .count();
+    vm.console.command("events");
+    let refusals = vm
+        .console
+        .async_lines
+        .iter()
+        .filter(|l| l.starts_with("dlpar: memory remove count 2 from 0x80000004: refused"))
+        .count();
+    assert!(refusals >= 1, "the guest refused at least once");
+    assert_eq!(
+        errors, refusals,
+        "one DEVICE_UNPLUG_GUEST_ERROR per refusal"
+    );
+    // Nothing is left half-done: the DIMM is whole, its unplug is over.
+    assert!(lmb_rows(&vm)
+        .iter()
+        .filter(|r| r["device"] == "dimm0")
+        .all(|r| r["state"] == "configured" && r["unplug-requested"] == false));
+    assert_eq!(
+        &vm.console.command("mem")[..2],
+        [
+            "lmb 0x80000004 at 0x40000000: assigned online",
+            "lmb 0x80000005 at 0x50000000: assigned online pinned",
+        ]
     );
 }

@@ -9,7 +9,7 @@ use crate::clock::UtcTime;
 use crate::process::{
     answer, exit_on_lost_state, serve, take_fd, Device, Links, ProcessError, Startup,
 };
-use crate::state::Mapping;
+use crate::state::{self, Mapping, StateError};
 use ipc_proto::channel::{ChannelError, Frame};
 use ipc_proto::control::{Answer, FaultPoint};
 use ipc_proto::link::core_eventlog::{self, CoreEventLog};
@@ -112,18 +112,15 @@ impl EventLog {
         }
     }
 
-    /// Records what the last request changed (and the answer that fetched
-    /// an event) before anyone hears of it.
-    fn commit(
-        &mut self,
-        links: &mut Links,
-        answered: Option<(u64, &rtas_eventlog::Request, &rtas_eventlog::Reply)>,
-    ) {
+    /// Records what the last request changed (and `answer`, the record of
+    /// an answer to give again to a repeat) before anyone hears of it.
+    fn commit(&mut self, links: &mut Links, answer: Option<Result<state::Write, StateError>>) {
         let before = self.store.transitions();
-        if let Err(error) = self
-            .store
-            .commit(&mut self.queue, self.last_from_controller, answered)
-        {
+        let committed = answer.transpose().and_then(|answer| {
+            self.store
+                .commit(&mut self.queue, self.last_from_controller, answer)
+        });
+        if let Err(error) = committed {
             exit_on_lost_state(&error);
         }
         if self.store.transitions() > before {
@@ -167,6 +164,9 @@ impl EventLog {
     ) -> hotplug_eventlog::Reply {
         if id <= self.last_from_controller {
             log::info!("the hotplug controller repeats request {id}: already applied");
+            if let Some(reply) = self.store.controller_replayed(id, &request) {
+                return reply;
+            }
             return match request {
                 hotplug_eventlog::Request::Queue(_) => {
                     hotplug_eventlog::Reply::Queued { coalesced: true }
@@ -175,8 +175,8 @@ impl EventLog {
             };
         }
         self.last_from_controller = id;
-        let (reply, pulse) = match request {
-            hotplug_eventlog::Request::Queue(event) => {
+        let (reply, pulse) = match &request {
+            &hotplug_eventlog::Request::Queue(event) => {
                 match self.queue.enqueue(event, UtcTime::now()) {
                     Ok((coalesced, pulse)) => {
                         (hotplug_eventlog::Reply::Queued { coalesced }, pulse)
@@ -188,11 +188,11 @@ impl EventLog {
                 }
             }
             hotplug_eventlog::Request::Withdraw(event) => (
-                hotplug_eventlog::Reply::Withdrawn(self.queue.withdraw(&event)),
+                hotplug_eventlog::Reply::Withdrawn(self.queue.withdraw(event)),
                 Pulse::NONE,
             ),
         };
-        self.commit(links, None);
+        self.commit(links, Some(Store::controller_answer(id, &request, &reply)));
         self.pulse(pulse);
         reply
     }
@@ -223,7 +223,10 @@ impl EventLog {
                     },
                 };
                 let fetched = matches!(reply, rtas_eventlog::Reply::Event(_));
-                self.commit(links, fetched.then_some((id, &request, &reply)));
+                self.commit(
+                    links,
+                    fetched.then(|| Store::rtas_answer(id, &request, &reply)),
+                );
                 self.pulse(pulse);
                 Answer::Link(reply)
             }

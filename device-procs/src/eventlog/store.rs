@@ -12,19 +12,20 @@ use crate::state::{
     decode_record, encode_record, Layout, Mapping, Region, RequestKey, StateError, Table, Write,
 };
 use ipc_proto::link::core_eventlog::MAX_QUEUED_EVENTS;
-use ipc_proto::link::rtas_eventlog;
+use ipc_proto::link::{hotplug_eventlog, rtas_eventlog};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 /// Bumped whenever a record's meaning changes.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 const MAGIC: [u8; 8] = *b"PVEVTLOG";
 
 const META: usize = 0;
 const ENTRIES: usize = 1;
 const REPLIES: usize = 2;
-/// The replies table's one requester: the RTAS server.
+/// The replies table's requesters: the RTAS server, the hotplug controller.
 const RTAS: u32 = 0;
+const CONTROLLER: u32 = 1;
 
 /// The region's tables.
 pub fn layout() -> Layout {
@@ -35,7 +36,7 @@ pub fn layout() -> Layout {
         tables: vec![
             table(64, 1),
             table(256, MAX_QUEUED_EVENTS as u32),
-            table(256, 1),
+            table(256, 2),
         ],
     }
 }
@@ -145,13 +146,43 @@ impl Store {
         RequestKey::of(RTAS, id, request).replayed(&self.region, REPLIES)
     }
 
+    /// The record of a check-exception's answer.
+    pub fn rtas_answer(
+        id: u64,
+        request: &rtas_eventlog::Request,
+        reply: &rtas_eventlog::Reply,
+    ) -> Result<Write, StateError> {
+        RequestKey::of(RTAS, id, request).record(REPLIES, reply)
+    }
+
+    /// The answer already given to the controller's request `id`, if it was
+    /// its last: a controller that died before it recorded the answer asks
+    /// again, and must hear the same (it counts the remove events queued).
+    pub fn controller_replayed(
+        &self,
+        id: u64,
+        request: &hotplug_eventlog::Request,
+    ) -> Option<hotplug_eventlog::Reply> {
+        RequestKey::of(CONTROLLER, id, request).replayed(&self.region, REPLIES)
+    }
+
+    /// The record of an answer to the controller.
+    pub fn controller_answer(
+        id: u64,
+        request: &hotplug_eventlog::Request,
+        reply: &hotplug_eventlog::Reply,
+    ) -> Result<Write, StateError> {
+        RequestKey::of(CONTROLLER, id, request).record(REPLIES, reply)
+    }
+
     /// Commits what the last request changed in `queue`, the controller's
-    /// request number, and the RTAS server's answer when it fetched an event.
+    /// request number, and `answer` (a record of [`Store::rtas_answer`] or
+    /// [`Store::controller_answer`]).
     pub fn commit(
         &mut self,
         queue: &mut EventQueue,
         last_from_controller: u64,
-        answered: Option<(u64, &rtas_eventlog::Request, &rtas_eventlog::Reply)>,
+        answer: Option<Write>,
     ) -> Result<(), StateError> {
         let mut writes = Vec::new();
         let mut slots = self.slots.clone();
@@ -194,9 +225,7 @@ impl Store {
                 payload: Some(encode_record(0, &meta)?),
             });
         }
-        if let Some((id, request, reply)) = answered {
-            writes.push(RequestKey::of(RTAS, id, request).record(REPLIES, reply)?);
-        }
+        writes.extend(answer);
         if writes.is_empty() {
             return Ok(());
         }
@@ -255,9 +284,8 @@ mod tests {
             panic!("an event")
         };
         let reply = rtas_eventlog::Reply::Event(bytes);
-        store
-            .commit(&mut queue, 3, Some((77, &request, &reply)))
-            .unwrap();
+        let answer = Store::rtas_answer(77, &request, &reply).unwrap();
+        store.commit(&mut queue, 3, Some(answer)).unwrap();
 
         let (successor, resumed) = resume(&store);
         assert_eq!(resumed.queue.list(), queue.list());
@@ -265,6 +293,10 @@ mod tests {
         assert_eq!(resumed.last_from_controller, 3);
         assert_eq!(successor.replayed(77, &request), Some(reply));
         assert_eq!(successor.replayed(78, &request), None);
+        assert_eq!(
+            successor.controller_replayed(77, &hotplug_eventlog::Request::Queue(event(1))),
+            None
+        );
         // Slots are reused: the queue never needs more than it holds.
         let (mut successor, mut resumed) = (successor, resumed);
         resumed.queue.clear();

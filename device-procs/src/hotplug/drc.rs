@@ -42,6 +42,10 @@ pub struct Drc {
     /// The configure-connector walk's next step: a new walk (AVAILABLE →
     /// UNISOLATE) and a completed one start from 0.
     pub configure_step: u32,
+    /// The guest re-unisolated it in the refusal being answered: a device's
+    /// refusal may re-unisolate several of its DRCs (Linux adds back every
+    /// LMB it had offlined), which is one refusal, not several.
+    pub answered: bool,
 }
 
 impl Drc {
@@ -53,6 +57,7 @@ impl Drc {
             device: None,
             unplug_requested: false,
             configure_step: 0,
+            answered: false,
         }
     }
 
@@ -184,6 +189,7 @@ impl Drc {
     fn release(&mut self) {
         self.device = None;
         self.unplug_requested = false;
+        self.answered = false;
     }
 
     /// Machine reset: a pending unplug completes; then an attached device is
@@ -200,6 +206,7 @@ impl Drc {
         } else {
             DrcState::Unusable
         };
+        self.answered = false;
         outcome
     }
 }
@@ -225,6 +232,7 @@ mod tests {
             device: device.then(|| "dev".to_string()),
             unplug_requested: unplug,
             configure_step: 0,
+            answered: false,
         }
     }
 

@@ -88,6 +88,11 @@ pub struct Controller {
     drcs: BTreeMap<DrcIndex, Drc>,
     /// Each attached device's DRCs.
     devices: BTreeMap<String, Vec<DrcIndex>>,
+    /// Per device, the remove events the event log queued (not coalesced
+    /// into one that waited, not withdrawn) that no refusal answered yet:
+    /// the guest may have fetched each (Linux does so from its interrupt
+    /// handler, before it handles the one before), and answers each.
+    outstanding: BTreeMap<String, u32>,
     /// What changed since [`Controller::take_touched`] was last called.
     touched: Vec<Touched>,
 }
@@ -106,12 +111,90 @@ fn target(drcs: &[DrcIndex]) -> Option<HotplugTarget> {
 impl Controller {
     /// A table as a state region recorded it: its DRCs and its devices
     /// (id, DRCs).
-    pub fn restore(drcs: Vec<Drc>, devices: Vec<(String, Vec<DrcIndex>)>) -> Controller {
+    /// (id, DRCs, outstanding remove events) each.
+    pub fn restore(drcs: Vec<Drc>, devices: Vec<(String, Vec<DrcIndex>, u32)>) -> Controller {
+        let outstanding = devices
+            .iter()
+            .filter(|(_, _, count)| *count > 0)
+            .map(|(id, _, count)| (id.clone(), *count))
+            .collect();
         Controller {
             drcs: drcs.into_iter().map(|drc| (drc.index, drc)).collect(),
-            devices: devices.into_iter().collect(),
+            devices: devices
+                .into_iter()
+                .map(|(id, drcs, _)| (id, drcs))
+                .collect(),
+            outstanding,
             touched: Vec::new(),
         }
+    }
+
+    /// The remove events of device `id` that no refusal answered yet.
+    pub fn outstanding(&self, id: &str) -> u32 {
+        self.outstanding.get(id).copied().unwrap_or(0)
+    }
+
+    /// The device a remove event asks for.
+    fn removed_by(&self, event: &HotplugEvent) -> Option<String> {
+        let first = match event.target {
+            HotplugTarget::CpuByIndex(drc) => drc,
+            HotplugTarget::LmbsCountIndexed { first, .. } => first,
+        };
+        match event.action {
+            HotplugAction::Remove => self.drcs.get(&first)?.device.clone(),
+            HotplugAction::Add => None,
+        }
+    }
+
+    /// The event log queued `event` as a new event (not coalesced into one
+    /// that waited): a remove event the guest will fetch and answer.
+    pub fn event_queued(&mut self, event: &HotplugEvent) {
+        if let Some(device) = self.removed_by(event) {
+            *self.outstanding.entry(device.clone()).or_default() += 1;
+            self.touched.push(Touched::Device(device));
+        }
+    }
+
+    /// The event log withdrew `event` before the guest fetched it: nobody
+    /// answers it. The last one gone, the device's unplug is over.
+    pub fn event_withdrawn(&mut self, event: &HotplugEvent) {
+        if let Some(device) = self.removed_by(event) {
+            if self.answer_one(&device) == 0 {
+                self.end_unplug(&device);
+            }
+        }
+    }
+
+    /// One outstanding remove event of `device` is answered: how many remain.
+    fn answer_one(&mut self, device: &str) -> u32 {
+        let left = self.outstanding(device).saturating_sub(1);
+        match left {
+            0 => self.outstanding.remove(device),
+            n => self.outstanding.insert(device.to_string(), n),
+        };
+        self.touched.push(Touched::Device(device.to_string()));
+        left
+    }
+
+    /// Applies `change` to every DRC of `device`, noting those it changed.
+    fn each_drc_of(&mut self, device: &str, change: impl Fn(&mut Drc)) {
+        for index in self.devices.get(device).cloned().unwrap_or_default() {
+            if let Some(drc) = self.drcs.get_mut(&index) {
+                let before = drc.clone();
+                change(drc);
+                if *drc != before {
+                    self.touched.push(Touched::Drc(index));
+                }
+            }
+        }
+    }
+
+    /// The device's unplug is over: no DRC of it is asked for any more.
+    fn end_unplug(&mut self, device: &str) {
+        self.each_drc_of(device, |drc| {
+            drc.unplug_requested = false;
+            drc.answered = false;
+        });
     }
 
     /// What requests changed since the last call, each once.
@@ -266,6 +349,7 @@ impl Controller {
             return None;
         }
         self.devices.remove(device)?;
+        self.outstanding.remove(device);
         self.touched.push(Touched::Device(device.to_string()));
         Some(Released {
             device: device.to_string(),
@@ -301,25 +385,44 @@ impl Controller {
                 }
             }
             (Outcome::UnplugRefused, Some(device)) => {
-                // The whole device's unplug is withdrawn (all its LMBs), and
-                // reported once. A remove event that re-sent the answered
-                // request and still waits is withdrawn too: otherwise the
-                // guest would refuse again a request that no longer exists.
+                // The guest refuses one remove event it fetched, by
+                // re-unisolating DRCs of the device: every LMB it had
+                // offlined, for a DIMM. The first of them starts the
+                // refusal, reported once; a DRC re-unisolated again starts
+                // the next one (the guest answers another event).
                 let drcs = self.devices.get(&device).cloned().unwrap_or_default();
-                for index in &drcs {
-                    if let Some(drc) = self.drcs.get_mut(index) {
-                        if drc.unplug_requested {
-                            drc.unplug_requested = false;
-                            self.touched.push(Touched::Drc(*index));
-                        }
-                    }
-                }
-                effects.push(Effect::Notify(Notification::UnplugRefused { device }));
-                if let Some(target) = target(&drcs) {
-                    effects.push(Effect::Withdraw(HotplugEvent {
-                        action: HotplugAction::Remove,
-                        target,
+                let answered = |c: &Controller| {
+                    drcs.iter()
+                        .any(|i| c.drcs.get(i).is_some_and(|d| d.answered))
+                };
+                let again = before.answered;
+                let left = if again || !answered(self) {
+                    self.each_drc_of(&device, |drc| drc.answered = false);
+                    let left = self.answer_one(&device);
+                    effects.push(Effect::Notify(Notification::UnplugRefused {
+                        device: device.clone(),
                     }));
+                    // A remove event still waiting was never fetched: it goes
+                    // (and is answered when the event log says it went).
+                    if let (true, Some(target)) = (left > 0, target(&drcs)) {
+                        effects.push(Effect::Withdraw(HotplugEvent {
+                            action: HotplugAction::Remove,
+                            target,
+                        }));
+                    }
+                    left
+                } else {
+                    self.outstanding(&device)
+                };
+                if left == 0 {
+                    self.end_unplug(&device);
+                } else {
+                    // Other events are outstanding: the request stands for
+                    // every DRC, so that the guest's next refusal is heard.
+                    self.each_drc_of(&device, |drc| drc.unplug_requested = true);
+                    if let Some(drc) = self.drcs.get_mut(&DrcIndex(index)) {
+                        drc.answered = true;
+                    }
                 }
             }
             _ => {}
@@ -366,6 +469,10 @@ impl Controller {
 
     /// Machine reset; returns the devices whose pending unplug completed.
     pub fn reset(&mut self) -> Vec<Released> {
+        // The event queue is emptied too: no remove event is outstanding.
+        for device in std::mem::take(&mut self.outstanding).into_keys() {
+            self.touched.push(Touched::Device(device));
+        }
         let mut devices = Vec::new();
         for drc in self.drcs.values_mut() {
             let device = drc.device.clone();
@@ -489,19 +596,15 @@ pub(crate) mod tests {
             let (_, effects) = c.unplug_request(&[CORE1]).unwrap();
             assert_eq!(effects, [remove_event(CORE1)]);
         }
+        // The event log coalesced the three: one event, which the guest fetches.
+        c.event_queued(&REMOVE_CORE1);
         let (status, effects) = c.set_indicator(9001, CORE1.0, 1);
         assert_eq!(status, Success);
         assert_eq!(
             effects,
-            [
-                Effect::Notify(Notification::UnplugRefused {
-                    device: "core1".into()
-                }),
-                Effect::Withdraw(HotplugEvent {
-                    action: HotplugAction::Remove,
-                    target: HotplugTarget::CpuByIndex(CORE1)
-                })
-            ]
+            [Effect::Notify(Notification::UnplugRefused {
+                device: "core1".into()
+            })]
         );
         // A second unisolate is a plain no-op: no second report.
         assert_eq!(c.set_indicator(9001, CORE1.0, 1), (Success, vec![]));
@@ -568,7 +671,7 @@ pub(crate) mod tests {
             })]
         );
         let (_, first) = c.set_indicator(9001, lmbs[0].0, 1);
-        assert_eq!(first.len(), 2, "the report and the withdrawal: {first:?}");
+        assert_eq!(first.len(), 1, "the report: {first:?}");
         let (_, second) = c.set_indicator(9001, lmbs[1].0, 1);
         assert!(second.is_empty(), "one refusal, one report");
         // Without a pending unplug the guest cannot take a configured LMB away.
@@ -576,6 +679,83 @@ pub(crate) mod tests {
             c.set_indicator(9001, lmbs[0].0, 0).0,
             RtasStatus::HardwareError
         );
+    }
+
+    const REMOVE_CORE1: HotplugEvent = HotplugEvent {
+        action: HotplugAction::Remove,
+        target: HotplugTarget::CpuByIndex(CORE1),
+    };
+
+    #[test]
+    fn each_remove_event_the_guest_fetched_and_refused_is_reported_once() {
+        let mut c = controller();
+        c.plug(&[CORE1], "core1", false).unwrap();
+        acquire(&mut c, CORE1);
+        // Two remove events the event log queued: the guest fetched the
+        // first, then (Linux's interrupt handler) the second, then refuses both.
+        for _ in 0..2 {
+            c.unplug_request(&[CORE1]).unwrap();
+            c.event_queued(&REMOVE_CORE1);
+        }
+        let report = Effect::Notify(Notification::UnplugRefused {
+            device: "core1".into(),
+        });
+        let (_, first) = c.set_indicator(9001, CORE1.0, 1);
+        assert_eq!(first, [report.clone(), Effect::Withdraw(REMOVE_CORE1)]);
+        // The withdrawal found nothing (the guest had it): the request stands.
+        assert_eq!(c.outstanding("core1"), 1);
+        assert!(c.drc(CORE1).unwrap().unplug_requested);
+        let (_, second) = c.set_indicator(9001, CORE1.0, 1);
+        assert_eq!(second, [report]);
+        assert!(!c.drc(CORE1).unwrap().unplug_requested);
+        assert_eq!(c.set_indicator(9001, CORE1.0, 1), (Success, vec![]));
+
+        // A second event the guest never fetched is withdrawn: one report.
+        for _ in 0..2 {
+            c.unplug_request(&[CORE1]).unwrap();
+            c.event_queued(&REMOVE_CORE1);
+        }
+        let (_, effects) = c.set_indicator(9001, CORE1.0, 1);
+        assert_eq!(effects.len(), 2);
+        c.event_withdrawn(&REMOVE_CORE1);
+        assert_eq!(c.outstanding("core1"), 0);
+        assert!(!c.drc(CORE1).unwrap().unplug_requested);
+        assert_eq!(c.set_indicator(9001, CORE1.0, 1), (Success, vec![]));
+    }
+
+    #[test]
+    fn a_dimm_refusal_that_re_unisolates_several_lmbs_is_one_refusal() {
+        let mut c = controller();
+        let lmbs: Vec<DrcIndex> = (4..7)
+            .map(|id| DrcIndex::new(DrcKind::Lmb, id).unwrap())
+            .collect();
+        c.plug(&lmbs, "dimm0", true).unwrap();
+        let remove = HotplugEvent {
+            action: HotplugAction::Remove,
+            target: HotplugTarget::LmbsCountIndexed {
+                count: 3,
+                first: lmbs[0],
+            },
+        };
+        for _ in 0..2 {
+            c.unplug_request(&lmbs).unwrap();
+            c.event_queued(&remove);
+        }
+        // Each refusal re-adds the two LMBs it had offlined (the third was
+        // pinned): two re-unisolations, one refusal, one report.
+        for round in 0..2 {
+            let (_, effects) = c.set_indicator(9001, lmbs[0].0, 1);
+            let reports = effects
+                .iter()
+                .filter(|e| matches!(e, Effect::Notify(Notification::UnplugRefused { .. })))
+                .count();
+            assert_eq!(reports, 1, "round {round}: {effects:?}");
+            let (_, effects) = c.set_indicator(9001, lmbs[1].0, 1);
+            assert!(effects.is_empty(), "round {round}: {effects:?}");
+        }
+        assert_eq!(c.outstanding("dimm0"), 0);
+        assert!(lmbs.iter().all(|i| !c.drc(*i).unwrap().unplug_requested));
+        assert!(c.reset().is_empty());
     }
 
     #[test]

@@ -278,16 +278,34 @@ impl HotplugController {
         let mut delivered = false;
         for destination in [Destination::Core, Destination::EventLog] {
             for (id, effect) in store.pending(destination) {
+                use hotplug_eventlog::{Reply, Request};
                 let sent = match effect {
                     Effect::Notify(notification) => {
                         log::info!("telling the core: {notification:?}");
                         links.notify_as::<HotplugNotify>(id, notification).is_ok()
                     }
+                    // What the event log did decides what the guest may
+                    // answer: a remove event it really queued is outstanding
+                    // until answered, one it withdrew no longer is.
                     Effect::Queue(event) => {
-                        Self::to_event_log(links, id, hotplug_eventlog::Request::Queue(event))
+                        match Self::to_event_log(links, id, Request::Queue(event)) {
+                            Some(Some(Reply::Queued { coalesced: false })) => {
+                                self.controller.event_queued(&event);
+                                true
+                            }
+                            Some(_) => true,
+                            None => false,
+                        }
                     }
                     Effect::Withdraw(event) => {
-                        Self::to_event_log(links, id, hotplug_eventlog::Request::Withdraw(event))
+                        match Self::to_event_log(links, id, Request::Withdraw(event)) {
+                            Some(Some(Reply::Withdrawn(true))) => {
+                                self.controller.event_withdrawn(&event);
+                                true
+                            }
+                            Some(_) => true,
+                            None => false,
+                        }
                     }
                 };
                 if !sent {
@@ -295,7 +313,7 @@ impl HotplugController {
                     log::warn!("{destination:?} is down: {waiting} effect(s) wait for it");
                     break;
                 }
-                if let Err(error) = store.delivered(id) {
+                if let Err(error) = store.delivered(&mut self.controller, id) {
                     exit_on_lost_state(&error);
                 }
                 delivered = true;
@@ -306,18 +324,24 @@ impl HotplugController {
         }
     }
 
-    fn to_event_log(links: &mut Links, id: u64, request: hotplug_eventlog::Request) -> bool {
+    /// The event log's reply (`Some(None)` for a refusal), or `None` when it
+    /// is down.
+    fn to_event_log(
+        links: &mut Links,
+        id: u64,
+        request: hotplug_eventlog::Request,
+    ) -> Option<Option<hotplug_eventlog::Reply>> {
         match links.request_as::<HotplugEventLog>(id, request.clone()) {
             Ok(Answer::Link(reply)) => {
                 log::debug!("event log: {request:?} -> {reply:?}");
-                true
+                Some(Some(reply))
             }
             Ok(other) => {
                 // Delivered, and refused: sending it again would not help.
                 log::error!("the event log did not take {request:?}: {other:?}");
-                true
+                Some(None)
             }
-            Err(_) => false,
+            Err(_) => None,
         }
     }
 }

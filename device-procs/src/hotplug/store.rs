@@ -26,7 +26,7 @@ pub const DEVICE_SLOTS: u32 = 1024;
 /// Effects kept for a receiver that is down; beyond, the oldest are dropped.
 pub const OUTBOX_SLOTS: u32 = 1024;
 /// Bumped whenever a record's meaning changes.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 const MAGIC: [u8; 8] = *b"PVHOTPLG";
 
 const META: usize = 0;
@@ -139,6 +139,7 @@ struct DrcRecord {
     device: Option<u32>,
     unplug_requested: bool,
     configure_step: u32,
+    answered: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -146,6 +147,8 @@ struct DeviceRecord {
     id: String,
     first: DrcIndex,
     count: u32,
+    /// Remove events queued and not answered yet.
+    outstanding: u32,
 }
 
 fn destination_index(destination: Destination) -> usize {
@@ -195,7 +198,7 @@ impl Store {
             },
             outbox: BTreeMap::new(),
         };
-        store.transition(controller, Vec::new(), None, true)?;
+        store.transition(controller, Vec::new(), None, None, true)?;
         Ok(store)
     }
 
@@ -242,6 +245,7 @@ impl Store {
                 device,
                 unplug_requested: record.unplug_requested,
                 configure_step: record.configure_step,
+                answered: record.answered,
             });
         }
         let mut attached = Vec::new();
@@ -255,7 +259,7 @@ impl Store {
                     device.id, missing.0
                 )));
             }
-            attached.push((device.id.clone(), drcs));
+            attached.push((device.id.clone(), drcs, device.outstanding));
         }
         let mut outbox = BTreeMap::new();
         for slot in 0..OUTBOX_SLOTS {
@@ -302,7 +306,7 @@ impl Store {
         effects: Vec<Effect>,
         reply: Option<(RequestKey, StoredReply)>,
     ) -> Result<(), StoreError> {
-        self.transition(controller, effects, reply, false)
+        self.transition(controller, effects, reply, None, false)
     }
 
     /// [`Store::commit`]; the first transition writes the meta record even
@@ -312,6 +316,7 @@ impl Store {
         controller: &mut Controller,
         effects: Vec<Effect>,
         reply: Option<(RequestKey, StoredReply)>,
+        delivered: Option<u64>,
         first: bool,
     ) -> Result<(), StoreError> {
         let mut writes = Vec::new();
@@ -334,6 +339,7 @@ impl Store {
                         device,
                         unplug_requested: drc.unplug_requested,
                         configure_step: drc.configure_step,
+                        answered: drc.answered,
                     };
                     writes.push(Write {
                         table: DRCS,
@@ -348,6 +354,7 @@ impl Store {
                             id: id.clone(),
                             first: drcs.first().copied().unwrap_or(DrcIndex(0)),
                             count: drcs.len() as u32,
+                            outstanding: controller.outstanding(&id),
                         };
                         writes.push(Write {
                             table: DEVICES,
@@ -369,6 +376,10 @@ impl Store {
             }
         }
         let mut meta = self.meta;
+        let delivered = delivered.and_then(|id| Some((id, self.outbox.get(&id)?.destination())));
+        if let Some((id, destination)) = delivered {
+            meta.delivered[destination_index(destination)] = id;
+        }
         let mut numbered = Vec::new();
         for effect in effects {
             let id = meta.next_effect;
@@ -396,6 +407,9 @@ impl Store {
         self.region.commit(&writes)?;
         self.meta = meta;
         self.free_device_slots.extend(freed);
+        if let Some((id, _)) = delivered {
+            self.outbox.remove(&id);
+        }
         for (id, effect) in numbered {
             // Its slot held effect `id - OUTBOX_SLOTS`, which is gone if it waited.
             let overwritten = id.checked_sub(u64::from(OUTBOX_SLOTS));
@@ -432,22 +446,11 @@ impl Store {
             .collect()
     }
 
-    /// Effect `id` reached its destination: committed, so a successor does
-    /// not send it again (it would be dropped as a repeat if it did).
-    pub fn delivered(&mut self, id: u64) -> Result<(), StoreError> {
-        let Some(effect) = self.outbox.get(&id) else {
-            return Ok(());
-        };
-        let mut meta = self.meta;
-        meta.delivered[destination_index(effect.destination())] = id;
-        self.region.commit(&[Write {
-            table: META,
-            slot: 0,
-            payload: Some(record(0, &meta)?),
-        }])?;
-        self.meta = meta;
-        self.outbox.remove(&id);
-        Ok(())
+    /// Effect `id` reached its destination: committed, with what its answer
+    /// changed in `controller`, so a successor does not send it again (it
+    /// would be answered as a repeat if it did).
+    pub fn delivered(&mut self, controller: &mut Controller, id: u64) -> Result<(), StoreError> {
+        self.transition(controller, Vec::new(), None, Some(id), false)
     }
 
     /// Transitions committed so far.
@@ -564,7 +567,7 @@ mod tests {
                 }))
             )]
         );
-        store.delivered(1).unwrap();
+        store.delivered(&mut c, 1).unwrap();
         let (mut successor, mut restored) = resumed(&store);
         assert!(successor.pending(Destination::Core).is_empty());
         assert_eq!(successor.pending(Destination::EventLog).len(), 1);
