@@ -12,6 +12,7 @@ mod dlpar;
 mod epow;
 mod fdt;
 mod hcall;
+mod hostile;
 mod lmb;
 mod mem;
 mod platform;

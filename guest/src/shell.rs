@@ -135,6 +135,13 @@ pub fn run() {
                 Line::new().str("rtas-calls: ").dec(rtas::calls()).nl();
             }
             "mem" => crate::lmb::command(&mut words, parse_number),
+            "hostile" => match (
+                words.next().and_then(parse_number),
+                words.next().and_then(parse_number),
+            ) {
+                (Some(seed), Some(count)) => crate::hostile::run(seed, count),
+                _ => usage("hostile <seed> <count>"),
+            },
             "dlpar" => match words.next() {
                 Some("off") => {
                     dlpar::hold(true);
@@ -171,6 +178,7 @@ fn help() {
         "  cpu online <n>       start CPU n (start-cpu)\n",
         "  events               the last hot-plug events received\n",
         "  rtas-calls           RTAS calls the guest made since boot\n",
+        "  hostile <seed> <n>   n random and malformed RTAS calls; a tally of their statuses\n",
         "  dlpar off|on         stop or resume handling hot-plug events\n",
         "  mem                  one line per LMB: lmb <drc> at <addr>: assigned|free [online] [pinned]\n",
         "  mem pin|unpin <addr> make the LMB holding addr non-movable, or movable again\n",

@@ -260,7 +260,10 @@ fn unplug(vm: &mut Vm, qmp: &mut QmpClient) -> bool {
 }
 
 fn run(cell: &Cell<'_>, log: &std::path::Path) -> Outcome {
-    let dir = log.parent().expect("a scratch directory").to_path_buf();
+    // The VM's own directory goes with it; the log, beside it, stays for
+    // the report of a failed cell.
+    let dir = log.parent().expect("a scratch directory").join("vm");
+    std::fs::create_dir_all(&dir).expect("the VM's directory");
     let log_arg = log.display().to_string();
     let mut vm = Vm::start_in(
         &binary("papervisor"),
