@@ -22,7 +22,7 @@ const GUEST_TIMEOUT: Duration = Duration::from_secs(40);
 const QUIET: Duration = Duration::from_millis(500);
 /// Cells run at once: most of a cell's time is spent waiting (timeouts,
 /// backoff, the guest), not computing.
-const PARALLEL_CELLS: usize = 3;
+const PARALLEL_CELLS: usize = 2;
 
 const ACTIONS: [&str; 6] = [
     "crash",
