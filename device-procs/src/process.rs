@@ -255,6 +255,17 @@ impl Links {
                 }
                 Ok(reply.answer)
             }
+            // A peer that is only slow (it may still be starting, or wait
+            // on a third) is blamed, and kept: if the supervisor judges it
+            // hung it kills it (and the link goes with it); if not — the
+            // blame names a generation already gone — the next request
+            // reaches it, and its late reply is skipped as stale. Dropping
+            // it here would leave a link that nobody replaces.
+            Err(error @ ChannelError::Timeout(_)) => {
+                log::error!("{link:?}: the peer did not answer ({error}); it is reported");
+                self.peer_failed = link.server();
+                Err(PeerDown(link))
+            }
             Err(error) => {
                 log::error!(
                     "{link:?}: the peer failed ({error}); dropping it until it is replaced"
