@@ -661,6 +661,37 @@ impl QmpClient {
     }
 }
 
+/// Asserts that every refusal the guest printed (console lines starting
+/// with `refusal`) got exactly one `DEVICE_UNPLUG_GUEST_ERROR` among
+/// `events` (a driver's `events-for` list), and that there was at least one;
+/// returns how many.
+pub fn assert_one_error_per_refusal(
+    vm: &mut Vm,
+    events: &serde_json::Value,
+    refusal: &str,
+) -> usize {
+    let errors = events
+        .as_array()
+        .expect("an event list")
+        .iter()
+        .filter(|e| e["event"] == "DEVICE_UNPLUG_GUEST_ERROR")
+        .count();
+    // Reads whatever the guest printed meanwhile.
+    vm.console.command("events");
+    let refusals = vm
+        .console
+        .async_lines
+        .iter()
+        .filter(|l| l.starts_with(refusal))
+        .count();
+    assert!(refusals >= 1, "the guest refused at least once");
+    assert_eq!(
+        errors, refusals,
+        "one DEVICE_UNPLUG_GUEST_ERROR per refusal"
+    );
+    refusals
+}
+
 /// Helpers shared by the benchmark binaries.
 pub mod bench {
     /// The median (sorts `values`).

@@ -3,7 +3,7 @@
 //! is here: a refused unplug must reach the management client and a later
 //! device_del must reach the guest again, without a reboot.
 
-use papervisor_tests::{kvm_usable, Vm};
+use papervisor_tests::{assert_one_error_per_refusal, kvm_usable, Vm};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -166,23 +166,10 @@ fn a_device_del_storm_queues_at_most_one_event_and_each_refusal_is_reported_once
         .collect();
     assert!(queued.len() <= 1, "queued: {queued:?}");
     // The guest has drained (5 s): one report per refusal the guest made.
-    let errors = replies[2]["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["event"] == "DEVICE_UNPLUG_GUEST_ERROR")
-        .count();
-    vm.console.command("events");
-    let refusals = vm
-        .console
-        .async_lines
-        .iter()
-        .filter(|l| l.starts_with("dlpar: cpu remove 0x10000001: refused"))
-        .count();
-    assert!(refusals >= 1, "the guest refused at least once");
-    assert_eq!(
-        errors, refusals,
-        "one DEVICE_UNPLUG_GUEST_ERROR per refusal"
+    let refusals = assert_one_error_per_refusal(
+        &mut vm,
+        &replies[2]["events"],
+        "dlpar: cpu remove 0x10000001: refused",
     );
     // Coalesced: the guest handled fewer remove events than there were requests.
     assert!(refusals < 1000, "{refusals} refusals for 1000 requests");

@@ -5,7 +5,7 @@
 //! pinned) and a retry after unpinning; a pending unplug completing at
 //! reset. Need /dev/kvm.
 
-use papervisor_tests::{kvm_usable, QmpClient, Vm};
+use papervisor_tests::{assert_one_error_per_refusal, kvm_usable, QmpClient, Vm};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -399,23 +399,10 @@ fn twenty_device_dels_of_a_dimm_the_guest_refuses_give_one_error_per_refusal() {
         json!([]),
         "every device_del is accepted"
     );
-    let errors = replies[1]["events"]
-        .as_array()
-        .expect("events")
-        .iter()
-        .filter(|e| e["event"] == "DEVICE_UNPLUG_GUEST_ERROR")
-        .count();
-    vm.console.command("events");
-    let refusals = vm
-        .console
-        .async_lines
-        .iter()
-        .filter(|l| l.starts_with("dlpar: memory remove count 2 from 0x80000004: refused"))
-        .count();
-    assert!(refusals >= 1, "the guest refused at least once");
-    assert_eq!(
-        errors, refusals,
-        "one DEVICE_UNPLUG_GUEST_ERROR per refusal"
+    assert_one_error_per_refusal(
+        &mut vm,
+        &replies[1]["events"],
+        "dlpar: memory remove count 2 from 0x80000004: refused",
     );
     // Nothing is left half-done: the DIMM is whole, its unplug is over.
     assert!(lmb_rows(&vm)
