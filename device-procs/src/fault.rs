@@ -17,6 +17,8 @@ pub const CRASH_STATUS: i32 = 70;
 #[derive(Debug, Default)]
 pub struct Armed {
     fault: Option<ArmedFault>,
+    /// RTAS calls still to be answered with a lie (`Fault::Lie`).
+    pub(crate) lies: usize,
     /// The request being answered: its link and name.
     current: Option<(Link, String)>,
     /// What to do to the current request's reply.
@@ -101,7 +103,7 @@ impl Links {
 }
 
 /// Commits `fault`; returns what happened if the process is still alive.
-pub fn commit(fault: Fault, links: &Links) -> String {
+pub fn commit(fault: Fault, links: &mut Links) -> String {
     log::warn!("committing {fault:?} as asked");
     match fault {
         Fault::OpenHostFile => match std::fs::File::open("/etc/passwd") {
@@ -154,6 +156,7 @@ pub fn commit(fault: Fault, links: &Links) -> String {
             // Never answers again; poll with no descriptors is allowed.
             let _ = nix::poll::poll(&mut [], nix::poll::PollTimeout::NONE);
         },
+        Fault::Lie => crate::lie::tell(links),
     }
 }
 

@@ -9,6 +9,8 @@ pub mod eventlog;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod hotplug;
+#[cfg(feature = "fault-injection")]
+pub mod lie;
 pub mod process;
 pub mod rtas;
 pub mod seccomp;

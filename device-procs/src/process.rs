@@ -366,13 +366,13 @@ impl Links {
 }
 
 #[cfg(feature = "fault-injection")]
-fn arm_fault<R>(links: &Links, fault: ipc_proto::Fault) -> Answer<R> {
+fn arm_fault<R>(links: &mut Links, fault: ipc_proto::Fault) -> Answer<R> {
     let outcome = crate::fault::commit(fault, links);
     Answer::Control(ipc_proto::control::ControlReply::FaultSurvived { outcome })
 }
 
 #[cfg(not(feature = "fault-injection"))]
-fn arm_fault<R>(_: &Links, fault: ipc_proto::Fault) -> Answer<R> {
+fn arm_fault<R>(_: &mut Links, fault: ipc_proto::Fault) -> Answer<R> {
     log::warn!("refused to commit {fault:?}: this build has no fault injection");
     Answer::Refused(Refusal::FaultInjectionNotBuilt)
 }
@@ -415,6 +415,12 @@ impl Links {
     #[cfg(feature = "fault-injection")]
     pub(crate) fn faults_mut(&mut self) -> &mut crate::fault::Armed {
         &mut self.faults
+    }
+
+    /// Sends a reply on link `P` to request `id`, asked or not (a lie).
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn stray_reply<P: Protocol>(&mut self, id: u64, answer: Answer<P::Reply>) -> bool {
+        self.reply::<P>(id, answer).is_ok()
     }
 }
 

@@ -55,11 +55,17 @@ pub enum Fault {
     /// Sends random and truncated frames on every link to the core, then
     /// goes on serving (the core must survive and cut it off).
     Garbage,
+    /// Sends the core and its peers well-formed but wrong messages (unknown
+    /// DRCs and devices, releases nobody asked for, replies to ids never
+    /// asked, huge counts, floods), and answers the RTAS calls that follow
+    /// with machine requests they did not make; then goes on serving. The
+    /// receivers must reject every lie and stay consistent.
+    Lie,
 }
 
 impl Fault {
     /// The QMP names.
-    pub const ALL: [(&'static str, Fault); 7] = [
+    pub const ALL: [(&'static str, Fault); 8] = [
         ("open-host-file", Fault::OpenHostFile),
         ("open-socket", Fault::OpenSocket),
         ("fork", Fault::Fork),
@@ -67,6 +73,7 @@ impl Fault {
         ("write-other-fd", Fault::WriteOtherFd),
         ("hang", Fault::Hang),
         ("garbage", Fault::Garbage),
+        ("lie", Fault::Lie),
     ];
 }
 

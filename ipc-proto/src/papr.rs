@@ -165,6 +165,10 @@ impl RtasStatus {
     }
 }
 
+/// PAPR addresses may carry the top nibble (Linux's ppc64_phys_to_real
+/// masks it): what is left is the real address.
+pub const REAL_ADDRESS_MASK: u64 = !0xf000_0000_0000_0000;
+
 /// The RTAS calls of the platform, each with the token QEMU gives it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RtasCall {

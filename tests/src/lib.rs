@@ -141,6 +141,15 @@ pub fn scratch_dir() -> PathBuf {
     dir
 }
 
+/// The machine the hot-plug tests use: one boot core of four, 512 MiB of
+/// boot RAM and room for two DIMMs (LMBs 0x80000004 on, at 1 GiB).
+pub const HOTPLUG_MACHINE: [&str; 4] = [
+    "--smp",
+    "cpus=1,maxcpus=4",
+    "--memory",
+    "size=512M,maxmem=2G,slots=2",
+];
+
 /// A running `papervisor` with its console and QMP on Unix sockets.
 pub struct Vm {
     child: Option<Child>,
@@ -646,12 +655,19 @@ impl QmpClient {
 
     /// Waits for the event `name` (events received earlier count).
     pub fn wait_event(&mut self, name: &str) -> serde_json::Value {
-        if let Some(at) = self.events.iter().position(|e| e["event"] == name) {
+        self.wait_any_event(&[name])
+    }
+
+    /// Waits for the first event named in `names` (events received
+    /// earlier count).
+    pub fn wait_any_event(&mut self, names: &[&str]) -> serde_json::Value {
+        let wanted = |event: &serde_json::Value| names.iter().any(|name| event["event"] == *name);
+        if let Some(at) = self.events.iter().position(wanted) {
             return self.events.remove(at);
         }
         loop {
             let message = self.next_message();
-            if message["event"] == name {
+            if wanted(&message) {
                 return message;
             }
             if message.get("event").is_some() {

@@ -4,7 +4,7 @@
 //! `unusable`, every device process serves on, and afterwards a normal
 //! hotplug cycle works. Needs /dev/kvm.
 
-use papervisor_tests::{kvm_usable, QmpClient, Vm};
+use papervisor_tests::{kvm_usable, QmpClient, Vm, HOTPLUG_MACHINE};
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,12 +19,7 @@ fn a_hostile_guest_gets_a_papr_status_for_every_call_and_hotplug_still_works() {
     if !kvm_usable("a_hostile_guest_gets_a_papr_status_for_every_call_and_hotplug_still_works") {
         return;
     }
-    let mut vm = Vm::start(&[
-        "--smp",
-        "cpus=1,maxcpus=4",
-        "--memory",
-        "size=512M,maxmem=2G,slots=2",
-    ]);
+    let mut vm = Vm::start(&HOTPLUG_MACHINE);
     vm.boot();
     // QMP plugs and unplugs core 2 meanwhile (errors are fine: the guest
     // may have moved its DRC).

@@ -15,6 +15,9 @@ pub struct CoreDevice {
     pub id: Option<String>,
     /// The QOM path: also the device's name at the hotplug controller.
     pub path: String,
+    /// A device_del was accepted: the hotplug controller may release it.
+    /// Nothing else lets the core park a core's vCPUs.
+    pub unplug_asked: bool,
 }
 
 pub struct Cores {
@@ -54,6 +57,7 @@ impl Cores {
                 (core < smp.boot_cores()).then(|| CoreDevice {
                     id: None,
                     path: format!("/machine/unattached/device[{core}]"),
+                    unplug_asked: false,
                 })
             })
             .collect();
@@ -135,6 +139,7 @@ impl Cores {
             CoreDevice {
                 id: id.map(str::to_string),
                 path,
+                unplug_asked: false,
             },
         ))
     }
@@ -153,11 +158,34 @@ impl Cores {
         })
     }
 
-    /// Frees the slot of the device with QOM path `path`.
-    pub fn remove(&mut self, path: &str) -> Option<(u32, CoreDevice)> {
-        let core = self.find(path)?;
-        let device = self.slots.get_mut(core as usize)?.take()?;
-        Some((core, device))
+    /// Records that a device_del of `core` goes to the hotplug controller.
+    pub fn ask_unplug(&mut self, core: u32) {
+        if let Some(Some(device)) = self.slots.get_mut(core as usize) {
+            device.unplug_asked = true;
+        }
+    }
+
+    /// Frees the slot of the device the hotplug controller released, named
+    /// by QOM path: only a core the core asked back, never the boot core,
+    /// whatever the controller says.
+    pub fn remove_released(&mut self, path: &str) -> Result<(u32, CoreDevice), String> {
+        let core = self
+            .find(path)
+            .ok_or_else(|| format!("an unknown device {path}"))?;
+        let slot = self
+            .slots
+            .get_mut(core as usize)
+            .ok_or_else(|| format!("core {core} of no slot"))?;
+        match slot {
+            _ if core == 0 => Err(format!("the boot core ({path})")),
+            Some(device) if !device.unplug_asked => Err(format!(
+                "core {core} ({path}), which no device_del asked back"
+            )),
+            _ => slot
+                .take()
+                .map(|device| (core, device))
+                .ok_or_else(|| format!("an empty core slot {core}")),
+        }
     }
 
     /// Checks a device_del: the slot to unplug.
@@ -230,7 +258,20 @@ mod tests {
             .unwrap_err()
             .desc
             .contains("Boot CPU core"));
-        assert_eq!(c.remove("/machine/peripheral/core1").unwrap().0, 1);
+        // Released only when asked back, and never the boot core.
+        let not_asked = c.remove_released("/machine/peripheral/core1").unwrap_err();
+        assert!(
+            not_asked.contains("which no device_del asked back"),
+            "{not_asked}"
+        );
+        let boot = c
+            .remove_released("/machine/unattached/device[0]")
+            .unwrap_err();
+        assert!(boot.contains("the boot core"), "{boot}");
+        assert!(c.remove_released("nope").unwrap_err().contains("unknown"));
+        assert_eq!(c.present(), [0, 1]);
+        c.ask_unplug(1);
+        assert_eq!(c.remove_released("/machine/peripheral/core1").unwrap().0, 1);
         assert_eq!(c.present(), [0]);
     }
 }

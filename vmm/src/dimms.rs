@@ -43,6 +43,9 @@ pub struct Dimm {
     pub addr: u64,
     pub size: u64,
     pub slot: u32,
+    /// A device_del was accepted: the hotplug controller may release it.
+    /// Nothing else lets the core take its memory from the guest.
+    pub unplug_asked: bool,
 }
 
 impl Dimm {
@@ -195,6 +198,7 @@ impl<M> Dimms<M> {
             addr,
             size,
             slot,
+            unplug_asked: false,
         })
     }
 
@@ -214,7 +218,32 @@ impl<M> Dimms<M> {
     }
 
     /// The DIMM is gone (released): its backend is free again.
-    pub fn remove(&mut self, name: &str) -> Option<Dimm> {
+    /// Records that a device_del of DIMM `name` goes to the hotplug controller.
+    pub fn ask_unplug(&mut self, name: &str) {
+        let Some(id) = self.find(name).map(|dimm| dimm.id.clone()) else {
+            return;
+        };
+        if let Some(dimm) = self.dimms.get_mut(&id) {
+            dimm.unplug_asked = true;
+        }
+    }
+
+    /// Removes the DIMM the hotplug controller released: only one the core
+    /// asked back, whatever the controller says.
+    pub fn remove_released(&mut self, name: &str) -> Result<Dimm, String> {
+        match self.find(name) {
+            None => Err(format!("an unknown DIMM {name}")),
+            Some(dimm) if !dimm.unplug_asked => Err(format!(
+                "DIMM {} ({name}), which no device_del asked back",
+                dimm.id
+            )),
+            Some(_) => self
+                .remove(name)
+                .ok_or_else(|| format!("a DIMM {name} that went meanwhile")),
+        }
+    }
+
+    fn remove(&mut self, name: &str) -> Option<Dimm> {
         let id = self.find(name)?.id.clone();
         let dimm = self.dimms.remove(&id)?;
         if let Some(backend) = self.backends.get_mut(&dimm.memdev) {
@@ -264,7 +293,15 @@ mod tests {
         d.plugged(second);
         assert_eq!(d.plugged_bytes(), GIB + GIB / 2);
         assert!(d.remove_backend("m0").is_err(), "in use");
-        let gone = d.remove("/machine/peripheral/dimm0").unwrap();
+        // Released only when asked back.
+        let not_asked = d.remove_released("/machine/peripheral/dimm0").unwrap_err();
+        assert!(
+            not_asked.contains("which no device_del asked back"),
+            "{not_asked}"
+        );
+        assert!(d.remove_released("dimm9").unwrap_err().contains("unknown"));
+        d.ask_unplug("dimm0");
+        let gone = d.remove_released("/machine/peripheral/dimm0").unwrap();
         assert_eq!(gone.id, "dimm0");
         // Its slot, its place and its backend are free again.
         let again = d.prepare_plug("dimm0", "m0", None).unwrap();

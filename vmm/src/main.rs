@@ -1,24 +1,6 @@
 //! `papervisor`: the core process.
 
-mod boot;
-mod config;
-mod confine;
-mod console;
-mod control;
-mod cores;
-mod devices;
-mod dimms;
-mod fdt;
-mod hcall;
-mod interrupts;
-mod layout;
-mod memory;
-mod qmp;
-mod runtime;
-mod seccomp;
-mod signals;
-mod vcpu;
-mod vm;
+use vmm::{config, confine, console, devices, qmp, runtime, seccomp, signals, vcpu, vm};
 
 use config::Cli;
 use std::error::Error;

@@ -15,7 +15,8 @@ use crate::hcall::{
 };
 use crate::interrupts::InterruptRouter;
 use crate::layout::HCALL_DOORBELL_PORT;
-use ipc_proto::link::core_rtas::{self, CpuSnapshot, PlatformRequest};
+use ipc_proto::link::core_rtas::{self, CpuSnapshot, PlatformRequest, ARGS_CHECKED};
+use ipc_proto::papr::REAL_ADDRESS_MASK;
 use kvm_bindings::{kvm_mp_state, KVM_MP_STATE_RUNNABLE};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -23,6 +24,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::signal::{Killable, SIGRTMIN};
 
 /// The signal that kicks a vCPU thread out of KVM_RUN.
@@ -174,6 +176,9 @@ impl CpuTable {
 /// The VM-wide things a vCPU needs to answer hypercalls.
 #[derive(Clone)]
 pub struct VcpuContext {
+    /// Boot RAM, where the guest's `rtas_args` blocks are: the core reads a
+    /// call's token itself before it acts on the RTAS server's answer.
+    pub ram: GuestMemoryMmap,
     pub console: Arc<Console>,
     pub cpus: Arc<CpuTable>,
     pub devices: Arc<DeviceProcesses>,
@@ -491,15 +496,27 @@ impl Vcpu {
                 (result, 3, Next::Continue)
             }
             H_RTAS => {
+                let args_address = call.args[0];
                 let call = core_rtas::Request::Call {
                     caller: self.id,
-                    args_address: call.args[0],
+                    args_address,
                     cpus: self.context.cpus.snapshot(),
                 };
                 let control = self.control();
                 let parking = || control.park_requested.load(Ordering::SeqCst);
                 match self.context.devices.rtas_call(call, &parking) {
                     Ok(core_rtas::Reply::CallDone { request }) => {
+                        let request = request.filter(|request| {
+                            let asked = self.asked_by_guest(args_address, request);
+                            if !asked {
+                                log::warn!(
+                                    "vcpu{}: the RTAS server answered the call at {:#x} with {request:?}, which the call does not ask for: ignored",
+                                    self.id,
+                                    args_address
+                                );
+                            }
+                            asked
+                        });
                         let next = self.carry_out(request);
                         (HcallResult::status(H_SUCCESS), 0, next)
                     }
@@ -525,6 +542,22 @@ impl Vcpu {
                 (HcallResult::status(H_FUNCTION), 0, Next::Continue)
             }
         }
+    }
+
+    /// Whether the guest's `rtas_args` block at `address` asks for `request`.
+    fn asked_by_guest(&self, address: u64, request: &PlatformRequest) -> bool {
+        let address = address & REAL_ADDRESS_MASK;
+        let cell = |i: u64| {
+            let at = address.checked_add(4 * i)?;
+            let value: u32 = self.context.ram.read_obj(GuestAddress(at)).ok()?;
+            Some(u32::from_be(value))
+        };
+        let Some(token) = cell(0) else {
+            return false;
+        };
+        let nargs = cell(1).unwrap_or(0).min(ARGS_CHECKED as u32);
+        let args: Vec<u32> = (0..nargs).map_while(|i| cell(3 + u64::from(i))).collect();
+        request.answers(token, &args)
     }
 
     /// Carries out what the RTAS server asked for on the guest's behalf.

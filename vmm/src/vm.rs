@@ -122,6 +122,9 @@ pub struct Vm {
     /// successor repeats what its predecessor may have sent, and a repeat
     /// must not emit a second DEVICE_DELETED.
     last_notification: u64,
+    /// Notifications of the hotplug controller the core refused to act on
+    /// (x-query-device-processes shows the count).
+    rejected_notifications: u64,
     ram: GuestRam,
     layout: MemoryLayout,
     smp: SmpConfig,
@@ -205,6 +208,7 @@ impl Vm {
         )?);
         let cpus = Arc::new(CpuTable::new(config.smp.max_cpus));
         let context = VcpuContext {
+            ram: ram.memory().clone(),
             console,
             cpus: Arc::clone(&cpus),
             devices: Arc::clone(&devices),
@@ -224,6 +228,7 @@ impl Vm {
             inbox,
             deferred: VecDeque::new(),
             last_notification: 0,
+            rejected_notifications: 0,
             ram,
             layout,
             smp: config.smp,
@@ -619,42 +624,59 @@ impl Vm {
             log::info!("the hotplug controller repeats notification {id}: already handled");
             return;
         }
-        self.last_notification = id;
-        match notification {
+        let outcome = match notification {
             Notification::Released(released) => self.release(&released),
-            Notification::ResetComplete => log::debug!("a late reset completion"),
-            Notification::UnplugRefused { device } => {
-                let id = match (self.cores.find(&device), self.dimms.find(&device)) {
-                    (Some(core), _) => self.cores.device(core).and_then(|d| d.id.clone()),
-                    (None, Some(dimm)) => Some(dimm.id.clone()),
-                    (None, None) => {
-                        log::warn!("the hotplug controller names an unknown device {device}");
-                        return;
-                    }
-                };
-                log::warn!("Device hotunplug rejected by the guest for device {device}");
-                self.qmp.emit(
-                    "DEVICE_UNPLUG_GUEST_ERROR",
-                    device_event(id.as_deref(), &device),
+            Notification::ResetComplete => {
+                log::debug!("a late reset completion");
+                Ok(())
+            }
+            Notification::UnplugRefused { device } => self.unplug_refused(&device),
+        };
+        match outcome {
+            Ok(()) => self.last_notification = id,
+            // Not recorded either: a lying controller cannot make the core
+            // skip, as repeats, the real notifications that follow.
+            Err(reason) => {
+                self.rejected_notifications += 1;
+                log::warn!(
+                    "notification {id} of the hotplug controller rejected: it names {reason}"
                 );
             }
         }
     }
 
+    /// The guest refused to give back a device the core asked back.
+    fn unplug_refused(&mut self, device: &str) -> Result<(), String> {
+        let (id, asked) = match (self.cores.find(device), self.dimms.find(device)) {
+            (Some(core), _) => {
+                let plugged = self.cores.device(core);
+                (
+                    plugged.and_then(|d| d.id.clone()),
+                    plugged.is_some_and(|d| d.unplug_asked),
+                )
+            }
+            (None, Some(dimm)) => (Some(dimm.id.clone()), dimm.unplug_asked),
+            (None, None) => return Err(format!("an unknown device {device}")),
+        };
+        if !asked {
+            return Err(format!("{device}, which no device_del asked back"));
+        }
+        log::warn!("Device hotunplug rejected by the guest for device {device}");
+        self.qmp.emit(
+            "DEVICE_UNPLUG_GUEST_ERROR",
+            device_event(id.as_deref(), device),
+        );
+        Ok(())
+    }
+
     /// A device the guest gave back (or a pending unplug at reset): its vCPUs
     /// stop for good (parked, their fds kept for a re-plug) and it goes.
-    fn release(&mut self, released: &Released) {
+    /// Only a device the core asked back goes, never the boot core.
+    fn release(&mut self, released: &Released) -> Result<(), String> {
         if self.dimms.find(&released.device).is_some() {
-            self.release_dimm(&released.device);
-            return;
+            return self.release_dimm(&released.device);
         }
-        let Some((core, device)) = self.cores.remove(&released.device) else {
-            log::warn!(
-                "the hotplug controller released an unknown device {}",
-                released.device
-            );
-            return;
-        };
+        let (core, device) = self.cores.remove_released(&released.device)?;
         for id in self.cores.vcpus(core) {
             self.cpus.set_present(id, false);
             if let Some(vcpu) = &self.vcpus[id as usize] {
@@ -666,6 +688,7 @@ impl Vm {
             "DEVICE_DELETED",
             device_event(device.id.as_deref(), &device.path),
         );
+        Ok(())
     }
 
     /// A command that needs the machine; its arguments were checked
@@ -689,7 +712,16 @@ impl Vm {
             Command::QueryCpusFast => Ok(self.query_cpus_fast()),
             Command::XQueryDrcs => self.query_drcs(),
             Command::XQueryEventLog => self.query_event_log(),
-            Command::XQueryDeviceProcesses => Ok(self.devices.info()),
+            Command::XQueryDeviceProcesses => {
+                let mut processes = self.devices.info();
+                if let Some(controller) = processes.as_array_mut().and_then(|list| {
+                    list.iter_mut()
+                        .find(|p| p["kind"] == ProcessKind::HotplugController.name())
+                }) {
+                    controller["rejected-notifications"] = json!(self.rejected_notifications);
+                }
+                Ok(processes)
+            }
             Command::XInjectFault => self.inject_fault(arguments),
             Command::XUpgradeDeviceProcess => self.upgrade_device_process(arguments),
             Command::SystemPowerdown => self.power_button(),
@@ -791,9 +823,13 @@ impl Vm {
             Some(_) => return Err(QmpError::generic("Parameter 'id' expects a string")),
             None => return Err(QmpError::generic("Parameter 'id' is missing")),
         };
+        // Asked back before the request goes: the controller may release
+        // the device (one the guest never took) before it answers. A request
+        // that failed may still have reached it: the device stays asked back.
         if let Some(dimm) = self.dimms.find(&name) {
             // Every request reaches the guest again (coalesced in the queue).
             let drcs = dimm.drcs();
+            self.dimms.ask_unplug(&name);
             self.hotplug_request(core_hotplug::Request::UnplugRequest { drcs })
                 .map_err(QmpError::generic)?;
             return Ok(json!({}));
@@ -802,6 +838,7 @@ impl Vm {
             class: e.class,
             desc: e.desc,
         })?;
+        self.cores.ask_unplug(core);
         // A device the guest never took is released at once, notified.
         self.hotplug_request(core_hotplug::Request::UnplugRequest {
             drcs: vec![self.cores.drc(core)],
@@ -991,10 +1028,8 @@ impl Vm {
     /// Every LMB of the DIMM went back to the platform (or a reset completed
     /// its unplug): the guest can no longer reach it, so its KVM slot, the
     /// RTAS server's mapping and the core's go, and its backend is free.
-    fn release_dimm(&mut self, device: &str) {
-        let Some(dimm) = self.dimms.remove(device) else {
-            return;
-        };
+    fn release_dimm(&mut self, device: &str) -> Result<(), String> {
+        let dimm = self.dimms.remove_released(device)?;
         let memory = self
             .dimms
             .backend_mut(&dimm.memdev)
@@ -1015,6 +1050,7 @@ impl Vm {
         log::info!("DIMM {} unplugged", dimm.id);
         self.qmp
             .emit("DEVICE_DELETED", device_event(Some(&dimm.id), &dimm.path()));
+        Ok(())
     }
 
     /// QEMU's shape.

@@ -9,13 +9,11 @@ use crate::clock::UtcTime;
 use ipc_proto::link::core_rtas::{CallRefusal, CpuSnapshot, PlatformRequest, MAX_OS_TERM_MESSAGE};
 use ipc_proto::link::rtas_eventlog::{Reply as EventLogReply, Request as EventLogRequest};
 use ipc_proto::link::rtas_hotplug::Request as HotplugRequest;
-use ipc_proto::papr::{irq, DrcIndex, RtasCall, RtasStatus};
+use ipc_proto::papr::{irq, DrcIndex, RtasCall, RtasStatus, REAL_ADDRESS_MASK};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError};
 
 /// Linux's `struct rtas_args` holds 16 cells for arguments and returns together.
 pub const MAX_CELLS: u32 = 16;
-/// PAPR addresses may carry the top nibble (ppc64_phys_to_real masks it).
-const REAL_ADDRESS_MASK: u64 = !0xf000_0000_0000_0000;
 
 /// The largest check-exception buffer looked at (Linux uses 2048).
 const MAX_EVENT_BUFFER: u32 = 64 * 1024;

@@ -124,6 +124,8 @@ impl RtasServer {
                 Answer::Link(match handle_call(memory, args_address, &mut services) {
                     Ok(request) => {
                         log::debug!("vCPU {caller}: call at {args_address:#x} -> {request:?}");
+                        #[cfg(feature = "fault-injection")]
+                        let request = lie_about(links, request);
                         Reply::CallDone { request }
                     }
                     Err(refusal) => {
@@ -177,4 +179,20 @@ fn map_memory(regions: &[MemoryRegion], fds: Vec<OwnedFd>) -> Result<GuestMemory
         ));
     }
     GuestMemoryMmap::from_ranges_with_files(ranges).map_err(MapError::Map)
+}
+
+/// What a call that was told to lie asks of the core instead (`Fault::Lie`).
+#[cfg(feature = "fault-injection")]
+fn lie_about(
+    links: &mut Links,
+    request: Option<ipc_proto::link::core_rtas::PlatformRequest>,
+) -> Option<ipc_proto::link::core_rtas::PlatformRequest> {
+    let faults = links.faults_mut();
+    if faults.lies == 0 {
+        return request;
+    }
+    faults.lies -= 1;
+    let lie = crate::lie::call_lie(crate::lie::LYING_CALLS - 1 - faults.lies);
+    log::warn!("answering a call with {lie:?} instead of {request:?}, as asked");
+    Some(lie)
 }

@@ -8,7 +8,7 @@
 //! with what the core must do, as a typed [`PlatformRequest`].
 
 use crate::channel::MAX_FDS;
-use crate::papr::irq;
+use crate::papr::{irq, RtasCall};
 use crate::protocol::{link_protocol, no_descriptors, Message};
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +23,8 @@ pub const MAX_VCPUS: u32 = 64;
 pub const MAX_MEMORY_REGIONS: usize = MAX_FDS;
 /// The longest `ibm,os-term` message passed on.
 pub const MAX_OS_TERM_MESSAGE: usize = 256;
+/// The arguments [`PlatformRequest::answers`] compares, at most.
+pub const ARGS_CHECKED: usize = 3;
 
 /// One region of guest RAM: the descriptor at the same position in the
 /// message's descriptors maps it.
@@ -172,6 +174,35 @@ pub enum PlatformRequest {
 }
 
 impl PlatformRequest {
+    /// Whether this is what a call with `token` and arguments `args` (its
+    /// first [`ARGS_CHECKED`] at most) asks of the machine. The core carries
+    /// out nothing else: a compromised RTAS server cannot stop, start,
+    /// power off or reset vCPUs the guest did not ask about.
+    pub fn answers(&self, token: u32, args: &[u32]) -> bool {
+        let call = RtasCall::from_token(token);
+        let arg = |i: usize| args.get(i).copied();
+        match self {
+            PlatformRequest::DisplayCharacter(byte) => {
+                call == Some(RtasCall::DisplayCharacter) && arg(0).map(|a| a as u8) == Some(*byte)
+            }
+            PlatformRequest::PowerOff => call == Some(RtasCall::PowerOff),
+            PlatformRequest::Reboot => call == Some(RtasCall::SystemReboot),
+            PlatformRequest::OsTerm { .. } => call == Some(RtasCall::OsTerm),
+            PlatformRequest::StartCpu { cpu, entry, r3 } => {
+                call == Some(RtasCall::StartCpu)
+                    && arg(0) == Some(*cpu)
+                    && arg(1).map(u64::from) == Some(*entry)
+                    && arg(2).map(u64::from) == Some(*r3)
+            }
+            PlatformRequest::StopSelf => call == Some(RtasCall::StopSelf),
+            PlatformRequest::SetInterruptServer { source, server } => {
+                call == Some(RtasCall::SetXive)
+                    && arg(0) == Some(*source)
+                    && arg(1) == Some(*server)
+            }
+        }
+    }
+
     /// Checks the fields a peer could get wrong.
     fn validate(&self) -> Result<(), String> {
         match self {
@@ -252,6 +283,42 @@ impl Message for Request {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_platform_request_answers_only_the_call_that_asks_for_it() {
+        let token = |call: RtasCall| call.token();
+        let start = PlatformRequest::StartCpu {
+            cpu: 1,
+            entry: 0x100,
+            r3: 7,
+        };
+        assert!(start.answers(token(RtasCall::StartCpu), &[1, 0x100, 7]));
+        assert!(!start.answers(token(RtasCall::StartCpu), &[0, 0x100, 7]));
+        assert!(!start.answers(token(RtasCall::StartCpu), &[1, 0x100]));
+        assert!(!start.answers(token(RtasCall::GetTimeOfDay), &[1, 0x100, 7]));
+        assert!(PlatformRequest::StopSelf.answers(token(RtasCall::StopSelf), &[]));
+        for call in RtasCall::ALL {
+            if call != RtasCall::StopSelf {
+                assert!(
+                    !PlatformRequest::StopSelf.answers(token(call), &[]),
+                    "{call:?}"
+                );
+            }
+            if call != RtasCall::PowerOff {
+                assert!(!PlatformRequest::PowerOff.answers(token(call), &[0, 0]));
+            }
+        }
+        assert!(!PlatformRequest::Reboot.answers(0xdead, &[]));
+        let route = PlatformRequest::SetInterruptServer {
+            source: 0x1001,
+            server: 2,
+        };
+        assert!(route.answers(token(RtasCall::SetXive), &[0x1001, 2, 5]));
+        assert!(!route.answers(token(RtasCall::SetXive), &[0x1001, 0, 5]));
+        let print = PlatformRequest::DisplayCharacter(b'x');
+        assert!(print.answers(token(RtasCall::DisplayCharacter), &[u32::from(b'x')]));
+        assert!(!print.answers(token(RtasCall::DisplayCharacter), &[u32::from(b'y')]));
+    }
 
     #[test]
     fn replies_from_a_peer_are_range_checked() {

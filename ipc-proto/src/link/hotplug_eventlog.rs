@@ -1,6 +1,6 @@
 //! Hotplug controller → event log: hot-plug events to queue or withdraw.
 
-use crate::papr::DrcIndex;
+use crate::papr::{DrcIndex, DrcKind};
 use crate::protocol::{link_protocol, no_descriptors, Message};
 use serde::{Deserialize, Serialize};
 
@@ -71,8 +71,21 @@ impl Message for Request {
         no_descriptors(fds, "an event")?;
         let (Request::Queue(event) | Request::Withdraw(event)) = self;
         match event.target {
+            HotplugTarget::CpuByIndex(drc) if drc.kind() != Some(DrcKind::Cpu) => {
+                Err(format!("a CPU event for DRC {:#x}", drc.0))
+            }
+            HotplugTarget::CpuByIndex(_) => Ok(()),
             HotplugTarget::LmbsCountIndexed { count: 0, .. } => Err("an event for 0 LMBs".into()),
-            _ => Ok(()),
+            HotplugTarget::LmbsCountIndexed { count, first } => {
+                let last = (count - 1).checked_add(first.id());
+                match (
+                    first.kind(),
+                    last.and_then(|id| DrcIndex::new(DrcKind::Lmb, id)),
+                ) {
+                    (Some(DrcKind::Lmb), Some(_)) => Ok(()),
+                    _ => Err(format!("an event for {count} LMBs from DRC {:#x}", first.0)),
+                }
+            }
         }
     }
 }

@@ -224,10 +224,7 @@ impl QmpServer {
         };
         send(&greeting())?;
         stream.set_read_timeout(Some(NEGOTIATION_TIMEOUT))?;
-        let mut session = Session {
-            negotiated: false,
-            context,
-        };
+        let mut session = Session::new(context);
         let mut splitter = JsonSplitter::default();
         let mut buf = [0u8; 4096];
         let mut reader = stream;
@@ -322,20 +319,31 @@ fn error_reply(id: Option<&Value>, class: &str, desc: &str) -> Value {
 }
 
 /// What the connection does after writing a reply.
-enum After {
+pub enum After {
     Negotiated,
     Send(ControlMessage),
 }
 
-struct Session<'a> {
+/// One client's conversation: negotiation, then commands, each line of
+/// text answered with one reply.
+pub struct Session<'a> {
     negotiated: bool,
     context: &'a QmpContext,
 }
 
 type CommandResult = Result<(Value, Option<After>), (&'static str, String)>;
 
-impl Session<'_> {
-    fn handle(&mut self, text: &str) -> (Value, Option<After>) {
+impl<'a> Session<'a> {
+    /// A client that has not negotiated yet.
+    pub fn new(context: &'a QmpContext) -> Session<'a> {
+        Session {
+            negotiated: false,
+            context,
+        }
+    }
+
+    /// Answers one request (a JSON text the splitter cut out).
+    pub fn handle(&mut self, text: &str) -> (Value, Option<After>) {
         let request: Value = match serde_json::from_str(text) {
             Ok(value) => value,
             Err(error) => {

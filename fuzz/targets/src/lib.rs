@@ -1,0 +1,32 @@
+//! Papervisor's fuzz targets. Each is an engine-free `fn(&[u8])` that
+//! panics on a defect: an engine drives it (fuzz/afl, scripts/fuzz), and
+//! `cargo test` here replays every input of its corpus and regressions.
+
+pub mod event_roundtrip;
+pub mod fdt_roundtrip;
+pub mod ipc_frames;
+pub mod qmp;
+pub mod rtas_call;
+pub mod seeds;
+
+/// A target.
+pub type Target = fn(&[u8]);
+
+/// Every target, by name (the name of its corpus directory too).
+pub const TARGETS: [(&str, Target); 5] = [
+    ("ipc_frames", ipc_frames::fuzz),
+    ("rtas_call", rtas_call::fuzz),
+    ("qmp", qmp::fuzz),
+    ("event_roundtrip", event_roundtrip::fuzz),
+    ("fdt_roundtrip", fdt_roundtrip::fuzz),
+];
+
+/// The target called `name`.
+pub fn target(name: &str) -> Option<Target> {
+    TARGETS.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
+}
+
+/// The targets' names.
+pub fn names() -> Vec<&'static str> {
+    TARGETS.iter().map(|(n, _)| *n).collect()
+}

@@ -1,0 +1,208 @@
+//! Starting inputs for each target: well-formed cases an engine mutates
+//! from (scripts/fuzz writes them out), replayed by the tests too.
+
+use ipc_proto::channel::{encode, Envelope};
+use ipc_proto::control::{Answer, Reply, Request};
+use ipc_proto::link::hotplug_eventlog::{HotplugAction, HotplugEvent, HotplugTarget};
+use ipc_proto::link::{core_hotplug, core_rtas, hotplug_eventlog, rtas_eventlog, rtas_hotplug};
+use ipc_proto::papr::{DrcIndex, RtasCall};
+use serde::Serialize;
+
+fn frame<T: Serialize>(selector: u8, body: T) -> Vec<u8> {
+    let mut bytes = vec![selector];
+    bytes.extend(encode(&Envelope { id: 7, body }).expect("encodes"));
+    bytes
+}
+
+/// The selector byte of `ipc_frames`: link number, reply or request.
+const fn selector(link: u8, reply: bool) -> u8 {
+    link << 3 | reply as u8
+}
+
+fn ipc_frames() -> Vec<Vec<u8>> {
+    let event = HotplugEvent {
+        action: HotplugAction::Remove,
+        target: HotplugTarget::LmbsCountIndexed {
+            count: 2,
+            first: DrcIndex(0x8000_0004),
+        },
+    };
+    vec![
+        frame(
+            selector(0, false),
+            Request::Link(core_rtas::Request::Call {
+                caller: 0,
+                args_address: 0x1000,
+                cpus: core_rtas::CpuSnapshot {
+                    present: 1,
+                    running: 1,
+                },
+            }),
+        ),
+        frame(
+            selector(1, false),
+            Request::Link(core_hotplug::Request::Plug {
+                drcs: vec![DrcIndex(0x1000_0001)],
+                device: "core1".into(),
+                cold: false,
+            }),
+        ),
+        frame(
+            selector(1, false),
+            Request::Link(core_hotplug::Request::ListDrcs { from: 0 }),
+        ),
+        frame(
+            selector(3, false),
+            Request::Link(rtas_hotplug::Request::SetIndicator {
+                indicator: 9001,
+                drc: 0x1000_0001,
+                value: 1,
+            }),
+        ),
+        frame(
+            selector(3, true),
+            Reply::new(Answer::Link(rtas_hotplug::Reply::Status {
+                status: ipc_proto::papr::RtasStatus::Success,
+                value: 2,
+            })),
+        ),
+        frame(
+            selector(4, false),
+            Request::Link(hotplug_eventlog::Request::Queue(event)),
+        ),
+        frame(
+            selector(5, false),
+            Request::Link(rtas_eventlog::Request::CheckException {
+                mask: 0x0400_0000,
+                max_len: 2048,
+            }),
+        ),
+        frame(
+            selector(5, true),
+            Reply::new(Answer::Link(rtas_eventlog::Reply::Event(vec![0; 116]))),
+        ),
+    ]
+}
+
+/// A `rtas_call` step that writes `cells` at 0x1000 and calls there.
+fn call(cells: &[u32]) -> Vec<u8> {
+    let mut block: Vec<u8> = cells.iter().flat_map(|c| c.to_be_bytes()).collect();
+    block.truncate(255);
+    let mut step = vec![3, 0x10, 0x00, 0x10, 0x00, block.len() as u8];
+    step.extend(block);
+    step
+}
+
+fn rtas_call() -> Vec<Vec<u8>> {
+    let token = |call: RtasCall| call.token();
+    let core1 = 0x1000_0001;
+    let lmb = 0x8000_0004;
+    let mut seeds = vec![
+        [vec![0x33, 0], call(&[token(RtasCall::GetTimeOfDay), 0, 8])].concat(),
+        [
+            vec![0x33, 0],
+            call(&[token(RtasCall::QueryCpuStoppedState), 1, 2, 1]),
+        ]
+        .concat(),
+        [
+            vec![0x13, 0],
+            call(&[token(RtasCall::StartCpu), 3, 1, 1, 0x100, 0]),
+        ]
+        .concat(),
+        [
+            vec![0x11, 0],
+            call(&[token(RtasCall::SetXive), 3, 1, 0x1001, 0, 5]),
+        ]
+        .concat(),
+        [
+            vec![0x11, 0],
+            call(&[
+                token(RtasCall::EventScan),
+                4,
+                1,
+                0xffff_ffff,
+                0,
+                0x2000,
+                2048,
+            ]),
+        ]
+        .concat(),
+        [
+            vec![0x11, 0],
+            call(&[token(RtasCall::OsTerm), 1, 1, 0x2000]),
+        ]
+        .concat(),
+    ];
+    // A hot plug the guest takes: the add event, sensor, allocate,
+    // unisolate, configure-connector walk, then device_del and give back.
+    let mut plug = vec![0x33, 0, 0, 1];
+    for step in [
+        call(&[
+            token(RtasCall::CheckException),
+            6,
+            1,
+            0,
+            0,
+            0x0400_0000,
+            0,
+            0x2000,
+            2048,
+        ]),
+        call(&[token(RtasCall::GetSensorState), 2, 2, 9003, core1]),
+        call(&[token(RtasCall::SetIndicator), 3, 1, 9003, core1, 1]),
+        call(&[token(RtasCall::SetIndicator), 3, 1, 9001, core1, 1]),
+        call(&[token(RtasCall::ConfigureConnector), 2, 1, 0x3000, 0]),
+        call(&[token(RtasCall::ConfigureConnector), 2, 1, 0x3000, 0]),
+        call(&[token(RtasCall::ConfigureConnector), 2, 1, 0x3000, 0]),
+        vec![1, 1],
+        call(&[token(RtasCall::SetIndicator), 3, 1, 9001, core1, 0]),
+        call(&[token(RtasCall::SetIndicator), 3, 1, 9003, core1, 0]),
+    ] {
+        plug.extend(step);
+    }
+    seeds.push(plug);
+    // A DIMM's LMB: plug, then the configure-connector work area.
+    let mut dimm = vec![0x11, 0, 0, 4];
+    for step in [
+        call(&[token(RtasCall::SetIndicator), 3, 1, 9003, lmb, 1]),
+        call(&[token(RtasCall::SetIndicator), 3, 1, 9001, lmb, 1]),
+        call(&[token(RtasCall::ConfigureConnector), 2, 1, 0x3000, 0]),
+    ] {
+        dimm.extend(step);
+    }
+    seeds.push(dimm);
+    seeds
+}
+
+fn qmp() -> Vec<Vec<u8>> {
+    let text = |t: &str| [&[7u8][..], t.as_bytes()].concat();
+    vec![
+        text(r#"{"execute": "qmp_capabilities"}"#),
+        text(concat!(
+            r#"{"execute": "qmp_capabilities", "id": 1}"#,
+            "\n",
+            r#"{"execute": "device_add", "arguments": {"driver": "host-spapr-cpu-core", "core-id": 1, "id": "c1"}, "id": "x"}"#,
+            "\n",
+            r#"{"execute": "object-add", "arguments": {"qom-type": "memory-backend-memfd", "id": "m", "size": 268435456}}"#,
+            r#"{"execute": "query-status"} [1, 2] "text" 12"#,
+            "\n",
+            r#"{"execute": "device_del", "arguments": {"id": "c1"}}"#,
+        )),
+        text(r#"{"execute": "query-version", "id": {"a": [1, {"b": null}]}}"#),
+    ]
+}
+
+/// Seeds for target `name`.
+pub fn seeds(name: &str) -> Vec<Vec<u8>> {
+    match name {
+        "ipc_frames" => ipc_frames(),
+        "rtas_call" => rtas_call(),
+        "qmp" => qmp(),
+        "event_roundtrip" => vec![vec![0; 40], vec![3; 40], vec![4; 40], (0..40).collect()],
+        "fdt_roundtrip" => vec![
+            vec![1, 1, 3, 1, 8, 4, 0xff, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 2],
+            vec![0; 20],
+        ],
+        _ => Vec::new(),
+    }
+}

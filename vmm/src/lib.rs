@@ -1,0 +1,24 @@
+//! The Papervisor core: KVM, the vCPUs, guest memory, the supervision of the device
+//! processes, the console and QMP. The `papervisor` binary runs it; the
+//! modules are public so that the fuzz targets (fuzz/) reach the parsers
+//! and builders they test.
+
+pub mod boot;
+pub mod config;
+pub mod confine;
+pub mod console;
+pub mod control;
+pub mod cores;
+pub mod devices;
+pub mod dimms;
+pub mod fdt;
+pub mod hcall;
+pub mod interrupts;
+pub mod layout;
+pub mod memory;
+pub mod qmp;
+pub mod runtime;
+pub mod seccomp;
+pub mod signals;
+pub mod vcpu;
+pub mod vm;
