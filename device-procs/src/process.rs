@@ -30,6 +30,9 @@ pub enum ProcessError {
     /// An extra descriptor the core should have passed is not open.
     #[error("descriptor {0} is not open")]
     NotOpen(RawFd),
+    /// A descriptor the device needs was not handed over.
+    #[error("no descriptor for {0}")]
+    Missing(&'static str),
     /// The seccomp filter could not be installed.
     #[error("cannot install the seccomp filter")]
     Seccomp(#[from] SeccompError),
@@ -70,7 +73,7 @@ fn take_socket(fd: RawFd) -> Result<Channel, ProcessError> {
 ///
 /// # Safety
 /// The core must have passed descriptor `fd` to this process for this use.
-pub unsafe fn take_fd(fd: RawFd) -> Result<OwnedFd, ProcessError> {
+unsafe fn take_fd(fd: RawFd) -> Result<OwnedFd, ProcessError> {
     // SAFETY: only inspected until ownership is taken below.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
     if nix::fcntl::fcntl(borrowed, nix::fcntl::FcntlArg::F_GETFD).is_err() {
@@ -78,6 +81,41 @@ pub unsafe fn take_fd(fd: RawFd) -> Result<OwnedFd, ProcessError> {
     }
     // SAFETY: open (checked above) and ours by the caller's promise.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// What a device starts with: its channels, in the order of
+/// [`ProcessKind::links`], then its [`ProcessKind::extra_descriptors`], in
+/// the order that documents. A device process takes them from the
+/// descriptors the core passed it ([`Descriptors::inherited`]); whoever runs
+/// a device otherwise hands them over.
+pub struct Descriptors {
+    /// The channels.
+    pub channels: Vec<Channel>,
+    /// The extra descriptors, taken in order with [`Descriptors::next_extra`].
+    pub extra: std::collections::VecDeque<OwnedFd>,
+}
+
+impl Descriptors {
+    /// Takes this process's inherited descriptors: the channels of `kind`
+    /// from [`FIRST_CHANNEL_FD`] on, then its extra descriptors.
+    pub fn inherited(kind: ProcessKind) -> Result<Descriptors, ProcessError> {
+        let links = kind.links().len() as RawFd;
+        let channels = (0..links)
+            .map(|i| take_socket(FIRST_CHANNEL_FD + i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let first_extra = FIRST_CHANNEL_FD + links;
+        let extra = (0..kind.extra_descriptors() as RawFd)
+            // SAFETY: the core passes these right after the channels, for
+            // this use (`ProcessKind::extra_descriptors`).
+            .map(|i| unsafe { take_fd(first_extra + i) })
+            .collect::<Result<_, _>>()?;
+        Ok(Descriptors { channels, extra })
+    }
+
+    /// The next extra descriptor.
+    pub fn next_extra(&mut self, what: &'static str) -> Result<OwnedFd, ProcessError> {
+        self.extra.pop_front().ok_or(ProcessError::Missing(what))
+    }
 }
 
 /// One end of a link, and the next request id on it for requests that are
@@ -115,18 +153,19 @@ pub struct Links {
 pub const PEER_REQUESTS_PER_REQUEST: u64 = 16;
 
 impl Links {
-    /// Takes the channels of `kind` (descriptors 3..), installs its seccomp
-    /// filter, and handshakes on all of them: hellos are sent on every link
+    /// Takes the channels of `kind` (in the order of its links), installs
+    /// its seccomp filter, and handshakes on all of them: hellos are sent on every link
     /// before any is awaited, so no start-up order deadlocks. Extra
     /// descriptors must be taken before. A peer that is down (several
     /// processes restart together) is simply not linked yet: the core hands
     /// over its link when it is back; one that does not answer in its link's
     /// time is blamed in the first reply.
-    pub fn open(kind: ProcessKind, mode: seccomp::Mode) -> Result<Links, ProcessError> {
+    pub fn open(
+        kind: ProcessKind,
+        channels: Vec<Channel>,
+        mode: seccomp::Mode,
+    ) -> Result<Links, ProcessError> {
         let links = kind.links();
-        let channels = (0..links.len())
-            .map(|i| take_socket(FIRST_CHANNEL_FD + i as RawFd))
-            .collect::<Result<Vec<_>, _>>()?;
         seccomp::install(kind, mode)?;
         let handshake = |link: Link| move |source| ProcessError::Handshake { link, source };
         let mut greeted = Vec::with_capacity(links.len());
@@ -609,7 +648,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
 /// [`Startup`]). The log is stderr, which the core points at its own log.
 pub fn main(
     kind: ProcessKind,
-    run: fn(Startup) -> Result<(), ProcessError>,
+    run: fn(Startup, Descriptors) -> Result<(), ProcessError>,
 ) -> std::process::ExitCode {
     let name = kind.name();
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -629,7 +668,7 @@ pub fn main(
         log::error!("cannot make the process non-dumpable: {error}");
         return std::process::ExitCode::FAILURE;
     }
-    match run(startup) {
+    match Descriptors::inherited(kind).and_then(|descriptors| run(startup, descriptors)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             log::error!("{}", common::describe(&error));

@@ -65,6 +65,18 @@ impl ProcessKind {
         }
     }
 
+    /// How many descriptors a process of this kind is started with after
+    /// its links: the event log its two interrupt eventfds (hot-plug, EPOW)
+    /// and its state region's memfd, the hotplug controller its state
+    /// region's memfd.
+    pub const fn extra_descriptors(self) -> usize {
+        match self {
+            ProcessKind::RtasServer => 0,
+            ProcessKind::HotplugController => 1,
+            ProcessKind::EventLog => 3,
+        }
+    }
+
     /// The links this process has, in the order of the descriptors it is
     /// started with (the first is descriptor [`FIRST_CHANNEL_FD`]).
     pub const fn links(self) -> &'static [Link] {

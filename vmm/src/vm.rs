@@ -10,16 +10,17 @@ use crate::cores::{CoreDevice, Cores, CORE_DRIVER};
 use crate::devices::proxy::DeviceFailure;
 use crate::devices::supervisor::{AfterExit, State};
 use crate::devices::{DeviceError, DeviceProcesses};
-use crate::dimms::{Dimm, Dimms, BACKEND_TYPES, DIMM_DRIVER};
+use crate::dimms::{Dimm, Dimms};
 use crate::fdt::{self, FdtError, MachineDescription};
 use crate::interrupts::{InterruptError, InterruptRouter};
 use crate::layout::{MemoryLayout, FDT_MAX_SIZE, FDT_START, GUEST_IMAGE_START, KVM_TSS_ADDRESS};
 use crate::memory::{DimmMemory, GuestRam, MemoryError};
+use crate::qmp::arguments::{self as qmp_arguments, BackendAdd, DeviceAdd};
 use crate::qmp::schema::Command;
 use crate::qmp::{QmpContext, QmpServer};
 use crate::vcpu::{CpuTable, StartPoint, VcpuContext, VcpuHandle};
 use ipc_proto::link::core_eventlog;
-use ipc_proto::link::core_hotplug::{self, DrcRange, MAX_DEVICE_ID};
+use ipc_proto::link::core_hotplug::{self, DrcRange};
 use ipc_proto::link::core_rtas::MemoryRegion;
 use ipc_proto::link::hotplug_eventlog::{HotplugAction, HotplugTarget};
 use ipc_proto::link::hotplug_notify::{Notification, Released};
@@ -762,43 +763,17 @@ impl Vm {
     }
 
     fn device_add(&mut self, arguments: &Map<String, Value>) -> Result<Value, QmpError> {
-        let driver = match arguments.get("driver") {
-            Some(Value::String(driver)) => driver.as_str(),
-            Some(_) => return Err(QmpError::generic("Parameter 'driver' expects a string")),
-            None => return Err(QmpError::generic("Parameter 'driver' is missing")),
+        let (core_id, id) = match qmp_arguments::device_add(arguments)? {
+            DeviceAdd::Dimm { id, memdev, addr } => return self.dimm_add(&id, &memdev, addr),
+            DeviceAdd::Core { core_id, id } => (core_id, id),
         };
-        if driver == DIMM_DRIVER {
-            return self.dimm_add(arguments);
-        }
-        if driver != CORE_DRIVER {
-            return Err(QmpError::generic(format!(
-                "'{driver}' is not a valid device model name (this machine plugs {CORE_DRIVER} and {DIMM_DRIVER})"
-            )));
-        }
-        if let Some(key) = arguments
-            .keys()
-            .find(|k| !matches!(k.as_str(), "driver" | "core-id" | "id"))
-        {
-            return Err(QmpError::generic(format!(
-                "Property '{CORE_DRIVER}.{key}' not found"
-            )));
-        }
-        let core_id = match arguments.get("core-id") {
-            Some(Value::Number(n)) => n
-                .as_i64()
-                .ok_or_else(|| QmpError::generic("Parameter 'core-id' expects an integer"))?,
-            Some(_) => return Err(QmpError::generic("Parameter 'core-id' expects an integer")),
-            None => return Err(QmpError::generic("Parameter 'core-id' is missing")),
-        };
-        let id = match arguments.get("id") {
-            Some(Value::String(id)) if id.len() <= MAX_DEVICE_ID => Some(id.as_str()),
-            Some(_) => return Err(QmpError::generic("Parameter 'id' expects a short string")),
-            None => None,
-        };
-        let (core, device) = self.cores.prepare_plug(core_id, id).map_err(|e| QmpError {
-            class: e.class,
-            desc: e.desc,
-        })?;
+        let (core, device) = self
+            .cores
+            .prepare_plug(core_id, id.as_deref())
+            .map_err(|e| QmpError {
+                class: e.class,
+                desc: e.desc,
+            })?;
         self.create_core_vcpus(core)
             .map_err(|error| QmpError::generic(format!("cannot create the vCPUs: {error}")))?;
         let plug = core_hotplug::Request::Plug {
@@ -818,11 +793,7 @@ impl Vm {
     }
 
     fn device_del(&mut self, arguments: &Map<String, Value>) -> Result<Value, QmpError> {
-        let name = match arguments.get("id") {
-            Some(Value::String(name)) => name.clone(),
-            Some(_) => return Err(QmpError::generic("Parameter 'id' expects a string")),
-            None => return Err(QmpError::generic("Parameter 'id' is missing")),
-        };
+        let name = qmp_arguments::device_del(arguments)?;
         // Asked back before the request goes: the controller may release
         // the device (one the guest never took) before it answers. A request
         // that failed may still have reached it: the device stays asked back.
@@ -849,25 +820,7 @@ impl Vm {
 
     /// object-add of a memory backend: a sealed memfd of `size` bytes.
     fn object_add(&mut self, arguments: &Map<String, Value>) -> Result<Value, QmpError> {
-        let text = |name: &str| {
-            arguments
-                .get(name)
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-        };
-        let (qom_type, id) = (text("qom-type"), text("id"));
-        if !BACKEND_TYPES.contains(&qom_type) {
-            return Err(QmpError::generic(format!(
-                "invalid object type: {qom_type} (this machine has {})",
-                BACKEND_TYPES.join(" and ")
-            )));
-        }
-        if !crate::cores::valid_id(id) {
-            return Err(QmpError::generic(format!(
-                "Parameter 'id' expects an identifier, not '{id}'"
-            )));
-        }
-        let size = arguments.get("size").and_then(Value::as_u64).unwrap_or(0);
+        let BackendAdd { qom_type, id, size } = qmp_arguments::object_add(arguments)?;
         let room = self.layout.device_memory_end - self.layout.device_memory_start;
         if size == 0 || size > room {
             return Err(QmpError::generic(format!(
@@ -881,7 +834,7 @@ impl Vm {
             plugged: None,
         };
         self.dimms
-            .add_backend(id, size, memory)
+            .add_backend(&id, size, memory)
             .map_err(|e| QmpError {
                 class: e.class,
                 desc: e.desc,
@@ -890,11 +843,8 @@ impl Vm {
     }
 
     fn object_del(&mut self, arguments: &Map<String, Value>) -> Result<Value, QmpError> {
-        let id = arguments
-            .get("id")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        self.dimms.remove_backend(id).map_err(|e| QmpError {
+        let id = qmp_arguments::object_del(arguments)?;
+        self.dimms.remove_backend(&id).map_err(|e| QmpError {
             class: e.class,
             desc: e.desc,
         })?;
@@ -929,33 +879,10 @@ impl Vm {
 
     /// device_add of a DIMM: its memory is shown to the guest (KVM slot)
     /// and to the RTAS server before the controller tells the guest.
-    fn dimm_add(&mut self, arguments: &Map<String, Value>) -> Result<Value, QmpError> {
-        if let Some(key) = arguments
-            .keys()
-            .find(|k| !matches!(k.as_str(), "driver" | "id" | "memdev" | "addr"))
-        {
-            return Err(QmpError::generic(format!(
-                "Property '{DIMM_DRIVER}.{key}' not found"
-            )));
-        }
-        let text = |name: &str| arguments.get(name).and_then(Value::as_str);
-        let id = text("id").ok_or_else(|| QmpError::generic("Parameter 'id' is missing"))?;
-        if id.len() > MAX_DEVICE_ID || !crate::cores::valid_id(id) {
-            return Err(QmpError::generic(format!(
-                "Parameter 'id' expects an identifier, not '{id}'"
-            )));
-        }
+    fn dimm_add(&mut self, id: &str, memdev: &str, addr: Option<u64>) -> Result<Value, QmpError> {
         if self.cores.find(id).is_some() {
             return Err(QmpError::generic(format!("Duplicate device ID '{id}'")));
         }
-        let memdev =
-            text("memdev").ok_or_else(|| QmpError::generic("Parameter 'memdev' is missing"))?;
-        let addr = match arguments.get("addr") {
-            None => None,
-            Some(value) => Some(value.as_u64().ok_or_else(|| {
-                QmpError::generic("Parameter 'addr' expects an unsigned integer")
-            })?),
-        };
         let dimm = self
             .dimms
             .prepare_plug(id, memdev, addr)

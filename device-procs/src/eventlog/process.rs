@@ -7,7 +7,7 @@ use super::store::{Resumed, Store};
 use super::{Dequeued, EventQueue, Pulse, QueueFull};
 use crate::clock::UtcTime;
 use crate::process::{
-    answer, exit_on_lost_state, serve, take_fd, Device, Links, ProcessError, Startup,
+    answer, exit_on_lost_state, serve, Descriptors, Device, Links, ProcessError, Startup,
 };
 use crate::state::{self, Mapping, StateError};
 use ipc_proto::channel::{ChannelError, Frame};
@@ -16,21 +16,15 @@ use ipc_proto::link::core_eventlog::{self, CoreEventLog};
 use ipc_proto::link::hotplug_eventlog::{self, HotplugEventLog};
 use ipc_proto::link::rtas_eventlog::{self, RtasEventLog};
 use ipc_proto::protocol::refused;
-use ipc_proto::{Link, ProcessKind, FIRST_CHANNEL_FD};
+use ipc_proto::{Link, ProcessKind};
 use std::fs::File;
 use std::io::Write;
 
 /// Runs the event log until the core hangs up.
-pub fn run(startup: Startup) -> Result<(), ProcessError> {
-    let links = ProcessKind::EventLog.links();
-    let first_extra = FIRST_CHANNEL_FD + links.len() as i32;
-    // SAFETY: the core passes the hot-plug interrupt's eventfd right after
-    // the channels, then the EPOW interrupt's, then the state region's memfd.
-    let interrupt = File::from(unsafe { take_fd(first_extra)? });
-    // SAFETY: as above.
-    let epow = File::from(unsafe { take_fd(first_extra + 1)? });
-    // SAFETY: as above.
-    let region = unsafe { take_fd(first_extra + 2)? };
+pub fn run(startup: Startup, mut descriptors: Descriptors) -> Result<(), ProcessError> {
+    let interrupt = File::from(descriptors.next_extra("the hot-plug interrupt")?);
+    let epow = File::from(descriptors.next_extra("the EPOW interrupt")?);
+    let region = descriptors.next_extra("the state region")?;
     // Mapped before the seccomp filter, which allows anonymous memory only.
     let mapping = Mapping::map(&region).map_err(ProcessError::State)?;
     drop(region);
@@ -49,7 +43,7 @@ pub fn run(startup: Startup) -> Result<(), ProcessError> {
         };
         (store, resumed)
     };
-    let mut links = Links::open(ProcessKind::EventLog, startup.seccomp)?;
+    let mut links = Links::open(ProcessKind::EventLog, descriptors.channels, startup.seccomp)?;
     log::info!("serving the event queue");
     let mut log = EventLog {
         queue: resumed.queue,

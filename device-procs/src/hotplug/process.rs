@@ -5,7 +5,7 @@
 use super::store::{Destination, Requester, Store, StoredReply};
 use super::{Controller, Effect};
 use crate::process::{
-    answer, exit_on_lost_state, serve, take_fd, Device, Links, ProcessError, Startup,
+    answer, exit_on_lost_state, serve, Descriptors, Device, Links, ProcessError, Startup,
 };
 use crate::state::Mapping;
 use crate::state::RequestKey;
@@ -16,17 +16,19 @@ use ipc_proto::link::hotplug_eventlog::{self, HotplugEventLog};
 use ipc_proto::link::hotplug_notify::{HotplugNotify, Notification};
 use ipc_proto::link::rtas_hotplug::{self, RtasHotplug};
 use ipc_proto::protocol::refused;
-use ipc_proto::{Link, ProcessKind, FIRST_CHANNEL_FD};
+use ipc_proto::{Link, ProcessKind};
 
 /// Runs the controller until the core hangs up.
-pub fn run(startup: Startup) -> Result<(), ProcessError> {
-    let first_extra = FIRST_CHANNEL_FD + ProcessKind::HotplugController.links().len() as i32;
-    // SAFETY: the core passes the state region's memfd right after the channels.
-    let region = unsafe { take_fd(first_extra)? };
+pub fn run(startup: Startup, mut descriptors: Descriptors) -> Result<(), ProcessError> {
+    let region = descriptors.next_extra("the state region")?;
     // Mapped before the seccomp filter, which allows anonymous memory only.
     let mapping = Mapping::map(&region).map_err(ProcessError::State)?;
     drop(region);
-    let mut links = Links::open(ProcessKind::HotplugController, startup.seccomp)?;
+    let mut links = Links::open(
+        ProcessKind::HotplugController,
+        descriptors.channels,
+        startup.seccomp,
+    )?;
     log::info!("serving the DRC table");
     let mut process = HotplugController {
         controller: Controller::default(),

@@ -2,7 +2,7 @@
 //! hotplug controller and the event log are reached on their own links.
 
 use super::calls::{handle_call, Peers, Services};
-use crate::process::{answer, serve, Device, Links, ProcessError, Startup};
+use crate::process::{answer, serve, Descriptors, Device, Links, ProcessError, Startup};
 use ipc_proto::channel::{ChannelError, Frame};
 use ipc_proto::control::{Answer, FaultPoint, Refusal};
 use ipc_proto::link::core_rtas::{CallRefusal, CoreRtas, MemoryRegion, Reply, Request};
@@ -17,8 +17,12 @@ use thiserror::Error;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
 
 /// Runs the RTAS server until the core hangs up.
-pub fn run(startup: Startup) -> Result<(), ProcessError> {
-    let mut links = Links::open(ProcessKind::RtasServer, startup.seccomp)?;
+pub fn run(startup: Startup, descriptors: Descriptors) -> Result<(), ProcessError> {
+    let mut links = Links::open(
+        ProcessKind::RtasServer,
+        descriptors.channels,
+        startup.seccomp,
+    )?;
     log::info!("serving RTAS calls");
     let mut server = RtasServer {
         memory: None,

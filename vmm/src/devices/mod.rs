@@ -311,7 +311,8 @@ impl DeviceProcesses {
     }
 
     /// What a process of `kind` gets after its links: the event log its
-    /// interrupts (hot-plug, EPOW), then a stateful process its state region.
+    /// interrupts (hot-plug, EPOW), then a stateful process its state region
+    /// (`ProcessKind::extra_descriptors` of them).
     fn extra_fds(&self, kind: ProcessKind) -> Vec<RawFd> {
         let mut fds = Vec::new();
         if kind == ProcessKind::EventLog {
@@ -325,6 +326,7 @@ impl DeviceProcesses {
         if let Some(region) = self.resources.state_regions.get(&kind) {
             fds.push(region.memfd.as_raw_fd());
         }
+        debug_assert_eq!(fds.len(), kind.extra_descriptors());
         fds
     }
 

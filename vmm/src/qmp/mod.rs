@@ -6,6 +6,7 @@
 //! ([`JsonSplitter`]) before parsing, so no client can make the core buffer
 //! more than [`MAX_REQUEST`] bytes, and every bad request gets an error reply.
 
+pub mod arguments;
 pub mod schema;
 
 use crate::control::{ControlMessage, QmpError};
