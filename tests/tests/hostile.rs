@@ -45,6 +45,7 @@ fn a_hostile_guest_gets_a_papr_status_for_every_call_and_hotplug_still_works() {
     stop.store(true, Ordering::SeqCst);
     let cycles = plugger.join().expect("the QMP thread");
     assert!(cycles > 0);
+    println!("{} while QMP made {cycles} plug/unplug cycles", tally[0]);
     let line = tally[0]
         .strip_prefix("hostile: 3000 calls:")
         .unwrap_or_else(|| panic!("{tally:?}"));
