@@ -95,3 +95,38 @@ impl Message for Reply {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(target: HotplugTarget) -> Result<(), String> {
+        Request::Queue(HotplugEvent {
+            action: HotplugAction::Add,
+            target,
+        })
+        .validate(0)
+    }
+
+    #[test]
+    fn events_name_connectors_of_their_kind_within_the_lmb_range() {
+        assert!(queue(HotplugTarget::CpuByIndex(DrcIndex(0x1000_0001))).is_ok());
+        let lmbs = |count, first| HotplugTarget::LmbsCountIndexed {
+            count,
+            first: DrcIndex(first),
+        };
+        assert!(queue(lmbs(64, 0x8000_0010)).is_ok());
+        // The last LMB id there is.
+        assert!(queue(lmbs(1, 0x8fff_ffff)).is_ok());
+        for wrong in [
+            HotplugTarget::CpuByIndex(DrcIndex(0x8000_0004)),
+            HotplugTarget::CpuByIndex(DrcIndex(0x2000_0001)),
+            lmbs(0, 0x8000_0004),
+            lmbs(2, 0x1000_0001),
+            lmbs(2, 0x8fff_ffff),
+            lmbs(u32::MAX, 0x8000_0004),
+        ] {
+            assert!(queue(wrong).is_err(), "{wrong:?}");
+        }
+    }
+}
