@@ -61,11 +61,14 @@ pub enum Fault {
     /// with machine requests they did not make; then goes on serving. The
     /// receivers must reject every lie and stay consistent.
     Lie,
+    /// Panics, as a bug would: the message must reach the log and the
+    /// supervisor must restart the process.
+    Panic,
 }
 
 impl Fault {
     /// The QMP names.
-    pub const ALL: [(&'static str, Fault); 8] = [
+    pub const ALL: [(&'static str, Fault); 9] = [
         ("open-host-file", Fault::OpenHostFile),
         ("open-socket", Fault::OpenSocket),
         ("fork", Fault::Fork),
@@ -74,6 +77,7 @@ impl Fault {
         ("hang", Fault::Hang),
         ("garbage", Fault::Garbage),
         ("lie", Fault::Lie),
+        ("panic", Fault::Panic),
     ];
 }
 

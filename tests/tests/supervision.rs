@@ -301,3 +301,46 @@ fn a_device_del_that_finds_the_controller_stopped_waits_for_its_successor() {
     assert_eq!(controller["restarts"], 1, "{controller}");
     assert_eq!(vm.console.command("cpus"), ["cpu 0 online"]);
 }
+
+#[test]
+fn a_device_process_that_panics_logs_why_and_is_restarted() {
+    if !root_and_kvm("a_device_process_that_panics_logs_why_and_is_restarted") {
+        return;
+    }
+    let dir = papervisor_tests::scratch_dir();
+    let log_path = dir.join("papervisor.log");
+    let log_file = log_path.to_str().expect("a UTF-8 path").to_string();
+    let mut vm = Vm::start(&["--log-file", &log_file]);
+    vm.boot();
+    let replies = vm.qmp(&[
+        r#"x-inject-fault={"process": "rtas-server", "fault": "panic"}"#,
+        "wait-event:X_DEVICE_PROCESS_EXITED",
+        "wait-event:X_DEVICE_PROCESS_RESTARTED",
+    ]);
+    assert_eq!(replies[0]["return"]["survived"], false, "{}", replies[0]);
+    let exited = &replies[1]["data"];
+    assert_eq!(exited["process"], "rtas-server", "{exited}");
+    // Not SIGSYS: the panic hook ends the process itself, under seccomp.
+    assert_eq!(exited["reason"], "exited with status 101", "{exited}");
+    assert_eq!(replies[2]["data"]["process"], "rtas-server");
+    let log = std::fs::read_to_string(&log_path).expect("the log");
+    let panic = log
+        .split_once("rtas-server] panicked: ")
+        .map(|(_, rest)| rest)
+        .unwrap_or_else(|| panic!("no panic in the log:\n{log}"));
+    // Where it panicked, then the message (on the next line).
+    assert!(
+        panic.starts_with("panicked at device-procs/src/fault.rs"),
+        "{panic}"
+    );
+    assert!(
+        panic
+            .lines()
+            .take(2)
+            .any(|line| line.contains("panicking as asked")),
+        "{panic}"
+    );
+    assert!(vm.console.command("time")[0].starts_with("time: "));
+    drop(vm);
+    let _ = std::fs::remove_dir_all(dir);
+}
