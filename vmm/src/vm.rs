@@ -877,6 +877,15 @@ impl Vm {
         Ok(table)
     }
 
+    /// Gives the RTAS server the memory of the plugged DIMMs, after one
+    /// went or did not come.
+    fn share_plugged_dimms(&self) -> Result<(), String> {
+        let table = self.dimm_memory_table(None).map_err(|error| error.desc)?;
+        self.devices
+            .set_dimm_memory(table)
+            .map_err(|failure| failure.to_string())
+    }
+
     /// device_add of a DIMM: its memory is shown to the guest (KVM slot)
     /// and to the RTAS server before the controller tells the guest.
     fn dimm_add(&mut self, id: &str, memdev: &str, addr: Option<u64>) -> Result<Value, QmpError> {
@@ -919,9 +928,7 @@ impl Vm {
         if let Err(failure) = self.devices.set_dimm_memory(table) {
             undo(self, memory);
             // The table a successor gets at its set-up: without this DIMM.
-            if let Ok(table) = self.dimm_memory_table(None) {
-                let _ = self.devices.set_dimm_memory(table);
-            }
+            let _ = self.share_plugged_dimms();
             return Err(QmpError::generic(format!(
                 "the RTAS server cannot map the DIMM: {failure}"
             )));
@@ -933,9 +940,7 @@ impl Vm {
         };
         if let Err(reason) = self.hotplug_request(plug) {
             undo(self, memory);
-            if let Ok(table) = self.dimm_memory_table(None) {
-                let _ = self.devices.set_dimm_memory(table);
-            }
+            let _ = self.share_plugged_dimms();
             return Err(QmpError::generic(reason));
         }
         log::info!(
@@ -966,13 +971,8 @@ impl Vm {
                 log::error!("DIMM {}: {}", dimm.id, common::describe(&error));
             }
         }
-        match self.dimm_memory_table(None) {
-            Ok(table) => {
-                if let Err(failure) = self.devices.set_dimm_memory(table) {
-                    log::error!("the RTAS server did not drop DIMM {}: {failure}", dimm.id);
-                }
-            }
-            Err(error) => log::error!("DIMM {}: {}", dimm.id, error.desc),
+        if let Err(error) = self.share_plugged_dimms() {
+            log::error!("the RTAS server did not drop DIMM {}: {error}", dimm.id);
         }
         log::info!("DIMM {} unplugged", dimm.id);
         self.qmp
