@@ -21,7 +21,6 @@ use ipc_proto::link::{core_eventlog, core_hotplug};
 use ipc_proto::papr::DrcIndex;
 use ipc_proto::protocol::Protocol;
 use ipc_proto::ProcessKind;
-use std::fmt::Debug;
 
 /// Notifications in the flood.
 pub const NOTIFICATION_FLOOD: u64 = 10_000;
@@ -44,10 +43,7 @@ pub fn tell(links: &mut Links) -> String {
 }
 
 /// A request to a peer and what it answered: `status` or `refused`.
-fn ask<P: Protocol>(links: &mut Links, request: P::Request) -> String
-where
-    P::Reply: Debug,
-{
+fn ask<P: Protocol>(links: &mut Links, request: P::Request) -> String {
     let what = ipc_proto::control::request_name(&request);
     match links.request::<P>(request) {
         Ok(Answer::Link(reply)) => format!("{what}: {reply:?}"),
@@ -57,10 +53,7 @@ where
     }
 }
 
-fn stray_reply<P: Protocol>(links: &mut Links, reply: P::Reply) -> String
-where
-    P::Reply: Debug,
-{
+fn stray_reply<P: Protocol>(links: &mut Links, reply: P::Reply) -> String {
     let what = format!("{:?}: a reply to an id never asked", P::LINK);
     let sent = links.stray_reply::<P>(u64::MAX, Answer::Link(reply));
     format!("{what}: {}", if sent { "sent" } else { "not sent" })

@@ -154,9 +154,9 @@ pub const PEER_REQUESTS_PER_REQUEST: u64 = 16;
 
 impl Links {
     /// Takes the channels of `kind` (in the order of its links), installs
-    /// its seccomp filter, and handshakes on all of them: hellos are sent on every link
-    /// before any is awaited, so no start-up order deadlocks. Extra
-    /// descriptors must be taken before. A peer that is down (several
+    /// its seccomp filter, and handshakes on all of them: hellos are sent on
+    /// every link before any is awaited, so no start-up order deadlocks.
+    /// Extra descriptors must be taken before. A peer that is down (several
     /// processes restart together) is simply not linked yet: the core hands
     /// over its link when it is back; one that does not answer in its link's
     /// time is blamed in the first reply.

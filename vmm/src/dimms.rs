@@ -217,7 +217,6 @@ impl<M> Dimms<M> {
             .find(|d| d.id == name || d.path() == name)
     }
 
-    /// The DIMM is gone (released): its backend is free again.
     /// Records that a device_del of DIMM `name` goes to the hotplug controller.
     pub fn ask_unplug(&mut self, name: &str) {
         let Some(id) = self.find(name).map(|dimm| dimm.id.clone()) else {
@@ -243,6 +242,7 @@ impl<M> Dimms<M> {
         }
     }
 
+    /// The DIMM is gone (released): its backend is free again.
     fn remove(&mut self, name: &str) -> Option<Dimm> {
         let id = self.find(name)?.id.clone();
         let dimm = self.dimms.remove(&id)?;

@@ -648,17 +648,9 @@ impl Vm {
 
     /// The guest refused to give back a device the core asked back.
     fn unplug_refused(&mut self, device: &str) -> Result<(), String> {
-        let (id, asked) = match (self.cores.find(device), self.dimms.find(device)) {
-            (Some(core), _) => {
-                let plugged = self.cores.device(core);
-                (
-                    plugged.and_then(|d| d.id.clone()),
-                    plugged.is_some_and(|d| d.unplug_asked),
-                )
-            }
-            (None, Some(dimm)) => (Some(dimm.id.clone()), dimm.unplug_asked),
-            (None, None) => return Err(format!("an unknown device {device}")),
-        };
+        let (id, asked) = self
+            .plugged_device(device)
+            .ok_or_else(|| format!("an unknown device {device}"))?;
         if !asked {
             return Err(format!("{device}, which no device_del asked back"));
         }
@@ -668,6 +660,17 @@ impl Vm {
             device_event(id.as_deref(), device),
         );
         Ok(())
+    }
+
+    /// The plugged core or DIMM named by QMP id or QOM path: its QMP id,
+    /// and whether a device_del asked it back.
+    fn plugged_device(&self, name: &str) -> Option<(Option<String>, bool)> {
+        if let Some(core) = self.cores.find(name) {
+            let device = self.cores.device(core)?;
+            return Some((device.id.clone(), device.unplug_asked));
+        }
+        let dimm = self.dimms.find(name)?;
+        Some((Some(dimm.id.clone()), dimm.unplug_asked))
     }
 
     /// A device the guest gave back (or a pending unplug at reset): its vCPUs
@@ -1066,12 +1069,11 @@ impl Vm {
         let rows: Vec<Value> = rows
             .into_iter()
             .map(|row| {
-                let id = row.device.as_deref().and_then(|path| {
-                    match (self.cores.find(path), self.dimms.find(path)) {
-                        (Some(core), _) => self.cores.device(core).and_then(|d| d.id.clone()),
-                        (None, dimm) => dimm.map(|d| d.id.clone()),
-                    }
-                });
+                let id = row
+                    .device
+                    .as_deref()
+                    .and_then(|path| self.plugged_device(path))
+                    .and_then(|(id, _)| id);
                 json!({
                     "index": row.index.0,
                     "type": row.index.kind().map(|k| k.type_name()),
