@@ -4,9 +4,12 @@
 
 pub mod seccomp;
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::error::Error;
+use std::os::fd::{AsRawFd, RawFd};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -34,15 +37,17 @@ pub fn init_logging(
         builder.filter_level(level);
     }
     if let Some(file) = file {
+        LOG_FD.store(file.as_raw_fd(), Ordering::Relaxed);
         builder.target(env_logger::Target::Pipe(Box::new(file)));
     }
     let inner = builder
         .format(move |out, record| {
             writeln!(
                 out,
-                "[{} {:5} {process}] {}",
+                "[{} {:5} {}] {}",
                 out.timestamp_millis(),
                 record.level(),
+                THREAD_LABEL.get().unwrap_or(process),
                 record.args()
             )
         })
@@ -55,6 +60,26 @@ pub fn init_logging(
     if log::set_boxed_logger(Box::new(logger)).is_ok() {
         log::set_max_level(level);
     }
+}
+
+/// The descriptor the log is written to: stderr, or the file
+/// [`init_logging`] was given.
+static LOG_FD: AtomicI32 = AtomicI32::new(2);
+
+/// The descriptor the log is written to, for a seccomp filter that allows
+/// `write` there and nowhere else.
+pub fn log_fd() -> RawFd {
+    LOG_FD.load(Ordering::Relaxed)
+}
+
+thread_local! {
+    static THREAD_LABEL: Cell<Option<&'static str>> = const { Cell::new(None) };
+}
+
+/// Names this thread's log lines `label` instead of the process: a device
+/// run as a thread of the core logs under its own name, as its process would.
+pub fn set_thread_log_label(label: &'static str) {
+    THREAD_LABEL.set(Some(label));
 }
 
 /// Lines one place in the code may log at once.

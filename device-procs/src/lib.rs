@@ -15,3 +15,15 @@ pub mod process;
 pub mod rtas;
 pub mod seccomp;
 pub mod state;
+
+use ipc_proto::ProcessKind;
+
+/// How a device of `kind` runs, in its own process (`process::main`) or on
+/// a thread of the core (`--device-mode in-process`): the same code.
+pub fn run_fn(kind: ProcessKind) -> process::Run {
+    match kind {
+        ProcessKind::RtasServer => rtas::process::run,
+        ProcessKind::HotplugController => hotplug::process::run,
+        ProcessKind::EventLog => eventlog::process::run,
+    }
+}

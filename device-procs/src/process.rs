@@ -14,7 +14,7 @@ use ipc_proto::{Link, ProcessKind, FIRST_CHANNEL_FD};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{getsockopt, sockopt, SockType};
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 use thiserror::Error;
 
@@ -30,6 +30,14 @@ pub enum ProcessError {
     /// An extra descriptor the core should have passed is not open.
     #[error("descriptor {0} is not open")]
     NotOpen(RawFd),
+    /// Not as many descriptors as the kind takes were handed over.
+    #[error("{got} descriptors handed over, {wanted} expected")]
+    Count {
+        /// The kind's links and extra descriptors.
+        wanted: usize,
+        /// What was handed over.
+        got: usize,
+    },
     /// A descriptor the device needs was not handed over.
     #[error("no descriptor for {0}")]
     Missing(&'static str),
@@ -56,17 +64,12 @@ pub enum ProcessError {
     State(#[source] crate::state::StateError),
 }
 
-/// Takes descriptor `fd`, inherited from the core, checking it is a
-/// SOCK_SEQPACKET socket.
-fn take_socket(fd: RawFd) -> Result<Channel, ProcessError> {
-    // SAFETY: only inspected here; ownership is taken below once it is known to be a socket.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    match getsockopt(&borrowed, sockopt::SockType) {
-        Ok(SockType::SeqPacket) => {}
-        _ => return Err(ProcessError::NotASocket(fd)),
+/// `fd` as a channel, once it is known to be a SOCK_SEQPACKET socket.
+fn channel_of(fd: OwnedFd) -> Result<Channel, ProcessError> {
+    match getsockopt(&fd, sockopt::SockType) {
+        Ok(SockType::SeqPacket) => Ok(Channel::from_fd(fd)),
+        _ => Err(ProcessError::NotASocket(fd.as_raw_fd())),
     }
-    // SAFETY: fd is an open socket the core handed to this process alone.
-    Ok(unsafe { Channel::from_raw_fd(fd) })
 }
 
 /// Takes an extra descriptor (after the channels) of any type.
@@ -99,17 +102,36 @@ impl Descriptors {
     /// Takes this process's inherited descriptors: the channels of `kind`
     /// from [`FIRST_CHANNEL_FD`] on, then its extra descriptors.
     pub fn inherited(kind: ProcessKind) -> Result<Descriptors, ProcessError> {
-        let links = kind.links().len() as RawFd;
-        let channels = (0..links)
-            .map(|i| take_socket(FIRST_CHANNEL_FD + i))
+        let count = (kind.links().len() + kind.extra_descriptors()) as RawFd;
+        let fds = (FIRST_CHANNEL_FD..FIRST_CHANNEL_FD + count)
+            // SAFETY: the core passes these, the channels then the extra
+            // descriptors, to this process for this use.
+            .map(|fd| unsafe { take_fd(fd) })
             .collect::<Result<Vec<_>, _>>()?;
-        let first_extra = FIRST_CHANNEL_FD + links;
-        let extra = (0..kind.extra_descriptors() as RawFd)
-            // SAFETY: the core passes these right after the channels, for
-            // this use (`ProcessKind::extra_descriptors`).
-            .map(|i| unsafe { take_fd(first_extra + i) })
-            .collect::<Result<_, _>>()?;
-        Ok(Descriptors { channels, extra })
+        Descriptors::of(kind, fds)
+    }
+
+    /// `fds`, in the order the core passes them to a process of `kind`:
+    /// its channels, each checked to be one, then its extra descriptors.
+    pub fn of(kind: ProcessKind, fds: Vec<OwnedFd>) -> Result<Descriptors, ProcessError> {
+        let links = kind.links().len();
+        let wanted = links + kind.extra_descriptors();
+        if fds.len() != wanted {
+            return Err(ProcessError::Count {
+                wanted,
+                got: fds.len(),
+            });
+        }
+        let mut fds = fds.into_iter();
+        let channels = fds
+            .by_ref()
+            .take(links)
+            .map(channel_of)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Descriptors {
+            channels,
+            extra: fds.collect(),
+        })
     }
 
     /// The next extra descriptor.
@@ -154,7 +176,8 @@ pub const PEER_REQUESTS_PER_REQUEST: u64 = 16;
 
 impl Links {
     /// Takes the channels of `kind` (in the order of its links), installs
-    /// its seccomp filter, and handshakes on all of them: hellos are sent on
+    /// its seccomp filter (allowing `write` to `writable` besides the log),
+    /// and handshakes on all of them: hellos are sent on
     /// every link before any is awaited, so no start-up order deadlocks.
     /// Extra descriptors must be taken before. A peer that is down (several
     /// processes restart together) is simply not linked yet: the core hands
@@ -163,10 +186,11 @@ impl Links {
     pub fn open(
         kind: ProcessKind,
         channels: Vec<Channel>,
+        writable: &[RawFd],
         mode: seccomp::Mode,
     ) -> Result<Links, ProcessError> {
         let links = kind.links();
-        seccomp::install(kind, mode)?;
+        seccomp::install(kind, writable, mode)?;
         let handshake = |link: Link| move |source| ProcessError::Handshake { link, source };
         let mut greeted = Vec::with_capacity(links.len());
         for (channel, &link) in channels.iter().zip(links) {
@@ -561,9 +585,15 @@ pub fn serve(device: &mut impl Device, links: &mut Links) -> Result<(), ProcessE
                     links.ends.remove(&link);
                 }
                 Err(ChannelError::Timeout(_)) => {}
-                frame => device
-                    .on_frame(links, link, frame)
-                    .map_err(ProcessError::Core)?,
+                frame => match device.on_frame(links, link, frame) {
+                    Ok(()) => {}
+                    // While it answered: the core is gone all the same.
+                    Err(ChannelError::HungUp) => {
+                        log::info!("the core hung up; exiting");
+                        return Ok(());
+                    }
+                    Err(error) => return Err(ProcessError::Core(error)),
+                },
             }
             for link in std::mem::take(&mut links.relinked) {
                 device.relinked(links, link);
@@ -640,6 +670,9 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
     Ok(options)
 }
 
+/// A device's body: serves from its descriptors until the core hangs up.
+pub type Run = fn(Startup, Descriptors) -> Result<(), ProcessError>;
+
 /// The status a device process ends with when it panics.
 pub const PANIC_STATUS: i32 = 101;
 
@@ -661,10 +694,8 @@ fn log_panics() {
 /// (the jailer clears the environment, so `RUST_LOG` cannot reach a jailed
 /// process: the core passes its level) and `--state fresh|resume` (see
 /// [`Startup`]). The log is stderr, which the core points at its own log.
-pub fn main(
-    kind: ProcessKind,
-    run: fn(Startup, Descriptors) -> Result<(), ProcessError>,
-) -> std::process::ExitCode {
+pub fn main(kind: ProcessKind) -> std::process::ExitCode {
+    let run = crate::run_fn(kind);
     let name = kind.name();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let options = parse_options(&args);

@@ -8,8 +8,9 @@ use common::seccomp::{arg_equals_32, compile, condition, not_executable, rule, R
 pub use common::seccomp::{Mode, SeccompError};
 use ipc_proto::ProcessKind;
 use seccompiler::{BpfProgram, SeccompCmpArgLen, SeccompCmpOp};
+use std::os::fd::RawFd;
 
-/// Every device process: its channels, its allocator, its log (stderr).
+/// Every device process: its channels, its allocator, its log.
 /// `write` is allowed on the log descriptor only (see [`rules`]).
 const COMMON: &[i64] = &[
     nix::libc::SYS_read,
@@ -44,11 +45,11 @@ const RTAS_SERVER: &[i64] = &[
     nix::libc::SYS_statx,
 ];
 
-/// The log descriptor (stderr).
-const LOG_FD: i32 = 2;
-
 /// The allowed calls of `kind`: number → rules (empty: always allowed).
-pub fn rules(kind: ProcessKind) -> Rules {
+/// `write` is allowed to the log (stderr, or the file the log goes to) and
+/// to `writable`, the descriptors the device itself writes (the event log's
+/// interrupts): everything else goes over the links (sendmsg).
+pub fn rules(kind: ProcessKind, writable: &[RawFd]) -> Rules {
     let mut rules: Rules = COMMON.iter().map(|&n| (n, vec![])).collect();
     // Never executable memory.
     rules.insert(nix::libc::SYS_mprotect, vec![rule(vec![not_executable()])]);
@@ -58,17 +59,15 @@ pub fn rules(kind: ProcessKind) -> Rules {
         nix::libc::SYS_fcntl,
         vec![arg_equals_32(1, nix::libc::F_GETFD as u64)],
     );
-    // write(2) only to the log, and to the interrupts' eventfds for the
-    // event log: everything else goes over the links (sendmsg).
-    let write_to = |fd: i32| arg_equals_32(0, fd as u64);
-    let mut writable = vec![write_to(LOG_FD)];
-    if kind == ProcessKind::EventLog {
-        // The hot-plug and the EPOW interrupts, after the channels.
-        let first_extra = ipc_proto::FIRST_CHANNEL_FD + kind.links().len() as i32;
-        writable.push(write_to(first_extra));
-        writable.push(write_to(first_extra + 1));
-    }
-    rules.insert(nix::libc::SYS_write, writable);
+    let mut fds = vec![STDERR, common::log_fd()];
+    fds.extend_from_slice(writable);
+    fds.sort_unstable();
+    fds.dedup();
+    let writes = fds
+        .into_iter()
+        .map(|fd| arg_equals_32(0, fd as u64))
+        .collect();
+    rules.insert(nix::libc::SYS_write, writes);
     match kind {
         ProcessKind::RtasServer => {
             // Shared mappings of guest RAM, never executable.
@@ -92,14 +91,22 @@ pub fn rules(kind: ProcessKind) -> Rules {
     rules
 }
 
+/// Where a panic message goes, whatever the log is.
+const STDERR: RawFd = 2;
+
 /// The compiled filter of `kind`, or `None` in [`Mode::Off`].
-pub fn program(kind: ProcessKind, mode: Mode) -> Result<Option<BpfProgram>, SeccompError> {
-    compile(rules(kind), mode)
+pub fn program(
+    kind: ProcessKind,
+    writable: &[RawFd],
+    mode: Mode,
+) -> Result<Option<BpfProgram>, SeccompError> {
+    compile(rules(kind, writable), mode)
 }
 
-/// Installs the filter of `kind` on this process (it also sets no_new_privs).
-pub fn install(kind: ProcessKind, mode: Mode) -> Result<(), SeccompError> {
-    common::seccomp::install(program(kind, mode)?.as_ref())
+/// Installs the filter of `kind` on the calling thread, the only one of a
+/// device process (it also sets no_new_privs).
+pub fn install(kind: ProcessKind, writable: &[RawFd], mode: Mode) -> Result<(), SeccompError> {
+    common::seccomp::install(program(kind, writable, mode)?.as_ref())
 }
 
 #[cfg(test)]
@@ -109,9 +116,9 @@ mod tests {
     #[test]
     fn every_kind_compiles_and_allows_only_its_own_extras() {
         for kind in ProcessKind::ALL {
-            assert!(program(kind, Mode::Kill).unwrap().is_some());
-            assert!(program(kind, Mode::Off).unwrap().is_none());
-            let allowed = rules(kind);
+            assert!(program(kind, &[], Mode::Kill).unwrap().is_some());
+            assert!(program(kind, &[], Mode::Off).unwrap().is_none());
+            let allowed = rules(kind, &[]);
             for forbidden in [
                 nix::libc::SYS_openat,
                 nix::libc::SYS_socket,
@@ -128,13 +135,16 @@ mod tests {
                 );
             }
         }
-        assert!(rules(ProcessKind::RtasServer).contains_key(&nix::libc::SYS_statx));
-        // write(2): the log, plus the interrupt for the event log.
+        assert!(rules(ProcessKind::RtasServer, &[]).contains_key(&nix::libc::SYS_statx));
+        // write(2): the log (stderr here), plus what the device names.
         assert_eq!(
-            rules(ProcessKind::RtasServer)[&nix::libc::SYS_write].len(),
+            rules(ProcessKind::RtasServer, &[])[&nix::libc::SYS_write].len(),
             1
         );
-        assert_eq!(rules(ProcessKind::EventLog)[&nix::libc::SYS_write].len(), 3);
-        assert!(!rules(ProcessKind::EventLog).contains_key(&nix::libc::SYS_statx));
+        assert_eq!(
+            rules(ProcessKind::EventLog, &[7, 8, 2])[&nix::libc::SYS_write].len(),
+            3
+        );
+        assert!(!rules(ProcessKind::EventLog, &[]).contains_key(&nix::libc::SYS_statx));
     }
 }

@@ -256,6 +256,12 @@ pub fn cpu_id() -> usize {
     unsafe { rdmsr(MSR_X2APIC_ID) as usize }
 }
 
+/// The time-stamp counter, for benchmarks: cycles at a rate the host knows.
+pub fn timestamp() -> u64 {
+    // SAFETY: rdtsc reads a counter and has no side effects.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
 /// Wakes `cpu` from `hlt` with an inter-processor interrupt.
 pub fn wake(cpu: usize) {
     // Fixed delivery, physical destination, level assert, edge.

@@ -16,7 +16,7 @@ use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 const ISOLATION_STATE: u32 = 9001;
 const ALLOCATION_STATE: u32 = 9003;
-const DR_ENTITY_SENSE: u32 = 9003;
+pub const DR_ENTITY_SENSE: u32 = 9003;
 const PRESENT: u32 = 1;
 const UNUSABLE: u32 = 2;
 const ISOLATE: u32 = 0;
@@ -133,6 +133,11 @@ pub fn init(platform: &platform::Platform) {
             }
         }
     });
+}
+
+/// The DRC index of the core `cpu` belongs to (0: none).
+pub fn core_drc(cpu: usize) -> u32 {
+    CORE_OF.get(cpu).map_or(0, |drc| drc.load(Ordering::SeqCst))
 }
 
 pub fn is_present(cpu: usize) -> bool {

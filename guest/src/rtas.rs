@@ -75,13 +75,26 @@ pub fn raw(address: u64) -> i64 {
 /// RTAS calls made through [`call`] since boot (`rtas-calls`).
 static CALLS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
+/// TSC cycles spent in those calls (`rtas-time`): what a burst of calls,
+/// such as an unplug's, costs this guest.
+static CYCLES: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
 pub fn calls() -> u64 {
     CALLS.load(core::sync::atomic::Ordering::Relaxed)
 }
 
+pub fn cycles() -> u64 {
+    CYCLES.load(core::sync::atomic::Ordering::Relaxed)
+}
+
 pub fn call_token(token: u32, args: &[u32], nret: usize) -> Result<RtasReturn, RtasError> {
     CALLS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-    call_with(&mut ARGS.lock(), token, args, nret)
+    let mut block = ARGS.lock();
+    let started = crate::arch::timestamp();
+    let result = call_with(&mut block, token, args, nret);
+    let spent = crate::arch::timestamp().wrapping_sub(started);
+    CYCLES.fetch_add(spent, core::sync::atomic::Ordering::Relaxed);
+    result
 }
 
 /// stop-self; returns only if the call failed. It never returns on success,

@@ -134,6 +134,14 @@ pub fn run() {
             "rtas-calls" => {
                 Line::new().str("rtas-calls: ").dec(rtas::calls()).nl();
             }
+            "rtas-time" => {
+                Line::new()
+                    .str("rtas-time: ")
+                    .dec(rtas::calls())
+                    .str(" calls, tsc ")
+                    .dec(rtas::cycles())
+                    .nl();
+            }
             "mem" => crate::lmb::command(&mut words, parse_number),
             "hostile" => match (
                 words.next().and_then(parse_number),
@@ -178,6 +186,7 @@ fn help() {
         "  cpu online <n>       start CPU n (start-cpu)\n",
         "  events               the last hot-plug events received\n",
         "  rtas-calls           RTAS calls the guest made since boot\n",
+        "  rtas-time            those calls, and the TSC cycles spent in them\n",
         "  hostile <seed> <n>   n random and malformed RTAS calls; a tally of their statuses\n",
         "  dlpar off|on         stop or resume handling hot-plug events\n",
         "  mem                  one line per LMB: lmb <drc> at <addr>: assigned|free [online] [pinned]\n",
@@ -185,7 +194,7 @@ fn help() {
         "  mem fill|check <addr> <len> <seed>  write or check a pattern (a word per page)\n",
         "  time                 RTAS get-time-of-day\n",
         "  rtas-raw <addr> <token> <nargs> <nret> [args]  a hand-made RTAS call\n",
-        "  bench hcall|rtas <n> n null hcalls or n RTAS calls\n",
+        "  bench hcall|rtas|sensor <n>  n null hcalls, query-cpu-stopped-state or get-sensor-state calls, timed\n",
         "  poweroff             RTAS power-off\n",
         "  reboot               RTAS system-reboot\n",
     ));
@@ -346,32 +355,74 @@ fn rtas_raw<'a>(words: &mut impl Iterator<Item = &'a str>) {
     }
 }
 
+/// The calls `bench` times one by one (the first ones of a longer run).
+const BENCH_SAMPLES: usize = 4096;
+static BENCH_CYCLES: SpinLock<[u64; BENCH_SAMPLES]> = SpinLock::new([0; BENCH_SAMPLES]);
+
+/// Makes `count` calls in a row, each timed with the time-stamp counter,
+/// and prints the total, the median and the 99th percentile in TSC cycles
+/// (the host knows the counter's rate; this guest has no calibrated clock).
 fn bench<'a>(words: &mut impl Iterator<Item = &'a str>) {
+    const USAGE: &str = "bench hcall|rtas|sensor <n>";
     let kind = words.next();
-    let Some(count) = words.next().and_then(parse_number) else {
-        return usage("bench hcall|rtas <n>");
+    let Some(count) = words.next().and_then(parse_number).filter(|&n| n > 0) else {
+        return usage(USAGE);
     };
     let me = arch::cpu_id() as u32;
-    match kind {
-        Some("hcall") => {
-            for _ in 0..count {
+    // One block built once, so that the loop times the platform rather
+    // than this guest's (emulated) token lookup.
+    let rtas_block = |name: &str, args: &[u32], nret: usize| {
+        platform::get()
+            .rtas_token(name)
+            .map(|token| rtas::RtasArgs::new(token, args, nret))
+    };
+    let mut block = match kind {
+        Some("hcall") => None,
+        // Answered by the RTAS server alone.
+        Some("rtas") => match rtas_block("query-cpu-stopped-state", &[me], 2) {
+            Some(block) => Some(block),
+            None => return report_rtas_failure("bench", Err(RtasError::NoToken)),
+        },
+        // Answered with the hotplug controller: the DR sensor of this CPU's core.
+        Some("sensor") => {
+            let args = [dlpar::DR_ENTITY_SENSE, dlpar::core_drc(me as usize)];
+            match rtas_block("get-sensor-state", &args, 2) {
+                Some(block) => Some(block),
+                None => return report_rtas_failure("bench", Err(RtasError::NoToken)),
+            }
+        }
+        _ => return usage(USAGE),
+    };
+    let mut samples = BENCH_CYCLES.lock();
+    let started = arch::timestamp();
+    for i in 0..count as usize {
+        let before = arch::timestamp();
+        match block.as_mut() {
+            None => {
                 hcall(H_NULL_FOR_BENCH, [0; 6]);
             }
-        }
-        Some("rtas") => {
-            // One block built once, so that the loop times the platform
-            // rather than this guest's (emulated) token lookup.
-            let Some(token) = platform::get().rtas_token("query-cpu-stopped-state") else {
-                return report_rtas_failure("bench", Err(RtasError::NoToken));
-            };
-            let mut block = rtas::RtasArgs::new(token, &[me], 2);
-            for _ in 0..count {
-                rtas::raw(&mut block as *mut rtas::RtasArgs as u64);
+            Some(block) => {
+                rtas::raw(block as *mut rtas::RtasArgs as u64);
             }
         }
-        _ => return usage("bench hcall|rtas <n>"),
+        if let Some(slot) = samples.get_mut(i) {
+            *slot = arch::timestamp().wrapping_sub(before);
+        }
     }
-    Line::new().str("bench: ").dec(count).str(" calls").nl();
+    let total = arch::timestamp().wrapping_sub(started);
+    let timed = &mut samples[..(count as usize).min(BENCH_SAMPLES)];
+    timed.sort_unstable();
+    let at = |fraction: usize| timed[(timed.len() - 1) * fraction / 100];
+    Line::new()
+        .str("bench: ")
+        .dec(count)
+        .str(" calls, tsc total ")
+        .dec(total)
+        .str(" median ")
+        .dec(at(50))
+        .str(" p99 ")
+        .dec(at(99))
+        .nl();
 }
 
 fn report_rtas_failure(what: &str, result: Result<rtas::RtasReturn, RtasError>) {

@@ -150,6 +150,40 @@ pub const HOTPLUG_MACHINE: [&str; 4] = [
     "size=512M,maxmem=2G,slots=2",
 ];
 
+/// The variable that runs the end-to-end suite with another device mode:
+/// `PAPERVISOR_DEVICE_MODE=in-process cargo test -p tests`.
+pub const DEVICE_MODE_VARIABLE: &str = "PAPERVISOR_DEVICE_MODE";
+
+/// Whether the suite runs with the devices as threads of the core.
+pub fn in_process() -> bool {
+    std::env::var(DEVICE_MODE_VARIABLE).is_ok_and(|mode| mode == "in-process")
+}
+
+/// The `--device-mode` the suite runs with, unless the test chose one.
+fn device_mode_args(args: &[&str]) -> Vec<String> {
+    match std::env::var(DEVICE_MODE_VARIABLE) {
+        Ok(mode) if !args.contains(&"--device-mode") => vec!["--device-mode".into(), mode],
+        _ => vec![],
+    }
+}
+
+/// A command that runs the core binary in the suite's device mode.
+pub fn papervisor_command() -> Command {
+    let mut command = Command::new(binary("papervisor"));
+    command.args(device_mode_args(&[]));
+    command
+}
+
+/// Says loudly that a test does not run in-process (it kills, restarts or
+/// jails a device process, which a device thread is not) and whether to
+/// skip it.
+pub fn skip_in_process(test: &str, why: &str) -> bool {
+    if in_process() {
+        eprintln!("SKIPPED {test} with --device-mode in-process: {why}");
+    }
+    in_process()
+}
+
 /// A running `papervisor` with its console and QMP on Unix sockets.
 pub struct Vm {
     child: Option<Child>,
@@ -176,6 +210,7 @@ impl Vm {
         let socket = dir.join("console.sock");
         let child = Command::new(program)
             .args(args)
+            .args(device_mode_args(args))
             .arg("--qmp")
             .arg(dir.join("qmp.sock"))
             .arg("--console")
@@ -714,6 +749,13 @@ pub mod bench {
     pub fn median(values: &mut [f64]) -> f64 {
         values.sort_by(|a, b| a.total_cmp(b));
         values[values.len() / 2]
+    }
+
+    /// The `p`th percentile, nearest rank (sorts `values`).
+    pub fn percentile(values: &mut [f64], p: f64) -> f64 {
+        values.sort_by(|a, b| a.total_cmp(b));
+        let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
+        values[rank.clamp(1, values.len()) - 1]
     }
 
     /// The first numeric command-line argument (`cargo bench ... -- N`), or `default`.

@@ -108,8 +108,8 @@ fn stdio_console_carries_commands_and_output() {
         return;
     }
     use std::io::{BufRead, BufReader, Write};
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(papervisor_tests::binary("papervisor"))
+    use std::process::Stdio;
+    let mut child = papervisor_tests::papervisor_command()
         .args(["--smp", "cpus=2"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -4,10 +4,10 @@
 //! serving one client at a time; and the log level reaching every process.
 
 use nix::sys::termios::{tcgetattr, LocalFlags};
-use papervisor_tests::{binary, kvm_usable, scratch_dir, Vm};
+use papervisor_tests::{kvm_usable, scratch_dir, Vm};
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// Reads the terminal until `pattern` (or panics after 30 s).
@@ -49,7 +49,7 @@ fn the_stdio_console_is_a_raw_terminal_with_ctrl_a_x_and_no_logs() {
     let dir = scratch_dir();
     let slave = pty.slave;
     assert!(echoing(&slave), "a fresh terminal echoes");
-    let mut child = Command::new(binary("papervisor"))
+    let mut child = papervisor_tests::papervisor_command()
         .args(["--smp", "cpus=2", "--jail-dir"])
         .arg(dir.join("run"))
         .arg("--qmp")

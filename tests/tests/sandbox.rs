@@ -40,6 +40,12 @@ fn namespace(pid: u32, kind: &str) -> String {
 
 #[test]
 fn every_device_process_is_jailed_and_filtered() {
+    if papervisor_tests::skip_in_process(
+        "every_device_process_is_jailed_and_filtered",
+        "it checks the jail of each device process",
+    ) {
+        return;
+    }
     if !root("every_device_process_is_jailed_and_filtered") {
         return;
     }
@@ -111,6 +117,12 @@ fn every_device_process_is_jailed_and_filtered() {
 
 #[test]
 fn forbidden_calls_kill_the_process_which_is_reported_and_restarted() {
+    if papervisor_tests::skip_in_process(
+        "forbidden_calls_kill_the_process_which_is_reported_and_restarted",
+        "a forbidden call would kill the core with its device threads",
+    ) {
+        return;
+    }
     if !root("forbidden_calls_kill_the_process_which_is_reported_and_restarted") {
         return;
     }
@@ -156,6 +168,12 @@ fn forbidden_calls_kill_the_process_which_is_reported_and_restarted() {
 
 #[test]
 fn garbage_and_silence_from_a_device_process_are_cut_off_and_the_guest_runs_on() {
+    if papervisor_tests::skip_in_process(
+        "garbage_and_silence_from_a_device_process_are_cut_off_and_the_guest_runs_on",
+        "a device thread that hangs cannot be ended",
+    ) {
+        return;
+    }
     if !root("garbage_and_silence_from_a_device_process_are_cut_off_and_the_guest_runs_on") {
         return;
     }
@@ -190,6 +208,12 @@ fn garbage_and_silence_from_a_device_process_are_cut_off_and_the_guest_runs_on()
 
 #[test]
 fn a_machine_reset_without_a_hotplug_controller_still_resets() {
+    if papervisor_tests::skip_in_process(
+        "a_machine_reset_without_a_hotplug_controller_still_resets",
+        "it SIGKILLs a device process",
+    ) {
+        return;
+    }
     if !root("a_machine_reset_without_a_hotplug_controller_still_resets") {
         return;
     }
@@ -217,6 +241,12 @@ fn a_machine_reset_without_a_hotplug_controller_still_resets() {
 
 #[test]
 fn a_process_that_keeps_dying_is_marked_failed_and_the_vm_runs_on() {
+    if papervisor_tests::skip_in_process(
+        "a_process_that_keeps_dying_is_marked_failed_and_the_vm_runs_on",
+        "it SIGKILLs a device process",
+    ) {
+        return;
+    }
     if !root("a_process_that_keeps_dying_is_marked_failed_and_the_vm_runs_on") {
         return;
     }

@@ -76,6 +76,12 @@ fn qmp_queries_resets_and_quits_through_the_qemu_qmp_client() {
 
 #[test]
 fn the_rtas_server_is_another_process_and_its_death_fails_calls_cleanly() {
+    if papervisor_tests::skip_in_process(
+        "the_rtas_server_is_another_process_and_its_death_fails_calls_cleanly",
+        "it SIGKILLs the RTAS server",
+    ) {
+        return;
+    }
     if !kvm_usable("the_rtas_server_is_another_process_and_its_death_fails_calls_cleanly") {
         return;
     }

@@ -50,6 +50,12 @@ fn count(events: &[serde_json::Value], name: &str) -> usize {
 
 #[test]
 fn a_controller_killed_with_an_unplug_pending_completes_it_once() {
+    if papervisor_tests::skip_in_process(
+        "a_controller_killed_with_an_unplug_pending_completes_it_once",
+        "it SIGKILLs or upgrades a device process",
+    ) {
+        return;
+    }
     if !root_and_kvm("a_controller_killed_with_an_unplug_pending_completes_it_once") {
         return;
     }
@@ -71,6 +77,12 @@ fn a_controller_killed_with_an_unplug_pending_completes_it_once() {
 
 #[test]
 fn a_controller_killed_after_the_guest_isolated_the_drc_releases_it_once() {
+    if papervisor_tests::skip_in_process(
+        "a_controller_killed_after_the_guest_isolated_the_drc_releases_it_once",
+        "it SIGKILLs or upgrades a device process",
+    ) {
+        return;
+    }
     if !root_and_kvm("a_controller_killed_after_the_guest_isolated_the_drc_releases_it_once") {
         return;
     }
@@ -115,6 +127,12 @@ fn a_controller_killed_after_the_guest_isolated_the_drc_releases_it_once() {
 
 #[test]
 fn a_controller_killed_during_a_core_add_lets_the_guest_take_the_core() {
+    if papervisor_tests::skip_in_process(
+        "a_controller_killed_during_a_core_add_lets_the_guest_take_the_core",
+        "it SIGKILLs or upgrades a device process",
+    ) {
+        return;
+    }
     if !root_and_kvm("a_controller_killed_during_a_core_add_lets_the_guest_take_the_core") {
         return;
     }
@@ -148,6 +166,12 @@ fn a_controller_killed_during_a_core_add_lets_the_guest_take_the_core() {
 
 #[test]
 fn an_event_log_killed_with_events_queued_loses_none_and_repeats_none() {
+    if papervisor_tests::skip_in_process(
+        "an_event_log_killed_with_events_queued_loses_none_and_repeats_none",
+        "it SIGKILLs or upgrades a device process",
+    ) {
+        return;
+    }
     if !root_and_kvm("an_event_log_killed_with_events_queued_loses_none_and_repeats_none") {
         return;
     }
@@ -186,6 +210,12 @@ fn an_event_log_killed_with_events_queued_loses_none_and_repeats_none() {
 
 #[test]
 fn an_upgrade_to_the_same_binary_keeps_a_pending_unplug() {
+    if papervisor_tests::skip_in_process(
+        "an_upgrade_to_the_same_binary_keeps_a_pending_unplug",
+        "it SIGKILLs or upgrades a device process",
+    ) {
+        return;
+    }
     if !root_and_kvm("an_upgrade_to_the_same_binary_keeps_a_pending_unplug") {
         return;
     }
@@ -244,6 +274,12 @@ fn an_upgrade_to_the_same_binary_keeps_a_pending_unplug() {
 
 #[test]
 fn an_upgrade_the_new_binary_cannot_serve_is_refused_and_the_old_one_serves_on() {
+    if papervisor_tests::skip_in_process(
+        "an_upgrade_the_new_binary_cannot_serve_is_refused_and_the_old_one_serves_on",
+        "it SIGKILLs or upgrades a device process",
+    ) {
+        return;
+    }
     if !root_and_kvm("an_upgrade_the_new_binary_cannot_serve_is_refused_and_the_old_one_serves_on")
     {
         return;
@@ -281,6 +317,12 @@ fn an_upgrade_the_new_binary_cannot_serve_is_refused_and_the_old_one_serves_on()
 
 #[test]
 fn a_damaged_state_region_is_refused_and_the_controller_ends_failed() {
+    if papervisor_tests::skip_in_process(
+        "a_damaged_state_region_is_refused_and_the_controller_ends_failed",
+        "it SIGKILLs or upgrades a device process",
+    ) {
+        return;
+    }
     if !root_and_kvm("a_damaged_state_region_is_refused_and_the_controller_ends_failed") {
         return;
     }
@@ -340,6 +382,12 @@ fn a_damaged_state_region_is_refused_and_the_controller_ends_failed() {
 
 #[test]
 fn a_controller_killed_in_a_dimm_unplug_after_some_lmbs_went_completes_it_once() {
+    if papervisor_tests::skip_in_process(
+        "a_controller_killed_in_a_dimm_unplug_after_some_lmbs_went_completes_it_once",
+        "it SIGKILLs or upgrades a device process",
+    ) {
+        return;
+    }
     if !root_and_kvm("a_controller_killed_in_a_dimm_unplug_after_some_lmbs_went_completes_it_once")
     {
         return;

@@ -10,6 +10,12 @@ use std::time::Duration;
 
 #[test]
 fn a_hung_event_log_is_blamed_not_the_controller_that_waited_for_it() {
+    if papervisor_tests::skip_in_process(
+        "a_hung_event_log_is_blamed_not_the_controller_that_waited_for_it",
+        "it kills, stops or hangs a device process",
+    ) {
+        return;
+    }
     if !root_and_kvm("a_hung_event_log_is_blamed_not_the_controller_that_waited_for_it") {
         return;
     }
@@ -68,6 +74,12 @@ fn process_with_pid(target: u64) -> Option<std::process::Child> {
 
 #[test]
 fn a_failed_processs_pid_reused_by_another_process_is_never_signalled() {
+    if papervisor_tests::skip_in_process(
+        "a_failed_processs_pid_reused_by_another_process_is_never_signalled",
+        "it kills, stops or hangs a device process",
+    ) {
+        return;
+    }
     if !root_and_kvm("a_failed_processs_pid_reused_by_another_process_is_never_signalled") {
         return;
     }
@@ -124,6 +136,17 @@ fn only_the_fault_injection_build_accepts_x_inject_fault() {
 
     let mut built = Vm::start(&[]);
     built.boot();
+    if papervisor_tests::in_process() {
+        // The forbidden call would kill the core with its device threads.
+        let replies = built.qmp(&[inject]);
+        let desc = replies[0]["error"]["desc"].as_str().unwrap_or_default();
+        assert!(
+            desc.contains("would end or hang the core"),
+            "{}",
+            replies[0]
+        );
+        return;
+    }
     let replies = built.qmp(&[inject, "wait-event:X_DEVICE_PROCESS_EXITED"]);
     assert_eq!(replies[0]["return"]["survived"], false, "{}", replies[0]);
     assert_eq!(replies[1]["data"]["reason"], "killed by SIGSYS");
@@ -131,6 +154,12 @@ fn only_the_fault_injection_build_accepts_x_inject_fault() {
 
 #[test]
 fn sigstop_then_sigcont_restarts_nothing() {
+    if papervisor_tests::skip_in_process(
+        "sigstop_then_sigcont_restarts_nothing",
+        "it kills, stops or hangs a device process",
+    ) {
+        return;
+    }
     if !root_and_kvm("sigstop_then_sigcont_restarts_nothing") {
         return;
     }
@@ -155,6 +184,12 @@ fn sigstop_then_sigcont_restarts_nothing() {
 
 #[test]
 fn the_rtas_server_killed_while_a_cpu_goes_offline_is_only_a_slower_call() {
+    if papervisor_tests::skip_in_process(
+        "the_rtas_server_killed_while_a_cpu_goes_offline_is_only_a_slower_call",
+        "it kills, stops or hangs a device process",
+    ) {
+        return;
+    }
     if !root_and_kvm("the_rtas_server_killed_while_a_cpu_goes_offline_is_only_a_slower_call") {
         return;
     }
@@ -176,6 +211,12 @@ fn the_rtas_server_killed_while_a_cpu_goes_offline_is_only_a_slower_call() {
 
 #[test]
 fn a_stopped_rtas_server_is_cut_off_and_the_cpu_still_goes_offline() {
+    if papervisor_tests::skip_in_process(
+        "a_stopped_rtas_server_is_cut_off_and_the_cpu_still_goes_offline",
+        "it kills, stops or hangs a device process",
+    ) {
+        return;
+    }
     if !root_and_kvm("a_stopped_rtas_server_is_cut_off_and_the_cpu_still_goes_offline") {
         return;
     }
@@ -200,6 +241,12 @@ fn a_stopped_rtas_server_is_cut_off_and_the_cpu_still_goes_offline() {
 
 #[test]
 fn processes_killed_together_come_back_together() {
+    if papervisor_tests::skip_in_process(
+        "processes_killed_together_come_back_together",
+        "it kills, stops or hangs a device process",
+    ) {
+        return;
+    }
     if !root_and_kvm("processes_killed_together_come_back_together") {
         return;
     }
@@ -234,6 +281,12 @@ fn processes_killed_together_come_back_together() {
 
 #[test]
 fn a_hotplug_command_for_a_restarting_controller_restarts_it_and_goes_through() {
+    if papervisor_tests::skip_in_process(
+        "a_hotplug_command_for_a_restarting_controller_restarts_it_and_goes_through",
+        "it kills, stops or hangs a device process",
+    ) {
+        return;
+    }
     if !root_and_kvm("a_hotplug_command_for_a_restarting_controller_restarts_it_and_goes_through") {
         return;
     }
@@ -272,6 +325,12 @@ fn a_hotplug_command_for_a_restarting_controller_restarts_it_and_goes_through() 
 
 #[test]
 fn a_device_del_that_finds_the_controller_stopped_waits_for_its_successor() {
+    if papervisor_tests::skip_in_process(
+        "a_device_del_that_finds_the_controller_stopped_waits_for_its_successor",
+        "it kills, stops or hangs a device process",
+    ) {
+        return;
+    }
     if !root_and_kvm("a_device_del_that_finds_the_controller_stopped_waits_for_its_successor") {
         return;
     }
@@ -304,6 +363,12 @@ fn a_device_del_that_finds_the_controller_stopped_waits_for_its_successor() {
 
 #[test]
 fn a_device_process_that_panics_logs_why_and_is_restarted() {
+    if papervisor_tests::skip_in_process(
+        "a_device_process_that_panics_logs_why_and_is_restarted",
+        "it kills, stops or hangs a device process",
+    ) {
+        return;
+    }
     if !root_and_kvm("a_device_process_that_panics_logs_why_and_is_restarted") {
         return;
     }

@@ -38,9 +38,13 @@ pub struct Cli {
     /// What a device process's forbidden system call does: kill it, log it, or nothing (no filter).
     #[arg(long, default_value = "kill", value_parser = ["kill", "log", "off"])]
     pub seccomp: String,
-    /// Start device processes through the jailer (on), or directly (off, for debugging).
-    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
-    pub jail: String,
+    /// Start device processes through the jailer (on, the default), or directly (off, for debugging).
+    #[arg(long, value_parser = ["on", "off"])]
+    pub jail: Option<String>,
+    /// Run the devices in processes of their own (the default), or as
+    /// threads of the core, unjailed (to measure what isolation costs).
+    #[arg(long, default_value = "out-of-process", value_parser = ["out-of-process", "in-process"])]
+    pub device_mode: String,
     /// Where the VM's runtime directory is made (DIR/vm-<pid>, the jails'
     /// roots inside); directories of VMs that are gone are removed at start.
     /// By default /run/papervisor as root, else $XDG_RUNTIME_DIR/papervisor
@@ -434,6 +438,15 @@ impl VmConfig {
                 jail_dir.display()
             )));
         }
+        let in_process = cli.device_mode == "in-process";
+        let jail = match (cli.jail.as_deref(), in_process) {
+            (Some("on"), true) => {
+                return Err(ConfigError::Invalid(
+                    "--jail on: the devices of --device-mode in-process are threads of the core, which cannot be jailed".into(),
+                ))
+            }
+            (jail, in_process) => !in_process && jail != Some("off"),
+        };
         Ok(VmConfig {
             smp: cli.smp,
             memory: cli.memory,
@@ -441,7 +454,12 @@ impl VmConfig {
             qmp: cli.qmp,
             guest_image,
             sandbox: crate::devices::Sandbox {
-                jail: cli.jail == "on",
+                jail,
+                device_mode: if in_process {
+                    crate::devices::DeviceMode::InProcess
+                } else {
+                    crate::devices::DeviceMode::OutOfProcess
+                },
                 seccomp: cli.seccomp,
                 jail_dir,
                 uid: jailer::DEFAULT_ID,

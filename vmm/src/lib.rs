@@ -22,3 +22,6 @@ pub mod seccomp;
 pub mod signals;
 pub mod vcpu;
 pub mod vm;
+
+/// When the core's `main` began: the origin of `x-query-startup`'s times.
+pub static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();

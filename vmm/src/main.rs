@@ -13,6 +13,7 @@ const EXIT_FAILURE: u8 = 1;
 const MALLOC_ARENAS: i32 = 8;
 
 fn main() -> ExitCode {
+    vmm::STARTED.get_or_init(std::time::Instant::now);
     let cli: Cli = match common::parse_cli("papervisor") {
         Ok(cli) => cli,
         Err(exit) => return exit,

@@ -35,6 +35,7 @@ use std::io::Cursor;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use thiserror::Error;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -133,6 +134,29 @@ pub struct Vm {
     guest_image: Vec<u8>,
     vm_fd: Arc<VmFd>,
     kvm: Kvm,
+    startup: StartupTimes,
+}
+
+/// Where the core's start-up went (x-query-startup).
+#[derive(Default)]
+struct StartupTimes {
+    /// KVM's VM, guest memory, interrupts and the boot vCPUs.
+    kvm: Duration,
+    /// The device processes started, handshaken, set up, told the cold-plugged cores.
+    devices: Duration,
+    /// From `main` to vCPU 0 started, at the first power-on.
+    vcpu0_started: Option<Duration>,
+}
+
+impl StartupTimes {
+    fn to_json(&self) -> Value {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        json!({
+            "kvm-ms": ms(self.kvm),
+            "devices-ms": ms(self.devices),
+            "vcpu0-started-ms": self.vcpu0_started.map(ms),
+        })
+    }
 }
 
 /// The DRC table of the machine: a CPU DRC per possible core, an LMB DRC per
@@ -160,6 +184,7 @@ impl Vm {
             GuestImage::File(bytes) => bytes,
             GuestImage::BuiltIn => BUILTIN_GUEST.to_vec(),
         };
+        let kvm_started = Instant::now();
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_call("KVM_CREATE_VM"))?);
         vm_fd
@@ -198,6 +223,11 @@ impl Vm {
         };
         let hotplug_interrupt = event_log_interrupt(irq::HOTPLUG)?;
         let epow_interrupt = event_log_interrupt(irq::EPOW)?;
+        let mut startup = StartupTimes {
+            kvm: kvm_started.elapsed(),
+            ..StartupTimes::default()
+        };
+        let devices_started = Instant::now();
         let devices = Arc::new(DeviceProcesses::start(
             &ram,
             config.memory.max_size,
@@ -207,6 +237,7 @@ impl Vm {
             config.sandbox.clone(),
             control.clone(),
         )?);
+        startup.devices = devices_started.elapsed();
         let cpus = Arc::new(CpuTable::new(config.smp.max_cpus));
         let context = VcpuContext {
             ram: ram.memory().clone(),
@@ -237,11 +268,16 @@ impl Vm {
             guest_image,
             vm_fd,
             kvm,
+            startup,
         };
+        let vcpus_started = Instant::now();
         for core in vm.cores.present() {
             vm.create_core_vcpus(core)?;
         }
+        vm.startup.kvm += vcpus_started.elapsed();
+        let cold_plug_started = Instant::now();
         vm.cold_plug_present_cores().map_err(VmError::Hotplug)?;
+        vm.startup.devices += cold_plug_started.elapsed();
         Ok(vm)
     }
 
@@ -394,8 +430,11 @@ impl Vm {
         })
     }
 
-    fn power_on(&self) -> Result<(), VmError> {
+    fn power_on(&mut self) -> Result<(), VmError> {
         let start = self.load()?;
+        if self.startup.vcpu0_started.is_none() {
+            self.startup.vcpu0_started = crate::STARTED.get().map(Instant::elapsed);
+        }
         log::info!(
             "starting vCPU 0 at {:#x} with the device tree at {:#x}",
             start.entry,
@@ -716,6 +755,7 @@ impl Vm {
             Command::QueryCpusFast => Ok(self.query_cpus_fast()),
             Command::XQueryDrcs => self.query_drcs(),
             Command::XQueryEventLog => self.query_event_log(),
+            Command::XQueryStartup => Ok(self.startup.to_json()),
             Command::XQueryDeviceProcesses => {
                 let mut processes = self.devices.info();
                 if let Some(controller) = processes.as_array_mut().and_then(|list| {
@@ -1093,8 +1133,12 @@ impl Vm {
         let kind = process_kind(arguments)?;
         let text = |name: &str| arguments.get(name).and_then(Value::as_str);
         match (text("fault"), text("point"), text("action")) {
-            (Some(fault), None, None) => {
-                let fault = named(&ipc_proto::Fault::ALL, "fault", fault)?;
+            (Some(name), None, None) => {
+                let fault = named(&ipc_proto::Fault::ALL, "fault", name)?;
+                use ipc_proto::Fault;
+                if !matches!(fault, Fault::Garbage | Fault::Lie) {
+                    self.refuse_in_process(name)?;
+                }
                 match self.devices.inject(kind, fault) {
                     Ok(outcome) => Ok(json!({"survived": true, "outcome": outcome})),
                     Err(error) => Ok(json!({"survived": false, "outcome": error})),
@@ -1114,6 +1158,9 @@ impl Vm {
                     action: named(&FaultAction::ALL, "action", action)?,
                     request,
                 };
+                if matches!(fault.action, FaultAction::Crash | FaultAction::Hang) {
+                    self.refuse_in_process(action)?;
+                }
                 self.devices
                     .arm_fault(kind, fault)
                     .map(|()| json!({"armed": true}))
@@ -1122,6 +1169,18 @@ impl Vm {
             _ => Err(QmpError::generic(
                 "x-inject-fault takes either 'fault', or 'point' and 'action' (and 'request')",
             )),
+        }
+    }
+
+    /// A fault that ends, hangs or breaks the seccomp filter of a device
+    /// would do so to the core when the device is one of its threads.
+    #[cfg(feature = "fault-injection")]
+    fn refuse_in_process(&self, fault: &str) -> Result<(), QmpError> {
+        match self.devices.device_mode() {
+            crate::devices::DeviceMode::OutOfProcess => Ok(()),
+            crate::devices::DeviceMode::InProcess => Err(QmpError::generic(format!(
+                "x-inject-fault: '{fault}' would end or hang the core itself: the devices are its threads (--device-mode in-process)"
+            ))),
         }
     }
 

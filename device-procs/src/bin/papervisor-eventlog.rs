@@ -3,8 +3,5 @@
 //! after them.
 
 fn main() -> std::process::ExitCode {
-    device_procs::process::main(
-        ipc_proto::ProcessKind::EventLog,
-        device_procs::eventlog::process::run,
-    )
+    device_procs::process::main(ipc_proto::ProcessKind::EventLog)
 }

@@ -2,8 +2,5 @@
 //! starts it with its channels as descriptors 3.. (`ipc_proto::ProcessKind::links`).
 
 fn main() -> std::process::ExitCode {
-    device_procs::process::main(
-        ipc_proto::ProcessKind::HotplugController,
-        device_procs::hotplug::process::run,
-    )
+    device_procs::process::main(ipc_proto::ProcessKind::HotplugController)
 }

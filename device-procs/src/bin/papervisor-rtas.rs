@@ -2,8 +2,5 @@
 //! with its channels as descriptors 3.. (`ipc_proto::ProcessKind::links`).
 
 fn main() -> std::process::ExitCode {
-    device_procs::process::main(
-        ipc_proto::ProcessKind::RtasServer,
-        device_procs::rtas::process::run,
-    )
+    device_procs::process::main(ipc_proto::ProcessKind::RtasServer)
 }

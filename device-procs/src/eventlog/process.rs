@@ -19,6 +19,7 @@ use ipc_proto::protocol::refused;
 use ipc_proto::{Link, ProcessKind};
 use std::fs::File;
 use std::io::Write;
+use std::os::fd::AsRawFd;
 
 /// Runs the event log until the core hangs up.
 pub fn run(startup: Startup, mut descriptors: Descriptors) -> Result<(), ProcessError> {
@@ -43,7 +44,12 @@ pub fn run(startup: Startup, mut descriptors: Descriptors) -> Result<(), Process
         };
         (store, resumed)
     };
-    let mut links = Links::open(ProcessKind::EventLog, descriptors.channels, startup.seccomp)?;
+    let mut links = Links::open(
+        ProcessKind::EventLog,
+        descriptors.channels,
+        &[interrupt.as_raw_fd(), epow.as_raw_fd()],
+        startup.seccomp,
+    )?;
     log::info!("serving the event queue");
     let mut log = EventLog {
         queue: resumed.queue,

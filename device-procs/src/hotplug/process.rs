@@ -27,6 +27,7 @@ pub fn run(startup: Startup, mut descriptors: Descriptors) -> Result<(), Process
     let mut links = Links::open(
         ProcessKind::HotplugController,
         descriptors.channels,
+        &[],
         startup.seccomp,
     )?;
     log::info!("serving the DRC table");

@@ -21,6 +21,7 @@ pub fn run(startup: Startup, descriptors: Descriptors) -> Result<(), ProcessErro
     let mut links = Links::open(
         ProcessKind::RtasServer,
         descriptors.channels,
+        &[],
         startup.seccomp,
     )?;
     log::info!("serving RTAS calls");

@@ -35,7 +35,7 @@ use supervisor::{AfterExit, State, Supervision};
 use thiserror::Error;
 use wiring::Holder;
 
-pub use spawn::Sandbox;
+pub use spawn::{DeviceMode, Sandbox};
 
 /// How long a new process has for its handshakes.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -395,8 +395,12 @@ impl DeviceProcesses {
             source,
         })?;
         let handle = Arc::new(handle);
+        let running_as = match self.sandbox.device_mode {
+            DeviceMode::OutOfProcess => "pid",
+            DeviceMode::InProcess => "a thread of the core, tid",
+        };
         log::info!(
-            "{} running as pid {} (generation {generation})",
+            "{} running as {running_as} {} (generation {generation})",
             kind.name(),
             handle.pid
         );
@@ -641,6 +645,11 @@ impl DeviceProcesses {
         if self.state(kind) != Some(State::Running) {
             return Err(refused("it is not running".into()));
         }
+        if self.sandbox.device_mode == DeviceMode::InProcess {
+            return Err(refused(
+                "the devices are threads of the core (--device-mode in-process): there is no program to replace".into(),
+            ));
+        }
         let executable = std::fs::metadata(&program)
             .map(|m| {
                 m.is_file()
@@ -768,6 +777,10 @@ impl DeviceProcesses {
         }
     }
 
+    pub fn device_mode(&self) -> DeviceMode {
+        self.sandbox.device_mode
+    }
+
     /// The pid of the process of `kind`, as last started (for reports).
     pub fn pid(&self, kind: ProcessKind) -> u32 {
         lock(&self.records)
@@ -793,6 +806,7 @@ impl DeviceProcesses {
                     "kind": kind.name(),
                     "pid": record.pid,
                     "state": record.supervision.state.name(),
+                    "mode": self.sandbox.device_mode.name(),
                     "restarts": record.supervision.restarts,
                     "last-exit": record.supervision.last_exit,
                 }))

@@ -1,6 +1,9 @@
 //! Starting a device process (through the jailer, or directly for
 //! debugging) and holding it: through pidfds only, so that a process that is
-//! gone can never be confused with a later one that got its pid.
+//! gone can never be confused with a later one that got its pid. With
+//! `--device-mode in-process`, a device runs instead as a thread of the
+//! core, on the same descriptors and the same code, and is held through its
+//! channels: shut down, they end it as a core that hangs up ends a process.
 
 use ipc_proto::channel::{Channel, ChannelError};
 use ipc_proto::ProcessKind;
@@ -18,11 +21,31 @@ use thiserror::Error;
 /// How long the jailer has to report the program it started.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Where the devices run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceMode {
+    /// Each in a process of its own (the default).
+    OutOfProcess,
+    /// As threads of the core, unjailed, to measure what isolation costs.
+    InProcess,
+}
+
+impl DeviceMode {
+    /// The `--device-mode` value.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DeviceMode::OutOfProcess => "out-of-process",
+            DeviceMode::InProcess => "in-process",
+        }
+    }
+}
+
 /// How device processes are started.
 #[derive(Clone, Debug)]
 pub struct Sandbox {
-    /// Through the jailer (the default); off only for debugging.
+    /// Through the jailer (the default); off for debugging, and in-process.
     pub jail: bool,
+    pub device_mode: DeviceMode,
     /// `kill`, `log` or `off`, passed to each process.
     pub seccomp: String,
     /// Where the jails' roots are made.
@@ -80,6 +103,8 @@ pub enum SpawnError {
     Thread(#[source] std::io::Error),
     #[error("cannot confine the spawner thread: {0}")]
     Confine(String),
+    #[error("cannot start the device thread")]
+    DeviceThread(#[source] std::io::Error),
     #[error("cannot open a pidfd of pid {pid}")]
     Pidfd {
         pid: u32,
@@ -103,31 +128,52 @@ pub fn become_subreaper() -> Result<(), SpawnError> {
     nix::sys::prctl::set_child_subreaper(true).map_err(|errno| SpawnError::Subreaper(errno.into()))
 }
 
-/// A started device process (a child of the core), held through a pidfd.
+/// A started device: a process (a child of the core) or a thread of the core.
 #[derive(Debug)]
 pub struct ProcessHandle {
-    /// For reports only; never used to signal.
+    /// For reports only; never used to signal (a thread's id in-process).
     pub pid: u32,
-    /// The device process.
-    process: OwnedFd,
+    held: Held,
     /// The jail's directory, removed when the process is gone.
     pub jail_dir: Option<PathBuf>,
 }
 
+/// What a device is held and ended through.
+#[derive(Debug)]
+enum Held {
+    /// A process's pidfd.
+    Process(OwnedFd),
+    /// A device thread's channels (copies of its descriptors): shut down,
+    /// the thread sees the core hang up and returns.
+    Thread(Vec<OwnedFd>),
+}
+
+/// What [`kill`] ends, by descriptor number: the requester holds them open
+/// until it has the answer.
+enum KillTarget {
+    Pidfd(RawFd),
+    Sockets(Vec<RawFd>),
+}
+
 impl ProcessHandle {
-    /// SIGKILLs the process (on the spawner thread when there is one: it
-    /// runs under another uid). A process that is gone already is not
-    /// signalled (the pidfd refers to it alone).
+    /// SIGKILLs the process, or shuts a device thread's channels down (on
+    /// the spawner thread when there is one: it runs under another uid, and
+    /// no other thread's filter allows either). A process that is gone
+    /// already is not signalled (the pidfd refers to it alone). A device
+    /// thread ends once it sees the hang-up: one stuck elsewhere (a fault
+    /// injected to hang it) cannot be ended, as nothing in-process can.
     pub fn kill(&self) {
+        let target = match &self.held {
+            Held::Process(pidfd) => KillTarget::Pidfd(pidfd.as_raw_fd()),
+            Held::Thread(sockets) => {
+                KillTarget::Sockets(sockets.iter().map(AsRawFd::as_raw_fd).collect())
+            }
+        };
         let sent = match SPAWNER.get() {
-            None => pidfd_send_signal(&self.process, Signal::KILL),
+            None => kill(&target),
             Some(spawner) => {
                 let (reply, answer) = channel();
-                let request = Request::Kill {
-                    pidfd: self.process.as_raw_fd(),
-                    reply,
-                };
-                match spawner.send(request) {
+                match spawner.send(Request::Kill { target, reply }) {
                     Ok(()) => answer.recv().unwrap_or(Err(rustix::io::Errno::PIPE)),
                     Err(_) => Err(rustix::io::Errno::PIPE),
                 }
@@ -135,7 +181,7 @@ impl ProcessHandle {
         };
         match sent {
             Ok(()) | Err(rustix::io::Errno::SRCH) => {}
-            Err(errno) => log::warn!("cannot kill pid {}: {errno}", self.pid),
+            Err(errno) => log::warn!("cannot end pid {}: {errno}", self.pid),
         }
     }
 
@@ -145,8 +191,26 @@ impl ProcessHandle {
         ProcessHandle {
             pid: 0,
             // A pidfd of a child that has exited: signalling it does nothing.
-            process: exited_child_pidfd(),
+            held: Held::Process(exited_child_pidfd()),
             jail_dir: None,
+        }
+    }
+}
+
+/// Ends what `target` names.
+fn kill(target: &KillTarget) -> rustix::io::Result<()> {
+    match target {
+        KillTarget::Pidfd(pidfd) => {
+            // SAFETY: the requester keeps the pidfd open until it has the answer.
+            let pidfd = unsafe { BorrowedFd::borrow_raw(*pidfd) };
+            pidfd_send_signal(pidfd, Signal::KILL)
+        }
+        KillTarget::Sockets(sockets) => {
+            for &socket in sockets {
+                // A socket whose peer is gone already: nothing to end.
+                let _ = nix::sys::socket::shutdown(socket, nix::sys::socket::Shutdown::Both);
+            }
+            Ok(())
         }
     }
 }
@@ -159,8 +223,12 @@ fn exited_child_pidfd() -> OwnedFd {
     pidfd
 }
 
-/// The device process to wait for: a child of the core.
-pub struct Waiter(OwnedFd);
+/// The device to wait for: a child of the core, or a thread of it that
+/// returns how it ended.
+pub enum Waiter {
+    Process(OwnedFd),
+    Thread(std::thread::JoinHandle<String>),
+}
 
 fn pidfd_of(pid: u32) -> Result<OwnedFd, SpawnError> {
     let failed = |source| SpawnError::Pidfd { pid, source };
@@ -192,8 +260,7 @@ enum Request {
         reply: Sender<Result<(ProcessHandle, Waiter), SpawnError>>,
     },
     Kill {
-        /// Held open by the requester until the reply.
-        pidfd: RawFd,
+        target: KillTarget,
         reply: Sender<rustix::io::Result<()>>,
     },
 }
@@ -235,10 +302,8 @@ fn serve(request: Request) {
         Request::Spawn { launch, reply } => {
             let _ = reply.send(spawn_here(&launch));
         }
-        Request::Kill { pidfd, reply } => {
-            // SAFETY: the requester keeps the pidfd open until it has the reply.
-            let pidfd = unsafe { BorrowedFd::borrow_raw(pidfd) };
-            let _ = reply.send(pidfd_send_signal(pidfd, Signal::KILL));
+        Request::Kill { target, reply } => {
+            let _ = reply.send(kill(&target));
         }
     }
 }
@@ -268,6 +333,9 @@ fn spawn_here(launch: &Launch) -> Result<(ProcessHandle, Waiter), SpawnError> {
     let program = program
         .clone()
         .unwrap_or_else(|| sibling_binary(kind.binary()));
+    if sandbox.device_mode == DeviceMode::InProcess {
+        return start_thread(launch);
+    }
     let args = sandbox.program_args(*resume);
     let exec_failed = |source| SpawnError::Exec {
         path: program.clone(),
@@ -382,14 +450,86 @@ fn watched(
         .map_err(|source| SpawnError::Pidfd { pid, source })?;
     let handle = ProcessHandle {
         pid,
-        process,
+        held: Held::Process(process),
         jail_dir,
     };
-    Ok((handle, Waiter(waiter)))
+    Ok((handle, Waiter::Process(waiter)))
+}
+
+/// Starts `launch` as a thread of the core: on copies of the descriptors a
+/// process would inherit, with the seccomp filter the process would install
+/// (on that thread alone) and no capability. Its log lines carry its kind's
+/// name, as a process's do.
+fn start_thread(launch: &Launch) -> Result<(ProcessHandle, Waiter), SpawnError> {
+    let kind = launch.kind;
+    let failed = SpawnError::DeviceThread;
+    let duplicate = |&fd: &RawFd| {
+        // SAFETY: the caller holds `fds` open until `spawn` returns.
+        unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()
+    };
+    let fds = launch
+        .fds
+        .iter()
+        .map(duplicate)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(failed)?;
+    let sockets = fds
+        .iter()
+        .take(kind.links().len())
+        .map(|fd| fd.try_clone())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(failed)?;
+    let startup = device_procs::process::Startup {
+        seccomp: common::seccomp::Mode::parse(&launch.sandbox.seccomp)
+            .unwrap_or(common::seccomp::Mode::Kill),
+        resume: launch.resume,
+    };
+    let (started, tid) = channel();
+    let thread = std::thread::Builder::new()
+        .name(kind.name().into())
+        .spawn(move || {
+            common::set_thread_log_label(kind.name());
+            let _ = started.send(nix::unistd::gettid().as_raw() as u32);
+            run_device(kind, startup, fds)
+        })
+        .map_err(failed)?;
+    let tid = tid
+        .recv()
+        .map_err(|_| failed(std::io::ErrorKind::BrokenPipe.into()))?;
+    let handle = ProcessHandle {
+        pid: tid,
+        held: Held::Thread(sockets),
+        jail_dir: None,
+    };
+    Ok((handle, Waiter::Thread(thread)))
+}
+
+/// A device thread's body, as `device_procs::process::main` is a process's:
+/// returns how it ended.
+fn run_device(
+    kind: ProcessKind,
+    startup: device_procs::process::Startup,
+    fds: Vec<OwnedFd>,
+) -> String {
+    // A thread started by the spawner has its capabilities.
+    let ran = crate::confine::drop_all()
+        .map_err(|error| common::describe(&error))
+        .and_then(|()| {
+            device_procs::process::Descriptors::of(kind, fds)
+                .and_then(|descriptors| device_procs::run_fn(kind)(startup, descriptors))
+                .map_err(|error| common::describe(&error))
+        });
+    match ran {
+        Ok(()) => "returned".to_string(),
+        Err(error) => {
+            log::error!("{error}");
+            format!("failed: {error}")
+        }
+    }
 }
 
 impl Waiter {
-    /// Waits, on a thread of its own, for the process to end, then
+    /// Waits, on a thread of its own, for the device to end, then
     /// calls `on_exit` with the exit in words ("killed by SIGSYS").
     pub fn watch(
         self,
@@ -400,16 +540,25 @@ impl Waiter {
             .name(format!("watch-{}", kind.name()))
             .spawn(move || {
                 crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Watcher);
-                let reason = loop {
-                    match waitid(WaitId::PidFd(self.0.as_fd()), WaitIdOptions::EXITED) {
-                        Ok(Some(status)) => break describe_exit(&status),
-                        Ok(None) | Err(rustix::io::Errno::INTR) => continue,
-                        Err(errno) => break format!("cannot be waited for: {errno}"),
-                    }
-                };
-                on_exit(reason);
+                on_exit(self.wait());
             })
             .map(drop)
+    }
+
+    fn wait(self) -> String {
+        let pidfd = match self {
+            Waiter::Process(pidfd) => pidfd,
+            Waiter::Thread(thread) => {
+                return thread.join().unwrap_or_else(|_| "panicked".to_string())
+            }
+        };
+        loop {
+            match waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED) {
+                Ok(Some(status)) => return describe_exit(&status),
+                Ok(None) | Err(rustix::io::Errno::INTR) => continue,
+                Err(errno) => return format!("cannot be waited for: {errno}"),
+            }
+        }
     }
 }
 
@@ -431,7 +580,7 @@ mod tests {
     #[allow(clippy::zombie_processes)]
     fn exits_are_described_through_the_pidfd() {
         let child = Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap();
-        let waiter = Waiter(pidfd_of(child.id()).unwrap());
+        let waiter = Waiter::Process(pidfd_of(child.id()).unwrap());
         let (sender, receiver) = std::sync::mpsc::channel();
         waiter
             .watch(ProcessKind::EventLog, move |reason| {
@@ -450,8 +599,11 @@ mod tests {
         // pidfd still names the old process, so the kill goes nowhere.
         let handle = ProcessHandle::of_this_test();
         handle.kill();
+        let Held::Process(pidfd) = &handle.held else {
+            unreachable!("a test handle is a process's");
+        };
         assert!(matches!(
-            pidfd_send_signal(&handle.process, Signal::KILL),
+            pidfd_send_signal(pidfd, Signal::KILL),
             Err(rustix::io::Errno::SRCH)
         ));
     }

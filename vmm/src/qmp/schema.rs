@@ -135,6 +135,7 @@ commands! {
     XQueryDrcs = "x-query-drcs", args: [];
     XQueryEventLog = "x-query-event-log", args: [];
     XQueryDeviceProcesses = "x-query-device-processes", args: [];
+    XQueryStartup = "x-query-startup", args: [];
     XUpgradeDeviceProcess = "x-upgrade-device-process", args: [
         required("process", ArgType::Str),
         required("path", ArgType::Str)

@@ -1,0 +1,522 @@
+//! The price of isolation: every row measured with the devices in processes
+//! of their own (`--device-mode out-of-process`, jailed) and as threads of
+//! the core (`--device-mode in-process`), in the same run, as one table of
+//! medians, 99th percentiles and the ratio out-of-process / in-process.
+//! Run with `cargo bench -p papervisor-tests --bench isolation [-- ROUNDS]`
+//! (ROUNDS, 15 by default, scales the hot-plug, boot and restart rows).
+//! Needs /dev/kvm; the restart rows need root (the jail).
+//!
+//! The guest times its own calls with the time-stamp counter (`bench`,
+//! `rtas-time`). KVM gives the guest the host's counter (plus an offset):
+//! its rate is measured on the host against the host's clock, and each
+//! guest run is checked not to count more cycles than the host saw pass.
+
+use papervisor_tests::bench::{count_arg, median, percentile, status_kib};
+use papervisor_tests::{binary, kvm_usable, send_signal, QmpClient, Vm};
+use serde_json::{json, Value};
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const MODES: [&str; 2] = ["out-of-process", "in-process"];
+/// One machine for every row: SMT-less cores, 16 382 LMB DRCs.
+const MACHINE: [&str; 4] = [
+    "--smp",
+    "cpus=1,maxcpus=4",
+    "--memory",
+    "size=512M,maxmem=4T,slots=8",
+];
+const CORE1_DRC: &str = "0x10000001";
+/// Calls per guest `bench` run: the first 4096 are timed one by one.
+const CALLS: u32 = 4000;
+/// How long the guest idles while the devices' CPU time is measured.
+const IDLE: Duration = Duration::from_secs(10);
+/// device_del requests in the storm.
+const STORM: u32 = 2000;
+
+/// One measured quantity: samples per mode (none where it does not apply).
+struct Row {
+    name: String,
+    unit: &'static str,
+    samples: [Vec<f64>; 2],
+}
+
+impl Row {
+    fn new(name: impl Into<String>, unit: &'static str) -> Row {
+        Row {
+            name: name.into(),
+            unit,
+            samples: [Vec::new(), Vec::new()],
+        }
+    }
+}
+
+/// The rows, in the order they print.
+#[derive(Default)]
+struct Table {
+    rows: Vec<Row>,
+}
+
+impl Table {
+    fn row(&mut self, name: &str, unit: &'static str) -> &mut Row {
+        if let Some(at) = self.rows.iter().position(|row| row.name == name) {
+            return &mut self.rows[at];
+        }
+        self.rows.push(Row::new(name, unit));
+        self.rows.last_mut().expect("just pushed")
+    }
+
+    fn add(&mut self, mode: usize, name: &str, unit: &'static str, values: &[f64]) {
+        self.row(name, unit).samples[mode].extend_from_slice(values);
+    }
+
+    fn print(&mut self) {
+        println!("| row | unit | out-of-process median | p99 | in-process median | p99 | ratio out/in (median) |");
+        println!("|---|---|---|---|---|---|---|");
+        for row in &mut self.rows {
+            let mut cells = Vec::new();
+            let mut medians = [None, None];
+            for (mode, samples) in row.samples.iter_mut().enumerate() {
+                if samples.is_empty() {
+                    cells.push("—".to_string());
+                    cells.push("—".to_string());
+                    continue;
+                }
+                let middle = median(samples);
+                medians[mode] = Some(middle);
+                cells.push(format!("{middle:.2}"));
+                cells.push(format!("{:.2}", percentile(samples, 99.0)));
+            }
+            let ratio = match medians {
+                [Some(out), Some(inside)] if inside > 0.0 => format!("{:.2}", out / inside),
+                _ => "—".to_string(),
+            };
+            println!(
+                "| {} | {} | {} | {ratio} |",
+                row.name,
+                row.unit,
+                cells.join(" | ")
+            );
+        }
+    }
+}
+
+fn start(mode: &str) -> Vm {
+    let mut args = MACHINE.to_vec();
+    args.extend(["--device-mode", mode]);
+    Vm::start(&args)
+}
+
+/// A guest `bench` run: per-call cycles (median, p99) and the total.
+struct GuestBench {
+    total: f64,
+    median: f64,
+    p99: f64,
+    elapsed: Duration,
+}
+
+fn guest_bench(vm: &mut Vm, kind: &str) -> GuestBench {
+    let started = Instant::now();
+    let line = vm.console.command(&format!("bench {kind} {CALLS}"));
+    let elapsed = started.elapsed();
+    let words: Vec<&str> = line[0].split_whitespace().collect();
+    let number = |after: &str| -> f64 {
+        let at = words.iter().position(|w| *w == after).expect(after);
+        words[at + 1].parse().expect("a number")
+    };
+    assert_eq!(
+        words[..3],
+        ["bench:", &CALLS.to_string(), "calls,"],
+        "{line:?}"
+    );
+    GuestBench {
+        total: number("total"),
+        median: number("median"),
+        p99: number("p99"),
+        elapsed,
+    }
+}
+
+/// The time-stamp counter's cycles per microsecond, against the host's clock.
+fn cycles_per_micro() -> f64 {
+    let started = Instant::now();
+    // SAFETY: rdtsc reads a counter and has no side effects.
+    let first = unsafe { std::arch::x86_64::_rdtsc() };
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: as above.
+    let last = unsafe { std::arch::x86_64::_rdtsc() };
+    (last - first) as f64 / (started.elapsed().as_secs_f64() * 1e6)
+}
+
+fn rtas_time(vm: &mut Vm) -> (u64, f64) {
+    let line = vm.console.command("rtas-time");
+    let words: Vec<&str> = line[0].split_whitespace().collect();
+    assert_eq!((words[0], words[2]), ("rtas-time:", "calls,"), "{line:?}");
+    (
+        words[1].parse().expect("a count"),
+        words[4].parse().expect("cycles"),
+    )
+}
+
+fn millis(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}
+
+fn now_seconds() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn event_seconds(event: &Value) -> f64 {
+    let stamp = &event["timestamp"];
+    stamp["seconds"].as_f64().unwrap_or(0.0) + stamp["microseconds"].as_f64().unwrap_or(0.0) / 1e6
+}
+
+/// Process start → prompt, and the core's own account of it.
+fn boot_rows(table: &mut Table, mode: usize, boots: usize) {
+    for _ in 0..boots {
+        let started = Instant::now();
+        let mut vm = start(MODES[mode]);
+        vm.boot();
+        let total = millis(started);
+        let mut qmp = QmpClient::connect(&vm.qmp_socket());
+        let times = qmp.execute("x-query-startup", json!({}))["return"].clone();
+        let ms = |name: &str| times[name].as_f64().expect(name);
+        table.add(mode, "boot: process start → prompt", "ms", &[total]);
+        table.add(
+            mode,
+            "boot: device processes started and ready",
+            "ms",
+            &[ms("devices-ms")],
+        );
+        table.add(mode, "boot: KVM set-up", "ms", &[ms("kvm-ms")]);
+        table.add(
+            mode,
+            "boot: guest start → prompt",
+            "ms",
+            &[total - ms("vcpu0-started-ms")],
+        );
+        drop(qmp);
+        vm.console.send_line("poweroff");
+        vm.wait_exit(Duration::from_secs(30));
+    }
+}
+
+/// The per-call rows, from the guest's own timing.
+fn call_rows(table: &mut Table, mode: usize, vm: &mut Vm, rate: f64) {
+    for (kind, name) in [
+        ("hcall", "floor: bare port-I/O exit round trip (null hcall)"),
+        ("rtas", "RTAS call answered by the RTAS server alone"),
+        (
+            "sensor",
+            "RTAS get-sensor-state (needs the hotplug controller)",
+        ),
+    ] {
+        let mut medians = Vec::new();
+        let mut p99s = Vec::new();
+        for _ in 0..3 {
+            let run = guest_bench(vm, kind);
+            let counted = run.total / rate;
+            let passed = run.elapsed.as_secs_f64() * 1e6;
+            assert!(
+                counted <= passed,
+                "the guest counted {counted:.0} µs in {passed:.0} µs: its counter is not the host's"
+            );
+            medians.push(run.median / rate);
+            p99s.push(run.p99 / rate);
+        }
+        // Each run gives a median and a p99 of CALLS calls: the row keeps
+        // the runs' medians (its median) and their p99s (its p99).
+        let row = table.row(name, "µs");
+        row.samples[mode].extend(medians);
+        let worst = p99s.iter().copied().fold(0.0, f64::max);
+        row.samples[mode].push(worst);
+    }
+}
+
+/// Core hot-add and hot-unplug, and the RTAS calls of each unplug.
+fn core_rows(table: &mut Table, mode: usize, vm: &mut Vm, rate: f64, rounds: usize) {
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    for _ in 0..rounds {
+        let started = Instant::now();
+        let reply = qmp.execute(
+            "device_add",
+            json!({"driver": "host-spapr-cpu-core", "core-id": 1, "id": "core1"}),
+        );
+        assert_eq!(reply["return"], json!({}), "{reply}");
+        vm.console.expect_async(
+            &format!("dlpar: cpu add {CORE1_DRC}: ok"),
+            Duration::from_secs(60),
+        );
+        table.add(
+            mode,
+            "core hot-add: device_add → the guest reports its thread online",
+            "ms",
+            &[millis(started)],
+        );
+        let (calls_before, cycles_before) = rtas_time(vm);
+        let started = Instant::now();
+        let reply = qmp.execute("device_del", json!({"id": "core1"}));
+        assert_eq!(reply["return"], json!({}), "{reply}");
+        qmp.wait_event("DEVICE_DELETED");
+        table.add(
+            mode,
+            "core hot-unplug: device_del → DEVICE_DELETED",
+            "ms",
+            &[millis(started)],
+        );
+        vm.console.expect_async(
+            &format!("dlpar: cpu remove {CORE1_DRC}: ok"),
+            Duration::from_secs(60),
+        );
+        let (calls_after, cycles_after) = rtas_time(vm);
+        // The rtas-time command itself is not among them: it makes no call.
+        let calls = calls_after - calls_before;
+        table.add(
+            mode,
+            &format!("CPU unplug's RTAS burst ({calls} calls, the guest's time in them)"),
+            "µs",
+            &[(cycles_after - cycles_before) / rate],
+        );
+    }
+}
+
+/// A 16 GiB DIMM (64 LMBs) plugged and unplugged.
+fn dimm_rows(table: &mut Table, mode: usize, vm: &mut Vm, rounds: usize) {
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    let backend = json!({"qom-type": "memory-backend-memfd", "id": "big", "size": 16u64 << 30});
+    assert_eq!(qmp.execute("object-add", backend)["return"], json!({}));
+    for _ in 0..rounds {
+        let started = Instant::now();
+        let plug = json!({"driver": "pc-dimm", "id": "dimm0", "memdev": "big"});
+        assert_eq!(qmp.execute("device_add", plug)["return"], json!({}));
+        vm.console.expect_async(
+            "dlpar: memory add count 64 from 0x80000010: ok",
+            Duration::from_secs(120),
+        );
+        table.add(
+            mode,
+            "16 GiB DIMM plug: device_add → every LMB online",
+            "ms",
+            &[millis(started)],
+        );
+        let started = Instant::now();
+        let reply = qmp.execute("device_del", json!({"id": "dimm0"}));
+        assert_eq!(reply["return"], json!({}), "{reply}");
+        qmp.wait_event("DEVICE_DELETED");
+        table.add(
+            mode,
+            "16 GiB DIMM unplug: device_del → DEVICE_DELETED",
+            "ms",
+            &[millis(started)],
+        );
+        vm.console.expect_async(
+            "dlpar: memory remove count 64 from 0x80000010: ok",
+            Duration::from_secs(120),
+        );
+    }
+    assert_eq!(
+        qmp.execute("object-del", json!({"id": "big"}))["return"],
+        json!({})
+    );
+}
+
+/// device_del requests accepted per second while the guest refuses each
+/// unplug (the core's thread is its last online CPU); the queue stays at
+/// one event.
+fn storm_row(table: &mut Table, mode: usize, vm: &mut Vm) {
+    vm.plug_core(1, "core1");
+    assert_eq!(vm.console.command("cpu offline 0"), ["cpu 0 offline"]);
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    let started = Instant::now();
+    for _ in 0..STORM {
+        let reply = qmp.execute("device_del", json!({"id": "core1"}));
+        assert_eq!(reply["return"], json!({}), "{reply}");
+    }
+    let rate = f64::from(STORM) / started.elapsed().as_secs_f64();
+    let queued = qmp.execute("x-query-event-log", json!({}))["return"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert!(queued <= 1, "{queued} events queued after the storm");
+    table.add(
+        mode,
+        &format!("device_del storm on a refusing guest ({STORM} requests, ≤ 1 event queued)"),
+        "requests/s",
+        &[rate],
+    );
+    // Back to one online CPU outside the core, the core unplugged.
+    assert_eq!(vm.console.command("cpu online 0"), ["cpu 0 online"]);
+    let reply = qmp.execute("device_del", json!({"id": "core1"}));
+    assert_eq!(reply["return"], json!({}), "{reply}");
+    qmp.wait_event("DEVICE_DELETED");
+    vm.console.expect_async(
+        &format!("dlpar: cpu remove {CORE1_DRC}: ok"),
+        Duration::from_secs(60),
+    );
+}
+
+/// The time a task ran on a CPU, in nanoseconds (schedstat's first field).
+fn cpu_nanos(schedstat: &str) -> u64 {
+    std::fs::read_to_string(schedstat)
+        .unwrap_or_else(|e| panic!("{schedstat}: {e}"))
+        .split_whitespace()
+        .next()
+        .and_then(|ns| ns.parse().ok())
+        .unwrap_or_else(|| panic!("{schedstat}: no run time"))
+}
+
+/// The CPU the devices use while the guest sits at its prompt.
+fn idle_row(table: &mut Table, mode: usize, vm: &mut Vm) {
+    let core = vm.pid();
+    // A device process has one thread; a device thread is a task of the core.
+    let stats: Vec<String> = vm
+        .device_pids()
+        .into_iter()
+        .map(|pid| match mode {
+            0 => format!("/proc/{pid}/task/{pid}/schedstat"),
+            _ => format!("/proc/{core}/task/{pid}/schedstat"),
+        })
+        .collect();
+    let ran = || stats.iter().map(|path| cpu_nanos(path)).sum::<u64>();
+    let before = ran();
+    std::thread::sleep(IDLE);
+    let used = ran() - before;
+    let percent = used as f64 / IDLE.as_nanos() as f64 * 100.0;
+    table.add(
+        mode,
+        "device processes' CPU while the guest idles 10 s",
+        "% of a CPU",
+        &[percent],
+    );
+}
+
+/// SIGKILL → the successor serves, per process (out-of-process only: a
+/// thread cannot be killed alone), and the controller's footprint.
+/// One VM per round, so that each kill is its process's first exit (the
+/// supervisor's backoff doubles with each exit within a minute).
+fn restart_rows(table: &mut Table, rounds: usize) {
+    for _ in 0..rounds {
+        let mut vm = start(MODES[0]);
+        vm.boot();
+        let mut qmp = QmpClient::connect(&vm.qmp_socket());
+        let controller = vm.device_process("hotplug-controller")["pid"]
+            .as_u64()
+            .expect("a pid") as u32;
+        table.add(
+            0,
+            "hotplug controller RSS at 16 382 LMB DRCs",
+            "MiB",
+            &[status_kib(controller, "VmRSS:") as f64 / 1024.0],
+        );
+        for kind in ["rtas-server", "hotplug-controller", "event-log"] {
+            let pid = vm.device_process(kind)["pid"].as_u64().expect("a pid");
+            let killed = now_seconds();
+            send_signal(pid, nix::sys::signal::Signal::SIGKILL);
+            let restarted = qmp.wait_event("X_DEVICE_PROCESS_RESTARTED");
+            table.add(
+                0,
+                &format!("SIGKILL {kind} → serving again (incl. the 100 ms first backoff)"),
+                "ms",
+                &[(event_seconds(&restarted) - killed) * 1000.0],
+            );
+        }
+        vm.console.send_line("poweroff");
+        vm.wait_exit(Duration::from_secs(30));
+    }
+}
+
+/// A bare SEQPACKET request/response: between two processes, and between
+/// two threads of one process.
+fn seqpacket_floor(table: &mut Table) {
+    use nix::sys::socket::{recv, send, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
+    let trips = 20_000;
+    let round_trips = |ours: &std::os::fd::OwnedFd| -> Vec<f64> {
+        let mut buffer = [0u8; 64];
+        (0..trips)
+            .map(|_| {
+                let started = Instant::now();
+                send(ours.as_fd().as_raw_fd(), &buffer[..32], MsgFlags::empty()).expect("send");
+                recv(ours.as_fd().as_raw_fd(), &mut buffer, MsgFlags::empty()).expect("recv");
+                started.elapsed().as_secs_f64() * 1e6
+            })
+            .collect()
+    };
+    let echo = |theirs: &std::os::fd::OwnedFd| {
+        let mut buffer = [0u8; 64];
+        while let Ok(n @ 1..) = recv(theirs.as_fd().as_raw_fd(), &mut buffer, MsgFlags::empty()) {
+            if send(theirs.as_fd().as_raw_fd(), &buffer[..n], MsgFlags::empty()).is_err() {
+                break;
+            }
+        }
+    };
+    use std::os::fd::AsRawFd;
+    let pair = || {
+        socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .expect("socketpair")
+    };
+    let name = "floor: bare SEQPACKET round trip (processes out-of-process, threads in-process)";
+    // Two processes.
+    let (ours, theirs) = pair();
+    // SAFETY: the child only echoes on its socket with recv/send, which are
+    // async-signal-safe, then _exits without running anything of ours.
+    match unsafe { nix::unistd::fork() }.expect("fork") {
+        nix::unistd::ForkResult::Child => {
+            drop(ours);
+            echo(&theirs);
+            // SAFETY: ends the child at once.
+            unsafe { nix::libc::_exit(0) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(theirs);
+            table.add(0, name, "µs", &round_trips(&ours));
+            drop(ours);
+            let _ = nix::sys::wait::waitpid(child, None);
+        }
+    }
+    // Two threads.
+    let (ours, theirs) = pair();
+    let echoer = std::thread::spawn(move || echo(&theirs));
+    table.add(1, name, "µs", &round_trips(&ours));
+    drop(ours);
+    let _ = echoer.join();
+}
+
+fn main() {
+    if !kvm_usable("isolation benchmark") {
+        return;
+    }
+    let rounds = count_arg(15);
+    binary("papervisor");
+    let mut table = Table::default();
+    for (mode, name) in MODES.iter().enumerate() {
+        eprintln!("isolation: {name}");
+        boot_rows(&mut table, mode, rounds.min(9));
+        let mut vm = start(name);
+        vm.boot();
+        let rate = cycles_per_micro();
+        call_rows(&mut table, mode, &mut vm, rate);
+        core_rows(&mut table, mode, &mut vm, rate, rounds);
+        dimm_rows(&mut table, mode, &mut vm, rounds.min(5));
+        storm_row(&mut table, mode, &mut vm);
+        idle_row(&mut table, mode, &mut vm);
+        vm.console.send_line("poweroff");
+        vm.wait_exit(Duration::from_secs(30));
+    }
+    seqpacket_floor(&mut table);
+    if nix::unistd::geteuid().is_root() {
+        restart_rows(&mut table, rounds.min(3));
+    } else {
+        eprintln!("SKIPPED the restart rows: they need root (the jail)");
+    }
+    println!(
+        "papervisor {} (out-of-process: jailed device processes; in-process: device threads of the core)",
+        MACHINE.join(" ")
+    );
+    table.print();
+}
