@@ -5,7 +5,7 @@
 //! sub-protocol (re-link, fault arming) the same way for every kind.
 
 use crate::seccomp::{self, SeccompError};
-use ipc_proto::channel::{Channel, ChannelError, Envelope, Frame};
+use ipc_proto::channel::{poll_briefly, Channel, ChannelError, Envelope, Frame, ADAPTIVE_POLL};
 use ipc_proto::control::{Answer, ControlRequest, Refusal, Reply, Request};
 use ipc_proto::protocol::{
     await_reply, decode_request, send_reply, Incoming, Protocol, Unacceptable,
@@ -559,10 +559,14 @@ pub fn serve(device: &mut impl Device, links: &mut Links) -> Result<(), ProcessE
                 .iter()
                 .map(|(_, channel)| PollFd::new(channel.as_fd(), PollFlags::POLLIN))
                 .collect();
-            match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) => {}
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(errno) => return Err(ProcessError::Poll(errno)),
+            // Right after a request the next one often follows (a guest's
+            // burst of calls): it is polled for briefly before sleeping.
+            if !poll_briefly(&mut fds, ADAPTIVE_POLL).map_err(ProcessError::Poll)? {
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(errno) => return Err(ProcessError::Poll(errno)),
+                }
             }
             served
                 .iter()
@@ -730,6 +734,36 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Options, String> {
         parse_options(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn descriptors_handed_to_a_thread_are_counted_and_checked() {
+        let kind = ProcessKind::HotplugController;
+        let sockets = || {
+            (0..kind.links().len()).map(|_| {
+                let (ours, _theirs) = Channel::pair().unwrap();
+                ours.as_fd().try_clone_to_owned().unwrap()
+            })
+        };
+        let region = || OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+        let mut fds: Vec<OwnedFd> = sockets().collect();
+        fds.push(region());
+        let descriptors = Descriptors::of(kind, fds).unwrap();
+        assert_eq!(descriptors.channels.len(), kind.links().len());
+        assert_eq!(descriptors.extra.len(), 1);
+        // One missing, or a file where a channel belongs: refused.
+        let short: Vec<OwnedFd> = sockets().collect();
+        assert!(matches!(
+            Descriptors::of(kind, short),
+            Err(ProcessError::Count { wanted, got }) if got + 1 == wanted
+        ));
+        let mut swapped: Vec<OwnedFd> = vec![region()];
+        swapped.extend(sockets().skip(1));
+        swapped.push(region());
+        assert!(matches!(
+            Descriptors::of(kind, swapped),
+            Err(ProcessError::NotASocket(_))
+        ));
     }
 
     #[test]

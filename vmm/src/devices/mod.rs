@@ -226,6 +226,7 @@ impl DeviceProcesses {
     /// fresh links: to the core, to each other, and — by re-link — to the
     /// peers that keep running.
     fn wire(&self, kinds: &[ProcessKind]) -> Result<(), DeviceError> {
+        let began = Instant::now();
         let mut descriptors: HashMap<ProcessKind, HashMap<Link, Channel>> = HashMap::new();
         let mut core_ends: Vec<(Link, Channel)> = Vec::new();
         let mut relinks: Vec<(ProcessKind, Link, Channel)> = Vec::new();
@@ -243,20 +244,28 @@ impl DeviceProcesses {
             }
         }
 
-        let mut started = HashMap::new();
-        for &kind in kinds {
-            let ends = descriptors.remove(&kind).unwrap_or_default();
-            let mut fds: Vec<RawFd> = kind
-                .links()
-                .iter()
-                .filter_map(|link| ends.get(link).map(|end| end.as_fd().as_raw_fd()))
-                .collect();
-            fds.extend(self.extra_fds(kind));
-            let process = self.spawn(kind, &fds)?;
-            // The process's ends are its alone now.
-            drop(ends);
-            started.insert(kind, process);
-        }
+        let launches = kinds
+            .iter()
+            .map(|&kind| {
+                let ends = descriptors.get(&kind);
+                let mut fds: Vec<RawFd> = kind
+                    .links()
+                    .iter()
+                    .filter_map(|link| ends?.get(link).map(|end| end.as_fd().as_raw_fd()))
+                    .collect();
+                fds.extend(self.extra_fds(kind));
+                (kind, fds, None)
+            })
+            .collect();
+        let started: HashMap<ProcessKind, (u64, Arc<ProcessHandle>)> = kinds
+            .iter()
+            .copied()
+            .zip(self.spawn(launches))
+            .map(|(kind, process)| Ok((kind, process?)))
+            .collect::<Result<_, DeviceError>>()?;
+        // The processes' ends are theirs alone now.
+        drop(descriptors);
+        let spawned = began.elapsed();
 
         // Peers first: a new process waits for their hellos before it
         // answers anything of the core's.
@@ -297,7 +306,9 @@ impl DeviceProcesses {
                 None => spawn_notification_reader(channel, self.control.clone()),
             }
         }
+        let linked = began.elapsed();
         for &kind in kinds {
+            let setting_up = Instant::now();
             self.set_up(kind).map_err(|source| DeviceError::Setup {
                 kind: kind.name(),
                 source,
@@ -306,7 +317,12 @@ impl DeviceProcesses {
                 region.formatted.store(true, Ordering::SeqCst);
             }
             self.proxy(kind).mark_ready();
+            log::debug!("{} set up in {:?}", kind.name(), setting_up.elapsed());
         }
+        log::debug!(
+            "{kinds:?}: started in {spawned:?}, linked and handshaken by {linked:?}, set up by {:?}",
+            began.elapsed()
+        );
         Ok(())
     }
 
@@ -349,28 +365,43 @@ impl DeviceProcesses {
             .collect()
     }
 
-    /// Starts one process, records it as a new generation and watches it.
+    /// Starts processes together, each `(kind, descriptors, program)` (the
+    /// kind's binary unless another is named), and records and watches each
+    /// as a new generation: one result each, in order.
     fn spawn(
         &self,
-        kind: ProcessKind,
-        fds: &[RawFd],
-    ) -> Result<(u64, Arc<ProcessHandle>), DeviceError> {
-        self.spawn_program(kind, fds, None)
+        launches: Vec<(ProcessKind, Vec<RawFd>, Option<PathBuf>)>,
+    ) -> Vec<Result<(u64, Arc<ProcessHandle>), DeviceError>> {
+        let (kinds, launches): (Vec<ProcessKind>, Vec<spawn::Launch>) = launches
+            .into_iter()
+            .map(|(kind, fds, program)| (kind, self.launch(kind, fds, program)))
+            .unzip();
+        let generations: Vec<u64> = launches.iter().map(|launch| launch.generation).collect();
+        spawn::spawn(launches)
+            .into_iter()
+            .zip(kinds.into_iter().zip(generations))
+            .map(|(spawned, (kind, generation))| {
+                let (handle, waiter) = spawned.map_err(|source| DeviceError::Spawn {
+                    kind: kind.name(),
+                    source,
+                })?;
+                self.record(kind, generation, handle, waiter)
+            })
+            .collect()
     }
 
-    /// [`DeviceProcesses::spawn`] of `program` instead of the kind's binary.
-    fn spawn_program(
+    /// How a new generation of `kind` is started.
+    fn launch(
         &self,
         kind: ProcessKind,
-        fds: &[RawFd],
+        fds: Vec<RawFd>,
         program: Option<PathBuf>,
-    ) -> Result<(u64, Arc<ProcessHandle>), DeviceError> {
+    ) -> spawn::Launch {
         let generation = {
             let mut next = lock(&self.next_generation);
             *next += 1;
             *next
         };
-        let id = format!("{}-{generation}", std::process::id());
         let address_space = match kind {
             // Guest RAM, DIMMs included, is mapped besides the process's own memory.
             ProcessKind::RtasServer => self.resources.guest_ram_bytes + (1 << 30),
@@ -381,19 +412,27 @@ impl DeviceProcesses {
             .state_regions
             .get(&kind)
             .is_some_and(|region| region.formatted.load(Ordering::SeqCst));
-        let launch = spawn::Launch {
+        spawn::Launch {
             sandbox: self.sandbox.clone(),
             kind,
-            id,
-            fds: fds.to_vec(),
+            id: format!("{}-{generation}", std::process::id()),
+            generation,
+            fds,
             address_space,
             resume,
             program,
-        };
-        let (handle, waiter) = spawn::spawn(launch).map_err(|source| DeviceError::Spawn {
-            kind: kind.name(),
-            source,
-        })?;
+        }
+    }
+
+    /// Records a started process as the running generation of `kind`, and
+    /// watches it.
+    fn record(
+        &self,
+        kind: ProcessKind,
+        generation: u64,
+        handle: ProcessHandle,
+        waiter: spawn::Waiter,
+    ) -> Result<(u64, Arc<ProcessHandle>), DeviceError> {
         let handle = Arc::new(handle);
         let running_as = match self.sandbox.device_mode {
             DeviceMode::OutOfProcess => "pid",
@@ -687,7 +726,10 @@ impl DeviceProcesses {
                 record.process.clone(),
             )
         };
-        let (generation, process) = self.spawn_program(kind, &fds, Some(program))?;
+        let (generation, process) = self
+            .spawn(vec![(kind, fds, Some(program))])
+            .pop()
+            .expect("one result per launch")?;
         drop(held);
         let restore = || {
             process.kill();

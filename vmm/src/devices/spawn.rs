@@ -244,6 +244,8 @@ pub struct Launch {
     pub sandbox: Sandbox,
     pub kind: ProcessKind,
     pub id: String,
+    /// Which start of the kind this is.
+    pub generation: u64,
     /// Held open by the caller until [`spawn`] returns.
     pub fds: Vec<RawFd>,
     pub address_space: u64,
@@ -256,14 +258,17 @@ pub struct Launch {
 /// What the spawner thread is asked to do.
 enum Request {
     Spawn {
-        launch: Launch,
-        reply: Sender<Result<(ProcessHandle, Waiter), SpawnError>>,
+        launches: Vec<Launch>,
+        reply: Sender<Vec<Spawned>>,
     },
     Kill {
         target: KillTarget,
         reply: Sender<rustix::io::Result<()>>,
     },
 }
+
+/// A started device and the waiter on it, or why it did not start.
+pub type Spawned = Result<(ProcessHandle, Waiter), SpawnError>;
 
 /// The spawner thread, once started: the only thread of the core with
 /// privileges (see `confine::SPAWNER_CAPABILITIES`).
@@ -299,8 +304,8 @@ pub fn start_spawner() -> Result<(), SpawnError> {
 
 fn serve(request: Request) {
     match request {
-        Request::Spawn { launch, reply } => {
-            let _ = reply.send(spawn_here(&launch));
+        Request::Spawn { launches, reply } => {
+            let _ = reply.send(spawn_here(&launches));
         }
         Request::Kill { target, reply } => {
             let _ = reply.send(kill(&target));
@@ -308,19 +313,43 @@ fn serve(request: Request) {
     }
 }
 
-/// Starts `launch`, on the spawner thread when there is one.
-pub fn spawn(launch: Launch) -> Result<(ProcessHandle, Waiter), SpawnError> {
+/// Starts `launches` together (their jails are set up at the same time), on
+/// the spawner thread when there is one: one result each, in order.
+pub fn spawn(launches: Vec<Launch>) -> Vec<Spawned> {
     let Some(spawner) = SPAWNER.get() else {
-        return spawn_here(&launch);
+        return spawn_here(&launches);
+    };
+    let count = launches.len();
+    let gone = || {
+        (0..count)
+            .map(|_| Err(SpawnError::Thread(std::io::ErrorKind::BrokenPipe.into())))
+            .collect()
     };
     let (reply, answer) = channel();
-    let request = Request::Spawn { launch, reply };
-    let gone = || SpawnError::Thread(std::io::ErrorKind::BrokenPipe.into());
-    spawner.send(request).map_err(|_| gone())?;
-    answer.recv().map_err(|_| gone())?
+    if spawner.send(Request::Spawn { launches, reply }).is_err() {
+        return gone();
+    }
+    answer.recv().unwrap_or_else(|_| gone())
 }
 
-fn spawn_here(launch: &Launch) -> Result<(ProcessHandle, Waiter), SpawnError> {
+/// A device on its way up: running, or a jailer that has yet to report the
+/// program it started.
+enum Starting {
+    Ready(Spawned),
+    Jailing {
+        report: Channel,
+        jailer: OwnedFd,
+        jail_dir: PathBuf,
+    },
+}
+
+fn spawn_here(launches: &[Launch]) -> Vec<Spawned> {
+    let starting: Vec<Starting> = launches.iter().map(start).collect();
+    starting.into_iter().map(finish).collect()
+}
+
+/// Starts the device, or its jailer, without waiting for it.
+fn start(launch: &Launch) -> Starting {
     let Launch {
         sandbox,
         kind,
@@ -329,27 +358,31 @@ fn spawn_here(launch: &Launch) -> Result<(ProcessHandle, Waiter), SpawnError> {
         address_space,
         resume,
         program,
+        ..
     } = launch;
+    if sandbox.device_mode == DeviceMode::InProcess {
+        return Starting::Ready(start_thread(launch));
+    }
     let program = program
         .clone()
         .unwrap_or_else(|| sibling_binary(kind.binary()));
-    if sandbox.device_mode == DeviceMode::InProcess {
-        return start_thread(launch);
-    }
     let args = sandbox.program_args(*resume);
     let exec_failed = |source| SpawnError::Exec {
         path: program.clone(),
         source,
     };
     if !sandbox.jail {
-        let child = command(&program, &args, sandbox, fds)
+        let spawned = command(&program, &args, sandbox, fds)
             .spawn()
-            .map_err(exec_failed)?;
-        // Not yet waited for, so the pid is still this child's.
-        return watched(child.id(), pidfd_of(child.id())?, None);
+            .map_err(exec_failed)
+            // Not yet waited for, so the pid is still this child's.
+            .and_then(|child| watched(child.id(), pidfd_of(child.id())?, None));
+        return Starting::Ready(spawned);
     }
-
-    let (ours, jailers) = Channel::pair().map_err(SpawnError::ReportSocket)?;
+    let (ours, jailers) = match Channel::pair() {
+        Ok(pair) => pair,
+        Err(error) => return Starting::Ready(Err(SpawnError::ReportSocket(error))),
+    };
     let config = jailer::JailConfig {
         id: id.to_string(),
         exec_file: program.clone(),
@@ -364,17 +397,37 @@ fn spawn_here(launch: &Launch) -> Result<(ProcessHandle, Waiter), SpawnError> {
     };
     let mut passed = fds.to_vec();
     passed.push(jailers.as_fd().as_raw_fd());
-    let child = command(
+    let jailer = command(
         &sibling_binary("jailer"),
         &config.to_args(),
         sandbox,
         &passed,
     )
     .spawn()
-    .map_err(exec_failed)?;
-    drop(jailers);
-    let jailer = pidfd_of(child.id())?;
-    let reported = ours
+    .map_err(exec_failed)
+    .and_then(|child| pidfd_of(child.id()));
+    match jailer {
+        Ok(jailer) => Starting::Jailing {
+            report: ours,
+            jailer,
+            jail_dir: sandbox.jail_dir.join(kind.binary()).join(id),
+        },
+        Err(error) => Starting::Ready(Err(error)),
+    }
+}
+
+/// Waits for a jailer's report of the program it started, and for the
+/// jailer to end: then the program is the core's child.
+fn finish(starting: Starting) -> Spawned {
+    let (report, jailer, jail_dir) = match starting {
+        Starting::Ready(spawned) => return spawned,
+        Starting::Jailing {
+            report,
+            jailer,
+            jail_dir,
+        } => (report, jailer, jail_dir),
+    };
+    let reported = report
         .recv_frame(Some(REPORT_TIMEOUT))
         .map_err(SpawnError::NoReport)
         .and_then(|frame| {
@@ -400,7 +453,6 @@ fn spawn_here(launch: &Launch) -> Result<(ProcessHandle, Waiter), SpawnError> {
             return Err(error);
         }
     };
-    // The jailer exits once it reported; then the program is our child.
     match waitid(WaitId::PidFd(jailer.as_fd()), WaitIdOptions::EXITED) {
         Ok(Some(status)) if status.exit_status() == Some(0) => {}
         other => {
@@ -408,7 +460,6 @@ fn spawn_here(launch: &Launch) -> Result<(ProcessHandle, Waiter), SpawnError> {
             return Err(SpawnError::Jailer(format!("{other:?}")));
         }
     }
-    let jail_dir = sandbox.jail_dir.join(kind.binary()).join(id);
     watched(pid, process, Some(jail_dir))
 }
 
