@@ -67,26 +67,32 @@ pub fn binary(name: &str) -> PathBuf {
 }
 
 /// The path of one of the workspace's binaries as the README's plain build
-/// makes them: without the `fault-injection` feature. Built once, into
-/// target/plain, so that it never replaces the binaries the other tests use.
+/// makes them: without the `fault-injection` feature, optimised when this
+/// is (a benchmark). Built once, into target/plain, so that it never
+/// replaces the binaries the other tests use.
 pub fn plain_binary(name: &str) -> PathBuf {
     const PLAIN_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/plain");
+    let profile = profile_dir();
+    let release = profile.file_name().is_some_and(|p| p == "release");
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
+        let mut build = Command::new(env!("CARGO"));
+        build
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-            .args(["build", "--workspace", "--bins", "--target-dir", PLAIN_DIR])
-            .status()
-            .expect("cannot run cargo build");
+            .args(["build", "--workspace", "--bins", "--target-dir", PLAIN_DIR]);
+        if release {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cannot run cargo build");
         assert!(status.success(), "the plain build failed");
     });
     // Binaries land in <target dir>/<triple>/<profile>, as for this build.
-    let profile = profile_dir();
     let triple = profile
         .parent()
         .and_then(Path::file_name)
         .expect("binaries live in target/<triple>/<profile>");
-    let path = Path::new(PLAIN_DIR).join(triple).join("debug").join(name);
+    let built = if release { "release" } else { "debug" };
+    let path = Path::new(PLAIN_DIR).join(triple).join(built).join(name);
     assert!(path.exists(), "{} was not built", path.display());
     path
 }
@@ -100,7 +106,9 @@ pub fn root_and_kvm(test: &str) -> bool {
         .find(|l| l.starts_with("Uid:"))
         .is_some_and(|l| l.split_whitespace().nth(2) == Some("0"));
     if !is_root {
-        eprintln!("SKIPPED {test}: needs root to jail device processes");
+        say_skipped(&format!(
+            "SKIPPED {test}: needs root to jail device processes"
+        ));
     }
     is_root && kvm_usable(test)
 }
@@ -115,7 +123,7 @@ pub fn kvm_usable(test: &str) -> bool {
     {
         Ok(_) => true,
         Err(error) => {
-            eprintln!("SKIPPED {test}: /dev/kvm is not usable ({error})");
+            say_skipped(&format!("SKIPPED {test}: /dev/kvm is not usable ({error})"));
             false
         }
     }
@@ -179,9 +187,18 @@ pub fn papervisor_command() -> Command {
 /// skip it.
 pub fn skip_in_process(test: &str, why: &str) -> bool {
     if in_process() {
-        eprintln!("SKIPPED {test} with --device-mode in-process: {why}");
+        say_skipped(&format!(
+            "SKIPPED {test} with --device-mode in-process: {why}"
+        ));
     }
     in_process()
+}
+
+/// Prints `line` on stderr past the test harness, which keeps what a
+/// passing test prints to itself: a skip must show.
+pub fn say_skipped(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// A running `papervisor` with its console and QMP on Unix sockets.

@@ -7,7 +7,9 @@ use papervisor_tests::{kvm_usable, Vm};
 
 fn unprivileged(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED {test}: runs only as a user other than root (see .ci/run)");
+        papervisor_tests::say_skipped(&format!(
+            "SKIPPED {test}: runs only as a user other than root (see .ci/run)"
+        ));
         return false;
     }
     kvm_usable(test)
