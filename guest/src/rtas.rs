@@ -79,6 +79,22 @@ static CALLS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new
 /// such as an unplug's, costs this guest.
 static CYCLES: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
+/// The last calls: (token, TSC cycles), the slot `CALLS % RECENT` next.
+pub const RECENT: usize = 16;
+static RECENT_CALLS: crate::sync::SpinLock<[(u32, u64); RECENT]> =
+    crate::sync::SpinLock::new([(0, 0); RECENT]);
+
+/// The last calls (up to [`RECENT`]), oldest first: (token, TSC cycles).
+pub fn recent(out: &mut [(u32, u64); RECENT]) -> usize {
+    let made = calls() as usize;
+    let recent = RECENT_CALLS.lock();
+    let count = made.min(RECENT);
+    for (i, slot) in out.iter_mut().take(count).enumerate() {
+        *slot = recent[(made - count + i) % RECENT];
+    }
+    count
+}
+
 pub fn calls() -> u64 {
     CALLS.load(core::sync::atomic::Ordering::Relaxed)
 }
@@ -88,12 +104,13 @@ pub fn cycles() -> u64 {
 }
 
 pub fn call_token(token: u32, args: &[u32], nret: usize) -> Result<RtasReturn, RtasError> {
-    CALLS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     let mut block = ARGS.lock();
     let started = crate::arch::timestamp();
     let result = call_with(&mut block, token, args, nret);
     let spent = crate::arch::timestamp().wrapping_sub(started);
     CYCLES.fetch_add(spent, core::sync::atomic::Ordering::Relaxed);
+    let made = CALLS.fetch_add(1, core::sync::atomic::Ordering::Relaxed) as usize;
+    RECENT_CALLS.lock()[made % RECENT] = (token, spent);
     result
 }
 

@@ -134,6 +134,18 @@ pub fn run() {
             "rtas-calls" => {
                 Line::new().str("rtas-calls: ").dec(rtas::calls()).nl();
             }
+            "rtas-recent" => {
+                let mut recent = [(0, 0); rtas::RECENT];
+                let count = rtas::recent(&mut recent);
+                for &(token, cycles) in &recent[..count] {
+                    Line::new()
+                        .str("rtas-recent: token ")
+                        .hex(token as u64)
+                        .str(" tsc ")
+                        .dec(cycles)
+                        .nl();
+                }
+            }
             "rtas-time" => {
                 Line::new()
                     .str("rtas-time: ")
@@ -187,6 +199,7 @@ fn help() {
         "  events               the last hot-plug events received\n",
         "  rtas-calls           RTAS calls the guest made since boot\n",
         "  rtas-time            those calls, and the TSC cycles spent in them\n",
+        "  rtas-recent          the last 16 of them: token and TSC cycles each\n",
         "  hostile <seed> <n>   n random and malformed RTAS calls; a tally of their statuses\n",
         "  dlpar off|on         stop or resume handling hot-plug events\n",
         "  mem                  one line per LMB: lmb <drc> at <addr>: assigned|free [online] [pinned]\n",
@@ -194,7 +207,7 @@ fn help() {
         "  mem fill|check <addr> <len> <seed>  write or check a pattern (a word per page)\n",
         "  time                 RTAS get-time-of-day\n",
         "  rtas-raw <addr> <token> <nargs> <nret> [args]  a hand-made RTAS call\n",
-        "  bench hcall|rtas|sensor <n>  n null hcalls, query-cpu-stopped-state or get-sensor-state calls, timed\n",
+        "  bench hcall|rtas|rtas-named|sensor <n>  n null hcalls, query-cpu-stopped-state (a prepared block, or by name) or get-sensor-state calls, timed\n",
         "  poweroff             RTAS power-off\n",
         "  reboot               RTAS system-reboot\n",
     ));
@@ -359,50 +372,61 @@ fn rtas_raw<'a>(words: &mut impl Iterator<Item = &'a str>) {
 const BENCH_SAMPLES: usize = 4096;
 static BENCH_CYCLES: SpinLock<[u64; BENCH_SAMPLES]> = SpinLock::new([0; BENCH_SAMPLES]);
 
+/// What `bench` calls.
+enum BenchCall {
+    NullHcall,
+    /// An RTAS block built once: the platform's time alone.
+    Block(rtas::RtasArgs),
+    /// query-cpu-stopped-state as every other call of this guest is made:
+    /// its token looked up by name, its block built each time.
+    Named,
+}
+
 /// Makes `count` calls in a row, each timed with the time-stamp counter,
 /// and prints the total, the median and the 99th percentile in TSC cycles
 /// (the host knows the counter's rate; this guest has no calibrated clock).
 fn bench<'a>(words: &mut impl Iterator<Item = &'a str>) {
-    const USAGE: &str = "bench hcall|rtas|sensor <n>";
+    const USAGE: &str = "bench hcall|rtas|rtas-named|sensor <n>";
     let kind = words.next();
     let Some(count) = words.next().and_then(parse_number).filter(|&n| n > 0) else {
         return usage(USAGE);
     };
     let me = arch::cpu_id() as u32;
-    // One block built once, so that the loop times the platform rather
-    // than this guest's (emulated) token lookup.
-    let rtas_block = |name: &str, args: &[u32], nret: usize| {
-        platform::get()
-            .rtas_token(name)
-            .map(|token| rtas::RtasArgs::new(token, args, nret))
-    };
-    let mut block = match kind {
-        Some("hcall") => None,
-        // Answered by the RTAS server alone.
-        Some("rtas") => match rtas_block("query-cpu-stopped-state", &[me], 2) {
-            Some(block) => Some(block),
-            None => return report_rtas_failure("bench", Err(RtasError::NoToken)),
-        },
-        // Answered with the hotplug controller: the DR sensor of this CPU's core.
-        Some("sensor") => {
-            let args = [dlpar::DR_ENTITY_SENSE, dlpar::core_drc(me as usize)];
-            match rtas_block("get-sensor-state", &args, 2) {
-                Some(block) => Some(block),
-                None => return report_rtas_failure("bench", Err(RtasError::NoToken)),
-            }
+    let block = |name: &str, args: &[u32]| match platform::get().rtas_token(name) {
+        Some(token) => Some(BenchCall::Block(rtas::RtasArgs::new(token, args, 2))),
+        None => {
+            report_rtas_failure("bench", Err(RtasError::NoToken));
+            None
         }
+    };
+    let call = match kind {
+        Some("hcall") => Some(BenchCall::NullHcall),
+        // Answered by the RTAS server alone.
+        Some("rtas") => block("query-cpu-stopped-state", &[me]),
+        Some("rtas-named") => Some(BenchCall::Named),
+        // Answered with the hotplug controller: the DR sensor of this CPU's core.
+        Some("sensor") => block(
+            "get-sensor-state",
+            &[dlpar::DR_ENTITY_SENSE, dlpar::core_drc(me as usize)],
+        ),
         _ => return usage(USAGE),
+    };
+    let Some(mut call) = call else {
+        return;
     };
     let mut samples = BENCH_CYCLES.lock();
     let started = arch::timestamp();
     for i in 0..count as usize {
         let before = arch::timestamp();
-        match block.as_mut() {
-            None => {
+        match &mut call {
+            BenchCall::NullHcall => {
                 hcall(H_NULL_FOR_BENCH, [0; 6]);
             }
-            Some(block) => {
+            BenchCall::Block(block) => {
                 rtas::raw(block as *mut rtas::RtasArgs as u64);
+            }
+            BenchCall::Named => {
+                let _ = rtas::call("query-cpu-stopped-state", &[me], 2);
             }
         }
         if let Some(slot) = samples.get_mut(i) {

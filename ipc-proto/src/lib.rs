@@ -181,41 +181,63 @@ impl Link {
     }
 }
 
-/// Makes `command` start with `fds` as descriptors [`FIRST_CHANNEL_FD`],
-/// [`FIRST_CHANNEL_FD`] + 1, ... and no others besides stdio (the rest are
-/// close-on-exec). This is how a device process receives its channels.
-pub fn pass_fds(command: &mut std::process::Command, fds: &[std::os::fd::RawFd]) {
-    use std::os::unix::process::CommandExt;
-    /// Descriptors are first moved above this, so that placing them at 3..
-    /// cannot overwrite one not yet placed.
-    const SCRATCH_FD_BASE: i32 = 64;
-    const MAX_PASSED: usize = 16;
-    let sources: Vec<std::os::fd::RawFd> = fds.to_vec();
-    // SAFETY: fcntl, dup2 and close are async-signal-safe, the closure
-    // allocates nothing and touches only the child's descriptor table; every
-    // result is checked.
-    unsafe {
-        command.pre_exec(move || {
-            let mut moved = [0; MAX_PASSED];
-            if sources.len() > MAX_PASSED {
-                return Err(std::io::Error::from_raw_os_error(nix::libc::EMFILE));
-            }
-            for (slot, &fd) in moved.iter_mut().zip(&sources) {
-                *slot = nix::libc::fcntl(fd, nix::libc::F_DUPFD_CLOEXEC, SCRATCH_FD_BASE);
-                if *slot < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            for (i, &fd) in moved[..sources.len()].iter().enumerate() {
-                // dup2 leaves the new descriptor without close-on-exec.
-                if nix::libc::dup2(fd, FIRST_CHANNEL_FD + i as i32) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                nix::libc::close(fd);
-            }
-            Ok(())
-        });
+/// Starts `program` with `args` the way a device process receives its
+/// channels: `fds` as descriptors from [`FIRST_CHANNEL_FD`] on, in order,
+/// and no others besides stdio (the rest are close-on-exec), stdin
+/// from /dev/null, stderr to `stderr` (inherited when `None`), every signal
+/// at its default disposition and none blocked (the starter's are its own).
+/// Through posix_spawn, which the C library does with the kernel's vfork:
+/// the starter's address space is not copied, where a fork of the core, with
+/// guest RAM mapped, costs milliseconds. Returns the child's pid; the
+/// caller reaps it.
+pub fn spawn_with_channels(
+    program: &std::path::Path,
+    args: &[impl AsRef<std::ffi::OsStr>],
+    fds: &[std::os::fd::RawFd],
+    stderr: Option<std::os::fd::RawFd>,
+) -> std::io::Result<u32> {
+    use nix::spawn::{posix_spawn, PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags};
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c_string = |bytes: &[u8]| {
+        CString::new(bytes).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    };
+    let path = c_string(program.as_os_str().as_bytes())?;
+    let argv = std::iter::once(Ok(path.clone()))
+        .chain(args.iter().map(|arg| c_string(arg.as_ref().as_bytes())))
+        .collect::<std::io::Result<Vec<CString>>>()?;
+    let environment = std::env::vars_os()
+        .map(|(key, value)| c_string(&[key.as_bytes(), b"=", value.as_bytes()].concat()))
+        .collect::<std::io::Result<Vec<CString>>>()?;
+    let mut actions = PosixSpawnFileActions::init()?;
+    actions.add_open(
+        0,
+        c"/dev/null",
+        nix::fcntl::OFlag::O_RDONLY,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    if let Some(stderr) = stderr {
+        actions.add_dup2(stderr, 2)?;
     }
+    // Each descriptor is first copied above all of them, so that placing
+    // them at FIRST_CHANNEL_FD.. cannot overwrite one not yet placed.
+    let scratch = fds.iter().copied().max().unwrap_or(0).max(FIRST_CHANNEL_FD) + 1;
+    for (i, &fd) in fds.iter().enumerate() {
+        actions.add_dup2(fd, scratch + i as i32)?;
+    }
+    for i in 0..fds.len() as i32 {
+        // dup2 leaves the new descriptor without close-on-exec.
+        actions.add_dup2(scratch + i, FIRST_CHANNEL_FD + i)?;
+        actions.add_close(scratch + i)?;
+    }
+    let mut attributes = PosixSpawnAttr::init()?;
+    attributes.set_sigmask(&nix::sys::signal::SigSet::empty())?;
+    attributes.set_sigdefault(&nix::sys::signal::SigSet::all())?;
+    attributes.set_flags(
+        PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
+    )?;
+    let pid = posix_spawn(path.as_c_str(), &actions, &attributes, &argv, &environment)?;
+    Ok(pid.as_raw() as u32)
 }
 
 #[cfg(test)]

@@ -9,11 +9,11 @@ use ipc_proto::link::core_rtas::{
     CallRefusal, CpuSnapshot, MemoryRegion, Reply as RtasReply, Request as RtasRequest,
 };
 use ipc_proto::ProcessKind;
+use nix::sys::wait::WaitStatus;
 use papervisor_tests::{binary, kvm_usable, plain_binary, Vm};
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const REPLY_TIMEOUT: Option<Duration> = Some(Duration::from_secs(5));
@@ -31,11 +31,37 @@ fn spawn_rtas_program(program: &std::path::Path) -> (Vec<Channel>, Child) {
         .iter()
         .map(|(_, theirs)| theirs.as_fd().as_raw_fd())
         .collect();
-    let mut command = Command::new(program);
-    command.stdin(Stdio::null());
-    ipc_proto::pass_fds(&mut command, &fds);
-    let child = command.spawn().unwrap();
-    (pairs.into_iter().map(|(ours, _)| ours).collect(), child)
+    // As the core starts it.
+    let pid = ipc_proto::spawn_with_channels(program, &[] as &[&str], &fds, None).unwrap();
+    (
+        pairs.into_iter().map(|(ours, _)| ours).collect(),
+        Child(pid),
+    )
+}
+
+/// A device process this test started; killed if the test ends first.
+struct Child(u32);
+
+impl Child {
+    fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.0 as i32)
+    }
+
+    /// Its end, once it comes.
+    fn wait(&mut self) -> WaitStatus {
+        let status = nix::sys::wait::waitpid(self.pid(), None).unwrap();
+        self.0 = 0;
+        status
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if self.0 != 0 {
+            let _ = nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(self.pid(), None);
+        }
+    }
 }
 
 /// Starts papervisor-rtas with this test as its core, hotplug controller
@@ -70,7 +96,8 @@ fn request(id: u64, body: RtasRequest) -> Envelope<Request<RtasRequest>> {
 }
 
 fn assert_alive(child: &mut Child) {
-    assert!(child.try_wait().unwrap().is_none(), "the RTAS server died");
+    let now = nix::sys::wait::waitpid(child.pid(), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+    assert_eq!(now, Ok(WaitStatus::StillAlive), "the RTAS server died");
 }
 
 #[test]
@@ -210,10 +237,10 @@ fn the_rtas_server_rejects_bad_frames_and_keeps_serving() {
     assert!(u32::from_be_bytes(year) >= 2024);
 
     drop(channel);
-    let status = child.wait().unwrap();
+    let status = child.wait();
     assert!(
-        status.success(),
-        "the server exits cleanly when the core hangs up: {status}"
+        matches!(status, WaitStatus::Exited(_, 0)),
+        "the server exits cleanly when the core hangs up: {status:?}"
     );
 }
 
@@ -235,7 +262,7 @@ fn a_plain_build_refuses_to_arm_a_fault_and_a_fault_injection_build_commits_it()
     );
     assert_alive(&mut child);
     drop(channel);
-    assert!(child.wait().unwrap().success());
+    assert!(matches!(child.wait(), WaitStatus::Exited(_, 0)));
 
     let (channel, _peers, mut child) = start_rtas_server();
     channel.send(&arm, &[]).unwrap();
@@ -244,8 +271,10 @@ fn a_plain_build_refuses_to_arm_a_fault_and_a_fault_injection_build_commits_it()
         channel.recv::<Reply<RtasReply>>(REPLY_TIMEOUT),
         Err(ipc_proto::channel::ChannelError::HungUp)
     ));
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(child.wait().unwrap().signal(), Some(nix::libc::SIGSYS));
+    assert!(matches!(
+        child.wait(),
+        WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGSYS, _)
+    ));
 }
 
 #[test]
@@ -267,10 +296,10 @@ fn the_rtas_server_refuses_a_wrong_handshake() {
     for (channel, &link) in ours.iter().zip(links).skip(1) {
         channel.send_hello(link).unwrap();
     }
-    let status = child.wait().unwrap();
+    let status = child.wait();
     assert!(
-        !status.success(),
-        "a server speaking another version must not serve"
+        !matches!(status, WaitStatus::Exited(_, 0)),
+        "a server speaking another version must not serve: {status:?}"
     );
 }
 

@@ -10,9 +10,8 @@ use ipc_proto::ProcessKind;
 use rustix::process::{pidfd_open, pidfd_send_signal, waitid, Pid, PidfdFlags, Signal};
 use rustix::process::{WaitId, WaitIdOptions};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
 use std::sync::mpsc::{channel, Sender};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -71,13 +70,6 @@ impl Sandbox {
             "--state".to_string(),
             if resume { "resume" } else { "fresh" }.to_string(),
         ]
-    }
-
-    fn stderr(&self) -> Stdio {
-        self.log_file
-            .as_ref()
-            .and_then(|file| file.try_clone().ok())
-            .map_or_else(Stdio::inherit, Stdio::from)
     }
 }
 
@@ -217,6 +209,7 @@ fn kill(target: &KillTarget) -> rustix::io::Result<()> {
 
 #[cfg(test)]
 fn exited_child_pidfd() -> OwnedFd {
+    use std::process::Command;
     let mut child = Command::new("true").spawn().expect("run true");
     let pidfd = pidfd_of(child.id()).expect("pidfd of a child");
     child.wait().expect("wait for true");
@@ -367,16 +360,10 @@ fn start(launch: &Launch) -> Starting {
         .clone()
         .unwrap_or_else(|| sibling_binary(kind.binary()));
     let args = sandbox.program_args(*resume);
-    let exec_failed = |source| SpawnError::Exec {
-        path: program.clone(),
-        source,
-    };
     if !sandbox.jail {
-        let spawned = command(&program, &args, sandbox, fds)
-            .spawn()
-            .map_err(exec_failed)
+        let spawned = start_program(&program, &args, sandbox, fds)
             // Not yet waited for, so the pid is still this child's.
-            .and_then(|child| watched(child.id(), pidfd_of(child.id())?, None));
+            .and_then(|pid| watched(pid, pidfd_of(pid)?, None));
         return Starting::Ready(spawned);
     }
     let (ours, jailers) = match Channel::pair() {
@@ -397,15 +384,13 @@ fn start(launch: &Launch) -> Starting {
     };
     let mut passed = fds.to_vec();
     passed.push(jailers.as_fd().as_raw_fd());
-    let jailer = command(
+    let jailer = start_program(
         &sibling_binary("jailer"),
         &config.to_args(),
         sandbox,
         &passed,
     )
-    .spawn()
-    .map_err(exec_failed)
-    .and_then(|child| pidfd_of(child.id()));
+    .and_then(pidfd_of);
     match jailer {
         Ok(jailer) => Starting::Jailing {
             report: ours,
@@ -463,31 +448,19 @@ fn finish(starting: Starting) -> Spawned {
     watched(pid, process, Some(jail_dir))
 }
 
-/// `path` with `args`, stdin closed, stderr to the log, `fds` as its
-/// descriptors 3.., and no signal blocked: programs inherit the mask, and
-/// the core's (see `signals`) is its own.
-fn command(
+/// Starts `path` with `args` and `fds` as its descriptors 3.., its stderr
+/// the log (`ipc_proto::spawn_with_channels`); its pid.
+fn start_program(
     path: &Path,
     args: &[impl AsRef<std::ffi::OsStr>],
     sandbox: &Sandbox,
     fds: &[RawFd],
-) -> Command {
-    let mut command = Command::new(path);
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(sandbox.stderr());
-    ipc_proto::pass_fds(&mut command, fds);
-    // SAFETY: the closure runs in the child between fork and exec and only
-    // calls pthread_sigmask, which is async-signal-safe and allocates nothing.
-    unsafe {
-        command.pre_exec(|| {
-            nix::sys::signal::SigSet::empty()
-                .thread_set_mask()
-                .map_err(std::io::Error::from)
-        });
-    }
-    command
+) -> Result<u32, SpawnError> {
+    let log = sandbox.log_file.as_ref().map(|file| file.as_raw_fd());
+    ipc_proto::spawn_with_channels(path, args, fds, log).map_err(|source| SpawnError::Exec {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// The handle of a started process and the waiter on the same pidfd.
@@ -625,6 +598,7 @@ fn describe_exit(status: &rustix::process::WaitIdStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::process::Command;
 
     #[test]
     // The child is reaped through its pidfd, which clippy cannot see.
