@@ -1,9 +1,10 @@
 //! The price of isolation: every row measured with the devices in processes
 //! of their own (`--device-mode out-of-process`, jailed) and as threads of
 //! the core (`--device-mode in-process`), in the same run, as one table of
-//! medians, 99th percentiles and the ratio out-of-process / in-process (of
-//! times; in-process / out-of-process for a rate, so that a ratio above 1
-//! is always what isolation costs).
+//! medians, 99th percentiles (of a rate: its first percentile, the worst
+//! 1 % either way) and the ratio out-of-process / in-process (of times;
+//! in-process / out-of-process for a rate, so that a ratio above 1 is
+//! always what isolation costs).
 //! Run with `cargo bench -p papervisor-tests --bench isolation [-- ROUNDS]`
 //! (ROUNDS, 15 by default, scales the hot-plug, boot and restart rows).
 //! It runs the README's build (no fault injection), optimised, from
@@ -33,8 +34,9 @@ const CORE1_DRC: &str = "0x10000001";
 const CALLS: u32 = 4000;
 /// How long the guest idles while the devices' CPU time is measured.
 const IDLE: Duration = Duration::from_secs(10);
-/// device_del requests in the storm.
+/// device_del requests in the storm, timed in batches.
 const STORM: u32 = 2000;
+const STORM_BATCHES: u32 = 10;
 /// Between two boots.
 const BOOT_PAUSE: Duration = Duration::from_millis(500);
 /// The unit of the one row where more is better.
@@ -91,7 +93,12 @@ impl Table {
                 let middle = median(samples);
                 medians[mode] = Some(middle);
                 cells.push(shown(middle));
-                cells.push(shown(percentile(samples, 99.0)));
+                // The worst 1 %: the slowest rates, the longest times.
+                let worst = match row.unit == RATE_UNIT {
+                    true => percentile(samples, 1.0),
+                    false => percentile(samples, 99.0),
+                };
+                cells.push(shown(worst));
             }
             let ratio = match (medians, row.unit == RATE_UNIT) {
                 ([Some(out), Some(inside)], false) if inside > 0.0 => {
@@ -356,21 +363,26 @@ fn storm_row(table: &mut Table, mode: usize, vm: &mut Vm) {
     vm.plug_core(1, "core1");
     assert_eq!(vm.console.command("cpu offline 0"), ["cpu 0 offline"]);
     let mut qmp = QmpClient::connect(&vm.qmp_socket());
-    let started = Instant::now();
-    for _ in 0..STORM {
-        let reply = qmp.execute("device_del", json!({"id": "core1"}));
-        assert_eq!(reply["return"], json!({}), "{reply}");
+    let mut rates = Vec::new();
+    for _ in 0..STORM_BATCHES {
+        let started = Instant::now();
+        for _ in 0..STORM / STORM_BATCHES {
+            let reply = qmp.execute("device_del", json!({"id": "core1"}));
+            assert_eq!(reply["return"], json!({}), "{reply}");
+        }
+        rates.push(f64::from(STORM / STORM_BATCHES) / started.elapsed().as_secs_f64());
     }
-    let rate = f64::from(STORM) / started.elapsed().as_secs_f64();
     let queued = qmp.execute("x-query-event-log", json!({}))["return"]
         .as_array()
         .map_or(0, Vec::len);
     assert!(queued <= 1, "{queued} events queued after the storm");
     table.add(
         mode,
-        &format!("device_del storm on a refusing guest ({STORM} requests, ≤ 1 event queued)"),
+        &format!(
+            "device_del storm on a refusing guest ({STORM} requests in {STORM_BATCHES} batches, ≤ 1 event queued)"
+        ),
         RATE_UNIT,
-        &[rate],
+        &rates,
     );
     // Back to one online CPU outside the core, the core unplugged.
     assert_eq!(vm.console.command("cpu online 0"), ["cpu 0 online"]);

@@ -230,9 +230,9 @@ fn pidfd_of(pid: u32) -> Result<OwnedFd, SpawnError> {
     pidfd_open(raw, PidfdFlags::empty()).map_err(|errno| failed(errno.into()))
 }
 
-/// A device process to start: `kind` with `fds` as its descriptors 3..,
-/// jailed as `id` unless the sandbox is off, with an address-space limit of
-/// `address_space` bytes.
+/// A device to start: a process of `kind` with `fds` as its descriptors
+/// 3.., jailed as `id` unless the sandbox is off, with an address-space
+/// limit of `address_space` bytes; or in-process a thread on copies of `fds`.
 pub struct Launch {
     pub sandbox: Sandbox,
     pub kind: ProcessKind,
