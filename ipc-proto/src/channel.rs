@@ -23,6 +23,9 @@ use thiserror::Error;
 /// The largest frame either side sends or accepts.
 pub const MAX_FRAME: usize = 64 * 1024;
 
+/// The most file descriptors one message may carry.
+pub const MAX_FDS: usize = 64;
+
 /// How long a waiter polls, giving its CPU away between polls, before it
 /// sleeps, once there has been traffic: a message that arrives meanwhile
 /// needs no wake-up of a sleeping thread, which on a virtual machine is a
@@ -45,8 +48,6 @@ pub fn poll_briefly(fds: &mut [PollFd<'_>], window: Duration) -> Result<bool, Er
         std::thread::yield_now();
     }
 }
-/// The most file descriptors one message may carry.
-pub const MAX_FDS: usize = 64;
 
 type WireConfig = Configuration<LittleEndian, Fixint, Limit<MAX_FRAME>>;
 
@@ -173,16 +174,6 @@ impl Channel {
 
     /// Wraps a socket inherited from the spawner.
     pub fn from_fd(socket: OwnedFd) -> Channel {
-        Channel { socket }
-    }
-
-    /// Takes over an inherited descriptor by number.
-    ///
-    /// # Safety
-    /// `fd` must be an open SOCK_SEQPACKET socket that nothing else owns.
-    pub unsafe fn from_raw_fd(fd: RawFd) -> Channel {
-        // SAFETY: ownership is transferred by the caller's promise.
-        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
         Channel { socket }
     }
 

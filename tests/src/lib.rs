@@ -159,7 +159,7 @@ pub const HOTPLUG_MACHINE: [&str; 4] = [
 ];
 
 /// The variable that runs the end-to-end suite with another device mode:
-/// `PAPERVISOR_DEVICE_MODE=in-process cargo test -p tests`.
+/// `PAPERVISOR_DEVICE_MODE=in-process cargo test -p papervisor-tests`.
 pub const DEVICE_MODE_VARIABLE: &str = "PAPERVISOR_DEVICE_MODE";
 
 /// Whether the suite runs with the devices as threads of the core.
@@ -359,6 +359,27 @@ impl Vm {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Injects `fault` (`x-inject-fault`) into the device of `kind`, which
+    /// must not survive it: the core cuts it off. Waits for its successor
+    /// and returns the `X_DEVICE_PROCESS_EXITED` event.
+    pub fn inject_and_await_cut_off(&self, kind: &str, fault: &str) -> serde_json::Value {
+        let inject = format!(r#"x-inject-fault={{"process": "{kind}", "fault": "{fault}"}}"#);
+        let replies = self.qmp(&[
+            &inject,
+            "wait-event:X_DEVICE_PROCESS_EXITED",
+            "wait-event:X_DEVICE_PROCESS_RESTARTED",
+        ]);
+        assert_eq!(replies[0]["return"]["survived"], false, "{kind} {fault}");
+        assert!(
+            replies[0]["return"]["outcome"]
+                .as_str()
+                .is_some_and(|outcome| outcome.contains("cut off")),
+            "{kind} {fault}: {}",
+            replies[0]
+        );
+        replies[1].clone()
     }
 
     /// The row of DRC `index` in `x-query-drcs`.

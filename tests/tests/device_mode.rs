@@ -43,23 +43,9 @@ fn in_process_devices_are_threads_that_serve_and_come_back_after_a_cut_off() {
     // links shut down, it returns, and a new thread takes its place.
     for kind in KINDS {
         let old = vm.device_process(kind);
-        let inject = format!(r#"x-inject-fault={{"process": "{kind}", "fault": "garbage"}}"#);
-        let replies = vm.qmp(&[
-            &inject,
-            "wait-event:X_DEVICE_PROCESS_EXITED",
-            "wait-event:X_DEVICE_PROCESS_RESTARTED",
-        ]);
-        assert_eq!(replies[0]["return"]["survived"], false, "{kind}");
-        assert!(
-            replies[0]["return"]["outcome"]
-                .as_str()
-                .unwrap()
-                .contains("cut off"),
-            "{kind}: {}",
-            replies[0]
-        );
-        assert_eq!(replies[1]["data"]["process"], kind);
-        assert_eq!(replies[1]["data"]["reason"], "returned", "{kind}");
+        let exited = vm.inject_and_await_cut_off(kind, "garbage");
+        assert_eq!(exited["data"]["process"], kind);
+        assert_eq!(exited["data"]["reason"], "returned", "{kind}");
         let new = vm.device_process(kind);
         assert_eq!(new["restarts"], 1, "{new}");
         assert_ne!(new["pid"], old["pid"], "{kind}: a new thread");

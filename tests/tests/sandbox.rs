@@ -181,22 +181,8 @@ fn garbage_and_silence_from_a_device_process_are_cut_off_and_the_guest_runs_on()
     vm.boot();
     for kind in KINDS {
         for fault in ["garbage", "hang"] {
-            let inject = format!(r#"x-inject-fault={{"process": "{kind}", "fault": "{fault}"}}"#);
-            let replies = vm.qmp(&[
-                &inject,
-                "wait-event:X_DEVICE_PROCESS_EXITED",
-                "wait-event:X_DEVICE_PROCESS_RESTARTED",
-            ]);
-            assert_eq!(replies[0]["return"]["survived"], false, "{kind} {fault}");
-            assert!(
-                replies[0]["return"]["outcome"]
-                    .as_str()
-                    .unwrap()
-                    .contains("cut off"),
-                "{kind} {fault}: {}",
-                replies[0]
-            );
-            assert_eq!(replies[1]["data"]["reason"], "killed by SIGKILL");
+            let exited = vm.inject_and_await_cut_off(kind, fault);
+            assert_eq!(exited["data"]["reason"], "killed by SIGKILL");
             // The guest kept running all along.
             assert_eq!(vm.console.command("cpus"), ["cpu 0 online", "cpu 1 online"]);
         }

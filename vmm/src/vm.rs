@@ -1137,7 +1137,9 @@ impl Vm {
                 let fault = named(&ipc_proto::Fault::ALL, "fault", name)?;
                 use ipc_proto::Fault;
                 if !matches!(fault, Fault::Garbage | Fault::Lie) {
-                    self.refuse_in_process(name)?;
+                    self.devices
+                        .refuse_in_process(name)
+                        .map_err(|error| QmpError::generic(format!("x-inject-fault: {error}")))?;
                 }
                 match self.devices.inject(kind, fault) {
                     Ok(outcome) => Ok(json!({"survived": true, "outcome": outcome})),
@@ -1158,9 +1160,6 @@ impl Vm {
                     action: named(&FaultAction::ALL, "action", action)?,
                     request,
                 };
-                if matches!(fault.action, FaultAction::Crash | FaultAction::Hang) {
-                    self.refuse_in_process(action)?;
-                }
                 self.devices
                     .arm_fault(kind, fault)
                     .map(|()| json!({"armed": true}))
@@ -1169,18 +1168,6 @@ impl Vm {
             _ => Err(QmpError::generic(
                 "x-inject-fault takes either 'fault', or 'point' and 'action' (and 'request')",
             )),
-        }
-    }
-
-    /// A fault that ends, hangs or breaks the seccomp filter of a device
-    /// would do so to the core when the device is one of its threads.
-    #[cfg(feature = "fault-injection")]
-    fn refuse_in_process(&self, fault: &str) -> Result<(), QmpError> {
-        match self.devices.device_mode() {
-            crate::devices::DeviceMode::OutOfProcess => Ok(()),
-            crate::devices::DeviceMode::InProcess => Err(QmpError::generic(format!(
-                "x-inject-fault: '{fault}' would end or hang the core itself: the devices are its threads (--device-mode in-process)"
-            ))),
         }
     }
 

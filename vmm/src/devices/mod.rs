@@ -372,14 +372,17 @@ impl DeviceProcesses {
         &self,
         launches: Vec<(ProcessKind, Vec<RawFd>, Option<PathBuf>)>,
     ) -> Vec<Result<(u64, Arc<ProcessHandle>), DeviceError>> {
-        let (kinds, launches): (Vec<ProcessKind>, Vec<spawn::Launch>) = launches
+        let launches: Vec<spawn::Launch> = launches
             .into_iter()
-            .map(|(kind, fds, program)| (kind, self.launch(kind, fds, program)))
-            .unzip();
-        let generations: Vec<u64> = launches.iter().map(|launch| launch.generation).collect();
+            .map(|(kind, fds, program)| self.launch(kind, fds, program))
+            .collect();
+        let started: Vec<(ProcessKind, u64)> = launches
+            .iter()
+            .map(|launch| (launch.kind, launch.generation))
+            .collect();
         spawn::spawn(launches)
             .into_iter()
-            .zip(kinds.into_iter().zip(generations))
+            .zip(started)
             .map(|(spawned, (kind, generation))| {
                 let (handle, waiter) = spawned.map_err(|source| DeviceError::Spawn {
                     kind: kind.name(),
@@ -880,6 +883,9 @@ impl DeviceProcesses {
             }
             return Ok(());
         }
+        if matches!(fault.action, FaultAction::Crash | FaultAction::Hang) {
+            self.refuse_in_process(format_args!("{:?}", fault.action))?;
+        }
         match self
             .proxy(kind)
             .control(ControlRequest::ArmFaultPoint(fault), &[])
@@ -887,6 +893,18 @@ impl DeviceProcesses {
             Ok(None) => Ok(()),
             Ok(Some(outcome)) => Err(format!("it answered {outcome}")),
             Err(error) => Err(error.to_string()),
+        }
+    }
+
+    /// In-process a device is a thread of the core: a fault that ends or
+    /// hangs it, or makes it break its seccomp filter, would do so to the core.
+    #[cfg(feature = "fault-injection")]
+    pub fn refuse_in_process(&self, fault: impl std::fmt::Display) -> Result<(), String> {
+        match self.sandbox.device_mode {
+            DeviceMode::OutOfProcess => Ok(()),
+            DeviceMode::InProcess => Err(format!(
+                "'{fault}' would end or hang the core itself: the devices are its threads (--device-mode in-process)"
+            )),
         }
     }
 

@@ -11,7 +11,6 @@ use rustix::process::{pidfd_open, pidfd_send_signal, waitid, Pid, PidfdFlags, Si
 use rustix::process::{WaitId, WaitIdOptions};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-
 use std::sync::mpsc::{channel, Sender};
 use std::sync::OnceLock;
 use std::time::Duration;
