@@ -377,17 +377,10 @@ fn a_device_process_that_panics_logs_why_and_is_restarted() {
     let log_file = log_path.to_str().expect("a UTF-8 path").to_string();
     let mut vm = Vm::start(&["--log-file", &log_file]);
     vm.boot();
-    let replies = vm.qmp(&[
-        r#"x-inject-fault={"process": "rtas-server", "fault": "panic"}"#,
-        "wait-event:X_DEVICE_PROCESS_EXITED",
-        "wait-event:X_DEVICE_PROCESS_RESTARTED",
-    ]);
-    assert_eq!(replies[0]["return"]["survived"], false, "{}", replies[0]);
-    let exited = &replies[1]["data"];
+    let (_, exited) = vm.inject_and_await_restart("rtas-server", "panic");
     assert_eq!(exited["process"], "rtas-server", "{exited}");
     // Not SIGSYS: the panic hook ends the process itself, under seccomp.
     assert_eq!(exited["reason"], "exited with status 101", "{exited}");
-    assert_eq!(replies[2]["data"]["process"], "rtas-server");
     let log = std::fs::read_to_string(&log_path).expect("the log");
     let panic = log
         .split_once("rtas-server] panicked: ")
