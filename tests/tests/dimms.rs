@@ -417,3 +417,273 @@ fn twenty_device_dels_of_a_dimm_the_guest_refuses_give_one_error_per_refusal() {
         ]
     );
 }
+
+/// What the DRC table, QMP and the guest say of the LMBs at `lmbs`: each
+/// row's state, device and unplug request; the DIMMs QMP lists; the
+/// guest's own line for each LMB.
+fn views(vm: &mut Vm, qmp: &mut QmpClient, lmbs: &[u32]) -> (Vec<Value>, Vec<Value>, Vec<String>) {
+    let rows = lmb_rows(vm)
+        .into_iter()
+        .filter(|row| lmbs.contains(&(row["index"].as_u64().unwrap_or(0) as u32)))
+        .map(|row| json!([row["state"], row["device"], row["unplug-requested"]]))
+        .collect();
+    let devices = qmp.execute("query-memory-devices", json!({}))["return"]
+        .as_array()
+        .expect("a device list")
+        .iter()
+        .map(|device| device["data"]["id"].clone())
+        .collect();
+    let guest = vm
+        .console
+        .command("mem")
+        .into_iter()
+        .filter(|line| {
+            lmbs.iter()
+                .any(|lmb| line.starts_with(&format!("lmb {lmb:#x} ")))
+        })
+        .collect();
+    (rows, devices, guest)
+}
+
+fn rtas_raw(vm: &mut Vm, indicator: u32, lmb: u32, value: u32) {
+    let call = format!("rtas-raw 0x2000000 0x201a 3 1 {indicator} {lmb:#x} {value}");
+    assert_eq!(vm.console.command(&call), ["rtas-raw: status 0"], "{call}");
+}
+
+/// A 512 MiB DIMM `d1` (LMBs 0x80000010 and 0x80000011) the guest took; the
+/// guest's agent then stops, and a device_del waits.
+fn dimm_d1_asked_back() -> (Vm, QmpClient) {
+    let mut vm = Vm::start(&["--memory", "size=512M,maxmem=4G,slots=4"]);
+    vm.boot();
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    assert_eq!(backend(&mut qmp, "m1", 512 * MIB), json!({"return": {}}));
+    assert_eq!(dimm(&mut qmp, "d1", "m1"), json!({"return": {}}));
+    vm.console.expect_async(
+        "dlpar: memory add count 2 from 0x80000010: ok",
+        Duration::from_secs(30),
+    );
+    let online = (
+        vec![json!(["configured", "d1", false]); 2],
+        vec![json!("d1")],
+        vec![
+            "lmb 0x80000010 at 0x100000000: assigned online".to_string(),
+            "lmb 0x80000011 at 0x110000000: assigned online".to_string(),
+        ],
+    );
+    assert_eq!(views(&mut vm, &mut qmp, &LMBS), online);
+    assert_eq!(vm.console.command("dlpar off"), ["dlpar: off"]);
+    device_del(&mut qmp, "d1");
+    let asked = (
+        vec![json!(["configured", "d1", true]); 2],
+        online.1,
+        online.2,
+    );
+    assert_eq!(views(&mut vm, &mut qmp, &LMBS), asked);
+    (vm, qmp)
+}
+
+const LMBS: [u32; 2] = [0x8000_0010, 0x8000_0011];
+
+/// The guest (by hand, as a hostile one would) gives the first LMB back,
+/// then refuses the unplug by re-unisolating the second. Each step keeps
+/// the DIMM whole to the platform, and device_del keeps reaching the guest.
+fn release_one_lmb_then_refuse(vm: &mut Vm, qmp: &mut QmpClient) {
+    // Its own view is of no RTAS call it made by hand: the LMBs stay
+    // "assigned online" to it throughout.
+    let guest = vec![
+        "lmb 0x80000010 at 0x100000000: assigned online".to_string(),
+        "lmb 0x80000011 at 0x110000000: assigned online".to_string(),
+    ];
+    rtas_raw(vm, 9001, LMBS[0], 0);
+    rtas_raw(vm, 9003, LMBS[0], 0);
+    let given_back = (
+        vec![
+            json!(["unusable", "d1", true]),
+            json!(["configured", "d1", true]),
+        ],
+        vec![json!("d1")],
+        guest.clone(),
+    );
+    assert_eq!(views(vm, qmp, &LMBS), given_back);
+    // A repeated device_del still reaches the DIMM (it failed with "DRC
+    // 0x80000010 has no device").
+    device_del(qmp, "d1");
+    assert_eq!(views(vm, qmp, &LMBS), given_back);
+    rtas_raw(vm, 9001, LMBS[1], 1);
+    assert_eq!(
+        qmp.wait_event("DEVICE_UNPLUG_GUEST_ERROR")["data"]["device"],
+        "d1"
+    );
+    // The LMB it gave back is attached again (for the guest to take back).
+    let refused = (
+        vec![
+            json!(["unusable", "d1", false]),
+            json!(["configured", "d1", false]),
+        ],
+        vec![json!("d1")],
+        guest,
+    );
+    assert_eq!(views(vm, qmp, &LMBS), refused);
+}
+
+#[test]
+fn a_dimm_partly_given_back_then_refused_can_still_be_unplugged() {
+    if !kvm_usable("a_dimm_partly_given_back_then_refused_can_still_be_unplugged") {
+        return;
+    }
+    let (mut vm, mut qmp) = dimm_d1_asked_back();
+    release_one_lmb_then_refuse(&mut vm, &mut qmp);
+    // Asked again: the LMB the guest does not hold is given back at once,
+    // and once the agent runs the guest gives the other one.
+    device_del(&mut qmp, "d1");
+    assert_eq!(
+        views(&mut vm, &mut qmp, &LMBS).0,
+        [
+            json!(["unusable", "d1", true]),
+            json!(["configured", "d1", true])
+        ]
+    );
+    let removed = "dlpar: memory remove count 2 from 0x80000010: ok";
+    let lines = vm.console.command("dlpar on");
+    assert_eq!(lines[0], "dlpar: on");
+    assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "d1");
+    if !lines.iter().any(|line| line == removed) {
+        vm.console.expect_async(removed, Duration::from_secs(30));
+    }
+    let gone = (
+        vec![json!(["unusable", null, false]); 2],
+        vec![],
+        vec![
+            "lmb 0x80000010 at 0x100000000: free".to_string(),
+            "lmb 0x80000011 at 0x110000000: free".to_string(),
+        ],
+    );
+    assert_eq!(views(&mut vm, &mut qmp, &LMBS), gone);
+    // Nothing is left of it: the backend is free.
+    assert_eq!(
+        qmp.execute("object-del", json!({"id": "m1"})),
+        json!({"return": {}})
+    );
+}
+
+#[test]
+fn a_dimm_partly_given_back_then_refused_is_whole_after_a_reset_and_unplugs() {
+    if !kvm_usable("a_dimm_partly_given_back_then_refused_is_whole_after_a_reset_and_unplugs") {
+        return;
+    }
+    let (mut vm, mut qmp) = dimm_d1_asked_back();
+    release_one_lmb_then_refuse(&mut vm, &mut qmp);
+    assert_eq!(
+        qmp.execute("system_reset", json!({})),
+        json!({"return": {}})
+    );
+    vm.boot();
+    // The DIMM is whole in all three views: no unplug was pending.
+    let whole = (
+        vec![json!(["configured", "d1", false]); 2],
+        vec![json!("d1")],
+        vec![
+            "lmb 0x80000010 at 0x100000000: assigned online".to_string(),
+            "lmb 0x80000011 at 0x110000000: assigned online".to_string(),
+        ],
+    );
+    assert_eq!(views(&mut vm, &mut qmp, &LMBS), whole);
+    remove_dimm_d1(&mut vm, &mut qmp);
+}
+
+fn remove_dimm_d1(vm: &mut Vm, qmp: &mut QmpClient) {
+    device_del(qmp, "d1");
+    assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "d1");
+    vm.console.expect_async(
+        "dlpar: memory remove count 2 from 0x80000010: ok",
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        views(vm, qmp, &LMBS),
+        (
+            vec![json!(["unusable", null, false]); 2],
+            vec![],
+            vec![
+                "lmb 0x80000010 at 0x100000000: free".to_string(),
+                "lmb 0x80000011 at 0x110000000: free".to_string(),
+            ],
+        )
+    );
+}
+
+/// A DIMM plugged below one plugged before it (the default lowest-free
+/// placement fills a hole so): the RTAS server's memory table is in guest
+/// address order whatever the order of plugs, for it and every successor.
+#[test]
+fn a_dimm_below_a_plugged_dimm_plugs_and_survives_rtas_server_restarts() {
+    if !kvm_usable("a_dimm_below_a_plugged_dimm_plugs_and_survives_rtas_server_restarts") {
+        return;
+    }
+    let mut vm = Vm::start(&["--memory", "size=512M,maxmem=4G,slots=4"]);
+    vm.boot();
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    for id in ["lo", "hi", "mid"] {
+        assert_eq!(backend(&mut qmp, id, 256 * MIB), json!({"return": {}}));
+    }
+    let hi = qmp.execute(
+        "device_add",
+        json!({"driver": "pc-dimm", "id": "dhi", "memdev": "hi", "addr": 5 * GIB}),
+    );
+    assert_eq!(hi, json!({"return": {}}));
+    vm.console.expect_async(
+        "dlpar: memory add count 1 from 0x80000014: ok",
+        Duration::from_secs(30),
+    );
+    assert_eq!(dimm(&mut qmp, "dlo", "lo"), json!({"return": {}}));
+    vm.console.expect_async(
+        "dlpar: memory add count 1 from 0x80000010: ok",
+        Duration::from_secs(30),
+    );
+    let fill = "mem fill 0x100000000 0x1000 5";
+    assert_eq!(vm.console.command(fill), ["mem fill: 2 words"]);
+    let in_process = papervisor_tests::in_process();
+    if !in_process {
+        // Every successor gets the table and serves: the guest's calls work.
+        for _ in 0..2 {
+            vm.kill_and_await_restart("rtas-server");
+            assert!(vm.console.command("time")[0].starts_with("time: "));
+        }
+        // A DIMM plugged while the RTAS server restarts is mapped by the
+        // successor, and the next successor too.
+        let server = vm.device_process("rtas-server");
+        papervisor_tests::send_signal(
+            server["pid"].as_u64().expect("a pid"),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        assert_eq!(
+            qmp.execute(
+                "device_add",
+                json!({"driver": "pc-dimm", "id": "dmid", "memdev": "mid", "addr": 4 * GIB + 256 * MIB}),
+            ),
+            json!({"return": {}})
+        );
+        vm.console.expect_async(
+            "dlpar: memory add count 1 from 0x80000011: ok",
+            Duration::from_secs(30),
+        );
+        vm.kill_and_await_restart("rtas-server");
+        assert_eq!(vm.device_process("rtas-server")["state"], "running");
+        assert!(vm.console.command("time")[0].starts_with("time: "));
+    }
+    assert_eq!(
+        vm.console.command("mem check 0x100000000 0x1000 5"),
+        ["mem check: 2 words, ok"]
+    );
+    let addresses: Vec<u64> = qmp.execute("query-memory-devices", json!({}))["return"]
+        .as_array()
+        .expect("a device list")
+        .iter()
+        .map(|d| d["data"]["addr"].as_u64().expect("an address"))
+        .collect();
+    let expected = if in_process {
+        vec![4 * GIB, 5 * GIB]
+    } else {
+        vec![4 * GIB, 4 * GIB + 256 * MIB, 5 * GIB]
+    };
+    assert_eq!(addresses, expected);
+}

@@ -21,7 +21,9 @@ pub const SENSE_UNUSABLE: u32 = 2;
 pub enum Outcome {
     /// Nothing more.
     Nothing,
-    /// The guest gave the device back with an unplug pending: it is released.
+    /// The guest gave this DRC back with an unplug pending (or never took
+    /// it): it stays linked to its device until every DRC of the device is
+    /// given back, when the device is released as a whole.
     Released,
     /// The guest re-unisolated a DRC with a pending unplug: it refuses the
     /// unplug, which is withdrawn.
@@ -119,7 +121,6 @@ impl Drc {
             (Available, UNUSABLE) => {
                 self.state = Unusable;
                 if self.unplug_requested {
-                    self.release();
                     (RtasStatus::Success, Outcome::Released)
                 } else {
                     (RtasStatus::Success, Outcome::Nothing)
@@ -172,21 +173,28 @@ impl Drc {
         Ok(())
     }
 
-    /// The host asks for the device back; it is released at once when the
-    /// guest does not hold it.
+    /// The host asks for the device back; this DRC is given back at once
+    /// when the guest does not hold it.
     pub fn unplug_request(&mut self) -> Outcome {
         if self.device.is_none() {
             return Outcome::Nothing;
         }
         self.unplug_requested = true;
         if self.state == DrcState::Unusable {
-            self.release();
             return Outcome::Released;
         }
         Outcome::Nothing
     }
 
-    fn release(&mut self) {
+    /// The guest does not hold it and the host asked it back: it waits for
+    /// the device's other DRCs. A refusal of the unplug (which clears the
+    /// request) re-attaches it: the guest may acquire it again.
+    pub fn given_back(&self) -> bool {
+        self.device.is_some() && self.unplug_requested && self.state == DrcState::Unusable
+    }
+
+    /// Unlinks the device: its unplug completed.
+    pub fn release(&mut self) {
         self.device = None;
         self.unplug_requested = false;
         self.answered = false;
@@ -308,13 +316,19 @@ mod tests {
     }
 
     #[test]
-    fn release_clears_the_device_and_the_request() {
+    fn a_drc_given_back_keeps_its_device_until_the_device_is_released() {
         let mut d = drc(cpu(), Available, true, true);
         assert_eq!(
             d.set_allocation(UNUSABLE),
             (RtasStatus::Success, Outcome::Released)
         );
+        assert!(d.given_back());
+        assert_eq!(d.device.as_deref(), Some("dev"));
+        // Not the guest's to take again while the unplug stands.
+        assert_eq!(d.set_allocation(USABLE).0, RtasStatus::ParameterError);
+        d.release();
         assert_eq!((d.device.clone(), d.unplug_requested), (None, false));
+        assert!(!d.given_back());
     }
 
     #[test]
@@ -355,9 +369,9 @@ mod tests {
         d.attach("core1", false).unwrap();
         assert_eq!(d.state, Unusable);
         assert!(d.attach("other", false).is_err());
-        // The guest never took it: the unplug completes at once.
+        // The guest never took it: given back at once.
         assert_eq!(d.unplug_request(), Outcome::Released);
-        assert_eq!(d.device, None);
+        assert!(d.given_back());
 
         let mut d = Drc::new(cpu());
         d.attach("core1", true).unwrap();

@@ -309,14 +309,13 @@ impl Controller {
         drcs: &[DrcIndex],
     ) -> Result<(Vec<Released>, Vec<Effect>), HotplugError> {
         self.check_drcs(drcs)?;
+        // Every DRC of a device stays linked to it until the whole device
+        // is released, whatever the guest gave back meanwhile.
         let device = self.drcs[&drcs[0]]
             .device
             .clone()
             .ok_or(HotplugError::NoDevice(drcs[0]))?;
-        if drcs
-            .iter()
-            .any(|i| self.drcs[i].device.as_deref() != Some(device.as_str()))
-        {
+        if self.devices.get(&device).map(Vec::as_slice) != Some(drcs) {
             return Err(HotplugError::NotOneDevice);
         }
         for index in drcs {
@@ -339,15 +338,21 @@ impl Controller {
         Ok((released, effects))
     }
 
-    /// The device's release, if none of its DRCs holds it any more.
+    /// The device's release, once the guest gave back every DRC of it.
     fn completed(&mut self, device: &str) -> Option<Released> {
         let drcs = self.devices.get(device)?;
-        if drcs
+        if !drcs
             .iter()
-            .any(|i| self.drcs.get(i).and_then(|d| d.device.as_deref()) == Some(device))
+            .all(|i| self.drcs.get(i).is_some_and(Drc::given_back))
         {
             return None;
         }
+        self.each_drc_of(device, Drc::release);
+        self.forget(device)
+    }
+
+    /// The device is gone: it has no DRC and no remove event any more.
+    fn forget(&mut self, device: &str) -> Option<Released> {
         self.devices.remove(device)?;
         self.outstanding.remove(device);
         self.touched.push(Touched::Device(device.to_string()));
@@ -473,19 +478,28 @@ impl Controller {
         for device in std::mem::take(&mut self.outstanding).into_keys() {
             self.touched.push(Touched::Device(device));
         }
-        let mut devices = Vec::new();
+        // A device whose unplug is pending goes whole, also one the guest
+        // gave part of back before it refused another part.
+        let pending: Vec<String> = self
+            .devices
+            .iter()
+            .filter(|(_, drcs)| {
+                drcs.iter()
+                    .any(|i| self.drcs.get(i).is_some_and(|d| d.unplug_requested))
+            })
+            .map(|(device, _)| device.clone())
+            .collect();
+        for device in &pending {
+            self.each_drc_of(device, |drc| drc.unplug_requested = true);
+        }
         for drc in self.drcs.values_mut() {
-            let device = drc.device.clone();
             let before = drc.clone();
-            if drc.reset() == Outcome::Released {
-                devices.extend(device);
-            }
+            drc.reset();
             if *drc != before {
                 self.touched.push(Touched::Drc(drc.index));
             }
         }
-        devices.dedup();
-        devices.iter().filter_map(|d| self.completed(d)).collect()
+        pending.iter().filter_map(|d| self.forget(d)).collect()
     }
 
     /// A page of the table from row `from`.
@@ -679,6 +693,86 @@ pub(crate) mod tests {
             c.set_indicator(9001, lmbs[0].0, 0).0,
             RtasStatus::HardwareError
         );
+    }
+
+    /// The guest releases one LMB of a DIMM (isolate, unusable).
+    fn give_back(c: &mut Controller, lmb: DrcIndex) -> Vec<Effect> {
+        assert_eq!(c.set_indicator(9001, lmb.0, 0).0, Success);
+        let (status, effects) = c.set_indicator(9003, lmb.0, 0);
+        assert_eq!(status, Success);
+        effects
+    }
+
+    #[test]
+    fn a_refusal_after_a_partial_release_leaves_an_unplug_that_can_complete() {
+        let mut c = controller();
+        let lmbs: Vec<DrcIndex> = (4..6)
+            .map(|id| DrcIndex::new(DrcKind::Lmb, id).unwrap())
+            .collect();
+        c.plug(&lmbs, "dimm0", true).unwrap();
+        c.unplug_request(&lmbs).unwrap();
+        // The guest gives the first LMB back: the DIMM is not gone yet, and
+        // both LMBs still name it.
+        assert!(give_back(&mut c, lmbs[0]).is_empty());
+        assert_eq!(c.drc(lmbs[0]).unwrap().device.as_deref(), Some("dimm0"));
+        assert_eq!(c.device("dimm0"), Some(&lmbs[..]));
+        // A repeated device_del reaches the guest again.
+        let (released, effects) = c.unplug_request(&lmbs).unwrap();
+        assert!(released.is_empty());
+        assert_eq!(effects.len(), 1);
+        // Then it refuses by re-unisolating the other LMB: one refusal; the
+        // LMB it had given back is attached again, for it to take back.
+        let (_, effects) = c.set_indicator(9001, lmbs[1].0, 1);
+        assert!(matches!(
+            effects[..],
+            [Effect::Notify(Notification::UnplugRefused { .. })]
+        ));
+        let first = c.drc(lmbs[0]).unwrap();
+        assert_eq!(
+            (first.state, first.device.as_deref(), first.unplug_requested),
+            (DrcState::Unusable, Some("dimm0"), false)
+        );
+        // The next device_del can complete: the first LMB is given back at
+        // once, the second by the guest.
+        let (released, _) = c.unplug_request(&lmbs).unwrap();
+        assert!(released.is_empty());
+        assert_eq!(
+            give_back(&mut c, lmbs[1]),
+            [Effect::Notify(Notification::Released(Released {
+                device: "dimm0".into()
+            }))]
+        );
+        assert!(lmbs.iter().all(|i| c.drc(*i).unwrap().device.is_none()));
+        assert_eq!(c.device("dimm0"), None);
+    }
+
+    #[test]
+    fn reset_finishes_a_partly_released_unplug_or_keeps_a_refused_device_whole() {
+        let lmbs: Vec<DrcIndex> = (4..6)
+            .map(|id| DrcIndex::new(DrcKind::Lmb, id).unwrap())
+            .collect();
+        // Pending after a partial release: the whole DIMM goes.
+        let mut c = controller();
+        c.plug(&lmbs, "dimm0", true).unwrap();
+        c.unplug_request(&lmbs).unwrap();
+        give_back(&mut c, lmbs[0]);
+        let released = c.reset();
+        assert_eq!(released.len(), 1);
+        assert!(lmbs.iter().all(|i| c.drc(*i).unwrap().device.is_none()));
+        // Refused after a partial release: the DIMM stays, whole, configured.
+        let mut c = controller();
+        c.plug(&lmbs, "dimm0", true).unwrap();
+        c.unplug_request(&lmbs).unwrap();
+        give_back(&mut c, lmbs[0]);
+        c.set_indicator(9001, lmbs[1].0, 1);
+        assert!(c.reset().is_empty());
+        for lmb in &lmbs {
+            let drc = c.drc(*lmb).unwrap();
+            assert_eq!(
+                (drc.state, drc.device.as_deref()),
+                (DrcState::Configured, Some("dimm0"))
+            );
+        }
     }
 
     const REMOVE_CORE1: HotplugEvent = HotplugEvent {

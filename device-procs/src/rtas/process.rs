@@ -183,6 +183,8 @@ fn map_memory(regions: &[MemoryRegion], fds: Vec<OwnedFd>) -> Result<GuestMemory
             Some(FileOffset::new(file, region.file_offset)),
         ));
     }
+    // The table may come in any order; vm-memory takes regions sorted.
+    ranges.sort_by_key(|(address, _, _)| *address);
     GuestMemoryMmap::from_ranges_with_files(ranges).map_err(MapError::Map)
 }
 
@@ -200,4 +202,37 @@ fn lie_about(
     let lie = crate::lie::call_lie(crate::lie::LYING_CALLS - 1 - faults.lies);
     log::warn!("answering a call with {lie:?} instead of {request:?}, as asked");
     Some(lie)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestMemoryBackend};
+
+    fn memfd(size: u64) -> OwnedFd {
+        let fd = nix::sys::memfd::memfd_create("test", nix::sys::memfd::MFdFlags::empty()).unwrap();
+        let file = File::from(fd);
+        file.set_len(size).unwrap();
+        file.into()
+    }
+
+    #[test]
+    fn a_table_in_any_order_is_mapped_by_address() {
+        const MIB: u64 = 1 << 20;
+        let region = |guest_address: u64| MemoryRegion {
+            guest_address,
+            size: MIB,
+            file_offset: 0,
+        };
+        // A DIMM plugged below one plugged before it.
+        let regions = [region(0), region(8 * MIB), region(4 * MIB)];
+        let fds = vec![memfd(MIB), memfd(MIB), memfd(MIB)];
+        let memory = map_memory(&regions, fds).unwrap();
+        assert_eq!(memory.num_regions(), 3);
+        memory.write_obj(7u64, GuestAddress(4 * MIB)).unwrap();
+        assert_eq!(memory.read_obj::<u64>(GuestAddress(4 * MIB)).unwrap(), 7);
+        // A file too short for its region is refused, not mapped.
+        let short = map_memory(&[region(0)], vec![memfd(4096)]).unwrap_err();
+        assert!(matches!(short, MapError::FileTooShort { .. }), "{short}");
+    }
 }

@@ -263,6 +263,18 @@ impl Message for Request {
                         return Err(format!("bad memory region {region:?}"));
                     }
                 }
+                // Any order, no overlap: the receiver sorts them.
+                let mut by_address: Vec<&MemoryRegion> = regions.iter().collect();
+                by_address.sort_by_key(|region| region.guest_address);
+                if let Some(pair) = by_address
+                    .windows(2)
+                    .find(|pair| pair[0].guest_address + pair[0].size > pair[1].guest_address)
+                {
+                    return Err(format!(
+                        "memory regions {:?} and {:?} overlap",
+                        pair[0], pair[1]
+                    ));
+                }
                 return Ok(());
             }
             Request::SetTopology { threads_per_core } => {
@@ -375,6 +387,21 @@ mod tests {
             }],
         };
         assert!(overflowing.validate(1).is_err());
+        // A DIMM below another: any order is a table, an overlap is not.
+        let at = |guest_address: u64| MemoryRegion {
+            guest_address,
+            size: 1 << 28,
+            file_offset: 0,
+        };
+        let unsorted = Request::SetMemoryTable {
+            regions: vec![at(0), at(5 << 30), at(4 << 30)],
+        };
+        assert!(unsorted.validate(3).is_ok());
+        let overlapping = Request::SetMemoryTable {
+            regions: vec![at(5 << 30), at((5 << 30) + 4096)],
+        };
+        let why = overlapping.validate(2).unwrap_err();
+        assert!(why.contains("overlap"), "{why}");
         let call = Request::Call {
             caller: 70,
             args_address: 0,

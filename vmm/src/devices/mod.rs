@@ -514,8 +514,10 @@ impl DeviceProcesses {
     /// for it): only a refusal, or a server failed for good, is an error.
     pub fn set_dimm_memory(
         &self,
-        dimms: Vec<(MemoryRegion, OwnedFd)>,
+        mut dimms: Vec<(MemoryRegion, OwnedFd)>,
     ) -> Result<(), DeviceFailure> {
+        // Kept in address order: what every successor is handed too.
+        dimms.sort_by_key(|(region, _)| region.guest_address);
         *lock(&self.resources.dimm_memory) = dimms;
         match self.send_memory_table() {
             Err(
