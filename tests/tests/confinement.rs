@@ -142,18 +142,42 @@ fn guest_ram_cannot_be_grown_through_its_memfd() {
 
 #[test]
 fn sigterm_ends_the_vm_like_quit_and_leaves_nothing_behind() {
-    if papervisor_tests::skip_in_process(
+    ends_like_quit(
         "sigterm_ends_the_vm_like_quit_and_leaves_nothing_behind",
+        nix::sys::signal::Signal::SIGTERM,
+    );
+}
+
+/// SIGHUP is what a closed terminal sends to a VM on a stdio console: the
+/// VM ends cleanly, as QEMU does. SIGUSR1, SIGUSR2 and SIGALRM, whose
+/// default would end the core outright, are ignored.
+#[test]
+fn sighup_ends_the_vm_like_quit_and_usr1_usr2_alrm_are_ignored() {
+    ends_like_quit(
+        "sighup_ends_the_vm_like_quit_and_usr1_usr2_alrm_are_ignored",
+        nix::sys::signal::Signal::SIGHUP,
+    );
+}
+
+fn ends_like_quit(test: &str, signal: nix::sys::signal::Signal) {
+    if papervisor_tests::skip_in_process(
+        test,
         "it checks the jails' runtime directory, which an unjailed VM has not",
     ) {
         return;
     }
-    if !root_and_kvm("sigterm_ends_the_vm_like_quit_and_leaves_nothing_behind") {
+    if !root_and_kvm(test) {
         return;
     }
     let mut vm = Vm::start(&[]);
     vm.boot();
     let core = vm.pid();
+    use nix::sys::signal::Signal::{SIGALRM, SIGUSR1, SIGUSR2};
+    for ignored in [SIGUSR1, SIGUSR2, SIGALRM] {
+        send_signal(u64::from(core), ignored);
+    }
+    assert_eq!(vm.console.command("cpus"), ["cpu 0 online"]);
+    assert_eq!(vm.qmp(&["query-status"])[0]["return"]["status"], "running");
     let run_dir = Path::new(RUN_BASE).join(format!("vm-{core}"));
     assert!(
         run_dir.join("jails").exists(),
@@ -163,7 +187,7 @@ fn sigterm_ends_the_vm_like_quit_and_leaves_nothing_behind() {
     let devices = vm.device_pids();
     let signaller = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(1500));
-        send_signal(u64::from(core), nix::sys::signal::Signal::SIGTERM);
+        send_signal(u64::from(core), signal);
     });
     let replies = vm.qmp(&["query-status", "wait-event:SHUTDOWN"]);
     signaller.join().unwrap();

@@ -104,12 +104,15 @@ impl EscapeScanner {
 
 enum Target {
     Stdout,
-    /// The connected client, if any.
-    Socket(Option<UnixStream>),
+    /// The connected client, if any, with its number.
+    Socket(Option<(u64, UnixStream)>),
 }
 
 struct Output {
     target: Target,
+    /// The number the next socket client gets: a failed write detaches the
+    /// client it was written to, never one that replaced it meanwhile.
+    next_client: u64,
     backlog: VecDeque<u8>,
     /// Bytes dropped because the backlog was full, not yet reported.
     dropped: usize,
@@ -146,6 +149,7 @@ impl Console {
             space: Condvar::new(),
             output: Mutex::new(Output {
                 target,
+                next_client: 0,
                 backlog: VecDeque::new(),
                 dropped: 0,
             }),
@@ -190,13 +194,15 @@ impl Console {
                 let n = output.backlog.len().min(64 * 1024);
                 let chunk: Vec<u8> = output.backlog.drain(..n).collect();
                 let client = match &output.target {
-                    Target::Socket(Some(stream)) => stream.try_clone().ok(),
+                    Target::Socket(Some((id, stream))) => {
+                        stream.try_clone().ok().map(|stream| (*id, stream))
+                    }
                     _ => None,
                 };
                 (chunk, client)
             };
             let written = match client.as_mut() {
-                Some(stream) => stream.write_all(&chunk),
+                Some((_, stream)) => stream.write_all(&chunk),
                 None => {
                     let mut stdout = std::io::stdout().lock();
                     stdout.write_all(&chunk).and_then(|()| stdout.flush())
@@ -204,12 +210,17 @@ impl Console {
             };
             if let Err(error) = written {
                 let mut output = lock(&self.output);
+                let failed = client.map(|(id, _)| id);
                 match &mut output.target {
-                    Target::Socket(client) => {
-                        log::info!(
-                            "console: client gone ({error}); keeping output for the next one"
-                        );
-                        *client = None;
+                    Target::Socket(current) => {
+                        if current.as_ref().map(|(id, _)| *id) == failed {
+                            log::info!(
+                                "console: client gone ({error}); keeping output for the next one"
+                            );
+                            *current = None;
+                        }
+                        // Not written to anyone: the current client, or the
+                        // next one, gets it.
                         for &byte in chunk.iter().rev() {
                             output.backlog.push_front(byte);
                         }
@@ -298,15 +309,10 @@ impl Console {
                     continue;
                 }
             };
-            if let Some(previous) = current.take() {
-                log::info!("console: a new client replaces the previous one");
-                let _ = previous.shutdown(std::net::Shutdown::Both);
-            }
-            if let Err(error) = self.attach_client(&stream) {
+            if let Err(error) = self.replace_client(&mut current, &stream) {
                 log::warn!("console: cannot set up client: {error}");
                 continue;
             }
-            current = stream.try_clone().ok();
             log::info!("console: client connected");
             let reader = Arc::clone(&self);
             let spawned = thread::Builder::new()
@@ -318,10 +324,24 @@ impl Console {
         }
     }
 
-    fn attach_client(&self, stream: &UnixStream) -> std::io::Result<()> {
+    /// `stream` becomes the client; `current`, the previous one, is
+    /// disconnected (a writer blocked on it fails, and keeps its output for
+    /// the new one).
+    fn replace_client(
+        &self,
+        current: &mut Option<UnixStream>,
+        stream: &UnixStream,
+    ) -> std::io::Result<()> {
         let writer = stream.try_clone()?;
+        let kept = stream.try_clone()?;
+        if let Some(previous) = current.replace(kept) {
+            log::info!("console: a new client replaces the previous one");
+            let _ = previous.shutdown(std::net::Shutdown::Both);
+        }
         let mut output = lock(&self.output);
-        output.target = Target::Socket(Some(writer));
+        let id = output.next_client;
+        output.next_client += 1;
+        output.target = Target::Socket(Some((id, writer)));
         self.output_ready.notify_all();
         Ok(())
     }
@@ -463,6 +483,37 @@ mod tests {
         }
         writer.join().unwrap();
         assert_eq!(total, INPUT_CAPACITY + 100);
+    }
+
+    /// A client that never reads is replaced while the writer is blocked
+    /// on it: the new client gets the output, every time.
+    #[test]
+    fn the_client_that_replaces_a_stalled_one_gets_the_output() {
+        let c = console();
+        c.start_writer().unwrap();
+        let mut current = None;
+        let mut stalled = Vec::new();
+        for round in 0..5u8 {
+            let (ours, theirs) = UnixStream::pair().unwrap();
+            c.replace_client(&mut current, &ours).unwrap();
+            // More than a socket buffer: the writer blocks on this client.
+            c.write(&vec![b'a' + round; 512 * 1024]);
+            thread::sleep(std::time::Duration::from_millis(50));
+            stalled.push(theirs);
+        }
+        let (ours, mut reader) = UnixStream::pair().unwrap();
+        c.replace_client(&mut current, &ours).unwrap();
+        c.write(b"END");
+        reader
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 65536];
+        while !seen.ends_with(b"END") {
+            let n = reader.read(&mut buf).expect("output for the new client");
+            assert!(n > 0, "the new client was disconnected");
+            seen.extend_from_slice(&buf[..n]);
+        }
     }
 
     #[test]

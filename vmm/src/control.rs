@@ -33,7 +33,7 @@ pub enum ControlMessage {
     Quit,
     /// `Ctrl-a x` on the stdio console: the VM ends as for quit.
     ConsoleQuit,
-    /// SIGTERM or SIGINT: the VM ends as for quit.
+    /// SIGTERM, SIGINT or SIGHUP: the VM ends as for quit.
     HostSignal(nix::sys::signal::Signal),
     /// The guest can no longer run: the reason, for the log.
     GuestCrashed(String),

@@ -33,7 +33,7 @@ pub enum ThreadKind {
     Notifications,
     /// Waits for a device process to end.
     Watcher,
-    /// Takes SIGTERM and SIGINT.
+    /// Takes SIGTERM, SIGINT and SIGHUP.
     Signals,
 }
 

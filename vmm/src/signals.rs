@@ -1,10 +1,29 @@
-//! SIGTERM and SIGINT end the VM the way QMP `quit` does: blocked in every
-//! thread, and taken by one thread that tells the control loop. SIGCHLD is
-//! blocked in every thread too, and never taken.
+//! SIGTERM, SIGINT and SIGHUP (what a closed terminal sends; QEMU treats it
+//! as SIGTERM) end the VM the way QMP `quit` does: blocked in every thread,
+//! and taken by one thread that tells the control loop. SIGCHLD is blocked
+//! in every thread too, and never taken. SIGUSR1, SIGUSR2 and SIGALRM, which
+//! would end the core outright, mean nothing to it: they are ignored.
 
 use crate::control::ControlMessage;
 use nix::sys::signal::{SigSet, Signal};
 use std::sync::mpsc::Sender;
+
+/// The signals that end the VM as `quit` does.
+pub const TERMINATION: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];
+/// Signals whose default action would end the core, which it ignores.
+pub const IGNORED: [Signal; 3] = [Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGALRM];
+
+/// Ignores [`IGNORED`] in the whole process.
+fn ignore_meaningless() -> nix::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler};
+    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    for signal in IGNORED {
+        // SAFETY: SIG_IGN runs no code of ours; no handler is replaced
+        // that anything relies on (the core installs none for these).
+        unsafe { sigaction(signal, &ignore) }?;
+    }
+    Ok(())
+}
 
 /// The termination signals, blocked in this thread (and so in every thread
 /// it starts) until [`Blocked::forward_to`] takes them.
@@ -14,8 +33,10 @@ pub struct Blocked(SigSet);
 /// every thread it starts (programs it starts begin with an empty mask).
 pub fn block() -> nix::Result<Blocked> {
     let mut termination = SigSet::empty();
-    termination.add(Signal::SIGTERM);
-    termination.add(Signal::SIGINT);
+    for signal in TERMINATION {
+        termination.add(signal);
+    }
+    ignore_meaningless()?;
     // Children are waited for through pidfds, never through SIGCHLD. Yet a
     // SIGCHLD that comes while the spawner thread has every signal blocked
     // (glibc does so around posix_spawn) is queued instead of dropped, and
