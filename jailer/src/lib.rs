@@ -275,9 +275,15 @@ impl JailConfig {
         args
     }
 
-    fn jail_root(&self) -> PathBuf {
+    /// The jail's own directory, `<chroot base>/<program's file name>/<id>`:
+    /// whoever started the jail removes it once the program is gone.
+    pub fn jail_dir(&self) -> PathBuf {
         let program = self.exec_file.file_name().unwrap_or_default();
-        self.chroot_base.join(program).join(&self.id).join("root")
+        self.chroot_base.join(program).join(&self.id)
+    }
+
+    fn jail_root(&self) -> PathBuf {
+        self.jail_dir().join("root")
     }
 }
 

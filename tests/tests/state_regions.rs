@@ -438,3 +438,149 @@ fn a_controller_killed_in_a_dimm_unplug_after_some_lmbs_went_completes_it_once()
         json!([])
     );
 }
+
+/// The jails' directories of a VM's processes (`<run dir>/jails/<binary>/<id>`).
+fn jail_dirs(vm: &Vm) -> Vec<std::path::PathBuf> {
+    let jails = std::path::Path::new("/run/papervisor")
+        .join(format!("vm-{}", vm.pid()))
+        .join("jails");
+    let mut dirs = Vec::new();
+    for program in std::fs::read_dir(&jails)
+        .expect("the jails' directory")
+        .flatten()
+    {
+        for jail in std::fs::read_dir(program.path())
+            .expect("a program's jails")
+            .flatten()
+        {
+            dirs.push(jail.path());
+        }
+    }
+    dirs
+}
+
+/// A copy of `name` at `dir/copy_name`, mode 0755.
+fn copy_binary(name: &str, dir: &std::path::Path, copy_name: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let copy = dir.join(copy_name);
+    std::fs::copy(binary(name), &copy).expect("copy a binary");
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    copy
+}
+
+fn upgrade(qmp: &mut QmpClient, kind: &str, path: &std::path::Path) -> serde_json::Value {
+    qmp.execute(
+        "x-upgrade-device-process",
+        json!({"process": kind, "path": path.display().to_string()}),
+    )
+}
+
+#[test]
+fn a_restart_runs_the_binary_last_upgraded_to_and_no_jail_is_left_behind() {
+    if papervisor_tests::skip_in_process(
+        "a_restart_runs_the_binary_last_upgraded_to_and_no_jail_is_left_behind",
+        "it SIGKILLs or upgrades a device process",
+    ) {
+        return;
+    }
+    if !root_and_kvm("a_restart_runs_the_binary_last_upgraded_to_and_no_jail_is_left_behind") {
+        return;
+    }
+    let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=2"]);
+    vm.boot();
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    assert_eq!(jail_dirs(&vm).len(), 3);
+    let original = vm.device_process("rtas-server")["binary"].clone();
+    assert_eq!(
+        original,
+        json!(binary("papervisor-rtas").display().to_string())
+    );
+    let dir = papervisor_tests::scratch_dir();
+    let next = copy_binary("papervisor-rtas", &dir, "papervisor-rtas-next");
+    let reply = upgrade(&mut qmp, "rtas-server", &next);
+    let pid = reply["return"]["pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{reply}"));
+    let shown = vm.device_process("rtas-server");
+    assert_eq!(
+        shown["binary"],
+        json!(next.display().to_string()),
+        "{shown}"
+    );
+    // Its successor after a SIGKILL runs the same binary, and says so.
+    vm.kill_and_await_restart("rtas-server");
+    let successor = vm.device_process("rtas-server");
+    assert_ne!(successor["pid"], pid);
+    assert_eq!(successor["binary"], json!(next.display().to_string()));
+    let exe = std::fs::read_link(format!("/proc/{}/exe", successor["pid"])).unwrap();
+    assert_eq!(exe, next);
+    assert!(vm.console.command("time")[0].starts_with("time: "));
+    // Upgrades refused at the handshake leave no jail either.
+    let wrong = copy_binary("papervisor-eventlog", &dir, "papervisor-wrong");
+    for _ in 0..3 {
+        let reply = upgrade(&mut qmp, "rtas-server", &wrong);
+        assert!(
+            reply["error"]["desc"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("keeps serving"),
+            "{reply}"
+        );
+    }
+    // Every replaced, killed and refused process's jail went: one per process.
+    let dirs = jail_dirs(&vm);
+    assert_eq!(dirs.len(), 3, "{dirs:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Another local user who can replace a device binary would run code with
+/// the VM's guest RAM mapped: such a binary is refused.
+#[test]
+fn an_upgrade_to_a_binary_other_users_control_is_refused() {
+    if papervisor_tests::skip_in_process(
+        "an_upgrade_to_a_binary_other_users_control_is_refused",
+        "it SIGKILLs or upgrades a device process",
+    ) {
+        return;
+    }
+    if !root_and_kvm("an_upgrade_to_a_binary_other_users_control_is_refused") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=2"]);
+    vm.boot();
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    let before = vm.device_process("rtas-server");
+    let dir = papervisor_tests::scratch_dir();
+    let copy = copy_binary("papervisor-rtas", &dir, "papervisor-rtas");
+    let mode = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let refusal = |qmp: &mut QmpClient| {
+        let reply = upgrade(qmp, "rtas-server", &copy);
+        reply["error"]["desc"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    std::os::unix::fs::chown(&copy, Some(4242), None).unwrap();
+    assert!(refusal(&mut qmp).contains("owned by uid 4242"));
+    std::os::unix::fs::chown(&copy, Some(0), None).unwrap();
+    mode(&copy, 0o777);
+    assert!(refusal(&mut qmp).contains("writable by anyone"));
+    mode(&copy, 0o755);
+    mode(&dir, 0o777);
+    assert!(refusal(&mut qmp).contains("writable by anyone"));
+    let after = vm.device_process("rtas-server");
+    assert_eq!(
+        (&after["pid"], &after["binary"]),
+        (&before["pid"], &before["binary"])
+    );
+    assert_eq!(jail_dirs(&vm).len(), 3);
+    // Made safe, the same copy is accepted.
+    mode(&dir, 0o755);
+    let reply = upgrade(&mut qmp, "rtas-server", &copy);
+    assert!(reply["return"]["pid"].is_u64(), "{reply}");
+    let _ = std::fs::remove_dir_all(dir);
+}

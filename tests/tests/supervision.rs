@@ -402,3 +402,75 @@ fn a_device_process_that_panics_logs_why_and_is_restarted() {
     drop(vm);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// SIGKILLs the `kind` until the supervisor gives up on it (a kill loop);
+/// returns the last exit event's data.
+fn kill_until_failed(
+    vm: &Vm,
+    qmp: &mut papervisor_tests::QmpClient,
+    kind: &str,
+) -> serde_json::Value {
+    for _ in 0..10 {
+        let pid = vm.device_process(kind)["pid"].as_u64().expect("a pid");
+        send_signal(pid, nix::sys::signal::Signal::SIGKILL);
+        let exited = qmp.wait_event("X_DEVICE_PROCESS_EXITED");
+        if exited["data"]["action"] == "failed" {
+            return exited["data"].clone();
+        }
+        assert_eq!(
+            qmp.wait_event("X_DEVICE_PROCESS_RESTARTED")["data"]["process"],
+            kind
+        );
+    }
+    panic!("the {kind} never ended failed");
+}
+
+#[test]
+fn an_operator_brings_failed_processes_back_after_kill_loops() {
+    if papervisor_tests::skip_in_process(
+        "an_operator_brings_failed_processes_back_after_kill_loops",
+        "it kills, stops or hangs a device process",
+    ) {
+        return;
+    }
+    if !root_and_kvm("an_operator_brings_failed_processes_back_after_kill_loops") {
+        return;
+    }
+    let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=2"]);
+    vm.boot();
+    let mut qmp = papervisor_tests::QmpClient::connect(&vm.qmp_socket());
+    for kind in ["rtas-server", "hotplug-controller"] {
+        let last = kill_until_failed(&vm, &mut qmp, kind);
+        assert_eq!(last["process"], kind);
+        assert_eq!(vm.device_process(kind)["state"], "failed");
+        let reply = qmp.execute("x-restart-device-process", json!({"process": kind}));
+        let pid = reply["return"]["pid"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{reply}"));
+        assert_eq!(
+            qmp.wait_event("X_DEVICE_PROCESS_RESTARTED")["data"]["pid"],
+            pid
+        );
+        let now = vm.device_process(kind);
+        assert_eq!(
+            (&now["state"], &now["pid"]),
+            (&json!("running"), &json!(pid))
+        );
+        // A running process is not restarted by this command.
+        let refused = qmp.execute("x-restart-device-process", json!({"process": kind}));
+        let desc = refused["error"]["desc"].as_str().unwrap_or_default();
+        assert!(desc.contains("is running"), "{refused}");
+    }
+    // The guest has RTAS and hotplug again.
+    assert!(vm.console.command("time")[0].starts_with("time: "));
+    vm.plug_core(1, "core1");
+    // Its crash history starts over: one more death is a restart.
+    let pid = vm.device_process("rtas-server")["pid"].as_u64().unwrap();
+    send_signal(pid, nix::sys::signal::Signal::SIGKILL);
+    assert_eq!(
+        qmp.wait_event("X_DEVICE_PROCESS_EXITED")["data"]["action"],
+        "restart"
+    );
+    let unknown = qmp.execute("x-restart-device-process", json!({"process": "nothing"}));
+    assert_eq!(unknown["error"]["class"], "GenericError", "{unknown}");
+}

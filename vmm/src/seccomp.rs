@@ -170,6 +170,12 @@ fn extra_calls(kind: ThreadKind) -> Vec<i64> {
                 SYS_unlinkat,
                 SYS_unlink,
                 SYS_rmdir,
+                // An upgrade's binary resolved (realpath) and checked.
+                SYS_readlink,
+                SYS_readlinkat,
+                SYS_access,
+                SYS_faccessat,
+                SYS_faccessat2,
                 // Reset: guest RAM given back to the host.
                 SYS_fallocate,
                 // object-add: a memory backend's sealed memfd.

@@ -768,6 +768,7 @@ impl Vm {
             }
             Command::XInjectFault => self.inject_fault(arguments),
             Command::XUpgradeDeviceProcess => self.upgrade_device_process(arguments),
+            Command::XRestartDeviceProcess => self.restart_device_process(arguments),
             Command::SystemPowerdown => self.power_button(),
             Command::Stop => Ok(self.pause(true)),
             Command::Cont => Ok(self.pause(false)),
@@ -1208,6 +1209,30 @@ impl Vm {
                     "{error}; the running one keeps serving"
                 )))
             }
+        }
+    }
+
+    /// x-restart-device-process: the operator's way back for a process
+    /// the supervisor gave up on (or one waiting out its backoff): it is
+    /// restarted now, with its peers that are down, and its crash history
+    /// starts over. Answers once it serves (or why it did not come up).
+    fn restart_device_process(
+        &mut self,
+        arguments: &Map<String, Value>,
+    ) -> Result<Value, QmpError> {
+        let kind = process_kind(arguments)?;
+        self.devices
+            .revive(kind)
+            .map_err(|error| QmpError::generic(format!("x-restart-device-process: {error}")))?;
+        log::info!("{}: restart asked by the operator", kind.name());
+        self.restart_device(kind);
+        match self.devices.state(kind) {
+            Some(State::Running) => Ok(json!({"pid": self.devices.pid(kind)})),
+            _ => Err(QmpError::generic(format!(
+                "the {} did not come up: {}",
+                kind.name(),
+                self.devices.last_exit(kind).unwrap_or_default()
+            ))),
         }
     }
 

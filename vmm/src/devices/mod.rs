@@ -134,6 +134,13 @@ pub struct DeviceProcesses {
     pub eventlog: Proxy<CoreEventLog>,
     records: Mutex<HashMap<ProcessKind, Record>>,
     next_generation: Mutex<u64>,
+    /// The binary each kind runs out-of-process: beside the core's own, or
+    /// the one it was last upgraded to (every restart runs that one).
+    programs: Mutex<HashMap<ProcessKind, PathBuf>>,
+    /// The user the core runs as: besides root, the only one who may
+    /// control a binary the VM runs (read once: no thread's filter allows
+    /// asking later).
+    owner: u32,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -201,6 +208,13 @@ impl DeviceProcesses {
             control,
             records: Mutex::new(HashMap::new()),
             next_generation: Mutex::new(0),
+            owner: nix::unistd::geteuid().as_raw(),
+            programs: Mutex::new(
+                ProcessKind::ALL
+                    .into_iter()
+                    .map(|kind| (kind, spawn::sibling_binary(kind.binary())))
+                    .collect(),
+            ),
         };
         devices.wire(&ProcessKind::ALL)?;
         Ok(devices)
@@ -415,6 +429,7 @@ impl DeviceProcesses {
             .state_regions
             .get(&kind)
             .is_some_and(|region| region.formatted.load(Ordering::SeqCst));
+        let program = program.or_else(|| lock(&self.programs).get(&kind).cloned());
         spawn::Launch {
             sandbox: self.sandbox.clone(),
             kind,
@@ -615,9 +630,7 @@ impl DeviceProcesses {
             if after != AfterExit::Ignore {
                 if let Some(process) = record.process.take() {
                     // Its jailer ended with it; the jail's directory goes too.
-                    if let Some(dir) = &process.jail_dir {
-                        let _ = std::fs::remove_dir_all(dir);
-                    }
+                    process.remove_jail_dir();
                 }
             }
             after
@@ -630,6 +643,23 @@ impl DeviceProcesses {
         after
     }
 
+    /// x-restart-device-process: a failed `kind` (or one waiting out its
+    /// backoff) is to be restarted now, its crash history forgotten; the
+    /// caller restarts it. A running one is refused.
+    pub fn revive(&self, kind: ProcessKind) -> Result<(), String> {
+        let revived = lock(&self.records)
+            .get_mut(&kind)
+            .is_some_and(|record| record.supervision.revive());
+        if !revived {
+            return Err(format!(
+                "the {} is running (x-upgrade-device-process replaces a running one)",
+                kind.name()
+            ));
+        }
+        self.proxy(kind).set_failed(false);
+        Ok(())
+    }
+
     /// A restart that did not come up (`reason`) counts as another exit.
     pub fn restart_failed(&self, kind: ProcessKind, reason: &str) -> AfterExit {
         let proxy = self.proxy(kind);
@@ -640,6 +670,7 @@ impl DeviceProcesses {
         };
         if let Some(process) = record.process.take() {
             process.kill();
+            process.remove_jail_dir();
         }
         let after = record.supervision.restart_failed(reason, Instant::now());
         drop(records);
@@ -687,7 +718,9 @@ impl DeviceProcesses {
             why,
         };
         if self.state(kind) != Some(State::Running) {
-            return Err(refused("it is not running".into()));
+            return Err(refused(
+                "it is not running (x-restart-device-process brings back a failed one)".into(),
+            ));
         }
         if self.sandbox.device_mode == DeviceMode::InProcess {
             return Err(refused(
@@ -706,6 +739,7 @@ impl DeviceProcesses {
                 program.display()
             )));
         }
+        let program = trusted_program(&program, self.owner).map_err(refused)?;
         // Its links: to the core, live; to its peers, dead for now (it
         // starts without them, and is re-linked to them once it is in).
         let mut core_ends = Vec::new();
@@ -732,12 +766,13 @@ impl DeviceProcesses {
             )
         };
         let (generation, process) = self
-            .spawn(vec![(kind, fds, Some(program))])
+            .spawn(vec![(kind, fds, Some(program.clone()))])
             .pop()
             .expect("one result per launch")?;
         drop(held);
         let restore = || {
             process.kill();
+            process.remove_jail_dir();
             let mut records = lock(&self.records);
             if let Some(record) = records.get_mut(&kind) {
                 record.supervision.started(old.0);
@@ -773,6 +808,10 @@ impl DeviceProcesses {
             )));
         }
         self.proxy(kind).finish_stage(true);
+        if let Some(replaced) = &old.2 {
+            replaced.remove_jail_dir();
+        }
+        lock(&self.programs).insert(kind, program);
         if let Some(notify) = notify {
             spawn_notification_reader(notify, self.control.clone());
         }
@@ -835,6 +874,13 @@ impl DeviceProcesses {
             .map_or(0, |record| record.pid)
     }
 
+    /// Why the process of `kind` last ended.
+    pub fn last_exit(&self, kind: ProcessKind) -> Option<String> {
+        lock(&self.records)
+            .get(&kind)
+            .and_then(|record| record.supervision.last_exit.clone())
+    }
+
     pub fn restarts(&self, kind: ProcessKind) -> u32 {
         lock(&self.records)
             .get(&kind)
@@ -849,11 +895,16 @@ impl DeviceProcesses {
             .into_iter()
             .filter_map(|kind| {
                 let record = records.get(&kind)?;
+                let binary = match self.sandbox.device_mode {
+                    DeviceMode::OutOfProcess => lock(&self.programs).get(&kind).cloned(),
+                    DeviceMode::InProcess => None,
+                };
                 Some(json!({
                     "kind": kind.name(),
                     "pid": record.pid,
                     "state": record.supervision.state.name(),
                     "mode": self.sandbox.device_mode.name(),
+                    "binary": binary,
                     "restarts": record.supervision.restarts,
                     "last-exit": record.supervision.last_exit,
                 }))
@@ -931,6 +982,43 @@ impl DeviceProcesses {
     }
 }
 
+/// `program`, resolved, if nobody but root and `owner` (the user the VM
+/// runs as) can change it: neither the file nor any directory on its way
+/// may be owned by another user, or be writable by group or others (a
+/// root-owned directory with the sticky bit, such as /tmp, lets nobody
+/// else replace what is ours). A device process runs with guest RAM
+/// mapped: whoever can replace its binary runs code there.
+pub fn trusted_program(program: &std::path::Path, owner: u32) -> Result<PathBuf, String> {
+    use std::os::unix::fs::MetadataExt;
+    let resolved = std::fs::canonicalize(program)
+        .map_err(|error| format!("{}: {error}", program.display()))?;
+    for path in resolved.ancestors() {
+        let metadata =
+            std::fs::metadata(path).map_err(|error| format!("{}: {error}", path.display()))?;
+        let mode = metadata.mode();
+        let sticky_root_dir = metadata.is_dir() && mode & 0o1000 != 0 && metadata.uid() == 0;
+        let why = if metadata.uid() != 0 && metadata.uid() != owner {
+            format!("is owned by uid {}", metadata.uid())
+        } else if mode & 0o022 != 0 && !sticky_root_dir {
+            format!(
+                "is writable by {}",
+                if mode & 0o002 != 0 {
+                    "anyone"
+                } else {
+                    "its group"
+                }
+            )
+        } else {
+            continue;
+        };
+        return Err(format!(
+            "{} {why}: only root and uid {owner} may control a device process's binary and the directories above it",
+            path.display()
+        ));
+    }
+    Ok(resolved)
+}
+
 fn handshake_failed(link: Link, source: ChannelError) -> DeviceError {
     let kind = link
         .server()
@@ -944,9 +1032,7 @@ impl Drop for DeviceProcesses {
         for record in lock(&self.records).values() {
             if let Some(process) = &record.process {
                 process.kill();
-                if let Some(dir) = &process.jail_dir {
-                    let _ = std::fs::remove_dir_all(dir);
-                }
+                process.remove_jail_dir();
             }
         }
     }
@@ -994,5 +1080,60 @@ fn notification_loop(notify: &Channel, control: &Sender<ControlMessage>) {
                 unacceptable.refusal
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn set_mode(path: &std::path::Path, mode: u32) {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn a_binary_others_could_replace_is_not_trusted() {
+        let me = nix::unistd::geteuid().as_raw();
+        let dir = std::env::temp_dir().join(format!("pv-trust-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        set_mode(&dir, 0o755);
+        let program = dir.join("papervisor-rtas");
+        std::fs::write(&program, b"#!/bin/true\n").unwrap();
+        set_mode(&program, 0o755);
+        assert_eq!(trusted_program(&program, me), Ok(program.clone()));
+        // Through a symbolic link: the file it names is checked.
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&program, &link).unwrap();
+        assert_eq!(trusted_program(&link, me), Ok(program.clone()));
+        for (mode, why) in [
+            (0o757, "writable by anyone"),
+            (0o775, "writable by its group"),
+        ] {
+            set_mode(&program, mode);
+            let error = trusted_program(&program, me).unwrap_err();
+            assert!(error.contains(why), "{error}");
+        }
+        set_mode(&program, 0o755);
+        // A directory on the way that others may write to.
+        set_mode(&dir, 0o777);
+        let error = trusted_program(&program, me).unwrap_err();
+        assert!(
+            error.contains(&format!("{} is writable by anyone", dir.display())),
+            "{error}"
+        );
+        set_mode(&dir, 0o755);
+        if me == 0 {
+            // Owned by another user.
+            std::os::unix::fs::chown(&program, Some(4242), None).unwrap();
+            let error = trusted_program(&program, me).unwrap_err();
+            assert!(error.contains("owned by uid 4242"), "{error}");
+            // A root-owned directory with the sticky bit (as /tmp) is fine.
+            std::os::unix::fs::chown(&program, Some(0), None).unwrap();
+            set_mode(&dir, 0o1777);
+            assert!(trusted_program(&program, me).is_ok());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

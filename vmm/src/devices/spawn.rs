@@ -176,6 +176,19 @@ impl ProcessHandle {
         }
     }
 
+    /// Removes the jail's directory (nothing in-process or unjailed): once
+    /// the process is gone, or is being killed (its root is a mount in its
+    /// own namespace only; here it is an empty directory).
+    pub fn remove_jail_dir(&self) {
+        if let Some(dir) = &self.jail_dir {
+            if let Err(error) = std::fs::remove_dir_all(dir) {
+                if error.kind() != std::io::ErrorKind::NotFound {
+                    log::warn!("cannot remove {}: {error}", dir.display());
+                }
+            }
+        }
+    }
+
     /// A handle of nothing, for tests of what uses one.
     #[cfg(test)]
     pub fn of_this_test() -> ProcessHandle {
@@ -381,6 +394,7 @@ fn start(launch: &Launch) -> Starting {
         report_fd: Some(ipc_proto::FIRST_CHANNEL_FD + fds.len() as i32),
         args: args.iter().map(Into::into).collect(),
     };
+    let jail_dir = config.jail_dir();
     let mut passed = fds.to_vec();
     passed.push(jailers.as_fd().as_raw_fd());
     let jailer = start_program(
@@ -394,7 +408,7 @@ fn start(launch: &Launch) -> Starting {
         Ok(jailer) => Starting::Jailing {
             report: ours,
             jailer,
-            jail_dir: sandbox.jail_dir.join(kind.binary()).join(id),
+            jail_dir,
         },
         Err(error) => Starting::Ready(Err(error)),
     }
@@ -434,6 +448,7 @@ fn finish(starting: Starting) -> Spawned {
         Err(error) => {
             let _ = pidfd_send_signal(&jailer, Signal::KILL);
             let _ = waitid(WaitId::PidFd(jailer.as_fd()), WaitIdOptions::EXITED);
+            let _ = std::fs::remove_dir_all(&jail_dir);
             return Err(error);
         }
     };
@@ -441,6 +456,7 @@ fn finish(starting: Starting) -> Spawned {
         Ok(Some(status)) if status.exit_status() == Some(0) => {}
         other => {
             let _ = pidfd_send_signal(&process, Signal::KILL);
+            let _ = std::fs::remove_dir_all(&jail_dir);
             return Err(SpawnError::Jailer(format!("{other:?}")));
         }
     }

@@ -71,6 +71,20 @@ impl Supervision {
         self.state = State::Running;
     }
 
+    /// The operator asks for the process back (x-restart-device-process):
+    /// one that is failed, or waiting out its backoff, restarts now, with
+    /// its crash history forgotten. Whether there is anything to restart.
+    pub fn revive(&mut self) -> bool {
+        match self.state {
+            State::Running => false,
+            State::Restarting | State::Failed => {
+                self.state = State::Restarting;
+                self.recent_exits.clear();
+                true
+            }
+        }
+    }
+
     /// A restart completed.
     pub fn restarted(&mut self) {
         self.restarts += 1;
@@ -131,6 +145,29 @@ mod tests {
         assert_eq!(s.last_exit.as_deref(), Some("killed by SIGSYS"));
         // Failed is final: a late exit changes nothing.
         assert_eq!(s.exited(6, "again", start), AfterExit::Ignore);
+    }
+
+    #[test]
+    fn an_operator_brings_a_failed_process_back_with_its_history_forgotten() {
+        let start = Instant::now();
+        let mut s = Supervision::new(1);
+        for generation in 1..=6 {
+            s.started(generation);
+            s.exited(generation, "killed", start);
+        }
+        assert_eq!(s.state, State::Failed);
+        assert!(s.revive());
+        assert_eq!(s.state, State::Restarting);
+        s.started(7);
+        s.restarted();
+        assert!(!s.revive(), "a running process is not revived");
+        // Its next exit is a first one again: the shortest backoff.
+        assert_eq!(
+            s.exited(7, "killed", start),
+            AfterExit::RestartAfter(FIRST_BACKOFF)
+        );
+        // One waiting out its backoff restarts now too.
+        assert!(s.revive());
     }
 
     #[test]

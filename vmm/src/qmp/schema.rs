@@ -136,6 +136,7 @@ commands! {
     XQueryEventLog = "x-query-event-log", args: [];
     XQueryDeviceProcesses = "x-query-device-processes", args: [];
     XQueryStartup = "x-query-startup", args: [];
+    XRestartDeviceProcess = "x-restart-device-process", args: [required("process", ArgType::Str)];
     XUpgradeDeviceProcess = "x-upgrade-device-process", args: [
         required("process", ArgType::Str),
         required("path", ArgType::Str)
