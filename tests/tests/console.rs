@@ -160,3 +160,119 @@ fn the_log_level_reaches_every_device_process() {
     assert!(!log.contains("DEBUG"), "{log}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A second VM started on a running VM's console path is refused, and
+/// finds that out without connecting: the first VM's console user stays.
+#[test]
+fn refusing_a_second_vm_keeps_the_first_vms_console_user() {
+    if !kvm_usable("refusing_a_second_vm_keeps_the_first_vms_console_user") {
+        return;
+    }
+    let mut vm = Vm::start(&[]);
+    vm.boot();
+    let other = scratch_dir();
+    let output = papervisor_tests::papervisor_command()
+        .arg("--console")
+        .arg(vm.console_socket())
+        .arg("--qmp")
+        .arg(other.join("qmp.sock"))
+        .arg("--jail-dir")
+        .arg(other.join("run"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("another VM serves this socket"), "{stderr}");
+    // The console client was not replaced: it still talks to the guest.
+    assert_eq!(vm.console.command("cpus"), ["cpu 0 online"]);
+    assert!(vm.console_socket().exists());
+    assert!(
+        !other.join("qmp.sock").exists(),
+        "the refused VM left a socket"
+    );
+    let _ = std::fs::remove_dir_all(other);
+}
+
+/// Two VMs started at the same moment on the same --qmp and --console
+/// paths: one serves both, the other is refused and removes nothing.
+#[test]
+fn of_two_vms_started_at_once_on_the_same_sockets_the_loser_removes_nothing() {
+    if !kvm_usable("of_two_vms_started_at_once_on_the_same_sockets_the_loser_removes_nothing") {
+        return;
+    }
+    for _ in 0..5 {
+        let dir = scratch_dir();
+        let start = |run: &str| {
+            papervisor_tests::papervisor_command()
+                .arg("--console")
+                .arg(dir.join("console.sock"))
+                .arg("--qmp")
+                .arg(dir.join("qmp.sock"))
+                .arg("--jail-dir")
+                .arg(dir.join(run))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let mut both = [start("run-a"), start("run-b")];
+        // The loser ends; the winner runs on.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let loser = loop {
+            if let Some(at) = both
+                .iter_mut()
+                .position(|c| c.try_wait().unwrap().is_some())
+            {
+                break at;
+            }
+            assert!(Instant::now() < deadline, "neither VM was refused");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut loser_output = String::new();
+        let mut loser_child = both[loser].stderr.take().unwrap();
+        loser_child.read_to_string(&mut loser_output).unwrap();
+        assert_eq!(
+            both[loser].wait().unwrap().code(),
+            Some(2),
+            "{loser_output}"
+        );
+        assert!(
+            loser_output.contains("another VM serves this socket"),
+            "{loser_output}"
+        );
+        let winner = &mut both[1 - loser];
+        assert!(winner.try_wait().unwrap().is_none(), "the winner ended too");
+        // Both of the winner's sockets are there and serve.
+        let mut console = std::os::unix::net::UnixStream::connect(dir.join("console.sock"))
+            .expect("the winner's console");
+        console
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut qmp = papervisor_tests::QmpClient::connect(&dir.join("qmp.sock"));
+        assert_eq!(
+            qmp.execute("query-status", serde_json::json!({}))["return"]["status"],
+            "running"
+        );
+        console.write_all(b"cpus\r").unwrap();
+        let mut seen = String::new();
+        let mut buf = [0u8; 4096];
+        while !seen.contains("cpu 0 online") {
+            let n = console.read(&mut buf).unwrap();
+            assert!(n > 0, "the console closed: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        qmp.execute("quit", serde_json::json!({}));
+        assert!(winner.wait().unwrap().success());
+        // The winner removed its own sockets, and their locks, on its way out.
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .filter(|name| name.to_string_lossy().contains("sock"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

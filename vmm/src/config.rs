@@ -321,6 +321,9 @@ pub struct VmConfig {
     pub memory: MemoryConfig,
     pub console: ConsoleConfig,
     pub qmp: Option<PathBuf>,
+    /// The console's and QMP's sockets, bound; removed when dropped.
+    pub console_socket: Option<crate::sockets::ClaimedSocket>,
+    pub qmp_socket: Option<crate::sockets::ClaimedSocket>,
     /// The guest ELF's bytes, already checked to be an x86_64 executable.
     pub guest_image: GuestImage,
     /// How device processes are confined (the jail directory and ids are
@@ -362,56 +365,9 @@ pub fn check_guest_elf(bytes: &[u8]) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// A socket path we will create: its directory must exist and the path must
-/// be free. A socket nobody listens on (left by a VM that died) is removed;
-/// one that is served is refused, and so is anything else that is there.
-fn check_socket_path(option: &str, path: &Path) -> Result<(), ConfigError> {
-    use std::os::unix::fs::FileTypeExt;
-    let shown = path.display();
-    if let Ok(metadata) = std::fs::symlink_metadata(path) {
-        if !metadata.file_type().is_socket() {
-            return Err(ConfigError::Invalid(format!(
-                "{option} {shown}: the path already exists and is not a socket"
-            )));
-        }
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(ConfigError::Invalid(format!(
-                "{option} {shown}: a running process serves this socket"
-            )));
-        }
-        std::fs::remove_file(path).map_err(|error| {
-            ConfigError::Invalid(format!(
-                "{option} {shown}: cannot remove the stale socket: {error}"
-            ))
-        })?;
-        log::info!("{option} {shown}: removed a stale socket nobody served");
-    }
-    let parent = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    if !parent.is_dir() {
-        return Err(ConfigError::Invalid(format!(
-            "{option} {shown}: directory {} does not exist",
-            parent.display()
-        )));
-    }
-    // sockaddr_un holds 108 bytes including the terminating NUL.
-    if path.as_os_str().len() > 107 {
-        return Err(ConfigError::Invalid(format!(
-            "{option} {shown}: longer than the 107 bytes a Unix socket path may have"
-        )));
-    }
-    Ok(())
-}
-
 impl VmConfig {
     pub fn from_cli(cli: Cli) -> Result<VmConfig, ConfigError> {
-        if let ConsoleConfig::Socket(path) = &cli.console {
-            check_socket_path("--console", path)?;
-        }
         if let Some(path) = &cli.qmp {
-            check_socket_path("--qmp", path)?;
             if cli.console == ConsoleConfig::Socket(path.clone()) {
                 return Err(ConfigError::Invalid(format!(
                     "--qmp {} is also the console socket",
@@ -447,7 +403,22 @@ impl VmConfig {
             }
             (jail, in_process) => !in_process && jail != Some("off"),
         };
+        // Claimed last: a refused command line binds nothing.
+        let claim = |option: &str, path: &Path| {
+            crate::sockets::ClaimedSocket::claim(option, path).map_err(ConfigError::Invalid)
+        };
+        let console_socket = match &cli.console {
+            ConsoleConfig::Socket(path) => Some(claim("--console", path)?),
+            ConsoleConfig::Stdio => None,
+        };
+        let qmp_socket = cli
+            .qmp
+            .as_deref()
+            .map(|path| claim("--qmp", path))
+            .transpose()?;
         Ok(VmConfig {
+            console_socket,
+            qmp_socket,
             smp: cli.smp,
             memory: cli.memory,
             console: cli.console,
@@ -555,15 +526,6 @@ mod tests {
             check_guest_elf(&header),
             Err("not an executable (ET_EXEC) ELF")
         );
-    }
-
-    #[test]
-    fn socket_paths_need_an_existing_directory_and_a_free_name() {
-        assert!(check_socket_path("--qmp", Path::new("/nonexistent-dir/q.sock")).is_err());
-        assert!(check_socket_path("--qmp", Path::new("/")).is_err());
-        let long = format!("/tmp/{}", "x".repeat(120));
-        assert!(check_socket_path("--qmp", Path::new(&long)).is_err());
-        assert!(check_socket_path("--qmp", Path::new("/tmp/papervisor-free-name.sock")).is_ok());
     }
 
     #[test]

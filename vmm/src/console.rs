@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use thiserror::Error;
@@ -276,14 +276,16 @@ impl Console {
         }
     }
 
-    /// A console served on a Unix socket at `path`: one client at a time, a
-    /// new client replaces the previous one.
-    pub fn socket(path: &Path, interrupt: EventFd) -> Result<Arc<Console>, ConsoleError> {
-        let bind_error = |source| ConsoleError::Bind {
-            path: path.to_path_buf(),
+    /// A console served on the Unix socket `socket`: one client at a time,
+    /// a new client replaces the previous one.
+    pub fn socket(
+        socket: &crate::sockets::ClaimedSocket,
+        interrupt: EventFd,
+    ) -> Result<Arc<Console>, ConsoleError> {
+        let listener = socket.listener().map_err(|source| ConsoleError::Bind {
+            path: socket.path().to_path_buf(),
             source,
-        };
-        let listener = UnixListener::bind(path).map_err(bind_error)?;
+        })?;
         let console = Console::new(Target::Socket(None), interrupt);
         console.start_writer()?;
         let acceptor = Arc::clone(&console);

@@ -20,6 +20,7 @@ pub mod qmp;
 pub mod runtime;
 pub mod seccomp;
 pub mod signals;
+pub mod sockets;
 pub mod vcpu;
 pub mod vm;
 

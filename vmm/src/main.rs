@@ -1,10 +1,9 @@
 //! `papervisor`: the core process.
 
-use vmm::{config, confine, console, devices, qmp, runtime, seccomp, signals, vcpu, vm};
+use vmm::{config, confine, console, devices, qmp, runtime, seccomp, signals, sockets, vcpu, vm};
 
 use config::Cli;
 use std::error::Error;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Exit status when the VM could not be run or the guest crashed.
@@ -94,10 +93,6 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    let mut sockets: Vec<PathBuf> = config.qmp.iter().cloned().collect();
-    if let config::ConsoleConfig::Socket(path) = &config.console {
-        sockets.push(path.clone());
-    }
     // The stdio console: the terminal in raw mode while the VM runs.
     let terminal = match config.console {
         config::ConsoleConfig::Stdio => match console::RawTerminal::enter() {
@@ -109,11 +104,11 @@ fn main() -> ExitCode {
         },
         config::ConsoleConfig::Socket(_) => None,
     };
-    let result = run(config, signals);
+    // Sockets this VM bound go when it ends, and only those.
+    let sockets = (config.console_socket.take(), config.qmp_socket.take());
+    let result = run(config, signals, sockets.1.as_ref(), sockets.0.as_ref());
     drop(terminal);
-    for path in sockets {
-        let _ = std::fs::remove_file(path);
-    }
+    drop(sockets);
     drop(runtime);
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -191,14 +186,21 @@ fn claim_runtime(
 }
 
 /// Builds the VM, serves QMP, and runs the guest to the end.
-fn run(config: config::VmConfig, signals: signals::Blocked) -> Result<(), Box<dyn Error>> {
-    let qmp_path = config.qmp.clone();
+fn run(
+    config: config::VmConfig,
+    signals: signals::Blocked,
+    qmp_socket: Option<&sockets::ClaimedSocket>,
+    console_socket: Option<&sockets::ClaimedSocket>,
+) -> Result<(), Box<dyn Error>> {
     let qmp = std::sync::Arc::new(qmp::QmpServer::default());
-    let vm = vm::Vm::new(config, std::sync::Arc::clone(&qmp))?;
+    let vm = vm::Vm::new(config, console_socket, std::sync::Arc::clone(&qmp))?;
     signals.forward_to(vm.qmp_context().control)?;
-    if let Some(path) = qmp_path {
-        qmp.serve(&path, vm.qmp_context())
-            .map_err(|error| format!("cannot serve QMP on {}: {error}", path.display()))?;
+    if let Some(socket) = qmp_socket {
+        let serving = socket
+            .listener()
+            .and_then(|listener| qmp.serve(listener, vm.qmp_context()));
+        serving
+            .map_err(|error| format!("cannot serve QMP on {}: {error}", socket.path().display()))?;
     }
     // Set up: from here this thread is the control loop, under its filter.
     seccomp::confine_thread(seccomp::ThreadKind::Control)?;

@@ -179,7 +179,11 @@ fn drc_ranges(smp: &SmpConfig, layout: &MemoryLayout) -> Vec<DrcRange> {
 }
 
 impl Vm {
-    pub fn new(config: VmConfig, qmp: Arc<QmpServer>) -> Result<Vm, VmError> {
+    pub fn new(
+        config: VmConfig,
+        console_socket: Option<&crate::sockets::ClaimedSocket>,
+        qmp: Arc<QmpServer>,
+    ) -> Result<Vm, VmError> {
         let guest_image = match config.guest_image {
             GuestImage::File(bytes) => bytes,
             GuestImage::BuiltIn => BUILTIN_GUEST.to_vec(),
@@ -208,7 +212,15 @@ impl Vm {
                     let _ = control.send(ControlMessage::ConsoleQuit);
                 })?
             }
-            ConsoleConfig::Socket(path) => Console::socket(path, vty_interrupt)?,
+            ConsoleConfig::Socket(path) => match console_socket {
+                Some(socket) => Console::socket(socket, vty_interrupt)?,
+                None => {
+                    return Err(VmError::Console(ConsoleError::Bind {
+                        path: path.clone(),
+                        source: std::io::ErrorKind::NotFound.into(),
+                    }))
+                }
+            },
         };
         // The event log raises the hot-plug and EPOW interrupts itself.
         let event_log_interrupt = |source| -> Result<OwnedFd, VmError> {

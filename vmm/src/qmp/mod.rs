@@ -15,7 +15,6 @@ use serde_json::{json, Map, Value};
 use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, Sender, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -76,9 +75,12 @@ pub struct QmpServer {
 }
 
 impl QmpServer {
-    /// Binds `path` and serves it from a thread of its own.
-    pub fn serve(self: &Arc<Self>, path: &Path, context: QmpContext) -> std::io::Result<()> {
-        let listener = UnixListener::bind(path)?;
+    /// Serves `listener` from a thread of its own.
+    pub fn serve(
+        self: &Arc<Self>,
+        listener: UnixListener,
+        context: QmpContext,
+    ) -> std::io::Result<()> {
         let acceptor = Arc::clone(self);
         thread::Builder::new()
             .name("qmp-accept".into())
