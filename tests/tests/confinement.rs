@@ -336,3 +336,49 @@ fn blocks(status: &str, signal: nix::sys::signal::Signal) -> bool {
     let mask = u64::from_str_radix(&task_field(status, "SigBlk"), 16).expect("a hex mask");
     mask & (1 << (signal as i32 - 1)) != 0
 }
+
+/// Ids are claimed in one place of the host: VMs with runtime directories
+/// of their own, started together, never share a uid or a gid, and another
+/// VM's gid is refused as `--gid`.
+#[test]
+fn vms_with_other_jail_dirs_never_share_a_uid_or_a_gid() {
+    if papervisor_tests::skip_in_process(
+        "vms_with_other_jail_dirs_never_share_a_uid_or_a_gid",
+        "it checks the device processes' uids",
+    ) {
+        return;
+    }
+    if !root_and_kvm("vms_with_other_jail_dirs_never_share_a_uid_or_a_gid") {
+        return;
+    }
+    let base = papervisor_tests::scratch_dir();
+    let jail_dir = |name: &str| base.join(name).display().to_string();
+    let (dir_a, dir_b, dir_c) = (jail_dir("a"), jail_dir("b"), jail_dir("c"));
+    let mut a = Vm::start(&["--jail-dir", &dir_a]);
+    let mut b = Vm::start(&["--jail-dir", &dir_b]);
+    a.boot();
+    b.boot();
+    let rtas = |vm: &Vm| vm.device_process("rtas-server")["pid"].as_u64().unwrap();
+    let (uid_a, gid_a) = ids(rtas(&a));
+    let (uid_b, gid_b) = ids(rtas(&b));
+    assert_ne!(uid_a, uid_b, "two VMs share a device uid");
+    assert_ne!(gid_a, gid_b, "two VMs share a device gid");
+    // Another VM's gid, under a uid nobody holds: refused before anything starts.
+    let console = base.join("c.sock");
+    let output = Command::new(papervisor_tests::binary("papervisor"))
+        .args(["--uid", "1900065000", "--gid", &gid_a.to_string()])
+        .args(["--jail-dir", &dir_c, "--console"])
+        .arg(&console)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a VM took VM A's gid {gid_a}");
+    assert!(
+        stderr.contains(&format!("gid {gid_a} is in use")),
+        "{stderr}"
+    );
+    drop(a);
+    drop(b);
+    let _ = std::fs::remove_dir_all(base);
+}

@@ -162,7 +162,11 @@ fn claim_runtime(
     let base = config.sandbox.jail_dir.clone();
     let run_dir = runtime::RunDir::create(&base)?;
     let identity = if nix::unistd::geteuid().is_root() {
-        runtime::Identity::claim(&base, config.uid, config.gid)?
+        runtime::Identity::claim(
+            std::path::Path::new(runtime::IDS_DIR),
+            config.uid,
+            config.gid,
+        )?
     } else if config.uid.is_some() || config.gid.is_some() {
         return Err(runtime::RuntimeError::IdsNeedRoot);
     } else {

@@ -15,6 +15,9 @@ use thiserror::Error;
 /// Device processes run as a uid (and gid) of this range, one per VM:
 /// far above login users' and the usual subordinate-id ranges.
 pub const ID_RANGE: std::ops::Range<u32> = 1_900_000_000..1_900_065_536;
+/// Where every VM of the host claims its device processes' uid and gid,
+/// whatever its `--jail-dir`: one place, so that no two VMs share an id.
+pub const IDS_DIR: &str = "/run/papervisor/ids";
 /// Directories of VMs are called this, then the core's pid.
 const VM_DIR_PREFIX: &str = "vm-";
 const LOCK_FILE: &str = "lock";
@@ -27,6 +30,8 @@ pub enum RuntimeError {
     Lock(PathBuf, #[source] nix::Error),
     #[error("uid {0} is in use (by another VM or another process); choose another --uid")]
     UidInUse(u32),
+    #[error("gid {0} is in use (by another VM or another process); choose another --gid")]
+    GidInUse(u32),
     #[error("every uid of {}..{} is in use", ID_RANGE.start, ID_RANGE.end)]
     NoFreeUid,
     #[error("{0} is not a private directory of this user (mode 0700, ours)")]
@@ -156,27 +161,38 @@ fn remove_stale(base: &Path) {
 pub struct Identity {
     pub uid: u32,
     pub gid: u32,
-    _lock: Option<Flock<File>>,
+    _locks: Vec<Flock<File>>,
 }
 
-/// Whether a process on the host runs with `uid` as any of its uids.
-fn uid_used_by_a_process(uid: u32) -> bool {
+/// Whether a process on the host runs with `id` as any of its uids
+/// (`field` "Uid:") or gids ("Gid:").
+fn id_used_by_a_process(field: &str, id: u32) -> bool {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return false;
     };
+    let id = id.to_string();
     entries.flatten().any(|entry| {
         std::fs::read_to_string(entry.path().join("status"))
             .ok()
             .and_then(|status| {
-                let line = status.lines().find(|l| l.starts_with("Uid:"))?.to_string();
-                Some(
-                    line.split_whitespace()
-                        .skip(1)
-                        .any(|id| id == uid.to_string()),
-                )
+                let line = status.lines().find(|l| l.starts_with(field))?.to_string();
+                Some(line.split_whitespace().skip(1).any(|used| used == id))
             })
             .unwrap_or(false)
     })
+}
+
+/// Claims id `id` of `kind` ("uid" or "gid") in `ids`: its lock, unless
+/// another VM holds it or a process runs with it.
+fn claim_id(ids: &Path, kind: &str, id: u32) -> Result<Option<Flock<File>>, RuntimeError> {
+    let Some(lock) = try_lock(&ids.join(format!("{kind}-{id}")))? else {
+        return Ok(None);
+    };
+    let field = if kind == "uid" { "Uid:" } else { "Gid:" };
+    if id_used_by_a_process(field, id) {
+        return Ok(None);
+    }
+    Ok(Some(lock))
 }
 
 impl Identity {
@@ -186,39 +202,41 @@ impl Identity {
         Identity {
             uid: jailer::DEFAULT_ID,
             gid: jailer::DEFAULT_ID,
-            _lock: None,
+            _locks: Vec::new(),
         }
     }
 
-    /// Claims `uid` (and `gid`, the uid when absent), or the first free uid
-    /// of [`ID_RANGE`]. A uid another VM holds, or that a process runs as,
-    /// is refused.
-    pub fn claim(
-        base: &Path,
-        uid: Option<u32>,
-        gid: Option<u32>,
-    ) -> Result<Identity, RuntimeError> {
-        let ids = base.join("ids");
-        create_private_dir(&ids)?;
-        let take = |uid: u32| -> Result<Option<Identity>, RuntimeError> {
-            let Some(lock) = try_lock(&ids.join(uid.to_string()))? else {
-                return Ok(None);
+    /// Claims `uid` and `gid` (the uid when absent), or the first uid of
+    /// [`ID_RANGE`] free as a uid and as a gid, in `ids` ([`IDS_DIR`]: the
+    /// host's one place). An id another VM holds, or that a process runs
+    /// with, is refused. Both locks are held before either is used.
+    pub fn claim(ids: &Path, uid: Option<u32>, gid: Option<u32>) -> Result<Identity, RuntimeError> {
+        create_private_dir(ids)?;
+        let take = |uid: u32| -> Result<Result<Identity, RuntimeError>, RuntimeError> {
+            let gid = gid.unwrap_or(uid);
+            let Some(uid_lock) = claim_id(ids, "uid", uid)? else {
+                return Ok(Err(RuntimeError::UidInUse(uid)));
             };
-            if uid_used_by_a_process(uid) {
-                return Ok(None);
-            }
-            Ok(Some(Identity {
+            let Some(gid_lock) = claim_id(ids, "gid", gid)? else {
+                return Ok(Err(RuntimeError::GidInUse(gid)));
+            };
+            Ok(Ok(Identity {
                 uid,
-                gid: gid.unwrap_or(uid),
-                _lock: Some(lock),
+                gid,
+                _locks: vec![uid_lock, gid_lock],
             }))
         };
         match uid {
-            Some(uid) => take(uid)?.ok_or(RuntimeError::UidInUse(uid)),
+            Some(uid) => take(uid)?,
             None => {
                 for candidate in ID_RANGE {
-                    if let Some(identity) = take(candidate)? {
-                        return Ok(identity);
+                    match take(candidate)? {
+                        Ok(identity) => return Ok(identity),
+                        // A --gid in use stays in use whatever the uid.
+                        Err(RuntimeError::GidInUse(taken)) if gid.is_some() => {
+                            return Err(RuntimeError::GidInUse(taken))
+                        }
+                        Err(_) => continue,
                     }
                 }
                 Err(RuntimeError::NoFreeUid)
@@ -248,9 +266,23 @@ mod tests {
             Identity::claim(&base, Some(first.uid), None),
             Err(RuntimeError::UidInUse(_))
         ));
+        // Another VM's gid is not anyone else's, under any uid.
+        assert!(matches!(
+            Identity::claim(&base, Some(ID_RANGE.end - 1), Some(first.gid)),
+            Err(RuntimeError::GidInUse(_))
+        ));
+        assert!(matches!(
+            Identity::claim(&base, None, Some(second.gid)),
+            Err(RuntimeError::GidInUse(_))
+        ));
         let uid = first.uid;
         drop(first);
-        assert_eq!(Identity::claim(&base, Some(uid), Some(7)).unwrap().gid, 7);
+        assert_eq!(
+            Identity::claim(&base, Some(uid), Some(ID_RANGE.end - 7))
+                .unwrap()
+                .gid,
+            ID_RANGE.end - 7
+        );
         let _ = std::fs::remove_dir_all(base);
     }
 
