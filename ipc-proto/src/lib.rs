@@ -222,6 +222,13 @@ pub fn spawn_with_channels(
     // Each descriptor is first copied above all of them, so that placing
     // them at FIRST_CHANNEL_FD.. cannot overwrite one not yet placed.
     let scratch = fds.iter().copied().max().unwrap_or(0).max(FIRST_CHANNEL_FD) + 1;
+    // The child could not place them (EBADF): say what it is, a starter
+    // short of descriptors.
+    let (soft_limit, _) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
+    if (scratch as u64).saturating_add(fds.len() as u64) > soft_limit {
+        return Err(std::io::Error::from_raw_os_error(nix::libc::EMFILE));
+    }
     for (i, &fd) in fds.iter().enumerate() {
         actions.add_dup2(fd, scratch + i as i32)?;
     }

@@ -474,3 +474,123 @@ fn an_operator_brings_failed_processes_back_after_kill_loops() {
     let unknown = qmp.execute("x-restart-device-process", json!({"process": "nothing"}));
     assert_eq!(unknown["error"]["class"], "GenericError", "{unknown}");
 }
+
+/// The next event `name` about the process `kind`.
+fn event_of(qmp: &mut papervisor_tests::QmpClient, name: &str, kind: &str) -> serde_json::Value {
+    loop {
+        let event = qmp.wait_event(name);
+        if event["data"]["process"] == kind {
+            return event;
+        }
+    }
+}
+
+/// The descriptors the core has open.
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the core's descriptors")
+        .count()
+}
+
+/// The core's soft and hard limits of open descriptors.
+fn descriptor_limit(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("the core's limits");
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .expect("a descriptor limit");
+    let values: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|word| word.parse().ok())
+        .collect();
+    (values[0], values[1])
+}
+
+/// Sets the core's soft limit of open descriptors (as an operator's
+/// `prlimit` would, or a host that ran out).
+fn set_descriptor_limit(pid: u32, soft: u64) {
+    let (_, hard) = descriptor_limit(pid);
+    let status = Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={soft}:{hard}"))
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(status.success());
+}
+
+/// What a QMP client can make the core hold is bounded (memory backends),
+/// and a restart that fails because the host has no descriptor left is
+/// not the process's fault: it is tried again, never counted towards
+/// `failed`, and succeeds once descriptors are back.
+#[test]
+fn backends_are_bounded_and_a_restart_short_of_descriptors_waits_without_failing() {
+    if papervisor_tests::skip_in_process(
+        "backends_are_bounded_and_a_restart_short_of_descriptors_waits_without_failing",
+        "it kills, stops or hangs a device process",
+    ) {
+        return;
+    }
+    if !root_and_kvm(
+        "backends_are_bounded_and_a_restart_short_of_descriptors_waits_without_failing",
+    ) {
+        return;
+    }
+    let mut vm = Vm::start(&[
+        "--smp",
+        "cpus=1,maxcpus=2",
+        "--memory",
+        "size=512M,maxmem=4G,slots=4",
+    ]);
+    vm.boot();
+    let mut qmp = papervisor_tests::QmpClient::connect(&vm.qmp_socket());
+    let mut added = 0;
+    let refusal = loop {
+        let reply = qmp.execute(
+            "object-add",
+            json!({"qom-type": "memory-backend-memfd", "id": format!("m{added}"), "size": 256u64 << 20}),
+        );
+        match reply["error"]["desc"].as_str() {
+            Some(desc) => break desc.to_string(),
+            None => added += 1,
+        }
+        assert!(added <= 1000, "object-add is unbounded");
+    };
+    assert_eq!(added, 64, "{refusal}");
+    assert!(refusal.contains("at most 64 memory backends"), "{refusal}");
+    // With every backend held, a device process still restarts.
+    vm.kill_and_await_restart("rtas-server");
+    for n in 0..added {
+        let reply = qmp.execute("object-del", json!({"id": format!("m{n}")}));
+        assert_eq!(reply, json!({"return": {}}));
+    }
+    // No descriptor to spare: the controller's restart cannot come up.
+    let core = vm.pid();
+    let (soft, hard) = descriptor_limit(core);
+    assert_eq!(
+        soft, hard,
+        "the core takes every descriptor its hard limit allows"
+    );
+    set_descriptor_limit(core, open_descriptors(core) as u64 + 2);
+    let controller = vm.device_process("hotplug-controller");
+    send_signal(
+        controller["pid"].as_u64().unwrap(),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let exited = event_of(&mut qmp, "X_DEVICE_PROCESS_EXITED", "hotplug-controller");
+    assert_eq!(exited["data"]["action"], "restart");
+    // Longer than the backoffs of five counted deaths (3.1 s).
+    std::thread::sleep(Duration::from_secs(5));
+    let waiting = vm.device_process("hotplug-controller");
+    assert_eq!(waiting["state"], "restarting", "{waiting}");
+    let why = waiting["last-exit"].as_str().unwrap_or_default();
+    assert!(why.contains("host resources"), "{waiting}");
+    // Descriptors back: it comes up by itself.
+    set_descriptor_limit(core, soft);
+    event_of(&mut qmp, "X_DEVICE_PROCESS_RESTARTED", "hotplug-controller");
+    let back = vm.device_process("hotplug-controller");
+    assert_eq!(
+        (&back["state"], &back["restarts"]),
+        (&json!("running"), &json!(1))
+    );
+    vm.plug_core(1, "core1");
+}

@@ -14,6 +14,11 @@ pub const DIMM_DRIVER: &str = "pc-dimm";
 /// RTAS server can map them.
 pub const BACKEND_TYPES: [&str; 2] = ["memory-backend-memfd", "memory-backend-ram"];
 
+/// Memory backends a client may make the core hold at once: each is a
+/// descriptor (its memfd) and, once plugged, a mapping. More slots than
+/// any machine has (32), with room to prepare the next DIMMs.
+pub const MAX_BACKENDS: usize = 64;
+
 /// Why a memory command is refused: QMP error class and message.
 #[derive(Debug, PartialEq, Eq)]
 pub struct DimmError {
@@ -87,6 +92,11 @@ impl<M> Dimms<M> {
         if self.backends.contains_key(id) {
             return Err(refused(format!(
                 "attempt to add duplicate property '{id}' to object (type 'container')"
+            )));
+        }
+        if self.backends.len() >= MAX_BACKENDS {
+            return Err(refused(format!(
+                "at most {MAX_BACKENDS} memory backends at once: object-del one that no DIMM uses first"
             )));
         }
         self.backends.insert(
@@ -336,5 +346,21 @@ mod tests {
             .desc
             .contains("duplicate"));
         assert!(d.remove_backend("nothing").is_err());
+    }
+
+    #[test]
+    fn backends_are_bounded() {
+        let mut d = dimms();
+        for n in 0..MAX_BACKENDS {
+            d.add_backend(&format!("m{n}"), GIB, ()).unwrap();
+        }
+        let refused = d.add_backend("one-more", GIB, ()).unwrap_err();
+        assert!(
+            refused.desc.contains("at most 64 memory backends"),
+            "{}",
+            refused.desc
+        );
+        d.remove_backend("m0").unwrap();
+        d.add_backend("one-more", GIB, ()).unwrap();
     }
 }

@@ -43,6 +43,7 @@ fn main() -> ExitCode {
     };
     config.sandbox.log_level = log::max_level();
     config.sandbox.log_file = shared_log;
+    raise_descriptor_limit();
     if let Err(error) = install_kick_handler() {
         eprintln!("papervisor: {}", common::describe(&error));
         return ExitCode::from(EXIT_FAILURE);
@@ -215,4 +216,20 @@ fn run(
 fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
     extern "C" fn ignore(_: i32, _: *mut nix::libc::siginfo_t, _: *mut std::ffi::c_void) {}
     vmm_sys_util::signal::register_signal_handler(vcpu::kick_signal(), ignore)
+}
+
+/// The core holds a descriptor per vCPU, channel, memory backend and
+/// client, all bounded, and needs more for every restart of a device
+/// process: it takes every descriptor its hard limit allows (glibc and
+/// systemd leave the soft limit at 1024 for select(), which nothing here
+/// uses).
+fn raise_descriptor_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(error) = setrlimit(Resource::Nofile, limit) {
+            log::warn!("cannot raise the descriptor limit: {error}");
+        }
+    }
 }

@@ -611,16 +611,7 @@ impl Vm {
                     json!({"process": kind.name(), "pid": pid, "reason": reason,
                            "restarts": self.devices.restarts(kind), "action": "restart"}),
                 );
-                let control = self.control.clone();
-                let timer = std::thread::Builder::new()
-                    .name("restart-timer".into())
-                    .spawn(move || {
-                        std::thread::sleep(delay);
-                        let _ = control.send(ControlMessage::RestartDevice(kind));
-                    });
-                if let Err(error) = timer {
-                    log::error!("cannot schedule the restart of {}: {error}", kind.name());
-                }
+                self.schedule_restart(kind, delay);
             }
             AfterExit::Failed => {
                 log::error!(
@@ -636,21 +627,42 @@ impl Vm {
         }
     }
 
+    /// Restarts `kind` after `delay`.
+    fn schedule_restart(&self, kind: ProcessKind, delay: Duration) {
+        let control = self.control.clone();
+        let timer = std::thread::Builder::new()
+            .name("restart-timer".into())
+            .spawn(move || {
+                std::thread::sleep(delay);
+                let _ = control.send(ControlMessage::RestartDevice(kind));
+            });
+        if let Err(error) = timer {
+            log::error!("cannot schedule the restart of {}: {error}", kind.name());
+        }
+    }
+
     /// Restarts `kind` together with every other process that is down:
     /// processes that died together come back together.
     fn restart_device(&mut self, kind: ProcessKind) {
         let group = match self.devices.restart(kind) {
             Ok(group) => group,
-            Err((group, error)) => {
+            Err((group, error)) if lacks_host_resources(&error) => {
+                // Not the process's fault: no death is counted, and it is
+                // tried again until the host has what it takes.
                 let why = common::describe(&error);
                 log::error!(
-                    "cannot restart {}: {why}",
-                    group
-                        .iter()
-                        .map(|k| k.name())
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    "cannot restart {} for lack of host resources ({why}); trying again in {RESOURCE_RETRY:?}",
+                    names(&group)
                 );
+                for kind in group {
+                    self.devices.restart_postponed(kind, &why);
+                    self.schedule_restart(kind, RESOURCE_RETRY);
+                }
+                return;
+            }
+            Err((group, error)) => {
+                let why = common::describe(&error);
+                log::error!("cannot restart {}: {why}", names(&group));
                 // Counts as another death: the backoff grows, then it fails.
                 // The reason reaches QMP (`last-exit`, the exit event).
                 let reason = format!("its restart did not come up: {why}");
@@ -1289,6 +1301,40 @@ impl Vm {
     }
 }
 
+/// How long a restart that lacked host resources waits before it tries again.
+const RESOURCE_RETRY: Duration = Duration::from_secs(1);
+
+/// Whether `error` came from a host out of descriptors, memory or
+/// processes (of the core's limits or the system's), not from the process.
+fn lacks_host_resources(error: &(dyn std::error::Error + 'static)) -> bool {
+    use nix::errno::Errno;
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        let errno = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+            .map(Errno::from_raw)
+            .or_else(|| error.downcast_ref::<Errno>().copied());
+        if matches!(
+            errno,
+            Some(Errno::EMFILE | Errno::ENFILE | Errno::ENOMEM | Errno::EAGAIN | Errno::ENOSPC)
+        ) {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
+
+/// Process kinds as a list in words.
+fn names(kinds: &[ProcessKind]) -> String {
+    kinds
+        .iter()
+        .map(|k| k.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The data of DEVICE_DELETED and DEVICE_UNPLUG_GUEST_ERROR: `device` only
 /// when the device has an id, as QEMU's schema says.
 fn device_event(id: Option<&str>, path: &str) -> Value {
@@ -1371,6 +1417,31 @@ mod tests {
             device_event(None, "/machine/peripheral-anon/device[0]"),
             json!({"path": "/machine/peripheral-anon/device[0]"})
         );
+    }
+
+    #[test]
+    fn a_restart_without_descriptors_or_memory_is_the_hosts_fault() {
+        let channel = DeviceError::Channel(
+            ipc_proto::Link::CoreRtas,
+            ipc_proto::channel::ChannelError::Io(std::io::Error::from_raw_os_error(
+                nix::libc::EMFILE,
+            )),
+        );
+        assert!(lacks_host_resources(&channel));
+        let spawn = DeviceError::Spawn {
+            kind: "rtas-server",
+            source: crate::devices::spawn::SpawnError::Exec {
+                path: "/x".into(),
+                source: std::io::Error::from_raw_os_error(nix::libc::ENOMEM),
+            },
+        };
+        assert!(lacks_host_resources(&spawn));
+        // A process that failed its handshake is its own fault.
+        let handshake = DeviceError::Handshake {
+            kind: "rtas-server",
+            source: ipc_proto::channel::ChannelError::HungUp,
+        };
+        assert!(!lacks_host_resources(&handshake));
     }
 
     #[test]

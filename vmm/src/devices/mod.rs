@@ -660,6 +660,24 @@ impl DeviceProcesses {
         Ok(())
     }
 
+    /// A restart that lacked host resources: what it started goes, and
+    /// the process waits to be restarted again, no death counted.
+    pub fn restart_postponed(&self, kind: ProcessKind, reason: &str) {
+        let proxy = self.proxy(kind);
+        proxy.cut_off(reason);
+        let mut records = lock(&self.records);
+        let Some(record) = records.get_mut(&kind) else {
+            return;
+        };
+        if let Some(process) = record.process.take() {
+            process.kill();
+            process.remove_jail_dir();
+        }
+        record.supervision.postponed(reason);
+        drop(records);
+        proxy.disconnect();
+    }
+
     /// A restart that did not come up (`reason`) counts as another exit.
     pub fn restart_failed(&self, kind: ProcessKind, reason: &str) -> AfterExit {
         let proxy = self.proxy(kind);

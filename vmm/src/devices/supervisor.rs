@@ -85,6 +85,13 @@ impl Supervision {
         }
     }
 
+    /// A restart could not start for lack of host resources: the process
+    /// is still down, to be restarted, and that is not counted against it.
+    pub fn postponed(&mut self, reason: &str) {
+        self.state = State::Restarting;
+        self.last_exit = Some(format!("its restart waits for host resources: {reason}"));
+    }
+
     /// A restart completed.
     pub fn restarted(&mut self) {
         self.restarts += 1;
