@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::error::Error;
 use std::os::fd::{AsRawFd, RawFd};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,9 @@ pub const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "tra
 /// readable. `level` (`--log-level`) wins over `RUST_LOG`; info when
 /// neither is given. Each place in the code that logs is rate-limited
 /// ([`RateLimit`]): a guest or a peer that makes one line repeat cannot
-/// flood the host's log.
+/// flood the host's log. A line is one write(2) that never waits
+/// ([`LogWriter`]): on a log that cannot take it now (a non-blocking pipe
+/// that is full), it is dropped and counted, never waited for.
 pub fn init_logging(
     process: &'static str,
     level: Option<log::LevelFilter>,
@@ -36,10 +38,12 @@ pub fn init_logging(
     if let Some(level) = level {
         builder.filter_level(level);
     }
-    if let Some(file) = file {
-        LOG_FD.store(file.as_raw_fd(), Ordering::Relaxed);
-        builder.target(env_logger::Target::Pipe(Box::new(file)));
-    }
+    let writer = match file {
+        Some(file) => LogWriter::on(file),
+        None => LogWriter { fd: 2 },
+    };
+    LOG_FD.store(writer.fd, Ordering::Relaxed);
+    builder.target(env_logger::Target::Pipe(Box::new(writer)));
     let inner = builder
         .format(move |out, record| {
             writeln!(
@@ -59,6 +63,71 @@ pub fn init_logging(
     };
     if log::set_boxed_logger(Box::new(logger)).is_ok() {
         log::set_max_level(level);
+    }
+}
+
+/// Lines longer than this are cut: a write to a pipe of at most PIPE_BUF
+/// bytes is atomic, so lines of processes sharing one never interleave.
+pub const MAX_LOG_LINE: usize = 4096;
+
+/// Log lines dropped because the log could not take them at once.
+static DROPPED_LINES: AtomicU64 = AtomicU64::new(0);
+
+/// How many log lines this process dropped because its log was full.
+pub fn dropped_log_lines() -> u64 {
+    DROPPED_LINES.load(Ordering::Relaxed)
+}
+
+/// Writes each line as one write(2) and never retries: a line the log
+/// cannot take now (a full non-blocking pipe: EAGAIN) or at all is dropped
+/// and counted, and the next line that gets through says how many went.
+/// Nothing that serves the guest or QMP ever waits for a log reader.
+pub struct LogWriter {
+    fd: RawFd,
+}
+
+impl LogWriter {
+    /// A writer on `log`, which stays open for the life of the process.
+    pub fn on(log: std::fs::File) -> LogWriter {
+        let fd = log.as_raw_fd();
+        std::mem::forget(log);
+        LogWriter { fd }
+    }
+
+    /// One write of `line`; whether it went.
+    fn write_line(&self, line: &[u8]) -> bool {
+        // SAFETY: `self.fd` is the log's descriptor, open for the life of
+        // the process (init_logging never closes it).
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) };
+        matches!(nix::unistd::write(fd, line), Ok(n) if n == line.len())
+    }
+}
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, record: &[u8]) -> std::io::Result<usize> {
+        let dropped = DROPPED_LINES.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            let note = format!("[log: {dropped} lines dropped: the log could not take them]\n");
+            if !self.write_line(note.as_bytes()) {
+                DROPPED_LINES.fetch_add(dropped, Ordering::Relaxed);
+            }
+        }
+        let line = if record.len() > MAX_LOG_LINE {
+            let mut cut = record[..MAX_LOG_LINE - 1].to_vec();
+            cut.push(b'\n');
+            std::borrow::Cow::Owned(cut)
+        } else {
+            std::borrow::Cow::Borrowed(record)
+        };
+        if !self.write_line(&line) {
+            DROPPED_LINES.fetch_add(1, Ordering::Relaxed);
+        }
+        // Whatever happened to it, the line is done with: no retry.
+        Ok(record.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -246,6 +315,35 @@ mod tests {
         let later = start + Duration::from_secs(100);
         let refilled = (0..5).filter(|_| limit.admit(later).is_some()).count();
         assert_eq!(refilled, 3);
+    }
+
+    #[test]
+    fn a_full_log_drops_and_counts_lines_and_never_waits() {
+        use std::io::Write;
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK).unwrap();
+        let mut writer = LogWriter {
+            fd: write.as_raw_fd(),
+        };
+        let line = [b'x'; 1000];
+        // A pipe holds 64 KiB: the rest is dropped at once, not waited for.
+        for _ in 0..200 {
+            assert_eq!(writer.write(&line).unwrap(), line.len());
+        }
+        let dropped = dropped_log_lines();
+        assert!(dropped >= 100, "{dropped} dropped");
+        // Drained, the next line says how many went before it.
+        let mut sink = vec![0u8; 1 << 20];
+        while nix::unistd::read(&read, &mut sink).is_ok_and(|n| n > 0) {}
+        writer.write(b"next\n").unwrap();
+        let n = nix::unistd::read(&read, &mut sink).unwrap();
+        let text = String::from_utf8_lossy(&sink[..n]);
+        assert!(text.contains("lines dropped"), "{text}");
+        assert!(text.ends_with("next\n"), "{text}");
+        // An overlong line is cut to one atomic write.
+        writer.write(&[b'y'; 3 * MAX_LOG_LINE]).unwrap();
+        let n = nix::unistd::read(&read, &mut sink).unwrap();
+        assert_eq!(n, MAX_LOG_LINE);
+        assert_eq!(sink[n - 1], b'\n');
     }
 
     #[test]

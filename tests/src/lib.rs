@@ -224,6 +224,13 @@ impl Vm {
     /// Starts `program` with its console and QMP sockets in `dir`
     /// (`console.sock`, `qmp.sock`).
     pub fn start_in(program: &Path, dir: PathBuf, args: &[&str]) -> Vm {
+        Vm::start_with_stderr(program, dir, args, Stdio::inherit())
+    }
+
+    /// Starts `program` as [`Vm::start_in`] does, its stderr `stderr` (a
+    /// pipe that is kept, unread, while the VM runs: a log reader that
+    /// stopped reading).
+    pub fn start_with_stderr(program: &Path, dir: PathBuf, args: &[&str], stderr: Stdio) -> Vm {
         let socket = dir.join("console.sock");
         let child = Command::new(program)
             .args(args)
@@ -234,7 +241,7 @@ impl Vm {
             .arg(&socket)
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("cannot start papervisor");
         let mut vm = Vm {

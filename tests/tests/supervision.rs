@@ -594,3 +594,54 @@ fn backends_are_bounded_and_a_restart_short_of_descriptors_waits_without_failing
     );
     vm.plug_core(1, "core1");
 }
+
+/// A log reader that stops reading (a stuck journal, a paused pager) must
+/// not stall the VM: with every process logging at debug level into a
+/// pipe nobody drains, hot-plug cycles go on, QMP answers, the guest's
+/// RTAS calls are served, and no device process is cut off.
+#[test]
+fn a_log_reader_that_stops_reading_stalls_nothing() {
+    if !papervisor_tests::kvm_usable("a_log_reader_that_stops_reading_stalls_nothing") {
+        return;
+    }
+    // The smallest pipe the kernel makes (a page): full after a few lines.
+    let (_unread, log) = nix::unistd::pipe().unwrap();
+    nix::fcntl::fcntl(&log, nix::fcntl::FcntlArg::F_SETPIPE_SZ(4096)).unwrap();
+    let mut vm = Vm::start_with_stderr(
+        &papervisor_tests::binary("papervisor"),
+        papervisor_tests::scratch_dir(),
+        &[
+            "--smp",
+            "cpus=1,maxcpus=2",
+            "--log-file",
+            "stderr",
+            "--log-level",
+            "debug",
+        ],
+        Stdio::from(log),
+    );
+    vm.boot();
+    let mut qmp = papervisor_tests::QmpClient::connect(&vm.qmp_socket());
+    let before = vm.device_pids();
+    for round in 0..40 {
+        let add = qmp.execute(
+            "device_add",
+            json!({"driver": "host-spapr-cpu-core", "core-id": 1, "id": "core1"}),
+        );
+        assert_eq!(add, json!({"return": {}}), "round {round}");
+        vm.console
+            .expect_async("dlpar: cpu add 0x10000001: ok", Duration::from_secs(60));
+        let del = qmp.execute("device_del", json!({"id": "core1"}));
+        assert_eq!(del, json!({"return": {}}), "round {round}");
+        assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "core1");
+        vm.console
+            .expect_async("dlpar: cpu remove 0x10000001: ok", Duration::from_secs(60));
+    }
+    assert!(vm.console.command("time")[0].starts_with("time: "));
+    // Nobody was cut off for not answering: the same processes serve.
+    assert_eq!(vm.device_pids(), before);
+    assert!(qmp
+        .events_within(Duration::ZERO)
+        .iter()
+        .all(|e| e["event"] != "X_DEVICE_PROCESS_EXITED"));
+}

@@ -15,6 +15,7 @@ pub mod fdt;
 pub mod hcall;
 pub mod interrupts;
 pub mod layout;
+pub mod logging;
 pub mod memory;
 pub mod qmp;
 pub mod runtime;

@@ -1,6 +1,8 @@
 //! `papervisor`: the core process.
 
-use vmm::{config, confine, console, devices, qmp, runtime, seccomp, signals, sockets, vcpu, vm};
+use vmm::{
+    config, confine, console, devices, logging, qmp, runtime, seccomp, signals, sockets, vcpu, vm,
+};
 
 use config::Cli;
 use std::error::Error;
@@ -8,6 +10,8 @@ use std::process::ExitCode;
 
 /// Exit status when the VM could not be run or the guest crashed.
 const EXIT_FAILURE: u8 = 1;
+/// How long the last lines of a VM that ends may take to reach the log.
+const LOG_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 /// glibc's malloc arenas at most (its default for 2 CPUs would be 16).
 const MALLOC_ARENAS: i32 = 8;
 
@@ -28,11 +32,23 @@ fn main() -> ExitCode {
             return ExitCode::from(common::EXIT_USAGE);
         }
     };
-    let shared_log = log_file
-        .as_ref()
-        .and_then(|file| file.try_clone().ok())
-        .map(std::sync::Arc::new);
-    common::init_logging("core", log_level, log_file);
+    // Every process of the VM logs into one pipe that never makes a writer
+    // wait; a thread of the core drains it into the log (see `logging`).
+    let log_pipe = match logging::LogPipe::new() {
+        Ok(pipe) => pipe,
+        Err(error) => {
+            eprintln!("papervisor: cannot create the log pipe: {error}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let (core_log, shared_log) = match (log_pipe.writer(), log_pipe.writer()) {
+        (Ok(core), Ok(shared)) => (core, std::sync::Arc::new(shared)),
+        (Err(error), _) | (_, Err(error)) => {
+            eprintln!("papervisor: cannot share the log pipe: {error}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    common::init_logging("core", log_level, Some(core_log));
 
     let mut config = match config::VmConfig::from_cli(cli) {
         Ok(config) => config,
@@ -42,7 +58,7 @@ fn main() -> ExitCode {
         }
     };
     config.sandbox.log_level = log::max_level();
-    config.sandbox.log_file = shared_log;
+    config.sandbox.log_file = Some(shared_log);
     raise_descriptor_limit();
     if let Err(error) = install_kick_handler() {
         eprintln!("papervisor: {}", common::describe(&error));
@@ -87,6 +103,13 @@ fn main() -> ExitCode {
         return ExitCode::from(EXIT_FAILURE);
     }
     seccomp::set_mode(&config.sandbox.seccomp);
+    let log_drain = match log_pipe.drain_into(log_file) {
+        Ok(drain) => drain,
+        Err(error) => {
+            eprintln!("papervisor: cannot start the log thread: {error}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
     let runtime = match claim_runtime(&mut config) {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -111,13 +134,15 @@ fn main() -> ExitCode {
     drop(terminal);
     drop(sockets);
     drop(runtime);
-    match result {
+    let exit = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             log::error!("{}", common::describe(error.as_ref()));
             ExitCode::from(EXIT_FAILURE)
         }
-    }
+    };
+    log_drain.flush(LOG_FLUSH);
+    exit
 }
 
 /// Where the logs go: `--log-file` (a file, or `stderr`); by default stderr,

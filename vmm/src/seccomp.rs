@@ -35,6 +35,8 @@ pub enum ThreadKind {
     Watcher,
     /// Takes SIGTERM, SIGINT and SIGHUP.
     Signals,
+    /// Drains the log pipe into the log.
+    Log,
 }
 
 const KVMIO: u64 = 0xAE;
@@ -191,6 +193,7 @@ fn extra_calls(kind: ThreadKind) -> Vec<i64> {
             ],
         ]
         .concat(),
+        ThreadKind::Log => vec![SYS_read],
         ThreadKind::Qmp => [
             SOCKETS,
             STARTS_THREADS,
@@ -291,7 +294,8 @@ pub fn confine_or_exit(kind: ThreadKind) {
 mod tests {
     use super::*;
 
-    const ALL: [ThreadKind; 7] = [
+    const ALL: [ThreadKind; 8] = [
+        ThreadKind::Log,
         ThreadKind::Vcpu,
         ThreadKind::Control,
         ThreadKind::Qmp,

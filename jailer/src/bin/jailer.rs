@@ -69,18 +69,25 @@ fn main() -> ExitCode {
         args: cli.args,
     };
     if let Err(error) = config.validate() {
-        eprintln!("jailer: {error}");
+        say(&error);
         return ExitCode::from(common::EXIT_USAGE);
     }
     match jailer::run(&config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error @ jailer::JailError::InJail(_)) => {
-            eprintln!("jailer: {error}");
+            say(&error);
             ExitCode::from(EXIT_NOT_STARTED)
         }
         Err(error) => {
-            eprintln!("jailer: {error}");
+            say(&error);
             ExitCode::from(1)
         }
     }
+}
+
+/// One line on stderr, which may be a VM's non-blocking log pipe: a line
+/// it cannot take is lost, never a panic.
+fn say(error: &dyn std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "jailer: {error}");
 }
