@@ -334,13 +334,13 @@ mod tests {
         // Drained, the next line says how many went before it.
         let mut sink = vec![0u8; 1 << 20];
         while nix::unistd::read(&read, &mut sink).is_ok_and(|n| n > 0) {}
-        writer.write(b"next\n").unwrap();
+        writer.write_all(b"next\n").unwrap();
         let n = nix::unistd::read(&read, &mut sink).unwrap();
         let text = String::from_utf8_lossy(&sink[..n]);
         assert!(text.contains("lines dropped"), "{text}");
         assert!(text.ends_with("next\n"), "{text}");
         // An overlong line is cut to one atomic write.
-        writer.write(&[b'y'; 3 * MAX_LOG_LINE]).unwrap();
+        writer.write_all(&[b'y'; 3 * MAX_LOG_LINE]).unwrap();
         let n = nix::unistd::read(&read, &mut sink).unwrap();
         assert_eq!(n, MAX_LOG_LINE);
         assert_eq!(sink[n - 1], b'\n');
