@@ -18,6 +18,8 @@
 //! could be reused. No privileged process is left behind.
 #![deny(missing_docs)]
 
+pub mod reaper;
+
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::resource::{setrlimit, Resource};
@@ -287,6 +289,15 @@ impl JailConfig {
     }
 }
 
+/// No capability can come back: empties this process's bounding set
+/// (where it may: that takes CAP_SETPCAP; without it nothing changes).
+pub fn empty_bounding_set() {
+    for capability in 0..64 {
+        // SAFETY: PR_CAPBSET_DROP only shrinks this process's bounding set.
+        unsafe { nix::libc::prctl(nix::libc::PR_CAPBSET_DROP, capability, 0, 0, 0) };
+    }
+}
+
 /// Closes every descriptor from `first` up, but `keep`.
 fn close_from(first: i32, keep: Option<i32>) {
     let ranges = match keep {
@@ -525,11 +536,7 @@ fn jail_and_exec(
     .map_err(step("make the root read-only"))?;
     nix::unistd::sethostname("papervisor-jail").map_err(step("set the hostname"))?;
 
-    // No capability can come back: empty the bounding set while we may.
-    for capability in 0..64 {
-        // SAFETY: PR_CAPBSET_DROP only shrinks this process's bounding set.
-        unsafe { nix::libc::prctl(nix::libc::PR_CAPBSET_DROP, capability, 0, 0, 0) };
-    }
+    empty_bounding_set();
     if root {
         nix::unistd::setgroups(&[]).map_err(step("drop supplementary groups"))?;
     }

@@ -315,10 +315,13 @@ fn every_thread_of_the_core_is_filtered_and_unprivileged_but_the_spawner() {
         assert_eq!(children, [], "no device process in-process");
         return;
     }
-    // The rest of the tree: the three device processes, none privileged.
-    assert_eq!(children.len(), 3, "{children:?}");
+    // The rest of the tree: the three device processes and the reaper,
+    // none privileged, each filtered.
+    assert_eq!(children.len(), 4, "{children:?}");
     for (pid, name) in children {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        assert_eq!(task_field(&status, "Seccomp"), "2", "{name}");
+        assert_eq!(task_field(&status, "NoNewPrivs"), "1", "{name}");
         assert_ne!(
             task_field(&status, "Uid").split_whitespace().next(),
             Some("0"),
@@ -381,4 +384,71 @@ fn vms_with_other_jail_dirs_never_share_a_uid_or_a_gid() {
     drop(a);
     drop(b);
     let _ = std::fs::remove_dir_all(base);
+}
+
+/// Whether process `pid` still runs (a zombie has ended).
+fn runs(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().to_string())
+        })
+        .is_some_and(|rest| !rest.starts_with('Z'))
+}
+
+/// When the core dies (SIGKILL), every process of its VM goes with it: a
+/// stopped RTAS server (which maps guest RAM) and a hung event log too.
+#[test]
+fn stopped_and_hung_device_processes_do_not_outlive_a_killed_core() {
+    if papervisor_tests::skip_in_process(
+        "stopped_and_hung_device_processes_do_not_outlive_a_killed_core",
+        "it stops and hangs device processes",
+    ) {
+        return;
+    }
+    if !root_and_kvm("stopped_and_hung_device_processes_do_not_outlive_a_killed_core") {
+        return;
+    }
+    let mut vm = Vm::start(&[]);
+    vm.boot();
+    let pids = vm.device_pids();
+    let rtas = vm.device_process("rtas-server")["pid"].as_u64().unwrap();
+    send_signal(rtas, nix::sys::signal::Signal::SIGSTOP);
+    let hang = vm.qmp(&[
+        r#"x-inject-fault={"process": "event-log", "point": "received", "action": "hang"}"#,
+    ]);
+    assert_eq!(hang[0]["return"], json!({"armed": true}));
+    // A request the event log receives, and hangs in.
+    let qmp_path = vm.qmp_socket();
+    let _asking = std::thread::spawn(move || {
+        let mut qmp = papervisor_tests::QmpClient::connect(&qmp_path);
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            qmp.execute("x-query-event-log", json!({}))
+        }));
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let helpers: Vec<u64> = vm
+        .children()
+        .into_iter()
+        .filter(|(_, name)| name.starts_with("papervisor-rea"))
+        .map(|(pid, _)| u64::from(pid))
+        .collect();
+    assert_eq!(helpers.len(), 1, "one reaper: {:?}", vm.children());
+    send_signal(u64::from(vm.pid()), nix::sys::signal::Signal::SIGKILL);
+    assert!(!vm.wait_exit(Duration::from_secs(10)).success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for pid in pids.iter().chain(&helpers) {
+        while runs(*pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "process {pid} of a killed VM still runs"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    // The next VM starts on a host with nothing of the old one running.
+    let mut next = Vm::start(&[]);
+    next.boot();
+    assert!(pids.iter().all(|pid| !runs(*pid)));
 }

@@ -42,8 +42,18 @@ fn a_user_with_kvm_access_runs_a_vm_with_jailed_device_processes() {
     assert_eq!(vm.console.command("cpu online 1"), ["cpu 1 online"]);
     let core = vm.pid();
     let me = nix::unistd::geteuid().as_raw().to_string();
-    let children = vm.children();
+    let (reapers, children): (Vec<_>, Vec<_>) = vm
+        .children()
+        .into_iter()
+        .partition(|(_, name)| name.starts_with("papervisor-rea"));
     assert_eq!(children.len(), 3, "{children:?}");
+    // The reaper: this user's, filtered, without privileges.
+    assert_eq!(reapers.len(), 1, "{reapers:?}");
+    for (pid, name) in &reapers {
+        assert_eq!(field(*pid, None, "Seccomp"), "2", "{name}");
+        assert_eq!(field(*pid, None, "NoNewPrivs"), "1", "{name}");
+        assert_eq!(field(*pid, None, "CapEff"), "0000000000000000", "{name}");
+    }
     for (pid, name) in &children {
         assert!(name.starts_with("papervisor-"), "{name}");
         assert_eq!(field(*pid, None, "Seccomp"), "2", "{name}");

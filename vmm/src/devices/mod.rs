@@ -80,6 +80,8 @@ pub enum DeviceError {
     StateRegion(#[source] crate::memory::MemoryError),
     #[error("cannot upgrade the {kind}: {why}")]
     Upgrade { kind: &'static str, why: String },
+    #[error("cannot start the reaper")]
+    Reaper(#[source] SpawnError),
 }
 
 /// What a (re)started process is given besides its links.
@@ -137,6 +139,9 @@ pub struct DeviceProcesses {
     /// The binary each kind runs out-of-process: beside the core's own, or
     /// the one it was last upgraded to (every restart runs that one).
     programs: Mutex<HashMap<ProcessKind, PathBuf>>,
+    /// The reaper's socket: it holds a pidfd of every device process and
+    /// kills each when this closes (the core ended or died).
+    reaper: Option<OwnedFd>,
     /// The user the core runs as: besides root, the only one who may
     /// control a binary the VM runs (read once: no thread's filter allows
     /// asking later).
@@ -191,7 +196,12 @@ impl DeviceProcesses {
                 )?,
             ),
         ]);
+        let reaper = match sandbox.device_mode {
+            DeviceMode::OutOfProcess => Some(start_reaper(&sandbox)?),
+            DeviceMode::InProcess => None,
+        };
         let devices = DeviceProcesses {
+            reaper,
             sandbox,
             resources: Resources {
                 memory,
@@ -461,6 +471,7 @@ impl DeviceProcesses {
             kind.name(),
             handle.pid
         );
+        self.tell_reaper(&handle);
         {
             let mut records = lock(&self.records);
             let record = records.entry(kind).or_insert_with(|| Record {
@@ -489,6 +500,28 @@ impl DeviceProcesses {
                 }
             })?;
         Ok((generation, handle))
+    }
+
+    /// Hands the reaper a pidfd of a new device process.
+    fn tell_reaper(&self, handle: &ProcessHandle) {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        let (Some(reaper), Some(pidfd)) = (&self.reaper, handle.pidfd()) else {
+            return;
+        };
+        let fds = [pidfd.as_raw_fd()];
+        let sent = sendmsg::<()>(
+            reaper.as_raw_fd(),
+            &[std::io::IoSlice::new(&[1])],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+            None,
+        );
+        if let Err(error) = sent {
+            log::error!(
+                "the reaper did not take pid {}: it would outlive a core that dies ({error})",
+                handle.pid
+            );
+        }
     }
 
     /// What a new process is told before it serves the guest.
@@ -998,6 +1031,34 @@ impl DeviceProcesses {
             Err(error) => Err(error.to_string()),
         }
     }
+}
+
+/// Starts the VM's reaper (`jailer::reaper`) on one end of a new socket;
+/// the core keeps the other. As root with jails it takes the VM's device
+/// uid, which may signal the device processes and nothing else.
+fn start_reaper(sandbox: &Sandbox) -> Result<OwnedFd, DeviceError> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    let (ours, its) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|errno| DeviceError::Reaper(SpawnError::ReportSocket(errno.into())))?;
+    let mut args = vec!["--seccomp".to_string(), sandbox.seccomp.clone()];
+    if sandbox.jail && nix::unistd::geteuid().is_root() {
+        args.extend([
+            "--uid".to_string(),
+            sandbox.uid.to_string(),
+            "--gid".to_string(),
+            sandbox.gid.to_string(),
+        ]);
+    }
+    let program = spawn::sibling_binary("papervisor-reaper");
+    // The reaper is not waited for: it ends when the core does.
+    let _reaper = spawn::start_helper(program, args, vec![its.as_raw_fd()], sandbox)
+        .map_err(DeviceError::Reaper)?;
+    Ok(ours)
 }
 
 /// `program`, resolved, if nobody but root and `owner` (the user the VM

@@ -176,6 +176,14 @@ impl ProcessHandle {
         }
     }
 
+    /// The pidfd of a process (none for a device thread).
+    pub fn pidfd(&self) -> Option<BorrowedFd<'_>> {
+        match &self.held {
+            Held::Process(pidfd) => Some(pidfd.as_fd()),
+            Held::Thread(_) => None,
+        }
+    }
+
     /// Removes the jail's directory (nothing in-process or unjailed): once
     /// the process is gone, or is being killed (its root is a mount in its
     /// own namespace only; here it is an empty directory).
@@ -266,6 +274,13 @@ enum Request {
         launches: Vec<Launch>,
         reply: Sender<Vec<Spawned>>,
     },
+    Helper {
+        program: PathBuf,
+        args: Vec<String>,
+        fds: Vec<RawFd>,
+        sandbox: Box<Sandbox>,
+        reply: Sender<Result<OwnedFd, SpawnError>>,
+    },
     Kill {
         target: KillTarget,
         reply: Sender<rustix::io::Result<()>>,
@@ -315,7 +330,54 @@ fn serve(request: Request) {
         Request::Kill { target, reply } => {
             let _ = reply.send(kill(&target));
         }
+        Request::Helper {
+            program,
+            args,
+            fds,
+            sandbox,
+            reply,
+        } => {
+            let _ = reply.send(start_helper_here(&program, &args, &fds, &sandbox));
+        }
     }
+}
+
+fn start_helper_here(
+    program: &Path,
+    args: &[String],
+    fds: &[RawFd],
+    sandbox: &Sandbox,
+) -> Result<OwnedFd, SpawnError> {
+    // Not yet waited for, so the pid is still this child's.
+    start_program(program, args, sandbox, fds).and_then(pidfd_of)
+}
+
+/// Starts a helper of the VM (`program` with `args`, `fds` as its
+/// descriptors 3..), unjailed, with the spawner's privileges for it to
+/// drop (the reaper takes the VM's uid); a pidfd of it.
+pub fn start_helper(
+    program: PathBuf,
+    args: Vec<String>,
+    fds: Vec<RawFd>,
+    sandbox: &Sandbox,
+) -> Result<OwnedFd, SpawnError> {
+    let Some(spawner) = SPAWNER.get() else {
+        return start_helper_here(&program, &args, &fds, sandbox);
+    };
+    let (reply, answer) = channel();
+    let request = Request::Helper {
+        program,
+        args,
+        fds,
+        sandbox: Box::new(sandbox.clone()),
+        reply,
+    };
+    if spawner.send(request).is_err() {
+        return Err(SpawnError::Thread(std::io::ErrorKind::BrokenPipe.into()));
+    }
+    answer
+        .recv()
+        .unwrap_or_else(|_| Err(SpawnError::Thread(std::io::ErrorKind::BrokenPipe.into())))
 }
 
 /// Starts `launches` together (their jails are set up at the same time), on
