@@ -417,10 +417,11 @@ fn a_controller_killed_in_a_dimm_unplug_after_some_lmbs_went_completes_it_once()
     };
     release(&mut vm, "0x80000004");
     vm.kill_and_await_restart("hotplug-controller");
+    // Given back, and still the DIMM's until the DIMM goes as a whole.
     let first = vm.drc(0x8000_0004);
     assert_eq!(
-        (&first["state"], &first["device"]),
-        (&json!("unusable"), &json!(null)),
+        (&first["state"], &first["device"], &first["unplug-requested"]),
+        (&json!("unusable"), &json!("dimm0"), &json!(true)),
         "{first}"
     );
     let second = vm.drc(0x8000_0005);
@@ -437,6 +438,9 @@ fn a_controller_killed_in_a_dimm_unplug_after_some_lmbs_went_completes_it_once()
         qmp.execute("query-memory-devices", json!({}))["return"],
         json!([])
     );
+    for lmb in [0x8000_0004, 0x8000_0005] {
+        assert_eq!(vm.drc(lmb)["device"], json!(null));
+    }
 }
 
 /// The jails' directories of a VM's processes (`<run dir>/jails/<binary>/<id>`).
