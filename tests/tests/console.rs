@@ -230,9 +230,18 @@ fn of_two_vms_started_at_once_on_the_same_sockets_the_loser_removes_nothing() {
             assert!(Instant::now() < deadline, "neither VM was refused");
             std::thread::sleep(Duration::from_millis(20));
         };
-        let mut loser_output = String::new();
-        let mut loser_child = both[loser].stderr.take().unwrap();
-        loser_child.read_to_string(&mut loser_output).unwrap();
+        // Read on the side: a refused VM that left processes behind would
+        // keep its stderr open.
+        let mut loser_stderr = both[loser].stderr.take().unwrap();
+        let (said, output) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = loser_stderr.read_to_string(&mut text);
+            let _ = said.send(text);
+        });
+        let loser_output = output
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the refused VM's stderr closes: nothing of it stays behind");
         assert_eq!(
             both[loser].wait().unwrap().code(),
             Some(2),

@@ -420,7 +420,11 @@ fn a_controller_killed_in_a_dimm_unplug_after_some_lmbs_went_completes_it_once()
     // Given back, and still the DIMM's until the DIMM goes as a whole.
     let first = vm.drc(0x8000_0004);
     assert_eq!(
-        (&first["state"], &first["device"], &first["unplug-requested"]),
+        (
+            &first["state"],
+            &first["device"],
+            &first["unplug-requested"]
+        ),
         (&json!("unusable"), &json!("dimm0"), &json!(true)),
         "{first}"
     );
