@@ -49,6 +49,26 @@ impl Mode {
     }
 }
 
+/// What every confined process does whatever its job: its allocator,
+/// locks and clock, signal returns and masks, closing descriptors, ending.
+pub const PROCESS_BASICS: &[i64] = &[
+    nix::libc::SYS_close,
+    nix::libc::SYS_brk,
+    nix::libc::SYS_munmap,
+    nix::libc::SYS_mremap,
+    nix::libc::SYS_madvise,
+    nix::libc::SYS_futex,
+    nix::libc::SYS_clock_gettime,
+    nix::libc::SYS_rt_sigreturn,
+    // A stopped process (SIGSTOP, a cgroup freeze, a debugger) resumes its
+    // interrupted poll or wait through this.
+    nix::libc::SYS_restart_syscall,
+    nix::libc::SYS_rt_sigprocmask,
+    nix::libc::SYS_sigaltstack,
+    nix::libc::SYS_exit,
+    nix::libc::SYS_exit_group,
+];
+
 /// Argument `arg` (a 64-bit value) equals `value`.
 pub fn arg_equals(arg: u8, value: u64) -> SeccompRule {
     rule(vec![condition(

@@ -10,31 +10,17 @@ use ipc_proto::ProcessKind;
 use seccompiler::{BpfProgram, SeccompCmpArgLen, SeccompCmpOp};
 use std::os::fd::RawFd;
 
-/// Every device process: its channels, its allocator, its log.
-/// `write` is allowed on the log descriptor only (see [`rules`]).
+/// Every device process, besides [`common::seccomp::PROCESS_BASICS`]: its
+/// channels, its randomness, its polling. `write` is allowed on the log
+/// descriptor only (see [`rules`]).
 const COMMON: &[i64] = &[
     nix::libc::SYS_read,
     nix::libc::SYS_sendmsg,
     nix::libc::SYS_recvmsg,
     nix::libc::SYS_poll,
     nix::libc::SYS_ppoll,
-    nix::libc::SYS_close,
-    nix::libc::SYS_brk,
-    nix::libc::SYS_munmap,
-    nix::libc::SYS_mremap,
-    nix::libc::SYS_madvise,
-    nix::libc::SYS_futex,
     nix::libc::SYS_getrandom,
-    nix::libc::SYS_clock_gettime,
     nix::libc::SYS_sched_yield,
-    nix::libc::SYS_rt_sigreturn,
-    // A stopped process (SIGSTOP, a cgroup freeze, a debugger) resumes its
-    // interrupted poll or wait through this.
-    nix::libc::SYS_restart_syscall,
-    nix::libc::SYS_rt_sigprocmask,
-    nix::libc::SYS_sigaltstack,
-    nix::libc::SYS_exit,
-    nix::libc::SYS_exit_group,
 ];
 
 /// The RTAS server maps guest RAM from the memfds the core sends, and checks
@@ -50,7 +36,11 @@ const RTAS_SERVER: &[i64] = &[
 /// to `writable`, the descriptors the device itself writes (the event log's
 /// interrupts): everything else goes over the links (sendmsg).
 pub fn rules(kind: ProcessKind, writable: &[RawFd]) -> Rules {
-    let mut rules: Rules = COMMON.iter().map(|&n| (n, vec![])).collect();
+    let mut rules: Rules = common::seccomp::PROCESS_BASICS
+        .iter()
+        .chain(COMMON)
+        .map(|&n| (n, vec![]))
+        .collect();
     // Never executable memory.
     rules.insert(nix::libc::SYS_mprotect, vec![rule(vec![not_executable()])]);
     // Only F_GETFD: std checks a descriptor is open before closing it (with

@@ -36,28 +36,16 @@ pub enum ReaperError {
 /// The calls the reaper makes once it serves.
 fn rules() -> common::seccomp::Rules {
     use common::seccomp::{arg_equals_32, not_executable, rule};
-    let mut rules: common::seccomp::Rules = [
-        nix::libc::SYS_recvmsg,
-        nix::libc::SYS_poll,
-        nix::libc::SYS_ppoll,
-        nix::libc::SYS_pidfd_send_signal,
-        nix::libc::SYS_close,
-        nix::libc::SYS_brk,
-        nix::libc::SYS_munmap,
-        nix::libc::SYS_mremap,
-        nix::libc::SYS_madvise,
-        nix::libc::SYS_futex,
-        nix::libc::SYS_clock_gettime,
-        nix::libc::SYS_rt_sigreturn,
-        nix::libc::SYS_restart_syscall,
-        nix::libc::SYS_rt_sigprocmask,
-        nix::libc::SYS_sigaltstack,
-        nix::libc::SYS_exit,
-        nix::libc::SYS_exit_group,
-    ]
-    .into_iter()
-    .map(|call| (call, vec![]))
-    .collect();
+    let mut rules: common::seccomp::Rules = common::seccomp::PROCESS_BASICS
+        .iter()
+        .chain(&[
+            nix::libc::SYS_recvmsg,
+            nix::libc::SYS_poll,
+            nix::libc::SYS_ppoll,
+            nix::libc::SYS_pidfd_send_signal,
+        ])
+        .map(|&call| (call, vec![]))
+        .collect();
     rules.insert(nix::libc::SYS_write, vec![arg_equals_32(0, 2)]);
     rules.insert(nix::libc::SYS_mmap, vec![rule(vec![not_executable()])]);
     rules.insert(nix::libc::SYS_mprotect, vec![rule(vec![not_executable()])]);

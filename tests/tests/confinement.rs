@@ -26,6 +26,34 @@ fn ids(pid: u64) -> (u32, u32) {
     (id("Uid:"), id("Gid:"))
 }
 
+/// Starts a VM with `args` that must be refused before anything starts:
+/// its stderr. One still running after 20 s is killed, and the test fails
+/// with `started`.
+fn refused_at_start(args: &[&str], started: &str) -> String {
+    let mut vm = Command::new(papervisor_tests::binary("papervisor"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = vm.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = vm.kill();
+            let _ = vm.wait();
+            panic!("{started}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut vm.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{started}");
+    stderr
+}
+
 /// Whether a shell running as `uid`/`gid` can open `path` for reading.
 fn can_open_as(uid: u32, gid: u32, path: &str) -> bool {
     let output = Command::new("sh")
@@ -82,26 +110,10 @@ fn two_vms_have_ids_of_their_own_and_nobody_reads_a_device_processs_memory() {
     // A uid in use is refused to the next VM, before anything starts.
     let taken = uid_a.to_string();
     let console = std::env::temp_dir().join(format!("pv-uid-{}.sock", std::process::id()));
-    let mut third = Command::new(papervisor_tests::binary("papervisor"))
-        .args(["--uid", &taken, "--console"])
-        .arg(&console)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = third.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = third.kill();
-            panic!("a VM started with uid {taken}, which another VM holds");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut third.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(!status.success());
+    let stderr = refused_at_start(
+        &["--uid", &taken, "--console", &console.display().to_string()],
+        &format!("a VM started with uid {taken}, which another VM holds"),
+    );
     assert!(
         stderr.contains(&format!("uid {taken} is in use")),
         "{stderr}"
@@ -368,29 +380,19 @@ fn vms_with_other_jail_dirs_never_share_a_uid_or_a_gid() {
     assert_ne!(gid_a, gid_b, "two VMs share a device gid");
     // Another VM's gid, under a uid nobody holds: refused before anything starts.
     let console = base.join("c.sock");
-    let mut third = Command::new(papervisor_tests::binary("papervisor"))
-        .args(["--uid", "1900065000", "--gid", &gid_a.to_string()])
-        .args(["--jail-dir", &dir_c, "--console"])
-        .arg(&console)
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = third.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = third.kill();
-            let _ = third.wait();
-            panic!("a VM started with VM A's gid {gid_a}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut third.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(!status.success(), "a VM took VM A's gid {gid_a}");
+    let stderr = refused_at_start(
+        &[
+            "--uid",
+            "1900065000",
+            "--gid",
+            &gid_a.to_string(),
+            "--jail-dir",
+            &dir_c,
+            "--console",
+            &console.display().to_string(),
+        ],
+        &format!("a VM started with VM A's gid {gid_a}"),
+    );
     assert!(
         stderr.contains(&format!("gid {gid_a} is in use")),
         "{stderr}"

@@ -79,7 +79,7 @@ pub fn create_private_dir(path: &Path) -> Result<(), RuntimeError> {
 }
 
 /// Takes the lock at `path` without waiting; `None` if someone holds it.
-fn try_lock(path: &Path) -> Result<Option<Flock<File>>, RuntimeError> {
+pub fn try_lock(path: &Path) -> Result<Option<Flock<File>>, RuntimeError> {
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)

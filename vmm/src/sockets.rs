@@ -9,9 +9,9 @@
 //! nothing, and the winner removes, when it ends, only the socket it bound
 //! (the same inode) and its lock file.
 
-use nix::fcntl::{Flock, FlockArg};
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use nix::fcntl::Flock;
+use std::fs::File;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
@@ -47,17 +47,10 @@ fn identity(metadata: &std::fs::Metadata) -> (u64, u64) {
 /// one at `path` (not one an owner unlinked on its way out).
 fn lock(path: &Path) -> Result<Option<Flock<File>>, String> {
     for _ in 0..LOCK_ATTEMPTS {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|error| format!("cannot open {}: {error}", path.display()))?;
-        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => lock,
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
-            Err((_, errno)) => return Err(format!("cannot lock {}: {errno}", path.display())),
+        let Some(lock) =
+            crate::runtime::try_lock(path).map_err(|error| common::describe(&error))?
+        else {
+            return Ok(None);
         };
         let held = lock.metadata().map(|m| identity(&m));
         let named = std::fs::symlink_metadata(path).map(|m| identity(&m));
