@@ -56,6 +56,8 @@ pub enum ControlMessage {
     },
     /// Time to start a fresh device process in place of a dead one.
     RestartDevice(ipc_proto::ProcessKind),
+    /// The reaper ended (how): a new one must hold the device processes.
+    ReaperExited(String),
     /// A QMP command that needs the machine.
     Qmp {
         command: crate::qmp::schema::Command,

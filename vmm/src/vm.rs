@@ -516,6 +516,7 @@ impl Vm {
                     reason,
                 } => self.device_exited(kind, generation, &reason),
                 ControlMessage::RestartDevice(kind) => self.restart_device(kind),
+                ControlMessage::ReaperExited(reason) => self.devices.reaper_exited(&reason),
                 ControlMessage::PeerFailed {
                     peer,
                     generation,

@@ -37,6 +37,9 @@ use wiring::Holder;
 
 pub use spawn::{DeviceMode, Sandbox};
 
+/// Reapers started after the first, at most: one that keeps dying is
+/// given up on (and says so) rather than restarted in a loop.
+const MAX_REAPER_RESTARTS: u32 = 5;
 /// How long a new process has for its handshakes.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an RTAS call waits for a restarting RTAS server: the guest
@@ -141,7 +144,9 @@ pub struct DeviceProcesses {
     programs: Mutex<HashMap<ProcessKind, PathBuf>>,
     /// The reaper's socket: it holds a pidfd of every device process and
     /// kills each when this closes (the core ended or died).
-    reaper: Option<OwnedFd>,
+    reaper: Mutex<Option<OwnedFd>>,
+    /// Reapers started after the first (one that keeps dying is given up).
+    reaper_restarts: Mutex<u32>,
     /// The user the core runs as: besides root, the only one who may
     /// control a binary the VM runs (read once: no thread's filter allows
     /// asking later).
@@ -196,12 +201,15 @@ impl DeviceProcesses {
                 )?,
             ),
         ]);
+        // Read now: no thread's filter allows asking once the VM runs.
+        let owner = nix::unistd::geteuid().as_raw();
         let reaper = match sandbox.device_mode {
-            DeviceMode::OutOfProcess => Some(start_reaper(&sandbox)?),
+            DeviceMode::OutOfProcess => Some(start_reaper(&sandbox, &control, owner == 0)?),
             DeviceMode::InProcess => None,
         };
         let devices = DeviceProcesses {
-            reaper,
+            reaper: Mutex::new(reaper),
+            reaper_restarts: Mutex::new(0),
             sandbox,
             resources: Resources {
                 memory,
@@ -218,7 +226,7 @@ impl DeviceProcesses {
             control,
             records: Mutex::new(HashMap::new()),
             next_generation: Mutex::new(0),
-            owner: nix::unistd::geteuid().as_raw(),
+            owner,
             programs: Mutex::new(
                 ProcessKind::ALL
                     .into_iter()
@@ -502,10 +510,41 @@ impl DeviceProcesses {
         Ok((generation, handle))
     }
 
+    /// The reaper ended (`reason`): a new one takes every running device
+    /// process, unless reapers keep dying.
+    pub fn reaper_exited(&self, reason: &str) {
+        let mut restarts = lock(&self.reaper_restarts);
+        if *restarts >= MAX_REAPER_RESTARTS {
+            log::error!("the reaper {reason}, again: given up; device processes would outlive a core that dies");
+            *lock(&self.reaper) = None;
+            return;
+        }
+        *restarts += 1;
+        drop(restarts);
+        match start_reaper(&self.sandbox, &self.control, self.owner == 0) {
+            Ok(socket) => {
+                log::error!("the reaper {reason}; a new one holds the device processes");
+                *lock(&self.reaper) = Some(socket);
+                let records = lock(&self.records);
+                for process in records.values().filter_map(|r| r.process.as_ref()) {
+                    self.tell_reaper(process);
+                }
+            }
+            Err(error) => {
+                log::error!(
+                    "the reaper {reason}, and no new one starts ({}): device processes would outlive a core that dies",
+                    common::describe(&error)
+                );
+                *lock(&self.reaper) = None;
+            }
+        }
+    }
+
     /// Hands the reaper a pidfd of a new device process.
     fn tell_reaper(&self, handle: &ProcessHandle) {
         use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-        let (Some(reaper), Some(pidfd)) = (&self.reaper, handle.pidfd()) else {
+        let reaper = lock(&self.reaper);
+        let (Some(reaper), Some(pidfd)) = (reaper.as_ref(), handle.pidfd()) else {
             return;
         };
         let fds = [pidfd.as_raw_fd()];
@@ -1036,7 +1075,11 @@ impl DeviceProcesses {
 /// Starts the VM's reaper (`jailer::reaper`) on one end of a new socket;
 /// the core keeps the other. As root with jails it takes the VM's device
 /// uid, which may signal the device processes and nothing else.
-fn start_reaper(sandbox: &Sandbox) -> Result<OwnedFd, DeviceError> {
+fn start_reaper(
+    sandbox: &Sandbox,
+    control: &Sender<ControlMessage>,
+    as_root: bool,
+) -> Result<OwnedFd, DeviceError> {
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
     let (ours, its) = socketpair(
         AddressFamily::Unix,
@@ -1046,7 +1089,7 @@ fn start_reaper(sandbox: &Sandbox) -> Result<OwnedFd, DeviceError> {
     )
     .map_err(|errno| DeviceError::Reaper(SpawnError::ReportSocket(errno.into())))?;
     let mut args = vec!["--seccomp".to_string(), sandbox.seccomp.clone()];
-    if sandbox.jail && nix::unistd::geteuid().is_root() {
+    if sandbox.jail && as_root {
         args.extend([
             "--uid".to_string(),
             sandbox.uid.to_string(),
@@ -1055,9 +1098,17 @@ fn start_reaper(sandbox: &Sandbox) -> Result<OwnedFd, DeviceError> {
         ]);
     }
     let program = spawn::sibling_binary("papervisor-reaper");
-    // The reaper is not waited for: it ends when the core does.
-    let _reaper = spawn::start_helper(program, args, vec![its.as_raw_fd()], sandbox)
+    let reaper = spawn::start_helper(program, args, vec![its.as_raw_fd()], sandbox)
         .map_err(DeviceError::Reaper)?;
+    let control = control.clone();
+    spawn::Waiter::Process(reaper)
+        .watch_named("reaper", move |reason| {
+            let _ = control.send(ControlMessage::ReaperExited(reason));
+        })
+        .map_err(|source| DeviceError::Watch {
+            kind: "reaper",
+            source,
+        })?;
     Ok(ours)
 }
 

@@ -637,8 +637,17 @@ impl Waiter {
         kind: ProcessKind,
         on_exit: impl FnOnce(String) + Send + 'static,
     ) -> std::io::Result<()> {
+        self.watch_named(kind.name(), on_exit)
+    }
+
+    /// [`Waiter::watch`] for what is not a device (the reaper).
+    pub fn watch_named(
+        self,
+        name: &str,
+        on_exit: impl FnOnce(String) + Send + 'static,
+    ) -> std::io::Result<()> {
         std::thread::Builder::new()
-            .name(format!("watch-{}", kind.name()))
+            .name(format!("watch-{name}"))
             .spawn(move || {
                 crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Watcher);
                 on_exit(self.wait());
