@@ -63,6 +63,11 @@ pub fn confine(ids: Option<(u32, u32)>, mode: common::seccomp::Mode) -> Result<(
     use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
     nix::unistd::setsid().map_err(|e| ReaperError::Setup("start a session", e))?;
     crate::empty_bounding_set();
+    if ids.is_none() && nix::unistd::geteuid().is_root() {
+        // Root without a VM uid (device processes run unjailed, as root):
+        // of root's capabilities it keeps only the one it uses.
+        keep_only_kill().map_err(|e| ReaperError::Setup("drop capabilities", e))?;
+    }
     if let Some((uid, gid)) = ids {
         setgroups(&[]).map_err(|e| ReaperError::Setup("drop supplementary groups", e))?;
         let gid = Gid::from_raw(gid);
@@ -75,6 +80,17 @@ pub fn confine(ids: Option<(u32, u32)>, mode: common::seccomp::Mode) -> Result<(
     nix::sys::prctl::set_no_new_privs().map_err(|e| ReaperError::Setup("set no_new_privs", e))?;
     let program = common::seccomp::compile(rules(), mode).map_err(ReaperError::Seccomp)?;
     common::seccomp::install(program.as_ref()).map_err(ReaperError::Seccomp)
+}
+
+/// Keeps CAP_KILL alone, in every set.
+fn keep_only_kill() -> nix::Result<()> {
+    use caps::{CapSet, Capability, CapsHashSet};
+    let kill: CapsHashSet = [Capability::CAP_KILL].into_iter().collect();
+    let failed = |_| nix::errno::Errno::EPERM;
+    caps::clear(None, CapSet::Ambient).map_err(failed)?;
+    caps::clear(None, CapSet::Inheritable).map_err(failed)?;
+    caps::set(None, CapSet::Effective, &kill).map_err(failed)?;
+    caps::set(None, CapSet::Permitted, &kill).map_err(failed)
 }
 
 /// Whether the process behind `pidfd` has ended (its pidfd is readable).

@@ -482,3 +482,35 @@ fn stopped_and_hung_device_processes_do_not_outlive_a_killed_core() {
     next.boot();
     assert!(pids.iter().all(|pid| !runs(*pid)));
 }
+
+/// With `--jail off` (debugging) the device processes run as root, so the
+/// reaper stays root to signal them, with CAP_KILL alone, under its filter.
+#[test]
+fn an_unjailed_vms_reaper_keeps_only_cap_kill() {
+    if papervisor_tests::skip_in_process(
+        "an_unjailed_vms_reaper_keeps_only_cap_kill",
+        "there is no device process to reap",
+    ) {
+        return;
+    }
+    if !root_and_kvm("an_unjailed_vms_reaper_keeps_only_cap_kill") {
+        return;
+    }
+    let mut vm = Vm::start(&["--jail", "off"]);
+    vm.boot();
+    let reapers: Vec<u32> = vm
+        .children()
+        .into_iter()
+        .filter(|(_, name)| name.starts_with("papervisor-rea"))
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(reapers.len(), 1, "{:?}", vm.children());
+    let status = std::fs::read_to_string(format!("/proc/{}/status", reapers[0])).unwrap();
+    // CAP_KILL is capability 5.
+    let cap_kill = format!("{:016x}", 1u64 << 5);
+    assert_eq!(task_field(&status, "CapEff"), cap_kill);
+    assert_eq!(task_field(&status, "CapPrm"), cap_kill);
+    assert_eq!(task_field(&status, "CapBnd"), "0000000000000000");
+    assert_eq!(task_field(&status, "Seccomp"), "2");
+    assert_eq!(task_field(&status, "NoNewPrivs"), "1");
+}
