@@ -253,9 +253,19 @@ fn of_two_vms_started_at_once_on_the_same_sockets_the_loser_removes_nothing() {
         );
         let winner = &mut both[1 - loser];
         assert!(winner.try_wait().unwrap().is_none(), "the winner ended too");
-        // Both of the winner's sockets are there and serve.
-        let mut console = std::os::unix::net::UnixStream::connect(dir.join("console.sock"))
-            .expect("the winner's console");
+        // Both of the winner's sockets serve (the winner may have its locks
+        // and not yet have bound: the loser can be quicker).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut console = loop {
+            match std::os::unix::net::UnixStream::connect(dir.join("console.sock")) {
+                Ok(console) if dir.join("qmp.sock").exists() => break console,
+                Ok(_) | Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Ok(_) => panic!("the winner's QMP socket never appeared"),
+                Err(error) => panic!("the winner's console: {error}"),
+            }
+        };
         console
             .set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
