@@ -201,6 +201,12 @@ pub fn say_skipped(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
+/// Whether a process's command name is the reaper's (a command name keeps
+/// the first 15 bytes of `papervisor-reaper`).
+pub fn is_reaper(command_name: &str) -> bool {
+    command_name == "papervisor-reap"
+}
+
 /// A running `papervisor` with its console and QMP on Unix sockets.
 pub struct Vm {
     child: Option<Child>,
@@ -422,6 +428,16 @@ impl Vm {
             assert!(restarted, "round {round}: {replies:?}");
         }
         last
+    }
+
+    /// Pids of the core's reapers (its children that are not device
+    /// processes).
+    pub fn reapers(&self) -> Vec<u32> {
+        self.children()
+            .into_iter()
+            .filter(|(_, name)| is_reaper(name))
+            .map(|(pid, _)| pid)
+            .collect()
     }
 
     /// Pids of the core's direct children, with their command names.

@@ -428,13 +428,7 @@ fn stopped_and_hung_device_processes_do_not_outlive_a_killed_core() {
     }
     let mut vm = Vm::start(&[]);
     vm.boot();
-    let reapers = |vm: &Vm| -> Vec<u64> {
-        vm.children()
-            .into_iter()
-            .filter(|(_, name)| name.starts_with("papervisor-rea"))
-            .map(|(pid, _)| u64::from(pid))
-            .collect()
-    };
+    let reapers = |vm: &Vm| -> Vec<u64> { vm.reapers().into_iter().map(u64::from).collect() };
     // A reaper that dies (an operator's kill) is replaced, and the new one
     // holds the processes already running.
     let first = reapers(&vm);
@@ -498,12 +492,7 @@ fn an_unjailed_vms_reaper_keeps_only_cap_kill() {
     }
     let mut vm = Vm::start(&["--jail", "off"]);
     vm.boot();
-    let reapers: Vec<u32> = vm
-        .children()
-        .into_iter()
-        .filter(|(_, name)| name.starts_with("papervisor-rea"))
-        .map(|(pid, _)| pid)
-        .collect();
+    let reapers = vm.reapers();
     assert_eq!(reapers.len(), 1, "{:?}", vm.children());
     let status = std::fs::read_to_string(format!("/proc/{}/status", reapers[0])).unwrap();
     // CAP_KILL is capability 5.

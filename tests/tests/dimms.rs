@@ -187,13 +187,19 @@ fn dimms_plug_and_a_pending_unplug_completes_at_reset() {
 /// A VM with a 512 MiB DIMM (LMBs 0x80000004 and 0x80000005, at 1 GiB) that
 /// the guest took.
 fn vm_with_dimm0() -> (Vm, QmpClient) {
-    let mut vm = Vm::start(&["--memory", "size=512M,maxmem=2G,slots=2"]);
+    vm_with_a_dimm("size=512M,maxmem=2G,slots=2", "mem0", "dimm0", 0x8000_0004)
+}
+
+/// A VM with `--memory memory` and a 512 MiB DIMM `id` on backend `memdev`
+/// that the guest took (its LMBs from `first_lmb`).
+fn vm_with_a_dimm(memory: &str, memdev: &str, id: &str, first_lmb: u32) -> (Vm, QmpClient) {
+    let mut vm = Vm::start(&["--memory", memory]);
     vm.boot();
     let mut qmp = QmpClient::connect(&vm.qmp_socket());
-    assert_eq!(backend(&mut qmp, "mem0", 512 * MIB), json!({"return": {}}));
-    assert_eq!(dimm(&mut qmp, "dimm0", "mem0"), json!({"return": {}}));
+    assert_eq!(backend(&mut qmp, memdev, 512 * MIB), json!({"return": {}}));
+    assert_eq!(dimm(&mut qmp, id, memdev), json!({"return": {}}));
     vm.console.expect_async(
-        "dlpar: memory add count 2 from 0x80000004: ok",
+        &format!("dlpar: memory add count 2 from {first_lmb:#010x}: ok"),
         Duration::from_secs(30),
     );
     (vm, qmp)
@@ -453,15 +459,7 @@ fn rtas_raw(vm: &mut Vm, indicator: u32, lmb: u32, value: u32) {
 /// A 512 MiB DIMM `d1` (LMBs 0x80000010 and 0x80000011) the guest took; the
 /// guest's agent then stops, and a device_del waits.
 fn dimm_d1_asked_back() -> (Vm, QmpClient) {
-    let mut vm = Vm::start(&["--memory", "size=512M,maxmem=4G,slots=4"]);
-    vm.boot();
-    let mut qmp = QmpClient::connect(&vm.qmp_socket());
-    assert_eq!(backend(&mut qmp, "m1", 512 * MIB), json!({"return": {}}));
-    assert_eq!(dimm(&mut qmp, "d1", "m1"), json!({"return": {}}));
-    vm.console.expect_async(
-        "dlpar: memory add count 2 from 0x80000010: ok",
-        Duration::from_secs(30),
-    );
+    let (mut vm, mut qmp) = vm_with_a_dimm("size=512M,maxmem=4G,slots=4", "m1", "d1", LMBS[0]);
     let online = (
         vec![json!(["configured", "d1", false]); 2],
         vec![json!("d1")],

@@ -57,7 +57,7 @@ fn every_device_process_is_jailed_and_filtered() {
     let mut children: Vec<u64> = vm
         .children()
         .iter()
-        .filter(|(_, name)| !name.starts_with("papervisor-rea"))
+        .filter(|(_, name)| !papervisor_tests::is_reaper(name))
         .map(|(pid, _)| u64::from(*pid))
         .collect();
     let mut device_pids: Vec<u64> = listed.iter().map(|p| p["pid"].as_u64().unwrap()).collect();

@@ -45,7 +45,7 @@ fn a_user_with_kvm_access_runs_a_vm_with_jailed_device_processes() {
     let (reapers, children): (Vec<_>, Vec<_>) = vm
         .children()
         .into_iter()
-        .partition(|(_, name)| name.starts_with("papervisor-rea"));
+        .partition(|(_, name)| papervisor_tests::is_reaper(name));
     assert_eq!(children.len(), 3, "{children:?}");
     // The reaper: this user's, filtered, without privileges.
     assert_eq!(reapers.len(), 1, "{reapers:?}");

@@ -548,6 +548,12 @@ pub(crate) mod tests {
         ]
     }
 
+    /// The LMB DRCs of `ids`.
+    fn lmbs(ids: std::ops::Range<u32>) -> Vec<DrcIndex> {
+        ids.map(|id| DrcIndex::new(DrcKind::Lmb, id).unwrap())
+            .collect()
+    }
+
     fn controller() -> Controller {
         let mut c = Controller::default();
         c.define(&test_ranges()).unwrap();
@@ -669,9 +675,7 @@ pub(crate) mod tests {
     #[test]
     fn a_dimm_refusal_rolls_back_all_its_lmbs_once() {
         let mut c = controller();
-        let lmbs: Vec<DrcIndex> = (4..6)
-            .map(|id| DrcIndex::new(DrcKind::Lmb, id).unwrap())
-            .collect();
+        let lmbs = lmbs(4..6);
         c.plug(&lmbs, "dimm0", true).unwrap();
         let (_, effects) = c.unplug_request(&lmbs).unwrap();
         assert_eq!(
@@ -706,9 +710,7 @@ pub(crate) mod tests {
     #[test]
     fn a_refusal_after_a_partial_release_leaves_an_unplug_that_can_complete() {
         let mut c = controller();
-        let lmbs: Vec<DrcIndex> = (4..6)
-            .map(|id| DrcIndex::new(DrcKind::Lmb, id).unwrap())
-            .collect();
+        let lmbs = lmbs(4..6);
         c.plug(&lmbs, "dimm0", true).unwrap();
         c.unplug_request(&lmbs).unwrap();
         // The guest gives the first LMB back: the DIMM is not gone yet, and
@@ -748,9 +750,7 @@ pub(crate) mod tests {
 
     #[test]
     fn reset_finishes_a_partly_released_unplug_or_keeps_a_refused_device_whole() {
-        let lmbs: Vec<DrcIndex> = (4..6)
-            .map(|id| DrcIndex::new(DrcKind::Lmb, id).unwrap())
-            .collect();
+        let lmbs = lmbs(4..6);
         // Pending after a partial release: the whole DIMM goes.
         let mut c = controller();
         c.plug(&lmbs, "dimm0", true).unwrap();
@@ -820,9 +820,7 @@ pub(crate) mod tests {
     #[test]
     fn a_dimm_refusal_that_re_unisolates_several_lmbs_is_one_refusal() {
         let mut c = controller();
-        let lmbs: Vec<DrcIndex> = (4..7)
-            .map(|id| DrcIndex::new(DrcKind::Lmb, id).unwrap())
-            .collect();
+        let lmbs = lmbs(4..7);
         c.plug(&lmbs, "dimm0", true).unwrap();
         let remove = HotplugEvent {
             action: HotplugAction::Remove,

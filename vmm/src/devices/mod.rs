@@ -139,9 +139,9 @@ pub struct DeviceProcesses {
     pub eventlog: Proxy<CoreEventLog>,
     records: Mutex<HashMap<ProcessKind, Record>>,
     next_generation: Mutex<u64>,
-    /// The binary each kind runs out-of-process: beside the core's own, or
-    /// the one it was last upgraded to (every restart runs that one).
-    programs: Mutex<HashMap<ProcessKind, PathBuf>>,
+    /// The binary each upgraded kind was last upgraded to: every restart
+    /// runs that one (the others run theirs beside the core's own).
+    upgraded: Mutex<HashMap<ProcessKind, PathBuf>>,
     /// The reaper's socket: it holds a pidfd of every device process and
     /// kills each when this closes (the core ended or died).
     reaper: Mutex<Option<OwnedFd>>,
@@ -227,12 +227,7 @@ impl DeviceProcesses {
             records: Mutex::new(HashMap::new()),
             next_generation: Mutex::new(0),
             owner,
-            programs: Mutex::new(
-                ProcessKind::ALL
-                    .into_iter()
-                    .map(|kind| (kind, spawn::sibling_binary(kind.binary())))
-                    .collect(),
-            ),
+            upgraded: Mutex::new(HashMap::new()),
         };
         devices.wire(&ProcessKind::ALL)?;
         Ok(devices)
@@ -447,7 +442,7 @@ impl DeviceProcesses {
             .state_regions
             .get(&kind)
             .is_some_and(|region| region.formatted.load(Ordering::SeqCst));
-        let program = program.or_else(|| lock(&self.programs).get(&kind).cloned());
+        let program = program.unwrap_or_else(|| self.program(kind));
         spawn::Launch {
             sandbox: self.sandbox.clone(),
             kind,
@@ -735,23 +730,29 @@ impl DeviceProcesses {
     /// A restart that lacked host resources: what it started goes, and
     /// the process waits to be restarted again, no death counted.
     pub fn restart_postponed(&self, kind: ProcessKind, reason: &str) {
-        let proxy = self.proxy(kind);
-        proxy.cut_off(reason);
-        let mut records = lock(&self.records);
-        let Some(record) = records.get_mut(&kind) else {
-            return;
-        };
-        if let Some(process) = record.process.take() {
-            process.kill();
-            process.remove_jail_dir();
-        }
-        record.supervision.postponed(reason);
-        drop(records);
-        proxy.disconnect();
+        self.abandon_restart(kind, reason, |supervision| {
+            supervision.postponed(reason);
+            AfterExit::Ignore
+        });
     }
 
     /// A restart that did not come up (`reason`) counts as another exit.
     pub fn restart_failed(&self, kind: ProcessKind, reason: &str) -> AfterExit {
+        let after = self.abandon_restart(kind, reason, |supervision| {
+            supervision.restart_failed(reason, Instant::now())
+        });
+        self.proxy(kind).set_failed(after == AfterExit::Failed);
+        after
+    }
+
+    /// What a restart of `kind` that did not come up started goes (cut off,
+    /// killed, its jail removed); `settle` records it in its supervision.
+    fn abandon_restart(
+        &self,
+        kind: ProcessKind,
+        reason: &str,
+        settle: impl FnOnce(&mut Supervision) -> AfterExit,
+    ) -> AfterExit {
         let proxy = self.proxy(kind);
         proxy.cut_off(reason);
         let mut records = lock(&self.records);
@@ -759,13 +760,11 @@ impl DeviceProcesses {
             return AfterExit::Ignore;
         };
         if let Some(process) = record.process.take() {
-            process.kill();
-            process.remove_jail_dir();
+            process.end();
         }
-        let after = record.supervision.restart_failed(reason, Instant::now());
+        let after = settle(&mut record.supervision);
         drop(records);
         proxy.disconnect();
-        proxy.set_failed(after == AfterExit::Failed);
         after
     }
 
@@ -861,8 +860,7 @@ impl DeviceProcesses {
             .expect("one result per launch")?;
         drop(held);
         let restore = || {
-            process.kill();
-            process.remove_jail_dir();
+            process.end();
             let mut records = lock(&self.records);
             if let Some(record) = records.get_mut(&kind) {
                 record.supervision.started(old.0);
@@ -901,7 +899,7 @@ impl DeviceProcesses {
         if let Some(replaced) = &old.2 {
             replaced.remove_jail_dir();
         }
-        lock(&self.programs).insert(kind, program);
+        lock(&self.upgraded).insert(kind, program);
         if let Some(notify) = notify {
             spawn_notification_reader(notify, self.control.clone());
         }
@@ -964,6 +962,14 @@ impl DeviceProcesses {
             .map_or(0, |record| record.pid)
     }
 
+    /// The binary a process of `kind` runs.
+    fn program(&self, kind: ProcessKind) -> PathBuf {
+        lock(&self.upgraded)
+            .get(&kind)
+            .cloned()
+            .unwrap_or_else(|| spawn::sibling_binary(kind.binary()))
+    }
+
     /// Why the process of `kind` last ended.
     pub fn last_exit(&self, kind: ProcessKind) -> Option<String> {
         lock(&self.records)
@@ -986,7 +992,7 @@ impl DeviceProcesses {
             .filter_map(|kind| {
                 let record = records.get(&kind)?;
                 let binary = match self.sandbox.device_mode {
-                    DeviceMode::OutOfProcess => lock(&self.programs).get(&kind).cloned(),
+                    DeviceMode::OutOfProcess => Some(self.program(kind)),
                     DeviceMode::InProcess => None,
                 };
                 Some(json!({
@@ -1161,8 +1167,7 @@ impl Drop for DeviceProcesses {
     fn drop(&mut self) {
         for record in lock(&self.records).values() {
             if let Some(process) = &record.process {
-                process.kill();
-                process.remove_jail_dir();
+                process.end();
             }
         }
     }

@@ -185,16 +185,17 @@ impl ProcessHandle {
     }
 
     /// Removes the jail's directory (nothing in-process or unjailed): once
-    /// the process is gone, or is being killed (its root is a mount in its
-    /// own namespace only; here it is an empty directory).
+    /// the process is gone, or is being killed.
     pub fn remove_jail_dir(&self) {
         if let Some(dir) = &self.jail_dir {
-            if let Err(error) = std::fs::remove_dir_all(dir) {
-                if error.kind() != std::io::ErrorKind::NotFound {
-                    log::warn!("cannot remove {}: {error}", dir.display());
-                }
-            }
+            remove_jail_dir(dir);
         }
+    }
+
+    /// Kills the process (see [`ProcessHandle::kill`]) and removes its jail.
+    pub fn end(&self) {
+        self.kill();
+        self.remove_jail_dir();
     }
 
     /// A handle of nothing, for tests of what uses one.
@@ -205,6 +206,17 @@ impl ProcessHandle {
             // A pidfd of a child that has exited: signalling it does nothing.
             held: Held::Process(exited_child_pidfd()),
             jail_dir: None,
+        }
+    }
+}
+
+/// Removes a jail's directory. Its root is a mount in the jail's own mount
+/// namespace only: here it is an empty directory, removable while its
+/// program still runs.
+fn remove_jail_dir(dir: &Path) {
+    if let Err(error) = std::fs::remove_dir_all(dir) {
+        if error.kind() != std::io::ErrorKind::NotFound {
+            log::warn!("cannot remove {}: {error}", dir.display());
         }
     }
 }
@@ -264,8 +276,8 @@ pub struct Launch {
     pub address_space: u64,
     /// An earlier incarnation formatted the process's state region.
     pub resume: bool,
-    /// The binary, when not the kind's beside the core (an upgrade).
-    pub program: Option<PathBuf>,
+    /// The binary (not run in-process).
+    pub program: PathBuf,
 }
 
 /// What the spawner thread is asked to do.
@@ -419,7 +431,6 @@ fn spawn_here(launches: &[Launch]) -> Vec<Spawned> {
 fn start(launch: &Launch) -> Starting {
     let Launch {
         sandbox,
-        kind,
         id,
         fds,
         address_space,
@@ -430,12 +441,9 @@ fn start(launch: &Launch) -> Starting {
     if sandbox.device_mode == DeviceMode::InProcess {
         return Starting::Ready(start_thread(launch));
     }
-    let program = program
-        .clone()
-        .unwrap_or_else(|| sibling_binary(kind.binary()));
     let args = sandbox.program_args(*resume);
     if !sandbox.jail {
-        let spawned = start_program(&program, &args, sandbox, fds)
+        let spawned = start_program(program, &args, sandbox, fds)
             // Not yet waited for, so the pid is still this child's.
             .and_then(|pid| watched(pid, pidfd_of(pid)?, None));
         return Starting::Ready(spawned);
@@ -510,7 +518,7 @@ fn finish(starting: Starting) -> Spawned {
         Err(error) => {
             let _ = pidfd_send_signal(&jailer, Signal::KILL);
             let _ = waitid(WaitId::PidFd(jailer.as_fd()), WaitIdOptions::EXITED);
-            let _ = std::fs::remove_dir_all(&jail_dir);
+            remove_jail_dir(&jail_dir);
             return Err(error);
         }
     };
@@ -518,7 +526,7 @@ fn finish(starting: Starting) -> Spawned {
         Ok(Some(status)) if status.exit_status() == Some(0) => {}
         other => {
             let _ = pidfd_send_signal(&process, Signal::KILL);
-            let _ = std::fs::remove_dir_all(&jail_dir);
+            remove_jail_dir(&jail_dir);
             return Err(SpawnError::Jailer(format!("{other:?}")));
         }
     }
