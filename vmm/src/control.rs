@@ -2,25 +2,10 @@
 //! controller's notifications and from QMP. The control loop is the one
 //! owner of the machine's state.
 
+use crate::request::{MachineRequest, QmpError};
 use ipc_proto::link::hotplug_notify::Notification;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::sync::mpsc::Sender;
-
-/// A QMP error: QEMU's class and a message.
-#[derive(Debug, PartialEq, Eq)]
-pub struct QmpError {
-    pub class: &'static str,
-    pub desc: String,
-}
-
-impl QmpError {
-    pub fn generic(desc: impl Into<String>) -> QmpError {
-        QmpError {
-            class: "GenericError",
-            desc: desc.into(),
-        }
-    }
-}
 
 /// What the control loop is asked to do.
 #[derive(Debug)]
@@ -60,8 +45,7 @@ pub enum ControlMessage {
     ReaperExited(String),
     /// A QMP command that needs the machine.
     Qmp {
-        command: crate::qmp::schema::Command,
-        arguments: Map<String, Value>,
+        request: MachineRequest,
         reply: Sender<Result<Value, QmpError>>,
     },
 }

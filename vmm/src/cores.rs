@@ -3,6 +3,7 @@
 //! controller's; this table only knows what device sits in each slot.
 
 use crate::config::SmpConfig;
+use crate::request::QmpError;
 use ipc_proto::papr::{DrcIndex, DrcKind};
 
 /// The QMP driver name of a core (QEMU's for the host CPU model).
@@ -26,18 +27,8 @@ pub struct Cores {
     anonymous: u32,
 }
 
-/// Why a device_add or device_del is refused (QMP error class and message).
-#[derive(Debug, PartialEq, Eq)]
-pub struct CoreError {
-    pub class: &'static str,
-    pub desc: String,
-}
-
-fn generic(desc: String) -> CoreError {
-    CoreError {
-        class: "GenericError",
-        desc,
-    }
+fn generic(desc: String) -> QmpError {
+    QmpError::generic(desc)
 }
 
 /// QEMU's rule for ids: a letter, then letters, digits, '-', '.', '_'.
@@ -100,7 +91,7 @@ impl Cores {
         &mut self,
         core_id: i64,
         id: Option<&str>,
-    ) -> Result<(u32, CoreDevice), CoreError> {
+    ) -> Result<(u32, CoreDevice), QmpError> {
         let max = i64::from(self.max_cores() * self.threads);
         if core_id < 0 || core_id >= max {
             return Err(generic(format!(
@@ -189,11 +180,10 @@ impl Cores {
     }
 
     /// Checks a device_del: the slot to unplug.
-    pub fn prepare_unplug(&self, name: &str) -> Result<u32, CoreError> {
-        let core = self.find(name).ok_or_else(|| CoreError {
-            class: "DeviceNotFound",
-            desc: format!("Device '{name}' not found"),
-        })?;
+    pub fn prepare_unplug(&self, name: &str) -> Result<u32, QmpError> {
+        let core = self
+            .find(name)
+            .ok_or_else(|| QmpError::device_not_found(format!("Device '{name}' not found")))?;
         if core == 0 {
             return Err(generic("Boot CPU core may not be unplugged".into()));
         }

@@ -5,6 +5,7 @@
 //! (its memfd, in the core).
 
 use crate::layout::MemoryLayout;
+use crate::request::QmpError;
 use ipc_proto::papr::{DrcIndex, DrcKind, LMB_SIZE};
 use std::collections::BTreeMap;
 
@@ -19,18 +20,8 @@ pub const BACKEND_TYPES: [&str; 2] = ["memory-backend-memfd", "memory-backend-ra
 /// any machine has (32), with room to prepare the next DIMMs.
 pub const MAX_BACKENDS: usize = 64;
 
-/// Why a memory command is refused: QMP error class and message.
-#[derive(Debug, PartialEq, Eq)]
-pub struct DimmError {
-    pub class: &'static str,
-    pub desc: String,
-}
-
-fn refused(desc: String) -> DimmError {
-    DimmError {
-        class: "GenericError",
-        desc,
-    }
+fn refused(desc: String) -> QmpError {
+    QmpError::generic(desc)
 }
 
 /// A memory backend, and the DIMM it backs, if any.
@@ -88,7 +79,7 @@ impl<M> Dimms<M> {
     }
 
     /// object-add of a backend of `size` bytes.
-    pub fn add_backend(&mut self, id: &str, size: u64, memory: M) -> Result<(), DimmError> {
+    pub fn add_backend(&mut self, id: &str, size: u64, memory: M) -> Result<(), QmpError> {
         if self.backends.contains_key(id) {
             return Err(refused(format!(
                 "attempt to add duplicate property '{id}' to object (type 'container')"
@@ -111,7 +102,7 @@ impl<M> Dimms<M> {
     }
 
     /// object-del: the backend, unless a DIMM uses it.
-    pub fn remove_backend(&mut self, id: &str) -> Result<Backend<M>, DimmError> {
+    pub fn remove_backend(&mut self, id: &str) -> Result<Backend<M>, QmpError> {
         match self.backends.get(id) {
             None => Err(refused(format!("object '{id}' not found"))),
             Some(Backend {
@@ -142,7 +133,7 @@ impl<M> Dimms<M> {
         id: &str,
         memdev: &str,
         addr: Option<u64>,
-    ) -> Result<Dimm, DimmError> {
+    ) -> Result<Dimm, QmpError> {
         if self.dimms.contains_key(id) {
             return Err(refused(format!("Duplicate device ID '{id}'")));
         }
@@ -325,7 +316,7 @@ mod tests {
         d.add_backend("odd", 100 << 20, ()).unwrap();
         d.add_backend("big", 4 * GIB, ()).unwrap();
         d.add_backend("m", GIB, ()).unwrap();
-        let error = |r: Result<Dimm, DimmError>| r.unwrap_err().desc;
+        let error = |r: Result<Dimm, QmpError>| r.unwrap_err().desc;
         assert!(error(d.prepare_plug("x", "odd", None)).contains("multiple of 256 MB"));
         assert!(error(d.prepare_plug("x", "big", None)).contains("not enough space"));
         assert!(error(d.prepare_plug("x", "none", None)).contains("can't find value 'none'"));

@@ -16,14 +16,15 @@ pub mod hcall;
 pub mod interrupts;
 pub mod layout;
 pub mod logging;
+pub mod machine;
 pub mod memory;
 pub mod qmp;
+pub mod request;
 pub mod runtime;
 pub mod seccomp;
 pub mod signals;
 pub mod sockets;
 pub mod vcpu;
-pub mod vm;
 
 /// When the core's `main` began: the origin of `x-query-startup`'s times.
 pub static STARTED: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();

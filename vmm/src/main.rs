@@ -1,7 +1,8 @@
 //! `papervisor`: the core process.
 
 use vmm::{
-    config, confine, console, devices, logging, qmp, runtime, seccomp, signals, sockets, vcpu, vm,
+    config, confine, console, devices, logging, machine, qmp, runtime, seccomp, signals, sockets,
+    vcpu,
 };
 
 use config::Cli;
@@ -223,7 +224,7 @@ fn run(
     console_socket: Option<&sockets::ClaimedSocket>,
 ) -> Result<(), Box<dyn Error>> {
     let qmp = std::sync::Arc::new(qmp::QmpServer::default());
-    let vm = vm::Vm::new(config, console_socket, std::sync::Arc::clone(&qmp))?;
+    let vm = machine::Vm::new(config, console_socket, std::sync::Arc::clone(&qmp))?;
     signals.forward_to(vm.qmp_context().control)?;
     if let Some(socket) = qmp_socket {
         let serving = socket

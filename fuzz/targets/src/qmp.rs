@@ -1,9 +1,9 @@
 //! QMP: the bounded splitter and a client's session (negotiation, the
 //! envelope, the schema's argument checks, dispatch), and the parsing of
-//! the arguments of the commands that change the machine. Those commands
-//! reach a stand-in control loop that parses them as the real one does
-//! (`vmm::qmp::arguments`) and acts on nothing: what is fuzzed here is
-//! everything a client's bytes meet before the machine acts.
+//! the arguments of the commands that need the machine into typed
+//! requests (`vmm::qmp::arguments`). Those requests reach a stand-in
+//! control loop that acts on nothing: what is fuzzed here is everything a
+//! client's bytes meet before the machine acts.
 //!
 //! Beyond not panicking: the splitter cuts the same values however the
 //! bytes arrive; every value gets exactly one reply, `return` or `error`
@@ -14,8 +14,6 @@ use serde_json::{json, Value};
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use vmm::control::ControlMessage;
-use vmm::qmp::arguments as qmp_arguments;
-use vmm::qmp::schema::Command;
 use vmm::qmp::{JsonSplitter, QmpContext, Session};
 
 /// A context whose control loop accepts every command.
@@ -25,20 +23,8 @@ fn context() -> &'static QmpContext {
         let (control, requests) = mpsc::channel();
         std::thread::spawn(move || {
             for message in requests {
-                if let ControlMessage::Qmp {
-                    command,
-                    arguments,
-                    reply,
-                } = message
-                {
-                    let parsed = match command {
-                        Command::DeviceAdd => qmp_arguments::device_add(&arguments).map(drop),
-                        Command::DeviceDel => qmp_arguments::device_del(&arguments).map(drop),
-                        Command::ObjectAdd => qmp_arguments::object_add(&arguments).map(drop),
-                        Command::ObjectDel => qmp_arguments::object_del(&arguments).map(drop),
-                        _ => Ok(()),
-                    };
-                    let _ = reply.send(parsed.map(|()| json!({})));
+                if let ControlMessage::Qmp { reply, .. } = message {
+                    let _ = reply.send(Ok(json!({})));
                 }
             }
         });

@@ -6,6 +6,7 @@
 //! peers; one that keeps dying is failed, and what it served answers with
 //! errors while the VM runs on.
 
+pub mod faults;
 pub mod proxy;
 pub mod spawn;
 pub mod supervisor;
@@ -1011,7 +1012,6 @@ impl DeviceProcesses {
 
     /// x-inject-fault at a point: armed at the core's end of the link to
     /// `kind`, or in the process.
-    #[cfg(feature = "fault-injection")]
     pub fn arm_fault(
         &self,
         kind: ProcessKind,
@@ -1047,7 +1047,6 @@ impl DeviceProcesses {
 
     /// In-process a device is a thread of the core: a fault that ends or
     /// hangs it, or makes it break its seccomp filter, would do so to the core.
-    #[cfg(feature = "fault-injection")]
     pub fn refuse_in_process(&self, fault: impl std::fmt::Display) -> Result<(), String> {
         match self.sandbox.device_mode {
             DeviceMode::OutOfProcess => Ok(()),
@@ -1058,7 +1057,6 @@ impl DeviceProcesses {
     }
 
     /// x-inject-fault: the process's answer if it lived, or what became of it.
-    #[cfg(feature = "fault-injection")]
     pub fn inject(&self, kind: ProcessKind, fault: ipc_proto::Fault) -> Result<String, String> {
         use ipc_proto::control::ControlRequest;
         match self

@@ -4,6 +4,7 @@
 //! (SIGKILLed through its pidfd; the supervisor restarts it). A reply that
 //! blames a peer is passed to the supervisor, which acts on that peer.
 
+use super::faults::{BeforeSend, CoreFaults, FaultHook};
 use super::spawn::ProcessHandle;
 use crate::control::ControlMessage;
 use ipc_proto::channel::{Channel, ChannelError};
@@ -79,7 +80,6 @@ pub trait Supervised: Send + Sync {
     /// serves again.
     fn finish_stage(&self, keep: bool);
     /// A control request, answered by an acknowledgement or a fault's outcome.
-    #[cfg(feature = "fault-injection")]
     fn control(
         &self,
         request: ControlRequest,
@@ -108,9 +108,8 @@ pub struct Proxy<P: Protocol> {
     /// Request ids: unique across every process this proxy talks to, so a
     /// request sent again to a successor keeps an id no other request had.
     next_id: AtomicU64,
-    /// A fault armed at the core's end of the link.
-    #[cfg(feature = "fault-injection")]
-    armed: Mutex<Option<ipc_proto::control::ArmedFault>>,
+    /// The core's fault points on this link.
+    faults: CoreFaults,
     /// During an upgrade, the process being replaced.
     aside: Mutex<Option<Connected<P>>>,
 }
@@ -125,40 +124,14 @@ impl<P: Protocol> Proxy<P> {
             failed: AtomicBool::new(false),
             control,
             next_id: AtomicU64::new(1),
-            #[cfg(feature = "fault-injection")]
-            armed: Mutex::new(None),
+            faults: CoreFaults::default(),
             aside: Mutex::new(None),
         }
     }
 
     /// Arms a fault at the core's end of this link (fault injection).
-    #[cfg(feature = "fault-injection")]
     pub fn arm(&self, fault: ipc_proto::control::ArmedFault) {
-        *self.armed.lock().unwrap_or_else(|p| p.into_inner()) = Some(fault);
-    }
-
-    /// The action of the fault armed at `point`, if it fires for `request`.
-    #[cfg(feature = "fault-injection")]
-    fn fires(
-        &self,
-        point: ipc_proto::control::FaultPoint,
-        request: &Request<P::Request>,
-    ) -> Option<ipc_proto::control::FaultAction> {
-        let Request::Link(request) = request else {
-            return None;
-        };
-        let mut armed = self.armed.lock().unwrap_or_else(|p| p.into_inner());
-        let name = ipc_proto::control::request_name(request);
-        if !armed.as_ref()?.fires(point, &name) {
-            return None;
-        }
-        let fault = armed.take()?;
-        log::warn!(
-            "fault {:?} fires at {point:?} for {name} to the {}",
-            fault.action,
-            self.kind.name()
-        );
-        Some(fault.action)
+        self.faults.arm(fault);
     }
 
     /// An id for a request that may be sent more than once (to a process
@@ -234,21 +207,12 @@ impl<P: Protocol> Proxy<P> {
         if guard.is_none() {
             return Err(self.unavailable());
         }
-        #[cfg(feature = "fault-injection")]
-        let at_reply = {
-            use ipc_proto::control::{FaultAction, FaultPoint};
-            match self.fires(FaultPoint::CoreSending, &request) {
-                Some(FaultAction::CloseLink) => {
-                    Self::cut(self.kind, guard, "its link was closed (fault injection)");
-                    return Err(DeviceFailure::Died(self.kind));
-                }
-                Some(FaultAction::Delay) => {
-                    std::thread::sleep(Duration::from_millis(ipc_proto::control::FAULT_DELAY_MS));
-                    None
-                }
-                Some(action) => Some(action),
-                None => self.fires(FaultPoint::CoreReceived, &request),
+        let at_reply = match self.faults.before_send(self.kind, &request) {
+            BeforeSend::CloseLink => {
+                Self::cut(self.kind, guard, "its link was closed (fault injection)");
+                return Err(DeviceFailure::Died(self.kind));
             }
+            BeforeSend::Send { at_reply } => at_reply,
         };
         let Some(connected) = guard.as_mut() else {
             return Err(self.unavailable());
@@ -256,26 +220,7 @@ impl<P: Protocol> Proxy<P> {
         let result = connected
             .client
             .call_as(id, request, fds, P::LINK.reply_timeout());
-        #[cfg(feature = "fault-injection")]
-        let result = match (result, at_reply) {
-            (Ok(reply), Some(action)) => {
-                use ipc_proto::control::FaultAction;
-                match action {
-                    FaultAction::Delay => {
-                        std::thread::sleep(Duration::from_millis(
-                            ipc_proto::control::FAULT_DELAY_MS,
-                        ));
-                        Ok(reply)
-                    }
-                    FaultAction::CloseLink => Err(ChannelError::HungUp),
-                    // The answer never seen, or seen as garbage.
-                    _ => Err(ChannelError::Invalid(format!(
-                        "its reply was {action:?} (fault injection)"
-                    ))),
-                }
-            }
-            (result, _) => result,
-        };
+        let result = self.faults.at_reply(at_reply, result);
         match result {
             Ok(reply) => {
                 if let Some(peer) = reply.peer_failed {
@@ -478,7 +423,6 @@ impl<P: Protocol> Supervised for Proxy<P> {
         Self::cut(self.kind, &mut self.lock(), why);
     }
 
-    #[cfg(feature = "fault-injection")]
     fn control(
         &self,
         request: ControlRequest,

@@ -1,44 +1,56 @@
-//! The arguments of the commands that change the machine, parsed totally
-//! before the control loop acts on them: a typed request, or the error
-//! QEMU gives. The schema (`schema.rs`) has checked each argument's JSON
-//! type already; what is checked here is what the schema cannot say.
+//! The arguments of the commands that need the machine, parsed totally
+//! in the QMP thread into a typed [`MachineRequest`], or the error QEMU
+//! gives. The schema (`schema.rs`) has checked each argument's JSON type
+//! already; what is checked here is what the schema cannot say.
 
-use crate::control::QmpError;
+use super::schema::Command;
 use crate::cores::{valid_id, CORE_DRIVER};
 use crate::dimms::{BACKEND_TYPES, DIMM_DRIVER};
+use crate::request::{BackendAdd, DeviceAdd, FaultInjection, MachineRequest, QmpError, Query};
 use ipc_proto::link::core_hotplug::MAX_DEVICE_ID;
+use ipc_proto::ProcessKind;
 use serde_json::{Map, Value};
 
-/// device_add.
-#[derive(Debug, PartialEq, Eq)]
-pub enum DeviceAdd {
-    /// A CPU core.
-    Core {
-        /// QEMU's core-id (checked against the machine later).
-        core_id: i64,
-        /// The QMP id, if any.
-        id: Option<String>,
-    },
-    /// A DIMM.
-    Dimm {
-        /// The QMP id.
-        id: String,
-        /// The memory backend's id.
-        memdev: String,
-        /// Where it goes, if the client says.
-        addr: Option<u64>,
-    },
-}
-
-/// object-add of a memory backend.
-#[derive(Debug, PartialEq, Eq)]
-pub struct BackendAdd {
-    /// One of [`BACKEND_TYPES`].
-    pub qom_type: String,
-    /// Its id.
-    pub id: String,
-    /// Its size in bytes (checked against device memory later).
-    pub size: u64,
+/// The request of a command that needs the machine; `None` for the
+/// commands the QMP server answers itself.
+pub fn machine_request(
+    command: Command,
+    arguments: &Map<String, Value>,
+) -> Result<Option<MachineRequest>, QmpError> {
+    let query = |query| Ok(Some(MachineRequest::Query(query)));
+    let request = match command {
+        Command::DeviceAdd => MachineRequest::DeviceAdd(device_add(arguments)?),
+        Command::DeviceDel => MachineRequest::DeviceDel(device_del(arguments)?),
+        Command::ObjectAdd => MachineRequest::ObjectAdd(object_add(arguments)?),
+        Command::ObjectDel => MachineRequest::ObjectDel(object_del(arguments)),
+        Command::QueryMemoryDevices => return query(Query::MemoryDevices),
+        Command::QueryMemorySizeSummary => return query(Query::MemorySizeSummary),
+        Command::QueryHotpluggableCpus => return query(Query::HotpluggableCpus),
+        Command::QueryCpusFast => return query(Query::CpusFast),
+        Command::XQueryDrcs => return query(Query::Drcs),
+        Command::XQueryEventLog => return query(Query::EventLog),
+        Command::XQueryStartup => return query(Query::Startup),
+        Command::XQueryDeviceProcesses => return query(Query::DeviceProcesses),
+        Command::SystemPowerdown => MachineRequest::PowerDown,
+        Command::Stop => MachineRequest::Pause(true),
+        Command::Cont => MachineRequest::Pause(false),
+        Command::XInjectFault => inject_fault(arguments)?,
+        Command::XUpgradeDeviceProcess => MachineRequest::Upgrade {
+            process: process_kind(arguments)?,
+            program: text(arguments, "path").unwrap_or_default().into(),
+        },
+        Command::XRestartDeviceProcess => MachineRequest::Restart(process_kind(arguments)?),
+        Command::QmpCapabilities
+        | Command::QueryStatus
+        | Command::QueryVersion
+        | Command::QueryName
+        | Command::QueryKvm
+        | Command::QueryCommands
+        | Command::QueryQmpSchema
+        | Command::SystemReset
+        | Command::Quit => return Ok(None),
+    };
+    Ok(Some(request))
 }
 
 fn text<'a>(arguments: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
@@ -60,7 +72,7 @@ fn only_properties(
 }
 
 /// device_add of a CPU core or a DIMM.
-pub fn device_add(arguments: &Map<String, Value>) -> Result<DeviceAdd, QmpError> {
+fn device_add(arguments: &Map<String, Value>) -> Result<DeviceAdd, QmpError> {
     let driver = match arguments.get("driver") {
         Some(Value::String(driver)) => driver.as_str(),
         Some(_) => return Err(QmpError::generic("Parameter 'driver' expects a string")),
@@ -115,7 +127,7 @@ fn dimm_add(arguments: &Map<String, Value>) -> Result<DeviceAdd, QmpError> {
 }
 
 /// device_del: the id or QOM path of the device.
-pub fn device_del(arguments: &Map<String, Value>) -> Result<String, QmpError> {
+fn device_del(arguments: &Map<String, Value>) -> Result<String, QmpError> {
     match arguments.get("id") {
         Some(Value::String(name)) => Ok(name.clone()),
         Some(_) => Err(QmpError::generic("Parameter 'id' expects a string")),
@@ -124,7 +136,7 @@ pub fn device_del(arguments: &Map<String, Value>) -> Result<String, QmpError> {
 }
 
 /// object-add of a memory backend.
-pub fn object_add(arguments: &Map<String, Value>) -> Result<BackendAdd, QmpError> {
+fn object_add(arguments: &Map<String, Value>) -> Result<BackendAdd, QmpError> {
     let qom_type = text(arguments, "qom-type").unwrap_or_default();
     let id = text(arguments, "id").unwrap_or_default();
     if !BACKEND_TYPES.contains(&qom_type) {
@@ -146,8 +158,75 @@ pub fn object_add(arguments: &Map<String, Value>) -> Result<BackendAdd, QmpError
 }
 
 /// object-del: the backend's id.
-pub fn object_del(arguments: &Map<String, Value>) -> Result<String, QmpError> {
-    Ok(text(arguments, "id").unwrap_or_default().to_string())
+fn object_del(arguments: &Map<String, Value>) -> String {
+    text(arguments, "id").unwrap_or_default().to_string()
+}
+
+/// The device-process kind QMP parameter `process` names.
+fn process_kind(arguments: &Map<String, Value>) -> Result<ProcessKind, QmpError> {
+    let process = text(arguments, "process").unwrap_or_default();
+    ProcessKind::ALL
+        .into_iter()
+        .find(|k| k.name() == process)
+        .ok_or_else(|| {
+            QmpError::generic(format!(
+                "Parameter 'process' expects rtas-server, hotplug-controller or event-log, not '{process}'"
+            ))
+        })
+}
+
+/// x-inject-fault: a fault now (`fault`), or armed at a point (`point`,
+/// `action`, and the `request` it waits for, if any). A build without
+/// fault injection refuses it here: its device processes commit none.
+fn inject_fault(arguments: &Map<String, Value>) -> Result<MachineRequest, QmpError> {
+    use ipc_proto::control::{ArmedFault, Fault, FaultAction, FaultPoint, MAX_FAULT_REQUEST_NAME};
+    if !cfg!(feature = "fault-injection") {
+        return Err(QmpError::generic(
+            "x-inject-fault: this build has no fault injection (build with --features fault-injection)",
+        ));
+    }
+    let process = process_kind(arguments)?;
+    let fault = match (
+        text(arguments, "fault"),
+        text(arguments, "point"),
+        text(arguments, "action"),
+    ) {
+        (Some(name), None, None) => FaultInjection::Now(named(&Fault::ALL, "fault", name)?),
+        (None, Some(point), Some(action)) => {
+            let request = text(arguments, "request").map(str::to_string);
+            if request
+                .as_ref()
+                .is_some_and(|r| r.len() > MAX_FAULT_REQUEST_NAME)
+            {
+                return Err(QmpError::generic("Parameter 'request' is too long"));
+            }
+            FaultInjection::Armed(ArmedFault {
+                point: named(&FaultPoint::ALL, "point", point)?,
+                action: named(&FaultAction::ALL, "action", action)?,
+                request,
+            })
+        }
+        _ => {
+            return Err(QmpError::generic(
+                "x-inject-fault takes either 'fault', or 'point' and 'action' (and 'request')",
+            ))
+        }
+    };
+    Ok(MachineRequest::InjectFault { process, fault })
+}
+
+/// The value named `name` among `all` (QMP parameter `parameter`).
+fn named<T: Copy>(all: &[(&str, T)], parameter: &str, name: &str) -> Result<T, QmpError> {
+    all.iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, value)| *value)
+        .ok_or_else(|| {
+            let names: Vec<&str> = all.iter().map(|(n, _)| *n).collect();
+            QmpError::generic(format!(
+                "Parameter '{parameter}' expects one of {}, not '{name}'",
+                names.join(", ")
+            ))
+        })
 }
 
 #[cfg(test)]
@@ -223,5 +302,102 @@ mod tests {
         )))
         .contains("expects an identifier"));
         assert!(error(device_del(&args(json!({"id": 3})))).contains("expects a string"));
+    }
+
+    #[test]
+    fn every_machine_command_becomes_a_typed_request_and_the_others_none() {
+        use std::path::PathBuf;
+        let none = Map::new();
+        for command in Command::ALL {
+            let request = machine_request(*command, &none);
+            let answered_by_qmp = matches!(
+                command,
+                Command::QmpCapabilities
+                    | Command::QueryStatus
+                    | Command::QueryVersion
+                    | Command::QueryName
+                    | Command::QueryKvm
+                    | Command::QueryCommands
+                    | Command::QueryQmpSchema
+                    | Command::SystemReset
+                    | Command::Quit
+            );
+            if answered_by_qmp {
+                assert_eq!(request, Ok(None), "{command:?}");
+            }
+        }
+        assert_eq!(
+            machine_request(Command::Stop, &none),
+            Ok(Some(MachineRequest::Pause(true)))
+        );
+        assert_eq!(
+            machine_request(
+                Command::XUpgradeDeviceProcess,
+                &args(json!({"process": "event-log", "path": "/opt/pv/papervisor-eventlog"}))
+            ),
+            Ok(Some(MachineRequest::Upgrade {
+                process: ProcessKind::EventLog,
+                program: PathBuf::from("/opt/pv/papervisor-eventlog"),
+            }))
+        );
+        assert_eq!(
+            machine_request(
+                Command::XRestartDeviceProcess,
+                &args(json!({"process": "rtas-server"}))
+            ),
+            Ok(Some(MachineRequest::Restart(ProcessKind::RtasServer)))
+        );
+        assert!(error(machine_request(
+            Command::XRestartDeviceProcess,
+            &args(json!({"process": "core"}))
+        ))
+        .contains("expects rtas-server, hotplug-controller or event-log, not 'core'"));
+    }
+
+    #[test]
+    fn faults_are_parsed_whole_or_refused() {
+        use ipc_proto::control::{ArmedFault, Fault, FaultAction, FaultPoint};
+        let inject = |arguments| machine_request(Command::XInjectFault, &args(arguments));
+        if !cfg!(feature = "fault-injection") {
+            assert!(
+                error(inject(json!({"process": "event-log", "fault": "panic"})))
+                    .contains("this build has no fault injection")
+            );
+            return;
+        }
+        assert_eq!(
+            inject(json!({"process": "event-log", "fault": "panic"})),
+            Ok(Some(MachineRequest::InjectFault {
+                process: ProcessKind::EventLog,
+                fault: FaultInjection::Now(Fault::Panic),
+            }))
+        );
+        assert_eq!(
+            inject(json!({"process": "rtas-server", "point": "core-sending",
+                          "action": "close-link", "request": "Call"})),
+            Ok(Some(MachineRequest::InjectFault {
+                process: ProcessKind::RtasServer,
+                fault: FaultInjection::Armed(ArmedFault {
+                    point: FaultPoint::CoreSending,
+                    action: FaultAction::CloseLink,
+                    request: Some("Call".into()),
+                }),
+            }))
+        );
+        assert!(error(inject(json!({"process": "event-log"}))).contains("takes either"));
+        assert!(error(inject(
+            json!({"process": "event-log", "fault": "panic", "point": "x"})
+        ))
+        .contains("takes either"));
+        assert!(
+            error(inject(json!({"process": "event-log", "fault": "boom"})))
+                .contains("Parameter 'fault' expects one of")
+        );
+        let long = "x".repeat(ipc_proto::control::MAX_FAULT_REQUEST_NAME + 1);
+        assert!(error(inject(
+            json!({"process": "event-log", "point": "core-sending",
+                                    "action": "delay", "request": long})
+        ))
+        .contains("too long"));
     }
 }

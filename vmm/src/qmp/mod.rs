@@ -9,7 +9,8 @@
 pub mod arguments;
 pub mod schema;
 
-use crate::control::{ControlMessage, QmpError};
+use crate::control::ControlMessage;
+use crate::request::{MachineRequest, QmpError};
 use schema::Command;
 use serde_json::{json, Map, Value};
 use std::io::{Read, Write};
@@ -334,7 +335,7 @@ pub struct Session<'a> {
     context: &'a QmpContext,
 }
 
-type CommandResult = Result<(Value, Option<After>), (&'static str, String)>;
+type CommandResult = Result<(Value, Option<After>), QmpError>;
 
 impl<'a> Session<'a> {
     /// A client that has not negotiated yet.
@@ -371,63 +372,61 @@ impl<'a> Session<'a> {
                 }
                 (reply, after)
             }
-            Err((class, desc)) => (error_reply(id, class, &desc), None),
+            Err(QmpError { class, desc }) => (error_reply(id, class, &desc), None),
         }
     }
 
     fn dispatch(&mut self, request: &Map<String, Value>) -> CommandResult {
-        let generic = |desc: String| ("GenericError", desc);
         for key in request.keys() {
             if !matches!(key.as_str(), "execute" | "arguments" | "id") {
-                return Err(generic(format!("QMP input member '{key}' is unexpected")));
+                return Err(QmpError::generic(format!(
+                    "QMP input member '{key}' is unexpected"
+                )));
             }
         }
         let name = match request.get("execute") {
             Some(Value::String(name)) => name.as_str(),
             Some(_) => {
-                return Err(generic(
-                    "QMP input member 'execute' must be a string".into(),
+                return Err(QmpError::generic(
+                    "QMP input member 'execute' must be a string",
                 ))
             }
-            None => return Err(generic("QMP input lacks member 'execute'".into())),
+            None => return Err(QmpError::generic("QMP input lacks member 'execute'")),
         };
         let empty = Map::new();
         let arguments = match request.get("arguments") {
             None => &empty,
             Some(Value::Object(arguments)) => arguments,
             Some(_) => {
-                return Err(generic(
-                    "QMP input member 'arguments' must be an object".into(),
+                return Err(QmpError::generic(
+                    "QMP input member 'arguments' must be an object",
                 ))
             }
         };
         let Some(command) = Command::from_name(name) else {
-            return Err((
-                "CommandNotFound",
-                format!("The command {name} has not been found"),
-            ));
+            return Err(QmpError::command_not_found(format!(
+                "The command {name} has not been found"
+            )));
         };
         if !self.negotiated && command != Command::QmpCapabilities {
-            return Err((
-                "CommandNotFound",
-                "Expecting capabilities negotiation with 'qmp_capabilities'".into(),
+            return Err(QmpError::command_not_found(
+                "Expecting capabilities negotiation with 'qmp_capabilities'",
             ));
         }
-        command
-            .check(arguments)
-            .map_err(|error| (error.class, error.desc))?;
+        command.check(arguments)?;
         let done = |value: Value| Ok((value, None));
         match command {
             Command::QmpCapabilities => {
                 if self.negotiated {
-                    return Err((
-                        "CommandNotFound",
-                        "Capabilities negotiation is already complete, command ignored".into(),
+                    return Err(QmpError::command_not_found(
+                        "Capabilities negotiation is already complete, command ignored",
                     ));
                 }
                 if let Some(Value::Array(enable)) = arguments.get("enable") {
                     if let Some(capability) = enable.first() {
-                        return Err(generic(format!("Capability {capability} is not supported")));
+                        return Err(QmpError::generic(format!(
+                            "Capability {capability} is not supported"
+                        )));
                     }
                 }
                 self.negotiated = true;
@@ -451,31 +450,29 @@ impl<'a> Session<'a> {
                 Some(After::Send(ControlMessage::Reset { by_guest: false })),
             )),
             Command::Quit => Ok((json!({}), Some(After::Send(ControlMessage::Quit)))),
-            machine => self.ask_machine(machine, arguments),
+            machine => match arguments::machine_request(machine, arguments)? {
+                Some(request) => self.ask_machine(machine, request),
+                None => Err(QmpError::generic(format!(
+                    "{} has no answer (an internal error)",
+                    machine.name()
+                ))),
+            },
         }
     }
 
     /// Runs a command on the control loop and waits for its answer.
-    fn ask_machine(&self, command: Command, arguments: &Map<String, Value>) -> CommandResult {
+    fn ask_machine(&self, command: Command, request: MachineRequest) -> CommandResult {
         let (reply, answer) = std::sync::mpsc::channel();
-        let message = ControlMessage::Qmp {
-            command,
-            arguments: arguments.clone(),
-            reply,
-        };
+        let message = ControlMessage::Qmp { request, reply };
         if self.context.control.send(message).is_err() {
-            return Err(("GenericError", "the machine is shutting down".into()));
+            return Err(QmpError::generic("the machine is shutting down"));
         }
         match answer.recv_timeout(MACHINE_TIMEOUT) {
-            Ok(Ok(value)) => Ok((value, None)),
-            Ok(Err(QmpError { class, desc })) => Err((class, desc)),
-            Err(_) => Err((
-                "GenericError",
-                format!(
-                    "the machine did not answer {} within {MACHINE_TIMEOUT:?}",
-                    command.name()
-                ),
-            )),
+            Ok(answer) => answer.map(|value| (value, None)),
+            Err(_) => Err(QmpError::generic(format!(
+                "the machine did not answer {} within {MACHINE_TIMEOUT:?}",
+                command.name()
+            ))),
         }
     }
 }
@@ -606,10 +603,10 @@ mod tests {
             name: None,
         };
         let answering = thread::spawn(move || {
-            let Ok(ControlMessage::Qmp { command, reply, .. }) = receiver.recv() else {
+            let Ok(ControlMessage::Qmp { request, reply }) = receiver.recv() else {
                 panic!("no command");
             };
-            assert_eq!(command, Command::XQueryDrcs);
+            assert_eq!(request, MachineRequest::Query(crate::request::Query::Drcs));
             reply.send(Ok(json!([]))).unwrap();
         });
         let mut session = Session {

@@ -4,7 +4,7 @@
 //! the same definitions come `query-commands` and `query-qmp-schema` (QEMU's
 //! `SchemaInfo` shape), so generic clients can discover what is here.
 
-use crate::control::QmpError;
+use crate::request::QmpError;
 use serde_json::{json, Map, Value};
 
 /// An argument's (or event member's) JSON type, as QEMU's schema names it.

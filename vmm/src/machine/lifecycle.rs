@@ -1,0 +1,500 @@
+//! The machine's life: its start (KVM, memory, interrupts, the device
+//! processes, the boot vCPUs), power-on, the VM's end, reset, and the
+//! power button and pause of QMP.
+
+use super::notifications::NotificationLog;
+use super::{kvm_call, Vm, VmError, BUILTIN_GUEST};
+use crate::boot;
+use crate::config::{ConsoleConfig, GuestImage, SmpConfig, VmConfig};
+use crate::console::{Console, ConsoleError};
+use crate::control::ControlMessage;
+use crate::cores::Cores;
+use crate::devices::DeviceProcesses;
+use crate::dimms::Dimms;
+use crate::fdt::{self, MachineDescription};
+use crate::interrupts::InterruptRouter;
+use crate::layout::{MemoryLayout, FDT_MAX_SIZE, FDT_START, GUEST_IMAGE_START, KVM_TSS_ADDRESS};
+use crate::memory::GuestRam;
+use crate::qmp::QmpServer;
+use crate::request::QmpError;
+use crate::vcpu::{CpuTable, StartPoint, VcpuContext};
+use ipc_proto::link::core_eventlog;
+use ipc_proto::link::core_hotplug::{self, DrcRange};
+use ipc_proto::papr::{irq, DrcKind, LMB_SIZE};
+use kvm_ioctls::Kvm;
+use linux_loader::loader::{elf::Elf, KernelLoader};
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::io::Cursor;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::mpsc::{channel, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vm_memory::{Bytes, GuestAddress};
+
+/// Where the core's start-up went (x-query-startup).
+#[derive(Default)]
+pub(super) struct StartupTimes {
+    /// KVM's VM, guest memory, interrupts and the boot vCPUs.
+    kvm: Duration,
+    /// The device processes started, handshaken, set up, told the cold-plugged cores.
+    devices: Duration,
+    /// From `main` to vCPU 0 started, at the first power-on.
+    vcpu0_started: Option<Duration>,
+}
+
+impl StartupTimes {
+    pub(super) fn to_json(&self) -> Value {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        json!({
+            "kvm-ms": ms(self.kvm),
+            "devices-ms": ms(self.devices),
+            "vcpu0-started-ms": self.vcpu0_started.map(ms),
+        })
+    }
+}
+
+/// The DRC table of the machine: a CPU DRC per possible core, an LMB DRC per
+/// 256 MiB of device memory.
+pub fn drc_ranges(smp: &SmpConfig, layout: &MemoryLayout) -> Vec<DrcRange> {
+    vec![
+        DrcRange {
+            kind: DrcKind::Cpu,
+            first_id: 0,
+            count: smp.max_cores(),
+            step: smp.threads_per_core,
+        },
+        DrcRange {
+            kind: DrcKind::Lmb,
+            first_id: (layout.device_memory_start / LMB_SIZE) as u32,
+            count: ((layout.device_memory_end - layout.device_memory_start) / LMB_SIZE) as u32,
+            step: 1,
+        },
+    ]
+}
+
+/// The steps of a machine reset, each carried out by [`reset_machine`] in
+/// its order.
+pub(super) trait ResetSteps {
+    /// Every vCPU stops: nothing of the guest runs while the machine resets.
+    fn park_vcpus(&mut self);
+    /// The hotplug controller completes the pending unplugs, and the core
+    /// carries out the releases it notifies. A controller that is down
+    /// cannot: the machine resets all the same.
+    fn complete_unplugs(&mut self);
+    /// The event log drops its queue: a new boot starts with none.
+    fn empty_event_queue(&mut self);
+    /// Interrupt lines and their state start over.
+    fn reset_interrupts(&mut self) -> Result<(), VmError>;
+    /// Boot RAM is zeroed.
+    fn discard_ram(&mut self) -> Result<(), VmError>;
+    /// The guest is loaded again and vCPU 0 started.
+    fn power_on(&mut self) -> Result<(), VmError>;
+    /// QMP clients are told (`RESET`).
+    fn announce_reset(&mut self, by_guest: bool);
+}
+
+/// A machine reset, in a fixed order: every vCPU is parked first (no
+/// guest code sees the machine change), then the controller's releases are
+/// carried out (a core unplugged at reset is gone before the guest starts
+/// again), then the event queue is emptied, interrupts and RAM start over,
+/// the guest is loaded, and only then is `RESET` emitted.
+pub(super) fn reset_machine(steps: &mut impl ResetSteps, by_guest: bool) -> Result<(), VmError> {
+    steps.park_vcpus();
+    steps.complete_unplugs();
+    steps.empty_event_queue();
+    steps.reset_interrupts()?;
+    steps.discard_ram()?;
+    steps.power_on()?;
+    steps.announce_reset(by_guest);
+    Ok(())
+}
+
+impl ResetSteps for Vm {
+    fn park_vcpus(&mut self) {
+        self.park_all();
+    }
+
+    fn complete_unplugs(&mut self) {
+        match self.hotplug_request(core_hotplug::Request::Reset) {
+            Ok(()) => self.await_reset_releases(),
+            Err(error) => log::error!("reset without the hotplug controller: {error}"),
+        }
+    }
+
+    fn empty_event_queue(&mut self) {
+        if let Err(error) = self.devices.eventlog.command(core_eventlog::Request::Reset) {
+            log::error!("the event log did not reset: {error}");
+        }
+    }
+
+    fn reset_interrupts(&mut self) -> Result<(), VmError> {
+        Ok(self.interrupts.reset()?)
+    }
+
+    fn discard_ram(&mut self) -> Result<(), VmError> {
+        Ok(self.ram.discard()?)
+    }
+
+    fn power_on(&mut self) -> Result<(), VmError> {
+        Vm::power_on(self)
+    }
+
+    fn announce_reset(&mut self, by_guest: bool) {
+        let reason = if by_guest {
+            "guest-reset"
+        } else {
+            "host-qmp-system-reset"
+        };
+        self.qmp
+            .emit("RESET", json!({"guest": by_guest, "reason": reason}));
+    }
+}
+
+impl Vm {
+    pub fn new(
+        config: VmConfig,
+        console_socket: Option<&crate::sockets::ClaimedSocket>,
+        qmp: Arc<QmpServer>,
+    ) -> Result<Vm, VmError> {
+        let guest_image = match config.guest_image {
+            GuestImage::File(bytes) => bytes,
+            GuestImage::BuiltIn => BUILTIN_GUEST.to_vec(),
+        };
+        let kvm_started = Instant::now();
+        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_call("KVM_CREATE_VM"))?);
+        vm_fd
+            .set_tss_address(KVM_TSS_ADDRESS as usize)
+            .map_err(kvm_call("KVM_SET_TSS_ADDR"))?;
+        vm_fd
+            .create_irq_chip()
+            .map_err(kvm_call("KVM_CREATE_IRQCHIP"))?;
+
+        let layout = MemoryLayout::new(&config.memory);
+        let ram = GuestRam::new(layout.boot_ram)?;
+        ram.register(&vm_fd)?;
+
+        let interrupts = Arc::new(InterruptRouter::new(Arc::clone(&vm_fd))?);
+        let vty_interrupt = interrupts.eventfd(irq::VTY)?;
+        let (control, inbox) = channel();
+        let console = match &config.console {
+            ConsoleConfig::Stdio => {
+                let control = control.clone();
+                Console::stdio(vty_interrupt, move || {
+                    let _ = control.send(ControlMessage::ConsoleQuit);
+                })?
+            }
+            ConsoleConfig::Socket(path) => match console_socket {
+                Some(socket) => Console::socket(socket, vty_interrupt)?,
+                None => {
+                    return Err(VmError::Console(ConsoleError::Bind {
+                        path: path.clone(),
+                        source: std::io::ErrorKind::NotFound.into(),
+                    }))
+                }
+            },
+        };
+        // The event log raises the hot-plug and EPOW interrupts itself.
+        let event_log_interrupt = |source| -> Result<OwnedFd, VmError> {
+            let eventfd = interrupts.eventfd(source)?;
+            // SAFETY: `eventfd` keeps the descriptor open while it is borrowed here.
+            unsafe { BorrowedFd::borrow_raw(eventfd.as_raw_fd()) }
+                .try_clone_to_owned()
+                .map_err(|source| VmError::Thread {
+                    what: "the event log's interrupts".into(),
+                    source,
+                })
+        };
+        let hotplug_interrupt = event_log_interrupt(irq::HOTPLUG)?;
+        let epow_interrupt = event_log_interrupt(irq::EPOW)?;
+        let mut startup = StartupTimes {
+            kvm: kvm_started.elapsed(),
+            ..StartupTimes::default()
+        };
+        let devices_started = Instant::now();
+        let devices = Arc::new(DeviceProcesses::start(
+            &ram,
+            config.memory.max_size,
+            [hotplug_interrupt, epow_interrupt],
+            config.smp.threads_per_core,
+            drc_ranges(&config.smp, &layout),
+            config.sandbox.clone(),
+            control.clone(),
+        )?);
+        startup.devices = devices_started.elapsed();
+        let cpus = Arc::new(CpuTable::new(config.smp.max_cpus));
+        let context = VcpuContext {
+            ram: ram.memory().clone(),
+            console,
+            cpus: Arc::clone(&cpus),
+            devices: Arc::clone(&devices),
+            interrupts: Arc::clone(&interrupts),
+            control: control.clone(),
+        };
+        let mut vm = Vm {
+            vcpus: (0..config.smp.max_cpus).map(|_| None).collect(),
+            cpus,
+            context,
+            devices,
+            interrupts,
+            cores: Cores::new(&config.smp),
+            dimms: Dimms::new(&layout, config.memory.slots),
+            qmp,
+            control,
+            inbox,
+            deferred: VecDeque::new(),
+            notifications: NotificationLog::default(),
+            ram,
+            layout,
+            smp: config.smp,
+            name: config.name.clone(),
+            guest_image,
+            vm_fd,
+            kvm,
+            startup,
+        };
+        let vcpus_started = Instant::now();
+        for core in vm.cores.present() {
+            vm.create_core_vcpus(core)?;
+        }
+        vm.startup.kvm += vcpus_started.elapsed();
+        let cold_plug_started = Instant::now();
+        vm.cold_plug_present_cores().map_err(VmError::Hotplug)?;
+        vm.startup.devices += cold_plug_started.elapsed();
+        Ok(vm)
+    }
+
+    /// Writes everything the guest finds at power-on; returns where CPU 0 starts.
+    fn load(&self) -> Result<StartPoint, VmError> {
+        let memory = self.ram.memory();
+        boot::write_boot_tables(memory, &self.layout)?;
+        let loaded = Elf::load(
+            memory,
+            None,
+            &mut Cursor::new(&self.guest_image),
+            Some(GuestAddress(GUEST_IMAGE_START)),
+        )
+        .map_err(VmError::LoadGuest)?;
+        if loaded.kernel_end > FDT_START {
+            return Err(VmError::GuestTooLarge {
+                end: loaded.kernel_end,
+            });
+        }
+        let present_cores = self.cores.present();
+        let dimms: Vec<(u64, u64)> = self
+            .dimms
+            .plugged_dimms()
+            .iter()
+            .map(|dimm| (dimm.addr, dimm.size))
+            .collect();
+        let blob = fdt::build(&MachineDescription {
+            smp: &self.smp,
+            layout: &self.layout,
+            present_cores: &present_cores,
+            dimms: &dimms,
+        })?;
+        if blob.len() as u64 > FDT_MAX_SIZE {
+            return Err(VmError::FdtTooLarge(blob.len()));
+        }
+        memory
+            .write_slice(&blob, GuestAddress(FDT_START))
+            .map_err(VmError::WriteFdt)?;
+        Ok(StartPoint {
+            entry: loaded.kernel_load.0,
+            rdi: FDT_START,
+            rsi: 0,
+        })
+    }
+
+    pub(super) fn power_on(&mut self) -> Result<(), VmError> {
+        let start = self.load()?;
+        if self.startup.vcpu0_started.is_none() {
+            self.startup.vcpu0_started = crate::STARTED.get().map(Instant::elapsed);
+        }
+        log::info!(
+            "starting vCPU 0 at {:#x} with the device tree at {:#x}",
+            start.entry,
+            start.rdi
+        );
+        if !self.cpus.start(0, start) {
+            log::error!("vCPU 0 was not stopped at power-on");
+        }
+        Ok(())
+    }
+
+    pub(super) fn park_all(&self) {
+        for vcpu in self.vcpus.iter().flatten() {
+            vcpu.park();
+        }
+    }
+
+    /// The VM ends: every vCPU parked, and QMP clients told why.
+    pub(super) fn shut_down(&self, guest: bool, reason: &str) {
+        self.park_all();
+        self.qmp
+            .emit("SHUTDOWN", json!({"guest": guest, "reason": reason}));
+    }
+
+    /// Machine reset. Pending unplugs complete here, in a fixed order
+    /// ([`reset_machine`]).
+    pub(super) fn reset(&mut self, by_guest: bool) -> Result<(), VmError> {
+        log::info!(
+            "machine reset requested by the {}",
+            if by_guest { "guest" } else { "host" }
+        );
+        reset_machine(self, by_guest)
+    }
+
+    /// Carries out the releases of a reset, which the controller notifies
+    /// (the one path by which releases reach the core) before it says the
+    /// reset is complete. Anything else that arrives meanwhile waits.
+    pub(super) fn await_reset_releases(&mut self) {
+        let deadline = std::time::Instant::now() + ipc_proto::Link::CoreHotplug.reply_timeout();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.inbox.recv_timeout(left) {
+                Ok(ControlMessage::Hotplug { id, notification })
+                    if self.notifications.completes_reset(id, &notification) =>
+                {
+                    return
+                }
+                Ok(ControlMessage::Hotplug { id, notification }) => {
+                    self.on_hotplug(id, notification)
+                }
+                Ok(other) => self.deferred.push_back(other),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                    log::error!("the hotplug controller did not complete the reset in time");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// QMP `system_powerdown`: an EPOW power-off request to the guest,
+    /// which powers off (`SHUTDOWN`) if it honours it, as Linux does.
+    pub(super) fn power_button(&mut self) -> Result<Value, QmpError> {
+        self.devices
+            .eventlog
+            .command(core_eventlog::Request::PowerDown)
+            .map_err(|failure| QmpError::generic(failure.to_string()))?;
+        self.qmp.emit("POWERDOWN", json!({}));
+        Ok(json!({}))
+    }
+
+    /// QMP `stop` (`true`) and `cont`: every vCPU holds before its next
+    /// KVM_RUN, or goes on; `STOP`/`RESUME` when the state changes.
+    pub(super) fn pause(&mut self, pause: bool) -> Value {
+        if self.cpus.is_paused() != pause {
+            self.cpus.set_paused(pause);
+            if pause {
+                for vcpu in self.vcpus.iter().flatten() {
+                    vcpu.wait_paused();
+                }
+            }
+            self.qmp
+                .emit(if pause { "STOP" } else { "RESUME" }, json!({}));
+        }
+        json!({})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records the steps of a reset; fails the one named.
+    #[derive(Default)]
+    struct Recorder {
+        steps: Vec<&'static str>,
+        failing: Option<&'static str>,
+    }
+
+    impl Recorder {
+        fn step(&mut self, name: &'static str) -> Result<(), VmError> {
+            self.steps.push(name);
+            if self.failing == Some(name) {
+                return Err(VmError::GuestCrashed(format!("{name} failed")));
+            }
+            Ok(())
+        }
+    }
+
+    impl ResetSteps for Recorder {
+        fn park_vcpus(&mut self) {
+            let _ = self.step("park");
+        }
+        fn complete_unplugs(&mut self) {
+            let _ = self.step("unplugs");
+        }
+        fn empty_event_queue(&mut self) {
+            let _ = self.step("events");
+        }
+        fn reset_interrupts(&mut self) -> Result<(), VmError> {
+            self.step("interrupts")
+        }
+        fn discard_ram(&mut self) -> Result<(), VmError> {
+            self.step("ram")
+        }
+        fn power_on(&mut self) -> Result<(), VmError> {
+            self.step("power-on")
+        }
+        fn announce_reset(&mut self, by_guest: bool) {
+            let _ = self.step(if by_guest {
+                "RESET guest"
+            } else {
+                "RESET host"
+            });
+        }
+    }
+
+    #[test]
+    fn a_reset_parks_first_completes_unplugs_before_power_on_and_announces_last() {
+        let mut recorder = Recorder::default();
+        reset_machine(&mut recorder, true).unwrap();
+        assert_eq!(
+            recorder.steps,
+            [
+                "park",
+                "unplugs",
+                "events",
+                "interrupts",
+                "ram",
+                "power-on",
+                "RESET guest"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_reset_that_cannot_power_on_is_not_announced() {
+        for failing in ["interrupts", "ram", "power-on"] {
+            let mut recorder = Recorder {
+                failing: Some(failing),
+                ..Recorder::default()
+            };
+            assert!(reset_machine(&mut recorder, false).is_err());
+            assert_eq!(recorder.steps.last(), Some(&failing));
+            assert!(!recorder.steps.iter().any(|step| step.starts_with("RESET")));
+        }
+    }
+
+    #[test]
+    fn drc_ranges_cover_every_core_and_every_lmb_of_device_memory() {
+        let smp = SmpConfig {
+            cpus: 2,
+            max_cpus: 8,
+            threads_per_core: 2,
+        };
+        let layout = MemoryLayout {
+            boot_ram: 1 << 30,
+            device_memory_start: 1 << 32,
+            device_memory_end: (1 << 32) + (1 << 30),
+        };
+        let ranges = drc_ranges(&smp, &layout);
+        assert_eq!(ranges[0].count, 4);
+        assert_eq!(ranges[0].step, 2);
+        assert_eq!(ranges[1].first_id, 16);
+        assert_eq!(ranges[1].count, 4);
+    }
+}

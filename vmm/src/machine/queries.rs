@@ -1,0 +1,181 @@
+//! What the machine reports over QMP, rendered as QEMU renders it (or,
+//! for the `x-` queries, as Papervisor documents it).
+
+use super::Vm;
+use crate::cores::{CoreDevice, CORE_DRIVER};
+use crate::request::{QmpError, Query};
+use ipc_proto::link::core_eventlog;
+use ipc_proto::link::core_hotplug;
+use ipc_proto::link::hotplug_eventlog::{HotplugAction, HotplugTarget};
+use ipc_proto::ProcessKind;
+use serde_json::{json, Value};
+
+impl Vm {
+    /// A query's answer.
+    pub(super) fn query(&self, query: Query) -> Result<Value, QmpError> {
+        match query {
+            Query::MemoryDevices => Ok(self.query_memory_devices()),
+            Query::MemorySizeSummary => Ok(json!({
+                "base-memory": self.layout.boot_ram,
+                "plugged-memory": self.dimms.plugged_bytes(),
+            })),
+            Query::HotpluggableCpus => Ok(self.query_hotpluggable_cpus()),
+            Query::CpusFast => Ok(self.query_cpus_fast()),
+            Query::Drcs => self.query_drcs(),
+            Query::EventLog => self.query_event_log(),
+            Query::Startup => Ok(self.startup.to_json()),
+            Query::DeviceProcesses => Ok(self.query_device_processes()),
+        }
+    }
+
+    /// The device processes, and the notifications of the hotplug
+    /// controller the core refused.
+    fn query_device_processes(&self) -> Value {
+        let mut processes = self.devices.info();
+        if let Some(controller) = processes.as_array_mut().and_then(|list| {
+            list.iter_mut()
+                .find(|p| p["kind"] == ProcessKind::HotplugController.name())
+        }) {
+            controller["rejected-notifications"] = json!(self.notifications.rejected());
+        }
+        processes
+    }
+
+    /// QEMU's shape.
+    fn query_memory_devices(&self) -> Value {
+        let dimms: Vec<Value> = self
+            .dimms
+            .plugged_dimms()
+            .into_iter()
+            .map(|dimm| {
+                json!({"type": "dimm", "data": {
+                    "id": dimm.id, "addr": dimm.addr, "size": dimm.size,
+                    "slot": dimm.slot, "node": 0,
+                    "memdev": format!("/objects/{}", dimm.memdev),
+                    "hotplugged": true, "hotpluggable": true,
+                }})
+            })
+            .collect();
+        Value::Array(dimms)
+    }
+
+    fn query_hotpluggable_cpus(&self) -> Value {
+        let threads = self.cores.threads();
+        let cpus: Vec<Value> = (0..self.cores.max_cores())
+            .rev()
+            .map(|core| {
+                let mut entry = json!({
+                    "type": CORE_DRIVER,
+                    "vcpus-count": threads,
+                    "props": {"core-id": core * threads},
+                });
+                if let Some(CoreDevice { path, .. }) = self.cores.device(core) {
+                    entry["qom-path"] = json!(path);
+                }
+                entry
+            })
+            .collect();
+        Value::Array(cpus)
+    }
+
+    /// Every vCPU of a plugged core, with the core's QOM path.
+    fn query_cpus_fast(&self) -> Value {
+        let threads = self.cores.threads();
+        let cpus: Vec<Value> = self
+            .cpus
+            .info()
+            .into_iter()
+            .filter_map(|vcpu| {
+                let core = vcpu.id / threads;
+                let thread = vcpu.id % threads;
+                let device = self.cores.device(core)?;
+                Some(json!({
+                    "cpu-index": vcpu.id,
+                    "qom-path": format!("{}/thread[{thread}]", device.path),
+                    "thread-id": vcpu.thread_id,
+                    "props": {"core-id": core * threads, "thread-id": thread},
+                    "target": "x86_64",
+                }))
+            })
+            .collect();
+        Value::Array(cpus)
+    }
+
+    fn query_drcs(&self) -> Result<Value, QmpError> {
+        let mut rows = Vec::new();
+        let mut from = Some(0);
+        while let Some(start) = from {
+            match self
+                .devices
+                .hotplug
+                .query(core_hotplug::Request::ListDrcs { from: start })
+            {
+                Ok(core_hotplug::Reply::Drcs { rows: page, next }) => {
+                    if next.is_some_and(|n| n <= start) {
+                        return Err(QmpError::generic("the hotplug controller pages backwards"));
+                    }
+                    rows.extend(page);
+                    from = next;
+                }
+                Err(failure) => {
+                    return Err(QmpError::generic(format!(
+                        "the hotplug controller did not list its DRCs: {failure}"
+                    )))
+                }
+            }
+        }
+        let rows: Vec<Value> = rows
+            .into_iter()
+            .map(|row| {
+                let id = row
+                    .device
+                    .as_deref()
+                    .and_then(|path| self.plugged_device(path))
+                    .and_then(|(id, _)| id);
+                json!({
+                    "index": row.index.0,
+                    "type": row.index.kind().map(|k| k.type_name()),
+                    "name": row.index.name(),
+                    "state": row.state.name(),
+                    "device": id,
+                    "path": row.device,
+                    "unplug-requested": row.unplug_requested,
+                })
+            })
+            .collect();
+        Ok(Value::Array(rows))
+    }
+
+    fn query_event_log(&self) -> Result<Value, QmpError> {
+        match self.devices.eventlog.query(core_eventlog::Request::List) {
+            Ok(core_eventlog::Reply::Queued(events)) => Ok(Value::Array(
+                events
+                    .into_iter()
+                    .map(|queued| {
+                        let event = match queued {
+                            core_eventlog::QueuedEvent::Hotplug(event) => event,
+                            core_eventlog::QueuedEvent::PowerDown => {
+                                return json!({"action": "power-off", "resource": "epow"})
+                            }
+                        };
+                        let action = match event.action {
+                            HotplugAction::Add => "add",
+                            HotplugAction::Remove => "remove",
+                        };
+                        match event.target {
+                            HotplugTarget::CpuByIndex(drc) => {
+                                json!({"action": action, "resource": "cpu", "drc": drc.0})
+                            }
+                            HotplugTarget::LmbsCountIndexed { count, first } => json!({
+                                "action": action, "resource": "memory", "drc": first.0, "count": count
+                            }),
+                        }
+                    })
+                    .collect(),
+            )),
+            Err(failure) => Err(QmpError::generic(format!(
+                "the event log did not list its queue: {failure}"
+            ))),
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! The boundary between QMP and the machine: what a checked QMP command asks
+//! of the machine, as typed values (the QMP thread parses the JSON; the
+//! control loop never sees it), and the one error a command answers with.
+//!
+//! This module depends on no other module of the core, so that the QMP
+//! server, the control loop's messages and the machine can all use it
+//! without importing each other.
+
+use ipc_proto::control::{ArmedFault, Fault};
+use ipc_proto::ProcessKind;
+use std::path::PathBuf;
+
+/// A QMP error: QEMU's class and a message. Every domain's error becomes
+/// one of these (`From`), once, where it reaches QMP.
+#[derive(Debug, PartialEq, Eq)]
+pub struct QmpError {
+    /// QEMU's error class (`GenericError`, `DeviceNotFound`, ...).
+    pub class: &'static str,
+    /// The message for the client.
+    pub desc: String,
+}
+
+impl QmpError {
+    /// A `GenericError`, QEMU's class for nearly everything.
+    pub fn generic(desc: impl Into<String>) -> QmpError {
+        QmpError {
+            class: "GenericError",
+            desc: desc.into(),
+        }
+    }
+
+    /// A `DeviceNotFound`: the device named does not exist.
+    pub fn device_not_found(desc: impl Into<String>) -> QmpError {
+        QmpError {
+            class: "DeviceNotFound",
+            desc: desc.into(),
+        }
+    }
+
+    /// A `CommandNotFound`: the command does not exist, or is not allowed yet.
+    pub fn command_not_found(desc: impl Into<String>) -> QmpError {
+        QmpError {
+            class: "CommandNotFound",
+            desc: desc.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for QmpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.class, self.desc)
+    }
+}
+
+impl std::error::Error for QmpError {}
+
+/// device_add.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceAdd {
+    /// A CPU core.
+    Core {
+        /// QEMU's core-id (checked against the machine later).
+        core_id: i64,
+        /// The QMP id, if any.
+        id: Option<String>,
+    },
+    /// A DIMM.
+    Dimm {
+        /// The QMP id.
+        id: String,
+        /// The memory backend's id.
+        memdev: String,
+        /// Where it goes, if the client says.
+        addr: Option<u64>,
+    },
+}
+
+/// object-add of a memory backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendAdd {
+    /// One of the backend types the machine has.
+    pub qom_type: String,
+    /// Its id.
+    pub id: String,
+    /// Its size in bytes (checked against device memory later).
+    pub size: u64,
+}
+
+/// x-inject-fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FaultInjection {
+    /// A fault the process commits at once.
+    Now(Fault),
+    /// A fault armed at a point of a request's path.
+    Armed(ArmedFault),
+}
+
+/// What the machine reports about itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Query {
+    /// query-memory-devices.
+    MemoryDevices,
+    /// query-memory-size-summary.
+    MemorySizeSummary,
+    /// query-hotpluggable-cpus.
+    HotpluggableCpus,
+    /// query-cpus-fast.
+    CpusFast,
+    /// x-query-drcs.
+    Drcs,
+    /// x-query-event-log.
+    EventLog,
+    /// x-query-startup.
+    Startup,
+    /// x-query-device-processes.
+    DeviceProcesses,
+}
+
+/// A QMP command that needs the machine, its arguments parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MachineRequest {
+    /// device_add.
+    DeviceAdd(DeviceAdd),
+    /// device_del of the device with this id or QOM path.
+    DeviceDel(String),
+    /// object-add of a memory backend.
+    ObjectAdd(BackendAdd),
+    /// object-del of the backend with this id.
+    ObjectDel(String),
+    /// A query.
+    Query(Query),
+    /// system_powerdown.
+    PowerDown,
+    /// stop (`true`) and cont (`false`).
+    Pause(bool),
+    /// x-inject-fault.
+    InjectFault {
+        /// The process it is aimed at.
+        process: ProcessKind,
+        /// What it does.
+        fault: FaultInjection,
+    },
+    /// x-upgrade-device-process.
+    Upgrade {
+        /// The process replaced.
+        process: ProcessKind,
+        /// The binary that replaces it.
+        program: PathBuf,
+    },
+    /// x-restart-device-process.
+    Restart(ProcessKind),
+}
