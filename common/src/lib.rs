@@ -248,6 +248,16 @@ impl log::Log for RateLimitedLogger {
     }
 }
 
+/// Locks `mutex`, whether or not a thread panicked holding it: the data
+/// under this project's locks stays consistent across a panic (each
+/// critical section leaves it whole), and a panicking thread must not take
+/// the others down with it.
+pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// One line: the error and each of its causes.
 pub fn describe(error: &dyn Error) -> String {
     let mut line = error.to_string();

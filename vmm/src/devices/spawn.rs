@@ -96,6 +96,8 @@ pub enum SpawnError {
     Confine(String),
     #[error("cannot start the device thread")]
     DeviceThread(#[source] std::io::Error),
+    #[error("this core was built without in-process devices (cargo feature `in-process`)")]
+    NoInProcess,
     #[error("cannot open a pidfd of pid {pid}")]
     Pidfd {
         pid: u32,
@@ -147,6 +149,16 @@ enum KillTarget {
 }
 
 impl ProcessHandle {
+    /// A device thread, `tid`, ended by shutting `sockets` down (copies of
+    /// its channels).
+    pub fn of_thread(tid: u32, sockets: Vec<OwnedFd>) -> ProcessHandle {
+        ProcessHandle {
+            pid: tid,
+            held: Held::Thread(sockets),
+            jail_dir: None,
+        }
+    }
+
     /// SIGKILLs the process, or shuts a device thread's channels down (on
     /// the spawner thread when there is one: it runs under another uid, and
     /// no other thread's filter allows either). A process that is gone
@@ -282,10 +294,9 @@ pub struct Launch {
 
 /// What the spawner thread is asked to do.
 enum Request {
-    Spawn {
-        launches: Vec<Launch>,
-        reply: Sender<Vec<Spawned>>,
-    },
+    /// Work that needs the spawner: starting devices (jails need its
+    /// privileges; a thread it starts inherits no seccomp filter).
+    Run(Box<dyn FnOnce() + Send>),
     Helper {
         program: PathBuf,
         args: Vec<String>,
@@ -336,9 +347,7 @@ pub fn start_spawner() -> Result<(), SpawnError> {
 
 fn serve(request: Request) {
     match request {
-        Request::Spawn { launches, reply } => {
-            let _ = reply.send(spawn_here(&launches));
-        }
+        Request::Run(work) => work(),
         Request::Kill { target, reply } => {
             let _ = reply.send(kill(&target));
         }
@@ -392,23 +401,33 @@ pub fn start_helper(
         .unwrap_or_else(|_| Err(SpawnError::Thread(std::io::ErrorKind::BrokenPipe.into())))
 }
 
-/// Starts `launches` together (their jails are set up at the same time), on
-/// the spawner thread when there is one: one result each, in order.
-pub fn spawn(launches: Vec<Launch>) -> Vec<Spawned> {
+/// Runs `work` on the spawner thread when there is one, else here; `None`
+/// if the spawner is gone.
+pub fn on_spawner<R: Send + 'static>(work: impl FnOnce() -> R + Send + 'static) -> Option<R> {
     let Some(spawner) = SPAWNER.get() else {
-        return spawn_here(&launches);
-    };
-    let count = launches.len();
-    let gone = || {
-        (0..count)
-            .map(|_| Err(SpawnError::Thread(std::io::ErrorKind::BrokenPipe.into())))
-            .collect()
+        return Some(work());
     };
     let (reply, answer) = channel();
-    if spawner.send(Request::Spawn { launches, reply }).is_err() {
-        return gone();
-    }
-    answer.recv().unwrap_or_else(|_| gone())
+    let run = Box::new(move || {
+        let _ = reply.send(work());
+    });
+    spawner.send(Request::Run(run)).ok()?;
+    answer.recv().ok()
+}
+
+/// Starts `launches` as processes together (their jails are set up at the
+/// same time), on the spawner thread when there is one: one result each,
+/// in order.
+pub fn spawn(launches: Vec<Launch>) -> Vec<Spawned> {
+    let count = launches.len();
+    on_spawner(move || spawn_here(&launches)).unwrap_or_else(|| spawner_gone(count))
+}
+
+/// The results of `count` launches the spawner did not take.
+pub fn spawner_gone(count: usize) -> Vec<Spawned> {
+    (0..count)
+        .map(|_| Err(SpawnError::Thread(std::io::ErrorKind::BrokenPipe.into())))
+        .collect()
 }
 
 /// A device on its way up: running, or a jailer that has yet to report the
@@ -438,9 +457,6 @@ fn start(launch: &Launch) -> Starting {
         program,
         ..
     } = launch;
-    if sandbox.device_mode == DeviceMode::InProcess {
-        return Starting::Ready(start_thread(launch));
-    }
     let args = sandbox.program_args(*resume);
     if !sandbox.jail {
         let spawned = start_program(program, &args, sandbox, fds)
@@ -563,78 +579,6 @@ fn watched(
         jail_dir,
     };
     Ok((handle, Waiter::Process(waiter)))
-}
-
-/// Starts `launch` as a thread of the core: on copies of the descriptors a
-/// process would inherit, with the seccomp filter the process would install
-/// (on that thread alone) and no capability. Its log lines carry its kind's
-/// name, as a process's do.
-fn start_thread(launch: &Launch) -> Result<(ProcessHandle, Waiter), SpawnError> {
-    let kind = launch.kind;
-    let failed = SpawnError::DeviceThread;
-    let duplicate = |&fd: &RawFd| {
-        // SAFETY: the caller holds `fds` open until `spawn` returns.
-        unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()
-    };
-    let fds = launch
-        .fds
-        .iter()
-        .map(duplicate)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(failed)?;
-    let sockets = fds
-        .iter()
-        .take(kind.links().len())
-        .map(|fd| fd.try_clone())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(failed)?;
-    let startup = device_procs::process::Startup {
-        seccomp: common::seccomp::Mode::parse(&launch.sandbox.seccomp)
-            .unwrap_or(common::seccomp::Mode::Kill),
-        resume: launch.resume,
-    };
-    let (started, tid) = channel();
-    let thread = std::thread::Builder::new()
-        .name(kind.name().into())
-        .spawn(move || {
-            common::set_thread_log_label(kind.name());
-            let _ = started.send(nix::unistd::gettid().as_raw() as u32);
-            run_device(kind, startup, fds)
-        })
-        .map_err(failed)?;
-    let tid = tid
-        .recv()
-        .map_err(|_| failed(std::io::ErrorKind::BrokenPipe.into()))?;
-    let handle = ProcessHandle {
-        pid: tid,
-        held: Held::Thread(sockets),
-        jail_dir: None,
-    };
-    Ok((handle, Waiter::Thread(thread)))
-}
-
-/// A device thread's body, as `device_procs::process::main` is a process's:
-/// returns how it ended.
-fn run_device(
-    kind: ProcessKind,
-    startup: device_procs::process::Startup,
-    fds: Vec<OwnedFd>,
-) -> String {
-    // A thread started by the spawner has its capabilities.
-    let ran = crate::confine::drop_all()
-        .map_err(|error| common::describe(&error))
-        .and_then(|()| {
-            device_procs::process::Descriptors::of(kind, fds)
-                .and_then(|descriptors| device_procs::run_fn(kind)(startup, descriptors))
-                .map_err(|error| common::describe(&error))
-        });
-    match ran {
-        Ok(()) => "returned".to_string(),
-        Err(error) => {
-            log::error!("{error}");
-            format!("failed: {error}")
-        }
-    }
 }
 
 impl Waiter {

@@ -9,7 +9,7 @@ use crate::config::{ConsoleConfig, GuestImage, SmpConfig, VmConfig};
 use crate::console::{Console, ConsoleError};
 use crate::control::ControlMessage;
 use crate::cores::Cores;
-use crate::devices::DeviceProcesses;
+use crate::devices::{DeviceProcesses, Platform};
 use crate::dimms::Dimms;
 use crate::fdt::{self, MachineDescription};
 use crate::interrupts::InterruptRouter;
@@ -213,12 +213,15 @@ impl Vm {
             ..StartupTimes::default()
         };
         let devices_started = Instant::now();
-        let devices = Arc::new(DeviceProcesses::start(
+        let platform = Platform::new(
             &ram,
             config.memory.max_size,
             [hotplug_interrupt, epow_interrupt],
             config.smp.threads_per_core,
             drc_ranges(&config.smp, &layout),
+        )?;
+        let devices = Arc::new(DeviceProcesses::start(
+            platform,
             config.sandbox.clone(),
             control.clone(),
         )?);

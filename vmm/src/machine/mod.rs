@@ -142,14 +142,20 @@ pub struct Vm {
     startup: StartupTimes,
 }
 
-/// How a message ends the VM, if it does: whether the guest asked, and
-/// QEMU's `SHUTDOWN` reason.
-fn shutdown_cause(message: &ControlMessage) -> Option<(bool, &'static str)> {
+/// How a message ends the VM, if it does: whether the guest asked,
+/// QEMU's `SHUTDOWN` reason, and what the log says.
+fn shutdown_cause(message: &ControlMessage) -> Option<(bool, &'static str, String)> {
     match message {
-        ControlMessage::PowerOff => Some((true, "guest-shutdown")),
-        ControlMessage::Quit => Some((false, "host-qmp-quit")),
-        ControlMessage::ConsoleQuit => Some((false, "host-ui")),
-        ControlMessage::HostSignal(_) => Some((false, "host-signal")),
+        ControlMessage::PowerOff => Some((true, "guest-shutdown", "guest powered off".into())),
+        ControlMessage::Quit => Some((false, "host-qmp-quit", "quit requested over QMP".into())),
+        ControlMessage::ConsoleQuit => Some((
+            false,
+            "host-ui",
+            "Ctrl-a x on the console: ending the VM".into(),
+        )),
+        ControlMessage::HostSignal(signal) => {
+            Some((false, "host-signal", format!("{signal}: ending the VM")))
+        }
         _ => None,
     }
 }
@@ -176,8 +182,8 @@ impl Vm {
                     .recv()
                     .map_err(|_| VmError::GuestCrashed("every vCPU thread is gone".into()))?,
             };
-            if let Some((guest, reason)) = shutdown_cause(&message) {
-                log::info!("ending the VM: {message:?}");
+            if let Some((guest, reason, why)) = shutdown_cause(&message) {
+                log::info!("{why}");
                 self.shut_down(guest, reason);
                 return Ok(());
             }
@@ -277,18 +283,17 @@ mod tests {
 
     #[test]
     fn power_off_quit_console_and_signals_end_the_vm_and_nothing_else() {
-        let ends = |message| shutdown_cause(&message);
+        let ends = |message| shutdown_cause(&message).map(|(guest, reason, _)| (guest, reason));
         assert_eq!(
             ends(ControlMessage::PowerOff),
             Some((true, "guest-shutdown"))
         );
         assert_eq!(ends(ControlMessage::Quit), Some((false, "host-qmp-quit")));
         assert_eq!(ends(ControlMessage::ConsoleQuit), Some((false, "host-ui")));
+        let signal = ControlMessage::HostSignal(nix::sys::signal::Signal::SIGTERM);
         assert_eq!(
-            ends(ControlMessage::HostSignal(
-                nix::sys::signal::Signal::SIGTERM
-            )),
-            Some((false, "host-signal"))
+            shutdown_cause(&signal).map(|(_, reason, why)| (reason, why)),
+            Some(("host-signal", "SIGTERM: ending the VM".to_string()))
         );
         assert_eq!(ends(ControlMessage::Reset { by_guest: true }), None);
         assert_eq!(ends(ControlMessage::GuestCrashed("x".into())), None);

@@ -1,0 +1,108 @@
+//! The VM's reaper (`jailer::reaper`): a process that holds a pidfd of
+//! every device process and kills each when the core ends or dies. The
+//! core hands it each new process, and replaces a reaper that dies.
+
+use super::spawn::{self, ProcessHandle, SpawnError};
+use super::{lock, DeviceError, DeviceProcesses, Sandbox};
+use crate::control::ControlMessage;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::mpsc::Sender;
+
+/// Reapers started after the first, at most: one that keeps dying is
+/// given up on (and says so) rather than restarted in a loop.
+const MAX_REAPER_RESTARTS: u32 = 5;
+
+impl DeviceProcesses {
+    /// The reaper ended (`reason`): a new one takes every running device
+    /// process, unless reapers keep dying.
+    pub fn reaper_exited(&self, reason: &str) {
+        let mut restarts = lock(&self.reaper_restarts);
+        if *restarts >= MAX_REAPER_RESTARTS {
+            log::error!("the reaper {reason}, again: given up; device processes would outlive a core that dies");
+            *lock(&self.reaper) = None;
+            return;
+        }
+        *restarts += 1;
+        drop(restarts);
+        match start_reaper(&self.sandbox, &self.control, self.owner == 0) {
+            Ok(socket) => {
+                log::error!("the reaper {reason}; a new one holds the device processes");
+                *lock(&self.reaper) = Some(socket);
+                let records = lock(&self.records);
+                for process in records.values().filter_map(|r| r.process.as_ref()) {
+                    self.tell_reaper(process);
+                }
+            }
+            Err(error) => {
+                log::error!(
+                    "the reaper {reason}, and no new one starts ({}): device processes would outlive a core that dies",
+                    common::describe(&error)
+                );
+                *lock(&self.reaper) = None;
+            }
+        }
+    }
+
+    /// Hands the reaper a pidfd of a new device process.
+    pub(super) fn tell_reaper(&self, handle: &ProcessHandle) {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        let reaper = lock(&self.reaper);
+        let (Some(reaper), Some(pidfd)) = (reaper.as_ref(), handle.pidfd()) else {
+            return;
+        };
+        let fds = [pidfd.as_raw_fd()];
+        let sent = sendmsg::<()>(
+            reaper.as_raw_fd(),
+            &[std::io::IoSlice::new(&[1])],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+            None,
+        );
+        if let Err(error) = sent {
+            log::error!(
+                "the reaper did not take pid {}: it would outlive a core that dies ({error})",
+                handle.pid
+            );
+        }
+    }
+}
+
+/// Starts the VM's reaper (`jailer::reaper`) on one end of a new socket;
+/// the core keeps the other. As root with jails it takes the VM's device
+/// uid, which may signal the device processes and nothing else.
+pub(super) fn start_reaper(
+    sandbox: &Sandbox,
+    control: &Sender<ControlMessage>,
+    as_root: bool,
+) -> Result<OwnedFd, DeviceError> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    let (ours, its) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|errno| DeviceError::Reaper(SpawnError::ReportSocket(errno.into())))?;
+    let mut args = vec!["--seccomp".to_string(), sandbox.seccomp.clone()];
+    if sandbox.jail && as_root {
+        args.extend([
+            "--uid".to_string(),
+            sandbox.uid.to_string(),
+            "--gid".to_string(),
+            sandbox.gid.to_string(),
+        ]);
+    }
+    let program = spawn::sibling_binary("papervisor-reaper");
+    let reaper = spawn::start_helper(program, args, vec![its.as_raw_fd()], sandbox)
+        .map_err(DeviceError::Reaper)?;
+    let control = control.clone();
+    spawn::Waiter::Process(reaper)
+        .watch_named("reaper", move |reason| {
+            let _ = control.send(ControlMessage::ReaperExited(reason));
+        })
+        .map_err(|source| DeviceError::Watch {
+            kind: "reaper",
+            source,
+        })?;
+    Ok(ours)
+}
