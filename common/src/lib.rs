@@ -219,7 +219,7 @@ impl log::Log for RateLimitedLogger {
         );
         let now = Instant::now();
         let admitted = {
-            let mut sites = self.sites.lock().unwrap_or_else(|p| p.into_inner());
+            let mut sites = lock(&self.sites);
             sites
                 .entry(site)
                 .or_insert_with(|| RateLimit::new(LOG_BURST, LOG_INTERVAL, now))

@@ -5,8 +5,8 @@
 
 use crate::process::Links;
 use ipc_proto::channel::{encode, Channel, Envelope};
-use ipc_proto::control::{ArmedFault, FaultAction, FaultPoint, FAULT_DELAY_MS};
-use ipc_proto::{Fault, Link};
+use ipc_proto::control::{ArmedFault, Fault, FaultAction, FaultPoint, FAULT_DELAY_MS};
+use ipc_proto::Link;
 
 /// The status a crashing process ends with: `_exit`, as abrupt as SIGKILL
 /// (nothing is flushed or unwound), because a jailed process is its PID
@@ -23,6 +23,8 @@ pub struct Armed {
     current: Option<(Link, String)>,
     /// What to do to the current request's reply.
     spoil: Option<FaultAction>,
+    /// The next transition fails to be recorded (`Fault::LoseState`).
+    lose_state: bool,
 }
 
 impl Armed {
@@ -93,6 +95,11 @@ pub fn spoil_reply(armed: &mut Armed, channel: &Channel) -> bool {
 }
 
 impl Links {
+    /// Whether the state region is to fail the transition in hand (once).
+    pub(crate) fn state_fails(&mut self) -> bool {
+        std::mem::take(&mut self.faults_mut().lose_state)
+    }
+
     fn spoil(&mut self, action: FaultAction) {
         self.faults_mut().spoil = Some(action);
     }
@@ -158,6 +165,10 @@ pub fn commit(fault: Fault, links: &mut Links) -> String {
         },
         Fault::Lie => crate::lie::tell(links),
         Fault::Panic => panic!("panicking as asked"),
+        Fault::LoseState => {
+            links.faults_mut().lose_state = true;
+            "the next transition will not be recorded".into()
+        }
     }
 }
 

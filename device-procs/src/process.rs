@@ -62,6 +62,11 @@ pub enum ProcessError {
     /// The state region the core passed cannot be used.
     #[error("the state region cannot be used")]
     State(#[source] crate::state::StateError),
+    /// The state region cannot record a transition: the device's memory is
+    /// ahead of the region, so it ends (its successor resumes from the
+    /// region), without answering the request that made the transition.
+    #[error("the state region cannot record a transition")]
+    LostState(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// `fd` as a channel, once it is known to be a SOCK_SEQPACKET socket.
@@ -166,6 +171,8 @@ pub struct Links {
     /// made so far: a peer request's id derives from them, so that the same
     /// request sent again (after a restart) asks the peers with the same ids.
     serving: Option<(u64, u64)>,
+    /// The state region failed to record a transition: the device ends.
+    lost_state: Option<Box<dyn std::error::Error + Send + Sync>>,
     /// Faults armed at points, and the request they would spoil.
     #[cfg(feature = "fault-injection")]
     faults: crate::fault::Armed,
@@ -239,6 +246,7 @@ impl Links {
             peer_failed,
             relinked: Vec::new(),
             serving: None,
+            lost_state: None,
             #[cfg(feature = "fault-injection")]
             faults: crate::fault::Armed::default(),
         })
@@ -429,13 +437,13 @@ impl Links {
 }
 
 #[cfg(feature = "fault-injection")]
-fn arm_fault<R>(links: &mut Links, fault: ipc_proto::Fault) -> Answer<R> {
+fn arm_fault<R>(links: &mut Links, fault: ipc_proto::control::Fault) -> Answer<R> {
     let outcome = crate::fault::commit(fault, links);
     Answer::Control(ipc_proto::control::ControlReply::FaultSurvived { outcome })
 }
 
 #[cfg(not(feature = "fault-injection"))]
-fn arm_fault<R>(_: &mut Links, fault: ipc_proto::Fault) -> Answer<R> {
+fn arm_fault<R>(_: &mut Links, fault: ipc_proto::control::Fault) -> Answer<R> {
     log::warn!("refused to commit {fault:?}: this build has no fault injection");
     Answer::Refused(Refusal::FaultInjectionNotBuilt)
 }
@@ -454,6 +462,35 @@ fn arm_fault_point<R>(_: &mut Links, armed: ipc_proto::control::ArmedFault) -> A
 }
 
 impl Links {
+    /// Records a transition in the state region through `record`; if it
+    /// cannot be recorded, the device's memory is ahead of the region: it
+    /// answers nothing more and ends once back in [`serve`]. `false` then.
+    pub fn record<E>(&mut self, record: impl FnOnce() -> Result<(), E>) -> bool
+    where
+        E: std::error::Error + From<crate::state::StateError> + Send + Sync + 'static,
+    {
+        #[cfg(feature = "fault-injection")]
+        let recorded = match self.state_fails() {
+            true => Err(E::from(crate::state::StateError::Injected)),
+            false => record(),
+        };
+        #[cfg(not(feature = "fault-injection"))]
+        let recorded = record();
+        match recorded {
+            Ok(()) => true,
+            // Logged when the device ends, by its entry.
+            Err(error) => {
+                self.lost_state.get_or_insert(Box::new(error));
+                false
+            }
+        }
+    }
+
+    /// Whether a transition could not be recorded.
+    pub fn state_lost(&self) -> bool {
+        self.lost_state.is_some()
+    }
+
     /// The request being answered passes `point`: a fault armed there fires
     /// (only in builds with fault injection; elsewhere this is nothing).
     #[cfg(feature = "fault-injection")]
@@ -537,6 +574,10 @@ pub fn answer<P: Protocol>(
                 .serving(P::LINK, ipc_proto::control::request_name(&request));
             links.fault_point(ipc_proto::control::FaultPoint::Received);
             let answer = handle(links, id, request, fds);
+            if links.state_lost() {
+                // Not recorded: no answer, and the device ends.
+                return Ok(());
+            }
             links.fault_point(ipc_proto::control::FaultPoint::Replying);
             links.serving = None;
             (id, answer)
@@ -602,19 +643,11 @@ pub fn serve(device: &mut impl Device, links: &mut Links) -> Result<(), ProcessE
             for link in std::mem::take(&mut links.relinked) {
                 device.relinked(links, link);
             }
+            if let Some(error) = links.lost_state.take() {
+                return Err(ProcessError::LostState(error));
+            }
         }
     }
-}
-
-/// A state region that cannot record a transition leaves the process's
-/// memory ahead of the region: the process ends, and its successor resumes
-/// from the region.
-pub fn exit_on_lost_state(error: &(dyn std::error::Error + 'static)) -> ! {
-    log::error!(
-        "the state region cannot record a transition: {}",
-        common::describe(error)
-    );
-    std::process::exit(1);
 }
 
 /// What a device process starts with, from its command line.

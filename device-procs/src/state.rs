@@ -59,6 +59,10 @@ const JOURNAL_DATA: usize = JOURNAL + 24;
 /// Why a region cannot be used.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum StateError {
+    /// A failure injected (x-inject-fault `lose-state`).
+    #[cfg(feature = "fault-injection")]
+    #[error("a failure injected as asked")]
+    Injected,
     /// The descriptor cannot be mapped.
     #[error("cannot map the state region: {0}")]
     Map(String),

@@ -362,8 +362,8 @@ fn configure(drc: u32) -> Result<([u32; arch::MAX_CPUS], usize), &'static str> {
     let mut count = 0;
     walk(drc, |name, value| {
         if name == b"ibm,ppc-interrupt-server#s" {
-            for i in 0..(value.len() / 4).min(MAX_CPUS) {
-                threads[i] = be32(value, i * 4).unwrap_or(u32::MAX);
+            for (i, thread) in threads.iter_mut().enumerate().take(value.len() / 4) {
+                *thread = be32(value, i * 4).unwrap_or(u32::MAX);
             }
             count = (value.len() / 4).min(MAX_CPUS);
         }
@@ -505,8 +505,8 @@ fn cpu_remove(drc: u32) -> Option<usize> {
         report("remove", drc, "failed: ", "cannot release the DRC");
         return None;
     }
-    for thread in 0..MAX_CPUS {
-        let _ = CORE_OF[thread].compare_exchange(drc, 0, Ordering::SeqCst, Ordering::SeqCst);
+    for core in &CORE_OF {
+        let _ = core.compare_exchange(drc, 0, Ordering::SeqCst, Ordering::SeqCst);
     }
     report("remove", drc, "ok", "");
     None

@@ -5,7 +5,7 @@
 //! descriptors is an [`ChannelError`], never a panic, and never an allocation
 //! larger than the frame.
 
-use crate::control::Hello;
+use crate::hello::Hello;
 use bincode::config::{Configuration, Fixint, Limit, LittleEndian};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -310,6 +310,14 @@ impl Channel {
 impl AsFd for Channel {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.socket.as_fd()
+    }
+}
+
+/// Refuses descriptors with a message that does not take any.
+pub fn no_descriptors(fds: usize, what: &str) -> Result<(), String> {
+    match fds {
+        0 => Ok(()),
+        _ => Err(format!("{fds} descriptors with {what}")),
     }
 }
 

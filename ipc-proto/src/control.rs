@@ -10,30 +10,11 @@
 //! the control part in one place (the device processes' serving loop, the
 //! core's proxy).
 
-use crate::{Link, ProcessKind, PROTOCOL_VERSION};
+use crate::{Link, ProcessKind};
 use serde::{Deserialize, Serialize};
 
 /// The longest free text (a reason, an outcome) a message may carry.
 pub const MAX_TEXT: usize = 512;
-
-/// The first message each side sends on a new channel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Hello {
-    /// The sender's [`PROTOCOL_VERSION`].
-    pub version: u32,
-    /// Which link this channel is.
-    pub link: Link,
-}
-
-impl Hello {
-    /// Ours, for `link`.
-    pub const fn ours(link: Link) -> Hello {
-        Hello {
-            version: PROTOCOL_VERSION,
-            link,
-        }
-    }
-}
 
 /// A misbehaviour a device process is told to commit, to prove its jail
 /// (`x-inject-fault`). Only builds with the `fault-injection` feature commit
@@ -64,11 +45,14 @@ pub enum Fault {
     /// Panics, as a bug would: the message must reach the log and the
     /// supervisor must restart the process.
     Panic,
+    /// The state region fails to record the next transition, as a damaged
+    /// region would: the device (process or thread) ends, and nothing else.
+    LoseState,
 }
 
 impl Fault {
     /// The QMP names.
-    pub const ALL: [(&'static str, Fault); 9] = [
+    pub const ALL: [(&'static str, Fault); 10] = [
         ("open-host-file", Fault::OpenHostFile),
         ("open-socket", Fault::OpenSocket),
         ("fork", Fault::Fork),
@@ -78,6 +62,7 @@ impl Fault {
         ("garbage", Fault::Garbage),
         ("lie", Fault::Lie),
         ("panic", Fault::Panic),
+        ("lose-state", Fault::LoseState),
     ];
 }
 
@@ -335,9 +320,9 @@ impl ControlRequest {
                     return Err(format!("re-link of {link:?} with {fds} descriptors"));
                 }
             }
-            ControlRequest::ArmFault(_) => crate::protocol::no_descriptors(fds, "a fault")?,
+            ControlRequest::ArmFault(_) => crate::channel::no_descriptors(fds, "a fault")?,
             ControlRequest::ArmFaultPoint(armed) => {
-                crate::protocol::no_descriptors(fds, "a fault")?;
+                crate::channel::no_descriptors(fds, "a fault")?;
                 if armed
                     .request
                     .as_ref()

@@ -7,8 +7,9 @@
 //! before the caller sees them; a server decodes and validates with
 //! [`decode_request`]. Nothing is acted on before it is validated.
 
-use crate::channel::{decode, Channel, ChannelError, Envelope, Frame};
-use crate::control::{Answer, ControlRequest, Hello, Refusal, Reply, Request};
+use crate::channel::{decode, no_descriptors, Channel, ChannelError, Envelope, Frame};
+use crate::control::{Answer, ControlRequest, Refusal, Reply, Request};
+use crate::hello::Hello;
 use crate::Link;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -49,14 +50,6 @@ macro_rules! link_protocol {
     };
 }
 pub(crate) use link_protocol;
-
-/// Refuses descriptors with a message that does not take any.
-pub fn no_descriptors(fds: usize, what: &str) -> Result<(), String> {
-    match fds {
-        0 => Ok(()),
-        _ => Err(format!("{fds} descriptors with {what}")),
-    }
-}
 
 /// A message no one sends: the reply type of a one-way link.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

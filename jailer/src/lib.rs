@@ -19,6 +19,7 @@
 #![deny(missing_docs)]
 
 pub mod reaper;
+pub mod spawn;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};

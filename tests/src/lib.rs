@@ -71,28 +71,45 @@ pub fn binary(name: &str) -> PathBuf {
 /// is (a benchmark). Built once, into target/plain, so that it never
 /// replaces the binaries the other tests use.
 pub fn plain_binary(name: &str) -> PathBuf {
-    const PLAIN_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/plain");
+    static BUILT: OnceLock<()> = OnceLock::new();
+    separate_build(&BUILT, "plain", &[], name)
+}
+
+/// The path of one of the workspace's binaries as the README's hardened
+/// build makes them: without the default features, so that the core does
+/// not link the device code (no in-process mode). Built once, into
+/// target/hardened.
+pub fn hardened_binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    separate_build(&BUILT, "hardened", &["--no-default-features"], name)
+}
+
+/// Builds the workspace's binaries once (`built`) with `options` into
+/// target/`dir`, optimised when this build is; the path of binary `name`.
+fn separate_build(built: &OnceLock<()>, dir: &str, options: &[&str], name: &str) -> PathBuf {
+    let target_dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")).join(dir);
     let profile = profile_dir();
     let release = profile.file_name().is_some_and(|p| p == "release");
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
+    built.get_or_init(|| {
         let mut build = Command::new(env!("CARGO"));
         build
             .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-            .args(["build", "--workspace", "--bins", "--target-dir", PLAIN_DIR]);
+            .args(["build", "--workspace", "--bins", "--target-dir"])
+            .arg(&target_dir)
+            .args(options);
         if release {
             build.arg("--release");
         }
         let status = build.status().expect("cannot run cargo build");
-        assert!(status.success(), "the plain build failed");
+        assert!(status.success(), "the {dir} build failed");
     });
     // Binaries land in <target dir>/<triple>/<profile>, as for this build.
     let triple = profile
         .parent()
         .and_then(Path::file_name)
         .expect("binaries live in target/<triple>/<profile>");
-    let built = if release { "release" } else { "debug" };
-    let path = Path::new(PLAIN_DIR).join(triple).join(built).join(name);
+    let profile_name = if release { "release" } else { "debug" };
+    let path = target_dir.join(triple).join(profile_name).join(name);
     assert!(path.exists(), "{} was not built", path.display());
     path
 }

@@ -97,3 +97,52 @@ fn an_in_process_vm_cannot_be_jailed() {
         "{stderr}"
     );
 }
+
+/// The hardened core (built without default features) does not link the
+/// device code: its devices run as processes, and it refuses
+/// `--device-mode in-process` at start, saying why.
+#[test]
+fn a_core_built_without_in_process_devices_runs_them_as_processes() {
+    if !papervisor_tests::root_and_kvm(
+        "a_core_built_without_in_process_devices_runs_them_as_processes",
+    ) {
+        return;
+    }
+    let core = papervisor_tests::hardened_binary("papervisor");
+    let refused = std::process::Command::new(&core)
+        .args(["--device-mode", "in-process"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("this core was built without in-process devices"),
+        "{stderr}"
+    );
+    let mut vm = Vm::start_program(
+        &core,
+        &[
+            "--smp",
+            "cpus=1,maxcpus=2",
+            "--device-mode",
+            "out-of-process",
+        ],
+    );
+    vm.boot();
+    let children: Vec<u64> = vm
+        .children()
+        .iter()
+        .map(|(pid, _)| u64::from(*pid))
+        .collect();
+    for process in vm.device_processes() {
+        assert_eq!(process["mode"], "out-of-process", "{process}");
+        let pid = process["pid"].as_u64().unwrap();
+        assert!(
+            children.contains(&pid),
+            "{process} is not a child: {children:?}"
+        );
+    }
+    vm.plug_core(1, "c1");
+    assert_eq!(vm.console.command("cpus"), ["cpu 0 online", "cpu 1 online"]);
+}

@@ -32,7 +32,14 @@ fn spawn_rtas_program(program: &std::path::Path) -> (Vec<Channel>, Child) {
         .map(|(_, theirs)| theirs.as_fd().as_raw_fd())
         .collect();
     // As the core starts it.
-    let pid = ipc_proto::spawn_with_channels(program, &[] as &[&str], &fds, None).unwrap();
+    let pid = jailer::spawn::spawn_with_descriptors(
+        program,
+        &[] as &[&str],
+        &fds,
+        ipc_proto::FIRST_CHANNEL_FD,
+        None,
+    )
+    .unwrap();
     (
         pairs.into_iter().map(|(ours, _)| ours).collect(),
         Child(pid),
@@ -249,7 +256,7 @@ fn a_plain_build_refuses_to_arm_a_fault_and_a_fault_injection_build_commits_it()
     let arm = Envelope {
         id: 3,
         body: Request::<RtasRequest>::Control(ipc_proto::control::ControlRequest::ArmFault(
-            ipc_proto::Fault::OpenHostFile,
+            ipc_proto::control::Fault::OpenHostFile,
         )),
     };
     let (channel, _peers, mut child) = start_rtas_program(&plain_binary("papervisor-rtas"));
@@ -285,7 +292,7 @@ fn the_rtas_server_refuses_a_wrong_handshake() {
         .send(
             &Envelope {
                 id: 0,
-                body: ipc_proto::control::Hello {
+                body: ipc_proto::hello::Hello {
                     version: ipc_proto::PROTOCOL_VERSION + 1,
                     link: ipc_proto::Link::CoreRtas,
                 },

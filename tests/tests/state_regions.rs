@@ -592,3 +592,65 @@ fn an_upgrade_to_a_binary_other_users_control_is_refused() {
     assert!(reply["return"]["pid"].is_u64(), "{reply}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A state region that fails to record a transition ends the device that
+/// made it, and nothing else: with the devices as threads of the core the
+/// VM runs on and the supervisor restarts the thread; as processes, the
+/// process. The successor resumes from the region, so the request whose
+/// transition was lost is carried out once, by it.
+#[test]
+fn a_device_whose_state_region_fails_ends_alone_and_is_restarted() {
+    if !root_and_kvm("a_device_whose_state_region_fails_ends_alone_and_is_restarted") {
+        return;
+    }
+    let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=3"]);
+    vm.boot();
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    let core = vm.pid();
+    for (kind, core_id) in [("hotplug-controller", 1), ("event-log", 2)] {
+        let before = vm.device_process(kind);
+        let injected = qmp.execute(
+            "x-inject-fault",
+            json!({"process": kind, "fault": "lose-state"}),
+        );
+        assert_eq!(injected["return"]["survived"], true, "{injected}");
+        // The plug's transitions: the controller's, then the event log's.
+        let id = format!("core{core_id}");
+        let add = qmp.execute(
+            "device_add",
+            json!({"driver": "host-spapr-cpu-core", "core-id": core_id, "id": id}),
+        );
+        assert_eq!(add, json!({"return": {}}), "{kind}");
+        let exited = qmp.wait_event("X_DEVICE_PROCESS_EXITED");
+        assert_eq!(exited["data"]["process"], kind, "{exited}");
+        assert_eq!(exited["data"]["action"], "restart", "{exited}");
+        let restarted = qmp.wait_event("X_DEVICE_PROCESS_RESTARTED");
+        assert_eq!(restarted["data"]["process"], kind, "{restarted}");
+        let after = vm.device_process(kind);
+        assert_eq!(after["state"], "running", "{after}");
+        assert_eq!(after["restarts"], 1, "{after}");
+        let why = after["last-exit"].as_str().unwrap_or_default();
+        if papervisor_tests::in_process() {
+            assert!(
+                why.contains("the state region cannot record a transition"),
+                "{after}"
+            );
+        } else {
+            assert_eq!(why, "exited with status 1", "{after}");
+            assert_ne!(after["pid"], before["pid"]);
+        }
+        // The guest took the core, once, and runs on; so does the core.
+        vm.console.expect_async(
+            &format!("dlpar: cpu add {:#010x}: ok", CORE1 - 1 + core_id),
+            Duration::from_secs(60),
+        );
+        assert_eq!(vm.pid(), core);
+        assert!(vm.console.command("time")[0].starts_with("time: "));
+    }
+    assert_eq!(
+        vm.console.command("cpus"),
+        ["cpu 0 online", "cpu 1 online", "cpu 2 online"]
+    );
+    // Nothing else restarted.
+    assert_eq!(vm.device_process("rtas-server")["restarts"], 0);
+}

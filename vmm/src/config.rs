@@ -395,6 +395,11 @@ impl VmConfig {
             )));
         }
         let in_process = cli.device_mode == "in-process";
+        if in_process && !cfg!(feature = "in-process") {
+            return Err(ConfigError::Invalid(
+                "--device-mode in-process: this core was built without in-process devices (cargo feature `in-process`); its devices run as processes".into(),
+            ));
+        }
         let jail = match (cli.jail.as_deref(), in_process) {
             (Some("on"), true) => {
                 return Err(ConfigError::Invalid(

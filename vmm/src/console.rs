@@ -5,11 +5,12 @@
 //! absent reader never stalls a vCPU; output written while no socket client is
 //! connected waits for the next one.
 
+use common::lock;
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
@@ -130,13 +131,6 @@ pub struct Console {
     output: Mutex<Output>,
     output_ready: Condvar,
     interrupt: EventFd,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panicking console thread must not take the guest console down with it.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Console {

@@ -60,7 +60,7 @@ impl InterruptRouter {
             servers: Mutex::new(irq::ALL.into_iter().map(|source| (source, 0)).collect()),
             eventfds,
         };
-        router.apply(&router.servers.lock().unwrap_or_else(|p| p.into_inner()))?;
+        router.apply(&common::lock(&router.servers))?;
         for (&source, eventfd) in &router.eventfds {
             router
                 .vm
@@ -86,7 +86,7 @@ impl InterruptRouter {
 
     /// Delivers `source` to vCPU `server` from now on.
     pub fn set_server(&self, source: u32, server: u32) -> Result<(), InterruptError> {
-        let mut servers = self.servers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut servers = common::lock(&self.servers);
         let previous = servers
             .insert(source, server)
             .ok_or(InterruptError::UnknownSource(source))?;
@@ -99,7 +99,7 @@ impl InterruptRouter {
 
     /// Back to power-on routing: every source to vCPU 0.
     pub fn reset(&self) -> Result<(), InterruptError> {
-        let mut servers = self.servers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut servers = common::lock(&self.servers);
         servers.values_mut().for_each(|server| *server = 0);
         self.apply(&servers)
     }

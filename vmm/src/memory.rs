@@ -47,6 +47,15 @@ pub struct GuestRam {
     size: u64,
 }
 
+/// What backs a memory backend in the core: its memfd, and its mapping and
+/// KVM slot while a DIMM it backs is plugged.
+pub struct BackendMemory {
+    /// The backend's sealed memfd.
+    pub memfd: std::fs::File,
+    /// Its mapping and KVM slot, while a DIMM it backs is plugged.
+    pub plugged: Option<DimmMemory>,
+}
+
 /// A DIMM's memory as the core holds it: its backend's memfd, mapped, and
 /// the KVM slot that shows it to the guest while it is plugged.
 pub struct DimmMemory {

@@ -102,31 +102,17 @@ fn kvm_requests(kind: ThreadKind) -> Vec<u64> {
     }
 }
 
-/// What every thread does: memory, locks and channels, time, its log,
-/// signals (the vCPU kick), ending.
+/// What every thread of the core does besides the basics of every
+/// confined process (`common::seccomp::PROCESS_BASICS`): randomness for
+/// hash maps, sleeps and yields, writing its log, naming itself.
 const EVERY_THREAD: &[i64] = &[
-    nix::libc::SYS_brk,
-    nix::libc::SYS_munmap,
-    nix::libc::SYS_mremap,
-    nix::libc::SYS_madvise,
-    nix::libc::SYS_futex,
     nix::libc::SYS_getrandom,
-    nix::libc::SYS_clock_gettime,
     nix::libc::SYS_clock_nanosleep,
     nix::libc::SYS_nanosleep,
     nix::libc::SYS_sched_yield,
-    nix::libc::SYS_rt_sigreturn,
-    // A stopped core (SIGSTOP, a cgroup freeze, a debugger) resumes its
-    // interrupted waits through this.
-    nix::libc::SYS_restart_syscall,
-    nix::libc::SYS_rt_sigprocmask,
-    nix::libc::SYS_sigaltstack,
     nix::libc::SYS_write,
-    nix::libc::SYS_close,
     nix::libc::SYS_gettid,
     nix::libc::SYS_getpid,
-    nix::libc::SYS_exit,
-    nix::libc::SYS_exit_group,
 ];
 
 /// Starting a thread (std's spawn and the new thread's own set-up).
@@ -208,15 +194,17 @@ fn extra_calls(kind: ThreadKind) -> Vec<i64> {
         ]
         .concat(),
         ThreadKind::Notifications => SOCKETS.to_vec(),
-        ThreadKind::Watcher => vec![SYS_waitid],
+        // A device thread's channels are shut down once it ended.
+        ThreadKind::Watcher => vec![SYS_waitid, SYS_shutdown],
         ThreadKind::Signals => vec![SYS_rt_sigtimedwait],
     }
 }
 
 /// The allowed calls of `kind`: number → rules (empty: always allowed).
 pub fn rules(kind: ThreadKind) -> Rules {
-    let mut rules: Rules = EVERY_THREAD
+    let mut rules: Rules = common::seccomp::PROCESS_BASICS
         .iter()
+        .chain(EVERY_THREAD)
         .chain(&extra_calls(kind))
         .map(|&n| (n, vec![]))
         .collect();

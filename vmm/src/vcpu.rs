@@ -15,13 +15,14 @@ use crate::hcall::{
 };
 use crate::interrupts::InterruptRouter;
 use crate::layout::HCALL_DOORBELL_PORT;
+use common::lock;
 use ipc_proto::link::core_rtas::{self, CpuSnapshot, PlatformRequest, ARGS_CHECKED};
 use ipc_proto::papr::REAL_ADDRESS_MASK;
 use kvm_bindings::{kvm_mp_state, KVM_MP_STATE_RUNNABLE};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -46,12 +47,6 @@ enum RunState {
     StartRequested,
     Running,
     Exit,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The state of one vCPU that other threads may read or change.

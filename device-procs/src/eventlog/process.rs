@@ -6,9 +6,7 @@
 use super::store::{Resumed, Store};
 use super::{Dequeued, EventQueue, Pulse, QueueFull};
 use crate::clock::UtcTime;
-use crate::process::{
-    answer, exit_on_lost_state, serve, Descriptors, Device, Links, ProcessError, Startup,
-};
+use crate::process::{answer, serve, Descriptors, Device, Links, ProcessError, Startup};
 use crate::state::{self, Mapping, StateError};
 use ipc_proto::channel::{ChannelError, Frame};
 use ipc_proto::control::{Answer, FaultPoint};
@@ -113,19 +111,24 @@ impl EventLog {
     }
 
     /// Records what the last request changed (and `answer`, the record of
-    /// an answer to give again to a repeat) before anyone hears of it.
-    fn commit(&mut self, links: &mut Links, answer: Option<Result<state::Write, StateError>>) {
+    /// an answer to give again to a repeat) before anyone hears of it;
+    /// `false` if it could not (the device ends: see [`Links::record`]).
+    fn commit(
+        &mut self,
+        links: &mut Links,
+        answer: Option<Result<state::Write, StateError>>,
+    ) -> bool {
         let before = self.store.transitions();
-        let committed = answer.transpose().and_then(|answer| {
-            self.store
-                .commit(&mut self.queue, self.last_from_controller, answer)
+        let recorded = links.record(|| {
+            answer.transpose().and_then(|answer| {
+                self.store
+                    .commit(&mut self.queue, self.last_from_controller, answer)
+            })
         });
-        if let Err(error) = committed {
-            exit_on_lost_state(&error);
-        }
-        if self.store.transitions() > before {
+        if recorded && self.store.transitions() > before {
             links.fault_point(FaultPoint::Committed);
         }
+        recorded
     }
 
     fn on_core(
@@ -141,8 +144,9 @@ impl EventLog {
             }
             core_eventlog::Request::PowerDown => match self.queue.power_down(UtcTime::now()) {
                 Ok(pulse) => {
-                    self.commit(links, None);
-                    self.pulse(pulse);
+                    if self.commit(links, None) {
+                        self.pulse(pulse);
+                    }
                     Answer::Ack
                 }
                 Err(QueueFull) => refused("the event queue is full"),
@@ -192,8 +196,9 @@ impl EventLog {
                 Pulse::NONE,
             ),
         };
-        self.commit(links, Some(Store::controller_answer(id, &request, &reply)));
-        self.pulse(pulse);
+        if self.commit(links, Some(Store::controller_answer(id, &request, &reply))) {
+            self.pulse(pulse);
+        }
         reply
     }
 
@@ -223,11 +228,13 @@ impl EventLog {
                     },
                 };
                 let fetched = matches!(reply, rtas_eventlog::Reply::Event(_));
-                self.commit(
+                let recorded = self.commit(
                     links,
                     fetched.then(|| Store::rtas_answer(id, &request, &reply)),
                 );
-                self.pulse(pulse);
+                if recorded {
+                    self.pulse(pulse);
+                }
                 Answer::Link(reply)
             }
             rtas_eventlog::Request::EventScan { mask } => {

@@ -3,7 +3,7 @@
 //! (state, value), so the code reads like the table it implements.
 
 use super::HotplugError;
-use ipc_proto::papr::{DrcIndex, DrcKind, DrcState, RtasStatus};
+use ipc_proto::papr::{indicator, DrcIndex, DrcKind, DrcState, RtasStatus};
 
 /// Isolation values (set-indicator 9001).
 const ISOLATE: u32 = 0;
@@ -26,28 +26,51 @@ pub enum Outcome {
     /// given back, when the device is released as a whole.
     Released,
     /// The guest re-unisolated a DRC with a pending unplug: it refuses the
-    /// unplug, which is withdrawn.
-    UnplugRefused,
+    /// unplug, which is withdrawn from this DRC. `again`: this DRC was
+    /// re-unisolated in the refusal being answered already, so this is the
+    /// guest's answer to another remove event.
+    UnplugRefused {
+        /// The DRC had answered the current refusal already.
+        again: bool,
+    },
 }
 
-/// One logical DRC.
+/// Whether a DRC is logical (CPU core, LMB: allocation and isolation,
+/// no DR indicator) or physical (a slot: isolation and a DR indicator).
+/// Only logical DRCs exist so far; the table dispatches on this, so a
+/// physical kind adds its own rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DrcClass {
+    /// CPU cores and LMBs.
+    Logical,
+}
+
+impl DrcClass {
+    /// The class of the DRC at `index`.
+    pub fn of(index: DrcIndex) -> DrcClass {
+        match index.kind() {
+            Some(DrcKind::Cpu | DrcKind::Lmb) | None => DrcClass::Logical,
+        }
+    }
+}
+
+/// One DRC. Closed: its fields change only through the transitions below
+/// (each a row of the PAPR tables, or of the unplug rules).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Drc {
-    /// Its index.
-    pub index: DrcIndex,
-    /// Its state.
-    pub state: DrcState,
+    index: DrcIndex,
+    state: DrcState,
     /// The attached device.
-    pub device: Option<String>,
+    device: Option<String>,
     /// The host asked for the device back.
-    pub unplug_requested: bool,
+    unplug_requested: bool,
     /// The configure-connector walk's next step: a new walk (AVAILABLE →
     /// UNISOLATE) and a completed one start from 0.
-    pub configure_step: u32,
+    configure_step: u32,
     /// The guest re-unisolated it in the refusal being answered: a device's
     /// refusal may re-unisolate several of its DRCs (Linux adds back every
     /// LMB it had offlined), which is one refusal, not several.
-    pub answered: bool,
+    answered: bool,
 }
 
 impl Drc {
@@ -63,12 +86,71 @@ impl Drc {
         }
     }
 
+    /// A DRC as the state region recorded it (the region was validated).
+    pub fn restored(
+        index: DrcIndex,
+        state: DrcState,
+        device: Option<String>,
+        unplug_requested: bool,
+        configure_step: u32,
+        answered: bool,
+    ) -> Drc {
+        Drc {
+            index,
+            state,
+            device,
+            unplug_requested,
+            configure_step,
+            answered,
+        }
+    }
+
+    /// Its index.
+    pub fn index(&self) -> DrcIndex {
+        self.index
+    }
+
+    /// Its state.
+    pub fn state(&self) -> DrcState {
+        self.state
+    }
+
+    /// The attached device's id.
+    pub fn device(&self) -> Option<&str> {
+        self.device.as_deref()
+    }
+
+    /// The host asked for the device back.
+    pub fn unplug_requested(&self) -> bool {
+        self.unplug_requested
+    }
+
+    /// The configure-connector walk's next step.
+    pub fn configure_step(&self) -> u32 {
+        self.configure_step
+    }
+
+    /// It answered the refusal being handled.
+    pub fn answered(&self) -> bool {
+        self.answered
+    }
+
     fn is_lmb(&self) -> bool {
         self.index.kind() == Some(DrcKind::Lmb)
     }
 
+    /// set-indicator: `indicator` set to `value`.
+    pub fn set_indicator(&mut self, indicator: u32, value: u32) -> (RtasStatus, Outcome) {
+        match (DrcClass::of(self.index), indicator) {
+            (_, indicator::ISOLATION_STATE) => self.set_isolation(value),
+            (DrcClass::Logical, indicator::ALLOCATION_STATE) => self.set_allocation(value),
+            // Logical DRCs have no DR indicator.
+            _ => (RtasStatus::ParameterError, Outcome::Nothing),
+        }
+    }
+
     /// set-indicator 9001 (isolation-state).
-    pub fn set_isolation(&mut self, value: u32) -> (RtasStatus, Outcome) {
+    fn set_isolation(&mut self, value: u32) -> (RtasStatus, Outcome) {
         use DrcState::*;
         match (self.state, value) {
             (Unusable, UNISOLATE) => (RtasStatus::ParameterError, Outcome::Nothing),
@@ -85,7 +167,8 @@ impl Drc {
             (Unisolate | Configured, UNISOLATE) => {
                 if self.unplug_requested && self.device.is_some() {
                     self.unplug_requested = false;
-                    (RtasStatus::Success, Outcome::UnplugRefused)
+                    let again = self.answered;
+                    (RtasStatus::Success, Outcome::UnplugRefused { again })
                 } else {
                     (RtasStatus::Success, Outcome::Nothing)
                 }
@@ -106,7 +189,7 @@ impl Drc {
     }
 
     /// set-indicator 9003 (allocation-state).
-    pub fn set_allocation(&mut self, value: u32) -> (RtasStatus, Outcome) {
+    fn set_allocation(&mut self, value: u32) -> (RtasStatus, Outcome) {
         use DrcState::*;
         match (self.state, value) {
             (Unusable, USABLE) => {
@@ -143,7 +226,7 @@ impl Drc {
 
     /// ibm,configure-connector may walk this DRC's device tree now.
     pub fn may_configure(&self) -> bool {
-        matches!(self.state, DrcState::Unisolate | DrcState::Configured)
+        self.device.is_some() && matches!(self.state, DrcState::Unisolate | DrcState::Configured)
     }
 
     /// The walk handed out step `configure_step`: the index, and the cursor moves on.
@@ -184,6 +267,38 @@ impl Drc {
             return Outcome::Released;
         }
         Outcome::Nothing
+    }
+
+    /// A refusal of the device's unplug is heard while remove events are
+    /// still outstanding: the request stands again, so that the guest's
+    /// next refusal (or release) is heard too. `answering`: this is a DRC
+    /// the guest re-unisolated in this refusal.
+    pub fn refusal_heard(&mut self, answering: bool) {
+        if self.device.is_some() {
+            self.unplug_requested = true;
+            self.answered |= answering;
+        }
+    }
+
+    /// The guest answers another remove event: no DRC of the device has
+    /// answered it yet.
+    pub fn new_refusal(&mut self) {
+        self.answered = false;
+    }
+
+    /// The device's unplug is over (refused with no remove event left):
+    /// the device stays, asked for by nobody.
+    pub fn end_unplug(&mut self) {
+        self.unplug_requested = false;
+        self.answered = false;
+    }
+
+    /// A machine reset completes the unplug of this DRC's device, which is
+    /// pending on another of its DRCs: the device goes whole.
+    pub fn complete_unplug_at_reset(&mut self) {
+        if self.device.is_some() {
+            self.unplug_requested = true;
+        }
     }
 
     /// The guest does not hold it and the host asked it back: it waits for
@@ -232,54 +347,89 @@ mod tests {
         DrcIndex::new(DrcKind::Lmb, 4).unwrap()
     }
 
-    /// A DRC in `state`, with a device attached or not, unplug requested or not.
-    fn drc(index: DrcIndex, state: DrcState, device: bool, unplug: bool) -> Drc {
-        Drc {
+    /// A DRC in `state`, with a device attached or not, unplug requested or
+    /// not, having answered the current refusal or not.
+    fn drc(index: DrcIndex, state: DrcState, device: bool, unplug: bool, answered: bool) -> Drc {
+        Drc::restored(
             index,
             state,
-            device: device.then(|| "dev".to_string()),
-            unplug_requested: unplug,
-            configure_step: 0,
-            answered: false,
-        }
+            device.then(|| "dev".to_string()),
+            unplug,
+            0,
+            answered,
+        )
     }
 
-    type Cell = (DrcState, bool, bool, u32, i32, DrcState, Outcome);
+    /// Before: state, device, unplug requested, answered, value. After:
+    /// status, state, unplug requested, answered, outcome.
+    type Cell = (
+        DrcState,
+        bool,
+        bool,
+        bool,
+        u32,
+        i32,
+        DrcState,
+        bool,
+        bool,
+        Outcome,
+    );
 
-    fn check(index: DrcIndex, cells: &[Cell], apply: fn(&mut Drc, u32) -> (RtasStatus, Outcome)) {
-        for &(state, device, unplug, value, status, after, outcome) in cells {
-            let mut d = drc(index, state, device, unplug);
-            let (got_status, got_outcome) = apply(&mut d, value);
+    fn check(index: DrcIndex, indicator: u32, cells: &[Cell]) {
+        for &(
+            state,
+            device,
+            unplug,
+            answered,
+            value,
+            status,
+            after,
+            unplug_after,
+            answered_after,
+            outcome,
+        ) in cells
+        {
+            let mut d = drc(index, state, device, unplug, answered);
+            let (got_status, got_outcome) = d.set_indicator(indicator, value);
             assert_eq!(
-                ((got_status.code(), got_outcome), d.state),
-                ((status, outcome), after),
-                "{state:?} device={device} unplug={unplug} value={value}"
+                (
+                    (got_status.code(), got_outcome),
+                    (d.state(), d.unplug_requested(), d.answered())
+                ),
+                ((status, outcome), (after, unplug_after, answered_after)),
+                "{state:?} device={device} unplug={unplug} answered={answered} value={value}"
             );
         }
     }
+
+    const REFUSED: Outcome = Outcome::UnplugRefused { again: false };
+    const REFUSED_AGAIN: Outcome = Outcome::UnplugRefused { again: true };
 
     #[test]
     fn isolation_table() {
         let n = Outcome::Nothing;
         #[rustfmt::skip]
         let cells: &[Cell] = &[
-            // state, device, unplug, value → status, state after, outcome
-            (Unusable, true, false, UNISOLATE, -3, Unusable, n),
-            (Available, true, false, UNISOLATE, 0, Unisolate, n),
-            (Available, false, false, UNISOLATE, -3, Available, n),
-            (Unisolate, true, false, UNISOLATE, 0, Unisolate, n),
-            (Configured, true, false, UNISOLATE, 0, Configured, n),
-            (Configured, true, true, UNISOLATE, 0, Configured, Outcome::UnplugRefused),
-            (Unisolate, true, true, UNISOLATE, 0, Unisolate, Outcome::UnplugRefused),
-            (Unusable, true, false, ISOLATE, 0, Unusable, n),
-            (Available, true, false, ISOLATE, 0, Available, n),
-            (Unisolate, true, false, ISOLATE, -3, Unisolate, n),
-            (Configured, true, false, ISOLATE, 0, Available, n),
-            (Configured, true, true, ISOLATE, 0, Available, n),
-            (Configured, true, false, 2, -3, Configured, n),
-            (Available, true, false, 7, -3, Available, n),
+            // state, device, unplug, answered, value → status, state, unplug, answered, outcome
+            (Unusable, true, false, false, UNISOLATE, -3, Unusable, false, false, n),
+            (Available, true, false, false, UNISOLATE, 0, Unisolate, false, false, n),
+            (Available, false, false, false, UNISOLATE, -3, Available, false, false, n),
+            (Unisolate, true, false, false, UNISOLATE, 0, Unisolate, false, false, n),
+            (Configured, true, false, false, UNISOLATE, 0, Configured, false, false, n),
+            // The guest's refusal: the request is withdrawn from the DRC;
+            // whether it answered this refusal already is the outcome's.
+            (Configured, true, true, false, UNISOLATE, 0, Configured, false, false, REFUSED),
+            (Unisolate, true, true, false, UNISOLATE, 0, Unisolate, false, false, REFUSED),
+            (Configured, true, true, true, UNISOLATE, 0, Configured, false, true, REFUSED_AGAIN),
+            (Unusable, true, false, false, ISOLATE, 0, Unusable, false, false, n),
+            (Available, true, false, false, ISOLATE, 0, Available, false, false, n),
+            (Unisolate, true, false, false, ISOLATE, -3, Unisolate, false, false, n),
+            (Configured, true, false, false, ISOLATE, 0, Available, false, false, n),
+            (Configured, true, true, false, ISOLATE, 0, Available, true, false, n),
+            (Configured, true, false, false, 2, -3, Configured, false, false, n),
+            (Available, true, false, false, 7, -3, Available, false, false, n),
         ];
-        check(cpu(), cells, Drc::set_isolation);
+        check(cpu(), indicator::ISOLATION_STATE, cells);
     }
 
     #[test]
@@ -287,10 +437,10 @@ mod tests {
         let n = Outcome::Nothing;
         #[rustfmt::skip]
         let cells: &[Cell] = &[
-            (Configured, true, false, ISOLATE, -1, Configured, n),
-            (Configured, true, true, ISOLATE, 0, Available, n),
+            (Configured, true, false, false, ISOLATE, -1, Configured, false, false, n),
+            (Configured, true, true, false, ISOLATE, 0, Available, true, false, n),
         ];
-        check(lmb(), cells, Drc::set_isolation);
+        check(lmb(), indicator::ISOLATION_STATE, cells);
     }
 
     #[test]
@@ -298,36 +448,82 @@ mod tests {
         let n = Outcome::Nothing;
         #[rustfmt::skip]
         let cells: &[Cell] = &[
-            (Unusable, true, false, USABLE, 0, Available, n),
-            (Unusable, false, false, USABLE, -3, Unusable, n),
-            (Unusable, true, true, USABLE, -3, Unusable, n),
-            (Available, true, false, USABLE, 0, Available, n),
-            (Unisolate, true, false, USABLE, 0, Unisolate, n),
-            (Configured, true, false, USABLE, 0, Configured, n),
-            (Unusable, true, false, UNUSABLE, 0, Unusable, n),
-            (Available, true, false, UNUSABLE, 0, Unusable, n),
-            (Available, true, true, UNUSABLE, 0, Unusable, Outcome::Released),
-            (Unisolate, true, false, UNUSABLE, -3, Unisolate, n),
-            (Configured, true, false, UNUSABLE, -3, Configured, n),
-            (Available, true, false, 2, -3, Available, n),
-            (Available, true, false, 3, -3, Available, n),
+            (Unusable, true, false, false, USABLE, 0, Available, false, false, n),
+            (Unusable, false, false, false, USABLE, -3, Unusable, false, false, n),
+            (Unusable, true, true, false, USABLE, -3, Unusable, true, false, n),
+            (Available, true, false, false, USABLE, 0, Available, false, false, n),
+            (Unisolate, true, false, false, USABLE, 0, Unisolate, false, false, n),
+            (Configured, true, false, false, USABLE, 0, Configured, false, false, n),
+            (Unusable, true, false, false, UNUSABLE, 0, Unusable, false, false, n),
+            (Available, true, false, false, UNUSABLE, 0, Unusable, false, false, n),
+            (Available, true, true, false, UNUSABLE, 0, Unusable, true, false, Outcome::Released),
+            (Available, true, true, true, UNUSABLE, 0, Unusable, true, true, Outcome::Released),
+            (Unisolate, true, false, false, UNUSABLE, -3, Unisolate, false, false, n),
+            (Configured, true, false, false, UNUSABLE, -3, Configured, false, false, n),
+            (Available, true, false, false, 2, -3, Available, false, false, n),
+            (Available, true, false, false, 3, -3, Available, false, false, n),
         ];
-        check(cpu(), cells, Drc::set_allocation);
+        check(cpu(), indicator::ALLOCATION_STATE, cells);
+    }
+
+    #[test]
+    fn logical_drcs_have_no_dr_indicator() {
+        let mut d = drc(cpu(), Configured, true, false, false);
+        assert_eq!(
+            d.set_indicator(indicator::DR_INDICATOR, 1),
+            (RtasStatus::ParameterError, Outcome::Nothing)
+        );
+        assert_eq!(d.state(), Configured);
+    }
+
+    /// The unplug rules' transitions, one row each: before (state, unplug
+    /// requested, answered) → after (unplug requested, answered).
+    #[test]
+    fn refusal_bookkeeping_table() {
+        type Row = (&'static str, fn(&mut Drc), bool, bool, bool, bool);
+        #[rustfmt::skip]
+        let rows: &[Row] = &[
+            // transition, unplug, answered → unplug, answered
+            ("new refusal", Drc::new_refusal, false, true, false, false),
+            ("heard, answering", |d| d.refusal_heard(true), false, false, true, true),
+            ("heard, another DRC", |d| d.refusal_heard(false), false, false, true, false),
+            ("heard, answered before", |d| d.refusal_heard(false), false, true, true, true),
+            ("end of the unplug", Drc::end_unplug, true, true, false, false),
+            ("reset completes it", Drc::complete_unplug_at_reset, false, false, true, false),
+            ("release", Drc::release, true, true, false, false),
+        ];
+        for &(name, transition, unplug, answered, unplug_after, answered_after) in rows {
+            let mut d = drc(lmb(), Configured, true, unplug, answered);
+            transition(&mut d);
+            assert_eq!(
+                (d.unplug_requested(), d.answered()),
+                (unplug_after, answered_after),
+                "{name}"
+            );
+        }
+        // A DRC without a device is asked for nothing.
+        let mut empty = drc(lmb(), Unusable, false, false, false);
+        empty.refusal_heard(true);
+        empty.complete_unplug_at_reset();
+        assert_eq!((empty.unplug_requested(), empty.answered()), (false, false));
     }
 
     #[test]
     fn a_drc_given_back_keeps_its_device_until_the_device_is_released() {
-        let mut d = drc(cpu(), Available, true, true);
+        let mut d = drc(cpu(), Available, true, true, false);
         assert_eq!(
-            d.set_allocation(UNUSABLE),
+            d.set_indicator(indicator::ALLOCATION_STATE, UNUSABLE),
             (RtasStatus::Success, Outcome::Released)
         );
         assert!(d.given_back());
-        assert_eq!(d.device.as_deref(), Some("dev"));
+        assert_eq!(d.device(), Some("dev"));
         // Not the guest's to take again while the unplug stands.
-        assert_eq!(d.set_allocation(USABLE).0, RtasStatus::ParameterError);
+        assert_eq!(
+            d.set_indicator(indicator::ALLOCATION_STATE, USABLE).0,
+            RtasStatus::ParameterError
+        );
         d.release();
-        assert_eq!((d.device.clone(), d.unplug_requested), (None, false));
+        assert_eq!((d.device(), d.unplug_requested()), (None, false));
         assert!(!d.given_back());
     }
 
@@ -340,7 +536,7 @@ mod tests {
             (Configured, SENSE_PRESENT),
         ] {
             assert_eq!(
-                drc(cpu(), state, true, false).entity_sense(),
+                drc(cpu(), state, true, false, false).entity_sense(),
                 (RtasStatus::Success, sense)
             );
         }
@@ -348,26 +544,25 @@ mod tests {
 
     #[test]
     fn unisolate_from_available_starts_a_new_configure_walk() {
-        let mut d = drc(cpu(), Available, true, false);
-        d.configure_step = 3;
+        let mut d = Drc::restored(cpu(), Available, Some("dev".into()), false, 3, false);
         assert!(!d.may_configure());
-        d.set_isolation(UNISOLATE);
-        assert_eq!(d.configure_step, 0);
+        d.set_indicator(indicator::ISOLATION_STATE, UNISOLATE);
+        assert_eq!(d.configure_step(), 0);
         assert!(d.may_configure());
         assert_eq!((d.next_configure_step(), d.next_configure_step()), (0, 1));
         // Already unisolated: the walk goes on.
-        d.set_isolation(UNISOLATE);
+        d.set_indicator(indicator::ISOLATION_STATE, UNISOLATE);
         assert_eq!(d.next_configure_step(), 2);
         // Complete: configured, and a later walk starts over.
         d.configured();
-        assert_eq!((d.state, d.configure_step), (Configured, 0));
+        assert_eq!((d.state(), d.configure_step()), (Configured, 0));
     }
 
     #[test]
     fn attach_unplug_request_and_reset() {
         let mut d = Drc::new(cpu());
         d.attach("core1", false).unwrap();
-        assert_eq!(d.state, Unusable);
+        assert_eq!(d.state(), Unusable);
         assert!(d.attach("other", false).is_err());
         // The guest never took it: given back at once.
         assert_eq!(d.unplug_request(), Outcome::Released);
@@ -375,18 +570,18 @@ mod tests {
 
         let mut d = Drc::new(cpu());
         d.attach("core1", true).unwrap();
-        assert_eq!(d.state, Configured);
+        assert_eq!(d.state(), Configured);
         // The guest holds it: the request waits, repeats change nothing.
         assert_eq!(d.unplug_request(), Outcome::Nothing);
         assert_eq!(d.unplug_request(), Outcome::Nothing);
-        assert!(d.unplug_requested);
+        assert!(d.unplug_requested());
         // A pending unplug completes at reset.
         assert_eq!(d.reset(), Outcome::Released);
-        assert_eq!((d.state, d.device.clone()), (Unusable, None));
+        assert_eq!((d.state(), d.device()), (Unusable, None));
         // Reset of an attached DRC configures it.
-        let mut d = drc(cpu(), Available, true, false);
+        let mut d = drc(cpu(), Available, true, false, false);
         assert_eq!(d.reset(), Outcome::Nothing);
-        assert_eq!(d.state, Configured);
+        assert_eq!(d.state(), Configured);
         // No device: nothing to unplug.
         assert_eq!(Drc::new(cpu()).unplug_request(), Outcome::Nothing);
     }

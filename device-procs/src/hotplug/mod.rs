@@ -119,7 +119,7 @@ impl Controller {
             .map(|(id, _, count)| (id.clone(), *count))
             .collect();
         Controller {
-            drcs: drcs.into_iter().map(|drc| (drc.index, drc)).collect(),
+            drcs: drcs.into_iter().map(|drc| (drc.index(), drc)).collect(),
             devices: devices
                 .into_iter()
                 .map(|(id, drcs, _)| (id, drcs))
@@ -141,7 +141,7 @@ impl Controller {
             HotplugTarget::LmbsCountIndexed { first, .. } => first,
         };
         match event.action {
-            HotplugAction::Remove => self.drcs.get(&first)?.device.clone(),
+            HotplugAction::Remove => self.drcs.get(&first)?.device().map(str::to_string),
             HotplugAction::Add => None,
         }
     }
@@ -160,7 +160,7 @@ impl Controller {
     pub fn event_withdrawn(&mut self, event: &HotplugEvent) {
         if let Some(device) = self.removed_by(event) {
             if self.answer_one(&device) == 0 {
-                self.end_unplug(&device);
+                self.each_drc_of(&device, Drc::end_unplug);
             }
         }
     }
@@ -176,7 +176,8 @@ impl Controller {
         left
     }
 
-    /// Applies `change` to every DRC of `device`, noting those it changed.
+    /// Applies the transition `change` to every DRC of `device`, noting
+    /// those it changed.
     fn each_drc_of(&mut self, device: &str, change: impl Fn(&mut Drc)) {
         for index in self.devices.get(device).cloned().unwrap_or_default() {
             if let Some(drc) = self.drcs.get_mut(&index) {
@@ -187,14 +188,6 @@ impl Controller {
                 }
             }
         }
-    }
-
-    /// The device's unplug is over: no DRC of it is asked for any more.
-    fn end_unplug(&mut self, device: &str) {
-        self.each_drc_of(device, |drc| {
-            drc.unplug_requested = false;
-            drc.answered = false;
-        });
     }
 
     /// What requests changed since the last call, each once.
@@ -279,7 +272,7 @@ impl Controller {
         {
             return Err(HotplugError::NotConsecutive);
         }
-        if let Some(busy) = drcs.iter().find(|i| self.drcs[i].device.is_some()) {
+        if let Some(busy) = drcs.iter().find(|i| self.drcs[i].device().is_some()) {
             return Err(HotplugError::DrcInUse(*busy));
         }
         for index in drcs {
@@ -312,8 +305,8 @@ impl Controller {
         // Every DRC of a device stays linked to it until the whole device
         // is released, whatever the guest gave back meanwhile.
         let device = self.drcs[&drcs[0]]
-            .device
-            .clone()
+            .device()
+            .map(str::to_string)
             .ok_or(HotplugError::NoDevice(drcs[0]))?;
         if self.devices.get(&device).map(Vec::as_slice) != Some(drcs) {
             return Err(HotplugError::NotOneDevice);
@@ -371,14 +364,9 @@ impl Controller {
         let Some(drc) = self.drcs.get_mut(&DrcIndex(index)) else {
             return (RtasStatus::ParameterError, Vec::new());
         };
-        let device = drc.device.clone();
+        let device = drc.device().map(str::to_string);
         let before = drc.clone();
-        let (status, outcome) = match kind {
-            indicator::ISOLATION_STATE => drc.set_isolation(value),
-            indicator::ALLOCATION_STATE => drc.set_allocation(value),
-            // Logical DRCs have no DR indicator.
-            _ => (RtasStatus::ParameterError, Outcome::Nothing),
-        };
+        let (status, outcome) = drc.set_indicator(kind, value);
         if *drc != before {
             self.touched.push(Touched::Drc(DrcIndex(index)));
         }
@@ -389,7 +377,7 @@ impl Controller {
                     effects.push(Effect::Notify(Notification::Released(released)));
                 }
             }
-            (Outcome::UnplugRefused, Some(device)) => {
+            (Outcome::UnplugRefused { again }, Some(device)) => {
                 // The guest refuses one remove event it fetched, by
                 // re-unisolating DRCs of the device: every LMB it had
                 // offlined, for a DIMM. The first of them starts the
@@ -398,11 +386,10 @@ impl Controller {
                 let drcs = self.devices.get(&device).cloned().unwrap_or_default();
                 let answered = |c: &Controller| {
                     drcs.iter()
-                        .any(|i| c.drcs.get(i).is_some_and(|d| d.answered))
+                        .any(|i| c.drcs.get(i).is_some_and(Drc::answered))
                 };
-                let again = before.answered;
                 let left = if again || !answered(self) {
-                    self.each_drc_of(&device, |drc| drc.answered = false);
+                    self.each_drc_of(&device, Drc::new_refusal);
                     let left = self.answer_one(&device);
                     effects.push(Effect::Notify(Notification::UnplugRefused {
                         device: device.clone(),
@@ -420,14 +407,12 @@ impl Controller {
                     self.outstanding(&device)
                 };
                 if left == 0 {
-                    self.end_unplug(&device);
+                    self.each_drc_of(&device, Drc::end_unplug);
                 } else {
                     // Other events are outstanding: the request stands for
                     // every DRC, so that the guest's next refusal is heard.
-                    self.each_drc_of(&device, |drc| drc.unplug_requested = true);
-                    if let Some(drc) = self.drcs.get_mut(&DrcIndex(index)) {
-                        drc.answered = true;
-                    }
+                    let refusing = DrcIndex(index);
+                    self.each_drc_of(&device, |drc| drc.refusal_heard(drc.index() == refusing));
                 }
             }
             _ => {}
@@ -448,7 +433,7 @@ impl Controller {
     pub fn configure_step(&mut self, index: u32) -> (RtasStatus, u32) {
         match self.drcs.get_mut(&DrcIndex(index)) {
             None => (RtasStatus::ParameterError, 0),
-            Some(drc) if drc.may_configure() && drc.device.is_some() => {
+            Some(drc) if drc.may_configure() => {
                 self.touched.push(Touched::Drc(DrcIndex(index)));
                 (RtasStatus::Success, drc.next_configure_step())
             }
@@ -485,18 +470,18 @@ impl Controller {
             .iter()
             .filter(|(_, drcs)| {
                 drcs.iter()
-                    .any(|i| self.drcs.get(i).is_some_and(|d| d.unplug_requested))
+                    .any(|i| self.drcs.get(i).is_some_and(Drc::unplug_requested))
             })
             .map(|(device, _)| device.clone())
             .collect();
         for device in &pending {
-            self.each_drc_of(device, |drc| drc.unplug_requested = true);
+            self.each_drc_of(device, Drc::complete_unplug_at_reset);
         }
         for drc in self.drcs.values_mut() {
             let before = drc.clone();
             drc.reset();
             if *drc != before {
-                self.touched.push(Touched::Drc(drc.index));
+                self.touched.push(Touched::Drc(drc.index()));
             }
         }
         pending.iter().filter_map(|d| self.forget(d)).collect()
@@ -510,10 +495,10 @@ impl Controller {
             .skip(from as usize)
             .take(DRCS_PER_PAGE)
             .map(|drc| DrcInfo {
-                index: drc.index,
-                state: drc.state,
-                device: drc.device.clone(),
-                unplug_requested: drc.unplug_requested,
+                index: drc.index(),
+                state: drc.state(),
+                device: drc.device().map(str::to_string),
+                unplug_requested: drc.unplug_requested(),
             })
             .collect();
         let end = from as usize + rows.len();
@@ -716,7 +701,7 @@ pub(crate) mod tests {
         // The guest gives the first LMB back: the DIMM is not gone yet, and
         // both LMBs still name it.
         assert!(give_back(&mut c, lmbs[0]).is_empty());
-        assert_eq!(c.drc(lmbs[0]).unwrap().device.as_deref(), Some("dimm0"));
+        assert_eq!(c.drc(lmbs[0]).unwrap().device(), Some("dimm0"));
         assert_eq!(c.device("dimm0"), Some(&lmbs[..]));
         // A repeated device_del reaches the guest again.
         let (released, effects) = c.unplug_request(&lmbs).unwrap();
@@ -731,7 +716,7 @@ pub(crate) mod tests {
         ));
         let first = c.drc(lmbs[0]).unwrap();
         assert_eq!(
-            (first.state, first.device.as_deref(), first.unplug_requested),
+            (first.state(), first.device(), first.unplug_requested()),
             (DrcState::Unusable, Some("dimm0"), false)
         );
         // The next device_del can complete: the first LMB is given back at
@@ -744,7 +729,7 @@ pub(crate) mod tests {
                 device: "dimm0".into()
             }))]
         );
-        assert!(lmbs.iter().all(|i| c.drc(*i).unwrap().device.is_none()));
+        assert!(lmbs.iter().all(|i| c.drc(*i).unwrap().device().is_none()));
         assert_eq!(c.device("dimm0"), None);
     }
 
@@ -758,7 +743,7 @@ pub(crate) mod tests {
         give_back(&mut c, lmbs[0]);
         let released = c.reset();
         assert_eq!(released.len(), 1);
-        assert!(lmbs.iter().all(|i| c.drc(*i).unwrap().device.is_none()));
+        assert!(lmbs.iter().all(|i| c.drc(*i).unwrap().device().is_none()));
         // Refused after a partial release: the DIMM stays, whole, configured.
         let mut c = controller();
         c.plug(&lmbs, "dimm0", true).unwrap();
@@ -769,7 +754,7 @@ pub(crate) mod tests {
         for lmb in &lmbs {
             let drc = c.drc(*lmb).unwrap();
             assert_eq!(
-                (drc.state, drc.device.as_deref()),
+                (drc.state(), drc.device()),
                 (DrcState::Configured, Some("dimm0"))
             );
         }
@@ -798,10 +783,10 @@ pub(crate) mod tests {
         assert_eq!(first, [report.clone(), Effect::Withdraw(REMOVE_CORE1)]);
         // The withdrawal found nothing (the guest had it): the request stands.
         assert_eq!(c.outstanding("core1"), 1);
-        assert!(c.drc(CORE1).unwrap().unplug_requested);
+        assert!(c.drc(CORE1).unwrap().unplug_requested());
         let (_, second) = c.set_indicator(9001, CORE1.0, 1);
         assert_eq!(second, [report]);
-        assert!(!c.drc(CORE1).unwrap().unplug_requested);
+        assert!(!c.drc(CORE1).unwrap().unplug_requested());
         assert_eq!(c.set_indicator(9001, CORE1.0, 1), (Success, vec![]));
 
         // A second event the guest never fetched is withdrawn: one report.
@@ -813,7 +798,7 @@ pub(crate) mod tests {
         assert_eq!(effects.len(), 2);
         c.event_withdrawn(&REMOVE_CORE1);
         assert_eq!(c.outstanding("core1"), 0);
-        assert!(!c.drc(CORE1).unwrap().unplug_requested);
+        assert!(!c.drc(CORE1).unwrap().unplug_requested());
         assert_eq!(c.set_indicator(9001, CORE1.0, 1), (Success, vec![]));
     }
 
@@ -846,7 +831,7 @@ pub(crate) mod tests {
             assert!(effects.is_empty(), "round {round}: {effects:?}");
         }
         assert_eq!(c.outstanding("dimm0"), 0);
-        assert!(lmbs.iter().all(|i| !c.drc(*i).unwrap().unplug_requested));
+        assert!(lmbs.iter().all(|i| !c.drc(*i).unwrap().unplug_requested()));
         assert!(c.reset().is_empty());
     }
 

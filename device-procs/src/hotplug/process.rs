@@ -4,9 +4,7 @@
 
 use super::store::{Destination, Requester, Store, StoredReply};
 use super::{Controller, Effect};
-use crate::process::{
-    answer, exit_on_lost_state, serve, Descriptors, Device, Links, ProcessError, Startup,
-};
+use crate::process::{answer, serve, Descriptors, Device, Links, ProcessError, Startup};
 use crate::state::Mapping;
 use crate::state::RequestKey;
 use ipc_proto::channel::{ChannelError, Frame};
@@ -101,8 +99,8 @@ impl HotplugController {
         let (store, controller) = if resume {
             let (store, controller) =
                 Store::resume(mapping, count).map_err(|e| common::describe(&e))?;
-            let found: Vec<_> = controller.drcs().map(|drc| drc.index).collect();
-            let wanted: Vec<_> = expected.drcs().map(|drc| drc.index).collect();
+            let found: Vec<_> = controller.drcs().map(|drc| drc.index()).collect();
+            let wanted: Vec<_> = expected.drcs().map(|drc| drc.index()).collect();
             if found != wanted {
                 return Err(format!(
                     "the state region holds {} other DRCs than the {} defined",
@@ -263,10 +261,9 @@ impl HotplugController {
         let touched = self.controller.has_touched();
         let reply = reply.filter(|_| touched || !effects.is_empty());
         let before = store.transitions();
-        if let Err(error) = store.commit(&mut self.controller, effects, reply) {
-            exit_on_lost_state(&error);
-        }
-        if store.transitions() > before {
+        let controller = &mut self.controller;
+        if links.record(|| store.commit(controller, effects, reply)) && store.transitions() > before
+        {
             links.fault_point(FaultPoint::Committed);
         }
     }
@@ -278,6 +275,9 @@ impl HotplugController {
         let State::Attached(store) = &mut self.state else {
             return;
         };
+        if links.state_lost() {
+            return;
+        }
         let mut delivered = false;
         for destination in [Destination::Core, Destination::EventLog] {
             for (id, effect) in store.pending(destination) {
@@ -316,8 +316,9 @@ impl HotplugController {
                     log::warn!("{destination:?} is down: {waiting} effect(s) wait for it");
                     break;
                 }
-                if let Err(error) = store.delivered(&mut self.controller, id) {
-                    exit_on_lost_state(&error);
+                let controller = &mut self.controller;
+                if !links.record(|| store.delivered(controller, id)) {
+                    return;
                 }
                 delivered = true;
             }

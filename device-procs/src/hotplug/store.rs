@@ -188,7 +188,7 @@ impl Store {
             drc_slots: controller
                 .drcs()
                 .enumerate()
-                .map(|(slot, drc)| (drc.index, slot as u32))
+                .map(|(slot, drc)| (drc.index(), slot as u32))
                 .collect(),
             device_slots: HashMap::new(),
             free_device_slots: (0..DEVICE_SLOTS).rev().collect(),
@@ -239,14 +239,14 @@ impl Store {
             if drc_slots.insert(record.index, slot).is_some() {
                 return Err(bad(format!("DRC {:#x} is recorded twice", record.index.0)));
             }
-            table.push(Drc {
-                index: record.index,
-                state: record.state,
+            table.push(Drc::restored(
+                record.index,
+                record.state,
                 device,
-                unplug_requested: record.unplug_requested,
-                configure_step: record.configure_step,
-                answered: record.answered,
-            });
+                record.unplug_requested,
+                record.configure_step,
+                record.answered,
+            ));
         }
         let mut attached = Vec::new();
         for device in devices.values() {
@@ -329,17 +329,17 @@ impl Store {
                     else {
                         continue;
                     };
-                    let device = match &drc.device {
+                    let device = match drc.device() {
                         Some(id) => Some(self.device_slot(id)?),
                         None => None,
                     };
                     let body = DrcRecord {
                         index,
-                        state: drc.state,
+                        state: drc.state(),
                         device,
-                        unplug_requested: drc.unplug_requested,
-                        configure_step: drc.configure_step,
-                        answered: drc.answered,
+                        unplug_requested: drc.unplug_requested(),
+                        configure_step: drc.configure_step(),
+                        answered: drc.answered(),
                     };
                     writes.push(Write {
                         table: DRCS,

@@ -143,9 +143,9 @@ fn device(pick: u8) -> (String, Vec<DrcIndex>) {
 
 fn check_drcs(controller: &Controller) {
     for drc in controller.drcs() {
-        if drc.device.is_none() {
-            assert_eq!(drc.state, DrcState::Unusable, "an empty DRC: {drc:?}");
-            assert!(!drc.unplug_requested, "{drc:?}");
+        if drc.device().is_none() {
+            assert_eq!(drc.state(), DrcState::Unusable, "an empty DRC: {drc:?}");
+            assert!(!drc.unplug_requested(), "{drc:?}");
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Core → event log: reset and queries.
 
 use super::hotplug_eventlog::HotplugEvent;
-use crate::protocol::{link_protocol, no_descriptors, Message};
+use crate::channel::no_descriptors;
+use crate::protocol::{link_protocol, Message};
 use serde::{Deserialize, Serialize};
 
 link_protocol! {

@@ -5,8 +5,9 @@
 //! (or what a reset releases) reaches the core by one path only: the
 //! controller's notifications ([`super::hotplug_notify`]).
 
+use crate::channel::no_descriptors;
 use crate::papr::{DrcIndex, DrcKind, DrcState};
-use crate::protocol::{link_protocol, no_descriptors, Message};
+use crate::protocol::{link_protocol, Message};
 use serde::{Deserialize, Serialize};
 
 link_protocol! {

@@ -7,9 +7,10 @@
 //! `rtas_args` in guest memory itself, writes the return cells, and answers
 //! with what the core must do, as a typed [`PlatformRequest`].
 
+use crate::channel::no_descriptors;
 use crate::channel::MAX_FDS;
 use crate::papr::{irq, RtasCall};
-use crate::protocol::{link_protocol, no_descriptors, Message};
+use crate::protocol::{link_protocol, Message};
 use serde::{Deserialize, Serialize};
 
 link_protocol! {

@@ -1,7 +1,8 @@
 //! Hotplug controller → event log: hot-plug events to queue or withdraw.
 
+use crate::channel::no_descriptors;
 use crate::papr::{DrcIndex, DrcKind};
-use crate::protocol::{link_protocol, no_descriptors, Message};
+use crate::protocol::{link_protocol, Message};
 use serde::{Deserialize, Serialize};
 
 link_protocol! {

@@ -2,7 +2,8 @@
 //! about a device. This is the only path by which a release reaches the core.
 
 use super::core_hotplug::check_device_id;
-use crate::protocol::{link_protocol, no_descriptors, Message, NoReply};
+use crate::channel::no_descriptors;
+use crate::protocol::{link_protocol, Message, NoReply};
 use serde::{Deserialize, Serialize};
 
 link_protocol! {

@@ -1,6 +1,7 @@
 //! RTAS server → event log: check-exception and event-scan.
 
-use crate::protocol::{link_protocol, no_descriptors, Message};
+use crate::channel::no_descriptors;
+use crate::protocol::{link_protocol, Message};
 use serde::{Deserialize, Serialize};
 
 link_protocol! {

@@ -2,8 +2,9 @@
 //! arguments as the guest passed them (the controller checks them against
 //! its table).
 
+use crate::channel::no_descriptors;
 use crate::papr::RtasStatus;
-use crate::protocol::{link_protocol, no_descriptors, Message};
+use crate::protocol::{link_protocol, Message};
 use serde::{Deserialize, Serialize};
 
 link_protocol! {

@@ -6,7 +6,8 @@
 //! peers; one that keeps dying is failed, and what it served answers with
 //! errors while the VM runs on.
 
-pub mod faults;
+pub mod fault_hook;
+mod faults;
 pub mod proxy;
 mod reaper;
 mod reports;
@@ -42,9 +43,7 @@ use supervisor::{State, Supervision};
 use thiserror::Error;
 
 use common::lock;
-pub use rtas::RTAS_RESTART_WAIT;
 pub use spawn::{DeviceMode, Sandbox};
-pub use upgrade::trusted_program;
 
 #[derive(Debug, Error)]
 pub enum DeviceError {
@@ -252,7 +251,9 @@ impl DeviceProcesses {
         // Read now: no thread's filter allows asking once the VM runs.
         let owner = nix::unistd::geteuid().as_raw();
         let reaper = match starter.mode() {
-            DeviceMode::OutOfProcess => Some(reaper::start_reaper(&sandbox, &control, owner == 0)?),
+            DeviceMode::OutOfProcess => Some(
+                spawn::start_reaper(&sandbox, &control, owner == 0).map_err(DeviceError::Reaper)?,
+            ),
             DeviceMode::InProcess => None,
         };
         let devices = DeviceProcesses {

@@ -4,7 +4,7 @@
 //! (SIGKILLed through its pidfd; the supervisor restarts it). A reply that
 //! blames a peer is passed to the supervisor, which acts on that peer.
 
-use super::faults::{BeforeSend, CoreFaults, FaultHook};
+use super::fault_hook::{BeforeSend, CoreFaults, FaultHook};
 use super::spawn::ProcessHandle;
 use crate::control::ControlMessage;
 use ipc_proto::channel::{Channel, ChannelError};
@@ -141,7 +141,7 @@ impl<P: Protocol> Proxy<P> {
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<Connected<P>>> {
-        self.connected.lock().unwrap_or_else(|p| p.into_inner())
+        common::lock(&self.connected)
     }
 
     fn unavailable(&self) -> DeviceFailure {
@@ -382,11 +382,11 @@ impl<P: Protocol> Supervised for Proxy<P> {
             ready: false,
         };
         let serving = self.lock().replace(staged);
-        *self.aside.lock().unwrap_or_else(|p| p.into_inner()) = serving;
+        *common::lock(&self.aside) = serving;
     }
 
     fn finish_stage(&self, keep: bool) {
-        let aside = self.aside.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let aside = common::lock(&self.aside).take();
         let mut guard = self.lock();
         let dropped = if keep {
             if let Some(staged) = guard.as_mut() {

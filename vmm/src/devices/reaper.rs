@@ -2,11 +2,9 @@
 //! every device process and kills each when the core ends or dies. The
 //! core hands it each new process, and replaces a reaper that dies.
 
-use super::spawn::{self, ProcessHandle, SpawnError};
-use super::{lock, DeviceError, DeviceProcesses, Sandbox};
-use crate::control::ControlMessage;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::mpsc::Sender;
+use super::spawn::{self, ProcessHandle};
+use super::{lock, DeviceProcesses};
+use std::os::fd::AsRawFd;
 
 /// Reapers started after the first, at most: one that keeps dying is
 /// given up on (and says so) rather than restarted in a loop.
@@ -24,7 +22,7 @@ impl DeviceProcesses {
         }
         *restarts += 1;
         drop(restarts);
-        match start_reaper(&self.sandbox, &self.control, self.owner == 0) {
+        match spawn::start_reaper(&self.sandbox, &self.control, self.owner == 0) {
             Ok(socket) => {
                 log::error!("the reaper {reason}; a new one holds the device processes");
                 *lock(&self.reaper) = Some(socket);
@@ -65,44 +63,4 @@ impl DeviceProcesses {
             );
         }
     }
-}
-
-/// Starts the VM's reaper (`jailer::reaper`) on one end of a new socket;
-/// the core keeps the other. As root with jails it takes the VM's device
-/// uid, which may signal the device processes and nothing else.
-pub(super) fn start_reaper(
-    sandbox: &Sandbox,
-    control: &Sender<ControlMessage>,
-    as_root: bool,
-) -> Result<OwnedFd, DeviceError> {
-    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
-    let (ours, its) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|errno| DeviceError::Reaper(SpawnError::ReportSocket(errno.into())))?;
-    let mut args = vec!["--seccomp".to_string(), sandbox.seccomp.clone()];
-    if sandbox.jail && as_root {
-        args.extend([
-            "--uid".to_string(),
-            sandbox.uid.to_string(),
-            "--gid".to_string(),
-            sandbox.gid.to_string(),
-        ]);
-    }
-    let program = spawn::sibling_binary("papervisor-reaper");
-    let reaper = spawn::start_helper(program, args, vec![its.as_raw_fd()], sandbox)
-        .map_err(DeviceError::Reaper)?;
-    let control = control.clone();
-    spawn::Waiter::Process(reaper)
-        .watch_named("reaper", move |reason| {
-            let _ = control.send(ControlMessage::ReaperExited(reason));
-        })
-        .map_err(|source| DeviceError::Watch {
-            kind: "reaper",
-            source,
-        })?;
-    Ok(ours)
 }

@@ -5,6 +5,7 @@
 //! core, on the same descriptors and the same code, and is held through its
 //! channels: shut down, they end it as a core that hangs up ends a process.
 
+use crate::control::ControlMessage;
 use ipc_proto::channel::{Channel, ChannelError};
 use ipc_proto::ProcessKind;
 use rustix::process::{pidfd_open, pidfd_send_signal, waitid, Pid, PidfdFlags, Signal};
@@ -263,8 +264,17 @@ fn exited_child_pidfd() -> OwnedFd {
 /// The device to wait for: a child of the core, or a thread of it that
 /// returns how it ended.
 pub enum Waiter {
+    /// A process's pidfd.
     Process(OwnedFd),
-    Thread(std::thread::JoinHandle<String>),
+    /// A device thread.
+    Thread {
+        /// It returns how it ended.
+        thread: std::thread::JoinHandle<String>,
+        /// Copies of its channels, shut down once it ended: other copies
+        /// (its handle's) keep them open, and the core must see the hang-up
+        /// at once, as it does when a process dies.
+        sockets: Vec<OwnedFd>,
+    },
 }
 
 fn pidfd_of(pid: u32) -> Result<OwnedFd, SpawnError> {
@@ -415,6 +425,42 @@ pub fn on_spawner<R: Send + 'static>(work: impl FnOnce() -> R + Send + 'static) 
     answer.recv().ok()
 }
 
+/// Starts the VM's reaper (`jailer::reaper`) on one end of a new socket;
+/// the core keeps the other. As root with jails it takes the VM's device
+/// uid, which may signal the device processes and nothing else.
+pub fn start_reaper(
+    sandbox: &Sandbox,
+    control: &Sender<ControlMessage>,
+    as_root: bool,
+) -> Result<OwnedFd, SpawnError> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    let (ours, its) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|errno| SpawnError::ReportSocket(errno.into()))?;
+    let mut args = vec!["--seccomp".to_string(), sandbox.seccomp.clone()];
+    if sandbox.jail && as_root {
+        args.extend([
+            "--uid".to_string(),
+            sandbox.uid.to_string(),
+            "--gid".to_string(),
+            sandbox.gid.to_string(),
+        ]);
+    }
+    let program = sibling_binary("papervisor-reaper");
+    let reaper = start_helper(program, args, vec![its.as_raw_fd()], sandbox)?;
+    let control = control.clone();
+    Waiter::Process(reaper)
+        .watch_named("reaper", move |reason| {
+            let _ = control.send(ControlMessage::ReaperExited(reason));
+        })
+        .map_err(SpawnError::Thread)?;
+    Ok(ours)
+}
+
 /// Starts `launches` as processes together (their jails are set up at the
 /// same time), on the spawner thread when there is one: one result each,
 /// in order.
@@ -550,7 +596,7 @@ fn finish(starting: Starting) -> Spawned {
 }
 
 /// Starts `path` with `args` and `fds` as its descriptors 3.., its stderr
-/// the log (`ipc_proto::spawn_with_channels`); its pid.
+/// the log (`jailer::spawn::spawn_with_descriptors`); its pid.
 fn start_program(
     path: &Path,
     args: &[impl AsRef<std::ffi::OsStr>],
@@ -558,10 +604,11 @@ fn start_program(
     fds: &[RawFd],
 ) -> Result<u32, SpawnError> {
     let log = sandbox.log_file.as_ref().map(|file| file.as_raw_fd());
-    ipc_proto::spawn_with_channels(path, args, fds, log).map_err(|source| SpawnError::Exec {
-        path: path.to_path_buf(),
-        source,
-    })
+    jailer::spawn::spawn_with_descriptors(path, args, fds, ipc_proto::FIRST_CHANNEL_FD, log)
+        .map_err(|source| SpawnError::Exec {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// The handle of a started process and the waiter on the same pidfd.
@@ -610,8 +657,15 @@ impl Waiter {
     fn wait(self) -> String {
         let pidfd = match self {
             Waiter::Process(pidfd) => pidfd,
-            Waiter::Thread(thread) => {
-                return thread.join().unwrap_or_else(|_| "panicked".to_string())
+            Waiter::Thread { thread, sockets } => {
+                let ended = thread.join().unwrap_or_else(|_| "panicked".to_string());
+                for socket in sockets {
+                    let _ = nix::sys::socket::shutdown(
+                        socket.as_raw_fd(),
+                        nix::sys::socket::Shutdown::Both,
+                    );
+                }
+                return ended;
             }
         };
         loop {

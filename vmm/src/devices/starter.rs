@@ -89,12 +89,14 @@ fn start_thread(launch: &Launch) -> Result<(ProcessHandle, Waiter), SpawnError> 
         .map(duplicate)
         .collect::<Result<Vec<_>, _>>()
         .map_err(failed)?;
-    let sockets = fds
-        .iter()
-        .take(kind.links().len())
-        .map(|fd| fd.try_clone())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(failed)?;
+    let channel_copies = || {
+        fds.iter()
+            .take(kind.links().len())
+            .map(|fd| fd.try_clone())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(failed)
+    };
+    let (sockets, shut_when_ended) = (channel_copies()?, channel_copies()?);
     let startup = device_procs::process::Startup {
         seccomp: common::seccomp::Mode::parse(&launch.sandbox.seccomp)
             .unwrap_or(common::seccomp::Mode::Kill),
@@ -113,7 +115,11 @@ fn start_thread(launch: &Launch) -> Result<(ProcessHandle, Waiter), SpawnError> 
         .recv()
         .map_err(|_| failed(std::io::ErrorKind::BrokenPipe.into()))?;
     let handle = ProcessHandle::of_thread(tid, sockets);
-    Ok((handle, Waiter::Thread(thread)))
+    let waiter = Waiter::Thread {
+        thread,
+        sockets: shut_when_ended,
+    };
+    Ok((handle, waiter))
 }
 
 #[cfg(feature = "in-process")]

@@ -194,6 +194,9 @@ fn hang_up_at_once(launch: &Launch) -> Spawned {
     });
     Ok((
         ProcessHandle::of_thread(0, Vec::new()),
-        Waiter::Thread(thread),
+        Waiter::Thread {
+            thread,
+            sockets: Vec::new(),
+        },
     ))
 }

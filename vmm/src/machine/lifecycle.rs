@@ -2,7 +2,8 @@
 //! processes, the boot vCPUs), power-on, the VM's end, reset, and the
 //! power button and pause of QMP.
 
-use super::notifications::NotificationLog;
+use super::notification_log::NotificationLog;
+use super::startup::StartupTimes;
 use super::{kvm_call, Vm, VmError, BUILTIN_GUEST};
 use crate::boot;
 use crate::config::{ConsoleConfig, GuestImage, SmpConfig, VmConfig};
@@ -29,34 +30,12 @@ use std::io::Cursor;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::mpsc::{channel, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use vm_memory::{Bytes, GuestAddress};
-
-/// Where the core's start-up went (x-query-startup).
-#[derive(Default)]
-pub(super) struct StartupTimes {
-    /// KVM's VM, guest memory, interrupts and the boot vCPUs.
-    kvm: Duration,
-    /// The device processes started, handshaken, set up, told the cold-plugged cores.
-    devices: Duration,
-    /// From `main` to vCPU 0 started, at the first power-on.
-    vcpu0_started: Option<Duration>,
-}
-
-impl StartupTimes {
-    pub(super) fn to_json(&self) -> Value {
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        json!({
-            "kvm-ms": ms(self.kvm),
-            "devices-ms": ms(self.devices),
-            "vcpu0-started-ms": self.vcpu0_started.map(ms),
-        })
-    }
-}
 
 /// The DRC table of the machine: a CPU DRC per possible core, an LMB DRC per
 /// 256 MiB of device memory.
-pub fn drc_ranges(smp: &SmpConfig, layout: &MemoryLayout) -> Vec<DrcRange> {
+fn drc_ranges(smp: &SmpConfig, layout: &MemoryLayout) -> Vec<DrcRange> {
     vec![
         DrcRange {
             kind: DrcKind::Cpu,

@@ -6,7 +6,7 @@
 use super::notifications::device_event;
 use super::Vm;
 use crate::dimms::Dimm;
-use crate::memory::DimmMemory;
+use crate::memory::{BackendMemory, DimmMemory};
 use crate::request::{BackendAdd, QmpError};
 use ipc_proto::link::core_hotplug;
 use ipc_proto::link::core_rtas::MemoryRegion;
@@ -15,13 +15,6 @@ use std::os::fd::{AsFd, OwnedFd};
 
 /// KVM memory slot of DIMM slot 0 (boot RAM has slot 0).
 const FIRST_DIMM_KVM_SLOT: u32 = 1;
-
-/// What backs a memory backend in the core: its memfd, and its mapping and
-/// KVM slot while a DIMM it backs is plugged.
-pub(super) struct BackendMemory {
-    memfd: std::fs::File,
-    plugged: Option<DimmMemory>,
-}
 
 impl Vm {
     /// object-add of a memory backend: a sealed memfd of `size` bytes.

@@ -10,8 +10,10 @@
 mod cpu_hotplug;
 mod lifecycle;
 mod memory_hotplug;
+mod notification_log;
 mod notifications;
 mod queries;
+mod startup;
 mod supervision;
 
 use crate::boot::BootError;
@@ -24,21 +26,18 @@ use crate::dimms::Dimms;
 use crate::fdt::FdtError;
 use crate::interrupts::{InterruptError, InterruptRouter};
 use crate::layout::{MemoryLayout, FDT_MAX_SIZE, FDT_START};
-use crate::memory::{GuestRam, MemoryError};
+use crate::memory::{BackendMemory, GuestRam, MemoryError};
 use crate::qmp::{QmpContext, QmpServer};
 use crate::request::{DeviceAdd, MachineRequest, QmpError};
 use crate::vcpu::{CpuTable, VcpuContext, VcpuHandle};
 use kvm_ioctls::{Kvm, VmFd};
-use lifecycle::StartupTimes;
-use memory_hotplug::BackendMemory;
-use notifications::NotificationLog;
+use notification_log::NotificationLog;
 use serde_json::Value;
+use startup::StartupTimes;
 use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use thiserror::Error;
-
-pub use lifecycle::drc_ranges;
 
 /// The built-in test guest, built by vmm/build.rs from guest/.
 pub static BUILTIN_GUEST: &[u8] = include_bytes!(env!("PAPERVISOR_GUEST_ELF"));

@@ -226,7 +226,8 @@ impl Vm {
         let refused = |error: String| QmpError::generic(format!("x-inject-fault: {error}"));
         match fault {
             FaultInjection::Now(fault) => {
-                if !matches!(fault, Fault::Garbage | Fault::Lie) {
+                // What ends or harms only the device is allowed in-process.
+                if !matches!(fault, Fault::Garbage | Fault::Lie | Fault::LoseState) {
                     self.devices
                         .refuse_in_process(format_args!("{fault:?}"))
                         .map_err(refused)?;

@@ -93,7 +93,7 @@ impl QmpServer {
     }
 
     fn clients(&self) -> MutexGuard<'_, Vec<Client>> {
-        self.clients.lock().unwrap_or_else(|p| p.into_inner())
+        common::lock(&self.clients)
     }
 
     fn accept_loop(self: Arc<Self>, listener: UnixListener, context: QmpContext) {
