@@ -27,15 +27,24 @@ const CODE_SELECTOR: u16 = 0x08;
 const DATA_SELECTOR: u16 = 0x10;
 const TSS_SELECTOR: u16 = 0x18;
 
+/// Why the guest cannot be given its boot state.
 #[derive(Debug, Error)]
 pub enum BootError {
+    /// The boot tables do not fit guest memory.
     #[error("cannot write boot tables into guest memory")]
     GuestMemory(#[source] vm_memory::GuestMemoryError),
+    /// The identity mapping of guest memory does not fit its page tables.
     #[error("{gib} GiB of identity mapping do not fit below the guest image")]
-    TooMuchMemory { gib: u64 },
+    TooMuchMemory {
+        /// The guest's memory, rounded up to GiB.
+        gib: u64,
+    },
+    /// A KVM ioctl failed.
     #[error("KVM call {call} failed")]
     Kvm {
+        /// The ioctl.
         call: &'static str,
+        /// KVM's error.
         #[source]
         source: kvm_ioctls::Error,
     },

@@ -11,13 +11,16 @@ pub const MAX_BOOT_RAM: u64 = 3 << 30;
 pub const MAX_MEMORY_SLOTS: u32 = 32;
 /// The guest's CPU table and the FDT ids assume at most this many vCPUs.
 pub const MAX_VCPUS: u32 = 64;
+/// The most vCPUs a core may have (PAPR's SMT-8).
 pub const MAX_THREADS_PER_CORE: u32 = 8;
 
+/// The core's command line.
 #[derive(Parser, Debug)]
 #[command(
     name = "papervisor",
     version,
-    about = "A multi-process VMM for the PAPR (pseries) platform on KVM"
+    about = "A multi-process VMM for the PAPR (pseries) platform on KVM",
+    long_about = None
 )]
 pub struct Cli {
     /// CPU topology: cpus=N[,maxcpus=M][,threads=T]. A core is T vCPUs.
@@ -96,42 +99,80 @@ fn parse_id(text: &str) -> Result<u32, String> {
     }
 }
 
+/// The CPU topology (`--smp`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SmpConfig {
     /// vCPUs present at boot.
     pub cpus: u32,
     /// vCPUs the machine can ever have.
     pub max_cpus: u32,
+    /// vCPUs per core.
     pub threads_per_core: u32,
 }
 
+/// Guest memory (`--memory`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryConfig {
+    /// Boot RAM, in bytes.
     pub size: u64,
+    /// Boot RAM and every DIMM the machine can take, in bytes.
     pub max_size: u64,
+    /// DIMM slots.
     pub slots: u32,
 }
 
+/// Where the guest's console goes (`--console`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConsoleConfig {
+    /// The terminal on stdin and stdout.
     Stdio,
+    /// A Unix socket at this path, one client at a time.
     Socket(PathBuf),
 }
 
+/// Why a command line is refused.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
+    /// An item of a key=value list without `=`.
     #[error("'{0}' is not key=value")]
     NotKeyValue(String),
+    /// A key the option does not take.
     #[error("unknown key '{key}' (expected one of: {expected})")]
-    UnknownKey { key: String, expected: String },
+    UnknownKey {
+        /// The key given.
+        key: String,
+        /// The keys the option takes.
+        expected: String,
+    },
+    /// A key given twice.
     #[error("'{key}' is given twice")]
-    DuplicateKey { key: String },
+    DuplicateKey {
+        /// The key.
+        key: String,
+    },
+    /// A key the option needs.
     #[error("'{key}' is required")]
-    MissingKey { key: &'static str },
+    MissingKey {
+        /// The key.
+        key: &'static str,
+    },
+    /// A value that is not a number.
     #[error("{key}={value} is not a number")]
-    NotANumber { key: String, value: String },
+    NotANumber {
+        /// The key.
+        key: String,
+        /// What was given.
+        value: String,
+    },
+    /// A value that is not a size.
     #[error("{key}={value} is not a size (like 512M or 4G)")]
-    NotASize { key: String, value: String },
+    NotASize {
+        /// The key.
+        key: String,
+        /// What was given.
+        value: String,
+    },
+    /// Anything else, in words.
     #[error("{0}")]
     Invalid(String),
 }
@@ -199,6 +240,7 @@ fn format_size(bytes: u64) -> String {
 }
 
 impl SmpConfig {
+    /// Parses `cpus=N[,maxcpus=M][,threads=T]`.
     pub fn parse(text: &str) -> Result<SmpConfig, ConfigError> {
         let pairs = key_values(text, &["cpus", "maxcpus", "threads"])?;
         let number = |key| {
@@ -243,16 +285,19 @@ impl SmpConfig {
         })
     }
 
+    /// The cores present at boot.
     pub fn boot_cores(&self) -> u32 {
         self.cpus / self.threads_per_core
     }
 
+    /// The cores the machine can ever have.
     pub fn max_cores(&self) -> u32 {
         self.max_cpus / self.threads_per_core
     }
 }
 
 impl MemoryConfig {
+    /// Parses `size=S[,maxmem=M][,slots=N]`.
     pub fn parse(text: &str) -> Result<MemoryConfig, ConfigError> {
         let pairs = key_values(text, &["size", "maxmem", "slots"])?;
         let size_of = |key| lookup(&pairs, key).map(|v| parse_size(key, v)).transpose();
@@ -305,6 +350,7 @@ impl MemoryConfig {
 }
 
 impl ConsoleConfig {
+    /// Parses `stdio` or a socket path.
     pub fn parse(text: &str) -> Result<ConsoleConfig, ConfigError> {
         match text {
             "stdio" => Ok(ConsoleConfig::Stdio),
@@ -317,12 +363,17 @@ impl ConsoleConfig {
 /// Everything the VM needs, checked: nothing here can be refused later for
 /// being malformed.
 pub struct VmConfig {
+    /// The CPU topology.
     pub smp: SmpConfig,
+    /// Guest memory.
     pub memory: MemoryConfig,
+    /// The guest's console.
     pub console: ConsoleConfig,
+    /// The QMP socket's path, if any.
     pub qmp: Option<PathBuf>,
     /// The console's and QMP's sockets, bound; removed when dropped.
     pub console_socket: Option<crate::sockets::ClaimedSocket>,
+    /// The QMP socket, bound and claimed.
     pub qmp_socket: Option<crate::sockets::ClaimedSocket>,
     /// The guest ELF's bytes, already checked to be an x86_64 executable.
     pub guest_image: GuestImage,
@@ -333,11 +384,15 @@ pub struct VmConfig {
     pub name: Option<String>,
     /// The uid and gid asked for on the command line.
     pub uid: Option<u32>,
+    /// The gid the device processes run as (`--gid`), if given.
     pub gid: Option<u32>,
 }
 
+/// The guest kernel.
 pub enum GuestImage {
+    /// The test guest built into the core.
     BuiltIn,
+    /// An ELF image read from `--guest`.
     File(Vec<u8>),
 }
 
@@ -366,6 +421,7 @@ pub fn check_guest_elf(bytes: &[u8]) -> Result<(), &'static str> {
 }
 
 impl VmConfig {
+    /// Checks a parsed command line and claims its sockets.
     pub fn from_cli(cli: Cli) -> Result<VmConfig, ConfigError> {
         if let Some(path) = &cli.qmp {
             if cli.console == ConsoleConfig::Socket(path.clone()) {

@@ -20,10 +20,13 @@ pub const SPAWNER_CAPABILITIES: [Capability; 5] = [
     Capability::CAP_KILL,
 ];
 
+/// Why a thread cannot give up its privileges.
 #[derive(Debug, Error)]
 pub enum ConfineError {
+    /// Its capability sets cannot be changed.
     #[error("cannot change this thread's capabilities")]
     Capabilities(#[source] caps::errors::CapsError),
+    /// prctl(PR_SET_NO_NEW_PRIVS) failed.
     #[error("cannot set no_new_privs")]
     NoNewPrivs(#[source] nix::Error),
 }

@@ -26,16 +26,22 @@ pub const MAX_READ: usize = 16;
 /// `Ctrl-a Ctrl-a` sends one Ctrl-a to the guest.
 const ESCAPE: u8 = 0x01;
 
+/// Why the console cannot be served.
 #[derive(Debug, Error)]
 pub enum ConsoleError {
+    /// Its socket cannot be bound.
     #[error("cannot serve the console on {path}")]
     Bind {
+        /// The socket's path.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// Its thread cannot be started.
     #[error("cannot start the console thread")]
     Thread(#[source] std::io::Error),
+    /// The terminal cannot be put in raw mode (stdio console).
     #[error("cannot put the terminal in raw mode")]
     Terminal(#[source] nix::Error),
 }
@@ -125,6 +131,9 @@ struct Input {
     guest_waiting: bool,
 }
 
+/// The guest's console (hvc0): bytes from the stdio terminal or a socket
+/// client to the guest, and the guest's output back, through bounded
+/// buffers that never make a vCPU wait on a slow reader.
 pub struct Console {
     input: Mutex<Input>,
     space: Condvar,

@@ -13,7 +13,10 @@ pub enum ControlMessage {
     /// The guest powered off (RTAS power-off).
     PowerOff,
     /// A machine reset: the guest's (RTAS system-reboot) or QMP's system_reset.
-    Reset { by_guest: bool },
+    Reset {
+        /// The guest asked (RTAS system-reboot), not QMP.
+        by_guest: bool,
+    },
     /// QMP quit.
     Quit,
     /// `Ctrl-a x` on the stdio console: the VM ends as for quit.
@@ -25,18 +28,29 @@ pub enum ControlMessage {
     /// The hotplug controller reports a release, a refusal, or the end of a
     /// reset, numbered: a successor sends again what its predecessor may
     /// have sent, and the core drops a number it has seen.
-    Hotplug { id: u64, notification: Notification },
+    Hotplug {
+        /// The notification's number.
+        id: u64,
+        /// What it says.
+        notification: Notification,
+    },
     /// A device process found generation `generation` of `peer` silent or
     /// misbehaving while it answered the core.
     PeerFailed {
+        /// The process found failing.
         peer: ipc_proto::ProcessKind,
+        /// Its generation then.
         generation: u64,
+        /// The process that found it.
         reported_by: ipc_proto::ProcessKind,
     },
     /// A device process ended (its watcher saw it).
     DeviceExited {
+        /// Its kind.
         kind: ipc_proto::ProcessKind,
+        /// Which start of the kind it was.
         generation: u64,
+        /// How it ended, in words ("killed by SIGSYS").
         reason: String,
     },
     /// Time to start a fresh device process in place of a dead one.
@@ -45,7 +59,9 @@ pub enum ControlMessage {
     ReaperExited(String),
     /// A QMP command that needs the machine.
     Qmp {
+        /// The command, its arguments parsed.
         request: MachineRequest,
+        /// Where its answer goes.
         reply: Sender<Result<Value, QmpError>>,
     },
 }

@@ -21,6 +21,7 @@ pub struct CoreDevice {
     pub unplug_asked: bool,
 }
 
+/// The cores of the machine, by slot, and the device plugged in each.
 pub struct Cores {
     threads: u32,
     slots: Vec<Option<CoreDevice>>,
@@ -59,6 +60,7 @@ impl Cores {
         }
     }
 
+    /// vCPUs per core.
     pub fn threads(&self) -> u32 {
         self.threads
     }
@@ -68,18 +70,22 @@ impl Cores {
         DrcIndex::new(DrcKind::Cpu, core * self.threads).expect("core ids fit a DRC index")
     }
 
+    /// The vCPU ids of core slot `core`.
     pub fn vcpus(&self, core: u32) -> std::ops::Range<u32> {
         core * self.threads..(core + 1) * self.threads
     }
 
+    /// The cores the machine can have.
     pub fn max_cores(&self) -> u32 {
         self.slots.len() as u32
     }
 
+    /// The device plugged in slot `core`, if any.
     pub fn device(&self, core: u32) -> Option<&CoreDevice> {
         self.slots.get(core as usize).and_then(Option::as_ref)
     }
 
+    /// The slots with a core plugged.
     pub fn present(&self) -> Vec<u32> {
         (0..self.max_cores())
             .filter(|&c| self.device(c).is_some())
@@ -135,6 +141,7 @@ impl Cores {
         ))
     }
 
+    /// Records `device` as plugged in slot `core` (its plug went through).
     pub fn plugged(&mut self, core: u32, device: CoreDevice) {
         if let Some(slot) = self.slots.get_mut(core as usize) {
             *slot = Some(device);

@@ -26,18 +26,26 @@ fn refused(desc: String) -> QmpError {
 
 /// A memory backend, and the DIMM it backs, if any.
 pub struct Backend<M> {
+    /// Its size in bytes.
     pub size: u64,
+    /// What backs it.
     pub memory: M,
+    /// The id of the DIMM it backs, if any.
     pub used_by: Option<String>,
 }
 
 /// A plugged DIMM.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Dimm {
+    /// Its QMP id.
     pub id: String,
+    /// Its backend's id.
     pub memdev: String,
+    /// Its guest-physical address.
     pub addr: u64,
+    /// Its size in bytes.
     pub size: u64,
+    /// Its slot.
     pub slot: u32,
     /// A device_del was accepted: the hotplug controller may release it.
     /// Nothing else lets the core take its memory from the guest.
@@ -59,6 +67,7 @@ impl Dimm {
     }
 }
 
+/// The memory backends and the DIMMs they back; `M` is what backs a backend.
 pub struct Dimms<M> {
     area: (u64, u64),
     slots: u32,
@@ -118,10 +127,12 @@ impl<M> Dimms<M> {
         }
     }
 
+    /// The backend `id`, if any.
     pub fn backend(&self, id: &str) -> Option<&Backend<M>> {
         self.backends.get(id)
     }
 
+    /// The backend `id`, to change what backs it.
     pub fn backend_mut(&mut self, id: &str) -> Option<&mut Backend<M>> {
         self.backends.get_mut(id)
     }
@@ -260,6 +271,7 @@ impl<M> Dimms<M> {
         dimms
     }
 
+    /// Bytes of plugged DIMMs.
     pub fn plugged_bytes(&self) -> u64 {
         self.dimms.values().map(|d| d.size).sum()
     }

@@ -11,6 +11,7 @@ use vm_fdt::FdtWriter;
 
 /// The vty's `reg`: the terminal number the console hcalls name.
 pub const VTY_TERMNO: u32 = 0x3000_0000;
+/// The path of the console's node in the device tree.
 pub const VTY_PATH: &str = "/vdevice/vty@30000000";
 
 /// `ibm,dynamic-memory-v2` flags (the numbers Linux's drmem uses).
@@ -23,19 +24,25 @@ const NO_ASSOCIATIVITY: u32 = 0xffff_ffff;
 const LIVE_INSERTION: u32 = 0xffff_ffff;
 const RTAS_ERROR_LOG_MAX: u32 = 2048;
 
+/// Why a device tree cannot be built.
 #[derive(Debug, Error)]
 pub enum FdtError {
+    /// The writer refused it.
     #[error("cannot write the device tree")]
     Writer(#[from] vm_fdt::Error),
+    /// A node cannot be named as the guest expects.
     #[error("cannot rename node {0} in the written tree")]
     Rename(String),
+    /// A DRC id that does not fit a DRC index.
     #[error("DRC id {0} does not fit in a DRC index")]
     DrcId(u32),
 }
 
 /// What the tree describes.
 pub struct MachineDescription<'a> {
+    /// The CPU topology.
     pub smp: &'a SmpConfig,
+    /// Where memory is.
     pub layout: &'a MemoryLayout,
     /// Indices (0-based) of the cores present now.
     pub present_cores: &'a [u32],
@@ -110,6 +117,7 @@ pub fn write_core_node(
     Ok(())
 }
 
+/// The device tree of `machine`.
 pub fn build(machine: &MachineDescription) -> Result<Vec<u8>, FdtError> {
     let layout = machine.layout;
     let mut fdt = FdtWriter::new()?;

@@ -9,25 +9,35 @@
 
 use kvm_bindings::kvm_regs;
 
+/// H_SUCCESS.
 pub const H_SUCCESS: i64 = 0;
 /// Try again later (PAPR H_BUSY).
 pub const H_BUSY: i64 = 1;
+/// H_FUNCTION: not implemented.
 pub const H_FUNCTION: i64 = -2;
+/// H_HARDWARE: the platform failed.
 pub const H_HARDWARE: i64 = -1;
+/// H_PARAMETER: a bad argument.
 pub const H_PARAMETER: i64 = -4;
 
+/// H_GET_TERM_CHAR: read from the console.
 pub const H_GET_TERM_CHAR: u64 = 0x54;
+/// H_PUT_TERM_CHAR: write to the console.
 pub const H_PUT_TERM_CHAR: u64 = 0x58;
 /// QEMU's private hcall for RTAS (KVMPPC_H_RTAS).
 pub const H_RTAS: u64 = 0xf000;
 
+/// An hcall as the guest made it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hcall {
+    /// Its number (EAX).
     pub number: u64,
+    /// Its arguments, r4..r9's places.
     pub args: [u64; 6],
 }
 
 impl Hcall {
+    /// The hcall a vCPU's registers hold.
     pub fn from_regs(regs: &kvm_regs) -> Hcall {
         Hcall {
             number: regs.rax,
@@ -39,11 +49,14 @@ impl Hcall {
 /// What goes back: the status in r3 and up to six outputs in r4..r9.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HcallResult {
+    /// The status (r3).
     pub status: i64,
+    /// The outputs (r4..r9).
     pub outputs: [u64; 6],
 }
 
 impl HcallResult {
+    /// A status without outputs.
     pub fn status(status: i64) -> HcallResult {
         HcallResult {
             status,

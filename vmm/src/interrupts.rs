@@ -16,19 +16,27 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 /// x86 MSI address window: 0xFEE0_0000 | destination APIC id << 12.
 const MSI_ADDRESS_BASE: u32 = 0xfee0_0000;
 
+/// Why an interrupt cannot be routed or raised.
 #[derive(Debug, Error)]
 pub enum InterruptError {
+    /// A source the platform does not have.
     #[error("interrupt source {0:#x} does not exist")]
     UnknownSource(u32),
+    /// A source's eventfd cannot be made.
     #[error("cannot create an eventfd for interrupt source {source:#x}")]
     EventFd {
+        /// The source.
         source: u32,
+        /// Why.
         #[source]
         error: std::io::Error,
     },
+    /// A KVM ioctl failed.
     #[error("KVM call {call} failed")]
     Kvm {
+        /// The ioctl.
         call: &'static str,
+        /// KVM's error.
         #[source]
         error: kvm_ioctls::Error,
     },
@@ -39,6 +47,7 @@ fn gsi_for(source: u32) -> u32 {
     32 + (source - irq::BASE)
 }
 
+/// Routes the platform's interrupt sources (hot-plug, EPOW, console) to vCPUs, through eventfds KVM injects from.
 pub struct InterruptRouter {
     vm: Arc<VmFd>,
     /// source → vCPU (APIC id) it is delivered to.

@@ -9,7 +9,9 @@ pub const HCALL_DOORBELL_PORT: u16 = 0x0700;
 pub const BOOT_GDT: u64 = 0x500;
 /// An empty IDT: the guest has interrupts disabled until it loads its own.
 pub const BOOT_IDT: u64 = 0x520;
+/// The boot page tables' PML4.
 pub const PML4: u64 = 0x9000;
+/// Their PDPT.
 pub const PDPT: u64 = 0xa000;
 /// One page directory per GiB mapped, from here up (at most 0x100000).
 pub const PAGE_DIRECTORIES: u64 = 0x10000;
@@ -17,6 +19,7 @@ pub const PAGE_DIRECTORIES: u64 = 0x10000;
 pub const GUEST_IMAGE_START: u64 = 0x10_0000;
 /// The flattened device tree; the guest image must end below it.
 pub const FDT_START: u64 = 0x100_0000;
+/// The most the device tree may take.
 pub const FDT_MAX_SIZE: u64 = 0x100_0000;
 /// The KVM TSS needs three pages of guest-physical space that is not RAM.
 pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
@@ -33,12 +36,16 @@ const X86_WINDOW_END: u64 = 4 * GIB;
 /// describes the gap as reserved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MemoryLayout {
+    /// Boot RAM, in bytes, from address 0.
     pub boot_ram: u64,
+    /// Where the device-memory area starts.
     pub device_memory_start: u64,
+    /// Where it ends.
     pub device_memory_end: u64,
 }
 
 impl MemoryLayout {
+    /// The layout of a machine with `config`.
     pub fn new(config: &MemoryConfig) -> MemoryLayout {
         let mut device_memory_start = config.size.div_ceil(GIB) * GIB;
         let span = config.max_size - config.size;

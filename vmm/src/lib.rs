@@ -3,6 +3,8 @@
 //! modules are public so that the fuzz targets (fuzz/) reach the parsers
 //! and builders they test.
 
+#![deny(missing_docs)]
+
 pub mod boot;
 pub mod config;
 pub mod confine;

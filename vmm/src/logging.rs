@@ -30,6 +30,7 @@ pub struct LogDrain {
 }
 
 impl LogPipe {
+    /// A new pipe for the log, its read end non-blocking.
     pub fn new() -> nix::Result<LogPipe> {
         use nix::fcntl::{fcntl, FcntlArg, OFlag};
         let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;

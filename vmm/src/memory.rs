@@ -11,29 +11,42 @@ use std::os::fd::{AsFd, BorrowedFd};
 use thiserror::Error;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
+/// Why guest memory cannot be made or shown to the guest.
 #[derive(Debug, Error)]
 pub enum MemoryError {
+    /// A memfd cannot be created.
     #[error("cannot create the memfd {0}")]
     Memfd(&'static str, #[source] nix::Error),
+    /// A memfd cannot be sized.
     #[error("cannot size the memfd {name} to {size} bytes")]
     Resize {
+        /// Its name.
         name: &'static str,
+        /// The size.
         size: u64,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// Guest memory cannot be mapped.
     #[error("cannot map guest RAM")]
     Map(#[source] vm_memory::mmap::FromRangesError),
+    /// A region cannot be registered with KVM.
     #[error("KVM refused memory slot {slot}")]
     Register {
+        /// The KVM memory slot.
         slot: u32,
+        /// KVM's error.
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// A memfd cannot be sealed.
     #[error("cannot seal the memfd {0} against resizing")]
     Seal(&'static str, #[source] nix::Error),
+    /// A DIMM's memory cannot be mapped.
     #[error("cannot map a DIMM's memory")]
     MapDimm(#[source] vm_memory::mmap::MmapRegionError),
+    /// Boot RAM cannot be discarded.
     #[error("cannot discard guest RAM contents")]
     Discard(#[source] nix::Error),
 }
@@ -137,6 +150,7 @@ pub fn sealed_memfd(name: &'static str, size: u64) -> Result<File, MemoryError> 
 }
 
 impl GuestRam {
+    /// Boot RAM of `size` bytes, in a sealed memfd.
     pub fn new(size: u64) -> Result<GuestRam, MemoryError> {
         let name = "papervisor-ram";
         let memfd = sealed_memfd(name, size)?;
@@ -157,6 +171,7 @@ impl GuestRam {
         })
     }
 
+    /// Guest memory, as the core reads and writes it.
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.memory
     }

@@ -22,20 +22,28 @@ pub const IDS_DIR: &str = "/run/papervisor/ids";
 const VM_DIR_PREFIX: &str = "vm-";
 const LOCK_FILE: &str = "lock";
 
+/// Why a runtime directory or the device processes' ids cannot be had.
 #[derive(Debug, Error)]
 pub enum RuntimeError {
+    /// A directory cannot be created.
     #[error("cannot create {0}")]
     Create(PathBuf, #[source] std::io::Error),
+    /// A lock file cannot be locked.
     #[error("cannot lock {0}")]
     Lock(PathBuf, #[source] nix::Error),
+    /// The uid asked for is taken.
     #[error("uid {0} is in use (by another VM or another process); choose another --uid")]
     UidInUse(u32),
+    /// The gid asked for is taken.
     #[error("gid {0} is in use (by another VM or another process); choose another --gid")]
     GidInUse(u32),
+    /// Every uid of the range is taken.
     #[error("every uid of {}..{} is in use", ID_RANGE.start, ID_RANGE.end)]
     NoFreeUid,
+    /// A directory others could tamper with.
     #[error("{0} is not a private directory of this user (mode 0700, ours)")]
     NotPrivate(PathBuf),
+    /// Ids asked for without root.
     #[error("--uid and --gid need root: without it, device processes run under this user's uid, in a user namespace")]
     IdsNeedRoot,
 }
@@ -120,6 +128,7 @@ impl RunDir {
         self.path.join("jails")
     }
 
+    /// The directory.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -159,7 +168,9 @@ fn remove_stale(base: &Path) {
 
 /// The uid and gid this VM's device processes run as, held while it runs.
 pub struct Identity {
+    /// The uid.
     pub uid: u32,
+    /// The gid.
     pub gid: u32,
     _locks: Vec<Flock<File>>,
 }

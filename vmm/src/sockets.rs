@@ -125,6 +125,7 @@ impl ClaimedSocket {
         self.listener.try_clone()
     }
 
+    /// The socket's path.
     pub fn path(&self) -> &Path {
         &self.path
     }

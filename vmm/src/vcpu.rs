@@ -36,8 +36,11 @@ pub fn kick_signal() -> i32 {
 /// Where a parked vCPU starts when it is released.
 #[derive(Clone, Copy, Debug)]
 pub struct StartPoint {
+    /// Where it starts executing.
     pub entry: u64,
+    /// RDI (the device tree's address).
     pub rdi: u64,
+    /// RSI.
     pub rsi: u64,
 }
 
@@ -93,11 +96,14 @@ pub struct CpuTable {
 
 /// One vCPU as QMP reports it.
 pub struct VcpuInfo {
+    /// The vCPU id.
     pub id: u32,
+    /// Its thread's id.
     pub thread_id: i32,
 }
 
 impl CpuTable {
+    /// A table of `count` vCPUs, none present, running or paused.
     pub fn new(count: u32) -> CpuTable {
         CpuTable {
             vcpus: (0..count).map(|_| VcpuControl::new()).collect(),
@@ -113,16 +119,19 @@ impl CpuTable {
         self.resumed.notify_all();
     }
 
+    /// Whether QMP stopped the vCPUs.
     pub fn is_paused(&self) -> bool {
         *lock(&self.paused)
     }
 
+    /// Marks vCPU `id` as plugged (or not).
     pub fn set_present(&self, id: u32, present: bool) {
         if let Some(vcpu) = self.vcpus.get(id as usize) {
             vcpu.present.store(present, Ordering::SeqCst);
         }
     }
 
+    /// The vCPUs' states, for an RTAS call.
     pub fn snapshot(&self) -> CpuSnapshot {
         let mut snapshot = CpuSnapshot::default();
         for (id, vcpu) in self.vcpus.iter().enumerate() {
@@ -137,6 +146,7 @@ impl CpuTable {
         snapshot
     }
 
+    /// Every present vCPU, for query-cpus-fast.
     pub fn info(&self) -> Vec<VcpuInfo> {
         self.vcpus
             .iter()
@@ -174,10 +184,15 @@ pub struct VcpuContext {
     /// Boot RAM, where the guest's `rtas_args` blocks are: the core reads a
     /// call's token itself before it acts on the RTAS server's answer.
     pub ram: GuestMemoryMmap,
+    /// The guest's console.
     pub console: Arc<Console>,
+    /// The vCPU table.
     pub cpus: Arc<CpuTable>,
+    /// The device processes (RTAS calls).
     pub devices: Arc<DeviceProcesses>,
+    /// Interrupt routing (set-xive).
     pub interrupts: Arc<InterruptRouter>,
+    /// The control loop.
     pub control: Sender<ControlMessage>,
 }
 
@@ -189,6 +204,7 @@ pub struct VcpuHandle {
 }
 
 impl VcpuHandle {
+    /// Starts vCPU `id` on a thread of its own, parked.
     pub fn spawn(id: u32, fd: VcpuFd, context: VcpuContext) -> std::io::Result<VcpuHandle> {
         let cpus = Arc::clone(&context.cpus);
         let thread = thread::Builder::new()

@@ -45,40 +45,63 @@ use thiserror::Error;
 use common::lock;
 pub use spawn::{DeviceMode, Sandbox};
 
+/// Why device processes cannot be started, wired or upgraded.
 #[derive(Debug, Error)]
 pub enum DeviceError {
+    /// A link's socket pair cannot be made.
     #[error("cannot create the {0:?} channel")]
     Channel(Link, #[source] ChannelError),
+    /// A process (or its jailer) cannot be started.
     #[error("cannot start the {kind}")]
     Spawn {
+        /// Its kind.
         kind: &'static str,
+        /// Why.
         #[source]
         source: SpawnError,
     },
+    /// A process did not complete its handshake.
     #[error("the {kind} did not complete its handshake")]
     Handshake {
+        /// Its kind.
         kind: &'static str,
+        /// What went wrong.
         #[source]
         source: ChannelError,
     },
+    /// A process refused its set-up.
     #[error("the {kind} refused its set-up")]
     Setup {
+        /// Its kind.
         kind: &'static str,
+        /// Its refusal.
         #[source]
         source: DeviceFailure,
     },
+    /// A descriptor cannot be duplicated.
     #[error("cannot duplicate a descriptor")]
     Dup(#[source] std::io::Error),
+    /// The thread that waits for a process cannot be started.
     #[error("cannot start the thread that watches the {kind}")]
     Watch {
+        /// Its kind.
         kind: &'static str,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// A state region cannot be created.
     #[error("cannot create the hotplug controller's state region")]
     StateRegion(#[source] crate::memory::MemoryError),
+    /// An upgrade that did not take place.
     #[error("cannot upgrade the {kind}: {why}")]
-    Upgrade { kind: &'static str, why: String },
+    Upgrade {
+        /// The kind of the process.
+        kind: &'static str,
+        /// Why the running one keeps serving.
+        why: String,
+    },
+    /// The reaper cannot be started.
     #[error("cannot start the reaper")]
     Reaper(#[source] SpawnError),
 }
@@ -89,8 +112,11 @@ pub struct Resources {
     pub memory: Vec<(MemoryRegion, OwnedFd)>,
     /// The plugged DIMMs' memory, for the RTAS server too.
     pub dimm_memory: Mutex<Vec<(MemoryRegion, OwnedFd)>>,
+    /// Boot RAM and every DIMM the machine can take, in bytes.
     pub guest_ram_bytes: u64,
+    /// Threads per CPU core.
     pub threads_per_core: u32,
+    /// The machine's DRCs.
     pub drcs: Vec<DrcRange>,
     /// The event log's interrupts: hot-plug, then EPOW.
     pub event_log_interrupts: [OwnedFd; 2],
@@ -172,8 +198,11 @@ pub struct DeviceProcesses {
     starter: Box<dyn Starter>,
     resources: Resources,
     control: Sender<ControlMessage>,
+    /// The RTAS server.
     pub rtas: Proxy<CoreRtas>,
+    /// The hotplug controller.
     pub hotplug: Proxy<CoreHotplug>,
+    /// The event log.
     pub eventlog: Proxy<CoreEventLog>,
     records: Mutex<HashMap<ProcessKind, Record>>,
     next_generation: Mutex<u64>,
@@ -299,6 +328,7 @@ impl DeviceProcesses {
             .map(|record| record.supervision.generation)
     }
 
+    /// How the process of `kind` is doing, once started.
     pub fn state(&self, kind: ProcessKind) -> Option<State> {
         lock(&self.records)
             .get(&kind)
@@ -332,6 +362,7 @@ impl DeviceProcesses {
             .and_then(|record| record.supervision.last_exit.clone())
     }
 
+    /// How many times the process of `kind` was restarted.
     pub fn restarts(&self, kind: ProcessKind) -> u32 {
         lock(&self.records)
             .get(&kind)

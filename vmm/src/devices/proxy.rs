@@ -36,7 +36,12 @@ pub enum DeviceFailure {
     Died(ProcessKind),
     /// The process misbehaved and was cut off.
     #[error("the {} failed ({why}) and was cut off", kind.name())]
-    CutOff { kind: ProcessKind, why: String },
+    CutOff {
+        /// The kind of the process.
+        kind: ProcessKind,
+        /// What it did.
+        why: String,
+    },
 }
 
 /// The non-generic part of a proxy, for what is done to every kind alike.

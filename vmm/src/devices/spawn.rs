@@ -44,6 +44,7 @@ impl DeviceMode {
 pub struct Sandbox {
     /// Through the jailer (the default); off for debugging, and in-process.
     pub jail: bool,
+    /// Where the devices run.
     pub device_mode: DeviceMode,
     /// `kill`, `log` or `off`, passed to each process.
     pub seccomp: String,
@@ -51,6 +52,7 @@ pub struct Sandbox {
     pub jail_dir: PathBuf,
     /// The ids the device processes run as.
     pub uid: u32,
+    /// The gid the device processes run as.
     pub gid: u32,
     /// The level passed to each process (`--log-level`).
     pub log_level: log::LevelFilter,
@@ -73,35 +75,51 @@ impl Sandbox {
     }
 }
 
+/// Why a device (or a helper) did not start.
 #[derive(Debug, Error)]
 pub enum SpawnError {
+    /// The program cannot be started.
     #[error("cannot start {path}")]
     Exec {
+        /// The program.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// The jailer's report socket cannot be made.
     #[error("cannot create the jailer's report socket")]
     ReportSocket(#[source] ChannelError),
+    /// The jailer did not report.
     #[error("the jailer did not report its program")]
     NoReport(#[source] ChannelError),
+    /// The jailer reported something else than a pid.
     #[error("the jailer's report is malformed ({0} bytes, {1} descriptors)")]
     BadReport(usize, usize),
+    /// The jailer failed, as it says.
     #[error("the jailer did not end cleanly after starting its program: {0}")]
     Jailer(String),
+    /// The core cannot become the device processes' subreaper.
     #[error("cannot become the child subreaper of the device processes")]
     Subreaper(#[source] std::io::Error),
+    /// A thread of the core cannot be started (or the spawner is gone).
     #[error("cannot start the spawner thread")]
     Thread(#[source] std::io::Error),
+    /// The spawner thread cannot drop its privileges.
     #[error("cannot confine the spawner thread: {0}")]
     Confine(String),
+    /// A device thread cannot be started.
     #[error("cannot start the device thread")]
     DeviceThread(#[source] std::io::Error),
+    /// In-process devices were asked of a core built without them.
     #[error("this core was built without in-process devices (cargo feature `in-process`)")]
     NoInProcess,
+    /// No pidfd of a started process.
     #[error("cannot open a pidfd of pid {pid}")]
     Pidfd {
+        /// The process.
         pid: u32,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
@@ -288,13 +306,17 @@ fn pidfd_of(pid: u32) -> Result<OwnedFd, SpawnError> {
 /// 3.., jailed as `id` unless the sandbox is off, with an address-space
 /// limit of `address_space` bytes; or in-process a thread on copies of `fds`.
 pub struct Launch {
+    /// How it is started.
     pub sandbox: Sandbox,
+    /// Its kind.
     pub kind: ProcessKind,
+    /// Its jail's name.
     pub id: String,
     /// Which start of the kind this is.
     pub generation: u64,
     /// Held open by the caller until [`spawn`] returns.
     pub fds: Vec<RawFd>,
+    /// Its address-space limit, in bytes.
     pub address_space: u64,
     /// An earlier incarnation formatted the process's state region.
     pub resume: bool,

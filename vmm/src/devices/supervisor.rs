@@ -18,12 +18,16 @@ const MAX_BACKOFF_DOUBLINGS: usize = 6;
 /// What QMP reports of a process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
+    /// It serves.
     Running,
+    /// It is down, and a successor is on its way.
     Restarting,
+    /// It kept dying: the supervisor gave up on it.
     Failed,
 }
 
 impl State {
+    /// The name QMP shows.
     pub const fn name(self) -> &'static str {
         match self {
             State::Running => "running",
@@ -38,17 +42,22 @@ impl State {
 pub enum AfterExit {
     /// An exit of an older generation, or of a process not running.
     Ignore,
+    /// Restart it after this delay.
     RestartAfter(Duration),
+    /// Give up on it: it keeps dying.
     Failed,
 }
 
 /// The supervision record of one process kind.
 #[derive(Debug)]
 pub struct Supervision {
+    /// How it is doing.
     pub state: State,
     /// Which start of the process this is; exits of older ones are stale.
     pub generation: u64,
+    /// How many times it was restarted.
     pub restarts: u32,
+    /// How it last ended, in words.
     pub last_exit: Option<String>,
     recent_exits: VecDeque<Instant>,
 }

@@ -20,8 +20,11 @@ pub enum Holder {
 /// One new link and where its ends go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LinkPlan {
+    /// The link.
     pub link: Link,
+    /// Who holds its requester's end.
     pub requester: Holder,
+    /// Who holds its server's end.
     pub server: Holder,
 }
 

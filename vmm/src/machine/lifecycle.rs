@@ -131,6 +131,7 @@ impl ResetSteps for Vm {
 }
 
 impl Vm {
+    /// Builds the machine: KVM, memory, interrupts, the console, the device processes and the boot vCPUs, parked until [`Vm::run`].
     pub fn new(
         config: VmConfig,
         console_socket: Option<&crate::sockets::ClaimedSocket>,

@@ -44,6 +44,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// What the QMP server needs from the VM.
 #[derive(Clone)]
 pub struct QmpContext {
+    /// Where commands that need the machine go.
     pub control: Sender<ControlMessage>,
     /// For query-status, answered without the control loop.
     pub cpus: Arc<crate::vcpu::CpuTable>,
@@ -324,7 +325,9 @@ fn error_reply(id: Option<&Value>, class: &str, desc: &str) -> Value {
 
 /// What the connection does after writing a reply.
 pub enum After {
+    /// The client negotiated capabilities: commands are accepted now.
     Negotiated,
+    /// A message for the control loop.
     Send(ControlMessage),
 }
 

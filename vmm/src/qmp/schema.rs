@@ -10,9 +10,13 @@ use serde_json::{json, Map, Value};
 /// An argument's (or event member's) JSON type, as QEMU's schema names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ArgType {
+    /// A string.
     Str,
+    /// An integer.
     Int,
+    /// A boolean.
     Bool,
+    /// A list of strings.
     StrList,
 }
 
@@ -50,8 +54,11 @@ impl ArgType {
 /// One argument or event member.
 #[derive(Clone, Copy, Debug)]
 pub struct Arg {
+    /// Its name.
     pub name: &'static str,
+    /// Its type.
     pub ty: ArgType,
+    /// Whether it may be left out.
     pub optional: bool,
 }
 
@@ -76,19 +83,21 @@ macro_rules! commands {
         /// The commands, each once.
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
         pub enum Command {
-            $($variant,)*
+            $(#[doc = concat!("`", $name, "`.")] $variant,)*
         }
 
         impl Command {
             /// Every command the dispatcher accepts.
             pub const ALL: &'static [Command] = &[$(Command::$variant,)*];
 
+            /// Its QMP name.
             pub const fn name(self) -> &'static str {
                 match self {
                     $(Command::$variant => $name,)*
                 }
             }
 
+            /// Its arguments.
             pub fn args(self) -> &'static [Arg] {
                 match self {
                     $(Command::$variant => {
@@ -212,6 +221,7 @@ pub const EVENTS: &[(&str, &[Arg])] = &[
 ];
 
 impl Command {
+    /// The command called `name`, if any.
     pub fn from_name(name: &str) -> Option<Command> {
         Command::ALL.iter().copied().find(|c| c.name() == name)
     }
