@@ -76,14 +76,7 @@ pub struct Drc {
 impl Drc {
     /// An empty DRC.
     pub fn new(index: DrcIndex) -> Drc {
-        Drc {
-            index,
-            state: DrcState::Unusable,
-            device: None,
-            unplug_requested: false,
-            configure_step: 0,
-            answered: false,
-        }
+        Drc::restored(index, DrcState::Unusable, None, false, 0, false)
     }
 
     /// A DRC as the state region recorded it (the region was validated).

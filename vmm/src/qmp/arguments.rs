@@ -305,27 +305,9 @@ mod tests {
     }
 
     #[test]
-    fn every_machine_command_becomes_a_typed_request_and_the_others_none() {
+    fn machine_commands_become_typed_requests() {
         use std::path::PathBuf;
         let none = Map::new();
-        for command in Command::ALL {
-            let request = machine_request(*command, &none);
-            let answered_by_qmp = matches!(
-                command,
-                Command::QmpCapabilities
-                    | Command::QueryStatus
-                    | Command::QueryVersion
-                    | Command::QueryName
-                    | Command::QueryKvm
-                    | Command::QueryCommands
-                    | Command::QueryQmpSchema
-                    | Command::SystemReset
-                    | Command::Quit
-            );
-            if answered_by_qmp {
-                assert_eq!(request, Ok(None), "{command:?}");
-            }
-        }
         assert_eq!(
             machine_request(Command::Stop, &none),
             Ok(Some(MachineRequest::Pause(true)))

@@ -703,4 +703,37 @@ mod tests {
             ]
         );
     }
+
+    /// The commands that are no request of the machine are the ones the
+    /// session answers itself: none of them reaches the control loop.
+    #[test]
+    fn what_is_no_machine_request_is_answered_by_the_session() {
+        let (sender, receiver) = channel();
+        let context = QmpContext {
+            control: sender,
+            cpus: Arc::new(crate::vcpu::CpuTable::new(1)),
+            name: None,
+        };
+        let mut session = Session {
+            negotiated: false,
+            context: &context,
+        };
+        session.handle(r#"{"execute": "qmp_capabilities"}"#);
+        let mut answered_here = 0;
+        for command in Command::ALL {
+            let request = arguments::machine_request(*command, &Map::new());
+            if request != Ok(None) || *command == Command::QmpCapabilities {
+                continue;
+            }
+            answered_here += 1;
+            let line = format!(r#"{{"execute": "{}"}}"#, command.name());
+            let (reply, _) = session.handle(&line);
+            assert!(reply.get("return").is_some(), "{line}: {reply}");
+            assert!(
+                !matches!(receiver.try_recv(), Ok(ControlMessage::Qmp { .. })),
+                "{line} went to the machine"
+            );
+        }
+        assert!(answered_here >= 8, "{answered_here}");
+    }
 }
