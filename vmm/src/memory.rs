@@ -60,6 +60,12 @@ pub struct GuestRam {
     size: u64,
 }
 
+impl From<MemoryError> for crate::request::QmpError {
+    fn from(error: MemoryError) -> Self {
+        crate::request::QmpError::generic(common::describe(&error))
+    }
+}
+
 /// What backs a memory backend in the core: its memfd, and its mapping and
 /// KVM slot while a DIMM it backs is plugged.
 pub struct BackendMemory {

@@ -44,6 +44,12 @@ pub enum DeviceFailure {
     },
 }
 
+impl From<DeviceFailure> for crate::request::QmpError {
+    fn from(failure: DeviceFailure) -> Self {
+        crate::request::QmpError::generic(failure.to_string())
+    }
+}
+
 /// The non-generic part of a proxy, for what is done to every kind alike.
 pub trait Supervised: Send + Sync {
     /// A (new) process is ready on `channel`, linked to the peers of `peers`

@@ -359,8 +359,7 @@ impl Vm {
     pub(super) fn power_button(&mut self) -> Result<Value, QmpError> {
         self.devices
             .eventlog
-            .command(core_eventlog::Request::PowerDown)
-            .map_err(|failure| QmpError::generic(failure.to_string()))?;
+            .command(core_eventlog::Request::PowerDown)?;
         self.qmp.emit("POWERDOWN", json!({}));
         Ok(json!({}))
     }

@@ -26,8 +26,7 @@ impl Vm {
                 "property 'size' of {qom_type} must be between 1 and {room} bytes (the device memory), not {size}"
             )));
         }
-        let memfd = crate::memory::sealed_memfd("papervisor-dimm", size)
-            .map_err(|error| QmpError::generic(common::describe(&error)))?;
+        let memfd = crate::memory::sealed_memfd("papervisor-dimm", size)?;
         let memory = BackendMemory {
             memfd,
             plugged: None,
@@ -101,8 +100,7 @@ impl Vm {
             dimm.size,
             FIRST_DIMM_KVM_SLOT + dimm.slot,
             dimm.addr,
-        )
-        .map_err(|error| QmpError::generic(common::describe(&error)))?;
+        )?;
         let undo = |vm: &Self, memory: DimmMemory| {
             if let Err(error) = memory.unplug(&vm.vm_fd) {
                 log::error!("cannot take back a DIMM's memory: {error}");

@@ -208,10 +208,11 @@ impl Vm {
                 ControlMessage::Qmp { request, reply } => {
                     let _ = reply.send(self.carry_out(request));
                 }
+                // Each ended the VM above.
                 ControlMessage::PowerOff
                 | ControlMessage::Quit
                 | ControlMessage::ConsoleQuit
-                | ControlMessage::HostSignal(_) => unreachable!("handled as a shutdown above"),
+                | ControlMessage::HostSignal(_) => {}
             }
         }
     }
