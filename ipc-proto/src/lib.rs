@@ -21,6 +21,7 @@ pub mod hello;
 pub mod link;
 pub mod papr;
 pub mod protocol;
+pub mod spawner;
 
 use std::time::Duration;
 

@@ -224,6 +224,37 @@ pub fn is_reaper(command_name: &str) -> bool {
     command_name == "papervisor-reap"
 }
 
+/// Whether a process's command name is the spawner's (`papervisor-spawner`).
+pub fn is_spawner(command_name: &str) -> bool {
+    command_name == "papervisor-spaw"
+}
+
+/// The direct children of process `parent`, with their command names.
+pub fn children_of(parent: u32) -> Vec<(u32, String)> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...; comm may hold spaces, so split at the last ')'.
+        let Some((head, tail)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let comm = head.split_once('(').map(|(_, c)| c).unwrap_or_default();
+        let ppid = tail
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            children.push((pid, comm.to_string()));
+        }
+    }
+    children
+}
+
 /// A running `papervisor` with its console and QMP on Unix sockets.
 pub struct Vm {
     child: Option<Child>,
@@ -447,8 +478,8 @@ impl Vm {
         last
     }
 
-    /// Pids of the core's reapers (its children that are not device
-    /// processes).
+    /// Pids of the VM's reapers (what the spawner started that is not a
+    /// device process).
     pub fn reapers(&self) -> Vec<u32> {
         self.children()
             .into_iter()
@@ -457,31 +488,22 @@ impl Vm {
             .collect()
     }
 
-    /// Pids of the core's direct children, with their command names.
+    /// The processes the VM's spawner started — its device processes and
+    /// its reaper — with their command names (none in-process, where there
+    /// is no spawner).
     pub fn children(&self) -> Vec<(u32, String)> {
-        let core = self.pid();
-        let mut children = Vec::new();
-        for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            // pid (comm) state ppid ...; comm may hold spaces, so split at the last ')'.
-            let Some((head, tail)) = stat.rsplit_once(')') else {
-                continue;
-            };
-            let comm = head.split_once('(').map(|(_, c)| c).unwrap_or_default();
-            let ppid = tail
-                .split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse::<u32>().ok());
-            if ppid == Some(core) {
-                children.push((pid, comm.to_string()));
-            }
+        match self.spawner() {
+            Some(spawner) => children_of(spawner),
+            None => children_of(self.pid()),
         }
-        children
+    }
+
+    /// The pid of the VM's spawner process (the core's child), if it runs.
+    pub fn spawner(&self) -> Option<u32> {
+        children_of(self.pid())
+            .into_iter()
+            .find(|(_, name)| is_spawner(name))
+            .map(|(pid, _)| pid)
     }
 
     fn try_exit_status(&mut self) -> Option<ExitStatus> {

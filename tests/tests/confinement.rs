@@ -258,19 +258,37 @@ fn task_field(status: &str, field: &str) -> String {
         .unwrap_or_else(|| panic!("no {field}"))
 }
 
-/// The capabilities the spawner thread keeps (README): CAP_KILL (5),
+/// The capabilities the spawner process keeps (README): CAP_KILL (5),
 /// CAP_SETGID (6), CAP_SETUID (7), CAP_SETPCAP (8), CAP_SYS_ADMIN (21).
 const SPAWNER_CAPS: &str = "00000000002001e0";
 
+/// No thread of the core holds a capability, and every one runs under a
+/// filter, while a core and a DIMM are hot-plugged; what starting jails
+/// needs is the spawner's, a process of its own, filtered too.
 #[test]
-fn every_thread_of_the_core_is_filtered_and_unprivileged_but_the_spawner() {
-    if !root_and_kvm("every_thread_of_the_core_is_filtered_and_unprivileged_but_the_spawner") {
+fn every_thread_of_the_core_is_filtered_and_unprivileged() {
+    if !root_and_kvm("every_thread_of_the_core_is_filtered_and_unprivileged") {
         return;
     }
-    let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=4"]);
+    let mut vm = Vm::start(&[
+        "--smp",
+        "cpus=1,maxcpus=4",
+        "--memory",
+        "size=512M,maxmem=2G,slots=2",
+    ]);
     vm.boot();
-    // A core is being hot-plugged: its vCPU thread and the proxies are busy.
+    // A core and a DIMM are being hot-plugged: their vCPU thread, the
+    // proxies and the control loop are busy.
+    let qmp_path = vm.qmp_socket();
+    let plugging = std::thread::spawn(move || {
+        let mut qmp = papervisor_tests::QmpClient::connect(&qmp_path);
+        let backend = json!({"qom-type": "memory-backend-memfd", "id": "m0", "size": 268435456});
+        assert_eq!(qmp.execute("object-add", backend), json!({"return": {}}));
+        let dimm = json!({"driver": "pc-dimm", "id": "d0", "memdev": "m0"});
+        assert_eq!(qmp.execute("device_add", dimm), json!({"return": {}}));
+    });
     vm.plug_core(1, "c1");
+    plugging.join().unwrap();
     let core = vm.pid();
     let mut seen = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{core}/task"))
@@ -281,20 +299,17 @@ fn every_thread_of_the_core_is_filtered_and_unprivileged_but_the_spawner() {
             continue; // a thread that just ended
         };
         let name = task_field(&status, "Name");
-        let expected = if name == "spawner" {
-            SPAWNER_CAPS
-        } else {
-            "0000000000000000"
-        };
         for set in ["CapEff", "CapPrm", "CapBnd"] {
-            assert_eq!(task_field(&status, set), expected, "{name}: {set}");
+            assert_eq!(
+                task_field(&status, set),
+                "0000000000000000",
+                "{name}: {set}"
+            );
         }
         assert_eq!(task_field(&status, "CapInh"), "0000000000000000", "{name}");
         assert_eq!(task_field(&status, "CapAmb"), "0000000000000000", "{name}");
         assert_eq!(task_field(&status, "NoNewPrivs"), "1", "{name}");
-        // Every thread but the spawner (which takes no input) is filtered.
-        let filtered = if name == "spawner" { "0" } else { "2" };
-        assert_eq!(task_field(&status, "Seccomp"), filtered, "{name}");
+        assert_eq!(task_field(&status, "Seccomp"), "2", "{name}");
         // Children are waited for through pidfds; a stray SIGCHLD must
         // never interrupt a thread's timed read.
         assert!(
@@ -305,7 +320,6 @@ fn every_thread_of_the_core_is_filtered_and_unprivileged_but_the_spawner() {
         seen.push(name);
     }
     for name in [
-        "spawner",
         "vcpu0",
         "vcpu1",
         "qmp-accept",
@@ -317,18 +331,37 @@ fn every_thread_of_the_core_is_filtered_and_unprivileged_but_the_spawner() {
             "no {name} thread in {seen:?}"
         );
     }
+    assert!(
+        !seen.iter().any(|s| s == "spawner"),
+        "a spawner thread in {seen:?}"
+    );
     let children = vm.children();
     if papervisor_tests::in_process() {
         // The devices are threads, checked above like every other: each
         // under its filter, without a capability.
-        for name in ["rtas-server", "hotplug-control", "event-log"] {
+        for name in [
+            "rtas-server",
+            "hotplug-control",
+            "event-log",
+            "device-starter",
+        ] {
             assert!(seen.iter().any(|s| s == name), "no {name} in {seen:?}");
         }
+        assert_eq!(vm.spawner(), None, "no spawner in-process");
         assert_eq!(children, [], "no device process in-process");
         return;
     }
-    // The rest of the tree: the three device processes and the reaper,
-    // none privileged, each filtered.
+    // The spawner: the jailer's capabilities only, its own filter.
+    let spawner = vm.spawner().expect("a spawner process");
+    let status = std::fs::read_to_string(format!("/proc/{spawner}/status")).unwrap();
+    for set in ["CapEff", "CapPrm", "CapBnd"] {
+        assert_eq!(task_field(&status, set), SPAWNER_CAPS, "spawner: {set}");
+    }
+    assert_eq!(task_field(&status, "CapAmb"), "0000000000000000");
+    assert_eq!(task_field(&status, "NoNewPrivs"), "1");
+    assert_eq!(task_field(&status, "Seccomp"), "2");
+    // The rest of the tree, the spawner's children: the three device
+    // processes and the reaper, none privileged, each filtered.
     assert_eq!(children.len(), 4, "{children:?}");
     for (pid, name) in children {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

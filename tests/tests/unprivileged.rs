@@ -84,7 +84,16 @@ fn a_user_with_kvm_access_runs_a_vm_with_jailed_device_processes() {
             "{name}: this user reads its memory"
         );
     }
-    // The core: no capability anywhere, every thread but the spawner filtered.
+    // Without root the spawner is this user's too, unprivileged, filtered.
+    let spawner = vm.spawner().expect("a spawner process");
+    assert_eq!(field(spawner, None, "Seccomp"), "2");
+    assert_eq!(field(spawner, None, "NoNewPrivs"), "1");
+    assert_eq!(field(spawner, None, "CapEff"), "0000000000000000");
+    assert_eq!(
+        field(spawner, None, "Uid").split_whitespace().next(),
+        Some(me.as_str())
+    );
+    // The core: no capability anywhere, every thread filtered.
     for task in std::fs::read_dir(format!("/proc/{core}/task"))
         .unwrap()
         .flatten()
@@ -100,9 +109,7 @@ fn a_user_with_kvm_access_runs_a_vm_with_jailed_device_processes() {
             "{name}"
         );
         assert_eq!(field(core, Some(&tid), "NoNewPrivs"), "1", "{name}");
-        if !name.ends_with("spawner") {
-            assert_eq!(field(core, Some(&tid), "Seccomp"), "2", "{name}");
-        }
+        assert_eq!(field(core, Some(&tid), "Seccomp"), "2", "{name}");
     }
     vm.console.send_line("poweroff");
     vm.console

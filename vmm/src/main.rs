@@ -1,8 +1,7 @@
 //! `papervisor`: the core process.
 
 use vmm::{
-    config, confine, console, devices, logging, machine, qmp, runtime, seccomp, signals, sockets,
-    vcpu,
+    config, console, devices, logging, machine, qmp, runtime, seccomp, signals, sockets, vcpu,
 };
 
 use config::Cli;
@@ -88,13 +87,29 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     }
-    // Privileges: only the spawner thread keeps some, and only what starting
-    // jails needs; this thread (and every thread it starts) drops them all.
-    if let Err(error) = devices::spawn::start_spawner() {
-        eprintln!("papervisor: {}", common::describe(&error));
-        return ExitCode::from(EXIT_FAILURE);
+    // What the device processes run as, and where their jails go: fixed
+    // before the spawner starts, since it takes them from its command line.
+    let runtime = match claim_runtime(&mut config) {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("papervisor: {}", common::describe(&error));
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    // Privileges: only the spawner process keeps some, and only what
+    // starting jails needs; the core (every thread of it) drops them all.
+    if config.sandbox.device_mode == devices::DeviceMode::OutOfProcess {
+        let args = devices::spawn::SpawnerArgs {
+            sandbox: &config.sandbox,
+            guest_memory: config.memory.max_size,
+            owner: nix::unistd::geteuid().as_raw(),
+        };
+        if let Err(error) = devices::spawn::start_spawner(&args) {
+            eprintln!("papervisor: {}", common::describe(&error));
+            return ExitCode::from(EXIT_FAILURE);
+        }
     }
-    if let Err(error) = confine::drop_all() {
+    if let Err(error) = jailer::privileges::drop_all() {
         eprintln!("papervisor: {}", common::describe(&error));
         return ExitCode::from(EXIT_FAILURE);
     }
@@ -108,13 +123,6 @@ fn main() -> ExitCode {
         Ok(drain) => drain,
         Err(error) => {
             eprintln!("papervisor: cannot start the log thread: {error}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
-    };
-    let runtime = match claim_runtime(&mut config) {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("papervisor: {}", common::describe(&error));
             return ExitCode::from(EXIT_FAILURE);
         }
     };

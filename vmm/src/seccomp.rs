@@ -2,8 +2,9 @@
 //! data, installed by each thread itself when it starts (the main thread
 //! once the VM is set up). A thread inherits the filter of the thread that
 //! started it, so the control loop's filter also covers what the threads it
-//! starts later need (vCPUs of a hot-plugged core, process watchers). The
-//! spawner thread takes no input and has no filter (see `confine`).
+//! starts later need (vCPUs of a hot-plugged core, process watchers). No
+//! thread holds a capability: what starting jails needs is the spawner
+//! process's (`jailer::spawner`).
 //! `--seccomp kill|log|off` sets what a call outside a filter does.
 
 use common::seccomp::{arg_equals_32, compile, not_executable, rule, Mode, Rules, SeccompError};
@@ -37,6 +38,8 @@ pub enum ThreadKind {
     Signals,
     /// Drains the log pipe into the log.
     Log,
+    /// Starts the device threads (`--device-mode in-process`).
+    DeviceStarter,
 }
 
 const KVMIO: u64 = 0xAE;
@@ -136,10 +139,34 @@ const SOCKETS: &[i64] = &[
     nix::libc::SYS_ppoll,
 ];
 
+/// What a device thread calls, under the filter of the thread that
+/// started it: before its own filter (giving up its capabilities, checking
+/// its descriptors, mapping its state region) and under it (any kind's).
+fn device_thread_calls() -> Vec<i64> {
+    use nix::libc::*;
+    let mut calls = vec![
+        SYS_capget,
+        SYS_capset,
+        SYS_seccomp,
+        SYS_getsockopt,
+        SYS_fstat,
+        SYS_newfstatat,
+        SYS_statx,
+    ];
+    #[cfg(feature = "in-process")]
+    for kind in ipc_proto::ProcessKind::ALL {
+        calls.extend(device_procs::seccomp::rules(kind, &[]).into_keys());
+    }
+    calls.sort_unstable();
+    calls.dedup();
+    calls
+}
+
 fn extra_calls(kind: ThreadKind) -> Vec<i64> {
     use nix::libc::*;
     match kind {
-        ThreadKind::Vcpu => [SOCKETS, &[SYS_tgkill]].concat(),
+        // A device thread (in-process) it cuts off: its channels shut down.
+        ThreadKind::Vcpu => [SOCKETS, &[SYS_tgkill, SYS_shutdown]].concat(),
         ThreadKind::Control => [
             SOCKETS,
             STARTS_THREADS,
@@ -197,6 +224,7 @@ fn extra_calls(kind: ThreadKind) -> Vec<i64> {
         // A device thread's channels are shut down once it ended.
         ThreadKind::Watcher => vec![SYS_waitid, SYS_shutdown],
         ThreadKind::Signals => vec![SYS_rt_sigtimedwait],
+        ThreadKind::DeviceStarter => [STARTS_THREADS, &device_thread_calls()].concat(),
     }
 }
 
@@ -230,6 +258,8 @@ pub fn rules(kind: ThreadKind) -> Rules {
             nix::libc::F_SETFL,
             nix::libc::F_DUPFD_CLOEXEC,
         ],
+        // A device thread gets copies of its descriptors.
+        ThreadKind::DeviceStarter => &[nix::libc::F_GETFD, nix::libc::F_DUPFD_CLOEXEC],
         _ => &[nix::libc::F_GETFD],
     };
     let fcntl = fcntl_commands
@@ -282,7 +312,8 @@ pub fn confine_or_exit(kind: ThreadKind) {
 mod tests {
     use super::*;
 
-    const ALL: [ThreadKind; 8] = [
+    const ALL: [ThreadKind; 9] = [
+        ThreadKind::DeviceStarter,
         ThreadKind::Log,
         ThreadKind::Vcpu,
         ThreadKind::Control,

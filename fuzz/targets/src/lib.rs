@@ -8,17 +8,19 @@ pub mod ipc_frames;
 pub mod qmp;
 pub mod rtas_call;
 pub mod seeds;
+pub mod spawner_requests;
 
 /// A target.
 pub type Target = fn(&[u8]);
 
 /// Every target, by name (the name of its corpus directory too).
-pub const TARGETS: [(&str, Target); 5] = [
+pub const TARGETS: [(&str, Target); 6] = [
     ("ipc_frames", ipc_frames::fuzz),
     ("rtas_call", rtas_call::fuzz),
     ("qmp", qmp::fuzz),
     ("event_roundtrip", event_roundtrip::fuzz),
     ("fdt_roundtrip", fdt_roundtrip::fuzz),
+    ("spawner_requests", spawner_requests::fuzz),
 ];
 
 /// The target called `name`.

@@ -192,6 +192,48 @@ fn qmp() -> Vec<Vec<u8>> {
     ]
 }
 
+/// One request of each kind, each with the descriptors it takes, and one
+/// with one too many.
+fn spawner_requests() -> Vec<Vec<u8>> {
+    use ipc_proto::spawner::{descriptors_of, SpawnRequest, Started};
+    use ipc_proto::ProcessKind;
+    let frame = |fds: usize, request: SpawnRequest| {
+        let bytes = ipc_proto::channel::encode(&ipc_proto::channel::Envelope {
+            id: 7,
+            body: request,
+        })
+        .expect("a seed encodes");
+        [vec![fds as u8], bytes].concat()
+    };
+    let mut seeds: Vec<Vec<u8>> = ProcessKind::ALL
+        .into_iter()
+        .map(|kind| {
+            frame(
+                descriptors_of(kind),
+                SpawnRequest::Start {
+                    kind,
+                    generation: 3,
+                    resume: true,
+                    upgrade: Some("/opt/papervisor/papervisor-rtas".into()),
+                },
+            )
+        })
+        .collect();
+    seeds.push(frame(1, SpawnRequest::StartReaper { generation: 1 }));
+    seeds.push(frame(
+        0,
+        SpawnRequest::Kill(Started::Device {
+            kind: ProcessKind::EventLog,
+            generation: 2,
+        }),
+    ));
+    seeds.push(frame(
+        2,
+        SpawnRequest::Kill(Started::Reaper { generation: 1 }),
+    ));
+    seeds
+}
+
 /// Seeds for target `name`.
 pub fn seeds(name: &str) -> Vec<Vec<u8>> {
     match name {
@@ -199,6 +241,7 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
         "rtas_call" => rtas_call(),
         "qmp" => qmp(),
         "event_roundtrip" => vec![vec![0; 40], vec![3; 40], vec![4; 40], (0..40).collect()],
+        "spawner_requests" => spawner_requests(),
         "fdt_roundtrip" => vec![
             vec![1, 1, 3, 1, 8, 4, 0xff, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 2],
             vec![0; 20],

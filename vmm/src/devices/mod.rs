@@ -18,6 +18,8 @@ pub mod starter;
 pub mod supervisor;
 #[cfg(all(test, feature = "in-process"))]
 mod testing;
+#[cfg(feature = "in-process")]
+pub mod threads;
 mod upgrade;
 mod wire;
 pub mod wiring;
@@ -112,8 +114,6 @@ pub struct Resources {
     pub memory: Vec<(MemoryRegion, OwnedFd)>,
     /// The plugged DIMMs' memory, for the RTAS server too.
     pub dimm_memory: Mutex<Vec<(MemoryRegion, OwnedFd)>>,
-    /// Boot RAM and every DIMM the machine can take, in bytes.
-    pub guest_ram_bytes: u64,
     /// Threads per CPU core.
     pub threads_per_core: u32,
     /// The machine's DRCs.
@@ -156,8 +156,6 @@ struct Record {
 pub struct Platform {
     /// Boot RAM, for the RTAS server.
     pub memory: Vec<(MemoryRegion, OwnedFd)>,
-    /// Boot RAM and every DIMM the machine can take, in bytes.
-    pub guest_ram_bytes: u64,
     /// Threads per CPU core.
     pub threads_per_core: u32,
     /// The machine's DRCs.
@@ -167,11 +165,9 @@ pub struct Platform {
 }
 
 impl Platform {
-    /// The platform of a machine with `ram` as boot RAM and `max_memory`
-    /// bytes at most.
+    /// The platform of a machine with `ram` as boot RAM.
     pub fn new(
         ram: &GuestRam,
-        max_memory: u64,
         event_log_interrupts: [OwnedFd; 2],
         threads_per_core: u32,
         drcs: Vec<DrcRange>,
@@ -183,7 +179,6 @@ impl Platform {
             .collect::<Result<Vec<_>, DeviceError>>()?;
         Ok(Platform {
             memory,
-            guest_ram_bytes: max_memory,
             threads_per_core,
             drcs,
             event_log_interrupts,
@@ -247,15 +242,8 @@ impl DeviceProcesses {
         starter: Box<dyn Starter>,
         control: Sender<ControlMessage>,
     ) -> Result<DeviceProcesses, DeviceError> {
-        if sandbox.jail && starter.mode() == DeviceMode::OutOfProcess {
-            spawn::become_subreaper().map_err(|source| DeviceError::Spawn {
-                kind: "jailer",
-                source,
-            })?;
-        }
         let Platform {
             memory,
-            guest_ram_bytes,
             threads_per_core,
             drcs,
             event_log_interrupts,
@@ -280,9 +268,9 @@ impl DeviceProcesses {
         // Read now: no thread's filter allows asking once the VM runs.
         let owner = nix::unistd::geteuid().as_raw();
         let reaper = match starter.mode() {
-            DeviceMode::OutOfProcess => Some(
-                spawn::start_reaper(&sandbox, &control, owner == 0).map_err(DeviceError::Reaper)?,
-            ),
+            DeviceMode::OutOfProcess => {
+                Some(spawn::start_reaper(&control).map_err(DeviceError::Reaper)?)
+            }
             DeviceMode::InProcess => None,
         };
         let devices = DeviceProcesses {
@@ -293,7 +281,6 @@ impl DeviceProcesses {
             resources: Resources {
                 memory,
                 dimm_memory: Mutex::new(Vec::new()),
-                guest_ram_bytes,
                 threads_per_core,
                 drcs,
                 event_log_interrupts,
@@ -375,7 +362,7 @@ impl Drop for DeviceProcesses {
     fn drop(&mut self) {
         for record in lock(&self.records).values() {
             if let Some(process) = &record.process {
-                process.end();
+                process.kill();
             }
         }
     }

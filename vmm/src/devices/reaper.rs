@@ -22,7 +22,7 @@ impl DeviceProcesses {
         }
         *restarts += 1;
         drop(restarts);
-        match spawn::start_reaper(&self.sandbox, &self.control, self.owner == 0) {
+        match spawn::start_reaper(&self.control) {
             Ok(socket) => {
                 log::error!("the reaper {reason}; a new one holds the device processes");
                 *lock(&self.reaper) = Some(socket);

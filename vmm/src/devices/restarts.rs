@@ -39,10 +39,9 @@ impl DeviceProcesses {
                 .supervision
                 .exited(generation, reason, Instant::now());
             if after != AfterExit::Ignore {
-                if let Some(process) = record.process.take() {
-                    // Its jailer ended with it; the jail's directory goes too.
-                    process.remove_jail_dir();
-                }
+                // Gone (the spawner removed its jail): nothing is ever
+                // signalled through it again.
+                record.process = None;
             }
             after
         };
@@ -104,7 +103,7 @@ impl DeviceProcesses {
             return AfterExit::Ignore;
         };
         if let Some(process) = record.process.take() {
-            process.end();
+            process.kill();
         }
         let after = settle(&mut record.supervision);
         drop(records);
@@ -140,8 +139,8 @@ impl DeviceProcesses {
 
 #[cfg(all(test, feature = "in-process"))]
 mod tests {
-    use super::super::starter::Threads;
     use super::super::testing;
+    use super::super::threads::Threads;
     use super::*;
 
     #[test]

@@ -2,7 +2,8 @@
 //! unit tests of the supervisor's glue (restart groups, upgrades) run on.
 
 use super::spawn::{DeviceMode, Launch, ProcessHandle, Sandbox, Spawned, Waiter};
-use super::starter::{Starter, Threads};
+use super::starter::Starter;
+use super::threads::Threads;
 use super::{DeviceProcesses, Platform};
 use crate::control::ControlMessage;
 use crate::memory::GuestRam;
@@ -45,8 +46,7 @@ pub fn start(starter: Box<dyn Starter>) -> TestDevices {
         count: 2,
         step: 1,
     }];
-    let platform =
-        Platform::new(&ram, 16 << 20, [interrupt(), interrupt()], 1, drcs).expect("platform");
+    let platform = Platform::new(&ram, [interrupt(), interrupt()], 1, drcs).expect("platform");
     let sandbox = Sandbox {
         jail: false,
         device_mode: starter.mode(),
@@ -160,7 +160,7 @@ impl Starter for Replaceable {
         launches
             .into_iter()
             .map(|launch| {
-                if launch.program == self.broken {
+                if launch.program.as_ref() == Some(&self.broken) {
                     return hang_up_at_once(&launch);
                 }
                 Threads.start(vec![launch]).pop().expect("one result")

@@ -51,7 +51,7 @@ impl DeviceProcesses {
                 program.display()
             )));
         }
-        let program = trusted_program(&program, self.owner).map_err(refused)?;
+        let program = jailer::trusted_program(&program, self.owner).map_err(refused)?;
         // Its links: to the core, live; to its peers, dead for now (it
         // starts without them, and is re-linked to them once it is in).
         let mut core_ends = Vec::new();
@@ -72,7 +72,7 @@ impl DeviceProcesses {
                 .get(&kind)
                 .ok_or_else(|| refused("never started".into()))?;
             (
-                record.supervision.generation,
+                record.supervision.incarnation(),
                 record.pid,
                 record.process.clone(),
             )
@@ -83,10 +83,10 @@ impl DeviceProcesses {
             .expect("one result per launch")?;
         drop(held);
         let restore = || {
-            process.end();
+            process.kill();
             let mut records = lock(&self.records);
             if let Some(record) = records.get_mut(&kind) {
-                record.supervision.started(old.0);
+                record.supervision.restore(old.0);
                 record.pid = old.1;
                 record.process = old.2.clone();
             }
@@ -119,9 +119,7 @@ impl DeviceProcesses {
             )));
         }
         self.proxy(kind).finish_stage(true);
-        if let Some(replaced) = &old.2 {
-            replaced.remove_jail_dir();
-        }
+        self.served(kind, generation);
         lock(&self.upgraded).insert(kind, program);
         if let Some(notify) = notify {
             spawn_notification_reader(notify, self.control.clone());
@@ -175,101 +173,10 @@ impl DeviceProcesses {
     }
 }
 
-/// `program`, resolved, if nobody but root and `owner` (the user the VM
-/// runs as) can change it: neither the file nor any directory on its way
-/// may be owned by another user, or be writable by group or others (a
-/// root-owned directory with the sticky bit, such as /tmp, lets nobody
-/// else replace what is ours). A device process runs with guest RAM
-/// mapped: whoever can replace its binary runs code there.
-pub fn trusted_program(program: &std::path::Path, owner: u32) -> Result<PathBuf, String> {
-    use std::os::unix::fs::MetadataExt;
-    let resolved = std::fs::canonicalize(program)
-        .map_err(|error| format!("{}: {error}", program.display()))?;
-    for path in resolved.ancestors() {
-        let metadata =
-            std::fs::metadata(path).map_err(|error| format!("{}: {error}", path.display()))?;
-        let mode = metadata.mode();
-        let sticky_root_dir = metadata.is_dir() && mode & 0o1000 != 0 && metadata.uid() == 0;
-        let why = if metadata.uid() != 0 && metadata.uid() != owner {
-            format!("is owned by uid {}", metadata.uid())
-        } else if mode & 0o022 != 0 && !sticky_root_dir {
-            format!(
-                "is writable by {}",
-                if mode & 0o002 != 0 {
-                    "anyone"
-                } else {
-                    "its group"
-                }
-            )
-        } else {
-            continue;
-        };
-        return Err(format!(
-            "{} {why}: only root and uid {owner} may control a device process's binary and the directories above it",
-            path.display()
-        ));
-    }
-    Ok(resolved)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::PermissionsExt;
-
-    fn set_mode(path: &std::path::Path, mode: u32) {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-    }
-    #[test]
-    fn a_binary_others_could_replace_is_not_trusted() {
-        let me = nix::unistd::geteuid().as_raw();
-        let dir = std::env::temp_dir().join(format!("pv-trust-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir).unwrap();
-        set_mode(&dir, 0o755);
-        let program = dir.join("papervisor-rtas");
-        std::fs::write(&program, b"#!/bin/true\n").unwrap();
-        set_mode(&program, 0o755);
-        assert_eq!(trusted_program(&program, me), Ok(program.clone()));
-        // Through a symbolic link: the file it names is checked.
-        let link = dir.join("link");
-        std::os::unix::fs::symlink(&program, &link).unwrap();
-        assert_eq!(trusted_program(&link, me), Ok(program.clone()));
-        for (mode, why) in [
-            (0o757, "writable by anyone"),
-            (0o775, "writable by its group"),
-        ] {
-            set_mode(&program, mode);
-            let error = trusted_program(&program, me).unwrap_err();
-            assert!(error.contains(why), "{error}");
-        }
-        set_mode(&program, 0o755);
-        // A directory on the way that others may write to.
-        set_mode(&dir, 0o777);
-        let error = trusted_program(&program, me).unwrap_err();
-        assert!(
-            error.contains(&format!("{} is writable by anyone", dir.display())),
-            "{error}"
-        );
-        set_mode(&dir, 0o755);
-        if me == 0 {
-            // Owned by another user.
-            std::os::unix::fs::chown(&program, Some(4242), None).unwrap();
-            let error = trusted_program(&program, me).unwrap_err();
-            assert!(error.contains("owned by uid 4242"), "{error}");
-            // A root-owned directory with the sticky bit (as /tmp) is fine.
-            std::os::unix::fs::chown(&program, Some(0), None).unwrap();
-            set_mode(&dir, 0o1777);
-            assert!(trusted_program(&program, me).is_ok());
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-}
-
 #[cfg(all(test, feature = "in-process"))]
 mod thread_tests {
-    use super::super::starter::Threads;
     use super::super::testing::{self, Replaceable};
+    use super::super::threads::Threads;
     use super::*;
 
     fn canonical(path: impl AsRef<std::path::Path>) -> PathBuf {

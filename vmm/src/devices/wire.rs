@@ -122,6 +122,7 @@ impl DeviceProcesses {
                 region.formatted.store(true, Ordering::SeqCst);
             }
             self.proxy(kind).mark_ready();
+            self.served(kind, started[&kind].0);
             log::debug!("{} set up in {:?}", kind.name(), setting_up.elapsed());
         }
         log::debug!(
@@ -211,24 +212,18 @@ impl DeviceProcesses {
             *next += 1;
             *next
         };
-        let address_space = match kind {
-            // Guest RAM, DIMMs included, is mapped besides the process's own memory.
-            ProcessKind::RtasServer => self.resources.guest_ram_bytes + (1 << 30),
-            _ => 1 << 30,
-        };
         let resume = self
             .resources
             .state_regions
             .get(&kind)
             .is_some_and(|region| region.formatted.load(Ordering::SeqCst));
-        let program = program.unwrap_or_else(|| self.program(kind));
+        // The kind's own binary is the spawner's to find.
+        let program = program.or_else(|| lock(&self.upgraded).get(&kind).cloned());
         spawn::Launch {
             sandbox: self.sandbox.clone(),
             kind,
-            id: format!("{}-{generation}", std::process::id()),
             generation,
             fds,
-            address_space,
             resume,
             program,
         }
@@ -257,11 +252,11 @@ impl DeviceProcesses {
         {
             let mut records = lock(&self.records);
             let record = records.entry(kind).or_insert_with(|| Record {
-                supervision: Supervision::new(generation),
+                supervision: Supervision::new(generation, Instant::now()),
                 pid: handle.pid,
                 process: None,
             });
-            record.supervision.started(generation);
+            record.supervision.started(generation, Instant::now());
             record.pid = handle.pid;
             record.process = Some(Arc::clone(&handle));
         }
@@ -282,6 +277,13 @@ impl DeviceProcesses {
                 }
             })?;
         Ok((generation, handle))
+    }
+
+    /// Generation `generation` of `kind` completed its set-up: it serves.
+    pub(super) fn served(&self, kind: ProcessKind, generation: u64) {
+        if let Some(record) = lock(&self.records).get_mut(&kind) {
+            record.supervision.serving(generation);
+        }
     }
 
     /// What a new process is told before it serves the guest.

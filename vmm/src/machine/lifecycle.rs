@@ -195,7 +195,6 @@ impl Vm {
         let devices_started = Instant::now();
         let platform = Platform::new(
             &ram,
-            config.memory.max_size,
             [hotplug_interrupt, epow_interrupt],
             config.smp.threads_per_core,
             drc_ranges(&config.smp, &layout),

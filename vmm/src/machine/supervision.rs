@@ -117,7 +117,7 @@ impl Vm {
 
     /// Waits (bounded) for the supervisor's report of a process that died
     /// while the control loop asked it, and acts on it; anything else that
-    /// arrives meanwhile waits its turn.
+    /// arrives meanwhile waits its turn. Whether the process comes back.
     fn await_exit(&mut self, kind: ProcessKind) -> bool {
         let deadline = std::time::Instant::now() + EXIT_REPORT_WAIT;
         loop {
@@ -129,7 +129,11 @@ impl Vm {
                     reason,
                 }) if exited == kind => {
                     self.device_exited(kind, generation, &reason);
-                    return self.devices.state(kind) == Some(State::Restarting);
+                    // Restarted already (it served), or to be: not given up.
+                    return matches!(
+                        self.devices.state(kind),
+                        Some(State::Running | State::Restarting)
+                    );
                 }
                 Ok(other) => self.deferred.push_back(other),
                 Err(_) => {
@@ -153,19 +157,29 @@ impl Vm {
             return;
         };
         match after {
+            // It served: its successor starts now, and the guest's calls
+            // that wait for it go on as soon as it is set up.
+            AfterExit::RestartAfter(Duration::ZERO) => {
+                log::error!("{} (pid {pid}) {reason}; restarting now", kind.name());
+                self.qmp.emit("X_DEVICE_PROCESS_EXITED", event);
+                self.restart_device(kind);
+            }
             AfterExit::RestartAfter(delay) => {
                 log::error!(
                     "{} (pid {pid}) {reason}; restarting in {delay:?}",
                     kind.name()
                 );
+                self.qmp.emit("X_DEVICE_PROCESS_EXITED", event);
                 self.schedule_restart(kind, delay);
             }
-            _ => log::error!(
-                "{} (pid {pid}) {reason}; it keeps dying: marked failed, the VM runs on without it",
-                kind.name()
-            ),
+            _ => {
+                log::error!(
+                    "{} (pid {pid}) {reason}; it keeps dying: marked failed, the VM runs on without it",
+                    kind.name()
+                );
+                self.qmp.emit("X_DEVICE_PROCESS_EXITED", event);
+            }
         }
-        self.qmp.emit("X_DEVICE_PROCESS_EXITED", event);
     }
 
     /// Restarts `kind` after `delay`.

@@ -1,13 +1,12 @@
-//! What each thread of the core keeps of its privileges. Capabilities are
-//! per thread: the spawner thread keeps only what starting a jail needs
-//! ([`SPAWNER_CAPABILITIES`]); the main thread drops everything before it
-//! sets the VM up, so that no thread it starts — vCPUs, QMP, console, the
-//! device-process proxies — ever holds one. Every thread has no_new_privs.
+//! Giving up privileges. The spawner process keeps only what starting a
+//! jail needs ([`SPAWNER_CAPABILITIES`]); the core drops every capability
+//! before it sets the VM up, so that no thread of it — vCPUs, QMP, console,
+//! the device proxies — ever holds one. Both set no_new_privs.
 
 use caps::{CapSet, Capability, CapsHashSet};
 use thiserror::Error;
 
-/// What the spawner thread keeps, and why:
+/// What the spawner process keeps, and why:
 /// - `CAP_SYS_ADMIN`: the jailer's namespaces, its tmpfs root, pivot_root;
 /// - `CAP_SETUID`, `CAP_SETGID`: the jailer switches to the VM's ids;
 /// - `CAP_SETPCAP`: the jailer empties the bounding set of the program;
@@ -31,7 +30,7 @@ pub enum ConfineError {
     NoNewPrivs(#[source] nix::Error),
 }
 
-/// Keeps only `keep` of this thread's capabilities (in every set, the
+/// Keeps only `keep` of the calling thread's capabilities (in every set, the
 /// bounding set included, so that nothing it execs can gain more) and sets
 /// no_new_privs. A thread without privileges to drop is left as it is.
 pub fn keep_only(keep: &[Capability]) -> Result<(), ConfineError> {

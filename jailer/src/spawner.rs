@@ -1,0 +1,622 @@
+//! The spawner: the one privileged process of a VM besides what it starts
+//! (crosvm's jail warden, Chrome's zygote). The core starts it first, then
+//! gives up every capability of its own; from then on, device processes are
+//! started (through the jailer) and signalled here, on the core's typed
+//! requests (`ipc_proto::spawner`).
+//!
+//! A request names only a kind of device process and a generation. Which
+//! binary, which uid and gid, which jail directory and which limits are
+//! this process's own, fixed by its command line at its start: a
+//! compromised core can ask it for another incarnation of its VM's device
+//! processes and for nothing else (an upgrade may name another binary,
+//! which must be one only root and the VM's user could have written). It
+//! is the parent of what it starts, so it reports each exit to the core;
+//! when the core's socket closes (the core ended or died) it kills every
+//! process it started and exits.
+//!
+//! It keeps only the capabilities the jailer needs
+//! ([`crate::privileges::SPAWNER_CAPABILITIES`]), sets no_new_privs, is
+//! non-dumpable, in a session of its own, and installs a seccomp filter of
+//! what it, the jailer, the reaper and the device processes call before
+//! they install their own (a filter is inherited across exec: its children
+//! run under it too).
+
+use ipc_proto::channel::{decode, encode, Channel, ChannelError, Envelope, Frame};
+use ipc_proto::protocol::Message;
+use ipc_proto::spawner::{SpawnEvent, SpawnReply, SpawnRequest, Started};
+use ipc_proto::{ProcessKind, FIRST_CHANNEL_FD};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use rustix::process::{pidfd_open, pidfd_send_signal, waitid, Pid, PidfdFlags, Signal};
+use rustix::process::{WaitId, WaitIdOptions};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+
+/// The socket the core asks on.
+pub const REQUESTS_FD: RawFd = 3;
+/// The socket the spawner reports exits on.
+pub const EVENTS_FD: RawFd = 4;
+/// Processes the spawner holds at once, at most: a VM's three device
+/// processes, an upgrade's overlap and the reaper, with room to spare.
+pub const MAX_CHILDREN: usize = 16;
+/// How long a jailer has to report the program it started.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The address space of a device process that maps no guest memory.
+const DEVICE_ADDRESS_SPACE: u64 = 1 << 30;
+
+/// What the spawner starts, fixed at its own start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpawnerConfig {
+    /// Where the binaries are: the device processes', the jailer's and the reaper's.
+    pub bin_dir: PathBuf,
+    /// Start device processes through the jailer (else directly).
+    pub jail: bool,
+    /// The device processes' uid and gid.
+    pub uid: u32,
+    /// See `uid`.
+    pub gid: u32,
+    /// Where jails are made.
+    pub jail_dir: PathBuf,
+    /// Guest RAM and every DIMM, in bytes: the RTAS server maps them.
+    pub guest_memory: u64,
+    /// The device processes' `--seccomp` (and the spawner's own mode).
+    pub seccomp: String,
+    /// The device processes' `--log-level`.
+    pub log_level: String,
+    /// The user the VM runs as, who besides root may own an upgrade's binary.
+    pub owner: u32,
+    /// The core's pid, which names the jails.
+    pub core_pid: u32,
+}
+
+/// Why the spawner cannot serve.
+#[derive(Debug, Error)]
+pub enum SpawnerError {
+    /// Confining itself failed.
+    #[error("cannot {0}")]
+    Setup(&'static str, #[source] nix::Error),
+    /// Its capabilities.
+    #[error("cannot keep only the jailer's capabilities")]
+    Privileges(#[source] crate::privileges::ConfineError),
+    /// Its filter.
+    #[error("cannot install its seccomp filter")]
+    Seccomp(#[source] common::seccomp::SeccompError),
+    /// Its sockets.
+    #[error("its socket to the core failed")]
+    Socket(#[source] ChannelError),
+}
+
+/// A process the spawner started and holds.
+struct Child {
+    process: Started,
+    pidfd: OwnedFd,
+    /// Its jail's directory, removed once it ended.
+    jail_dir: Option<PathBuf>,
+}
+
+/// The spawner's state: its sockets, its configuration, what it started.
+pub struct Spawner {
+    config: SpawnerConfig,
+    requests: Channel,
+    events: Channel,
+    children: Vec<Child>,
+    /// The last generation started, of device processes and of reapers:
+    /// a request must name a later one.
+    last_device: u64,
+    last_reaper: u64,
+}
+
+/// The calls the spawner makes, and those of what it starts until each
+/// installs its own filter (the jailer, the program it sets up in the
+/// jail, the reaper, the device processes' start-up): it is inherited.
+pub fn rules() -> common::seccomp::Rules {
+    use nix::libc::*;
+    let calls: &[i64] = &[
+        // Its own work: requests, children, reports.
+        SYS_poll,
+        SYS_ppoll,
+        SYS_recvmsg,
+        SYS_sendmsg,
+        SYS_socketpair,
+        SYS_pidfd_open,
+        SYS_pidfd_send_signal,
+        SYS_waitid,
+        SYS_wait4,
+        SYS_clone,
+        SYS_clone3,
+        SYS_vfork,
+        SYS_execve,
+        SYS_execveat,
+        SYS_getpid,
+        SYS_getppid,
+        SYS_gettid,
+        SYS_getuid,
+        SYS_geteuid,
+        SYS_getgid,
+        SYS_getegid,
+        SYS_getrandom,
+        SYS_write,
+        SYS_read,
+        SYS_openat,
+        SYS_lseek,
+        SYS_fcntl,
+        SYS_dup,
+        SYS_dup2,
+        SYS_dup3,
+        SYS_pipe2,
+        SYS_close_range,
+        SYS_newfstatat,
+        SYS_fstat,
+        SYS_statx,
+        SYS_readlink,
+        SYS_readlinkat,
+        SYS_getdents64,
+        SYS_mmap,
+        SYS_mprotect,
+        SYS_rt_sigaction,
+        SYS_sched_getaffinity,
+        SYS_sched_yield,
+        SYS_set_robust_list,
+        SYS_set_tid_address,
+        SYS_rseq,
+        SYS_arch_prctl,
+        SYS_prlimit64,
+        SYS_getsockopt,
+        SYS_tgkill,
+        // A jail's directory removed once its program ended.
+        SYS_unlinkat,
+        SYS_unlink,
+        // The jailer and the jail it sets up.
+        SYS_unshare,
+        SYS_mount,
+        SYS_umount2,
+        SYS_pivot_root,
+        SYS_chdir,
+        SYS_mkdir,
+        SYS_mkdirat,
+        SYS_rmdir,
+        SYS_sethostname,
+        SYS_setgroups,
+        SYS_setresuid,
+        SYS_setresgid,
+        SYS_setsid,
+        SYS_capget,
+        SYS_capset,
+        SYS_prctl,
+        SYS_seccomp,
+    ];
+    common::seccomp::PROCESS_BASICS
+        .iter()
+        .chain(calls)
+        .map(|&call| (call, vec![]))
+        .collect()
+}
+
+/// Becomes what the spawner runs as: a session of its own (a terminal's
+/// signals do not reach it), only the jailer's capabilities (none when
+/// not root), no_new_privs, non-dumpable, under its filter (`mode`).
+pub fn confine(mode: common::seccomp::Mode) -> Result<(), SpawnerError> {
+    nix::unistd::setsid().map_err(|e| SpawnerError::Setup("start a session", e))?;
+    crate::privileges::keep_only(&crate::privileges::SPAWNER_CAPABILITIES)
+        .map_err(SpawnerError::Privileges)?;
+    nix::sys::prctl::set_dumpable(false).map_err(|e| SpawnerError::Setup("be non-dumpable", e))?;
+    // It is the parent of what its jailers start.
+    nix::sys::prctl::set_child_subreaper(true)
+        .map_err(|e| SpawnerError::Setup("become a subreaper", e))?;
+    let program = common::seccomp::compile(rules(), mode).map_err(SpawnerError::Seccomp)?;
+    common::seccomp::install(program.as_ref()).map_err(SpawnerError::Seccomp)
+}
+
+impl Spawner {
+    /// A spawner of `config`, on the sockets the core handed over.
+    pub fn new(config: SpawnerConfig, requests: Channel, events: Channel) -> Spawner {
+        Spawner {
+            config,
+            requests,
+            events,
+            children: Vec::new(),
+            last_device: 0,
+            last_reaper: 0,
+        }
+    }
+
+    /// Serves the core until its socket closes; then kills every process
+    /// it started.
+    pub fn serve(mut self) -> Result<(), SpawnerError> {
+        let result = self.serve_until_hang_up();
+        for child in &self.children {
+            let _ = pidfd_send_signal(&child.pidfd, Signal::KILL);
+        }
+        // Killed, they end at once; their jails go with them.
+        for child in std::mem::take(&mut self.children) {
+            let _ = waitid(WaitId::PidFd(child.pidfd.as_fd()), WaitIdOptions::EXITED);
+            if let Some(dir) = &child.jail_dir {
+                remove_jail_dir(dir);
+            }
+        }
+        result
+    }
+
+    fn serve_until_hang_up(&mut self) -> Result<(), SpawnerError> {
+        loop {
+            let (request_ready, ended) = {
+                let mut fds: Vec<PollFd> = std::iter::once(self.requests.as_fd())
+                    .chain(self.children.iter().map(|child| child.pidfd.as_fd()))
+                    .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
+                    .collect();
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(errno) => return Err(SpawnerError::Setup("wait for requests", errno)),
+                }
+                let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+                let ended: Vec<usize> = fds[1..]
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, fd)| ready(fd))
+                    .map(|(i, _)| i)
+                    .collect();
+                (ready(&fds[0]), ended)
+            };
+            // Highest first: removing one leaves the others' indexes valid.
+            for i in ended.into_iter().rev() {
+                let child = self.children.swap_remove(i);
+                self.report_exit(child);
+            }
+            if request_ready {
+                match self.requests.recv_frame(Some(Duration::ZERO)) {
+                    Ok(frame) => self.answer(frame)?,
+                    Err(ChannelError::HungUp) => return Ok(()),
+                    Err(ChannelError::Timeout(_)) => {}
+                    Err(error) => log::warn!("a request that is no frame: {error}"),
+                }
+            }
+        }
+    }
+
+    /// Reaps an ended child, removes its jail, and tells the core how it
+    /// ended.
+    fn report_exit(&mut self, child: Child) {
+        let how = match waitid(WaitId::PidFd(child.pidfd.as_fd()), WaitIdOptions::EXITED) {
+            Ok(Some(status)) => describe_exit(&status),
+            Ok(None) => "ended".to_string(),
+            Err(errno) => format!("cannot be waited for: {errno}"),
+        };
+        if let Some(dir) = &child.jail_dir {
+            remove_jail_dir(dir);
+        }
+        let event = Envelope {
+            id: 0,
+            body: SpawnEvent::Exited {
+                process: child.process,
+                how,
+            },
+        };
+        if let Err(error) = encode(&event).and_then(|bytes| self.events.send_frame(&bytes, &[])) {
+            log::warn!("cannot report an exit to the core: {error}");
+        }
+    }
+
+    /// Decodes, validates and carries out one request; answers it.
+    fn answer(&mut self, frame: Frame) -> Result<(), SpawnerError> {
+        let Frame { bytes, fds } = frame;
+        let (id, reply, pidfd) = match parse_request(&bytes, fds.len()) {
+            Err((id, why)) => (id, SpawnReply::Refused(why), None),
+            Ok((id, request)) => match self.carry_out(request, fds) {
+                Ok((reply, pidfd)) => (id, reply, pidfd),
+                Err(why) => (id, SpawnReply::Refused(truncated(why)), None),
+            },
+        };
+        if let SpawnReply::Refused(why) = &reply {
+            log::warn!("refused a request of the core: {why}");
+        }
+        let bytes = encode(&Envelope { id, body: reply }).map_err(SpawnerError::Socket)?;
+        let fds: Vec<BorrowedFd<'_>> = pidfd.iter().map(AsFd::as_fd).collect();
+        match self.requests.send_frame(&bytes, &fds) {
+            Ok(()) | Err(ChannelError::HungUp) => Ok(()),
+            Err(error) => Err(SpawnerError::Socket(error)),
+        }
+    }
+
+    fn carry_out(
+        &mut self,
+        request: SpawnRequest,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(SpawnReply, Option<OwnedFd>), String> {
+        match request {
+            SpawnRequest::Start {
+                kind,
+                generation,
+                resume,
+                upgrade,
+            } => {
+                if generation <= self.last_device {
+                    return Err(format!(
+                        "generation {generation} is not after {}",
+                        self.last_device
+                    ));
+                }
+                self.room()?;
+                let program = match upgrade {
+                    Some(path) => crate::trusted_program(Path::new(&path), self.config.owner)?,
+                    None => self.config.bin_dir.join(kind.binary()),
+                };
+                self.last_device = generation;
+                let (pid, pidfd, jail_dir) =
+                    self.start_device(kind, generation, resume, &program, &fds)?;
+                self.hold(Started::Device { kind, generation }, &pidfd, pid, jail_dir)
+            }
+            SpawnRequest::StartReaper { generation } => {
+                if generation <= self.last_reaper {
+                    return Err(format!(
+                        "reaper generation {generation} is not after {}",
+                        self.last_reaper
+                    ));
+                }
+                self.room()?;
+                self.last_reaper = generation;
+                let (pid, pidfd) = self.start_reaper(&fds)?;
+                self.hold(Started::Reaper { generation }, &pidfd, pid, None)
+            }
+            SpawnRequest::Kill(process) => {
+                if let Some(child) = self.children.iter().find(|c| c.process == process) {
+                    match pidfd_send_signal(&child.pidfd, Signal::KILL) {
+                        Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+                        Err(errno) => return Err(format!("cannot kill {process:?}: {errno}")),
+                    }
+                }
+                Ok((SpawnReply::Done, None))
+            }
+        }
+    }
+
+    /// Refuses a start past [`MAX_CHILDREN`].
+    fn room(&self) -> Result<(), String> {
+        match self.children.len() {
+            n if n >= MAX_CHILDREN => Err(format!("{n} processes already run")),
+            _ => Ok(()),
+        }
+    }
+
+    /// Holds a started process (its pidfd), and answers with a copy.
+    fn hold(
+        &mut self,
+        process: Started,
+        pidfd: &OwnedFd,
+        pid: u32,
+        jail_dir: Option<PathBuf>,
+    ) -> Result<(SpawnReply, Option<OwnedFd>), String> {
+        let copy = pidfd
+            .try_clone()
+            .map_err(|error| format!("cannot duplicate a pidfd: {error}"))?;
+        let held = pidfd
+            .try_clone()
+            .map_err(|error| format!("cannot duplicate a pidfd: {error}"))?;
+        self.children.push(Child {
+            process,
+            pidfd: held,
+            jail_dir,
+        });
+        Ok((SpawnReply::Started { pid }, Some(copy)))
+    }
+
+    /// Starts a device process, jailed unless the VM runs without jails;
+    /// its pid, a pidfd of it and its jail's directory.
+    fn start_device(
+        &self,
+        kind: ProcessKind,
+        generation: u64,
+        resume: bool,
+        program: &Path,
+        fds: &[OwnedFd],
+    ) -> Result<(u32, OwnedFd, Option<PathBuf>), String> {
+        let config = &self.config;
+        let args = [
+            "--seccomp".to_string(),
+            config.seccomp.clone(),
+            "--log-level".to_string(),
+            config.log_level.clone(),
+            "--state".to_string(),
+            if resume { "resume" } else { "fresh" }.to_string(),
+        ];
+        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        if !config.jail {
+            let pid = start_program(program, &args, &raw)?;
+            // Not yet waited for, so the pid is still this child's.
+            return Ok((pid, pidfd_of(pid)?, None));
+        }
+        let address_space = match kind {
+            ProcessKind::RtasServer => config.guest_memory + DEVICE_ADDRESS_SPACE,
+            _ => DEVICE_ADDRESS_SPACE,
+        };
+        let (ours, jailers) = Channel::pair().map_err(|e| format!("no report socket: {e}"))?;
+        let jail = crate::JailConfig {
+            id: format!("{}-{generation}", config.core_pid),
+            exec_file: program.to_path_buf(),
+            uid: config.uid,
+            gid: config.gid,
+            chroot_base: config.jail_dir.clone(),
+            limits: vec![crate::Limit::AddressSpace(address_space)],
+            cgroup: vec![],
+            keep_fds: raw.len() as u32,
+            report_fd: Some(FIRST_CHANNEL_FD + raw.len() as i32),
+            args: args.iter().map(Into::into).collect(),
+        };
+        let mut passed = raw;
+        passed.push(jailers.as_fd().as_raw_fd());
+        let jailer = start_program(&config.bin_dir.join("jailer"), &jail.to_args(), &passed)
+            .and_then(pidfd_of)?;
+        drop(jailers);
+        let jail_dir = jail.jail_dir();
+        let (pid, pidfd) = finish_jail(&ours, &jailer, &jail_dir)?;
+        Ok((pid, pidfd, Some(jail_dir)))
+    }
+
+    /// Starts the reaper on `fds` (its socket); as root with jails it takes
+    /// the device processes' ids.
+    fn start_reaper(&self, fds: &[OwnedFd]) -> Result<(u32, OwnedFd), String> {
+        let config = &self.config;
+        let mut args = vec!["--seccomp".to_string(), config.seccomp.clone()];
+        if config.jail && nix::unistd::geteuid().is_root() {
+            args.extend([
+                "--uid".to_string(),
+                config.uid.to_string(),
+                "--gid".to_string(),
+                config.gid.to_string(),
+            ]);
+        }
+        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        let pid = start_program(&config.bin_dir.join("papervisor-reaper"), &args, &raw)?;
+        Ok((pid, pidfd_of(pid)?))
+    }
+}
+
+/// A request as the spawner reads it: its id and the request, decoded and
+/// validated against the `fds` descriptors that came with it; or the id
+/// (0 if none could be read) and why it is refused.
+pub fn parse_request(bytes: &[u8], fds: usize) -> Result<(u64, SpawnRequest), (u64, String)> {
+    let Envelope { id, body } = decode::<SpawnRequest>(bytes)
+        .map_err(|error| (0, format!("an undecodable request: {error}")))?;
+    body.validate(fds).map_err(|why| (id, why))?;
+    Ok((id, body))
+}
+
+/// Waits for a jailer's report of the program it started, and for the
+/// jailer to end (the program is then this process's child); the
+/// program's pid and pidfd. A jail that does not come up is killed and its
+/// directory removed.
+fn finish_jail(
+    report: &Channel,
+    jailer: &OwnedFd,
+    jail_dir: &Path,
+) -> Result<(u32, OwnedFd), String> {
+    let reported = report
+        .recv_frame(Some(REPORT_TIMEOUT))
+        .map_err(|error| format!("the jailer did not report: {error}"))
+        .and_then(|frame| {
+            let count = frame.fds.len();
+            let pid: [u8; 4] = frame.bytes.as_slice().try_into().map_err(|_| {
+                format!(
+                    "the jailer reported {} bytes and {count} descriptors",
+                    frame.bytes.len()
+                )
+            })?;
+            let process = frame
+                .fds
+                .into_iter()
+                .next()
+                .filter(|_| count == 1)
+                .ok_or_else(|| format!("the jailer reported {count} descriptors"))?;
+            Ok((u32::from_le_bytes(pid), process))
+        });
+    let (pid, process) = match reported {
+        Ok(report) => report,
+        Err(error) => {
+            let _ = pidfd_send_signal(jailer, Signal::KILL);
+            let _ = waitid(WaitId::PidFd(jailer.as_fd()), WaitIdOptions::EXITED);
+            remove_jail_dir(jail_dir);
+            return Err(error);
+        }
+    };
+    match waitid(WaitId::PidFd(jailer.as_fd()), WaitIdOptions::EXITED) {
+        Ok(Some(status)) if status.exit_status() == Some(0) => Ok((pid, process)),
+        other => {
+            let _ = pidfd_send_signal(&process, Signal::KILL);
+            remove_jail_dir(jail_dir);
+            Err(format!("the jailer failed: {other:?}"))
+        }
+    }
+}
+
+/// Removes a jail's directory (empty here: its root is a mount of the
+/// jail's own namespace).
+fn remove_jail_dir(dir: &Path) {
+    if let Err(error) = std::fs::remove_dir_all(dir) {
+        if error.kind() != std::io::ErrorKind::NotFound {
+            log::warn!("cannot remove {}: {error}", dir.display());
+        }
+    }
+}
+
+/// Starts `program` with `args` and `fds` as its descriptors 3..; its pid.
+fn start_program(
+    program: &Path,
+    args: &[impl AsRef<std::ffi::OsStr>],
+    fds: &[RawFd],
+) -> Result<u32, String> {
+    crate::spawn::spawn_with_descriptors(program, args, fds, FIRST_CHANNEL_FD, None)
+        .map_err(|error| format!("cannot start {}: {error}", program.display()))
+}
+
+fn pidfd_of(pid: u32) -> Result<OwnedFd, String> {
+    Pid::from_raw(pid as i32)
+        .ok_or(rustix::io::Errno::INVAL)
+        .and_then(|pid| pidfd_open(pid, PidfdFlags::empty()))
+        .map_err(|errno| format!("no pidfd of pid {pid}: {errno}"))
+}
+
+/// The exit, in words: "exited with status 1", "killed by SIGSYS".
+pub fn describe_exit(status: &rustix::process::WaitIdStatus) -> String {
+    match (status.exit_status(), status.terminating_signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => format!("killed by {}", crate::signal_name(signal)),
+        _ => "ended".to_string(),
+    }
+}
+
+/// A refusal's reason, cut to what a message carries.
+fn truncated(mut why: String) -> String {
+    let max = ipc_proto::control::MAX_TEXT;
+    if why.len() > max {
+        let mut cut = max;
+        while !why.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        why.truncate(cut);
+    }
+    why
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    // The child is reaped through its pidfd, which clippy cannot see.
+    #[allow(clippy::zombie_processes)]
+    fn exits_are_described_through_the_pidfd() {
+        let child = std::process::Command::new("sh")
+            .args(["-c", "exit 3"])
+            .spawn()
+            .unwrap();
+        let pidfd = pidfd_of(child.id()).unwrap();
+        let status = waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED)
+            .unwrap()
+            .unwrap();
+        assert_eq!(describe_exit(&status), "exited with status 3");
+    }
+
+    #[test]
+    fn a_refusal_is_cut_at_a_character_boundary() {
+        let long = "é".repeat(ipc_proto::control::MAX_TEXT);
+        let cut = truncated(long);
+        assert!(cut.len() <= ipc_proto::control::MAX_TEXT);
+        assert!(cut.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn requests_are_decoded_and_validated_before_anything_is_done() {
+        let request = SpawnRequest::Kill(Started::Reaper { generation: 1 });
+        let bytes = encode(&Envelope {
+            id: 9,
+            body: request.clone(),
+        })
+        .unwrap();
+        assert_eq!(parse_request(&bytes, 0), Ok((9, request)));
+        // The same with a descriptor it does not take: refused, by id.
+        assert!(matches!(parse_request(&bytes, 1), Err((9, _))));
+        assert!(matches!(parse_request(&bytes[..3], 0), Err((0, _))));
+        assert!(matches!(parse_request(&[0xff; 40], 0), Err((0, _))));
+    }
+}
