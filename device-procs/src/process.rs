@@ -67,6 +67,9 @@ pub enum ProcessError {
     /// region), without answering the request that made the transition.
     #[error("the state region cannot record a transition")]
     LostState(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A standby's takeover did not come whole.
+    #[error("the takeover of a standby failed")]
+    Standby(#[source] ChannelError),
 }
 
 /// `fd` as a channel, once it is known to be a SOCK_SEQPACKET socket.
@@ -665,10 +668,13 @@ pub struct Startup {
 struct Options {
     startup: Startup,
     log_level: Option<log::LevelFilter>,
+    /// `--state standby`: its descriptors (and whether to resume) come later,
+    /// on its standby socket.
+    standby: bool,
 }
 
 /// Parses `--seccomp kill|log|off`, `--log-level LEVEL` and `--state
-/// fresh|resume`, each at most once.
+/// fresh|resume|standby`, each at most once.
 fn parse_options(args: &[String]) -> Result<Options, String> {
     let mut options = Options {
         startup: Startup {
@@ -676,6 +682,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
             resume: false,
         },
         log_level: None,
+        standby: false,
     };
     let mut args = args.iter();
     while let Some(flag) = args.next() {
@@ -685,13 +692,16 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
                 options.startup.seccomp = seccomp::Mode::parse(value)
                     .ok_or_else(|| format!("--seccomp {value}: expected kill, log or off"))?;
             }
-            "--state" => {
-                options.startup.resume = match value.as_str() {
-                    "fresh" => false,
-                    "resume" => true,
-                    _ => return Err(format!("--state {value}: expected fresh or resume")),
-                };
-            }
+            "--state" => match value.as_str() {
+                "fresh" => options.startup.resume = false,
+                "resume" => options.startup.resume = true,
+                "standby" => options.standby = true,
+                _ => {
+                    return Err(format!(
+                        "--state {value}: expected fresh, resume or standby"
+                    ))
+                }
+            },
             "--log-level" => {
                 let level = value.parse().map_err(|_| {
                     format!(
@@ -725,6 +735,27 @@ fn log_panics() {
     }));
 }
 
+/// A standby process (started ahead of time, jailed, so that a restart
+/// does not wait for a jail) waits on its standby socket, descriptor
+/// [`FIRST_CHANNEL_FD`], for the descriptors of the process it becomes and
+/// whether it resumes its state region; its standby socket then goes. A
+/// spawner that goes first (the VM ended) ends it.
+fn await_takeover(kind: ProcessKind) -> Result<(Descriptors, bool), ProcessError> {
+    use ipc_proto::protocol::Message;
+    // SAFETY: the spawner hands a standby its socket as this descriptor.
+    let socket = Channel::from_fd(unsafe { take_fd(FIRST_CHANNEL_FD) }?);
+    // It may wait long: what its start-up freed goes back to the host.
+    common::release_free_memory();
+    let frame = socket.recv_frame(None).map_err(ProcessError::Standby)?;
+    let takeover = ipc_proto::channel::decode::<ipc_proto::spawner::Takeover>(&frame.bytes)
+        .map_err(ProcessError::Standby)?
+        .body;
+    takeover
+        .validate(frame.fds.len())
+        .map_err(|why| ProcessError::Standby(ChannelError::Invalid(why)))?;
+    Ok((Descriptors::of(kind, frame.fds)?, takeover.resume))
+}
+
 /// The `main` of every device process: logging, then `run` until the core
 /// hangs up (status 0) or something fails (status 1, with the reason logged).
 /// Options: `--seccomp kill|log|off` (kill when absent), `--log-level LEVEL`
@@ -738,11 +769,11 @@ pub fn main(kind: ProcessKind) -> std::process::ExitCode {
     let options = parse_options(&args);
     common::init_logging(name, options.as_ref().ok().and_then(|o| o.log_level), None);
     log_panics();
-    let startup = match options {
-        Ok(options) => options.startup,
+    let (mut startup, standby) = match options {
+        Ok(options) => (options.startup, options.standby),
         Err(error) => {
             log::error!(
-                "{error}; {name} takes --seccomp kill|log|off, --log-level LEVEL and --state fresh|resume; its channels are descriptors {FIRST_CHANNEL_FD}.."
+                "{error}; {name} takes --seccomp kill|log|off, --log-level LEVEL and --state fresh|resume|standby; its channels are descriptors {FIRST_CHANNEL_FD}.."
             );
             return std::process::ExitCode::from(common::EXIT_USAGE);
         }
@@ -752,7 +783,14 @@ pub fn main(kind: ProcessKind) -> std::process::ExitCode {
         log::error!("cannot make the process non-dumpable: {error}");
         return std::process::ExitCode::FAILURE;
     }
-    match Descriptors::inherited(kind).and_then(|descriptors| run(startup, descriptors)) {
+    let descriptors = match standby {
+        false => Descriptors::inherited(kind),
+        true => await_takeover(kind).map(|(descriptors, resume)| {
+            startup.resume = resume;
+            descriptors
+        }),
+    };
+    match descriptors.and_then(|descriptors| run(startup, descriptors)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             log::error!("{}", common::describe(&error));
@@ -808,7 +846,8 @@ mod tests {
                     seccomp: seccomp::Mode::Kill,
                     resume: false
                 },
-                log_level: None
+                log_level: None,
+                standby: false,
             }
         );
         assert_eq!(
@@ -826,9 +865,11 @@ mod tests {
                     seccomp: seccomp::Mode::Log,
                     resume: true
                 },
-                log_level: Some(log::LevelFilter::Debug)
+                log_level: Some(log::LevelFilter::Debug),
+                standby: false,
             }
         );
+        assert!(parse(&["--state", "standby"]).unwrap().standby);
         assert!(parse(&["--state", "maybe"]).unwrap_err().contains("maybe"));
         assert!(parse(&["--log-level", "loud"])
             .unwrap_err()

@@ -90,6 +90,30 @@ pub enum SpawnEvent {
     },
 }
 
+/// What the spawner hands a standby device process (one started ahead of
+/// time, jailed, waiting) that takes over as a device: its descriptors come
+/// with it, in the order of a start's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Takeover {
+    /// It resumes the state region an earlier incarnation formatted.
+    pub resume: bool,
+}
+
+impl Message for Takeover {
+    fn validate(&self, fds: usize) -> Result<(), String> {
+        let most = ProcessKind::ALL
+            .into_iter()
+            .map(descriptors_of)
+            .max()
+            .unwrap_or(0);
+        match fds {
+            0 => Err("a takeover without descriptors".into()),
+            n if n > most => Err(format!("{n} descriptors, more than any kind takes")),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// How many descriptors a device process of `kind` is started with.
 pub fn descriptors_of(kind: ProcessKind) -> usize {
     kind.links().len() + kind.extra_descriptors()

@@ -23,7 +23,7 @@
 
 use ipc_proto::channel::{decode, encode, Channel, ChannelError, Envelope, Frame};
 use ipc_proto::protocol::Message;
-use ipc_proto::spawner::{SpawnEvent, SpawnReply, SpawnRequest, Started};
+use ipc_proto::spawner::{SpawnEvent, SpawnReply, SpawnRequest, Started, Takeover};
 use ipc_proto::{ProcessKind, FIRST_CHANNEL_FD};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use rustix::process::{pidfd_open, pidfd_send_signal, waitid, Pid, PidfdFlags, Signal};
@@ -95,12 +95,30 @@ struct Child {
     jail_dir: Option<PathBuf>,
 }
 
+/// A device process started ahead of time, jailed, that waits on its
+/// standby socket to become the next process of its kind: a restart then
+/// waits for no jail.
+struct Standby {
+    kind: ProcessKind,
+    program: PathBuf,
+    pid: u32,
+    pidfd: OwnedFd,
+    socket: Channel,
+    jail_dir: Option<PathBuf>,
+}
+
 /// The spawner's state: its sockets, its configuration, what it started.
 pub struct Spawner {
     config: SpawnerConfig,
     requests: Channel,
     events: Channel,
     children: Vec<Child>,
+    /// A standby per kind, once the kind was started.
+    standbys: Vec<Standby>,
+    /// The standbys to start when no request waits.
+    wanted: Vec<(ProcessKind, PathBuf)>,
+    /// Standbys started, to name their jails.
+    standbys_started: u64,
     /// The last generation started, of device processes and of reapers:
     /// a request must name a later one.
     last_device: u64,
@@ -216,6 +234,9 @@ impl Spawner {
             requests,
             events,
             children: Vec::new(),
+            standbys: Vec::new(),
+            wanted: Vec::new(),
+            standbys_started: 0,
             last_device: 0,
             last_reaper: 0,
         }
@@ -225,13 +246,19 @@ impl Spawner {
     /// it started.
     pub fn serve(mut self) -> Result<(), SpawnerError> {
         let result = self.serve_until_hang_up();
-        for child in &self.children {
-            let _ = pidfd_send_signal(&child.pidfd, Signal::KILL);
+        let standbys = std::mem::take(&mut self.standbys);
+        let ended: Vec<(OwnedFd, Option<PathBuf>)> = std::mem::take(&mut self.children)
+            .into_iter()
+            .map(|child| (child.pidfd, child.jail_dir))
+            .chain(standbys.into_iter().map(|s| (s.pidfd, s.jail_dir)))
+            .collect();
+        for (pidfd, _) in &ended {
+            let _ = pidfd_send_signal(pidfd, Signal::KILL);
         }
         // Killed, they end at once; their jails go with them.
-        for child in std::mem::take(&mut self.children) {
-            let _ = waitid(WaitId::PidFd(child.pidfd.as_fd()), WaitIdOptions::EXITED);
-            if let Some(dir) = &child.jail_dir {
+        for (pidfd, jail_dir) in ended {
+            let _ = waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED);
+            if let Some(dir) = &jail_dir {
                 remove_jail_dir(dir);
             }
         }
@@ -240,29 +267,59 @@ impl Spawner {
 
     fn serve_until_hang_up(&mut self) -> Result<(), SpawnerError> {
         loop {
-            let (request_ready, ended) = {
+            // Standbys are started when nothing else waits.
+            let timeout = match self.wanted.is_empty() {
+                true => PollTimeout::NONE,
+                false => PollTimeout::ZERO,
+            };
+            let (request_ready, ended, standbys_ended, idle) = {
                 let mut fds: Vec<PollFd> = std::iter::once(self.requests.as_fd())
                     .chain(self.children.iter().map(|child| child.pidfd.as_fd()))
+                    .chain(self.standbys.iter().map(|standby| standby.pidfd.as_fd()))
                     .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
                     .collect();
-                match poll(&mut fds, PollTimeout::NONE) {
-                    Ok(_) => {}
+                let ready_count = match poll(&mut fds, timeout) {
+                    Ok(n) => n,
                     Err(nix::errno::Errno::EINTR) => continue,
                     Err(errno) => return Err(SpawnerError::Setup("wait for requests", errno)),
-                }
+                };
                 let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-                let ended: Vec<usize> = fds[1..]
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, fd)| ready(fd))
-                    .map(|(i, _)| i)
-                    .collect();
-                (ready(&fds[0]), ended)
+                let children = self.children.len();
+                let ended = |fds: &[PollFd]| -> Vec<usize> {
+                    fds.iter()
+                        .enumerate()
+                        .filter(|(_, fd)| ready(fd))
+                        .map(|(i, _)| i)
+                        .collect()
+                };
+                (
+                    ready(&fds[0]),
+                    ended(&fds[1..1 + children]),
+                    ended(&fds[1 + children..]),
+                    ready_count == 0,
+                )
             };
             // Highest first: removing one leaves the others' indexes valid.
             for i in ended.into_iter().rev() {
                 let child = self.children.swap_remove(i);
                 self.report_exit(child);
+            }
+            for i in standbys_ended.into_iter().rev() {
+                let standby = self.standbys.swap_remove(i);
+                let _ = waitid(WaitId::PidFd(standby.pidfd.as_fd()), WaitIdOptions::EXITED);
+                if let Some(dir) = &standby.jail_dir {
+                    remove_jail_dir(dir);
+                }
+                log::warn!(
+                    "the standby {} (pid {}) ended",
+                    standby.kind.name(),
+                    standby.pid
+                );
+            }
+            if idle {
+                if let Some((kind, program)) = self.wanted.pop() {
+                    self.start_standby(kind, program);
+                }
             }
             if request_ready {
                 match self.requests.recv_frame(Some(Duration::ZERO)) {
@@ -343,8 +400,13 @@ impl Spawner {
                     None => self.config.bin_dir.join(kind.binary()),
                 };
                 self.last_device = generation;
-                let (pid, pidfd, jail_dir) =
-                    self.start_device(kind, generation, resume, &program, &fds)?;
+                let (pid, pidfd, jail_dir) = match self.take_standby(kind, &program, resume, &fds) {
+                    Some(started) => started,
+                    None => self.start_device(kind, generation, resume, &program, &fds)?,
+                };
+                // The next of its kind gets a standby of the same binary.
+                self.wanted.retain(|(wanted, _)| *wanted != kind);
+                self.wanted.push((kind, program));
                 self.hold(Started::Device { kind, generation }, &pidfd, pid, jail_dir)
             }
             SpawnRequest::StartReaper { generation } => {
@@ -371,9 +433,69 @@ impl Spawner {
         }
     }
 
-    /// Refuses a start past [`MAX_CHILDREN`].
+    /// A standby of `kind` running `program` becomes the device (its
+    /// descriptors `fds`, resuming or not): its pid, pidfd and jail. A
+    /// standby of another binary (the kind was upgraded) goes.
+    fn take_standby(
+        &mut self,
+        kind: ProcessKind,
+        program: &Path,
+        resume: bool,
+        fds: &[OwnedFd],
+    ) -> Option<(u32, OwnedFd, Option<PathBuf>)> {
+        let at = self.standbys.iter().position(|s| s.kind == kind)?;
+        let standby = self.standbys.swap_remove(at);
+        let takeover = encode(&Envelope {
+            id: 0,
+            body: Takeover { resume },
+        });
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+        let handed = standby.program == program
+            && takeover
+                .and_then(|bytes| standby.socket.send_frame(&bytes, &borrowed))
+                .is_ok();
+        if !handed {
+            let _ = pidfd_send_signal(&standby.pidfd, Signal::KILL);
+            let _ = waitid(WaitId::PidFd(standby.pidfd.as_fd()), WaitIdOptions::EXITED);
+            if let Some(dir) = &standby.jail_dir {
+                remove_jail_dir(dir);
+            }
+            return None;
+        }
+        Some((standby.pid, standby.pidfd, standby.jail_dir))
+    }
+
+    /// Starts a standby of `kind` running `program`, if there is room.
+    fn start_standby(&mut self, kind: ProcessKind, program: PathBuf) {
+        if self.room().is_err() || self.standbys.iter().any(|s| s.kind == kind) {
+            return;
+        }
+        self.standbys_started += 1;
+        let id = format!("{}-standby{}", self.config.core_pid, self.standbys_started);
+        let started = Channel::pair()
+            .map_err(|error| format!("no standby socket: {error}"))
+            .and_then(|(ours, its)| {
+                let args = self.device_args("standby");
+                let (pid, pidfd, jail_dir) =
+                    self.start_jailed(kind, &id, &program, &args, &[its.as_fd().as_raw_fd()])?;
+                Ok(Standby {
+                    kind,
+                    program,
+                    pid,
+                    pidfd,
+                    socket: ours,
+                    jail_dir,
+                })
+            });
+        match started {
+            Ok(standby) => self.standbys.push(standby),
+            Err(why) => log::warn!("no standby of the {}: {why}", kind.name()),
+        }
+    }
+
+    /// Refuses a start past [`MAX_CHILDREN`] (standbys included).
     fn room(&self) -> Result<(), String> {
-        match self.children.len() {
+        match self.children.len() + self.standbys.len() {
             n if n >= MAX_CHILDREN => Err(format!("{n} processes already run")),
             _ => Ok(()),
         }
@@ -401,6 +523,19 @@ impl Spawner {
         Ok((SpawnReply::Started { pid }, Some(copy)))
     }
 
+    /// The arguments of a device process: `state` is `fresh`, `resume`
+    /// or `standby`.
+    fn device_args(&self, state: &str) -> Vec<String> {
+        vec![
+            "--seccomp".to_string(),
+            self.config.seccomp.clone(),
+            "--log-level".to_string(),
+            self.config.log_level.clone(),
+            "--state".to_string(),
+            state.to_string(),
+        ]
+    }
+
     /// Starts a device process, jailed unless the VM runs without jails;
     /// its pid, a pidfd of it and its jail's directory.
     fn start_device(
@@ -411,18 +546,26 @@ impl Spawner {
         program: &Path,
         fds: &[OwnedFd],
     ) -> Result<(u32, OwnedFd, Option<PathBuf>), String> {
-        let config = &self.config;
-        let args = [
-            "--seccomp".to_string(),
-            config.seccomp.clone(),
-            "--log-level".to_string(),
-            config.log_level.clone(),
-            "--state".to_string(),
-            if resume { "resume" } else { "fresh" }.to_string(),
-        ];
+        let args = self.device_args(if resume { "resume" } else { "fresh" });
         let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        let id = format!("{}-{generation}", self.config.core_pid);
+        self.start_jailed(kind, &id, program, &args, &raw)
+    }
+
+    /// Starts `program` as a device process of `kind` with `args` and
+    /// descriptors `fds`: through the jailer (jail `id`), or directly when
+    /// the VM runs without jails. Its pid, pidfd and jail directory.
+    fn start_jailed(
+        &self,
+        kind: ProcessKind,
+        id: &str,
+        program: &Path,
+        args: &[String],
+        fds: &[RawFd],
+    ) -> Result<(u32, OwnedFd, Option<PathBuf>), String> {
+        let config = &self.config;
         if !config.jail {
-            let pid = start_program(program, &args, &raw)?;
+            let pid = start_program(program, args, fds)?;
             // Not yet waited for, so the pid is still this child's.
             return Ok((pid, pidfd_of(pid)?, None));
         }
@@ -432,18 +575,18 @@ impl Spawner {
         };
         let (ours, jailers) = Channel::pair().map_err(|e| format!("no report socket: {e}"))?;
         let jail = crate::JailConfig {
-            id: format!("{}-{generation}", config.core_pid),
+            id: id.to_string(),
             exec_file: program.to_path_buf(),
             uid: config.uid,
             gid: config.gid,
             chroot_base: config.jail_dir.clone(),
             limits: vec![crate::Limit::AddressSpace(address_space)],
             cgroup: vec![],
-            keep_fds: raw.len() as u32,
-            report_fd: Some(FIRST_CHANNEL_FD + raw.len() as i32),
+            keep_fds: fds.len() as u32,
+            report_fd: Some(FIRST_CHANNEL_FD + fds.len() as i32),
             args: args.iter().map(Into::into).collect(),
         };
-        let mut passed = raw;
+        let mut passed = fds.to_vec();
         passed.push(jailers.as_fd().as_raw_fd());
         let jailer = start_program(&config.bin_dir.join("jailer"), &jail.to_args(), &passed)
             .and_then(pidfd_of)?;

@@ -6,7 +6,9 @@
 //! in-process / out-of-process for a rate, so that a ratio above 1 is
 //! always what isolation costs).
 //! Run with `cargo bench -p papervisor-tests --bench isolation [-- ROUNDS]`
-//! (ROUNDS, 15 by default, scales the hot-plug, boot and restart rows).
+//! (ROUNDS, 15 by default, scales the hot-plug, boot, per-VM and restart
+//! rows); `PAPERVISOR_BENCH_ROWS=restart,per-vm` runs only those groups
+//! (of `boot`, `calls`, `per-vm`, `floor`, `restart`).
 //! It runs the README's build (no fault injection), optimised, from
 //! target/plain. Needs /dev/kvm; the restart rows need root (the jail).
 //!
@@ -15,7 +17,7 @@
 //! its rate is measured on the host against the host's clock, and each
 //! guest run is checked not to count more cycles than the host saw pass.
 
-use papervisor_tests::bench::{count_arg, median, percentile, status_kib};
+use papervisor_tests::bench::{count_arg, guest_call, median, percentile, pss_kib, status_kib};
 use papervisor_tests::{kvm_usable, plain_binary, send_signal, QmpClient, Vm};
 use serde_json::{json, Value};
 use std::os::fd::AsFd;
@@ -39,8 +41,13 @@ const STORM: u32 = 2000;
 const STORM_BATCHES: u32 = 10;
 /// Between two boots.
 const BOOT_PAUSE: Duration = Duration::from_millis(500);
-/// The unit of the one row where more is better.
+/// The unit of the request rate.
 const RATE_UNIT: &str = "requests/s";
+
+/// A row where more is better: a rate.
+fn is_rate(unit: &str) -> bool {
+    unit.ends_with("/s")
+}
 
 /// One measured quantity: samples per mode (none where it does not apply).
 struct Row {
@@ -94,13 +101,13 @@ impl Table {
                 medians[mode] = Some(middle);
                 cells.push(shown(middle));
                 // The worst 1 %: the slowest rates, the longest times.
-                let worst = match row.unit == RATE_UNIT {
+                let worst = match is_rate(row.unit) {
                     true => percentile(samples, 1.0),
                     false => percentile(samples, 99.0),
                 };
                 cells.push(shown(worst));
             }
-            let ratio = match (medians, row.unit == RATE_UNIT) {
+            let ratio = match (medians, is_rate(row.unit)) {
                 ([Some(out), Some(inside)], false) if inside > 0.0 => {
                     format!("{:.2}", out / inside)
                 }
@@ -430,38 +437,148 @@ fn idle_row(table: &mut Table, mode: usize, vm: &mut Vm) {
     );
 }
 
+/// The machine of the restart rows: the controller's state region at
+/// maxmem=4G, as most VMs have it (the 16 382-DRC one is in the restart
+/// benchmark).
+const RESTART_MACHINE: [&str; 4] = [
+    "--smp",
+    "cpus=1,maxcpus=4",
+    "--memory",
+    "size=512M,maxmem=4G,slots=8",
+];
+/// Deaths of each kind per VM in the restart rows: the first, then more
+/// 1.5 s apart (a sixth within a minute would mark it failed).
+const DEATHS: usize = 5;
+const DEATH_SPACING: Duration = Duration::from_millis(1500);
+
 /// SIGKILL → the successor serves, per process (out-of-process only: a
-/// thread cannot be killed alone), and the controller's footprint.
-/// One VM per round, so that each kill is its process's first exit (the
-/// supervisor's backoff doubles with each exit within a minute).
+/// thread cannot be killed alone), for a first death and for deaths 1.5 s
+/// apart, and the guest's call made right after each kill (it waits for
+/// the successor) against the same call made normally; and the
+/// controller's footprint at 16 382 LMB DRCs.
 fn restart_rows(table: &mut Table, rounds: usize) {
+    let mut vm = start(MODES[0]);
+    vm.boot();
+    let controller = vm.device_process("hotplug-controller")["pid"]
+        .as_u64()
+        .expect("a pid") as u32;
+    table.add(
+        0,
+        "hotplug controller RSS at 16 382 LMB DRCs",
+        "MiB",
+        &[status_kib(controller, "VmRSS:") as f64 / 1024.0],
+    );
+    vm.console.send_line("poweroff");
+    vm.wait_exit(Duration::from_secs(30));
     for _ in 0..rounds {
-        let mut vm = start(MODES[0]);
+        let mut vm = Vm::start_program(
+            &plain_binary("papervisor"),
+            &[&RESTART_MACHINE[..], &["--device-mode", MODES[0]]].concat(),
+        );
         vm.boot();
         let mut qmp = QmpClient::connect(&vm.qmp_socket());
-        let controller = vm.device_process("hotplug-controller")["pid"]
-            .as_u64()
-            .expect("a pid") as u32;
-        table.add(
-            0,
-            "hotplug controller RSS at 16 382 LMB DRCs",
-            "MiB",
-            &[status_kib(controller, "VmRSS:") as f64 / 1024.0],
-        );
         for kind in ["rtas-server", "hotplug-controller", "event-log"] {
-            let pid = vm.device_process(kind)["pid"].as_u64().expect("a pid");
-            let killed = now_seconds();
-            send_signal(pid, nix::sys::signal::Signal::SIGKILL);
-            let restarted = qmp.wait_event("X_DEVICE_PROCESS_RESTARTED");
+            let call = guest_call(kind);
+            let started = Instant::now();
+            vm.console.command(call);
             table.add(
                 0,
-                &format!("SIGKILL {kind} → serving again (incl. the 100 ms first backoff)"),
+                &format!("the guest's call needing the {kind}: normal"),
                 "ms",
-                &[(event_seconds(&restarted) - killed) * 1000.0],
+                &[millis(started)],
             );
+            for death in 0..DEATHS {
+                let pid = vm.device_process(kind)["pid"].as_u64().expect("a pid");
+                let killed = now_seconds();
+                send_signal(pid, nix::sys::signal::Signal::SIGKILL);
+                let started = Instant::now();
+                vm.console.command(call);
+                let call_ms = millis(started);
+                let restarted = qmp.wait_event("X_DEVICE_PROCESS_RESTARTED");
+                assert_eq!(restarted["data"]["process"], kind, "{restarted}");
+                let which = if death == 0 {
+                    "a first death"
+                } else {
+                    "deaths 1.5 s apart"
+                };
+                table.add(
+                    0,
+                    &format!("SIGKILL {kind} → serving again: {which}"),
+                    "ms",
+                    &[(event_seconds(&restarted) - killed) * 1000.0],
+                );
+                table.add(
+                    0,
+                    &format!("the guest's call needing the {kind}: right after a kill"),
+                    "ms",
+                    &[call_ms],
+                );
+                if death + 1 < DEATHS {
+                    std::thread::sleep(DEATH_SPACING);
+                }
+            }
         }
         vm.console.send_line("poweroff");
         vm.wait_exit(Duration::from_secs(30));
+    }
+}
+
+/// The machine of the per-VM rows: a small VM, as a host packs them.
+const SMALL_MACHINE: [&str; 4] = ["--smp", "cpus=1,maxcpus=2", "--memory", "size=256M"];
+/// VMs running at once for the marginal memory and the start rate.
+const MANY_VMS: usize = 20;
+
+/// The PSS of every process of `vms`, in MiB.
+fn pss_mib(vms: &[Vm]) -> f64 {
+    vms.iter().flat_map(Vm::processes).map(pss_kib).sum::<u64>() as f64 / 1024.0
+}
+
+/// What one VM costs the host: the PSS of all its processes, alone and
+/// (marginally) among 20, and how many VMs start to the guest's prompt
+/// per second when 20 start at once.
+fn per_vm_rows(table: &mut Table, mode: usize, rounds: usize) {
+    let args = [&SMALL_MACHINE[..], &["--device-mode", MODES[mode]]].concat();
+    let program = plain_binary("papervisor");
+    for _ in 0..rounds {
+        std::thread::sleep(BOOT_PAUSE);
+        let mut one = Vm::start_program(&program, &args);
+        one.boot();
+        let alone = pss_mib(std::slice::from_ref(&one));
+        table.add(
+            mode,
+            "memory of one VM: PSS of all its processes",
+            "MiB",
+            &[alone],
+        );
+        let started = Instant::now();
+        let mut vms: Vec<Vm> = (1..MANY_VMS)
+            .map(|_| Vm::start_program(&program, &args))
+            .collect();
+        for vm in &mut vms {
+            vm.boot();
+        }
+        let rate = (MANY_VMS - 1) as f64 / started.elapsed().as_secs_f64();
+        table.add(
+            mode,
+            &format!(
+                "VMs started to the guest's prompt, {} at once",
+                MANY_VMS - 1
+            ),
+            "VMs/s",
+            &[rate],
+        );
+        vms.push(one);
+        let all = pss_mib(&vms);
+        table.add(
+            mode,
+            &format!("memory per VM, marginal, {MANY_VMS} VMs running (PSS)"),
+            "MiB",
+            &[(all - alone) / (MANY_VMS - 1) as f64],
+        );
+        for mut vm in vms {
+            vm.console.send_line("poweroff");
+            vm.wait_exit(Duration::from_secs(30));
+        }
     }
 }
 
@@ -526,6 +643,13 @@ fn seqpacket_floor(table: &mut Table) {
     let _ = echoer.join();
 }
 
+/// Whether the row group `group` runs (`PAPERVISOR_BENCH_ROWS`, all when unset).
+fn runs(group: &str) -> bool {
+    std::env::var("PAPERVISOR_BENCH_ROWS")
+        .map(|groups| groups.split(',').any(|g| g == group))
+        .unwrap_or(true)
+}
+
 fn main() {
     if !kvm_usable("isolation benchmark") {
         return;
@@ -535,23 +659,34 @@ fn main() {
     let mut table = Table::default();
     for (mode, name) in MODES.iter().enumerate() {
         eprintln!("isolation: {name}");
-        boot_rows(&mut table, mode, rounds.min(9));
-        let mut vm = start(name);
-        vm.boot();
-        let rate = cycles_per_micro();
-        call_rows(&mut table, mode, &mut vm, rate);
-        core_rows(&mut table, mode, &mut vm, rate, rounds);
-        dimm_rows(&mut table, mode, &mut vm, rounds.min(5));
-        storm_row(&mut table, mode, &mut vm);
-        idle_row(&mut table, mode, &mut vm);
-        vm.console.send_line("poweroff");
-        vm.wait_exit(Duration::from_secs(30));
+        if runs("boot") {
+            boot_rows(&mut table, mode, rounds.min(9));
+        }
+        if runs("calls") {
+            let mut vm = start(name);
+            vm.boot();
+            let rate = cycles_per_micro();
+            call_rows(&mut table, mode, &mut vm, rate);
+            core_rows(&mut table, mode, &mut vm, rate, rounds);
+            dimm_rows(&mut table, mode, &mut vm, rounds.min(5));
+            storm_row(&mut table, mode, &mut vm);
+            idle_row(&mut table, mode, &mut vm);
+            vm.console.send_line("poweroff");
+            vm.wait_exit(Duration::from_secs(30));
+        }
+        if runs("per-vm") {
+            per_vm_rows(&mut table, mode, rounds.min(3));
+        }
     }
-    seqpacket_floor(&mut table);
-    if nix::unistd::geteuid().is_root() {
-        restart_rows(&mut table, rounds.min(3));
-    } else {
-        eprintln!("SKIPPED the restart rows: they need root (the jail)");
+    if runs("floor") {
+        seqpacket_floor(&mut table);
+    }
+    if runs("restart") {
+        if nix::unistd::geteuid().is_root() {
+            restart_rows(&mut table, rounds.min(3));
+        } else {
+            eprintln!("SKIPPED the restart rows: they need root (the jail)");
+        }
     }
     println!(
         "papervisor {} (out-of-process: jailed device processes; in-process: device threads of the core)",

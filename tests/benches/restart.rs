@@ -1,6 +1,6 @@
 //! What a device process's death costs: SIGKILL → the supervisor sees the
-//! exit, SIGKILL → the successor serves (it resumed its state region; the
-//! first restart waits out a 100 ms backoff), and what the guest sees — one
+//! exit, SIGKILL → the successor serves (it resumed its state region; a
+//! process that served restarts at once), and what the guest sees — one
 //! RTAS call that needs the dead process, made right after the kill,
 //! against the same call made normally. Then the hotplug controller at
 //! `maxmem=4G` and `maxmem=4T` (16 382 LMB DRCs): its state region (size the
@@ -8,20 +8,10 @@
 //! Prints a table; `cargo bench -p papervisor-tests --bench restart [-- ROUNDS]`.
 //! Needs root (the jail) and /dev/kvm.
 
-use papervisor_tests::bench::{count_arg, median};
+use papervisor_tests::bench::{count_arg, guest_call, median};
 use papervisor_tests::{binary, root_and_kvm, send_signal, QmpClient, Vm};
 use serde_json::Value;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-/// A guest call that needs each process (the RTAS server alone, the
-/// controller through it, the event log through it).
-fn guest_call(kind: &str) -> &'static str {
-    match kind {
-        "rtas-server" => "time",
-        "hotplug-controller" => "rtas-raw 0x2000000 0x201d 2 2 9003 0x10000000",
-        _ => "rtas-raw 0x2000000 0x200f 4 1 1073741824 0 0 0",
-    }
-}
 
 fn event_seconds(event: &Value) -> f64 {
     let stamp = &event["timestamp"];

@@ -498,6 +498,15 @@ impl Vm {
         }
     }
 
+    /// Every process of the VM: the core, its spawner, and what the spawner
+    /// started.
+    pub fn processes(&self) -> Vec<u32> {
+        std::iter::once(self.pid())
+            .chain(self.spawner())
+            .chain(self.children().into_iter().map(|(pid, _)| pid))
+            .collect()
+    }
+
     /// The pid of the VM's spawner process (the core's child), if it runs.
     pub fn spawner(&self) -> Option<u32> {
         children_of(self.pid())
@@ -860,6 +869,31 @@ pub mod bench {
             .skip(1)
             .find_map(|arg| arg.parse().ok())
             .unwrap_or(default)
+    }
+
+    /// The proportional set size of process `pid`, in KiB: its private
+    /// pages, and its share of each page it shares (what it costs the host).
+    pub fn pss_kib(pid: u32) -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+            .ok()
+            .and_then(|rollup| {
+                rollup.lines().find_map(|line| {
+                    line.strip_prefix("Pss:")
+                        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+                })
+            })
+            .unwrap_or(0)
+    }
+
+    /// A guest call that needs the device process `kind` (the RTAS server
+    /// alone, the controller through it, the event log through it), as a
+    /// command of the test guest.
+    pub fn guest_call(kind: &str) -> &'static str {
+        match kind {
+            "rtas-server" => "time",
+            "hotplug-controller" => "rtas-raw 0x2000000 0x201d 2 2 9003 0x10000000",
+            _ => "rtas-raw 0x2000000 0x200f 4 1 1073741824 0 0 0",
+        }
     }
 
     /// A kB field of /proc/PID/status (`VmRSS:`, `VmHWM:`), in KiB.

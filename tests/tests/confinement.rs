@@ -361,8 +361,18 @@ fn every_thread_of_the_core_is_filtered_and_unprivileged() {
     assert_eq!(task_field(&status, "NoNewPrivs"), "1");
     assert_eq!(task_field(&status, "Seccomp"), "2");
     // The rest of the tree, the spawner's children: the three device
-    // processes and the reaper, none privileged, each filtered.
-    assert_eq!(children.len(), 4, "{children:?}");
+    // processes, the reaper and the standbys (each waits, jailed, to be the
+    // next of its kind), none privileged, each filtered.
+    for pid in vm.device_pids() {
+        assert!(
+            children.iter().any(|(child, _)| u64::from(*child) == pid),
+            "{children:?}"
+        );
+    }
+    let reapers = children
+        .iter()
+        .filter(|(_, name)| papervisor_tests::is_reaper(name));
+    assert_eq!(reapers.count(), 1, "{children:?}");
     for (pid, name) in children {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         assert_eq!(task_field(&status, "Seccomp"), "2", "{name}");
@@ -490,10 +500,22 @@ fn stopped_and_hung_device_processes_do_not_outlive_a_killed_core() {
     });
     std::thread::sleep(Duration::from_millis(500));
     let helpers = reapers(&vm);
+    let spawner = u64::from(vm.spawner().expect("a spawner"));
+    // Everything the spawner started: device processes, reaper, standbys.
+    let started: Vec<u64> = vm
+        .children()
+        .iter()
+        .map(|(pid, _)| u64::from(*pid))
+        .collect();
     send_signal(u64::from(vm.pid()), nix::sys::signal::Signal::SIGKILL);
     assert!(!vm.wait_exit(Duration::from_secs(10)).success());
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    for pid in pids.iter().chain(&helpers) {
+    for pid in pids
+        .iter()
+        .chain(&helpers)
+        .chain(&started)
+        .chain([&spawner])
+    {
         while runs(*pid) {
             assert!(
                 std::time::Instant::now() < deadline,

@@ -102,11 +102,28 @@ impl Spawner {
 fn event_log_descriptors() -> (Vec<OwnedFd>, Vec<Channel>) {
     let mut fds = Vec::new();
     let mut ours = Vec::new();
-    for _ in 0..descriptors_of(ProcessKind::EventLog) {
+    for _ in ProcessKind::EventLog.links() {
         let (end, theirs) = Channel::pair().unwrap();
         ours.push(end);
         fds.push(theirs.as_fd().try_clone_to_owned().unwrap());
     }
+    // Its interrupts, and its state region.
+    for _ in 0..2 {
+        let interrupt = std::fs::File::options()
+            .write(true)
+            .open("/dev/null")
+            .unwrap();
+        fds.push(interrupt.into());
+    }
+    let region =
+        nix::sys::memfd::memfd_create(c"state", nix::sys::memfd::MFdFlags::empty()).unwrap();
+    nix::unistd::ftruncate(
+        &region,
+        ipc_proto::link::core_eventlog::STATE_REGION_BYTES as i64,
+    )
+    .unwrap();
+    fds.push(region);
+    assert_eq!(fds.len(), descriptors_of(ProcessKind::EventLog));
     (fds, ours)
 }
 
@@ -165,15 +182,30 @@ fn the_spawner_refuses_what_is_not_a_device_of_its_vm_and_ends_with_its_core() {
         panic!("{reply:?}");
     };
     assert_eq!(pidfds.len(), 1);
-    assert_eq!(
-        children_of(spawner.pid)
+    assert!(children_of(spawner.pid)
+        .iter()
+        .any(|(child, _)| *child == pid));
+    // Then, idle, it starts a standby of the kind, which the next start of
+    // the kind becomes: no jail to wait for.
+    let deadline = Instant::now() + TIMEOUT;
+    let standby = loop {
+        let others: Vec<u32> = children_of(spawner.pid)
             .into_iter()
-            .map(|(pid, _)| pid)
-            .collect::<Vec<_>>(),
-        [pid]
-    );
-    // The same generation again, or an earlier one: refused.
-    for generation in [5, 4] {
+            .map(|(child, _)| child)
+            .filter(|child| *child != pid)
+            .collect();
+        if let [standby] = others[..] {
+            break standby;
+        }
+        assert!(Instant::now() < deadline, "no standby: {others:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let (second_fds, _second_ours) = event_log_descriptors();
+    let second: Vec<BorrowedFd<'_>> = second_fds.iter().map(AsFd::as_fd).collect();
+    let (reply, _) = spawner.ask(&start(ProcessKind::EventLog, 6, None), &second);
+    assert_eq!(reply, SpawnReply::Started { pid: standby });
+    // A generation it started, or an earlier one: refused.
+    for generation in [6, 5, 4] {
         let why = spawner.refused(&start(ProcessKind::EventLog, generation, None), &borrowed);
         assert!(why.contains("is not after"), "{why}");
     }
@@ -193,7 +225,7 @@ fn the_spawner_refuses_what_is_not_a_device_of_its_vm_and_ends_with_its_core() {
     let spawner_pid = spawner.pid;
     drop(spawner);
     let deadline = Instant::now() + TIMEOUT;
-    while runs(spawner_pid) || runs(pid) {
+    while runs(spawner_pid) || runs(pid) || runs(standby) {
         assert!(
             Instant::now() < deadline,
             "the spawner or its child outlived its core"

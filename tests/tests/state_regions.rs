@@ -447,7 +447,7 @@ fn a_controller_killed_in_a_dimm_unplug_after_some_lmbs_went_completes_it_once()
     }
 }
 
-/// The jails' directories of a VM's processes (`<run dir>/jails/<binary>/<id>`).
+/// The jails' directories of a VM (`<run dir>/jails/<binary>/<id>`).
 fn jail_dirs(vm: &Vm) -> Vec<std::path::PathBuf> {
     let jails = std::path::Path::new("/run/papervisor")
         .join(format!("vm-{}", vm.pid()))
@@ -465,6 +465,30 @@ fn jail_dirs(vm: &Vm) -> Vec<std::path::PathBuf> {
         }
     }
     dirs
+}
+
+/// No jail is left behind: one per jailed process of the VM (its device
+/// processes and the standbys that wait to be the next of their kind;
+/// the reaper has none). Standbys come and go, so this waits for the two
+/// to agree (a moment after a change).
+fn assert_a_jail_per_process(vm: &Vm) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let dirs = jail_dirs(vm);
+        let jailed: Vec<(u32, String)> = vm
+            .children()
+            .into_iter()
+            .filter(|(_, name)| !papervisor_tests::is_reaper(name))
+            .collect();
+        if dirs.len() == jailed.len() && jailed.len() >= 3 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "jails {dirs:?} for processes {jailed:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A copy of `name` at `dir/copy_name`, mode 0755.
@@ -498,7 +522,7 @@ fn a_restart_runs_the_binary_last_upgraded_to_and_no_jail_is_left_behind() {
     let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=2"]);
     vm.boot();
     let mut qmp = QmpClient::connect(&vm.qmp_socket());
-    assert_eq!(jail_dirs(&vm).len(), 3);
+    assert_a_jail_per_process(&vm);
     let original = vm.device_process("rtas-server")["binary"].clone();
     assert_eq!(
         original,
@@ -537,8 +561,7 @@ fn a_restart_runs_the_binary_last_upgraded_to_and_no_jail_is_left_behind() {
         );
     }
     // Every replaced, killed and refused process's jail went: one per process.
-    let dirs = jail_dirs(&vm);
-    assert_eq!(dirs.len(), 3, "{dirs:?}");
+    assert_a_jail_per_process(&vm);
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -585,7 +608,7 @@ fn an_upgrade_to_a_binary_other_users_control_is_refused() {
         (&after["pid"], &after["binary"]),
         (&before["pid"], &before["binary"])
     );
-    assert_eq!(jail_dirs(&vm).len(), 3);
+    assert_a_jail_per_process(&vm);
     // Made safe, the same copy is accepted.
     mode(&dir, 0o755);
     let reply = upgrade(&mut qmp, "rtas-server", &copy);
@@ -636,7 +659,12 @@ fn a_device_whose_state_region_fails_ends_alone_and_is_restarted() {
                 "{after}"
             );
         } else {
-            assert_eq!(why, "exited with status 1", "{after}");
+            // It exits with status 1; the core, which saw it hang up, may
+            // cut it off (SIGKILL) before it is gone.
+            assert!(
+                ["exited with status 1", "killed by SIGKILL"].contains(&why),
+                "{after}"
+            );
             assert_ne!(after["pid"], before["pid"]);
         }
         // The guest took the core, once, and runs on; so does the core.

@@ -75,6 +75,7 @@ fn main() -> ExitCode {
         log::error!("{}", common::describe(&error));
         return ExitCode::FAILURE;
     }
+    common::release_free_memory();
     // SAFETY: the core hands its sockets over as these descriptors, open for
     // the life of the process, and nothing else here owns them.
     let (requests, events) = unsafe {

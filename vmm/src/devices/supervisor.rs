@@ -20,7 +20,7 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF_DOUBLINGS: usize = 6;
 /// A process that dies within this time of its start is in a crash loop,
 /// even if it served.
-pub const SHORT_LIFE: Duration = Duration::from_secs(1);
+pub const SHORT_LIFE: Duration = Duration::from_millis(100);
 
 /// What QMP reports of a process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
