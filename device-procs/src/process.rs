@@ -735,11 +735,9 @@ fn log_panics() {
     }));
 }
 
-/// A standby process (started ahead of time, jailed, so that a restart
-/// does not wait for a jail) waits on its standby socket, descriptor
-/// [`FIRST_CHANNEL_FD`], for the descriptors of the process it becomes and
-/// whether it resumes its state region; its standby socket then goes. A
-/// spawner that goes first (the VM ended) ends it.
+/// A standby (started ahead of time, jailed: a restart waits for no jail)
+/// waits on its socket, descriptor [`FIRST_CHANNEL_FD`], for the
+/// descriptors of the process it becomes and whether it resumes.
 fn await_takeover(kind: ProcessKind) -> Result<(Descriptors, bool), ProcessError> {
     use ipc_proto::protocol::Message;
     // SAFETY: the spawner hands a standby its socket as this descriptor.

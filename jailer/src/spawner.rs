@@ -44,6 +44,10 @@ pub const MAX_CHILDREN: usize = 16;
 const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The address space of a device process that maps no guest memory.
 const DEVICE_ADDRESS_SPACE: u64 = 1 << 30;
+/// How long the spawner must have had no request before it starts a
+/// standby: the starts of a group (the VM's boot, processes that died
+/// together) come close together and must not wait for one.
+const STANDBY_QUIET: u16 = 20;
 
 /// What the spawner starts, fixed at its own start.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -270,7 +274,7 @@ impl Spawner {
             // Standbys are started when nothing else waits.
             let timeout = match self.wanted.is_empty() {
                 true => PollTimeout::NONE,
-                false => PollTimeout::ZERO,
+                false => PollTimeout::from(STANDBY_QUIET),
             };
             let (request_ready, ended, standbys_ended, idle) = {
                 let mut fds: Vec<PollFd> = std::iter::once(self.requests.as_fd())

@@ -186,6 +186,17 @@ impl Platform {
     }
 }
 
+/// The starter of `mode`; in-process is refused by a core built without it.
+fn starter_for(mode: DeviceMode) -> Result<Box<dyn Starter>, SpawnError> {
+    match mode {
+        DeviceMode::OutOfProcess => Ok(Box::new(starter::Processes)),
+        #[cfg(feature = "in-process")]
+        DeviceMode::InProcess => Ok(Box::new(threads::Threads)),
+        #[cfg(not(feature = "in-process"))]
+        DeviceMode::InProcess => Err(SpawnError::NoInProcess),
+    }
+}
+
 /// The core's device processes (or threads), supervised.
 pub struct DeviceProcesses {
     sandbox: Sandbox,
@@ -227,11 +238,10 @@ impl DeviceProcesses {
         sandbox: Sandbox,
         control: Sender<ControlMessage>,
     ) -> Result<DeviceProcesses, DeviceError> {
-        let starter =
-            starter::for_mode(sandbox.device_mode).map_err(|source| DeviceError::Spawn {
-                kind: "device",
-                source,
-            })?;
+        let starter = starter_for(sandbox.device_mode).map_err(|source| DeviceError::Spawn {
+            kind: "device",
+            source,
+        })?;
         Self::start_with(platform, sandbox, starter, control)
     }
 

@@ -4,7 +4,7 @@
 //! without a jail or KVM). Only the thread starter links the device code
 //! (`device-procs`), and only with the `in-process` feature.
 
-use super::spawn::{self, DeviceMode, Launch, SpawnError, Spawned};
+use super::spawn::{self, DeviceMode, Launch, Spawned};
 
 /// Starts devices.
 pub trait Starter: Send + Sync {
@@ -16,17 +16,6 @@ pub trait Starter: Send + Sync {
     /// (x-upgrade-device-process): threads of the core run no program.
     fn replaceable(&self) -> bool {
         self.mode() == DeviceMode::OutOfProcess
-    }
-}
-
-/// The starter of `mode`; in-process is refused by a core built without it.
-pub fn for_mode(mode: DeviceMode) -> Result<Box<dyn Starter>, SpawnError> {
-    match mode {
-        DeviceMode::OutOfProcess => Ok(Box::new(Processes)),
-        #[cfg(feature = "in-process")]
-        DeviceMode::InProcess => Ok(Box::new(super::threads::Threads)),
-        #[cfg(not(feature = "in-process"))]
-        DeviceMode::InProcess => Err(SpawnError::NoInProcess),
     }
 }
 

@@ -599,12 +599,7 @@ mod tests {
 
     #[test]
     fn machine_commands_go_to_the_control_loop_and_time_out_cleanly() {
-        let (sender, receiver) = channel();
-        let context = QmpContext {
-            control: sender,
-            cpus: Arc::new(crate::vcpu::CpuTable::new(1)),
-            name: None,
-        };
+        let (context, receiver) = test_context();
         let answering = thread::spawn(move || {
             let Ok(ControlMessage::Qmp { request, reply }) = receiver.recv() else {
                 panic!("no command");
@@ -621,13 +616,19 @@ mod tests {
         answering.join().unwrap();
     }
 
-    fn session_replies(lines: &[&str]) -> (Vec<Value>, Vec<ControlMessage>) {
-        let (sender, receiver) = channel();
+    /// A QMP context whose control loop is the receiver returned.
+    fn test_context() -> (QmpContext, std::sync::mpsc::Receiver<ControlMessage>) {
+        let (control, receiver) = channel();
         let context = QmpContext {
-            control: sender,
+            control,
             cpus: Arc::new(crate::vcpu::CpuTable::new(1)),
             name: None,
         };
+        (context, receiver)
+    }
+
+    fn session_replies(lines: &[&str]) -> (Vec<Value>, Vec<ControlMessage>) {
+        let (context, receiver) = test_context();
         let mut session = Session {
             negotiated: false,
             context: &context,
@@ -708,12 +709,7 @@ mod tests {
     /// session answers itself: none of them reaches the control loop.
     #[test]
     fn what_is_no_machine_request_is_answered_by_the_session() {
-        let (sender, receiver) = channel();
-        let context = QmpContext {
-            control: sender,
-            cpus: Arc::new(crate::vcpu::CpuTable::new(1)),
-            name: None,
-        };
+        let (context, receiver) = test_context();
         let mut session = Session {
             negotiated: false,
             context: &context,
