@@ -411,7 +411,7 @@ impl Spawner {
                 // The next of its kind gets a standby of the same binary.
                 self.wanted.retain(|(wanted, _)| *wanted != kind);
                 self.wanted.push((kind, program));
-                self.hold(Started::Device { kind, generation }, &pidfd, pid, jail_dir)
+                self.hold(Started::Device { kind, generation }, pidfd, pid, jail_dir)
             }
             SpawnRequest::StartReaper { generation } => {
                 if generation <= self.last_reaper {
@@ -423,7 +423,7 @@ impl Spawner {
                 self.room()?;
                 self.last_reaper = generation;
                 let (pid, pidfd) = self.start_reaper(&fds)?;
-                self.hold(Started::Reaper { generation }, &pidfd, pid, None)
+                self.hold(Started::Reaper { generation }, pidfd, pid, None)
             }
             SpawnRequest::Kill(process) => {
                 if let Some(child) = self.children.iter().find(|c| c.process == process) {
@@ -509,19 +509,16 @@ impl Spawner {
     fn hold(
         &mut self,
         process: Started,
-        pidfd: &OwnedFd,
+        pidfd: OwnedFd,
         pid: u32,
         jail_dir: Option<PathBuf>,
     ) -> Result<(SpawnReply, Option<OwnedFd>), String> {
         let copy = pidfd
             .try_clone()
             .map_err(|error| format!("cannot duplicate a pidfd: {error}"))?;
-        let held = pidfd
-            .try_clone()
-            .map_err(|error| format!("cannot duplicate a pidfd: {error}"))?;
         self.children.push(Child {
             process,
-            pidfd: held,
+            pidfd,
             jail_dir,
         });
         Ok((SpawnReply::Started { pid }, Some(copy)))

@@ -224,6 +224,17 @@ pub fn is_reaper(command_name: &str) -> bool {
     command_name == "papervisor-reap"
 }
 
+/// Whether process `pid` still runs (a zombie has ended).
+pub fn runs(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().to_string())
+        })
+        .is_some_and(|rest| !rest.starts_with('Z'))
+}
+
 /// Whether a process's command name is the spawner's (`papervisor-spawner`).
 pub fn is_spawner(command_name: &str) -> bool {
     command_name == "papervisor-spaw"

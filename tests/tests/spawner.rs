@@ -7,7 +7,7 @@
 use ipc_proto::channel::{Channel, Envelope};
 use ipc_proto::spawner::{descriptors_of, SpawnReply, SpawnRequest, Started};
 use ipc_proto::ProcessKind;
-use papervisor_tests::{binary, children_of};
+use papervisor_tests::{binary, children_of, runs};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -136,12 +136,6 @@ fn start(kind: ProcessKind, generation: u64, upgrade: Option<String>) -> SpawnRe
     }
 }
 
-fn runs(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| !stat.contains(") Z "))
-        .unwrap_or(false)
-}
-
 #[test]
 fn the_spawner_refuses_what_is_not_a_device_of_its_vm_and_ends_with_its_core() {
     let mut spawner = Spawner::start();
@@ -225,7 +219,10 @@ fn the_spawner_refuses_what_is_not_a_device_of_its_vm_and_ends_with_its_core() {
     let spawner_pid = spawner.pid;
     drop(spawner);
     let deadline = Instant::now() + TIMEOUT;
-    while runs(spawner_pid) || runs(pid) || runs(standby) {
+    while [spawner_pid, pid, standby]
+        .into_iter()
+        .any(|pid| runs(u64::from(pid)))
+    {
         assert!(
             Instant::now() < deadline,
             "the spawner or its child outlived its core"

@@ -156,29 +156,20 @@ impl Vm {
         let Some(event) = exit_event(kind, pid, reason, restarts, after) else {
             return;
         };
+        let follows = match after {
+            AfterExit::RestartAfter(Duration::ZERO) => "restarting now".to_string(),
+            AfterExit::RestartAfter(delay) => format!("restarting in {delay:?}"),
+            _ => "it keeps dying: marked failed, the VM runs on without it".to_string(),
+        };
+        log::error!("{} (pid {pid}) {reason}; {follows}", kind.name());
+        // The exit is announced before the restart that follows it.
+        self.qmp.emit("X_DEVICE_PROCESS_EXITED", event);
         match after {
             // It served: its successor starts now, and the guest's calls
             // that wait for it go on as soon as it is set up.
-            AfterExit::RestartAfter(Duration::ZERO) => {
-                log::error!("{} (pid {pid}) {reason}; restarting now", kind.name());
-                self.qmp.emit("X_DEVICE_PROCESS_EXITED", event);
-                self.restart_device(kind);
-            }
-            AfterExit::RestartAfter(delay) => {
-                log::error!(
-                    "{} (pid {pid}) {reason}; restarting in {delay:?}",
-                    kind.name()
-                );
-                self.qmp.emit("X_DEVICE_PROCESS_EXITED", event);
-                self.schedule_restart(kind, delay);
-            }
-            _ => {
-                log::error!(
-                    "{} (pid {pid}) {reason}; it keeps dying: marked failed, the VM runs on without it",
-                    kind.name()
-                );
-                self.qmp.emit("X_DEVICE_PROCESS_EXITED", event);
-            }
+            AfterExit::RestartAfter(Duration::ZERO) => self.restart_device(kind),
+            AfterExit::RestartAfter(delay) => self.schedule_restart(kind, delay),
+            _ => {}
         }
     }
 
