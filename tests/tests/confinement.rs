@@ -3,7 +3,7 @@
 //! RAM, and nothing left behind however the VM ends. These need root (the
 //! jail, switching to a VM's uid) and /dev/kvm; they say so when skipped.
 
-use papervisor_tests::{root_and_kvm, send_signal, Vm};
+use papervisor_tests::{root_and_kvm, runs, send_signal, Vm};
 use serde_json::json;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -234,19 +234,25 @@ fn a_killed_vms_directory_is_removed_when_the_next_vm_starts() {
     if !root_and_kvm("a_killed_vms_directory_is_removed_when_the_next_vm_starts") {
         return;
     }
-    let mut first = Vm::start(&[]);
+    // A base of their own: the other tests' VMs, which start meanwhile,
+    // remove the dead VMs' directories of theirs.
+    let scratch = papervisor_tests::scratch_dir();
+    let base = scratch.join("run").display().to_string();
+    let mut first = Vm::start(&["--jail-dir", &base]);
     first.boot();
-    let run_dir = Path::new(RUN_BASE).join(format!("vm-{}", first.pid()));
+    let run_dir = Path::new(&base).join(format!("vm-{}", first.pid()));
     send_signal(u64::from(first.pid()), nix::sys::signal::Signal::SIGKILL);
     first.wait_exit(Duration::from_secs(10));
     assert!(run_dir.exists(), "nothing could remove it yet");
-    let mut next = Vm::start(&[]);
+    let mut next = Vm::start(&["--jail-dir", &base]);
     next.boot();
     assert!(
         !run_dir.exists(),
         "{} outlived the next start",
         run_dir.display()
     );
+    drop(next);
+    let _ = std::fs::remove_dir_all(scratch);
 }
 
 /// One field of a thread's status, e.g. `CapEff`.
@@ -443,17 +449,6 @@ fn vms_with_other_jail_dirs_never_share_a_uid_or_a_gid() {
     drop(a);
     drop(b);
     let _ = std::fs::remove_dir_all(base);
-}
-
-/// Whether process `pid` still runs (a zombie has ended).
-fn runs(pid: u64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            stat.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().to_string())
-        })
-        .is_some_and(|rest| !rest.starts_with('Z'))
 }
 
 /// When the core dies (SIGKILL), every process of its VM goes with it: a

@@ -87,6 +87,9 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     }
+    // Set before any thread starts: each installs its filter in this mode
+    // (one that starts before would install none).
+    seccomp::set_mode(&config.sandbox.seccomp);
     // What the device processes run as, and where their jails go: fixed
     // before the spawner starts, since it takes them from its command line.
     let runtime = match claim_runtime(&mut config) {
@@ -118,7 +121,6 @@ fn main() -> ExitCode {
         eprintln!("papervisor: cannot make the core non-dumpable: {error}");
         return ExitCode::from(EXIT_FAILURE);
     }
-    seccomp::set_mode(&config.sandbox.seccomp);
     let log_drain = match log_pipe.drain_into(log_file) {
         Ok(drain) => drain,
         Err(error) => {
