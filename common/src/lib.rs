@@ -49,7 +49,7 @@ pub fn init_logging(
             writeln!(
                 out,
                 "[{} {:5} {}] {}",
-                out.timestamp_millis(),
+                out.timestamp_micros(),
                 record.level(),
                 THREAD_LABEL.get().unwrap_or(process),
                 record.args()

@@ -153,6 +153,20 @@ impl Descriptors {
 struct End {
     channel: Channel,
     next_id: u64,
+    /// A replacement whose peer's hello has not been read yet: the first
+    /// frame on it must be that hello. Adopting a link does not wait for
+    /// the new peer, which the core may still be starting.
+    awaits_hello: bool,
+}
+
+impl End {
+    fn greeted(channel: Channel) -> End {
+        End {
+            channel,
+            next_id: 1,
+            awaits_hello: false,
+        }
+    }
 }
 
 /// A peer that could not be reached; the caller answers the guest "busy".
@@ -221,13 +235,7 @@ impl Links {
             // replaces another and is linked to its peers afterwards).
             match greeted.and_then(|()| channel.expect_hello(link, timeout)) {
                 Ok(()) => {
-                    ends.insert(
-                        link,
-                        End {
-                            channel,
-                            next_id: 1,
-                        },
-                    );
+                    ends.insert(link, End::greeted(channel));
                 }
                 Err(error) if !link.touches_core() => {
                     log::warn!(
@@ -312,6 +320,7 @@ impl Links {
         request: P::Request,
     ) -> Result<Answer<P::Reply>, PeerDown> {
         let link = P::LINK;
+        self.greet(link, link.reply_timeout())?;
         let end = self.ends.get_mut(&link).ok_or(PeerDown(link))?;
         let sent = end.channel.send(
             &Envelope {
@@ -410,7 +419,9 @@ impl Links {
     }
 
     /// Takes over a replacement channel the core sent for `link`, and
-    /// handshakes on it.
+    /// sends its hello; the peer's is read with its first frame
+    /// ([`Links::greet`]), so that the core may hand the link over before
+    /// the peer runs, and this process serves meanwhile.
     fn adopt(&mut self, link: Link, fds: Vec<OwnedFd>) -> Result<(), String> {
         if !self.kind.links().contains(&link) || link.touches_core() {
             return Err(format!(
@@ -424,18 +435,77 @@ impl Links {
             .ok_or("no descriptor with the new link")?;
         let channel = Channel::from_fd(fd);
         channel
-            .handshake(link, HANDSHAKE_TIMEOUT)
+            .send_hello(link)
             .map_err(|error| error.to_string())?;
-        log::info!("{link:?}: new peer connected");
         self.ends.insert(
             link,
             End {
                 channel,
                 next_id: 1,
+                awaits_hello: true,
             },
         );
         self.relinked.push(link);
         Ok(())
+    }
+
+    /// Reads the hello of the new peer on `link` if it is still awaited,
+    /// waiting up to `timeout` for it. A peer that sends anything else, or
+    /// hangs up, is dropped and blamed; one that is silent for `timeout` is
+    /// blamed and kept (see [`Links::request_as`]).
+    fn greet(&mut self, link: Link, timeout: Duration) -> Result<(), PeerDown> {
+        match self.read_hello(link, timeout) {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                log::error!("{link:?}: the new peer did not say hello ({error}); it is reported");
+                self.peer_failed = self.peer_of(link);
+                Err(PeerDown(link))
+            }
+        }
+    }
+
+    /// [`Links::greet`] for a link whose hello may not have come yet (a
+    /// link replaced after the serving loop polled): nothing to read is
+    /// not a fault.
+    fn greet_if_there(&mut self, link: Link) {
+        match self.read_hello(link, Duration::ZERO) {
+            Ok(()) | Err(ChannelError::Timeout(_)) => {}
+            Err(error) => {
+                log::error!("{link:?}: the new peer did not say hello ({error}); it is reported");
+                self.peer_failed = self.peer_of(link);
+            }
+        }
+    }
+
+    /// Reads the awaited hello on `link`; a link whose peer sent anything
+    /// else, or hung up, is dropped until the core replaces it.
+    fn read_hello(&mut self, link: Link, timeout: Duration) -> Result<(), ChannelError> {
+        let Some(end) = self.ends.get_mut(&link) else {
+            return Err(ChannelError::HungUp);
+        };
+        if !end.awaits_hello {
+            return Ok(());
+        }
+        match end.channel.expect_hello(link, timeout) {
+            Ok(()) => {
+                end.awaits_hello = false;
+                log::info!("{link:?}: new peer connected");
+                Ok(())
+            }
+            Err(error @ ChannelError::Timeout(_)) => Err(error),
+            Err(error) => {
+                self.ends.remove(&link);
+                Err(error)
+            }
+        }
+    }
+
+    /// The other process on `link`.
+    fn peer_of(&self, link: Link) -> Option<ProcessKind> {
+        [link.requester(), link.server()]
+            .into_iter()
+            .flatten()
+            .find(|&peer| peer != self.kind)
     }
 }
 
@@ -623,6 +693,10 @@ pub fn serve(device: &mut impl Device, links: &mut Links) -> Result<(), ProcessE
             let Some(end) = links.ends.get(&link) else {
                 continue;
             };
+            if end.awaits_hello {
+                links.greet_if_there(link);
+                continue;
+            }
             match end.channel.recv_frame(Some(Duration::ZERO)) {
                 Err(ChannelError::HungUp) if link.touches_core() => {
                     log::info!("the core hung up; exiting");
@@ -803,6 +877,77 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Options, String> {
         parse_options(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+    }
+
+    /// The hotplug controller's links, opened (no filter) against the
+    /// test's ends, each peer's hello already sent.
+    fn opened_controller() -> (Links, Vec<Channel>) {
+        let kind = ProcessKind::HotplugController;
+        let (ours, theirs): (Vec<Channel>, Vec<Channel>) = kind
+            .links()
+            .iter()
+            .map(|_| Channel::pair().unwrap())
+            .unzip();
+        for (theirs, &link) in theirs.iter().zip(kind.links()) {
+            theirs.send_hello(link).unwrap();
+        }
+        let links = Links::open(kind, ours, &[], seccomp::Mode::Off).unwrap();
+        (links, theirs)
+    }
+
+    #[test]
+    fn a_replaced_link_is_adopted_at_once_and_its_hello_read_with_its_first_frame() {
+        let (mut links, _theirs) = opened_controller();
+        let link = Link::HotplugEventLog;
+        // The new peer is not running yet: adopting does not wait for it.
+        let (mine, new_peer) = Channel::pair().unwrap();
+        let answer: Answer<()> = links.control(
+            ControlRequest::ReplaceLink(link),
+            vec![mine.as_fd().try_clone_to_owned().unwrap()],
+        );
+        drop(mine);
+        assert!(matches!(answer, Answer::Ack), "{answer:?}");
+        assert!(links.ends[&link].awaits_hello);
+        // Nothing there yet: not a fault, nothing blamed.
+        links.greet_if_there(link);
+        assert!(links.ends[&link].awaits_hello);
+        assert_eq!(links.peer_failed, None);
+        // The peer runs: its hello is read, ours was waiting for it.
+        new_peer.handshake(link, Duration::from_secs(1)).unwrap();
+        links.greet(link, Duration::from_secs(1)).unwrap();
+        assert!(!links.ends[&link].awaits_hello);
+        assert_eq!(links.peer_failed, None);
+    }
+
+    #[test]
+    fn a_new_peer_that_does_not_say_hello_is_dropped_and_blamed() {
+        let (mut links, _theirs) = opened_controller();
+        let link = Link::HotplugEventLog;
+        let (mine, new_peer) = Channel::pair().unwrap();
+        let _: Answer<()> = links.control(
+            ControlRequest::ReplaceLink(link),
+            vec![mine.as_fd().try_clone_to_owned().unwrap()],
+        );
+        drop(mine);
+        // Silent: blamed, and kept (the supervisor judges it).
+        assert!(links.greet(link, Duration::ZERO).is_err());
+        assert_eq!(links.peer_failed.take(), Some(ProcessKind::EventLog));
+        assert!(links.ends.contains_key(&link));
+        // Anything but a hello: dropped until the core replaces it.
+        new_peer.send_frame(b"not a hello", &[]).unwrap();
+        assert!(links.greet(link, Duration::from_secs(1)).is_err());
+        assert_eq!(links.peer_failed, Some(ProcessKind::EventLog));
+        assert!(!links.ends.contains_key(&link));
+        // A link the controller does not have, or one of the core's, is refused.
+        let (other, _) = Channel::pair().unwrap();
+        let refused: Answer<()> = links.control(
+            ControlRequest::ReplaceLink(Link::CoreHotplug),
+            vec![other.as_fd().try_clone_to_owned().unwrap()],
+        );
+        assert!(
+            matches!(refused, Answer::Refused(Refusal::Relink { .. })),
+            "{refused:?}"
+        );
     }
 
     #[test]

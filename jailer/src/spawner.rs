@@ -45,9 +45,14 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The address space of a device process that maps no guest memory.
 const DEVICE_ADDRESS_SPACE: u64 = 1 << 30;
 /// How long the spawner must have had no request before it starts a
-/// standby: the starts of a group (the VM's boot, processes that died
-/// together) come close together and must not wait for one.
-const STANDBY_QUIET: u16 = 20;
+/// standby or removes ended jails: the starts of a group (the VM's boot,
+/// processes that died together, a restart right after its exit report)
+/// come close together and must not wait for either.
+const QUIET: u16 = 20;
+/// Ended jails kept for a quiet moment, at most: past that, they are
+/// removed at once (a core that never lets the spawner rest cannot make it
+/// hold an unbounded list).
+const MAX_JAILS_TO_REMOVE: usize = MAX_CHILDREN;
 
 /// What the spawner starts, fixed at its own start.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,6 +126,9 @@ pub struct Spawner {
     standbys: Vec<Standby>,
     /// The standbys to start when no request waits.
     wanted: Vec<(ProcessKind, PathBuf)>,
+    /// Jails of ended processes, removed when no request waits: removing
+    /// one takes longer than the rest of an exit report together.
+    jails_to_remove: Vec<PathBuf>,
     /// Standbys started, to name their jails.
     standbys_started: u64,
     /// The last generation started, of device processes and of reapers:
@@ -240,6 +248,7 @@ impl Spawner {
             children: Vec::new(),
             standbys: Vec::new(),
             wanted: Vec::new(),
+            jails_to_remove: Vec::new(),
             standbys_started: 0,
             last_device: 0,
             last_reaper: 0,
@@ -262,19 +271,18 @@ impl Spawner {
         // Killed, they end at once; their jails go with them.
         for (pidfd, jail_dir) in ended {
             let _ = waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED);
-            if let Some(dir) = &jail_dir {
-                remove_jail_dir(dir);
-            }
+            self.jails_to_remove.extend(jail_dir);
         }
+        self.remove_ended_jails();
         result
     }
 
     fn serve_until_hang_up(&mut self) -> Result<(), SpawnerError> {
         loop {
-            // Standbys are started when nothing else waits.
-            let timeout = match self.wanted.is_empty() {
+            // Standbys are started, and jails removed, when nothing else waits.
+            let timeout = match self.wanted.is_empty() && self.jails_to_remove.is_empty() {
                 true => PollTimeout::NONE,
-                false => PollTimeout::from(STANDBY_QUIET),
+                false => PollTimeout::from(QUIET),
             };
             let (request_ready, ended, standbys_ended, idle) = {
                 let mut fds: Vec<PollFd> = std::iter::once(self.requests.as_fd())
@@ -311,14 +319,15 @@ impl Spawner {
             for i in standbys_ended.into_iter().rev() {
                 let standby = self.standbys.swap_remove(i);
                 let _ = waitid(WaitId::PidFd(standby.pidfd.as_fd()), WaitIdOptions::EXITED);
-                if let Some(dir) = &standby.jail_dir {
-                    remove_jail_dir(dir);
-                }
+                self.jails_to_remove.extend(standby.jail_dir);
                 log::warn!(
                     "the standby {} (pid {}) ended",
                     standby.kind.name(),
                     standby.pid
                 );
+            }
+            if idle || self.jails_to_remove.len() > MAX_JAILS_TO_REMOVE {
+                self.remove_ended_jails();
             }
             if idle {
                 if let Some((kind, program)) = self.wanted.pop() {
@@ -336,17 +345,16 @@ impl Spawner {
         }
     }
 
-    /// Reaps an ended child, removes its jail, and tells the core how it
-    /// ended.
+    /// Reaps an ended child and tells the core how it ended; its jail is
+    /// removed later, when no request waits (the core restarts what
+    /// served at once).
     fn report_exit(&mut self, child: Child) {
         let how = match waitid(WaitId::PidFd(child.pidfd.as_fd()), WaitIdOptions::EXITED) {
             Ok(Some(status)) => describe_exit(&status),
             Ok(None) => "ended".to_string(),
             Err(errno) => format!("cannot be waited for: {errno}"),
         };
-        if let Some(dir) = &child.jail_dir {
-            remove_jail_dir(dir);
-        }
+        self.jails_to_remove.extend(child.jail_dir);
         let event = Envelope {
             id: 0,
             body: SpawnEvent::Exited {
@@ -461,9 +469,7 @@ impl Spawner {
         if !handed {
             let _ = pidfd_send_signal(&standby.pidfd, Signal::KILL);
             let _ = waitid(WaitId::PidFd(standby.pidfd.as_fd()), WaitIdOptions::EXITED);
-            if let Some(dir) = &standby.jail_dir {
-                remove_jail_dir(dir);
-            }
+            self.jails_to_remove.extend(standby.jail_dir);
             return None;
         }
         Some((standby.pid, standby.pidfd, standby.jail_dir))
@@ -494,6 +500,13 @@ impl Spawner {
         match started {
             Ok(standby) => self.standbys.push(standby),
             Err(why) => log::warn!("no standby of the {}: {why}", kind.name()),
+        }
+    }
+
+    /// Removes the jails of the processes that ended.
+    fn remove_ended_jails(&mut self) {
+        for dir in std::mem::take(&mut self.jails_to_remove) {
+            remove_jail_dir(&dir);
         }
     }
 

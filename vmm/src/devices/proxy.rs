@@ -74,6 +74,12 @@ pub trait Supervised: Send + Sync {
     fn set_failed(&self, failed: bool);
     /// The supervisor gave up on the process.
     fn is_failed(&self) -> bool;
+    /// The pid of the process that serves now (connected and set up).
+    fn serving_pid(&self) -> Option<u32>;
+    /// Waits until a process other than `pid` serves, the supervisor gives
+    /// up, or `until` passes: a caller that found this process gone goes on
+    /// as soon as its successor is set up.
+    fn wait_for_successor(&self, pid: Option<u32>, until: Instant);
     /// Kills a process the core no longer trusts; its watcher reports it.
     fn cut_off(&self, why: &str);
     /// The connected process is set up: callers waiting for it go on.
@@ -430,6 +436,35 @@ impl<P: Protocol> Supervised for Proxy<P> {
         self.failed.load(Ordering::SeqCst)
     }
 
+    fn serving_pid(&self) -> Option<u32> {
+        self.lock()
+            .as_ref()
+            .filter(|connected| connected.ready)
+            .map(|connected| connected.process.pid)
+    }
+
+    fn wait_for_successor(&self, pid: Option<u32>, until: Instant) {
+        let mut guard = self.lock();
+        loop {
+            let serving = guard
+                .as_ref()
+                .filter(|connected| connected.ready)
+                .map(|connected| connected.process.pid);
+            let now = Instant::now();
+            if serving.is_some_and(|serving| Some(serving) != pid)
+                || self.failed.load(Ordering::SeqCst)
+                || now >= until
+            {
+                return;
+            }
+            guard = self
+                .changed
+                .wait_timeout(guard, until - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
     fn cut_off(&self, why: &str) {
         Self::cut(self.kind, &mut self.lock(), why);
     }
@@ -488,6 +523,38 @@ mod tests {
             })),
         })
         .unwrap()
+    }
+
+    #[test]
+    fn a_caller_that_found_a_process_gone_goes_on_when_its_successor_serves() {
+        let (proxy, _inbox) = fake(|channel| {
+            let _ = channel.recv_frame(None);
+        });
+        proxy.mark_ready();
+        let gone = proxy.serving_pid();
+        assert_eq!(gone, Some(0));
+        // The same process still serves: the wait lasts until its end.
+        let until = Instant::now() + Duration::from_millis(10);
+        proxy.wait_for_successor(gone, until);
+        assert!(Instant::now() >= until);
+        let proxy = Arc::new(proxy);
+        let waiter = {
+            let proxy = Arc::clone(&proxy);
+            let until = Instant::now() + Duration::from_secs(60);
+            std::thread::spawn(move || {
+                proxy.wait_for_successor(gone, until);
+                (Instant::now() < until, proxy.serving_pid())
+            })
+        };
+        proxy.disconnect();
+        let (core_end, _server_end) = Channel::pair().unwrap();
+        proxy.connect(
+            core_end,
+            Arc::new(ProcessHandle::of_thread(42, Vec::new())),
+            HashMap::new(),
+        );
+        proxy.mark_ready();
+        assert_eq!(waiter.join().unwrap(), (true, Some(42)));
     }
 
     #[test]

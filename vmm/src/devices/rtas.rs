@@ -5,14 +5,17 @@
 use super::proxy::DeviceFailure;
 use super::{lock, DeviceProcesses};
 use ipc_proto::link::core_rtas::{self, MemoryRegion};
+use ipc_proto::ProcessKind;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 /// How long an RTAS call waits for a restarting RTAS server: the guest
 /// sees a slower call, not a failed one.
 pub const RTAS_RESTART_WAIT: Duration = Duration::from_secs(10);
-/// How often a call that needs a restarting peer of the RTAS server asks
-/// again: the core learns of the restart only through the supervisor.
+/// How long a call that found a peer of the RTAS server down waits, at
+/// most, before it asks again: it goes on as soon as the peer's successor
+/// serves, but the RTAS server may have dropped a peer the core still
+/// runs (one that was only slow), and then no successor comes.
 const PEER_RESTART_POLL: Duration = Duration::from_millis(20);
 
 impl DeviceProcesses {
@@ -71,6 +74,13 @@ impl DeviceProcesses {
         let deadline = Instant::now() + RTAS_RESTART_WAIT;
         let id = self.rtas.new_id();
         loop {
+            // Which processes served when the call was sent: a peer the RTAS
+            // server finds down is awaited until another serves.
+            let peers_before: Vec<(ProcessKind, Option<u32>)> = ProcessKind::ALL
+                .into_iter()
+                .filter(|&kind| kind != ProcessKind::RtasServer)
+                .map(|kind| (kind, self.proxy(kind).serving_pid()))
+                .collect();
             // A server just restarted serves the guest once it is set up.
             if !self.rtas.wait_for_process(deadline, abort) {
                 return self.rtas.query_as(id, request);
@@ -91,7 +101,12 @@ impl DeviceProcesses {
                         return Err(DeviceFailure::Restarting(peer));
                     }
                     log::debug!("RTAS call waits for the {}", peer.name());
-                    std::thread::sleep(PEER_RESTART_POLL);
+                    let before = peers_before
+                        .iter()
+                        .find(|(kind, _)| *kind == peer)
+                        .and_then(|(_, pid)| *pid);
+                    let until = (Instant::now() + PEER_RESTART_POLL).min(deadline);
+                    self.proxy(peer).wait_for_successor(before, until);
                 }
                 answer => return answer,
             }

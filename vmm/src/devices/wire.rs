@@ -49,7 +49,7 @@ impl DeviceProcesses {
             }
         }
 
-        let launches = kinds
+        let launches: Vec<spawn::Launch> = kinds
             .iter()
             .map(|&kind| {
                 let ends = descriptors.get(&kind);
@@ -59,21 +59,13 @@ impl DeviceProcesses {
                     .filter_map(|link| ends?.get(link).map(|end| end.as_fd().as_raw_fd()))
                     .collect();
                 fds.extend(self.extra_fds(kind));
-                (kind, fds, None)
+                self.launch(kind, fds, None)
             })
             .collect();
-        let started: HashMap<ProcessKind, (u64, Arc<ProcessHandle>)> = kinds
-            .iter()
-            .copied()
-            .zip(self.spawn(launches))
-            .map(|(kind, process)| Ok((kind, process?)))
-            .collect::<Result<_, DeviceError>>()?;
-        // The processes' ends are theirs alone now.
-        drop(descriptors);
-        let spawned = began.elapsed();
-
-        // Peers first: a new process waits for their hellos before it
-        // answers anything of the core's.
+        // Peers first, and while the new processes start: each new one
+        // finds its peers' hellos waiting, and waits for nothing else
+        // before it answers the core. (If it does not come up, its peers
+        // see its ends close, as if it had died.)
         for (peer, link, channel) in relinks {
             let Some(new) = [link.requester(), link.server()]
                 .into_iter()
@@ -82,14 +74,29 @@ impl DeviceProcesses {
             else {
                 continue;
             };
-            let generation = started[&new].0;
-            if let Err(error) = self.proxy(peer).relink(link, channel.as_fd(), generation) {
+            let Some(launch) = launches.iter().find(|launch| launch.kind == new) else {
+                continue;
+            };
+            if let Err(error) = self
+                .proxy(peer)
+                .relink(link, channel.as_fd(), launch.generation)
+            {
                 log::error!(
                     "{}: cannot hand over the new {link:?}: {error}",
                     peer.name()
                 );
             }
         }
+        let started: HashMap<ProcessKind, (u64, Arc<ProcessHandle>)> = kinds
+            .iter()
+            .copied()
+            .zip(self.start_launches(launches))
+            .map(|(kind, process)| Ok((kind, process?)))
+            .collect::<Result<_, DeviceError>>()?;
+        // The processes' ends are theirs alone now.
+        drop(descriptors);
+        let spawned = began.elapsed();
+
         for (link, channel) in &core_ends {
             channel
                 .send_hello(*link)
@@ -178,10 +185,19 @@ impl DeviceProcesses {
         &self,
         launches: Vec<(ProcessKind, Vec<RawFd>, Option<PathBuf>)>,
     ) -> Vec<Result<(u64, Arc<ProcessHandle>), DeviceError>> {
-        let launches: Vec<spawn::Launch> = launches
+        let launches = launches
             .into_iter()
             .map(|(kind, fds, program)| self.launch(kind, fds, program))
             .collect();
+        self.start_launches(launches)
+    }
+
+    /// Starts `launches` together, and records and watches each as a new
+    /// generation: one result each, in order.
+    fn start_launches(
+        &self,
+        launches: Vec<spawn::Launch>,
+    ) -> Vec<Result<(u64, Arc<ProcessHandle>), DeviceError>> {
         let started: Vec<(ProcessKind, u64)> = launches
             .iter()
             .map(|launch| (launch.kind, launch.generation))
