@@ -38,22 +38,12 @@ pub enum Started {
 /// What the core asks of its spawner.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SpawnRequest {
-    /// Start generation `generation` of a device process of `kind`, with the
-    /// descriptors that come with the request: its links in the order of
-    /// [`ProcessKind::links`], then its extra descriptors. `resume`: its
-    /// state region was formatted by an earlier incarnation. `upgrade`: the
-    /// binary to run instead of the kind's own (x-upgrade-device-process),
-    /// which the spawner checks too.
-    Start {
-        /// The kind.
-        kind: ProcessKind,
-        /// A generation greater than any the spawner started.
-        generation: u64,
-        /// Resume the state region.
-        resume: bool,
-        /// Another binary of the kind's, by absolute path.
-        upgrade: Option<String>,
-    },
+    /// Start device processes together (the VM's boot, processes that
+    /// died together: their jails are set up at once), at most one of each
+    /// kind, in increasing generations. The descriptors that come with the
+    /// request are each one's in turn: its links in the order of
+    /// [`ProcessKind::links`], then its extra descriptors.
+    Start(Vec<DeviceStart>),
     /// Start the VM's reaper on the one descriptor that comes with the
     /// request (its end of the core's socket).
     StartReaper {
@@ -64,14 +54,33 @@ pub enum SpawnRequest {
     Kill(Started),
 }
 
+/// One device process of a [`SpawnRequest::Start`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceStart {
+    /// The kind.
+    pub kind: ProcessKind,
+    /// A generation greater than any the spawner started.
+    pub generation: u64,
+    /// Its state region was formatted by an earlier incarnation: resume it.
+    pub resume: bool,
+    /// The binary to run instead of the kind's own
+    /// (x-upgrade-device-process), by absolute path, which the spawner
+    /// checks too.
+    pub upgrade: Option<String>,
+}
+
 /// The spawner's answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SpawnReply {
-    /// It runs as `pid`; a pidfd of it comes with the reply.
+    /// The reaper runs as `pid`; a pidfd of it comes with the reply.
     Started {
         /// Its pid (in the core's namespace).
         pid: u32,
     },
+    /// What became of each device process of a start, in order: its pid
+    /// (a pidfd of each that runs comes with the reply, in order), or why
+    /// it did not start.
+    Devices(Vec<Result<u32, String>>),
     /// Done (a kill: sent, or nothing left to kill).
     Done,
     /// Not done, and why.
@@ -119,35 +128,51 @@ pub fn descriptors_of(kind: ProcessKind) -> usize {
     kind.links().len() + kind.extra_descriptors()
 }
 
+/// A start: one to three device processes of distinct kinds, generations
+/// increasing from 1, each with its kind's descriptors, and any program
+/// named by an absolute path of at most [`MAX_PROGRAM_PATH`] bytes.
+fn validate_start(devices: &[DeviceStart], fds: usize) -> Result<(), String> {
+    if devices.is_empty() || devices.len() > ProcessKind::ALL.len() {
+        return Err(format!("a start of {} device processes", devices.len()));
+    }
+    let mut previous = 0;
+    for (i, device) in devices.iter().enumerate() {
+        if device.generation <= previous {
+            return Err(format!(
+                "generation {} after {previous} in a start",
+                device.generation
+            ));
+        }
+        previous = device.generation;
+        if devices[..i].iter().any(|other| other.kind == device.kind) {
+            return Err(format!("two of the {} in one start", device.kind.name()));
+        }
+        match &device.upgrade {
+            Some(path) if path.len() > MAX_PROGRAM_PATH => {
+                return Err(format!("a program path of {} bytes", path.len()))
+            }
+            Some(path) if !path.starts_with('/') || path.contains('\0') => {
+                return Err("a program path that is not absolute".into())
+            }
+            _ => {}
+        }
+    }
+    let wanted: usize = devices
+        .iter()
+        .map(|device| descriptors_of(device.kind))
+        .sum();
+    match fds == wanted {
+        true => Ok(()),
+        false => Err(format!(
+            "{fds} descriptors for a start whose processes take {wanted}"
+        )),
+    }
+}
+
 impl Message for SpawnRequest {
     fn validate(&self, fds: usize) -> Result<(), String> {
         match self {
-            SpawnRequest::Start {
-                kind,
-                generation,
-                upgrade,
-                ..
-            } => {
-                if *generation == 0 {
-                    return Err("generation 0".into());
-                }
-                if fds != descriptors_of(*kind) {
-                    return Err(format!(
-                        "{fds} descriptors for the {}, which takes {}",
-                        kind.name(),
-                        descriptors_of(*kind)
-                    ));
-                }
-                match upgrade {
-                    Some(path) if path.len() > MAX_PROGRAM_PATH => {
-                        Err(format!("a program path of {} bytes", path.len()))
-                    }
-                    Some(path) if !path.starts_with('/') || path.contains('\0') => {
-                        Err("a program path that is not absolute".into())
-                    }
-                    _ => Ok(()),
-                }
-            }
+            SpawnRequest::Start(devices) => validate_start(devices, fds),
             SpawnRequest::StartReaper { generation } => match (generation, fds) {
                 (0, _) => Err("generation 0".into()),
                 (_, 1) => Ok(()),
@@ -166,6 +191,28 @@ impl Message for SpawnReply {
                 (_, 1) => Ok(()),
                 (_, n) => Err(format!("{n} descriptors with a start, not its pidfd")),
             },
+            SpawnReply::Devices(outcomes) => {
+                if outcomes.is_empty() || outcomes.len() > ProcessKind::ALL.len() {
+                    return Err(format!("{} outcomes of a start", outcomes.len()));
+                }
+                let mut running = 0;
+                for outcome in outcomes {
+                    match outcome {
+                        Ok(0) => return Err("pid 0".into()),
+                        Ok(_) => running += 1,
+                        Err(why) if why.len() > MAX_TEXT => {
+                            return Err(format!("a reason of {} bytes", why.len()))
+                        }
+                        Err(_) => {}
+                    }
+                }
+                match fds == running {
+                    true => Ok(()),
+                    false => Err(format!(
+                        "{fds} descriptors with {running} started processes, not a pidfd each"
+                    )),
+                }
+            }
             SpawnReply::Done => no_descriptors(fds, "an acknowledgement"),
             SpawnReply::Refused(why) if why.len() > MAX_TEXT => {
                 Err(format!("a reason of {} bytes", why.len()))
@@ -190,15 +237,19 @@ impl Message for SpawnEvent {
 mod tests {
     use super::*;
 
+    fn device(kind: ProcessKind, generation: u64, upgrade: Option<&str>) -> DeviceStart {
+        DeviceStart {
+            kind,
+            generation,
+            resume: false,
+            upgrade: upgrade.map(String::from),
+        }
+    }
+
     #[test]
     fn a_start_takes_exactly_the_kinds_descriptors_and_an_absolute_program() {
         for kind in ProcessKind::ALL {
-            let start = |upgrade: Option<&str>| SpawnRequest::Start {
-                kind,
-                generation: 4,
-                resume: false,
-                upgrade: upgrade.map(String::from),
-            };
+            let start = |upgrade: Option<&str>| SpawnRequest::Start(vec![device(kind, 4, upgrade)]);
             let n = descriptors_of(kind);
             assert_eq!(start(None).validate(n), Ok(()));
             assert!(start(None).validate(n + 1).is_err());
@@ -209,15 +260,35 @@ mod tests {
             let long = format!("/{}", "x".repeat(MAX_PROGRAM_PATH));
             assert!(start(Some(&long)).validate(n).is_err());
         }
-        let zero = SpawnRequest::Start {
-            kind: ProcessKind::EventLog,
-            generation: 0,
-            resume: false,
-            upgrade: None,
-        };
+        let zero = SpawnRequest::Start(vec![device(ProcessKind::EventLog, 0, None)]);
         assert!(zero
             .validate(descriptors_of(ProcessKind::EventLog))
             .is_err());
+    }
+
+    #[test]
+    fn a_group_start_names_each_kind_once_in_increasing_generations() {
+        let all: usize = ProcessKind::ALL.into_iter().map(descriptors_of).sum();
+        let group = |generations: [u64; 3], kinds: [ProcessKind; 3]| {
+            SpawnRequest::Start(
+                kinds
+                    .into_iter()
+                    .zip(generations)
+                    .map(|(kind, generation)| device(kind, generation, None))
+                    .collect(),
+            )
+        };
+        assert_eq!(group([1, 2, 3], ProcessKind::ALL).validate(all), Ok(()));
+        assert!(group([1, 2, 3], ProcessKind::ALL)
+            .validate(all - 1)
+            .is_err());
+        assert!(group([2, 1, 3], ProcessKind::ALL).validate(all).is_err());
+        assert!(group([1, 1, 3], ProcessKind::ALL).validate(all).is_err());
+        let [rtas, _, log] = ProcessKind::ALL;
+        let twice = [rtas, rtas, log];
+        let twice_fds: usize = twice.into_iter().map(descriptors_of).sum();
+        assert!(group([1, 2, 3], twice).validate(twice_fds).is_err());
+        assert!(SpawnRequest::Start(vec![]).validate(0).is_err());
     }
 
     #[test]
@@ -231,6 +302,12 @@ mod tests {
         assert_eq!(SpawnReply::Started { pid: 7 }.validate(1), Ok(()));
         assert!(SpawnReply::Started { pid: 7 }.validate(0).is_err());
         assert!(SpawnReply::Started { pid: 0 }.validate(1).is_err());
+        let devices = SpawnReply::Devices(vec![Ok(7), Err("no jail".into()), Ok(9)]);
+        assert_eq!(devices.validate(2), Ok(()));
+        assert!(devices.validate(3).is_err());
+        assert!(SpawnReply::Devices(vec![Ok(0)]).validate(1).is_err());
+        assert!(SpawnReply::Devices(vec![]).validate(0).is_err());
+        assert!(SpawnReply::Devices(vec![Ok(1); 4]).validate(4).is_err());
         assert!(SpawnReply::Refused("x".repeat(MAX_TEXT + 1))
             .validate(0)
             .is_err());

@@ -23,7 +23,9 @@
 
 use ipc_proto::channel::{decode, encode, Channel, ChannelError, Envelope, Frame};
 use ipc_proto::protocol::Message;
-use ipc_proto::spawner::{SpawnEvent, SpawnReply, SpawnRequest, Started, Takeover};
+use ipc_proto::spawner::{
+    descriptors_of, DeviceStart, SpawnEvent, SpawnReply, SpawnRequest, Started, Takeover,
+};
 use ipc_proto::{ProcessKind, FIRST_CHANNEL_FD};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use rustix::process::{pidfd_open, pidfd_send_signal, waitid, Pid, PidfdFlags, Signal};
@@ -102,6 +104,42 @@ struct Child {
     pidfd: OwnedFd,
     /// Its jail's directory, removed once it ended.
     jail_dir: Option<PathBuf>,
+}
+
+/// A device process as it runs: its pid, a pidfd of it, its jail.
+type Running = (u32, OwnedFd, Option<PathBuf>);
+
+/// A device process's start, half done.
+enum Begun {
+    /// It runs (a standby took over, or it runs without a jail).
+    Running(Running),
+    /// Its jailer sets the jail up.
+    Jailing(Jailing),
+}
+
+/// A jailer at work, whose report is still to come.
+struct Jailing {
+    report: Channel,
+    jailer: OwnedFd,
+    jail_dir: PathBuf,
+}
+
+impl Begun {
+    /// Waits for the jail, if any: the process runs.
+    fn finish(self) -> Result<Running, String> {
+        match self {
+            Begun::Running(running) => Ok(running),
+            Begun::Jailing(jail) => jail.finish(),
+        }
+    }
+}
+
+impl Jailing {
+    /// Waits for the jailer's report: the process runs in its jail.
+    fn finish(self) -> Result<Running, String> {
+        let (pid, pidfd) = finish_jail(&self.report, &self.jailer, &self.jail_dir)?;
+        Ok((pid, pidfd, Some(self.jail_dir)))
+    }
 }
 
 /// A device process started ahead of time, jailed, that waits on its
@@ -370,57 +408,33 @@ impl Spawner {
     /// Decodes, validates and carries out one request; answers it.
     fn answer(&mut self, frame: Frame) -> Result<(), SpawnerError> {
         let Frame { bytes, fds } = frame;
-        let (id, reply, pidfd) = match parse_request(&bytes, fds.len()) {
-            Err((id, why)) => (id, SpawnReply::Refused(why), None),
+        let (id, reply, pidfds) = match parse_request(&bytes, fds.len()) {
+            Err((id, why)) => (id, SpawnReply::Refused(why), vec![]),
             Ok((id, request)) => match self.carry_out(request, fds) {
-                Ok((reply, pidfd)) => (id, reply, pidfd),
-                Err(why) => (id, SpawnReply::Refused(truncated(why)), None),
+                Ok((reply, pidfds)) => (id, reply, pidfds),
+                Err(why) => (id, SpawnReply::Refused(truncated(why)), vec![]),
             },
         };
         if let SpawnReply::Refused(why) = &reply {
             log::warn!("refused a request of the core: {why}");
         }
         let bytes = encode(&Envelope { id, body: reply }).map_err(SpawnerError::Socket)?;
-        let fds: Vec<BorrowedFd<'_>> = pidfd.iter().map(AsFd::as_fd).collect();
+        let fds: Vec<BorrowedFd<'_>> = pidfds.iter().map(AsFd::as_fd).collect();
         match self.requests.send_frame(&bytes, &fds) {
             Ok(()) | Err(ChannelError::HungUp) => Ok(()),
             Err(error) => Err(SpawnerError::Socket(error)),
         }
     }
 
+    /// Carries out a validated request: the reply, and the pidfds that
+    /// go with it.
     fn carry_out(
         &mut self,
         request: SpawnRequest,
         fds: Vec<OwnedFd>,
-    ) -> Result<(SpawnReply, Option<OwnedFd>), String> {
+    ) -> Result<(SpawnReply, Vec<OwnedFd>), String> {
         match request {
-            SpawnRequest::Start {
-                kind,
-                generation,
-                resume,
-                upgrade,
-            } => {
-                if generation <= self.last_device {
-                    return Err(format!(
-                        "generation {generation} is not after {}",
-                        self.last_device
-                    ));
-                }
-                self.room()?;
-                let program = match upgrade {
-                    Some(path) => crate::trusted_program(Path::new(&path), self.config.owner)?,
-                    None => self.config.bin_dir.join(kind.binary()),
-                };
-                self.last_device = generation;
-                let (pid, pidfd, jail_dir) = match self.take_standby(kind, &program, resume, &fds) {
-                    Some(started) => started,
-                    None => self.start_device(kind, generation, resume, &program, &fds)?,
-                };
-                // The next of its kind gets a standby of the same binary.
-                self.wanted.retain(|(wanted, _)| *wanted != kind);
-                self.wanted.push((kind, program));
-                self.hold(Started::Device { kind, generation }, pidfd, pid, jail_dir)
-            }
+            SpawnRequest::Start(devices) => self.start_devices(devices, fds),
             SpawnRequest::StartReaper { generation } => {
                 if generation <= self.last_reaper {
                     return Err(format!(
@@ -431,7 +445,8 @@ impl Spawner {
                 self.room()?;
                 self.last_reaper = generation;
                 let (pid, pidfd) = self.start_reaper(&fds)?;
-                self.hold(Started::Reaper { generation }, pidfd, pid, None)
+                let copy = self.hold(Started::Reaper { generation }, pidfd, None)?;
+                Ok((SpawnReply::Started { pid }, vec![copy]))
             }
             SpawnRequest::Kill(process) => {
                 if let Some(child) = self.children.iter().find(|c| c.process == process) {
@@ -440,9 +455,89 @@ impl Spawner {
                         Err(errno) => return Err(format!("cannot kill {process:?}: {errno}")),
                     }
                 }
-                Ok((SpawnReply::Done, None))
+                Ok((SpawnReply::Done, vec![]))
             }
         }
+    }
+
+    /// Starts `devices` together, each on its share of `fds`: a standby
+    /// takes over where one waits, and the other jails are set up at once
+    /// (each jailer started, then each awaited). One outcome each.
+    fn start_devices(
+        &mut self,
+        devices: Vec<DeviceStart>,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(SpawnReply, Vec<OwnedFd>), String> {
+        if let Some(first) = devices.first() {
+            if first.generation <= self.last_device {
+                return Err(format!(
+                    "generation {} is not after {}",
+                    first.generation, self.last_device
+                ));
+            }
+        }
+        let held = self.children.len() + self.standbys.len();
+        if held + devices.len() > MAX_CHILDREN {
+            return Err(format!(
+                "{held} processes already run, no room for {} more",
+                devices.len()
+            ));
+        }
+        self.last_device = devices.last().map_or(self.last_device, |d| d.generation);
+        let mut fds = fds.into_iter();
+        let mut begun = Vec::with_capacity(devices.len());
+        for device in &devices {
+            let own: Vec<OwnedFd> = fds.by_ref().take(descriptors_of(device.kind)).collect();
+            begun.push(self.begin_device(device, &own));
+        }
+        let mut outcomes = Vec::with_capacity(devices.len());
+        let mut pidfds = Vec::new();
+        for (device, begun) in devices.into_iter().zip(begun) {
+            let started = begun.and_then(|(program, start)| {
+                let (pid, pidfd, jail_dir) = start.finish()?;
+                // The next of its kind gets a standby of the same binary.
+                self.wanted.retain(|(wanted, _)| *wanted != device.kind);
+                self.wanted.push((device.kind, program));
+                let process = Started::Device {
+                    kind: device.kind,
+                    generation: device.generation,
+                };
+                Ok((pid, self.hold(process, pidfd, jail_dir)?))
+            });
+            match started {
+                Ok((pid, copy)) => {
+                    outcomes.push(Ok(pid));
+                    pidfds.push(copy);
+                }
+                Err(why) => {
+                    log::warn!("cannot start the {}: {why}", device.kind.name());
+                    outcomes.push(Err(truncated(why)));
+                }
+            }
+        }
+        Ok((SpawnReply::Devices(outcomes), pidfds))
+    }
+
+    /// The first half of a device's start: its program, and a standby that
+    /// took over or a jail being set up.
+    fn begin_device(
+        &mut self,
+        device: &DeviceStart,
+        fds: &[OwnedFd],
+    ) -> Result<(PathBuf, Begun), String> {
+        let kind = device.kind;
+        let program = match &device.upgrade {
+            Some(path) => crate::trusted_program(Path::new(path), self.config.owner)?,
+            None => self.config.bin_dir.join(kind.binary()),
+        };
+        if let Some(running) = self.take_standby(kind, &program, device.resume, fds) {
+            return Ok((program, Begun::Running(running)));
+        }
+        let args = self.device_args(if device.resume { "resume" } else { "fresh" });
+        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        let id = format!("{}-{}", self.config.core_pid, device.generation);
+        let begun = self.begin_jailed(kind, &id, &program, &args, &raw)?;
+        Ok((program, begun))
     }
 
     /// A standby of `kind` running `program` becomes the device (its
@@ -454,7 +549,7 @@ impl Spawner {
         program: &Path,
         resume: bool,
         fds: &[OwnedFd],
-    ) -> Option<(u32, OwnedFd, Option<PathBuf>)> {
+    ) -> Option<Running> {
         let at = self.standbys.iter().position(|s| s.kind == kind)?;
         let standby = self.standbys.swap_remove(at);
         let takeover = encode(&Envelope {
@@ -486,8 +581,9 @@ impl Spawner {
             .map_err(|error| format!("no standby socket: {error}"))
             .and_then(|(ours, its)| {
                 let args = self.device_args("standby");
-                let (pid, pidfd, jail_dir) =
-                    self.start_jailed(kind, &id, &program, &args, &[its.as_fd().as_raw_fd()])?;
+                let (pid, pidfd, jail_dir) = self
+                    .begin_jailed(kind, &id, &program, &args, &[its.as_fd().as_raw_fd()])?
+                    .finish()?;
                 Ok(Standby {
                     kind,
                     program,
@@ -518,14 +614,13 @@ impl Spawner {
         }
     }
 
-    /// Holds a started process (its pidfd), and answers with a copy.
+    /// Holds a started process (its pidfd); a copy for the core.
     fn hold(
         &mut self,
         process: Started,
         pidfd: OwnedFd,
-        pid: u32,
         jail_dir: Option<PathBuf>,
-    ) -> Result<(SpawnReply, Option<OwnedFd>), String> {
+    ) -> Result<OwnedFd, String> {
         let copy = pidfd
             .try_clone()
             .map_err(|error| format!("cannot duplicate a pidfd: {error}"))?;
@@ -534,7 +629,7 @@ impl Spawner {
             pidfd,
             jail_dir,
         });
-        Ok((SpawnReply::Started { pid }, Some(copy)))
+        Ok(copy)
     }
 
     /// The arguments of a device process: `state` is `fresh`, `resume`
@@ -550,38 +645,22 @@ impl Spawner {
         ]
     }
 
-    /// Starts a device process, jailed unless the VM runs without jails;
-    /// its pid, a pidfd of it and its jail's directory.
-    fn start_device(
-        &self,
-        kind: ProcessKind,
-        generation: u64,
-        resume: bool,
-        program: &Path,
-        fds: &[OwnedFd],
-    ) -> Result<(u32, OwnedFd, Option<PathBuf>), String> {
-        let args = self.device_args(if resume { "resume" } else { "fresh" });
-        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-        let id = format!("{}-{generation}", self.config.core_pid);
-        self.start_jailed(kind, &id, program, &args, &raw)
-    }
-
     /// Starts `program` as a device process of `kind` with `args` and
-    /// descriptors `fds`: through the jailer (jail `id`), or directly when
-    /// the VM runs without jails. Its pid, pidfd and jail directory.
-    fn start_jailed(
+    /// descriptors `fds`: through the jailer (jail `id`), whose report is
+    /// awaited later, or directly when the VM runs without jails.
+    fn begin_jailed(
         &self,
         kind: ProcessKind,
         id: &str,
         program: &Path,
         args: &[String],
         fds: &[RawFd],
-    ) -> Result<(u32, OwnedFd, Option<PathBuf>), String> {
+    ) -> Result<Begun, String> {
         let config = &self.config;
         if !config.jail {
             let pid = start_program(program, args, fds)?;
             // Not yet waited for, so the pid is still this child's.
-            return Ok((pid, pidfd_of(pid)?, None));
+            return Ok(Begun::Running((pid, pidfd_of(pid)?, None)));
         }
         let address_space = match kind {
             ProcessKind::RtasServer => config.guest_memory + DEVICE_ADDRESS_SPACE,
@@ -604,10 +683,11 @@ impl Spawner {
         passed.push(jailers.as_fd().as_raw_fd());
         let jailer = start_program(&config.bin_dir.join("jailer"), &jail.to_args(), &passed)
             .and_then(pidfd_of)?;
-        drop(jailers);
-        let jail_dir = jail.jail_dir();
-        let (pid, pidfd) = finish_jail(&ours, &jailer, &jail_dir)?;
-        Ok((pid, pidfd, Some(jail_dir)))
+        Ok(Begun::Jailing(Jailing {
+            report: ours,
+            jailer,
+            jail_dir: jail.jail_dir(),
+        }))
     }
 
     /// Starts the reaper on `fds` (its socket); as root with jails it takes

@@ -5,7 +5,7 @@
 //! socket closes, it kills what it started and exits.
 
 use ipc_proto::channel::{Channel, Envelope};
-use ipc_proto::spawner::{descriptors_of, SpawnReply, SpawnRequest, Started};
+use ipc_proto::spawner::{descriptors_of, DeviceStart, SpawnReply, SpawnRequest, Started};
 use ipc_proto::ProcessKind;
 use papervisor_tests::{binary, children_of, runs};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -94,6 +94,21 @@ impl Spawner {
             other => panic!("{request:?} was not refused: {other:?}"),
         }
     }
+
+    /// A start the spawner took, but whose one process it did not start:
+    /// why.
+    fn not_started(&mut self, request: &SpawnRequest, fds: &[BorrowedFd<'_>]) -> String {
+        match self.ask(request, fds) {
+            (SpawnReply::Devices(outcomes), fds) => {
+                assert!(fds.is_empty());
+                match &outcomes[..] {
+                    [Err(why)] => why.clone(),
+                    other => panic!("{request:?} started: {other:?}"),
+                }
+            }
+            other => panic!("{request:?} was refused or started: {other:?}"),
+        }
+    }
 }
 
 /// What an event log is started with — its links, its interrupts and its
@@ -128,12 +143,12 @@ fn event_log_descriptors() -> (Vec<OwnedFd>, Vec<Channel>) {
 }
 
 fn start(kind: ProcessKind, generation: u64, upgrade: Option<String>) -> SpawnRequest {
-    SpawnRequest::Start {
+    SpawnRequest::Start(vec![DeviceStart {
         kind,
         generation,
         resume: false,
         upgrade,
-    }
+    }])
 }
 
 #[test]
@@ -156,13 +171,17 @@ fn the_spawner_refuses_what_is_not_a_device_of_its_vm_and_ends_with_its_core() {
         1,
         Some(untrusted.display().to_string()),
     );
-    let why = spawner.refused(&request, &borrowed);
+    let why = spawner.not_started(&request, &borrowed);
     assert!(why.contains("is writable by anyone"), "{why}");
-    // A relative path, a path that is no file.
-    for path in ["papervisor-eventlog", "/nonexistent/papervisor-eventlog"] {
-        let request = start(ProcessKind::EventLog, 1, Some(path.into()));
-        spawner.refused(&request, &borrowed);
-    }
+    // A relative path; a path that is no file.
+    let request = start(ProcessKind::EventLog, 2, Some("papervisor-eventlog".into()));
+    spawner.refused(&request, &borrowed);
+    let request = start(
+        ProcessKind::EventLog,
+        3,
+        Some("/nonexistent/papervisor-eventlog".into()),
+    );
+    spawner.not_started(&request, &borrowed);
     // Garbage, and a frame that is no request.
     spawner.requests.send_frame(&[0xff; 32], &[]).unwrap();
     let (reply, _) = spawner.requests.recv::<SpawnReply>(Some(TIMEOUT)).unwrap();
@@ -172,8 +191,11 @@ fn the_spawner_refuses_what_is_not_a_device_of_its_vm_and_ends_with_its_core() {
 
     // A device process of the VM: started, and held.
     let (reply, pidfds) = spawner.ask(&start(ProcessKind::EventLog, 5, None), &borrowed);
-    let SpawnReply::Started { pid } = reply else {
+    let SpawnReply::Devices(outcomes) = reply else {
         panic!("{reply:?}");
+    };
+    let [Ok(pid)] = outcomes[..] else {
+        panic!("{outcomes:?}");
     };
     assert_eq!(pidfds.len(), 1);
     assert!(children_of(spawner.pid)
@@ -197,7 +219,7 @@ fn the_spawner_refuses_what_is_not_a_device_of_its_vm_and_ends_with_its_core() {
     let (second_fds, _second_ours) = event_log_descriptors();
     let second: Vec<BorrowedFd<'_>> = second_fds.iter().map(AsFd::as_fd).collect();
     let (reply, _) = spawner.ask(&start(ProcessKind::EventLog, 6, None), &second);
-    assert_eq!(reply, SpawnReply::Started { pid: standby });
+    assert_eq!(reply, SpawnReply::Devices(vec![Ok(standby)]));
     // A generation it started, or an earlier one: refused.
     for generation in [6, 5, 4] {
         let why = spawner.refused(&start(ProcessKind::EventLog, generation, None), &borrowed);

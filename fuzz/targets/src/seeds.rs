@@ -192,10 +192,10 @@ fn qmp() -> Vec<Vec<u8>> {
     ]
 }
 
-/// One request of each kind, each with the descriptors it takes, and one
-/// with one too many.
+/// One request of each kind, each with the descriptors it takes (a start
+/// of each kind alone, and of all three at once), and one with one too many.
 fn spawner_requests() -> Vec<Vec<u8>> {
-    use ipc_proto::spawner::{descriptors_of, SpawnRequest, Started};
+    use ipc_proto::spawner::{descriptors_of, DeviceStart, SpawnRequest, Started};
     use ipc_proto::ProcessKind;
     let frame = |fds: usize, request: SpawnRequest| {
         let bytes = ipc_proto::channel::encode(&ipc_proto::channel::Envelope {
@@ -205,20 +205,31 @@ fn spawner_requests() -> Vec<Vec<u8>> {
         .expect("a seed encodes");
         [vec![fds as u8], bytes].concat()
     };
+    let device = |kind, generation| DeviceStart {
+        kind,
+        generation,
+        resume: true,
+        upgrade: Some("/opt/papervisor/papervisor-rtas".into()),
+    };
     let mut seeds: Vec<Vec<u8>> = ProcessKind::ALL
         .into_iter()
         .map(|kind| {
             frame(
                 descriptors_of(kind),
-                SpawnRequest::Start {
-                    kind,
-                    generation: 3,
-                    resume: true,
-                    upgrade: Some("/opt/papervisor/papervisor-rtas".into()),
-                },
+                SpawnRequest::Start(vec![device(kind, 3)]),
             )
         })
         .collect();
+    seeds.push(frame(
+        ProcessKind::ALL.into_iter().map(descriptors_of).sum(),
+        SpawnRequest::Start(
+            ProcessKind::ALL
+                .into_iter()
+                .zip(4..)
+                .map(|(kind, generation)| device(kind, generation))
+                .collect(),
+        ),
+    ));
     seeds.push(frame(1, SpawnRequest::StartReaper { generation: 1 }));
     seeds.push(frame(
         0,

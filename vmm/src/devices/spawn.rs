@@ -12,7 +12,7 @@
 use crate::control::ControlMessage;
 use ipc_proto::channel::{decode, Channel, ChannelError, Envelope};
 use ipc_proto::protocol::Message;
-use ipc_proto::spawner::{SpawnEvent, SpawnReply, SpawnRequest, Started};
+use ipc_proto::spawner::{DeviceStart, SpawnEvent, SpawnReply, SpawnRequest, Started};
 use ipc_proto::ProcessKind;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -425,38 +425,77 @@ pub struct Launch {
 /// A started device and the waiter on it, or why it did not start.
 pub type Spawned = Result<(ProcessHandle, Waiter), SpawnError>;
 
-/// Starts `launches` as processes, through the spawner: one result each,
-/// in order.
+/// Starts `launches` as processes, through the spawner, in one request
+/// (their jails are set up at once): one result each, in order.
 pub fn spawn(launches: Vec<Launch>) -> Vec<Spawned> {
-    launches.iter().map(spawn_one).collect()
-}
-
-fn spawn_one(launch: &Launch) -> Spawned {
-    let fds: Vec<BorrowedFd<'_>> = launch
-        .fds
+    let fds: Vec<BorrowedFd<'_>> = launches
         .iter()
+        .flat_map(|launch| &launch.fds)
         // SAFETY: the caller holds `fds` open until the start returns.
         .map(|&fd| unsafe { BorrowedFd::borrow_raw(fd) })
         .collect();
-    let request = SpawnRequest::Start {
-        kind: launch.kind,
-        generation: launch.generation,
-        resume: launch.resume,
-        upgrade: launch
-            .program
-            .as_ref()
-            .map(|program| program.display().to_string()),
+    let request = SpawnRequest::Start(
+        launches
+            .iter()
+            .map(|launch| DeviceStart {
+                kind: launch.kind,
+                generation: launch.generation,
+                resume: launch.resume,
+                upgrade: launch
+                    .program
+                    .as_ref()
+                    .map(|program| program.display().to_string()),
+            })
+            .collect(),
+    );
+    let outcomes = match ask(request, &fds) {
+        Ok((SpawnReply::Devices(outcomes), pidfds)) if outcomes.len() == launches.len() => {
+            (outcomes, pidfds)
+        }
+        Ok((other, _)) => {
+            let error = format!("{other:?} for a start of {} processes", launches.len());
+            return launches
+                .iter()
+                .map(|_| Err(SpawnError::Link(ChannelError::Invalid(error.clone()))))
+                .collect();
+        }
+        Err(error) => {
+            // One error for all: each gets its description, the cause kept
+            // for the first (host resources are recognised by it).
+            let why = common::describe(&error);
+            let mut first = Some(error);
+            return launches
+                .iter()
+                .map(|_| {
+                    Err(first
+                        .take()
+                        .unwrap_or_else(|| SpawnError::Refused(why.clone())))
+                })
+                .collect();
+        }
     };
-    let process = Started::Device {
-        kind: launch.kind,
-        generation: launch.generation,
-    };
-    let (pid, pidfd) = started(ask(request, &fds)?)?;
-    let handle = ProcessHandle {
-        pid,
-        held: Held::Process { process, pidfd },
-    };
-    Ok((handle, Waiter::Process(process)))
+    let (outcomes, pidfds) = outcomes;
+    let mut pidfds = pidfds.into_iter();
+    launches
+        .iter()
+        .zip(outcomes)
+        .map(|(launch, outcome)| {
+            let pid = outcome.map_err(SpawnError::Refused)?;
+            // The reply was validated: a pidfd comes with each that runs.
+            let pidfd = pidfds.next().ok_or_else(|| {
+                SpawnError::Link(ChannelError::Invalid("a start without its pidfd".into()))
+            })?;
+            let process = Started::Device {
+                kind: launch.kind,
+                generation: launch.generation,
+            };
+            let handle = ProcessHandle {
+                pid,
+                held: Held::Process { process, pidfd },
+            };
+            Ok((handle, Waiter::Process(process)))
+        })
+        .collect()
 }
 
 /// The pid and pidfd of what the spawner started.
