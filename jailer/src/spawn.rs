@@ -3,7 +3,8 @@
 
 /// Starts `program` with `args` the way a device process receives its
 /// channels: `fds` as descriptors from `first` on, in order,
-/// and no others besides stdio (the rest are close-on-exec), stdin
+/// and no others besides stdio (every other is closed in the child, even
+/// one the starter inherited without close-on-exec), stdin
 /// from /dev/null, stderr to `stderr` (inherited when `None`), every signal
 /// at its default disposition and none blocked (the starter's are its own).
 /// Through posix_spawn, which the C library does with the kernel's vfork:
@@ -57,6 +58,21 @@ pub fn spawn_with_descriptors(
         // dup2 leaves the new descriptor without close-on-exec.
         actions.add_dup2(scratch + i, first + i)?;
         actions.add_close(scratch + i)?;
+    }
+    // Nothing else crosses, not even what whoever started the starter
+    // left open: a descriptor of the spawner's link in what it starts
+    // would let that process speak for the spawner.
+    // SAFETY: `PosixSpawnFileActions` is `repr(transparent)` over the C
+    // library's `posix_spawn_file_actions_t`, initialised by `init` above
+    // and alive for the call; the call only appends an action to it.
+    let added = unsafe {
+        nix::libc::posix_spawn_file_actions_addclosefrom_np(
+            std::ptr::from_mut(&mut actions).cast::<nix::libc::posix_spawn_file_actions_t>(),
+            first + fds.len() as i32,
+        )
+    };
+    if added != 0 {
+        return Err(std::io::Error::from_raw_os_error(added));
     }
     let mut attributes = PosixSpawnAttr::init()?;
     attributes.set_sigmask(&nix::sys::signal::SigSet::empty())?;

@@ -553,3 +553,59 @@ fn an_unjailed_vms_reaper_keeps_only_cap_kill() {
     assert_eq!(task_field(&status, "Seccomp"), "2");
     assert_eq!(task_field(&status, "NoNewPrivs"), "1");
 }
+
+/// What each descriptor of `pid` is (`socket:[N]`, a path, ...).
+fn descriptor_targets(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|entry| std::fs::read_link(entry.path()).ok())
+                .map(|target| target.display().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn only_the_spawner_holds_its_end_of_the_cores_link() {
+    let name = "only_the_spawner_holds_its_end_of_the_cores_link";
+    if papervisor_tests::skip_in_process(name, "in-process devices have no spawner") {
+        return;
+    }
+    if !root_and_kvm(name) {
+        return;
+    }
+    let mut vm = Vm::start(&[]);
+    vm.boot();
+    let spawner = vm.spawner().expect("the spawner runs");
+    // Its requests and events sockets (descriptors 3 and 4): a process
+    // holding either could answer or report in the spawner's name.
+    let ends: Vec<String> = [3, 4]
+        .iter()
+        .map(|fd| {
+            std::fs::read_link(format!("/proc/{spawner}/fd/{fd}"))
+                .expect("the spawner's sockets")
+                .display()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        ends.iter().all(|end| end.starts_with("socket:")),
+        "{ends:?}"
+    );
+    // Every process the spawner started: device processes, standbys
+    // (they come a moment after the boot), the reaper.
+    std::thread::sleep(Duration::from_millis(300));
+    let started = vm.children();
+    assert!(started.len() >= 4, "{started:?}");
+    for (pid, process) in started {
+        let held: Vec<String> = descriptor_targets(pid)
+            .into_iter()
+            .filter(|target| ends.contains(target))
+            .collect();
+        assert!(held.is_empty(), "{process} (pid {pid}) holds {held:?}");
+    }
+    vm.console.send_line("poweroff");
+    vm.wait_exit(Duration::from_secs(30));
+}

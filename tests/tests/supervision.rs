@@ -645,3 +645,60 @@ fn a_log_reader_that_stops_reading_stalls_nothing() {
         .iter()
         .all(|e| e["event"] != "X_DEVICE_PROCESS_EXITED"));
 }
+
+#[test]
+fn without_its_spawner_the_vm_runs_on_and_sees_its_devices_exit() {
+    let name = "without_its_spawner_the_vm_runs_on_and_sees_its_devices_exit";
+    if papervisor_tests::skip_in_process(name, "it kills, stops or hangs a device process") {
+        return;
+    }
+    if !root_and_kvm(name) {
+        return;
+    }
+    let mut vm = Vm::start(&[]);
+    vm.boot();
+    let mut qmp = papervisor_tests::QmpClient::connect(&vm.qmp_socket());
+    let spawner = vm.spawner().expect("the spawner runs");
+    let survivors: Vec<u64> = ["hotplug-controller", "event-log"]
+        .iter()
+        .map(|kind| vm.device_process(kind)["pid"].as_u64().expect("a pid"))
+        .collect();
+    send_signal(u64::from(spawner), nix::sys::signal::Signal::SIGKILL);
+    // Its exit reporter is gone: the core sees the device's exit itself,
+    // and, with nothing left to start a successor, fails it at once.
+    let pid = vm.device_process("rtas-server")["pid"]
+        .as_u64()
+        .expect("a pid");
+    send_signal(pid, nix::sys::signal::Signal::SIGKILL);
+    let failed = loop {
+        let exited = event_of(&mut qmp, "X_DEVICE_PROCESS_EXITED", "rtas-server");
+        if exited["data"]["action"] == "failed" {
+            break exited["data"].clone();
+        }
+    };
+    let reason = failed["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("the spawner is gone"), "{failed}");
+    let now = vm.device_process("rtas-server");
+    assert_eq!(now["state"], "failed", "{now}");
+    // The VM and its other devices run on.
+    assert_eq!(
+        qmp.execute("query-status", json!({}))["return"]["status"],
+        "running"
+    );
+    assert_eq!(vm.device_process("hotplug-controller")["state"], "running");
+    // And it ends cleanly: its reaper ends what the spawner started.
+    assert_eq!(
+        qmp.execute("quit", json!({}))["return"],
+        json!({}),
+        "quit is answered"
+    );
+    assert!(vm.wait_exit(Duration::from_secs(10)).success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while survivors.iter().any(|&pid| papervisor_tests::runs(pid)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "device processes {survivors:?} outlived their VM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

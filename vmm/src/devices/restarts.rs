@@ -2,6 +2,7 @@
 //! longer trusts, record an exit and decide what follows, restart those
 //! that are down together, and bring back one the operator asks for.
 
+use super::spawn::{self, DeviceMode};
 use super::supervisor::{AfterExit, State, Supervision};
 use super::{lock, DeviceError, DeviceProcesses};
 use ipc_proto::ProcessKind;
@@ -79,10 +80,17 @@ impl DeviceProcesses {
         });
     }
 
-    /// A restart that did not come up (`reason`) counts as another exit.
+    /// Nothing can start a device process any more: the spawner is gone.
+    pub fn cannot_start(&self) -> bool {
+        self.starter.mode() == DeviceMode::OutOfProcess && spawn::spawner_gone()
+    }
+
+    /// A restart that did not come up (`reason`) counts as another exit;
+    /// one that never can (the spawner is gone) fails the process at once.
     pub fn restart_failed(&self, kind: ProcessKind, reason: &str) -> AfterExit {
-        let after = self.abandon_restart(kind, reason, |supervision| {
-            supervision.restart_failed(reason, Instant::now())
+        let after = self.abandon_restart(kind, reason, |supervision| match self.cannot_start() {
+            true => supervision.give_up(reason),
+            false => supervision.restart_failed(reason, Instant::now()),
         });
         self.proxy(kind).set_failed(after == AfterExit::Failed);
         after

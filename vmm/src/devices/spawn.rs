@@ -14,6 +14,7 @@ use ipc_proto::channel::{decode, Channel, ChannelError, Envelope};
 use ipc_proto::protocol::Message;
 use ipc_proto::spawner::{DeviceStart, SpawnEvent, SpawnReply, SpawnRequest, Started};
 use ipc_proto::ProcessKind;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -87,6 +88,9 @@ pub enum SpawnError {
     /// The link to the spawner failed (it died, or answered garbage).
     #[error("the spawner's link failed")]
     Link(#[source] ChannelError),
+    /// The spawner ended: nothing can start a device process any more.
+    #[error("the spawner is gone")]
+    SpawnerGone,
     /// The spawner refused, and why.
     #[error("the spawner refused: {0}")]
     Refused(String),
@@ -120,13 +124,37 @@ struct SpawnerLink {
 /// Reported exits and who waits for them.
 #[derive(Default)]
 struct Exits {
-    waiting: HashMap<Started, Box<dyn FnOnce(String) + Send>>,
+    waiting: HashMap<Started, Watched>,
     /// Exits reported before their process was watched (the report and the
     /// start's answer travel on different sockets).
     unclaimed: Vec<(Started, String)>,
 }
 
+/// Who waits for a process's exit, and a pidfd of it: the core watches
+/// that itself once the spawner, which reports exits, is gone.
+struct Watched {
+    on_exit: Box<dyn FnOnce(String) + Send>,
+    pidfd: Option<OwnedFd>,
+}
+
 static SPAWNER: OnceLock<SpawnerLink> = OnceLock::new();
+
+/// The spawner ended: nothing can be started or signalled any more.
+static SPAWNER_GONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// How often the core looks at the pidfds of its device processes once
+/// the spawner is gone (and the pidfds to look at change as they exit).
+const WATCH_WITHOUT_SPAWNER_MS: u8 = 100;
+
+/// How an exit is described when the spawner, the parent that would have
+/// said how, is gone.
+const ENDED_WITHOUT_SPAWNER: &str = "ended (how is not known: the spawner is gone)";
+
+/// Whether the spawner ended (or was killed): no device process can be
+/// started any more, and a restart is not worth trying.
+pub fn spawner_gone() -> bool {
+    SPAWNER_GONE.load(Ordering::SeqCst)
+}
 
 /// The reaper's last generation.
 static REAPER_GENERATION: AtomicU64 = AtomicU64::new(0);
@@ -224,12 +252,17 @@ fn ask(
     let (channel, next_id) = &mut *guard;
     let id = *next_id;
     *next_id += 1;
+    let failed = |error| match error {
+        ChannelError::HungUp => SpawnError::SpawnerGone,
+        error => SpawnError::Link(error),
+    };
+    if spawner_gone() {
+        return Err(SpawnError::SpawnerGone);
+    }
     channel
         .send(&Envelope { id, body: request }, fds)
-        .map_err(SpawnError::Link)?;
-    let frame = channel
-        .recv_frame(Some(SPAWNER_TIMEOUT))
-        .map_err(SpawnError::Link)?;
+        .map_err(failed)?;
+    let frame = channel.recv_frame(Some(SPAWNER_TIMEOUT)).map_err(failed)?;
     let reply = decode::<SpawnReply>(&frame.bytes).map_err(SpawnError::Link)?;
     if reply.id != id {
         return Err(SpawnError::Link(ChannelError::Invalid(format!(
@@ -254,9 +287,11 @@ fn read_reports(events: &Channel) {
         let frame = match events.recv_frame(None) {
             Ok(frame) => frame,
             Err(ChannelError::HungUp) => {
+                SPAWNER_GONE.store(true, Ordering::SeqCst);
                 log::error!(
-                    "the spawner ended: device processes can no longer be started or signalled"
+                    "the spawner ended: device processes can no longer be started or signalled; the core watches their exits itself"
                 );
+                watch_without_spawner();
                 return;
             }
             Err(error) => {
@@ -280,6 +315,43 @@ fn read_reports(events: &Channel) {
     }
 }
 
+/// Once the spawner is gone: tells whoever waits for a process that it
+/// ended when its pidfd says so, for the rest of the core's life.
+fn watch_without_spawner() {
+    let Some(link) = SPAWNER.get() else { return };
+    loop {
+        let ended: Vec<Started> = {
+            let exits = common::lock(&link.exits);
+            let watched: Vec<(Started, BorrowedFd<'_>)> = exits
+                .waiting
+                .iter()
+                .filter_map(|(process, watched)| Some((*process, watched.pidfd.as_ref()?.as_fd())))
+                .collect();
+            let mut fds: Vec<PollFd<'_>> = watched
+                .iter()
+                .map(|(_, pidfd)| PollFd::new(*pidfd, PollFlags::POLLIN))
+                .collect();
+            // Held briefly: a new watcher waits at most one look.
+            match poll(&mut fds, PollTimeout::ZERO) {
+                Ok(_) => watched
+                    .iter()
+                    .zip(&fds)
+                    .filter(|(_, fd)| fd.revents().is_some_and(|r| !r.is_empty()))
+                    .map(|((process, _), _)| *process)
+                    .collect(),
+                Err(errno) => {
+                    log::error!("cannot watch the device processes: {errno}");
+                    return;
+                }
+            }
+        };
+        for process in ended {
+            exited(process, ENDED_WITHOUT_SPAWNER.to_string());
+        }
+        let _ = poll(&mut [], PollTimeout::from(WATCH_WITHOUT_SPAWNER_MS));
+    }
+}
+
 /// `process` ended (`how`): whoever waits for it is told, or the exit is
 /// kept for whoever will.
 fn exited(process: Started, how: String) {
@@ -287,7 +359,7 @@ fn exited(process: Started, how: String) {
     let waiting = {
         let mut exits = common::lock(&link.exits);
         match exits.waiting.remove(&process) {
-            Some(on_exit) => Some(on_exit),
+            Some(watched) => Some(watched.on_exit),
             None => {
                 if exits.unclaimed.len() >= MAX_UNCLAIMED_EXITS {
                     exits.unclaimed.remove(0);
@@ -302,15 +374,16 @@ fn exited(process: Started, how: String) {
     }
 }
 
-/// Calls `on_exit` once `process` ended (at once if it has).
-fn on_exit_of(process: Started, on_exit: Box<dyn FnOnce(String) + Send>) {
+/// Calls `on_exit` once `process` ended (at once if it has); `pidfd`, a
+/// pidfd of it, lets the core see the exit once the spawner is gone.
+fn on_exit_of(process: Started, pidfd: Option<OwnedFd>, on_exit: Box<dyn FnOnce(String) + Send>) {
     let Some(link) = SPAWNER.get() else { return };
     let ended = {
         let mut exits = common::lock(&link.exits);
         match exits.unclaimed.iter().position(|(p, _)| *p == process) {
             Some(at) => Some(exits.unclaimed.remove(at).1),
             None => {
-                exits.waiting.insert(process, on_exit);
+                exits.waiting.insert(process, Watched { on_exit, pidfd });
                 return;
             }
         }
@@ -391,8 +464,8 @@ fn shut_down(sockets: &[OwnedFd]) {
 /// The device to wait for: a process the spawner started (it reports the
 /// exit), or a thread of the core that returns how it ended.
 pub enum Waiter {
-    /// A process of the spawner's.
-    Process(Started),
+    /// A process of the spawner's, and a pidfd of it.
+    Process(Started, OwnedFd),
     /// A device thread.
     Thread {
         /// It returns how it ended.
@@ -489,11 +562,12 @@ pub fn spawn(launches: Vec<Launch>) -> Vec<Spawned> {
                 kind: launch.kind,
                 generation: launch.generation,
             };
+            let watched = pidfd.try_clone().map_err(SpawnError::Thread)?;
             let handle = ProcessHandle {
                 pid,
                 held: Held::Process { process, pidfd },
             };
-            Ok((handle, Waiter::Process(process)))
+            Ok((handle, Waiter::Process(process, watched)))
         })
         .collect()
 }
@@ -521,13 +595,14 @@ pub fn start_reaper(control: &Sender<ControlMessage>) -> Result<OwnedFd, SpawnEr
     )
     .map_err(|errno| SpawnError::Link(ChannelError::Io(errno.into())))?;
     let generation = REAPER_GENERATION.fetch_add(1, Ordering::Relaxed) + 1;
-    started(ask(
+    let (_, pidfd) = started(ask(
         SpawnRequest::StartReaper { generation },
         &[its.as_fd()],
     )?)?;
     let control = control.clone();
     on_exit_of(
         Started::Reaper { generation },
+        Some(pidfd),
         Box::new(move |reason| {
             let _ = control.send(ControlMessage::ReaperExited(reason));
         }),
@@ -545,8 +620,8 @@ impl Waiter {
         on_exit: impl FnOnce(String) + Send + 'static,
     ) -> std::io::Result<()> {
         match self {
-            Waiter::Process(process) => {
-                on_exit_of(process, Box::new(on_exit));
+            Waiter::Process(process, pidfd) => {
+                on_exit_of(process, Some(pidfd), Box::new(on_exit));
                 Ok(())
             }
             Waiter::Thread { thread, sockets } => std::thread::Builder::new()
@@ -584,6 +659,7 @@ mod tests {
         let tell = sender.clone();
         on_exit_of(
             device(101),
+            None,
             Box::new(move |how| tell.send((101, how)).unwrap()),
         );
         exited(device(101), "killed by SIGKILL".into());
@@ -591,6 +667,7 @@ mod tests {
         exited(device(102), "exited with status 1".into());
         on_exit_of(
             device(102),
+            None,
             Box::new(move |how| sender.send((102, how)).unwrap()),
         );
         let got: Vec<(u64, String)> = receiver.try_iter().collect();

@@ -183,6 +183,14 @@ impl Supervision {
         AfterExit::RestartAfter(FIRST_BACKOFF * (1 << doublings))
     }
 
+    /// A restart that can never come up (`reason`: nothing can start it
+    /// any more): failed at once, no backoff to wait out.
+    pub fn give_up(&mut self, reason: &str) -> AfterExit {
+        self.state = State::Failed;
+        self.last_exit = Some(reason.to_string());
+        AfterExit::Failed
+    }
+
     /// A restart that did not come up (`reason`) counts as another exit.
     pub fn restart_failed(&mut self, reason: &str, now: Instant) -> AfterExit {
         self.state = State::Running;

@@ -159,6 +159,9 @@ impl Vm {
         let follows = match after {
             AfterExit::RestartAfter(Duration::ZERO) => "restarting now".to_string(),
             AfterExit::RestartAfter(delay) => format!("restarting in {delay:?}"),
+            _ if self.devices.cannot_start() => {
+                "nothing can start it again: marked failed, the VM runs on without it".to_string()
+            }
             _ => "it keeps dying: marked failed, the VM runs on without it".to_string(),
         };
         log::error!("{} (pid {pid}) {reason}; {follows}", kind.name());
