@@ -488,7 +488,9 @@ impl Spawner {
         let mut begun = Vec::with_capacity(devices.len());
         for device in &devices {
             let own: Vec<OwnedFd> = fds.by_ref().take(descriptors_of(device.kind)).collect();
-            begun.push(self.begin_device(device, &own));
+            begun.push(
+                check_descriptors(device.kind, &own).and_then(|()| self.begin_device(device, &own)),
+            );
         }
         let mut outcomes = Vec::with_capacity(devices.len());
         let mut pidfds = Vec::new();
@@ -707,6 +709,33 @@ impl Spawner {
         let pid = start_program(&config.bin_dir.join("papervisor-reaper"), &args, &raw)?;
         Ok((pid, pidfd_of(pid)?))
     }
+}
+
+/// Whether `fds` are what a device process of `kind` is started with: its
+/// links sockets, and nothing that leads into the file system or to a
+/// device (a directory handed into a jail leads out of it; a device node
+/// is what the jail keeps out). The process checks the rest itself.
+fn check_descriptors(kind: ProcessKind, fds: &[OwnedFd]) -> Result<(), String> {
+    use nix::sys::stat::{fstat, SFlag};
+    for (i, fd) in fds.iter().enumerate() {
+        let mode = fstat(fd)
+            .map_err(|errno| format!("descriptor {i} of the {}: {errno}", kind.name()))?
+            .st_mode;
+        let file_type = SFlag::from_bits_truncate(mode & SFlag::S_IFMT.bits());
+        let link = i < kind.links().len();
+        let refused = match file_type {
+            SFlag::S_IFSOCK => None,
+            _ if link => Some("not a socket"),
+            SFlag::S_IFDIR => Some("a directory"),
+            SFlag::S_IFCHR | SFlag::S_IFBLK => Some("a device node"),
+            SFlag::S_IFLNK => Some("a symbolic link"),
+            _ => None,
+        };
+        if let Some(what) = refused {
+            return Err(format!("descriptor {i} of the {} is {what}", kind.name()));
+        }
+    }
+    Ok(())
 }
 
 /// A request as the spawner reads it: its id and the request, decoded and

@@ -124,10 +124,7 @@ fn event_log_descriptors() -> (Vec<OwnedFd>, Vec<Channel>) {
     }
     // Its interrupts, and its state region.
     for _ in 0..2 {
-        let interrupt = std::fs::File::options()
-            .write(true)
-            .open("/dev/null")
-            .unwrap();
+        let interrupt = nix::sys::eventfd::EventFd::new().unwrap();
         fds.push(interrupt.into());
     }
     let region =
@@ -182,6 +179,21 @@ fn the_spawner_refuses_what_is_not_a_device_of_its_vm_and_ends_with_its_core() {
         Some("/nonexistent/papervisor-eventlog".into()),
     );
     spawner.not_started(&request, &borrowed);
+    // A directory where its state region belongs (it would lead out of
+    // the jail), a file where a link belongs.
+    let directory = std::fs::File::open("/").unwrap();
+    let mut with_directory = borrowed.clone();
+    *with_directory.last_mut().unwrap() = directory.as_fd();
+    let request = start(ProcessKind::EventLog, 4, None);
+    let why = spawner.not_started(&request, &with_directory);
+    assert!(why.contains("is a directory"), "{why}");
+    let mut with_file = borrowed.clone();
+    with_file[0] = directory.as_fd();
+    let why = spawner.not_started(&start(ProcessKind::EventLog, 5, None), &with_file);
+    assert!(
+        why.contains("descriptor 0 of the event-log is not a socket"),
+        "{why}"
+    );
     // Garbage, and a frame that is no request.
     spawner.requests.send_frame(&[0xff; 32], &[]).unwrap();
     let (reply, _) = spawner.requests.recv::<SpawnReply>(Some(TIMEOUT)).unwrap();
@@ -190,7 +202,7 @@ fn the_spawner_refuses_what_is_not_a_device_of_its_vm_and_ends_with_its_core() {
     assert_eq!(children_of(spawner.pid), []);
 
     // A device process of the VM: started, and held.
-    let (reply, pidfds) = spawner.ask(&start(ProcessKind::EventLog, 5, None), &borrowed);
+    let (reply, pidfds) = spawner.ask(&start(ProcessKind::EventLog, 6, None), &borrowed);
     let SpawnReply::Devices(outcomes) = reply else {
         panic!("{reply:?}");
     };
@@ -218,10 +230,10 @@ fn the_spawner_refuses_what_is_not_a_device_of_its_vm_and_ends_with_its_core() {
     };
     let (second_fds, _second_ours) = event_log_descriptors();
     let second: Vec<BorrowedFd<'_>> = second_fds.iter().map(AsFd::as_fd).collect();
-    let (reply, _) = spawner.ask(&start(ProcessKind::EventLog, 6, None), &second);
+    let (reply, _) = spawner.ask(&start(ProcessKind::EventLog, 7, None), &second);
     assert_eq!(reply, SpawnReply::Devices(vec![Ok(standby)]));
     // A generation it started, or an earlier one: refused.
-    for generation in [6, 5, 4] {
+    for generation in [7, 6, 5] {
         let why = spawner.refused(&start(ProcessKind::EventLog, generation, None), &borrowed);
         assert!(why.contains("is not after"), "{why}");
     }
