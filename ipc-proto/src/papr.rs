@@ -17,6 +17,9 @@ pub enum DrcKind {
     Cpu,
     /// A 256 MiB logical memory block; its id is its guest address / LMB_SIZE.
     Lmb,
+    /// A PCI slot function of a PCI host bridge (a physical DRC); its id is
+    /// [`pci_drc_id`] of its bridge, bus and devfn.
+    Pci,
 }
 
 impl DrcKind {
@@ -24,15 +27,18 @@ impl DrcKind {
     pub const fn type_shift(self) -> u32 {
         match self {
             DrcKind::Cpu => 1,
+            DrcKind::Pci => 4,
             DrcKind::Lmb => 8,
         }
     }
 
-    /// The string of `ibm,drc-types`.
+    /// The string of `ibm,drc-types` (a PCI slot's is numeric: Linux and
+    /// drmgr recognise hot-plug slots by a number there).
     pub const fn type_name(self) -> &'static str {
         match self {
             DrcKind::Cpu => "CPU",
             DrcKind::Lmb => "MEM",
+            DrcKind::Pci => "28",
         }
     }
 
@@ -41,8 +47,25 @@ impl DrcKind {
         match self {
             DrcKind::Cpu => "CPU ",
             DrcKind::Lmb => "LMB ",
+            DrcKind::Pci => "C",
         }
     }
+
+    /// Physical DRCs (a slot: isolation and a DR indicator, no allocation
+    /// state) as opposed to logical ones (CPU cores, LMBs).
+    pub const fn is_physical(self) -> bool {
+        matches!(self, DrcKind::Pci)
+    }
+}
+
+/// The id of the PCI DRC of `devfn` on bus `chassis` of PCI host bridge
+/// `phb` (chassis 0: the bridge's root bus), as QEMU numbers them; `None`
+/// for a bridge index past 0xfff.
+pub const fn pci_drc_id(phb: u32, chassis: u8, devfn: u8) -> Option<u32> {
+    if phb > 0xfff {
+        return None;
+    }
+    Some((phb << 16) | ((chassis as u32) << 8) | devfn as u32)
 }
 
 /// A DRC index as the guest sees it: type in bits 31..28, id below.
@@ -64,6 +87,7 @@ impl DrcIndex {
     pub fn kind(self) -> Option<DrcKind> {
         match self.0 >> DRC_INDEX_TYPE_SHIFT {
             1 => Some(DrcKind::Cpu),
+            4 => Some(DrcKind::Pci),
             8 => Some(DrcKind::Lmb),
             _ => None,
         }
@@ -91,6 +115,14 @@ pub enum DrcState {
     Unisolate,
     /// 4: configured: the guest uses the device.
     Configured,
+    /// 6: a physical DRC isolated: empty, or holding a device the guest
+    /// does not use (its "empty state").
+    PowerOn,
+    /// 7: a physical DRC unisolated, being configured.
+    PhysicalUnisolate,
+    /// 8: a physical DRC configured: the guest uses the device (its
+    /// "ready state").
+    PhysicalConfigured,
 }
 
 impl DrcState {
@@ -101,6 +133,9 @@ impl DrcState {
             DrcState::Available => 2,
             DrcState::Unisolate => 3,
             DrcState::Configured => 4,
+            DrcState::PowerOn => 6,
+            DrcState::PhysicalUnisolate => 7,
+            DrcState::PhysicalConfigured => 8,
         }
     }
 
@@ -111,6 +146,9 @@ impl DrcState {
             DrcState::Available => "available",
             DrcState::Unisolate => "unisolate",
             DrcState::Configured => "configured",
+            DrcState::PowerOn => "power-on",
+            DrcState::PhysicalUnisolate => "physical-unisolate",
+            DrcState::PhysicalConfigured => "physical-configured",
         }
     }
 }
@@ -335,6 +373,33 @@ mod tests {
         assert_eq!(lmb.name().as_deref(), Some("LMB 4"));
         assert_eq!(DrcIndex::new(DrcKind::Lmb, 1 << 28), None);
         assert_eq!(DrcIndex(0x2000_0001).kind(), None);
+    }
+
+    #[test]
+    fn pci_drcs_are_numbered_as_qemu_numbers_them() {
+        // PHB 0, root bus, slot 1 function 0 (devfn 8): 0x4000_0008, "C8".
+        let slot1 = DrcIndex::new(DrcKind::Pci, pci_drc_id(0, 0, 8).unwrap()).unwrap();
+        assert_eq!(slot1.0, 0x4000_0008);
+        assert_eq!(slot1.kind(), Some(DrcKind::Pci));
+        assert_eq!(slot1.name().unwrap(), "C8");
+        // PHB 1, devfn 0x11: 0x4001_0011, "C65553".
+        let other = DrcIndex::new(DrcKind::Pci, pci_drc_id(1, 0, 0x11).unwrap()).unwrap();
+        assert_eq!(
+            (other.0, other.name().unwrap()),
+            (0x4001_0011, "C65553".into())
+        );
+        assert_eq!(pci_drc_id(0x1000, 0, 0), None);
+        assert!(DrcKind::Pci.is_physical() && !DrcKind::Lmb.is_physical());
+        assert_eq!(DrcKind::Pci.type_name(), "28");
+        assert_eq!(
+            [
+                DrcState::PowerOn,
+                DrcState::PhysicalUnisolate,
+                DrcState::PhysicalConfigured
+            ]
+            .map(DrcState::number),
+            [6, 7, 8]
+        );
     }
 
     #[test]

@@ -29,6 +29,7 @@ const EPOW_EXTENDED_PARTITION: u8 = 1;
 
 const HOTPLUG_TYPE_CPU: u8 = 1;
 const HOTPLUG_TYPE_MEMORY: u8 = 2;
+const HOTPLUG_TYPE_PCI: u8 = 5;
 const HOTPLUG_ACTION_ADD: u8 = 1;
 const HOTPLUG_ACTION_REMOVE: u8 = 2;
 const HOTPLUG_ID_DRC_INDEX: u8 = 2;
@@ -124,6 +125,11 @@ pub fn hotplug_event(event: &HotplugEvent, plid: u32, time: UtcTime) -> [u8; HOT
             b[106] = HOTPLUG_ID_DRC_INDEX;
             put32(&mut b, 108, drc.0);
         }
+        HotplugTarget::PciByIndex(drc) => {
+            b[104] = HOTPLUG_TYPE_PCI;
+            b[106] = HOTPLUG_ID_DRC_INDEX;
+            put32(&mut b, 108, drc.0);
+        }
         HotplugTarget::LmbsCountIndexed { count, first } => {
             b[104] = HOTPLUG_TYPE_MEMORY;
             b[106] = HOTPLUG_ID_DRC_COUNT_INDEXED;
@@ -148,6 +154,20 @@ mod tests {
         second: 9,
         nanos: 0,
     };
+
+    #[test]
+    fn pci_add_by_index_bytes() {
+        let event = HotplugEvent {
+            action: HotplugAction::Add,
+            target: HotplugTarget::PciByIndex(DrcIndex(0x4000_0008)),
+        };
+        let b = hotplug_event(&event, 7, TIME);
+        // Only the HP section differs from a CPU event: type 5 (PCI), add,
+        // by DRC index, the index.
+        assert_eq!(b[96..98], *b"HP");
+        assert_eq!(b[104..108], [5, 1, 2, 0]);
+        assert_eq!(b[108..116], [0x40, 0x00, 0x00, 0x08, 0, 0, 0, 0]);
+    }
 
     #[test]
     fn cpu_remove_by_index_bytes() {

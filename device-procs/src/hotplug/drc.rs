@@ -1,6 +1,8 @@
-//! One logical DRC (CPU core, LMB) and its state machine, as in the PAPR
-//! reference §2.3 and §2.6: each guest request is one `match` on
-//! (state, value), so the code reads like the table it implements.
+//! One DRC and its state machine: a logical one (CPU core, LMB) as in the
+//! PAPR reference §2.3 and §2.6, a physical one (a PCI slot function) as in
+//! the PCI reference §2 (QEMU's physical DRC): each guest request is one
+//! `match` on (state, value), so the code reads like the table it
+//! implements.
 
 use super::HotplugError;
 use ipc_proto::papr::{indicator, DrcIndex, DrcKind, DrcState, RtasStatus};
@@ -15,6 +17,13 @@ const USABLE: u32 = 1;
 pub const SENSE_PRESENT: u32 = 1;
 /// dr-entity-sense: the DRC is not usable by the guest now.
 pub const SENSE_UNUSABLE: u32 = 2;
+/// dr-entity-sense of a physical DRC without a device.
+pub const SENSE_EMPTY: u32 = 0;
+/// DR indicator values (set-indicator 9002, physical DRCs): inactive,
+/// active, identify, action; a reset shows whether a device is there.
+const DR_INDICATOR_INACTIVE: u32 = 0;
+const DR_INDICATOR_ACTIVE: u32 = 1;
+const DR_INDICATOR_LAST: u32 = 3;
 
 /// What a transition means beyond its status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,20 +45,39 @@ pub enum Outcome {
 }
 
 /// Whether a DRC is logical (CPU core, LMB: allocation and isolation,
-/// no DR indicator) or physical (a slot: isolation and a DR indicator).
-/// Only logical DRCs exist so far; the table dispatches on this, so a
-/// physical kind adds its own rows.
+/// no DR indicator) or physical (a PCI slot: isolation and a DR indicator,
+/// no allocation state); the tables dispatch on this.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DrcClass {
     /// CPU cores and LMBs.
     Logical,
+    /// PCI slot functions.
+    Physical,
 }
 
 impl DrcClass {
     /// The class of the DRC at `index`.
     pub fn of(index: DrcIndex) -> DrcClass {
         match index.kind() {
-            Some(DrcKind::Cpu | DrcKind::Lmb) | None => DrcClass::Logical,
+            Some(kind) if kind.is_physical() => DrcClass::Physical,
+            _ => DrcClass::Logical,
+        }
+    }
+
+    /// The state of a DRC the guest does not hold: logical UNUSABLE,
+    /// physical POWERON (QEMU's "empty state").
+    pub const fn empty_state(self) -> DrcState {
+        match self {
+            DrcClass::Logical => DrcState::Unusable,
+            DrcClass::Physical => DrcState::PowerOn,
+        }
+    }
+
+    /// The state of a DRC whose device the guest uses (its "ready state").
+    pub const fn ready_state(self) -> DrcState {
+        match self {
+            DrcClass::Logical => DrcState::Configured,
+            DrcClass::Physical => DrcState::PhysicalConfigured,
         }
     }
 }
@@ -71,12 +99,15 @@ pub struct Drc {
     /// refusal may re-unisolate several of its DRCs (Linux adds back every
     /// LMB it had offlined), which is one refusal, not several.
     answered: bool,
+    /// A physical DRC's DR indicator (0..=3); 0 for a logical one.
+    dr_indicator: u32,
 }
 
 impl Drc {
     /// An empty DRC.
     pub fn new(index: DrcIndex) -> Drc {
-        Drc::restored(index, DrcState::Unusable, None, false, 0, false)
+        let state = DrcClass::of(index).empty_state();
+        Drc::restored(index, state, None, false, 0, false, DR_INDICATOR_INACTIVE)
     }
 
     /// A DRC as the state region recorded it (the region was validated).
@@ -87,6 +118,7 @@ impl Drc {
         unplug_requested: bool,
         configure_step: u32,
         answered: bool,
+        dr_indicator: u32,
     ) -> Drc {
         Drc {
             index,
@@ -95,7 +127,17 @@ impl Drc {
             unplug_requested,
             configure_step,
             answered,
+            dr_indicator,
         }
+    }
+
+    fn class(&self) -> DrcClass {
+        DrcClass::of(self.index)
+    }
+
+    /// A physical DRC's DR indicator.
+    pub fn dr_indicator(&self) -> u32 {
+        self.dr_indicator
     }
 
     /// Its index.
@@ -134,12 +176,55 @@ impl Drc {
 
     /// set-indicator: `indicator` set to `value`.
     pub fn set_indicator(&mut self, indicator: u32, value: u32) -> (RtasStatus, Outcome) {
-        match (DrcClass::of(self.index), indicator) {
-            (_, indicator::ISOLATION_STATE) => self.set_isolation(value),
+        match (self.class(), indicator) {
+            (DrcClass::Logical, indicator::ISOLATION_STATE) => self.set_isolation(value),
             (DrcClass::Logical, indicator::ALLOCATION_STATE) => self.set_allocation(value),
-            // Logical DRCs have no DR indicator.
+            (DrcClass::Physical, indicator::ISOLATION_STATE) => self.set_physical_isolation(value),
+            (DrcClass::Physical, indicator::DR_INDICATOR) => self.set_dr_indicator(value),
+            // Logical DRCs have no DR indicator, physical ones no
+            // allocation state.
             _ => (RtasStatus::ParameterError, Outcome::Nothing),
         }
+    }
+
+    /// set-indicator 9001 (isolation-state) on a physical DRC. Isolating a
+    /// configured one gives it back: its device goes if the host asked for
+    /// it. There is no refusal: re-unisolating is a no-op (QEMU's physical
+    /// DRC has no refusal signal, nor does Linux give one for PCI).
+    fn set_physical_isolation(&mut self, value: u32) -> (RtasStatus, Outcome) {
+        use DrcState::*;
+        match (self.state, value) {
+            (PowerOn, UNISOLATE) => {
+                if self.device.is_none() {
+                    return (RtasStatus::ParameterError, Outcome::Nothing);
+                }
+                self.state = PhysicalUnisolate;
+                self.configure_step = 0;
+                (RtasStatus::Success, Outcome::Nothing)
+            }
+            (PowerOn, ISOLATE) => (RtasStatus::Success, Outcome::Nothing),
+            (PhysicalUnisolate | PhysicalConfigured, UNISOLATE) => {
+                (RtasStatus::Success, Outcome::Nothing)
+            }
+            (PhysicalUnisolate, ISOLATE) => (RtasStatus::ParameterError, Outcome::Nothing),
+            (PhysicalConfigured, ISOLATE) => {
+                self.state = PowerOn;
+                match self.unplug_requested {
+                    true => (RtasStatus::Success, Outcome::Released),
+                    false => (RtasStatus::Success, Outcome::Nothing),
+                }
+            }
+            _ => (RtasStatus::ParameterError, Outcome::Nothing),
+        }
+    }
+
+    /// set-indicator 9002 (DR indicator) on a physical DRC: stored.
+    fn set_dr_indicator(&mut self, value: u32) -> (RtasStatus, Outcome) {
+        if value > DR_INDICATOR_LAST {
+            return (RtasStatus::ParameterError, Outcome::Nothing);
+        }
+        self.dr_indicator = value;
+        (RtasStatus::Success, Outcome::Nothing)
     }
 
     /// set-indicator 9001 (isolation-state).
@@ -209,17 +294,26 @@ impl Drc {
 
     /// get-sensor-state 9003 (dr-entity-sense): status and value.
     pub fn entity_sense(&self) -> (RtasStatus, u32) {
-        match self.state {
-            DrcState::Unusable => (RtasStatus::Success, SENSE_UNUSABLE),
-            DrcState::Available | DrcState::Unisolate | DrcState::Configured => {
-                (RtasStatus::Success, SENSE_PRESENT)
-            }
-        }
+        let sense = match self.class() {
+            // A slot senses its device, in any state.
+            DrcClass::Physical if self.device.is_some() => SENSE_PRESENT,
+            DrcClass::Physical => SENSE_EMPTY,
+            DrcClass::Logical if self.state == DrcState::Unusable => SENSE_UNUSABLE,
+            DrcClass::Logical => SENSE_PRESENT,
+        };
+        (RtasStatus::Success, sense)
     }
 
     /// ibm,configure-connector may walk this DRC's device tree now.
     pub fn may_configure(&self) -> bool {
-        self.device.is_some() && matches!(self.state, DrcState::Unisolate | DrcState::Configured)
+        self.device.is_some()
+            && matches!(
+                self.state,
+                DrcState::Unisolate
+                    | DrcState::Configured
+                    | DrcState::PhysicalUnisolate
+                    | DrcState::PhysicalConfigured
+            )
     }
 
     /// The walk handed out step `configure_step`: the index, and the cursor moves on.
@@ -232,14 +326,14 @@ impl Drc {
     /// The walk handed out the whole fragment.
     pub fn configured(&mut self) {
         if self.may_configure() {
-            self.state = DrcState::Configured;
+            self.state = self.class().ready_state();
             self.configure_step = 0;
         }
     }
 
     /// Links a device. A cold plug resets the DRC to CONFIGURED at once.
     pub fn attach(&mut self, device: &str, cold: bool) -> Result<(), HotplugError> {
-        if self.device.is_some() || self.state != DrcState::Unusable {
+        if self.device.is_some() || self.state != self.class().empty_state() {
             return Err(HotplugError::DrcInUse(self.index));
         }
         self.device = Some(device.to_string());
@@ -256,7 +350,7 @@ impl Drc {
             return Outcome::Nothing;
         }
         self.unplug_requested = true;
-        if self.state == DrcState::Unusable {
+        if self.state == self.class().empty_state() {
             return Outcome::Released;
         }
         Outcome::Nothing
@@ -298,7 +392,7 @@ impl Drc {
     /// the device's other DRCs. A refusal of the unplug (which clears the
     /// request) re-attaches it: the guest may acquire it again.
     pub fn given_back(&self) -> bool {
-        self.device.is_some() && self.unplug_requested && self.state == DrcState::Unusable
+        self.device.is_some() && self.unplug_requested && self.state == self.class().empty_state()
     }
 
     /// Unlinks the device: its unplug completed.
@@ -309,7 +403,8 @@ impl Drc {
     }
 
     /// Machine reset: a pending unplug completes; then an attached device is
-    /// configured, an empty DRC unusable.
+    /// configured, an empty DRC in its empty state, and a slot's DR
+    /// indicator shows whether it holds a device.
     pub fn reset(&mut self) -> Outcome {
         let outcome = if self.unplug_requested {
             self.release();
@@ -317,11 +412,17 @@ impl Drc {
         } else {
             Outcome::Nothing
         };
-        self.state = if self.device.is_some() {
-            DrcState::Configured
-        } else {
-            DrcState::Unusable
+        let class = self.class();
+        self.state = match self.device.is_some() {
+            true => class.ready_state(),
+            false => class.empty_state(),
         };
+        if class == DrcClass::Physical {
+            self.dr_indicator = match self.device.is_some() {
+                true => DR_INDICATOR_ACTIVE,
+                false => DR_INDICATOR_INACTIVE,
+            };
+        }
         self.answered = false;
         outcome
     }
@@ -340,6 +441,11 @@ mod tests {
         DrcIndex::new(DrcKind::Lmb, 4).unwrap()
     }
 
+    /// PHB 0, root bus, slot 1 function 0.
+    fn slot() -> DrcIndex {
+        DrcIndex::new(DrcKind::Pci, ipc_proto::papr::pci_drc_id(0, 0, 8).unwrap()).unwrap()
+    }
+
     /// A DRC in `state`, with a device attached or not, unplug requested or
     /// not, having answered the current refusal or not.
     fn drc(index: DrcIndex, state: DrcState, device: bool, unplug: bool, answered: bool) -> Drc {
@@ -350,6 +456,7 @@ mod tests {
             unplug,
             0,
             answered,
+            0,
         )
     }
 
@@ -423,6 +530,85 @@ mod tests {
             (Available, true, false, false, 7, -3, Available, false, false, n),
         ];
         check(cpu(), indicator::ISOLATION_STATE, cells);
+    }
+
+    #[test]
+    fn physical_isolation_table() {
+        let n = Outcome::Nothing;
+        let released = Outcome::Released;
+        #[rustfmt::skip]
+        let cells: &[Cell] = &[
+            // state, device, unplug, answered, value → status, state, unplug, answered, outcome
+            (PowerOn, true, false, false, UNISOLATE, 0, PhysicalUnisolate, false, false, n),
+            (PowerOn, false, false, false, UNISOLATE, -3, PowerOn, false, false, n),
+            (PowerOn, true, false, false, ISOLATE, 0, PowerOn, false, false, n),
+            (PhysicalUnisolate, true, false, false, UNISOLATE, 0, PhysicalUnisolate, false, false, n),
+            (PhysicalUnisolate, true, false, false, ISOLATE, -3, PhysicalUnisolate, false, false, n),
+            // No refusal for a slot: re-unisolating leaves the request.
+            (PhysicalConfigured, true, true, false, UNISOLATE, 0, PhysicalConfigured, true, false, n),
+            (PhysicalConfigured, true, false, false, UNISOLATE, 0, PhysicalConfigured, false, false, n),
+            // Isolating gives it back: the device goes if it was asked for.
+            (PhysicalConfigured, true, false, false, ISOLATE, 0, PowerOn, false, false, n),
+            (PhysicalConfigured, true, true, false, ISOLATE, 0, PowerOn, true, false, released),
+            (PhysicalConfigured, true, false, false, 2, -3, PhysicalConfigured, false, false, n),
+        ];
+        check(slot(), indicator::ISOLATION_STATE, cells);
+    }
+
+    #[test]
+    fn a_slot_has_a_dr_indicator_and_no_allocation_state() {
+        let mut d = drc(slot(), PhysicalConfigured, true, false, false);
+        for value in 0..=3 {
+            assert_eq!(
+                d.set_indicator(indicator::DR_INDICATOR, value),
+                (RtasStatus::Success, Outcome::Nothing)
+            );
+            assert_eq!(d.dr_indicator(), value);
+        }
+        assert_eq!(
+            d.set_indicator(indicator::DR_INDICATOR, 4),
+            (RtasStatus::ParameterError, Outcome::Nothing)
+        );
+        assert_eq!(d.dr_indicator(), 3);
+        assert_eq!(
+            d.set_indicator(indicator::ALLOCATION_STATE, 1),
+            (RtasStatus::ParameterError, Outcome::Nothing)
+        );
+        assert_eq!(d.state(), PhysicalConfigured);
+    }
+
+    #[test]
+    fn a_slot_senses_its_device_in_any_state_and_resets_to_its_ready_or_empty_state() {
+        let mut empty = Drc::new(slot());
+        assert_eq!(empty.state(), PowerOn);
+        assert_eq!(empty.entity_sense(), (RtasStatus::Success, SENSE_EMPTY));
+        // A device the guest never took: asked back, it goes at once.
+        empty.attach("disk0", false).unwrap();
+        assert_eq!(empty.entity_sense(), (RtasStatus::Success, SENSE_PRESENT));
+        assert_eq!(empty.unplug_request(), Outcome::Released);
+        assert!(empty.given_back());
+        empty.release();
+        // Cold-plugged: configured, its indicator active.
+        let mut cold = Drc::new(slot());
+        cold.attach("disk1", true).unwrap();
+        assert_eq!((cold.state(), cold.dr_indicator()), (PhysicalConfigured, 1));
+        assert!(cold.may_configure());
+        assert_eq!(
+            cold.attach("disk2", false),
+            Err(HotplugError::DrcInUse(slot()))
+        );
+        // A reset completes a pending unplug: empty, indicator inactive.
+        assert_eq!(cold.unplug_request(), Outcome::Nothing);
+        assert_eq!(cold.reset(), Outcome::Released);
+        assert_eq!(
+            (cold.state(), cold.device(), cold.dr_indicator()),
+            (PowerOn, None, 0)
+        );
+        // A walk on an unisolated slot ends configured.
+        let mut walked = drc(slot(), PhysicalUnisolate, true, false, false);
+        assert!(walked.may_configure());
+        walked.configured();
+        assert_eq!(walked.state(), PhysicalConfigured);
     }
 
     #[test]
@@ -537,7 +723,7 @@ mod tests {
 
     #[test]
     fn unisolate_from_available_starts_a_new_configure_walk() {
-        let mut d = Drc::restored(cpu(), Available, Some("dev".into()), false, 3, false);
+        let mut d = Drc::restored(cpu(), Available, Some("dev".into()), false, 3, false, 0);
         assert!(!d.may_configure());
         d.set_indicator(indicator::ISOLATION_STATE, UNISOLATE);
         assert_eq!(d.configure_step(), 0);

@@ -101,6 +101,7 @@ fn target(drcs: &[DrcIndex]) -> Option<HotplugTarget> {
     let first = *drcs.iter().min()?;
     match first.kind()? {
         DrcKind::Cpu => Some(HotplugTarget::CpuByIndex(first)),
+        DrcKind::Pci => Some(HotplugTarget::PciByIndex(first)),
         DrcKind::Lmb => Some(HotplugTarget::LmbsCountIndexed {
             count: drcs.len() as u32,
             first,
@@ -137,7 +138,7 @@ impl Controller {
     /// The device a remove event asks for.
     fn removed_by(&self, event: &HotplugEvent) -> Option<String> {
         let first = match event.target {
-            HotplugTarget::CpuByIndex(drc) => drc,
+            HotplugTarget::CpuByIndex(drc) | HotplugTarget::PciByIndex(drc) => drc,
             HotplugTarget::LmbsCountIndexed { first, .. } => first,
         };
         match event.action {

@@ -26,7 +26,7 @@ pub const DEVICE_SLOTS: u32 = 1024;
 /// Effects kept for a receiver that is down; beyond, the oldest are dropped.
 pub const OUTBOX_SLOTS: u32 = 1024;
 /// Bumped whenever a record's meaning changes.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 const MAGIC: [u8; 8] = *b"PVHOTPLG";
 
 const META: usize = 0;
@@ -140,6 +140,8 @@ struct DrcRecord {
     unplug_requested: bool,
     configure_step: u32,
     answered: bool,
+    /// A physical DRC's DR indicator.
+    dr_indicator: u32,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -246,6 +248,7 @@ impl Store {
                 record.unplug_requested,
                 record.configure_step,
                 record.answered,
+                record.dr_indicator,
             ));
         }
         let mut attached = Vec::new();
@@ -340,6 +343,7 @@ impl Store {
                         unplug_requested: drc.unplug_requested(),
                         configure_step: drc.configure_step(),
                         answered: drc.answered(),
+                        dr_indicator: drc.dr_indicator(),
                     };
                     writes.push(Write {
                         table: DRCS,
@@ -525,6 +529,39 @@ mod tests {
             ..key(2)
         };
         assert_eq!(successor.replayed(other), None);
+    }
+
+    #[test]
+    fn a_slots_state_and_dr_indicator_survive_a_restart() {
+        let mut ranges = crate::hotplug::tests::test_ranges();
+        // PHB 0, root bus: slots 1 and 2, function 0.
+        let first_id = ipc_proto::papr::pci_drc_id(0, 0, 8).unwrap();
+        ranges.push(ipc_proto::link::core_hotplug::DrcRange {
+            kind: ipc_proto::papr::DrcKind::Pci,
+            first_id,
+            count: 2,
+            step: 8,
+        });
+        let mut c = Controller::default();
+        c.define(&ranges).unwrap();
+        let mut store = Store::create(Mapping::heap(layout(14).bytes()), &mut c).unwrap();
+        let slot = DrcIndex::new(ipc_proto::papr::DrcKind::Pci, first_id).unwrap();
+        let effects = c.plug(&[slot], "disk0", false).unwrap();
+        store.commit(&mut c, effects, None).unwrap();
+        // drmgr's add: DR indicator on, unisolate; then the walk.
+        for (indicator, value) in [(9002, 1), (9001, 1)] {
+            let (status, effects) = c.set_indicator(indicator, slot.0, value);
+            assert_eq!(status, RtasStatus::Success);
+            store.commit(&mut c, effects, None).unwrap();
+        }
+        let (successor, restored) = Store::resume(store.region.snapshot(), 14).unwrap();
+        drop(successor);
+        assert_eq!(restored.list(0), c.list(0));
+        let drc = restored.drc(slot).unwrap();
+        assert_eq!(
+            (drc.state(), drc.dr_indicator(), drc.device()),
+            (DrcState::PhysicalUnisolate, 1, Some("disk0"))
+        );
     }
 
     #[test]

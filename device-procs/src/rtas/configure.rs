@@ -33,7 +33,8 @@ pub enum Step {
     Parent,
 }
 
-/// The fragment of the device a DRC connects.
+/// The fragment of the device a DRC connects (none yet for a PCI slot:
+/// its device node comes with the PCI host bridge).
 pub fn fragment(drc: DrcIndex, threads_per_core: u32) -> Option<Vec<Step>> {
     let mut steps = Vec::new();
     match drc.kind()? {
@@ -45,6 +46,7 @@ pub fn fragment(drc: DrcIndex, threads_per_core: u32) -> Option<Vec<Step>> {
                 steps.push(Step::Property(name, value));
             }
         }
+        DrcKind::Pci => return None,
         DrcKind::Lmb => {
             let address = u64::from(drc.id()) * LMB_SIZE;
             let reg: Vec<u8> = [address, LMB_SIZE]

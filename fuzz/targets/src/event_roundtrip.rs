@@ -140,13 +140,13 @@ pub fn fuzz(data: &[u8]) {
     } else {
         HotplugAction::Remove
     };
-    let target = if selector & 2 == 0 {
-        HotplugTarget::CpuByIndex(DrcIndex(a))
-    } else {
-        HotplugTarget::LmbsCountIndexed {
+    let target = match (selector >> 1) % 3 {
+        0 => HotplugTarget::CpuByIndex(DrcIndex(a)),
+        1 => HotplugTarget::PciByIndex(DrcIndex(a)),
+        _ => HotplugTarget::LmbsCountIndexed {
             count: b,
             first: DrcIndex(a),
-        }
+        },
     };
     let event = HotplugEvent { action, target };
     let decoded = decode(&hotplug_event(&event, plid, time));
@@ -164,6 +164,8 @@ pub fn fuzz(data: &[u8]) {
     let expected = match target {
         // PAPR: type 1 CPU, id type 2 DRC index.
         HotplugTarget::CpuByIndex(drc) => (1, action, 2, drc.0, 0),
+        // Type 5 PCI, by DRC index.
+        HotplugTarget::PciByIndex(drc) => (5, action, 2, drc.0, 0),
         // Type 2 memory, id type 4 count-indexed: count, then the first index.
         HotplugTarget::LmbsCountIndexed { count, first } => (2, action, 4, count, first.0),
     };

@@ -31,6 +31,9 @@ pub enum HotplugTarget {
         /// The first LMB's DRC.
         first: DrcIndex,
     },
+    /// One PCI function, by its slot's DRC index (last: the variants'
+    /// numbers are what stored and exchanged events carry).
+    PciByIndex(DrcIndex),
 }
 
 /// One hot-plug event.
@@ -76,6 +79,10 @@ impl Message for Request {
                 Err(format!("a CPU event for DRC {:#x}", drc.0))
             }
             HotplugTarget::CpuByIndex(_) => Ok(()),
+            HotplugTarget::PciByIndex(drc) if drc.kind() != Some(DrcKind::Pci) => {
+                Err(format!("a PCI event for DRC {:#x}", drc.0))
+            }
+            HotplugTarget::PciByIndex(_) => Ok(()),
             HotplugTarget::LmbsCountIndexed { count: 0, .. } => Err("an event for 0 LMBs".into()),
             HotplugTarget::LmbsCountIndexed { count, first } => {
                 let last = (count - 1).checked_add(first.id());
@@ -112,6 +119,9 @@ mod tests {
     #[test]
     fn events_name_connectors_of_their_kind_within_the_lmb_range() {
         assert!(queue(HotplugTarget::CpuByIndex(DrcIndex(0x1000_0001))).is_ok());
+        assert!(queue(HotplugTarget::PciByIndex(DrcIndex(0x4000_0008))).is_ok());
+        assert!(queue(HotplugTarget::PciByIndex(DrcIndex(0x1000_0008))).is_err());
+        assert!(queue(HotplugTarget::CpuByIndex(DrcIndex(0x4000_0008))).is_err());
         let lmbs = |count, first| HotplugTarget::LmbsCountIndexed {
             count,
             first: DrcIndex(first),

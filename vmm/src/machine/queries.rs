@@ -166,6 +166,9 @@ impl Vm {
                             HotplugTarget::CpuByIndex(drc) => {
                                 json!({"action": action, "resource": "cpu", "drc": drc.0})
                             }
+                            HotplugTarget::PciByIndex(drc) => {
+                                json!({"action": action, "resource": "pci", "drc": drc.0})
+                            }
                             HotplugTarget::LmbsCountIndexed { count, first } => json!({
                                 "action": action, "resource": "memory", "drc": first.0, "count": count
                             }),
