@@ -239,11 +239,16 @@ pub enum RtasCall {
     /// Routes an interrupt source to a CPU (the guest moves interrupts off a
     /// CPU before offlining it).
     SetXive,
+    /// Sets a power domain's level (drmgr's PCI add and remove: a slot's
+    /// power domain is -1, always on).
+    SetPowerLevel,
+    /// Reads a power domain's level.
+    GetPowerLevel,
 }
 
 impl RtasCall {
     /// Every call the platform implements, for `/rtas` and dispatch.
-    pub const ALL: [RtasCall; 14] = [
+    pub const ALL: [RtasCall; 16] = [
         RtasCall::DisplayCharacter,
         RtasCall::GetTimeOfDay,
         RtasCall::PowerOff,
@@ -258,6 +263,8 @@ impl RtasCall {
         RtasCall::ConfigureConnector,
         RtasCall::OsTerm,
         RtasCall::SetXive,
+        RtasCall::SetPowerLevel,
+        RtasCall::GetPowerLevel,
     ];
 
     /// The token the guest passes in `rtas_args.token`.
@@ -277,6 +284,8 @@ impl RtasCall {
             RtasCall::ConfigureConnector => 0x201e,
             RtasCall::OsTerm => 0x201f,
             RtasCall::SetXive => 0x200a,
+            RtasCall::SetPowerLevel => 0x201b,
+            RtasCall::GetPowerLevel => 0x201c,
         }
     }
 
@@ -297,6 +306,8 @@ impl RtasCall {
             RtasCall::ConfigureConnector => "ibm,configure-connector",
             RtasCall::OsTerm => "ibm,os-term",
             RtasCall::SetXive => "ibm,set-xive",
+            RtasCall::SetPowerLevel => "set-power-level",
+            RtasCall::GetPowerLevel => "get-power-level",
         }
     }
 

@@ -239,6 +239,10 @@ fn dispatch<M: Bytes<GuestAddress, E = GuestMemoryError>>(
                 .eventlog(EventLogRequest::EventScan { mask: call.args[0] })?;
             (status(RtasStatus::NoErrorsFound), None)
         }
+        // Every DRC's power domain is -1 ("always on", as QEMU's): setting
+        // it succeeds and leaves it at 100, whatever was asked.
+        RtasCall::SetPowerLevel if nargs == 2 && nret == 2 => (power_level(call.args[0]), None),
+        RtasCall::GetPowerLevel if nargs == 1 && nret == 2 => (power_level(call.args[0]), None),
         RtasCall::OsTerm if nargs == 1 && nret == 1 => {
             let message = read_message(memory, u64::from(call.args[0]) & REAL_ADDRESS_MASK);
             (
@@ -254,6 +258,18 @@ fn dispatch<M: Bytes<GuestAddress, E = GuestMemoryError>>(
             (status(RtasStatus::ParameterError), None)
         }
     })
+}
+
+/// The only power domain, -1, and its level.
+const POWER_DOMAIN: u32 = u32::MAX;
+const POWER_LEVEL_FULL: u32 = 100;
+
+/// set-/get-power-level's return cells for `domain`.
+fn power_level(domain: u32) -> Vec<u32> {
+    match domain {
+        POWER_DOMAIN => vec![RtasStatus::Success.cell(), POWER_LEVEL_FULL],
+        _ => vec![RtasStatus::ParameterError.cell(), 0],
+    }
 }
 
 /// One configure-connector step; the status cell for the guest (an RTAS
@@ -536,6 +552,33 @@ mod tests {
                 [ret(&m, BLOCK, 1, 0), ret(&m, BLOCK, 1, 1)],
                 expected,
                 "cpu {cpu}"
+            );
+        }
+    }
+
+    #[test]
+    fn power_levels_are_those_of_domain_minus_one_always_on() {
+        let m = memory();
+        let set = RtasCall::SetPowerLevel.token();
+        let get = RtasCall::GetPowerLevel.token();
+        // drmgr powers a slot off, then on: both leave it at 100.
+        for (token, args) in [
+            (set, &[u32::MAX, 0][..]),
+            (set, &[u32::MAX, 100]),
+            (get, &[u32::MAX]),
+        ] {
+            write_call(&m, BLOCK, token, args, 2);
+            assert_eq!(handle(&m, BLOCK), Ok(None));
+            let at = args.len() as u64;
+            assert_eq!((ret(&m, BLOCK, at, 0), ret(&m, BLOCK, at, 1)), (0, 100));
+        }
+        // Any other domain: a parameter error.
+        for (token, args) in [(set, &[0, 100][..]), (get, &[7])] {
+            write_call(&m, BLOCK, token, args, 2);
+            assert_eq!(handle(&m, BLOCK), Ok(None));
+            assert_eq!(
+                ret(&m, BLOCK, args.len() as u64, 0),
+                RtasStatus::ParameterError.cell()
             );
         }
     }
