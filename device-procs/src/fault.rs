@@ -3,7 +3,7 @@
 //! process would do, so that tests can prove the jail and the supervisor.
 //! A build without the feature has none of this code and refuses the request.
 
-use crate::process::Links;
+use crate::links::Links;
 use ipc_proto::channel::{encode, Channel, Envelope};
 use ipc_proto::control::{ArmedFault, Fault, FaultAction, FaultPoint, FAULT_DELAY_MS};
 use ipc_proto::Link;

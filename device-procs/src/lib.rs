@@ -11,6 +11,7 @@ pub mod fault;
 pub mod hotplug;
 #[cfg(feature = "fault-injection")]
 pub mod lie;
+pub mod links;
 pub mod process;
 pub mod rtas;
 pub mod seccomp;

@@ -8,7 +8,7 @@
 //! calls did not make. Each receiver must refuse with a logged reason and
 //! stay consistent; `tell` reports what each lie got.
 
-use crate::process::Links;
+use crate::links::Links;
 use ipc_proto::control::Answer;
 use ipc_proto::link::core_rtas::{self, CoreRtas, PlatformRequest};
 use ipc_proto::link::hotplug_eventlog::{

@@ -6,7 +6,8 @@
 use super::store::{Resumed, Store};
 use super::{Dequeued, EventQueue, Pulse, QueueFull};
 use crate::clock::UtcTime;
-use crate::process::{answer, serve, Descriptors, Device, Links, ProcessError, Startup};
+use crate::links::{answer, serve, Device, Links};
+use crate::process::{Descriptors, ProcessError, Startup};
 use crate::state::{self, Mapping, StateError};
 use ipc_proto::channel::{ChannelError, Frame};
 use ipc_proto::control::{Answer, FaultPoint};

@@ -4,7 +4,8 @@
 
 use super::store::{Destination, Requester, Store, StoredReply};
 use super::{Controller, Effect};
-use crate::process::{answer, serve, Descriptors, Device, Links, ProcessError, Startup};
+use crate::links::{answer, serve, Device, Links};
+use crate::process::{Descriptors, ProcessError, Startup};
 use crate::state::Mapping;
 use crate::state::RequestKey;
 use ipc_proto::channel::{ChannelError, Frame};

@@ -11,7 +11,7 @@
 
 use super::drc::Drc;
 use super::{Controller, Effect, Touched};
-use crate::process::PEER_REQUESTS_PER_REQUEST;
+use crate::links::PEER_REQUESTS_PER_REQUEST;
 use crate::state::{
     decode_record as read, encode_record as record, Layout, Mapping, Region, RequestKey,
     StateError, Table, Write,

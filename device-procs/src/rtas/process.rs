@@ -2,7 +2,8 @@
 //! hotplug controller and the event log are reached on their own links.
 
 use super::calls::{handle_call, Peers, Services};
-use crate::process::{answer, serve, Descriptors, Device, Links, ProcessError, Startup};
+use crate::links::{answer, serve, Device, Links};
+use crate::process::{Descriptors, ProcessError, Startup};
 use ipc_proto::channel::{ChannelError, Frame};
 use ipc_proto::control::{Answer, FaultPoint, Refusal};
 use ipc_proto::link::core_rtas::{CallRefusal, CoreRtas, MemoryRegion, Reply, Request};
