@@ -20,6 +20,7 @@ pub mod control;
 pub mod hello;
 pub mod link;
 pub mod papr;
+pub mod pci;
 pub mod protocol;
 pub mod spawner;
 

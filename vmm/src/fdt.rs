@@ -6,6 +6,7 @@ use crate::layout::MemoryLayout;
 use ipc_proto::papr::{
     cpu_core_node_name, cpu_core_properties, irq, DrcIndex, DrcKind, RtasCall, LMB_SIZE,
 };
+use ipc_proto::pci::{Phb, MEM32_PCI_ADDRESS, PHBS};
 use thiserror::Error;
 use vm_fdt::FdtWriter;
 
@@ -117,6 +118,47 @@ pub fn write_core_node(
     Ok(())
 }
 
+/// PCI address space codes (bits 25:24 of a `ranges` entry's phys.hi).
+const PCI_SPACE_IO: u32 = 1 << 24;
+const PCI_SPACE_MEM32: u32 = 2 << 24;
+const PCI_SPACE_MEM64: u32 = 3 << 24;
+
+/// The node of PCI host bridge `phb`, as QEMU's pseries machine writes it
+/// (`spapr_dt_phb`): its windows, its bus range and the physical DRCs of
+/// its root bus, one per devfn. Its devices' interrupts (LSIs, MSI-X)
+/// come with its first device.
+fn write_phb_node(fdt: &mut FdtWriter, phb: &Phb) -> Result<(), FdtError> {
+    let node = fdt.begin_node(&phb.node_name())?;
+    fdt.property_string("device_type", "pci")?;
+    fdt.property_string("compatible", "IBM,Logical_PHB")?;
+    fdt.property_array_u64("reg", &[phb.buid, 0])?;
+    let high = |value: u64| (value >> 32) as u32;
+    let low = |value: u64| value as u32;
+    let (pio, pio_size) = phb.pio;
+    let (mem32, mem32_size) = phb.mem32;
+    let (mem64, mem64_size) = phb.mem64;
+    #[rustfmt::skip]
+    let ranges = [
+        // phys.hi, child address (2 cells), CPU address (2), size (2)
+        PCI_SPACE_IO, 0, 0, high(pio), low(pio), high(pio_size), low(pio_size),
+        PCI_SPACE_MEM32, 0, low(MEM32_PCI_ADDRESS), high(mem32), low(mem32),
+        high(mem32_size), low(mem32_size),
+        PCI_SPACE_MEM64, high(mem64), low(mem64), high(mem64), low(mem64),
+        high(mem64_size), low(mem64_size),
+    ];
+    fdt.property_array_u32("ranges", &ranges)?;
+    fdt.property_array_u32("bus-range", &[0, 255])?;
+    fdt.property_u32("#address-cells", 3)?;
+    fdt.property_u32("#size-cells", 2)?;
+    fdt.property_u32("#interrupt-cells", 1)?;
+    // Extended (4 KiB) configuration space.
+    fdt.property_u32("ibm,pci-config-space-type", 1)?;
+    fdt.property_null("used-by-rtas")?;
+    write_drc_arrays(fdt, &phb.drcs())?;
+    fdt.end_node(node)?;
+    Ok(())
+}
+
 /// The device tree of `machine`.
 pub fn build(machine: &MachineDescription) -> Result<Vec<u8>, FdtError> {
     let layout = machine.layout;
@@ -196,6 +238,10 @@ pub fn build(machine: &MachineDescription) -> Result<Vec<u8>, FdtError> {
     fdt.property_array_u32("interrupts", &[irq::VTY, 0])?;
     fdt.end_node(vty)?;
     fdt.end_node(vdevice)?;
+
+    for index in 0..PHBS {
+        write_phb_node(&mut fdt, &Phb::new(index))?;
+    }
 
     let drconf = fdt.begin_node(DRCONF_PLACEHOLDER)?;
     fdt.property_array_u32("ibm,lmb-size", &[(LMB_SIZE >> 32) as u32, LMB_SIZE as u32])?;
@@ -386,6 +432,35 @@ mod tests {
         assert_eq!(strings(&names[4..]), ["CPU 0", "CPU 2", "CPU 4", "CPU 6"]);
         let types = cpu_prop("ibm,drc-types");
         assert_eq!(strings(&types[4..]), ["CPU"; 4]);
+    }
+
+    #[test]
+    fn the_phb_has_its_windows_and_a_physical_drc_per_devfn() {
+        let blob = example();
+        let fdt = Fdt::new(&blob).unwrap();
+        let phb = fdt.find_node("/pci@800000020000000").unwrap();
+        let prop = |name| phb.property(name).unwrap().value;
+        assert_eq!(strings(prop("device_type")), ["pci"]);
+        assert_eq!(strings(prop("compatible")), ["IBM,Logical_PHB"]);
+        assert_eq!(be32s(prop("reg")), [0x0800_0000, 0x2000_0000, 0, 0]);
+        assert_eq!(be32s(prop("bus-range")), [0, 255]);
+        #[rustfmt::skip]
+        let ranges = [
+            0x0100_0000, 0, 0, 0x2000, 0, 0, 0x1_0000,
+            0x0200_0000, 0, 0x8000_0000, 0x2000, 0x8000_0000, 0, 0x8000_0000,
+            0x0300_0000, 0x2100, 0, 0x2100, 0, 0x100, 0,
+        ];
+        assert_eq!(be32s(prop("ranges")), ranges);
+        let indexes = be32s(prop("ibm,drc-indexes"));
+        assert_eq!(indexes.len(), 257);
+        assert_eq!(
+            (indexes[0], indexes[1], indexes[256]),
+            (256, 0x4000_0000, 0x4000_00ff)
+        );
+        let names = prop("ibm,drc-names");
+        assert_eq!(strings(&names[4..])[..3], ["C0", "C1", "C2"]);
+        assert_eq!(strings(&prop("ibm,drc-types")[4..]), ["28"; 256]);
+        assert_eq!(be32s(prop("ibm,drc-power-domains"))[1..], [!0; 256]);
     }
 
     #[test]

@@ -17,7 +17,8 @@ link_protocol! {
 
 /// The longest device id the controller stores (QMP ids are short names).
 pub const MAX_DEVICE_ID: usize = 128;
-/// The most DRCs one machine has (16 384 LMBs plus CPU cores fit).
+/// The most DRCs one machine has (16 384 LMBs, its CPU cores and a PCI
+/// host bridge's 256 slot functions fit).
 pub const MAX_DRCS: usize = 17_000;
 /// DRC rows per [`Reply::Drcs`] page, so that a page fits a frame.
 pub const DRCS_PER_PAGE: usize = 512;

@@ -21,7 +21,8 @@ use crate::request::QmpError;
 use crate::vcpu::{CpuTable, StartPoint, VcpuContext};
 use ipc_proto::link::core_eventlog;
 use ipc_proto::link::core_hotplug::{self, DrcRange};
-use ipc_proto::papr::{irq, DrcKind, LMB_SIZE};
+use ipc_proto::papr::{irq, pci_drc_id, DrcKind, LMB_SIZE};
+use ipc_proto::pci;
 use kvm_ioctls::Kvm;
 use linux_loader::loader::{elf::Elf, KernelLoader};
 use serde_json::{json, Value};
@@ -36,7 +37,7 @@ use vm_memory::{Bytes, GuestAddress};
 /// The DRC table of the machine: a CPU DRC per possible core, an LMB DRC per
 /// 256 MiB of device memory.
 fn drc_ranges(smp: &SmpConfig, layout: &MemoryLayout) -> Vec<DrcRange> {
-    vec![
+    let mut ranges = vec![
         DrcRange {
             kind: DrcKind::Cpu,
             first_id: 0,
@@ -49,7 +50,17 @@ fn drc_ranges(smp: &SmpConfig, layout: &MemoryLayout) -> Vec<DrcRange> {
             count: ((layout.device_memory_end - layout.device_memory_start) / LMB_SIZE) as u32,
             step: 1,
         },
-    ]
+    ];
+    // Each PHB's root bus: a physical DRC per devfn.
+    ranges.extend((0..pci::PHBS).filter_map(|phb| {
+        Some(DrcRange {
+            kind: DrcKind::Pci,
+            first_id: pci_drc_id(phb, 0, 0)?,
+            count: pci::DEVFNS_PER_BUS,
+            step: 1,
+        })
+    }));
+    ranges
 }
 
 /// The steps of a machine reset, each carried out by [`reset_machine`] in
@@ -477,5 +488,9 @@ mod tests {
         assert_eq!(ranges[0].step, 2);
         assert_eq!(ranges[1].first_id, 16);
         assert_eq!(ranges[1].count, 4);
+        assert_eq!(
+            (ranges[2].kind, ranges[2].first_id, ranges[2].count),
+            (DrcKind::Pci, 0, 256)
+        );
     }
 }
