@@ -12,6 +12,7 @@ pub mod hotplug;
 #[cfg(feature = "fault-injection")]
 pub mod lie;
 pub mod links;
+pub mod pci;
 pub mod process;
 pub mod rtas;
 pub mod seccomp;

@@ -5,6 +5,7 @@
 pub mod event_roundtrip;
 pub mod fdt_roundtrip;
 pub mod ipc_frames;
+pub mod pci_config;
 pub mod qmp;
 pub mod rtas_call;
 pub mod seeds;
@@ -14,13 +15,14 @@ pub mod spawner_requests;
 pub type Target = fn(&[u8]);
 
 /// Every target, by name (the name of its corpus directory too).
-pub const TARGETS: [(&str, Target); 6] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("ipc_frames", ipc_frames::fuzz),
     ("rtas_call", rtas_call::fuzz),
     ("qmp", qmp::fuzz),
     ("event_roundtrip", event_roundtrip::fuzz),
     ("fdt_roundtrip", fdt_roundtrip::fuzz),
     ("spawner_requests", spawner_requests::fuzz),
+    ("pci_config", pci_config::fuzz),
 ];
 
 /// The target called `name`.

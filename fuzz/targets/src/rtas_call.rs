@@ -8,12 +8,14 @@
 //! request (plug, device_del) or a guest call; a call writes its bytes into
 //! guest memory at an address of its choice, then calls at another.
 //!
-//! Beyond not panicking, after every step: an empty DRC is unusable; a
+//! Beyond not panicking, after every step: an empty DRC is in its empty
+//! state (a logical one unusable, a PCI slot's physical one power-on); a
 //! device is released only after the host asked for it back; a call that
 //! ran wrote a known status; a refused call left the return cells alone.
 
 use device_procs::clock::UtcTime;
 use device_procs::eventlog::{Dequeued, EventQueue};
+use device_procs::hotplug::drc::DrcClass;
 use device_procs::hotplug::{Controller, Effect};
 use device_procs::rtas::calls::{handle_call, Peers, RtasArgs, Services};
 use ipc_proto::link::core_hotplug::DrcRange;
@@ -21,7 +23,7 @@ use ipc_proto::link::core_rtas::{CallRefusal, CpuSnapshot};
 use ipc_proto::link::hotplug_notify::Notification;
 use ipc_proto::link::rtas_eventlog::{Reply as EventLogReply, Request as EventLogRequest};
 use ipc_proto::link::rtas_hotplug::Request as HotplugRequest;
-use ipc_proto::papr::{DrcIndex, DrcKind, DrcState, RtasStatus};
+use ipc_proto::papr::{pci_drc_id, DrcIndex, DrcKind, RtasStatus};
 use std::collections::BTreeSet;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -29,6 +31,10 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 const MEMORY_SIZE: u64 = 0x1_0000;
 const CPU_CORES: u32 = 4;
 const LMBS: u32 = 4;
+/// PCI slots 1 and 2 (devfn 8 and 16) of the first bridge.
+const PCI_SLOTS: u32 = 2;
+/// Devices a step can name: the cores, the LMB pairs, the slots.
+const DEVICES: u32 = CPU_CORES + LMBS / 2 + PCI_SLOTS;
 const FIRST_LMB: u32 = 4;
 /// Statuses a call may leave in its first return cell: PAPR's, and
 /// configure-connector's step codes.
@@ -126,9 +132,16 @@ impl Peers for Platform {
     }
 }
 
-/// Device ids: core N is "coreN", the LMB pair N is "dimmN".
+/// Device ids: core N is "coreN", the LMB pair N is "dimmN", the disk in
+/// slot N+1 is "diskN".
 fn device(pick: u8) -> (String, Vec<DrcIndex>) {
-    let n = u32::from(pick) % (CPU_CORES + LMBS / 2);
+    let n = u32::from(pick) % DEVICES;
+    if n >= CPU_CORES + LMBS / 2 {
+        let slot = n - (CPU_CORES + LMBS / 2);
+        let id = pci_drc_id(0, 0, (8 * (slot + 1)) as u8).expect("a slot");
+        let drc = DrcIndex::new(DrcKind::Pci, id).expect("a PCI DRC");
+        return (format!("disk{slot}"), vec![drc]);
+    }
     if n < CPU_CORES {
         let drc = DrcIndex::new(DrcKind::Cpu, n).expect("a CPU DRC");
         (format!("core{n}"), vec![drc])
@@ -144,7 +157,8 @@ fn device(pick: u8) -> (String, Vec<DrcIndex>) {
 fn check_drcs(controller: &Controller) {
     for drc in controller.drcs() {
         if drc.device().is_none() {
-            assert_eq!(drc.state(), DrcState::Unusable, "an empty DRC: {drc:?}");
+            let empty = DrcClass::of(drc.index()).empty_state();
+            assert_eq!(drc.state(), empty, "an empty DRC: {drc:?}");
             assert!(!drc.unplug_requested(), "{drc:?}");
         }
     }
@@ -183,6 +197,12 @@ fn run(memory: &GuestMemoryMmap, data: &[u8]) {
                 count: LMBS,
                 step: 1,
             },
+            DrcRange {
+                kind: DrcKind::Pci,
+                first_id: pci_drc_id(0, 0, 8).expect("slot 1"),
+                count: PCI_SLOTS,
+                step: 8,
+            },
         ])
         .expect("the DRC ranges");
     let mut platform = Platform {
@@ -192,7 +212,7 @@ fn run(memory: &GuestMemoryMmap, data: &[u8]) {
         peer_down: false,
     };
     // The boot core always; the others as the second byte says, cold.
-    for pick in 0..(CPU_CORES + LMBS / 2) as u8 {
+    for pick in 0..DEVICES as u8 {
         if pick == 0 || plugged & (1 << pick) != 0 {
             let (id, drcs) = device(pick);
             platform

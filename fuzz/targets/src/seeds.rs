@@ -245,6 +245,38 @@ fn spawner_requests() -> Vec<Vec<u8>> {
     seeds
 }
 
+/// A guest's first steps on a function: size BAR 4 (both halves), place
+/// it, turn memory decoding on, enable MSI-X; and one access of each bad
+/// kind.
+fn pci_config() -> Vec<Vec<u8>> {
+    let access = |write: bool, register: u16, size: u8, value: u32| {
+        let mut bytes = vec![u8::from(write)];
+        bytes.extend_from_slice(&register.to_le_bytes());
+        bytes.push(size);
+        bytes.extend_from_slice(&value.to_le_bytes());
+        bytes.extend_from_slice(&[0, 0]);
+        bytes
+    };
+    let driver = [
+        access(true, 0x20, 4, u32::MAX),
+        access(true, 0x24, 4, u32::MAX),
+        access(false, 0x20, 4, 0),
+        access(true, 0x20, 4, 0x8000_0000),
+        access(true, 0x24, 4, 0x210),
+        access(true, 0x04, 2, 0x0006),
+        access(true, 0x42, 2, 0x8000),
+    ]
+    .concat();
+    let bad = [
+        access(false, 0x02, 4, 0),
+        access(true, 0x10, 3, 0),
+        access(false, 0x0fff, 2, 0),
+        access(true, 0xffff, 1, 0),
+    ]
+    .concat();
+    vec![driver, bad]
+}
+
 /// Seeds for target `name`.
 pub fn seeds(name: &str) -> Vec<Vec<u8>> {
     match name {
@@ -253,6 +285,7 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
         "qmp" => qmp(),
         "event_roundtrip" => vec![vec![0; 40], vec![3; 40], vec![4; 40], (0..40).collect()],
         "spawner_requests" => spawner_requests(),
+        "pci_config" => pci_config(),
         "fdt_roundtrip" => vec![
             vec![1, 1, 3, 1, 8, 4, 0xff, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 2],
             vec![0; 20],
