@@ -21,6 +21,45 @@ const MEM64_SIZE: u64 = 1 << 40;
 /// The PCI bus address of the 32-bit window.
 pub const MEM32_PCI_ADDRESS: u64 = 0x8000_0000;
 
+/// A function's configuration register as the PCI configuration RTAS calls
+/// name it in one cell: bits 27:24 the register's bits 11:8 (extended
+/// space), 23:16 the bus, 15:8 the devfn, 7:0 the register's bits 7:0
+/// (Linux's `rtas_config_addr`, QEMU's `rtas_pci_cfgaddr`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConfigAddress {
+    /// The bus.
+    pub bus: u8,
+    /// Device (bits 7:3) and function (bits 2:0).
+    pub devfn: u8,
+    /// The register, 0..4096.
+    pub register: u16,
+}
+
+impl ConfigAddress {
+    /// The address a cell names (bits 31:28 are ignored, as QEMU does).
+    pub const fn decode(cell: u32) -> ConfigAddress {
+        ConfigAddress {
+            bus: (cell >> 16) as u8,
+            devfn: (cell >> 8) as u8,
+            register: (((cell >> 16) & 0xf00) | (cell & 0xff)) as u16,
+        }
+    }
+
+    /// The cell that names it.
+    pub const fn encode(self) -> u32 {
+        let register = self.register as u32;
+        ((register & 0xf00) << 16)
+            | ((self.bus as u32) << 16)
+            | ((self.devfn as u32) << 8)
+            | (register & 0xff)
+    }
+}
+
+/// The PHB whose bus unit id is `buid`, if the machine has it.
+pub fn phb_of(buid: u64) -> Option<Phb> {
+    (0..PHBS).map(Phb::new).find(|phb| phb.buid == buid)
+}
+
 /// A PHB's identity and windows (CPU addresses, sizes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Phb {
@@ -70,6 +109,26 @@ impl Phb {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_config_address_carries_bus_devfn_and_an_extended_register() {
+        // Bus 0, slot 1 function 0, register 0x10c (extended bits 27:24).
+        let address = ConfigAddress::decode(0x0100_080c);
+        assert_eq!(
+            address,
+            ConfigAddress {
+                bus: 0,
+                devfn: 8,
+                register: 0x10c
+            }
+        );
+        assert_eq!(address.encode(), 0x0100_080c);
+        // The top nibble is ignored.
+        assert_eq!(ConfigAddress::decode(0xf003_1104).bus, 3);
+        assert_eq!(ConfigAddress::decode(0xf003_1104).register, 4);
+        assert_eq!(phb_of(0x0800_0000_2000_0000), Some(Phb::new(0)));
+        assert_eq!(phb_of(0), None);
+    }
 
     #[test]
     fn the_first_phb_is_where_qemu_puts_it() {
