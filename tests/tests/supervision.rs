@@ -570,8 +570,12 @@ fn backends_are_bounded_and_a_restart_short_of_descriptors_waits_without_failing
         soft, hard,
         "the core takes every descriptor its hard limit allows"
     );
-    set_descriptor_limit(core, open_descriptors(core) as u64 + 2);
     let controller = vm.device_process("hotplug-controller");
+    // Not one descriptor to spare (a QMP connection the query above made
+    // is closed by then): the controller's death frees its links' and
+    // pidfds' (4), fewer than its successor's links take (8).
+    std::thread::sleep(Duration::from_millis(300));
+    set_descriptor_limit(core, open_descriptors(core) as u64);
     send_signal(
         controller["pid"].as_u64().unwrap(),
         nix::sys::signal::Signal::SIGKILL,
