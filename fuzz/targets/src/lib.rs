@@ -10,12 +10,13 @@ pub mod qmp;
 pub mod rtas_call;
 pub mod seeds;
 pub mod spawner_requests;
+pub mod virtio_common;
 
 /// A target.
 pub type Target = fn(&[u8]);
 
 /// Every target, by name (the name of its corpus directory too).
-pub const TARGETS: [(&str, Target); 7] = [
+pub const TARGETS: [(&str, Target); 8] = [
     ("ipc_frames", ipc_frames::fuzz),
     ("rtas_call", rtas_call::fuzz),
     ("qmp", qmp::fuzz),
@@ -23,6 +24,7 @@ pub const TARGETS: [(&str, Target); 7] = [
     ("fdt_roundtrip", fdt_roundtrip::fuzz),
     ("spawner_requests", spawner_requests::fuzz),
     ("pci_config", pci_config::fuzz),
+    ("virtio_common", virtio_common::fuzz),
 ];
 
 /// The target called `name`.

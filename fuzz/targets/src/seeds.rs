@@ -277,6 +277,34 @@ fn pci_config() -> Vec<Vec<u8>> {
     vec![driver, bad]
 }
 
+/// A driver's bring-up of queue 0 (negotiation, setup, DRIVER_OK), then
+/// a reset; and accesses at no register.
+fn virtio_common() -> Vec<Vec<u8>> {
+    let write = |offset: u8, size: u8, value: u32| {
+        let mut bytes = vec![1, offset, size, 0];
+        bytes.extend_from_slice(&value.to_le_bytes());
+        bytes
+    };
+    let bring_up = [
+        write(0x14, 1, 1),
+        write(0x14, 1, 3),
+        write(0x08, 4, 1),
+        write(0x0c, 4, 1),
+        write(0x14, 1, 11),
+        write(0x16, 2, 0),
+        write(0x18, 2, 128),
+        write(0x20, 4, 0x1000),
+        write(0x28, 4, 0x2000),
+        write(0x30, 4, 0x3000),
+        write(0x1c, 2, 1),
+        write(0x14, 1, 15),
+        write(0x14, 1, 0),
+    ]
+    .concat();
+    let nowhere = [write(0x02, 2, 1), write(0x14, 4, 15), write(0x40, 4, 0)].concat();
+    vec![bring_up, nowhere]
+}
+
 /// Seeds for target `name`.
 pub fn seeds(name: &str) -> Vec<Vec<u8>> {
     match name {
@@ -286,6 +314,7 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
         "event_roundtrip" => vec![vec![0; 40], vec![3; 40], vec![4; 40], (0..40).collect()],
         "spawner_requests" => spawner_requests(),
         "pci_config" => pci_config(),
+        "virtio_common" => virtio_common(),
         "fdt_roundtrip" => vec![
             vec![1, 1, 3, 1, 8, 4, 0xff, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 2],
             vec![0; 20],
