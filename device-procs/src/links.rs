@@ -617,17 +617,23 @@ mod tests {
         (links, theirs)
     }
 
+    /// The core hands `links` a new end of `link`: its answer, and the
+    /// new peer's end.
+    fn replace(links: &mut Links, link: Link) -> (Answer<()>, Channel) {
+        let (mine, new_peer) = Channel::pair().unwrap();
+        let answer = links.control(
+            ControlRequest::ReplaceLink(link),
+            vec![mine.as_fd().try_clone_to_owned().unwrap()],
+        );
+        (answer, new_peer)
+    }
+
     #[test]
     fn a_replaced_link_is_adopted_at_once_and_its_hello_read_with_its_first_frame() {
         let (mut links, _theirs) = opened_controller();
         let link = Link::HotplugEventLog;
         // The new peer is not running yet: adopting does not wait for it.
-        let (mine, new_peer) = Channel::pair().unwrap();
-        let answer: Answer<()> = links.control(
-            ControlRequest::ReplaceLink(link),
-            vec![mine.as_fd().try_clone_to_owned().unwrap()],
-        );
-        drop(mine);
+        let (answer, new_peer) = replace(&mut links, link);
         assert!(matches!(answer, Answer::Ack), "{answer:?}");
         assert!(links.ends[&link].awaits_hello);
         // Nothing there yet: not a fault, nothing blamed.
@@ -645,12 +651,7 @@ mod tests {
     fn a_new_peer_that_does_not_say_hello_is_dropped_and_blamed() {
         let (mut links, _theirs) = opened_controller();
         let link = Link::HotplugEventLog;
-        let (mine, new_peer) = Channel::pair().unwrap();
-        let _: Answer<()> = links.control(
-            ControlRequest::ReplaceLink(link),
-            vec![mine.as_fd().try_clone_to_owned().unwrap()],
-        );
-        drop(mine);
+        let (_, new_peer) = replace(&mut links, link);
         // Silent: blamed, and kept (the supervisor judges it).
         assert!(links.greet(link, Duration::ZERO).is_err());
         assert_eq!(links.peer_failed.take(), Some(ProcessKind::EventLog));
@@ -661,11 +662,7 @@ mod tests {
         assert_eq!(links.peer_failed, Some(ProcessKind::EventLog));
         assert!(!links.ends.contains_key(&link));
         // A link the controller does not have, or one of the core's, is refused.
-        let (other, _) = Channel::pair().unwrap();
-        let refused: Answer<()> = links.control(
-            ControlRequest::ReplaceLink(Link::CoreHotplug),
-            vec![other.as_fd().try_clone_to_owned().unwrap()],
-        );
+        let (refused, _) = replace(&mut links, Link::CoreHotplug);
         assert!(
             matches!(refused, Answer::Refused(Refusal::Relink { .. })),
             "{refused:?}"
