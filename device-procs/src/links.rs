@@ -112,10 +112,7 @@ impl Links {
                         "{link:?}: no peer yet ({error}); it joins when the core re-links it"
                     );
                     if matches!(error, ChannelError::Timeout(_)) {
-                        peer_failed = [link.requester(), link.server()]
-                            .into_iter()
-                            .flatten()
-                            .find(|&peer| peer != kind);
+                        peer_failed = link.peer_of(kind);
                     }
                 }
                 Err(error) => return Err(handshake(link)(error)),
@@ -324,14 +321,10 @@ impl Links {
     /// hangs up, is dropped and blamed; one that is silent for `timeout` is
     /// blamed and kept (see [`Links::request_as`]).
     fn greet(&mut self, link: Link, timeout: Duration) -> Result<(), PeerDown> {
-        match self.read_hello(link, timeout) {
-            Ok(()) => Ok(()),
-            Err(error) => {
-                log::error!("{link:?}: the new peer did not say hello ({error}); it is reported");
-                self.peer_failed = self.peer_of(link);
-                Err(PeerDown(link))
-            }
-        }
+        self.read_hello(link, timeout).map_err(|error| {
+            self.blame_for_hello(link, error);
+            PeerDown(link)
+        })
     }
 
     /// [`Links::greet`] for a link whose hello may not have come yet (a
@@ -340,11 +333,14 @@ impl Links {
     fn greet_if_there(&mut self, link: Link) {
         match self.read_hello(link, Duration::ZERO) {
             Ok(()) | Err(ChannelError::Timeout(_)) => {}
-            Err(error) => {
-                log::error!("{link:?}: the new peer did not say hello ({error}); it is reported");
-                self.peer_failed = self.peer_of(link);
-            }
+            Err(error) => self.blame_for_hello(link, error),
         }
+    }
+
+    /// The new peer on `link` did not say hello (`error`): it is reported.
+    fn blame_for_hello(&mut self, link: Link, error: ChannelError) {
+        log::error!("{link:?}: the new peer did not say hello ({error}); it is reported");
+        self.peer_failed = link.peer_of(self.kind);
     }
 
     /// Reads the awaited hello on `link`; a link whose peer sent anything
@@ -368,14 +364,6 @@ impl Links {
                 Err(error)
             }
         }
-    }
-
-    /// The other process on `link`.
-    fn peer_of(&self, link: Link) -> Option<ProcessKind> {
-        [link.requester(), link.server()]
-            .into_iter()
-            .flatten()
-            .find(|&peer| peer != self.kind)
     }
 }
 

@@ -159,6 +159,15 @@ impl Link {
         }
     }
 
+    /// The process at the other end of this link from `kind`'s; `None`:
+    /// the core.
+    pub fn peer_of(self, kind: ProcessKind) -> Option<ProcessKind> {
+        [self.requester(), self.server()]
+            .into_iter()
+            .flatten()
+            .find(|&other| other != kind)
+    }
+
     /// Whether the core holds one end.
     pub const fn touches_core(self) -> bool {
         self.requester().is_none() || self.server().is_none()
@@ -200,6 +209,26 @@ mod tests {
             // The core's link comes first: it is the one whose hang-up ends the process.
             assert!(kind.links()[0].touches_core());
         }
+    }
+
+    #[test]
+    fn a_links_peer_is_the_process_at_its_other_end() {
+        let hotplug = ProcessKind::HotplugController;
+        assert_eq!(
+            Link::RtasHotplug.peer_of(hotplug),
+            Some(ProcessKind::RtasServer)
+        );
+        assert_eq!(
+            Link::RtasHotplug.peer_of(ProcessKind::RtasServer),
+            Some(hotplug)
+        );
+        assert_eq!(
+            Link::HotplugEventLog.peer_of(hotplug),
+            Some(ProcessKind::EventLog)
+        );
+        // The core is no process.
+        assert_eq!(Link::CoreHotplug.peer_of(hotplug), None);
+        assert_eq!(Link::HotplugNotify.peer_of(hotplug), None);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! it in the device tree and defines its DRCs, and the processes that will
 //! serve its devices read the same numbers.
 
+use crate::link::core_hotplug::DrcRange;
 use crate::papr::{pci_drc_id, DrcIndex, DrcKind};
 
 /// Device/function numbers on one bus: 32 slots of 8 functions, one DRC
@@ -104,6 +105,16 @@ impl Phb {
     pub fn drcs(&self) -> Vec<DrcIndex> {
         (0..=u8::MAX).filter_map(|devfn| self.drc(devfn)).collect()
     }
+
+    /// The same DRCs as the hotplug controller is told them.
+    pub fn drc_range(&self) -> Option<DrcRange> {
+        Some(DrcRange {
+            kind: DrcKind::Pci,
+            first_id: pci_drc_id(self.index, 0, 0)?,
+            count: DEVFNS_PER_BUS,
+            step: 1,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -142,6 +153,11 @@ mod tests {
         assert_eq!(
             (drcs[0].0, drcs[8].0, drcs[255].0),
             (0x4000_0000, 0x4000_0008, 0x4000_00ff)
+        );
+        let range = phb.drc_range().unwrap();
+        assert_eq!(
+            (range.kind, range.first_id, range.count, range.step),
+            (DrcKind::Pci, 0, 256, 1)
         );
         // The second's windows follow the first's.
         let next = Phb::new(1);

@@ -442,7 +442,7 @@ impl Spawner {
                         self.last_reaper
                     ));
                 }
-                self.room()?;
+                self.room(1)?;
                 self.last_reaper = generation;
                 let (pid, pidfd) = self.start_reaper(&fds)?;
                 let copy = self.hold(Started::Reaper { generation }, pidfd, None)?;
@@ -476,13 +476,7 @@ impl Spawner {
                 ));
             }
         }
-        let held = self.children.len() + self.standbys.len();
-        if held + devices.len() > MAX_CHILDREN {
-            return Err(format!(
-                "{held} processes already run, no room for {} more",
-                devices.len()
-            ));
-        }
+        self.room(devices.len())?;
         self.last_device = devices.last().map_or(self.last_device, |d| d.generation);
         let mut fds = fds.into_iter();
         let mut begun = Vec::with_capacity(devices.len());
@@ -574,7 +568,7 @@ impl Spawner {
 
     /// Starts a standby of `kind` running `program`, if there is room.
     fn start_standby(&mut self, kind: ProcessKind, program: PathBuf) {
-        if self.room().is_err() || self.standbys.iter().any(|s| s.kind == kind) {
+        if self.room(1).is_err() || self.standbys.iter().any(|s| s.kind == kind) {
             return;
         }
         self.standbys_started += 1;
@@ -608,10 +602,13 @@ impl Spawner {
         }
     }
 
-    /// Refuses a start past [`MAX_CHILDREN`] (standbys included).
-    fn room(&self) -> Result<(), String> {
+    /// Refuses a start of `more` processes past [`MAX_CHILDREN`] (standbys
+    /// included).
+    fn room(&self, more: usize) -> Result<(), String> {
         match self.children.len() + self.standbys.len() {
-            n if n >= MAX_CHILDREN => Err(format!("{n} processes already run")),
+            n if n + more > MAX_CHILDREN => Err(format!(
+                "{n} processes already run, no room for {more} more"
+            )),
             _ => Ok(()),
         }
     }

@@ -172,9 +172,29 @@ impl<P: Protocol> Proxy<P> {
     /// Waits until a process is connected and set up (`true`), or the
     /// supervisor gave up, `deadline` passed or `abort` says so (`false`).
     pub fn wait_for_process(&self, deadline: Instant, abort: &dyn Fn() -> bool) -> bool {
+        self.wait_until(deadline, abort, |serving| serving.is_some())
+    }
+
+    /// The pid of the connected process, once it is set up.
+    fn serving(connected: &Option<Connected<P>>) -> Option<u32> {
+        connected
+            .as_ref()
+            .filter(|connected| connected.ready)
+            .map(|connected| connected.process.pid)
+    }
+
+    /// Waits until `done` holds of the pid of the process that serves
+    /// (`true`), or the supervisor gave up, `deadline` passed or `abort`
+    /// says so (`false`).
+    fn wait_until(
+        &self,
+        deadline: Instant,
+        abort: &dyn Fn() -> bool,
+        done: impl Fn(Option<u32>) -> bool,
+    ) -> bool {
         let mut guard = self.lock();
         loop {
-            if guard.as_ref().is_some_and(|connected| connected.ready) {
+            if done(Self::serving(&guard)) {
                 return true;
             }
             let now = Instant::now();
@@ -366,10 +386,7 @@ impl<P: Protocol> Supervised for Proxy<P> {
         let request = Request::Control(ControlRequest::ReplaceLink(link));
         match self.call_locked(&mut guard, self.new_id(), request, &[fd])? {
             Answer::Ack => {
-                let peer = [link.requester(), link.server()]
-                    .into_iter()
-                    .flatten()
-                    .find(|&kind| kind != self.kind);
+                let peer = link.peer_of(self.kind);
                 if let (Some(connected), Some(peer)) = (guard.as_mut(), peer) {
                     connected.peers.insert(peer, generation);
                 }
@@ -437,32 +454,13 @@ impl<P: Protocol> Supervised for Proxy<P> {
     }
 
     fn serving_pid(&self) -> Option<u32> {
-        self.lock()
-            .as_ref()
-            .filter(|connected| connected.ready)
-            .map(|connected| connected.process.pid)
+        Self::serving(&self.lock())
     }
 
     fn wait_for_successor(&self, pid: Option<u32>, until: Instant) {
-        let mut guard = self.lock();
-        loop {
-            let serving = guard
-                .as_ref()
-                .filter(|connected| connected.ready)
-                .map(|connected| connected.process.pid);
-            let now = Instant::now();
-            if serving.is_some_and(|serving| Some(serving) != pid)
-                || self.failed.load(Ordering::SeqCst)
-                || now >= until
-            {
-                return;
-            }
-            guard = self
-                .changed
-                .wait_timeout(guard, until - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        self.wait_until(until, &|| false, |serving| {
+            serving.is_some_and(|serving| Some(serving) != pid)
+        });
     }
 
     fn cut_off(&self, why: &str) {

@@ -91,6 +91,9 @@ pub enum SpawnError {
     /// The spawner ended: nothing can start a device process any more.
     #[error("the spawner is gone")]
     SpawnerGone,
+    /// A pidfd the core watches cannot be duplicated.
+    #[error("cannot duplicate a pidfd")]
+    Duplicate(#[source] std::io::Error),
     /// The spawner refused, and why.
     #[error("the spawner refused: {0}")]
     Refused(String),
@@ -521,7 +524,7 @@ pub fn spawn(launches: Vec<Launch>) -> Vec<Spawned> {
             })
             .collect(),
     );
-    let outcomes = match ask(request, &fds) {
+    let (outcomes, pidfds) = match ask(request, &fds) {
         Ok((SpawnReply::Devices(outcomes), pidfds)) if outcomes.len() == launches.len() => {
             (outcomes, pidfds)
         }
@@ -547,7 +550,6 @@ pub fn spawn(launches: Vec<Launch>) -> Vec<Spawned> {
                 .collect();
         }
     };
-    let (outcomes, pidfds) = outcomes;
     let mut pidfds = pidfds.into_iter();
     launches
         .iter()
@@ -562,7 +564,7 @@ pub fn spawn(launches: Vec<Launch>) -> Vec<Spawned> {
                 kind: launch.kind,
                 generation: launch.generation,
             };
-            let watched = pidfd.try_clone().map_err(SpawnError::Thread)?;
+            let watched = pidfd.try_clone().map_err(SpawnError::Duplicate)?;
             let handle = ProcessHandle {
                 pid,
                 held: Held::Process { process, pidfd },

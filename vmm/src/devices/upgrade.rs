@@ -139,11 +139,7 @@ impl DeviceProcesses {
     /// hello.
     fn relink_peers(&self, kind: ProcessKind, generation: u64, peers: &HashMap<ProcessKind, u64>) {
         for &link in kind.links().iter().filter(|link| !link.touches_core()) {
-            let Some(peer) = [link.requester(), link.server()]
-                .into_iter()
-                .flatten()
-                .find(|&other| other != kind)
-            else {
+            let Some(peer) = link.peer_of(kind) else {
                 continue;
             };
             let Some(&peer_generation) = peers.get(&peer) else {

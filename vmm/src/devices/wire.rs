@@ -67,11 +67,7 @@ impl DeviceProcesses {
         // before it answers the core. (If it does not come up, its peers
         // see its ends close, as if it had died.)
         for (peer, link, channel) in relinks {
-            let Some(new) = [link.requester(), link.server()]
-                .into_iter()
-                .flatten()
-                .find(|kind| kinds.contains(kind))
-            else {
+            let Some(new) = link.peer_of(peer) else {
                 continue;
             };
             let Some(launch) = launches.iter().find(|launch| launch.kind == new) else {

@@ -21,7 +21,7 @@ use crate::request::QmpError;
 use crate::vcpu::{CpuTable, StartPoint, VcpuContext};
 use ipc_proto::link::core_eventlog;
 use ipc_proto::link::core_hotplug::{self, DrcRange};
-use ipc_proto::papr::{irq, pci_drc_id, DrcKind, LMB_SIZE};
+use ipc_proto::papr::{irq, DrcKind, LMB_SIZE};
 use ipc_proto::pci;
 use kvm_ioctls::Kvm;
 use linux_loader::loader::{elf::Elf, KernelLoader};
@@ -52,14 +52,7 @@ fn drc_ranges(smp: &SmpConfig, layout: &MemoryLayout) -> Vec<DrcRange> {
         },
     ];
     // Each PHB's root bus: a physical DRC per devfn.
-    ranges.extend((0..pci::PHBS).filter_map(|phb| {
-        Some(DrcRange {
-            kind: DrcKind::Pci,
-            first_id: pci_drc_id(phb, 0, 0)?,
-            count: pci::DEVFNS_PER_BUS,
-            step: 1,
-        })
-    }));
+    ranges.extend((0..pci::PHBS).filter_map(|phb| pci::Phb::new(phb).drc_range()));
     ranges
 }
 
