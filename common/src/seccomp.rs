@@ -120,6 +120,21 @@ pub fn compile(rules: Rules, mode: Mode) -> Result<Option<BpfProgram>, SeccompEr
     Ok(Some(filter.try_into()?))
 }
 
+/// A filter that makes `calls` fail with `ENOSYS` and allows the rest: put
+/// before a process's own filter (the stricter answer wins), it turns a call
+/// that cannot be checked into one the C library falls back from, such as
+/// `clone3` (its flags are out of the filter's reach) into `clone`.
+pub fn unimplemented(calls: &[i64]) -> Result<BpfProgram, SeccompError> {
+    let rules = calls.iter().map(|&call| (call, vec![])).collect();
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(nix::libc::ENOSYS as u32),
+        TargetArch::x86_64,
+    )?;
+    Ok(filter.try_into()?)
+}
+
 /// Installs `program` on the calling thread (it also sets no_new_privs).
 pub fn install(program: Option<&BpfProgram>) -> Result<(), SeccompError> {
     match program {

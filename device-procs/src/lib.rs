@@ -4,6 +4,7 @@
 //! kind does around its logic; `src/bin/` holds their entry points.
 #![deny(missing_docs)]
 
+pub mod block;
 pub mod clock;
 pub mod eventlog;
 #[cfg(feature = "fault-injection")]

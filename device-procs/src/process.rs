@@ -215,7 +215,7 @@ pub const PANIC_STATUS: i32 = 101;
 /// hook names the thread by its id, and aborting signals the process: both
 /// are system calls the seccomp filter forbids, so a panic would end in
 /// SIGSYS with its message lost.
-fn log_panics() {
+pub(crate) fn log_panics() {
     std::panic::set_hook(Box::new(|info| {
         log::error!("panicked: {info}");
         // SAFETY: _exit ends the process at once; nothing after it runs.

@@ -81,6 +81,96 @@ pub fn rules(kind: ProcessKind, writable: &[RawFd]) -> Rules {
     rules
 }
 
+/// The block device, besides [`common::seccomp::PROCESS_BASICS`]: the
+/// vhost-user socket (one accept, then messages with descriptors), the
+/// image (positioned reads and writes, sync, hole punching), the guest
+/// memory the frontend's table maps, and the threads and epoll of
+/// `vhost-user-backend`. No open, no socket, no exec.
+const BLOCK: &[i64] = &[
+    nix::libc::SYS_read,
+    nix::libc::SYS_accept,
+    nix::libc::SYS_accept4,
+    nix::libc::SYS_sendmsg,
+    nix::libc::SYS_recvmsg,
+    nix::libc::SYS_shutdown,
+    nix::libc::SYS_pread64,
+    nix::libc::SYS_pwrite64,
+    nix::libc::SYS_fdatasync,
+    nix::libc::SYS_fsync,
+    nix::libc::SYS_fallocate,
+    nix::libc::SYS_fstat,
+    nix::libc::SYS_newfstatat,
+    nix::libc::SYS_statx,
+    nix::libc::SYS_epoll_create1,
+    nix::libc::SYS_epoll_ctl,
+    nix::libc::SYS_epoll_wait,
+    nix::libc::SYS_epoll_pwait,
+    nix::libc::SYS_eventfd2,
+    nix::libc::SYS_getrandom,
+    nix::libc::SYS_sched_yield,
+    nix::libc::SYS_sched_getaffinity,
+    nix::libc::SYS_set_robust_list,
+    nix::libc::SYS_rseq,
+    nix::libc::SYS_gettid,
+    // clone3 is let through here and made to fail with ENOSYS by the filter
+    // installed before this one (see [`install_block`]), so that threads
+    // are made with clone, whose flags this filter checks.
+    nix::libc::SYS_clone3,
+];
+
+/// The block device's allowed calls: number → rules.
+pub fn block_rules() -> Rules {
+    let mut rules: Rules = common::seccomp::PROCESS_BASICS
+        .iter()
+        .chain(BLOCK)
+        .map(|&n| (n, vec![]))
+        .collect();
+    rules.insert(nix::libc::SYS_mprotect, vec![rule(vec![not_executable()])]);
+    rules.insert(nix::libc::SYS_mmap, vec![rule(vec![not_executable()])]);
+    // F_GETFD as every process; F_DUPFD_CLOEXEC: the library keeps copies
+    // of the eventfds it is handed.
+    rules.insert(
+        nix::libc::SYS_fcntl,
+        vec![
+            arg_equals_32(1, nix::libc::F_GETFD as u64),
+            arg_equals_32(1, nix::libc::F_DUPFD_CLOEXEC as u64),
+        ],
+    );
+    // Threads of this process only, never a new process.
+    let thread = condition(
+        0,
+        SeccompCmpArgLen::Qword,
+        SeccompCmpOp::MaskedEq(nix::libc::CLONE_THREAD as u64),
+        nix::libc::CLONE_THREAD as u64,
+    );
+    rules.insert(nix::libc::SYS_clone, vec![rule(vec![thread])]);
+    // The C library's handler of its own signal (SIGSETXID, 33), set at
+    // the first thread it makes.
+    rules.insert(nix::libc::SYS_rt_sigaction, vec![arg_equals_32(0, 33)]);
+    // Thread names (PR_SET_NAME) only.
+    rules.insert(
+        nix::libc::SYS_prctl,
+        vec![arg_equals_32(0, nix::libc::PR_SET_NAME as u64)],
+    );
+    // write(2): the log, and the eventfds (exit events, the guest's
+    // interrupts) whose numbers the library chooses; any descriptor, since
+    // the process cannot open one it was not given.
+    rules.insert(nix::libc::SYS_write, vec![]);
+    rules
+}
+
+/// Installs the block device's filter on the calling thread, before it
+/// makes any other: clone3 fails with ENOSYS first (see [`BLOCK`]).
+pub fn install_block(mode: Mode) -> Result<(), SeccompError> {
+    if mode == Mode::Off {
+        return Ok(());
+    }
+    common::seccomp::install(Some(&common::seccomp::unimplemented(&[
+        nix::libc::SYS_clone3,
+    ])?))?;
+    common::seccomp::install(compile(block_rules(), mode)?.as_ref())
+}
+
 /// Where a panic message goes, whatever the log is.
 const STDERR: RawFd = 2;
 
@@ -136,5 +226,36 @@ mod tests {
             3
         );
         assert!(!rules(ProcessKind::EventLog, &[]).contains_key(&nix::libc::SYS_statx));
+    }
+
+    #[test]
+    fn the_block_filter_opens_nothing_and_makes_threads_only() {
+        assert!(compile(block_rules(), Mode::Kill).unwrap().is_some());
+        let allowed = block_rules();
+        for forbidden in [
+            nix::libc::SYS_open,
+            nix::libc::SYS_openat,
+            nix::libc::SYS_openat2,
+            nix::libc::SYS_socket,
+            nix::libc::SYS_socketpair,
+            nix::libc::SYS_connect,
+            nix::libc::SYS_bind,
+            nix::libc::SYS_fork,
+            nix::libc::SYS_vfork,
+            nix::libc::SYS_execve,
+            nix::libc::SYS_execveat,
+            nix::libc::SYS_ioctl,
+            nix::libc::SYS_ptrace,
+        ] {
+            assert!(
+                !allowed.contains_key(&forbidden),
+                "block allows {forbidden}"
+            );
+        }
+        // clone is checked (CLONE_THREAD); clone3 is let through to the
+        // ENOSYS filter installed before.
+        assert_eq!(allowed[&nix::libc::SYS_clone].len(), 1);
+        assert!(allowed[&nix::libc::SYS_clone3].is_empty());
+        assert!(common::seccomp::unimplemented(&[nix::libc::SYS_clone3]).is_ok());
     }
 }

@@ -5,6 +5,7 @@
 
 #![deny(missing_docs)]
 
+pub mod block;
 pub mod boot;
 pub mod config;
 pub mod console;

@@ -86,6 +86,17 @@ pub struct BackendAdd {
     pub size: u64,
 }
 
+/// blockdev-add of a raw image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockdevAdd {
+    /// The node's name (checked: QEMU's rule).
+    pub node_name: String,
+    /// The image's path.
+    pub filename: PathBuf,
+    /// Whether the node is read-only.
+    pub read_only: bool,
+}
+
 /// x-inject-fault.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FaultInjection {
@@ -114,6 +125,8 @@ pub enum Query {
     Startup,
     /// x-query-device-processes.
     DeviceProcesses,
+    /// query-block.
+    Block,
 }
 
 /// A QMP command that needs the machine, its arguments parsed.
@@ -127,6 +140,10 @@ pub enum MachineRequest {
     ObjectAdd(BackendAdd),
     /// object-del of the backend with this id.
     ObjectDel(String),
+    /// blockdev-add.
+    BlockdevAdd(BlockdevAdd),
+    /// blockdev-del of the node with this name.
+    BlockdevDel(String),
     /// A query.
     Query(Query),
     /// system_powerdown.

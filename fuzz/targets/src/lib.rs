@@ -2,6 +2,7 @@
 //! panics on a defect: an engine drives it (fuzz/afl, scripts/fuzz), and
 //! `cargo test` here replays every input of its corpus and regressions.
 
+pub mod blk_request;
 pub mod event_roundtrip;
 pub mod fdt_roundtrip;
 pub mod ipc_frames;
@@ -16,7 +17,7 @@ pub mod virtio_common;
 pub type Target = fn(&[u8]);
 
 /// Every target, by name (the name of its corpus directory too).
-pub const TARGETS: [(&str, Target); 8] = [
+pub const TARGETS: [(&str, Target); 9] = [
     ("ipc_frames", ipc_frames::fuzz),
     ("rtas_call", rtas_call::fuzz),
     ("qmp", qmp::fuzz),
@@ -25,6 +26,7 @@ pub const TARGETS: [(&str, Target); 8] = [
     ("spawner_requests", spawner_requests::fuzz),
     ("pci_config", pci_config::fuzz),
     ("virtio_common", virtio_common::fuzz),
+    ("blk_request", blk_request::fuzz),
 ];
 
 /// The target called `name`.

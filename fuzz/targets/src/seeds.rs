@@ -279,6 +279,40 @@ fn pci_config() -> Vec<Vec<u8>> {
 
 /// A driver's bring-up of queue 0 (negotiation, setup, DRIVER_OK), then
 /// a reset; and accesses at no register.
+/// Requests as a driver lays them out: header, data, status.
+fn blk_request() -> Vec<Vec<u8>> {
+    let descriptor = |addr: u32, units: u16, flags: u8| {
+        let mut bytes = addr.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&(units - 1).to_le_bytes());
+        bytes.extend_from_slice(&[flags, 0]);
+        bytes
+    };
+    let request = |read_only: u8, kind: u32, sector: u64, data_units: u16, to_guest: bool| {
+        let mut bytes = vec![2 | read_only << 3];
+        bytes.extend(descriptor(0x8_0000, 1, 0));
+        bytes.extend(descriptor(
+            0x9_0000,
+            data_units,
+            if to_guest { 2 } else { 0 },
+        ));
+        bytes.extend(descriptor(0xa_0000, 1, 2));
+        bytes.extend_from_slice(&kind.to_le_bytes());
+        bytes.extend_from_slice(&[0; 4]);
+        bytes.extend_from_slice(&sector.to_le_bytes());
+        bytes
+    };
+    vec![
+        request(0, 0, 3, 32, true),
+        request(0, 1, 3, 32, false),
+        request(1, 1, 0, 32, false),
+        request(0, 4, 0, 1, false),
+        request(0, 8, 0, 2, true),
+        request(0, 11, 0, 1, false),
+        request(0, 13, 0, 1, false),
+        request(0, 1, 127, 64, false),
+    ]
+}
+
 fn virtio_common() -> Vec<Vec<u8>> {
     let write = |offset: u8, size: u8, value: u32| {
         let mut bytes = vec![1, offset, size, 0];
@@ -315,6 +349,7 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
         "spawner_requests" => spawner_requests(),
         "pci_config" => pci_config(),
         "virtio_common" => virtio_common(),
+        "blk_request" => blk_request(),
         "fdt_roundtrip" => vec![
             vec![1, 1, 3, 1, 8, 4, 0xff, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 2],
             vec![0; 20],

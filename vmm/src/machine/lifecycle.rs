@@ -226,6 +226,7 @@ impl Vm {
             interrupts,
             cores: Cores::new(&config.smp),
             dimms: Dimms::new(&layout, config.memory.slots),
+            block_nodes: Default::default(),
             qmp,
             control,
             inbox,

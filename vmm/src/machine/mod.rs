@@ -32,7 +32,7 @@ use crate::request::{DeviceAdd, MachineRequest, QmpError};
 use crate::vcpu::{CpuTable, VcpuContext, VcpuHandle};
 use kvm_ioctls::{Kvm, VmFd};
 use notification_log::NotificationLog;
-use serde_json::Value;
+use serde_json::{json, Value};
 use startup::StartupTimes;
 use std::collections::VecDeque;
 use std::sync::mpsc::{Receiver, Sender};
@@ -123,6 +123,7 @@ pub struct Vm {
     cores: Cores,
     /// Memory backends and the DIMMs they back.
     dimms: Dimms<BackendMemory>,
+    block_nodes: crate::block::nodes::Nodes,
     qmp: Arc<QmpServer>,
     control: Sender<ControlMessage>,
     inbox: Receiver<ControlMessage>,
@@ -232,6 +233,8 @@ impl Vm {
             MachineRequest::DeviceDel(name) => self.core_del(&name),
             MachineRequest::ObjectAdd(backend) => self.object_add(backend),
             MachineRequest::ObjectDel(id) => self.object_del(&id),
+            MachineRequest::BlockdevAdd(add) => self.block_nodes.add(add).map(|()| json!({})),
+            MachineRequest::BlockdevDel(name) => self.block_nodes.remove(&name).map(|()| json!({})),
             MachineRequest::Query(query) => self.query(query),
             MachineRequest::PowerDown => self.power_button(),
             MachineRequest::Pause(pause) => Ok(self.pause(pause)),

@@ -25,6 +25,7 @@ impl Vm {
             Query::EventLog => self.query_event_log(),
             Query::Startup => Ok(self.startup.to_json()),
             Query::DeviceProcesses => Ok(self.query_device_processes()),
+            Query::Block => Ok(self.block_nodes.query()),
         }
     }
 

@@ -4,9 +4,12 @@
 //! already; what is checked here is what the schema cannot say.
 
 use super::schema::Command;
+use crate::block::nodes;
 use crate::cores::{valid_id, CORE_DRIVER};
 use crate::dimms::{BACKEND_TYPES, DIMM_DRIVER};
-use crate::request::{BackendAdd, DeviceAdd, FaultInjection, MachineRequest, QmpError, Query};
+use crate::request::{
+    BackendAdd, BlockdevAdd, DeviceAdd, FaultInjection, MachineRequest, QmpError, Query,
+};
 use ipc_proto::link::core_hotplug::MAX_DEVICE_ID;
 use ipc_proto::ProcessKind;
 use serde_json::{Map, Value};
@@ -23,6 +26,11 @@ pub fn machine_request(
         Command::DeviceDel => MachineRequest::DeviceDel(device_del(arguments)?),
         Command::ObjectAdd => MachineRequest::ObjectAdd(object_add(arguments)?),
         Command::ObjectDel => MachineRequest::ObjectDel(object_del(arguments)),
+        Command::BlockdevAdd => MachineRequest::BlockdevAdd(blockdev_add(arguments)?),
+        Command::BlockdevDel => {
+            MachineRequest::BlockdevDel(text(arguments, "node-name").unwrap_or_default().into())
+        }
+        Command::QueryBlock => return query(Query::Block),
         Command::QueryMemoryDevices => return query(Query::MemoryDevices),
         Command::QueryMemorySizeSummary => return query(Query::MemorySizeSummary),
         Command::QueryHotpluggableCpus => return query(Query::HotpluggableCpus),
@@ -156,6 +164,41 @@ fn object_add(arguments: &Map<String, Value>) -> Result<BackendAdd, QmpError> {
         size: arguments.get("size").and_then(Value::as_u64).unwrap_or(0),
     })
 }
+
+/// blockdev-add of a raw image (driver `file`).
+fn blockdev_add(arguments: &Map<String, Value>) -> Result<BlockdevAdd, QmpError> {
+    let driver = text(arguments, "driver").unwrap_or_default();
+    if driver != nodes::DRIVER {
+        return Err(QmpError::generic(format!(
+            "Parameter 'driver' does not accept value '{driver}' (this machine has '{}')",
+            nodes::DRIVER
+        )));
+    }
+    let node_name = text(arguments, "node-name").unwrap_or_default();
+    if !nodes::valid_node_name(node_name) {
+        return Err(QmpError::generic(format!(
+            "Invalid node-name: '{node_name}' (a letter, then letters, digits, '-', '.' or '_', at most {} characters)",
+            nodes::MAX_NODE_NAME
+        )));
+    }
+    let filename = text(arguments, "filename").unwrap_or_default();
+    if filename.is_empty() || filename.len() > MAX_PATH || filename.contains('\0') {
+        return Err(QmpError::generic(
+            "Parameter 'filename' expects a path of 1 to 4095 bytes",
+        ));
+    }
+    Ok(BlockdevAdd {
+        node_name: node_name.to_string(),
+        filename: filename.into(),
+        read_only: arguments
+            .get("read-only")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+    })
+}
+
+/// The longest path Linux opens.
+const MAX_PATH: usize = 4095;
 
 /// object-del: the backend's id.
 fn object_del(arguments: &Map<String, Value>) -> String {

@@ -138,6 +138,14 @@ commands! {
         required("size", ArgType::Int)
     ];
     ObjectDel = "object-del", args: [required("id", ArgType::Str)];
+    BlockdevAdd = "blockdev-add", args: [
+        required("driver", ArgType::Str),
+        required("node-name", ArgType::Str),
+        required("filename", ArgType::Str),
+        optional("read-only", ArgType::Bool)
+    ];
+    BlockdevDel = "blockdev-del", args: [required("node-name", ArgType::Str)];
+    QueryBlock = "query-block", args: [];
     QueryMemoryDevices = "query-memory-devices", args: [];
     QueryMemorySizeSummary = "query-memory-size-summary", args: [];
     DeviceDel = "device_del", args: [required("id", ArgType::Str)];
