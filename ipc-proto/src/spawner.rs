@@ -33,6 +33,12 @@ pub enum Started {
         /// Which start of the reaper it is.
         generation: u64,
     },
+    /// The block device process of one disk (`serial`: which disk of the
+    /// VM, never reused).
+    Block {
+        /// Which disk.
+        serial: u64,
+    },
 }
 
 /// What the core asks of its spawner.
@@ -50,8 +56,55 @@ pub enum SpawnRequest {
         /// A generation greater than any reaper the spawner started.
         generation: u64,
     },
+    /// Start the block device process of a disk on the two descriptors
+    /// that come with the request: its listening vhost-user socket, then
+    /// its image.
+    StartBlock(BlockStart),
     /// SIGKILL a process this spawner started (nothing if it ended).
     Kill(Started),
+}
+
+/// The block device process of a [`SpawnRequest::StartBlock`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockStart {
+    /// Which disk: greater than any the spawner started.
+    pub serial: u64,
+    /// The block node's name, which get-id answers.
+    pub node: String,
+    /// Writes fail.
+    pub read_only: bool,
+}
+
+/// The descriptors a block device process is started with: its listening
+/// vhost-user socket, its image.
+pub const BLOCK_DESCRIPTORS: usize = 2;
+/// The longest node name a block start carries.
+pub const MAX_NODE_NAME: usize = 31;
+
+impl BlockStart {
+    fn validate(&self, fds: usize) -> Result<(), String> {
+        if self.serial == 0 {
+            return Err("disk serial 0".into());
+        }
+        let name_ok = !self.node.is_empty()
+            && self.node.len() <= MAX_NODE_NAME
+            && self
+                .node
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+        if !name_ok {
+            return Err(format!(
+                "a block node name of {} bytes or odd characters",
+                self.node.len()
+            ));
+        }
+        match fds {
+            BLOCK_DESCRIPTORS => Ok(()),
+            n => Err(format!(
+                "{n} descriptors with a block start, not {BLOCK_DESCRIPTORS}"
+            )),
+        }
+    }
 }
 
 /// One device process of a [`SpawnRequest::Start`].
@@ -178,6 +231,7 @@ impl Message for SpawnRequest {
                 (_, 1) => Ok(()),
                 (_, n) => Err(format!("{n} descriptors with the reaper's start, not 1")),
             },
+            SpawnRequest::StartBlock(block) => block.validate(fds),
             SpawnRequest::Kill(_) => no_descriptors(fds, "a kill"),
         }
     }
@@ -289,6 +343,24 @@ mod tests {
         let twice_fds: usize = twice.into_iter().map(descriptors_of).sum();
         assert!(group([1, 2, 3], twice).validate(twice_fds).is_err());
         assert!(SpawnRequest::Start(vec![]).validate(0).is_err());
+    }
+
+    #[test]
+    fn a_block_start_takes_a_socket_and_an_image_and_a_plain_name() {
+        let start = |serial: u64, node: &str| {
+            SpawnRequest::StartBlock(BlockStart {
+                serial,
+                node: node.into(),
+                read_only: false,
+            })
+        };
+        assert_eq!(start(1, "disk0").validate(2), Ok(()));
+        assert!(start(1, "disk0").validate(1).is_err());
+        assert!(start(1, "disk0").validate(3).is_err());
+        assert!(start(0, "disk0").validate(2).is_err());
+        assert!(start(1, "").validate(2).is_err());
+        assert!(start(1, "../etc").validate(2).is_err());
+        assert!(start(1, &"d".repeat(32)).validate(2).is_err());
     }
 
     #[test]

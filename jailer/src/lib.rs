@@ -72,7 +72,9 @@ pub enum JailError {
     #[error("--chroot-base-dir {0}: must be an absolute path")]
     BadChrootBase(PathBuf),
     /// A resource limit that is not NAME=VALUE with a known name.
-    #[error("invalid --resource-limit '{0}': expected no-file=N, as=BYTES or fsize=BYTES")]
+    #[error(
+        "invalid --resource-limit '{0}': expected no-file=N, as=BYTES, fsize=BYTES or nproc=N"
+    )]
     BadResourceLimit(String),
     /// A cgroup setting that is not FILE=VALUE with a plain file name.
     #[error("invalid --cgroup '{0}': expected FILE=VALUE, e.g. pids.max=1")]
@@ -122,10 +124,13 @@ pub enum Limit {
     AddressSpace(u64),
     /// RLIMIT_FSIZE, in bytes.
     FileSize(u64),
+    /// RLIMIT_NPROC: the tasks (processes and threads) of the jail's uid,
+    /// 0 (none may be made) unless given.
+    Tasks(u64),
 }
 
 impl Limit {
-    /// Parses `no-file=N`, `as=BYTES`, `fsize=BYTES`.
+    /// Parses `no-file=N`, `as=BYTES`, `fsize=BYTES`, `nproc=N`.
     pub fn parse(text: &str) -> Result<Limit, JailError> {
         let bad = || JailError::BadResourceLimit(text.to_string());
         let (name, value) = text.split_once('=').ok_or_else(bad)?;
@@ -134,6 +139,7 @@ impl Limit {
             "no-file" => Ok(Limit::OpenFiles(value)),
             "as" => Ok(Limit::AddressSpace(value)),
             "fsize" => Ok(Limit::FileSize(value)),
+            "nproc" => Ok(Limit::Tasks(value)),
             _ => Err(bad()),
         }
     }
@@ -143,6 +149,7 @@ impl Limit {
             Limit::OpenFiles(n) => format!("no-file={n}"),
             Limit::AddressSpace(n) => format!("as={n}"),
             Limit::FileSize(n) => format!("fsize={n}"),
+            Limit::Tasks(n) => format!("nproc={n}"),
         }
     }
 }
@@ -576,6 +583,7 @@ fn jail_and_exec(
             Limit::OpenFiles(n) => limits[0].1 = n,
             Limit::AddressSpace(n) => limits.push((Resource::RLIMIT_AS, n)),
             Limit::FileSize(n) => limits.push((Resource::RLIMIT_FSIZE, n)),
+            Limit::Tasks(n) => limits[2].1 = n,
         }
     }
     for (resource, value) in limits {

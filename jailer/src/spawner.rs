@@ -24,7 +24,8 @@
 use ipc_proto::channel::{decode, encode, Channel, ChannelError, Envelope, Frame};
 use ipc_proto::protocol::Message;
 use ipc_proto::spawner::{
-    descriptors_of, DeviceStart, SpawnEvent, SpawnReply, SpawnRequest, Started, Takeover,
+    descriptors_of, BlockStart, DeviceStart, SpawnEvent, SpawnReply, SpawnRequest, Started,
+    Takeover,
 };
 use ipc_proto::{ProcessKind, FIRST_CHANNEL_FD};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -173,6 +174,7 @@ pub struct Spawner {
     /// a request must name a later one.
     last_device: u64,
     last_reaper: u64,
+    last_block: u64,
 }
 
 /// The calls the spawner makes, and those of what it starts until each
@@ -253,6 +255,23 @@ pub fn rules() -> common::seccomp::Rules {
         SYS_capset,
         SYS_prctl,
         SYS_seccomp,
+        // What a block device process does under its own filter besides
+        // (device_procs::seccomp::block_rules; a test holds the two
+        // together): its socket, its image, guest memory's rings and
+        // eventfds, its library's threads.
+        SYS_accept,
+        SYS_accept4,
+        SYS_shutdown,
+        SYS_pread64,
+        SYS_pwrite64,
+        SYS_fdatasync,
+        SYS_fsync,
+        SYS_fallocate,
+        SYS_epoll_create1,
+        SYS_epoll_ctl,
+        SYS_epoll_wait,
+        SYS_epoll_pwait,
+        SYS_eventfd2,
     ];
     common::seccomp::PROCESS_BASICS
         .iter()
@@ -290,6 +309,7 @@ impl Spawner {
             standbys_started: 0,
             last_device: 0,
             last_reaper: 0,
+            last_block: 0,
         }
     }
 
@@ -448,6 +468,25 @@ impl Spawner {
                 let copy = self.hold(Started::Reaper { generation }, pidfd, None)?;
                 Ok((SpawnReply::Started { pid }, vec![copy]))
             }
+            SpawnRequest::StartBlock(block) => {
+                if block.serial <= self.last_block {
+                    return Err(format!(
+                        "disk serial {} is not after {}",
+                        block.serial, self.last_block
+                    ));
+                }
+                self.room(1)?;
+                self.last_block = block.serial;
+                let (pid, pidfd, jail_dir) = self.start_block(&block, &fds)?;
+                let copy = self.hold(
+                    Started::Block {
+                        serial: block.serial,
+                    },
+                    pidfd,
+                    jail_dir,
+                )?;
+                Ok((SpawnReply::Started { pid }, vec![copy]))
+            }
             SpawnRequest::Kill(process) => {
                 if let Some(child) = self.children.iter().find(|c| c.process == process) {
                     match pidfd_send_signal(&child.pidfd, Signal::KILL) {
@@ -532,7 +571,13 @@ impl Spawner {
         let args = self.device_args(if device.resume { "resume" } else { "fresh" });
         let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
         let id = format!("{}-{}", self.config.core_pid, device.generation);
-        let begun = self.begin_jailed(kind, &id, &program, &args, &raw)?;
+        let begun = self.begin_jailed(
+            &id,
+            &program,
+            &args,
+            &raw,
+            device_limits(kind, &self.config),
+        )?;
         Ok((program, begun))
     }
 
@@ -578,7 +623,13 @@ impl Spawner {
             .and_then(|(ours, its)| {
                 let args = self.device_args("standby");
                 let (pid, pidfd, jail_dir) = self
-                    .begin_jailed(kind, &id, &program, &args, &[its.as_fd().as_raw_fd()])?
+                    .begin_jailed(
+                        &id,
+                        &program,
+                        &args,
+                        &[its.as_fd().as_raw_fd()],
+                        device_limits(kind, &self.config),
+                    )?
                     .finish()?;
                 Ok(Standby {
                     kind,
@@ -649,11 +700,11 @@ impl Spawner {
     /// awaited later, or directly when the VM runs without jails.
     fn begin_jailed(
         &self,
-        kind: ProcessKind,
         id: &str,
         program: &Path,
         args: &[String],
         fds: &[RawFd],
+        limits: Vec<crate::Limit>,
     ) -> Result<Begun, String> {
         let config = &self.config;
         if !config.jail {
@@ -661,10 +712,6 @@ impl Spawner {
             // Not yet waited for, so the pid is still this child's.
             return Ok(Begun::Running((pid, pidfd_of(pid)?, None)));
         }
-        let address_space = match kind {
-            ProcessKind::RtasServer => config.guest_memory + DEVICE_ADDRESS_SPACE,
-            _ => DEVICE_ADDRESS_SPACE,
-        };
         let (ours, jailers) = Channel::pair().map_err(|e| format!("no report socket: {e}"))?;
         let jail = crate::JailConfig {
             id: id.to_string(),
@@ -672,7 +719,7 @@ impl Spawner {
             uid: config.uid,
             gid: config.gid,
             chroot_base: config.jail_dir.clone(),
-            limits: vec![crate::Limit::AddressSpace(address_space)],
+            limits,
             cgroup: vec![],
             keep_fds: fds.len() as u32,
             report_fd: Some(FIRST_CHANNEL_FD + fds.len() as i32),
@@ -687,6 +734,39 @@ impl Spawner {
             jailer,
             jail_dir: jail.jail_dir(),
         }))
+    }
+
+    /// Starts the block device process of `block` on `fds` (its listening
+    /// socket, its image), jailed like a device process: it maps guest
+    /// memory, so its address space has room for it.
+    fn start_block(&self, block: &BlockStart, fds: &[OwnedFd]) -> Result<Running, String> {
+        check_block_descriptors(fds)?;
+        let config = &self.config;
+        let mut args = vec![
+            "--seccomp".to_string(),
+            config.seccomp.clone(),
+            "--log-level".to_string(),
+            config.log_level.clone(),
+            "--id".to_string(),
+            block.node.clone(),
+        ];
+        if block.read_only {
+            args.push("--read-only".to_string());
+        }
+        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        let id = format!("{}-block{}", config.core_pid, block.serial);
+        let program = config.bin_dir.join(BLOCK_BINARY);
+        self.begin_jailed(
+            &id,
+            &program,
+            &args,
+            &raw,
+            vec![
+                crate::Limit::AddressSpace(config.guest_memory + DEVICE_ADDRESS_SPACE),
+                crate::Limit::Tasks(BLOCK_TASKS),
+            ],
+        )?
+        .finish()
     }
 
     /// Starts the reaper on `fds` (its socket); as root with jails it takes
@@ -733,6 +813,47 @@ fn check_descriptors(kind: ProcessKind, fds: &[OwnedFd]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The limits of a device process of `kind`: its address space (the RTAS
+/// server maps guest memory); no task may it make.
+fn device_limits(kind: ProcessKind, config: &SpawnerConfig) -> Vec<crate::Limit> {
+    let address_space = match kind {
+        ProcessKind::RtasServer => config.guest_memory + DEVICE_ADDRESS_SPACE,
+        _ => DEVICE_ADDRESS_SPACE,
+    };
+    vec![crate::Limit::AddressSpace(address_space)]
+}
+
+/// The tasks of the jail's uid (the VM's device processes, their standbys
+/// and its block processes' threads: three each) past which a block
+/// process may not make a thread. Its filter lets it make threads only,
+/// never processes; this bounds how many.
+const BLOCK_TASKS: u64 = 256;
+
+/// The block device process's binary, beside the others.
+const BLOCK_BINARY: &str = "papervisor-block";
+
+/// Whether `fds` are what a block device process is started with: a
+/// socket, then an image (a regular file or a block device, opened by the
+/// core from a path QMP named); nothing that leads out of a jail.
+fn check_block_descriptors(fds: &[OwnedFd]) -> Result<(), String> {
+    use nix::sys::stat::{fstat, SFlag};
+    let type_of = |i: usize| {
+        fstat(&fds[i])
+            .map(|stat| SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits()))
+            .map_err(|errno| format!("descriptor {i} of a block device: {errno}"))
+    };
+    if fds.len() != 2 {
+        return Err(format!("{} descriptors for a block device", fds.len()));
+    }
+    if type_of(0)? != SFlag::S_IFSOCK {
+        return Err("the block device's socket is not a socket".into());
+    }
+    match type_of(1)? {
+        SFlag::S_IFREG | SFlag::S_IFBLK => Ok(()),
+        _ => Err("the block device's image is neither a regular file nor a block device".into()),
+    }
 }
 
 /// A request as the spawner reads it: its id and the request, decoded and

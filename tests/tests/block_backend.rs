@@ -312,3 +312,16 @@ fn the_block_process_refuses_descriptors_that_are_not_a_listener_and_an_image() 
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(log.contains("not a listening socket"), "{log}");
 }
+
+#[test]
+fn every_call_the_block_filter_allows_the_spawners_inherited_filter_allows() {
+    // The spawner's filter stays on what it starts (filters are inherited
+    // across exec), so a call only the block filter allows would kill the
+    // jailed process.
+    let spawner = jailer::spawner::rules();
+    let missing: Vec<i64> = device_procs::seccomp::block_rules()
+        .into_keys()
+        .filter(|call| !spawner.contains_key(call))
+        .collect();
+    assert!(missing.is_empty(), "the spawner's filter lacks {missing:?}");
+}

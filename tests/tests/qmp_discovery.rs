@@ -73,7 +73,12 @@ fn the_schema_lists_exactly_the_commands_the_dispatcher_accepts() {
         );
     }
     // And nothing else is.
-    for command in ["human-monitor-command", "query-block", "migrate", "x-debug"] {
+    for command in [
+        "human-monitor-command",
+        "query-named-block-nodes",
+        "migrate",
+        "x-debug",
+    ] {
         let reply = &vm.qmp(&[command])[0];
         assert_eq!(
             reply["error"]["class"], "CommandNotFound",

@@ -57,6 +57,13 @@ pub enum ControlMessage {
     RestartDevice(ipc_proto::ProcessKind),
     /// The reaper ended (how): a new one must hold the device processes.
     ReaperExited(String),
+    /// The block device process of disk `serial` ended.
+    BlockExited {
+        /// Which disk's.
+        serial: u64,
+        /// How it ended, in words.
+        how: String,
+    },
     /// A QMP command that needs the machine.
     Qmp {
         /// The command, its arguments parsed.

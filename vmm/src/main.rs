@@ -188,16 +188,19 @@ fn open_log(cli: &Cli) -> Result<Option<std::fs::File>, String> {
         .map_err(|error| format!("--log-file {}: {error}", path.display()))
 }
 
-/// The runtime directory and the device processes' ids of a jailed VM;
-/// held until the VM ends.
+/// The runtime directory (every VM's: its disks' vhost-user sockets are
+/// made there) and, for a jailed VM, the device processes' ids; held until
+/// the VM ends.
 fn claim_runtime(
     config: &mut config::VmConfig,
 ) -> Result<Option<(runtime::RunDir, runtime::Identity)>, runtime::RuntimeError> {
-    if !config.sandbox.jail {
-        return Ok(None);
-    }
     let base = config.sandbox.jail_dir.clone();
     let run_dir = runtime::RunDir::create(&base)?;
+    if !config.sandbox.jail {
+        log::info!("runtime directory {}", run_dir.path().display());
+        config.sandbox.jail_dir = run_dir.jails();
+        return Ok(Some((run_dir, runtime::Identity::unprivileged())));
+    }
     let identity = if nix::unistd::geteuid().is_root() {
         runtime::Identity::claim(
             std::path::Path::new(runtime::IDS_DIR),

@@ -127,6 +127,11 @@ impl DimmMemory {
         })
     }
 
+    /// Where the core maps it.
+    pub fn host_address(&self) -> u64 {
+        self.region.as_ptr() as u64
+    }
+
     /// The guest can no longer reach it: the slot goes, then the mapping.
     /// A slot KVM would not delete keeps its mapping (leaked, not unmapped
     /// under the guest).
@@ -192,6 +197,20 @@ impl GuestRam {
             },
             self.memfd.as_fd(),
         )]
+    }
+
+    /// Boot RAM as a vhost-user backend is told of it.
+    pub fn vhost_region(&self) -> crate::block::frontend::Region<'_> {
+        crate::block::frontend::Region {
+            guest_address: 0,
+            size: self.size,
+            host_address: self
+                .memory
+                .get_host_address(GuestAddress(0))
+                .map_or(0, |address| address as u64),
+            file_offset: 0,
+            fd: self.memfd.as_fd(),
+        }
     }
 
     /// Registers every region with KVM, one slot each.

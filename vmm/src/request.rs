@@ -73,6 +73,15 @@ pub enum DeviceAdd {
         /// Where it goes, if the client says.
         addr: Option<u64>,
     },
+    /// A virtio-blk-pci disk.
+    VirtioBlk {
+        /// The QMP id.
+        id: String,
+        /// The block node it serves.
+        drive: String,
+        /// Its slot on the bridge, if the client says.
+        slot: Option<u8>,
+    },
 }
 
 /// object-add of a memory backend.
@@ -127,6 +136,8 @@ pub enum Query {
     DeviceProcesses,
     /// query-block.
     Block,
+    /// query-pci.
+    Pci,
 }
 
 /// A QMP command that needs the machine, its arguments parsed.

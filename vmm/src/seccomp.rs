@@ -162,6 +162,19 @@ fn device_thread_calls() -> Vec<i64> {
     calls
 }
 
+/// What a disk's block device runs as a thread of the core
+/// (`--device-mode in-process`) calls under the control loop's filter,
+/// which started it: its checks of its descriptors, then its filter's.
+fn block_thread_calls() -> Vec<i64> {
+    #[cfg(feature = "in-process")]
+    return device_procs::seccomp::block_rules()
+        .into_keys()
+        .chain([nix::libc::SYS_getsockopt])
+        .collect();
+    #[cfg(not(feature = "in-process"))]
+    Vec::new()
+}
+
 fn extra_calls(kind: ThreadKind) -> Vec<i64> {
     use nix::libc::*;
     match kind {
@@ -203,7 +216,15 @@ fn extra_calls(kind: ThreadKind) -> Vec<i64> {
                 SYS_waitid,
                 SYS_seccomp,
                 SYS_shutdown,
+                // A disk's vhost-user socket: bound in the VM's directory,
+                // connected, timed out (AF_UNIX only: see `rules`).
+                SYS_socket,
+                SYS_bind,
+                SYS_listen,
+                SYS_connect,
+                SYS_setsockopt,
             ],
+            &block_thread_calls(),
         ]
         .concat(),
         ThreadKind::Log => vec![SYS_read],
@@ -267,6 +288,13 @@ pub fn rules(kind: ThreadKind) -> Rules {
         .map(|&command| arg_equals_32(1, command as u64))
         .collect();
     rules.insert(nix::libc::SYS_fcntl, fcntl);
+    if kind == ThreadKind::Control {
+        // Sockets of the AF_UNIX family only.
+        rules.insert(
+            nix::libc::SYS_socket,
+            vec![arg_equals_32(0, nix::libc::AF_UNIX as u64)],
+        );
+    }
     // ioctl: the KVM requests of the kind, and TCGETS (the log checks
     // whether stderr is a terminal); the control loop, whose thread ends the
     // process, gives the terminal its settings back (TCSETS).
@@ -334,8 +362,6 @@ mod tests {
                 nix::libc::SYS_execveat,
                 nix::libc::SYS_fork,
                 nix::libc::SYS_ptrace,
-                nix::libc::SYS_socket,
-                nix::libc::SYS_connect,
                 nix::libc::SYS_setuid,
                 nix::libc::SYS_mount,
                 nix::libc::SYS_kill,
@@ -346,6 +372,22 @@ mod tests {
                 );
             }
         }
+        // Only the control loop makes sockets (a disk's vhost-user
+        // socket), of the AF_UNIX family only.
+        for kind in ALL {
+            let sockets = kind == ThreadKind::Control;
+            assert_eq!(
+                rules(kind).contains_key(&nix::libc::SYS_socket),
+                sockets,
+                "{kind:?}"
+            );
+            assert_eq!(
+                rules(kind).contains_key(&nix::libc::SYS_connect),
+                sockets,
+                "{kind:?}"
+            );
+        }
+        assert_eq!(rules(ThreadKind::Control)[&nix::libc::SYS_socket].len(), 1);
         // Only the threads that face no guest or client may open files.
         assert!(rules(ThreadKind::Control).contains_key(&nix::libc::SYS_openat));
         for kind in [ThreadKind::Vcpu, ThreadKind::Qmp, ThreadKind::Console] {

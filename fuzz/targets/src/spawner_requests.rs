@@ -42,6 +42,11 @@ pub fn fuzz(data: &[u8]) {
             assert_eq!(fds, 1);
             assert!(generation > 0);
         }
+        SpawnRequest::StartBlock(block) => {
+            assert_eq!(fds, ipc_proto::spawner::BLOCK_DESCRIPTORS);
+            assert!(block.serial > 0);
+            assert!(!block.node.is_empty() && !block.node.contains('/'));
+        }
         SpawnRequest::Kill(_) => assert_eq!(fds, 0),
     }
 }

@@ -30,7 +30,7 @@ struct Cli {
     /// Where the jail's root is made: <DIR>/<program>/<id>/root.
     #[arg(long, default_value = DEFAULT_CHROOT_BASE)]
     chroot_base_dir: PathBuf,
-    /// A limit: no-file=N, as=BYTES or fsize=BYTES (repeatable).
+    /// A limit: no-file=N, as=BYTES, fsize=BYTES or nproc=N (repeatable).
     #[arg(long, value_parser = |s: &str| Limit::parse(s).map_err(|e| e.to_string()))]
     resource_limit: Vec<Limit>,
     /// A cgroup v2 setting FILE=VALUE, e.g. pids.max=1 (repeatable).

@@ -231,6 +231,11 @@ fn duplicate(fd: BorrowedFd<'_>) -> Result<OwnedFd, DeviceError> {
 }
 
 impl DeviceProcesses {
+    /// How devices are started.
+    pub fn sandbox(&self) -> &Sandbox {
+        &self.sandbox
+    }
+
     /// Starts every device, as `sandbox` says (processes or threads),
     /// wires them together, and sets each up.
     pub fn start(

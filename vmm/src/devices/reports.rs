@@ -17,7 +17,7 @@ impl DeviceProcesses {
                     DeviceMode::OutOfProcess => Some(self.program(kind)),
                     DeviceMode::InProcess => None,
                 };
-                Some(json!({
+                let mut row = json!({
                     "kind": kind.name(),
                     "pid": record.pid,
                     "state": record.supervision.state.name(),
@@ -25,9 +25,43 @@ impl DeviceProcesses {
                     "binary": binary,
                     "restarts": record.supervision.restarts,
                     "last-exit": record.supervision.last_exit,
-                }))
+                });
+                self.add_confinement(&mut row);
+                Some(row)
             })
             .collect();
         Value::Array(rows)
+    }
+
+    /// The row of a disk's block device process: it is not restarted (its
+    /// disk is no longer served once it ended).
+    pub fn block_info(&self, pid: u32, disk: &str, node: &str) -> Value {
+        let binary = match self.starter.mode() {
+            DeviceMode::OutOfProcess => Some(super::spawn::sibling_binary("papervisor-block")),
+            DeviceMode::InProcess => None,
+        };
+        let mut row = json!({
+            "kind": "block",
+            "disk": disk,
+            "node": node,
+            "pid": pid,
+            "state": "running",
+            "mode": self.starter.mode().name(),
+            "binary": binary,
+            "restarts": 0,
+        });
+        self.add_confinement(&mut row);
+        row
+    }
+
+    /// The uid a process runs as (the jail's, when jailed) and its filter's
+    /// mode.
+    fn add_confinement(&self, row: &mut Value) {
+        let jailed = self.sandbox.jail && self.starter.mode() == DeviceMode::OutOfProcess;
+        row["uid"] = match jailed {
+            true => json!(self.sandbox.uid),
+            false => Value::Null,
+        };
+        row["seccomp"] = json!(self.sandbox.seccomp);
     }
 }

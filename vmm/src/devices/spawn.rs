@@ -584,6 +584,79 @@ fn started((reply, fds): (SpawnReply, Vec<OwnedFd>)) -> Result<(u32, OwnedFd), S
     }
 }
 
+/// Starts the block device process of a disk, through the spawner (or, in
+/// `--device-mode in-process`, as a thread of the core), on its listening
+/// vhost-user socket and its image; `frontend` is a copy of the core's end
+/// of the socket (shut down, it ends a device thread). `on_exit` is told
+/// how it ended.
+pub fn start_block(
+    block: ipc_proto::spawner::BlockStart,
+    mode: DeviceMode,
+    listener: OwnedFd,
+    image: OwnedFd,
+    frontend: OwnedFd,
+    on_exit: Box<dyn FnOnce(String) + Send>,
+) -> Result<ProcessHandle, SpawnError> {
+    if mode == DeviceMode::InProcess {
+        return block_thread(block, listener, image, frontend, on_exit);
+    }
+    let serial = block.serial;
+    let (pid, pidfd) = started(ask(
+        SpawnRequest::StartBlock(block),
+        &[listener.as_fd(), image.as_fd()],
+    )?)?;
+    let watched = pidfd.try_clone().map_err(SpawnError::Duplicate)?;
+    let process = Started::Block { serial };
+    on_exit_of(process, Some(watched), on_exit);
+    Ok(ProcessHandle {
+        pid,
+        held: Held::Process { process, pidfd },
+    })
+}
+
+/// The block device as a thread of the core: the same `serve`, unjailed.
+#[cfg(feature = "in-process")]
+fn block_thread(
+    block: ipc_proto::spawner::BlockStart,
+    listener: OwnedFd,
+    image: OwnedFd,
+    frontend: OwnedFd,
+    on_exit: Box<dyn FnOnce(String) + Send>,
+) -> Result<ProcessHandle, SpawnError> {
+    use device_procs::block::process::{serve, Options};
+    let options = Options {
+        seccomp: common::seccomp::Mode::Off,
+        log_level: None,
+        read_only: block.read_only,
+        id: block.node,
+    };
+    let (tid_sender, tid) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(format!("block-{}", block.serial))
+        .spawn(move || {
+            let _ = tid_sender.send(nix::unistd::gettid().as_raw() as u32);
+            let how = match serve(listener, image, &options, || Ok(())) {
+                Ok(()) => "exited with status 0".to_string(),
+                Err(error) => format!("failed: {}", common::describe(&error)),
+            };
+            on_exit(how);
+        })
+        .map_err(SpawnError::DeviceThread)?;
+    let tid = tid.recv().unwrap_or(0);
+    Ok(ProcessHandle::of_thread(tid, vec![frontend]))
+}
+
+#[cfg(not(feature = "in-process"))]
+fn block_thread(
+    _: ipc_proto::spawner::BlockStart,
+    _: OwnedFd,
+    _: OwnedFd,
+    _: OwnedFd,
+    _: Box<dyn FnOnce(String) + Send>,
+) -> Result<ProcessHandle, SpawnError> {
+    Err(SpawnError::NoInProcess)
+}
+
 /// Starts the VM's reaper (`jailer::reaper`), through the spawner, on one
 /// end of a new socket; the core keeps the other. Its exit reaches the
 /// control loop.

@@ -227,6 +227,7 @@ impl Vm {
             cores: Cores::new(&config.smp),
             dimms: Dimms::new(&layout, config.memory.slots),
             block_nodes: Default::default(),
+            disks: Default::default(),
             qmp,
             control,
             inbox,

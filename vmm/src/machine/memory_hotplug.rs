@@ -5,6 +5,7 @@
 
 use super::notifications::device_event;
 use super::Vm;
+use crate::block::frontend::Region;
 use crate::dimms::Dimm;
 use crate::memory::{BackendMemory, DimmMemory};
 use crate::request::{BackendAdd, QmpError};
@@ -121,12 +122,18 @@ impl Vm {
                 "the RTAS server cannot map the DIMM: {failure}"
             )));
         }
+        if let Err(error) = self.share_dimm_with_disks(&dimm, &memory) {
+            undo(self, memory);
+            let _ = self.share_plugged_dimms();
+            return Err(error);
+        }
         let plug = core_hotplug::Request::Plug {
             drcs: dimm.drcs(),
             device: dimm.path(),
             cold: false,
         };
         if let Err(reason) = self.hotplug_request(plug) {
+            self.unshare_dimm_with_disks(&dimm, &memory);
             undo(self, memory);
             let _ = self.share_plugged_dimms();
             return Err(QmpError::generic(reason));
@@ -143,6 +150,67 @@ impl Vm {
         }
         self.dimms.plugged(dimm);
         Ok(json!({}))
+    }
+
+    /// Adds a DIMM's memory to every disk's backend's memory table (a region
+    /// of its own), before the guest can put a buffer there. A backend that
+    /// fails it refuses the plug: the ones that took it give it back.
+    fn share_dimm_with_disks(&mut self, dimm: &Dimm, memory: &DimmMemory) -> Result<(), QmpError> {
+        let Some(backend) = self.dimms.backend(&dimm.memdev) else {
+            return Ok(());
+        };
+        let region = Region {
+            guest_address: dimm.addr,
+            size: dimm.size,
+            host_address: memory.host_address(),
+            file_offset: 0,
+            fd: backend.memory.memfd.as_fd(),
+        };
+        let mut shared = 0;
+        let mut failure = None;
+        for disk in self.disks.all_mut() {
+            match disk.frontend.add_region(&region) {
+                Ok(()) => shared += 1,
+                Err(error) => {
+                    failure = Some((disk.id.clone(), error));
+                    break;
+                }
+            }
+        }
+        let Some((id, error)) = failure else {
+            return Ok(());
+        };
+        for disk in self.disks.all_mut().iter_mut().take(shared) {
+            let _ = disk.frontend.remove_region(&region);
+        }
+        Err(QmpError::generic(format!(
+            "the block backend of {id} cannot map the DIMM: {}",
+            common::describe(&error)
+        )))
+    }
+
+    /// Takes a DIMM's memory out of every disk's backend's memory table.
+    fn unshare_dimm_with_disks(&mut self, dimm: &Dimm, memory: &DimmMemory) {
+        let Some(backend) = self.dimms.backend(&dimm.memdev) else {
+            return;
+        };
+        let region = Region {
+            guest_address: dimm.addr,
+            size: dimm.size,
+            host_address: memory.host_address(),
+            file_offset: 0,
+            fd: backend.memory.memfd.as_fd(),
+        };
+        for disk in self.disks.all_mut() {
+            if let Err(error) = disk.frontend.remove_region(&region) {
+                log::error!(
+                    "the block backend of {} did not drop DIMM {}: {}",
+                    disk.id,
+                    dimm.id,
+                    common::describe(&error)
+                );
+            }
+        }
     }
 
     /// device_del of a DIMM: every request reaches the guest again
@@ -172,6 +240,7 @@ impl Vm {
             .backend_mut(&dimm.memdev)
             .and_then(|backend| backend.memory.plugged.take());
         if let Some(memory) = memory {
+            self.unshare_dimm_with_disks(&dimm, &memory);
             if let Err(error) = memory.unplug(&self.vm_fd) {
                 log::error!("DIMM {}: {}", dimm.id, common::describe(&error));
             }

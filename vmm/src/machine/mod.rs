@@ -12,6 +12,7 @@ mod lifecycle;
 mod memory_hotplug;
 mod notification_log;
 mod notifications;
+mod pci_hotplug;
 mod queries;
 mod startup;
 mod supervision;
@@ -124,6 +125,8 @@ pub struct Vm {
     /// Memory backends and the DIMMs they back.
     dimms: Dimms<BackendMemory>,
     block_nodes: crate::block::nodes::Nodes,
+    /// The disks on the PCI host bridge.
+    disks: crate::block::disks::Disks,
     qmp: Arc<QmpServer>,
     control: Sender<ControlMessage>,
     inbox: Receiver<ControlMessage>,
@@ -201,6 +204,7 @@ impl Vm {
                 } => self.device_exited(kind, generation, &reason),
                 ControlMessage::RestartDevice(kind) => self.restart_device(kind),
                 ControlMessage::ReaperExited(reason) => self.devices.reaper_exited(&reason),
+                ControlMessage::BlockExited { serial, how } => self.block_exited(serial, &how),
                 ControlMessage::PeerFailed {
                     peer,
                     generation,
@@ -227,8 +231,14 @@ impl Vm {
             MachineRequest::DeviceAdd(DeviceAdd::Dimm { id, memdev, addr }) => {
                 self.dimm_add(&id, &memdev, addr)
             }
+            MachineRequest::DeviceAdd(DeviceAdd::VirtioBlk { id, drive, slot }) => {
+                self.disk_add(&id, &drive, slot)
+            }
             MachineRequest::DeviceDel(name) if self.dimms.find(&name).is_some() => {
                 self.dimm_del(&name)
+            }
+            MachineRequest::DeviceDel(name) if self.disks.find(&name).is_some() => {
+                self.disk_del(&name)
             }
             MachineRequest::DeviceDel(name) => self.core_del(&name),
             MachineRequest::ObjectAdd(backend) => self.object_add(backend),

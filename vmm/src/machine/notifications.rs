@@ -50,6 +50,9 @@ impl Vm {
             let device = self.cores.device(core)?;
             return Some((device.id.clone(), device.unplug_asked));
         }
+        if let Some(disk) = self.disks.find(name) {
+            return Some((Some(disk.id.clone()), disk.unplug_asked));
+        }
         let dimm = self.dimms.find(name)?;
         Some((Some(dimm.id.clone()), dimm.unplug_asked))
     }
@@ -58,6 +61,9 @@ impl Vm {
     fn release(&mut self, released: &Released) -> Result<(), String> {
         if self.dimms.find(&released.device).is_some() {
             return self.release_dimm(&released.device);
+        }
+        if self.disks.find(&released.device).is_some() {
+            return self.release_disk(&released.device);
         }
         self.release_core(&released.device)
     }

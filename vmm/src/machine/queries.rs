@@ -26,6 +26,7 @@ impl Vm {
             Query::Startup => Ok(self.startup.to_json()),
             Query::DeviceProcesses => Ok(self.query_device_processes()),
             Query::Block => Ok(self.block_nodes.query()),
+            Query::Pci => Ok(self.query_pci()),
         }
     }
 
@@ -38,6 +39,12 @@ impl Vm {
                 .find(|p| p["kind"] == ProcessKind::HotplugController.name())
         }) {
             controller["rejected-notifications"] = json!(self.notifications.rejected());
+        }
+        if let Some(list) = processes.as_array_mut() {
+            list.extend(self.disks.all().iter().map(|disk| {
+                self.devices
+                    .block_info(disk.process.pid, &disk.id, &disk.node)
+            }));
         }
         processes
     }

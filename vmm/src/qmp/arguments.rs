@@ -4,7 +4,7 @@
 //! already; what is checked here is what the schema cannot say.
 
 use super::schema::Command;
-use crate::block::nodes;
+use crate::block::{disks, nodes};
 use crate::cores::{valid_id, CORE_DRIVER};
 use crate::dimms::{BACKEND_TYPES, DIMM_DRIVER};
 use crate::request::{
@@ -31,6 +31,7 @@ pub fn machine_request(
             MachineRequest::BlockdevDel(text(arguments, "node-name").unwrap_or_default().into())
         }
         Command::QueryBlock => return query(Query::Block),
+        Command::QueryPci => return query(Query::Pci),
         Command::QueryMemoryDevices => return query(Query::MemoryDevices),
         Command::QueryMemorySizeSummary => return query(Query::MemorySizeSummary),
         Command::QueryHotpluggableCpus => return query(Query::HotpluggableCpus),
@@ -89,6 +90,9 @@ fn device_add(arguments: &Map<String, Value>) -> Result<DeviceAdd, QmpError> {
     if driver == DIMM_DRIVER {
         return dimm_add(arguments);
     }
+    if driver == disks::VIRTIO_BLK_DRIVER {
+        return disk_add(arguments);
+    }
     if driver != CORE_DRIVER {
         return Err(QmpError::generic(format!(
             "'{driver}' is not a valid device model name (this machine plugs {CORE_DRIVER} and {DIMM_DRIVER})"
@@ -108,6 +112,38 @@ fn device_add(arguments: &Map<String, Value>) -> Result<DeviceAdd, QmpError> {
         None => None,
     };
     Ok(DeviceAdd::Core { core_id, id })
+}
+
+/// device_add of a virtio-blk-pci disk: `id` and `drive` required (a disk
+/// without an id could not be named to device_del), `addr` as QEMU's
+/// "slot[.function]", `bus` only the bridge's.
+fn disk_add(arguments: &Map<String, Value>) -> Result<DeviceAdd, QmpError> {
+    let driver = disks::VIRTIO_BLK_DRIVER;
+    only_properties(arguments, driver, &["driver", "id", "drive", "addr", "bus"])?;
+    let id = text(arguments, "id").ok_or_else(|| QmpError::generic("Parameter 'id' is missing"))?;
+    if id.len() > MAX_DEVICE_ID || !valid_id(id) {
+        return Err(QmpError::generic(format!(
+            "Parameter 'id' expects an identifier, not '{id}'"
+        )));
+    }
+    let drive = text(arguments, "drive")
+        .ok_or_else(|| QmpError::generic(format!("Property '{driver}.drive' is missing")))?;
+    match text(arguments, "bus") {
+        None => {}
+        Some(disks::BUS_NAME) => {}
+        Some(bus) => {
+            return Err(QmpError::generic(format!(
+                "Bus '{bus}' not found (this machine has {})",
+                disks::BUS_NAME
+            )))
+        }
+    }
+    let slot = arguments.get("addr").map(disks::parse_addr).transpose()?;
+    Ok(DeviceAdd::VirtioBlk {
+        id: id.to_string(),
+        drive: drive.to_string(),
+        slot,
+    })
 }
 
 fn dimm_add(arguments: &Map<String, Value>) -> Result<DeviceAdd, QmpError> {

@@ -18,6 +18,8 @@ pub enum ArgType {
     Bool,
     /// A list of strings.
     StrList,
+    /// Any value (checked where it is parsed).
+    Any,
 }
 
 impl ArgType {
@@ -27,6 +29,7 @@ impl ArgType {
             ArgType::Int => "int",
             ArgType::Bool => "bool",
             ArgType::StrList => "[str]",
+            ArgType::Any => "any",
         }
     }
 
@@ -38,6 +41,7 @@ impl ArgType {
             ArgType::StrList => value
                 .as_array()
                 .is_some_and(|items| items.iter().all(Value::is_string)),
+            ArgType::Any => true,
         }
     }
 
@@ -47,6 +51,7 @@ impl ArgType {
             ArgType::Int => "an integer",
             ArgType::Bool => "a boolean",
             ArgType::StrList => "a list of strings",
+            ArgType::Any => "a value",
         }
     }
 }
@@ -130,7 +135,9 @@ commands! {
         optional("id", ArgType::Str),
         optional("core-id", ArgType::Int),
         optional("memdev", ArgType::Str),
-        optional("addr", ArgType::Int)
+        optional("addr", ArgType::Any),
+        optional("drive", ArgType::Str),
+        optional("bus", ArgType::Str)
     ];
     ObjectAdd = "object-add", args: [
         required("qom-type", ArgType::Str),
@@ -146,6 +153,7 @@ commands! {
     ];
     BlockdevDel = "blockdev-del", args: [required("node-name", ArgType::Str)];
     QueryBlock = "query-block", args: [];
+    QueryPci = "query-pci", args: [];
     QueryMemoryDevices = "query-memory-devices", args: [];
     QueryMemorySizeSummary = "query-memory-size-summary", args: [];
     DeviceDel = "device_del", args: [required("id", ArgType::Str)];

@@ -1,0 +1,319 @@
+//! Disks on the PCI host bridge, as far as the host sees them: block nodes
+//! (blockdev-add, blockdev-del, query-block), `device_add virtio-blk-pci`
+//! starting a jailed block device process the core talks vhost-user to,
+//! its PCI DRC plugged and the add event queued, query-pci, clear errors
+//! with nothing left behind, and a disk the guest never configured removed
+//! at once (`DEVICE_DELETED`, the process gone, its node free). Need
+//! /dev/kvm.
+
+use papervisor_tests::{in_process, kvm_usable, QmpClient, Vm};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+/// Slot 3's DRC on PHB 0: type PCI, devfn 0x18.
+const SLOT3_DRC: u64 = 0x4000_0018;
+
+fn error(reply: &Value) -> String {
+    reply["error"]["desc"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn ok() -> Value {
+    json!({"return": {}})
+}
+
+fn image(dir: &Path, name: &str, bytes: u64) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::File::create(&path)
+        .and_then(|file| file.set_len(bytes))
+        .expect("an image");
+    path
+}
+
+fn blockdev_add(qmp: &mut QmpClient, node: &str, path: &Path, read_only: bool) -> Value {
+    qmp.execute(
+        "blockdev-add",
+        json!({"driver": "file", "node-name": node, "filename": path, "read-only": read_only}),
+    )
+}
+
+fn disk_add(qmp: &mut QmpClient, arguments: Value) -> Value {
+    let mut arguments = arguments;
+    arguments["driver"] = json!("virtio-blk-pci");
+    qmp.execute("device_add", arguments)
+}
+
+fn block_rows(qmp: &mut QmpClient) -> Vec<Value> {
+    qmp.execute("x-query-device-processes", json!({}))["return"]
+        .as_array()
+        .expect("a process list")
+        .iter()
+        .filter(|row| row["kind"] == "block")
+        .cloned()
+        .collect()
+}
+
+fn runs(pid: u64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} within 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn status_field(pid: u64, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("a status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{field}:")))
+        .map(|value| value.trim().to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_disk_plugs_behind_a_jailed_block_process_and_goes_at_once_if_never_configured() {
+    if !kvm_usable(
+        "a_disk_plugs_behind_a_jailed_block_process_and_goes_at_once_if_never_configured",
+    ) {
+        return;
+    }
+    let scratch = papervisor_tests::scratch_dir();
+    let base = scratch.join("run");
+    let base_arg = base.display().to_string();
+    let mut vm = Vm::start(&["--jail-dir", &base_arg]);
+    vm.boot();
+    // The guest leaves the add event alone: the disk is never configured.
+    assert_eq!(vm.console.command("dlpar off"), ["dlpar: off"]);
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    let path = image(&scratch, "disk0.raw", 64 * MIB);
+    assert_eq!(blockdev_add(&mut qmp, "disk0", &path, false), ok());
+    let blocks = qmp.execute("query-block", json!({}));
+    assert_eq!(blocks["return"][0]["inserted"]["node-name"], "disk0");
+    assert_eq!(
+        blocks["return"][0]["inserted"]["image"]["virtual-size"],
+        64 * MIB
+    );
+    assert_eq!(blocks["return"][0]["qdev"], "");
+
+    assert_eq!(
+        disk_add(
+            &mut qmp,
+            json!({"id": "vd0", "drive": "disk0", "addr": "3"})
+        ),
+        ok()
+    );
+    let rows = block_rows(&mut qmp);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["disk"], "vd0");
+    assert_eq!(rows[0]["node"], "disk0");
+    assert_eq!(rows[0]["restarts"], 0);
+    let pid = rows[0]["pid"].as_u64().expect("a pid");
+    if !in_process() {
+        assert_eq!(rows[0]["seccomp"], "kill");
+        let uid = rows[0]["uid"].as_u64().expect("a jailed uid");
+        assert_ne!(uid, 0);
+        assert_eq!(
+            status_field(pid, "Uid").split_whitespace().next(),
+            Some(uid.to_string().as_str())
+        );
+        assert_eq!(status_field(pid, "Seccomp"), "2");
+        assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+        assert_eq!(status_field(pid, "CapEff"), "0000000000000000");
+        // Its root is an empty jail: no file of the host to read.
+        let root: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/root"))
+            .expect("its root")
+            .flatten()
+            .map(|entry| entry.file_name())
+            .collect();
+        assert!(root.is_empty(), "the jail holds {root:?}");
+        // Its descriptors: no directory, nothing of the host but the image.
+        for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("its descriptors")
+            .flatten()
+        {
+            let target = std::fs::read_link(entry.path()).unwrap_or_default();
+            let target = target.to_string_lossy();
+            assert!(
+                !target.starts_with('/')
+                    || target == path.to_string_lossy()
+                    || target.starts_with("/memfd:")
+                    || target == "/dev/null",
+                "the block process holds {target}"
+            );
+        }
+    }
+    let drc = vm.drc(SLOT3_DRC as u32);
+    assert_eq!(drc["device"], "vd0", "{drc}");
+    assert_eq!(drc["path"], "/machine/peripheral/vd0", "{drc}");
+    assert_eq!(drc["state"], "power-on", "{drc}");
+    assert_eq!(
+        qmp.execute("x-query-event-log", json!({}))["return"],
+        json!([{"action": "add", "resource": "pci", "drc": SLOT3_DRC}])
+    );
+    let pci = qmp.execute("query-pci", json!({}));
+    assert_eq!(pci["return"][0]["devices"][0]["slot"], 3);
+    assert_eq!(pci["return"][0]["devices"][0]["qdev_id"], "vd0");
+    assert_eq!(pci["return"][0]["devices"][0]["id"]["device"], 0x1042);
+    assert_eq!(
+        qmp.execute("query-block", json!({}))["return"][0]["qdev"],
+        "/machine/peripheral/vd0/virtio-backend"
+    );
+
+    // Clear errors, nothing left behind.
+    assert!(error(&blockdev_add(&mut qmp, "disk0", &path, true)).contains("Duplicate nodes"));
+    assert!(error(&qmp.execute("blockdev-del", json!({"node-name": "disk0"}))).contains("busy"));
+    assert!(error(&disk_add(&mut qmp, json!({"id": "vd1", "drive": "disk0"}))).contains("busy"));
+    assert!(error(&disk_add(
+        &mut qmp,
+        json!({"id": "vd1", "drive": "nothing"})
+    ))
+    .contains("no block node 'nothing'"));
+    let other = image(&scratch, "disk1.raw", MIB);
+    assert_eq!(blockdev_add(&mut qmp, "disk1", &other, true), ok());
+    assert!(
+        error(&disk_add(&mut qmp, json!({"id": "vd0", "drive": "disk1"})))
+            .contains("Duplicate device ID")
+    );
+    assert!(error(&disk_add(
+        &mut qmp,
+        json!({"id": "vd1", "drive": "disk1", "addr": "3"})
+    ))
+    .contains("in use by vd0"));
+    assert!(error(&disk_add(
+        &mut qmp,
+        json!({"id": "vd1", "drive": "disk1", "addr": "40"})
+    ))
+    .contains("PCI address"));
+    assert!(error(&disk_add(
+        &mut qmp,
+        json!({"id": "vd1", "drive": "disk1", "addr": "4.2"})
+    ))
+    .contains("function 2"));
+    assert!(error(&disk_add(
+        &mut qmp,
+        json!({"id": "vd1", "drive": "disk1", "bus": "pci.7"})
+    ))
+    .contains("Bus 'pci.7' not found"));
+    assert!(error(&disk_add(
+        &mut qmp,
+        json!({"id": "vd1", "drive": "disk1", "serial": "x"})
+    ))
+    .contains("virtio-blk-pci.serial"));
+    assert!(error(&blockdev_add(
+        &mut qmp,
+        "bad",
+        Path::new("/nonexistent/x.raw"),
+        false
+    ))
+    .contains("Could not open"));
+    assert!(error(&blockdev_add(&mut qmp, "9bad", &other, false)).contains("Invalid node-name"));
+    assert!(error(&qmp.execute(
+        "blockdev-add",
+        json!({"driver": "qcow2", "node-name": "q", "filename": other})
+    ))
+    .contains("'qcow2'"));
+    assert_eq!(block_rows(&mut qmp).len(), 1);
+    assert_eq!(
+        qmp.execute("query-block", json!({}))["return"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+
+    // Never configured by the guest: released at once.
+    assert_eq!(qmp.execute("device_del", json!({"id": "vd0"})), ok());
+    let deleted = qmp.wait_event("DEVICE_DELETED");
+    assert_eq!(
+        deleted["data"],
+        json!({"device": "vd0", "path": "/machine/peripheral/vd0"})
+    );
+    if !in_process() {
+        wait_until("the block process ends", || !runs(pid));
+        let jails = base.join(format!("vm-{}", vm.pid())).join("jails");
+        wait_until("its jail is removed", || {
+            std::fs::read_dir(jails.join("papervisor-block"))
+                .map(|entries| entries.count() == 0)
+                .unwrap_or(true)
+        });
+        let leftovers: Vec<_> = std::fs::read_dir(base.join(format!("vm-{}", vm.pid())))
+            .expect("the runtime directory")
+            .flatten()
+            .map(|entry| entry.file_name())
+            .filter(|name| name.to_string_lossy().starts_with("block-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+    assert!(block_rows(&mut qmp).is_empty());
+    assert_eq!(vm.drc(SLOT3_DRC as u32)["device"], Value::Null);
+    assert_eq!(
+        qmp.execute("blockdev-del", json!({"node-name": "disk0"})),
+        ok()
+    );
+    assert!(error(&qmp.execute("device_del", json!({"id": "vd0"}))).contains("not found"));
+    // The slot and the node's name are free again.
+    assert_eq!(blockdev_add(&mut qmp, "disk0", &path, false), ok());
+    assert_eq!(
+        disk_add(
+            &mut qmp,
+            json!({"id": "vd0", "drive": "disk0", "addr": "3"})
+        ),
+        ok()
+    );
+    assert_eq!(block_rows(&mut qmp).len(), 1);
+    drop(qmp);
+    drop(vm);
+    let _ = std::fs::remove_dir_all(scratch);
+}
+
+fn maps_dimm(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap_or_default()
+        .contains("papervisor-dimm")
+}
+
+#[test]
+fn a_dimm_reaches_every_disks_backend_and_leaves_it_when_unplugged() {
+    let test = "a_dimm_reaches_every_disks_backend_and_leaves_it_when_unplugged";
+    if papervisor_tests::skip_in_process(test, "it reads the block process's mappings")
+        || !kvm_usable(test)
+    {
+        return;
+    }
+    let scratch = papervisor_tests::scratch_dir();
+    let mut vm = Vm::start(&papervisor_tests::HOTPLUG_MACHINE);
+    vm.boot();
+    assert_eq!(vm.console.command("dlpar off"), ["dlpar: off"]);
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    let path = image(&scratch, "disk0.raw", MIB);
+    assert_eq!(blockdev_add(&mut qmp, "disk0", &path, false), ok());
+    assert_eq!(
+        disk_add(&mut qmp, json!({"id": "vd0", "drive": "disk0"})),
+        ok()
+    );
+    let pid = block_rows(&mut qmp)[0]["pid"].as_u64().expect("a pid");
+    assert!(!maps_dimm(pid), "no DIMM yet");
+    let backend = json!({"qom-type": "memory-backend-memfd", "id": "mem0", "size": 256 * MIB});
+    assert_eq!(qmp.execute("object-add", backend), ok());
+    let dimm = json!({"driver": "pc-dimm", "id": "dimm0", "memdev": "mem0"});
+    assert_eq!(qmp.execute("device_add", dimm), ok());
+    assert!(maps_dimm(pid), "the block process maps the DIMM");
+    // A reset completes the pending unplug: the DIMM leaves the backend.
+    assert_eq!(qmp.execute("device_del", json!({"id": "dimm0"})), ok());
+    assert_eq!(qmp.execute("system_reset", json!({})), ok());
+    assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "dimm0");
+    wait_until("the block process unmaps the DIMM", || !maps_dimm(pid));
+    drop(qmp);
+    drop(vm);
+    let _ = std::fs::remove_dir_all(scratch);
+}

@@ -1,0 +1,234 @@
+//! The disks plugged into the PCI host bridge (`device_add virtio-blk-pci`):
+//! which slot each takes, which node it serves, and the block device
+//! process and vhost-user frontend behind it. The table decides; the
+//! machine (`machine/pci_hotplug.rs`) carries out.
+
+use super::frontend::BlockFrontend;
+use crate::devices::spawn::ProcessHandle;
+use crate::request::QmpError;
+use ipc_proto::papr::DrcIndex;
+use ipc_proto::pci::{Phb, DEVFNS_PER_BUS};
+use serde_json::{json, Value};
+
+/// The driver QMP names.
+pub const VIRTIO_BLK_DRIVER: &str = "virtio-blk-pci";
+/// The PCI host bridge's name as QMP's `bus` gives it.
+pub const BUS_NAME: &str = "pci.0";
+/// Slots on the bridge's root bus.
+pub const SLOTS: u8 = (DEVFNS_PER_BUS / 8) as u8;
+/// The virtio vendor, and a modern virtio block device.
+pub const VENDOR_ID: u16 = 0x1af4;
+/// A modern virtio block device's id.
+pub const DEVICE_ID: u16 = 0x1042;
+
+/// A disk on the bridge.
+pub struct Disk {
+    /// Its QMP id.
+    pub id: String,
+    /// The block node it serves.
+    pub node: String,
+    /// Its slot (function 0).
+    pub slot: u8,
+    /// Its DRC.
+    pub drc: DrcIndex,
+    /// Which disk of the VM: names its block process.
+    pub serial: u64,
+    /// A device_del asked it back.
+    pub unplug_asked: bool,
+    /// The block device process (or thread) serving it.
+    pub process: ProcessHandle,
+    /// The core's vhost-user link to it.
+    pub frontend: BlockFrontend,
+}
+
+impl Disk {
+    /// Its devfn.
+    pub fn devfn(&self) -> u8 {
+        self.slot << 3
+    }
+
+    /// Its QOM path.
+    pub fn path(&self) -> String {
+        format!("/machine/peripheral/{}", self.id)
+    }
+}
+
+/// The disks, by slot.
+#[derive(Default)]
+pub struct Disks {
+    disks: Vec<Disk>,
+    last_serial: u64,
+}
+
+/// The DRC of `slot` (function 0) on the bridge.
+pub fn slot_drc(slot: u8) -> Result<DrcIndex, QmpError> {
+    slot.checked_mul(8)
+        .and_then(|devfn| Phb::new(0).drc(devfn))
+        .ok_or_else(|| QmpError::generic(format!("PCI slot {slot} has no connector")))
+}
+
+/// Parses QMP's `addr`: QEMU's `"slot"` or `"slot.function"` (hex), or an
+/// integer devfn; function 0 only (no multi-function devices).
+pub fn parse_addr(addr: &Value) -> Result<u8, QmpError> {
+    let bad = || {
+        QmpError::generic(format!(
+            "Parameter 'addr' expects a PCI address \"slot[.function]\" (slot 00 to {:02x}), not {addr}",
+            SLOTS - 1
+        ))
+    };
+    let (slot, function) = match addr {
+        Value::String(text) => {
+            let (slot, function) = match text.split_once('.') {
+                Some((slot, function)) => (slot, function),
+                None => (text.as_str(), "0"),
+            };
+            let hex = |digits: &str| {
+                let digits = digits.trim_start_matches("0x");
+                (!digits.is_empty() && digits.len() <= 2)
+                    .then(|| u8::from_str_radix(digits, 16).ok())
+                    .flatten()
+            };
+            (hex(slot).ok_or_else(bad)?, hex(function).ok_or_else(bad)?)
+        }
+        Value::Number(number) => {
+            let devfn = number.as_u64().filter(|&d| d < 256).ok_or_else(bad)? as u8;
+            (devfn >> 3, devfn & 7)
+        }
+        _ => return Err(bad()),
+    };
+    if slot >= SLOTS || function > 7 {
+        return Err(bad());
+    }
+    if function != 0 {
+        return Err(QmpError::generic(format!(
+            "PCI function {function} of slot {slot:02x}: this machine plugs single-function devices at function 0"
+        )));
+    }
+    Ok(slot)
+}
+
+impl Disks {
+    /// The slot a new disk `id` takes: `wanted`, if free, else the first
+    /// free one; and its serial. Nothing is held until [`Disks::plugged`].
+    pub fn prepare(&mut self, id: &str, wanted: Option<u8>) -> Result<(u8, u64), QmpError> {
+        if self.find(id).is_some() {
+            return Err(QmpError::generic(format!("Duplicate device ID '{id}'")));
+        }
+        let taken = |slot: u8| self.disks.iter().any(|disk| disk.slot == slot);
+        let slot = match wanted {
+            Some(slot) if taken(slot) => {
+                let user = self.disks.iter().find(|disk| disk.slot == slot);
+                return Err(QmpError::generic(format!(
+                    "PCI: slot {slot} function 0 not available for {VIRTIO_BLK_DRIVER}, in use by {}",
+                    user.map_or("", |disk| disk.id.as_str())
+                )));
+            }
+            Some(slot) => slot,
+            None => (0..SLOTS).find(|&slot| !taken(slot)).ok_or_else(|| {
+                QmpError::generic(format!(
+                    "PCI: no slot free for {VIRTIO_BLK_DRIVER}: the bridge's {SLOTS} slots are in use"
+                ))
+            })?,
+        };
+        self.last_serial += 1;
+        Ok((slot, self.last_serial))
+    }
+
+    /// Holds a disk whose plug succeeded.
+    pub fn plugged(&mut self, disk: Disk) {
+        self.disks.push(disk);
+    }
+
+    /// The disk with QMP id or QOM path `name`.
+    pub fn find(&self, name: &str) -> Option<&Disk> {
+        self.disks
+            .iter()
+            .find(|disk| disk.id == name || disk.path() == name)
+    }
+
+    /// The disk `name`, to change.
+    pub fn find_mut(&mut self, name: &str) -> Option<&mut Disk> {
+        self.disks
+            .iter_mut()
+            .find(|disk| disk.id == name || disk.path() == name)
+    }
+
+    /// The disk served by block process `serial`.
+    pub fn by_serial(&self, serial: u64) -> Option<&Disk> {
+        self.disks.iter().find(|disk| disk.serial == serial)
+    }
+
+    /// Takes `name` out of the table.
+    pub fn remove(&mut self, name: &str) -> Option<Disk> {
+        let at = self
+            .disks
+            .iter()
+            .position(|disk| disk.id == name || disk.path() == name)?;
+        Some(self.disks.remove(at))
+    }
+
+    /// Every disk.
+    pub fn all(&self) -> &[Disk] {
+        &self.disks
+    }
+
+    /// Every disk, to change.
+    pub fn all_mut(&mut self) -> &mut [Disk] {
+        &mut self.disks
+    }
+
+    /// query-pci, in QEMU's shape: the bridge's bus and its functions.
+    pub fn query_pci(&self) -> Value {
+        let devices: Vec<Value> = self
+            .disks
+            .iter()
+            .map(|disk| {
+                json!({
+                    "bus": 0, "slot": disk.slot, "function": 0,
+                    "class_info": {"desc": "SCSI controller", "class": 0x0100},
+                    "id": {"vendor": VENDOR_ID, "device": DEVICE_ID,
+                           "subsystem-vendor": VENDOR_ID, "subsystem": 0x1100},
+                    "qdev_id": disk.id,
+                    "regions": [],
+                })
+            })
+            .collect();
+        json!([{"bus": 0, "devices": devices}])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_as_qemu_writes_them_and_only_function_zero_plugs() {
+        assert_eq!(parse_addr(&json!("3")).unwrap(), 3);
+        assert_eq!(parse_addr(&json!("1f.0")).unwrap(), 31);
+        assert_eq!(parse_addr(&json!("0x04")).unwrap(), 4);
+        assert_eq!(parse_addr(&json!(0x28)).unwrap(), 5);
+        assert!(parse_addr(&json!("20"))
+            .unwrap_err()
+            .desc
+            .contains("slot 00 to 1f"));
+        assert!(parse_addr(&json!("3.1"))
+            .unwrap_err()
+            .desc
+            .contains("function 1"));
+        assert!(parse_addr(&json!("3.8")).is_err());
+        assert!(parse_addr(&json!("x")).is_err());
+        assert!(parse_addr(&json!("")).is_err());
+        assert!(parse_addr(&json!("123")).is_err());
+        assert!(parse_addr(&json!(256)).is_err());
+        assert!(parse_addr(&json!(true)).is_err());
+    }
+
+    #[test]
+    fn slots_are_taken_as_asked_or_first_free_and_serials_never_repeat() {
+        let mut disks = Disks::default();
+        assert_eq!(disks.prepare("vd0", None).unwrap(), (0, 1));
+        assert_eq!(disks.prepare("vd1", Some(5)).unwrap(), (5, 2));
+        // Nothing held until plugged: slot 0 is still free.
+        assert_eq!(disks.prepare("vd2", None).unwrap(), (0, 3));
+    }
+}

@@ -1,0 +1,238 @@
+//! Disks on the PCI host bridge: `device_add virtio-blk-pci` starts the
+//! disk's block device process on its node's image, connects the core to
+//! it as vhost-user frontend with guest memory, then plugs its PCI DRC;
+//! `device_del` asks the guest (again, every time); the release ends the
+//! process and frees the node. Each step that fails undoes the ones before.
+
+use super::notifications::device_event;
+use super::Vm;
+use crate::block::disks::Disk;
+use crate::block::frontend::{BlockFrontend, Region};
+use crate::control::ControlMessage;
+use crate::devices::spawn;
+use crate::request::QmpError;
+use ipc_proto::link::core_hotplug;
+use ipc_proto::spawner::BlockStart;
+use serde_json::{json, Value};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+/// The vhost-user socket of block process `serial`: bound in the VM's
+/// private directory, connected by the core at once, then unlinked, so that
+/// no other process can reach the listener the block process accepts on.
+fn vhost_user_socket(dir: &Path, serial: u64) -> Result<(OwnedFd, UnixStream), QmpError> {
+    let path = dir.join(format!("block-{serial}.sock"));
+    let failed = |what: &str, error: std::io::Error| {
+        QmpError::generic(format!(
+            "cannot {what} the vhost-user socket {}: {error}",
+            path.display()
+        ))
+    };
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).map_err(|e| failed("bind", e))?;
+    let stream = UnixStream::connect(&path);
+    let _ = std::fs::remove_file(&path);
+    let stream = stream.map_err(|e| failed("connect to", e))?;
+    Ok((OwnedFd::from(listener), stream))
+}
+
+/// Where a VM's vhost-user sockets are made: its private directory (the
+/// parent of its jails').
+fn socket_dir(jail_dir: &Path) -> PathBuf {
+    match jail_dir.file_name() {
+        Some(name) if name == "jails" => jail_dir.parent().unwrap_or(jail_dir).to_path_buf(),
+        _ => jail_dir.to_path_buf(),
+    }
+}
+
+impl Vm {
+    /// The memory table a block backend gets: boot RAM and every plugged
+    /// DIMM, each with its memfd.
+    fn vhost_memory(&self) -> Vec<Region<'_>> {
+        let mut regions = vec![self.ram.vhost_region()];
+        for dimm in self.dimms.plugged_dimms() {
+            let Some(backend) = self.dimms.backend(&dimm.memdev) else {
+                continue;
+            };
+            if let Some(plugged) = &backend.memory.plugged {
+                regions.push(Region {
+                    guest_address: dimm.addr,
+                    size: dimm.size,
+                    host_address: plugged.host_address(),
+                    file_offset: 0,
+                    fd: backend.memory.memfd.as_fd(),
+                });
+            }
+        }
+        regions
+    }
+
+    /// device_add of a virtio-blk-pci disk serving node `drive`, in `slot`
+    /// if the client says.
+    pub(super) fn disk_add(
+        &mut self,
+        id: &str,
+        drive: &str,
+        slot: Option<u8>,
+    ) -> Result<Value, QmpError> {
+        if self.cores.find(id).is_some() || self.dimms.find(id).is_some() {
+            return Err(QmpError::generic(format!("Duplicate device ID '{id}'")));
+        }
+        let (slot, serial) = self.disks.prepare(id, slot)?;
+        let node = self.block_nodes.attach(drive, id)?;
+        let start = BlockStart {
+            serial,
+            node: node.name.clone(),
+            read_only: node.read_only,
+        };
+        let image = node.image.as_fd().try_clone_to_owned();
+        let started = image
+            .map_err(|error| QmpError::generic(format!("cannot share the image: {error}")))
+            .and_then(|image| self.start_disk(id, start, image, slot));
+        match started {
+            Ok(disk) => {
+                log::info!(
+                    "disk {id} plugged in slot {slot:02x} (DRC {:#x}), node {drive}, block process {}",
+                    disk.drc.0,
+                    disk.process.pid
+                );
+                self.disks.plugged(disk);
+                Ok(json!({}))
+            }
+            Err(error) => {
+                self.block_nodes.detach(drive);
+                Err(error)
+            }
+        }
+    }
+
+    /// Starts the block process, connects to it, plugs the DRC.
+    fn start_disk(
+        &mut self,
+        id: &str,
+        start: BlockStart,
+        image: OwnedFd,
+        slot: u8,
+    ) -> Result<Disk, QmpError> {
+        let serial = start.serial;
+        let node = start.node.clone();
+        let drc = crate::block::disks::slot_drc(slot)?;
+        let (listener, stream) =
+            vhost_user_socket(&socket_dir(&self.devices.sandbox().jail_dir), serial)?;
+        let copy = stream
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|error| QmpError::generic(format!("cannot hold the socket: {error}")))?;
+        let control = self.control.clone();
+        let process = spawn::start_block(
+            start,
+            self.devices.device_mode(),
+            listener,
+            image,
+            copy,
+            Box::new(move |how| {
+                let _ = control.send(ControlMessage::BlockExited { serial, how });
+            }),
+        )
+        .map_err(|error| {
+            QmpError::generic(format!(
+                "cannot start the block device process: {}",
+                common::describe(&error)
+            ))
+        })?;
+        let connected = BlockFrontend::connect(stream).and_then(|mut frontend| {
+            frontend.set_memory(&self.vhost_memory())?;
+            Ok(frontend)
+        });
+        let frontend = match connected {
+            Ok(frontend) => frontend,
+            Err(error) => {
+                process.kill();
+                return Err(QmpError::generic(format!(
+                    "the block device process of {id} failed: {}",
+                    common::describe(&error)
+                )));
+            }
+        };
+        let disk = Disk {
+            id: id.to_string(),
+            node,
+            slot,
+            drc,
+            serial,
+            unplug_asked: false,
+            process,
+            frontend,
+        };
+        let plug = core_hotplug::Request::Plug {
+            drcs: vec![disk.drc],
+            device: disk.path(),
+            cold: false,
+        };
+        if let Err(reason) = self.hotplug_request(plug) {
+            disk.process.kill();
+            return Err(QmpError::generic(reason));
+        }
+        Ok(disk)
+    }
+
+    /// device_del of a disk: every request reaches the guest again.
+    pub(super) fn disk_del(&mut self, name: &str) -> Result<Value, QmpError> {
+        let Some(disk) = self.disks.find_mut(name) else {
+            return Err(QmpError::device_not_found(format!(
+                "Device '{name}' not found"
+            )));
+        };
+        disk.unplug_asked = true;
+        let drcs = vec![disk.drc];
+        self.hotplug_request(core_hotplug::Request::UnplugRequest { drcs })
+            .map_err(QmpError::generic)?;
+        Ok(json!({}))
+    }
+
+    /// The guest gave the disk back (or a reset completed its unplug): the
+    /// frontend hangs up, which ends the block process, and the node is
+    /// free.
+    pub(super) fn release_disk(&mut self, device: &str) -> Result<(), String> {
+        let disk = self
+            .disks
+            .remove(device)
+            .ok_or_else(|| format!("an unknown disk {device}"))?;
+        let Disk {
+            id,
+            node,
+            process,
+            frontend,
+            ..
+        } = disk;
+        drop(frontend);
+        // A process that does not see the hang-up is ended anyway.
+        process.kill();
+        self.block_nodes.detach(&node);
+        log::info!("disk {id} unplugged");
+        self.qmp.emit(
+            "DEVICE_DELETED",
+            device_event(Some(&id), &format!("/machine/peripheral/{id}")),
+        );
+        Ok(())
+    }
+
+    /// A block process ended: expected once its disk went; otherwise the
+    /// disk has no backend any more (its requests go unanswered until it is
+    /// removed), which the log says.
+    pub(super) fn block_exited(&mut self, serial: u64, how: &str) {
+        match self.disks.by_serial(serial) {
+            None => log::info!("block process {serial} {how}"),
+            Some(disk) => log::error!(
+                "the block process of disk {} {how}: the disk is not served any more",
+                disk.id
+            ),
+        }
+    }
+
+    /// query-pci.
+    pub(super) fn query_pci(&self) -> Value {
+        self.disks.query_pci()
+    }
+}
