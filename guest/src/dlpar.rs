@@ -30,6 +30,7 @@ const MAX_CONFIGURE_STEPS: usize = 256;
 
 const RESOURCE_CPU: u8 = 1;
 const RESOURCE_MEMORY: u8 = 2;
+const RESOURCE_PCI: u8 = 5;
 const ACTION_ADD: u8 = 1;
 const ACTION_REMOVE: u8 = 2;
 const ID_DRC_INDEX: u8 = 2;
@@ -228,6 +229,14 @@ fn handle(event: Event) -> Option<usize> {
             crate::lmb::remove(event.index, event.index_or_count);
             None
         }
+        (RESOURCE_PCI, ACTION_ADD, ID_DRC_INDEX) => {
+            crate::pci::add(event.index_or_count);
+            None
+        }
+        (RESOURCE_PCI, ACTION_REMOVE, ID_DRC_INDEX) => {
+            crate::pci::remove(event.index_or_count);
+            None
+        }
         _ => {
             let mut line = Line::new();
             line.str("dlpar: ignored event ");
@@ -247,6 +256,7 @@ fn describe(line: &mut Line, event: &Event) {
     line.str(match event.resource {
         RESOURCE_CPU => "cpu ",
         RESOURCE_MEMORY => "memory ",
+        RESOURCE_PCI => "pci ",
         _ => "other ",
     });
     match event.id_type {
@@ -376,10 +386,33 @@ fn configure(drc: u32) -> Result<([u32; arch::MAX_CPUS], usize), &'static str> {
 
 /// Walks ibm,configure-connector for `drc` to its end, handing each
 /// property (name, value) to `on_property`.
+/// What the last configure-connector walk did: its calls, how many
+/// returned "next child" (2) and "next property" (3), and its last status.
+#[derive(Clone, Copy, Default)]
+pub struct WalkSteps {
+    pub calls: u32,
+    pub children: u32,
+    pub properties: u32,
+    pub last: i32,
+}
+
+static LAST_WALK: SpinLock<WalkSteps> = SpinLock::new(WalkSteps {
+    calls: 0,
+    children: 0,
+    properties: 0,
+    last: 0,
+});
+
+/// The last walk's steps.
+pub fn last_walk() -> WalkSteps {
+    *LAST_WALK.lock()
+}
+
 pub(crate) fn walk(
     drc: u32,
     mut on_property: impl FnMut(&[u8], &[u8]),
 ) -> Result<(), &'static str> {
+    *LAST_WALK.lock() = WalkSteps::default();
     let mut area = WORK_AREA.lock();
     let address = area.0.as_ptr() as u32;
     area.0[..8].copy_from_slice(&[0; 8]);
@@ -389,6 +422,16 @@ pub(crate) fn walk(
             Ok(ret) => ret.status,
             Err(_) => return Err("configure-connector unavailable"),
         };
+        {
+            let mut steps = LAST_WALK.lock();
+            steps.calls += 1;
+            steps.last = status;
+            match status {
+                2 => steps.children += 1,
+                3 => steps.properties += 1,
+                _ => {}
+            }
+        }
         match status {
             0 => return Ok(()),
             2 | 4 | -2 => {}

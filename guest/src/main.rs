@@ -15,6 +15,7 @@ mod hcall;
 mod hostile;
 mod lmb;
 mod mem;
+mod pci;
 mod platform;
 mod rtas;
 mod shell;

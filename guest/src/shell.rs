@@ -173,6 +173,11 @@ pub fn run() {
                 }
                 _ => usage("dlpar on|off"),
             },
+            "pci" => match words.next() {
+                None => crate::pci::list(),
+                Some("calls") => crate::pci::print_calls(),
+                Some(_) => usage("pci [calls]"),
+            },
             "time" => time(),
             "rtas-raw" => rtas_raw(&mut words),
             "bench" => bench(&mut words),
@@ -202,6 +207,8 @@ fn help() {
         "  rtas-recent          the last 16 of them: token and TSC cycles each\n",
         "  hostile <seed> <n>   n random and malformed RTAS calls; a tally of their statuses\n",
         "  dlpar off|on         stop or resume handling hot-plug events\n",
+        "  pci                  one line per PCI function: pci <drc> <bus:dev.fn> <vendor:device> <driver or ->\n",
+        "  pci calls            the RTAS calls of the last PCI add or remove, with their statuses\n",
         "  mem                  one line per LMB: lmb <drc> at <addr>: assigned|free [online] [pinned]\n",
         "  mem pin|unpin <addr> make the LMB holding addr non-movable, or movable again\n",
         "  mem fill|check <addr> <len> <seed>  write or check a pattern (a word per page)\n",

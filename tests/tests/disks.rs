@@ -137,10 +137,18 @@ fn a_disk_plugs_behind_a_jailed_block_process_and_goes_at_once_if_never_configur
             .map(|entry| entry.file_name())
             .collect();
         assert!(root.is_empty(), "the jail holds {root:?}");
-        // Its descriptors: no directory, nothing of the host but the image.
+        // Its descriptors past stdio (the log): nothing of the host but the
+        // image.
         for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))
             .expect("its descriptors")
             .flatten()
+            .filter(|entry| {
+                entry
+                    .file_name()
+                    .to_string_lossy()
+                    .parse::<u32>()
+                    .is_ok_and(|fd| fd > 2)
+            })
         {
             let target = std::fs::read_link(entry.path()).unwrap_or_default();
             let target = target.to_string_lossy();
@@ -313,6 +321,160 @@ fn a_dimm_reaches_every_disks_backend_and_leaves_it_when_unplugged() {
     assert_eq!(qmp.execute("system_reset", json!({})), ok());
     assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "dimm0");
     wait_until("the block process unmaps the DIMM", || !maps_dimm(pid));
+    drop(qmp);
+    drop(vm);
+    let _ = std::fs::remove_dir_all(scratch);
+}
+
+/// The guest's RTAS calls of its last PCI add or remove (`pci calls`).
+fn pci_calls(vm: &mut Vm) -> Vec<String> {
+    vm.console
+        .command("pci calls")
+        .into_iter()
+        .filter(|line| line.starts_with("call "))
+        .collect()
+}
+
+#[test]
+fn the_guest_adds_and_removes_a_disk_with_drmgrs_calls_and_a_pending_unplug_is_asked_again() {
+    let test =
+        "the_guest_adds_and_removes_a_disk_with_drmgrs_calls_and_a_pending_unplug_is_asked_again";
+    if !kvm_usable(test) {
+        return;
+    }
+    let scratch = papervisor_tests::scratch_dir();
+    let mut vm = Vm::start(&[]);
+    vm.boot();
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    let path = image(&scratch, "disk0.raw", 64 * MIB);
+    assert_eq!(blockdev_add(&mut qmp, "disk0", &path, false), ok());
+    assert_eq!(
+        disk_add(
+            &mut qmp,
+            json!({"id": "vd0", "drive": "disk0", "addr": "3.0"})
+        ),
+        ok()
+    );
+    vm.console
+        .expect_async("dlpar: pci add 0x40000018: ok", Duration::from_secs(60));
+    // drmgr's add, in order and in status (PCI reference §8).
+    assert_eq!(
+        pci_calls(&mut vm),
+        [
+            "call set-indicator(9001, 1073741848, 0) -> 0",
+            "call set-power-level(-1, 0) -> 0, 100",
+            "call set-indicator(9002, 1073741848, 1) -> 0",
+            "call get-sensor-state(9003, 1073741848) -> 0, 1",
+            "call set-power-level(-1, 100) -> 0, 100",
+            "call set-indicator(9001, 1073741848, 1) -> 0",
+            "call ibm,configure-connector(1073741848) x17 -> 2 x1, 3 x15, 0",
+        ]
+    );
+    assert_eq!(
+        vm.console.command("pci"),
+        ["pci 0x40000018 00:03.0 1af4:1042 -"]
+    );
+    assert_eq!(vm.drc(SLOT3_DRC as u32)["state"], "physical-configured");
+
+    // A pending unplug while the DR agent is stopped: every device_del asks
+    // again, and at most one remove event waits.
+    assert_eq!(vm.console.command("dlpar off"), ["dlpar: off"]);
+    for _ in 0..21 {
+        assert_eq!(qmp.execute("device_del", json!({"id": "vd0"})), ok());
+    }
+    let queued = qmp.execute("x-query-event-log", json!({}))["return"].clone();
+    assert_eq!(
+        queued,
+        json!([{"action": "remove", "resource": "pci", "drc": SLOT3_DRC}]),
+        "{queued}"
+    );
+    assert!(qmp
+        .events_within(Duration::from_millis(300))
+        .iter()
+        .all(|e| e["event"] != "DEVICE_DELETED"));
+    assert_eq!(vm.drc(SLOT3_DRC as u32)["unplug-requested"], true);
+    // The agent runs again: the waiting event is handled (perhaps before
+    // the shell's prompt comes back).
+    let removed = "dlpar: pci remove 0x40000018: ok";
+    let lines = vm.console.command("dlpar on");
+    assert_eq!(lines[0], "dlpar: on");
+    if !lines.iter().any(|line| line == removed) {
+        vm.console.expect_async(removed, Duration::from_secs(60));
+    }
+    assert_eq!(
+        qmp.wait_event("DEVICE_DELETED")["data"],
+        json!({"device": "vd0", "path": "/machine/peripheral/vd0"})
+    );
+    // drmgr's remove: the platform completed the unplug at the isolate.
+    assert_eq!(
+        pci_calls(&mut vm),
+        [
+            "call set-indicator(9002, 1073741848, 1) -> 0",
+            "call set-indicator(9001, 1073741848, 0) -> 0",
+            "call set-power-level(-1, 0) -> 0, 100",
+        ]
+    );
+    assert_eq!(vm.console.command("pci"), ["pci: no functions"]);
+    assert!(block_rows(&mut qmp).is_empty());
+    assert_eq!(vm.drc(SLOT3_DRC as u32)["device"], Value::Null);
+    assert_eq!(vm.drc(SLOT3_DRC as u32)["state"], "power-on");
+    assert_eq!(
+        qmp.execute("blockdev-del", json!({"node-name": "disk0"})),
+        ok()
+    );
+    drop(qmp);
+    drop(vm);
+    let _ = std::fs::remove_dir_all(scratch);
+}
+
+#[test]
+fn two_disks_plug_together_and_a_reset_completes_a_pending_unplug() {
+    let test = "two_disks_plug_together_and_a_reset_completes_a_pending_unplug";
+    if !kvm_usable(test) {
+        return;
+    }
+    let scratch = papervisor_tests::scratch_dir();
+    let mut vm = Vm::start(&[]);
+    vm.boot();
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    for (node, id) in [("disk0", "vd0"), ("disk1", "vd1")] {
+        let path = image(&scratch, &format!("{node}.raw"), MIB);
+        assert_eq!(blockdev_add(&mut qmp, node, &path, false), ok());
+        assert_eq!(disk_add(&mut qmp, json!({"id": id, "drive": node})), ok());
+    }
+    // First free slots: 0 and 1.
+    // Both events are handled in one go, then the prompt comes back.
+    let seen = vm
+        .console
+        .read_until("dlpar: pci add 0x40000008: ok", Duration::from_secs(60));
+    assert!(seen.contains("dlpar: pci add 0x40000000: ok"), "{seen}");
+    vm.console
+        .read_until(papervisor_tests::PROMPT, Duration::from_secs(30));
+    let listed = vm.console.command("pci");
+    assert_eq!(
+        listed,
+        [
+            "pci 0x40000000 00:00.0 1af4:1042 -",
+            "pci 0x40000008 00:01.0 1af4:1042 -"
+        ]
+    );
+    assert_eq!(block_rows(&mut qmp).len(), 2);
+    assert_eq!(vm.console.command("dlpar off"), ["dlpar: off"]);
+    assert_eq!(qmp.execute("device_del", json!({"id": "vd0"})), ok());
+    assert_eq!(qmp.execute("system_reset", json!({})), ok());
+    assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "vd0");
+    let rows = block_rows(&mut qmp);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["disk"], "vd1");
+    let pci = qmp.execute("query-pci", json!({}));
+    let devices = pci["return"][0]["devices"]
+        .as_array()
+        .expect("devices")
+        .clone();
+    assert_eq!(devices.len(), 1, "{pci}");
+    assert_eq!(devices[0]["qdev_id"], "vd1");
+    assert_eq!(vm.drc(0x4000_0008)["state"], "physical-configured");
+    assert_eq!(vm.drc(0x4000_0000)["device"], Value::Null);
     drop(qmp);
     drop(vm);
     let _ = std::fs::remove_dir_all(scratch);

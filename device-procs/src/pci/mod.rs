@@ -7,4 +7,5 @@
 
 pub mod common;
 pub mod config;
+pub mod node;
 pub mod virtio;

@@ -15,6 +15,9 @@ pub const VIRTIO_BLOCK: u16 = 2;
 /// A block device's class: mass storage, SCSI (as QEMU's virtio-blk-pci).
 const CLASS_STORAGE_SCSI: u32 = 0x01_00_00;
 
+/// The MSI-X vectors of a block device: its queue's and its configuration
+/// changes' (QEMU's default for one queue).
+pub const BLOCK_VECTORS: u16 = 2;
 /// The BAR of the MSI-X table and pending bits.
 pub const MSIX_BAR: usize = 1;
 /// The BAR of the modern virtio regions.

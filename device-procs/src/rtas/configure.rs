@@ -33,8 +33,7 @@ pub enum Step {
     Parent,
 }
 
-/// The fragment of the device a DRC connects (none yet for a PCI slot:
-/// its device node comes with the PCI host bridge).
+/// The fragment of the device a DRC connects.
 pub fn fragment(drc: DrcIndex, threads_per_core: u32) -> Option<Vec<Step>> {
     let mut steps = Vec::new();
     match drc.kind()? {
@@ -46,7 +45,16 @@ pub fn fragment(drc: DrcIndex, threads_per_core: u32) -> Option<Vec<Step>> {
                 steps.push(Step::Property(name, value));
             }
         }
-        DrcKind::Pci => return None,
+        DrcKind::Pci => {
+            // The device node only, as QEMU's fragment: no `name` property.
+            let (name, properties) = crate::pci::node::plugged_device_node(drc)?;
+            steps.push(Step::Child(name));
+            steps.extend(
+                properties
+                    .into_iter()
+                    .map(|(name, value)| Step::Property(name, value)),
+            );
+        }
         DrcKind::Lmb => {
             let address = u64::from(drc.id()) * LMB_SIZE;
             let reg: Vec<u8> = [address, LMB_SIZE]

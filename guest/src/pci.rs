@@ -1,0 +1,298 @@
+//! PCI hot plug as a pseries Linux guest does it. The kernel fetches the
+//! PCI event and leaves it to userspace: rtas_errd runs `drmgr -c pci
+//! -a|-r -s <index> -n -d4 -V`, whose RTAS calls this module makes in the
+//! same order (PCI reference §3.2, §3.3, §8):
+//!
+//! - add: isolate, power off, DR indicator on, the sensor (present?), power
+//!   on, unisolate, then the configure-connector walk of the device's node;
+//! - remove: DR indicator on, the device taken from the system, isolate
+//!   (the platform completes the unplug here), power off.
+//!
+//! The last sequence's calls and their statuses are kept for `pci calls`.
+
+use crate::console::Line;
+use crate::dlpar::{walk, DR_ENTITY_SENSE};
+use crate::fdt::be32;
+use crate::rtas;
+use crate::sync::SpinLock;
+
+const ISOLATION_STATE: u32 = 9001;
+const DR_INDICATOR: u32 = 9002;
+const ISOLATE: u32 = 0;
+const UNISOLATE: u32 = 1;
+const INDICATOR_ON: u32 = 1;
+const EMPTY: u32 = 0;
+/// The power domain of every PCI DRC (`ibm,drc-power-domains`): -1, the
+/// platform's own.
+const POWER_DOMAIN: u32 = u32::MAX;
+const POWER_OFF: u32 = 0;
+const POWER_ON: u32 = 100;
+/// drmgr reads the sensor once a second up to 30 times while the slot is
+/// empty (a card being seated); the platform answers at once, so a few
+/// reads without the wait say the same.
+const SENSOR_TRIES: usize = 3;
+
+/// A configured function.
+#[derive(Clone, Copy)]
+struct Function {
+    drc: u32,
+    vendor: u16,
+    device: u16,
+}
+
+/// Slots configured, at most.
+const MAX_FUNCTIONS: usize = 32;
+static FUNCTIONS: SpinLock<[Option<Function>; MAX_FUNCTIONS]> =
+    SpinLock::new([None; MAX_FUNCTIONS]);
+
+/// One RTAS call of the last sequence.
+#[derive(Clone, Copy)]
+struct Call {
+    name: &'static str,
+    args: [u32; 3],
+    nargs: usize,
+    status: i32,
+    out: [u32; 2],
+    nret: usize,
+    /// A configure-connector walk: its calls, children and properties.
+    walk: Option<crate::dlpar::WalkSteps>,
+}
+
+/// Calls of the last sequence kept, at most (an add makes 7 and a walk).
+const MAX_CALLS: usize = 48;
+static CALLS: SpinLock<([Option<Call>; MAX_CALLS], usize)> = SpinLock::new(([None; MAX_CALLS], 0));
+
+fn begin_sequence() {
+    let mut calls = CALLS.lock();
+    calls.0 = [None; MAX_CALLS];
+    calls.1 = 0;
+}
+
+fn record(call: Call) {
+    let mut calls = CALLS.lock();
+    let at = calls.1;
+    if at < MAX_CALLS {
+        calls.0[at] = Some(call);
+        calls.1 += 1;
+    }
+}
+
+/// Makes and records one call; its status (-1 when it could not be made).
+fn call(name: &'static str, args: &[u32], nret: usize) -> (i32, [u32; 2]) {
+    let (status, out) = match rtas::call(name, args, nret) {
+        Ok(ret) => (ret.status, [ret.out[0], ret.out[1]]),
+        Err(_) => (-1, [0, 0]),
+    };
+    let mut kept = [0; 3];
+    kept[..args.len().min(3)].copy_from_slice(&args[..args.len().min(3)]);
+    record(Call {
+        name,
+        args: kept,
+        nargs: args.len().min(3),
+        status,
+        out,
+        nret: nret.saturating_sub(1).min(2),
+        walk: None,
+    });
+    (status, out)
+}
+
+fn set_indicator(indicator: u32, drc: u32, value: u32) -> bool {
+    call("set-indicator", &[indicator, drc, value], 1).0 == 0
+}
+
+fn set_power(level: u32) -> bool {
+    call("set-power-level", &[POWER_DOMAIN, level], 2).0 == 0
+}
+
+fn report(action: &str, drc: u32, outcome: &str) {
+    Line::new()
+        .str("dlpar: pci ")
+        .str(action)
+        .str(" ")
+        .hex(drc as u64)
+        .str(": ")
+        .str(outcome)
+        .nl();
+}
+
+fn find(drc: u32) -> Option<usize> {
+    FUNCTIONS
+        .lock()
+        .iter()
+        .position(|f| f.is_some_and(|f| f.drc == drc))
+}
+
+/// drmgr's add: any failure isolates and powers the slot off again.
+pub fn add(drc: u32) {
+    begin_sequence();
+    if find(drc).is_some() {
+        return report("add", drc, "failed: the slot is already occupied");
+    }
+    let outcome = power_up(drc).and_then(|()| configure(drc));
+    match outcome {
+        Ok(function) => {
+            let mut functions = FUNCTIONS.lock();
+            match functions.iter_mut().find(|f| f.is_none()) {
+                Some(free) => *free = Some(function),
+                None => {
+                    drop(functions);
+                    return report("add", drc, "failed: too many functions");
+                }
+            }
+            drop(functions);
+            report("add", drc, "ok");
+        }
+        Err(why) => {
+            set_indicator(ISOLATION_STATE, drc, ISOLATE);
+            set_power(POWER_OFF);
+            let mut line = Line::new();
+            line.str("dlpar: pci add ")
+                .hex(drc as u64)
+                .str(": failed: ")
+                .str(why)
+                .nl();
+        }
+    }
+}
+
+fn power_up(drc: u32) -> Result<(), &'static str> {
+    if !set_indicator(ISOLATION_STATE, drc, ISOLATE) || !set_power(POWER_OFF) {
+        return Err("cannot isolate the slot");
+    }
+    if !set_indicator(DR_INDICATOR, drc, INDICATOR_ON) {
+        return Err("cannot set the DR indicator");
+    }
+    let mut present = false;
+    for _ in 0..SENSOR_TRIES {
+        let (status, out) = call("get-sensor-state", &[DR_ENTITY_SENSE, drc], 2);
+        if status != 0 {
+            return Err("cannot read the slot's sensor");
+        }
+        if out[0] != EMPTY {
+            present = true;
+            break;
+        }
+    }
+    if !present {
+        return Err("the slot is empty");
+    }
+    if !set_power(POWER_ON) || !set_indicator(ISOLATION_STATE, drc, UNISOLATE) {
+        return Err("cannot power the slot on");
+    }
+    Ok(())
+}
+
+/// The configure-connector walk: the device's node, its ids.
+fn configure(drc: u32) -> Result<Function, &'static str> {
+    let mut function = Function {
+        drc,
+        vendor: 0,
+        device: 0,
+    };
+    let walked = walk(drc, |name, value| match name {
+        b"vendor-id" => function.vendor = be32(value, 0).unwrap_or(0) as u16,
+        b"device-id" => function.device = be32(value, 0).unwrap_or(0) as u16,
+        _ => {}
+    });
+    // The walk's calls, counted by dlpar's walker: recorded as one line.
+    record(Call {
+        name: "ibm,configure-connector",
+        args: [drc, 0, 0],
+        nargs: 1,
+        status: if walked.is_ok() { 0 } else { -1 },
+        out: [0, 0],
+        nret: 0,
+        walk: Some(crate::dlpar::last_walk()),
+    });
+    walked.map(|()| function)
+}
+
+/// drmgr's remove (with `-V`): the device leaves the system, then the
+/// slot is isolated — where the platform completes the unplug — and
+/// powered off.
+pub fn remove(drc: u32) {
+    begin_sequence();
+    if !set_indicator(DR_INDICATOR, drc, INDICATOR_ON) {
+        return report("remove", drc, "failed: cannot set the DR indicator");
+    }
+    let Some(at) = find(drc) else {
+        return report("remove", drc, "failed: no device in the slot");
+    };
+    FUNCTIONS.lock()[at] = None;
+    set_indicator(ISOLATION_STATE, drc, ISOLATE);
+    set_power(POWER_OFF);
+    report("remove", drc, "ok");
+}
+
+/// `pci`: one line per function, `pci <drc> <bus:dev.fn> <vendor:device>
+/// <driver or ->`.
+pub fn list() {
+    let functions = *FUNCTIONS.lock();
+    let mut any = false;
+    for function in functions.iter().flatten() {
+        any = true;
+        let devfn = function.drc & 0xff;
+        let mut line = Line::new();
+        line.str("pci ").hex(function.drc as u64).str(" 00:");
+        hex2(&mut line, devfn >> 3);
+        line.str(".").dec(u64::from(devfn & 7)).str(" ");
+        hex4(&mut line, u32::from(function.vendor));
+        line.str(":");
+        hex4(&mut line, u32::from(function.device));
+        line.str(" -").nl();
+    }
+    if !any {
+        Line::new().str("pci: no functions").nl();
+    }
+}
+
+/// `pci calls`: the last add's or remove's RTAS calls, one per line:
+/// `<name>(<args>) -> <status>[, <outputs>]`.
+pub fn print_calls() {
+    let calls = *CALLS.lock();
+    for call in calls.0.iter().take(calls.1).flatten() {
+        let mut line = Line::new();
+        line.str("call ").str(call.name).str("(");
+        for (i, arg) in call.args.iter().take(call.nargs).enumerate() {
+            if i > 0 {
+                line.str(", ");
+            }
+            line.signed(i64::from(*arg as i32));
+        }
+        if let Some(walk) = call.walk {
+            // `x17 -> 2 x1, 3 x15, 0`: the walk's statuses, as counted.
+            line.str(") x")
+                .dec(u64::from(walk.calls))
+                .str(" -> 2 x")
+                .dec(u64::from(walk.children))
+                .str(", 3 x")
+                .dec(u64::from(walk.properties))
+                .str(", ")
+                .signed(i64::from(walk.last))
+                .nl();
+            continue;
+        }
+        line.str(") -> ").signed(i64::from(call.status));
+        for out in call.out.iter().take(call.nret) {
+            line.str(", ").dec(u64::from(*out));
+        }
+        line.nl();
+    }
+}
+
+fn hex_digits(line: &mut Line, value: u32, digits: u32) {
+    for shift in (0..digits).rev() {
+        let nibble = (value >> (shift * 4)) & 0xf;
+        let digit = b"0123456789abcdef"[nibble as usize];
+        line.bytes(&[digit]);
+    }
+}
+
+fn hex2(line: &mut Line, value: u32) {
+    hex_digits(line, value, 2);
+}
+
+fn hex4(line: &mut Line, value: u32) {
+    hex_digits(line, value, 4);
+}
