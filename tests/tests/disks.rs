@@ -479,3 +479,49 @@ fn two_disks_plug_together_and_a_reset_completes_a_pending_unplug() {
     drop(vm);
     let _ = std::fs::remove_dir_all(scratch);
 }
+
+#[test]
+fn a_killed_block_process_fails_its_disk_only_and_the_disk_still_goes() {
+    let test = "a_killed_block_process_fails_its_disk_only_and_the_disk_still_goes";
+    if papervisor_tests::skip_in_process(test, "it kills the block process") || !kvm_usable(test) {
+        return;
+    }
+    let scratch = papervisor_tests::scratch_dir();
+    let mut vm = Vm::start(&[]);
+    vm.boot();
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    let path = image(&scratch, "disk0.raw", MIB);
+    assert_eq!(blockdev_add(&mut qmp, "disk0", &path, false), ok());
+    assert_eq!(
+        disk_add(&mut qmp, json!({"id": "vd0", "drive": "disk0"})),
+        ok()
+    );
+    vm.console
+        .expect_async("dlpar: pci add 0x40000000: ok", Duration::from_secs(60));
+    let pid = block_rows(&mut qmp)[0]["pid"].as_u64().expect("a pid");
+    papervisor_tests::send_signal(pid, nix::sys::signal::Signal::SIGKILL);
+    wait_until("the core sees the block process end", || {
+        block_rows(&mut qmp)[0]["state"] == "failed"
+    });
+    assert_eq!(block_rows(&mut qmp)[0]["last-exit"], "killed by SIGKILL");
+    // The VM and the other devices run on.
+    assert_eq!(
+        vm.console.command("pci"),
+        ["pci 0x40000000 00:00.0 1af4:1042 -"]
+    );
+    assert_eq!(
+        qmp.execute("query-status", json!({}))["return"]["status"],
+        "running"
+    );
+    // The disk is removed as any other.
+    assert_eq!(qmp.execute("device_del", json!({"id": "vd0"})), ok());
+    assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "vd0");
+    assert!(block_rows(&mut qmp).is_empty());
+    assert_eq!(
+        qmp.execute("blockdev-del", json!({"node-name": "disk0"})),
+        ok()
+    );
+    drop(qmp);
+    drop(vm);
+    let _ = std::fs::remove_dir_all(scratch);
+}

@@ -208,3 +208,99 @@ impl VhostUserBackend for BlockBackend {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Address, Bytes, GuestAddress};
+
+    const QUEUE: u16 = 16;
+
+    fn backend() -> BlockBackend {
+        let fd =
+            nix::sys::memfd::memfd_create("image", nix::sys::memfd::MFdFlags::empty()).unwrap();
+        let image = std::fs::File::from(fd);
+        image.set_len(1 << 20).unwrap();
+        BlockBackend::new(Disk::new(image, false, "disk0").unwrap())
+    }
+
+    /// A get-id request in the first three descriptors of `queue`.
+    fn post_get_id(queue: &MockSplitQueue<'_, GuestMemoryMmap>) {
+        let chain = [
+            (0x1_0000, 16, VRING_DESC_F_NEXT, 1),
+            (0x2_0000, 20, VRING_DESC_F_NEXT | VRING_DESC_F_WRITE, 2),
+            (0x3_0000, 1, VRING_DESC_F_WRITE, 0),
+        ]
+        .map(|(addr, len, flags, next)| {
+            RawDescriptor::from(Descriptor::new(addr, len, flags as u16, next))
+        });
+        queue.add_desc_chains(&chain, 0).unwrap();
+    }
+
+    fn used_index(memory: &GuestMemoryMmap, queue: &MockSplitQueue<'_, GuestMemoryMmap>) -> u16 {
+        memory.read_obj(queue.used_addr().unchecked_add(2)).unwrap()
+    }
+
+    #[test]
+    fn a_ring_that_lies_stops_its_queue_until_the_driver_sets_it_up_again() {
+        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let queue = MockSplitQueue::create(&memory, GuestAddress(0), QUEUE);
+        let header = [8u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        memory.write_slice(&header, GuestAddress(0x1_0000)).unwrap();
+        let backend = backend();
+        let atomic = Memory::new(memory.clone());
+        backend.update_memory(atomic.clone()).unwrap();
+        let vring = VringRwLock::new(atomic, MAX_QUEUE_SIZE).unwrap();
+        vring.set_queue_size(QUEUE);
+        vring
+            .set_queue_info(
+                queue.desc_table_addr().0,
+                queue.avail_addr().0,
+                queue.used_addr().0,
+            )
+            .unwrap();
+        vring.set_queue_ready(true);
+        vring.set_enabled(true);
+        let vrings = [vring];
+
+        post_get_id(&queue);
+        backend.handle_event(0, EventSet::IN, &vrings, 0).unwrap();
+        assert_eq!(used_index(&memory, &queue), 1);
+        assert_eq!(backend.served(), 1);
+
+        // The driver claims 100 more buffers than a 16-entry ring holds.
+        let avail_index = queue.avail_addr().unchecked_add(2);
+        memory.write_obj(101u16, avail_index).unwrap();
+        backend.handle_event(0, EventSet::IN, &vrings, 0).unwrap();
+        assert_eq!(used_index(&memory, &queue), 1, "nothing served");
+        // Broken: even a sane ring is left alone now.
+        memory.write_obj(2u16, avail_index).unwrap();
+        backend.handle_event(0, EventSet::IN, &vrings, 0).unwrap();
+        assert_eq!(used_index(&memory, &queue), 1, "still broken");
+        // The driver negotiates again (a new set-up): served again.
+        backend.acked_features(backend.features());
+        backend.handle_event(0, EventSet::IN, &vrings, 0).unwrap();
+        assert_eq!(used_index(&memory, &queue), 2);
+        assert_eq!(backend.served(), 2);
+        // Events it does not serve are errors, not panics.
+        assert!(backend.handle_event(7, EventSet::IN, &vrings, 0).is_err());
+        assert!(backend.handle_event(0, EventSet::OUT, &vrings, 0).is_err());
+    }
+
+    #[test]
+    fn the_configuration_is_served_within_its_bounds_and_features_say_read_only() {
+        let backend = backend();
+        assert_eq!(backend.get_config(0, 8), 2048u64.to_le_bytes());
+        assert_eq!(
+            backend.get_config(0, CONFIG_BYTES as u32).len(),
+            CONFIG_BYTES
+        );
+        assert!(backend.get_config(0, CONFIG_BYTES as u32 + 1).is_empty());
+        assert!(backend.get_config(u32::MAX, 2).is_empty());
+        assert_eq!(backend.features() & (1 << VIRTIO_BLK_F_RO), 0);
+        assert_ne!(backend.features() & (1 << VIRTIO_F_VERSION_1), 0);
+    }
+}

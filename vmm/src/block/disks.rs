@@ -39,6 +39,8 @@ pub struct Disk {
     pub process: ProcessHandle,
     /// The core's vhost-user link to it.
     pub frontend: BlockFrontend,
+    /// How its block process ended, if it did before the disk went.
+    pub exit: Option<String>,
 }
 
 impl Disk {
@@ -154,8 +156,8 @@ impl Disks {
     }
 
     /// The disk served by block process `serial`.
-    pub fn by_serial(&self, serial: u64) -> Option<&Disk> {
-        self.disks.iter().find(|disk| disk.serial == serial)
+    pub fn by_serial(&mut self, serial: u64) -> Option<&mut Disk> {
+        self.disks.iter_mut().find(|disk| disk.serial == serial)
     }
 
     /// Takes `name` out of the table.

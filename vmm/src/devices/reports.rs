@@ -35,7 +35,8 @@ impl DeviceProcesses {
 
     /// The row of a disk's block device process: it is not restarted (its
     /// disk is no longer served once it ended).
-    pub fn block_info(&self, pid: u32, disk: &str, node: &str) -> Value {
+    /// `exit` is how it ended, if it did.
+    pub fn block_info(&self, pid: u32, disk: &str, node: &str, exit: Option<&str>) -> Value {
         let binary = match self.starter.mode() {
             DeviceMode::OutOfProcess => Some(super::spawn::sibling_binary("papervisor-block")),
             DeviceMode::InProcess => None,
@@ -45,10 +46,11 @@ impl DeviceProcesses {
             "disk": disk,
             "node": node,
             "pid": pid,
-            "state": "running",
+            "state": if exit.is_some() { "failed" } else { "running" },
             "mode": self.starter.mode().name(),
             "binary": binary,
             "restarts": 0,
+            "last-exit": exit,
         });
         self.add_confinement(&mut row);
         row

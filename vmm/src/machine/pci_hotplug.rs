@@ -164,6 +164,7 @@ impl Vm {
             unplug_asked: false,
             process,
             frontend,
+            exit: None,
         };
         let plug = core_hotplug::Request::Plug {
             drcs: vec![disk.drc],
@@ -220,14 +221,17 @@ impl Vm {
 
     /// A block process ended: expected once its disk went; otherwise the
     /// disk has no backend any more (its requests go unanswered until it is
-    /// removed), which the log says.
+    /// removed), which the log and x-query-device-processes say.
     pub(super) fn block_exited(&mut self, serial: u64, how: &str) {
         match self.disks.by_serial(serial) {
             None => log::info!("block process {serial} {how}"),
-            Some(disk) => log::error!(
-                "the block process of disk {} {how}: the disk is not served any more",
-                disk.id
-            ),
+            Some(disk) => {
+                log::error!(
+                    "the block process of disk {} {how}: the disk is not served any more",
+                    disk.id
+                );
+                disk.exit = Some(how.to_string());
+            }
         }
     }
 

@@ -42,8 +42,12 @@ impl Vm {
         }
         if let Some(list) = processes.as_array_mut() {
             list.extend(self.disks.all().iter().map(|disk| {
-                self.devices
-                    .block_info(disk.process.pid, &disk.id, &disk.node)
+                self.devices.block_info(
+                    disk.process.pid,
+                    &disk.id,
+                    &disk.node,
+                    disk.exit.as_deref(),
+                )
             }));
         }
         processes
