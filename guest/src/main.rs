@@ -94,6 +94,7 @@ extern "C" fn kernel_main(fdt_address: u64, cpu_id: u64) -> ! {
     };
     console::set_termno(platform.vty_termno);
     dlpar::init(platform);
+    pci::init(platform);
     lmb::init(platform);
     cpu::set_online(cpu_id, true);
     let sources = [platform.vty_irq, platform.hotplug_irq, platform.epow_irq];

@@ -123,6 +123,36 @@ fn find(drc: u32) -> Option<usize> {
         .position(|f| f.is_some_and(|f| f.drc == drc))
 }
 
+/// The PCI host bridge's node.
+const PHB_NODE: &str = "/pci@800000020000000";
+
+/// Records the functions present at boot: the bridge's child nodes, as
+/// Linux's boot-time scan of the device tree finds them.
+pub fn init(platform: &crate::platform::Platform) {
+    let fdt = &platform.fdt;
+    let Some(bridge) = fdt.path(PHB_NODE) else {
+        return;
+    };
+    let mut functions = FUNCTIONS.lock();
+    let mut free = functions.iter_mut().filter(|f| f.is_none());
+    fdt.for_each_child(bridge, |node| {
+        let (Some(drc), Some(vendor), Some(device)) = (
+            fdt.prop_u32(node, "ibm,my-drc-index"),
+            fdt.prop_u32(node, "vendor-id"),
+            fdt.prop_u32(node, "device-id"),
+        ) else {
+            return;
+        };
+        if let Some(slot) = free.next() {
+            *slot = Some(Function {
+                drc,
+                vendor: vendor as u16,
+                device: device as u16,
+            });
+        }
+    });
+}
+
 /// drmgr's add: any failure isolates and powers the slot off again.
 pub fn add(drc: u32) {
     begin_sequence();

@@ -117,6 +117,171 @@ impl Phb {
     }
 }
 
+/// A BAR's address space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BarSpace {
+    /// I/O space.
+    Io,
+    /// 32-bit memory.
+    Memory32,
+    /// 64-bit memory (two BAR registers).
+    Memory64,
+}
+
+/// What a PCI function is, as its configuration space and its device-tree
+/// node both show it: one description, so that the two never disagree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FunctionDescription {
+    /// Vendor id.
+    pub vendor: u16,
+    /// Device id.
+    pub device: u16,
+    /// Revision.
+    pub revision: u8,
+    /// Class code (base class, subclass, programming interface).
+    pub class: u32,
+    /// Subsystem vendor id.
+    pub subsystem_vendor: u16,
+    /// Subsystem id.
+    pub subsystem: u16,
+    /// INTx pin (1..=4), or 0.
+    pub interrupt_pin: u8,
+    /// Its BARs: register index, space, size (a power of two).
+    pub bars: &'static [(usize, BarSpace, u64)],
+    /// MSI-X table entries (0: no MSI-X).
+    pub msix_vectors: u16,
+    /// Its QOM type name (in its location code).
+    pub model: &'static str,
+}
+
+/// A modern virtio-blk-pci function as QEMU lays it out: BAR 1 the MSI-X
+/// table (4 KiB), BAR 4 (64-bit) the virtio regions (16 KiB), two vectors
+/// (its queue's and configuration changes').
+pub const VIRTIO_BLK_PCI: FunctionDescription = FunctionDescription {
+    vendor: 0x1af4,
+    device: 0x1042,
+    revision: 1,
+    class: 0x01_00_00,
+    subsystem_vendor: 0x1af4,
+    // Modern devices: at least 0x40.
+    subsystem: 0x1100,
+    interrupt_pin: 1,
+    bars: &[
+        (1, BarSpace::Memory32, 0x1000),
+        (4, BarSpace::Memory64, 0x4000),
+    ],
+    msix_vectors: 2,
+    model: "virtio-blk-pci",
+};
+
+/// A device-tree node: its name and its properties, in order.
+pub type Node = (String, Vec<(&'static str, Vec<u8>)>);
+
+fn be32(value: u32) -> Vec<u8> {
+    value.to_be_bytes().to_vec()
+}
+
+/// QEMU's node name for a class (`dt_name_from_class`), for the classes
+/// this machine plugs.
+fn name_of_class(class: u32) -> &'static str {
+    match class >> 8 {
+        0x0100 => "scsi",
+        0x0200 => "ethernet",
+        _ => "pci",
+    }
+}
+
+/// The node of `function` at `devfn` on the root bus of PHB `phb`,
+/// connected through `drc`, as QEMU's pseries machine writes a PCI device
+/// (`spapr_dt_pci_device`): what the device tree has for a function present
+/// at boot and what the configure-connector walk hands over for a
+/// hot-plugged one. Its status register has no flag set and its cache line,
+/// grant and latency registers read 0.
+pub fn device_node(function: &FunctionDescription, phb: u32, devfn: u8, drc: DrcIndex) -> Node {
+    let (slot, number) = (devfn >> 3, devfn & 7);
+    let name = match number {
+        0 => format!("{}@{slot:x}", name_of_class(function.class)),
+        _ => format!("{}@{slot:x},{number:x}", name_of_class(function.class)),
+    };
+    let mut properties = vec![
+        ("vendor-id", be32(function.vendor.into())),
+        ("device-id", be32(function.device.into())),
+        ("revision-id", be32(function.revision.into())),
+        ("class-code", be32(function.class)),
+    ];
+    if function.interrupt_pin != 0 {
+        properties.push(("interrupts", be32(function.interrupt_pin.into())));
+    }
+    if function.subsystem != 0 {
+        properties.push(("subsystem-id", be32(function.subsystem.into())));
+    }
+    if function.subsystem_vendor != 0 {
+        properties.push((
+            "subsystem-vendor-id",
+            be32(function.subsystem_vendor.into()),
+        ));
+    }
+    properties.push(("cache-line-size", be32(0)));
+    properties.push(("devsel-speed", be32(0)));
+    let location = format!(
+        "qemu_{}:{phb:04x}:00:{slot:02x}.{number:x}\0",
+        function.model
+    );
+    properties.push(("ibm,loc-code", location.into_bytes()));
+    properties.push(("ibm,my-drc-index", be32(drc.0)));
+    if function.msix_vectors != 0 {
+        properties.push(("ibm,req#msi-x", be32(function.msix_vectors.into())));
+    }
+    properties.push(("reg", reg(function, devfn)));
+    properties.push(("min-grant", be32(0)));
+    properties.push(("max-latency", be32(0)));
+    (name, properties)
+}
+
+/// The open-firmware space codes of a `reg` entry's phys.hi.
+const SPACE_IO: u32 = 0x0100_0000;
+const SPACE_MEM32: u32 = 0x0200_0000;
+const SPACE_MEM64: u32 = 0x0300_0000;
+const BAR0: u32 = 0x10;
+
+/// `reg`: the configuration space, then each BAR (relocatable, size only).
+fn reg(function: &FunctionDescription, devfn: u8) -> Vec<u8> {
+    let config = u32::from(devfn) << 8;
+    let mut cells = vec![config, 0, 0, 0, 0];
+    for &(index, space, size) in function.bars {
+        let code = match space {
+            BarSpace::Io => SPACE_IO,
+            BarSpace::Memory32 => SPACE_MEM32,
+            BarSpace::Memory64 => SPACE_MEM64,
+        };
+        let register = BAR0 + 4 * index as u32;
+        cells.extend([
+            config | code | register,
+            0,
+            0,
+            (size >> 32) as u32,
+            size as u32,
+        ]);
+    }
+    cells.iter().flat_map(|cell| cell.to_be_bytes()).collect()
+}
+
+/// The node of the device a PCI DRC connects: every PCI device this
+/// machine plugs is a virtio-blk-pci function on a PHB's root bus, so the
+/// DRC alone says what it is (a second kind of device would have the plug
+/// say which).
+pub fn plugged_device_node(drc: DrcIndex) -> Option<Node> {
+    if drc.kind()? != DrcKind::Pci {
+        return None;
+    }
+    let id = drc.id();
+    let (phb, chassis, devfn) = (id >> 16, (id >> 8) & 0xff, (id & 0xff) as u8);
+    if chassis != 0 || phb >= PHBS {
+        return None;
+    }
+    Some(device_node(&VIRTIO_BLK_PCI, phb, devfn, drc))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,5 +329,71 @@ mod tests {
         assert_eq!(next.buid, phb.buid + 1);
         assert_eq!(next.mem64.0, phb.mem64.0 + phb.mem64.1);
         assert_eq!(next.drc(0x11).unwrap().0, 0x4001_0011);
+    }
+
+    #[test]
+    fn a_virtio_block_node_has_qemus_fifteen_properties_in_order() {
+        let drc = DrcIndex::new(DrcKind::Pci, 0x18).unwrap();
+        let (name, properties) = plugged_device_node(drc).unwrap();
+        assert_eq!(name, "scsi@3");
+        let names: Vec<&str> = properties.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            names,
+            [
+                "vendor-id",
+                "device-id",
+                "revision-id",
+                "class-code",
+                "interrupts",
+                "subsystem-id",
+                "subsystem-vendor-id",
+                "cache-line-size",
+                "devsel-speed",
+                "ibm,loc-code",
+                "ibm,my-drc-index",
+                "ibm,req#msi-x",
+                "reg",
+                "min-grant",
+                "max-latency",
+            ]
+        );
+        let value = |name: &str| {
+            properties
+                .iter()
+                .find(|(n, _)| *n == name)
+                .unwrap()
+                .1
+                .clone()
+        };
+        assert_eq!(value("vendor-id"), be32(0x1af4));
+        assert_eq!(value("device-id"), be32(0x1042));
+        assert_eq!(value("class-code"), be32(0x010000));
+        assert_eq!(value("ibm,my-drc-index"), be32(0x4000_0018));
+        assert_eq!(value("ibm,req#msi-x"), be32(2));
+        assert_eq!(value("ibm,loc-code"), b"qemu_virtio-blk-pci:0000:00:03.0\0");
+        // Configuration space, BAR 1 (32-bit, 4 KiB), BAR 4 (64-bit, 16 KiB).
+        let reg: Vec<u32> = value("reg")
+            .chunks(4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        #[rustfmt::skip]
+        assert_eq!(
+            reg,
+            [
+                0x1800, 0, 0, 0, 0,
+                0x0200_1814, 0, 0, 0, 0x1000,
+                0x0300_1820, 0, 0, 0, 0x4000,
+            ]
+        );
+    }
+
+    #[test]
+    fn only_root_bus_pci_drcs_of_a_phb_have_a_node() {
+        let behind_a_bridge = DrcIndex::new(DrcKind::Pci, 0x0118).unwrap();
+        assert!(plugged_device_node(behind_a_bridge).is_none());
+        let second_phb = DrcIndex::new(DrcKind::Pci, 0x1_0018).unwrap();
+        assert!(plugged_device_node(second_phb).is_none());
+        let cpu = DrcIndex::new(DrcKind::Cpu, 3).unwrap();
+        assert!(plugged_device_node(cpu).is_none());
     }
 }

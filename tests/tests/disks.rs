@@ -525,3 +525,59 @@ fn a_killed_block_process_fails_its_disk_only_and_the_disk_still_goes() {
     drop(vm);
     let _ = std::fs::remove_dir_all(scratch);
 }
+
+#[test]
+fn a_disk_on_the_command_line_is_there_at_boot_and_goes_as_a_hot_plugged_one() {
+    let test = "a_disk_on_the_command_line_is_there_at_boot_and_goes_as_a_hot_plugged_one";
+    if !kvm_usable(test) {
+        return;
+    }
+    let scratch = papervisor_tests::scratch_dir();
+    let path = image(&scratch, "boot.raw", MIB);
+    let blockdev = format!(
+        "driver=file,node-name=boot,filename={},read-only=on",
+        path.display()
+    );
+    let mut vm = Vm::start(&[
+        "--blockdev",
+        &blockdev,
+        "--device",
+        "virtio-blk-pci,id=vd0,drive=boot,addr=5",
+    ]);
+    vm.boot();
+    // The guest found it in the device tree: no event, no add.
+    assert_eq!(
+        vm.console.command("pci"),
+        ["pci 0x40000028 00:05.0 1af4:1042 -"]
+    );
+    let drc = vm.drc(0x4000_0028);
+    assert_eq!(drc["state"], "physical-configured", "{drc}");
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    assert_eq!(
+        qmp.execute("x-query-event-log", json!({}))["return"],
+        json!([])
+    );
+    let blocks = qmp.execute("query-block", json!({}));
+    assert_eq!(blocks["return"][0]["inserted"]["ro"], true);
+    assert_eq!(block_rows(&mut qmp).len(), 1);
+    // Removed as any disk: drmgr's remove, then DEVICE_DELETED.
+    assert_eq!(qmp.execute("device_del", json!({"id": "vd0"})), ok());
+    vm.console
+        .expect_async("dlpar: pci remove 0x40000028: ok", Duration::from_secs(60));
+    assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "vd0");
+    assert!(block_rows(&mut qmp).is_empty());
+    drop(qmp);
+    drop(vm);
+    let _ = std::fs::remove_dir_all(scratch);
+}
+
+#[test]
+fn a_bad_disk_on_the_command_line_is_refused_before_anything_starts() {
+    let output = papervisor_tests::papervisor_command()
+        .args(["--device", "virtio-blk-pci,id=vd0,drive=nothing,addr=3.4"])
+        .output()
+        .expect("papervisor runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("function 4"), "{stderr}");
+}

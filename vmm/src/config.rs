@@ -76,6 +76,14 @@ pub struct Cli {
     /// printable characters).
     #[arg(long, value_parser = parse_name)]
     pub name: Option<String>,
+    /// A block node opened at start, as QMP blockdev-add's arguments:
+    /// driver=file,node-name=N,filename=PATH[,read-only=on] (repeatable).
+    #[arg(long, value_name = "KEY=VALUE,...")]
+    pub blockdev: Vec<String>,
+    /// A disk present at boot (its connector configured), as device_add's
+    /// arguments: virtio-blk-pci,id=ID,drive=NODE[,addr=SLOT] (repeatable).
+    #[arg(long, value_name = "DRIVER,KEY=VALUE,...")]
+    pub device: Vec<String>,
 }
 
 /// A VM name: short and printable, as it goes into QMP and logs.
@@ -386,6 +394,10 @@ pub struct VmConfig {
     pub uid: Option<u32>,
     /// The gid the device processes run as (`--gid`), if given.
     pub gid: Option<u32>,
+    /// `--blockdev`s then `--device`s, in order, checked as the QMP
+    /// commands they are (by the binary, with `qmp::arguments`): plugged
+    /// before the guest runs.
+    pub cold_plugs: Vec<crate::request::MachineRequest>,
 }
 
 /// The guest kernel.
@@ -502,6 +514,7 @@ impl VmConfig {
             name: cli.name,
             uid: cli.uid,
             gid: cli.gid,
+            cold_plugs: Vec::new(),
         })
     }
 }

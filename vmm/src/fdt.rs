@@ -6,7 +6,7 @@ use crate::layout::MemoryLayout;
 use ipc_proto::papr::{
     cpu_core_node_name, cpu_core_properties, irq, DrcIndex, DrcKind, RtasCall, LMB_SIZE,
 };
-use ipc_proto::pci::{Phb, MEM32_PCI_ADDRESS, PHBS};
+use ipc_proto::pci::{device_node, Phb, MEM32_PCI_ADDRESS, PHBS, VIRTIO_BLK_PCI};
 use thiserror::Error;
 use vm_fdt::FdtWriter;
 
@@ -49,6 +49,8 @@ pub struct MachineDescription<'a> {
     pub present_cores: &'a [u32],
     /// The plugged DIMMs (address, size), in address order.
     pub dimms: &'a [(u64, u64)],
+    /// The slots of the PCI host bridge whose function 0 holds a disk.
+    pub pci_slots: &'a [u8],
 }
 
 impl MachineDescription<'_> {
@@ -127,7 +129,7 @@ const PCI_SPACE_MEM64: u32 = 3 << 24;
 /// (`spapr_dt_phb`): its windows, its bus range and the physical DRCs of
 /// its root bus, one per devfn. Its devices' interrupts (LSIs, MSI-X)
 /// come with its first device.
-fn write_phb_node(fdt: &mut FdtWriter, phb: &Phb) -> Result<(), FdtError> {
+fn write_phb_node(fdt: &mut FdtWriter, phb: &Phb, slots: &[u8]) -> Result<(), FdtError> {
     let node = fdt.begin_node(&phb.node_name())?;
     fdt.property_string("device_type", "pci")?;
     fdt.property_string("compatible", "IBM,Logical_PHB")?;
@@ -155,6 +157,18 @@ fn write_phb_node(fdt: &mut FdtWriter, phb: &Phb) -> Result<(), FdtError> {
     fdt.property_u32("ibm,pci-config-space-type", 1)?;
     fdt.property_null("used-by-rtas")?;
     write_drc_arrays(fdt, &phb.drcs())?;
+    // The devices present: each a virtio-blk-pci function, its node as the
+    // configure-connector walk would have handed it over.
+    for &slot in slots {
+        let devfn = slot << 3;
+        let drc = phb.drc(devfn).ok_or(FdtError::DrcId(u32::from(devfn)))?;
+        let (name, properties) = device_node(&VIRTIO_BLK_PCI, phb.index, devfn, drc);
+        let device = fdt.begin_node(&name)?;
+        for (property, value) in properties {
+            fdt.property(property, &value)?;
+        }
+        fdt.end_node(device)?;
+    }
     fdt.end_node(node)?;
     Ok(())
 }
@@ -240,7 +254,9 @@ pub fn build(machine: &MachineDescription) -> Result<Vec<u8>, FdtError> {
     fdt.end_node(vdevice)?;
 
     for index in 0..PHBS {
-        write_phb_node(&mut fdt, &Phb::new(index))?;
+        // The disks are on PHB 0's root bus.
+        let slots = if index == 0 { machine.pci_slots } else { &[] };
+        write_phb_node(&mut fdt, &Phb::new(index), slots)?;
     }
 
     let drconf = fdt.begin_node(DRCONF_PLACEHOLDER)?;
@@ -385,6 +401,7 @@ mod tests {
             layout: &layout,
             present_cores: present,
             dimms: &[],
+            pci_slots: &[],
         })
         .unwrap()
     }
@@ -461,6 +478,38 @@ mod tests {
         assert_eq!(strings(&names[4..])[..3], ["C0", "C1", "C2"]);
         assert_eq!(strings(&prop("ibm,drc-types")[4..]), ["28"; 256]);
         assert_eq!(be32s(prop("ibm,drc-power-domains"))[1..], [!0; 256]);
+    }
+
+    #[test]
+    fn a_disk_present_at_boot_is_a_node_under_the_phb() {
+        let (smp, layout) = (
+            SmpConfig {
+                cpus: 1,
+                max_cpus: 1,
+                threads_per_core: 1,
+            },
+            MemoryLayout {
+                boot_ram: 512 << 20,
+                device_memory_start: 1 << 30,
+                device_memory_end: 1 << 30,
+            },
+        );
+        let blob = build(&MachineDescription {
+            smp: &smp,
+            layout: &layout,
+            present_cores: &[0],
+            dimms: &[],
+            pci_slots: &[3],
+        })
+        .unwrap();
+        let fdt = Fdt::new(&blob).unwrap();
+        let disk = fdt.find_node("/pci@800000020000000/scsi@3").unwrap();
+        let prop = |name| disk.property(name).unwrap().value;
+        assert_eq!(be32s(prop("vendor-id")), [0x1af4]);
+        assert_eq!(be32s(prop("device-id")), [0x1042]);
+        assert_eq!(be32s(prop("ibm,my-drc-index")), [0x4000_0018]);
+        assert_eq!(be32s(prop("reg"))[0], 0x1800);
+        assert!(fdt.find_node("/pci@800000020000000/scsi@0").is_none());
     }
 
     #[test]

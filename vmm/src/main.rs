@@ -50,6 +50,20 @@ fn main() -> ExitCode {
     };
     common::init_logging("core", log_level, Some(core_log));
 
+    let cold_plugs = cli
+        .blockdev
+        .iter()
+        .map(|text| ("--blockdev", text))
+        .chain(cli.device.iter().map(|text| ("--device", text)))
+        .map(|(option, text)| vmm::qmp::arguments::command_line_request(option, text))
+        .collect::<Result<Vec<_>, _>>();
+    let cold_plugs = match cold_plugs {
+        Ok(requests) => requests,
+        Err(error) => {
+            eprintln!("papervisor: {error}");
+            return ExitCode::from(common::EXIT_USAGE);
+        }
+    };
     let mut config = match config::VmConfig::from_cli(cli) {
         Ok(config) => config,
         Err(error) => {
@@ -57,6 +71,7 @@ fn main() -> ExitCode {
             return ExitCode::from(common::EXIT_USAGE);
         }
     };
+    config.cold_plugs = cold_plugs;
     config.sandbox.log_level = log::max_level();
     config.sandbox.log_file = Some(shared_log);
     raise_descriptor_limit();

@@ -7,5 +7,4 @@
 
 pub mod common;
 pub mod config;
-pub mod node;
 pub mod virtio;

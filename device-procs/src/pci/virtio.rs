@@ -5,6 +5,7 @@
 //! capabilities point the driver at each (PCI reference §5).
 
 use super::config::{Bar, BarKind, ConfigSpace, Identity, LayoutError};
+use ipc_proto::pci::{BarSpace, VIRTIO_BLK_PCI};
 
 /// Virtio's PCI vendor.
 pub const VIRTIO_VENDOR: u16 = 0x1af4;
@@ -12,18 +13,20 @@ pub const VIRTIO_VENDOR: u16 = 0x1af4;
 const MODERN_DEVICE_BASE: u16 = 0x1040;
 /// The virtio device id of a block device.
 pub const VIRTIO_BLOCK: u16 = 2;
-/// A block device's class: mass storage, SCSI (as QEMU's virtio-blk-pci).
-const CLASS_STORAGE_SCSI: u32 = 0x01_00_00;
+
+// The function's identity and BARs are `VIRTIO_BLK_PCI`'s (shared with the
+// device tree); they are virtio's modern block device.
+const _: () = assert!(VIRTIO_BLK_PCI.vendor == VIRTIO_VENDOR);
+const _: () = assert!(VIRTIO_BLK_PCI.device == MODERN_DEVICE_BASE + VIRTIO_BLOCK);
 
 /// The MSI-X vectors of a block device: its queue's and its configuration
 /// changes' (QEMU's default for one queue).
-pub const BLOCK_VECTORS: u16 = 2;
+pub const BLOCK_VECTORS: u16 = VIRTIO_BLK_PCI.msix_vectors;
 /// The BAR of the MSI-X table and pending bits.
 pub const MSIX_BAR: usize = 1;
 /// The BAR of the modern virtio regions.
 pub const MODERN_BAR: usize = 4;
-/// The MSI-X BAR's size, and where its pending bits start.
-const MSIX_BAR_BYTES: u64 = 0x1000;
+/// Where the MSI-X BAR's pending bits start.
 const MSIX_PBA_OFFSET: u32 = 0x800;
 /// The modern regions, each 4 KiB into the BAR.
 pub const COMMON_OFFSET: u32 = 0x0000;
@@ -36,7 +39,6 @@ pub const NOTIFY_OFFSET: u32 = 0x3000;
 const REGION_BYTES: u32 = 0x1000;
 /// Bytes between two queues' notification addresses.
 pub const NOTIFY_MULTIPLIER: u32 = 4;
-const MODERN_BAR_BYTES: u64 = 0x4000;
 
 /// PCI capability ids.
 const CAP_MSIX: u8 = 0x11;
@@ -51,32 +53,26 @@ const PCI_CFG: u8 = 5;
 /// The configuration space of a virtio block device with `vectors` MSI-X
 /// vectors (1..=2048).
 pub fn block_function(vectors: u16) -> Result<ConfigSpace, LayoutError> {
+    let function = VIRTIO_BLK_PCI;
     let mut space = ConfigSpace::new(Identity {
-        vendor: VIRTIO_VENDOR,
-        device: MODERN_DEVICE_BASE + VIRTIO_BLOCK,
-        revision: 1,
-        class: CLASS_STORAGE_SCSI,
-        subsystem_vendor: VIRTIO_VENDOR,
-        // Modern devices: at least 0x40.
-        subsystem: 0x1100,
-        interrupt_pin: 1,
+        vendor: function.vendor,
+        device: function.device,
+        revision: function.revision,
+        class: function.class,
+        subsystem_vendor: function.subsystem_vendor,
+        subsystem: function.subsystem,
+        interrupt_pin: function.interrupt_pin,
     });
-    space.add_bar(
-        MSIX_BAR,
-        Bar {
-            kind: BarKind::Memory32 {
+    for &(index, space_kind, size) in function.bars {
+        let kind = match space_kind {
+            BarSpace::Io => BarKind::Io,
+            BarSpace::Memory32 => BarKind::Memory32 {
                 prefetchable: false,
             },
-            size: MSIX_BAR_BYTES,
-        },
-    )?;
-    space.add_bar(
-        MODERN_BAR,
-        Bar {
-            kind: BarKind::Memory64 { prefetchable: true },
-            size: MODERN_BAR_BYTES,
-        },
-    )?;
+            BarSpace::Memory64 => BarKind::Memory64 { prefetchable: true },
+        };
+        space.add_bar(index, Bar { kind, size })?;
+    }
     // MSI-X: message control (table size − 1; the enable and function-mask
     // bits are the driver's), table at BAR 1 offset 0, pending bits after.
     let table_size = vectors.clamp(1, 2048) - 1;

@@ -47,7 +47,7 @@ pub fn fragment(drc: DrcIndex, threads_per_core: u32) -> Option<Vec<Step>> {
         }
         DrcKind::Pci => {
             // The device node only, as QEMU's fragment: no `name` property.
-            let (name, properties) = crate::pci::node::plugged_device_node(drc)?;
+            let (name, properties) = ipc_proto::pci::plugged_device_node(drc)?;
             steps.push(Step::Child(name));
             steps.extend(
                 properties

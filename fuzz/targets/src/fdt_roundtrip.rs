@@ -98,11 +98,14 @@ pub fn fuzz(data: &[u8]) {
         dimms.push((addr, size));
         at = addr + size;
     }
+    // Disks in the slots whose bit of byte 13 is set (slots 0..8).
+    let pci_slots: Vec<u8> = (0..8u8).filter(|s| byte(data, 13) >> s & 1 == 1).collect();
     let machine = MachineDescription {
         smp: &smp,
         layout: &layout,
         present_cores: &present,
         dimms: &dimms,
+        pci_slots: &pci_slots,
     };
     let blob = build(&machine).expect("a valid machine builds");
     let tree = Fdt::new(&blob).expect("the blob parses");
@@ -114,6 +117,21 @@ pub fn fuzz(data: &[u8]) {
         .map(|id| lmb(id * LMB_SIZE))
         .collect();
     check_drc_arrays(&root, &lmbs, "MEM");
+
+    let bridge = tree
+        .find_node("/pci@800000020000000")
+        .expect("the PCI host bridge");
+    assert_eq!(bridge.children().count(), pci_slots.len());
+    for &slot in &pci_slots {
+        let node = tree
+            .find_node(&format!("/pci@800000020000000/scsi@{slot:x}"))
+            .expect("a disk's node");
+        let drc = node
+            .property("ibm,my-drc-index")
+            .and_then(|p| p.as_usize())
+            .expect("its DRC");
+        assert_eq!(drc, 0x4000_0000 | usize::from(slot) << 3);
+    }
 
     let cpus = tree.find_node("/cpus").expect("/cpus");
     let cores: Vec<DrcIndex> = (0..smp.max_cores())

@@ -141,6 +141,7 @@ impl Vm {
         console_socket: Option<&crate::sockets::ClaimedSocket>,
         qmp: Arc<QmpServer>,
     ) -> Result<Vm, VmError> {
+        let cold_plugs = config.cold_plugs;
         let guest_image = match config.guest_image {
             GuestImage::File(bytes) => bytes,
             GuestImage::BuiltIn => BUILTIN_GUEST.to_vec(),
@@ -249,6 +250,7 @@ impl Vm {
         vm.startup.kvm += vcpus_started.elapsed();
         let cold_plug_started = Instant::now();
         vm.cold_plug_present_cores().map_err(VmError::Hotplug)?;
+        vm.cold_plug_disks(cold_plugs).map_err(VmError::Hotplug)?;
         vm.startup.devices += cold_plug_started.elapsed();
         Ok(vm)
     }
@@ -276,11 +278,13 @@ impl Vm {
             .iter()
             .map(|dimm| (dimm.addr, dimm.size))
             .collect();
+        let pci_slots: Vec<u8> = self.disks.all().iter().map(|disk| disk.slot).collect();
         let blob = fdt::build(&MachineDescription {
             smp: &self.smp,
             layout: &self.layout,
             present_cores: &present_cores,
             dimms: &dimms,
+            pci_slots: &pci_slots,
         })?;
         if blob.len() as u64 > FDT_MAX_SIZE {
             return Err(VmError::FdtTooLarge(blob.len()));

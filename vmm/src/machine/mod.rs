@@ -232,7 +232,7 @@ impl Vm {
                 self.dimm_add(&id, &memdev, addr)
             }
             MachineRequest::DeviceAdd(DeviceAdd::VirtioBlk { id, drive, slot }) => {
-                self.disk_add(&id, &drive, slot)
+                self.disk_add(&id, &drive, slot, false)
             }
             MachineRequest::DeviceDel(name) if self.dimms.find(&name).is_some() => {
                 self.dimm_del(&name)

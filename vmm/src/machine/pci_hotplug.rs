@@ -10,7 +10,7 @@ use crate::block::disks::Disk;
 use crate::block::frontend::{BlockFrontend, Region};
 use crate::control::ControlMessage;
 use crate::devices::spawn;
-use crate::request::QmpError;
+use crate::request::{DeviceAdd, MachineRequest, QmpError};
 use ipc_proto::link::core_hotplug;
 use ipc_proto::spawner::BlockStart;
 use serde_json::{json, Value};
@@ -68,13 +68,33 @@ impl Vm {
         regions
     }
 
+    /// The block nodes and disks of the command line, before the guest
+    /// runs: each disk's connector starts configured, its node in the device
+    /// tree.
+    pub(super) fn cold_plug_disks(&mut self, requests: Vec<MachineRequest>) -> Result<(), String> {
+        for request in requests {
+            let plugged = match request {
+                MachineRequest::BlockdevAdd(add) => self.block_nodes.add(add),
+                MachineRequest::DeviceAdd(DeviceAdd::VirtioBlk { id, drive, slot }) => {
+                    self.disk_add(&id, &drive, slot, true).map(drop)
+                }
+                other => Err(QmpError::generic(format!(
+                    "{other:?} is not plugged at start"
+                ))),
+            };
+            plugged.map_err(|error| error.desc)?;
+        }
+        Ok(())
+    }
+
     /// device_add of a virtio-blk-pci disk serving node `drive`, in `slot`
-    /// if the client says.
+    /// if the client says; `cold`: before the guest runs.
     pub(super) fn disk_add(
         &mut self,
         id: &str,
         drive: &str,
         slot: Option<u8>,
+        cold: bool,
     ) -> Result<Value, QmpError> {
         if self.cores.find(id).is_some() || self.dimms.find(id).is_some() {
             return Err(QmpError::generic(format!("Duplicate device ID '{id}'")));
@@ -89,7 +109,7 @@ impl Vm {
         let image = node.image.as_fd().try_clone_to_owned();
         let started = image
             .map_err(|error| QmpError::generic(format!("cannot share the image: {error}")))
-            .and_then(|image| self.start_disk(id, start, image, slot));
+            .and_then(|image| self.start_disk(id, start, image, slot, cold));
         match started {
             Ok(disk) => {
                 log::info!(
@@ -114,6 +134,7 @@ impl Vm {
         start: BlockStart,
         image: OwnedFd,
         slot: u8,
+        cold: bool,
     ) -> Result<Disk, QmpError> {
         let serial = start.serial;
         let node = start.node.clone();
@@ -169,7 +190,7 @@ impl Vm {
         let plug = core_hotplug::Request::Plug {
             drcs: vec![disk.drc],
             device: disk.path(),
-            cold: false,
+            cold,
         };
         if let Err(reason) = self.hotplug_request(plug) {
             disk.process.kill();

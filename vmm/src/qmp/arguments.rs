@@ -233,6 +233,64 @@ fn blockdev_add(arguments: &Map<String, Value>) -> Result<BlockdevAdd, QmpError>
     })
 }
 
+/// A cold plug on the command line, as QEMU writes one: `--blockdev
+/// key=value,...` (blockdev-add's arguments) or `--device
+/// DRIVER,key=value,...` (device_add's); `,,` is a comma in a value, and
+/// `read-only` takes on/off. Checked as the QMP command with those
+/// arguments, by the same code.
+pub fn command_line_request(option: &str, text: &str) -> Result<MachineRequest, String> {
+    let mut arguments = Map::new();
+    let mut items = Vec::new();
+    let mut item = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, chars.peek()) {
+            (',', Some(',')) => {
+                chars.next();
+                item.push(',');
+            }
+            (',', _) => items.push(std::mem::take(&mut item)),
+            _ => item.push(c),
+        }
+    }
+    items.push(item);
+    let command = match option {
+        "--blockdev" => Command::BlockdevAdd,
+        "--device" => {
+            let driver = items.remove(0);
+            arguments.insert("driver".into(), Value::String(driver));
+            Command::DeviceAdd
+        }
+        _ => return Err(format!("{option} is not a cold-plug option")),
+    };
+    for item in items {
+        let (key, value) = item
+            .split_once('=')
+            .ok_or_else(|| format!("{option}: '{item}' is not key=value"))?;
+        let value = match (key, value) {
+            ("read-only", "on" | "true") => Value::Bool(true),
+            ("read-only", "off" | "false") => Value::Bool(false),
+            ("read-only", other) => {
+                return Err(format!("{option}: read-only={other}: expected on or off"))
+            }
+            (_, value) => Value::String(value.to_string()),
+        };
+        if arguments.insert(key.to_string(), value).is_some() {
+            return Err(format!("{option}: '{key}' is given twice"));
+        }
+    }
+    let refused = |error: QmpError| format!("{option} {text}: {}", error.desc);
+    command.check(&arguments).map_err(refused)?;
+    match machine_request(command, &arguments).map_err(refused)? {
+        Some(request @ MachineRequest::BlockdevAdd(_))
+        | Some(request @ MachineRequest::DeviceAdd(DeviceAdd::VirtioBlk { .. })) => Ok(request),
+        _ => Err(format!(
+            "{option} {text}: only disks are plugged from the command line (--blockdev, --device {})",
+            disks::VIRTIO_BLK_DRIVER
+        )),
+    }
+}
+
 /// The longest path Linux opens.
 const MAX_PATH: usize = 4095;
 
@@ -460,5 +518,45 @@ mod tests {
                                     "action": "delay", "request": long})
         ))
         .contains("too long"));
+    }
+
+    #[test]
+    fn cold_plugs_on_the_command_line_are_checked_as_their_qmp_commands() {
+        let node = command_line_request(
+            "--blockdev",
+            "driver=file,node-name=disk0,filename=/images/a,,b.raw,read-only=on",
+        )
+        .unwrap();
+        assert_eq!(
+            node,
+            MachineRequest::BlockdevAdd(BlockdevAdd {
+                node_name: "disk0".into(),
+                filename: "/images/a,b.raw".into(),
+                read_only: true,
+            })
+        );
+        let disk =
+            command_line_request("--device", "virtio-blk-pci,id=vd0,drive=disk0,addr=3").unwrap();
+        assert_eq!(
+            disk,
+            MachineRequest::DeviceAdd(DeviceAdd::VirtioBlk {
+                id: "vd0".into(),
+                drive: "disk0".into(),
+                slot: Some(3),
+            })
+        );
+        let refused = |option, text| command_line_request(option, text).unwrap_err();
+        assert!(refused("--blockdev", "driver=file,node-name=d").contains("'filename' is missing"));
+        assert!(refused(
+            "--blockdev",
+            "driver=file,node-name=d,filename=/x,read-only=maybe"
+        )
+        .contains("expected on or off"));
+        assert!(refused("--device", "virtio-blk-pci,id=vd0,drive").contains("not key=value"));
+        assert!(refused("--device", "virtio-blk-pci,id=a,id=b,drive=d").contains("twice"));
+        assert!(
+            refused("--device", "virtio-blk-pci,id=vd0,drive=d,addr=3.1").contains("function 1")
+        );
+        assert!(refused("--device", "pc-dimm,id=d,memdev=m").contains("only disks"));
     }
 }
