@@ -8,7 +8,7 @@
 //! Run with `cargo bench -p papervisor-tests --bench isolation [-- ROUNDS]`
 //! (ROUNDS, 15 by default, scales the hot-plug, boot, per-VM and restart
 //! rows); `PAPERVISOR_BENCH_ROWS=restart,per-vm` runs only those groups
-//! (of `boot`, `calls`, `per-vm`, `floor`, `restart`).
+//! (of `boot`, `calls`, `per-vm`, `floor`, `restart`, `block`).
 //! It runs the README's build (no fault injection), optimised, from
 //! target/plain. Needs /dev/kvm; the restart rows need root (the jail).
 //!
@@ -584,6 +584,104 @@ fn per_vm_rows(table: &mut Table, mode: usize, rounds: usize) {
 
 /// A bare SEQPACKET request/response: between two processes, and between
 /// two threads of one process.
+/// Requests per block round.
+const BLOCK_REQUESTS: usize = 2048;
+/// The image the block rows read and write: 64 MiB, in 4 KiB blocks.
+const BLOCK_IMAGE: u64 = 64 << 20;
+
+/// A disk's data path without a guest: a host-side driver (the test's
+/// virtqueue in a memfd, the core's vhost-user frontend) against the block
+/// backend as its jail-less process under its seccomp filter
+/// (out-of-process) or the same code on a thread (in-process). 4 KiB reads
+/// and writes at random 4 KiB-aligned places at queue depth 1 and 32, and
+/// the null-request floor (get-id: answered from memory, the image never
+/// touched). A request's latency at depth 32 is its batch's: posted
+/// together, one kick, done when the last is used.
+fn block_rows(table: &mut Table, mode: usize, rounds: usize) {
+    use papervisor_tests::vhost_driver::{
+        connect, guest_memory, start_backend, Driver, Request, Where, GET_ID, READ, VERSION_1,
+        WRITE_REQUEST,
+    };
+    let place = [Where::Process, Where::Thread][mode];
+    let dir = papervisor_tests::scratch_dir();
+    let image = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dir.join("block.raw"))
+        .expect("an image");
+    // Written once, so that reads find blocks, not holes.
+    let block = vec![0x5a; 1 << 20];
+    for offset in (0..BLOCK_IMAGE).step_by(block.len()) {
+        std::os::unix::fs::FileExt::write_all_at(&image, &block, offset).expect("filled");
+    }
+    let (child, stream) = start_backend(
+        place,
+        &plain_binary("papervisor-block"),
+        &dir,
+        &image,
+        &["--id", "bench"],
+    );
+    let (memory, memfd) = guest_memory();
+    let mut frontend = connect(stream, &memory, &memfd);
+    let mut driver = Driver::new(&memory, 128);
+    frontend
+        .start(VERSION_1, &[driver.setup()])
+        .expect("the queue starts");
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut random_sector = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % (BLOCK_IMAGE / 4096)) * 8
+    };
+    let name = MODES[mode];
+    eprintln!("isolation: block rows, {name}");
+    let rounds = rounds.min(5);
+    for (label, kind, data, to_guest) in [
+        ("null request (get-id)", GET_ID, 20, true),
+        ("4 KiB random read", READ, 4096, true),
+        ("4 KiB random write", WRITE_REQUEST, 4096, false),
+    ] {
+        for depth in [1usize, 32] {
+            if kind == GET_ID && depth > 1 {
+                continue;
+            }
+            let row = format!("block: {label}, queue depth {depth} (host-side driver)");
+            let mut latencies = Vec::new();
+            let mut rates = Vec::new();
+            for _ in 0..rounds {
+                let started = Instant::now();
+                for _ in 0..BLOCK_REQUESTS / depth {
+                    let batch: Vec<Request> = (0..depth)
+                        .map(|_| Request {
+                            kind,
+                            sector: random_sector(),
+                            data,
+                            to_guest,
+                        })
+                        .collect();
+                    let posted = Instant::now();
+                    let statuses = driver.run(&batch);
+                    let took = posted.elapsed().as_secs_f64() * 1e6;
+                    assert!(statuses.iter().all(|&s| s == 0), "{statuses:?}");
+                    latencies.extend(std::iter::repeat_n(took, depth));
+                }
+                let elapsed = started.elapsed().as_secs_f64();
+                rates.push((BLOCK_REQUESTS / depth * depth) as f64 / elapsed);
+            }
+            table.add(mode, &format!("{row}: latency"), "µs", &latencies);
+            table.add(mode, &format!("{row}: IOPS"), "requests/s", &rates);
+        }
+    }
+    drop(frontend);
+    if let Some(mut child) = child {
+        let _ = child.wait();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 fn seqpacket_floor(table: &mut Table) {
     use nix::sys::socket::{recv, send, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
     let trips = 20_000;
@@ -680,6 +778,11 @@ fn main() {
     }
     if runs("floor") {
         seqpacket_floor(&mut table);
+    }
+    if runs("block") {
+        for mode in 0..MODES.len() {
+            block_rows(&mut table, mode, rounds);
+        }
     }
     if runs("restart") {
         if nix::unistd::geteuid().is_root() {

@@ -2,6 +2,8 @@
 //! start a VM, talk to its console socket.
 #![deny(missing_docs)]
 
+pub mod vhost_driver;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
