@@ -581,3 +581,53 @@ fn a_bad_disk_on_the_command_line_is_refused_before_anything_starts() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("function 4"), "{stderr}");
 }
+
+#[test]
+fn a_stopped_block_process_is_cut_off_and_memory_hot_plug_goes_on() {
+    let test = "a_stopped_block_process_is_cut_off_and_memory_hot_plug_goes_on";
+    if papervisor_tests::skip_in_process(test, "it stops the block process") || !kvm_usable(test) {
+        return;
+    }
+    let scratch = papervisor_tests::scratch_dir();
+    let mut vm = Vm::start(&papervisor_tests::HOTPLUG_MACHINE);
+    vm.boot();
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    let path = image(&scratch, "disk0.raw", MIB);
+    assert_eq!(blockdev_add(&mut qmp, "disk0", &path, false), ok());
+    assert_eq!(
+        disk_add(&mut qmp, json!({"id": "vd0", "drive": "disk0"})),
+        ok()
+    );
+    vm.console
+        .expect_async("dlpar: pci add 0x40000000: ok", Duration::from_secs(60));
+    let pid = block_rows(&mut qmp)[0]["pid"].as_u64().expect("a pid");
+    papervisor_tests::send_signal(pid, nix::sys::signal::Signal::SIGSTOP);
+    // The DIMM's region cannot reach the stopped backend: after its bounded
+    // wait the core cuts it off, and the DIMM is plugged all the same.
+    let backend = json!({"qom-type": "memory-backend-memfd", "id": "mem0", "size": 256 * MIB});
+    assert_eq!(qmp.execute("object-add", backend), ok());
+    let started = Instant::now();
+    let dimm = json!({"driver": "pc-dimm", "id": "dimm0", "memdev": "mem0"});
+    assert_eq!(qmp.execute("device_add", dimm), ok());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    let row = block_rows(&mut qmp)[0].clone();
+    assert_eq!(row["state"], "failed", "{row}");
+    let exit = row["last-exit"].as_str().unwrap_or_default();
+    assert!(
+        exit.starts_with("cut off: its backend did not take DIMM dimm0"),
+        "{exit}"
+    );
+    wait_until("the stopped block process is killed", || !runs(pid));
+    // The disk is still removed as any other.
+    assert_eq!(qmp.execute("device_del", json!({"id": "vd0"})), ok());
+    vm.console
+        .expect_async("dlpar: pci remove 0x40000000: ok", Duration::from_secs(60));
+    assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "vd0");
+    drop(qmp);
+    drop(vm);
+    let _ = std::fs::remove_dir_all(scratch);
+}

@@ -37,13 +37,24 @@ pub struct Disk {
     pub unplug_asked: bool,
     /// The block device process (or thread) serving it.
     pub process: ProcessHandle,
-    /// The core's vhost-user link to it.
-    pub frontend: BlockFrontend,
+    /// The core's vhost-user link to it, until the backend is cut off.
+    pub frontend: Option<BlockFrontend>,
     /// How its block process ended, if it did before the disk went.
     pub exit: Option<String>,
 }
 
 impl Disk {
+    /// Cuts the backend off after it failed a request of the frontend (a
+    /// late answer would be taken for the next request's): the link is
+    /// dropped, the process killed, and the disk is failed (`why`) until it
+    /// is removed.
+    pub fn cut_off(&mut self, why: String) {
+        log::error!("disk {}: {why}", self.id);
+        self.frontend = None;
+        self.process.kill();
+        self.exit.get_or_insert(why);
+    }
+
     /// Its devfn.
     pub fn devfn(&self) -> u8 {
         self.slot << 3

@@ -7,11 +7,15 @@
 //! the backend writes the call into KVM's irqfd.
 //!
 //! The backend is a peer the core does not trust: every reply is checked
-//! by the `vhost` crate, and the socket has timeouts so that a backend that
-//! stops answering costs a bounded wait and an error, never a hung core.
+//! by the `vhost` crate, and every message is bounded: the crate waits for
+//! a reply as long as it takes (it retries a socket time-out), so a
+//! watchdog shuts the socket down when [`BACKEND_TIMEOUT`] passes, which
+//! ends the wait with an error. A backend that timed out is done for: its
+//! late answer would be taken for the next request's.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::mpsc::{channel, RecvTimeoutError};
 use std::time::Duration;
 use thiserror::Error;
 use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
@@ -57,6 +61,9 @@ pub enum FrontendError {
     /// The backend did not answer as vhost-user says.
     #[error("the backend failed to {0}")]
     Protocol(&'static str, #[source] vhost::Error),
+    /// The backend did not answer in time (the link is shut down).
+    #[error("the backend did not {0} within {BACKEND_TIMEOUT:?}")]
+    TimedOut(&'static str),
     /// The backend lacks what the core requires.
     #[error("the backend does not offer {0}")]
     Lacks(&'static str),
@@ -109,6 +116,8 @@ pub struct QueueSetup<'a> {
 /// A connected, negotiated block backend.
 pub struct BlockFrontend {
     frontend: Frontend,
+    /// A copy of the socket, which the watchdog shuts down.
+    socket: OwnedFd,
     offered: u64,
     protocol: VhostUserProtocolFeatures,
     config: Vec<u8>,
@@ -121,56 +130,88 @@ impl BlockFrontend {
     /// (CONFIG required; REPLY_ACK and CONFIGURE_MEM_SLOTS taken when
     /// offered), ownership, the device configuration.
     pub fn connect(stream: UnixStream) -> Result<BlockFrontend, FrontendError> {
-        stream
-            .set_read_timeout(Some(BACKEND_TIMEOUT))
-            .and_then(|()| stream.set_write_timeout(Some(BACKEND_TIMEOUT)))
+        let socket = stream
+            .as_fd()
+            .try_clone_to_owned()
             .map_err(FrontendError::Socket)?;
-        let mut frontend = Frontend::from_stream(stream, 1);
-        let protocol = |what| move |error| FrontendError::Protocol(what, error);
-        let offered = frontend
-            .get_features()
-            .map_err(protocol("offer features"))?;
+        let mut link = BlockFrontend {
+            frontend: Frontend::from_stream(stream, 1),
+            socket,
+            offered: 0,
+            protocol: VhostUserProtocolFeatures::empty(),
+            config: Vec::new(),
+            queues: 1,
+        };
+        let offered = link.bounded("offer features", |f| f.get_features())?;
         if offered & VERSION_1 == 0 {
             return Err(FrontendError::Lacks("virtio 1.0 (VERSION_1)"));
         }
         if offered & PROTOCOL_FEATURES_BIT == 0 {
             return Err(FrontendError::Lacks("protocol features"));
         }
-        frontend
-            .set_features(PROTOCOL_FEATURES_BIT)
-            .map_err(protocol("take features"))?;
+        link.bounded("take features", |f| f.set_features(PROTOCOL_FEATURES_BIT))?;
         let wanted = VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
-        let offered_protocol = frontend
-            .get_protocol_features()
-            .map_err(protocol("offer protocol features"))?;
+        let offered_protocol =
+            link.bounded("offer protocol features", |f| f.get_protocol_features())?;
         if !offered_protocol.contains(VhostUserProtocolFeatures::CONFIG) {
             return Err(FrontendError::Lacks("its configuration (CONFIG)"));
         }
-        let protocol_features = offered_protocol & wanted;
-        frontend
-            .set_protocol_features(protocol_features)
-            .map_err(protocol("take protocol features"))?;
-        frontend.set_owner().map_err(protocol("take its owner"))?;
-        if protocol_features.contains(VhostUserProtocolFeatures::REPLY_ACK) {
-            frontend.set_hdr_flags(vhost::vhost_user::message::VhostUserHeaderFlag::NEED_REPLY);
+        let protocol = offered_protocol & wanted;
+        link.bounded("take protocol features", |f| {
+            f.set_protocol_features(protocol)
+        })?;
+        link.bounded("take its owner", |f| f.set_owner())?;
+        if protocol.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+            link.frontend
+                .set_hdr_flags(vhost::vhost_user::message::VhostUserHeaderFlag::NEED_REPLY);
         }
-        let (_, config) = frontend
-            .get_config(
+        let (_, config) = link.bounded("give its configuration", |f| {
+            f.get_config(
                 0,
                 CONFIG_BYTES,
                 VhostUserConfigFlags::WRITABLE,
                 &[0; CONFIG_BYTES as usize],
             )
-            .map_err(protocol("give its configuration"))?;
-        Ok(BlockFrontend {
-            frontend,
-            offered,
-            protocol: protocol_features,
-            config,
-            queues: 1,
-        })
+        })?;
+        link.offered = offered;
+        link.protocol = protocol;
+        link.config = config;
+        Ok(link)
+    }
+
+    /// Runs one exchange with the backend, bounded by [`BACKEND_TIMEOUT`]:
+    /// past it a watchdog shuts the socket down, which fails the exchange
+    /// (and every later one).
+    fn bounded<T>(
+        &mut self,
+        what: &'static str,
+        exchange: impl FnOnce(&mut Frontend) -> Result<T, vhost::Error>,
+    ) -> Result<T, FrontendError> {
+        let socket = self.socket.try_clone().map_err(FrontendError::Socket)?;
+        let (done, finished) = channel::<()>();
+        let watchdog = std::thread::Builder::new()
+            .name("vhost-user-watchdog".into())
+            .spawn(move || match finished.recv_timeout(BACKEND_TIMEOUT) {
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = nix::sys::socket::shutdown(
+                        socket.as_raw_fd(),
+                        nix::sys::socket::Shutdown::Both,
+                    );
+                    true
+                }
+                _ => false,
+            })
+            .map_err(FrontendError::Socket)?;
+        let result = exchange(&mut self.frontend);
+        drop(done);
+        let timed_out = watchdog.join().unwrap_or(true);
+        match result {
+            Ok(value) => Ok(value),
+            Err(_) if timed_out => Err(FrontendError::TimedOut(what)),
+            Err(error) => Err(FrontendError::Protocol(what, error)),
+        }
     }
 
     /// The features a driver may negotiate.
@@ -204,42 +245,31 @@ impl BlockFrontend {
     /// Hands the backend the whole memory table.
     pub fn set_memory(&mut self, regions: &[Region<'_>]) -> Result<(), FrontendError> {
         let infos: Vec<_> = regions.iter().map(Region::info).collect();
-        self.frontend
-            .set_mem_table(&infos)
-            .map(drop)
-            .map_err(|e| FrontendError::Protocol("take the memory table", e))
+        self.bounded("take the memory table", |f| {
+            f.set_mem_table(&infos).map(drop)
+        })
     }
 
     /// Adds one region (a DIMM plugged).
     pub fn add_region(&mut self, region: &Region<'_>) -> Result<(), FrontendError> {
-        self.frontend
-            .add_mem_region(&region.info())
-            .map(drop)
-            .map_err(|e| FrontendError::Protocol("add a memory region", e))
+        let info = region.info();
+        self.bounded("add a memory region", |f| f.add_mem_region(&info).map(drop))
     }
 
     /// Removes one region (a DIMM unplugged).
     pub fn remove_region(&mut self, region: &Region<'_>) -> Result<(), FrontendError> {
-        self.frontend
-            .remove_mem_region(&region.info())
-            .map_err(|e| FrontendError::Protocol("remove a memory region", e))
+        let info = region.info();
+        self.bounded("remove a memory region", |f| f.remove_mem_region(&info))
     }
 
     /// Starts the queues the driver set up, with the features it took
     /// (limited to [`BlockFrontend::driver_features`]).
     pub fn start(&mut self, features: u64, queues: &[QueueSetup<'_>]) -> Result<(), FrontendError> {
         let features = (features & self.driver_features()) | PROTOCOL_FEATURES_BIT;
-        let protocol = |what| move |error| FrontendError::Protocol(what, error);
-        self.frontend
-            .set_features(features)
-            .map_err(protocol("take the driver's features"))?;
+        self.bounded("take the driver's features", |f| f.set_features(features))?;
         for (index, queue) in queues.iter().enumerate().take(self.queues) {
-            self.frontend
-                .set_vring_num(index, queue.size)
-                .map_err(protocol("size a queue"))?;
-            self.frontend
-                .set_vring_base(index, 0)
-                .map_err(protocol("take a queue's base"))?;
+            self.bounded("size a queue", |f| f.set_vring_num(index, queue.size))?;
+            self.bounded("take a queue's base", |f| f.set_vring_base(index, 0))?;
             let addresses = VringConfigData {
                 queue_max_size: queue.size,
                 queue_size: queue.size,
@@ -249,18 +279,16 @@ impl BlockFrontend {
                 avail_ring_addr: queue.available,
                 log_addr: None,
             };
-            self.frontend
-                .set_vring_addr(index, &addresses)
-                .map_err(protocol("take a queue's addresses"))?;
-            self.frontend
-                .set_vring_call(index, queue.call)
-                .map_err(protocol("take a queue's call"))?;
-            self.frontend
-                .set_vring_kick(index, queue.kick)
-                .map_err(protocol("take a queue's kick"))?;
-            self.frontend
-                .set_vring_enable(index, true)
-                .map_err(protocol("enable a queue"))?;
+            self.bounded("take a queue's addresses", |f| {
+                f.set_vring_addr(index, &addresses)
+            })?;
+            self.bounded("take a queue's call", |f| {
+                f.set_vring_call(index, queue.call)
+            })?;
+            self.bounded("take a queue's kick", |f| {
+                f.set_vring_kick(index, queue.kick)
+            })?;
+            self.bounded("enable a queue", |f| f.set_vring_enable(index, true))?;
         }
         Ok(())
     }
@@ -270,10 +298,10 @@ impl BlockFrontend {
     pub fn stop(&mut self) -> Result<Vec<u32>, FrontendError> {
         (0..self.queues)
             .map(|index| {
-                self.frontend
-                    .set_vring_enable(index, false)
-                    .and_then(|()| self.frontend.get_vring_base(index))
-                    .map_err(|e| FrontendError::Protocol("stop a queue", e))
+                self.bounded("stop a queue", |f| {
+                    f.set_vring_enable(index, false)?;
+                    f.get_vring_base(index)
+                })
             })
             .collect()
     }

@@ -122,11 +122,7 @@ impl Vm {
                 "the RTAS server cannot map the DIMM: {failure}"
             )));
         }
-        if let Err(error) = self.share_dimm_with_disks(&dimm, &memory) {
-            undo(self, memory);
-            let _ = self.share_plugged_dimms();
-            return Err(error);
-        }
+        self.share_dimm_with_disks(&dimm, &memory);
         let plug = core_hotplug::Request::Plug {
             drcs: dimm.drcs(),
             device: dimm.path(),
@@ -154,43 +150,19 @@ impl Vm {
 
     /// Adds a DIMM's memory to every disk's backend's memory table (a region
     /// of its own), before the guest can put a buffer there. A backend that
-    /// fails it refuses the plug: the ones that took it give it back.
-    fn share_dimm_with_disks(&mut self, dimm: &Dimm, memory: &DimmMemory) -> Result<(), QmpError> {
-        let Some(backend) = self.dimms.backend(&dimm.memdev) else {
-            return Ok(());
-        };
-        let region = Region {
-            guest_address: dimm.addr,
-            size: dimm.size,
-            host_address: memory.host_address(),
-            file_offset: 0,
-            fd: backend.memory.memfd.as_fd(),
-        };
-        let mut shared = 0;
-        let mut failure = None;
-        for disk in self.disks.all_mut() {
-            match disk.frontend.add_region(&region) {
-                Ok(()) => shared += 1,
-                Err(error) => {
-                    failure = Some((disk.id.clone(), error));
-                    break;
-                }
-            }
-        }
-        let Some((id, error)) = failure else {
-            return Ok(());
-        };
-        for disk in self.disks.all_mut().iter_mut().take(shared) {
-            let _ = disk.frontend.remove_region(&region);
-        }
-        Err(QmpError::generic(format!(
-            "the block backend of {id} cannot map the DIMM: {}",
-            common::describe(&error)
-        )))
+    /// fails it is cut off (its disk fails): memory hot plug is not hostage
+    /// to one disk's backend.
+    fn share_dimm_with_disks(&mut self, dimm: &Dimm, memory: &DimmMemory) {
+        self.update_disks_memory(dimm, memory, true);
     }
 
-    /// Takes a DIMM's memory out of every disk's backend's memory table.
+    /// Takes a DIMM's memory out of every disk's backend's memory table; a
+    /// backend that fails it is cut off.
     fn unshare_dimm_with_disks(&mut self, dimm: &Dimm, memory: &DimmMemory) {
+        self.update_disks_memory(dimm, memory, false);
+    }
+
+    fn update_disks_memory(&mut self, dimm: &Dimm, memory: &DimmMemory, add: bool) {
         let Some(backend) = self.dimms.backend(&dimm.memdev) else {
             return;
         };
@@ -202,13 +174,20 @@ impl Vm {
             fd: backend.memory.memfd.as_fd(),
         };
         for disk in self.disks.all_mut() {
-            if let Err(error) = disk.frontend.remove_region(&region) {
-                log::error!(
-                    "the block backend of {} did not drop DIMM {}: {}",
-                    disk.id,
+            let Some(frontend) = disk.frontend.as_mut() else {
+                continue;
+            };
+            let updated = match add {
+                true => frontend.add_region(&region),
+                false => frontend.remove_region(&region),
+            };
+            if let Err(error) = updated {
+                let what = if add { "take" } else { "drop" };
+                disk.cut_off(format!(
+                    "cut off: its backend did not {what} DIMM {}: {}",
                     dimm.id,
                     common::describe(&error)
-                );
+                ));
             }
         }
     }

@@ -184,7 +184,7 @@ impl Vm {
             serial,
             unplug_asked: false,
             process,
-            frontend,
+            frontend: Some(frontend),
             exit: None,
         };
         let plug = core_hotplug::Request::Plug {
@@ -251,7 +251,7 @@ impl Vm {
                     "the block process of disk {} {how}: the disk is not served any more",
                     disk.id
                 );
-                disk.exit = Some(how.to_string());
+                disk.exit.get_or_insert_with(|| how.to_string());
             }
         }
     }
