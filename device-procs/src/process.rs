@@ -276,7 +276,13 @@ pub fn main(kind: ProcessKind) -> std::process::ExitCode {
             descriptors
         }),
     };
-    match descriptors.and_then(|descriptors| run(startup, descriptors)) {
+    exit_status(descriptors.and_then(|descriptors| run(startup, descriptors)))
+}
+
+/// How a device process ends: status 0 when it was served until the core
+/// hung up, else 1 with the reason logged.
+pub(crate) fn exit_status(ended: Result<(), impl std::error::Error>) -> std::process::ExitCode {
+    match ended {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             log::error!("{}", common::describe(&error));

@@ -631,3 +631,41 @@ fn a_stopped_block_process_is_cut_off_and_memory_hot_plug_goes_on() {
     drop(vm);
     let _ = std::fs::remove_dir_all(scratch);
 }
+
+#[test]
+fn two_vms_disks_run_under_their_own_vms_uids() {
+    let test = "two_vms_disks_run_under_their_own_vms_uids";
+    if papervisor_tests::skip_in_process(test, "it checks the jailed processes' uids")
+        || !papervisor_tests::root_and_kvm(test)
+    {
+        return;
+    }
+    let scratch = papervisor_tests::scratch_dir();
+    let mut pids_and_uids = Vec::new();
+    let mut vms = Vec::new();
+    for n in 0..2 {
+        let mut vm = Vm::start(&[]);
+        vm.boot();
+        let mut qmp = QmpClient::connect(&vm.qmp_socket());
+        let path = image(&scratch, &format!("disk{n}.raw"), MIB);
+        assert_eq!(blockdev_add(&mut qmp, "disk0", &path, false), ok());
+        assert_eq!(
+            disk_add(&mut qmp, json!({"id": "vd0", "drive": "disk0"})),
+            ok()
+        );
+        let row = block_rows(&mut qmp)[0].clone();
+        let pid = row["pid"].as_u64().expect("a pid");
+        let uid = row["uid"].as_u64().expect("a uid");
+        assert_eq!(
+            status_field(pid, "Uid").split_whitespace().next(),
+            Some(uid.to_string().as_str())
+        );
+        pids_and_uids.push((pid, uid));
+        vms.push((vm, qmp));
+    }
+    // Each VM's disk is served under that VM's uid: one VM's block process
+    // cannot signal or trace the other's.
+    assert_ne!(pids_and_uids[0].1, pids_and_uids[1].1, "{pids_and_uids:?}");
+    drop(vms);
+    let _ = std::fs::remove_dir_all(scratch);
+}

@@ -190,13 +190,7 @@ pub fn main() -> std::process::ExitCode {
         )
     };
     let confine = || Ok(seccomp::install_block(options.seccomp)?);
-    match serve(listener, image, &options, confine) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            log::error!("{}", common::describe(&error));
-            std::process::ExitCode::FAILURE
-        }
-    }
+    crate::process::exit_status(serve(listener, image, &options, confine))
 }
 
 #[cfg(test)]

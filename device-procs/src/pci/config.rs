@@ -6,6 +6,7 @@
 //! change — the BAR sizing protocol included — and what a write means to
 //! the device (a BAR moved, decoding switched) is said once, as data.
 
+use ipc_proto::pci::FunctionDescription;
 use thiserror::Error;
 
 /// Bytes of extended configuration space.
@@ -144,28 +145,10 @@ pub struct ConfigSpace {
     capabilities: Vec<(usize, usize)>,
 }
 
-/// The identity of a function.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Identity {
-    /// Vendor id.
-    pub vendor: u16,
-    /// Device id.
-    pub device: u16,
-    /// Revision.
-    pub revision: u8,
-    /// Class code (base class, subclass, programming interface).
-    pub class: u32,
-    /// Subsystem vendor id.
-    pub subsystem_vendor: u16,
-    /// Subsystem id.
-    pub subsystem: u16,
-    /// INTx pin (1..=4), or 0 for none.
-    pub interrupt_pin: u8,
-}
-
 impl ConfigSpace {
-    /// A function of `identity` with no BAR and no capability.
-    pub fn new(identity: Identity) -> ConfigSpace {
+    /// A function with the identity of `identity` (its ids, class,
+    /// subsystem and pin), no BAR and no capability yet.
+    pub fn new(identity: &FunctionDescription) -> ConfigSpace {
         let mut space = ConfigSpace {
             bytes: Box::new([0; CONFIG_SPACE_BYTES]),
             writable: Box::new([0; CONFIG_SPACE_BYTES]),
@@ -386,15 +369,7 @@ mod tests {
 
     /// A virtio-blk-pci function, modern: vendor 0x1af4, device 0x1042.
     fn function() -> ConfigSpace {
-        ConfigSpace::new(Identity {
-            vendor: 0x1af4,
-            device: 0x1042,
-            revision: 1,
-            class: 0x01_00_00,
-            subsystem_vendor: 0x1af4,
-            subsystem: 0x1100,
-            interrupt_pin: 1,
-        })
+        ConfigSpace::new(&ipc_proto::pci::VIRTIO_BLK_PCI)
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! byte, the device configuration and the queue notifications; the
 //! capabilities point the driver at each (PCI reference §5).
 
-use super::config::{Bar, BarKind, ConfigSpace, Identity, LayoutError};
+use super::config::{Bar, BarKind, ConfigSpace, LayoutError};
 use ipc_proto::pci::{BarSpace, VIRTIO_BLK_PCI};
 
 /// Virtio's PCI vendor.
@@ -54,15 +54,7 @@ const PCI_CFG: u8 = 5;
 /// vectors (1..=2048).
 pub fn block_function(vectors: u16) -> Result<ConfigSpace, LayoutError> {
     let function = VIRTIO_BLK_PCI;
-    let mut space = ConfigSpace::new(Identity {
-        vendor: function.vendor,
-        device: function.device,
-        revision: function.revision,
-        class: function.class,
-        subsystem_vendor: function.subsystem_vendor,
-        subsystem: function.subsystem,
-        interrupt_pin: function.interrupt_pin,
-    });
+    let mut space = ConfigSpace::new(&function);
     for &(index, space_kind, size) in function.bars {
         let kind = match space_kind {
             BarSpace::Io => BarKind::Io,
