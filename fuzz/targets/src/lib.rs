@@ -6,6 +6,7 @@ pub mod blk_request;
 pub mod event_roundtrip;
 pub mod fdt_roundtrip;
 pub mod ipc_frames;
+pub mod pci_bridge;
 pub mod pci_config;
 pub mod qmp;
 pub mod rtas_call;
@@ -17,7 +18,7 @@ pub mod virtio_common;
 pub type Target = fn(&[u8]);
 
 /// Every target, by name (the name of its corpus directory too).
-pub const TARGETS: [(&str, Target); 9] = [
+pub const TARGETS: [(&str, Target); 10] = [
     ("ipc_frames", ipc_frames::fuzz),
     ("rtas_call", rtas_call::fuzz),
     ("qmp", qmp::fuzz),
@@ -27,6 +28,7 @@ pub const TARGETS: [(&str, Target); 9] = [
     ("pci_config", pci_config::fuzz),
     ("virtio_common", virtio_common::fuzz),
     ("blk_request", blk_request::fuzz),
+    ("pci_bridge", pci_bridge::fuzz),
 ];
 
 /// The target called `name`.

@@ -350,6 +350,19 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
         "pci_config" => pci_config(),
         "virtio_common" => virtio_common(),
         "blk_request" => blk_request(),
+        // Plug at slot 3, read the ids, enable memory, MSI-X for two.
+        "pci_bridge" => vec![
+            [
+                0u8, 0x18, 0, 0, 0, 0, 0, 0, 2, 0x18, 0, 0, 4, 0, 0, 0, 3, 0x18, 4, 0, 2, 6, 0, 0,
+                4, 0x18, 0, 0, 4, 2, 0, 0, 5, 0x18, 0, 0, 0, 1, 0, 0,
+            ]
+            .to_vec(),
+            [
+                0u8, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 4, 8, 0, 0, 4, 8, 0,
+                0, 4, 8, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0,
+            ]
+            .to_vec(),
+        ],
         "fdt_roundtrip" => vec![
             vec![1, 1, 3, 1, 8, 4, 0xff, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 2],
             vec![0; 20],

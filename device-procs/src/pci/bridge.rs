@@ -1,0 +1,345 @@
+//! A PCI host bridge's root bus as the guest reaches it through RTAS
+//! (PCI reference §4): the functions plugged into it, configuration reads
+//! and writes by configuration address (`ibm,read-pci-config`,
+//! `ibm,write-pci-config`), and MSI/MSI-X vectors granted by
+//! `ibm,change-msi` and named by `ibm,query-interrupt-source-number` — with
+//! QEMU's answers, statuses included, since Linux reads them. The process
+//! that serves a bridge keeps one of these; everything here is checked,
+//! whatever the guest passes.
+
+use super::config::ConfigSpace;
+use super::virtio::block_function;
+use ipc_proto::papr::RtasStatus;
+use ipc_proto::pci::{ConfigAddress, DEVFNS_PER_BUS};
+
+/// `ibm,change-msi` functions (Linux's numbers).
+const QUERY: u32 = 0;
+const CHANGE: u32 = 1;
+const MSI: u32 = 3;
+const MSIX: u32 = 4;
+
+/// PCI capability ids.
+const CAP_MSI: u8 = 0x05;
+const CAP_MSIX: u8 = 0x11;
+const CAPABILITIES: u32 = 0x34;
+
+/// A plugged function: its configuration space and the vectors granted.
+struct Function {
+    space: ConfigSpace,
+    /// First interrupt and count granted by `ibm,change-msi`.
+    vectors: Option<(u32, u32)>,
+}
+
+/// The root bus of one bridge.
+pub struct Bridge {
+    functions: Vec<Option<Function>>,
+    /// Interrupt numbers MSIs are granted from: `first..first + count`.
+    interrupts: (u32, u32),
+}
+
+/// What `ibm,change-msi` answers: the vectors now granted (0 after a
+/// release) and whether they are MSI-X.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Granted {
+    /// Vectors granted (or, when more were asked than the function has,
+    /// how many it has: nothing is granted then).
+    pub count: u32,
+    /// MSI-X (else MSI).
+    pub msix: bool,
+}
+
+impl Bridge {
+    /// An empty bus whose MSIs come from `first..first + count`.
+    pub fn new(first: u32, count: u32) -> Bridge {
+        Bridge {
+            functions: (0..DEVFNS_PER_BUS).map(|_| None).collect(),
+            interrupts: (first, count),
+        }
+    }
+
+    /// Plugs a virtio block function at `devfn` (after its unplug, a new
+    /// one: its configuration starts afresh).
+    pub fn plug_block(&mut self, devfn: u8) -> Result<(), String> {
+        let space = block_function(super::virtio::BLOCK_VECTORS)
+            .map_err(|error| format!("a block function: {error}"))?;
+        self.functions[usize::from(devfn)] = Some(Function {
+            space,
+            vectors: None,
+        });
+        Ok(())
+    }
+
+    /// Takes the function at `devfn` out (its vectors go with it).
+    pub fn unplug(&mut self, devfn: u8) {
+        self.functions[usize::from(devfn)] = None;
+    }
+
+    fn function(&self, address: ConfigAddress) -> Result<&Function, RtasStatus> {
+        match (address.bus, self.functions.get(usize::from(address.devfn))) {
+            (0, Some(Some(function))) => Ok(function),
+            _ => Err(RtasStatus::HardwareError),
+        }
+    }
+
+    fn function_mut(&mut self, address: ConfigAddress) -> Result<&mut Function, RtasStatus> {
+        match (
+            address.bus,
+            self.functions.get_mut(usize::from(address.devfn)),
+        ) {
+            (0, Some(Some(function))) => Ok(function),
+            _ => Err(RtasStatus::HardwareError),
+        }
+    }
+
+    /// `ibm,read-pci-config`: no function there, a bad size, an unaligned
+    /// or out-of-range register are all -1, as QEMU answers.
+    pub fn read_config(&self, address: ConfigAddress, size: u32) -> Result<u32, RtasStatus> {
+        self.function(address)?
+            .space
+            .read(u32::from(address.register), size)
+            .map_err(|_| RtasStatus::HardwareError)
+    }
+
+    /// `ibm,write-pci-config`, with the same answers.
+    pub fn write_config(
+        &mut self,
+        address: ConfigAddress,
+        size: u32,
+        value: u32,
+    ) -> Result<(), RtasStatus> {
+        self.function_mut(address)?
+            .space
+            .write(u32::from(address.register), size, value)
+            .map(drop)
+            .map_err(|_| RtasStatus::HardwareError)
+    }
+
+    /// `ibm,change-msi` (`function`, `count`), as QEMU answers it: query
+    /// and the other functions are not implemented (-3); an absent device
+    /// or capability is -3; a release (count 0) of nothing is -1; more than
+    /// the function has is granted nothing and answered with what it has
+    /// (the guest asks again); else `count` consecutive interrupts.
+    pub fn change_msi(
+        &mut self,
+        address: ConfigAddress,
+        function: u32,
+        count: u32,
+    ) -> Result<Granted, RtasStatus> {
+        let (first_free, room) = self.next_free();
+        let target = self
+            .function_mut(address)
+            .map_err(|_| RtasStatus::ParameterError)?;
+        let msix = match function {
+            MSI => false,
+            MSIX => true,
+            CHANGE => !has_capability(&target.space, CAP_MSI),
+            QUERY => return Err(RtasStatus::ParameterError),
+            _ => return Err(RtasStatus::ParameterError),
+        };
+        let capacity = match msix {
+            true => msix_table_size(&target.space),
+            false => has_capability(&target.space, CAP_MSI).then_some(1),
+        }
+        .ok_or(RtasStatus::ParameterError)?;
+        if count == 0 {
+            return match target.vectors.take() {
+                Some(_) => Ok(Granted { count: 0, msix }),
+                None => Err(RtasStatus::HardwareError),
+            };
+        }
+        if count > capacity {
+            return Ok(Granted {
+                count: capacity,
+                msix,
+            });
+        }
+        if count > room {
+            return Err(RtasStatus::HardwareError);
+        }
+        target.vectors = Some((first_free, count));
+        Ok(Granted { count, msix })
+    }
+
+    /// `ibm,query-interrupt-source-number` for vector `n`: its interrupt
+    /// (edge-triggered), or -1 past what was granted.
+    pub fn interrupt_of(&self, address: ConfigAddress, n: u32) -> Result<u32, RtasStatus> {
+        match self.function(address)?.vectors {
+            Some((first, count)) if n < count => Ok(first + n),
+            _ => Err(RtasStatus::HardwareError),
+        }
+    }
+
+    /// The first interrupt after every one granted, and how many remain.
+    fn next_free(&self) -> (u32, u32) {
+        let (first, count) = self.interrupts;
+        let used_up_to = self
+            .functions
+            .iter()
+            .flatten()
+            .filter_map(|function| function.vectors)
+            .map(|(start, n)| start + n)
+            .max()
+            .unwrap_or(first);
+        (used_up_to, (first + count).saturating_sub(used_up_to))
+    }
+}
+
+/// Whether `space` lists capability `id` (a walk bounded as a well-formed
+/// list is: at most 48 entries).
+fn has_capability(space: &ConfigSpace, id: u8) -> bool {
+    find_capability(space, id).is_some()
+}
+
+fn find_capability(space: &ConfigSpace, id: u8) -> Option<u32> {
+    let mut at = space.read(CAPABILITIES, 1).ok()?;
+    for _ in 0..48 {
+        if at == 0 {
+            return None;
+        }
+        if space.read(at, 1).ok()? == u32::from(id) {
+            return Some(at);
+        }
+        at = space.read(at + 1, 1).ok()?;
+    }
+    None
+}
+
+/// The MSI-X table size of `space`, if it has the capability.
+fn msix_table_size(space: &ConfigSpace) -> Option<u32> {
+    let at = find_capability(space, CAP_MSIX)?;
+    Some((space.read(at + 2, 2).ok()? & 0x7ff) + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(devfn: u8, register: u16) -> ConfigAddress {
+        ConfigAddress {
+            bus: 0,
+            devfn,
+            register,
+        }
+    }
+
+    #[test]
+    fn configuration_reads_answer_minus_one_where_qemu_does() {
+        let mut bridge = Bridge::new(0x1300, 16);
+        let disk = 3 << 3;
+        assert_eq!(
+            bridge.read_config(at(disk, 0), 4),
+            Err(RtasStatus::HardwareError)
+        );
+        bridge.plug_block(disk).unwrap();
+        assert_eq!(bridge.read_config(at(disk, 0), 4), Ok(0x1042_1af4));
+        assert_eq!(
+            bridge.read_config(at(disk, 0), 3),
+            Err(RtasStatus::HardwareError)
+        );
+        assert_eq!(
+            bridge.read_config(at(disk, 1), 2),
+            Err(RtasStatus::HardwareError)
+        );
+        assert_eq!(
+            bridge.read_config(at(disk + 1, 0), 4),
+            Err(RtasStatus::HardwareError)
+        );
+        let other_bus = ConfigAddress {
+            bus: 1,
+            devfn: disk,
+            register: 0,
+        };
+        assert_eq!(
+            bridge.read_config(other_bus, 4),
+            Err(RtasStatus::HardwareError)
+        );
+        // The command register takes what a driver writes; the ids do not.
+        bridge.write_config(at(disk, 4), 2, 0x0006).unwrap();
+        assert_eq!(bridge.read_config(at(disk, 4), 2), Ok(0x0006));
+        bridge.write_config(at(disk, 0), 4, 0).unwrap();
+        assert_eq!(bridge.read_config(at(disk, 0), 4), Ok(0x1042_1af4));
+        bridge.unplug(disk);
+        assert_eq!(
+            bridge.read_config(at(disk, 0), 4),
+            Err(RtasStatus::HardwareError)
+        );
+    }
+
+    #[test]
+    fn msi_x_is_granted_as_linux_asks_for_it_on_qemu() {
+        let mut bridge = Bridge::new(0x1300, 16);
+        let disk = 3 << 3;
+        bridge.plug_block(disk).unwrap();
+        // Linux's sequence: MSI (-3, a virtio function has none), the
+        // release fallback (-1, nothing granted), then MSI-X.
+        assert_eq!(
+            bridge.change_msi(at(disk, 0), MSI, 2),
+            Err(RtasStatus::ParameterError)
+        );
+        assert_eq!(
+            bridge.change_msi(at(disk, 0), CHANGE, 0),
+            Err(RtasStatus::HardwareError)
+        );
+        assert_eq!(
+            bridge.change_msi(at(disk, 0), MSIX, 2),
+            Ok(Granted {
+                count: 2,
+                msix: true
+            })
+        );
+        assert_eq!(bridge.interrupt_of(at(disk, 0), 0), Ok(0x1300));
+        assert_eq!(bridge.interrupt_of(at(disk, 0), 1), Ok(0x1301));
+        assert_eq!(
+            bridge.interrupt_of(at(disk, 0), 2),
+            Err(RtasStatus::HardwareError)
+        );
+        // More than the table holds: nothing granted, the capacity told.
+        let second = 4 << 3;
+        bridge.plug_block(second).unwrap();
+        assert_eq!(
+            bridge.change_msi(at(second, 0), MSIX, 8),
+            Ok(Granted {
+                count: 2,
+                msix: true
+            })
+        );
+        assert_eq!(
+            bridge.interrupt_of(at(second, 0), 0),
+            Err(RtasStatus::HardwareError)
+        );
+        assert_eq!(bridge.change_msi(at(second, 0), MSIX, 2).unwrap().count, 2);
+        assert_eq!(bridge.interrupt_of(at(second, 0), 0), Ok(0x1302));
+        // Released at driver unbind; query and unknown functions are -3.
+        assert_eq!(bridge.change_msi(at(disk, 0), MSIX, 0).unwrap().count, 0);
+        assert_eq!(
+            bridge.interrupt_of(at(disk, 0), 0),
+            Err(RtasStatus::HardwareError)
+        );
+        assert_eq!(
+            bridge.change_msi(at(disk, 0), QUERY, 0),
+            Err(RtasStatus::ParameterError)
+        );
+        assert_eq!(
+            bridge.change_msi(at(disk, 0), 6, 1),
+            Err(RtasStatus::ParameterError)
+        );
+        assert_eq!(
+            bridge.change_msi(at(5 << 3, 0), MSIX, 1),
+            Err(RtasStatus::ParameterError)
+        );
+    }
+
+    #[test]
+    fn interrupts_run_out_with_an_error_not_an_overlap() {
+        let mut bridge = Bridge::new(0x1300, 3);
+        bridge.plug_block(0).unwrap();
+        bridge.plug_block(8).unwrap();
+        assert_eq!(bridge.change_msi(at(0, 0), MSIX, 2).unwrap().count, 2);
+        assert_eq!(
+            bridge.change_msi(at(8, 0), MSIX, 2),
+            Err(RtasStatus::HardwareError)
+        );
+        assert_eq!(bridge.change_msi(at(8, 0), MSIX, 1).unwrap().count, 1);
+        assert_eq!(bridge.interrupt_of(at(8, 0), 0), Ok(0x1302));
+    }
+}
