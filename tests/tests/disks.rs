@@ -311,11 +311,18 @@ fn a_dimm_reaches_every_disks_backend_and_leaves_it_when_unplugged() {
     );
     let pid = block_rows(&mut qmp)[0]["pid"].as_u64().expect("a pid");
     assert!(!maps_dimm(pid), "no DIMM yet");
+    // An id names one device, whatever its family.
+    let core = json!({"driver": "host-spapr-cpu-core", "core-id": 1, "id": "vd0"});
+    assert!(error(&qmp.execute("device_add", core)).contains("Duplicate device ID 'vd0'"));
     let backend = json!({"qom-type": "memory-backend-memfd", "id": "mem0", "size": 256 * MIB});
     assert_eq!(qmp.execute("object-add", backend), ok());
+    let named_as_the_disk = json!({"driver": "pc-dimm", "id": "vd0", "memdev": "mem0"});
+    assert!(error(&qmp.execute("device_add", named_as_the_disk)).contains("Duplicate device ID"));
     let dimm = json!({"driver": "pc-dimm", "id": "dimm0", "memdev": "mem0"});
     assert_eq!(qmp.execute("device_add", dimm), ok());
     assert!(maps_dimm(pid), "the block process maps the DIMM");
+    let disk_named_as_the_dimm = json!({"id": "dimm0", "drive": "disk0"});
+    assert!(error(&disk_add(&mut qmp, disk_named_as_the_dimm)).contains("Duplicate device ID"));
     // A reset completes the pending unplug: the DIMM leaves the backend.
     assert_eq!(qmp.execute("device_del", json!({"id": "dimm0"})), ok());
     assert_eq!(qmp.execute("system_reset", json!({})), ok());

@@ -85,9 +85,6 @@ impl Vm {
         memdev: &str,
         addr: Option<u64>,
     ) -> Result<Value, QmpError> {
-        if self.cores.find(id).is_some() {
-            return Err(QmpError::generic(format!("Duplicate device ID '{id}'")));
-        }
         let dimm = self.dimms.prepare_plug(id, memdev, addr)?;
         let memfd = &self
             .dimms

@@ -224,6 +224,16 @@ impl Vm {
 
     /// A QMP command that needs the machine, parsed by the QMP thread.
     fn carry_out(&mut self, request: MachineRequest) -> Result<Value, QmpError> {
+        // A QMP id names one device, whatever its family.
+        if let MachineRequest::DeviceAdd(add) = &request {
+            let id = match add {
+                DeviceAdd::Core { id, .. } => id.as_deref(),
+                DeviceAdd::Dimm { id, .. } | DeviceAdd::VirtioBlk { id, .. } => Some(id.as_str()),
+            };
+            if let Some(id) = id.filter(|id| self.plugged_device(id).is_some()) {
+                return Err(QmpError::generic(format!("Duplicate device ID '{id}'")));
+            }
+        }
         match request {
             MachineRequest::DeviceAdd(DeviceAdd::Core { core_id, id }) => {
                 self.core_add(core_id, id.as_deref())

@@ -96,9 +96,6 @@ impl Vm {
         slot: Option<u8>,
         cold: bool,
     ) -> Result<Value, QmpError> {
-        if self.cores.find(id).is_some() || self.dimms.find(id).is_some() {
-            return Err(QmpError::generic(format!("Duplicate device ID '{id}'")));
-        }
         let (slot, serial) = self.disks.prepare(id, slot)?;
         let node = self.block_nodes.attach(drive, id)?;
         let start = BlockStart {
