@@ -109,11 +109,25 @@ fn a_core_built_without_in_process_devices_runs_them_as_processes() {
         return;
     }
     let core = papervisor_tests::hardened_binary("papervisor");
-    let refused = std::process::Command::new(&core)
+    let mut child = std::process::Command::new(&core)
         .args(["--device-mode", "in-process"])
         .stdin(std::process::Stdio::null())
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    // A core that links the device code would boot a VM and run on: it
+    // gets 10 s to refuse.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the hardened core ran with in-process devices");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let refused = child.wait_with_output().unwrap();
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
