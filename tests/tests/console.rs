@@ -254,11 +254,13 @@ fn of_two_vms_started_at_once_on_the_same_sockets_the_loser_removes_nothing() {
         let winner = &mut both[1 - loser];
         assert!(winner.try_wait().unwrap().is_none(), "the winner ended too");
         // Both of the winner's sockets serve (the winner may have its locks
-        // and not yet have bound: the loser can be quicker).
+        // and not yet have bound, or have bound and not yet listened: the
+        // loser can be quicker).
         let deadline = Instant::now() + Duration::from_secs(10);
+        let qmp_serves = || std::os::unix::net::UnixStream::connect(dir.join("qmp.sock")).is_ok();
         let mut console = loop {
             match std::os::unix::net::UnixStream::connect(dir.join("console.sock")) {
-                Ok(console) if dir.join("qmp.sock").exists() => break console,
+                Ok(console) if qmp_serves() => break console,
                 Ok(_) | Err(_) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(20))
                 }
