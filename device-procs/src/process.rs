@@ -176,10 +176,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
-            "--seccomp" => {
-                options.startup.seccomp = seccomp::Mode::parse(value)
-                    .ok_or_else(|| format!("--seccomp {value}: expected kill, log or off"))?;
-            }
+            "--seccomp" => options.startup.seccomp = seccomp_option(value)?,
             "--state" => match value.as_str() {
                 "fresh" => options.startup.resume = false,
                 "resume" => options.startup.resume = true,
@@ -190,19 +187,27 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
                     ))
                 }
             },
-            "--log-level" => {
-                let level = value.parse().map_err(|_| {
-                    format!(
-                        "--log-level {value}: expected one of {:?}",
-                        common::LOG_LEVELS
-                    )
-                })?;
-                options.log_level = Some(level);
-            }
+            "--log-level" => options.log_level = Some(log_level_option(value)?),
             _ => return Err(format!("unknown option {flag}")),
         }
     }
     Ok(options)
+}
+
+/// The value of `--seccomp`, as every device process takes it.
+pub(crate) fn seccomp_option(value: &str) -> Result<seccomp::Mode, String> {
+    seccomp::Mode::parse(value)
+        .ok_or_else(|| format!("--seccomp {value}: expected kill, log or off"))
+}
+
+/// The value of `--log-level`, as every device process takes it.
+pub(crate) fn log_level_option(value: &str) -> Result<log::LevelFilter, String> {
+    value.parse().map_err(|_| {
+        format!(
+            "--log-level {value}: expected one of {:?}",
+            common::LOG_LEVELS
+        )
+    })
 }
 
 /// A device's body: serves from its descriptors until the core hangs up.

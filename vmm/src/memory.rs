@@ -127,9 +127,16 @@ impl DimmMemory {
         })
     }
 
-    /// Where the core maps it.
-    pub fn host_address(&self) -> u64 {
-        self.region.as_ptr() as u64
+    /// The DIMM as a vhost-user backend is told of it: its place, the
+    /// core's mapping and `memfd`, its backend's memfd.
+    pub fn vhost_region<'a>(&self, memfd: &'a File) -> crate::block::frontend::Region<'a> {
+        crate::block::frontend::Region {
+            guest_address: self.guest_address,
+            size: self.region.size() as u64,
+            host_address: self.region.as_ptr() as u64,
+            file_offset: 0,
+            fd: memfd.as_fd(),
+        }
     }
 
     /// The guest can no longer reach it: the slot goes, then the mapping.

@@ -73,18 +73,8 @@ pub fn parse_options(args: &[String]) -> Result<Options, String> {
         }
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
-            "--seccomp" => {
-                options.seccomp = seccomp::Mode::parse(value)
-                    .ok_or_else(|| format!("--seccomp {value}: expected kill, log or off"))?;
-            }
-            "--log-level" => {
-                options.log_level = Some(value.parse().map_err(|_| {
-                    format!(
-                        "--log-level {value}: expected one of {:?}",
-                        common::LOG_LEVELS
-                    )
-                })?);
-            }
+            "--seccomp" => options.seccomp = crate::process::seccomp_option(value)?,
+            "--log-level" => options.log_level = Some(crate::process::log_level_option(value)?),
             "--id" => options.id = value.clone(),
             _ => return Err(format!("unknown option {flag}")),
         }

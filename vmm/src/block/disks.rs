@@ -7,7 +7,7 @@ use super::frontend::BlockFrontend;
 use crate::devices::spawn::ProcessHandle;
 use crate::request::QmpError;
 use ipc_proto::papr::DrcIndex;
-use ipc_proto::pci::{Phb, DEVFNS_PER_BUS};
+use ipc_proto::pci::{Phb, DEVFNS_PER_BUS, VIRTIO_BLK_PCI};
 use serde_json::{json, Value};
 
 /// The driver QMP names.
@@ -16,10 +16,6 @@ pub const VIRTIO_BLK_DRIVER: &str = "virtio-blk-pci";
 pub const BUS_NAME: &str = "pci.0";
 /// Slots on the bridge's root bus.
 pub const SLOTS: u8 = (DEVFNS_PER_BUS / 8) as u8;
-/// The virtio vendor, and a modern virtio block device.
-pub const VENDOR_ID: u16 = 0x1af4;
-/// A modern virtio block device's id.
-pub const DEVICE_ID: u16 = 0x1042;
 
 /// A disk on the bridge.
 pub struct Disk {
@@ -55,14 +51,14 @@ impl Disk {
         self.exit.get_or_insert(why);
     }
 
-    /// Its devfn.
-    pub fn devfn(&self) -> u8 {
-        self.slot << 3
-    }
-
     /// Its QOM path.
     pub fn path(&self) -> String {
         format!("/machine/peripheral/{}", self.id)
+    }
+
+    /// Whether QMP's `name` (an id or a QOM path) names it.
+    fn is_named(&self, name: &str) -> bool {
+        self.id == name || self.path() == name
     }
 }
 
@@ -154,16 +150,12 @@ impl Disks {
 
     /// The disk with QMP id or QOM path `name`.
     pub fn find(&self, name: &str) -> Option<&Disk> {
-        self.disks
-            .iter()
-            .find(|disk| disk.id == name || disk.path() == name)
+        self.disks.iter().find(|disk| disk.is_named(name))
     }
 
     /// The disk `name`, to change.
     pub fn find_mut(&mut self, name: &str) -> Option<&mut Disk> {
-        self.disks
-            .iter_mut()
-            .find(|disk| disk.id == name || disk.path() == name)
+        self.disks.iter_mut().find(|disk| disk.is_named(name))
     }
 
     /// The disk served by block process `serial`.
@@ -173,10 +165,7 @@ impl Disks {
 
     /// Takes `name` out of the table.
     pub fn remove(&mut self, name: &str) -> Option<Disk> {
-        let at = self
-            .disks
-            .iter()
-            .position(|disk| disk.id == name || disk.path() == name)?;
+        let at = self.disks.iter().position(|disk| disk.is_named(name))?;
         Some(self.disks.remove(at))
     }
 
@@ -190,17 +179,21 @@ impl Disks {
         &mut self.disks
     }
 
-    /// query-pci, in QEMU's shape: the bridge's bus and its functions.
+    /// query-pci, in QEMU's shape: the bridge's bus and its functions, each
+    /// as its description (the device tree's and its configuration space's)
+    /// says.
     pub fn query_pci(&self) -> Value {
+        let function = VIRTIO_BLK_PCI;
         let devices: Vec<Value> = self
             .disks
             .iter()
             .map(|disk| {
                 json!({
                     "bus": 0, "slot": disk.slot, "function": 0,
-                    "class_info": {"desc": "SCSI controller", "class": 0x0100},
-                    "id": {"vendor": VENDOR_ID, "device": DEVICE_ID,
-                           "subsystem-vendor": VENDOR_ID, "subsystem": 0x1100},
+                    "class_info": {"desc": "SCSI controller", "class": function.class >> 8},
+                    "id": {"vendor": function.vendor, "device": function.device,
+                           "subsystem-vendor": function.subsystem_vendor,
+                           "subsystem": function.subsystem},
                     "qdev_id": disk.id,
                     "regions": [],
                 })

@@ -5,7 +5,6 @@
 
 use super::notifications::device_event;
 use super::Vm;
-use crate::block::frontend::Region;
 use crate::dimms::Dimm;
 use crate::memory::{BackendMemory, DimmMemory};
 use crate::request::{BackendAdd, QmpError};
@@ -163,13 +162,7 @@ impl Vm {
         let Some(backend) = self.dimms.backend(&dimm.memdev) else {
             return;
         };
-        let region = Region {
-            guest_address: dimm.addr,
-            size: dimm.size,
-            host_address: memory.host_address(),
-            file_offset: 0,
-            fd: backend.memory.memfd.as_fd(),
-        };
+        let region = memory.vhost_region(&backend.memory.memfd);
         for disk in self.disks.all_mut() {
             let Some(frontend) = disk.frontend.as_mut() else {
                 continue;

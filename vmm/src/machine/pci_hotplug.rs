@@ -56,13 +56,7 @@ impl Vm {
                 continue;
             };
             if let Some(plugged) = &backend.memory.plugged {
-                regions.push(Region {
-                    guest_address: dimm.addr,
-                    size: dimm.size,
-                    host_address: plugged.host_address(),
-                    file_offset: 0,
-                    fd: backend.memory.memfd.as_fd(),
-                });
+                regions.push(plugged.vhost_region(&backend.memory.memfd));
             }
         }
         regions
