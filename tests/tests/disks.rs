@@ -676,3 +676,38 @@ fn two_vms_disks_run_under_their_own_vms_uids() {
     drop(vms);
     let _ = std::fs::remove_dir_all(scratch);
 }
+
+#[test]
+fn a_disk_survives_a_killed_hotplug_controller_and_still_goes() {
+    let test = "a_disk_survives_a_killed_hotplug_controller_and_still_goes";
+    if papervisor_tests::skip_in_process(test, "it kills the hotplug controller")
+        || !kvm_usable(test)
+    {
+        return;
+    }
+    let scratch = papervisor_tests::scratch_dir();
+    let mut vm = Vm::start(&[]);
+    vm.boot();
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    let path = image(&scratch, "disk0.raw", MIB);
+    assert_eq!(blockdev_add(&mut qmp, "disk0", &path, false), ok());
+    assert_eq!(
+        disk_add(&mut qmp, json!({"id": "vd0", "drive": "disk0"})),
+        ok()
+    );
+    vm.console
+        .expect_async("dlpar: pci add 0x40000000: ok", Duration::from_secs(60));
+    vm.kill_and_await_restart("hotplug-controller");
+    // The successor resumed the physical DRC from the state region.
+    let drc = vm.drc(0x4000_0000);
+    assert_eq!(drc["state"], "physical-configured", "{drc}");
+    assert_eq!(drc["device"], "vd0", "{drc}");
+    assert_eq!(qmp.execute("device_del", json!({"id": "vd0"})), ok());
+    vm.console
+        .expect_async("dlpar: pci remove 0x40000000: ok", Duration::from_secs(60));
+    assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "vd0");
+    assert!(block_rows(&mut qmp).is_empty());
+    drop(qmp);
+    drop(vm);
+    let _ = std::fs::remove_dir_all(scratch);
+}
