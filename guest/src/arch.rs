@@ -8,11 +8,15 @@ pub const MAX_CPUS: usize = 64;
 pub const STACK_SIZE: usize = 16 * 1024;
 const IST_SIZE: usize = 8 * 1024;
 
-/// Device interrupts arrive on vector `DEVICE_VECTOR_BASE + (source - 0x1000)`.
+/// Device interrupts arrive on vector `DEVICE_VECTOR_BASE + (source - 0x1000)`:
+/// the platform's sources on 0x30.., PCI functions' MSIs (sources 0x1010..)
+/// on 0x40..0x7f.
 pub const DEVICE_VECTOR_BASE: u8 = 0x30;
-const DEVICE_VECTORS: u8 = 16;
-/// The last device vector is ours: a CPU wakes another with it.
-pub const WAKE_VECTOR: u8 = DEVICE_VECTOR_BASE + DEVICE_VECTORS - 1;
+const DEVICE_VECTORS: u8 = 80;
+/// PCI functions' MSI vectors start here.
+pub const MSI_VECTOR_BASE: u8 = 0x40;
+/// The last vector below the MSIs is ours: a CPU wakes another with it.
+pub const WAKE_VECTOR: u8 = 0x3f;
 
 const MSR_APIC_BASE: u32 = 0x1b;
 const MSR_X2APIC_ID: u32 = 0x802;
@@ -117,7 +121,7 @@ pub struct InterruptFrame {
 global_asm!(
     r#"
     .section .text
-    .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,48,49,50,51,52,53,54,55,56,57,58,59,60,61,62,63
+    .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,48,49,50,51,52,53,54,55,56,57,58,59,60,61,62,63,64,65,66,67,68,69,70,71,72,73,74,75,76,77,78,79,80,81,82,83,84,85,86,87,88,89,90,91,92,93,94,95,96,97,98,99,100,101,102,103,104,105,106,107,108,109,110,111,112,113,114,115,116,117,118,119,120,121,122,123,124,125,126,127
     .global isr_\n
     isr_\n:
     .if (\n == 8) | (\n == 10) | (\n == 11) | (\n == 12) | (\n == 13) | (\n == 14) | (\n == 17) | (\n == 21) | (\n == 29) | (\n == 30)
@@ -157,7 +161,7 @@ global_asm!(
     .balign 8
     .global isr_table
     isr_table:
-    .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,48,49,50,51,52,53,54,55,56,57,58,59,60,61,62,63
+    .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,48,49,50,51,52,53,54,55,56,57,58,59,60,61,62,63,64,65,66,67,68,69,70,71,72,73,74,75,76,77,78,79,80,81,82,83,84,85,86,87,88,89,90,91,92,93,94,95,96,97,98,99,100,101,102,103,104,105,106,107,108,109,110,111,112,113,114,115,116,117,118,119,120,121,122,123,124,125,126,127
         .quad isr_\n
     .endr
     "#,

@@ -211,7 +211,7 @@ fn holding(table: &Table, addr: u64) -> Option<usize> {
 }
 
 /// The word `mem fill` writes at `addr` for `seed`.
-fn pattern(addr: u64, seed: u64) -> u64 {
+pub fn pattern(addr: u64, seed: u64) -> u64 {
     let mut x = addr ^ seed.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15;
     x ^= x << 13;
     x ^= x >> 7;

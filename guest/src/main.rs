@@ -16,10 +16,12 @@ mod hostile;
 mod lmb;
 mod mem;
 mod pci;
+mod pcibus;
 mod platform;
 mod rtas;
 mod shell;
 mod sync;
+mod virtio_blk;
 
 use console::Line;
 use core::arch::global_asm;
@@ -94,6 +96,7 @@ extern "C" fn kernel_main(fdt_address: u64, cpu_id: u64) -> ! {
     };
     console::set_termno(platform.vty_termno);
     dlpar::init(platform);
+    pcibus::init(platform);
     pci::init(platform);
     lmb::init(platform);
     cpu::set_online(cpu_id, true);
@@ -193,6 +196,9 @@ extern "C" fn interrupt_dispatch(frame: &arch::InterruptFrame) {
     }
     if is_source(platform::get().epow_irq) {
         epow::interrupt();
+    }
+    if vector >= arch::MSI_VECTOR_BASE && vector != arch::WAKE_VECTOR {
+        virtio_blk::interrupt(0x1000 + u32::from(vector - arch::DEVICE_VECTOR_BASE));
     }
     // Device interrupts only wake a CPU; the shell's CPU does the work (reads
     // the console, handles hot-plug events), so pass the wake-up on.

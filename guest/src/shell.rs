@@ -47,6 +47,9 @@ impl LineReader {
                 if dlpar::pending() || epow::pending() {
                     return None;
                 }
+                // A held disk reads in the background while the shell
+                // waits: each completion's interrupt wakes it for the next.
+                crate::virtio_blk::background();
                 // The VMM raises the console interrupt when input arrives after
                 // we found the queue empty, so this cannot sleep through input.
                 arch::wait_for_interrupt();
@@ -178,6 +181,7 @@ pub fn run() {
                 Some("calls") => crate::pci::print_calls(),
                 Some(_) => usage("pci [calls]"),
             },
+            "blk" => crate::virtio_blk::command(&mut words, parse_number),
             "time" => time(),
             "rtas-raw" => rtas_raw(&mut words),
             "bench" => bench(&mut words),

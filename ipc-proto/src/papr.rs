@@ -244,11 +244,26 @@ pub enum RtasCall {
     SetPowerLevel,
     /// Reads a power domain's level.
     GetPowerLevel,
+    /// Reads a PCI configuration register of the first PHB (no BUID).
+    ReadPciConfig,
+    /// Writes a PCI configuration register of the first PHB (no BUID).
+    WritePciConfig,
+    /// Reads a PCI configuration register of a PHB named by its BUID.
+    IbmReadPciConfig,
+    /// Writes a PCI configuration register of a PHB named by its BUID.
+    IbmWritePciConfig,
+    /// Names the interrupt source of a function's granted MSI vector.
+    QueryInterruptSourceNumber,
+    /// Grants or releases a function's MSI or MSI-X vectors.
+    ChangeMsi,
+    /// EEH's PE address query: the platform has no EEH, and says so as
+    /// QEMU does without VFIO (parameter error).
+    GetConfigAddrInfo2,
 }
 
 impl RtasCall {
     /// Every call the platform implements, for `/rtas` and dispatch.
-    pub const ALL: [RtasCall; 16] = [
+    pub const ALL: [RtasCall; 23] = [
         RtasCall::DisplayCharacter,
         RtasCall::GetTimeOfDay,
         RtasCall::PowerOff,
@@ -265,6 +280,13 @@ impl RtasCall {
         RtasCall::SetXive,
         RtasCall::SetPowerLevel,
         RtasCall::GetPowerLevel,
+        RtasCall::ReadPciConfig,
+        RtasCall::WritePciConfig,
+        RtasCall::IbmReadPciConfig,
+        RtasCall::IbmWritePciConfig,
+        RtasCall::QueryInterruptSourceNumber,
+        RtasCall::ChangeMsi,
+        RtasCall::GetConfigAddrInfo2,
     ];
 
     /// The token the guest passes in `rtas_args.token`.
@@ -286,6 +308,13 @@ impl RtasCall {
             RtasCall::SetXive => 0x200a,
             RtasCall::SetPowerLevel => 0x201b,
             RtasCall::GetPowerLevel => 0x201c,
+            RtasCall::ReadPciConfig => 0x2014,
+            RtasCall::WritePciConfig => 0x2015,
+            RtasCall::IbmReadPciConfig => 0x2016,
+            RtasCall::IbmWritePciConfig => 0x2017,
+            RtasCall::QueryInterruptSourceNumber => 0x2018,
+            RtasCall::ChangeMsi => 0x2019,
+            RtasCall::GetConfigAddrInfo2 => 0x2021,
         }
     }
 
@@ -308,6 +337,13 @@ impl RtasCall {
             RtasCall::SetXive => "ibm,set-xive",
             RtasCall::SetPowerLevel => "set-power-level",
             RtasCall::GetPowerLevel => "get-power-level",
+            RtasCall::ReadPciConfig => "read-pci-config",
+            RtasCall::WritePciConfig => "write-pci-config",
+            RtasCall::IbmReadPciConfig => "ibm,read-pci-config",
+            RtasCall::IbmWritePciConfig => "ibm,write-pci-config",
+            RtasCall::QueryInterruptSourceNumber => "ibm,query-interrupt-source-number",
+            RtasCall::ChangeMsi => "ibm,change-msi",
+            RtasCall::GetConfigAddrInfo2 => "ibm,get-config-addr-info2",
         }
     }
 
@@ -359,8 +395,18 @@ pub mod irq {
     /// The x86 vector of source `BASE`.
     pub const X86_VECTOR_BASE: u32 = 0x30;
 
-    /// Every source the platform has.
+    /// Every fixed source the platform has.
     pub const ALL: [u32; 3] = [EPOW, HOTPLUG, VTY];
+    /// The sources PCI functions' MSI-X vectors are granted from
+    /// (`ibm,change-msi`): `MSI_FIRST..MSI_FIRST + MSI_COUNT`.
+    pub const MSI_FIRST: u32 = 0x1010;
+    /// See [`MSI_FIRST`]: two vectors for each of 32 slots.
+    pub const MSI_COUNT: u32 = 64;
+
+    /// Every source the platform may raise: the fixed ones and the MSIs.
+    pub fn every_source() -> impl Iterator<Item = u32> {
+        ALL.into_iter().chain(MSI_FIRST..MSI_FIRST + MSI_COUNT)
+    }
 
     /// The x86 vector a source is delivered on.
     pub const fn x86_vector(source: u32) -> u32 {

@@ -96,6 +96,26 @@ impl Phb {
         format!("pci@{:x}", self.buid)
     }
 
+    /// The PCI bus address of a CPU address in one of its memory windows.
+    pub fn bus_address(&self, cpu: u64) -> Option<u64> {
+        let (base32, size32) = self.mem32;
+        let (base64, size64) = self.mem64;
+        if cpu >= base32 && cpu - base32 < size32 {
+            return Some(cpu - base32 + MEM32_PCI_ADDRESS);
+        }
+        (cpu >= base64 && cpu - base64 < size64).then_some(cpu)
+    }
+
+    /// The CPU address of a bus address in one of its memory windows.
+    pub fn cpu_address(&self, bus: u64) -> Option<u64> {
+        let (base32, size32) = self.mem32;
+        let (base64, size64) = self.mem64;
+        if bus >= MEM32_PCI_ADDRESS && bus - MEM32_PCI_ADDRESS < size32 {
+            return Some(bus - MEM32_PCI_ADDRESS + base32);
+        }
+        (bus >= base64 && bus - base64 < size64).then_some(bus)
+    }
+
     /// The DRC of `devfn` on its root bus.
     pub fn drc(&self, devfn: u8) -> Option<DrcIndex> {
         DrcIndex::new(DrcKind::Pci, pci_drc_id(self.index, 0, devfn)?)

@@ -375,11 +375,21 @@ fn the_guest_adds_and_removes_a_disk_with_drmgrs_calls_and_a_pending_unplug_is_a
             "call set-power-level(-1, 100) -> 0, 100",
             "call set-indicator(9001, 1073741848, 1) -> 0",
             "call ibm,configure-connector(1073741848) x17 -> 2 x1, 3 x15, 0",
+            // The kernel's rescan and the driver's probe (PCI reference §4,
+            // §8): no EEH, MSI refused, nothing to release, MSI-X granted.
+            "call ibm,get-config-addr-info2(0) -> -3",
+            "call ibm,change-msi(3, 0) -> -3",
+            "call ibm,change-msi(1, 0) -> -1",
+            "call ibm,change-msi(4, 2) -> 0, 2, 1",
+            "call ibm,query-interrupt-source-number(0) -> 0, 4112, 1",
+            "call ibm,query-interrupt-source-number(1) -> 0, 4113, 1",
+            "call ibm,read-pci-config() x41 -> 0",
+            "call ibm,write-pci-config() x11 -> 0",
         ]
     );
     assert_eq!(
         vm.console.command("pci"),
-        ["pci 0x40000018 00:03.0 1af4:1042 -"]
+        ["pci 0x40000018 00:03.0 1af4:1042 virtio-blk"]
     );
     assert_eq!(vm.drc(SLOT3_DRC as u32)["state"], "physical-configured");
 
@@ -417,6 +427,12 @@ fn the_guest_adds_and_removes_a_disk_with_drmgrs_calls_and_a_pending_unplug_is_a
         pci_calls(&mut vm),
         [
             "call set-indicator(9002, 1073741848, 1) -> 0",
+            // The driver lets the device go: its vectors freed (MSI first,
+            // then the legacy function), decoding off.
+            "call ibm,change-msi(3, 0) -> -3",
+            "call ibm,change-msi(1, 0) -> 0, 0, 1",
+            "call ibm,read-pci-config() x1 -> 0",
+            "call ibm,write-pci-config() x1 -> 0",
             "call set-indicator(9001, 1073741848, 0) -> 0",
             "call set-power-level(-1, 0) -> 0, 100",
         ]
@@ -461,8 +477,8 @@ fn two_disks_plug_together_and_a_reset_completes_a_pending_unplug() {
     assert_eq!(
         listed,
         [
-            "pci 0x40000000 00:00.0 1af4:1042 -",
-            "pci 0x40000008 00:01.0 1af4:1042 -"
+            "pci 0x40000000 00:00.0 1af4:1042 virtio-blk",
+            "pci 0x40000008 00:01.0 1af4:1042 virtio-blk"
         ]
     );
     assert_eq!(block_rows(&mut qmp).len(), 2);
@@ -514,7 +530,7 @@ fn a_killed_block_process_fails_its_disk_only_and_the_disk_still_goes() {
     // The VM and the other devices run on.
     assert_eq!(
         vm.console.command("pci"),
-        ["pci 0x40000000 00:00.0 1af4:1042 -"]
+        ["pci 0x40000000 00:00.0 1af4:1042 virtio-blk"]
     );
     assert_eq!(
         qmp.execute("query-status", json!({}))["return"]["status"],
@@ -555,7 +571,7 @@ fn a_disk_on_the_command_line_is_there_at_boot_and_goes_as_a_hot_plugged_one() {
     // The guest found it in the device tree: no event, no add.
     assert_eq!(
         vm.console.command("pci"),
-        ["pci 0x40000028 00:05.0 1af4:1042 -"]
+        ["pci 0x40000028 00:05.0 1af4:1042 virtio-blk"]
     );
     let drc = vm.drc(0x4000_0028);
     assert_eq!(drc["state"], "physical-configured", "{drc}");

@@ -5,6 +5,7 @@
 
 use crate::layout::{
     MemoryLayout, BOOT_GDT, BOOT_IDT, GUEST_IMAGE_START, PAGE_DIRECTORIES, PDPT, PML4,
+    WINDOWS_DIRECTORIES, WINDOWS_PDPT,
 };
 use kvm_bindings::{kvm_regs, kvm_segment, CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuFd};
@@ -116,7 +117,8 @@ pub fn write_boot_tables(memory: &GuestMemoryMmap, layout: &MemoryLayout) -> Res
     // the page directories.
     let pdpts = gib.div_ceil(512);
     let extra_pdpts = PAGE_DIRECTORIES + small * 0x1000;
-    if extra_pdpts + (pdpts - 1) * 0x1000 > GUEST_IMAGE_START || pdpts > 512 {
+    let windows_slot = ipc_proto::pci::Phb::new(0).mem32.0 >> 39;
+    if extra_pdpts + (pdpts - 1) * 0x1000 > GUEST_IMAGE_START || pdpts > windows_slot {
         return Err(BootError::TooMuchMemory { gib });
     }
     let write = |value: u64, at: u64| {
@@ -134,6 +136,7 @@ pub fn write_boot_tables(memory: &GuestMemoryMmap, layout: &MemoryLayout) -> Res
     for k in 0..pdpts {
         write(pdpt_of(k) | PAGE_PRESENT_WRITABLE, PML4 + k * 8)?;
     }
+    map_bridge_windows(&write)?;
     for g in 0..gib {
         let entry = pdpt_of(g / 512) + (g % 512) * 8;
         if g >= small {
@@ -145,6 +148,35 @@ pub fn write_boot_tables(memory: &GuestMemoryMmap, layout: &MemoryLayout) -> Res
         for i in 0..512u64 {
             let frame = (g << 30) | (i << 21);
             write(frame | PAGE_PRESENT_WRITABLE | PAGE_HUGE, directory + i * 8)?;
+        }
+    }
+    Ok(())
+}
+
+/// Page-level cache disable: MMIO is not cached.
+const PAGE_CACHE_DISABLE: u64 = 0x10;
+
+/// Identity-maps the PCI host bridge's 32-bit memory window (where the
+/// guest places its functions' BARs) with uncached 2 MiB pages (1 GiB
+/// pages are not offered to guests everywhere: PVM has none), in the
+/// 512 GiB slot of the PML4 that holds it, above any RAM.
+fn map_bridge_windows(write: &dyn Fn(u64, u64) -> Result<(), BootError>) -> Result<(), BootError> {
+    let (base, size) = ipc_proto::pci::Phb::new(0).mem32;
+    let slot = base >> 39;
+    write(WINDOWS_PDPT | PAGE_PRESENT_WRITABLE, PML4 + slot * 8)?;
+    let first_gib = base >> 30;
+    for gib in first_gib..(base + size) >> 30 {
+        let directory = WINDOWS_DIRECTORIES + (gib - first_gib) * 0x1000;
+        write(
+            directory | PAGE_PRESENT_WRITABLE,
+            WINDOWS_PDPT + (gib % 512) * 8,
+        )?;
+        for i in 0..512u64 {
+            let frame = (gib << 30) | (i << 21);
+            write(
+                frame | PAGE_PRESENT_WRITABLE | PAGE_HUGE | PAGE_CACHE_DISABLE,
+                directory + i * 8,
+            )?;
         }
     }
     Ok(())

@@ -64,6 +64,15 @@ pub enum ControlMessage {
         /// How it ended, in words.
         how: String,
     },
+    /// A driver's write to a PCI function asks the device's server to
+    /// start or stop its queues (a vCPU waits for the answer, as QEMU's
+    /// vCPU carries out a virtio status write before it runs on).
+    Function {
+        /// What the write asks.
+        effect: ipc_proto::link::core_hotplug::FunctionEffect,
+        /// Where the outcome goes.
+        done: std::sync::mpsc::SyncSender<Result<(), String>>,
+    },
     /// A QMP command that needs the machine.
     Qmp {
         /// The command, its arguments parsed.

@@ -1,6 +1,8 @@
 //! The flattened device tree the guest boots from: how a pseries guest learns
 //! the machine (CPUs and their DRCs, memory and LMB DRCs, RTAS, event sources).
 
+mod rename;
+
 use crate::config::SmpConfig;
 use crate::layout::MemoryLayout;
 use ipc_proto::papr::{
@@ -207,7 +209,12 @@ pub fn build(machine: &MachineDescription) -> Result<Vec<u8>, FdtError> {
 
     let rtas = fdt.begin_node("rtas")?;
     for call in RtasCall::ALL {
-        fdt.property_u32(call.name(), call.token())?;
+        match call.name() {
+            name if name.len() > MAX_NAME => {
+                fdt.property_u32(&token_placeholder(call), call.token())?
+            }
+            name => fdt.property_u32(name, call.token())?,
+        }
     }
     fdt.property_u32("rtas-error-log-max", RTAS_ERROR_LOG_MAX)?;
     fdt.property_u32("rtas-event-scan-rate", 1)?;
@@ -272,63 +279,34 @@ pub fn build(machine: &MachineDescription) -> Result<Vec<u8>, FdtError> {
     fdt.end_node(drconf)?;
 
     fdt.end_node(root)?;
-    rename_node(&fdt.finish()?, DRCONF_PLACEHOLDER, DRCONF_NAME)
+    let malformed = |rename::Malformed(name)| FdtError::Rename(name);
+    let mut blob =
+        rename::rename_node(&fdt.finish()?, DRCONF_PLACEHOLDER, DRCONF_NAME).map_err(malformed)?;
+    for call in RtasCall::ALL
+        .into_iter()
+        .filter(|call| call.name().len() > MAX_NAME)
+    {
+        blob = rename::rename_property(&blob, &token_placeholder(call), call.name())
+            .map_err(malformed)?;
+    }
+    Ok(blob)
+}
+
+/// The longest property name vm-fdt writes (the devicetree specification's
+/// limit); QEMU and Linux use longer RTAS call names.
+const MAX_NAME: usize = 31;
+
+/// The name an RTAS call's token is written under when its own is too
+/// long, for [`rename::rename_property`] to replace.
+fn token_placeholder(call: RtasCall) -> String {
+    format!("x-rtas-{:x}", call.token())
 }
 
 /// Linux looks for this node by name, but it is longer than the 31 characters
 /// the devicetree specification (and so vm-fdt) allows: the tree is written
-/// with a placeholder that [`rename_node`] then replaces.
+/// with a placeholder that [`rename::rename_node`] then replaces.
 const DRCONF_NAME: &str = "ibm,dynamic-reconfiguration-memory";
 const DRCONF_PLACEHOLDER: &str = "ibm,drconf-placeholder";
-
-const FDT_BEGIN_NODE: u32 = 1;
-
-fn header_field(blob: &[u8], offset: usize) -> Option<usize> {
-    let bytes = blob.get(offset..offset + 4)?;
-    Some(u32::from_be_bytes(bytes.try_into().ok()?) as usize)
-}
-
-fn set_header_field(blob: &mut [u8], offset: usize, value: usize) {
-    blob[offset..offset + 4].copy_from_slice(&(value as u32).to_be_bytes());
-}
-
-/// Replaces the name of the node called `from` (which must be unique) with
-/// `to`, growing the structure block and fixing the header. vm-fdt lays out
-/// the blob as header, reserve map, structure block, strings block.
-fn rename_node(blob: &[u8], from: &str, to: &str) -> Result<Vec<u8>, FdtError> {
-    const OFF_DT_STRUCT: usize = 8;
-    const OFF_DT_STRINGS: usize = 12;
-    const TOTAL_SIZE: usize = 4;
-    const SIZE_DT_STRUCT: usize = 36;
-    let malformed = || FdtError::Rename(from.to_string());
-    let structs = header_field(blob, OFF_DT_STRUCT).ok_or_else(malformed)?;
-    let strings = header_field(blob, OFF_DT_STRINGS).ok_or_else(malformed)?;
-    let struct_size = header_field(blob, SIZE_DT_STRUCT).ok_or_else(malformed)?;
-    let mut needle = FDT_BEGIN_NODE.to_be_bytes().to_vec();
-    needle.extend_from_slice(from.as_bytes());
-    needle.push(0);
-    let block = blob
-        .get(structs..structs + struct_size)
-        .ok_or_else(malformed)?;
-    let at = structs
-        + block
-            .windows(needle.len())
-            .position(|window| window == needle.as_slice())
-            .ok_or_else(malformed)?;
-    let padded = |name: &str| (name.len() + 1).div_ceil(4) * 4;
-    let old_end = at + 4 + padded(from);
-    let mut out = Vec::with_capacity(blob.len() + padded(to));
-    out.extend_from_slice(&blob[..at + 4]);
-    out.extend_from_slice(to.as_bytes());
-    out.resize(at + 4 + padded(to), 0);
-    out.extend_from_slice(&blob[old_end..]);
-    let growth = padded(to) - padded(from);
-    set_header_field(&mut out, OFF_DT_STRINGS, strings + growth);
-    set_header_field(&mut out, SIZE_DT_STRUCT, struct_size + growth);
-    let total = out.len();
-    set_header_field(&mut out, TOTAL_SIZE, total);
-    Ok(out)
-}
 
 /// Packed 24-byte runs: (u32 count, u64 base, u32 first DRC, u32 aa index, u32 flags).
 /// Boot RAM and the gap up to device memory form one reserved run; then, in

@@ -59,14 +59,14 @@ impl InterruptRouter {
     /// Creates an irqfd per platform source, all delivered to vCPU 0.
     pub fn new(vm: Arc<VmFd>) -> Result<InterruptRouter, InterruptError> {
         let mut eventfds = BTreeMap::new();
-        for source in irq::ALL {
+        for source in irq::every_source() {
             let eventfd = EventFd::new(EFD_NONBLOCK)
                 .map_err(|error| InterruptError::EventFd { source, error })?;
             eventfds.insert(source, eventfd);
         }
         let router = InterruptRouter {
             vm,
-            servers: Mutex::new(irq::ALL.into_iter().map(|source| (source, 0)).collect()),
+            servers: Mutex::new(irq::every_source().map(|source| (source, 0)).collect()),
             eventfds,
         };
         router.apply(&common::lock(&router.servers))?;

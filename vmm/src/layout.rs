@@ -13,6 +13,11 @@ pub const BOOT_IDT: u64 = 0x520;
 pub const PML4: u64 = 0x9000;
 /// Their PDPT.
 pub const PDPT: u64 = 0xa000;
+/// The PDPT that maps the PCI host bridge's 32-bit window (uncached), and
+/// its two page directories.
+pub const WINDOWS_PDPT: u64 = 0xb000;
+/// See [`WINDOWS_PDPT`].
+pub const WINDOWS_DIRECTORIES: u64 = 0xc000;
 /// One page directory per GiB mapped, from here up (at most 0x100000).
 pub const PAGE_DIRECTORIES: u64 = 0x10000;
 /// Where the guest kernel must load, and below which the core owns memory.

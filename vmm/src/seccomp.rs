@@ -61,6 +61,7 @@ fn kvm_requests(kind: ThreadKind) -> Vec<u64> {
     let set_mp_state = kvm_request(true, false, 0x99, size_of::<kvm_mp_state>());
     let set_gsi_routing = kvm_request(true, false, 0x6a, size_of::<kvm_irq_routing>());
     let irqfd = kvm_request(true, false, 0x76, size_of::<kvm_irqfd>());
+    let ioeventfd = kvm_request(true, false, 0x79, size_of::<kvm_bindings::kvm_ioeventfd>());
     let create_vcpu = kvm_request(false, false, 0x41, 0);
     let vcpu_mmap_size = kvm_request(false, false, 0x04, 0);
     let check_extension = kvm_request(false, false, 0x03, 0);
@@ -98,6 +99,8 @@ fn kvm_requests(kind: ThreadKind) -> Vec<u64> {
                 irqfd,
                 // A DIMM's memory shown to the guest, and taken back.
                 set_user_memory_region,
+                // A disk's queue notifications, straight to its backend.
+                ioeventfd,
             ]);
             control
         }
@@ -454,5 +457,6 @@ mod tests {
         assert!(control.contains(&0xae41), "KVM_CREATE_VCPU");
         assert!(control.contains(&0x4008_ae90), "KVM_SET_CPUID2");
         assert!(control.contains(&0xc008_ae05), "KVM_GET_SUPPORTED_CPUID");
+        assert!(control.contains(&0x4040_ae79), "KVM_IOEVENTFD");
     }
 }

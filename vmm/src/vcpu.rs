@@ -3,6 +3,8 @@
 //! parks again when the core asks (reset, power-off) or the guest stops it
 //! (RTAS stop-self).
 
+mod mmio;
+
 use crate::boot;
 use crate::console::{Console, MAX_READ};
 use crate::control::ControlMessage;
@@ -300,6 +302,17 @@ struct Vcpu {
     context: VcpuContext,
 }
 
+/// vCPU `id` as its MMIO exits need it (borrowing its context, not the
+/// vCPU, whose fd the exit holds).
+fn mmio(id: u32, context: &VcpuContext) -> mmio::Mmio<'_> {
+    mmio::Mmio {
+        id,
+        devices: &context.devices,
+        control: &context.control,
+        park_requested: &context.cpus.vcpus[id as usize].park_requested,
+    }
+}
+
 impl Vcpu {
     fn control(&self) -> &VcpuControl {
         &self.context.cpus.vcpus[self.id as usize]
@@ -430,12 +443,11 @@ impl Vcpu {
                     Next::Continue
                 }
                 VcpuExit::MmioRead(address, data) => {
-                    log::debug!("vcpu{}: read from unmapped address {address:#x}", self.id);
-                    data.fill(0xff);
+                    mmio(self.id, &self.context).read(address, data);
                     Next::Continue
                 }
-                VcpuExit::MmioWrite(address, _) => {
-                    log::debug!("vcpu{}: write to unmapped address {address:#x}", self.id);
+                VcpuExit::MmioWrite(address, data) => {
+                    mmio(self.id, &self.context).write(address, data);
                     Next::Continue
                 }
                 VcpuExit::Shutdown => {

@@ -9,6 +9,7 @@
 //! complete at reset.
 
 pub mod drc;
+pub mod pci;
 pub mod process;
 pub mod store;
 

@@ -2,6 +2,7 @@
 //! server, events to the event log, notifications to the core — all through
 //! its state region, so that a successor resumes where it stopped.
 
+use super::pci::{touches_pci, PciBus};
 use super::store::{Destination, Requester, Store, StoredReply};
 use super::{Controller, Effect};
 use crate::links::{answer, serve, Device, Links};
@@ -34,6 +35,7 @@ pub fn run(startup: Startup, mut descriptors: Descriptors) -> Result<(), Process
         controller: Controller::default(),
         state: State::Unattached(Some(mapping)),
         resume: startup.resume,
+        pci: PciBus::default(),
     };
     serve(&mut process, &mut links)
 }
@@ -51,6 +53,8 @@ struct HotplugController {
     state: State,
     /// An earlier incarnation formatted the region.
     resume: bool,
+    /// The PCI host bridge's functions.
+    pci: PciBus,
 }
 
 impl Device for HotplugController {
@@ -121,6 +125,7 @@ impl HotplugController {
         };
         self.controller = controller;
         self.state = State::Attached(Box::new(store));
+        self.pci.sync(&self.controller, true);
         Ok(())
     }
 
@@ -142,6 +147,41 @@ impl HotplugController {
                 }
             };
         }
+        // A function's model and its BARs are not DRC state: not recorded,
+        // answered afresh.
+        match request {
+            core_hotplug::Request::DescribeFunction { drc, model } => {
+                return match self.pci.describe(drc, model) {
+                    Ok(()) => Answer::Ack,
+                    Err(error) => refused(error),
+                };
+            }
+            core_hotplug::Request::BarAccess {
+                address,
+                size,
+                write,
+            } => return Answer::Link(self.pci.bar_access(address, size, write)),
+            _ => {}
+        }
+        let pci = match &request {
+            core_hotplug::Request::Plug { drcs, .. }
+            | core_hotplug::Request::UnplugRequest { drcs } => touches_pci(drcs),
+            _ => matches!(request, core_hotplug::Request::Reset),
+        };
+        let reset = matches!(request, core_hotplug::Request::Reset);
+        let answer = self.on_core_table(links, id, request);
+        if pci {
+            self.pci.sync(&self.controller, reset);
+        }
+        answer
+    }
+
+    fn on_core_table(
+        &mut self,
+        links: &mut Links,
+        id: u64,
+        request: core_hotplug::Request,
+    ) -> Answer<core_hotplug::Reply> {
         let key = Requester::Core.key(id, &request);
         let Some(store) = self.store() else {
             return Answer::Refused(Refusal::NotReady);
@@ -184,6 +224,8 @@ impl HotplugController {
                 let (rows, next) = self.controller.list(from);
                 return Answer::Link(core_hotplug::Reply::Drcs { rows, next });
             }
+            core_hotplug::Request::DescribeFunction { .. }
+            | core_hotplug::Request::BarAccess { .. } => unreachable!("handled above"),
         };
         match outcome {
             Ok(effects) => {
@@ -205,6 +247,36 @@ impl HotplugController {
         id: u64,
         request: rtas_hotplug::Request,
     ) -> Answer<rtas_hotplug::Reply> {
+        use rtas_hotplug::Request::*;
+        if matches!(
+            request,
+            ReadPciConfig { .. }
+                | WritePciConfig { .. }
+                | ChangeMsi { .. }
+                | QueryInterruptSource { .. }
+        ) {
+            if self.store().is_none() {
+                return Answer::Refused(Refusal::NotReady);
+            }
+            return Answer::Link(self.pci.rtas(request));
+        }
+        let pci = match &request {
+            SetIndicator { drc, .. } => touches_pci(&[ipc_proto::papr::DrcIndex(*drc)]),
+            _ => false,
+        };
+        let answer = self.on_rtas_table(links, id, request);
+        if pci {
+            self.pci.sync(&self.controller, false);
+        }
+        answer
+    }
+
+    fn on_rtas_table(
+        &mut self,
+        links: &mut Links,
+        id: u64,
+        request: rtas_hotplug::Request,
+    ) -> Answer<rtas_hotplug::Reply> {
         let key = Requester::Rtas.key(id, &request);
         let Some(store) = self.store() else {
             return Answer::Refused(Refusal::NotReady);
@@ -219,6 +291,12 @@ impl HotplugController {
             };
         }
         let ((status, value), effects) = match request {
+            rtas_hotplug::Request::ReadPciConfig { .. }
+            | rtas_hotplug::Request::WritePciConfig { .. }
+            | rtas_hotplug::Request::ChangeMsi { .. }
+            | rtas_hotplug::Request::QueryInterruptSource { .. } => {
+                unreachable!("handled by the bridge")
+            }
             rtas_hotplug::Request::SetIndicator {
                 indicator,
                 drc,

@@ -7,10 +7,12 @@
 //! that serves a bridge keeps one of these; everything here is checked,
 //! whatever the guest passes.
 
-use super::config::ConfigSpace;
-use super::virtio::block_function;
-use ipc_proto::papr::RtasStatus;
-use ipc_proto::pci::{ConfigAddress, DEVFNS_PER_BUS};
+use super::config::{ConfigSpace, COMMAND_MEMORY};
+use super::transport::{Region, Transport};
+use super::virtio::{block_function, BLOCK_VECTORS, MODERN_BAR, MSIX_BAR};
+use ipc_proto::link::core_hotplug::{DeviceModel, FunctionEffect};
+use ipc_proto::papr::{DrcIndex, RtasStatus};
+use ipc_proto::pci::{ConfigAddress, Phb, DEVFNS_PER_BUS};
 
 /// `ibm,change-msi` functions (Linux's numbers).
 const QUERY: u32 = 0;
@@ -23,11 +25,36 @@ const CAP_MSI: u8 = 0x05;
 const CAP_MSIX: u8 = 0x11;
 const CAPABILITIES: u32 = 0x34;
 
-/// A plugged function: its configuration space and the vectors granted.
+/// A plugged function: its configuration space, the vectors granted and
+/// its device as the driver sees it through the BARs.
 struct Function {
     space: ConfigSpace,
     /// First interrupt and count granted by `ibm,change-msi`.
     vectors: Option<(u32, u32)>,
+    transport: Transport,
+}
+
+impl Function {
+    /// The region of one of its BARs that bus address `bus` falls in, and
+    /// that BAR's bus address, while it decodes memory.
+    fn decodes(&self, bus: u64) -> Option<(Region, u64)> {
+        if self.space.command() & COMMAND_MEMORY == 0 {
+            return None;
+        }
+        [MSIX_BAR, MODERN_BAR].into_iter().find_map(|index| {
+            let base = self.space.bar_address(index)?;
+            let size = self.space.bar(index)?.size;
+            if base == 0 || bus < base || bus - base >= size {
+                return None;
+            }
+            let offset = bus - base;
+            let region = match index {
+                MSIX_BAR => Region::Msix(offset),
+                _ => Region::Modern(offset),
+            };
+            Some((region, base))
+        })
+    }
 }
 
 /// The root bus of one bridge.
@@ -57,16 +84,65 @@ impl Bridge {
         }
     }
 
-    /// Plugs a virtio block function at `devfn` (after its unplug, a new
-    /// one: its configuration starts afresh).
-    pub fn plug_block(&mut self, devfn: u8) -> Result<(), String> {
-        let space = block_function(super::virtio::BLOCK_VECTORS)
-            .map_err(|error| format!("a block function: {error}"))?;
+    /// Plugs a virtio block function at `devfn`, connected through `drc`,
+    /// whose device is `model` (after its unplug, or a reset, a new one:
+    /// its configuration starts afresh).
+    pub fn plug_block(
+        &mut self,
+        devfn: u8,
+        drc: DrcIndex,
+        model: &DeviceModel,
+    ) -> Result<(), String> {
+        let space =
+            block_function(BLOCK_VECTORS).map_err(|error| format!("a block function: {error}"))?;
         self.functions[usize::from(devfn)] = Some(Function {
             space,
             vectors: None,
+            transport: Transport::new(drc, model, BLOCK_VECTORS),
         });
         Ok(())
+    }
+
+    /// The function at `devfn` is plugged.
+    pub fn has(&self, devfn: u8) -> bool {
+        self.functions[usize::from(devfn)].is_some()
+    }
+
+    /// A vCPU's access to CPU address `cpu` in the windows of `phb`: a
+    /// read's value (all ones where no function decodes the address, as a
+    /// master abort reads), or what a write asks of a device's server.
+    pub fn bar_access(
+        &mut self,
+        phb: &Phb,
+        cpu: u64,
+        size: u32,
+        write: Option<u64>,
+    ) -> (u64, Option<FunctionEffect>) {
+        let all_ones = u64::MAX >> (64 - 8 * size.clamp(1, 8));
+        let Some(bus) = phb.bus_address(cpu) else {
+            return (all_ones, None);
+        };
+        let found = self.functions.iter_mut().flatten().find_map(|function| {
+            let (region, base) = function.decodes(bus)?;
+            Some((function, region, base))
+        });
+        let Some((function, region, base)) = found else {
+            return (all_ones, None);
+        };
+        let vectors = function.vectors;
+        let granted = move |vector: u16| {
+            let (first, count) = vectors?;
+            (u32::from(vector) < count).then(|| first + u32::from(vector))
+        };
+        match write {
+            None => (function.transport.read(region, size, &granted), None),
+            Some(value) => {
+                // The driver's notifications go to the BAR's CPU address.
+                let bar = phb.cpu_address(base).unwrap_or(base);
+                let effect = function.transport.write(region, size, value, bar, &granted);
+                (0, effect)
+            }
+        }
     }
 
     /// Takes the function at `devfn` out (its vectors go with it).
@@ -214,6 +290,15 @@ fn msix_table_size(space: &ConfigSpace) -> Option<u32> {
 mod tests {
     use super::*;
 
+    fn plug(bridge: &mut Bridge, devfn: u8) {
+        let model = DeviceModel {
+            features: 1 << 32,
+            config: vec![0; 60],
+        };
+        let drc = Phb::new(0).drc(devfn).unwrap();
+        bridge.plug_block(devfn, drc, &model).unwrap();
+    }
+
     fn at(devfn: u8, register: u16) -> ConfigAddress {
         ConfigAddress {
             bus: 0,
@@ -230,7 +315,7 @@ mod tests {
             bridge.read_config(at(disk, 0), 4),
             Err(RtasStatus::HardwareError)
         );
-        bridge.plug_block(disk).unwrap();
+        plug(&mut bridge, disk);
         assert_eq!(bridge.read_config(at(disk, 0), 4), Ok(0x1042_1af4));
         assert_eq!(
             bridge.read_config(at(disk, 0), 3),
@@ -269,7 +354,7 @@ mod tests {
     fn msi_x_is_granted_as_linux_asks_for_it_on_qemu() {
         let mut bridge = Bridge::new(0x1300, 16);
         let disk = 3 << 3;
-        bridge.plug_block(disk).unwrap();
+        plug(&mut bridge, disk);
         // Linux's sequence: MSI (-3, a virtio function has none), the
         // release fallback (-1, nothing granted), then MSI-X.
         assert_eq!(
@@ -295,7 +380,7 @@ mod tests {
         );
         // More than the table holds: nothing granted, the capacity told.
         let second = 4 << 3;
-        bridge.plug_block(second).unwrap();
+        plug(&mut bridge, second);
         assert_eq!(
             bridge.change_msi(at(second, 0), MSIX, 8),
             Ok(Granted {
@@ -332,8 +417,8 @@ mod tests {
     #[test]
     fn interrupts_run_out_with_an_error_not_an_overlap() {
         let mut bridge = Bridge::new(0x1300, 3);
-        bridge.plug_block(0).unwrap();
-        bridge.plug_block(8).unwrap();
+        plug(&mut bridge, 0);
+        plug(&mut bridge, 8);
         assert_eq!(bridge.change_msi(at(0, 0), MSIX, 2).unwrap().count, 2);
         assert_eq!(
             bridge.change_msi(at(8, 0), MSIX, 2),

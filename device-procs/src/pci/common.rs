@@ -182,6 +182,17 @@ impl CommonConfig {
         self.status
     }
 
+    /// The features the driver took.
+    pub fn driver_features(&self) -> u64 {
+        self.driver_features
+    }
+
+    /// The device failed the driver (it used the device in a way it may
+    /// not): DEVICE_NEEDS_RESET until the driver resets it.
+    pub fn fail(&mut self) {
+        self.status |= DEVICE_NEEDS_RESET;
+    }
+
     /// The queue the driver selected, if it exists.
     fn selected(&self) -> Option<&QueueConfig> {
         self.queues.get(usize::from(self.queue_select))

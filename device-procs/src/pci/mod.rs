@@ -9,4 +9,5 @@
 pub mod bridge;
 pub mod common;
 pub mod config;
+pub mod transport;
 pub mod virtio;

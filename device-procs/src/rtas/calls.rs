@@ -8,7 +8,7 @@ use super::configure::{write_walk_step, Progress, WORK_AREA_SIZE};
 use crate::clock::UtcTime;
 use ipc_proto::link::core_rtas::{CallRefusal, CpuSnapshot, PlatformRequest, MAX_OS_TERM_MESSAGE};
 use ipc_proto::link::rtas_eventlog::{Reply as EventLogReply, Request as EventLogRequest};
-use ipc_proto::link::rtas_hotplug::Request as HotplugRequest;
+use ipc_proto::link::rtas_hotplug::{Reply as HotplugReply, Request as HotplugRequest};
 use ipc_proto::papr::{irq, DrcIndex, RtasCall, RtasStatus, REAL_ADDRESS_MASK};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError};
 
@@ -100,8 +100,15 @@ impl RtasArgs {
 /// and the core makes it again once the peer is back — the guest never reads
 /// a status for a call that did not run.
 pub trait Peers {
+    /// A request to the hotplug controller: its reply.
+    fn hotplug_reply(&mut self, request: HotplugRequest) -> Result<HotplugReply, CallRefusal>;
     /// A request to the hotplug controller: RTAS status and value.
-    fn hotplug(&mut self, request: HotplugRequest) -> Result<(RtasStatus, u32), CallRefusal>;
+    fn hotplug(&mut self, request: HotplugRequest) -> Result<(RtasStatus, u32), CallRefusal> {
+        Ok(match self.hotplug_reply(request)? {
+            HotplugReply::Status { status, value } => (status, value),
+            HotplugReply::Vectors { status, count, .. } => (status, count),
+        })
+    }
     /// A request to the event log: its reply, or `None` for an acknowledgement.
     fn eventlog(&mut self, request: EventLogRequest) -> Result<Option<EventLogReply>, CallRefusal>;
 }
@@ -129,7 +136,7 @@ pub fn handle_call<M: Bytes<GuestAddress, E = GuestMemoryError>>(
     Ok(request)
 }
 
-fn status(status: RtasStatus) -> Vec<u32> {
+pub(super) fn status(status: RtasStatus) -> Vec<u32> {
     vec![status.cell()]
 }
 
@@ -148,6 +155,9 @@ fn dispatch<M: Bytes<GuestAddress, E = GuestMemoryError>>(
         log::debug!("RTAS: unknown token {:#x}", call.token);
         return Ok((status(RtasStatus::ParameterError), None));
     };
+    if let Some(rets) = super::pci::call(kind, call, services)? {
+        return Ok((rets, None));
+    }
     Ok(match kind {
         RtasCall::DisplayCharacter if nargs == 1 && nret == 1 => (
             status(RtasStatus::Success),
@@ -189,7 +199,7 @@ fn dispatch<M: Bytes<GuestAddress, E = GuestMemoryError>>(
         }
         RtasCall::SetXive if nargs == 3 && nret == 1 => {
             let [source, server, _priority] = [call.args[0], call.args[1], call.args[2]];
-            if !irq::ALL.contains(&source) || !cpus.is_present(server) {
+            if !irq::every_source().any(|known| known == source) || !cpus.is_present(server) {
                 (status(RtasStatus::ParameterError), None)
             } else {
                 let request = PlatformRequest::SetInterruptServer { source, server };
@@ -387,15 +397,25 @@ mod tests {
     struct FakePeers {
         hotplug: Vec<HotplugRequest>,
         hotplug_answer: Option<(RtasStatus, u32)>,
+        vectors_answer: Option<(RtasStatus, u32, bool)>,
         eventlog_answer: Option<EventLogReply>,
     }
 
     impl Peers for FakePeers {
-        fn hotplug(&mut self, request: HotplugRequest) -> Result<(RtasStatus, u32), CallRefusal> {
+        fn hotplug_reply(&mut self, request: HotplugRequest) -> Result<HotplugReply, CallRefusal> {
+            let vectors = matches!(request, HotplugRequest::ChangeMsi { .. });
             self.hotplug.push(request);
-            self.hotplug_answer.ok_or(CallRefusal::PeerDown {
-                peer: ProcessKind::HotplugController,
-            })
+            match (vectors, self.vectors_answer, self.hotplug_answer) {
+                (true, Some((status, count, msix)), _) => Ok(HotplugReply::Vectors {
+                    status,
+                    count,
+                    msix,
+                }),
+                (_, _, Some((status, value))) => Ok(HotplugReply::Status { status, value }),
+                _ => Err(CallRefusal::PeerDown {
+                    peer: ProcessKind::HotplugController,
+                }),
+            }
         }
         fn eventlog(&mut self, _: EventLogRequest) -> Result<Option<EventLogReply>, CallRefusal> {
             match &self.eventlog_answer {

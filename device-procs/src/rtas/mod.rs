@@ -6,4 +6,5 @@
 
 pub mod calls;
 pub mod configure;
+mod pci;
 pub mod process;

@@ -39,14 +39,14 @@ struct RtasServer {
 }
 
 impl Peers for Links {
-    fn hotplug(
+    fn hotplug_reply(
         &mut self,
         request: rtas_hotplug::Request,
-    ) -> Result<(RtasStatus, u32), CallRefusal> {
+    ) -> Result<rtas_hotplug::Reply, CallRefusal> {
         match self.request::<RtasHotplug>(request) {
-            Ok(Answer::Link(rtas_hotplug::Reply::Status { status, value })) => {
+            Ok(Answer::Link(reply)) => {
                 self.fault_point(FaultPoint::PeerAnswered);
-                Ok((status, value))
+                Ok(reply)
             }
             // A successor that is not set up yet: the call waits for it.
             Ok(Answer::Refused(Refusal::NotReady)) => Err(CallRefusal::PeerDown {
@@ -54,7 +54,10 @@ impl Peers for Links {
             }),
             Ok(other) => {
                 log::error!("the hotplug controller answered {other:?}");
-                Ok((RtasStatus::HardwareError, 0))
+                Ok(rtas_hotplug::Reply::Status {
+                    status: RtasStatus::HardwareError,
+                    value: 0,
+                })
             }
             Err(_) => Err(CallRefusal::PeerDown {
                 peer: ProcessKind::HotplugController,

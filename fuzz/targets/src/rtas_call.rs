@@ -16,14 +16,15 @@
 use device_procs::clock::UtcTime;
 use device_procs::eventlog::{Dequeued, EventQueue};
 use device_procs::hotplug::drc::DrcClass;
+use device_procs::hotplug::pci::PciBus;
 use device_procs::hotplug::{Controller, Effect};
 use device_procs::rtas::calls::{handle_call, Peers, RtasArgs, Services};
 use ipc_proto::link::core_hotplug::DrcRange;
 use ipc_proto::link::core_rtas::{CallRefusal, CpuSnapshot};
 use ipc_proto::link::hotplug_notify::Notification;
 use ipc_proto::link::rtas_eventlog::{Reply as EventLogReply, Request as EventLogRequest};
-use ipc_proto::link::rtas_hotplug::Request as HotplugRequest;
-use ipc_proto::papr::{pci_drc_id, DrcIndex, DrcKind, RtasStatus};
+use ipc_proto::link::rtas_hotplug::{Reply as HotplugReply, Request as HotplugRequest};
+use ipc_proto::papr::{pci_drc_id, DrcIndex, DrcKind};
 use std::collections::BTreeSet;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -60,6 +61,8 @@ struct Platform {
     unplug_requested: BTreeSet<String>,
     /// Answer the next peer request with "down" (a restarting peer).
     peer_down: bool,
+    /// The PCI host bridge's functions, kept in line with the table.
+    pci: PciBus,
 }
 
 impl Platform {
@@ -96,9 +99,13 @@ impl Platform {
 }
 
 impl Peers for Platform {
-    fn hotplug(&mut self, request: HotplugRequest) -> Result<(RtasStatus, u32), CallRefusal> {
+    fn hotplug_reply(&mut self, request: HotplugRequest) -> Result<HotplugReply, CallRefusal> {
         self.down()?;
-        Ok(match request {
+        let (status, value) = match request {
+            HotplugRequest::ReadPciConfig { .. }
+            | HotplugRequest::WritePciConfig { .. }
+            | HotplugRequest::ChangeMsi { .. }
+            | HotplugRequest::QueryInterruptSource { .. } => return Ok(self.pci.rtas(request)),
             HotplugRequest::SetIndicator {
                 indicator,
                 drc,
@@ -111,7 +118,9 @@ impl Peers for Platform {
             HotplugRequest::GetSensorState { sensor, drc } => self.controller.sensor(sensor, drc),
             HotplugRequest::ConfigureStep { drc } => self.controller.configure_step(drc),
             HotplugRequest::ConfigureDone { drc } => (self.controller.configure_done(drc), 0),
-        })
+        };
+        self.pci.sync(&self.controller, false);
+        Ok(HotplugReply::Status { status, value })
     }
 
     fn eventlog(&mut self, request: EventLogRequest) -> Result<Option<EventLogReply>, CallRefusal> {
@@ -210,6 +219,7 @@ fn run(memory: &GuestMemoryMmap, data: &[u8]) {
         queue: EventQueue::default(),
         unplug_requested: BTreeSet::new(),
         peer_down: false,
+        pci: PciBus::default(),
     };
     // The boot core always; the others as the second byte says, cold.
     for pick in 0..DEVICES as u8 {

@@ -362,6 +362,23 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
                 0, 4, 8, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0,
             ]
             .to_vec(),
+            // Plug at slot 3, decode memory, BAR 4 at bus 0x8080_0000;
+            // read the common configuration, drive the status to
+            // DRIVER_OK, ring the queue.
+            [
+                [0u8, 0x18, 0, 0, 0, 0, 0, 0],
+                [3, 0x18, 4, 0, 2, 6, 0, 0],
+                [3, 0x18, 0x20, 0, 4, 0, 0, 0x80],
+                [6, 0x18, 0, 0, 2, 0x80, 0, 0],
+                [7, 0x18, 0x14, 0, 0, 0x80, 1, 0],
+                [7, 0x18, 0x14, 0, 0, 0x80, 3, 0],
+                [7, 0x18, 0x14, 0, 0, 0x80, 11, 0],
+                [7, 0x18, 0x1c, 0, 1, 0x80, 1, 0],
+                [7, 0x18, 0x14, 0, 0, 0x80, 15, 0],
+                [7, 0x18, 0x00, 0x30, 1, 0x80, 0, 0],
+                [6, 0x18, 0x00, 0x20, 2, 0x80, 0, 0],
+            ]
+            .concat(),
         ],
         "fdt_roundtrip" => vec![
             vec![1, 1, 3, 1, 8, 4, 0xff, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 2],

@@ -98,6 +98,26 @@ pub enum Request {
         /// The first row.
         from: u32,
     },
+    /// The device a PCI DRC is about to get (sent before its
+    /// [`Request::Plug`], and again to a successor): what its function
+    /// offers a driver.
+    DescribeFunction {
+        /// The PCI DRC.
+        drc: DrcIndex,
+        /// The device.
+        model: DeviceModel,
+    },
+    /// A vCPU's access to a PCI host bridge's memory window (a BAR, where
+    /// a function decodes one): CPU address, width (1, 2, 4 or 8), and the
+    /// value written (little-endian), or `None` for a read.
+    BarAccess {
+        /// CPU address.
+        address: u64,
+        /// Bytes.
+        size: u32,
+        /// The value written.
+        write: Option<u64>,
+    },
 }
 
 /// Hotplug controller → core, for [`Request::ListDrcs`].
@@ -110,6 +130,91 @@ pub enum Reply {
         /// Where the next page starts, if there is one.
         next: Option<u32>,
     },
+    /// A BAR read's value (all ones where no function decodes).
+    BarRead(u64),
+    /// A BAR write was taken; what it asks of the device's server.
+    BarWritten(Option<FunctionEffect>),
+}
+
+/// The most bytes of device-specific configuration a function shows (a
+/// virtio-blk configuration is 60).
+pub const MAX_DEVICE_CONFIG: usize = 256;
+/// The most queues a function starts at once.
+pub const MAX_FUNCTION_QUEUES: usize = 16;
+/// The largest virtqueue (virtio's limit for split queues).
+pub const MAX_QUEUE_SIZE: u16 = 32768;
+
+/// What the bridge needs of a function's device besides its description:
+/// the virtio features its backend offers a driver and its device
+/// configuration (the backend's, as vhost-user's GET_CONFIG gave it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceModel {
+    /// Virtio features a driver may take.
+    pub features: u64,
+    /// The device configuration, at most [`MAX_DEVICE_CONFIG`] bytes.
+    pub config: Vec<u8>,
+}
+
+/// One queue a driver started, as whoever serves it needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStart {
+    /// The queue's index.
+    pub index: u16,
+    /// Entries (a power of two, at most [`MAX_QUEUE_SIZE`]).
+    pub size: u16,
+    /// Guest-physical addresses of the descriptor table, the driver
+    /// (available) ring and the device (used) ring.
+    pub desc: u64,
+    /// See `desc`.
+    pub driver: u64,
+    /// See `desc`.
+    pub device: u64,
+    /// The CPU address the guest writes to notify it (an ioeventfd there
+    /// sends the kick straight to the backend).
+    pub notify: u64,
+    /// The interrupt source its used-buffer notifications raise (an MSI-X
+    /// vector granted by `ibm,change-msi`), if the driver gave it one.
+    pub interrupt: Option<u32>,
+}
+
+/// What a driver's write to a function's BAR asks of whoever serves the
+/// device's queues.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FunctionEffect {
+    /// DRIVER_OK: start these queues with these features.
+    Start {
+        /// The function's DRC.
+        drc: DrcIndex,
+        /// The features the driver took.
+        features: u64,
+        /// The queues it enabled.
+        queues: Vec<QueueStart>,
+    },
+    /// The driver reset the device: stop its queues.
+    Stop {
+        /// The function's DRC.
+        drc: DrcIndex,
+    },
+}
+
+impl FunctionEffect {
+    /// Checks an effect from a peer.
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            FunctionEffect::Start { queues, .. } => {
+                if queues.len() > MAX_FUNCTION_QUEUES {
+                    return Err(format!("{} queues", queues.len()));
+                }
+                for queue in queues {
+                    if !queue.size.is_power_of_two() || queue.size > MAX_QUEUE_SIZE {
+                        return Err(format!("a queue of {} entries", queue.size));
+                    }
+                }
+                Ok(())
+            }
+            FunctionEffect::Stop { .. } => Ok(()),
+        }
+    }
 }
 
 /// Checks a device id from a peer.
@@ -139,7 +244,25 @@ impl Message for Request {
                 check_device_id(device)
             }
             Request::UnplugRequest { drcs } => check_drcs(drcs),
-            Request::DefineDrcs { .. } | Request::Reset | Request::ListDrcs { .. } => Ok(()),
+            Request::DescribeFunction { drc, model } => {
+                if drc.kind() != Some(DrcKind::Pci) {
+                    return Err(format!("DRC {:#x} is not a PCI connector", drc.0));
+                }
+                if model.config.len() > MAX_DEVICE_CONFIG {
+                    return Err(format!(
+                        "{} bytes of device configuration",
+                        model.config.len()
+                    ));
+                }
+                Ok(())
+            }
+            Request::BarAccess { size, .. } if !matches!(size, 1 | 2 | 4 | 8) => {
+                Err(format!("a BAR access of {size} bytes"))
+            }
+            Request::DefineDrcs { .. }
+            | Request::Reset
+            | Request::ListDrcs { .. }
+            | Request::BarAccess { .. } => Ok(()),
         }
     }
 }
@@ -156,6 +279,8 @@ impl Message for Reply {
                 }
                 Ok(())
             }
+            Reply::BarRead(_) | Reply::BarWritten(None) => Ok(()),
+            Reply::BarWritten(Some(effect)) => effect.check(),
         }
     }
 }

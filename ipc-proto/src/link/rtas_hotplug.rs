@@ -44,6 +44,47 @@ pub enum Request {
         /// The DRC.
         drc: u32,
     },
+    /// ibm,read-pci-config on PHB `phb` (the RTAS server found it by its
+    /// BUID): the configuration address and width as the guest passed them.
+    ReadPciConfig {
+        /// The PHB's index.
+        phb: u32,
+        /// The configuration address cell.
+        address: u32,
+        /// Bytes.
+        size: u32,
+    },
+    /// ibm,write-pci-config.
+    WritePciConfig {
+        /// The PHB's index.
+        phb: u32,
+        /// The configuration address cell.
+        address: u32,
+        /// Bytes.
+        size: u32,
+        /// The value.
+        value: u32,
+    },
+    /// ibm,change-msi.
+    ChangeMsi {
+        /// The PHB's index.
+        phb: u32,
+        /// The configuration address cell.
+        address: u32,
+        /// The function (0 query … 6).
+        function: u32,
+        /// Vectors asked for (0 releases).
+        count: u32,
+    },
+    /// ibm,query-interrupt-source-number.
+    QueryInterruptSource {
+        /// The PHB's index.
+        phb: u32,
+        /// The configuration address cell.
+        address: u32,
+        /// The vector.
+        vector: u32,
+    },
 }
 
 /// Hotplug controller → RTAS server.
@@ -57,13 +98,35 @@ pub enum Reply {
         /// The value.
         value: u32,
     },
+    /// ibm,change-msi's answer: vectors granted (or, asked too many, how
+    /// many the function has) and their kind.
+    Vectors {
+        /// RTAS status.
+        status: RtasStatus,
+        /// Vectors.
+        count: u32,
+        /// MSI-X (else MSI).
+        msix: bool,
+    },
 }
 
 impl Message for Request {
     fn validate(&self, fds: usize) -> Result<(), String> {
         // Every u32 the guest passes is legal here: the controller answers
-        // unknown DRCs and indicators with an RTAS status.
-        no_descriptors(fds, "an RTAS request")
+        // unknown DRCs, indicators and PCI addresses with an RTAS status.
+        // The RTAS server names a PHB the machine has.
+        no_descriptors(fds, "an RTAS request")?;
+        match self {
+            Request::ReadPciConfig { phb, .. }
+            | Request::WritePciConfig { phb, .. }
+            | Request::ChangeMsi { phb, .. }
+            | Request::QueryInterruptSource { phb, .. }
+                if *phb >= crate::pci::PHBS =>
+            {
+                Err(format!("PHB {phb}"))
+            }
+            _ => Ok(()),
+        }
     }
 }
 

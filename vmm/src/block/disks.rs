@@ -37,6 +37,17 @@ pub struct Disk {
     pub frontend: Option<BlockFrontend>,
     /// How its block process ended, if it did before the disk went.
     pub exit: Option<String>,
+    /// The queues its driver started, with the kicks KVM signals.
+    pub queues: Vec<RunningQueue>,
+}
+
+/// A queue the backend serves: the guest's notifications reach it through
+/// `kick`, an ioeventfd at `notify`.
+pub struct RunningQueue {
+    /// What KVM signals.
+    pub kick: vmm_sys_util::eventfd::EventFd,
+    /// The CPU address it is registered at.
+    pub notify: u64,
 }
 
 impl Disk {
@@ -159,6 +170,11 @@ impl Disks {
     }
 
     /// The disk served by block process `serial`.
+    pub fn by_drc(&mut self, drc: DrcIndex) -> Option<&mut Disk> {
+        self.disks.iter_mut().find(|disk| disk.drc == drc)
+    }
+
+    /// The disk of block process `serial`.
     pub fn by_serial(&mut self, serial: u64) -> Option<&mut Disk> {
         self.disks.iter_mut().find(|disk| disk.serial == serial)
     }

@@ -6,6 +6,7 @@
 //! peers; one that keeps dying is failed, and what it served answers with
 //! errors while the VM runs on.
 
+mod bars;
 pub mod fault_hook;
 mod faults;
 pub mod proxy;

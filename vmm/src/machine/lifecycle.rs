@@ -103,6 +103,8 @@ impl ResetSteps for Vm {
             Ok(()) => self.await_reset_releases(),
             Err(error) => log::error!("reset without the hotplug controller: {error}"),
         }
+        // The bridge's functions reset: their drivers start them again.
+        self.stop_all_queues();
     }
 
     fn empty_event_queue(&mut self) {

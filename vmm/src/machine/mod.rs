@@ -12,6 +12,7 @@ mod lifecycle;
 mod memory_hotplug;
 mod notification_log;
 mod notifications;
+mod pci_functions;
 mod pci_hotplug;
 mod queries;
 mod startup;
@@ -205,6 +206,13 @@ impl Vm {
                 ControlMessage::RestartDevice(kind) => self.restart_device(kind),
                 ControlMessage::ReaperExited(reason) => self.devices.reaper_exited(&reason),
                 ControlMessage::BlockExited { serial, how } => self.block_exited(serial, &how),
+                ControlMessage::Function { effect, done } => {
+                    let outcome = self.function_effect(effect);
+                    if let Err(error) = &outcome {
+                        log::error!("{error}");
+                    }
+                    let _ = done.try_send(outcome);
+                }
                 ControlMessage::PeerFailed {
                     peer,
                     generation,

@@ -11,7 +11,7 @@ use crate::block::frontend::{BlockFrontend, Region};
 use crate::control::ControlMessage;
 use crate::devices::spawn;
 use crate::request::{DeviceAdd, MachineRequest, QmpError};
-use ipc_proto::link::core_hotplug;
+use ipc_proto::link::core_hotplug::{self, DeviceModel};
 use ipc_proto::spawner::BlockStart;
 use serde_json::{json, Value};
 use std::os::fd::{AsFd, OwnedFd};
@@ -49,7 +49,7 @@ fn socket_dir(jail_dir: &Path) -> PathBuf {
 impl Vm {
     /// The memory table a block backend gets: boot RAM and every plugged
     /// DIMM, each with its memfd.
-    fn vhost_memory(&self) -> Vec<Region<'_>> {
+    pub(super) fn vhost_memory(&self) -> Vec<Region<'_>> {
         let mut regions = vec![self.ram.vhost_region()];
         for dimm in self.dimms.plugged_dimms() {
             let Some(backend) = self.dimms.backend(&dimm.memdev) else {
@@ -177,13 +177,30 @@ impl Vm {
             process,
             frontend: Some(frontend),
             exit: None,
+            queues: Vec::new(),
+        };
+        // The bridge's function shows the backend's features and
+        // configuration to the guest's driver.
+        let model = disk.frontend.as_ref().map(|frontend| DeviceModel {
+            features: frontend.driver_features(),
+            config: frontend.config().to_vec(),
+        });
+        let describe = core_hotplug::Request::DescribeFunction {
+            drc: disk.drc,
+            model: model.unwrap_or(DeviceModel {
+                features: 0,
+                config: Vec::new(),
+            }),
         };
         let plug = core_hotplug::Request::Plug {
             drcs: vec![disk.drc],
             device: disk.path(),
             cold,
         };
-        if let Err(reason) = self.hotplug_request(plug) {
+        let plugged = self
+            .hotplug_request(describe)
+            .and_then(|()| self.hotplug_request(plug));
+        if let Err(reason) = plugged {
             disk.process.kill();
             return Err(QmpError::generic(reason));
         }
@@ -212,6 +229,8 @@ impl Vm {
             .disks
             .remove(device)
             .ok_or_else(|| format!("an unknown disk {device}"))?;
+        let mut disk = disk;
+        super::pci_functions::stop_queues(&self.vm_fd, &mut disk);
         let Disk {
             id,
             node,

@@ -129,6 +129,11 @@ impl Vm {
                     rows.extend(page);
                     from = next;
                 }
+                Ok(other) => {
+                    return Err(QmpError::generic(format!(
+                        "the hotplug controller answered a listing with {other:?}"
+                    )))
+                }
                 Err(failure) => {
                     return Err(QmpError::generic(format!(
                         "the hotplug controller did not list its DRCs: {failure}"

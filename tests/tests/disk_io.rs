@@ -1,0 +1,330 @@
+//! A disk as the guest uses it: its virtio-blk driver, through the PCI
+//! host bridge's configuration calls and BARs, starts the queue; requests
+//! then go guest → KVM (ioeventfd) → block process → KVM (irqfd) → guest.
+//! What the guest writes is in the image on the host, what the host wrote
+//! the guest reads; a busy disk is removed all the same; a reset starts
+//! the disk again. Need /dev/kvm.
+
+use papervisor_tests::{in_process, kvm_usable, QmpClient, Vm};
+use serde_json::{json, Value};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+const SECTOR: u64 = 512;
+const SECTORS_64MIB: u64 = 64 * MIB / SECTOR;
+const ADDED: &str = "dlpar: pci add 0x40000018: ok";
+
+fn ok() -> Value {
+    json!({"return": {}})
+}
+
+fn image(dir: &Path, name: &str, bytes: u64) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::File::create(&path)
+        .and_then(|file| file.set_len(bytes))
+        .expect("an image");
+    path
+}
+
+/// The guest's `blk write` / `blk check` pattern: word `i` of sector `s`
+/// is `pattern(s * 512 + 8 * i, seed)`, little-endian (as `mem fill`).
+fn pattern(address: u64, seed: u64) -> u64 {
+    let mut x = address ^ seed.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    x
+}
+
+fn sectors_of_pattern(first: u64, count: u64, seed: u64) -> Vec<u8> {
+    (first * SECTOR..(first + count) * SECTOR)
+        .step_by(8)
+        .flat_map(|address| pattern(address, seed).to_le_bytes())
+        .collect()
+}
+
+/// Spots across a 64 MiB disk, the last ending at its last sector.
+fn spots() -> Vec<u64> {
+    (0..8)
+        .map(|k| k * (SECTORS_64MIB / 8) + k * 3)
+        .chain([SECTORS_64MIB - 16])
+        .collect()
+}
+
+fn add_disk(vm: &mut Vm, qmp: &mut QmpClient, path: &Path, read_only: bool) {
+    assert_eq!(
+        qmp.execute(
+            "blockdev-add",
+            json!({"driver": "file", "node-name": "disk0", "filename": path, "read-only": read_only}),
+        ),
+        ok()
+    );
+    assert_eq!(
+        qmp.execute(
+            "device_add",
+            json!({"driver": "virtio-blk-pci", "id": "vd0", "drive": "disk0", "addr": "3"}),
+        ),
+        ok()
+    );
+    vm.console.expect_async(ADDED, Duration::from_secs(60));
+}
+
+fn block_pids(qmp: &mut QmpClient) -> Vec<u64> {
+    qmp.execute("x-query-device-processes", json!({}))["return"]
+        .as_array()
+        .expect("a process list")
+        .iter()
+        .filter(|row| row["kind"] == "block")
+        .filter_map(|row| row["pid"].as_u64())
+        .collect()
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} within 10 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Removes vd0 with the guest's agent running: `DEVICE_DELETED`, its block
+/// process gone, nothing of it left in the runtime directory.
+fn remove_disk(vm: &mut Vm, qmp: &mut QmpClient, run: &Path, removed: &str) {
+    let pids = block_pids(qmp);
+    assert_eq!(pids.len(), 1);
+    assert_eq!(qmp.execute("device_del", json!({"id": "vd0"})), ok());
+    vm.console.expect_async(removed, Duration::from_secs(60));
+    assert_eq!(
+        qmp.wait_event("DEVICE_DELETED")["data"],
+        json!({"device": "vd0", "path": "/machine/peripheral/vd0"})
+    );
+    assert!(block_pids(qmp).is_empty());
+    if !in_process() {
+        wait_until("the block process ends", || {
+            !Path::new(&format!("/proc/{}", pids[0])).exists()
+        });
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(run.join(format!("vm-{}", vm.pid())))
+        .expect("the runtime directory")
+        .flatten()
+        .map(|entry| entry.file_name())
+        .filter(|name| name.to_string_lossy().starts_with("block-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn the_guest_writes_a_pattern_across_a_hot_added_disk_that_the_image_holds_and_reads_the_hosts() {
+    if !kvm_usable("the_guest_writes_a_pattern_across_a_hot_added_disk_that_the_image_holds_and_reads_the_hosts") {
+        return;
+    }
+    let scratch = papervisor_tests::scratch_dir();
+    let run = scratch.join("run");
+    let run_arg = run.display().to_string();
+    let mut vm = Vm::start(&["--jail-dir", &run_arg]);
+    vm.boot();
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    let path = image(&scratch, "disk0.raw", 64 * MIB);
+    add_disk(&mut vm, &mut qmp, &path, false);
+    assert_eq!(
+        vm.console.command("blk"),
+        [format!("blk 0: {SECTORS_64MIB} sectors")]
+    );
+    assert_eq!(
+        vm.console.command("pci"),
+        ["pci 0x40000018 00:03.0 1af4:1042 virtio-blk"]
+    );
+
+    for &sector in &spots() {
+        assert_eq!(
+            vm.console.command(&format!("blk write 0 {sector} 16 7")),
+            ["blk write: 16 sectors"]
+        );
+    }
+    for &sector in &spots() {
+        assert_eq!(
+            vm.console.command(&format!("blk check 0 {sector} 16 7")),
+            ["blk check: 16 sectors, ok"]
+        );
+    }
+    // Another seed is another pattern: the check can fail.
+    assert_eq!(
+        vm.console.command("blk check 0 0 4 8"),
+        ["blk check: mismatch at sector 0"]
+    );
+    assert_eq!(
+        vm.console
+            .command(&format!("blk write 0 {} 1 7", SECTORS_64MIB)),
+        ["blk write: past the end of the disk"]
+    );
+    // The completions came as interrupts, through the queue's irqfd.
+    let irqs = vm.console.command("blk irqs 0");
+    let count: u64 = irqs[0]
+        .strip_prefix("blk irqs: ")
+        .and_then(|n| n.parse().ok())
+        .expect("a count");
+    assert!(count > 0, "{irqs:?}");
+
+    // The image holds what the guest wrote, where it wrote it.
+    let file = std::fs::File::open(&path).expect("the image");
+    for &sector in &spots() {
+        let mut bytes = vec![0; 16 * SECTOR as usize];
+        file.read_exact_at(&mut bytes, sector * SECTOR)
+            .expect("the sectors");
+        assert!(
+            bytes == sectors_of_pattern(sector, 16, 7),
+            "sector {sector} of the image holds the guest's pattern"
+        );
+    }
+    // And the guest reads what the host writes.
+    let writer = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("the image");
+    writer
+        .write_all_at(&sectors_of_pattern(1000, 8, 99), 1000 * SECTOR)
+        .expect("the host's sectors");
+    assert_eq!(
+        vm.console.command("blk check 0 1000 8 99"),
+        ["blk check: 8 sectors, ok"]
+    );
+
+    remove_disk(&mut vm, &mut qmp, &run, "dlpar: pci remove 0x40000018: ok");
+    assert_eq!(vm.console.command("blk"), ["blk: no disks"]);
+    assert_eq!(
+        vm.console.command("blk check 0 0 1 7"),
+        ["blk check: no disk 0"]
+    );
+    drop(qmp);
+    drop(vm);
+    let _ = std::fs::remove_dir_all(scratch);
+}
+
+#[test]
+fn a_read_only_node_refuses_the_guests_writes_with_the_virtio_status() {
+    if !kvm_usable("a_read_only_node_refuses_the_guests_writes_with_the_virtio_status") {
+        return;
+    }
+    let scratch = papervisor_tests::scratch_dir();
+    let mut vm = Vm::start(&[]);
+    vm.boot();
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    let path = image(&scratch, "disk0.raw", 64 * MIB);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|file| file.write_all_at(&sectors_of_pattern(5, 2, 3), 5 * SECTOR))
+        .expect("the host's sectors");
+    add_disk(&mut vm, &mut qmp, &path, true);
+    assert_eq!(
+        vm.console.command("blk"),
+        [format!("blk 0: {SECTORS_64MIB} sectors, read-only")]
+    );
+    assert_eq!(
+        vm.console.command("blk write 0 5 2 4"),
+        ["blk write: error at sector 5: I/O error"]
+    );
+    assert_eq!(
+        vm.console.command("blk check 0 5 2 3"),
+        ["blk check: 2 sectors, ok"]
+    );
+    drop(qmp);
+    drop(vm);
+    let _ = std::fs::remove_dir_all(scratch);
+}
+
+#[test]
+fn a_disk_the_guest_holds_and_reads_is_removed_anyway_and_the_guest_runs_on() {
+    if !kvm_usable("a_disk_the_guest_holds_and_reads_is_removed_anyway_and_the_guest_runs_on") {
+        return;
+    }
+    let scratch = papervisor_tests::scratch_dir();
+    let run = scratch.join("run");
+    let run_arg = run.display().to_string();
+    let mut vm = Vm::start(&["--jail-dir", &run_arg]);
+    vm.boot();
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    let path = image(&scratch, "disk0.raw", 64 * MIB);
+    add_disk(&mut vm, &mut qmp, &path, false);
+    assert_eq!(vm.console.command("blk hold 0"), ["blk hold: 0"]);
+    // The shell reads in the background while it waits for input.
+    let reads = |line: &str| -> u64 {
+        line.split(|c: char| !c.is_ascii_digit())
+            .find(|word| !word.is_empty())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let unheld = vm.console.command("blk unhold 0");
+    assert!(unheld[0].ends_with(" reads, 0 errors"), "{unheld:?}");
+    assert!(reads(&unheld[0]) > 0, "{unheld:?}");
+    assert_eq!(vm.console.command("blk hold 0"), ["blk hold: 0"]);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Removed while held, as Linux removes a busy disk: the guest's driver
+    // lets it go, the platform completes the unplug at the isolate.
+    remove_disk(
+        &mut vm,
+        &mut qmp,
+        &run,
+        "dlpar: pci remove 0x40000018: ok (the disk was busy)",
+    );
+    // Its I/O now fails, and the guest goes on.
+    assert_eq!(
+        vm.console.command("blk check 0 0 1 7"),
+        ["blk check: no disk 0"]
+    );
+    assert_eq!(vm.console.command("blk hold 0"), ["blk: no disk 0"]);
+    assert_eq!(vm.console.command("pci"), ["pci: no functions"]);
+    let cpus = vm.console.command("cpus");
+    assert!(!cpus.is_empty(), "the guest answers");
+    drop(qmp);
+    drop(vm);
+    let _ = std::fs::remove_dir_all(scratch);
+}
+
+#[test]
+fn after_a_reset_the_guest_drives_its_boot_disk_again_and_finds_what_it_wrote() {
+    if !kvm_usable("after_a_reset_the_guest_drives_its_boot_disk_again_and_finds_what_it_wrote") {
+        return;
+    }
+    let scratch = papervisor_tests::scratch_dir();
+    let path = image(&scratch, "disk0.raw", 64 * MIB);
+    let node = format!("driver=file,node-name=disk0,filename={}", path.display());
+    let mut vm = Vm::start(&[
+        "--blockdev",
+        &node,
+        "--device",
+        "virtio-blk-pci,id=vd0,drive=disk0,addr=3",
+    ]);
+    vm.boot();
+    assert_eq!(
+        vm.console.command("blk"),
+        [format!("blk 0: {SECTORS_64MIB} sectors")]
+    );
+    assert_eq!(
+        vm.console.command("blk write 0 77 8 5"),
+        ["blk write: 8 sectors"]
+    );
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    assert_eq!(qmp.execute("system_reset", json!({})), ok());
+    vm.boot();
+    // The bridge's function was reset and its driver started it again.
+    assert_eq!(
+        vm.console.command("blk check 0 77 8 5"),
+        ["blk check: 8 sectors, ok"]
+    );
+    assert_eq!(
+        vm.console.command("blk write 0 99 8 6"),
+        ["blk write: 8 sectors"]
+    );
+    assert_eq!(
+        vm.console.command("blk check 0 99 8 6"),
+        ["blk check: 8 sectors, ok"]
+    );
+    drop(qmp);
+    drop(vm);
+    let _ = std::fs::remove_dir_all(scratch);
+}

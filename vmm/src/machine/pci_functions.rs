@@ -1,0 +1,201 @@
+//! What a driver's writes to a disk's PCI function ask of its backend, as
+//! the process that serves the bridge reports them: DRIVER_OK starts the
+//! queues (the backend gets their rings, a kick that KVM signals from the
+//! guest's notification address, and the irqfd of the vector the driver
+//! chose), a reset stops them. The I/O then runs guest → KVM → backend →
+//! KVM → guest, without the core.
+
+use super::Vm;
+use crate::block::disks::{Disk, RunningQueue};
+use crate::block::frontend::QueueSetup;
+use ipc_proto::link::core_hotplug::{FunctionEffect, QueueStart};
+use ipc_proto::papr::DrcIndex;
+use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Bytes of a split queue's rings with `size` entries: descriptor table,
+/// available ring, used ring (virtio 1.x, 2.7).
+fn ring_bytes(size: u16) -> [u64; 3] {
+    let size = u64::from(size);
+    [16 * size, 6 + 2 * size, 6 + 8 * size]
+}
+
+/// The core's address of `length` bytes of guest memory at `guest`, if one
+/// region holds them all: `(guest start, size, host address)` each.
+fn host_address(regions: &[(u64, u64, u64)], guest: u64, length: u64) -> Option<u64> {
+    regions.iter().find_map(|&(start, size, host)| {
+        let offset = guest.checked_sub(start)?;
+        (offset.checked_add(length)? <= size).then(|| host + offset)
+    })
+}
+
+/// Takes the kicks of `disk`'s queues out of KVM.
+fn unregister_kicks(vm: &VmFd, disk: &mut Disk) {
+    for queue in disk.queues.drain(..) {
+        let address = IoEventAddress::Mmio(queue.notify);
+        if let Err(error) = vm.unregister_ioevent(&queue.kick, &address, NoDatamatch) {
+            log::error!("disk {}: cannot unregister a kick: {error}", disk.id);
+        }
+    }
+}
+
+impl Vm {
+    /// Carries out what a driver's write asks.
+    pub(super) fn function_effect(&mut self, effect: FunctionEffect) -> Result<(), String> {
+        effect.check()?;
+        match effect {
+            FunctionEffect::Start {
+                drc,
+                features,
+                queues,
+            } => self.start_queues(drc, features, &queues),
+            FunctionEffect::Stop { drc } => {
+                let vm = std::sync::Arc::clone(&self.vm_fd);
+                let disk = self.disk_of(drc)?;
+                stop_queues(&vm, disk);
+                Ok(())
+            }
+        }
+    }
+
+    fn disk_of(&mut self, drc: DrcIndex) -> Result<&mut Disk, String> {
+        self.disks
+            .by_drc(drc)
+            .ok_or_else(|| format!("no disk at DRC {:#x}", drc.0))
+    }
+
+    fn start_queues(
+        &mut self,
+        drc: DrcIndex,
+        features: u64,
+        queues: &[QueueStart],
+    ) -> Result<(), String> {
+        let regions: Vec<(u64, u64, u64)> = self
+            .vhost_memory()
+            .iter()
+            .map(|region| (region.guest_address, region.size, region.host_address))
+            .collect();
+        let vm = std::sync::Arc::clone(&self.vm_fd);
+        let interrupts = std::sync::Arc::clone(&self.interrupts);
+        let disk = self.disk_of(drc)?;
+        stop_queues(&vm, disk);
+        let mut calls = Vec::new();
+        let mut rings = Vec::new();
+        for queue in queues {
+            let [desc, driver, device] = ring_bytes(queue.size);
+            let translated = [
+                (queue.desc, desc),
+                (queue.driver, driver),
+                (queue.device, device),
+            ]
+            .map(|(guest, length)| host_address(&regions, guest, length));
+            let [Some(desc), Some(driver), Some(device)] = translated else {
+                // The backend never decides on memory outside its map: the
+                // driver's rings must be in guest RAM before it is asked.
+                return Err(format!(
+                    "disk {}: queue {} has rings outside guest memory",
+                    disk.id, queue.index
+                ));
+            };
+            rings.push((queue.size, desc, driver, device));
+            let kick = EventFd::new(EFD_NONBLOCK).map_err(|e| format!("a kick eventfd: {e}"))?;
+            let call = match queue.interrupt {
+                Some(source) => interrupts.eventfd(source).map_err(|e| e.to_string())?,
+                // No vector: completions interrupt nobody (the driver polls).
+                None => EventFd::new(EFD_NONBLOCK).map_err(|e| format!("a call eventfd: {e}"))?,
+            };
+            vm.register_ioevent(&kick, &IoEventAddress::Mmio(queue.notify), NoDatamatch)
+                .map_err(|error| {
+                    format!(
+                        "disk {}: cannot register its kick at {:#x}: {error}",
+                        disk.id, queue.notify
+                    )
+                })?;
+            disk.queues.push(RunningQueue {
+                kick,
+                notify: queue.notify,
+            });
+            calls.push(call);
+        }
+        let setups: Vec<QueueSetup<'_>> = rings
+            .iter()
+            .zip(&disk.queues)
+            .zip(&calls)
+            .map(
+                |((&(size, descriptors, available, used), queue), call)| QueueSetup {
+                    size,
+                    descriptors,
+                    available,
+                    used,
+                    kick: &queue.kick,
+                    call,
+                },
+            )
+            .collect();
+        let Some(frontend) = disk.frontend.as_mut() else {
+            drop(setups);
+            unregister_kicks(&vm, disk);
+            return Err(format!("disk {} has no backend", disk.id));
+        };
+        match frontend.start(features, &setups) {
+            Ok(()) => {
+                log::info!(
+                    "disk {}: {} queue(s) started, features {features:#x}",
+                    disk.id,
+                    setups.len()
+                );
+                Ok(())
+            }
+            Err(error) => {
+                drop(setups);
+                unregister_kicks(&vm, disk);
+                disk.cut_off(format!(
+                    "its backend did not start: {}",
+                    common::describe(&error)
+                ));
+                Err(format!("disk {}: its backend did not start", disk.id))
+            }
+        }
+    }
+
+    /// Every disk's queues stop (a machine reset resets every function).
+    pub(super) fn stop_all_queues(&mut self) {
+        let vm = std::sync::Arc::clone(&self.vm_fd);
+        for disk in self.disks.all_mut() {
+            stop_queues(&vm, disk);
+        }
+    }
+}
+
+/// Stops `disk`'s queues, if they run, and takes their kicks out of KVM.
+pub(super) fn stop_queues(vm: &VmFd, disk: &mut Disk) {
+    if disk.queues.is_empty() {
+        return;
+    }
+    if let Some(frontend) = disk.frontend.as_mut() {
+        if let Err(error) = frontend.stop() {
+            disk.cut_off(format!(
+                "its backend did not stop: {}",
+                common::describe(&error)
+            ));
+        }
+    }
+    unregister_kicks(vm, disk);
+    log::info!("disk {}: queues stopped", disk.id);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rings_translate_only_inside_one_region() {
+        let regions = [(0, 0x1000, 0x7000_0000), (0x10_0000, 0x1000, 0x9000_0000)];
+        assert_eq!(host_address(&regions, 0x800, 0x800), Some(0x7000_0800));
+        assert_eq!(host_address(&regions, 0x800, 0x801), None);
+        assert_eq!(host_address(&regions, 0x10_0010, 16), Some(0x9000_0010));
+        assert_eq!(host_address(&regions, 0x2000, 1), None);
+        assert_eq!(host_address(&regions, u64::MAX, 2), None);
+        assert_eq!(ring_bytes(256), [4096, 518, 2054]);
+    }
+}
