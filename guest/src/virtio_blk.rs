@@ -22,6 +22,8 @@ const MAX_REQUEST_SECTORS: u64 = 64;
 /// Polls of the used ring before a request is given up (several seconds
 /// of an emulated guest).
 const MAX_POLLS: u64 = 4_000_000;
+/// Polls between two looks at the device's status while a request waits.
+const STATUS_POLLS: u64 = 20_000;
 
 /// Device status bits.
 const ACKNOWLEDGE: u8 = 1;
@@ -145,6 +147,18 @@ pub fn attach(drc: u32, regions: Regions, queue_source: u32) -> Result<usize, &'
         .iter()
         .position(|d| d.is_none())
         .ok_or("too many disks")?;
+    disks[slot] = Some(bring_up(slot, drc, regions, queue_source)?);
+    Ok(slot)
+}
+
+/// The driver's set-up of the device, from a reset to DRIVER_OK, with
+/// disk slot `slot`'s rings.
+fn bring_up(
+    slot: usize,
+    drc: u32,
+    regions: Regions,
+    queue_source: u32,
+) -> Result<Disk, &'static str> {
     let common = regions.common;
     let status = |value: u8| mmio_write8(common + DEVICE_STATUS, value);
     status(0);
@@ -202,7 +216,7 @@ pub fn attach(drc: u32, regions: Regions, queue_source: u32) -> Result<usize, &'
     status(ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
     let sectors =
         u64::from(mmio_read32(regions.device)) | u64::from(mmio_read32(regions.device + 4)) << 32;
-    disks[slot] = Some(Disk {
+    Ok(Disk {
         drc,
         regions,
         notify: regions.notify + notify_off * u64::from(regions.notify_multiplier),
@@ -214,8 +228,7 @@ pub fn attach(drc: u32, regions: Regions, queue_source: u32) -> Result<usize, &'
         hold_sector: 0,
         hold_reads: 0,
         hold_errors: 0,
-    });
-    Ok(slot)
+    })
 }
 
 /// The driver lets the device go (the device is being removed): it is
@@ -247,9 +260,18 @@ fn submit(
     sector: u64,
     count: u64,
 ) -> Result<(), &'static str> {
-    if mmio_read8(disk.regions.common + DEVICE_STATUS) & NEEDS_RESET != 0 {
-        return Err("the device needs a reset");
-    }
+    submit_to(slot, disk, kind, sector, count, data(slot) as u64)
+}
+
+/// [`submit`] with the data at `data_address`.
+fn submit_to(
+    slot: usize,
+    disk: &mut Disk,
+    kind: u32,
+    sector: u64,
+    count: u64,
+    data_address: u64,
+) -> Result<(), &'static str> {
     let page = ring(slot);
     put::<u32>(page, HEADER_AT, kind);
     put::<u32>(page, HEADER_AT + 4, 0);
@@ -267,7 +289,7 @@ fn submit(
     let data_flags = if kind == TYPE_IN { DESC_WRITE } else { 0 };
     descriptor(
         1,
-        data(slot) as u64,
+        data_address,
         (count * SECTOR) as u32,
         DESC_NEXT | data_flags,
         2,
@@ -289,13 +311,20 @@ fn used(slot: usize, disk: &Disk) -> bool {
     get::<u16>(ring(slot), USED_AT + 2) == disk.next_avail
 }
 
-/// Waits for the request in flight: its status.
+/// Waits for the request in flight: its status. A request that takes
+/// long has the device's status looked at (as a driver's timeout handler
+/// does): a device that needs a reset will not answer.
 fn complete(slot: usize, disk: &mut Disk) -> Result<(), &'static str> {
     let mut polls = 0;
     while !used(slot, disk) {
         polls += 1;
         if polls > MAX_POLLS {
             return Err("no answer");
+        }
+        if polls % STATUS_POLLS == 0
+            && mmio_read8(disk.regions.common + DEVICE_STATUS) & NEEDS_RESET != 0
+        {
+            return Err("the device needs a reset");
         }
         core::hint::spin_loop();
     }
@@ -365,7 +394,7 @@ fn parse(word: Option<&str>, number: fn(&str) -> Option<u64>) -> Option<u64> {
 /// `blk`, `blk write|check <n> <sector> <count> <seed>`, `blk hold|unhold <n>`.
 pub fn command<'a>(words: &mut impl Iterator<Item = &'a str>, number: fn(&str) -> Option<u64>) {
     const SYNTAX: &str =
-        "blk | blk write|check <n> <sector> <count> <seed> | blk hold|unhold <n> | blk irqs <n>";
+        "blk | blk write|check <n> <sector> <count> <seed> | blk hold|unhold <n> | blk irqs <n> | blk hostile <n> early-kick|wild-descriptor|garbage-config";
     let usage = || {
         Line::new().str("usage: ").str(SYNTAX).nl();
     };
@@ -388,6 +417,13 @@ pub fn command<'a>(words: &mut impl Iterator<Item = &'a str>, number: fn(&str) -
                 return usage();
             };
             hold(action == "hold", n as usize);
+        }
+        Some("hostile") => {
+            let n = parse(words.next(), number).map(|n| n as usize);
+            match (n, words.next()) {
+                (Some(n), Some(what)) => hostile(n, what),
+                _ => usage(),
+            }
         }
         Some("irqs") => {
             let Some(n) = parse(words.next(), number).filter(|&n| (n as usize) < MAX_DISKS) else {
@@ -530,5 +566,70 @@ pub fn background() {
             disk.hold_errors += 1;
         }
         disk.hold_sector += count;
+    }
+}
+
+/// What a hostile driver does to disk `n`; the platform must fail that
+/// device only:
+/// - `early-kick`: rings the queue before DRIVER_OK (the device then needs
+///   a reset), then sets the device up again as a driver would;
+/// - `wild-descriptor`: a request whose data lies outside guest memory;
+/// - `garbage-config`: pseudo-random values over the function's
+///   configuration header (its BARs and command too).
+fn hostile(n: usize, what: &str) {
+    let mut disks = DISKS.lock();
+    let Some(Some(disk)) = disks.get_mut(n) else {
+        Line::new().str("blk: no disk ").dec(n as u64).nl();
+        return;
+    };
+    let common = disk.regions.common;
+    match what {
+        "early-kick" => {
+            mmio_write8(common + DEVICE_STATUS, 0);
+            mmio_write8(common + DEVICE_STATUS, ACKNOWLEDGE | DRIVER);
+            mmio_write16(disk.notify, 0);
+            let status = mmio_read8(common + DEVICE_STATUS);
+            Line::new()
+                .str("blk hostile: status ")
+                .hex(u64::from(status))
+                .nl();
+            let source = SOURCES[n].load(Ordering::Relaxed);
+            match bring_up(n, disk.drc, disk.regions, source) {
+                Ok(fresh) => {
+                    *disk = fresh;
+                    Line::new().str("blk hostile: set up again").nl();
+                }
+                Err(why) => {
+                    Line::new().str("blk hostile: ").str(why).nl();
+                }
+            }
+        }
+        "wild-descriptor" => {
+            // The data descriptor points past guest memory.
+            let outcome =
+                submit_to(n, disk, TYPE_IN, 0, 1, 1 << 40).and_then(|()| complete(n, disk));
+            let mut line = Line::new();
+            line.str("blk hostile: wild descriptor: ");
+            match outcome {
+                Ok(()) => line.str("served").nl(),
+                Err(why) => line.str(why).nl(),
+            };
+        }
+        "garbage-config" => {
+            let devfn = (disk.drc & 0xff) as u8;
+            let mut x: u32 = 0x2545_f491;
+            for register in (0..0x40).step_by(4) {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                crate::pcibus::write(devfn, register, 4, x);
+            }
+            Line::new().str("blk hostile: garbage written").nl();
+        }
+        _ => {
+            Line::new()
+                .str("blk hostile: early-kick|wild-descriptor|garbage-config")
+                .nl();
+        }
     }
 }

@@ -328,3 +328,83 @@ fn after_a_reset_the_guest_drives_its_boot_disk_again_and_finds_what_it_wrote() 
     drop(vm);
     let _ = std::fs::remove_dir_all(scratch);
 }
+
+#[test]
+fn a_hostile_driver_fails_its_own_device_only() {
+    if !kvm_usable("a_hostile_driver_fails_its_own_device_only") {
+        return;
+    }
+    let scratch = papervisor_tests::scratch_dir();
+    let mut args = Vec::new();
+    for n in 0..2 {
+        let path = image(&scratch, &format!("disk{n}.raw"), 64 * MIB);
+        args.push("--blockdev".to_string());
+        args.push(format!(
+            "driver=file,node-name=disk{n},filename={}",
+            path.display()
+        ));
+        args.push("--device".to_string());
+        args.push(format!(
+            "virtio-blk-pci,id=vd{n},drive=disk{n},addr={}",
+            3 + n
+        ));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut vm = Vm::start(&args);
+    vm.boot();
+    assert_eq!(vm.console.command("blk").len(), 2);
+
+    // A queue rung before DRIVER_OK: the device needs a reset, and the
+    // driver that resets it has it back.
+    assert_eq!(
+        vm.console.command("blk hostile 0 early-kick"),
+        ["blk hostile: status 0x43", "blk hostile: set up again"]
+    );
+    assert_eq!(
+        vm.console.command("blk write 0 10 4 1"),
+        ["blk write: 4 sectors"]
+    );
+    assert_eq!(
+        vm.console.command("blk check 0 10 4 1"),
+        ["blk check: 4 sectors, ok"]
+    );
+    // Data outside guest memory: that request fails, the next ones do not.
+    let wild = vm.console.command("blk hostile 0 wild-descriptor");
+    assert_eq!(wild.len(), 1, "{wild:?}");
+    assert!(
+        wild[0].starts_with("blk hostile: wild descriptor: ") && !wild[0].ends_with("served"),
+        "{wild:?}"
+    );
+    assert_eq!(
+        vm.console.command("blk check 0 10 4 1"),
+        ["blk check: 4 sectors, ok"]
+    );
+    // Garbage over the function's configuration header: its BARs are gone,
+    // its I/O fails; the other disk and the machine are untouched.
+    assert_eq!(
+        vm.console.command("blk hostile 0 garbage-config"),
+        ["blk hostile: garbage written"]
+    );
+    assert_eq!(
+        vm.console.command("blk check 0 10 4 1"),
+        ["blk check: error at sector 10: the device needs a reset"]
+    );
+    assert_eq!(
+        vm.console.command("blk write 1 20 4 2"),
+        ["blk write: 4 sectors"]
+    );
+    assert_eq!(
+        vm.console.command("blk check 1 20 4 2"),
+        ["blk check: 4 sectors, ok"]
+    );
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    let pci = qmp.execute("query-pci", json!({}));
+    assert_eq!(
+        pci["return"][0]["devices"].as_array().map(Vec::len),
+        Some(2)
+    );
+    assert_eq!(block_pids(&mut qmp).len(), 2);
+    drop(qmp);
+    drop(vm);
+    let _ = std::fs::remove_dir_all(scratch);
+}

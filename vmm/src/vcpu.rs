@@ -619,6 +619,11 @@ impl Vcpu {
                 }
                 return Next::Continue;
             }
+            Some(PlatformRequest::StopFunction { drc }) => {
+                let effect = ipc_proto::link::core_hotplug::FunctionEffect::Stop { drc };
+                mmio(self.id, &self.context).carry_out_effect(effect);
+                return Next::Continue;
+            }
             Some(PlatformRequest::PowerOff) => ControlMessage::PowerOff,
             Some(PlatformRequest::Reboot) => ControlMessage::Reset { by_guest: true },
             Some(PlatformRequest::OsTerm { message }) => {

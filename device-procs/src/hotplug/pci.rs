@@ -111,11 +111,22 @@ impl PciBus {
                 size,
                 value,
                 ..
-            } => status_value(
-                self.bridge
-                    .write_config(ConfigAddress::decode(address), size, value)
-                    .map(|()| 0),
-            ),
+            } => match self
+                .bridge
+                .write_config(ConfigAddress::decode(address), size, value)
+            {
+                Ok(Some(drc)) => {
+                    log::warn!(
+                        "DRC {:#x}: the driver took a running device's BAR away: device failed",
+                        drc.0
+                    );
+                    Reply::Stopped {
+                        status: RtasStatus::Success,
+                        drc,
+                    }
+                }
+                other => status_value(other.map(|_| 0)),
+            },
             Request::ChangeMsi {
                 address,
                 function,

@@ -176,18 +176,31 @@ impl Bridge {
             .map_err(|_| RtasStatus::HardwareError)
     }
 
-    /// `ibm,write-pci-config`, with the same answers.
+    /// `ibm,write-pci-config`, with the same answers; and the DRC of a
+    /// function whose queues must stop: a write that turns a running
+    /// device's memory decoding off or moves its queues' BAR takes its
+    /// notification addresses away, so the device fails (it needs a reset,
+    /// after which its driver starts it again where its BAR is now).
     pub fn write_config(
         &mut self,
         address: ConfigAddress,
         size: u32,
         value: u32,
-    ) -> Result<(), RtasStatus> {
-        self.function_mut(address)?
+    ) -> Result<Option<DrcIndex>, RtasStatus> {
+        let function = self.function_mut(address)?;
+        let decoded = |space: &ConfigSpace| {
+            (space.command() & COMMAND_MEMORY != 0).then(|| space.bar_address(MODERN_BAR))
+        };
+        let before = decoded(&function.space);
+        function
             .space
             .write(u32::from(address.register), size, value)
-            .map(drop)
-            .map_err(|_| RtasStatus::HardwareError)
+            .map_err(|_| RtasStatus::HardwareError)?;
+        if function.transport.running() && decoded(&function.space) != before {
+            function.transport.fail();
+            return Ok(Some(function.transport.drc()));
+        }
+        Ok(None)
     }
 
     /// `ibm,change-msi` (`function`, `count`), as QEMU answers it: query
@@ -289,6 +302,7 @@ fn msix_table_size(space: &ConfigSpace) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ipc_proto::link::core_hotplug::QueueStart;
 
     fn plug(bridge: &mut Bridge, devfn: u8) {
         let model = DeviceModel {
@@ -305,6 +319,102 @@ mod tests {
             devfn,
             register,
         }
+    }
+
+    /// A block function at `devfn` with BAR 4 at bus address `bar`,
+    /// decoding, two MSI-X vectors granted and its driver at DRIVER_OK with
+    /// queue 0 (16 entries) on vector 1: what DRIVER_OK asked.
+    fn started(bridge: &mut Bridge, devfn: u8, bar: u32) -> Option<FunctionEffect> {
+        let phb = Phb::new(0);
+        plug(bridge, devfn);
+        bridge.write_config(at(devfn, 0x20), 4, bar).unwrap();
+        bridge.write_config(at(devfn, 0x04), 2, 0x6).unwrap();
+        bridge.change_msi(at(devfn, 0), MSIX, 2).unwrap();
+        let cpu = phb.cpu_address(u64::from(bar)).unwrap();
+        let mut write = |offset: u64, size: u32, value: u64| {
+            bridge.bar_access(&phb, cpu + offset, size, Some(value)).1
+        };
+        for status in [1, 3, 11] {
+            assert_eq!(write(0x14, 1, status), None);
+        }
+        write(0x16, 2, 0);
+        write(0x18, 2, 16);
+        write(0x1a, 2, 1);
+        write(0x20, 8, 0x10_0000);
+        write(0x28, 8, 0x10_0100);
+        write(0x30, 8, 0x10_0200);
+        write(0x1c, 2, 1);
+        write(0x14, 1, 15)
+    }
+
+    #[test]
+    fn driver_ok_asks_for_the_queue_with_its_notification_address_and_interrupt() {
+        let mut bridge = Bridge::new(0x1010, 8);
+        let phb = Phb::new(0);
+        let drc = phb.drc(3 << 3).unwrap();
+        let bar = 0x8030_8000;
+        let effect = started(&mut bridge, 3 << 3, bar);
+        let notify = phb.cpu_address(u64::from(bar)).unwrap() + 0x3000;
+        assert_eq!(
+            effect,
+            Some(FunctionEffect::Start {
+                drc,
+                features: 0,
+                queues: vec![QueueStart {
+                    index: 0,
+                    size: 16,
+                    desc: 0x10_0000,
+                    driver: 0x10_0100,
+                    device: 0x10_0200,
+                    notify,
+                    interrupt: Some(0x1011),
+                }],
+            })
+        );
+        // Reads: the common configuration, and all ones outside any BAR.
+        let cpu = notify - 0x3000;
+        assert_eq!(bridge.bar_access(&phb, cpu + 0x14, 1, None).0, 15);
+        assert_eq!(bridge.bar_access(&phb, cpu + 0x12, 2, None).0, 1);
+        assert_eq!(
+            bridge.bar_access(&phb, cpu + 0x8000, 4, None).0,
+            0xffff_ffff
+        );
+        // A reset stops the queue.
+        assert_eq!(
+            bridge.bar_access(&phb, cpu + 0x14, 1, Some(0)).1,
+            Some(FunctionEffect::Stop { drc })
+        );
+    }
+
+    #[test]
+    fn taking_a_running_devices_bar_away_fails_it_once() {
+        let mut bridge = Bridge::new(0x1010, 8);
+        let devfn = 4 << 3;
+        let drc = Phb::new(0).drc(devfn).unwrap();
+        assert!(matches!(
+            started(&mut bridge, devfn, 0x8040_8000),
+            Some(FunctionEffect::Start { .. })
+        ));
+        // Another register: nothing to stop.
+        assert_eq!(bridge.write_config(at(devfn, 0x3c), 1, 9), Ok(None));
+        assert_eq!(bridge.write_config(at(devfn, 0x04), 2, 0), Ok(Some(drc)));
+        assert_eq!(bridge.write_config(at(devfn, 0x04), 2, 6), Ok(None));
+        assert_eq!(
+            bridge.write_config(at(devfn, 0x20), 4, 0x8050_0000),
+            Ok(None)
+        );
+        // A queue rung before DRIVER_OK fails the device too.
+        let mut bridge = Bridge::new(0x1010, 8);
+        let phb = Phb::new(0);
+        plug(&mut bridge, devfn);
+        bridge
+            .write_config(at(devfn, 0x20), 4, 0x8040_8000)
+            .unwrap();
+        bridge.write_config(at(devfn, 0x04), 2, 0x6).unwrap();
+        let cpu = phb.cpu_address(0x8040_8000).unwrap();
+        bridge.bar_access(&phb, cpu + 0x14, 1, Some(3));
+        assert_eq!(bridge.bar_access(&phb, cpu + 0x3000, 2, Some(0)).1, None);
+        assert_eq!(bridge.bar_access(&phb, cpu + 0x14, 1, None).0, 0x43);
     }
 
     #[test]

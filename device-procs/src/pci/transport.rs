@@ -56,6 +56,22 @@ impl Transport {
         self.common.status()
     }
 
+    /// Its connector.
+    pub fn drc(&self) -> DrcIndex {
+        self.drc
+    }
+
+    /// The driver started the device and it has not failed.
+    pub fn running(&self) -> bool {
+        let status = self.common.status();
+        status & common::DRIVER_OK != 0 && status & common::DEVICE_NEEDS_RESET == 0
+    }
+
+    /// The device failed: it needs a reset.
+    pub fn fail(&mut self) {
+        self.common.fail();
+    }
+
     /// Reads `size` bytes (1, 2, 4 or 8) of `region`. `granted` names the
     /// interrupt source of each vector `ibm,change-msi` granted: PAPR's
     /// platform, not the driver, programs the table (its data is the

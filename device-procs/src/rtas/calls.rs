@@ -107,6 +107,7 @@ pub trait Peers {
         Ok(match self.hotplug_reply(request)? {
             HotplugReply::Status { status, value } => (status, value),
             HotplugReply::Vectors { status, count, .. } => (status, count),
+            HotplugReply::Stopped { status, .. } => (status, 0),
         })
     }
     /// A request to the event log: its reply, or `None` for an acknowledgement.
@@ -155,8 +156,8 @@ fn dispatch<M: Bytes<GuestAddress, E = GuestMemoryError>>(
         log::debug!("RTAS: unknown token {:#x}", call.token);
         return Ok((status(RtasStatus::ParameterError), None));
     };
-    if let Some(rets) = super::pci::call(kind, call, services)? {
-        return Ok((rets, None));
+    if let Some(answer) = super::pci::call(kind, call, services)? {
+        return Ok(answer);
     }
     Ok(match kind {
         RtasCall::DisplayCharacter if nargs == 1 && nret == 1 => (

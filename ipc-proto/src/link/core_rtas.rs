@@ -9,7 +9,7 @@
 
 use crate::channel::no_descriptors;
 use crate::channel::MAX_FDS;
-use crate::papr::{irq, RtasCall};
+use crate::papr::{irq, DrcIndex, RtasCall};
 use crate::protocol::{link_protocol, Message};
 use serde::{Deserialize, Serialize};
 
@@ -172,6 +172,12 @@ pub enum PlatformRequest {
         /// The vCPU.
         server: u32,
     },
+    /// `ibm,write-pci-config` turned a running function's memory decoding
+    /// off or moved its queues' BAR: the device failed, its queues stop.
+    StopFunction {
+        /// The function's DRC.
+        drc: DrcIndex,
+    },
 }
 
 impl PlatformRequest {
@@ -200,6 +206,18 @@ impl PlatformRequest {
                 call == Some(RtasCall::SetXive)
                     && arg(0) == Some(*source)
                     && arg(1) == Some(*server)
+            }
+            PlatformRequest::StopFunction { drc } => {
+                let address = arg(0).map(crate::pci::ConfigAddress::decode);
+                let phb = match (arg(1), arg(2)) {
+                    (Some(high), Some(low)) => {
+                        crate::pci::phb_of(u64::from(high) << 32 | u64::from(low))
+                    }
+                    _ => None,
+                };
+                call == Some(RtasCall::IbmWritePciConfig)
+                    && matches!((phb, address), (Some(phb), Some(address))
+                        if address.bus == 0 && phb.drc(address.devfn) == Some(*drc))
             }
         }
     }

@@ -98,6 +98,15 @@ pub enum Reply {
         /// The value.
         value: u32,
     },
+    /// ibm,write-pci-config's answer when the write turned a running
+    /// function's memory decoding off or moved its queues' BAR: the device
+    /// failed (DEVICE_NEEDS_RESET) and its queues must stop.
+    Stopped {
+        /// RTAS status.
+        status: RtasStatus,
+        /// The function's DRC.
+        drc: crate::papr::DrcIndex,
+    },
     /// ibm,change-msi's answer: vectors granted (or, asked too many, how
     /// many the function has) and their kind.
     Vectors {

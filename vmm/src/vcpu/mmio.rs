@@ -77,7 +77,7 @@ impl Mmio<'_> {
 
     /// Has the control loop carry out `effect` and waits for it (bounded,
     /// and not past a request to park: the loop may be parking vCPUs).
-    fn carry_out_effect(&self, effect: FunctionEffect) {
+    pub(super) fn carry_out_effect(&self, effect: FunctionEffect) {
         let (done, outcome) = sync_channel(1);
         let message = ControlMessage::Function { effect, done };
         if self.control.send(message).is_err() {
