@@ -391,13 +391,16 @@ enum BenchCall {
     /// query-cpu-stopped-state as every other call of this guest is made:
     /// its token looked up by name, its block built each time.
     Named,
+    /// A request on disk 0, through the queue: kick (ioeventfd), the
+    /// backend, the used ring.
+    Disk(crate::virtio_blk::BenchRequest),
 }
 
 /// Makes `count` calls in a row, each timed with the time-stamp counter,
 /// and prints the total, the median and the 99th percentile in TSC cycles
 /// (the host knows the counter's rate; this guest has no calibrated clock).
 fn bench<'a>(words: &mut impl Iterator<Item = &'a str>) {
-    const USAGE: &str = "bench hcall|rtas|rtas-named|sensor <n>";
+    const USAGE: &str = "bench hcall|rtas|rtas-named|sensor|blk-null|blk-read|blk-write <n>";
     let kind = words.next();
     let Some(count) = words.next().and_then(parse_number).filter(|&n| n > 0) else {
         return usage(USAGE);
@@ -420,6 +423,9 @@ fn bench<'a>(words: &mut impl Iterator<Item = &'a str>) {
             "get-sensor-state",
             &[dlpar::DR_ENTITY_SENSE, dlpar::core_drc(me as usize)],
         ),
+        Some("blk-null") => Some(BenchCall::Disk(crate::virtio_blk::BenchRequest::Null)),
+        Some("blk-read") => Some(BenchCall::Disk(crate::virtio_blk::BenchRequest::Read)),
+        Some("blk-write") => Some(BenchCall::Disk(crate::virtio_blk::BenchRequest::Write)),
         _ => return usage(USAGE),
     };
     let Some(mut call) = call else {
@@ -438,6 +444,12 @@ fn bench<'a>(words: &mut impl Iterator<Item = &'a str>) {
             }
             BenchCall::Named => {
                 let _ = rtas::call("query-cpu-stopped-state", &[me], 2);
+            }
+            BenchCall::Disk(kind) => {
+                if let Err(why) = crate::virtio_blk::bench_request(*kind, i as u64) {
+                    Line::new().str("bench failed: ").str(why).nl();
+                    return;
+                }
             }
         }
         if let Some(slot) = samples.get_mut(i) {

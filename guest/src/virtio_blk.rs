@@ -38,6 +38,9 @@ const BLK_FLUSH: u64 = 1 << 9;
 /// Request types and statuses.
 const TYPE_IN: u32 = 0;
 const TYPE_OUT: u32 = 1;
+const TYPE_GET_ID: u32 = 8;
+/// The bytes of a get-id answer.
+const ID_BYTES: u32 = 20;
 const STATUS_OK: u8 = 0;
 /// Descriptor flags.
 const DESC_NEXT: u16 = 1;
@@ -286,14 +289,12 @@ fn submit_to(
     };
     let base = page as u64;
     descriptor(0, base + HEADER_AT as u64, 16, DESC_NEXT, 1);
-    let data_flags = if kind == TYPE_IN { DESC_WRITE } else { 0 };
-    descriptor(
-        1,
-        data_address,
-        (count * SECTOR) as u32,
-        DESC_NEXT | data_flags,
-        2,
-    );
+    let (data_flags, data_bytes) = match kind {
+        TYPE_IN => (DESC_WRITE, (count * SECTOR) as u32),
+        TYPE_GET_ID => (DESC_WRITE, ID_BYTES),
+        _ => (0, (count * SECTOR) as u32),
+    };
+    descriptor(1, data_address, data_bytes, DESC_NEXT | data_flags, 2);
     descriptor(2, base + STATUS_AT as u64, 1, DESC_WRITE, 0);
     let index = disk.next_avail;
     put::<u16>(page, AVAIL_AT + 4 + 2 * usize::from(index % QUEUE_SIZE), 0);
@@ -631,5 +632,34 @@ fn hostile(n: usize, what: &str) {
                 .str("blk hostile: early-kick|wild-descriptor|garbage-config")
                 .nl();
         }
+    }
+}
+
+/// What `bench blk-*` times: one request on disk 0.
+#[derive(Clone, Copy)]
+pub enum BenchRequest {
+    /// get-id: answered from the backend's memory, no image access.
+    Null,
+    /// 4 KiB read at a pseudo-random 4 KiB-aligned sector.
+    Read,
+    /// 4 KiB write there.
+    Write,
+}
+
+/// Makes request number `i` of a benchmark on disk 0, waited for.
+pub fn bench_request(kind: BenchRequest, i: u64) -> Result<(), &'static str> {
+    let mut disks = DISKS.lock();
+    let Some(Some(disk)) = disks.get_mut(0) else {
+        return Err("no disk 0");
+    };
+    let blocks = (disk.sectors / 8).max(1);
+    let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    x ^= x >> 29;
+    let sector = (x % blocks) * 8;
+    let count = 8.min(disk.sectors);
+    match kind {
+        BenchRequest::Null => request(0, disk, TYPE_GET_ID, 0, 0),
+        BenchRequest::Read => request(0, disk, TYPE_IN, sector, count),
+        BenchRequest::Write => request(0, disk, TYPE_OUT, sector, count),
     }
 }

@@ -47,10 +47,15 @@ pub fn touches_pci(drcs: &[DrcIndex]) -> bool {
 }
 
 impl PciBus {
-    /// The core describes the device `drc` is about to get.
+    /// The core describes the device `drc` is about to get (or, to a
+    /// successor, has): a function already there is built afresh with it.
     pub fn describe(&mut self, drc: DrcIndex, model: DeviceModel) -> Result<(), String> {
         // One model per connector of the bridge: the map stays bounded.
-        devfn_of(&self.phb, drc).ok_or_else(|| format!("DRC {:#x} is not on the bridge", drc.0))?;
+        let devfn = devfn_of(&self.phb, drc)
+            .ok_or_else(|| format!("DRC {:#x} is not on the bridge", drc.0))?;
+        if self.bridge.has(devfn) {
+            self.bridge.plug_block(devfn, drc, &model)?;
+        }
         self.models.insert(drc, model);
         Ok(())
     }

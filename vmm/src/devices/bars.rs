@@ -4,7 +4,8 @@
 
 use super::proxy::DeviceFailure;
 use super::DeviceProcesses;
-use ipc_proto::link::core_hotplug::{self, FunctionEffect};
+use ipc_proto::link::core_hotplug::{self, DeviceModel, FunctionEffect};
+use ipc_proto::papr::DrcIndex;
 use std::time::{Duration, Instant};
 
 /// How long an access waits for a restarting controller: the vCPU sees a
@@ -52,5 +53,18 @@ impl DeviceProcesses {
                 Err(failure) => return Err(failure),
             }
         }
+    }
+}
+
+impl DeviceProcesses {
+    /// Keeps what PCI function `drc`'s device offers, for every controller
+    /// to come (the caller tells the one serving now).
+    pub fn remember_function(&self, drc: DrcIndex, model: DeviceModel) {
+        common::lock(&self.resources.function_models).insert(drc, model);
+    }
+
+    /// The function at `drc` went.
+    pub fn forget_function(&self, drc: DrcIndex) {
+        common::lock(&self.resources.function_models).remove(&drc);
     }
 }

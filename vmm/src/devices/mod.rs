@@ -29,13 +29,14 @@ use crate::control::ControlMessage;
 use crate::memory::GuestRam;
 use ipc_proto::channel::ChannelError;
 use ipc_proto::link::core_eventlog::CoreEventLog;
-use ipc_proto::link::core_hotplug::{self, CoreHotplug, DrcRange};
+use ipc_proto::link::core_hotplug::{self, CoreHotplug, DeviceModel, DrcRange};
 use ipc_proto::link::core_rtas::{CoreRtas, MemoryRegion};
+use ipc_proto::papr::DrcIndex;
 use ipc_proto::{Link, ProcessKind};
 use proxy::{DeviceFailure, Proxy, Supervised};
 use spawn::{ProcessHandle, SpawnError};
 use starter::Starter;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::PathBuf;
@@ -123,6 +124,9 @@ pub struct Resources {
     pub event_log_interrupts: [OwnedFd; 2],
     /// The state regions of the hotplug controller and the event log.
     pub state_regions: HashMap<ProcessKind, StateRegion>,
+    /// What each plugged PCI function's device offers a driver: told to
+    /// the hotplug controller before the plug, and again to a successor.
+    pub function_models: Mutex<BTreeMap<DrcIndex, DeviceModel>>,
 }
 
 /// A process kind's state region: created once, handed to every
@@ -301,6 +305,7 @@ impl DeviceProcesses {
                 drcs,
                 event_log_interrupts,
                 state_regions,
+                function_models: Mutex::new(BTreeMap::new()),
             },
             rtas: Proxy::new(ProcessKind::RtasServer, control.clone()),
             hotplug: Proxy::new(ProcessKind::HotplugController, control.clone()),

@@ -310,7 +310,13 @@ impl DeviceProcesses {
             ProcessKind::HotplugController => {
                 self.hotplug.command(core_hotplug::Request::DefineDrcs {
                     ranges: self.resources.drcs.clone(),
-                })
+                })?;
+                let models = lock(&self.resources.function_models).clone();
+                for (drc, model) in models {
+                    self.hotplug
+                        .command(core_hotplug::Request::DescribeFunction { drc, model })?;
+                }
+                Ok(())
             }
             ProcessKind::EventLog => Ok(()),
         }

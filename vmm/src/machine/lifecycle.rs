@@ -356,6 +356,11 @@ impl Vm {
                 Ok(ControlMessage::Hotplug { id, notification }) => {
                     self.on_hotplug(id, notification)
                 }
+                // A driver's write from before the reset: its function was
+                // reset with the machine, and its vCPU parked.
+                Ok(ControlMessage::Function { effect, .. }) => {
+                    log::info!("dropped at reset: {effect:?}");
+                }
                 Ok(other) => self.deferred.push_back(other),
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
                     log::error!("the hotplug controller did not complete the reset in time");

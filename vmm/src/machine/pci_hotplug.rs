@@ -181,16 +181,21 @@ impl Vm {
         };
         // The bridge's function shows the backend's features and
         // configuration to the guest's driver.
-        let model = disk.frontend.as_ref().map(|frontend| DeviceModel {
-            features: frontend.driver_features(),
-            config: frontend.config().to_vec(),
-        });
-        let describe = core_hotplug::Request::DescribeFunction {
-            drc: disk.drc,
-            model: model.unwrap_or(DeviceModel {
+        let model = disk
+            .frontend
+            .as_ref()
+            .map(|frontend| DeviceModel {
+                features: frontend.driver_features(),
+                config: frontend.config().to_vec(),
+            })
+            .unwrap_or(DeviceModel {
                 features: 0,
                 config: Vec::new(),
-            }),
+            });
+        self.devices.remember_function(disk.drc, model.clone());
+        let describe = core_hotplug::Request::DescribeFunction {
+            drc: disk.drc,
+            model,
         };
         let plug = core_hotplug::Request::Plug {
             drcs: vec![disk.drc],
@@ -201,6 +206,7 @@ impl Vm {
             .hotplug_request(describe)
             .and_then(|()| self.hotplug_request(plug));
         if let Err(reason) = plugged {
+            self.devices.forget_function(disk.drc);
             disk.process.kill();
             return Err(QmpError::generic(reason));
         }
@@ -231,6 +237,7 @@ impl Vm {
             .ok_or_else(|| format!("an unknown disk {device}"))?;
         let mut disk = disk;
         super::pci_functions::stop_queues(&self.vm_fd, &mut disk);
+        self.devices.forget_function(disk.drc);
         let Disk {
             id,
             node,
