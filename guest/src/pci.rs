@@ -86,23 +86,7 @@ fn record(call: Call) {
 
 /// Makes and records one call; its status (-1 when it could not be made).
 fn call(name: &'static str, args: &[u32], nret: usize) -> (i32, [u32; 2]) {
-    let (status, out) = match rtas::call(name, args, nret) {
-        Ok(ret) => (ret.status, [ret.out[0], ret.out[1]]),
-        Err(_) => (-1, [0, 0]),
-    };
-    let mut kept = [0; 3];
-    kept[..args.len().min(3)].copy_from_slice(&args[..args.len().min(3)]);
-    record(Call {
-        name,
-        args: kept,
-        nargs: args.len().min(3),
-        status,
-        out,
-        nret: nret.saturating_sub(1).min(2),
-        walk: None,
-        count: 1,
-    });
-    (status, out)
+    call_shown(name, args, args, nret)
 }
 
 fn set_indicator(indicator: u32, drc: u32, value: u32) -> bool {
@@ -328,7 +312,8 @@ const CHANGE_MSI_ONLY: u32 = 3;
 const CHANGE_MSIX: u32 = 4;
 const VECTORS: u32 = 2;
 
-/// Makes and records a call whose shown arguments differ from its cells.
+/// Makes and records a call, shown with `shown` (its first three shown
+/// at most) in place of its cells.
 fn call_shown(name: &'static str, args: &[u32], shown: &[u32], nret: usize) -> (i32, [u32; 2]) {
     let (status, out) = match rtas::call(name, args, nret) {
         Ok(ret) => (ret.status, [ret.out[0], ret.out[1]]),

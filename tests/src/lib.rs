@@ -2,6 +2,7 @@
 //! start a VM, talk to its console socket.
 #![deny(missing_docs)]
 
+pub mod disks;
 pub mod vhost_driver;
 
 use std::io::{Read, Write};

@@ -5,28 +5,17 @@
 //! the guest reads; a busy disk is removed all the same; a reset starts
 //! the disk again. Need /dev/kvm.
 
+use papervisor_tests::disks::{image, ok, wait_until};
 use papervisor_tests::{in_process, kvm_usable, QmpClient, Vm};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
 const SECTOR: u64 = 512;
 const SECTORS_64MIB: u64 = 64 * MIB / SECTOR;
 const ADDED: &str = "dlpar: pci add 0x40000018: ok";
-
-fn ok() -> Value {
-    json!({"return": {}})
-}
-
-fn image(dir: &Path, name: &str, bytes: u64) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::File::create(&path)
-        .and_then(|file| file.set_len(bytes))
-        .expect("an image");
-    path
-}
 
 /// The guest's `blk write` / `blk check` pattern: word `i` of sector `s`
 /// is `pattern(s * 512 + 8 * i, seed)`, little-endian (as `mem fill`).
@@ -71,6 +60,48 @@ fn add_disk(vm: &mut Vm, qmp: &mut QmpClient, path: &Path, read_only: bool) {
     vm.console.expect_async(ADDED, Duration::from_secs(60));
 }
 
+/// Runs `command` on the guest's console: its one line of output must be
+/// `expected`.
+fn answers(vm: &mut Vm, command: &str, expected: &str) {
+    assert_eq!(vm.console.command(command), [expected], "{command}");
+}
+
+/// A VM with `count` 64 MiB disks present at boot (`vd<n>` in slot 3 + n,
+/// on node `disk<n>`), booted.
+fn boot_with_disks(scratch: &Path, count: usize) -> Vm {
+    let mut args = Vec::new();
+    for n in 0..count {
+        let path = image(scratch, &format!("disk{n}.raw"), 64 * MIB);
+        args.push("--blockdev".to_string());
+        args.push(format!(
+            "driver=file,node-name=disk{n},filename={}",
+            path.display()
+        ));
+        args.push("--device".to_string());
+        args.push(format!(
+            "virtio-blk-pci,id=vd{n},drive=disk{n},addr={}",
+            3 + n
+        ));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut vm = Vm::start(&args);
+    vm.boot();
+    vm
+}
+
+/// A booted VM whose runtime directories are under `run`, with a 64 MiB
+/// disk hot-added (vd0 in slot 3) and taken by the guest: the VM, its QMP
+/// client, the disk's image.
+fn hot_added_disk(scratch: &Path, run: &Path) -> (Vm, QmpClient, std::path::PathBuf) {
+    let run_arg = run.display().to_string();
+    let mut vm = Vm::start(&["--jail-dir", &run_arg]);
+    vm.boot();
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    let path = image(scratch, "disk0.raw", 64 * MIB);
+    add_disk(&mut vm, &mut qmp, &path, false);
+    (vm, qmp, path)
+}
+
 fn block_pids(qmp: &mut QmpClient) -> Vec<u64> {
     qmp.execute("x-query-device-processes", json!({}))["return"]
         .as_array()
@@ -79,14 +110,6 @@ fn block_pids(qmp: &mut QmpClient) -> Vec<u64> {
         .filter(|row| row["kind"] == "block")
         .filter_map(|row| row["pid"].as_u64())
         .collect()
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(Instant::now() < deadline, "{what} within 10 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Removes vd0 with the guest's agent running: `DEVICE_DELETED`, its block
@@ -122,19 +145,15 @@ fn the_guest_writes_a_pattern_across_a_hot_added_disk_that_the_image_holds_and_r
     }
     let scratch = papervisor_tests::scratch_dir();
     let run = scratch.join("run");
-    let run_arg = run.display().to_string();
-    let mut vm = Vm::start(&["--jail-dir", &run_arg]);
-    vm.boot();
-    let mut qmp = QmpClient::connect(&vm.qmp_socket());
-    let path = image(&scratch, "disk0.raw", 64 * MIB);
-    add_disk(&mut vm, &mut qmp, &path, false);
+    let (mut vm, mut qmp, path) = hot_added_disk(&scratch, &run);
     assert_eq!(
         vm.console.command("blk"),
         [format!("blk 0: {SECTORS_64MIB} sectors")]
     );
-    assert_eq!(
-        vm.console.command("pci"),
-        ["pci 0x40000018 00:03.0 1af4:1042 virtio-blk"]
+    answers(
+        &mut vm,
+        "pci",
+        "pci 0x40000018 00:03.0 1af4:1042 virtio-blk",
     );
 
     // The benchmark's requests (the isolation bench's guest rows), before
@@ -147,21 +166,24 @@ fn the_guest_writes_a_pattern_across_a_hot_added_disk_that_the_image_holds_and_r
         );
     }
     for &sector in &spots() {
-        assert_eq!(
-            vm.console.command(&format!("blk write 0 {sector} 16 7")),
-            ["blk write: 16 sectors"]
+        answers(
+            &mut vm,
+            &format!("blk write 0 {sector} 16 7"),
+            "blk write: 16 sectors",
         );
     }
     for &sector in &spots() {
-        assert_eq!(
-            vm.console.command(&format!("blk check 0 {sector} 16 7")),
-            ["blk check: 16 sectors, ok"]
+        answers(
+            &mut vm,
+            &format!("blk check 0 {sector} 16 7"),
+            "blk check: 16 sectors, ok",
         );
     }
     // Another seed is another pattern: the check can fail.
-    assert_eq!(
-        vm.console.command("blk check 0 0 4 8"),
-        ["blk check: mismatch at sector 0"]
+    answers(
+        &mut vm,
+        "blk check 0 0 4 8",
+        "blk check: mismatch at sector 0",
     );
     assert_eq!(
         vm.console
@@ -195,17 +217,11 @@ fn the_guest_writes_a_pattern_across_a_hot_added_disk_that_the_image_holds_and_r
     writer
         .write_all_at(&sectors_of_pattern(1000, 8, 99), 1000 * SECTOR)
         .expect("the host's sectors");
-    assert_eq!(
-        vm.console.command("blk check 0 1000 8 99"),
-        ["blk check: 8 sectors, ok"]
-    );
+    answers(&mut vm, "blk check 0 1000 8 99", "blk check: 8 sectors, ok");
 
     remove_disk(&mut vm, &mut qmp, &run, "dlpar: pci remove 0x40000018: ok");
-    assert_eq!(vm.console.command("blk"), ["blk: no disks"]);
-    assert_eq!(
-        vm.console.command("blk check 0 0 1 7"),
-        ["blk check: no disk 0"]
-    );
+    answers(&mut vm, "blk", "blk: no disks");
+    answers(&mut vm, "blk check 0 0 1 7", "blk check: no disk 0");
     drop(qmp);
     drop(vm);
     let _ = std::fs::remove_dir_all(scratch);
@@ -231,14 +247,12 @@ fn a_read_only_node_refuses_the_guests_writes_with_the_virtio_status() {
         vm.console.command("blk"),
         [format!("blk 0: {SECTORS_64MIB} sectors, read-only")]
     );
-    assert_eq!(
-        vm.console.command("blk write 0 5 2 4"),
-        ["blk write: error at sector 5: I/O error"]
+    answers(
+        &mut vm,
+        "blk write 0 5 2 4",
+        "blk write: error at sector 5: I/O error",
     );
-    assert_eq!(
-        vm.console.command("blk check 0 5 2 3"),
-        ["blk check: 2 sectors, ok"]
-    );
+    answers(&mut vm, "blk check 0 5 2 3", "blk check: 2 sectors, ok");
     drop(qmp);
     drop(vm);
     let _ = std::fs::remove_dir_all(scratch);
@@ -251,13 +265,8 @@ fn a_disk_the_guest_holds_and_reads_is_removed_anyway_and_the_guest_runs_on() {
     }
     let scratch = papervisor_tests::scratch_dir();
     let run = scratch.join("run");
-    let run_arg = run.display().to_string();
-    let mut vm = Vm::start(&["--jail-dir", &run_arg]);
-    vm.boot();
-    let mut qmp = QmpClient::connect(&vm.qmp_socket());
-    let path = image(&scratch, "disk0.raw", 64 * MIB);
-    add_disk(&mut vm, &mut qmp, &path, false);
-    assert_eq!(vm.console.command("blk hold 0"), ["blk hold: 0"]);
+    let (mut vm, mut qmp, _) = hot_added_disk(&scratch, &run);
+    answers(&mut vm, "blk hold 0", "blk hold: 0");
     // The shell reads in the background while it waits for input.
     let reads = |line: &str| -> u64 {
         line.split(|c: char| !c.is_ascii_digit())
@@ -269,7 +278,7 @@ fn a_disk_the_guest_holds_and_reads_is_removed_anyway_and_the_guest_runs_on() {
     let unheld = vm.console.command("blk unhold 0");
     assert!(unheld[0].ends_with(" reads, 0 errors"), "{unheld:?}");
     assert!(reads(&unheld[0]) > 0, "{unheld:?}");
-    assert_eq!(vm.console.command("blk hold 0"), ["blk hold: 0"]);
+    answers(&mut vm, "blk hold 0", "blk hold: 0");
     std::thread::sleep(Duration::from_millis(300));
 
     // Removed while held, as Linux removes a busy disk: the guest's driver
@@ -281,12 +290,9 @@ fn a_disk_the_guest_holds_and_reads_is_removed_anyway_and_the_guest_runs_on() {
         "dlpar: pci remove 0x40000018: ok (the disk was busy)",
     );
     // Its I/O now fails, and the guest goes on.
-    assert_eq!(
-        vm.console.command("blk check 0 0 1 7"),
-        ["blk check: no disk 0"]
-    );
-    assert_eq!(vm.console.command("blk hold 0"), ["blk: no disk 0"]);
-    assert_eq!(vm.console.command("pci"), ["pci: no functions"]);
+    answers(&mut vm, "blk check 0 0 1 7", "blk check: no disk 0");
+    answers(&mut vm, "blk hold 0", "blk: no disk 0");
+    answers(&mut vm, "pci", "pci: no functions");
     let cpus = vm.console.command("cpus");
     assert!(!cpus.is_empty(), "the guest answers");
     drop(qmp);
@@ -300,39 +306,19 @@ fn after_a_reset_the_guest_drives_its_boot_disk_again_and_finds_what_it_wrote() 
         return;
     }
     let scratch = papervisor_tests::scratch_dir();
-    let path = image(&scratch, "disk0.raw", 64 * MIB);
-    let node = format!("driver=file,node-name=disk0,filename={}", path.display());
-    let mut vm = Vm::start(&[
-        "--blockdev",
-        &node,
-        "--device",
-        "virtio-blk-pci,id=vd0,drive=disk0,addr=3",
-    ]);
-    vm.boot();
+    let mut vm = boot_with_disks(&scratch, 1);
     assert_eq!(
         vm.console.command("blk"),
         [format!("blk 0: {SECTORS_64MIB} sectors")]
     );
-    assert_eq!(
-        vm.console.command("blk write 0 77 8 5"),
-        ["blk write: 8 sectors"]
-    );
+    answers(&mut vm, "blk write 0 77 8 5", "blk write: 8 sectors");
     let mut qmp = QmpClient::connect(&vm.qmp_socket());
     assert_eq!(qmp.execute("system_reset", json!({})), ok());
     vm.boot();
     // The bridge's function was reset and its driver started it again.
-    assert_eq!(
-        vm.console.command("blk check 0 77 8 5"),
-        ["blk check: 8 sectors, ok"]
-    );
-    assert_eq!(
-        vm.console.command("blk write 0 99 8 6"),
-        ["blk write: 8 sectors"]
-    );
-    assert_eq!(
-        vm.console.command("blk check 0 99 8 6"),
-        ["blk check: 8 sectors, ok"]
-    );
+    answers(&mut vm, "blk check 0 77 8 5", "blk check: 8 sectors, ok");
+    answers(&mut vm, "blk write 0 99 8 6", "blk write: 8 sectors");
+    answers(&mut vm, "blk check 0 99 8 6", "blk check: 8 sectors, ok");
     drop(qmp);
     drop(vm);
     let _ = std::fs::remove_dir_all(scratch);
@@ -344,23 +330,7 @@ fn a_hostile_driver_fails_its_own_device_only() {
         return;
     }
     let scratch = papervisor_tests::scratch_dir();
-    let mut args = Vec::new();
-    for n in 0..2 {
-        let path = image(&scratch, &format!("disk{n}.raw"), 64 * MIB);
-        args.push("--blockdev".to_string());
-        args.push(format!(
-            "driver=file,node-name=disk{n},filename={}",
-            path.display()
-        ));
-        args.push("--device".to_string());
-        args.push(format!(
-            "virtio-blk-pci,id=vd{n},drive=disk{n},addr={}",
-            3 + n
-        ));
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut vm = Vm::start(&args);
-    vm.boot();
+    let mut vm = boot_with_disks(&scratch, 2);
     assert_eq!(vm.console.command("blk").len(), 2);
 
     // A queue rung before DRIVER_OK: the device needs a reset, and the
@@ -369,14 +339,8 @@ fn a_hostile_driver_fails_its_own_device_only() {
         vm.console.command("blk hostile 0 early-kick"),
         ["blk hostile: status 0x43", "blk hostile: set up again"]
     );
-    assert_eq!(
-        vm.console.command("blk write 0 10 4 1"),
-        ["blk write: 4 sectors"]
-    );
-    assert_eq!(
-        vm.console.command("blk check 0 10 4 1"),
-        ["blk check: 4 sectors, ok"]
-    );
+    answers(&mut vm, "blk write 0 10 4 1", "blk write: 4 sectors");
+    answers(&mut vm, "blk check 0 10 4 1", "blk check: 4 sectors, ok");
     // Data outside guest memory: that request fails, the next ones do not.
     let wild = vm.console.command("blk hostile 0 wild-descriptor");
     assert_eq!(wild.len(), 1, "{wild:?}");
@@ -384,28 +348,21 @@ fn a_hostile_driver_fails_its_own_device_only() {
         wild[0].starts_with("blk hostile: wild descriptor: ") && !wild[0].ends_with("served"),
         "{wild:?}"
     );
-    assert_eq!(
-        vm.console.command("blk check 0 10 4 1"),
-        ["blk check: 4 sectors, ok"]
-    );
+    answers(&mut vm, "blk check 0 10 4 1", "blk check: 4 sectors, ok");
     // Garbage over the function's configuration header: its BARs are gone,
     // its I/O fails; the other disk and the machine are untouched.
-    assert_eq!(
-        vm.console.command("blk hostile 0 garbage-config"),
-        ["blk hostile: garbage written"]
+    answers(
+        &mut vm,
+        "blk hostile 0 garbage-config",
+        "blk hostile: garbage written",
     );
-    assert_eq!(
-        vm.console.command("blk check 0 10 4 1"),
-        ["blk check: error at sector 10: the device needs a reset"]
+    answers(
+        &mut vm,
+        "blk check 0 10 4 1",
+        "blk check: error at sector 10: the device needs a reset",
     );
-    assert_eq!(
-        vm.console.command("blk write 1 20 4 2"),
-        ["blk write: 4 sectors"]
-    );
-    assert_eq!(
-        vm.console.command("blk check 1 20 4 2"),
-        ["blk check: 4 sectors, ok"]
-    );
+    answers(&mut vm, "blk write 1 20 4 2", "blk write: 4 sectors");
+    answers(&mut vm, "blk check 1 20 4 2", "blk check: 4 sectors, ok");
     let mut qmp = QmpClient::connect(&vm.qmp_socket());
     let pci = qmp.execute("query-pci", json!({}));
     assert_eq!(
@@ -425,30 +382,13 @@ fn a_disks_requests_go_on_while_the_process_serving_its_function_restarts() {
         return;
     }
     let scratch = papervisor_tests::scratch_dir();
-    let path = image(&scratch, "disk0.raw", 64 * MIB);
-    let node = format!("driver=file,node-name=disk0,filename={}", path.display());
-    let mut vm = Vm::start(&[
-        "--blockdev",
-        &node,
-        "--device",
-        "virtio-blk-pci,id=vd0,drive=disk0,addr=3",
-    ]);
-    vm.boot();
-    assert_eq!(
-        vm.console.command("blk write 0 100 8 3"),
-        ["blk write: 8 sectors"]
-    );
+    let mut vm = boot_with_disks(&scratch, 1);
+    answers(&mut vm, "blk write 0 100 8 3", "blk write: 8 sectors");
     // The hotplug controller serves the bridge's functions, not their I/O:
     // requests go guest -> KVM -> block process -> KVM -> guest meanwhile.
     vm.kill_and_await_restart("hotplug-controller");
-    assert_eq!(
-        vm.console.command("blk check 0 100 8 3"),
-        ["blk check: 8 sectors, ok"]
-    );
-    assert_eq!(
-        vm.console.command("blk write 0 200 8 4"),
-        ["blk write: 8 sectors"]
-    );
+    answers(&mut vm, "blk check 0 100 8 3", "blk check: 8 sectors, ok");
+    answers(&mut vm, "blk write 0 200 8 4", "blk write: 8 sectors");
     // Its successor knows the device again: after a reset the guest's
     // driver finds it whole (its capacity from the core's description).
     let mut qmp = QmpClient::connect(&vm.qmp_socket());
@@ -458,10 +398,7 @@ fn a_disks_requests_go_on_while_the_process_serving_its_function_restarts() {
         vm.console.command("blk"),
         [format!("blk 0: {SECTORS_64MIB} sectors")]
     );
-    assert_eq!(
-        vm.console.command("blk check 0 200 8 4"),
-        ["blk check: 8 sectors, ok"]
-    );
+    answers(&mut vm, "blk check 0 200 8 4", "blk check: 8 sectors, ok");
     drop(qmp);
     drop(vm);
     let _ = std::fs::remove_dir_all(scratch);

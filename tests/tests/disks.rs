@@ -6,9 +6,10 @@
 //! at once (`DEVICE_DELETED`, the process gone, its node free). Need
 //! /dev/kvm.
 
-use papervisor_tests::{in_process, kvm_usable, QmpClient, Vm};
+use papervisor_tests::disks::{image, ok, wait_until};
+use papervisor_tests::{in_process, kvm_usable, runs, QmpClient, Vm};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
@@ -20,18 +21,6 @@ fn error(reply: &Value) -> String {
         .as_str()
         .unwrap_or_default()
         .to_string()
-}
-
-fn ok() -> Value {
-    json!({"return": {}})
-}
-
-fn image(dir: &Path, name: &str, bytes: u64) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::File::create(&path)
-        .and_then(|file| file.set_len(bytes))
-        .expect("an image");
-    path
 }
 
 fn blockdev_add(qmp: &mut QmpClient, node: &str, path: &Path, read_only: bool) -> Value {
@@ -55,21 +44,6 @@ fn block_rows(qmp: &mut QmpClient) -> Vec<Value> {
         .filter(|row| row["kind"] == "block")
         .cloned()
         .collect()
-}
-
-fn runs(pid: u64) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(Instant::now() < deadline, "{what} within 10 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn status_field(pid: u64, field: &str) -> String {
