@@ -82,6 +82,27 @@ pub enum DeviceAdd {
         /// Its slot on the bridge, if the client says.
         slot: Option<u8>,
     },
+    /// A vhost-user-blk-pci disk: its backend is another program's, at
+    /// the socket of a character device.
+    VhostUserBlk {
+        /// The QMP id.
+        id: String,
+        /// The character device of the backend's socket.
+        chardev: String,
+        /// Its slot on the bridge, if the client says.
+        slot: Option<u8>,
+    },
+}
+
+/// chardev-add of a Unix client socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChardevAdd {
+    /// Its id.
+    pub id: String,
+    /// The socket's path.
+    pub path: PathBuf,
+    /// How long to wait between reconnection attempts (0: never).
+    pub reconnect_ms: u64,
 }
 
 /// object-add of a memory backend.
@@ -138,6 +159,8 @@ pub enum Query {
     Block,
     /// query-pci.
     Pci,
+    /// query-chardev.
+    Chardev,
 }
 
 /// A QMP command that needs the machine, its arguments parsed.
@@ -155,6 +178,10 @@ pub enum MachineRequest {
     BlockdevAdd(BlockdevAdd),
     /// blockdev-del of the node with this name.
     BlockdevDel(String),
+    /// chardev-add.
+    ChardevAdd(ChardevAdd),
+    /// chardev-remove of the character device with this id.
+    ChardevRemove(String),
     /// A query.
     Query(Query),
     /// system_powerdown.

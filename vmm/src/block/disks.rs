@@ -10,8 +10,10 @@ use ipc_proto::papr::DrcIndex;
 use ipc_proto::pci::{Phb, DEVFNS_PER_BUS, VIRTIO_BLK_PCI};
 use serde_json::{json, Value};
 
-/// The driver QMP names.
+/// The driver QMP names for a disk on a block node (its backend ours).
 pub const VIRTIO_BLK_DRIVER: &str = "virtio-blk-pci";
+/// The driver QMP names for a disk whose backend another program runs.
+pub const VHOST_USER_BLK_DRIVER: &str = "vhost-user-blk-pci";
 /// The PCI host bridge's name as QMP's `bus` gives it.
 pub const BUS_NAME: &str = "pci.0";
 /// Slots on the bridge's root bus.
@@ -21,8 +23,7 @@ pub const SLOTS: u8 = (DEVFNS_PER_BUS / 8) as u8;
 pub struct Disk {
     /// Its QMP id.
     pub id: String,
-    /// The block node it serves.
-    pub node: String,
+
     /// Its slot (function 0).
     pub slot: u8,
     /// Its DRC.
@@ -31,8 +32,8 @@ pub struct Disk {
     pub serial: u64,
     /// A device_del asked it back.
     pub unplug_asked: bool,
-    /// The block device process (or thread) serving it.
-    pub process: ProcessHandle,
+    /// Who serves its queues.
+    pub backend: Backend,
     /// The core's vhost-user link to it, until the backend is cut off.
     pub frontend: Option<BlockFrontend>,
     /// How its block process ended, if it did before the disk went.
@@ -50,6 +51,31 @@ pub struct RunningQueue {
     pub notify: u64,
 }
 
+/// Who serves a disk's queues.
+pub enum Backend {
+    /// A block device process (or thread) of ours, on a block node.
+    Process {
+        /// The node.
+        node: String,
+        /// The process.
+        process: ProcessHandle,
+    },
+    /// Another program, at the socket of a character device.
+    External {
+        /// The character device.
+        chardev: String,
+    },
+}
+
+impl Backend {
+    /// Ends it, if it is ours.
+    pub fn kill(&self) {
+        if let Backend::Process { process, .. } = self {
+            process.kill();
+        }
+    }
+}
+
 impl Disk {
     /// Cuts the backend off after it failed a request of the frontend (a
     /// late answer would be taken for the next request's): the link is
@@ -58,7 +84,7 @@ impl Disk {
     pub fn cut_off(&mut self, why: String) {
         log::error!("disk {}: {why}", self.id);
         self.frontend = None;
-        self.process.kill();
+        self.backend.kill();
         self.exit.get_or_insert(why);
     }
 

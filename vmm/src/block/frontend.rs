@@ -149,7 +149,11 @@ impl BlockFrontend {
         if offered & PROTOCOL_FEATURES_BIT == 0 {
             return Err(FrontendError::Lacks("protocol features"));
         }
-        link.bounded("take features", |f| f.set_features(PROTOCOL_FEATURES_BIT))?;
+        // VERSION_1 from the first: libvhost-user's backends (QEMU's
+        // storage daemon) refuse a legacy device for good.
+        link.bounded("take features", |f| {
+            f.set_features(PROTOCOL_FEATURES_BIT | VERSION_1)
+        })?;
         let wanted = VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;

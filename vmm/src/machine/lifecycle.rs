@@ -231,6 +231,7 @@ impl Vm {
             dimms: Dimms::new(&layout, config.memory.slots),
             block_nodes: Default::default(),
             disks: Default::default(),
+            chardevs: Default::default(),
             qmp,
             control,
             inbox,

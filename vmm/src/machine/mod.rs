@@ -128,6 +128,7 @@ pub struct Vm {
     block_nodes: crate::block::nodes::Nodes,
     /// The disks on the PCI host bridge.
     disks: crate::block::disks::Disks,
+    chardevs: crate::block::chardevs::Chardevs,
     qmp: Arc<QmpServer>,
     control: Sender<ControlMessage>,
     inbox: Receiver<ControlMessage>,
@@ -236,7 +237,9 @@ impl Vm {
         if let MachineRequest::DeviceAdd(add) = &request {
             let id = match add {
                 DeviceAdd::Core { id, .. } => id.as_deref(),
-                DeviceAdd::Dimm { id, .. } | DeviceAdd::VirtioBlk { id, .. } => Some(id.as_str()),
+                DeviceAdd::Dimm { id, .. }
+                | DeviceAdd::VirtioBlk { id, .. }
+                | DeviceAdd::VhostUserBlk { id, .. } => Some(id.as_str()),
             };
             if let Some(id) = id.filter(|id| self.plugged_device(id).is_some()) {
                 return Err(QmpError::generic(format!("Duplicate device ID '{id}'")));
@@ -252,6 +255,9 @@ impl Vm {
             MachineRequest::DeviceAdd(DeviceAdd::VirtioBlk { id, drive, slot }) => {
                 self.disk_add(&id, &drive, slot, false)
             }
+            MachineRequest::DeviceAdd(DeviceAdd::VhostUserBlk { id, chardev, slot }) => {
+                self.external_disk_add(&id, &chardev, slot)
+            }
             MachineRequest::DeviceDel(name) if self.dimms.find(&name).is_some() => {
                 self.dimm_del(&name)
             }
@@ -263,6 +269,8 @@ impl Vm {
             MachineRequest::ObjectDel(id) => self.object_del(&id),
             MachineRequest::BlockdevAdd(add) => self.block_nodes.add(add).map(|()| json!({})),
             MachineRequest::BlockdevDel(name) => self.block_nodes.remove(&name).map(|()| json!({})),
+            MachineRequest::ChardevAdd(add) => self.chardevs.add(add).map(|()| json!({})),
+            MachineRequest::ChardevRemove(id) => self.chardevs.remove(&id).map(|()| json!({})),
             MachineRequest::Query(query) => self.query(query),
             MachineRequest::PowerDown => self.power_button(),
             MachineRequest::Pause(pause) => Ok(self.pause(pause)),

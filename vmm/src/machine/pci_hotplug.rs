@@ -6,7 +6,7 @@
 
 use super::notifications::device_event;
 use super::Vm;
-use crate::block::disks::Disk;
+use crate::block::disks::{Backend, Disk};
 use crate::block::frontend::{BlockFrontend, Region};
 use crate::control::ControlMessage;
 use crate::devices::spawn;
@@ -14,7 +14,7 @@ use crate::request::{DeviceAdd, MachineRequest, QmpError};
 use ipc_proto::link::core_hotplug::{self, DeviceModel};
 use ipc_proto::spawner::BlockStart;
 use serde_json::{json, Value};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -35,6 +35,36 @@ fn vhost_user_socket(dir: &Path, serial: u64) -> Result<(OwnedFd, UnixStream), Q
     let _ = std::fs::remove_file(&path);
     let stream = stream.map_err(|e| failed("connect to", e))?;
     Ok((OwnedFd::from(listener), stream))
+}
+
+/// Connects to a backend's socket without waiting on a full listen queue
+/// (a backend that accepts nothing must not hold the control loop).
+fn connect_backend(path: &Path) -> Result<UnixStream, QmpError> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let failed = |error: nix::Error| {
+        QmpError::generic(format!(
+            "cannot connect to the vhost-user backend at {}: {error}",
+            path.display()
+        ))
+    };
+    let socket = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .map_err(failed)?;
+    let address = UnixAddr::new(path).map_err(failed)?;
+    connect(socket.as_raw_fd(), &address).map_err(failed)?;
+    // Blocking again for the frontend, whose every message is bounded by
+    // its own watchdog (by fcntl: std's set_nonblocking is an ioctl the
+    // control loop's filter refuses).
+    nix::fcntl::fcntl(
+        &socket,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+    )
+    .map_err(failed)?;
+    Ok(UnixStream::from(socket))
 }
 
 /// Where a VM's vhost-user sockets are made: its private directory (the
@@ -104,9 +134,8 @@ impl Vm {
         match started {
             Ok(disk) => {
                 log::info!(
-                    "disk {id} plugged in slot {slot:02x} (DRC {:#x}), node {drive}, block process {}",
+                    "disk {id} plugged in slot {slot:02x} (DRC {:#x}), node {drive}",
                     disk.drc.0,
-                    disk.process.pid
                 );
                 self.disks.plugged(disk);
                 Ok(json!({}))
@@ -129,7 +158,6 @@ impl Vm {
     ) -> Result<Disk, QmpError> {
         let serial = start.serial;
         let node = start.node.clone();
-        let drc = crate::block::disks::slot_drc(slot)?;
         let (listener, stream) =
             vhost_user_socket(&socket_dir(&self.devices.sandbox().jail_dir), serial)?;
         let copy = stream
@@ -153,6 +181,31 @@ impl Vm {
                 common::describe(&error)
             ))
         })?;
+        let backend = Backend::Process { node, process };
+        let plugged = self.plug_disk(id, stream, backend, slot, serial, cold);
+        if let Err((error, backend)) = plugged {
+            backend.kill();
+            return Err(error);
+        }
+        plugged.map_err(|(error, _)| error)
+    }
+
+    /// Connects the core to the backend at the other end of `stream` as its
+    /// vhost-user frontend with guest memory, describes the function to the
+    /// bridge and plugs the slot's DRC. What fails gives the backend back.
+    fn plug_disk(
+        &mut self,
+        id: &str,
+        stream: UnixStream,
+        backend: Backend,
+        slot: u8,
+        serial: u64,
+        cold: bool,
+    ) -> Result<Disk, (QmpError, Backend)> {
+        let drc = match crate::block::disks::slot_drc(slot) {
+            Ok(drc) => drc,
+            Err(error) => return Err((error, backend)),
+        };
         let connected = BlockFrontend::connect(stream).and_then(|mut frontend| {
             frontend.set_memory(&self.vhost_memory())?;
             Ok(frontend)
@@ -160,38 +213,30 @@ impl Vm {
         let frontend = match connected {
             Ok(frontend) => frontend,
             Err(error) => {
-                process.kill();
-                return Err(QmpError::generic(format!(
-                    "the block device process of {id} failed: {}",
+                let error = QmpError::generic(format!(
+                    "the vhost-user backend of {id} failed: {}",
                     common::describe(&error)
-                )));
+                ));
+                return Err((error, backend));
             }
+        };
+        // The bridge's function shows the backend's features and
+        // configuration to the guest's driver.
+        let model = DeviceModel {
+            features: frontend.driver_features(),
+            config: frontend.config().to_vec(),
         };
         let disk = Disk {
             id: id.to_string(),
-            node,
             slot,
             drc,
             serial,
             unplug_asked: false,
-            process,
+            backend,
             frontend: Some(frontend),
             exit: None,
             queues: Vec::new(),
         };
-        // The bridge's function shows the backend's features and
-        // configuration to the guest's driver.
-        let model = disk
-            .frontend
-            .as_ref()
-            .map(|frontend| DeviceModel {
-                features: frontend.driver_features(),
-                config: frontend.config().to_vec(),
-            })
-            .unwrap_or(DeviceModel {
-                features: 0,
-                config: Vec::new(),
-            });
         self.devices.remember_function(disk.drc, model.clone());
         let describe = core_hotplug::Request::DescribeFunction {
             drc: disk.drc,
@@ -207,10 +252,43 @@ impl Vm {
             .and_then(|()| self.hotplug_request(plug));
         if let Err(reason) = plugged {
             self.devices.forget_function(disk.drc);
-            disk.process.kill();
-            return Err(QmpError::generic(reason));
+            return Err((QmpError::generic(reason), disk.backend));
         }
         Ok(disk)
+    }
+
+    /// device_add of a vhost-user-blk-pci disk: the core connects to the
+    /// socket of `chardev`, where another program's backend listens.
+    pub(super) fn external_disk_add(
+        &mut self,
+        id: &str,
+        chardev: &str,
+        slot: Option<u8>,
+    ) -> Result<Value, QmpError> {
+        let (slot, serial) = self.disks.prepare(id, slot)?;
+        let (path, _reconnect_ms) = self.chardevs.attach(chardev, id)?;
+        let plugged = connect_backend(&path).and_then(|stream| {
+            let backend = Backend::External {
+                chardev: chardev.to_string(),
+            };
+            self.plug_disk(id, stream, backend, slot, serial, false)
+                .map_err(|(error, _)| error)
+        });
+        match plugged {
+            Ok(disk) => {
+                log::info!(
+                    "disk {id} plugged in slot {slot:02x} (DRC {:#x}), backend at {}",
+                    disk.drc.0,
+                    path.display()
+                );
+                self.disks.plugged(disk);
+                Ok(json!({}))
+            }
+            Err(error) => {
+                self.chardevs.detach(chardev);
+                Err(error)
+            }
+        }
     }
 
     /// device_del of a disk: every request reaches the guest again.
@@ -240,15 +318,17 @@ impl Vm {
         self.devices.forget_function(disk.drc);
         let Disk {
             id,
-            node,
-            process,
+            backend,
             frontend,
             ..
         } = disk;
         drop(frontend);
         // A process that does not see the hang-up is ended anyway.
-        process.kill();
-        self.block_nodes.detach(&node);
+        backend.kill();
+        match &backend {
+            Backend::Process { node, .. } => self.block_nodes.detach(node),
+            Backend::External { chardev } => self.chardevs.detach(chardev),
+        }
         log::info!("disk {id} unplugged");
         self.qmp.emit(
             "DEVICE_DELETED",

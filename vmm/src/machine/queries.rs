@@ -2,6 +2,7 @@
 //! for the `x-` queries, as Papervisor documents it).
 
 use super::Vm;
+use crate::block::disks::Backend;
 use crate::cores::{CoreDevice, CORE_DRIVER};
 use crate::request::{QmpError, Query};
 use ipc_proto::link::core_eventlog;
@@ -26,6 +27,7 @@ impl Vm {
             Query::Startup => Ok(self.startup.to_json()),
             Query::DeviceProcesses => Ok(self.query_device_processes()),
             Query::Block => Ok(self.block_nodes.query()),
+            Query::Chardev => Ok(self.chardevs.query()),
             Query::Pci => Ok(self.query_pci()),
         }
     }
@@ -41,14 +43,21 @@ impl Vm {
             controller["rejected-notifications"] = json!(self.notifications.rejected());
         }
         if let Some(list) = processes.as_array_mut() {
-            list.extend(self.disks.all().iter().map(|disk| {
-                self.devices.block_info(
-                    disk.process.pid,
-                    &disk.id,
-                    &disk.node,
-                    disk.exit.as_deref(),
-                )
-            }));
+            list.extend(
+                self.disks
+                    .all()
+                    .iter()
+                    .filter_map(|disk| match &disk.backend {
+                        Backend::Process { node, process } => Some(self.devices.block_info(
+                            process.pid,
+                            &disk.id,
+                            node,
+                            disk.exit.as_deref(),
+                        )),
+                        // Another program's: not a device process of this VM.
+                        Backend::External { .. } => None,
+                    }),
+            );
         }
         processes
     }

@@ -8,7 +8,7 @@ use crate::block::{disks, nodes};
 use crate::cores::{valid_id, CORE_DRIVER};
 use crate::dimms::{BACKEND_TYPES, DIMM_DRIVER};
 use crate::request::{
-    BackendAdd, BlockdevAdd, DeviceAdd, FaultInjection, MachineRequest, QmpError, Query,
+    BackendAdd, BlockdevAdd, ChardevAdd, DeviceAdd, FaultInjection, MachineRequest, QmpError, Query,
 };
 use ipc_proto::link::core_hotplug::MAX_DEVICE_ID;
 use ipc_proto::ProcessKind;
@@ -31,6 +31,11 @@ pub fn machine_request(
             MachineRequest::BlockdevDel(text(arguments, "node-name").unwrap_or_default().into())
         }
         Command::QueryBlock => return query(Query::Block),
+        Command::ChardevAdd => MachineRequest::ChardevAdd(chardev_add(arguments)?),
+        Command::ChardevRemove => {
+            MachineRequest::ChardevRemove(text(arguments, "id").unwrap_or_default().into())
+        }
+        Command::QueryChardev => return query(Query::Chardev),
         Command::QueryPci => return query(Query::Pci),
         Command::QueryMemoryDevices => return query(Query::MemoryDevices),
         Command::QueryMemorySizeSummary => return query(Query::MemorySizeSummary),
@@ -90,8 +95,8 @@ fn device_add(arguments: &Map<String, Value>) -> Result<DeviceAdd, QmpError> {
     if driver == DIMM_DRIVER {
         return dimm_add(arguments);
     }
-    if driver == disks::VIRTIO_BLK_DRIVER {
-        return disk_add(arguments);
+    if driver == disks::VIRTIO_BLK_DRIVER || driver == disks::VHOST_USER_BLK_DRIVER {
+        return disk_add(driver, arguments);
     }
     if driver != CORE_DRIVER {
         return Err(QmpError::generic(format!(
@@ -114,20 +119,24 @@ fn device_add(arguments: &Map<String, Value>) -> Result<DeviceAdd, QmpError> {
     Ok(DeviceAdd::Core { core_id, id })
 }
 
-/// device_add of a virtio-blk-pci disk: `id` and `drive` required (a disk
-/// without an id could not be named to device_del), `addr` as QEMU's
-/// "slot[.function]", `bus` only the bridge's.
-fn disk_add(arguments: &Map<String, Value>) -> Result<DeviceAdd, QmpError> {
-    let driver = disks::VIRTIO_BLK_DRIVER;
-    only_properties(arguments, driver, &["driver", "id", "drive", "addr", "bus"])?;
+/// device_add of a disk: `id` required (a disk without an id could not be
+/// named to device_del), and `drive` for a virtio-blk-pci one (its node),
+/// `chardev` for a vhost-user-blk-pci one (its backend's socket); `addr`
+/// as QEMU's "slot[.function]", `bus` only the bridge's.
+fn disk_add(driver: &str, arguments: &Map<String, Value>) -> Result<DeviceAdd, QmpError> {
+    let backend = match driver {
+        disks::VIRTIO_BLK_DRIVER => "drive",
+        _ => "chardev",
+    };
+    only_properties(arguments, driver, &["driver", "id", backend, "addr", "bus"])?;
     let id = text(arguments, "id").ok_or_else(|| QmpError::generic("Parameter 'id' is missing"))?;
     if id.len() > MAX_DEVICE_ID || !valid_id(id) {
         return Err(QmpError::generic(format!(
             "Parameter 'id' expects an identifier, not '{id}'"
         )));
     }
-    let drive = text(arguments, "drive")
-        .ok_or_else(|| QmpError::generic(format!("Property '{driver}.drive' is missing")))?;
+    let named = text(arguments, backend)
+        .ok_or_else(|| QmpError::generic(format!("Property '{driver}.{backend}' is missing")))?;
     match text(arguments, "bus") {
         None => {}
         Some(disks::BUS_NAME) => {}
@@ -139,12 +148,89 @@ fn disk_add(arguments: &Map<String, Value>) -> Result<DeviceAdd, QmpError> {
         }
     }
     let slot = arguments.get("addr").map(disks::parse_addr).transpose()?;
-    Ok(DeviceAdd::VirtioBlk {
-        id: id.to_string(),
-        drive: drive.to_string(),
-        slot,
+    Ok(match backend {
+        "drive" => DeviceAdd::VirtioBlk {
+            id: id.to_string(),
+            drive: named.to_string(),
+            slot,
+        },
+        _ => DeviceAdd::VhostUserBlk {
+            id: id.to_string(),
+            chardev: named.to_string(),
+            slot,
+        },
     })
 }
+
+/// chardev-add of a Unix client socket, in QEMU's `ChardevBackend` shape:
+/// `{"type": "socket", "data": {"addr": {"type": "unix", "data": {"path":
+/// P}}, "server": false, "reconnect": S | "reconnect-ms": M}}`.
+fn chardev_add(arguments: &Map<String, Value>) -> Result<ChardevAdd, QmpError> {
+    let id = text(arguments, "id").unwrap_or_default();
+    if id.len() > MAX_DEVICE_ID || !valid_id(id) {
+        return Err(QmpError::generic(format!(
+            "Parameter 'id' expects an identifier, not '{id}'"
+        )));
+    }
+    let backend = arguments.get("backend").and_then(Value::as_object);
+    let kind = backend.and_then(|b| b.get("type")).and_then(Value::as_str);
+    if kind != Some("socket") {
+        return Err(QmpError::generic(
+            "Parameter 'backend.type' expects 'socket' (this machine has no other character device)",
+        ));
+    }
+    let data = backend
+        .and_then(|b| b.get("data"))
+        .and_then(Value::as_object)
+        .ok_or_else(|| QmpError::generic("Parameter 'backend.data' is missing"))?;
+    let addr = data.get("addr").and_then(Value::as_object);
+    if addr.and_then(|a| a.get("type")).and_then(Value::as_str) != Some("unix") {
+        return Err(QmpError::generic(
+            "Parameter 'backend.data.addr.type' expects 'unix'",
+        ));
+    }
+    let path = addr
+        .and_then(|a| a.get("data"))
+        .and_then(|d| d.get("path"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if path.is_empty() || path.len() > MAX_SOCKET_PATH || path.contains('\0') {
+        return Err(QmpError::generic(format!(
+            "Parameter 'backend.data.addr.data.path' expects a socket path of 1 to {MAX_SOCKET_PATH} bytes"
+        )));
+    }
+    if data.get("server").and_then(Value::as_bool) == Some(true) {
+        return Err(QmpError::generic(
+            "Parameter 'backend.data.server': only client sockets (a backend's) are supported",
+        ));
+    }
+    let number = |key: &str| match data.get(key) {
+        None => Ok(None),
+        Some(value) => value.as_u64().map(Some).ok_or_else(|| {
+            QmpError::generic(format!(
+                "Parameter 'backend.data.{key}' expects an unsigned integer"
+            ))
+        }),
+    };
+    let reconnect_ms = match (number("reconnect-ms")?, number("reconnect")?) {
+        (Some(ms), _) => ms,
+        (None, Some(seconds)) => seconds.saturating_mul(1000),
+        (None, None) => 0,
+    };
+    if reconnect_ms != 0 {
+        return Err(QmpError::generic(
+            "Parameter 'backend.data.reconnect-ms': reconnecting is not supported yet (0 only)",
+        ));
+    }
+    Ok(ChardevAdd {
+        id: id.to_string(),
+        path: path.into(),
+        reconnect_ms,
+    })
+}
+
+/// A Unix socket's path is at most this long (`sun_path`, its NUL out).
+const MAX_SOCKET_PATH: usize = 107;
 
 fn dimm_add(arguments: &Map<String, Value>) -> Result<DeviceAdd, QmpError> {
     only_properties(arguments, DIMM_DRIVER, &["driver", "id", "memdev", "addr"])?;
@@ -377,6 +463,58 @@ mod tests {
 
     fn error(result: Result<impl std::fmt::Debug, QmpError>) -> String {
         result.expect_err("an error").desc
+    }
+
+    #[test]
+    fn chardev_add_takes_a_unix_client_socket_as_qemu_spells_it() {
+        let socket =
+            |data: Value| args(json!({"id": "c0", "backend": {"type": "socket", "data": data}}));
+        let unix = json!({"type": "unix", "data": {"path": "/run/b.sock"}});
+        assert_eq!(
+            chardev_add(&socket(json!({"addr": unix, "server": false}))).unwrap(),
+            ChardevAdd {
+                id: "c0".into(),
+                path: "/run/b.sock".into(),
+                reconnect_ms: 0
+            }
+        );
+        assert!(
+            error(chardev_add(&socket(json!({"addr": unix, "server": true})))).contains("client")
+        );
+        assert!(error(chardev_add(&socket(
+            json!({"addr": unix, "reconnect-ms": 500})
+        )))
+        .contains("not supported yet"));
+        assert!(error(chardev_add(&socket(
+            json!({"addr": unix, "reconnect": "x"})
+        )))
+        .contains("unsigned"));
+        let inet = json!({"type": "inet", "data": {"host": "h", "port": "1"}});
+        assert!(error(chardev_add(&socket(json!({"addr": inet})))).contains("'unix'"));
+        let long = json!({"type": "unix", "data": {"path": "/".repeat(200)}});
+        assert!(error(chardev_add(&socket(json!({"addr": long})))).contains("socket path"));
+        assert!(error(chardev_add(&args(
+            json!({"id": "c0", "backend": {"type": "pty"}})
+        )))
+        .contains("'socket'"));
+        assert!(
+            error(chardev_add(&args(json!({"id": "c 0", "backend": {}})))).contains("identifier")
+        );
+        assert_eq!(
+            device_add(&args(
+                json!({"driver": "vhost-user-blk-pci", "id": "vd0", "chardev": "c0"})
+            ))
+            .unwrap(),
+            DeviceAdd::VhostUserBlk {
+                id: "vd0".into(),
+                chardev: "c0".into(),
+                slot: None
+            }
+        );
+        assert!(error(device_add(&args(
+            json!({"driver": "vhost-user-blk-pci", "id": "vd0", "drive": "d"})
+        )))
+        .contains("not found"));
     }
 
     #[test]

@@ -137,6 +137,7 @@ commands! {
         optional("memdev", ArgType::Str),
         optional("addr", ArgType::Any),
         optional("drive", ArgType::Str),
+        optional("chardev", ArgType::Str),
         optional("bus", ArgType::Str)
     ];
     ObjectAdd = "object-add", args: [
@@ -153,6 +154,12 @@ commands! {
     ];
     BlockdevDel = "blockdev-del", args: [required("node-name", ArgType::Str)];
     QueryBlock = "query-block", args: [];
+    ChardevAdd = "chardev-add", args: [
+        required("id", ArgType::Str),
+        required("backend", ArgType::Any)
+    ];
+    ChardevRemove = "chardev-remove", args: [required("id", ArgType::Str)];
+    QueryChardev = "query-chardev", args: [];
     QueryPci = "query-pci", args: [];
     QueryMemoryDevices = "query-memory-devices", args: [];
     QueryMemorySizeSummary = "query-memory-size-summary", args: [];

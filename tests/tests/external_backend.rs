@@ -1,0 +1,157 @@
+//! A disk whose backend another program runs: qemu-storage-daemon's
+//! vhost-user-blk export, reached through `chardev-add` and `device_add
+//! vhost-user-blk-pci`, as QEMU users attach it. The guest writes and
+//! checks a pattern; the image holds it. Need /dev/kvm and
+//! qemu-storage-daemon (the distribution's qemu-utils).
+
+use papervisor_tests::disks::{image, ok, wait_until};
+use papervisor_tests::{kvm_usable, say_skipped, QmpClient, Vm};
+use serde_json::json;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const MIB: u64 = 1 << 20;
+const DAEMON: &str = "qemu-storage-daemon";
+
+/// A daemon the test started, ended with the test (a failed one too).
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// qemu-storage-daemon exporting `image` as vhost-user-blk at `socket`.
+fn storage_daemon(image: &Path, socket: &Path) -> Daemon {
+    let child = Command::new(DAEMON)
+        .arg("--blockdev")
+        .arg(format!(
+            "driver=file,node-name=file0,filename={}",
+            image.display()
+        ))
+        .arg("--export")
+        .arg(format!(
+            "type=vhost-user-blk,id=export0,node-name=file0,addr.type=unix,addr.path={},writable=on",
+            socket.display()
+        ))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("qemu-storage-daemon starts");
+    let daemon = Daemon(child);
+    wait_until("the daemon's socket", || socket.exists());
+    daemon
+}
+
+fn daemon_installed(test: &str) -> bool {
+    let found = Command::new(DAEMON)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !found {
+        say_skipped(&format!(
+            "SKIPPED {test}: {DAEMON} is not installed (apt-get install qemu-utils)"
+        ));
+    }
+    found
+}
+
+#[test]
+fn a_disk_served_by_qemu_storage_daemon_carries_the_guests_pattern() {
+    let test = "a_disk_served_by_qemu_storage_daemon_carries_the_guests_pattern";
+    if !kvm_usable(test) || !daemon_installed(test) {
+        return;
+    }
+    let scratch = papervisor_tests::scratch_dir();
+    let path = image(&scratch, "disk0.raw", 64 * MIB);
+    let socket = scratch.join("export0.sock");
+    let mut daemon = storage_daemon(&path, &socket);
+    let mut vm = Vm::start(&[]);
+    vm.boot();
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    let chardev = json!({
+        "id": "char0",
+        "backend": {"type": "socket", "data": {
+            "addr": {"type": "unix", "data": {"path": socket}},
+            "server": false,
+        }},
+    });
+    // A socket nobody listens on: a clear error, nothing held.
+    let nobody = json!({
+        "id": "char1",
+        "backend": {"type": "socket", "data": {
+            "addr": {"type": "unix", "data": {"path": scratch.join("nobody.sock")}},
+        }},
+    });
+    assert_eq!(qmp.execute("chardev-add", nobody), ok());
+    let refused = qmp.execute(
+        "device_add",
+        json!({"driver": "vhost-user-blk-pci", "id": "vd1", "chardev": "char1"}),
+    );
+    assert!(
+        refused["error"]["desc"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cannot connect to the vhost-user backend"),
+        "{refused}"
+    );
+    assert_eq!(qmp.execute("chardev-remove", json!({"id": "char1"})), ok());
+    assert_eq!(qmp.execute("chardev-add", chardev.clone()), ok());
+    let duplicate = qmp.execute("chardev-add", chardev);
+    assert!(duplicate["error"]["desc"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("duplicate"));
+    assert_eq!(
+        qmp.execute(
+            "device_add",
+            json!({"driver": "vhost-user-blk-pci", "id": "vd0", "chardev": "char0", "addr": "3"})
+        ),
+        ok()
+    );
+    vm.console
+        .expect_async("dlpar: pci add 0x40000018: ok", Duration::from_secs(60));
+    assert_eq!(vm.console.command("blk"), ["blk 0: 131072 sectors"]);
+    assert_eq!(
+        vm.console.command("blk write 0 4096 16 11"),
+        ["blk write: 16 sectors"]
+    );
+    assert_eq!(
+        vm.console.command("blk check 0 4096 16 11"),
+        ["blk check: 16 sectors, ok"]
+    );
+    // The image holds the guest's pattern (the first word of the first
+    // sector, as the guest computes it).
+    let mut word = [0u8; 8];
+    std::fs::File::open(&path)
+        .and_then(|file| file.read_exact_at(&mut word, 4096 * 512))
+        .expect("the image");
+    let mut x = (4096u64 * 512) ^ 11u64.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    assert_eq!(u64::from_le_bytes(word), x);
+
+    let chardevs = qmp.execute("query-chardev", json!({}));
+    assert_eq!(chardevs["return"][0]["label"], "char0");
+    assert_eq!(chardevs["return"][0]["frontend-open"], true);
+    let busy = qmp.execute("chardev-remove", json!({"id": "char0"}));
+    assert!(busy["error"]["desc"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("busy"));
+    assert_eq!(qmp.execute("device_del", json!({"id": "vd0"})), ok());
+    vm.console
+        .expect_async("dlpar: pci remove 0x40000018: ok", Duration::from_secs(60));
+    assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "vd0");
+    assert_eq!(qmp.execute("chardev-remove", json!({"id": "char0"})), ok());
+    // The daemon outlives the disk: it was never the VM's.
+    assert!(daemon.0.try_wait().expect("the daemon's state").is_none());
+    drop(qmp);
+    drop(vm);
+    let _ = std::fs::remove_dir_all(scratch);
+}
