@@ -198,6 +198,7 @@ impl<'a> Driver<'a> {
             descriptors: self.host(self.queue.desc_table_addr()),
             available: self.host(self.queue.avail_addr()),
             used: self.host(self.queue.used_addr()),
+            base: 0,
             kick: &self.kick,
             call: &self.call,
         }

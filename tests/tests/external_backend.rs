@@ -155,3 +155,70 @@ fn a_disk_served_by_qemu_storage_daemon_carries_the_guests_pattern() {
     drop(vm);
     let _ = std::fs::remove_dir_all(scratch);
 }
+
+#[test]
+fn the_guests_io_completes_after_a_killed_storage_daemon_comes_back() {
+    let test = "the_guests_io_completes_after_a_killed_storage_daemon_comes_back";
+    if !kvm_usable(test) || !daemon_installed(test) {
+        return;
+    }
+    let scratch = papervisor_tests::scratch_dir();
+    let path = image(&scratch, "disk0.raw", 64 * MIB);
+    let socket = scratch.join("export0.sock");
+    let daemon = storage_daemon(&path, &socket);
+    let mut vm = Vm::start(&[]);
+    vm.boot();
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    let chardev = json!({
+        "id": "char0",
+        "backend": {"type": "socket", "data": {
+            "addr": {"type": "unix", "data": {"path": socket}},
+            "server": false,
+            "reconnect-ms": 200,
+        }},
+    });
+    assert_eq!(qmp.execute("chardev-add", chardev), ok());
+    assert_eq!(
+        qmp.execute(
+            "device_add",
+            json!({"driver": "vhost-user-blk-pci", "id": "vd0", "chardev": "char0", "addr": "3"})
+        ),
+        ok()
+    );
+    vm.console
+        .expect_async("dlpar: pci add 0x40000018: ok", Duration::from_secs(60));
+    assert_eq!(
+        vm.console.command("blk write 0 0 64 5"),
+        ["blk write: 64 sectors"]
+    );
+    // Reading in the background when the daemon is killed; 2 s later a
+    // new one serves the same image at the same socket.
+    assert_eq!(vm.console.command("blk hold 0"), ["blk hold: 0"]);
+    std::thread::sleep(Duration::from_millis(300));
+    drop(daemon);
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = std::fs::remove_file(&socket);
+    let _daemon = storage_daemon(&path, &socket);
+    // The request in flight completes (again) and the next ones too.
+    assert_eq!(
+        vm.console.command("blk check 0 0 64 5"),
+        ["blk check: 64 sectors, ok"]
+    );
+    let unheld = vm.console.command("blk unhold 0");
+    assert!(unheld[0].ends_with(" reads, 0 errors"), "{unheld:?}");
+    assert_eq!(
+        vm.console.command("blk write 0 1000 8 6"),
+        ["blk write: 8 sectors"]
+    );
+    assert_eq!(
+        vm.console.command("blk check 0 1000 8 6"),
+        ["blk check: 8 sectors, ok"]
+    );
+    assert_eq!(
+        qmp.execute("query-chardev", json!({}))["return"][0]["frontend-open"],
+        true
+    );
+    drop(qmp);
+    drop(vm);
+    let _ = std::fs::remove_dir_all(scratch);
+}

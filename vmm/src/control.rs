@@ -73,6 +73,16 @@ pub enum ControlMessage {
         /// Where the outcome goes.
         done: std::sync::mpsc::SyncSender<Result<(), String>>,
     },
+    /// The external backend of disk `serial` hung up.
+    BackendHungUp {
+        /// Which disk's.
+        serial: u64,
+    },
+    /// Time to connect to disk `serial`'s backend again.
+    ReconnectBackend {
+        /// Which disk's.
+        serial: u64,
+    },
     /// A QMP command that needs the machine.
     Qmp {
         /// The command, its arguments parsed.

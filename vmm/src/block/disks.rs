@@ -6,6 +6,7 @@
 use super::frontend::BlockFrontend;
 use crate::devices::spawn::ProcessHandle;
 use crate::request::QmpError;
+use ipc_proto::link::core_hotplug::QueueStart;
 use ipc_proto::papr::DrcIndex;
 use ipc_proto::pci::{Phb, DEVFNS_PER_BUS, VIRTIO_BLK_PCI};
 use serde_json::{json, Value};
@@ -40,6 +41,9 @@ pub struct Disk {
     pub exit: Option<String>,
     /// The queues its driver started, with the kicks KVM signals.
     pub queues: Vec<RunningQueue>,
+    /// What the driver started them with: its features and the queues,
+    /// for a backend that takes over.
+    pub started: Option<(u64, Vec<QueueStart>)>,
 }
 
 /// A queue the backend serves: the guest's notifications reach it through
@@ -64,10 +68,26 @@ pub enum Backend {
     External {
         /// The character device.
         chardev: String,
+        /// Its socket.
+        path: std::path::PathBuf,
+        /// How long to wait before connecting again after it hung up
+        /// (`None`: the disk fails instead).
+        reconnect: Option<std::time::Duration>,
     },
 }
 
 impl Backend {
+    /// Whether it is connected to again when it hangs up.
+    pub fn reconnects(&self) -> bool {
+        matches!(
+            self,
+            Backend::External {
+                reconnect: Some(_),
+                ..
+            }
+        )
+    }
+
     /// Ends it, if it is ours.
     pub fn kill(&self) {
         if let Backend::Process { process, .. } = self {

@@ -15,7 +15,9 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
@@ -107,6 +109,9 @@ pub struct QueueSetup<'a> {
     pub available: u64,
     /// The used ring, in the core's address space.
     pub used: u64,
+    /// The available index the backend starts from: 0 for a new queue,
+    /// the used ring's index for one a new backend takes over.
+    pub base: u16,
     /// What KVM writes when the guest notifies the queue.
     pub kick: &'a EventFd,
     /// What the backend writes when it used buffers (KVM's irqfd).
@@ -122,6 +127,18 @@ pub struct BlockFrontend {
     protocol: VhostUserProtocolFeatures,
     config: Vec<u8>,
     queues: usize,
+    /// The core hangs up itself: a hang-up watch says nothing.
+    closing: Arc<AtomicBool>,
+}
+
+impl Drop for BlockFrontend {
+    fn drop(&mut self) {
+        self.closing.store(true, Ordering::SeqCst);
+        // Ends a hang-up watch's copy of the socket too: the backend sees
+        // the hang-up now.
+        let _ =
+            nix::sys::socket::shutdown(self.socket.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+    }
 }
 
 impl BlockFrontend {
@@ -141,6 +158,7 @@ impl BlockFrontend {
             protocol: VhostUserProtocolFeatures::empty(),
             config: Vec::new(),
             queues: 1,
+            closing: Arc::new(AtomicBool::new(false)),
         };
         let offered = link.bounded("offer features", |f| f.get_features())?;
         if offered & VERSION_1 == 0 {
@@ -273,7 +291,8 @@ impl BlockFrontend {
         self.bounded("take the driver's features", |f| f.set_features(features))?;
         for (index, queue) in queues.iter().enumerate().take(self.queues) {
             self.bounded("size a queue", |f| f.set_vring_num(index, queue.size))?;
-            self.bounded("take a queue's base", |f| f.set_vring_base(index, 0))?;
+            let base = queue.base;
+            self.bounded("take a queue's base", |f| f.set_vring_base(index, base))?;
             let addresses = VringConfigData {
                 queue_max_size: queue.size,
                 queue_size: queue.size,
@@ -294,6 +313,26 @@ impl BlockFrontend {
             })?;
             self.bounded("enable a queue", |f| f.set_vring_enable(index, true))?;
         }
+        Ok(())
+    }
+
+    /// Watches for the backend hanging up (it ended, or was killed): then,
+    /// unless the core hung up first, `on_hangup` runs, once.
+    pub fn watch_hangup(&self, on_hangup: Box<dyn FnOnce() + Send>) -> Result<(), FrontendError> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let socket = self.socket.try_clone().map_err(FrontendError::Socket)?;
+        let closing = Arc::clone(&self.closing);
+        std::thread::Builder::new()
+            .name("vhost-user-hangup".into())
+            .spawn(move || {
+                let hangup = PollFlags::from_bits_retain(nix::libc::POLLRDHUP);
+                let mut fds = [PollFd::new(socket.as_fd(), hangup)];
+                while let Err(nix::errno::Errno::EINTR) = poll(&mut fds, PollTimeout::NONE) {}
+                if !closing.load(Ordering::SeqCst) {
+                    on_hangup();
+                }
+            })
+            .map_err(FrontendError::Socket)?;
         Ok(())
     }
 

@@ -7,6 +7,7 @@
 //! [`memory_hotplug`] and [`queries`]. The loop's decisions are pure
 //! functions and small types there, unit-tested without KVM or processes.
 
+mod backends;
 mod cpu_hotplug;
 mod lifecycle;
 mod memory_hotplug;
@@ -207,6 +208,8 @@ impl Vm {
                 ControlMessage::RestartDevice(kind) => self.restart_device(kind),
                 ControlMessage::ReaperExited(reason) => self.devices.reaper_exited(&reason),
                 ControlMessage::BlockExited { serial, how } => self.block_exited(serial, &how),
+                ControlMessage::BackendHungUp { serial } => self.backend_hung_up(serial),
+                ControlMessage::ReconnectBackend { serial } => self.reconnect_backend(serial),
                 ControlMessage::Function { effect, done } => {
                     let outcome = self.function_effect(effect);
                     if let Err(error) = &outcome {

@@ -70,18 +70,56 @@ impl Vm {
         features: u64,
         queues: &[QueueStart],
     ) -> Result<(), String> {
+        let vm = std::sync::Arc::clone(&self.vm_fd);
+        let disk = self.disk_of(drc)?;
+        stop_queues(&vm, disk);
+        for queue in queues {
+            let kick = EventFd::new(EFD_NONBLOCK).map_err(|e| format!("a kick eventfd: {e}"))?;
+            vm.register_ioevent(&kick, &IoEventAddress::Mmio(queue.notify), NoDatamatch)
+                .map_err(|error| {
+                    format!(
+                        "disk {}: cannot register its kick at {:#x}: {error}",
+                        disk.id, queue.notify
+                    )
+                })?;
+            disk.queues.push(RunningQueue {
+                kick,
+                notify: queue.notify,
+            });
+        }
+        disk.started = Some((features, queues.to_vec()));
+        let handed = self.hand_queues(drc, false);
+        let disk = self.disk_of(drc)?;
+        if handed.is_err() {
+            if disk.frontend.is_none() && disk.backend.reconnects() {
+                // The queues wait, kicks and all, for the backend to be back.
+                log::info!("disk {}: its queues wait for its backend", disk.id);
+                return Ok(());
+            }
+            unregister_kicks(&vm, disk);
+            disk.started = None;
+        }
+        handed
+    }
+
+    /// Hands the queues the driver started to the disk's backend: from
+    /// their start, or (`resume`, a backend that takes over from one that
+    /// went) from each used ring's index, as QEMU's frontend resumes a
+    /// backend without inflight tracking.
+    pub(super) fn hand_queues(&mut self, drc: DrcIndex, resume: bool) -> Result<(), String> {
         let regions: Vec<(u64, u64, u64)> = self
             .vhost_memory()
             .iter()
             .map(|region| (region.guest_address, region.size, region.host_address))
             .collect();
-        let vm = std::sync::Arc::clone(&self.vm_fd);
         let interrupts = std::sync::Arc::clone(&self.interrupts);
         let disk = self.disk_of(drc)?;
-        stop_queues(&vm, disk);
+        let Some((features, queues)) = disk.started.clone() else {
+            return Ok(());
+        };
         let mut calls = Vec::new();
         let mut rings = Vec::new();
-        for queue in queues {
+        for queue in &queues {
             let [desc, driver, device] = ring_bytes(queue.size);
             let translated = [
                 (queue.desc, desc),
@@ -97,58 +135,59 @@ impl Vm {
                     disk.id, queue.index
                 ));
             };
-            rings.push((queue.size, desc, driver, device));
-            let kick = EventFd::new(EFD_NONBLOCK).map_err(|e| format!("a kick eventfd: {e}"))?;
-            let call = match queue.interrupt {
+            // SAFETY: `device` is the core's mapping of the used ring, whole
+            // inside one region of guest memory (checked above), which
+            // stays mapped while the machine runs; its index is a u16 at
+            // offset 2, which the guest may change at any time (a volatile
+            // read of a plain integer).
+            let used = unsafe { std::ptr::read_volatile((device + 2) as *const u16) };
+            let base = if resume { u16::from_le(used) } else { 0 };
+            rings.push((queue.size, desc, driver, device, base));
+            calls.push(match queue.interrupt {
                 Some(source) => interrupts.eventfd(source).map_err(|e| e.to_string())?,
                 // No vector: completions interrupt nobody (the driver polls).
                 None => EventFd::new(EFD_NONBLOCK).map_err(|e| format!("a call eventfd: {e}"))?,
-            };
-            vm.register_ioevent(&kick, &IoEventAddress::Mmio(queue.notify), NoDatamatch)
-                .map_err(|error| {
-                    format!(
-                        "disk {}: cannot register its kick at {:#x}: {error}",
-                        disk.id, queue.notify
-                    )
-                })?;
-            disk.queues.push(RunningQueue {
-                kick,
-                notify: queue.notify,
             });
-            calls.push(call);
         }
         let setups: Vec<QueueSetup<'_>> = rings
             .iter()
             .zip(&disk.queues)
             .zip(&calls)
             .map(
-                |((&(size, descriptors, available, used), queue), call)| QueueSetup {
+                |((&(size, descriptors, available, used, base), queue), call)| QueueSetup {
                     size,
                     descriptors,
                     available,
                     used,
+                    base,
                     kick: &queue.kick,
                     call,
                 },
             )
             .collect();
         let Some(frontend) = disk.frontend.as_mut() else {
-            drop(setups);
-            unregister_kicks(&vm, disk);
             return Err(format!("disk {} has no backend", disk.id));
         };
         match frontend.start(features, &setups) {
             Ok(()) => {
+                if resume {
+                    // The backend that went may have taken the guest's last
+                    // kick with it: one more makes the new one look at the
+                    // rings (a kick with nothing new costs a look).
+                    for queue in &disk.queues {
+                        let _ = queue.kick.write(1);
+                    }
+                }
                 log::info!(
-                    "disk {}: {} queue(s) started, features {features:#x}",
+                    "disk {}: {} queue(s) started, features {features:#x}{}",
                     disk.id,
-                    setups.len()
+                    setups.len(),
+                    if resume { ", from the used rings" } else { "" }
                 );
                 Ok(())
             }
             Err(error) => {
                 drop(setups);
-                unregister_kicks(&vm, disk);
                 disk.cut_off(format!(
                     "its backend did not start: {}",
                     common::describe(&error)
@@ -181,6 +220,7 @@ pub(super) fn stop_queues(vm: &VmFd, disk: &mut Disk) {
         }
     }
     unregister_kicks(vm, disk);
+    disk.started = None;
     log::info!("disk {}: queues stopped", disk.id);
 }
 

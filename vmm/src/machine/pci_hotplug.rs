@@ -39,7 +39,7 @@ fn vhost_user_socket(dir: &Path, serial: u64) -> Result<(OwnedFd, UnixStream), Q
 
 /// Connects to a backend's socket without waiting on a full listen queue
 /// (a backend that accepts nothing must not hold the control loop).
-fn connect_backend(path: &Path) -> Result<UnixStream, QmpError> {
+pub(super) fn connect_backend(path: &Path) -> Result<UnixStream, QmpError> {
     use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
     let failed = |error: nix::Error| {
         QmpError::generic(format!(
@@ -236,6 +236,7 @@ impl Vm {
             frontend: Some(frontend),
             exit: None,
             queues: Vec::new(),
+            started: None,
         };
         self.devices.remember_function(disk.drc, model.clone());
         let describe = core_hotplug::Request::DescribeFunction {
@@ -266,10 +267,13 @@ impl Vm {
         slot: Option<u8>,
     ) -> Result<Value, QmpError> {
         let (slot, serial) = self.disks.prepare(id, slot)?;
-        let (path, _reconnect_ms) = self.chardevs.attach(chardev, id)?;
+        let (path, reconnect_ms) = self.chardevs.attach(chardev, id)?;
         let plugged = connect_backend(&path).and_then(|stream| {
             let backend = Backend::External {
                 chardev: chardev.to_string(),
+                path: path.clone(),
+                reconnect: (reconnect_ms > 0)
+                    .then(|| std::time::Duration::from_millis(reconnect_ms)),
             };
             self.plug_disk(id, stream, backend, slot, serial, false)
                 .map_err(|(error, _)| error)
@@ -281,6 +285,7 @@ impl Vm {
                     disk.drc.0,
                     path.display()
                 );
+                self.watch_backend(&disk);
                 self.disks.plugged(disk);
                 Ok(json!({}))
             }
@@ -327,7 +332,7 @@ impl Vm {
         backend.kill();
         match &backend {
             Backend::Process { node, .. } => self.block_nodes.detach(node),
-            Backend::External { chardev } => self.chardevs.detach(chardev),
+            Backend::External { chardev, .. } => self.chardevs.detach(chardev),
         }
         log::info!("disk {id} unplugged");
         self.qmp.emit(

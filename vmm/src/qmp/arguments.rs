@@ -217,20 +217,17 @@ fn chardev_add(arguments: &Map<String, Value>) -> Result<ChardevAdd, QmpError> {
         (None, Some(seconds)) => seconds.saturating_mul(1000),
         (None, None) => 0,
     };
-    if reconnect_ms != 0 {
-        return Err(QmpError::generic(
-            "Parameter 'backend.data.reconnect-ms': reconnecting is not supported yet (0 only)",
-        ));
-    }
     Ok(ChardevAdd {
         id: id.to_string(),
         path: path.into(),
-        reconnect_ms,
+        reconnect_ms: reconnect_ms.min(MAX_RECONNECT_MS),
     })
 }
 
 /// A Unix socket's path is at most this long (`sun_path`, its NUL out).
 const MAX_SOCKET_PATH: usize = 107;
+/// The longest wait between two reconnection attempts (an hour).
+const MAX_RECONNECT_MS: u64 = 3_600_000;
 
 fn dimm_add(arguments: &Map<String, Value>) -> Result<DeviceAdd, QmpError> {
     only_properties(arguments, DIMM_DRIVER, &["driver", "id", "memdev", "addr"])?;
@@ -481,10 +478,20 @@ mod tests {
         assert!(
             error(chardev_add(&socket(json!({"addr": unix, "server": true})))).contains("client")
         );
-        assert!(error(chardev_add(&socket(
-            json!({"addr": unix, "reconnect-ms": 500})
-        )))
-        .contains("not supported yet"));
+        assert_eq!(
+            chardev_add(&socket(json!({"addr": unix, "reconnect": 2})))
+                .unwrap()
+                .reconnect_ms,
+            2000
+        );
+        assert_eq!(
+            chardev_add(&socket(
+                json!({"addr": unix, "reconnect": 1, "reconnect-ms": 5})
+            ))
+            .unwrap()
+            .reconnect_ms,
+            5
+        );
         assert!(error(chardev_add(&socket(
             json!({"addr": unix, "reconnect": "x"})
         )))
