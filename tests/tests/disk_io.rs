@@ -403,3 +403,53 @@ fn a_disks_requests_go_on_while_the_process_serving_its_function_restarts() {
     drop(vm);
     let _ = std::fs::remove_dir_all(scratch);
 }
+
+#[test]
+fn a_killed_block_process_is_replaced_and_the_guests_io_goes_on() {
+    let test = "a_killed_block_process_is_replaced_and_the_guests_io_goes_on";
+    if !kvm_usable(test) || papervisor_tests::skip_in_process(test, "kills a block process") {
+        return;
+    }
+    let scratch = papervisor_tests::scratch_dir();
+    let mut vm = boot_with_disks(&scratch, 1);
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    answers(&mut vm, "blk write 0 0 64 9", "blk write: 64 sectors");
+    answers(&mut vm, "blk hold 0", "blk hold: 0");
+    std::thread::sleep(Duration::from_millis(300));
+    let row = |qmp: &mut QmpClient| -> serde_json::Value {
+        qmp.execute("x-query-device-processes", json!({}))["return"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|row| row["kind"] == "block").cloned())
+            .expect("a block row")
+    };
+    // Killed mid-read: a successor, jailed on the same image, takes the
+    // queue over; the guest sees a slower request.
+    let first = row(&mut qmp)["pid"].as_u64().expect("a pid");
+    papervisor_tests::send_signal(first, nix::sys::signal::Signal::SIGKILL);
+    wait_until("a successor serves the disk", || {
+        let now = row(&mut qmp);
+        now["restarts"] == 1 && now["state"] == "running"
+    });
+    answers(&mut vm, "blk check 0 0 64 9", "blk check: 64 sectors, ok");
+    let unheld = vm.console.command("blk unhold 0");
+    assert!(unheld[0].ends_with(" reads, 0 errors"), "{unheld:?}");
+    answers(&mut vm, "blk write 0 500 8 10", "blk write: 8 sectors");
+    answers(&mut vm, "blk check 0 500 8 10", "blk check: 8 sectors, ok");
+    // One that keeps dying is given up: more than 5 ends in a minute.
+    for restarts in 2..=6 {
+        let pid = row(&mut qmp)["pid"].as_u64().expect("a pid");
+        papervisor_tests::send_signal(pid, nix::sys::signal::Signal::SIGKILL);
+        wait_until("the block process's end is seen", || {
+            let now = row(&mut qmp);
+            now["restarts"] == restarts || now["state"] == "failed"
+        });
+    }
+    assert_eq!(row(&mut qmp)["state"], "failed");
+    // The disk is still removed as any other.
+    assert_eq!(qmp.execute("device_del", json!({"id": "vd0"})), ok());
+    vm.console
+        .expect_async("dlpar: pci remove 0x40000018: ok", Duration::from_secs(60));
+    drop(qmp);
+    drop(vm);
+    let _ = std::fs::remove_dir_all(scratch);
+}

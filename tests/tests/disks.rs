@@ -478,8 +478,8 @@ fn two_disks_plug_together_and_a_reset_completes_a_pending_unplug() {
 }
 
 #[test]
-fn a_killed_block_process_fails_its_disk_only_and_the_disk_still_goes() {
-    let test = "a_killed_block_process_fails_its_disk_only_and_the_disk_still_goes";
+fn a_killed_block_process_is_replaced_and_the_disk_still_goes() {
+    let test = "a_killed_block_process_is_replaced_and_the_disk_still_goes";
     if papervisor_tests::skip_in_process(test, "it kills the block process") || !kvm_usable(test) {
         return;
     }
@@ -497,10 +497,13 @@ fn a_killed_block_process_fails_its_disk_only_and_the_disk_still_goes() {
         .expect_async("dlpar: pci add 0x40000000: ok", Duration::from_secs(60));
     let pid = block_rows(&mut qmp)[0]["pid"].as_u64().expect("a pid");
     papervisor_tests::send_signal(pid, nix::sys::signal::Signal::SIGKILL);
-    wait_until("the core sees the block process end", || {
-        block_rows(&mut qmp)[0]["state"] == "failed"
+    wait_until("a successor serves the disk", || {
+        let row = &block_rows(&mut qmp)[0];
+        row["restarts"] == 1 && row["state"] == "running"
     });
-    assert_eq!(block_rows(&mut qmp)[0]["last-exit"], "killed by SIGKILL");
+    let row = block_rows(&mut qmp)[0].clone();
+    assert_eq!(row["last-exit"], "killed by SIGKILL");
+    assert_ne!(row["pid"], pid, "{row}");
     // The VM and the other devices run on.
     assert_eq!(
         vm.console.command("pci"),
@@ -611,14 +614,18 @@ fn a_stopped_block_process_is_cut_off_and_memory_hot_plug_goes_on() {
         "{:?}",
         started.elapsed()
     );
+    wait_until("the stopped block process is killed", || !runs(pid));
+    // Its successor serves the disk, the DIMM in its memory table.
+    wait_until("a successor serves the disk", || {
+        let row = &block_rows(&mut qmp)[0];
+        row["restarts"] == 1 && row["state"] == "running"
+    });
     let row = block_rows(&mut qmp)[0].clone();
-    assert_eq!(row["state"], "failed", "{row}");
     let exit = row["last-exit"].as_str().unwrap_or_default();
     assert!(
         exit.starts_with("cut off: its backend did not take DIMM dimm0"),
         "{exit}"
     );
-    wait_until("the stopped block process is killed", || !runs(pid));
     // The disk is still removed as any other.
     assert_eq!(qmp.execute("device_del", json!({"id": "vd0"})), ok());
     vm.console

@@ -59,7 +59,7 @@ pub enum ControlMessage {
     ReaperExited(String),
     /// The block device process of disk `serial` ended.
     BlockExited {
-        /// Which disk's.
+        /// Which disk's (each of its processes has its own)
         serial: u64,
         /// How it ended, in words.
         how: String,

@@ -37,8 +37,16 @@ pub struct Disk {
     pub backend: Backend,
     /// The core's vhost-user link to it, until the backend is cut off.
     pub frontend: Option<BlockFrontend>,
-    /// How its block process ended, if it did before the disk went.
+    /// Why its backend ended or was cut off, while no successor serves.
     pub exit: Option<String>,
+    /// How the backend before the current one ended.
+    pub last_exit: Option<String>,
+    /// Its block processes that ended and were replaced.
+    pub restarts: u32,
+    /// When the recent ones ended (for the restart budget).
+    pub recent_exits: Vec<std::time::Instant>,
+    /// Failed for good: no backend serves it until it is removed.
+    pub failed: bool,
     /// The queues its driver started, with the kicks KVM signals.
     pub queues: Vec<RunningQueue>,
     /// What the driver started them with: its features and the queues,
@@ -99,13 +107,27 @@ impl Backend {
 impl Disk {
     /// Cuts the backend off after it failed a request of the frontend (a
     /// late answer would be taken for the next request's): the link is
-    /// dropped, the process killed, and the disk is failed (`why`) until it
-    /// is removed.
+    /// dropped and the process killed (`why`); its end brings a successor
+    /// (a block process of ours), or the disk is failed until it is removed
+    /// (another program's).
     pub fn cut_off(&mut self, why: String) {
         log::error!("disk {}: {why}", self.id);
         self.frontend = None;
         self.backend.kill();
         self.exit.get_or_insert(why);
+        if matches!(self.backend, Backend::External { .. }) {
+            self.failed = true;
+        }
+    }
+
+    /// What x-query-device-processes says of its block process: `running`,
+    /// `restarting` (it ended; its successor is on the way) or `failed`.
+    pub fn state(&self) -> &'static str {
+        match (self.failed, &self.exit) {
+            (true, _) => "failed",
+            (false, Some(_)) => "restarting",
+            (false, None) => "running",
+        }
     }
 
     /// Its QOM path.
@@ -196,8 +218,15 @@ impl Disks {
                 ))
             })?,
         };
+        Ok((slot, self.next_serial()))
+    }
+
+    /// A number no block process of the VM had: each process's own (the
+    /// spawner takes them in increasing order only), which names its
+    /// socket and its end.
+    pub fn next_serial(&mut self) -> u64 {
         self.last_serial += 1;
-        Ok((slot, self.last_serial))
+        self.last_serial
     }
 
     /// Holds a disk whose plug succeeded.

@@ -12,6 +12,7 @@ mod faults;
 pub mod proxy;
 mod reaper;
 mod reports;
+pub use reports::BlockRow;
 mod restarts;
 mod rtas;
 pub mod spawn;

@@ -5,6 +5,22 @@ use super::{lock, DeviceProcesses};
 use ipc_proto::ProcessKind;
 use serde_json::{json, Value};
 
+/// A disk's block process, as x-query-device-processes shows it.
+pub struct BlockRow<'a> {
+    /// Its pid (in-process: its thread's id).
+    pub pid: u32,
+    /// The disk's id.
+    pub disk: &'a str,
+    /// The node it serves.
+    pub node: &'a str,
+    /// `running`, `restarting` or `failed`.
+    pub state: &'a str,
+    /// Its predecessors that ended.
+    pub restarts: u32,
+    /// How the last of them (or it) ended.
+    pub last_exit: Option<&'a str>,
+}
+
 impl DeviceProcesses {
     /// x-query-device-processes.
     pub fn info(&self) -> Value {
@@ -36,7 +52,15 @@ impl DeviceProcesses {
     /// The row of a disk's block device process: it is not restarted (its
     /// disk is no longer served once it ended).
     /// `exit` is how it ended, if it did.
-    pub fn block_info(&self, pid: u32, disk: &str, node: &str, exit: Option<&str>) -> Value {
+    pub fn block_info(&self, block: BlockRow<'_>) -> Value {
+        let BlockRow {
+            pid,
+            disk,
+            node,
+            state,
+            restarts,
+            last_exit,
+        } = block;
         let binary = match self.starter.mode() {
             DeviceMode::OutOfProcess => Some(super::spawn::sibling_binary("papervisor-block")),
             DeviceMode::InProcess => None,
@@ -46,11 +70,11 @@ impl DeviceProcesses {
             "disk": disk,
             "node": node,
             "pid": pid,
-            "state": if exit.is_some() { "failed" } else { "running" },
+            "state": state,
             "mode": self.starter.mode().name(),
             "binary": binary,
-            "restarts": 0,
-            "last-exit": exit,
+            "restarts": restarts,
+            "last-exit": last_exit,
         });
         self.add_confinement(&mut row);
         row

@@ -121,3 +121,99 @@ impl Vm {
         }
     }
 }
+
+/// A disk's block process is restarted at most this often in
+/// [`RESTART_WINDOW`]; past it the disk fails (as a platform process's
+/// supervisor gives up).
+const MAX_RESTARTS: usize = 5;
+const RESTART_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Vm {
+    /// Block process `serial` ended:
+    /// expected once its disk went; otherwise a successor, jailed as it
+    /// was, on the same image, takes its queues over from the used rings
+    /// (its requests complete in order, so none is lost; one it had taken
+    /// and not answered is made again), unless the budget is spent.
+    pub(super) fn block_exited(&mut self, serial: u64, how: &str) {
+        let Some(disk) = self.disks.by_serial(serial) else {
+            log::info!("block process {serial} {how}");
+            return;
+        };
+        if disk.failed {
+            return;
+        }
+        let why = disk.exit.get_or_insert_with(|| how.to_string()).clone();
+        disk.frontend = None;
+        let now = std::time::Instant::now();
+        disk.recent_exits
+            .retain(|&at| now.duration_since(at) < RESTART_WINDOW);
+        disk.recent_exits.push(now);
+        if disk.recent_exits.len() > MAX_RESTARTS {
+            log::error!(
+                "the block process of disk {} {why}: more than {MAX_RESTARTS} ends in {} s, the disk is not served any more",
+                disk.id,
+                RESTART_WINDOW.as_secs()
+            );
+            disk.failed = true;
+            return;
+        }
+        log::warn!(
+            "the block process of disk {} {why}: starting its successor",
+            disk.id
+        );
+        if let Err(error) = self.restart_block(serial) {
+            if let Some(disk) = self.disks.by_serial(serial) {
+                log::error!("disk {}: no successor: {error}", disk.id);
+                disk.failed = true;
+            }
+        }
+    }
+
+    fn restart_block(&mut self, serial: u64) -> Result<(), String> {
+        let disk = self.disks.by_serial(serial).ok_or("the disk went")?;
+        let Backend::Process { node, .. } = &disk.backend else {
+            return Err("not a block process's".into());
+        };
+        let (node, drc, id) = (node.clone(), disk.drc, disk.id.clone());
+        let successor = self.disks.next_serial();
+        let found = self
+            .block_nodes
+            .find(&node)
+            .ok_or_else(|| format!("its node {node} is gone"))?;
+        let start = ipc_proto::spawner::BlockStart {
+            serial: successor,
+            node: node.clone(),
+            read_only: found.read_only,
+        };
+        let image = found
+            .image
+            .try_clone()
+            .map_err(|error| format!("cannot share the image: {error}"))?;
+        let (process, stream) = self
+            .spawn_block(start, image.into())
+            .map_err(|error| error.desc)?;
+        let connected = BlockFrontend::connect(stream).and_then(|mut frontend| {
+            frontend.set_memory(&self.vhost_memory())?;
+            Ok(frontend)
+        });
+        let frontend = match connected {
+            Ok(frontend) => frontend,
+            Err(error) => {
+                process.kill();
+                return Err(common::describe(&error));
+            }
+        };
+        let disk = self.disks.by_serial(serial).ok_or("the disk went")?;
+        let pid = process.pid;
+        disk.backend = Backend::Process { node, process };
+        disk.frontend = Some(frontend);
+        disk.serial = successor;
+        disk.restarts += 1;
+        disk.last_exit = disk.exit.take();
+        log::info!(
+            "disk {id}: block process {pid} serves it (restart {})",
+            disk.restarts
+        );
+        self.hand_queues(drc, true)
+    }
+}

@@ -9,7 +9,7 @@ use super::Vm;
 use crate::block::disks::{Backend, Disk};
 use crate::block::frontend::{BlockFrontend, Region};
 use crate::control::ControlMessage;
-use crate::devices::spawn;
+use crate::devices::spawn::{self, ProcessHandle};
 use crate::request::{DeviceAdd, MachineRequest, QmpError};
 use ipc_proto::link::core_hotplug::{self, DeviceModel};
 use ipc_proto::spawner::BlockStart;
@@ -147,17 +147,14 @@ impl Vm {
         }
     }
 
-    /// Starts the block process, connects to it, plugs the DRC.
-    fn start_disk(
-        &mut self,
-        id: &str,
+    /// Starts block process `start.serial` on `image`: the process, and
+    /// the core's end of its vhost-user socket.
+    pub(super) fn spawn_block(
+        &self,
         start: BlockStart,
         image: OwnedFd,
-        slot: u8,
-        cold: bool,
-    ) -> Result<Disk, QmpError> {
+    ) -> Result<(ProcessHandle, UnixStream), QmpError> {
         let serial = start.serial;
-        let node = start.node.clone();
         let (listener, stream) =
             vhost_user_socket(&socket_dir(&self.devices.sandbox().jail_dir), serial)?;
         let copy = stream
@@ -181,6 +178,21 @@ impl Vm {
                 common::describe(&error)
             ))
         })?;
+        Ok((process, stream))
+    }
+
+    /// Starts the block process, connects to it, plugs the DRC.
+    fn start_disk(
+        &mut self,
+        id: &str,
+        start: BlockStart,
+        image: OwnedFd,
+        slot: u8,
+        cold: bool,
+    ) -> Result<Disk, QmpError> {
+        let serial = start.serial;
+        let node = start.node.clone();
+        let (process, stream) = self.spawn_block(start, image)?;
         let backend = Backend::Process { node, process };
         let plugged = self.plug_disk(id, stream, backend, slot, serial, cold);
         if let Err((error, backend)) = plugged {
@@ -235,6 +247,10 @@ impl Vm {
             backend,
             frontend: Some(frontend),
             exit: None,
+            last_exit: None,
+            restarts: 0,
+            recent_exits: Vec::new(),
+            failed: false,
             queues: Vec::new(),
             started: None,
         };
@@ -340,22 +356,6 @@ impl Vm {
             device_event(Some(&id), &format!("/machine/peripheral/{id}")),
         );
         Ok(())
-    }
-
-    /// A block process ended: expected once its disk went; otherwise the
-    /// disk has no backend any more (its requests go unanswered until it is
-    /// removed), which the log and x-query-device-processes say.
-    pub(super) fn block_exited(&mut self, serial: u64, how: &str) {
-        match self.disks.by_serial(serial) {
-            None => log::info!("block process {serial} {how}"),
-            Some(disk) => {
-                log::error!(
-                    "the block process of disk {} {how}: the disk is not served any more",
-                    disk.id
-                );
-                disk.exit.get_or_insert_with(|| how.to_string());
-            }
-        }
     }
 
     /// query-pci.

@@ -4,6 +4,7 @@
 use super::Vm;
 use crate::block::disks::Backend;
 use crate::cores::{CoreDevice, CORE_DRIVER};
+use crate::devices::BlockRow;
 use crate::request::{QmpError, Query};
 use ipc_proto::link::core_eventlog;
 use ipc_proto::link::core_hotplug;
@@ -48,12 +49,16 @@ impl Vm {
                     .all()
                     .iter()
                     .filter_map(|disk| match &disk.backend {
-                        Backend::Process { node, process } => Some(self.devices.block_info(
-                            process.pid,
-                            &disk.id,
-                            node,
-                            disk.exit.as_deref(),
-                        )),
+                        Backend::Process { node, process } => {
+                            Some(self.devices.block_info(BlockRow {
+                                pid: process.pid,
+                                disk: &disk.id,
+                                node,
+                                state: disk.state(),
+                                restarts: disk.restarts,
+                                last_exit: disk.exit.as_deref().or(disk.last_exit.as_deref()),
+                            }))
+                        }
                         // Another program's: not a device process of this VM.
                         Backend::External { .. } => None,
                     }),
