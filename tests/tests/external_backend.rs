@@ -46,6 +46,35 @@ fn storage_daemon(image: &Path, socket: &Path) -> Daemon {
     daemon
 }
 
+/// Adds chardev `char0` for `socket` (reconnecting every `reconnect_ms`,
+/// if not 0) and a vhost-user-blk-pci disk vd0 in slot 3 on it, which the
+/// guest takes.
+fn attach(vm: &mut Vm, qmp: &mut QmpClient, socket: &Path, reconnect_ms: u64) {
+    let chardev = json!({
+        "id": "char0",
+        "backend": {"type": "socket", "data": {
+            "addr": {"type": "unix", "data": {"path": socket}},
+            "server": false,
+            "reconnect-ms": reconnect_ms,
+        }},
+    });
+    assert_eq!(qmp.execute("chardev-add", chardev.clone()), ok());
+    let duplicate = qmp.execute("chardev-add", chardev);
+    assert!(duplicate["error"]["desc"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("duplicate"));
+    assert_eq!(
+        qmp.execute(
+            "device_add",
+            json!({"driver": "vhost-user-blk-pci", "id": "vd0", "chardev": "char0", "addr": "3"})
+        ),
+        ok()
+    );
+    vm.console
+        .expect_async("dlpar: pci add 0x40000018: ok", Duration::from_secs(60));
+}
+
 fn daemon_installed(test: &str) -> bool {
     let found = Command::new(DAEMON)
         .arg("--version")
@@ -73,13 +102,6 @@ fn a_disk_served_by_qemu_storage_daemon_carries_the_guests_pattern() {
     let mut vm = Vm::start(&[]);
     vm.boot();
     let mut qmp = QmpClient::connect(&vm.qmp_socket());
-    let chardev = json!({
-        "id": "char0",
-        "backend": {"type": "socket", "data": {
-            "addr": {"type": "unix", "data": {"path": socket}},
-            "server": false,
-        }},
-    });
     // A socket nobody listens on: a clear error, nothing held.
     let nobody = json!({
         "id": "char1",
@@ -100,21 +122,7 @@ fn a_disk_served_by_qemu_storage_daemon_carries_the_guests_pattern() {
         "{refused}"
     );
     assert_eq!(qmp.execute("chardev-remove", json!({"id": "char1"})), ok());
-    assert_eq!(qmp.execute("chardev-add", chardev.clone()), ok());
-    let duplicate = qmp.execute("chardev-add", chardev);
-    assert!(duplicate["error"]["desc"]
-        .as_str()
-        .unwrap_or_default()
-        .contains("duplicate"));
-    assert_eq!(
-        qmp.execute(
-            "device_add",
-            json!({"driver": "vhost-user-blk-pci", "id": "vd0", "chardev": "char0", "addr": "3"})
-        ),
-        ok()
-    );
-    vm.console
-        .expect_async("dlpar: pci add 0x40000018: ok", Duration::from_secs(60));
+    attach(&mut vm, &mut qmp, &socket, 0);
     assert_eq!(vm.console.command("blk"), ["blk 0: 131072 sectors"]);
     assert_eq!(
         vm.console.command("blk write 0 4096 16 11"),
@@ -169,24 +177,7 @@ fn the_guests_io_completes_after_a_killed_storage_daemon_comes_back() {
     let mut vm = Vm::start(&[]);
     vm.boot();
     let mut qmp = QmpClient::connect(&vm.qmp_socket());
-    let chardev = json!({
-        "id": "char0",
-        "backend": {"type": "socket", "data": {
-            "addr": {"type": "unix", "data": {"path": socket}},
-            "server": false,
-            "reconnect-ms": 200,
-        }},
-    });
-    assert_eq!(qmp.execute("chardev-add", chardev), ok());
-    assert_eq!(
-        qmp.execute(
-            "device_add",
-            json!({"driver": "vhost-user-blk-pci", "id": "vd0", "chardev": "char0", "addr": "3"})
-        ),
-        ok()
-    );
-    vm.console
-        .expect_async("dlpar: pci add 0x40000018: ok", Duration::from_secs(60));
+    attach(&mut vm, &mut qmp, &socket, 200);
     assert_eq!(
         vm.console.command("blk write 0 0 64 5"),
         ["blk write: 64 sectors"]

@@ -9,7 +9,6 @@
 use super::pci_hotplug::connect_backend;
 use super::Vm;
 use crate::block::disks::{Backend, Disk};
-use crate::block::frontend::BlockFrontend;
 use crate::control::ControlMessage;
 
 impl Vm {
@@ -90,12 +89,8 @@ impl Vm {
         let connected = connect_backend(&path)
             .map_err(|error| error.desc)
             .and_then(|stream| {
-                let mut frontend =
-                    BlockFrontend::connect(stream).map_err(|e| common::describe(&e))?;
-                frontend
-                    .set_memory(&self.vhost_memory())
-                    .map_err(|e| common::describe(&e))?;
-                Ok(frontend)
+                self.connect_frontend(stream)
+                    .map_err(|error| common::describe(&error))
             });
         let Some(disk) = self.disks.by_serial(serial) else {
             return;
@@ -192,11 +187,7 @@ impl Vm {
         let (process, stream) = self
             .spawn_block(start, image.into())
             .map_err(|error| error.desc)?;
-        let connected = BlockFrontend::connect(stream).and_then(|mut frontend| {
-            frontend.set_memory(&self.vhost_memory())?;
-            Ok(frontend)
-        });
-        let frontend = match connected {
+        let frontend = match self.connect_frontend(stream) {
             Ok(frontend) => frontend,
             Err(error) => {
                 process.kill();

@@ -77,6 +77,17 @@ fn socket_dir(jail_dir: &Path) -> PathBuf {
 }
 
 impl Vm {
+    /// The core as vhost-user frontend of the backend at the other end of
+    /// `stream`: negotiated, with guest memory.
+    pub(super) fn connect_frontend(
+        &self,
+        stream: UnixStream,
+    ) -> Result<BlockFrontend, crate::block::frontend::FrontendError> {
+        let mut frontend = BlockFrontend::connect(stream)?;
+        frontend.set_memory(&self.vhost_memory())?;
+        Ok(frontend)
+    }
+
     /// The memory table a block backend gets: boot RAM and every plugged
     /// DIMM, each with its memfd.
     pub(super) fn vhost_memory(&self) -> Vec<Region<'_>> {
@@ -218,11 +229,7 @@ impl Vm {
             Ok(drc) => drc,
             Err(error) => return Err((error, backend)),
         };
-        let connected = BlockFrontend::connect(stream).and_then(|mut frontend| {
-            frontend.set_memory(&self.vhost_memory())?;
-            Ok(frontend)
-        });
-        let frontend = match connected {
+        let frontend = match self.connect_frontend(stream) {
             Ok(frontend) => frontend,
             Err(error) => {
                 let error = QmpError::generic(format!(
