@@ -6,8 +6,13 @@
 //! calls on real, empty and made-up DRCs, in any order; configure-connector
 //! on any DRC; check-exception and event-scan with odd buffers and lengths.
 //! Each call's block, work area and buffer lie in RAM above 32 MiB, which
-//! the guest does not use. It prints how many calls got each RTAS status
-//! (and how many hypercalls were refused outright), for the host to check.
+//! the guest does not use. PCI too: configuration reads and writes of any
+//! register of any function (a plugged one's included), MSI changes and
+//! queries, reads and writes anywhere in the first 32 MiB of the bridge's
+//! window (where BARs, MSI-X tables and notifications are), and, every so
+//! often, garbage descriptors in disk 0's ring, rung. It prints how many
+//! calls got each RTAS status (and how many hypercalls were refused
+//! outright), for the host to check.
 
 use crate::console::Line;
 use crate::platform;
@@ -20,8 +25,14 @@ const BUFFER: u64 = 34 << 20;
 const TALLIES: usize = 12;
 
 /// Tokens worth calling, and tokens nothing answers.
-const TOKENS: [u32; 11] = [
+const TOKENS: [u32; 17] = [
     0x2001, // get-time-of-day
+    0x2014, // read-pci-config
+    0x2015, // write-pci-config
+    0x2016, // ibm,read-pci-config
+    0x2017, // ibm,write-pci-config
+    0x2018, // ibm,query-interrupt-source-number
+    0x2019, // ibm,change-msi
     0x2005, // query-cpu-stopped-state
     0x200e, // check-exception
     0x200f, // event-scan
@@ -116,6 +127,39 @@ fn arguments(random: &mut Random, token: u32, args: &mut [u32; 16]) -> (u32, u32
             args[0] = random.below(80) as u32;
             (1, 2)
         }
+        0x2014..=0x2019 => {
+            // A plugged function's registers, or anyone's.
+            let anyone = random.below(256) as u32;
+            let devfn = random.pick(&[0x18, 0x20, anyone]);
+            let register = random.below(0x1000) as u32;
+            args[0] = ((register & 0xf00) << 16) | (devfn << 8) | (register & 0xff);
+            let (high, low) = crate::pcibus::buid_cells();
+            if random.below(8) != 0 {
+                args[1] = high;
+                args[2] = low;
+            }
+            match token {
+                0x2014 => (2, 2),
+                0x2015 => (3, 1),
+                0x2016 => {
+                    args[3] = random.pick(&[1, 2, 4, 3, 8]);
+                    (4, 2)
+                }
+                0x2017 => {
+                    args[3] = random.pick(&[1, 2, 4, 3, 8]);
+                    (5, 1)
+                }
+                0x2018 => {
+                    args[3] = random.below(6) as u32;
+                    (4, 3)
+                }
+                _ => {
+                    args[3] = random.below(8) as u32;
+                    args[4] = random.below(40) as u32;
+                    (6, random.pick(&[3, 4]))
+                }
+            }
+        }
         _ => (0, 8),
     };
     match usual {
@@ -134,7 +178,21 @@ pub fn run(seed: u64, count: u64) {
     let mut tallies = [0u64; TALLIES];
     let (mut other, mut refused, mut unread) = (0u64, 0u64, 0u64);
     let mut args = [0u32; 16];
-    for _ in 0..count {
+    for i in 0..count {
+        // The bridge's window, as a driver reaches BARs.
+        if random.below(4) == 0 {
+            let at = crate::pcibus::window_cpu() + (random.below(32 << 20) & !3);
+            match random.below(3) {
+                0 => {
+                    crate::pcibus::mmio_read32(at);
+                }
+                1 => crate::pcibus::mmio_write32(at, random.next() as u32),
+                _ => crate::pcibus::mmio_write16(at & !1, random.next() as u16),
+            }
+        }
+        if i % 256 == 255 {
+            crate::virtio_blk::scramble_ring(0, random.next());
+        }
         let token = random.pick(&TOKENS);
         let (nargs, nret) = arguments(&mut random, token, &mut args);
         put(BLOCK, token);

@@ -48,7 +48,8 @@ pub fn init(platform: &Platform) {
     }
 }
 
-fn buid_cells() -> (u32, u32) {
+/// The bridge's BUID, as a call's two cells.
+pub fn buid_cells() -> (u32, u32) {
     let buid = BUID.load(Ordering::Relaxed);
     ((buid >> 32) as u32, buid as u32)
 }
@@ -100,6 +101,11 @@ pub fn function_args(devfn: u8) -> [u32; 3] {
 /// The bus address slot `slot`'s BARs start at.
 pub fn slot_bus_address(slot: u8) -> u64 {
     WINDOW_BUS.load(Ordering::Relaxed) + u64::from(slot) * SLOT_SPAN
+}
+
+/// The CPU address where the 32-bit window starts.
+pub fn window_cpu() -> u64 {
+    WINDOW_CPU.load(Ordering::Relaxed)
 }
 
 /// The CPU address of a bus address in the 32-bit window.

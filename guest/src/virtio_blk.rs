@@ -663,3 +663,25 @@ pub fn bench_request(kind: BenchRequest, i: u64) -> Result<(), &'static str> {
         BenchRequest::Write => request(0, disk, TYPE_OUT, sector, count),
     }
 }
+
+/// A hostile driver's ring: garbage over disk `n`'s descriptors and driver
+/// ring (a random available index too), then the queue rung. The disk's
+/// requests are not to be trusted after this (nor are they waited for).
+pub fn scramble_ring(n: usize, seed: u64) {
+    let mut disks = DISKS.lock();
+    let Some(Some(disk)) = disks.get_mut(n) else {
+        return;
+    };
+    let page = ring(n);
+    let mut x = seed | 1;
+    for at in (DESC_AT..USED_AT).step_by(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        put::<u64>(page, at, x);
+    }
+    compiler_fence(Ordering::SeqCst);
+    mmio_write16(disk.notify, 0);
+    disk.in_flight = false;
+    disk.next_avail = get::<u16>(page, AVAIL_AT + 2);
+}

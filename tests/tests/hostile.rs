@@ -1,9 +1,11 @@
 //! A guest that lies: thousands of random and malformed RTAS calls (the
-//! test guest's `hostile` command) while QMP plugs and unplugs. Every call
-//! gets a PAPR status or is refused outright, no empty DRC leaves
-//! `unusable`, every device process serves on, and afterwards a normal
-//! hotplug cycle works. Needs /dev/kvm.
+//! test guest's `hostile` command: PCI configuration and MSI calls, writes
+//! over a disk's BARs and ring among them) while QMP plugs and unplugs.
+//! Every call gets a PAPR status or is refused outright, no empty DRC
+//! leaves `unusable`, every device process serves on, and afterwards a
+//! normal hotplug cycle works, a new disk's I/O included. Needs /dev/kvm.
 
+use papervisor_tests::disks::{image, ok};
 use papervisor_tests::{kvm_usable, QmpClient, Vm, HOTPLUG_MACHINE};
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +21,20 @@ fn a_hostile_guest_gets_a_papr_status_for_every_call_and_hotplug_still_works() {
     if !kvm_usable("a_hostile_guest_gets_a_papr_status_for_every_call_and_hotplug_still_works") {
         return;
     }
-    let mut vm = Vm::start(&HOTPLUG_MACHINE);
+    let scratch = papervisor_tests::scratch_dir();
+    let mut args: Vec<String> = HOTPLUG_MACHINE.iter().map(|a| a.to_string()).collect();
+    for (n, slot) in [(0, 3), (1, 4)] {
+        let path = image(&scratch, &format!("disk{n}.raw"), 64 << 20);
+        args.push("--blockdev".into());
+        args.push(format!(
+            "driver=file,node-name=disk{n},filename={}",
+            path.display()
+        ));
+        args.push("--device".into());
+        args.push(format!("virtio-blk-pci,id=vd{n},drive=disk{n},addr={slot}"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut vm = Vm::start(&args);
     vm.boot();
     // QMP plugs and unplugs core 2 meanwhile (errors are fine: the guest
     // may have moved its DRC).
@@ -105,4 +120,23 @@ fn a_hostile_guest_gets_a_papr_status_for_every_call_and_hotplug_still_works() {
         json!({"return": {}})
     );
     assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "d");
+    // And a disk: plugged, driven, its pattern kept.
+    let path = image(&scratch, "disk2.raw", 64 << 20);
+    let node = json!({"driver": "file", "node-name": "disk2", "filename": path});
+    assert_eq!(qmp.execute("blockdev-add", node), ok());
+    let disk = json!({"driver": "virtio-blk-pci", "id": "vd2", "drive": "disk2", "addr": "6"});
+    assert_eq!(qmp.execute("device_add", disk), ok());
+    vm.console
+        .expect_async("dlpar: pci add 0x40000030: ok", Duration::from_secs(60));
+    assert_eq!(
+        vm.console.command("blk write 2 8 8 3"),
+        ["blk write: 8 sectors"]
+    );
+    assert_eq!(
+        vm.console.command("blk check 2 8 8 3"),
+        ["blk check: 8 sectors, ok"]
+    );
+    drop(qmp);
+    drop(vm);
+    let _ = std::fs::remove_dir_all(scratch);
 }
