@@ -4,7 +4,7 @@
 use super::Vm;
 use crate::block::disks::Backend;
 use crate::cores::{CoreDevice, CORE_DRIVER};
-use crate::devices::BlockRow;
+use crate::devices::reports::BlockRow;
 use crate::request::{QmpError, Query};
 use ipc_proto::link::core_eventlog;
 use ipc_proto::link::core_hotplug;
