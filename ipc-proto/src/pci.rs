@@ -121,6 +121,14 @@ impl Phb {
         DrcIndex::new(DrcKind::Pci, pci_drc_id(self.index, 0, devfn)?)
     }
 
+    /// The devfn on its root bus that `drc` connects, if it is one of its
+    /// DRCs (the inverse of [`Phb::drc`]).
+    pub fn devfn_of(&self, drc: DrcIndex) -> Option<u8> {
+        let id = drc.id();
+        (drc.kind()? == DrcKind::Pci && id >> 16 == self.index && (id >> 8) & 0xff == 0)
+            .then_some(id as u8)
+    }
+
     /// The DRCs of its root bus, one per devfn, in order.
     pub fn drcs(&self) -> Vec<DrcIndex> {
         (0..=u8::MAX).filter_map(|devfn| self.drc(devfn)).collect()
@@ -291,14 +299,9 @@ fn reg(function: &FunctionDescription, devfn: u8) -> Vec<u8> {
 /// DRC alone says what it is (a second kind of device would have the plug
 /// say which).
 pub fn plugged_device_node(drc: DrcIndex) -> Option<Node> {
-    if drc.kind()? != DrcKind::Pci {
-        return None;
-    }
-    let id = drc.id();
-    let (phb, chassis, devfn) = (id >> 16, (id >> 8) & 0xff, (id & 0xff) as u8);
-    if chassis != 0 || phb >= PHBS {
-        return None;
-    }
+    let (phb, devfn) = (0..PHBS)
+        .map(Phb::new)
+        .find_map(|phb| Some((phb.index, phb.devfn_of(drc)?)))?;
     Some(device_node(&VIRTIO_BLK_PCI, phb, devfn, drc))
 }
 
@@ -339,6 +342,13 @@ mod tests {
             (drcs[0].0, drcs[8].0, drcs[255].0),
             (0x4000_0000, 0x4000_0008, 0x4000_00ff)
         );
+        for devfn in 0..=u8::MAX {
+            assert_eq!(phb.devfn_of(phb.drc(devfn).unwrap()), Some(devfn));
+        }
+        // Another PHB's, a bus behind a bridge's, another type's: none.
+        for other in [0x4001_0018, 0x4000_0118, 0x1000_0018] {
+            assert_eq!(phb.devfn_of(DrcIndex(other)), None, "{other:#x}");
+        }
         let range = phb.drc_range().unwrap();
         assert_eq!(
             (range.kind, range.first_id, range.count, range.step),

@@ -5,7 +5,7 @@
 //! the guest reads; a busy disk is removed all the same; a reset starts
 //! the disk again. Need /dev/kvm.
 
-use papervisor_tests::disks::{image, ok, wait_until};
+use papervisor_tests::disks::{image, ok, sectors_of_pattern, wait_until, SECTOR};
 use papervisor_tests::{in_process, kvm_usable, QmpClient, Vm};
 use serde_json::json;
 use std::os::unix::fs::FileExt;
@@ -13,26 +13,8 @@ use std::path::Path;
 use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
-const SECTOR: u64 = 512;
 const SECTORS_64MIB: u64 = 64 * MIB / SECTOR;
 const ADDED: &str = "dlpar: pci add 0x40000018: ok";
-
-/// The guest's `blk write` / `blk check` pattern: word `i` of sector `s`
-/// is `pattern(s * 512 + 8 * i, seed)`, little-endian (as `mem fill`).
-fn pattern(address: u64, seed: u64) -> u64 {
-    let mut x = address ^ seed.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    x
-}
-
-fn sectors_of_pattern(first: u64, count: u64, seed: u64) -> Vec<u8> {
-    (first * SECTOR..(first + count) * SECTOR)
-        .step_by(8)
-        .flat_map(|address| pattern(address, seed).to_le_bytes())
-        .collect()
-}
 
 /// Spots across a 64 MiB disk, the last ending at its last sector.
 fn spots() -> Vec<u64> {
@@ -68,21 +50,9 @@ fn answers(vm: &mut Vm, command: &str, expected: &str) {
 
 /// A VM with `count` 64 MiB disks present at boot (`vd<n>` in slot 3 + n,
 /// on node `disk<n>`), booted.
-fn boot_with_disks(scratch: &Path, count: usize) -> Vm {
-    let mut args = Vec::new();
-    for n in 0..count {
-        let path = image(scratch, &format!("disk{n}.raw"), 64 * MIB);
-        args.push("--blockdev".to_string());
-        args.push(format!(
-            "driver=file,node-name=disk{n},filename={}",
-            path.display()
-        ));
-        args.push("--device".to_string());
-        args.push(format!(
-            "virtio-blk-pci,id=vd{n},drive=disk{n},addr={}",
-            3 + n
-        ));
-    }
+fn boot_with_disks(scratch: &Path, count: u8) -> Vm {
+    let slots: Vec<u8> = (0..count).map(|n| 3 + n).collect();
+    let args = papervisor_tests::disks::cold_plugged_disks(scratch, &slots);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut vm = Vm::start(&args);
     vm.boot();

@@ -46,6 +46,23 @@ fn block_rows(qmp: &mut QmpClient) -> Vec<Value> {
         .collect()
 }
 
+/// A booted VM (`machine`'s options) with a 1 MiB disk hot-added (vd0 on
+/// node disk0, in slot 0) and taken by the guest, and its QMP client.
+fn taken_disk(scratch: &Path, machine: &[&str]) -> (Vm, QmpClient) {
+    let mut vm = Vm::start(machine);
+    vm.boot();
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    let path = image(scratch, "disk0.raw", MIB);
+    assert_eq!(blockdev_add(&mut qmp, "disk0", &path, false), ok());
+    assert_eq!(
+        disk_add(&mut qmp, json!({"id": "vd0", "drive": "disk0"})),
+        ok()
+    );
+    vm.console
+        .expect_async("dlpar: pci add 0x40000000: ok", Duration::from_secs(60));
+    (vm, qmp)
+}
+
 fn status_field(pid: u64, field: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("a status");
     status
@@ -484,17 +501,7 @@ fn a_killed_block_process_is_replaced_and_the_disk_still_goes() {
         return;
     }
     let scratch = papervisor_tests::scratch_dir();
-    let mut vm = Vm::start(&[]);
-    vm.boot();
-    let mut qmp = QmpClient::connect(&vm.qmp_socket());
-    let path = image(&scratch, "disk0.raw", MIB);
-    assert_eq!(blockdev_add(&mut qmp, "disk0", &path, false), ok());
-    assert_eq!(
-        disk_add(&mut qmp, json!({"id": "vd0", "drive": "disk0"})),
-        ok()
-    );
-    vm.console
-        .expect_async("dlpar: pci add 0x40000000: ok", Duration::from_secs(60));
+    let (mut vm, mut qmp) = taken_disk(&scratch, &[]);
     let pid = block_rows(&mut qmp)[0]["pid"].as_u64().expect("a pid");
     papervisor_tests::send_signal(pid, nix::sys::signal::Signal::SIGKILL);
     wait_until("a successor serves the disk", || {
@@ -589,17 +596,7 @@ fn a_stopped_block_process_is_cut_off_and_memory_hot_plug_goes_on() {
         return;
     }
     let scratch = papervisor_tests::scratch_dir();
-    let mut vm = Vm::start(&papervisor_tests::HOTPLUG_MACHINE);
-    vm.boot();
-    let mut qmp = QmpClient::connect(&vm.qmp_socket());
-    let path = image(&scratch, "disk0.raw", MIB);
-    assert_eq!(blockdev_add(&mut qmp, "disk0", &path, false), ok());
-    assert_eq!(
-        disk_add(&mut qmp, json!({"id": "vd0", "drive": "disk0"})),
-        ok()
-    );
-    vm.console
-        .expect_async("dlpar: pci add 0x40000000: ok", Duration::from_secs(60));
+    let (mut vm, mut qmp) = taken_disk(&scratch, &papervisor_tests::HOTPLUG_MACHINE);
     let pid = block_rows(&mut qmp)[0]["pid"].as_u64().expect("a pid");
     papervisor_tests::send_signal(pid, nix::sys::signal::Signal::SIGSTOP);
     // The DIMM's region cannot reach the stopped backend: after its bounded
@@ -683,17 +680,7 @@ fn a_disk_survives_a_killed_hotplug_controller_and_still_goes() {
         return;
     }
     let scratch = papervisor_tests::scratch_dir();
-    let mut vm = Vm::start(&[]);
-    vm.boot();
-    let mut qmp = QmpClient::connect(&vm.qmp_socket());
-    let path = image(&scratch, "disk0.raw", MIB);
-    assert_eq!(blockdev_add(&mut qmp, "disk0", &path, false), ok());
-    assert_eq!(
-        disk_add(&mut qmp, json!({"id": "vd0", "drive": "disk0"})),
-        ok()
-    );
-    vm.console
-        .expect_async("dlpar: pci add 0x40000000: ok", Duration::from_secs(60));
+    let (mut vm, mut qmp) = taken_disk(&scratch, &[]);
     vm.kill_and_await_restart("hotplug-controller");
     // The successor resumed the physical DRC from the state region.
     let drc = vm.drc(0x4000_0000);

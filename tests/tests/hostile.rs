@@ -5,7 +5,7 @@
 //! leaves `unusable`, every device process serves on, and afterwards a
 //! normal hotplug cycle works, a new disk's I/O included. Needs /dev/kvm.
 
-use papervisor_tests::disks::{image, ok};
+use papervisor_tests::disks::{cold_plugged_disks, image, ok};
 use papervisor_tests::{kvm_usable, QmpClient, Vm, HOTPLUG_MACHINE};
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,18 +22,11 @@ fn a_hostile_guest_gets_a_papr_status_for_every_call_and_hotplug_still_works() {
         return;
     }
     let scratch = papervisor_tests::scratch_dir();
-    let mut args: Vec<String> = HOTPLUG_MACHINE.iter().map(|a| a.to_string()).collect();
-    for (n, slot) in [(0, 3), (1, 4)] {
-        let path = image(&scratch, &format!("disk{n}.raw"), 64 << 20);
-        args.push("--blockdev".into());
-        args.push(format!(
-            "driver=file,node-name=disk{n},filename={}",
-            path.display()
-        ));
-        args.push("--device".into());
-        args.push(format!("virtio-blk-pci,id=vd{n},drive=disk{n},addr={slot}"));
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let disks = cold_plugged_disks(&scratch, &[3, 4]);
+    let args: Vec<&str> = HOTPLUG_MACHINE
+        .into_iter()
+        .chain(disks.iter().map(String::as_str))
+        .collect();
     let mut vm = Vm::start(&args);
     vm.boot();
     // QMP plugs and unplugs core 2 meanwhile (errors are fine: the guest

@@ -36,11 +36,6 @@ impl Default for PciBus {
     }
 }
 
-/// The devfn of a DRC of the bridge's root bus.
-fn devfn_of(phb: &Phb, drc: DrcIndex) -> Option<u8> {
-    (0..=u8::MAX).find(|&devfn| phb.drc(devfn) == Some(drc))
-}
-
 /// Whether a request names a PCI DRC (and may plug or release a function).
 pub fn touches_pci(drcs: &[DrcIndex]) -> bool {
     drcs.iter().any(|drc| drc.kind() == Some(DrcKind::Pci))
@@ -51,7 +46,9 @@ impl PciBus {
     /// successor, has): a function already there is built afresh with it.
     pub fn describe(&mut self, drc: DrcIndex, model: DeviceModel) -> Result<(), String> {
         // One model per connector of the bridge: the map stays bounded.
-        let devfn = devfn_of(&self.phb, drc)
+        let devfn = self
+            .phb
+            .devfn_of(drc)
             .ok_or_else(|| format!("DRC {:#x} is not on the bridge", drc.0))?;
         if self.bridge.has(devfn) {
             self.bridge.plug_block(devfn, drc, &model)?;
@@ -64,15 +61,11 @@ impl PciBus {
     /// DRC that holds a device, none for one that does not. `fresh` starts
     /// every function afresh (a machine reset resets the bridge).
     pub fn sync(&mut self, controller: &Controller, fresh: bool) {
-        for drc in controller.drcs() {
-            let index = drc.index();
-            let Some(devfn) = (index.kind() == Some(DrcKind::Pci))
-                .then(|| devfn_of(&self.phb, index))
-                .flatten()
-            else {
-                continue;
-            };
-            let plugged = drc.device().is_some();
+        for (devfn, index) in (0..=u8::MAX).filter_map(|devfn| Some((devfn, self.phb.drc(devfn)?)))
+        {
+            let plugged = controller
+                .drc(index)
+                .is_some_and(|drc| drc.device().is_some());
             if !plugged {
                 if self.bridge.has(devfn) {
                     self.bridge.unplug(devfn);

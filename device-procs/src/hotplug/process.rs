@@ -163,12 +163,13 @@ impl HotplugController {
             } => return Answer::Link(self.pci.bar_access(address, size, write)),
             _ => {}
         }
-        let pci = match &request {
-            core_hotplug::Request::Plug { drcs, .. }
-            | core_hotplug::Request::UnplugRequest { drcs } => touches_pci(drcs),
-            _ => matches!(request, core_hotplug::Request::Reset),
-        };
         let reset = matches!(request, core_hotplug::Request::Reset);
+        let pci = reset
+            || match &request {
+                core_hotplug::Request::Plug { drcs, .. }
+                | core_hotplug::Request::UnplugRequest { drcs } => touches_pci(drcs),
+                _ => false,
+            };
         let answer = self.on_core_table(links, id, request);
         if pci {
             self.pci.sync(&self.controller, reset);

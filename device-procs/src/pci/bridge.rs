@@ -130,10 +130,7 @@ impl Bridge {
             return (all_ones, None);
         };
         let vectors = function.vectors;
-        let granted = move |vector: u16| {
-            let (first, count) = vectors?;
-            (u32::from(vector) < count).then(|| first + u32::from(vector))
-        };
+        let granted = move |vector: u16| source_of(vectors, u32::from(vector));
         match write {
             None => (function.transport.read(region, size, &granted), None),
             Some(value) => {
@@ -252,10 +249,7 @@ impl Bridge {
     /// `ibm,query-interrupt-source-number` for vector `n`: its interrupt
     /// (edge-triggered), or -1 past what was granted.
     pub fn interrupt_of(&self, address: ConfigAddress, n: u32) -> Result<u32, RtasStatus> {
-        match self.function(address)?.vectors {
-            Some((first, count)) if n < count => Ok(first + n),
-            _ => Err(RtasStatus::HardwareError),
-        }
+        source_of(self.function(address)?.vectors, n).ok_or(RtasStatus::HardwareError)
     }
 
     /// The first interrupt after every one granted, and how many remain.
@@ -271,6 +265,12 @@ impl Bridge {
             .unwrap_or(first);
         (used_up_to, (first + count).saturating_sub(used_up_to))
     }
+}
+
+/// The interrupt source of vector `n` of a grant (first source, count).
+fn source_of(vectors: Option<(u32, u32)>, n: u32) -> Option<u32> {
+    let (first, count) = vectors?;
+    (n < count).then(|| first + n)
 }
 
 /// Whether `space` lists capability `id` (a walk bounded as a well-formed

@@ -135,13 +135,16 @@ impl Vm {
                     disk.id, queue.index
                 ));
             };
-            // SAFETY: `device` is the core's mapping of the used ring, whole
-            // inside one region of guest memory (checked above), which
-            // stays mapped while the machine runs; its index is a u16 at
-            // offset 2, which the guest may change at any time (a volatile
-            // read of a plain integer).
-            let used = unsafe { std::ptr::read_volatile((device + 2) as *const u16) };
-            let base = if resume { u16::from_le(used) } else { 0 };
+            let used_index = (device + 2) as *const u16;
+            let base = match resume {
+                // SAFETY: `device` is the core's mapping of the used ring,
+                // whole inside one region of guest memory (checked above),
+                // which stays mapped while the machine runs; its index is a
+                // u16 at offset 2, which the guest may change at any time (a
+                // volatile read of a plain integer).
+                true => u16::from_le(unsafe { std::ptr::read_volatile(used_index) }),
+                false => 0,
+            };
             rings.push((queue.size, desc, driver, device, base));
             calls.push(match queue.interrupt {
                 Some(source) => interrupts.eventfd(source).map_err(|e| e.to_string())?,
