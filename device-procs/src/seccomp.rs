@@ -98,6 +98,9 @@ const BLOCK: &[i64] = &[
     nix::libc::SYS_fdatasync,
     nix::libc::SYS_fsync,
     nix::libc::SYS_fallocate,
+    // The inflight-tracking region: anonymous memory, sized.
+    nix::libc::SYS_memfd_create,
+    nix::libc::SYS_ftruncate,
     nix::libc::SYS_fstat,
     nix::libc::SYS_newfstatat,
     nix::libc::SYS_statx,

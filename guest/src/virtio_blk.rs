@@ -2,7 +2,7 @@
 //! virtio_pci_modern + virtio_blk drive one: it negotiates VERSION_1 (and
 //! RO, FLUSH when offered), sets up one split virtqueue with MSI-X vectors
 //! for configuration changes (0) and the queue (1), and makes one request
-//! at a time, waiting for the used ring. The queue's interrupt is counted;
+//! at a time, waiting for the used ring ([`stress`] keeps 16 in flight). The queue's interrupt is counted;
 //! completion is seen in the used ring itself, so a lost interrupt slows
 //! nothing down.
 
@@ -14,8 +14,11 @@ use crate::pcibus::{
 use crate::sync::SpinLock;
 use core::sync::atomic::{compiler_fence, AtomicU32, AtomicU64, Ordering};
 
+mod stress;
+
 pub const MAX_DISKS: usize = 4;
-const QUEUE_SIZE: u16 = 16;
+/// Room for [`stress::SLOTS`] requests of three descriptors each.
+const QUEUE_SIZE: u16 = 64;
 pub const SECTOR: u64 = 512;
 /// The most sectors one request moves.
 const MAX_REQUEST_SECTORS: u64 = 64;
@@ -79,10 +82,13 @@ pub struct Regions {
 #[repr(C, align(4096))]
 struct RingPage([u8; 4096]);
 const DESC_AT: usize = 0;
-const AVAIL_AT: usize = 0x100;
-const USED_AT: usize = 0x200;
-const HEADER_AT: usize = 0x400;
-const STATUS_AT: usize = 0x410;
+const AVAIL_AT: usize = 0x400;
+const USED_AT: usize = 0x500;
+/// Request headers, 16 bytes each: one per slot of [`stress`] (the first
+/// is the single request's).
+const HEADER_AT: usize = 0x800;
+/// Status bytes, one per slot.
+const STATUS_AT: usize = 0x900;
 
 #[repr(C, align(4096))]
 struct DataBuffer([u8; (MAX_REQUEST_SECTORS * SECTOR) as usize]);
@@ -395,7 +401,7 @@ fn parse(word: Option<&str>, number: fn(&str) -> Option<u64>) -> Option<u64> {
 /// `blk`, `blk write|check <n> <sector> <count> <seed>`, `blk hold|unhold <n>`.
 pub fn command<'a>(words: &mut impl Iterator<Item = &'a str>, number: fn(&str) -> Option<u64>) {
     const SYNTAX: &str =
-        "blk | blk write|check <n> <sector> <count> <seed> | blk hold|unhold <n> | blk irqs <n> | blk hostile <n> early-kick|wild-descriptor|garbage-config";
+        "blk | blk write|check <n> <sector> <count> <seed> | blk stress <n> <first> <area> <requests> <read-seed> <write-seed> | blk tagged <n> <first> <count> <seed> | blk hold|unhold <n> | blk irqs <n> | blk hostile <n> early-kick|wild-descriptor|garbage-config";
     let usage = || {
         Line::new().str("usage: ").str(SYNTAX).nl();
     };
@@ -412,6 +418,21 @@ pub fn command<'a>(words: &mut impl Iterator<Item = &'a str>, number: fn(&str) -
                 return usage();
             };
             transfer(action == "write", n as usize, sector, count, seed);
+        }
+        Some("stress") => {
+            let args = [(); 6].map(|()| parse(words.next(), number));
+            let [Some(n), Some(first), Some(area), Some(requests), Some(read), Some(write)] = args
+            else {
+                return usage();
+            };
+            stress::run(n as usize, first, area, requests, read, write);
+        }
+        Some("tagged") => {
+            let args = [(); 4].map(|()| parse(words.next(), number));
+            let [Some(n), Some(first), Some(count), Some(seed)] = args else {
+                return usage();
+            };
+            stress::check_tagged(n as usize, first, count, seed);
         }
         Some(action @ ("hold" | "unhold")) => {
             let Some(n) = parse(words.next(), number) else {

@@ -258,7 +258,7 @@ pub fn rules() -> common::seccomp::Rules {
         // What a block device process does under its own filter besides
         // (device_procs::seccomp::block_rules; a test holds the two
         // together): its socket, its image, guest memory's rings and
-        // eventfds, its library's threads.
+        // eventfds, its library's threads, its inflight-tracking region.
         SYS_accept,
         SYS_accept4,
         SYS_shutdown,
@@ -272,6 +272,8 @@ pub fn rules() -> common::seccomp::Rules {
         SYS_epoll_wait,
         SYS_epoll_pwait,
         SYS_eventfd2,
+        SYS_memfd_create,
+        SYS_ftruncate,
     ];
     common::seccomp::PROCESS_BASICS
         .iter()

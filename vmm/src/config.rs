@@ -54,6 +54,12 @@ pub struct Cli {
     /// or /tmp/papervisor-<uid>.
     #[arg(long, value_name = "DIR")]
     pub jail_dir: Option<PathBuf>,
+    /// How long (milliseconds, 100 to 3600000) a disk's block process may
+    /// complete none of the requests waiting in its queue before it is
+    /// taken for hung, killed and replaced (its requests served again by
+    /// its successor). 30000 by default.
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub block_stall_timeout: Option<u64>,
     /// The uid the device processes run as (not 0); by default the first
     /// free one of 1900000000..1900065536. Refused if another VM or any
     /// process uses it.
@@ -394,6 +400,8 @@ pub struct VmConfig {
     pub uid: Option<u32>,
     /// The gid the device processes run as (`--gid`), if given.
     pub gid: Option<u32>,
+    /// `--block-stall-timeout`.
+    pub block_stall_timeout: Option<std::time::Duration>,
     /// `--blockdev`s then `--device`s, in order, checked as the QMP
     /// commands they are (by the binary, with `qmp::arguments`): plugged
     /// before the guest runs.
@@ -514,6 +522,9 @@ impl VmConfig {
             name: cli.name,
             uid: cli.uid,
             gid: cli.gid,
+            block_stall_timeout: cli
+                .block_stall_timeout
+                .map(std::time::Duration::from_millis),
             cold_plugs: Vec::new(),
         })
     }

@@ -78,6 +78,8 @@ pub enum ControlMessage {
         /// Which disk's.
         serial: u64,
     },
+    /// Time to look whether each disk's block process makes progress.
+    WatchDisks,
     /// Time to connect to disk `serial`'s backend again.
     ReconnectBackend {
         /// Which disk's.

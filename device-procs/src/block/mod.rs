@@ -5,6 +5,7 @@
 //! and are checked before they touch the image.
 
 pub mod backend;
+pub mod inflight;
 pub mod process;
 pub mod request;
 

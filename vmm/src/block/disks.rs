@@ -3,7 +3,7 @@
 //! process and vhost-user frontend behind it. The table decides; the
 //! machine (`machine/pci_hotplug.rs`) carries out.
 
-use super::frontend::BlockFrontend;
+use super::frontend::{BlockFrontend, Inflight};
 use crate::devices::spawn::ProcessHandle;
 use crate::request::QmpError;
 use ipc_proto::link::core_hotplug::QueueStart;
@@ -52,6 +52,37 @@ pub struct Disk {
     /// What the driver started them with: its features and the queues,
     /// for a backend that takes over.
     pub started: Option<(u64, Vec<QueueStart>)>,
+    /// The region its backend records requests in flight in, for the
+    /// backend's successor; from the driver's start to its reset.
+    pub inflight: Option<Inflight>,
+    /// What its current backend did with the queue since it took it.
+    pub progress: Option<Progress>,
+}
+
+/// Whether a disk's backend completes requests: its first queue's used
+/// index when the backend took the queue, and when it last moved.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    /// The used index the backend started from.
+    pub started_used: u16,
+    /// When it started.
+    pub started_at: std::time::Instant,
+    /// The used index last seen.
+    pub last_used: u16,
+    /// Since when it has not moved while requests waited.
+    pub stalled_since: Option<std::time::Instant>,
+}
+
+impl Progress {
+    /// A backend starting from used index `used`.
+    pub fn new(used: u16) -> Progress {
+        Progress {
+            started_used: used,
+            started_at: std::time::Instant::now(),
+            last_used: used,
+            stalled_since: None,
+        }
+    }
 }
 
 /// A queue the backend serves: the guest's notifications reach it through
@@ -146,6 +177,11 @@ impl Disk {
 pub struct Disks {
     disks: Vec<Disk>,
     last_serial: u64,
+    /// How long a block process may complete nothing while requests wait
+    /// before it is taken for hung (`None`: the default).
+    pub stall_timeout: Option<std::time::Duration>,
+    /// Whether the ticks that look at every disk's progress run.
+    pub watched: bool,
 }
 
 /// The DRC of `slot` (function 0) on the bridge.
@@ -196,6 +232,15 @@ pub fn parse_addr(addr: &Value) -> Result<u8, QmpError> {
 }
 
 impl Disks {
+    /// No disks yet; block processes taken for hung after `stall_timeout`
+    /// (`None`: the default).
+    pub fn with_stall_timeout(stall_timeout: Option<std::time::Duration>) -> Disks {
+        Disks {
+            stall_timeout,
+            ..Default::default()
+        }
+    }
+
     /// The slot a new disk `id` takes: `wanted`, if free, else the first
     /// free one; and its serial. Nothing is held until [`Disks::plugged`].
     pub fn prepare(&mut self, id: &str, wanted: Option<u8>) -> Result<(u8, u64), QmpError> {

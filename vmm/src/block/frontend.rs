@@ -20,7 +20,9 @@ use std::sync::mpsc::{channel, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
-use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
+use vhost::vhost_user::message::{
+    VhostUserConfigFlags, VhostUserInflight, VhostUserProtocolFeatures,
+};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vmm_sys_util::eventfd::EventFd;
@@ -69,6 +71,21 @@ pub enum FrontendError {
     /// The backend lacks what the core requires.
     #[error("the backend does not offer {0}")]
     Lacks(&'static str),
+    /// The backend's inflight region is not what was asked.
+    #[error("the backend's inflight region is not usable: {0}")]
+    Inflight(String),
+}
+
+/// The most bytes of inflight region the core keeps for a backend (a queue
+/// of 32768 entries takes 512 KiB).
+const MAX_INFLIGHT_BYTES: u64 = 1 << 20;
+
+/// The inflight-tracking region a backend allocated, which the core keeps
+/// while the driver's set-up lasts and hands to the backend's successor.
+/// The core never maps it: it only holds the descriptor.
+pub struct Inflight {
+    shape: VhostUserInflight,
+    file: std::fs::File,
 }
 
 /// A guest memory region as the backend is told of it.
@@ -174,7 +191,8 @@ impl BlockFrontend {
         })?;
         let wanted = VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::INFLIGHT_SHMFD;
         let offered_protocol =
             link.bounded("offer protocol features", |f| f.get_protocol_features())?;
         if !offered_protocol.contains(VhostUserProtocolFeatures::CONFIG) {
@@ -262,6 +280,59 @@ impl BlockFrontend {
     pub fn has_memory_slots(&self) -> bool {
         self.protocol
             .contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS)
+    }
+
+    /// Whether the backend tracks requests in flight for a successor.
+    pub fn tracks_inflight(&self) -> bool {
+        self.protocol
+            .contains(VhostUserProtocolFeatures::INFLIGHT_SHMFD)
+    }
+
+    /// Asks the backend for a new inflight region for queues of
+    /// `queue_size` entries (a new set-up of the driver), checked to be
+    /// what was asked and bounded.
+    pub fn new_inflight(&mut self, queue_size: u16) -> Result<Inflight, FrontendError> {
+        let asked = VhostUserInflight {
+            mmap_size: 0,
+            mmap_offset: 0,
+            num_queues: self.queues as u16,
+            queue_size,
+        };
+        let (shape, file) =
+            self.bounded("give an inflight region", |f| f.get_inflight_fd(&asked))?;
+        let bad = |why: String| Err(FrontendError::Inflight(why));
+        if shape.num_queues != asked.num_queues || shape.queue_size != queue_size {
+            return bad(format!(
+                "{} queues of {} entries given for {} of {queue_size}",
+                shape.num_queues, shape.queue_size, asked.num_queues
+            ));
+        }
+        if shape.mmap_size == 0 || shape.mmap_size > MAX_INFLIGHT_BYTES {
+            return bad(format!("{} bytes", shape.mmap_size));
+        }
+        let length = file
+            .metadata()
+            .map_err(|e| FrontendError::Inflight(format!("its file: {e}")))?
+            .len();
+        if shape
+            .mmap_offset
+            .checked_add(shape.mmap_size)
+            .is_none_or(|end| end > length)
+        {
+            return bad(format!(
+                "{} bytes at {} of a {length}-byte file",
+                shape.mmap_size, shape.mmap_offset
+            ));
+        }
+        Ok(Inflight { shape, file })
+    }
+
+    /// Hands the backend the region its predecessor kept requests in.
+    pub fn resume_inflight(&mut self, inflight: &Inflight) -> Result<(), FrontendError> {
+        let fd = inflight.file.as_raw_fd();
+        self.bounded("take the inflight region", |f| {
+            f.set_inflight_fd(&inflight.shape, fd)
+        })
     }
 
     /// Hands the backend the whole memory table.

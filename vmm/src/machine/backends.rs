@@ -117,18 +117,19 @@ impl Vm {
     }
 }
 
-/// A disk's block process is restarted at most this often in
-/// [`RESTART_WINDOW`]; past it the disk fails (as a platform process's
-/// supervisor gives up).
+/// A disk's block processes may end this often in [`RESTART_WINDOW`]
+/// without completing a request in between; past it the disk fails (as a
+/// platform process's supervisor gives up). An end after progress starts
+/// the count again (`disk_watch`).
 const MAX_RESTARTS: usize = 5;
 const RESTART_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Vm {
     /// Block process `serial` ended:
     /// expected once its disk went; otherwise a successor, jailed as it
-    /// was, on the same image, takes its queues over from the used rings
-    /// (its requests complete in order, so none is lost; one it had taken
-    /// and not answered is made again), unless the budget is spent.
+    /// was, on the same image, takes its queues over and serves first what
+    /// the inflight region says its predecessor left in flight, unless the
+    /// budget is spent.
     pub(super) fn block_exited(&mut self, serial: u64, how: &str) {
         let Some(disk) = self.disks.by_serial(serial) else {
             log::info!("block process {serial} {how}");
@@ -139,13 +140,20 @@ impl Vm {
         }
         let why = disk.exit.get_or_insert_with(|| how.to_string()).clone();
         disk.frontend = None;
+        let progressed = self.made_progress(serial);
+        let Some(disk) = self.disks.by_serial(serial) else {
+            return;
+        };
         let now = std::time::Instant::now();
+        if progressed {
+            disk.recent_exits.clear();
+        }
         disk.recent_exits
             .retain(|&at| now.duration_since(at) < RESTART_WINDOW);
         disk.recent_exits.push(now);
         if disk.recent_exits.len() > MAX_RESTARTS {
             log::error!(
-                "the block process of disk {} {why}: more than {MAX_RESTARTS} ends in {} s, the disk is not served any more",
+                "the block process of disk {} {why}: more than {MAX_RESTARTS} ends in {} s without a request completed, the disk is not served any more",
                 disk.id,
                 RESTART_WINDOW.as_secs()
             );

@@ -230,7 +230,7 @@ impl Vm {
             cores: Cores::new(&config.smp),
             dimms: Dimms::new(&layout, config.memory.slots),
             block_nodes: Default::default(),
-            disks: Default::default(),
+            disks: crate::block::disks::Disks::with_stall_timeout(config.block_stall_timeout),
             chardevs: Default::default(),
             qmp,
             control,

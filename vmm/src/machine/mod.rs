@@ -9,6 +9,7 @@
 
 mod backends;
 mod cpu_hotplug;
+mod disk_watch;
 mod lifecycle;
 mod memory_hotplug;
 mod notification_log;
@@ -210,6 +211,7 @@ impl Vm {
                 ControlMessage::BlockExited { serial, how } => self.block_exited(serial, &how),
                 ControlMessage::BackendHungUp { serial } => self.backend_hung_up(serial),
                 ControlMessage::ReconnectBackend { serial } => self.reconnect_backend(serial),
+                ControlMessage::WatchDisks => self.watch_disks(),
                 ControlMessage::Function { effect, done } => {
                     let outcome = self.function_effect(effect);
                     if let Err(error) = &outcome {

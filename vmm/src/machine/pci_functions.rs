@@ -5,9 +5,10 @@
 //! chose), a reset stops them. The I/O then runs guest → KVM → backend →
 //! KVM → guest, without the core.
 
+use super::disk_watch::{host_address, read_ring_index};
 use super::Vm;
 use crate::block::disks::{Disk, RunningQueue};
-use crate::block::frontend::QueueSetup;
+use crate::block::frontend::{BlockFrontend, FrontendError, Inflight, QueueSetup};
 use ipc_proto::link::core_hotplug::{FunctionEffect, QueueStart};
 use ipc_proto::papr::DrcIndex;
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
@@ -18,15 +19,6 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 fn ring_bytes(size: u16) -> [u64; 3] {
     let size = u64::from(size);
     [16 * size, 6 + 2 * size, 6 + 8 * size]
-}
-
-/// The core's address of `length` bytes of guest memory at `guest`, if one
-/// region holds them all: `(guest start, size, host address)` each.
-fn host_address(regions: &[(u64, u64, u64)], guest: u64, length: u64) -> Option<u64> {
-    regions.iter().find_map(|&(start, size, host)| {
-        let offset = guest.checked_sub(start)?;
-        (offset.checked_add(length)? <= size).then(|| host + offset)
-    })
 }
 
 /// Takes the kicks of `disk`'s queues out of KVM.
@@ -107,11 +99,7 @@ impl Vm {
     /// went) from each used ring's index, as QEMU's frontend resumes a
     /// backend without inflight tracking.
     pub(super) fn hand_queues(&mut self, drc: DrcIndex, resume: bool) -> Result<(), String> {
-        let regions: Vec<(u64, u64, u64)> = self
-            .vhost_memory()
-            .iter()
-            .map(|region| (region.guest_address, region.size, region.host_address))
-            .collect();
+        let regions = self.ring_regions();
         let interrupts = std::sync::Arc::clone(&self.interrupts);
         let disk = self.disk_of(drc)?;
         let Some((features, queues)) = disk.started.clone() else {
@@ -135,14 +123,8 @@ impl Vm {
                     disk.id, queue.index
                 ));
             };
-            let used_index = (device + 2) as *const u16;
             let base = match resume {
-                // SAFETY: `device` is the core's mapping of the used ring,
-                // whole inside one region of guest memory (checked above),
-                // which stays mapped while the machine runs; its index is a
-                // u16 at offset 2, which the guest may change at any time (a
-                // volatile read of a plain integer).
-                true => u16::from_le(unsafe { std::ptr::read_volatile(used_index) }),
+                true => read_ring_index(&regions, queue.device + 2).unwrap_or(0),
                 false => 0,
             };
             rings.push((queue.size, desc, driver, device, base));
@@ -171,7 +153,8 @@ impl Vm {
         let Some(frontend) = disk.frontend.as_mut() else {
             return Err(format!("disk {} has no backend", disk.id));
         };
-        match frontend.start(features, &setups) {
+        let tracked = track_inflight(frontend, &mut disk.inflight, &setups, resume);
+        let started = match tracked.and_then(|()| frontend.start(features, &setups)) {
             Ok(()) => {
                 if resume {
                     // The backend that went may have taken the guest's last
@@ -181,13 +164,17 @@ impl Vm {
                         let _ = queue.kick.write(1);
                     }
                 }
+                let from = match (resume, disk.inflight.is_some()) {
+                    (false, _) => "",
+                    (true, true) => ", its requests in flight served again",
+                    (true, false) => ", from the used rings",
+                };
                 log::info!(
-                    "disk {}: {} queue(s) started, features {features:#x}{}",
+                    "disk {}: {} queue(s) started, features {features:#x}{from}",
                     disk.id,
                     setups.len(),
-                    if resume { ", from the used rings" } else { "" }
                 );
-                Ok(())
+                Ok(disk.serial)
             }
             Err(error) => {
                 drop(setups);
@@ -195,9 +182,11 @@ impl Vm {
                     "its backend did not start: {}",
                     common::describe(&error)
                 ));
-                Err(format!("disk {}: its backend did not start", disk.id))
+                return Err(format!("disk {}: its backend did not start", disk.id));
             }
-        }
+        };
+        drop(setups);
+        started.map(|serial| self.watch_progress(serial))
     }
 
     /// Every disk's queues stop (a machine reset resets every function).
@@ -205,6 +194,31 @@ impl Vm {
         let vm = std::sync::Arc::clone(&self.vm_fd);
         for disk in self.disks.all_mut() {
             stop_queues(&vm, disk);
+        }
+    }
+}
+
+/// Gives a backend that tracks requests in flight its region before its
+/// queues start: a new one for a new set-up of the driver, the one its
+/// predecessor recorded in when it takes over (`resume`).
+fn track_inflight(
+    frontend: &mut BlockFrontend,
+    inflight: &mut Option<Inflight>,
+    setups: &[QueueSetup<'_>],
+    resume: bool,
+) -> Result<(), FrontendError> {
+    if !frontend.tracks_inflight() {
+        // A backend that does not (another program's) resumes from the
+        // used rings; a region kept would mislead a later one that does.
+        *inflight = None;
+        return Ok(());
+    }
+    match inflight.as_ref().filter(|_| resume) {
+        Some(kept) => frontend.resume_inflight(kept),
+        None => {
+            let size = setups.iter().map(|queue| queue.size).max().unwrap_or(0);
+            *inflight = Some(frontend.new_inflight(size)?);
+            Ok(())
         }
     }
 }
@@ -224,6 +238,8 @@ pub(super) fn stop_queues(vm: &VmFd, disk: &mut Disk) {
     }
     unregister_kicks(vm, disk);
     disk.started = None;
+    disk.inflight = None;
+    disk.progress = None;
     log::info!("disk {}: queues stopped", disk.id);
 }
 

@@ -260,6 +260,8 @@ impl Vm {
             failed: false,
             queues: Vec::new(),
             started: None,
+            inflight: None,
+            progress: None,
         };
         self.devices.remember_function(disk.drc, model.clone());
         let describe = core_hotplug::Request::DescribeFunction {

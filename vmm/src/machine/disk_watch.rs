@@ -1,0 +1,164 @@
+//! Whether each disk's block process makes progress, read from the ring
+//! itself: the core maps guest memory, so it sees the driver's available
+//! index and the backend's used index without asking either.
+//!
+//! - A block process that lets requests wait and completes none for the
+//!   stall timeout is hung: it is cut off (killed), and its successor
+//!   serves what it left in flight.
+//! - A block process that completed a request before it ended is not in a
+//!   crash loop: its end does not count against the restart budget. Ends
+//!   in a row without a completed request do, so that a request that kills
+//!   every backend it is served to fails the disk instead of looping.
+
+use super::Vm;
+use crate::block::disks::{Backend, Progress};
+use crate::control::ControlMessage;
+use std::time::{Duration, Instant};
+
+/// How long a block process may complete nothing while requests wait,
+/// unless `--block-stall-timeout` says otherwise.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// A backend that ends sooner than this after it took the queue is in a
+/// crash loop even if it completed a request.
+const SHORT_LIFE: Duration = crate::devices::supervisor::SHORT_LIFE;
+
+/// The core's address of `length` bytes of guest memory at `guest`, if one
+/// region holds them all: `(guest start, size, host address)` each.
+pub(super) fn host_address(regions: &[(u64, u64, u64)], guest: u64, length: u64) -> Option<u64> {
+    regions.iter().find_map(|&(start, size, host)| {
+        let offset = guest.checked_sub(start)?;
+        (offset.checked_add(length)? <= size).then(|| host + offset)
+    })
+}
+
+/// The 16-bit word at guest address `guest` in `regions` (`(guest start,
+/// size, host address)` each), read through the core's mapping.
+pub(super) fn read_ring_index(regions: &[(u64, u64, u64)], guest: u64) -> Option<u16> {
+    let host = host_address(regions, guest, 2)?;
+    // SAFETY: `host` is the core's mapping of 2 bytes wholly inside one
+    // region of guest memory (checked by `host_address`), which stays
+    // mapped while the control thread (the only one that unmaps DIMMs, and
+    // the caller's) runs this; the guest may change the word at any time
+    // (a volatile read of a plain integer, any value valid).
+    Some(u16::from_le(unsafe {
+        std::ptr::read_volatile(host as *const u16)
+    }))
+}
+
+impl Vm {
+    /// The guest memory regions as `(guest start, size, host address)`.
+    pub(super) fn ring_regions(&self) -> Vec<(u64, u64, u64)> {
+        self.vhost_memory()
+            .iter()
+            .map(|region| (region.guest_address, region.size, region.host_address))
+            .collect()
+    }
+
+    /// `(available, used)` indices of the first queue of the disk at
+    /// `serial`, if its driver started one in guest memory.
+    fn ring_indices(&mut self, serial: u64) -> Option<(u16, u16)> {
+        let regions = self.ring_regions();
+        let disk = self.disks.by_serial(serial)?;
+        let (_, queues) = disk.started.as_ref()?;
+        let queue = queues.first()?;
+        Some((
+            read_ring_index(&regions, queue.driver.checked_add(2)?)?,
+            read_ring_index(&regions, queue.device.checked_add(2)?)?,
+        ))
+    }
+
+    /// A backend of the disk at `serial` took its queue: progress counts
+    /// from here. Starts the ticks that watch it, once.
+    pub(super) fn watch_progress(&mut self, serial: u64) {
+        let used = self.ring_indices(serial).map(|(_, used)| used);
+        if let Some(disk) = self.disks.by_serial(serial) {
+            disk.progress = used.map(Progress::new);
+        }
+        if self.disks.watched {
+            return;
+        }
+        self.disks.watched = true;
+        let control = self.control.clone();
+        let tick =
+            (self.stall_timeout() / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let spawned = std::thread::Builder::new()
+            .name("disk-watch".into())
+            .spawn(move || {
+                // Ends with the control loop (its channel closes).
+                while control.send(ControlMessage::WatchDisks).is_ok() {
+                    std::thread::sleep(tick);
+                }
+            });
+        if let Err(error) = spawned {
+            log::error!("cannot watch the disks' progress: {error}");
+            self.disks.watched = false;
+        }
+    }
+
+    fn stall_timeout(&self) -> Duration {
+        self.disks.stall_timeout.unwrap_or(DEFAULT_STALL_TIMEOUT)
+    }
+
+    /// Whether the backend of the disk at `serial`, which ended, had
+    /// completed a request since it took the queue (and lived past a crash
+    /// loop's span).
+    pub(super) fn made_progress(&mut self, serial: u64) -> bool {
+        let used = self.ring_indices(serial).map(|(_, used)| used);
+        let Some(disk) = self.disks.by_serial(serial) else {
+            return false;
+        };
+        match (disk.progress.take(), used) {
+            (Some(progress), Some(used)) => {
+                used != progress.started_used && progress.started_at.elapsed() >= SHORT_LIFE
+            }
+            _ => false,
+        }
+    }
+
+    /// A tick: every block process of ours that lets requests wait and has
+    /// completed none for the stall timeout is cut off as hung.
+    pub(super) fn watch_disks(&mut self) {
+        let timeout = self.stall_timeout();
+        let serials: Vec<u64> = self
+            .disks
+            .all_mut()
+            .iter()
+            .filter(|disk| disk.frontend.is_some() && disk.progress.is_some())
+            .filter(|disk| matches!(disk.backend, Backend::Process { .. }))
+            .map(|disk| disk.serial)
+            .collect();
+        let now = Instant::now();
+        for serial in serials {
+            let Some((available, used)) = self.ring_indices(serial) else {
+                continue;
+            };
+            let Some(disk) = self.disks.by_serial(serial) else {
+                continue;
+            };
+            let size = disk
+                .started
+                .as_ref()
+                .and_then(|(_, queues)| queues.first())
+                .map_or(0, |queue| queue.size);
+            let Some(progress) = disk.progress.as_mut() else {
+                continue;
+            };
+            let waiting = available.wrapping_sub(used);
+            // More waiting than the ring holds is a driver's lie, which the
+            // backend refuses to serve: not the backend's hang.
+            if used != progress.last_used || waiting == 0 || waiting > size {
+                progress.last_used = used;
+                progress.stalled_since = None;
+                continue;
+            }
+            let since = *progress.stalled_since.get_or_insert(now);
+            if now.duration_since(since) >= timeout {
+                progress.stalled_since = None;
+                disk.cut_off(format!(
+                    "its block process completed none of {waiting} waiting requests in {} ms: taken for hung",
+                    timeout.as_millis()
+                ));
+            }
+        }
+    }
+}
