@@ -73,6 +73,9 @@ pub struct BlockStart {
     pub node: String,
     /// Writes fail.
     pub read_only: bool,
+    /// The binary to run instead of the block program beside the spawner
+    /// (x-upgrade-device-process), as a device's upgrade names it.
+    pub program: Option<String>,
 }
 
 /// The descriptors a block device process is started with: its listening
@@ -98,6 +101,7 @@ impl BlockStart {
                 self.node.len()
             ));
         }
+        validate_program(self.program.as_deref())?;
         match fds {
             BLOCK_DESCRIPTORS => Ok(()),
             n => Err(format!(
@@ -181,6 +185,20 @@ pub fn descriptors_of(kind: ProcessKind) -> usize {
     kind.links().len() + kind.extra_descriptors()
 }
 
+/// An upgrade's program: an absolute path of at most [`MAX_PROGRAM_PATH`]
+/// bytes, if any.
+fn validate_program(program: Option<&str>) -> Result<(), String> {
+    match program {
+        Some(path) if path.len() > MAX_PROGRAM_PATH => {
+            Err(format!("a program path of {} bytes", path.len()))
+        }
+        Some(path) if !path.starts_with('/') || path.contains('\0') => {
+            Err("a program path that is not absolute".into())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// A start: one to three device processes of distinct kinds, generations
 /// increasing from 1, each with its kind's descriptors, and any program
 /// named by an absolute path of at most [`MAX_PROGRAM_PATH`] bytes.
@@ -200,15 +218,7 @@ fn validate_start(devices: &[DeviceStart], fds: usize) -> Result<(), String> {
         if devices[..i].iter().any(|other| other.kind == device.kind) {
             return Err(format!("two of the {} in one start", device.kind.name()));
         }
-        match &device.upgrade {
-            Some(path) if path.len() > MAX_PROGRAM_PATH => {
-                return Err(format!("a program path of {} bytes", path.len()))
-            }
-            Some(path) if !path.starts_with('/') || path.contains('\0') => {
-                return Err("a program path that is not absolute".into())
-            }
-            _ => {}
-        }
+        validate_program(device.upgrade.as_deref())?;
     }
     let wanted: usize = devices
         .iter()
@@ -347,13 +357,22 @@ mod tests {
 
     #[test]
     fn a_block_start_takes_a_socket_and_an_image_and_a_plain_name() {
-        let start = |serial: u64, node: &str| {
+        let start_of = |serial: u64, node: &str, program: Option<&str>| {
             SpawnRequest::StartBlock(BlockStart {
                 serial,
                 node: node.into(),
                 read_only: false,
+                program: program.map(str::to_string),
             })
         };
+        let start = |serial: u64, node: &str| start_of(serial, node, None);
+        let upgraded = start_of(1, "disk0", Some("/opt/pv/papervisor-block"));
+        assert_eq!(upgraded.validate(2), Ok(()));
+        assert!(start_of(1, "disk0", Some("papervisor-block"))
+            .validate(2)
+            .is_err());
+        let long = format!("/{}", "p".repeat(MAX_PROGRAM_PATH));
+        assert!(start_of(1, "disk0", Some(&long)).validate(2).is_err());
         assert_eq!(start(1, "disk0").validate(2), Ok(()));
         assert!(start(1, "disk0").validate(1).is_err());
         assert!(start(1, "disk0").validate(3).is_err());

@@ -757,7 +757,10 @@ impl Spawner {
         }
         let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
         let id = format!("{}-block{}", config.core_pid, block.serial);
-        let program = config.bin_dir.join(BLOCK_BINARY);
+        let program = match &block.program {
+            Some(path) => crate::trusted_program(Path::new(path), config.owner)?,
+            None => config.bin_dir.join(BLOCK_BINARY),
+        };
         self.begin_jailed(
             &id,
             &program,

@@ -3,12 +3,13 @@
 //! request completes, once; reads find what was written before; what the
 //! writers wrote last is in the guest's disk and in the image on the host. The
 //! successor learns what was in flight from the inflight region the core
-//! kept (vhost-user's INFLIGHT_SHMFD), not from the used ring. Need
-//! /dev/kvm.
+//! kept (vhost-user's INFLIGHT_SHMFD), not from the used ring; an upgraded
+//! one takes over only once its predecessor is gone. Need /dev/kvm.
 
 use papervisor_tests::disks::{cold_plugged_disks, pattern, sectors_of_pattern, SECTOR};
-use papervisor_tests::{kvm_usable, skip_in_process, Vm};
-use std::os::unix::fs::FileExt;
+use papervisor_tests::{kvm_usable, skip_in_process, QmpClient, Vm};
+use serde_json::json;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -165,6 +166,61 @@ fn every_request_completes_once_across_twenty_hangs_of_the_block_process() {
         });
     }
     check_patterns(&mut vm, &scratch);
+    drop(vm);
+    let _ = std::fs::remove_dir_all(scratch);
+}
+
+#[test]
+fn every_request_completes_once_across_twenty_upgrades_of_the_block_process() {
+    let test = "every_request_completes_once_across_twenty_upgrades_of_the_block_process";
+    if !kvm_usable(test) || skip_in_process(test, "upgrades the block process") {
+        return;
+    }
+    let scratch = papervisor_tests::scratch_dir();
+    // Two binaries, taken in turns: a copy, and the block program itself.
+    let copy = scratch.join("papervisor-block-next");
+    std::fs::copy(papervisor_tests::binary("papervisor-block"), &copy).expect("a copy");
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let programs = [copy, papervisor_tests::binary("papervisor-block")];
+    let mut vm = boot(&scratch, &[]);
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    for round in 0..ROUNDS {
+        let program = &programs[round % 2];
+        stress_through(&mut vm, round, &mut |vm| {
+            let before = vm.device_process("block");
+            let answer = qmp.execute(
+                "x-upgrade-device-process",
+                json!({"process": "block", "id": "vd0", "path": program}),
+            );
+            let pid = answer["return"]["pid"].as_u64().expect("the new pid");
+            assert_ne!(Some(pid), before["pid"].as_u64());
+            let after = vm.device_process("block");
+            assert_eq!(after["pid"], pid);
+            assert_eq!(after["binary"], json!(program));
+            assert_eq!(after["restarts"], 0, "an upgrade is no restart");
+            assert!(!papervisor_tests::runs(before["pid"].as_u64().unwrap()));
+        });
+        let event = qmp.wait_event("X_DEVICE_PROCESS_UPGRADED");
+        assert_eq!(event["data"]["disk"], "vd0");
+    }
+    // A binary that is not there, or not trusted: refused, and the running
+    // process keeps serving.
+    let pid = vm.device_process("block")["pid"].clone();
+    for path in ["/nonexistent/papervisor-block", "papervisor-block"] {
+        let answer = qmp.execute(
+            "x-upgrade-device-process",
+            json!({"process": "block", "id": "vd0", "path": path}),
+        );
+        assert_eq!(answer["error"]["class"], "GenericError", "{answer}");
+        assert_eq!(vm.device_process("block")["pid"], pid);
+    }
+    let answer = qmp.execute(
+        "x-upgrade-device-process",
+        json!({"process": "block", "id": "nope", "path": programs[1]}),
+    );
+    assert_eq!(answer["error"]["class"], "DeviceNotFound", "{answer}");
+    check_patterns(&mut vm, &scratch);
+    drop(qmp);
     drop(vm);
     let _ = std::fs::remove_dir_all(scratch);
 }

@@ -202,6 +202,13 @@ pub enum MachineRequest {
         /// The binary that replaces it.
         program: PathBuf,
     },
+    /// x-upgrade-device-process of a disk's block process.
+    UpgradeBlock {
+        /// The disk's id.
+        id: String,
+        /// The binary that replaces its block process.
+        program: PathBuf,
+    },
     /// x-restart-device-process.
     Restart(ProcessKind),
 }

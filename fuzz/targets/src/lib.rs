@@ -5,6 +5,7 @@
 pub mod blk_request;
 pub mod event_roundtrip;
 pub mod fdt_roundtrip;
+pub mod inflight_region;
 pub mod ipc_frames;
 pub mod pci_bridge;
 pub mod pci_config;
@@ -12,13 +13,14 @@ pub mod qmp;
 pub mod rtas_call;
 pub mod seeds;
 pub mod spawner_requests;
+pub mod vhost_user_replies;
 pub mod virtio_common;
 
 /// A target.
 pub type Target = fn(&[u8]);
 
 /// Every target, by name (the name of its corpus directory too).
-pub const TARGETS: [(&str, Target); 10] = [
+pub const TARGETS: [(&str, Target); 12] = [
     ("ipc_frames", ipc_frames::fuzz),
     ("rtas_call", rtas_call::fuzz),
     ("qmp", qmp::fuzz),
@@ -29,6 +31,8 @@ pub const TARGETS: [(&str, Target); 10] = [
     ("virtio_common", virtio_common::fuzz),
     ("blk_request", blk_request::fuzz),
     ("pci_bridge", pci_bridge::fuzz),
+    ("vhost_user_replies", vhost_user_replies::fuzz),
+    ("inflight_region", inflight_region::fuzz),
 ];
 
 /// The target called `name`.

@@ -339,6 +339,79 @@ fn virtio_common() -> Vec<Vec<u8>> {
     vec![bring_up, nowhere]
 }
 
+/// A vhost-user reply to request `code` carrying `payload`.
+fn vhost_reply(code: u32, payload: &[u8]) -> Vec<u8> {
+    // Version 1, a reply.
+    let mut bytes = [code, 0x5, payload.len() as u32]
+        .iter()
+        .flat_map(|word| word.to_le_bytes())
+        .collect::<Vec<u8>>();
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+/// A backend's replies to a connect, a start and a stop: with and without
+/// REPLY_ACK (which acknowledges every message that has no reply).
+fn vhost_user_replies() -> Vec<Vec<u8>> {
+    const GET_FEATURES: u32 = 1;
+    const GET_PROTOCOL_FEATURES: u32 = 15;
+    const GET_CONFIG: u32 = 24;
+    const GET_VRING_BASE: u32 = 11;
+    let features = ((1u64 << 32) | (1 << 30) | (1 << 9)).to_le_bytes();
+    let config = {
+        let mut payload = [0u32, 0x3c, 0]
+            .iter()
+            .flat_map(|word| word.to_le_bytes())
+            .collect::<Vec<u8>>();
+        let mut space = vec![0u8; 0x3c];
+        space[..8].copy_from_slice(&2048u64.to_le_bytes());
+        payload.extend(space);
+        payload
+    };
+    let base = [0u32, 5]
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .collect::<Vec<u8>>();
+    let plain = [
+        vhost_reply(GET_FEATURES, &features),
+        vhost_reply(GET_PROTOCOL_FEATURES, &(1u64 << 9).to_le_bytes()),
+        vhost_reply(GET_CONFIG, &config),
+        vhost_reply(GET_VRING_BASE, &base),
+    ]
+    .concat();
+    // CONFIG | REPLY_ACK: set-owner and every set afterwards is acknowledged.
+    let ack = |code: u32| vhost_reply(code, &0u64.to_le_bytes());
+    let mut acked = vec![
+        vhost_reply(GET_FEATURES, &features),
+        vhost_reply(
+            GET_PROTOCOL_FEATURES,
+            &((1u64 << 9) | (1 << 3)).to_le_bytes(),
+        ),
+        vhost_reply(GET_CONFIG, &config),
+    ];
+    // SET_FEATURES, SET_VRING_NUM, _BASE, _ADDR, _CALL, _KICK, _ENABLE.
+    for code in [2u32, 8, 10, 9, 13, 12, 18, 18] {
+        acked.push(ack(code));
+    }
+    acked.push(vhost_reply(GET_VRING_BASE, &base));
+    vec![plain, acked.concat(), vhost_reply(GET_FEATURES, &[0; 4])]
+}
+
+/// A region whose every entry claims to be in flight, one fresh, one of a
+/// queue of 4 that recorded two requests.
+fn inflight_region() -> Vec<Vec<u8>> {
+    let mut lying = vec![255u8, 3, 0];
+    lying.extend(std::iter::repeat_n(1u8, 16 + 16 * 255));
+    let mut two = vec![4u8, 2, 0];
+    // Version 1, 4 entries, last head 1, used index 1.
+    two.extend([0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 4, 0, 1, 0, 1, 0]);
+    for (inflight, counter) in [(1u8, 1u64), (0, 2), (1, 3), (0, 0)] {
+        two.extend([inflight, 0, 0, 0, 0, 0, 0, 0]);
+        two.extend(counter.to_le_bytes());
+    }
+    vec![lying, vec![16, 0, 0], two]
+}
+
 /// Seeds for target `name`.
 pub fn seeds(name: &str) -> Vec<Vec<u8>> {
     match name {
@@ -350,6 +423,8 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
         "pci_config" => pci_config(),
         "virtio_common" => virtio_common(),
         "blk_request" => blk_request(),
+        "vhost_user_replies" => vhost_user_replies(),
+        "inflight_region" => inflight_region(),
         // Plug at slot 3, read the ids, enable memory, MSI-X for two.
         "pci_bridge" => vec![
             [

@@ -57,6 +57,9 @@ pub struct Disk {
     pub inflight: Option<Inflight>,
     /// What its current backend did with the queue since it took it.
     pub progress: Option<Progress>,
+    /// The block program it was upgraded to (x-upgrade-device-process),
+    /// which its successors run too.
+    pub program: Option<std::path::PathBuf>,
 }
 
 /// Whether a disk's backend completes requests: its first queue's used
@@ -149,6 +152,24 @@ impl Disk {
         if matches!(self.backend, Backend::External { .. }) {
             self.failed = true;
         }
+    }
+
+    /// A new block process (`serial`, connected as `frontend`) serves it
+    /// from now on: the one before is returned, for the caller to end.
+    /// The queues are the caller's to hand over.
+    pub fn take_over(
+        &mut self,
+        process: ProcessHandle,
+        frontend: BlockFrontend,
+        serial: u64,
+    ) -> ProcessHandle {
+        let Backend::Process { process: old, .. } = &mut self.backend else {
+            unreachable!("only a block process is taken over from");
+        };
+        let old = std::mem::replace(old, process);
+        self.frontend = Some(frontend);
+        self.serial = serial;
+        old
     }
 
     /// What x-query-device-processes says of its block process: `running`,

@@ -19,6 +19,8 @@ pub struct BlockRow<'a> {
     pub restarts: u32,
     /// How the last of them (or it) ended.
     pub last_exit: Option<&'a str>,
+    /// The binary it was upgraded to, if it was.
+    pub program: Option<&'a std::path::Path>,
 }
 
 impl DeviceProcesses {
@@ -60,10 +62,14 @@ impl DeviceProcesses {
             state,
             restarts,
             last_exit,
+            program,
         } = block;
-        let binary = match self.starter.mode() {
-            DeviceMode::OutOfProcess => Some(super::spawn::sibling_binary("papervisor-block")),
-            DeviceMode::InProcess => None,
+        let binary = match (self.starter.mode(), program) {
+            (DeviceMode::OutOfProcess, Some(program)) => Some(program.to_path_buf()),
+            (DeviceMode::OutOfProcess, None) => {
+                Some(super::spawn::sibling_binary("papervisor-block"))
+            }
+            (DeviceMode::InProcess, _) => None,
         };
         let mut row = json!({
             "kind": "block",

@@ -442,6 +442,27 @@ impl ProcessHandle {
         }
     }
 
+    /// Waits up to `timeout` for the process to be gone (its pidfd
+    /// readable); whether it is. A device thread counts as gone once told.
+    pub fn wait_gone(&self, timeout: std::time::Duration) -> bool {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let Held::Process { pidfd, .. } = &self.held else {
+            return true;
+        };
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let wait = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+            let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, wait) {
+                Ok(0) => return false,
+                Ok(_) => return true,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+
     /// The pidfd of a process (none for a device thread).
     pub fn pidfd(&self) -> Option<BorrowedFd<'_>> {
         match &self.held {

@@ -283,6 +283,7 @@ impl Vm {
             MachineRequest::Upgrade { process, program } => {
                 self.upgrade_device_process(process, program)
             }
+            MachineRequest::UpgradeBlock { id, program } => self.upgrade_block(&id, program),
             MachineRequest::Restart(process) => self.restart_device_process(process),
         }
     }

@@ -137,6 +137,7 @@ impl Vm {
             serial,
             node: node.name.clone(),
             read_only: node.read_only,
+            program: None,
         };
         let image = node.image.as_fd().try_clone_to_owned();
         let started = image
@@ -262,6 +263,7 @@ impl Vm {
             started: None,
             inflight: None,
             progress: None,
+            program: None,
         };
         self.devices.remember_function(disk.drc, model.clone());
         let describe = core_hotplug::Request::DescribeFunction {

@@ -57,6 +57,7 @@ impl Vm {
                                 state: disk.state(),
                                 restarts: disk.restarts,
                                 last_exit: disk.exit.as_deref().or(disk.last_exit.as_deref()),
+                                program: disk.program.as_deref(),
                             }))
                         }
                         // Another program's: not a device process of this VM.

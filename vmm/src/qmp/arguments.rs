@@ -49,10 +49,7 @@ pub fn machine_request(
         Command::Stop => MachineRequest::Pause(true),
         Command::Cont => MachineRequest::Pause(false),
         Command::XInjectFault => inject_fault(arguments)?,
-        Command::XUpgradeDeviceProcess => MachineRequest::Upgrade {
-            process: process_kind(arguments)?,
-            program: text(arguments, "path").unwrap_or_default().into(),
-        },
+        Command::XUpgradeDeviceProcess => upgrade(arguments)?,
         Command::XRestartDeviceProcess => MachineRequest::Restart(process_kind(arguments)?),
         Command::QmpCapabilities
         | Command::QueryStatus
@@ -383,6 +380,31 @@ fn object_del(arguments: &Map<String, Value>) -> String {
 }
 
 /// The device-process kind QMP parameter `process` names.
+/// x-upgrade-device-process: a platform process by kind, or (`"process":
+/// "block"`) the block process of the disk `id`.
+fn upgrade(arguments: &Map<String, Value>) -> Result<MachineRequest, QmpError> {
+    let program = text(arguments, "path").unwrap_or_default().into();
+    let id = text(arguments, "id");
+    if text(arguments, "process") == Some("block") {
+        let id = id.ok_or_else(|| {
+            QmpError::generic("Parameter 'id' is missing: the block process of which disk")
+        })?;
+        return Ok(MachineRequest::UpgradeBlock {
+            id: id.to_string(),
+            program,
+        });
+    }
+    if id.is_some() {
+        return Err(QmpError::generic(
+            "Parameter 'id' names a disk: it goes with \"process\": \"block\" only",
+        ));
+    }
+    Ok(MachineRequest::Upgrade {
+        process: process_kind(arguments)?,
+        program,
+    })
+}
+
 fn process_kind(arguments: &Map<String, Value>) -> Result<ProcessKind, QmpError> {
     let process = text(arguments, "process").unwrap_or_default();
     ProcessKind::ALL
@@ -460,6 +482,30 @@ mod tests {
 
     fn error(result: Result<impl std::fmt::Debug, QmpError>) -> String {
         result.expect_err("an error").desc
+    }
+
+    #[test]
+    fn a_block_process_is_upgraded_by_its_disks_id() {
+        assert_eq!(
+            machine_request(
+                Command::XUpgradeDeviceProcess,
+                &args(json!({"process": "block", "id": "vd0", "path": "/opt/pv/papervisor-block"}))
+            ),
+            Ok(Some(MachineRequest::UpgradeBlock {
+                id: "vd0".into(),
+                program: std::path::PathBuf::from("/opt/pv/papervisor-block"),
+            }))
+        );
+        let missing = machine_request(
+            Command::XUpgradeDeviceProcess,
+            &args(json!({"process": "block", "path": "/x"})),
+        );
+        assert!(missing.unwrap_err().desc.contains("'id'"));
+        let stray = machine_request(
+            Command::XUpgradeDeviceProcess,
+            &args(json!({"process": "event-log", "id": "vd0", "path": "/x"})),
+        );
+        assert!(stray.unwrap_err().desc.contains("block"));
     }
 
     #[test]

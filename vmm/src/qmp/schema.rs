@@ -171,7 +171,8 @@ commands! {
     XRestartDeviceProcess = "x-restart-device-process", args: [required("process", ArgType::Str)];
     XUpgradeDeviceProcess = "x-upgrade-device-process", args: [
         required("process", ArgType::Str),
-        required("path", ArgType::Str)
+        required("path", ArgType::Str),
+        optional("id", ArgType::Str)
     ];
     XInjectFault = "x-inject-fault", args: [
         required("process", ArgType::Str),
