@@ -168,7 +168,13 @@ fn bring_up(
     regions: Regions,
     queue_source: u32,
 ) -> Result<Disk, &'static str> {
-    let common = regions.common;
+    let wanted = negotiate(regions.common)?;
+    start_queue(slot, drc, regions, queue_source, wanted)
+}
+
+/// The first half of a set-up: a reset, then features (VERSION_1, and RO
+/// and FLUSH when offered) up to FEATURES_OK. The features taken.
+fn negotiate(common: u64) -> Result<u64, &'static str> {
     let status = |value: u8| mmio_write8(common + DEVICE_STATUS, value);
     status(0);
     if mmio_read8(common + DEVICE_STATUS) != 0 {
@@ -193,6 +199,24 @@ fn bring_up(
     if mmio_read8(common + DEVICE_STATUS) & FEATURES_OK == 0 {
         status(0x80);
         return Err("the device refused the features");
+    }
+    Ok(wanted)
+}
+
+/// The second half: the queue on fresh rings, its vector, DRIVER_OK (which
+/// the device must keep).
+fn start_queue(
+    slot: usize,
+    drc: u32,
+    regions: Regions,
+    queue_source: u32,
+    wanted: u64,
+) -> Result<Disk, &'static str> {
+    let common = regions.common;
+    let status = |value: u8| mmio_write8(common + DEVICE_STATUS, value);
+    if mmio_read8(common + DEVICE_STATUS) != ACKNOWLEDGE | DRIVER | FEATURES_OK {
+        status(0x80);
+        return Err("the device forgot the features");
     }
     mmio_write16(common + MSIX_CONFIG, CONFIG_VECTOR);
     mmio_write16(common + QUEUE_SELECT, 0);
@@ -222,7 +246,11 @@ fn bring_up(
     mmio_write16(common + QUEUE_ENABLE, 1);
     SOURCES[slot].store(queue_source, Ordering::Relaxed);
     INTERRUPTS[slot].store(0, Ordering::Relaxed);
-    status(ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+    let running = ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK;
+    status(running);
+    if mmio_read8(common + DEVICE_STATUS) != running {
+        return Err("the device did not keep DRIVER_OK");
+    }
     let sectors =
         u64::from(mmio_read32(regions.device)) | u64::from(mmio_read32(regions.device + 4)) << 32;
     Ok(Disk {
@@ -238,6 +266,37 @@ fn bring_up(
         hold_reads: 0,
         hold_errors: 0,
     })
+}
+
+/// `blk setup <n> features|finish`: the driver's set-up of disk `n` again,
+/// in two halves, so that whatever serves the device can be made to fail
+/// between them: `features` resets it and negotiates; `finish` starts the
+/// queue from where the device says the driver is.
+fn setup(n: usize, half: &str) {
+    let mut disks = DISKS.lock();
+    let Some(Some(disk)) = disks.get_mut(n) else {
+        Line::new().str("blk setup: no disk ").dec(n as u64).nl();
+        return;
+    };
+    let outcome = match half {
+        "features" => negotiate(disk.regions.common).map(|_| ()),
+        "finish" => {
+            let source = SOURCES[n].load(Ordering::Relaxed);
+            let wanted = if disk.read_only {
+                VERSION_1 | BLK_RO
+            } else {
+                VERSION_1
+            };
+            start_queue(n, disk.drc, disk.regions, source, wanted).map(|fresh| *disk = fresh)
+        }
+        _ => Err("features|finish"),
+    };
+    let mut line = Line::new();
+    line.str("blk setup ").str(half).str(": ");
+    match outcome {
+        Ok(()) => line.str("ok").nl(),
+        Err(why) => line.str(why).nl(),
+    };
 }
 
 /// The driver lets the device go (the device is being removed): it is
@@ -401,7 +460,7 @@ fn parse(word: Option<&str>, number: fn(&str) -> Option<u64>) -> Option<u64> {
 /// `blk`, `blk write|check <n> <sector> <count> <seed>`, `blk hold|unhold <n>`.
 pub fn command<'a>(words: &mut impl Iterator<Item = &'a str>, number: fn(&str) -> Option<u64>) {
     const SYNTAX: &str =
-        "blk | blk write|check <n> <sector> <count> <seed> | blk stress <n> <first> <area> <requests> <read-seed> <write-seed> | blk tagged <n> <first> <count> <seed> | blk hold|unhold <n> | blk irqs <n> | blk hostile <n> early-kick|wild-descriptor|garbage-config";
+        "blk | blk write|check <n> <sector> <count> <seed> | blk stress <n> <first> <area> <requests> <read-seed> <write-seed> | blk tagged <n> <first> <count> <seed> | blk setup <n> features|finish | blk hold|unhold <n> | blk irqs <n> | blk hostile <n> early-kick|wild-descriptor|garbage-config";
     let usage = || {
         Line::new().str("usage: ").str(SYNTAX).nl();
     };
@@ -426,6 +485,12 @@ pub fn command<'a>(words: &mut impl Iterator<Item = &'a str>, number: fn(&str) -
                 return usage();
             };
             stress::run(n as usize, first, area, requests, read, write);
+        }
+        Some("setup") => {
+            let Some(n) = parse(words.next(), number) else {
+                return usage();
+            };
+            setup(n as usize, words.next().unwrap_or(""));
         }
         Some("tagged") => {
             let args = [(); 4].map(|()| parse(words.next(), number));

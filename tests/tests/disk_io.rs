@@ -375,6 +375,36 @@ fn a_disks_requests_go_on_while_the_process_serving_its_function_restarts() {
 }
 
 #[test]
+fn a_driver_finishes_its_set_up_across_a_restart_of_the_process_serving_its_function() {
+    let test = "a_driver_finishes_its_set_up_across_a_restart_of_the_process_serving_its_function";
+    if !kvm_usable(test) || papervisor_tests::skip_in_process(test, "kills a device process") {
+        return;
+    }
+    let scratch = papervisor_tests::scratch_dir();
+    let mut vm = boot_with_disks(&scratch, 1);
+    // Killed between the driver's feature negotiation and DRIVER_OK: its
+    // successor resumes the function from the state region (features
+    // accepted, the vectors granted, the BARs), and the driver goes on.
+    answers(&mut vm, "blk setup 0 features", "blk setup features: ok");
+    vm.kill_and_await_restart("hotplug-controller");
+    answers(&mut vm, "blk setup 0 finish", "blk setup finish: ok");
+    answers(&mut vm, "blk write 0 300 8 6", "blk write: 8 sectors");
+    answers(&mut vm, "blk check 0 300 8 6", "blk check: 8 sectors, ok");
+    // The queue's vector survived too: its completions interrupt the guest.
+    let irqs = vm.console.command("blk irqs 0");
+    let count: u64 = irqs[0]
+        .strip_prefix("blk irqs: ")
+        .and_then(|n| n.parse().ok())
+        .expect("a count");
+    assert!(count >= 2, "{irqs:?}");
+    // And once more after DRIVER_OK: the running device stays as it is.
+    vm.kill_and_await_restart("hotplug-controller");
+    answers(&mut vm, "blk check 0 300 8 6", "blk check: 8 sectors, ok");
+    drop(vm);
+    let _ = std::fs::remove_dir_all(scratch);
+}
+
+#[test]
 fn a_killed_block_process_is_replaced_and_the_guests_io_goes_on() {
     let test = "a_killed_block_process_is_replaced_and_the_guests_io_goes_on";
     if !kvm_usable(test) || papervisor_tests::skip_in_process(test, "kills a block process") {

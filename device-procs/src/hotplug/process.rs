@@ -123,10 +123,37 @@ impl HotplugController {
             log::info!("state region formatted for {count} DRCs");
             (store, expected)
         };
+        if resume {
+            match store.functions() {
+                Ok(functions) => self.pci.resume(functions),
+                Err(error) => log::error!(
+                    "the bridge's functions start afresh: {}",
+                    common::describe(&error)
+                ),
+            }
+        }
         self.controller = controller;
         self.state = State::Attached(Box::new(store));
-        self.pci.sync(&self.controller, true);
+        self.pci.sync(&self.controller, !resume);
+        self.record_functions();
         Ok(())
+    }
+
+    /// Records the functions that changed, before the reply that follows
+    /// the change is sent.
+    fn record_functions(&mut self) {
+        let changed = self.pci.changed_records();
+        let Some(store) = self.store() else {
+            return;
+        };
+        for (devfn, record) in changed {
+            if let Err(error) = store.record_function(devfn, record.as_ref()) {
+                log::error!(
+                    "function {devfn:#04x}: cannot record it: {}",
+                    common::describe(&error)
+                );
+            }
+        }
     }
 
     fn on_core(
@@ -147,11 +174,14 @@ impl HotplugController {
                 }
             };
         }
-        // A function's model and its BARs are not DRC state: not recorded,
-        // answered afresh.
+        // A function's model and its BARs are not DRC state: they are
+        // recorded on their own (each write is idempotent, and is made
+        // again by the core if its answer was lost), and answered afresh.
         match request {
             core_hotplug::Request::DescribeFunction { drc, model } => {
-                return match self.pci.describe(drc, model) {
+                let described = self.pci.describe(drc, model);
+                self.record_functions();
+                return match described {
                     Ok(()) => Answer::Ack,
                     Err(error) => refused(error),
                 };
@@ -160,7 +190,11 @@ impl HotplugController {
                 address,
                 size,
                 write,
-            } => return Answer::Link(self.pci.bar_access(address, size, write)),
+            } => {
+                let reply = self.pci.bar_access(address, size, write);
+                self.record_functions();
+                return Answer::Link(reply);
+            }
             _ => {}
         }
         let reset = matches!(request, core_hotplug::Request::Reset);
@@ -173,6 +207,7 @@ impl HotplugController {
         let answer = self.on_core_table(links, id, request);
         if pci {
             self.pci.sync(&self.controller, reset);
+            self.record_functions();
         }
         answer
     }
@@ -259,7 +294,9 @@ impl HotplugController {
             if self.store().is_none() {
                 return Answer::Refused(Refusal::NotReady);
             }
-            return Answer::Link(self.pci.rtas(request));
+            let reply = self.pci.rtas(request);
+            self.record_functions();
+            return Answer::Link(reply);
         }
         let pci = match &request {
             SetIndicator { drc, .. } => touches_pci(&[ipc_proto::papr::DrcIndex(*drc)]),
@@ -268,6 +305,7 @@ impl HotplugController {
         let answer = self.on_rtas_table(links, id, request);
         if pci {
             self.pci.sync(&self.controller, false);
+            self.record_functions();
         }
         answer
     }

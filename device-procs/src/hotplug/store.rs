@@ -26,7 +26,7 @@ pub const DEVICE_SLOTS: u32 = 1024;
 /// Effects kept for a receiver that is down; beyond, the oldest are dropped.
 pub const OUTBOX_SLOTS: u32 = 1024;
 /// Bumped whenever a record's meaning changes.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 const MAGIC: [u8; 8] = *b"PVHOTPLG";
 
 const META: usize = 0;
@@ -34,6 +34,10 @@ const DRCS: usize = 1;
 const DEVICES: usize = 2;
 const OUTBOX: usize = 3;
 const REPLIES: usize = 4;
+const FUNCTIONS: usize = 5;
+/// A function record's slot: its configuration bytes, its device's
+/// registers and model.
+const FUNCTION_RECORD_BYTES: u32 = 768;
 
 /// The region's tables for a table of `drcs` DRCs.
 pub fn layout(drcs: u32) -> Layout {
@@ -47,6 +51,7 @@ pub fn layout(drcs: u32) -> Layout {
             table(192, DEVICE_SLOTS),
             table(192, OUTBOX_SLOTS),
             table(64, Requester::REPLY_SLOTS),
+            table(FUNCTION_RECORD_BYTES, ipc_proto::pci::DEVFNS_PER_BUS),
         ],
     }
 }
@@ -461,6 +466,47 @@ impl Store {
     pub fn transitions(&self) -> u64 {
         self.region.committed()
     }
+
+    /// Records what the driver set in the function at `devfn` (`None`:
+    /// there is none now).
+    pub fn record_function(
+        &mut self,
+        devfn: u8,
+        function: Option<&FunctionRecord>,
+    ) -> Result<(), StoreError> {
+        let payload = function.map(|f| record(0, f)).transpose()?;
+        self.region.commit(&[Write {
+            table: FUNCTIONS,
+            slot: u32::from(devfn),
+            payload,
+        }])?;
+        Ok(())
+    }
+
+    /// The functions recorded, by devfn.
+    pub fn functions(&self) -> Result<Vec<(u8, FunctionRecord)>, StoreError> {
+        let mut found = Vec::new();
+        for devfn in 0..=u8::MAX {
+            if let Some((_, function)) =
+                read::<FunctionRecord>(&self.region, FUNCTIONS, u32::from(devfn))?
+            {
+                found.push((devfn, function));
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// A function on the bridge as a successor rebuilds it: its connector, its
+/// device's model, and what the driver set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionRecord {
+    /// Its DRC.
+    pub drc: DrcIndex,
+    /// Its device, as the core described it.
+    pub model: ipc_proto::link::core_hotplug::DeviceModel,
+    /// What the driver set.
+    pub state: crate::pci::bridge::FunctionState,
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! whatever the guest passes.
 
 use super::config::{ConfigSpace, COMMAND_MEMORY};
-use super::transport::{Region, Transport};
+use super::transport::{Region, Transport, TransportState};
 use super::virtio::{block_function, BLOCK_VECTORS, MODERN_BAR, MSIX_BAR};
 use ipc_proto::link::core_hotplug::{DeviceModel, FunctionEffect};
 use ipc_proto::papr::{DrcIndex, RtasStatus};
@@ -57,6 +57,17 @@ impl Function {
     }
 }
 
+/// What a driver set in one function (its configuration, the vectors it
+/// was granted, its device's registers): recorded after each change, so
+/// that a successor of the process serving the bridge resumes the driver's
+/// set-up where it was, not from a reset the driver never made.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FunctionState {
+    config: Vec<u8>,
+    vectors: Option<(u32, u32)>,
+    transport: TransportState,
+}
+
 /// The root bus of one bridge.
 pub struct Bridge {
     functions: Vec<Option<Function>>,
@@ -103,6 +114,41 @@ impl Bridge {
         Ok(())
     }
 
+    /// What the driver set in the function at `devfn`, if one is plugged.
+    pub fn snapshot(&self, devfn: u8) -> Option<FunctionState> {
+        let function = self.functions[usize::from(devfn)].as_ref()?;
+        Some(FunctionState {
+            config: function.space.driver_bytes(),
+            vectors: function.vectors,
+            transport: function.transport.state(),
+        })
+    }
+
+    /// Takes back into the function at `devfn` what its driver had set,
+    /// checked as the driver's own writes were: a state that does not fit
+    /// the function (or vectors outside the bridge's) is refused, and the
+    /// function stays as it was.
+    pub fn restore(&mut self, devfn: u8, state: FunctionState) -> Result<(), String> {
+        let (first, count) = self.interrupts;
+        if let Some((start, granted)) = state.vectors {
+            let end = start.checked_add(granted);
+            if start < first || granted > u32::from(BLOCK_VECTORS) || end > Some(first + count) {
+                return Err(format!("vectors {start:#x}+{granted} outside the bridge's"));
+            }
+        }
+        let function = self.functions[usize::from(devfn)]
+            .as_mut()
+            .ok_or_else(|| format!("no function at {devfn:#04x}"))?;
+        let mut space = function.space.clone();
+        space.restore_driver_bytes(&state.config)?;
+        let mut transport = function.transport.clone();
+        transport.restore(state.transport)?;
+        function.space = space;
+        function.transport = transport;
+        function.vectors = state.vectors;
+        Ok(())
+    }
+
     /// The function at `devfn` is plugged.
     pub fn has(&self, devfn: u8) -> bool {
         self.functions[usize::from(devfn)].is_some()
@@ -122,11 +168,10 @@ impl Bridge {
         let Some(bus) = phb.bus_address(cpu) else {
             return (all_ones, None);
         };
-        let found = self.functions.iter_mut().flatten().find_map(|function| {
-            let (region, base) = function.decodes(bus)?;
-            Some((function, region, base))
-        });
-        let Some((function, region, base)) = found else {
+        let Some((devfn, region, base)) = self.decoding(bus) else {
+            return (all_ones, None);
+        };
+        let Some(function) = self.functions[usize::from(devfn)].as_mut() else {
             return (all_ones, None);
         };
         let vectors = function.vectors;
@@ -140,6 +185,24 @@ impl Bridge {
                 (0, effect)
             }
         }
+    }
+
+    /// The function that decodes bus address `bus`: its devfn, the region
+    /// and the BAR's bus address.
+    fn decoding(&self, bus: u64) -> Option<(u8, Region, u64)> {
+        self.functions
+            .iter()
+            .enumerate()
+            .find_map(|(devfn, function)| {
+                let (region, base) = function.as_ref()?.decodes(bus)?;
+                Some((devfn as u8, region, base))
+            })
+    }
+
+    /// The function a vCPU's access to CPU address `cpu` reaches, if any.
+    pub fn function_at(&self, phb: &Phb, cpu: u64) -> Option<u8> {
+        let (devfn, _, _) = self.decoding(phb.bus_address(cpu)?)?;
+        Some(devfn)
     }
 
     /// Takes the function at `devfn` out (its vectors go with it).
@@ -302,6 +365,7 @@ fn msix_table_size(space: &ConfigSpace) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pci::config::{CONFIG_SPACE_BYTES, DRIVER_BYTES};
     use ipc_proto::link::core_hotplug::QueueStart;
 
     fn plug(bridge: &mut Bridge, devfn: u8) {
@@ -384,6 +448,52 @@ mod tests {
             bridge.bar_access(&phb, cpu + 0x14, 1, Some(0)).1,
             Some(FunctionEffect::Stop { drc })
         );
+    }
+
+    #[test]
+    fn a_successor_resumes_a_function_as_its_driver_left_it_and_refuses_a_lying_record() {
+        let phb = Phb::new(0);
+        let devfn = 3 << 3;
+        let bar = 0x8030_8000;
+        let mut bridge = Bridge::new(0x1010, 8);
+        assert!(started(&mut bridge, devfn, bar).is_some());
+        let state = bridge.snapshot(devfn).unwrap();
+        assert!(Bridge::new(0x1010, 8).snapshot(devfn).is_none());
+
+        let mut successor = Bridge::new(0x1010, 8);
+        plug(&mut successor, devfn);
+        successor.restore(devfn, state.clone()).unwrap();
+        assert_eq!(successor.snapshot(devfn), Some(state.clone()));
+        let cpu = phb.cpu_address(u64::from(bar)).unwrap();
+        for (offset, size) in [(0x14, 1), (0x18, 2), (0x1a, 2), (0x20, 8), (0x1c, 2)] {
+            assert_eq!(
+                successor.bar_access(&phb, cpu + offset, size, None),
+                bridge.bar_access(&phb, cpu + offset, size, None),
+                "register {offset:#x}"
+            );
+        }
+        assert_eq!(
+            successor.interrupt_of(at(devfn, 0), 1),
+            bridge.interrupt_of(at(devfn, 0), 1)
+        );
+        // Nothing a driver writes lies beyond the bytes recorded.
+        let space = block_function(BLOCK_VECTORS).unwrap();
+        for register in (DRIVER_BYTES as u32..CONFIG_SPACE_BYTES as u32).step_by(4) {
+            let mut probe = block_function(BLOCK_VECTORS).unwrap();
+            let _ = probe.write(register, 4, 0xffff_ffff);
+            assert_eq!(probe.read(register, 4), space.read(register, 4));
+        }
+
+        // Vectors outside the bridge's, or a device the function is not.
+        let mut lying = state.clone();
+        lying.vectors = Some((0x2000, 2));
+        assert!(successor.restore(devfn, lying).is_err());
+        let mut lying = state;
+        lying.config.truncate(8);
+        assert!(successor.restore(devfn, lying).is_err());
+        assert!(successor
+            .restore(5 << 3, bridge.snapshot(devfn).unwrap())
+            .is_err());
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub const NO_VECTOR: u16 = 0xffff;
 pub const COMMON_BYTES: u32 = 0x38;
 
 /// One queue as the driver sets it up.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct QueueConfig {
     /// Entries (a power of two, at most the device's maximum).
     pub size: u16,
@@ -126,7 +126,22 @@ fn register(offset: u32, size: u32) -> Option<Register> {
     })
 }
 
+/// What a driver set in a device's common configuration: what a successor
+/// of the process that serves it restores.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CommonState {
+    device_feature_select: u32,
+    driver_feature_select: u32,
+    driver_features: u64,
+    config_vector: u16,
+    status: u8,
+    generation: u8,
+    queue_select: u16,
+    queues: Vec<QueueConfig>,
+}
+
 /// One device's common configuration.
+#[derive(Clone)]
 pub struct CommonConfig {
     /// What the device offers.
     offered: u64,
@@ -160,6 +175,54 @@ impl CommonConfig {
         };
         config.reset();
         config
+    }
+
+    /// What the driver set.
+    pub fn state(&self) -> CommonState {
+        CommonState {
+            device_feature_select: self.device_feature_select,
+            driver_feature_select: self.driver_feature_select,
+            driver_features: self.driver_features,
+            config_vector: self.config_vector,
+            status: self.status,
+            generation: self.generation,
+            queue_select: self.queue_select,
+            queues: self.queues.clone(),
+        }
+    }
+
+    /// Takes back what a driver set, checked as its writes were: features
+    /// the device offers, the queues it has, sizes it serves.
+    pub fn restore(&mut self, state: CommonState) -> Result<(), String> {
+        if state.driver_features & !self.offered != 0 {
+            return Err(format!(
+                "features {:#x} beyond the offered {:#x}",
+                state.driver_features, self.offered
+            ));
+        }
+        if state.queues.len() != self.queues.len() {
+            return Err(format!(
+                "{} queues, not {}",
+                state.queues.len(),
+                self.queues.len()
+            ));
+        }
+        if let Some(queue) = state
+            .queues
+            .iter()
+            .find(|q| !q.size.is_power_of_two() || q.size > self.max_queue_size)
+        {
+            return Err(format!("a queue of {} entries", queue.size));
+        }
+        self.device_feature_select = state.device_feature_select;
+        self.driver_feature_select = state.driver_feature_select;
+        self.driver_features = state.driver_features;
+        self.config_vector = state.config_vector;
+        self.status = state.status;
+        self.generation = state.generation;
+        self.queue_select = state.queue_select;
+        self.queues = state.queues;
+        Ok(())
     }
 
     fn reset(&mut self) {

@@ -11,6 +11,8 @@ use thiserror::Error;
 
 /// Bytes of extended configuration space.
 pub const CONFIG_SPACE_BYTES: usize = 4096;
+/// The configuration bytes a driver may write lie below this.
+pub const DRIVER_BYTES: usize = 256;
 /// Where the conventional space (and its capability list) ends.
 const CONVENTIONAL_BYTES: usize = 256;
 
@@ -134,6 +136,7 @@ pub enum Effect {
 }
 
 /// One function's configuration space.
+#[derive(Clone)]
 pub struct ConfigSpace {
     bytes: Box<[u8; CONFIG_SPACE_BYTES]>,
     /// Per bit: may the guest change it.
@@ -327,6 +330,28 @@ impl ConfigSpace {
 
     /// Sets bytes the device owns (the guest sees them, cannot change them
     /// unless they are also allowed).
+    /// The bytes a driver may have changed (the header and the
+    /// capabilities: nothing beyond [`DRIVER_BYTES`] is writable).
+    pub fn driver_bytes(&self) -> Vec<u8> {
+        self.bytes[..DRIVER_BYTES].to_vec()
+    }
+
+    /// Takes back `saved` (from [`ConfigSpace::driver_bytes`]) in the bits
+    /// a driver may write; the others stay this function's.
+    pub fn restore_driver_bytes(&mut self, saved: &[u8]) -> Result<(), String> {
+        if saved.len() != DRIVER_BYTES {
+            return Err(format!(
+                "{} configuration bytes, not {DRIVER_BYTES}",
+                saved.len()
+            ));
+        }
+        for (at, &byte) in saved.iter().enumerate() {
+            let mask = self.writable[at];
+            self.bytes[at] = (self.bytes[at] & !mask) | (byte & mask);
+        }
+        Ok(())
+    }
+
     fn put(&mut self, at: usize, bytes: &[u8]) {
         self.bytes[at..at + bytes.len()].copy_from_slice(bytes);
     }

@@ -5,7 +5,7 @@
 //! ask of the device's queues comes out as a [`FunctionEffect`], data for
 //! the core to act on.
 
-use super::common::{self, CommonConfig, NO_VECTOR};
+use super::common::{self, CommonConfig, CommonState, NO_VECTOR};
 use super::virtio::{COMMON_OFFSET, DEVICE_OFFSET, ISR_OFFSET, NOTIFY_MULTIPLIER, NOTIFY_OFFSET};
 use ipc_proto::link::core_hotplug::{DeviceModel, FunctionEffect, QueueStart};
 use ipc_proto::papr::DrcIndex;
@@ -23,11 +23,19 @@ const MSIX_PBA_OFFSET: u64 = 0x800;
 const REGION_BYTES: u64 = 0x1000;
 
 /// The driver-visible state of one function's device.
+#[derive(Clone)]
 pub struct Transport {
     drc: DrcIndex,
     common: CommonConfig,
     device_config: Vec<u8>,
     /// Per MSI-X vector: the vector-control word (the mask bit).
+    vector_control: Vec<u32>,
+}
+
+/// What the driver set through the BARs, for a successor to restore.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TransportState {
+    common: CommonState,
     vector_control: Vec<u32>,
 }
 
@@ -49,6 +57,28 @@ impl Transport {
             device_config: model.config.clone(),
             vector_control: vec![MSIX_MASKED; usize::from(vectors)],
         }
+    }
+
+    /// What the driver set.
+    pub fn state(&self) -> TransportState {
+        TransportState {
+            common: self.common.state(),
+            vector_control: self.vector_control.clone(),
+        }
+    }
+
+    /// Takes back what the driver set, checked against this device.
+    pub fn restore(&mut self, state: TransportState) -> Result<(), String> {
+        if state.vector_control.len() != self.vector_control.len() {
+            return Err(format!(
+                "{} MSI-X vectors, not {}",
+                state.vector_control.len(),
+                self.vector_control.len()
+            ));
+        }
+        self.common.restore(state.common)?;
+        self.vector_control = state.vector_control;
+        Ok(())
     }
 
     /// The device status (for tests and the log).
