@@ -1,6 +1,7 @@
 //! The fault matrix: every fault point of every device process (and the
 //! core's end of its links) × every action, against a CPU-core plug and
-//! unplug and a DIMM plug and unplug, each cell in a VM of its own with the guest running.
+//! unplug, a DIMM plug and unplug and a disk's (a virtio-blk PCI function)
+//! plug and unplug, each cell in a VM of its own with the guest running.
 //! Each cell asserts: the operation completes (or fails with a clear error
 //! that a retry fixes); the DRC table and the guest agree; DEVICE_DELETED
 //! comes exactly once; the fault really fired (a restart, unless it was a
@@ -65,6 +66,24 @@ fn points(process: &str) -> &'static [&'static str] {
 /// anyone anything (the add event went with the core's request).
 fn requests(process: &str, operation: Operation, point: &str) -> &'static [&'static str] {
     let plugs = operation.plugs();
+    if operation.disk() {
+        // A disk's add passes the guest's PCI calls and the driver's BAR
+        // accesses too; they are not transitions (nothing passes
+        // `committed` for them).
+        return match (process, plugs, point) {
+            ("hotplug-controller", true, "received" | "replying") => &[
+                "-",
+                "ConfigureStep",
+                "WritePciConfig",
+                "ChangeMsi",
+                "BarAccess",
+            ],
+            ("hotplug-controller", true, "committed") => &["-", "ConfigureStep"],
+            ("hotplug-controller", false, _) => &["-", "SetIndicator"],
+            ("event-log", _, _) => &["-", "CheckException"],
+            _ => &["-"],
+        };
+    }
     match (process, plugs, point) {
         ("hotplug-controller", true, "received" | "replying") => &[
             "-",
@@ -88,6 +107,8 @@ enum Operation {
     Unplug,
     PlugDimm,
     UnplugDimm,
+    PlugDisk,
+    UnplugDisk,
 }
 
 impl Operation {
@@ -97,15 +118,24 @@ impl Operation {
             Operation::Unplug => "unplug",
             Operation::PlugDimm => "DIMM plug",
             Operation::UnplugDimm => "DIMM unplug",
+            Operation::PlugDisk => "disk plug",
+            Operation::UnplugDisk => "disk unplug",
         }
     }
 
     fn plugs(self) -> bool {
-        matches!(self, Operation::Plug | Operation::PlugDimm)
+        matches!(
+            self,
+            Operation::Plug | Operation::PlugDimm | Operation::PlugDisk
+        )
     }
 
     fn dimm(self) -> bool {
         matches!(self, Operation::PlugDimm | Operation::UnplugDimm)
+    }
+
+    fn disk(self) -> bool {
+        matches!(self, Operation::PlugDisk | Operation::UnplugDisk)
     }
 }
 
@@ -259,6 +289,60 @@ fn unplug(vm: &mut Vm, qmp: &mut QmpClient) -> bool {
     retried
 }
 
+const DISK_DRC: u32 = 0x4000_0018;
+const DISK_ADD_DONE: &str = "dlpar: pci add 0x40000018: ok";
+const DISK_REMOVE_DONE: &str = "dlpar: pci remove 0x40000018: ok";
+
+/// The disk's DRC as QMP sees it, and the guest's disks.
+fn assert_disk(vm: &mut Vm, plugged: bool) {
+    let row = vm.drc(DISK_DRC);
+    // A PCI connector is physical: empty, it is powered on.
+    let expected = match plugged {
+        true => (json!("physical-configured"), json!("vd0")),
+        false => (json!("power-on"), json!(null)),
+    };
+    assert_eq!(
+        (row["state"].clone(), row["device"].clone()),
+        expected,
+        "{row}"
+    );
+    assert_eq!(row["unplug-requested"], false, "{row}");
+    if plugged {
+        // The guest's driver runs the disk: a pattern goes and comes back.
+        assert_eq!(
+            vm.console.command("blk write 0 64 8 7"),
+            ["blk write: 8 sectors"]
+        );
+        assert_eq!(
+            vm.console.command("blk check 0 64 8 7"),
+            ["blk check: 8 sectors, ok"]
+        );
+    } else {
+        assert_eq!(vm.console.command("blk"), ["blk: no disks"]);
+    }
+}
+
+fn plug_disk(vm: &mut Vm, qmp: &mut QmpClient) -> bool {
+    let request = json!({"driver": "virtio-blk-pci", "id": "vd0", "drive": "disk0", "addr": "3"});
+    let retried = execute_with_retry(qmp, "device_add", request);
+    vm.console.expect_async(DISK_ADD_DONE, GUEST_TIMEOUT);
+    assert_disk(vm, true);
+    retried
+}
+
+fn unplug_disk(vm: &mut Vm, qmp: &mut QmpClient) -> bool {
+    let retried = execute_with_retry(qmp, "device_del", json!({"id": "vd0"}));
+    assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "vd0");
+    let later = qmp.events_within(QUIET);
+    assert!(
+        !later.iter().any(|e| e["event"] == "DEVICE_DELETED"),
+        "a second DEVICE_DELETED: {later:?}"
+    );
+    vm.console.expect_async(DISK_REMOVE_DONE, GUEST_TIMEOUT);
+    assert_disk(vm, false);
+    retried
+}
+
 fn run(cell: &Cell<'_>, log: &std::path::Path) -> Outcome {
     // The VM's own directory goes with it; the log, beside it, stays for
     // the report of a failed cell.
@@ -284,6 +368,14 @@ fn run(cell: &Cell<'_>, log: &std::path::Path) -> Outcome {
             json!({"qom-type": "memory-backend-memfd", "id": "mem0", "size": 512u64 << 20});
         assert_eq!(qmp.execute("object-add", backend), json!({"return": {}}));
     }
+    if cell.operation.disk() {
+        let image = log.with_file_name("disk0.raw");
+        std::fs::File::create(&image)
+            .and_then(|file| file.set_len(16 << 20))
+            .expect("an image");
+        let node = json!({"driver": "file", "node-name": "disk0", "filename": image});
+        assert_eq!(qmp.execute("blockdev-add", node), json!({"return": {}}));
+    }
     match cell.operation {
         Operation::Unplug => {
             plug(&mut vm, &mut qmp);
@@ -291,7 +383,10 @@ fn run(cell: &Cell<'_>, log: &std::path::Path) -> Outcome {
         Operation::UnplugDimm => {
             plug_dimm(&mut vm, &mut qmp);
         }
-        Operation::Plug | Operation::PlugDimm => {}
+        Operation::UnplugDisk => {
+            plug_disk(&mut vm, &mut qmp);
+        }
+        Operation::Plug | Operation::PlugDimm | Operation::PlugDisk => {}
     }
     let mut fault = json!({"process": cell.process, "point": cell.point, "action": cell.action});
     if cell.request != "-" {
@@ -305,6 +400,8 @@ fn run(cell: &Cell<'_>, log: &std::path::Path) -> Outcome {
         Operation::Unplug => unplug(&mut vm, &mut qmp),
         Operation::PlugDimm => plug_dimm(&mut vm, &mut qmp),
         Operation::UnplugDimm => unplug_dimm(&mut vm, &mut qmp),
+        Operation::PlugDisk => plug_disk(&mut vm, &mut qmp),
+        Operation::UnplugDisk => unplug_disk(&mut vm, &mut qmp),
     };
     let seconds = started.elapsed().as_secs_f64();
     await_all_running(&vm);
@@ -321,6 +418,8 @@ fn run(cell: &Cell<'_>, log: &std::path::Path) -> Outcome {
         Operation::Unplug => plug(&mut vm, &mut qmp),
         Operation::PlugDimm => unplug_dimm(&mut vm, &mut qmp),
         Operation::UnplugDimm => plug_dimm(&mut vm, &mut qmp),
+        Operation::PlugDisk => unplug_disk(&mut vm, &mut qmp),
+        Operation::UnplugDisk => plug_disk(&mut vm, &mut qmp),
     };
     assert!(vm.console.command("time")[0].starts_with("time: 20"));
     assert_eq!(
@@ -501,4 +600,127 @@ fn fault_matrix_event_log_dimm_plug() {
 #[test]
 fn fault_matrix_event_log_dimm_unplug() {
     rows("event-log", Operation::UnplugDimm);
+}
+
+#[test]
+fn fault_matrix_hotplug_controller_disk_plug() {
+    rows("hotplug-controller", Operation::PlugDisk);
+}
+
+#[test]
+fn fault_matrix_hotplug_controller_disk_unplug() {
+    rows("hotplug-controller", Operation::UnplugDisk);
+}
+
+#[test]
+fn fault_matrix_rtas_server_disk_plug() {
+    rows("rtas-server", Operation::PlugDisk);
+}
+
+#[test]
+fn fault_matrix_rtas_server_disk_unplug() {
+    rows("rtas-server", Operation::UnplugDisk);
+}
+
+#[test]
+fn fault_matrix_event_log_disk_plug() {
+    rows("event-log", Operation::PlugDisk);
+}
+
+#[test]
+fn fault_matrix_event_log_disk_unplug() {
+    rows("event-log", Operation::UnplugDisk);
+}
+
+/// A disk's block process killed (`crash`) or stopped (`hang`, found out
+/// by the core's watch of its progress) while the guest keeps 16 requests
+/// in flight: every request completes once, and the patterns are whole.
+fn block_row(action: &str) {
+    let test = format!("fault matrix block {action}");
+    if papervisor_tests::skip_in_process(&test, "kills or stops the block process")
+        || !root_and_kvm(&test)
+    {
+        return;
+    }
+    let row = format!("| block | - | - | {action} | disk I/O |");
+    let log = scratch_dir().join("vm.log");
+    let result = std::panic::catch_unwind(|| {
+        let dir = log.parent().expect("a scratch directory").to_path_buf();
+        let image = dir.join("disk0.raw");
+        std::fs::File::create(&image)
+            .and_then(|file| file.set_len(16 << 20))
+            .expect("an image");
+        let blockdev = format!("driver=file,node-name=disk0,filename={}", image.display());
+        let log_arg = log.display().to_string();
+        std::fs::create_dir_all(dir.join("vm")).expect("the VM's directory");
+        let mut vm = Vm::start_in(
+            &binary("papervisor"),
+            dir.join("vm"),
+            &[
+                "--blockdev",
+                &blockdev,
+                "--device",
+                "virtio-blk-pci,id=vd0,drive=disk0,addr=3",
+                "--block-stall-timeout",
+                "1000",
+                "--log-file",
+                &log_arg,
+            ],
+        );
+        vm.boot();
+        assert_eq!(
+            vm.console.command("blk write 0 512 512 31"),
+            ["blk write: 512 sectors"]
+        );
+        vm.console.send_line("blk stress 0 0 64 3000 31 32");
+        std::thread::sleep(Duration::from_millis(150));
+        let started = Instant::now();
+        let pid = vm.device_process("block")["pid"].as_u64().expect("a pid");
+        let signal = match action {
+            "crash" => nix::sys::signal::Signal::SIGKILL,
+            _ => nix::sys::signal::Signal::SIGSTOP,
+        };
+        papervisor_tests::send_signal(pid, signal);
+        vm.console.read_until("blk stress: ", GUEST_TIMEOUT);
+        let outcome = vm.console.read_until("\n", GUEST_TIMEOUT);
+        let seconds = started.elapsed().as_secs_f64();
+        assert!(
+            outcome.contains("0 lost, 0 unexpected, 0 mismatched, 0 errors")
+                && outcome.starts_with("3000 requests"),
+            "{outcome}"
+        );
+        assert_eq!(
+            vm.console.command("blk tagged 0 0 512 32"),
+            ["blk tagged: 512 sectors, ok"]
+        );
+        assert_eq!(
+            vm.console.command("blk check 0 512 512 31"),
+            ["blk check: 512 sectors, ok"]
+        );
+        let restarts = vm.device_process("block")["restarts"].as_u64().unwrap_or(0);
+        assert_eq!(restarts, 1);
+        (seconds, restarts)
+    });
+    match result {
+        Ok((seconds, restarts)) => println!("{row} ok | {seconds:.2} s | {restarts} | - |"),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            println!("{row} FAILED | {} |", why.lines().next().unwrap_or(""));
+            panic!("{row}: {why}");
+        }
+    }
+}
+
+#[test]
+fn fault_matrix_block_process_killed_during_io() {
+    block_row("crash");
+}
+
+#[test]
+fn fault_matrix_block_process_hung_during_io() {
+    block_row("hang");
 }
