@@ -1,6 +1,7 @@
-//! The soak: plug/unplug cycles of CPU cores and DIMMs, with random guest
-//! refusals and random device-process kills (SIGKILL while the guest works
-//! on the event). After every step QMP, the DRC table and the guest must
+//! The soak: plug/unplug cycles of CPU cores, DIMMs and disks, with random
+//! guest refusals and random device-process kills (SIGKILL while the guest
+//! works on the event; a disk's block process while the guest writes and
+//! checks a pattern). After every step QMP, the DRC table and the guest must
 //! agree; at the end the core's descriptors and threads must be what they
 //! were after the warm-up, and its RSS within [`RSS_SLACK_KIB`] of it.
 //!
@@ -78,9 +79,12 @@ enum Device {
     Core(u32),
     /// The 512 MiB DIMM on backend mem0: LMBs 0x80000004 and 0x80000005.
     Dimm,
+    /// A 16 MiB virtio-blk disk on node disk0, in PCI slot 3.
+    Disk,
 }
 
 const FIRST_CORE_DRC: u32 = 0x1000_0000;
+const DISK_DRC: u32 = 0x4000_0018;
 const DIMM_LMBS: [u32; 2] = [0x8000_0004, 0x8000_0005];
 
 impl Device {
@@ -88,6 +92,7 @@ impl Device {
         match self {
             Device::Core(core) => format!("core{core}"),
             Device::Dimm => "dimm0".into(),
+            Device::Disk => "vd0".into(),
         }
     }
 
@@ -95,6 +100,7 @@ impl Device {
         match self {
             Device::Core(core) => vec![FIRST_CORE_DRC + core],
             Device::Dimm => DIMM_LMBS.to_vec(),
+            Device::Disk => vec![DISK_DRC],
         }
     }
 
@@ -102,6 +108,7 @@ impl Device {
         match self {
             Device::Core(core) => format!("dlpar: cpu {action} {:#010x}: ", FIRST_CORE_DRC + core),
             Device::Dimm => format!("dlpar: memory {action} count 2 from 0x80000004: "),
+            Device::Disk => format!("dlpar: pci {action} {DISK_DRC:#010x}: "),
         }
     }
 }
@@ -262,16 +269,50 @@ impl Soak {
                 "device_add",
                 json!({"driver": "pc-dimm", "id": "dimm0", "memdev": "mem0"}),
             ),
+            Device::Disk => self.execute_ok(
+                "device_add",
+                json!({"driver": "virtio-blk-pci", "id": "vd0", "drive": "disk0", "addr": "3"}),
+            ),
         }
         self.maybe_kill();
         let added = self.guest_says(device, "add");
         assert!(added.starts_with("ok"), "{added}");
         self.agree(Some(device));
+        if matches!(device, Device::Disk) {
+            self.drive_disk();
+        }
+    }
+
+    /// The guest writes a pattern over the disk and reads it back, its
+    /// block process killed meanwhile at the soak's kill rate.
+    fn drive_disk(&mut self) {
+        let seed = self.rng.below(1 << 32);
+        let sector = self.rng.below(32) * 1024;
+        let write = format!("blk write 0 {sector} 1024 {seed}");
+        self.vm.console.send_line(&write);
+        if self.rng.chance(self.kill_percent * 3) {
+            let row = self.qmp.execute("x-query-device-processes", json!({}));
+            let block = row["return"]
+                .as_array()
+                .and_then(|list| list.iter().find(|p| p["kind"] == "block").cloned());
+            if let Some(pid) = block.and_then(|b| b["pid"].as_u64()) {
+                send_signal(pid, nix::sys::signal::Signal::SIGKILL);
+                self.count("kills of a block process");
+            }
+        }
+        self.vm.console.read_until(&format!("{write}\n"), GUEST_TIMEOUT);
+        let wrote = self.vm.console.read_until("\n", GUEST_TIMEOUT);
+        assert_eq!(wrote.trim_end(), "blk write: 1024 sectors");
+        let check = format!("blk check 0 {sector} 1024 {seed}");
+        assert_eq!(self.vm.console.command(&check), ["blk check: 1024 sectors, ok"]);
+        self.count("disk patterns written and checked");
     }
 
     /// Makes the guest refuse the next unplug of `device`, or lets it go.
     fn refuse(&mut self, device: Device, refuse: bool) {
         let (command, answer) = match (device, refuse) {
+            // A disk is taken back even while busy: nothing to refuse.
+            (Device::Disk, _) => return,
             (Device::Core(_), true) => ("cpu offline 0", "cpu 0 offline"),
             (Device::Core(_), false) => ("cpu online 0", "cpu 0 online"),
             (Device::Dimm, true) => ("mem pin 0x50000000", "mem: lmb 0x80000005 pinned"),
@@ -281,7 +322,7 @@ impl Soak {
     }
 
     fn unplug(&mut self, device: Device) {
-        let refused = self.rng.chance(25);
+        let refused = !matches!(device, Device::Disk) && self.rng.chance(25);
         if refused {
             self.refuse(device, true);
             self.execute_ok("device_del", json!({"id": device.id()}));
@@ -318,7 +359,7 @@ impl Soak {
         let (want_cores, want_dimms) = match plugged {
             Some(Device::Core(core)) => (vec![0, u64::from(core)], 0),
             Some(Device::Dimm) => (vec![0], 1),
-            None => (vec![0], 0),
+            Some(Device::Disk) | None => (vec![0], 0),
         };
         assert_eq!((qmp_cores, qmp_dimms), (want_cores.clone(), want_dimms));
 
@@ -330,12 +371,12 @@ impl Soak {
             let index = row["index"].as_u64().expect("an index") as u32;
             assert_eq!(row["unplug-requested"], false, "{row}");
             match row["state"].as_str() {
-                Some("configured") => {
+                Some("configured" | "physical-configured") => {
                     taken.push(index);
                     assert!(!row["path"].is_null(), "{row}");
                 }
                 Some("unusable") => assert!(row["path"].is_null(), "{row}"),
-                // An empty PCI slot (nothing plugs one yet).
+                // An empty PCI slot.
                 Some("power-on") if row["type"] == "28" => {
                     assert!(row["path"].is_null(), "{row}")
                 }
@@ -367,6 +408,11 @@ impl Soak {
             .filter(|line| line.contains(": assigned online"))
             .count();
         assert_eq!(online, 2 * want_dimms, "{lmbs:?}");
+        let disks = self.vm.console.command("blk");
+        match plugged {
+            Some(Device::Disk) => assert_eq!(disks, ["blk 0: 32768 sectors"]),
+            _ => assert_eq!(disks, ["blk: no disks"]),
+        }
     }
 }
 
@@ -387,6 +433,12 @@ fn soak_cores_and_dimms_with_refusals_and_kills() {
         json!({"qom-type": "memory-backend-memfd", "id": "mem0", "size": 512u64 << 20}),
     );
     assert_eq!(backend, json!({"return": {}}));
+    let image = papervisor_tests::scratch_dir().join("disk0.raw");
+    std::fs::File::create(&image)
+        .and_then(|file| file.set_len(16 << 20))
+        .expect("an image");
+    let node = json!({"driver": "file", "node-name": "disk0", "filename": image});
+    assert_eq!(qmp.execute("blockdev-add", node), json!({"return": {}}));
     let mut soak = Soak {
         vm,
         qmp,
@@ -408,14 +460,16 @@ fn soak_cores_and_dimms_with_refusals_and_kills() {
         }
         // The warm-up plugs every device once first: the core creates a
         // core's vCPUs at its first plug and parks them after.
-        let pick = if cycle < 4 { cycle } else { soak.rng.below(4) };
+        let pick = if cycle < 5 { cycle } else { soak.rng.below(5) };
         let device = match pick {
             0 => Device::Dimm,
+            4 => Device::Disk,
             n => Device::Core(n as u32),
         };
         soak.count(match device {
             Device::Core(_) => "core cycles",
             Device::Dimm => "DIMM cycles",
+            Device::Disk => "disk cycles",
         });
         soak.plug(device);
         soak.unplug(device);
