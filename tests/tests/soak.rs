@@ -300,11 +300,16 @@ impl Soak {
                 self.count("kills of a block process");
             }
         }
-        self.vm.console.read_until(&format!("{write}\n"), GUEST_TIMEOUT);
+        self.vm
+            .console
+            .read_until(&format!("{write}\n"), GUEST_TIMEOUT);
         let wrote = self.vm.console.read_until("\n", GUEST_TIMEOUT);
         assert_eq!(wrote.trim_end(), "blk write: 1024 sectors");
         let check = format!("blk check 0 {sector} 1024 {seed}");
-        assert_eq!(self.vm.console.command(&check), ["blk check: 1024 sectors, ok"]);
+        assert_eq!(
+            self.vm.console.command(&check),
+            ["blk check: 1024 sectors, ok"]
+        );
         self.count("disk patterns written and checked");
     }
 

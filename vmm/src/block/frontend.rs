@@ -420,3 +420,168 @@ impl BlockFrontend {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+
+    const GET_FEATURES: u32 = 1;
+    const GET_PROTOCOL_FEATURES: u32 = 15;
+    const GET_CONFIG: u32 = 24;
+    const GET_INFLIGHT_FD: u32 = 31;
+
+    /// What a fake backend answers GET_INFLIGHT_FD with: the region's
+    /// shape (mmap size, queues, queue size) and its file's length.
+    #[derive(Clone, Copy)]
+    struct Lie {
+        mmap_size: u64,
+        queues: u16,
+        queue_size: u16,
+        file_bytes: u64,
+    }
+
+    /// A backend that offers VERSION_1, protocol features, CONFIG and
+    /// INFLIGHT_SHMFD, and answers the inflight request with `lie`.
+    fn fake_backend(mut stream: UnixStream, lie: Lie) {
+        let reply = |code: u32, payload: &[u8]| {
+            let mut bytes: Vec<u8> = [code, 0x5, payload.len() as u32]
+                .iter()
+                .flat_map(|w| w.to_le_bytes())
+                .collect();
+            bytes.extend_from_slice(payload);
+            bytes
+        };
+        loop {
+            let mut header = [0u8; 12];
+            if stream.read_exact(&mut header).is_err() {
+                return;
+            }
+            let word = |i: usize| u32::from_le_bytes(header[i..i + 4].try_into().unwrap());
+            let mut payload = vec![0; word(8) as usize];
+            if stream.read_exact(&mut payload).is_err() {
+                return;
+            }
+            let answer = match word(0) {
+                GET_FEATURES => reply(
+                    &mut stream,
+                    GET_FEATURES,
+                    &(VERSION_1 | PROTOCOL_FEATURES_BIT).to_le_bytes(),
+                ),
+                GET_PROTOCOL_FEATURES => {
+                    let offered = VhostUserProtocolFeatures::CONFIG
+                        | VhostUserProtocolFeatures::INFLIGHT_SHMFD;
+                    reply(
+                        &mut stream,
+                        GET_PROTOCOL_FEATURES,
+                        &offered.bits().to_le_bytes(),
+                    )
+                }
+                GET_CONFIG => {
+                    let mut body: Vec<u8> = [0u32, CONFIG_BYTES, 0]
+                        .iter()
+                        .flat_map(|w| w.to_le_bytes())
+                        .collect();
+                    body.extend(vec![0; CONFIG_BYTES as usize]);
+                    reply(GET_CONFIG, &body)
+                }
+                GET_INFLIGHT_FD => {
+                    let mut body = lie.mmap_size.to_le_bytes().to_vec();
+                    body.extend(0u64.to_le_bytes());
+                    body.extend(lie.queues.to_le_bytes());
+                    body.extend(lie.queue_size.to_le_bytes());
+                    // repr(C): padded to 24 bytes.
+                    body.extend([0; 4]);
+                    let bytes = reply(GET_INFLIGHT_FD, &body);
+                    let file = std::fs::File::from(
+                        nix::sys::memfd::memfd_create("lie", nix::sys::memfd::MFdFlags::empty())
+                            .unwrap(),
+                    );
+                    file.set_len(lie.file_bytes).unwrap();
+                    let fds = [file.as_raw_fd()];
+                    let control = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+                    let iov = [std::io::IoSlice::new(&bytes)];
+                    nix::sys::socket::sendmsg::<()>(
+                        stream.as_raw_fd(),
+                        &iov,
+                        &control,
+                        nix::sys::socket::MsgFlags::empty(),
+                        None,
+                    )
+                    .unwrap();
+                    continue;
+                }
+                // Sets: no reply without REPLY_ACK.
+                _ => continue,
+            };
+            if stream.write_all(&answer).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn inflight_from(lie: Lie) -> Result<Inflight, FrontendError> {
+        let (core, backend) = UnixStream::pair().unwrap();
+        let fake = std::thread::spawn(move || fake_backend(backend, lie));
+        let mut frontend = BlockFrontend::connect(core).unwrap();
+        assert!(frontend.tracks_inflight());
+        let result = frontend.new_inflight(16);
+        drop(frontend);
+        fake.join().unwrap();
+        result
+    }
+
+    #[test]
+    fn an_inflight_region_is_kept_only_as_asked_and_bounded() {
+        let honest = Lie {
+            mmap_size: 320,
+            queues: 1,
+            queue_size: 16,
+            file_bytes: 320,
+        };
+        assert!(inflight_from(honest).is_ok());
+        for (lie, why) in [
+            (
+                Lie {
+                    mmap_size: 2 << 20,
+                    file_bytes: 2 << 20,
+                    ..honest
+                },
+                "bytes",
+            ),
+            (
+                Lie {
+                    mmap_size: 0,
+                    ..honest
+                },
+                "0 bytes",
+            ),
+            (
+                Lie {
+                    queue_size: 256,
+                    ..honest
+                },
+                "entries given",
+            ),
+            (
+                Lie {
+                    queues: 2,
+                    ..honest
+                },
+                "queues",
+            ),
+            (
+                Lie {
+                    file_bytes: 100,
+                    ..honest
+                },
+                "-byte file",
+            ),
+        ] {
+            let error = inflight_from(lie).err().expect("refused");
+            assert!(matches!(error, FrontendError::Inflight(_)), "{error}");
+            assert!(error.to_string().contains(why), "{error}");
+        }
+    }
+}
