@@ -465,18 +465,13 @@ mod tests {
             }
             let answer = match word(0) {
                 GET_FEATURES => reply(
-                    &mut stream,
                     GET_FEATURES,
                     &(VERSION_1 | PROTOCOL_FEATURES_BIT).to_le_bytes(),
                 ),
                 GET_PROTOCOL_FEATURES => {
                     let offered = VhostUserProtocolFeatures::CONFIG
                         | VhostUserProtocolFeatures::INFLIGHT_SHMFD;
-                    reply(
-                        &mut stream,
-                        GET_PROTOCOL_FEATURES,
-                        &offered.bits().to_le_bytes(),
-                    )
+                    reply(GET_PROTOCOL_FEATURES, &offered.bits().to_le_bytes())
                 }
                 GET_CONFIG => {
                     let mut body: Vec<u8> = [0u32, CONFIG_BYTES, 0]
