@@ -476,7 +476,11 @@ pub fn command<'a>(words: &mut impl Iterator<Item = &'a str>, number: fn(&str) -
             let [Some(n), Some(sector), Some(count), Some(seed)] = args else {
                 return usage();
             };
-            transfer(action == "write", n as usize, sector, count, seed);
+            let pass = match action {
+                "write" => Pass::Write,
+                _ => Pass::Check("blk check: ", mismatch),
+            };
+            transfer(pass, n as usize, sector, count, seed);
         }
         Some("stress") => {
             let args = [(); 6].map(|()| parse(words.next(), number));
@@ -547,8 +551,23 @@ fn list() {
     }
 }
 
-fn transfer(write: bool, n: usize, sector: u64, count: u64, seed: u64) {
-    let what = if write { "blk write: " } else { "blk check: " };
+/// What [`transfer`] does over the sectors.
+pub(crate) enum Pass {
+    /// Writes the pattern.
+    Write,
+    /// Reads and checks them (the label of its lines, and the check: the
+    /// first sector of the data buffer that is wrong).
+    Check(&'static str, fn(usize, u64, u64, u64) -> Option<u64>),
+}
+
+/// `count` sectors of disk `n` from `sector`, written with or checked
+/// against `seed`'s pattern, in requests of up to 64 sectors.
+pub(crate) fn transfer(pass: Pass, n: usize, sector: u64, count: u64, seed: u64) {
+    let write = matches!(pass, Pass::Write);
+    let what = match pass {
+        Pass::Write => "blk write: ",
+        Pass::Check(what, _) => what,
+    };
     let mut disks = DISKS.lock();
     let Some(Some(disk)) = disks.get_mut(n) else {
         Line::new().str(what).str("no disk ").dec(n as u64).nl();
@@ -565,12 +584,13 @@ fn transfer(write: bool, n: usize, sector: u64, count: u64, seed: u64) {
     while done < count {
         let chunk = (count - done).min(MAX_REQUEST_SECTORS);
         let at = sector + done;
-        let outcome = if write {
-            fill(n, at, chunk, seed);
-            request(n, disk, TYPE_OUT, at, chunk)
-        } else {
-            request(n, disk, TYPE_IN, at, chunk).map(|()| {
-                if let Some(bad) = mismatch(n, at, chunk, seed) {
+        let outcome = match pass {
+            Pass::Write => {
+                fill(n, at, chunk, seed);
+                request(n, disk, TYPE_OUT, at, chunk)
+            }
+            Pass::Check(_, check) => request(n, disk, TYPE_IN, at, chunk).map(|()| {
+                if let Some(bad) = check(n, at, chunk, seed) {
                     Line::new()
                         .str(what)
                         .str("mismatch at sector ")
@@ -578,7 +598,7 @@ fn transfer(write: bool, n: usize, sector: u64, count: u64, seed: u64) {
                         .nl();
                     done = u64::MAX;
                 }
-            })
+            }),
         };
         if done == u64::MAX {
             return;

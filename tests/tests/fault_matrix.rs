@@ -200,29 +200,50 @@ fn await_all_running(vm: &Vm) {
     }
 }
 
-fn assert_plugged(vm: &mut Vm) {
-    let row = vm.drc(CORE1);
+/// DRC `drc` is in `state`, holding `device`, and not being unplugged.
+fn assert_drc(vm: &Vm, drc: u32, state: &str, device: Option<&str>) {
+    let row = vm.drc(drc);
     assert_eq!(
         (&row["state"], &row["device"], &row["unplug-requested"]),
-        (&json!("configured"), &json!("core1"), &json!(false)),
+        (&json!(state), &json!(device), &json!(false)),
         "{row}"
     );
+}
+
+fn assert_plugged(vm: &mut Vm) {
+    assert_drc(vm, CORE1, "configured", Some("core1"));
     assert_eq!(vm.console.command("cpus"), ["cpu 0 online", "cpu 1 online"]);
 }
 
 fn assert_unplugged(vm: &mut Vm) {
-    let row = vm.drc(CORE1);
-    assert_eq!(
-        (&row["state"], &row["device"], &row["unplug-requested"]),
-        (&json!("unusable"), &json!(null), &json!(false)),
-        "{row}"
-    );
+    assert_drc(vm, CORE1, "unusable", None);
     assert_eq!(vm.console.command("cpus"), ["cpu 0 online"]);
 }
 
+/// `device_add` of `request` (sent again once if it failed with a reason),
+/// then the guest's line `done`. Whether it took a retry.
+fn add(vm: &mut Vm, qmp: &mut QmpClient, request: Value, done: &str) -> bool {
+    let retried = execute_with_retry(qmp, "device_add", request);
+    vm.console.expect_async(done, GUEST_TIMEOUT);
+    retried
+}
+
+/// `device_del` of `id`: one DEVICE_DELETED, then the guest's line `done`.
+/// Whether it took a retry.
+fn delete(vm: &mut Vm, qmp: &mut QmpClient, id: &str, done: &str) -> bool {
+    let retried = execute_with_retry(qmp, "device_del", json!({ "id": id }));
+    assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], id);
+    let later = qmp.events_within(QUIET);
+    assert!(
+        !later.iter().any(|e| e["event"] == "DEVICE_DELETED"),
+        "a second DEVICE_DELETED: {later:?}"
+    );
+    vm.console.expect_async(done, GUEST_TIMEOUT);
+    retried
+}
+
 fn plug(vm: &mut Vm, qmp: &mut QmpClient) -> bool {
-    let retried = execute_with_retry(qmp, "device_add", plug_request());
-    vm.console.expect_async(ADD_DONE, GUEST_TIMEOUT);
+    let retried = add(vm, qmp, plug_request(), ADD_DONE);
     assert_plugged(vm);
     retried
 }
@@ -233,17 +254,10 @@ const DIMM_REMOVE_DONE: &str = "dlpar: memory remove count 2 from 0x80000004: ok
 /// The DIMM's two LMB DRCs, as QMP and the guest see them.
 fn assert_dimm(vm: &mut Vm, plugged: bool) {
     for drc in [0x8000_0004u32, 0x8000_0005] {
-        let row = vm.drc(drc);
-        let expected = match plugged {
-            true => (json!("configured"), json!("dimm0")),
-            false => (json!("unusable"), json!(null)),
-        };
-        assert_eq!(
-            (row["state"].clone(), row["device"].clone()),
-            expected,
-            "{row}"
-        );
-        assert_eq!(row["unplug-requested"], false, "{row}");
+        match plugged {
+            true => assert_drc(vm, drc, "configured", Some("dimm0")),
+            false => assert_drc(vm, drc, "unusable", None),
+        }
     }
     let state = if plugged { "assigned online" } else { "free" };
     assert_eq!(
@@ -257,34 +271,19 @@ fn assert_dimm(vm: &mut Vm, plugged: bool) {
 
 fn plug_dimm(vm: &mut Vm, qmp: &mut QmpClient) -> bool {
     let request = json!({"driver": "pc-dimm", "id": "dimm0", "memdev": "mem0"});
-    let retried = execute_with_retry(qmp, "device_add", request);
-    vm.console.expect_async(DIMM_ADD_DONE, GUEST_TIMEOUT);
+    let retried = add(vm, qmp, request, DIMM_ADD_DONE);
     assert_dimm(vm, true);
     retried
 }
 
 fn unplug_dimm(vm: &mut Vm, qmp: &mut QmpClient) -> bool {
-    let retried = execute_with_retry(qmp, "device_del", json!({"id": "dimm0"}));
-    assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "dimm0");
-    let later = qmp.events_within(QUIET);
-    assert!(
-        !later.iter().any(|e| e["event"] == "DEVICE_DELETED"),
-        "a second DEVICE_DELETED: {later:?}"
-    );
-    vm.console.expect_async(DIMM_REMOVE_DONE, GUEST_TIMEOUT);
+    let retried = delete(vm, qmp, "dimm0", DIMM_REMOVE_DONE);
     assert_dimm(vm, false);
     retried
 }
 
 fn unplug(vm: &mut Vm, qmp: &mut QmpClient) -> bool {
-    let retried = execute_with_retry(qmp, "device_del", json!({"id": "core1"}));
-    assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "core1");
-    let later = qmp.events_within(QUIET);
-    assert!(
-        !later.iter().any(|e| e["event"] == "DEVICE_DELETED"),
-        "a second DEVICE_DELETED: {later:?}"
-    );
-    vm.console.expect_async(REMOVE_DONE, GUEST_TIMEOUT);
+    let retried = delete(vm, qmp, "core1", REMOVE_DONE);
     assert_unplugged(vm);
     retried
 }
@@ -295,18 +294,11 @@ const DISK_REMOVE_DONE: &str = "dlpar: pci remove 0x40000018: ok";
 
 /// The disk's DRC as QMP sees it, and the guest's disks.
 fn assert_disk(vm: &mut Vm, plugged: bool) {
-    let row = vm.drc(DISK_DRC);
     // A PCI connector is physical: empty, it is powered on.
-    let expected = match plugged {
-        true => (json!("physical-configured"), json!("vd0")),
-        false => (json!("power-on"), json!(null)),
-    };
-    assert_eq!(
-        (row["state"].clone(), row["device"].clone()),
-        expected,
-        "{row}"
-    );
-    assert_eq!(row["unplug-requested"], false, "{row}");
+    match plugged {
+        true => assert_drc(vm, DISK_DRC, "physical-configured", Some("vd0")),
+        false => assert_drc(vm, DISK_DRC, "power-on", None),
+    }
     if plugged {
         // The guest's driver runs the disk: a pattern goes and comes back.
         assert_eq!(
@@ -324,21 +316,13 @@ fn assert_disk(vm: &mut Vm, plugged: bool) {
 
 fn plug_disk(vm: &mut Vm, qmp: &mut QmpClient) -> bool {
     let request = json!({"driver": "virtio-blk-pci", "id": "vd0", "drive": "disk0", "addr": "3"});
-    let retried = execute_with_retry(qmp, "device_add", request);
-    vm.console.expect_async(DISK_ADD_DONE, GUEST_TIMEOUT);
+    let retried = add(vm, qmp, request, DISK_ADD_DONE);
     assert_disk(vm, true);
     retried
 }
 
 fn unplug_disk(vm: &mut Vm, qmp: &mut QmpClient) -> bool {
-    let retried = execute_with_retry(qmp, "device_del", json!({"id": "vd0"}));
-    assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "vd0");
-    let later = qmp.events_within(QUIET);
-    assert!(
-        !later.iter().any(|e| e["event"] == "DEVICE_DELETED"),
-        "a second DEVICE_DELETED: {later:?}"
-    );
-    vm.console.expect_async(DISK_REMOVE_DONE, GUEST_TIMEOUT);
+    let retried = delete(vm, qmp, "vd0", DISK_REMOVE_DONE);
     assert_disk(vm, false);
     retried
 }

@@ -147,14 +147,8 @@ pub struct CommonConfig {
     offered: u64,
     /// The largest queue it serves.
     max_queue_size: u16,
-    device_feature_select: u32,
-    driver_feature_select: u32,
-    driver_features: u64,
-    config_vector: u16,
-    status: u8,
-    generation: u8,
-    queue_select: u16,
-    queues: Vec<QueueConfig>,
+    /// What the driver set.
+    driver: CommonState,
 }
 
 impl CommonConfig {
@@ -164,14 +158,16 @@ impl CommonConfig {
         let mut config = CommonConfig {
             offered: features,
             max_queue_size,
-            device_feature_select: 0,
-            driver_feature_select: 0,
-            driver_features: 0,
-            config_vector: NO_VECTOR,
-            status: 0,
-            generation: 0,
-            queue_select: 0,
-            queues: vec![QueueConfig::default(); usize::from(queues)],
+            driver: CommonState {
+                device_feature_select: 0,
+                driver_feature_select: 0,
+                driver_features: 0,
+                config_vector: NO_VECTOR,
+                status: 0,
+                generation: 0,
+                queue_select: 0,
+                queues: vec![QueueConfig::default(); usize::from(queues)],
+            },
         };
         config.reset();
         config
@@ -179,16 +175,7 @@ impl CommonConfig {
 
     /// What the driver set.
     pub fn state(&self) -> CommonState {
-        CommonState {
-            device_feature_select: self.device_feature_select,
-            driver_feature_select: self.driver_feature_select,
-            driver_features: self.driver_features,
-            config_vector: self.config_vector,
-            status: self.status,
-            generation: self.generation,
-            queue_select: self.queue_select,
-            queues: self.queues.clone(),
-        }
+        self.driver.clone()
     }
 
     /// Takes back what a driver set, checked as its writes were: features
@@ -200,11 +187,11 @@ impl CommonConfig {
                 state.driver_features, self.offered
             ));
         }
-        if state.queues.len() != self.queues.len() {
+        if state.queues.len() != self.driver.queues.len() {
             return Err(format!(
                 "{} queues, not {}",
                 state.queues.len(),
-                self.queues.len()
+                self.driver.queues.len()
             ));
         }
         if let Some(queue) = state
@@ -214,24 +201,17 @@ impl CommonConfig {
         {
             return Err(format!("a queue of {} entries", queue.size));
         }
-        self.device_feature_select = state.device_feature_select;
-        self.driver_feature_select = state.driver_feature_select;
-        self.driver_features = state.driver_features;
-        self.config_vector = state.config_vector;
-        self.status = state.status;
-        self.generation = state.generation;
-        self.queue_select = state.queue_select;
-        self.queues = state.queues;
+        self.driver = state;
         Ok(())
     }
 
     fn reset(&mut self) {
-        self.driver_features = 0;
-        self.config_vector = NO_VECTOR;
-        self.status = 0;
-        self.queue_select = 0;
+        self.driver.driver_features = 0;
+        self.driver.config_vector = NO_VECTOR;
+        self.driver.status = 0;
+        self.driver.queue_select = 0;
         let size = self.max_queue_size;
-        for queue in &mut self.queues {
+        for queue in &mut self.driver.queues {
             *queue = QueueConfig {
                 size,
                 vector: NO_VECTOR,
@@ -242,28 +222,30 @@ impl CommonConfig {
 
     /// The device status.
     pub fn status(&self) -> u8 {
-        self.status
+        self.driver.status
     }
 
     /// The features the driver took.
     pub fn driver_features(&self) -> u64 {
-        self.driver_features
+        self.driver.driver_features
     }
 
     /// The device failed the driver (it used the device in a way it may
     /// not): DEVICE_NEEDS_RESET until the driver resets it.
     pub fn fail(&mut self) {
-        self.status |= DEVICE_NEEDS_RESET;
+        self.driver.status |= DEVICE_NEEDS_RESET;
     }
 
     /// The queue the driver selected, if it exists.
     fn selected(&self) -> Option<&QueueConfig> {
-        self.queues.get(usize::from(self.queue_select))
+        self.driver
+            .queues
+            .get(usize::from(self.driver.queue_select))
     }
 
     /// Queue setup is the driver's only between FEATURES_OK and DRIVER_OK.
     fn queues_writable(&self) -> bool {
-        self.status & FEATURES_OK != 0 && self.status & DRIVER_OK == 0
+        self.driver.status & FEATURES_OK != 0 && self.driver.status & DRIVER_OK == 0
     }
 
     /// Reads `size` bytes at `offset`.
@@ -273,29 +255,29 @@ impl CommonConfig {
         let half = |value: u64, high: bool| (if high { value >> 32 } else { value }) as u32;
         let queue = self.selected();
         Ok(match register {
-            DeviceFeatureSelect => self.device_feature_select,
-            DeviceFeature => match self.device_feature_select {
+            DeviceFeatureSelect => self.driver.device_feature_select,
+            DeviceFeature => match self.driver.device_feature_select {
                 0 => self.offered as u32,
                 1 => (self.offered >> 32) as u32,
                 _ => 0,
             },
-            DriverFeatureSelect => self.driver_feature_select,
-            DriverFeature => match self.driver_feature_select {
-                0 => self.driver_features as u32,
-                1 => (self.driver_features >> 32) as u32,
+            DriverFeatureSelect => self.driver.driver_feature_select,
+            DriverFeature => match self.driver.driver_feature_select {
+                0 => self.driver.driver_features as u32,
+                1 => (self.driver.driver_features >> 32) as u32,
                 _ => 0,
             },
-            ConfigVector => u32::from(self.config_vector),
-            NumQueues => self.queues.len() as u32,
-            DeviceStatus => u32::from(self.status),
-            ConfigGeneration => u32::from(self.generation),
-            QueueSelect => u32::from(self.queue_select),
+            ConfigVector => u32::from(self.driver.config_vector),
+            NumQueues => self.driver.queues.len() as u32,
+            DeviceStatus => u32::from(self.driver.status),
+            ConfigGeneration => u32::from(self.driver.generation),
+            QueueSelect => u32::from(self.driver.queue_select),
             // A queue that does not exist reads as size 0: "not available".
             QueueSize => queue.map_or(0, |q| u32::from(q.size)),
             QueueVector => u32::from(queue.map_or(NO_VECTOR, |q| q.vector)),
             QueueEnable => u32::from(queue.is_some_and(|q| q.enabled)),
             // Each queue is notified at its own index.
-            QueueNotifyOff => u32::from(self.queue_select),
+            QueueNotifyOff => u32::from(self.driver.queue_select),
             QueueAddress(ring, high) => queue.map_or(0, |q| {
                 half(
                     match ring {
@@ -316,23 +298,24 @@ impl CommonConfig {
     pub fn write(&mut self, offset: u32, size: u32, value: u32) -> Result<Effect, AccessError> {
         use Register::*;
         let register = register(offset, size).ok_or(AccessError::NoRegister { offset, size })?;
-        let negotiating = self.status & FEATURES_OK == 0;
+        let negotiating = self.driver.status & FEATURES_OK == 0;
         match register {
-            DeviceFeatureSelect => self.device_feature_select = value,
-            DriverFeatureSelect => self.driver_feature_select = value,
-            DriverFeature if negotiating => match self.driver_feature_select {
+            DeviceFeatureSelect => self.driver.device_feature_select = value,
+            DriverFeatureSelect => self.driver.driver_feature_select = value,
+            DriverFeature if negotiating => match self.driver.driver_feature_select {
                 0 => {
-                    self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(value)
+                    self.driver.driver_features =
+                        (self.driver.driver_features & !0xffff_ffff) | u64::from(value)
                 }
                 1 => {
-                    self.driver_features =
-                        (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32)
+                    self.driver.driver_features =
+                        (self.driver.driver_features & 0xffff_ffff) | (u64::from(value) << 32)
                 }
                 _ => {}
             },
-            ConfigVector => self.config_vector = value as u16,
+            ConfigVector => self.driver.config_vector = value as u16,
             DeviceStatus => return Ok(self.set_status(value as u8)),
-            QueueSelect => self.queue_select = value as u16,
+            QueueSelect => self.driver.queue_select = value as u16,
             QueueSize if self.queues_writable() => {
                 let size = value as u16;
                 let max = self.max_queue_size;
@@ -372,7 +355,9 @@ impl CommonConfig {
     }
 
     fn selected_mut(&mut self) -> Option<&mut QueueConfig> {
-        self.queues.get_mut(usize::from(self.queue_select))
+        self.driver
+            .queues
+            .get_mut(usize::from(self.driver.queue_select))
     }
 
     /// The driver writes the status: 0 resets; bits are only ever added
@@ -380,22 +365,22 @@ impl CommonConfig {
     /// only for features the device offers; DRIVER_OK starts the queues.
     fn set_status(&mut self, value: u8) -> Effect {
         if value == 0 {
-            let was = self.status;
+            let was = self.driver.status;
             self.reset();
             return match was {
                 0 => Effect::None,
                 _ => Effect::Reset,
             };
         }
-        let added = value & !self.status;
-        let mut status = self.status | value;
+        let added = value & !self.driver.status;
+        let mut status = self.driver.status | value;
         let mut effect = Effect::None;
         if added & FEATURES_OK != 0 {
-            if self.driver_features & !self.offered != 0 {
+            if self.driver.driver_features & !self.offered != 0 {
                 // Features the device did not offer: FEATURES_OK does not stick.
                 status &= !FEATURES_OK;
             } else {
-                effect = Effect::FeaturesAccepted(self.driver_features);
+                effect = Effect::FeaturesAccepted(self.driver.driver_features);
             }
         }
         if added & DRIVER_OK != 0 {
@@ -405,6 +390,7 @@ impl CommonConfig {
                 status &= !DRIVER_OK;
             } else {
                 let enabled = self
+                    .driver
                     .queues
                     .iter()
                     .enumerate()
@@ -414,7 +400,7 @@ impl CommonConfig {
                 effect = Effect::DriverOk(enabled);
             }
         }
-        self.status = status;
+        self.driver.status = status;
         effect
     }
 }
@@ -442,6 +428,41 @@ mod tests {
         config
             .write(0x14, 1, u32::from(ACKNOWLEDGE | DRIVER | FEATURES_OK))
             .unwrap()
+    }
+
+    #[test]
+    fn a_restored_state_is_checked_as_the_drivers_writes_were() {
+        let mut config = device();
+        negotiate(&mut config, VERSION_1);
+        let state = config.state();
+        let mut successor = device();
+        successor.restore(state.clone()).unwrap();
+        assert_eq!(successor.status(), ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        assert_eq!(successor.read(0x0c, 4), config.read(0x0c, 4));
+        // Features the device does not offer, another number of queues, a
+        // queue size it does not serve: refused, the device untouched.
+        let lies = [
+            CommonState {
+                driver_features: 1 << 40,
+                ..state.clone()
+            },
+            CommonState {
+                queues: Vec::new(),
+                ..state.clone()
+            },
+            CommonState {
+                queues: vec![QueueConfig {
+                    size: 3,
+                    ..QueueConfig::default()
+                }],
+                ..state
+            },
+        ];
+        let mut fresh = device();
+        for lie in lies {
+            assert!(fresh.restore(lie).is_err());
+            assert_eq!(fresh.status(), 0);
+        }
     }
 
     #[test]

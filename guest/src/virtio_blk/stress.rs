@@ -16,8 +16,9 @@
 //! status byte `i` and data page `i`. `blk tagged` checks a writer's work.
 
 use super::{
-    get, mmio_write16, pattern, put, ring, Disk, Line, AVAIL_AT, DESC_AT, DESC_NEXT, DESC_WRITE,
-    DISKS, HEADER_AT, QUEUE_SIZE, SECTOR, STATUS_AT, STATUS_OK, TYPE_IN, TYPE_OUT, USED_AT,
+    get, mmio_write16, pattern, put, ring, Disk, Line, Pass, AVAIL_AT, DESC_AT, DESC_NEXT,
+    DESC_WRITE, DISKS, HEADER_AT, QUEUE_SIZE, SECTOR, STATUS_AT, STATUS_OK, TYPE_IN, TYPE_OUT,
+    USED_AT,
 };
 use core::sync::atomic::{compiler_fence, Ordering};
 
@@ -240,48 +241,18 @@ fn fill_writers(write_seed: u64) {
 /// `blk tagged <n> <first> <count> <seed>`: whether `count` sectors from
 /// `first` hold a writer's tags of `seed` (all 64 words of each sector).
 pub fn check_tagged(n: usize, first: u64, count: u64, seed: u64) {
-    const WHAT: &str = "blk tagged: ";
-    let mut disks = DISKS.lock();
-    let Some(Some(disk)) = disks.get_mut(n) else {
-        Line::new().str(WHAT).str("no disk ").dec(n as u64).nl();
-        return;
-    };
-    if first
-        .checked_add(count)
-        .is_none_or(|end| end > disk.sectors)
-    {
-        Line::new().str(WHAT).str("past the end of the disk").nl();
-        return;
-    }
-    let mut done = 0;
-    while done < count {
-        let chunk = (count - done).min(super::MAX_REQUEST_SECTORS);
-        let at = first + done;
-        if let Err(why) = super::request(n, disk, TYPE_IN, at, chunk) {
-            Line::new()
-                .str(WHAT)
-                .str("error at sector ")
-                .dec(at)
-                .str(": ")
-                .str(why)
-                .nl();
-            return;
-        }
-        let buffer = super::data(n);
-        let bad = (0..chunk).find(|&s| {
+    super::transfer(Pass::Check("blk tagged: ", untagged), n, first, count, seed);
+}
+
+/// The first sector of disk slot `slot`'s data buffer (holding `count`
+/// sectors from `first`) that is not a writer's tagged sector of `seed`.
+fn untagged(slot: usize, first: u64, count: u64, seed: u64) -> Option<u64> {
+    let buffer = super::data(slot);
+    (0..count)
+        .find(|&s| {
             let base = (s * SECTOR) as usize;
-            get::<u64>(buffer, base) != tag(at + s, seed)
+            get::<u64>(buffer, base) != tag(first + s, seed)
                 || (1..SECTOR as usize / 8).any(|w| get::<u64>(buffer, base + 8 * w) != !seed)
-        });
-        if let Some(bad) = bad {
-            Line::new()
-                .str(WHAT)
-                .str("mismatch at sector ")
-                .dec(at + bad)
-                .nl();
-            return;
-        }
-        done += chunk;
-    }
-    Line::new().str(WHAT).dec(count).str(" sectors, ok").nl();
+        })
+        .map(|s| first + s)
 }
