@@ -460,7 +460,7 @@ fn parse(word: Option<&str>, number: fn(&str) -> Option<u64>) -> Option<u64> {
 /// `blk`, `blk write|check <n> <sector> <count> <seed>`, `blk hold|unhold <n>`.
 pub fn command<'a>(words: &mut impl Iterator<Item = &'a str>, number: fn(&str) -> Option<u64>) {
     const SYNTAX: &str =
-        "blk | blk write|check <n> <sector> <count> <seed> | blk stress <n> <first> <area> <requests> <read-seed> <write-seed> | blk tagged <n> <first> <count> <seed> | blk setup <n> features|finish | blk hold|unhold <n> | blk irqs <n> | blk hostile <n> early-kick|wild-descriptor|garbage-config";
+        "blk | blk write|check <n> <sector> <count> <seed> | blk stress <n> <first> <area> <requests> <read-seed> <write-seed> | blk tagged <n> <first> <count> <seed> | blk setup <n> features|finish | blk status <n> | blk hold|unhold <n> | blk irqs <n> | blk hostile <n> early-kick|wild-descriptor|garbage-config";
     let usage = || {
         Line::new().str("usage: ").str(SYNTAX).nl();
     };
@@ -514,6 +514,21 @@ pub fn command<'a>(words: &mut impl Iterator<Item = &'a str>, number: fn(&str) -
             match (n, words.next()) {
                 (Some(n), Some(what)) => hostile(n, what),
                 _ => usage(),
+            }
+        }
+        Some("status") => {
+            let Some(n) = parse(words.next(), number) else {
+                return usage();
+            };
+            let disks = DISKS.lock();
+            match disks.get(n as usize) {
+                Some(Some(disk)) => {
+                    let status = mmio_read8(disk.regions.common + DEVICE_STATUS);
+                    Line::new().str("blk status: ").hex(u64::from(status)).nl();
+                }
+                _ => {
+                    Line::new().str("blk status: no disk ").dec(n).nl();
+                }
             }
         }
         Some("irqs") => {

@@ -224,3 +224,37 @@ fn every_request_completes_once_across_twenty_upgrades_of_the_block_process() {
     drop(vm);
     let _ = std::fs::remove_dir_all(scratch);
 }
+
+#[test]
+fn the_process_serving_the_disks_function_is_upgraded_and_killed_under_io() {
+    let test = "the_process_serving_the_disks_function_is_upgraded_and_killed_under_io";
+    if !kvm_usable(test) || skip_in_process(test, "upgrades and kills a device process") {
+        return;
+    }
+    let scratch = papervisor_tests::scratch_dir();
+    let mut vm = boot(&scratch, &[]);
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    let copy = scratch.join("papervisor-hotplug-next");
+    std::fs::copy(papervisor_tests::binary("papervisor-hotplug"), &copy).expect("a copy");
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The requests do not pass through the hotplug controller, but the
+    // function's state does: its successor must see the device running.
+    for round in 0..4 {
+        stress_through(&mut vm, round, &mut |vm| {
+            if round % 2 == 0 {
+                let answer = qmp.execute(
+                    "x-upgrade-device-process",
+                    json!({"process": "hotplug-controller", "path": copy}),
+                );
+                assert!(answer["return"]["pid"].is_u64(), "{answer}");
+            } else {
+                vm.kill_and_await_restart("hotplug-controller");
+            }
+        });
+        assert_eq!(vm.console.command("blk status 0"), ["blk status: 0xf"]);
+    }
+    check_patterns(&mut vm, &scratch);
+    drop(qmp);
+    drop(vm);
+    let _ = std::fs::remove_dir_all(scratch);
+}
