@@ -1,5 +1,5 @@
 //! What the disk tests share: images, the guest's pattern, disks at boot,
-//! QMP's empty return, waiting.
+//! QMP's empty return, waiting, the guest's `blk stress`.
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -65,4 +65,79 @@ pub fn cold_plugged_disks(scratch: &Path, slots: &[u8]) -> Vec<String> {
         args.push(format!("virtio-blk-pci,id=vd{n},drive=disk{n},addr={slot}"));
     }
     args
+}
+
+/// What the guest's `blk stress` reports when it ends.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Stress {
+    /// Requests completed.
+    pub requests: u64,
+    /// Of which writes.
+    pub writes: u64,
+    /// Of which reads.
+    pub reads: u64,
+    /// Requests never completed.
+    pub lost: u64,
+    /// Used elements naming no request in flight: completions twice.
+    pub unexpected: u64,
+    /// Reads that did not find their pattern.
+    pub mismatched: u64,
+    /// Requests that did not complete `OK`.
+    pub errors: u64,
+}
+
+impl Stress {
+    /// Starts `blk stress ARGS` and lets its requests get in flight (150
+    /// ms); it must not have ended by then, or a fault the caller does
+    /// next would not land among its requests.
+    pub fn start(console: &mut crate::Console, args: &str) {
+        console.send_line(&format!("blk stress {args}"));
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(
+            console
+                .read_until_or_timeout("blk stress: ", Duration::ZERO)
+                .is_none(),
+            "blk stress {args} ended before the fault: give it more requests"
+        );
+    }
+
+    /// The report of the stress started, within `timeout`.
+    pub fn report(console: &mut crate::Console, timeout: Duration) -> Stress {
+        console.read_until("blk stress: ", timeout);
+        let line = console.read_until("\n", Duration::from_secs(5));
+        let counts: Vec<u64> = line
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|word| word.parse().ok())
+            .collect();
+        let [requests, writes, reads, lost, unexpected, mismatched, errors] = counts[..] else {
+            panic!("not a blk stress report: {line}");
+        };
+        Stress {
+            requests,
+            writes,
+            reads,
+            lost,
+            unexpected,
+            mismatched,
+            errors,
+        }
+    }
+
+    /// Every one of `requests` completed once, `OK`, reads finding their
+    /// pattern, writers and readers both served (`what` names the run).
+    pub fn assert_whole(&self, requests: u64, what: &str) {
+        assert_eq!(
+            (
+                self.requests,
+                self.lost,
+                self.unexpected,
+                self.mismatched,
+                self.errors
+            ),
+            (requests, 0, 0, 0, 0),
+            "{what}: {self:?}"
+        );
+        assert_eq!(self.writes + self.reads, requests, "{what}: {self:?}");
+        assert!(self.writes > 0 && self.reads > 0, "{what}: {self:?}");
+    }
 }

@@ -69,6 +69,17 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// A copy of binary `name` at `dir/copy_name`, mode 0755 in a directory of
+/// mode 0755: what an upgrade may name.
+pub fn copy_binary(name: &str, dir: &std::path::Path, copy_name: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let copy = dir.join(copy_name);
+    std::fs::copy(binary(name), &copy).expect("copy a binary");
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    copy
+}
+
 /// The path of one of the workspace's binaries as the README's plain build
 /// makes them: without the `fault-injection` feature, optimised when this
 /// is (a benchmark). Built once, into target/plain, so that it never

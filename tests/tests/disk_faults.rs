@@ -6,10 +6,10 @@
 //! kept (vhost-user's INFLIGHT_SHMFD), not from the used ring; an upgraded
 //! one takes over only once its predecessor is gone. Need /dev/kvm.
 
-use papervisor_tests::disks::{cold_plugged_disks, pattern, sectors_of_pattern, SECTOR};
-use papervisor_tests::{kvm_usable, skip_in_process, QmpClient, Vm};
+use papervisor_tests::disks::{cold_plugged_disks, pattern, sectors_of_pattern, Stress, SECTOR};
+use papervisor_tests::{copy_binary, kvm_usable, skip_in_process, QmpClient, Vm};
 use serde_json::json;
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -42,31 +42,11 @@ fn boot(scratch: &Path, extra: &[&str]) -> Vm {
 /// `fault` to the block process while they are, and checks the outcome:
 /// every request completed once, every read found its pattern.
 fn stress_through(vm: &mut Vm, round: usize, fault: &mut dyn FnMut(&Vm)) {
-    vm.console.send_line(&format!(
-        "blk stress 0 0 {AREA} {REQUESTS} {READ_SEED} {WRITE_SEED}"
-    ));
-    std::thread::sleep(Duration::from_millis(150));
-    assert!(
-        vm.console
-            .read_until_or_timeout("blk stress: ", Duration::ZERO)
-            .is_none(),
-        "round {round}: the stress ended before the fault; raise REQUESTS"
-    );
+    let args = format!("0 0 {AREA} {REQUESTS} {READ_SEED} {WRITE_SEED}");
+    Stress::start(&mut vm.console, &args);
     fault(vm);
-    vm.console
-        .read_until("blk stress: ", Duration::from_secs(120));
-    let outcome = vm.console.read_until("\n", Duration::from_secs(5));
-    let counts: Vec<u64> = outcome
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|word| word.parse().ok())
-        .collect();
-    // requests (writes, reads), lost, unexpected, mismatched, errors
-    let [requests, writes, reads, 0, 0, 0, 0] = counts[..] else {
-        panic!("round {round}: {outcome}");
-    };
-    assert_eq!(requests, REQUESTS, "round {round}: {outcome}");
-    assert_eq!(writes + reads, REQUESTS, "round {round}: {outcome}");
-    assert!(writes > 0 && reads > 0, "round {round}: {outcome}");
+    Stress::report(&mut vm.console, Duration::from_secs(120))
+        .assert_whole(REQUESTS, &format!("round {round}"));
 }
 
 /// The block process's row, once its successor runs after `restarts`.
@@ -178,9 +158,7 @@ fn every_request_completes_once_across_twenty_upgrades_of_the_block_process() {
     }
     let scratch = papervisor_tests::scratch_dir();
     // Two binaries, taken in turns: a copy, and the block program itself.
-    let copy = scratch.join("papervisor-block-next");
-    std::fs::copy(papervisor_tests::binary("papervisor-block"), &copy).expect("a copy");
-    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = copy_binary("papervisor-block", &scratch, "papervisor-block-next");
     let programs = [copy, papervisor_tests::binary("papervisor-block")];
     let mut vm = boot(&scratch, &[]);
     let mut qmp = QmpClient::connect(&vm.qmp_socket());
@@ -234,9 +212,7 @@ fn the_process_serving_the_disks_function_is_upgraded_and_killed_under_io() {
     let scratch = papervisor_tests::scratch_dir();
     let mut vm = boot(&scratch, &[]);
     let mut qmp = QmpClient::connect(&vm.qmp_socket());
-    let copy = scratch.join("papervisor-hotplug-next");
-    std::fs::copy(papervisor_tests::binary("papervisor-hotplug"), &copy).expect("a copy");
-    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = copy_binary("papervisor-hotplug", &scratch, "papervisor-hotplug-next");
     // The requests do not pass through the hotplug controller, but the
     // function's state does: its successor must see the device running.
     for round in 0..4 {

@@ -9,6 +9,7 @@
 //! core is still serving. `scripts/fault-matrix` prints the table. Needs
 //! root, /dev/kvm and the fault-injection build; says so when skipped.
 
+use papervisor_tests::disks::Stress;
 use papervisor_tests::{binary, root_and_kvm, scratch_dir, QmpClient, Vm};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -656,8 +657,7 @@ fn block_row(action: &str) {
             vm.console.command("blk write 0 512 512 31"),
             ["blk write: 512 sectors"]
         );
-        vm.console.send_line("blk stress 0 0 64 3000 31 32");
-        std::thread::sleep(Duration::from_millis(150));
+        Stress::start(&mut vm.console, "0 0 64 3000 31 32");
         let started = Instant::now();
         let pid = vm.device_process("block")["pid"].as_u64().expect("a pid");
         let signal = match action {
@@ -665,14 +665,9 @@ fn block_row(action: &str) {
             _ => nix::sys::signal::Signal::SIGSTOP,
         };
         papervisor_tests::send_signal(pid, signal);
-        vm.console.read_until("blk stress: ", GUEST_TIMEOUT);
-        let outcome = vm.console.read_until("\n", GUEST_TIMEOUT);
+        let stress = Stress::report(&mut vm.console, GUEST_TIMEOUT);
         let seconds = started.elapsed().as_secs_f64();
-        assert!(
-            outcome.contains("0 lost, 0 unexpected, 0 mismatched, 0 errors")
-                && outcome.starts_with("3000 requests"),
-            "{outcome}"
-        );
+        stress.assert_whole(3000, "blk stress");
         assert_eq!(
             vm.console.command("blk tagged 0 0 512 32"),
             ["blk tagged: 512 sectors, ok"]

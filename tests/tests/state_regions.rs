@@ -3,7 +3,7 @@
 //! and the guest and QMP see each outcome exactly once. These need root (the
 //! jail) and /dev/kvm; they say so when skipped.
 
-use papervisor_tests::{binary, root_and_kvm, QmpClient, Vm};
+use papervisor_tests::{binary, copy_binary, root_and_kvm, QmpClient, Vm};
 use serde_json::json;
 use std::time::Duration;
 
@@ -489,16 +489,6 @@ fn assert_a_jail_per_process(vm: &Vm) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// A copy of `name` at `dir/copy_name`, mode 0755.
-fn copy_binary(name: &str, dir: &std::path::Path, copy_name: &str) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let copy = dir.join(copy_name);
-    std::fs::copy(binary(name), &copy).expect("copy a binary");
-    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    copy
 }
 
 fn upgrade(qmp: &mut QmpClient, kind: &str, path: &std::path::Path) -> serde_json::Value {

@@ -318,7 +318,7 @@ impl VhostUserBackend for BlockBackend {
         let (region, file) = InflightRegion::create(queues, queue_size)?;
         *common::lock(&self.tracking) = Some(Tracking::new(region));
         let given = VhostUserInflight {
-            mmap_size: (usize::from(queues) * inflight::queue_bytes(queue_size)) as u64,
+            mmap_size: inflight::region_bytes(queues, queue_size) as u64,
             mmap_offset: 0,
             num_queues: queues,
             queue_size,

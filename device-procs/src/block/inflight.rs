@@ -52,6 +52,11 @@ pub fn queue_bytes(queue_size: u16) -> usize {
     (HEADER_BYTES + DESC_BYTES * usize::from(queue_size)).next_multiple_of(QUEUE_ALIGN)
 }
 
+/// The bytes of a region for `queues` queues of `queue_size` entries.
+pub fn region_bytes(queues: u16, queue_size: u16) -> usize {
+    usize::from(queues) * queue_bytes(queue_size)
+}
+
 /// What a successor must do to a queue before it serves new requests.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Recovery {
@@ -79,7 +84,7 @@ impl InflightRegion {
             nix::sys::memfd::memfd_create("inflight", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
                 .map_err(io::Error::from)?,
         );
-        let bytes = usize::from(queues) * queue_bytes(queue_size);
+        let bytes = region_bytes(queues, queue_size);
         file.set_len(bytes as u64)?;
         let region = InflightRegion::map(file.try_clone()?, 0, bytes, queues, queue_size)?;
         Ok((region, file))
@@ -94,7 +99,7 @@ impl InflightRegion {
         queues: u16,
         queue_size: u16,
     ) -> io::Result<InflightRegion> {
-        let expected = usize::from(queues) * queue_bytes(queue_size);
+        let expected = region_bytes(queues, queue_size);
         if bytes != expected as u64 || queues == 0 || queue_size == 0 {
             return Err(io::Error::other(format!(
                 "an inflight region of {bytes} bytes for {queues} queues of {queue_size} (expected {expected})"

@@ -11,7 +11,7 @@
 //!   every backend it is served to fails the disk instead of looping.
 
 use super::Vm;
-use crate::block::disks::{Backend, Progress};
+use crate::block::disks::{Backend, Disk, Progress};
 use crate::control::ControlMessage;
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,28 @@ pub(super) fn read_ring_index(regions: &[(u64, u64, u64)], guest: u64) -> Option
     }))
 }
 
+/// A disk's first queue as its rings say now.
+struct RingIndices {
+    /// The driver's available index.
+    available: u16,
+    /// The backend's used index.
+    used: u16,
+    /// The queue's entries.
+    size: u16,
+}
+
+/// The indices of `disk`'s first queue, if its driver started one in
+/// guest memory (`regions`).
+fn ring_indices(regions: &[(u64, u64, u64)], disk: &Disk) -> Option<RingIndices> {
+    let (_, queues) = disk.started.as_ref()?;
+    let queue = queues.first()?;
+    Some(RingIndices {
+        available: read_ring_index(regions, queue.driver.checked_add(2)?)?,
+        used: read_ring_index(regions, queue.device.checked_add(2)?)?,
+        size: queue.size,
+    })
+}
+
 impl Vm {
     /// The guest memory regions as `(guest start, size, host address)`.
     pub(super) fn ring_regions(&self) -> Vec<(u64, u64, u64)> {
@@ -54,25 +76,12 @@ impl Vm {
             .collect()
     }
 
-    /// `(available, used)` indices of the first queue of the disk at
-    /// `serial`, if its driver started one in guest memory.
-    fn ring_indices(&mut self, serial: u64) -> Option<(u16, u16)> {
-        let regions = self.ring_regions();
-        let disk = self.disks.by_serial(serial)?;
-        let (_, queues) = disk.started.as_ref()?;
-        let queue = queues.first()?;
-        Some((
-            read_ring_index(&regions, queue.driver.checked_add(2)?)?,
-            read_ring_index(&regions, queue.device.checked_add(2)?)?,
-        ))
-    }
-
     /// A backend of the disk at `serial` took its queue: progress counts
     /// from here. Starts the ticks that watch it, once.
     pub(super) fn watch_progress(&mut self, serial: u64) {
-        let used = self.ring_indices(serial).map(|(_, used)| used);
+        let regions = self.ring_regions();
         if let Some(disk) = self.disks.by_serial(serial) {
-            disk.progress = used.map(Progress::new);
+            disk.progress = ring_indices(&regions, disk).map(|rings| Progress::new(rings.used));
         }
         if self.disks.watched {
             return;
@@ -103,13 +112,13 @@ impl Vm {
     /// completed a request since it took the queue (and lived past a crash
     /// loop's span).
     pub(super) fn made_progress(&mut self, serial: u64) -> bool {
-        let used = self.ring_indices(serial).map(|(_, used)| used);
+        let regions = self.ring_regions();
         let Some(disk) = self.disks.by_serial(serial) else {
             return false;
         };
-        match (disk.progress.take(), used) {
-            (Some(progress), Some(used)) => {
-                used != progress.started_used && progress.started_at.elapsed() >= SHORT_LIFE
+        match (disk.progress.take(), ring_indices(&regions, disk)) {
+            (Some(progress), Some(rings)) => {
+                rings.used != progress.started_used && progress.started_at.elapsed() >= SHORT_LIFE
             }
             _ => false,
         }
@@ -119,35 +128,23 @@ impl Vm {
     /// completed none for the stall timeout is cut off as hung.
     pub(super) fn watch_disks(&mut self) {
         let timeout = self.stall_timeout();
-        let serials: Vec<u64> = self
-            .disks
-            .all_mut()
-            .iter()
-            .filter(|disk| disk.frontend.is_some() && disk.progress.is_some())
-            .filter(|disk| matches!(disk.backend, Backend::Process { .. }))
-            .map(|disk| disk.serial)
-            .collect();
+        let regions = self.ring_regions();
         let now = Instant::now();
-        for serial in serials {
-            let Some((available, used)) = self.ring_indices(serial) else {
+        for disk in self.disks.all_mut() {
+            if disk.frontend.is_none() || !matches!(disk.backend, Backend::Process { .. }) {
+                continue;
+            }
+            let Some(rings) = ring_indices(&regions, disk) else {
                 continue;
             };
-            let Some(disk) = self.disks.by_serial(serial) else {
-                continue;
-            };
-            let size = disk
-                .started
-                .as_ref()
-                .and_then(|(_, queues)| queues.first())
-                .map_or(0, |queue| queue.size);
             let Some(progress) = disk.progress.as_mut() else {
                 continue;
             };
-            let waiting = available.wrapping_sub(used);
+            let waiting = rings.available.wrapping_sub(rings.used);
             // More waiting than the ring holds is a driver's lie, which the
             // backend refuses to serve: not the backend's hang.
-            if used != progress.last_used || waiting == 0 || waiting > size {
-                progress.last_used = used;
+            if rings.used != progress.last_used || waiting == 0 || waiting > rings.size {
+                progress.last_used = rings.used;
                 progress.stalled_since = None;
                 continue;
             }
