@@ -234,3 +234,32 @@ fn the_process_serving_the_disks_function_is_upgraded_and_killed_under_io() {
     drop(vm);
     let _ = std::fs::remove_dir_all(scratch);
 }
+
+#[test]
+fn a_hung_block_process_is_upgraded_away_with_its_requests_served_once() {
+    let test = "a_hung_block_process_is_upgraded_away_with_its_requests_served_once";
+    if !kvm_usable(test) || skip_in_process(test, "stops and upgrades the block process") {
+        return;
+    }
+    let scratch = papervisor_tests::scratch_dir();
+    let copy = copy_binary("papervisor-block", &scratch, "papervisor-block-next");
+    // The core's watch would find it out only after the default 30 s: the
+    // operator's upgrade comes first.
+    let mut vm = boot(&scratch, &[]);
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    stress_through(&mut vm, 0, &mut |vm| {
+        let pid = vm.device_process("block")["pid"].as_u64().expect("a pid");
+        papervisor_tests::send_signal(pid, nix::sys::signal::Signal::SIGSTOP);
+        std::thread::sleep(Duration::from_millis(200));
+        let answer = qmp.execute(
+            "x-upgrade-device-process",
+            json!({"process": "block", "id": "vd0", "path": copy}),
+        );
+        assert!(answer["return"]["pid"].is_u64(), "{answer}");
+        assert!(!papervisor_tests::runs(pid), "the stopped one is gone");
+    });
+    check_patterns(&mut vm, &scratch);
+    drop(qmp);
+    drop(vm);
+    let _ = std::fs::remove_dir_all(scratch);
+}
