@@ -167,6 +167,20 @@ pub fn send_signal(pid: u64, signal: nix::sys::signal::Signal) {
         .unwrap_or_else(|error| panic!("cannot send {signal} to {pid}: {error}"));
 }
 
+/// The VM's log file once `complete` holds for it (at most 10 s): a line a
+/// process logged reaches the file through the core's log drain, a moment
+/// after the process wrote it.
+pub fn log_once(path: &Path, complete: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        if complete(&log) || Instant::now() > deadline {
+            return log;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A fresh, short directory for sockets (Unix socket paths are limited to 108 bytes).
 pub fn scratch_dir() -> PathBuf {
     static COUNTER: AtomicU32 = AtomicU32::new(0);

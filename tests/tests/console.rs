@@ -139,7 +139,7 @@ fn the_log_level_reaches_every_device_process() {
     let mut vm = Vm::start(&["--log-level", "debug", &log_file]);
     vm.boot();
     assert!(vm.console.command("time")[0].starts_with("time: "));
-    drop(vm);
+    quit(&mut vm);
     let log = std::fs::read_to_string(&debug_log).unwrap();
     for process in ["core", "rtas-server", "hotplug-controller", "event-log"] {
         assert!(
@@ -154,11 +154,18 @@ fn the_log_level_reaches_every_device_process() {
     let mut vm = Vm::start(&["--log-level", "info", &log_file]);
     vm.boot();
     assert!(vm.console.command("time")[0].starts_with("time: "));
-    drop(vm);
+    quit(&mut vm);
     let log = std::fs::read_to_string(&info_log).unwrap();
     assert!(log.contains("INFO  rtas-server]"), "{log}");
     assert!(!log.contains("DEBUG"), "{log}");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Ends the VM as an operator does, so its last log lines are flushed
+/// (a SIGKILL may lose what the log pipe still holds).
+fn quit(vm: &mut Vm) {
+    assert_eq!(vm.qmp(&["quit"])[0]["return"], serde_json::json!({}));
+    assert!(vm.wait_exit(Duration::from_secs(10)).success());
 }
 
 /// A second VM started on a running VM's console path is refused, and
