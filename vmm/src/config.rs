@@ -90,6 +90,51 @@ pub struct Cli {
     /// arguments: virtio-blk-pci,id=ID,drive=NODE[,addr=SLOT] (repeatable).
     #[arg(long, value_name = "DRIVER,KEY=VALUE,...")]
     pub device: Vec<String>,
+    /// Serve QMP on this inherited descriptor, a listening Unix socket
+    /// (how libvirt hands its monitor socket over).
+    #[arg(long, value_name = "FD", value_parser = clap::value_parser!(i32).range(3..))]
+    pub qmp_fd: Option<i32>,
+    /// No machine at all: serve QMP's descriptions of what this VMM offers
+    /// until `quit` (QEMU's `-machine none`, which management stacks run to
+    /// probe an emulator). Needs no /dev/kvm.
+    #[arg(long)]
+    pub no_machine: bool,
+    /// Start with the guest stopped (QMP status `prelaunch`) until `cont`.
+    #[arg(long)]
+    pub paused: bool,
+    /// When the guest powers off, stop (QMP status `shutdown`) and keep
+    /// serving QMP, instead of ending.
+    #[arg(long)]
+    pub no_shutdown: bool,
+    /// The VM's UUID, for QMP query-uuid.
+    #[arg(long, value_parser = parse_uuid)]
+    pub uuid: Option<String>,
+    /// The console's character-device id, as QMP query-chardev reports it.
+    #[arg(long, value_name = "ID", default_value = "console")]
+    pub console_id: String,
+    /// Write the core's pid here once QMP is served (removed at the end).
+    #[arg(long, value_name = "PATH")]
+    pub pidfile: Option<PathBuf>,
+    /// Detach once QMP is served: the command returns (0, or 1 if the VM
+    /// could not start) and the VM runs on in the background.
+    #[arg(long)]
+    pub daemonize: bool,
+}
+
+/// A UUID as QEMU takes it: 8-4-4-4-12 hexadecimal digits.
+fn parse_uuid(text: &str) -> Result<String, String> {
+    let groups: Vec<&str> = text.split('-').collect();
+    let lengths: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+    if lengths != [8, 4, 4, 4, 12]
+        || !groups
+            .iter()
+            .all(|g| g.chars().all(|c| c.is_ascii_hexdigit()))
+    {
+        return Err(format!(
+            "'{text}' is not a UUID (8-4-4-4-12 hexadecimal digits)"
+        ));
+    }
+    Ok(text.to_ascii_lowercase())
 }
 
 /// A VM name: short and printable, as it goes into QMP and logs.
@@ -142,6 +187,8 @@ pub enum ConsoleConfig {
     Stdio,
     /// A Unix socket at this path, one client at a time.
     Socket(PathBuf),
+    /// A pseudo-terminal the core opens; QMP query-chardev names it.
+    Pty,
 }
 
 /// Why a command line is refused.
@@ -364,10 +411,11 @@ impl MemoryConfig {
 }
 
 impl ConsoleConfig {
-    /// Parses `stdio` or a socket path.
+    /// Parses `stdio`, `pty` or a socket path.
     pub fn parse(text: &str) -> Result<ConsoleConfig, ConfigError> {
         match text {
             "stdio" => Ok(ConsoleConfig::Stdio),
+            "pty" => Ok(ConsoleConfig::Pty),
             "" => Err(ConfigError::Invalid("the console path is empty".into())),
             path => Ok(ConsoleConfig::Socket(PathBuf::from(path))),
         }
@@ -396,6 +444,14 @@ pub struct VmConfig {
     pub sandbox: crate::devices::Sandbox,
     /// `--name`.
     pub name: Option<String>,
+    /// `--uuid`.
+    pub uuid: Option<String>,
+    /// `--paused`.
+    pub paused: bool,
+    /// `--no-shutdown`.
+    pub no_shutdown: bool,
+    /// `--console-id`.
+    pub console_id: String,
     /// The uid and gid asked for on the command line.
     pub uid: Option<u32>,
     /// The gid the device processes run as (`--gid`), if given.
@@ -451,6 +507,12 @@ impl VmConfig {
                 )));
             }
         }
+        if !crate::request::valid_id(&cli.console_id) || cli.console_id.len() > 64 {
+            return Err(ConfigError::Invalid(format!(
+                "--console-id {}: an identifier (a letter, then letters, digits, '-', '.' or '_') of at most 64 characters",
+                cli.console_id
+            )));
+        }
         let guest_image = match &cli.guest {
             None => GuestImage::BuiltIn,
             Some(path) => {
@@ -490,7 +552,7 @@ impl VmConfig {
         };
         let console_socket = match &cli.console {
             ConsoleConfig::Socket(path) => Some(claim("--console", path)?),
-            ConsoleConfig::Stdio => None,
+            ConsoleConfig::Stdio | ConsoleConfig::Pty => None,
         };
         let qmp_socket = cli
             .qmp
@@ -520,6 +582,10 @@ impl VmConfig {
                 log_file: None,
             },
             name: cli.name,
+            uuid: cli.uuid,
+            paused: cli.paused,
+            no_shutdown: cli.no_shutdown,
+            console_id: cli.console_id,
             uid: cli.uid,
             gid: cli.gid,
             block_stall_timeout: cli

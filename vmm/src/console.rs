@@ -44,6 +44,9 @@ pub enum ConsoleError {
     /// The terminal cannot be put in raw mode (stdio console).
     #[error("cannot put the terminal in raw mode")]
     Terminal(#[source] nix::Error),
+    /// No pseudo-terminal can be opened (pty console).
+    #[error("cannot open a pseudo-terminal for the console")]
+    Pty(#[source] nix::Error),
 }
 
 /// The stdio terminal in raw mode (no echo, no line editing, Ctrl-C a byte
@@ -111,6 +114,8 @@ impl EscapeScanner {
 
 enum Target {
     Stdout,
+    /// A pseudo-terminal's master side.
+    Pty(std::fs::File),
     /// The connected client, if any, with its number.
     Socket(Option<(u64, UnixStream)>),
 }
@@ -176,11 +181,11 @@ impl Console {
     /// Drains the backlog to stdout or the client, outside any vCPU.
     fn write_loop(&self) {
         loop {
-            let (chunk, mut client) = {
+            let (chunk, mut client, pty) = {
                 let mut output = lock(&self.output);
                 loop {
                     let writable = match &output.target {
-                        Target::Stdout => true,
+                        Target::Stdout | Target::Pty(_) => true,
                         Target::Socket(client) => client.is_some(),
                     };
                     if writable && !output.backlog.is_empty() {
@@ -202,11 +207,16 @@ impl Console {
                     }
                     _ => None,
                 };
-                (chunk, client)
+                let pty = match &output.target {
+                    Target::Pty(master) => master.try_clone().ok(),
+                    _ => None,
+                };
+                (chunk, client, pty)
             };
-            let written = match client.as_mut() {
-                Some((_, stream)) => stream.write_all(&chunk),
-                None => {
+            let written = match (client.as_mut(), pty) {
+                (Some((_, stream)), _) => stream.write_all(&chunk),
+                (None, Some(mut master)) => master.write_all(&chunk),
+                (None, None) => {
                     let mut stdout = std::io::stdout().lock();
                     stdout.write_all(&chunk).and_then(|()| stdout.flush())
                 }
@@ -229,7 +239,7 @@ impl Console {
                         }
                     }
                     // Nowhere to write: the bytes are gone with stdout.
-                    Target::Stdout => {}
+                    Target::Stdout | Target::Pty(_) => {}
                 }
             }
         }
@@ -300,6 +310,40 @@ impl Console {
             })
             .map_err(ConsoleError::Thread)?;
         Ok(console)
+    }
+
+    /// A console on a new pseudo-terminal, in raw mode, and its path:
+    /// output to its master side, input from it. The core holds the other
+    /// side open too, so that the master never ends (EIO) between two users
+    /// of the terminal, such as two `virsh console` sessions.
+    pub fn pty(interrupt: EventFd) -> Result<(Arc<Console>, PathBuf), ConsoleError> {
+        use nix::fcntl::{open, OFlag};
+        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+        let terminal = |source: nix::Error| ConsoleError::Pty(source);
+        let flags = OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+        let master = nix::pty::posix_openpt(flags).map_err(terminal)?;
+        nix::pty::grantpt(&master).map_err(terminal)?;
+        nix::pty::unlockpt(&master).map_err(terminal)?;
+        let path = PathBuf::from(nix::pty::ptsname_r(&master).map_err(terminal)?);
+        let peer = open(&path, flags, nix::sys::stat::Mode::empty()).map_err(terminal)?;
+        let mut raw = tcgetattr(&peer).map_err(terminal)?;
+        cfmakeraw(&mut raw);
+        tcsetattr(&peer, SetArg::TCSANOW, &raw).map_err(terminal)?;
+        let master = std::fs::File::from(std::os::fd::OwnedFd::from(master));
+        let reader = master.try_clone().map_err(ConsoleError::Thread)?;
+        let console = Console::new(Target::Pty(master), interrupt);
+        console.start_writer()?;
+        let pump = Arc::clone(&console);
+        thread::Builder::new()
+            .name("console-pty".into())
+            .spawn(move || {
+                crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Console);
+                // Held for as long as the master is read.
+                let _peer = peer;
+                pump.pump(reader)
+            })
+            .map_err(ConsoleError::Thread)?;
+        Ok((console, path))
     }
 
     fn accept_loop(self: Arc<Self>, listener: UnixListener) {

@@ -3,7 +3,7 @@
 //! controller's; this table only knows what device sits in each slot.
 
 use crate::config::SmpConfig;
-use crate::request::QmpError;
+use crate::request::{valid_id, QmpError};
 use ipc_proto::papr::{DrcIndex, DrcKind};
 
 /// The QMP driver name of a core (QEMU's for the host CPU model).
@@ -30,15 +30,6 @@ pub struct Cores {
 
 fn generic(desc: String) -> QmpError {
     QmpError::generic(desc)
-}
-
-/// QEMU's rule for ids: a letter, then letters, digits, '-', '.', '_'.
-pub fn valid_id(id: &str) -> bool {
-    id.len() <= 128
-        && id.starts_with(|c: char| c.is_ascii_alphabetic())
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
 }
 
 impl Cores {

@@ -55,7 +55,11 @@ pub struct Dimm {
 impl Dimm {
     /// The QOM path: also the device's name at the hotplug controller.
     pub fn path(&self) -> String {
-        format!("/machine/peripheral/{}", self.id)
+        if is_anonymous(&self.id) {
+            format!("/machine/peripheral-anon/{}", self.id)
+        } else {
+            format!("/machine/peripheral/{}", self.id)
+        }
     }
 
     /// Its LMB DRCs, one per 256 MiB, in address order.
@@ -65,6 +69,17 @@ impl Dimm {
             .filter_map(|i| DrcIndex::new(DrcKind::Lmb, first + i))
             .collect()
     }
+}
+
+/// The name a DIMM plugged without an id goes by: QEMU's
+/// `device[N]`, which no client id can be (ids do not take brackets).
+pub fn anonymous_id(number: u64) -> String {
+    format!("device[{number}]")
+}
+
+/// Whether `id` is one [`anonymous_id`] made.
+pub fn is_anonymous(id: &str) -> bool {
+    id.starts_with("device[")
 }
 
 /// The memory backends and the DIMMs they back; `M` is what backs a backend.
@@ -144,6 +159,7 @@ impl<M> Dimms<M> {
         id: &str,
         memdev: &str,
         addr: Option<u64>,
+        slot: Option<u32>,
     ) -> Result<Dimm, QmpError> {
         if self.dimms.contains_key(id) {
             return Err(refused(format!("Duplicate device ID '{id}'")));
@@ -162,14 +178,28 @@ impl<M> Dimms<M> {
                 "Hotplugged memory size must be a multiple of 256 MB (memdev '{memdev}' has {size} bytes)"
             )));
         }
-        let slot = (0..self.slots)
-            .find(|slot| self.dimms.values().all(|d| d.slot != *slot))
-            .ok_or_else(|| {
-                refused(format!(
-                    "all {} memory slots are in use (--memory slots)",
-                    self.slots
-                ))
-            })?;
+        let free_slot = |slot: &u32| self.dimms.values().all(|d| d.slot != *slot);
+        let slot = match slot {
+            Some(slot) if slot >= self.slots => {
+                return Err(refused(format!(
+                    "'{DIMM_DRIVER}.slot' can't be {slot}: this machine has slots 0 to {} (--memory slots)",
+                    self.slots.saturating_sub(1)
+                )))
+            }
+            Some(slot) if !free_slot(&slot) => {
+                return Err(refused(format!(
+                    "slot {slot} is busy with another DIMM"
+                )))
+            }
+            Some(slot) => Some(slot),
+            None => (0..self.slots).find(free_slot),
+        };
+        let slot = slot.ok_or_else(|| {
+            refused(format!(
+                "all {} memory slots are in use (--memory slots)",
+                self.slots
+            ))
+        })?;
         let (start, end) = self.area;
         let free = |at: u64| {
             at >= start
@@ -264,6 +294,11 @@ impl<M> Dimms<M> {
         Some(dimm)
     }
 
+    /// Every backend, by id.
+    pub fn backends(&self) -> impl Iterator<Item = (&String, &Backend<M>)> {
+        self.backends.iter()
+    }
+
     /// The plugged DIMMs, in address order.
     pub fn plugged_dimms(&self) -> Vec<&Dimm> {
         let mut dimms: Vec<&Dimm> = self.dimms.values().collect();
@@ -297,11 +332,11 @@ mod tests {
         let mut d = dimms();
         d.add_backend("m0", GIB / 2, ()).unwrap();
         d.add_backend("m1", GIB, ()).unwrap();
-        let first = d.prepare_plug("dimm0", "m0", None).unwrap();
+        let first = d.prepare_plug("dimm0", "m0", None, None).unwrap();
         assert_eq!((first.addr, first.slot), (GIB, 0));
         assert_eq!(first.drcs(), [DrcIndex(0x8000_0004), DrcIndex(0x8000_0005)]);
         d.plugged(first);
-        let second = d.prepare_plug("dimm1", "m1", None).unwrap();
+        let second = d.prepare_plug("dimm1", "m1", None, None).unwrap();
         assert_eq!((second.addr, second.slot), (GIB + GIB / 2, 1));
         d.plugged(second);
         assert_eq!(d.plugged_bytes(), GIB + GIB / 2);
@@ -317,7 +352,7 @@ mod tests {
         let gone = d.remove_released("/machine/peripheral/dimm0").unwrap();
         assert_eq!(gone.id, "dimm0");
         // Its slot, its place and its backend are free again.
-        let again = d.prepare_plug("dimm0", "m0", None).unwrap();
+        let again = d.prepare_plug("dimm0", "m0", None, None).unwrap();
         assert_eq!((again.addr, again.slot), (GIB, 0));
         assert!(d.remove_backend("m0").is_ok());
     }
@@ -329,20 +364,20 @@ mod tests {
         d.add_backend("big", 4 * GIB, ()).unwrap();
         d.add_backend("m", GIB, ()).unwrap();
         let error = |r: Result<Dimm, QmpError>| r.unwrap_err().desc;
-        assert!(error(d.prepare_plug("x", "odd", None)).contains("multiple of 256 MB"));
-        assert!(error(d.prepare_plug("x", "big", None)).contains("not enough space"));
-        assert!(error(d.prepare_plug("x", "none", None)).contains("can't find value 'none'"));
-        assert!(error(d.prepare_plug("x", "m", Some(GIB + 1))).contains("not aligned"));
-        assert!(error(d.prepare_plug("x", "m", Some(0))).contains("not free device memory"));
-        assert!(error(d.prepare_plug("x", "m", Some(5 * GIB / 2))).contains("not free"));
-        let placed = d.prepare_plug("x", "m", Some(2 * GIB)).unwrap();
+        assert!(error(d.prepare_plug("x", "odd", None, None)).contains("multiple of 256 MB"));
+        assert!(error(d.prepare_plug("x", "big", None, None)).contains("not enough space"));
+        assert!(error(d.prepare_plug("x", "none", None, None)).contains("can't find value 'none'"));
+        assert!(error(d.prepare_plug("x", "m", Some(GIB + 1), None)).contains("not aligned"));
+        assert!(error(d.prepare_plug("x", "m", Some(0), None)).contains("not free device memory"));
+        assert!(error(d.prepare_plug("x", "m", Some(5 * GIB / 2), None)).contains("not free"));
+        let placed = d.prepare_plug("x", "m", Some(2 * GIB), None).unwrap();
         d.plugged(placed);
-        assert!(error(d.prepare_plug("x", "m", None)).contains("Duplicate device ID"));
-        assert!(error(d.prepare_plug("y", "m", None)).contains("busy memdev"));
+        assert!(error(d.prepare_plug("x", "m", None, None)).contains("Duplicate device ID"));
+        assert!(error(d.prepare_plug("y", "m", None, None)).contains("busy memdev"));
         d.add_backend("m2", GIB / 4, ()).unwrap();
         d.add_backend("m3", GIB / 4, ()).unwrap();
-        d.plugged(d.prepare_plug("y", "m2", None).unwrap());
-        assert!(error(d.prepare_plug("z", "m3", None)).contains("memory slots are in use"));
+        d.plugged(d.prepare_plug("y", "m2", None, None).unwrap());
+        assert!(error(d.prepare_plug("z", "m3", None, None)).contains("memory slots are in use"));
         assert!(d
             .add_backend("m", GIB, ())
             .unwrap_err()

@@ -11,6 +11,7 @@ pub mod config;
 pub mod console;
 pub mod control;
 pub mod cores;
+pub mod daemon;
 pub mod devices;
 pub mod dimms;
 pub mod fdt;

@@ -1,7 +1,7 @@
 //! `papervisor`: the core process.
 
 use vmm::{
-    config, console, devices, logging, machine, qmp, runtime, seccomp, signals, sockets, vcpu,
+    config, console, daemon, devices, logging, machine, qmp, runtime, seccomp, signals, vcpu,
 };
 
 use config::Cli;
@@ -20,6 +20,32 @@ fn main() -> ExitCode {
     let cli: Cli = match common::parse_cli("papervisor") {
         Ok(cli) => cli,
         Err(exit) => return exit,
+    };
+    // Before any thread starts: the parent waits for the child to serve.
+    let detached = if cli.daemonize {
+        match daemon::daemonize() {
+            Ok(detached) => Some(detached),
+            Err(error) => {
+                eprintln!("papervisor: cannot detach: {error}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        }
+    } else {
+        None
+    };
+    let no_machine = cli.no_machine;
+    let qmp_fd = cli.qmp_fd;
+    let pid_file = match cli
+        .pidfile
+        .as_deref()
+        .map(daemon::PidFile::write)
+        .transpose()
+    {
+        Ok(pid_file) => pid_file,
+        Err(error) => {
+            eprintln!("papervisor: {error}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
     };
     let log_level = cli
         .log_level
@@ -72,6 +98,23 @@ fn main() -> ExitCode {
         }
     };
     config.cold_plugs = cold_plugs;
+    // The QMP listener: the socket claimed at its path, or the one handed
+    // over; either way a descriptor no device process inherits.
+    let qmp_listener = match (&config.qmp_socket, qmp_fd) {
+        (Some(socket), _) => socket
+            .listener()
+            .map(Some)
+            .map_err(|error| format!("cannot serve QMP on {}: {error}", socket.path().display())),
+        (None, Some(fd)) => daemon::inherited_listener(fd).map(Some),
+        (None, None) => Ok(None),
+    };
+    let qmp_listener = match qmp_listener {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("papervisor: {error}");
+            return ExitCode::from(common::EXIT_USAGE);
+        }
+    };
     config.sandbox.log_level = log::max_level();
     config.sandbox.log_file = Some(shared_log);
     raise_descriptor_limit();
@@ -105,6 +148,27 @@ fn main() -> ExitCode {
     // Set before any thread starts: each installs its filter in this mode
     // (one that starts before would install none).
     seccomp::set_mode(&config.sandbox.seccomp);
+    if no_machine {
+        let log_drain = match log_pipe.drain_into(log_file) {
+            Ok(drain) => drain,
+            Err(error) => {
+                eprintln!("papervisor: cannot start the log thread: {error}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        };
+        let sockets = config.qmp_socket.take();
+        let result = serve_without_machine(&config, signals, qmp_listener, detached);
+        drop(sockets);
+        drop(pid_file);
+        log_drain.flush(LOG_FLUSH);
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("papervisor: {error}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        };
+    }
     // What the device processes run as, and where their jails go: fixed
     // before the spawner starts, since it takes them from its command line.
     let runtime = match claim_runtime(&mut config) {
@@ -152,14 +216,15 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_FAILURE);
             }
         },
-        config::ConsoleConfig::Socket(_) => None,
+        config::ConsoleConfig::Socket(_) | config::ConsoleConfig::Pty => None,
     };
     // Sockets this VM bound go when it ends, and only those.
     let sockets = (config.console_socket.take(), config.qmp_socket.take());
-    let result = run(config, signals, sockets.1.as_ref(), sockets.0.as_ref());
+    let result = run(config, signals, qmp_listener, sockets.0.as_ref(), detached);
     drop(terminal);
     drop(sockets);
     drop(runtime);
+    drop(pid_file);
     let exit = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -248,22 +313,69 @@ fn claim_runtime(
 fn run(
     config: config::VmConfig,
     signals: signals::Blocked,
-    qmp_socket: Option<&sockets::ClaimedSocket>,
-    console_socket: Option<&sockets::ClaimedSocket>,
+    qmp_listener: Option<std::os::unix::net::UnixListener>,
+    console_socket: Option<&vmm::sockets::ClaimedSocket>,
+    detached: Option<daemon::Detached>,
 ) -> Result<(), Box<dyn Error>> {
     let qmp = std::sync::Arc::new(qmp::QmpServer::default());
     let vm = machine::Vm::new(config, console_socket, std::sync::Arc::clone(&qmp))?;
     signals.forward_to(vm.qmp_context().control)?;
-    if let Some(socket) = qmp_socket {
-        let serving = socket
-            .listener()
-            .and_then(|listener| qmp.serve(listener, vm.qmp_context()));
-        serving
-            .map_err(|error| format!("cannot serve QMP on {}: {error}", socket.path().display()))?;
+    if let Some(listener) = qmp_listener {
+        qmp.serve(listener, vm.qmp_context())
+            .map_err(|error| format!("cannot serve QMP: {error}"))?;
+    }
+    if let Some(detached) = detached {
+        detached.serving();
     }
     // Set up: from here this thread is the control loop, under its filter.
     seccomp::confine_thread(seccomp::ThreadKind::Control)?;
     Ok(vm.run()?)
+}
+
+/// `--no-machine`: QMP alone, its descriptions of this VMM answered and
+/// every command that needs a machine refused, until `quit` or a signal.
+fn serve_without_machine(
+    config: &config::VmConfig,
+    signals: signals::Blocked,
+    qmp_listener: Option<std::os::unix::net::UnixListener>,
+    detached: Option<daemon::Detached>,
+) -> Result<(), Box<dyn Error>> {
+    use vmm::control::ControlMessage;
+    let (control, inbox) = std::sync::mpsc::channel();
+    let cpus = std::sync::Arc::new(vcpu::CpuTable::new(0));
+    cpus.set_status(vcpu::RunStatus::Prelaunch);
+    let context = qmp::QmpContext {
+        control: control.clone(),
+        cpus,
+        name: config.name.clone(),
+        uuid: config.uuid.clone(),
+        machine: false,
+        kvm_present: qmp::kvm_present(),
+        migration_events: Default::default(),
+    };
+    signals.forward_to(control)?;
+    let qmp = std::sync::Arc::new(qmp::QmpServer::default());
+    if let Some(listener) = qmp_listener {
+        qmp.serve(listener, context)
+            .map_err(|error| format!("cannot serve QMP: {error}"))?;
+    }
+    if let Some(detached) = detached {
+        detached.serving();
+    }
+    log::info!("no machine: serving QMP only");
+    seccomp::confine_thread(seccomp::ThreadKind::Control)?;
+    for message in inbox {
+        match message {
+            ControlMessage::Quit | ControlMessage::HostSignal(_) => break,
+            ControlMessage::Qmp { reply, .. } => {
+                let _ = reply.send(Err(vmm::request::QmpError::generic(
+                    "this command needs a machine, and there is none (-machine none)",
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// vCPU threads are kicked out of KVM_RUN with a signal; it must not kill us.

@@ -73,6 +73,10 @@ pub struct BackendMemory {
     pub memfd: std::fs::File,
     /// Its mapping and KVM slot, while a DIMM it backs is plugged.
     pub plugged: Option<DimmMemory>,
+    /// object-add's `prealloc`: the memfd was allocated in full.
+    pub prealloc: bool,
+    /// object-add's `share`, reported back by query-memdev.
+    pub share: bool,
 }
 
 /// A DIMM's memory as the core holds it: its backend's memfd, mapped, and

@@ -10,6 +10,15 @@ use ipc_proto::control::{ArmedFault, Fault};
 use ipc_proto::ProcessKind;
 use std::path::PathBuf;
 
+/// QEMU's rule for ids: a letter, then letters, digits, '-', '.', '_'.
+pub fn valid_id(id: &str) -> bool {
+    id.len() <= 128
+        && id.starts_with(|c: char| c.is_ascii_alphabetic())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+}
+
 /// A QMP error: QEMU's class and a message. Every domain's error becomes
 /// one of these (`From`), once, where it reaches QMP.
 #[derive(Debug, PartialEq, Eq)]
@@ -72,6 +81,8 @@ pub enum DeviceAdd {
         memdev: String,
         /// Where it goes, if the client says.
         addr: Option<u64>,
+        /// Its slot, if the client says.
+        slot: Option<u32>,
     },
     /// A virtio-blk-pci disk.
     VirtioBlk {
@@ -114,6 +125,12 @@ pub struct BackendAdd {
     pub id: String,
     /// Its size in bytes (checked against device memory later).
     pub size: u64,
+    /// Its memory is allocated now, not as the guest touches it.
+    pub prealloc: bool,
+    /// QEMU's `share`: reported back only (a backend's memory is always
+    /// shared with the device processes that map it; the guest sees no
+    /// difference).
+    pub share: bool,
 }
 
 /// blockdev-add of a raw image.
@@ -161,6 +178,10 @@ pub enum Query {
     Pci,
     /// query-chardev.
     Chardev,
+    /// query-memdev.
+    Memdev,
+    /// query-named-block-nodes.
+    NamedBlockNodes,
 }
 
 /// A QMP command that needs the machine, its arguments parsed.

@@ -88,11 +88,38 @@ impl VcpuControl {
     }
 }
 
+/// Whether the vCPUs run, and why not: QEMU's `RunState`s that this
+/// machine has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunStatus {
+    /// The guest runs.
+    Running,
+    /// QMP `stop`.
+    Paused,
+    /// Started with `--paused`: not run yet, until `cont`.
+    Prelaunch,
+    /// The guest powered off under `--no-shutdown`.
+    Shutdown,
+}
+
+impl RunStatus {
+    /// Its QMP name.
+    pub const fn qmp_name(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Paused => "paused",
+            RunStatus::Prelaunch => "prelaunch",
+            RunStatus::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// Every vCPU's shared state, indexed by vCPU id.
 pub struct CpuTable {
     vcpus: Vec<VcpuControl>,
-    /// QMP `stop`: every vCPU holds before its next KVM_RUN until `cont`.
-    paused: Mutex<bool>,
+    /// Anything but running: every vCPU holds before its next KVM_RUN
+    /// until `cont`.
+    status: Mutex<RunStatus>,
     resumed: Condvar,
 }
 
@@ -109,7 +136,7 @@ impl CpuTable {
     pub fn new(count: u32) -> CpuTable {
         CpuTable {
             vcpus: (0..count).map(|_| VcpuControl::new()).collect(),
-            paused: Mutex::new(false),
+            status: Mutex::new(RunStatus::Running),
             resumed: Condvar::new(),
         }
     }
@@ -117,13 +144,27 @@ impl CpuTable {
     /// Pauses (`true`) or resumes the guest. Pausing returns at once; each
     /// vCPU holds at its next exit ([`VcpuHandle::wait_paused`]).
     pub fn set_paused(&self, paused: bool) {
-        *lock(&self.paused) = paused;
+        self.set_status(if paused {
+            RunStatus::Paused
+        } else {
+            RunStatus::Running
+        });
+    }
+
+    /// Holds the vCPUs (or lets them go) for `status`'s reason.
+    pub fn set_status(&self, status: RunStatus) {
+        *lock(&self.status) = status;
         self.resumed.notify_all();
     }
 
     /// Whether QMP stopped the vCPUs.
     pub fn is_paused(&self) -> bool {
-        *lock(&self.paused)
+        self.status() != RunStatus::Running
+    }
+
+    /// What QMP `query-status` says.
+    pub fn status(&self) -> RunStatus {
+        *lock(&self.status)
     }
 
     /// Marks vCPU `id` as plugged (or not).
@@ -384,8 +425,8 @@ impl Vcpu {
     fn hold_while_paused(&self) {
         let control = self.control();
         let table = &self.context.cpus;
-        let mut paused = lock(&table.paused);
-        if !*paused {
+        let mut paused = lock(&table.status);
+        if *paused == RunStatus::Running {
             return;
         }
         control.holding.store(true, Ordering::SeqCst);
@@ -393,7 +434,7 @@ impl Vcpu {
             let _state = lock(&control.state);
             control.changed.notify_all();
         }
-        while *paused && !control.park_requested.load(Ordering::SeqCst) {
+        while *paused != RunStatus::Running && !control.park_requested.load(Ordering::SeqCst) {
             paused = table
                 .resumed
                 .wait_timeout(paused, Duration::from_millis(5))

@@ -9,6 +9,7 @@ pub mod inflight_region;
 pub mod ipc_frames;
 pub mod pci_bridge;
 pub mod pci_config;
+pub mod qemu_command_line;
 pub mod qmp;
 pub mod rtas_call;
 pub mod seeds;
@@ -20,7 +21,7 @@ pub mod virtio_common;
 pub type Target = fn(&[u8]);
 
 /// Every target, by name (the name of its corpus directory too).
-pub const TARGETS: [(&str, Target); 12] = [
+pub const TARGETS: [(&str, Target); 13] = [
     ("ipc_frames", ipc_frames::fuzz),
     ("rtas_call", rtas_call::fuzz),
     ("qmp", qmp::fuzz),
@@ -33,6 +34,7 @@ pub const TARGETS: [(&str, Target); 12] = [
     ("pci_bridge", pci_bridge::fuzz),
     ("vhost_user_replies", vhost_user_replies::fuzz),
     ("inflight_region", inflight_region::fuzz),
+    ("qemu_command_line", qemu_command_line::fuzz),
 ];
 
 /// The target called `name`.

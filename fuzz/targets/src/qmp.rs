@@ -32,6 +32,10 @@ fn context() -> &'static QmpContext {
             control,
             cpus: Arc::new(vmm::vcpu::CpuTable::new(1)),
             name: Some("fuzz".into()),
+            uuid: None,
+            machine: true,
+            kvm_present: true,
+            migration_events: Default::default(),
         }
     })
 }

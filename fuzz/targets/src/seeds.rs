@@ -189,6 +189,61 @@ fn qmp() -> Vec<Vec<u8>> {
             r#"{"execute": "device_del", "arguments": {"id": "c1"}}"#,
         )),
         text(r#"{"execute": "query-version", "id": {"a": [1, {"b": null}]}}"#),
+        // What libvirt 9.0 asks: its probe, then a DIMM as it plugs one.
+        text(concat!(
+            r#"{"execute":"qmp_capabilities","id":"libvirt-1"}"#,
+            r#"{"execute":"qom-list-types","id":"libvirt-7"}"#,
+            r#"{"execute":"device-list-properties","arguments":{"typename":"pc-dimm"},"id":"libvirt-8"}"#,
+            r#"{"execute":"qom-list-properties","arguments":{"typename":"memory-backend-file"},"id":"libvirt-18"}"#,
+            r#"{"execute":"query-command-line-options","arguments":{"option":"machine"}}"#,
+            r#"{"execute":"migrate-set-capabilities","arguments":{"capabilities":[{"capability":"events","state":true}]}}"#,
+            r#"{"execute":"qom-list","arguments":{"path":"/machine/peripheral"}}"#,
+            r#"{"execute":"object-add","arguments":{"qom-type":"memory-backend-ram","id":"memdimm0","props":{"size":268435456}}}"#,
+            r#"{"execute":"device_add","arguments":{"driver":"pc-dimm","memdev":"memdimm0","id":"dimm0","slot":0,"node":0}}"#,
+        )),
+    ]
+}
+
+/// libvirt's command lines: its probe, and a domain's start.
+fn qemu_command_line() -> Vec<Vec<u8>> {
+    let line = |words: &[&str]| words.join("\0").into_bytes();
+    vec![
+        line(&[
+            "-S",
+            "-no-user-config",
+            "-nodefaults",
+            "-nographic",
+            "-machine",
+            "none,accel=kvm:tcg",
+            "-qmp",
+            "unix:/q,server=on,wait=off",
+            "-pidfile",
+            "/p",
+            "-daemonize",
+        ]),
+        line(&[
+            "-name",
+            "guest=pv1,debug-threads=on",
+            "-S",
+            "-object",
+            r#"{"qom-type":"secret","id":"masterKey0","format":"raw","file":"/k"}"#,
+            "-machine",
+            "pseries,usb=off,dump-guest-core=off",
+            "-accel",
+            "tcg",
+            "-m",
+            "size=524288k,slots=4,maxmem=2097152k",
+            "-smp",
+            "1,maxcpus=4,sockets=4,cores=1,threads=1",
+            "-chardev",
+            "socket,id=charmonitor,fd=31,server=on,wait=off",
+            "-mon",
+            "chardev=charmonitor,id=monitor,mode=control",
+            "-chardev",
+            "pty,id=charserial0",
+            "-device",
+            r#"{"driver":"spapr-vty","chardev":"charserial0","id":"serial0","reg":805306368}"#,
+        ]),
     ]
 }
 
@@ -418,6 +473,7 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
         "ipc_frames" => ipc_frames(),
         "rtas_call" => rtas_call(),
         "qmp" => qmp(),
+        "qemu_command_line" => qemu_command_line(),
         "event_roundtrip" => vec![vec![0; 40], vec![3; 40], vec![4; 40], (0..40).collect()],
         "spawner_requests" => spawner_requests(),
         "pci_config" => pci_config(),

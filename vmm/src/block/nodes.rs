@@ -162,6 +162,17 @@ impl Nodes {
         }
     }
 
+    /// query-named-block-nodes: each node's `inserted` of query-block.
+    pub fn query_named(&self) -> Value {
+        match self.query() {
+            Value::Array(blocks) => blocks
+                .into_iter()
+                .map(|mut block| block["inserted"].take())
+                .collect(),
+            other => other,
+        }
+    }
+
     /// query-block: every node, in QEMU's `BlockInfo` shape (a node no
     /// device uses has an empty `qdev`).
     pub fn query(&self) -> Value {

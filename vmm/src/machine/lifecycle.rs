@@ -18,7 +18,7 @@ use crate::layout::{MemoryLayout, FDT_MAX_SIZE, FDT_START, GUEST_IMAGE_START, KV
 use crate::memory::GuestRam;
 use crate::qmp::QmpServer;
 use crate::request::QmpError;
-use crate::vcpu::{CpuTable, StartPoint, VcpuContext};
+use crate::vcpu::{CpuTable, RunStatus, StartPoint, VcpuContext};
 use ipc_proto::link::core_eventlog;
 use ipc_proto::link::core_hotplug::{self, DrcRange};
 use ipc_proto::papr::{irq, DrcKind, LMB_SIZE};
@@ -165,6 +165,7 @@ impl Vm {
         let interrupts = Arc::new(InterruptRouter::new(Arc::clone(&vm_fd))?);
         let vty_interrupt = interrupts.eventfd(irq::VTY)?;
         let (control, inbox) = channel();
+        let mut console_filename = "stdio".to_string();
         let console = match &config.console {
             ConsoleConfig::Stdio => {
                 let control = control.clone();
@@ -172,8 +173,17 @@ impl Vm {
                     let _ = control.send(ControlMessage::ConsoleQuit);
                 })?
             }
+            ConsoleConfig::Pty => {
+                let (console, path) = Console::pty(vty_interrupt)?;
+                log::info!("console on {}", path.display());
+                console_filename = format!("pty:{}", path.display());
+                console
+            }
             ConsoleConfig::Socket(path) => match console_socket {
-                Some(socket) => Console::socket(socket, vty_interrupt)?,
+                Some(socket) => {
+                    console_filename = format!("unix:{},server=on", path.display());
+                    Console::socket(socket, vty_interrupt)?
+                }
                 None => {
                     return Err(VmError::Console(ConsoleError::Bind {
                         path: path.clone(),
@@ -241,6 +251,15 @@ impl Vm {
             layout,
             smp: config.smp,
             name: config.name.clone(),
+            uuid: config.uuid.clone(),
+            migration_events: Default::default(),
+            console_chardev: json!({
+                "label": config.console_id,
+                "filename": console_filename,
+                "frontend-open": true,
+            }),
+            start_paused: config.paused,
+            no_shutdown: config.no_shutdown,
             guest_image,
             vm_fd,
             kvm,
@@ -334,6 +353,9 @@ impl Vm {
     /// Machine reset. Pending unplugs complete here, in a fixed order
     /// ([`reset_machine`]).
     pub(super) fn reset(&mut self, by_guest: bool) -> Result<(), VmError> {
+        if self.cpus.status() == RunStatus::Shutdown {
+            self.cpus.set_status(RunStatus::Prelaunch);
+        }
         log::info!(
             "machine reset requested by the {}",
             if by_guest { "guest" } else { "host" }
@@ -383,18 +405,37 @@ impl Vm {
 
     /// QMP `stop` (`true`) and `cont`: every vCPU holds before its next
     /// KVM_RUN, or goes on; `STOP`/`RESUME` when the state changes.
-    pub(super) fn pause(&mut self, pause: bool) -> Value {
-        if self.cpus.is_paused() != pause {
-            self.cpus.set_paused(pause);
-            if pause {
+    /// From `prelaunch` (`--paused`), `cont` starts the guest; from
+    /// `shutdown` (`--no-shutdown`), only a reset does, as in QEMU.
+    pub(super) fn pause(&mut self, pause: bool) -> Result<Value, QmpError> {
+        match (self.cpus.status(), pause) {
+            (RunStatus::Running, true) => {
+                self.cpus.set_paused(true);
                 for vcpu in self.vcpus.iter().flatten() {
                     vcpu.wait_paused();
                 }
+                self.qmp.emit("STOP", json!({}));
             }
-            self.qmp
-                .emit(if pause { "STOP" } else { "RESUME" }, json!({}));
+            (RunStatus::Shutdown, false) => {
+                return Err(QmpError::generic(
+                    "Resetting the Virtual Machine is required: the guest powered off",
+                ))
+            }
+            (RunStatus::Paused | RunStatus::Prelaunch, false) => {
+                self.cpus.set_paused(false);
+                self.qmp.emit("RESUME", json!({}));
+            }
+            _ => {}
         }
-        json!({})
+        Ok(json!({}))
+    }
+
+    /// The guest powered off under `--no-shutdown`: the vCPUs stop and
+    /// the VM stays, for QMP to reset it or end it.
+    pub(super) fn stay_shut_down(&mut self) {
+        self.cpus.set_status(RunStatus::Shutdown);
+        self.shut_down(true, "guest-shutdown");
+        self.qmp.emit("STOP", json!({}));
     }
 }
 

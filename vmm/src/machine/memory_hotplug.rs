@@ -19,7 +19,13 @@ const FIRST_DIMM_KVM_SLOT: u32 = 1;
 impl Vm {
     /// object-add of a memory backend: a sealed memfd of `size` bytes.
     pub(super) fn object_add(&mut self, backend: BackendAdd) -> Result<Value, QmpError> {
-        let BackendAdd { qom_type, id, size } = backend;
+        let BackendAdd {
+            qom_type,
+            id,
+            size,
+            prealloc,
+            share,
+        } = backend;
         let room = self.layout.device_memory_end - self.layout.device_memory_start;
         if size == 0 || size > room {
             return Err(QmpError::generic(format!(
@@ -27,9 +33,19 @@ impl Vm {
             )));
         }
         let memfd = crate::memory::sealed_memfd("papervisor-dimm", size)?;
+        if prealloc {
+            nix::fcntl::fallocate(&memfd, nix::fcntl::FallocateFlags::empty(), 0, size as i64)
+                .map_err(|error| {
+                    QmpError::generic(format!(
+                        "cannot preallocate {size} bytes for {id} (prealloc): {error}"
+                    ))
+                })?;
+        }
         let memory = BackendMemory {
             memfd,
             plugged: None,
+            prealloc,
+            share,
         };
         self.dimms.add_backend(&id, size, memory)?;
         Ok(json!({}))
@@ -83,8 +99,9 @@ impl Vm {
         id: &str,
         memdev: &str,
         addr: Option<u64>,
+        slot: Option<u32>,
     ) -> Result<Value, QmpError> {
-        let dimm = self.dimms.prepare_plug(id, memdev, addr)?;
+        let dimm = self.dimms.prepare_plug(id, memdev, addr, slot)?;
         let memfd = &self
             .dimms
             .backend(memdev)

@@ -33,7 +33,7 @@ use crate::layout::{MemoryLayout, FDT_MAX_SIZE, FDT_START};
 use crate::memory::{BackendMemory, GuestRam, MemoryError};
 use crate::qmp::{QmpContext, QmpServer};
 use crate::request::{DeviceAdd, MachineRequest, QmpError};
-use crate::vcpu::{CpuTable, VcpuContext, VcpuHandle};
+use crate::vcpu::{CpuTable, RunStatus, VcpuContext, VcpuHandle};
 use kvm_ioctls::{Kvm, VmFd};
 use notification_log::NotificationLog;
 use serde_json::{json, Value};
@@ -143,6 +143,16 @@ pub struct Vm {
     layout: MemoryLayout,
     smp: SmpConfig,
     name: Option<String>,
+    /// The console as query-chardev reports it.
+    console_chardev: Value,
+    /// QMP's migration capability `events` (shared by every client).
+    migration_events: Arc<std::sync::atomic::AtomicBool>,
+    /// `--uuid`, for query-uuid.
+    uuid: Option<String>,
+    /// `--paused`: the guest waits for `cont`.
+    start_paused: bool,
+    /// `--no-shutdown`: a power-off stops the VM instead of ending it.
+    no_shutdown: bool,
     guest_image: Vec<u8>,
     vm_fd: Arc<VmFd>,
     kvm: Kvm,
@@ -174,12 +184,19 @@ impl Vm {
             control: self.control.clone(),
             cpus: Arc::clone(&self.cpus),
             name: self.name.clone(),
+            uuid: self.uuid.clone(),
+            machine: true,
+            kvm_present: true,
+            migration_events: Arc::clone(&self.migration_events),
         }
     }
 
     /// Boots the guest and runs it until it powers off or QMP quits (Ok),
     /// or it crashes.
     pub fn run(mut self) -> Result<(), VmError> {
+        if self.start_paused {
+            self.cpus.set_status(RunStatus::Prelaunch);
+        }
         self.power_on()?;
         loop {
             let message = match self.deferred.pop_front() {
@@ -191,6 +208,10 @@ impl Vm {
             };
             if let Some((guest, reason, why)) = shutdown_cause(&message) {
                 log::info!("{why}");
+                if self.no_shutdown && matches!(message, ControlMessage::PowerOff) {
+                    self.stay_shut_down();
+                    continue;
+                }
                 self.shut_down(guest, reason);
                 return Ok(());
             }
@@ -254,9 +275,12 @@ impl Vm {
             MachineRequest::DeviceAdd(DeviceAdd::Core { core_id, id }) => {
                 self.core_add(core_id, id.as_deref())
             }
-            MachineRequest::DeviceAdd(DeviceAdd::Dimm { id, memdev, addr }) => {
-                self.dimm_add(&id, &memdev, addr)
-            }
+            MachineRequest::DeviceAdd(DeviceAdd::Dimm {
+                id,
+                memdev,
+                addr,
+                slot,
+            }) => self.dimm_add(&id, &memdev, addr, slot),
             MachineRequest::DeviceAdd(DeviceAdd::VirtioBlk { id, drive, slot }) => {
                 self.disk_add(&id, &drive, slot, false)
             }
@@ -278,7 +302,7 @@ impl Vm {
             MachineRequest::ChardevRemove(id) => self.chardevs.remove(&id).map(|()| json!({})),
             MachineRequest::Query(query) => self.query(query),
             MachineRequest::PowerDown => self.power_button(),
-            MachineRequest::Pause(pause) => Ok(self.pause(pause)),
+            MachineRequest::Pause(pause) => self.pause(pause),
             MachineRequest::InjectFault { process, fault } => self.inject_fault(process, fault),
             MachineRequest::Upgrade { process, program } => {
                 self.upgrade_device_process(process, program)

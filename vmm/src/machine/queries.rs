@@ -28,8 +28,27 @@ impl Vm {
             Query::Startup => Ok(self.startup.to_json()),
             Query::DeviceProcesses => Ok(self.query_device_processes()),
             Query::Block => Ok(self.block_nodes.query()),
-            Query::Chardev => Ok(self.chardevs.query()),
+            Query::NamedBlockNodes => Ok(self.block_nodes.query_named()),
+            Query::Chardev => {
+                let mut chardevs = self.chardevs.query();
+                if let Value::Array(list) = &mut chardevs {
+                    list.insert(0, self.console_chardev.clone());
+                }
+                Ok(chardevs)
+            }
             Query::Pci => Ok(self.query_pci()),
+            Query::Memdev => Ok(Value::Array(
+                self.dimms
+                    .backends()
+                    .map(|(id, backend)| {
+                        json!({
+                            "id": id, "size": backend.size, "merge": false, "dump": false,
+                            "prealloc": backend.memory.prealloc, "share": backend.memory.share,
+                            "host-nodes": [], "policy": "default",
+                        })
+                    })
+                    .collect(),
+            )),
         }
     }
 
@@ -75,12 +94,16 @@ impl Vm {
             .plugged_dimms()
             .into_iter()
             .map(|dimm| {
-                json!({"type": "dimm", "data": {
-                    "id": dimm.id, "addr": dimm.addr, "size": dimm.size,
+                let mut info = json!({"type": "dimm", "data": {
+                    "addr": dimm.addr, "size": dimm.size,
                     "slot": dimm.slot, "node": 0,
                     "memdev": format!("/objects/{}", dimm.memdev),
                     "hotplugged": true, "hotpluggable": true,
-                }})
+                }});
+                if !crate::dimms::is_anonymous(&dimm.id) {
+                    info["data"]["id"] = json!(dimm.id);
+                }
+                info
             })
             .collect();
         Value::Array(dimms)

@@ -5,10 +5,11 @@
 
 use super::schema::Command;
 use crate::block::{disks, nodes};
-use crate::cores::{valid_id, CORE_DRIVER};
+use crate::cores::CORE_DRIVER;
 use crate::dimms::{BACKEND_TYPES, DIMM_DRIVER};
 use crate::request::{
-    BackendAdd, BlockdevAdd, ChardevAdd, DeviceAdd, FaultInjection, MachineRequest, QmpError, Query,
+    valid_id, BackendAdd, BlockdevAdd, ChardevAdd, DeviceAdd, FaultInjection, MachineRequest,
+    QmpError, Query,
 };
 use ipc_proto::link::core_hotplug::MAX_DEVICE_ID;
 use ipc_proto::ProcessKind;
@@ -31,11 +32,13 @@ pub fn machine_request(
             MachineRequest::BlockdevDel(text(arguments, "node-name").unwrap_or_default().into())
         }
         Command::QueryBlock => return query(Query::Block),
+        Command::QueryNamedBlockNodes => return query(Query::NamedBlockNodes),
         Command::ChardevAdd => MachineRequest::ChardevAdd(chardev_add(arguments)?),
         Command::ChardevRemove => {
             MachineRequest::ChardevRemove(text(arguments, "id").unwrap_or_default().into())
         }
         Command::QueryChardev => return query(Query::Chardev),
+        Command::QueryMemdev => return query(Query::Memdev),
         Command::QueryPci => return query(Query::Pci),
         Command::QueryMemoryDevices => return query(Query::MemoryDevices),
         Command::QueryMemorySizeSummary => return query(Query::MemorySizeSummary),
@@ -56,6 +59,21 @@ pub fn machine_request(
         | Command::QueryVersion
         | Command::QueryName
         | Command::QueryKvm
+        | Command::QueryUuid
+        | Command::QueryTarget
+        | Command::QueryMachines
+        | Command::QueryEvents
+        | Command::QomListTypes
+        | Command::DeviceListProperties
+        | Command::QomListProperties
+        | Command::QomList
+        | Command::QueryCommandLineOptions
+        | Command::QueryCpuDefinitions
+        | Command::QueryTpmModels
+        | Command::QueryTpmTypes
+        | Command::QueryMigrateCapabilities
+        | Command::MigrateSetCapabilities
+        | Command::QueryIothreads
         | Command::QueryCommands
         | Command::QueryQmpSchema
         | Command::SystemReset
@@ -100,7 +118,12 @@ fn device_add(arguments: &Map<String, Value>) -> Result<DeviceAdd, QmpError> {
             "'{driver}' is not a valid device model name (this machine plugs {CORE_DRIVER} and {DIMM_DRIVER})"
         )));
     }
-    only_properties(arguments, CORE_DRIVER, &["driver", "core-id", "id"])?;
+    only_properties(
+        arguments,
+        CORE_DRIVER,
+        &["driver", "core-id", "id", "node-id"],
+    )?;
+    only_node_zero(arguments, CORE_DRIVER, "node-id")?;
     let core_id = match arguments.get("core-id") {
         Some(Value::Number(n)) => n
             .as_i64()
@@ -226,14 +249,53 @@ const MAX_SOCKET_PATH: usize = 107;
 /// The longest wait between two reconnection attempts (an hour).
 const MAX_RECONNECT_MS: u64 = 3_600_000;
 
-fn dimm_add(arguments: &Map<String, Value>) -> Result<DeviceAdd, QmpError> {
-    only_properties(arguments, DIMM_DRIVER, &["driver", "id", "memdev", "addr"])?;
-    let id = text(arguments, "id").ok_or_else(|| QmpError::generic("Parameter 'id' is missing"))?;
-    if id.len() > MAX_DEVICE_ID || !valid_id(id) {
-        return Err(QmpError::generic(format!(
-            "Parameter 'id' expects an identifier, not '{id}'"
-        )));
+/// The machine has one NUMA node, 0: a device on another is refused.
+fn only_node_zero(
+    arguments: &Map<String, Value>,
+    driver: &str,
+    property: &str,
+) -> Result<(), QmpError> {
+    match arguments.get(property) {
+        None => Ok(()),
+        Some(node) if node.as_u64() == Some(0) => Ok(()),
+        Some(node) => Err(QmpError::generic(format!(
+            "'{driver}.{property}' can't be {node}: this machine has one NUMA node, 0"
+        ))),
     }
+}
+
+/// DIMMs plugged without an id, numbered as QEMU numbers them.
+static ANONYMOUS_DEVICES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// device_add of a DIMM: `id` optional, as in QEMU (one without is named
+/// by its QOM path), `node` 0 if given, `slot` checked by the machine.
+fn dimm_add(arguments: &Map<String, Value>) -> Result<DeviceAdd, QmpError> {
+    only_properties(
+        arguments,
+        DIMM_DRIVER,
+        &["driver", "id", "memdev", "addr", "node", "slot"],
+    )?;
+    only_node_zero(arguments, DIMM_DRIVER, "node")?;
+    let id = match text(arguments, "id") {
+        Some(id) if id.len() > MAX_DEVICE_ID || !valid_id(id) => {
+            return Err(QmpError::generic(format!(
+                "Parameter 'id' expects an identifier, not '{id}'"
+            )))
+        }
+        Some(id) => id.to_string(),
+        None => crate::dimms::anonymous_id(
+            ANONYMOUS_DEVICES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        ),
+    };
+    let slot = match arguments.get("slot") {
+        None => None,
+        Some(value) => Some(
+            value
+                .as_u64()
+                .and_then(|slot| u32::try_from(slot).ok())
+                .ok_or_else(|| QmpError::generic("Parameter 'slot' expects a slot number"))?,
+        ),
+    };
     let memdev = text(arguments, "memdev")
         .ok_or_else(|| QmpError::generic("Parameter 'memdev' is missing"))?;
     let addr =
@@ -244,9 +306,10 @@ fn dimm_add(arguments: &Map<String, Value>) -> Result<DeviceAdd, QmpError> {
             })?),
         };
     Ok(DeviceAdd::Dimm {
-        id: id.to_string(),
+        id,
         memdev: memdev.to_string(),
         addr,
+        slot,
     })
 }
 
@@ -260,7 +323,26 @@ fn device_del(arguments: &Map<String, Value>) -> Result<String, QmpError> {
 }
 
 /// object-add of a memory backend.
+/// object-add of a memory backend; its properties flat (QEMU 6.0 on) or
+/// under `props` (before; libvirt sends them so when the schema does not
+/// name the object types), checked alike.
 fn object_add(arguments: &Map<String, Value>) -> Result<BackendAdd, QmpError> {
+    let mut flat = arguments.clone();
+    match flat.remove("props") {
+        None => {}
+        Some(Value::Object(props)) => {
+            for (key, value) in props {
+                if key == "props" || flat.insert(key.clone(), value).is_some() {
+                    return Err(QmpError::generic(format!(
+                        "Parameter '{key}' is given twice (in 'props' too)"
+                    )));
+                }
+            }
+            Command::ObjectAdd.check(&flat)?;
+        }
+        Some(_) => return Err(QmpError::generic("Parameter 'props' expects an object")),
+    }
+    let arguments = &flat;
     let qom_type = text(arguments, "qom-type").unwrap_or_default();
     let id = text(arguments, "id").unwrap_or_default();
     if !BACKEND_TYPES.contains(&qom_type) {
@@ -274,10 +356,40 @@ fn object_add(arguments: &Map<String, Value>) -> Result<BackendAdd, QmpError> {
             "Parameter 'id' expects an identifier, not '{id}'"
         )));
     }
+    if !arguments.contains_key("size") {
+        return Err(QmpError::generic("Parameter 'size' is missing"));
+    }
+    let flag = |name: &str| arguments.get(name).and_then(Value::as_bool);
+    // What would change where or how the memory is placed is refused;
+    // hints that mean nothing for a memfd the core maps are taken.
+    match text(arguments, "policy") {
+        None | Some("default") => {}
+        Some(policy) => {
+            return Err(QmpError::generic(format!(
+                "'{qom_type}.policy' {policy}: this machine places no memory on host NUMA nodes (only 'default')"
+            )))
+        }
+    }
+    if arguments
+        .get("host-nodes")
+        .and_then(Value::as_array)
+        .is_some_and(|nodes| !nodes.is_empty())
+    {
+        return Err(QmpError::generic(format!(
+            "'{qom_type}.host-nodes': this machine places no memory on host NUMA nodes"
+        )));
+    }
+    if flag("reserve") == Some(false) && flag("prealloc") == Some(true) {
+        return Err(QmpError::generic(format!(
+            "'{qom_type}': 'prealloc=on' and 'reserve=off' are incompatible"
+        )));
+    }
     Ok(BackendAdd {
         qom_type: qom_type.to_string(),
         id: id.to_string(),
         size: arguments.get("size").and_then(Value::as_u64).unwrap_or(0),
+        prealloc: flag("prealloc").unwrap_or(false),
+        share: flag("share").unwrap_or(false),
     })
 }
 
@@ -590,9 +702,45 @@ mod tests {
             DeviceAdd::Dimm {
                 id: "d".into(),
                 memdev: "m".into(),
-                addr: Some(4096)
+                addr: Some(4096),
+                slot: None,
             }
         );
+        // As libvirt sends it: node and slot; and QEMU's optional id.
+        assert_eq!(
+            device_add(&args(
+                json!({"driver": "pc-dimm", "node": 0, "memdev": "m", "id": "dimm0", "slot": 3})
+            ))
+            .unwrap(),
+            DeviceAdd::Dimm {
+                id: "dimm0".into(),
+                memdev: "m".into(),
+                addr: None,
+                slot: Some(3),
+            }
+        );
+        let DeviceAdd::Dimm { id, .. } =
+            device_add(&args(json!({"driver": "pc-dimm", "memdev": "m"}))).unwrap()
+        else {
+            panic!("not a DIMM")
+        };
+        assert!(crate::dimms::is_anonymous(&id) && !valid_id(&id), "{id}");
+        assert!(error(device_add(&args(
+            json!({"driver": "pc-dimm", "node": 1, "memdev": "m"})
+        )))
+        .contains("one NUMA node"));
+        assert!(error(device_add(&args(
+            json!({"driver": "pc-dimm", "slot": -2, "memdev": "m"})
+        )))
+        .contains("slot"));
+        assert!(error(device_add(&args(
+            json!({"driver": CORE_DRIVER, "core-id": 1, "node-id": 2})
+        )))
+        .contains("one NUMA node"));
+        assert!(device_add(&args(
+            json!({"driver": CORE_DRIVER, "core-id": 1, "node-id": 0})
+        ))
+        .is_ok());
         assert!(error(device_add(&args(json!({"driver": "virtio-net"})))).contains("not a valid"));
         assert!(error(device_add(&args(json!({"driver": CORE_DRIVER}))))
             .contains("'core-id' is missing"));
@@ -618,9 +766,30 @@ mod tests {
             BackendAdd {
                 qom_type: "memory-backend-memfd".into(),
                 id: "m".into(),
-                size: 1 << 28
+                size: 1 << 28,
+                prealloc: false,
+                share: false,
             }
         );
+        // QEMU's older form, which libvirt sends; and its members.
+        let wrapped = json!({"qom-type": "memory-backend-ram", "id": "m",
+            "props": {"size": 268435456, "prealloc": true, "share": true, "policy": "default"}});
+        let backend = object_add(&args(wrapped)).unwrap();
+        assert!(backend.prealloc && backend.share && backend.size == 1 << 28);
+        let twice =
+            json!({"qom-type": "memory-backend-ram", "id": "m", "size": 1, "props": {"size": 2}});
+        assert!(error(object_add(&args(twice))).contains("given twice"));
+        let unknown = json!({"qom-type": "memory-backend-ram", "id": "m", "props": {"size": 2, "mem-path": "/x"}});
+        assert!(error(object_add(&args(unknown))).contains("'mem-path' is unexpected"));
+        let bind = json!({"qom-type": "memory-backend-ram", "id": "m", "size": 1, "policy": "bind", "host-nodes": [1]});
+        assert!(error(object_add(&args(bind))).contains("NUMA"));
+        let nodes =
+            json!({"qom-type": "memory-backend-ram", "id": "m", "size": 1, "host-nodes": [0]});
+        assert!(error(object_add(&args(nodes))).contains("host NUMA"));
+        assert!(error(object_add(&args(
+            json!({"qom-type": "memory-backend-ram", "id": "m"})
+        )))
+        .contains("'size' is missing"));
         assert!(error(object_add(&args(
             json!({"qom-type": "memory-backend-file", "id": "m"})
         )))

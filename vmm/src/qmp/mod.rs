@@ -7,6 +7,7 @@
 //! more than [`MAX_REQUEST`] bytes, and every bad request gets an error reply.
 
 pub mod arguments;
+pub mod catalog;
 pub mod schema;
 
 use crate::control::ControlMessage;
@@ -50,6 +51,15 @@ pub struct QmpContext {
     pub cpus: Arc<crate::vcpu::CpuTable>,
     /// `--name`, for query-name.
     pub name: Option<String>,
+    /// `--uuid`, for query-uuid.
+    pub uuid: Option<String>,
+    /// A machine runs on KVM (not `--no-machine`), for query-kvm.
+    pub machine: bool,
+    /// /dev/kvm could be opened at start, for query-kvm (a QMP thread
+    /// opens no file).
+    pub kvm_present: bool,
+    /// The migration capability `events`, as a client set it.
+    pub migration_events: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// One connected client, as the server sees it.
@@ -311,6 +321,18 @@ fn version() -> Value {
     })
 }
 
+/// query-uuid of a VM started without `--uuid`, as QEMU answers.
+const NO_UUID: &str = "00000000-0000-0000-0000-000000000000";
+
+/// Whether this process can open /dev/kvm.
+pub fn kvm_present() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
 fn greeting() -> Value {
     json!({"QMP": {"version": version(), "capabilities": []}})
 }
@@ -436,16 +458,74 @@ impl<'a> Session<'a> {
                 Ok((json!({}), Some(After::Negotiated)))
             }
             Command::QueryStatus => {
-                let paused = self.context.cpus.is_paused();
-                let status = if paused { "paused" } else { "running" };
-                done(json!({"status": status, "singlestep": false, "running": !paused}))
+                let status = self.context.cpus.status();
+                done(json!({
+                    "status": status.qmp_name(),
+                    "singlestep": false,
+                    "running": status == crate::vcpu::RunStatus::Running,
+                }))
+            }
+            Command::QueryUuid => done(json!({
+                "UUID": self.context.uuid.as_deref().unwrap_or(NO_UUID)
+            })),
+            Command::QueryTarget => done(catalog::query_target()),
+            Command::QueryMachines => done(catalog::query_machines()),
+            Command::QueryEvents => done(schema::query_events()),
+            Command::QomListTypes => done(catalog::qom_list_types(arguments)),
+            Command::DeviceListProperties => done(catalog::device_list_properties(arguments)?),
+            Command::QomListProperties => done(catalog::qom_list_properties(arguments)?),
+            Command::QomList => done(catalog::qom_list(arguments)?),
+            Command::QueryCommandLineOptions => {
+                done(catalog::query_command_line_options(arguments)?)
+            }
+            Command::QueryCpuDefinitions => done(catalog::query_cpu_definitions()),
+            // No TPM, no migration, no I/O threads: empty lists, as QEMU
+            // built without them answers.
+            Command::QueryTpmModels | Command::QueryTpmTypes | Command::QueryIothreads => {
+                done(json!([]))
+            }
+            // Nothing migrates: `events` (MIGRATION events, which libvirt
+            // turns on at every start) is the one capability, and there
+            // is never an event to send.
+            Command::QueryMigrateCapabilities => done(json!([{
+                "capability": "events",
+                "state": self.context.migration_events.load(Ordering::Relaxed),
+            }])),
+            Command::MigrateSetCapabilities => {
+                let capabilities = arguments
+                    .get("capabilities")
+                    .and_then(Value::as_array)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                let mut events = None;
+                for capability in capabilities {
+                    match (&capability["capability"], capability["state"].as_bool()) {
+                        (Value::String(name), Some(state)) if name == "events" => {
+                            events = Some(state)
+                        }
+                        (name, _) => {
+                            return Err(QmpError::generic(format!(
+                                "Capability {name} is not supported: this machine does not migrate"
+                            )))
+                        }
+                    }
+                }
+                if let Some(state) = events {
+                    self.context
+                        .migration_events
+                        .store(state, Ordering::Relaxed);
+                }
+                done(json!({}))
             }
             Command::QueryVersion => done(version()),
             Command::QueryName => done(match &self.context.name {
                 Some(name) => json!({"name": name}),
                 None => json!({}),
             }),
-            Command::QueryKvm => done(json!({"enabled": true, "present": true})),
+            Command::QueryKvm => done(json!({
+                "enabled": self.context.machine,
+                "present": self.context.machine || self.context.kvm_present,
+            })),
             Command::QueryCommands => done(schema::query_commands()),
             Command::QueryQmpSchema => done(schema::query_qmp_schema()),
             Command::SystemReset => Ok((
@@ -623,6 +703,10 @@ mod tests {
             control,
             cpus: Arc::new(crate::vcpu::CpuTable::new(1)),
             name: None,
+            uuid: None,
+            machine: true,
+            kvm_present: true,
+            migration_events: Default::default(),
         };
         (context, receiver)
     }
@@ -724,7 +808,11 @@ mod tests {
             answered_here += 1;
             let line = format!(r#"{{"execute": "{}"}}"#, command.name());
             let (reply, _) = session.handle(&line);
-            assert!(reply.get("return").is_some(), "{line}: {reply}");
+            let needs_arguments = command.args().iter().any(|arg| !arg.optional);
+            assert!(
+                reply.get("return").is_some() || needs_arguments,
+                "{line}: {reply}"
+            );
             assert!(
                 !matches!(receiver.try_recv(), Ok(ControlMessage::Qmp { .. })),
                 "{line} went to the machine"

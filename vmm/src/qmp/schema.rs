@@ -7,9 +7,15 @@
 use crate::request::QmpError;
 use serde_json::{json, Map, Value};
 
-/// An argument's (or event member's) JSON type, as QEMU's schema names it.
+/// An argument's (or a member's) JSON type, as QEMU's schema names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ArgType {
+    /// An object of a type of [`TYPES`].
+    Object(&'static str),
+    /// A list of objects of a type of [`TYPES`].
+    ObjectList(&'static str),
+    /// A list of integers.
+    IntList,
     /// A string.
     Str,
     /// An integer.
@@ -23,8 +29,18 @@ pub enum ArgType {
 }
 
 impl ArgType {
-    const fn schema_name(self) -> &'static str {
+    fn schema_name(self) -> String {
         match self {
+            ArgType::Object(name) => name.into(),
+            ArgType::ObjectList(name) => format!("[{name}]"),
+            ArgType::IntList => "[int]".into(),
+            other => other.builtin_name().into(),
+        }
+    }
+
+    const fn builtin_name(self) -> &'static str {
+        match self {
+            ArgType::Object(_) | ArgType::ObjectList(_) | ArgType::IntList => "any",
             ArgType::Str => "str",
             ArgType::Int => "int",
             ArgType::Bool => "bool",
@@ -41,6 +57,13 @@ impl ArgType {
             ArgType::StrList => value
                 .as_array()
                 .is_some_and(|items| items.iter().all(Value::is_string)),
+            ArgType::Object(_) => value.is_object(),
+            ArgType::ObjectList(_) => value
+                .as_array()
+                .is_some_and(|items| items.iter().all(Value::is_object)),
+            ArgType::IntList => value
+                .as_array()
+                .is_some_and(|items| items.iter().all(|i| i.is_i64() || i.is_u64())),
             ArgType::Any => true,
         }
     }
@@ -51,6 +74,9 @@ impl ArgType {
             ArgType::Int => "an integer",
             ArgType::Bool => "a boolean",
             ArgType::StrList => "a list of strings",
+            ArgType::Object(_) => "an object",
+            ArgType::ObjectList(_) => "a list of objects",
+            ArgType::IntList => "a list of integers",
             ArgType::Any => "a value",
         }
     }
@@ -83,8 +109,36 @@ const fn optional(name: &'static str, ty: ArgType) -> Arg {
     }
 }
 
+/// What a command returns, as its schema entry's `ret-type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Returns {
+    /// `{}`.
+    Nothing,
+    /// An object of a type of [`TYPES`].
+    Object(&'static str),
+    /// A list of objects of a type of [`TYPES`].
+    List(&'static str),
+    /// Any value: the `x-` queries, whose shape is Papervisor's own and
+    /// documented where they are made.
+    Any,
+}
+
+impl Returns {
+    fn schema_name(self) -> String {
+        match self {
+            Returns::Nothing => EMPTY.into(),
+            Returns::Object(name) => name.into(),
+            Returns::List(name) => format!("[{name}]"),
+            Returns::Any => "any".into(),
+        }
+    }
+}
+
+/// The empty object type: what a command that returns `{}` returns.
+const EMPTY: &str = "q_empty";
+
 macro_rules! commands {
-    ($($variant:ident = $name:literal, args: [$($arg:expr),*];)*) => {
+    ($($variant:ident = $name:literal, args: [$($arg:expr),*], returns: $returns:expr;)*) => {
         /// The commands, each once.
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
         pub enum Command {
@@ -102,6 +156,13 @@ macro_rules! commands {
                 }
             }
 
+            /// What it returns.
+            pub const fn returns(self) -> Returns {
+                match self {
+                    $(Command::$variant => $returns,)*
+                }
+            }
+
             /// Its arguments.
             pub fn args(self) -> &'static [Arg] {
                 match self {
@@ -116,72 +177,299 @@ macro_rules! commands {
 }
 
 commands! {
-    QmpCapabilities = "qmp_capabilities", args: [optional("enable", ArgType::StrList)];
-    QueryStatus = "query-status", args: [];
-    QueryVersion = "query-version", args: [];
-    QueryName = "query-name", args: [];
-    QueryKvm = "query-kvm", args: [];
-    QueryCommands = "query-commands", args: [];
-    QueryQmpSchema = "query-qmp-schema", args: [];
-    SystemReset = "system_reset", args: [];
-    SystemPowerdown = "system_powerdown", args: [];
-    Quit = "quit", args: [];
-    Stop = "stop", args: [];
-    Cont = "cont", args: [];
-    QueryCpusFast = "query-cpus-fast", args: [];
-    QueryHotpluggableCpus = "query-hotpluggable-cpus", args: [];
+    QmpCapabilities = "qmp_capabilities", args: [optional("enable", ArgType::StrList)], returns: Returns::Nothing;
+    QueryStatus = "query-status", args: [], returns: Returns::Object("StatusInfo");
+    QueryVersion = "query-version", args: [], returns: Returns::Object("VersionInfo");
+    QueryName = "query-name", args: [], returns: Returns::Object("NameInfo");
+    QueryUuid = "query-uuid", args: [], returns: Returns::Object("UuidInfo");
+    QueryKvm = "query-kvm", args: [], returns: Returns::Object("KvmInfo");
+    QueryTarget = "query-target", args: [], returns: Returns::Object("TargetInfo");
+    QueryMachines = "query-machines", args: [optional("compat-props", ArgType::Bool)], returns: Returns::List("MachineInfo");
+    QueryCommands = "query-commands", args: [], returns: Returns::List("CommandInfo");
+    QueryEvents = "query-events", args: [], returns: Returns::List("EventInfo");
+    QueryQmpSchema = "query-qmp-schema", args: [], returns: Returns::List("SchemaInfo");
+    QomListTypes = "qom-list-types", args: [
+        optional("implements", ArgType::Str),
+        optional("abstract", ArgType::Bool)
+    ], returns: Returns::List("ObjectTypeInfo");
+    DeviceListProperties = "device-list-properties", args: [required("typename", ArgType::Str)], returns: Returns::List("ObjectPropertyInfo");
+    QomListProperties = "qom-list-properties", args: [required("typename", ArgType::Str)], returns: Returns::List("ObjectPropertyInfo");
+    QomList = "qom-list", args: [required("path", ArgType::Str)], returns: Returns::List("ObjectPropertyInfo");
+    QueryCommandLineOptions = "query-command-line-options", args: [optional("option", ArgType::Str)], returns: Returns::List("CommandLineOptionInfo");
+    QueryCpuDefinitions = "query-cpu-definitions", args: [], returns: Returns::List("CpuDefinitionInfo");
+    QueryTpmModels = "query-tpm-models", args: [], returns: Returns::List("TpmModel");
+    QueryTpmTypes = "query-tpm-types", args: [], returns: Returns::List("TpmType");
+    QueryMigrateCapabilities = "query-migrate-capabilities", args: [], returns: Returns::List("MigrationCapabilityStatus");
+    MigrateSetCapabilities = "migrate-set-capabilities", args: [
+        required("capabilities", ArgType::ObjectList("MigrationCapabilityStatus"))
+    ], returns: Returns::Nothing;
+    QueryIothreads = "query-iothreads", args: [], returns: Returns::List("IOThreadInfo");
+    SystemReset = "system_reset", args: [], returns: Returns::Nothing;
+    SystemPowerdown = "system_powerdown", args: [], returns: Returns::Nothing;
+    Quit = "quit", args: [], returns: Returns::Nothing;
+    Stop = "stop", args: [], returns: Returns::Nothing;
+    Cont = "cont", args: [], returns: Returns::Nothing;
+    QueryCpusFast = "query-cpus-fast", args: [], returns: Returns::List("CpuInfoFast");
+    QueryHotpluggableCpus = "query-hotpluggable-cpus", args: [], returns: Returns::List("HotpluggableCPU");
     DeviceAdd = "device_add", args: [
         required("driver", ArgType::Str),
         optional("id", ArgType::Str),
         optional("core-id", ArgType::Int),
+        optional("node-id", ArgType::Int),
         optional("memdev", ArgType::Str),
+        optional("node", ArgType::Int),
+        optional("slot", ArgType::Int),
         optional("addr", ArgType::Any),
         optional("drive", ArgType::Str),
         optional("chardev", ArgType::Str),
         optional("bus", ArgType::Str)
-    ];
+    ], returns: Returns::Nothing;
     ObjectAdd = "object-add", args: [
         required("qom-type", ArgType::Str),
         required("id", ArgType::Str),
-        required("size", ArgType::Int)
-    ];
-    ObjectDel = "object-del", args: [required("id", ArgType::Str)];
+        optional("props", ArgType::Any),
+        optional("size", ArgType::Int),
+        optional("share", ArgType::Bool),
+        optional("prealloc", ArgType::Bool),
+        optional("prealloc-threads", ArgType::Int),
+        optional("merge", ArgType::Bool),
+        optional("dump", ArgType::Bool),
+        optional("reserve", ArgType::Bool),
+        optional("policy", ArgType::Str),
+        optional("host-nodes", ArgType::IntList),
+        optional("x-use-canonical-path-for-ramblock-id", ArgType::Bool)
+    ], returns: Returns::Nothing;
+    ObjectDel = "object-del", args: [required("id", ArgType::Str)], returns: Returns::Nothing;
+    QueryMemdev = "query-memdev", args: [], returns: Returns::List("Memdev");
     BlockdevAdd = "blockdev-add", args: [
         required("driver", ArgType::Str),
         required("node-name", ArgType::Str),
         required("filename", ArgType::Str),
         optional("read-only", ArgType::Bool)
-    ];
-    BlockdevDel = "blockdev-del", args: [required("node-name", ArgType::Str)];
-    QueryBlock = "query-block", args: [];
+    ], returns: Returns::Nothing;
+    BlockdevDel = "blockdev-del", args: [required("node-name", ArgType::Str)], returns: Returns::Nothing;
+    QueryBlock = "query-block", args: [], returns: Returns::List("BlockInfo");
+    QueryNamedBlockNodes = "query-named-block-nodes", args: [optional("flat", ArgType::Bool)], returns: Returns::List("BlockDeviceInfo");
     ChardevAdd = "chardev-add", args: [
         required("id", ArgType::Str),
         required("backend", ArgType::Any)
-    ];
-    ChardevRemove = "chardev-remove", args: [required("id", ArgType::Str)];
-    QueryChardev = "query-chardev", args: [];
-    QueryPci = "query-pci", args: [];
-    QueryMemoryDevices = "query-memory-devices", args: [];
-    QueryMemorySizeSummary = "query-memory-size-summary", args: [];
-    DeviceDel = "device_del", args: [required("id", ArgType::Str)];
-    XQueryDrcs = "x-query-drcs", args: [];
-    XQueryEventLog = "x-query-event-log", args: [];
-    XQueryDeviceProcesses = "x-query-device-processes", args: [];
-    XQueryStartup = "x-query-startup", args: [];
-    XRestartDeviceProcess = "x-restart-device-process", args: [required("process", ArgType::Str)];
+    ], returns: Returns::Object("ChardevReturn");
+    ChardevRemove = "chardev-remove", args: [required("id", ArgType::Str)], returns: Returns::Nothing;
+    QueryChardev = "query-chardev", args: [], returns: Returns::List("ChardevInfo");
+    QueryPci = "query-pci", args: [], returns: Returns::List("PciInfo");
+    QueryMemoryDevices = "query-memory-devices", args: [], returns: Returns::List("MemoryDeviceInfo");
+    QueryMemorySizeSummary = "query-memory-size-summary", args: [], returns: Returns::Object("MemoryInfo");
+    DeviceDel = "device_del", args: [required("id", ArgType::Str)], returns: Returns::Nothing;
+    XQueryDrcs = "x-query-drcs", args: [], returns: Returns::Any;
+    XQueryEventLog = "x-query-event-log", args: [], returns: Returns::Any;
+    XQueryDeviceProcesses = "x-query-device-processes", args: [], returns: Returns::Any;
+    XQueryStartup = "x-query-startup", args: [], returns: Returns::Any;
+    XRestartDeviceProcess = "x-restart-device-process", args: [required("process", ArgType::Str)], returns: Returns::Nothing;
     XUpgradeDeviceProcess = "x-upgrade-device-process", args: [
         required("process", ArgType::Str),
         required("path", ArgType::Str),
         optional("id", ArgType::Str)
-    ];
+    ], returns: Returns::Nothing;
     XInjectFault = "x-inject-fault", args: [
         required("process", ArgType::Str),
         optional("fault", ArgType::Str),
         optional("point", ArgType::Str),
         optional("action", ArgType::Str),
         optional("request", ArgType::Str)
-    ];
+    ], returns: Returns::Any;
 }
+
+use ArgType::{Bool, Int, IntList, Str, StrList};
+
+/// The object types commands return, with their members, as QEMU's
+/// schema defines them (the members this machine fills in).
+pub const TYPES: &[(&str, &[Arg])] = &[
+    (EMPTY, &[]),
+    (
+        "StatusInfo",
+        &[
+            required("running", Bool),
+            required("singlestep", Bool),
+            required("status", Str),
+        ],
+    ),
+    (
+        "VersionTriple",
+        &[
+            required("major", Int),
+            required("minor", Int),
+            required("micro", Int),
+        ],
+    ),
+    (
+        "VersionInfo",
+        &[
+            required("qemu", ArgType::Object("VersionTriple")),
+            required("package", Str),
+        ],
+    ),
+    ("NameInfo", &[optional("name", Str)]),
+    ("UuidInfo", &[required("UUID", Str)]),
+    (
+        "KvmInfo",
+        &[required("enabled", Bool), required("present", Bool)],
+    ),
+    ("TargetInfo", &[required("arch", Str)]),
+    (
+        "MachineInfo",
+        &[
+            required("name", Str),
+            optional("alias", Str),
+            optional("is-default", Bool),
+            required("cpu-max", Int),
+            required("hotpluggable-cpus", Bool),
+            required("numa-mem-supported", Bool),
+            required("deprecated", Bool),
+            optional("default-cpu-type", Str),
+            optional("default-ram-id", Str),
+            required("acpi", Bool),
+        ],
+    ),
+    ("CommandInfo", &[required("name", Str)]),
+    ("EventInfo", &[required("name", Str)]),
+    (
+        "SchemaInfo",
+        &[required("name", Str), required("meta-type", Str)],
+    ),
+    (
+        "ObjectTypeInfo",
+        &[
+            required("name", Str),
+            optional("abstract", Bool),
+            optional("parent", Str),
+        ],
+    ),
+    (
+        "ObjectPropertyInfo",
+        &[
+            required("name", Str),
+            required("type", Str),
+            optional("description", Str),
+            optional("default-value", ArgType::Any),
+        ],
+    ),
+    (
+        "CommandLineParameterInfo",
+        &[
+            required("name", Str),
+            required("type", Str),
+            optional("help", Str),
+        ],
+    ),
+    (
+        "CommandLineOptionInfo",
+        &[
+            required("option", Str),
+            required(
+                "parameters",
+                ArgType::ObjectList("CommandLineParameterInfo"),
+            ),
+        ],
+    ),
+    (
+        "CpuDefinitionInfo",
+        &[
+            required("name", Str),
+            optional("migration-safe", Bool),
+            required("static", Bool),
+            optional("unavailable-features", StrList),
+            required("typename", Str),
+            required("deprecated", Bool),
+        ],
+    ),
+    ("TpmModel", &[]),
+    ("TpmType", &[]),
+    (
+        "MigrationCapabilityStatus",
+        &[required("capability", Str), required("state", Bool)],
+    ),
+    (
+        "IOThreadInfo",
+        &[required("id", Str), required("thread-id", Int)],
+    ),
+    (
+        "CpuInstanceProperties",
+        &[optional("node-id", Int), optional("core-id", Int)],
+    ),
+    (
+        "CpuInfoFast",
+        &[
+            required("cpu-index", Int),
+            required("qom-path", Str),
+            required("thread-id", Int),
+            optional("props", ArgType::Object("CpuInstanceProperties")),
+            required("target", Str),
+        ],
+    ),
+    (
+        "HotpluggableCPU",
+        &[
+            required("type", Str),
+            required("vcpus-count", Int),
+            required("props", ArgType::Object("CpuInstanceProperties")),
+            optional("qom-path", Str),
+        ],
+    ),
+    (
+        "Memdev",
+        &[
+            optional("id", Str),
+            required("size", Int),
+            required("merge", Bool),
+            required("dump", Bool),
+            required("prealloc", Bool),
+            required("share", Bool),
+            required("host-nodes", IntList),
+            required("policy", Str),
+        ],
+    ),
+    (
+        "BlockInfo",
+        &[
+            required("device", Str),
+            required("locked", Bool),
+            required("removable", Bool),
+        ],
+    ),
+    (
+        "BlockDeviceInfo",
+        &[
+            required("node-name", Str),
+            required("file", Str),
+            required("ro", Bool),
+            required("drv", Str),
+        ],
+    ),
+    ("ChardevReturn", &[optional("pty", Str)]),
+    (
+        "ChardevInfo",
+        &[
+            required("label", Str),
+            required("filename", Str),
+            required("frontend-open", Bool),
+        ],
+    ),
+    (
+        "PciInfo",
+        &[required("bus", Int), required("devices", ArgType::Any)],
+    ),
+    (
+        "MemoryDeviceInfo",
+        &[required("type", Str), required("data", ArgType::Any)],
+    ),
+    (
+        "MemoryInfo",
+        &[
+            required("base-memory", Int),
+            optional("plugged-memory", Int),
+        ],
+    ),
+];
 
 /// The events, with their members.
 pub const EVENTS: &[(&str, &[Arg])] = &[
@@ -285,6 +573,16 @@ impl Command {
     }
 }
 
+/// `query-events`.
+pub fn query_events() -> Value {
+    Value::Array(
+        EVENTS
+            .iter()
+            .map(|(name, _)| json!({"name": name}))
+            .collect(),
+    )
+}
+
 /// `query-commands`.
 pub fn query_commands() -> Value {
     Value::Array(
@@ -319,10 +617,15 @@ pub fn query_qmp_schema() -> Value {
             "name": command.name(),
             "meta-type": "command",
             "arg-type": arg_type,
-            "ret-type": "any",
+            "ret-type": command.returns().schema_name(),
             "allow-oob": false,
         }));
         schema.push(object_type(arg_type, command.args()));
+    }
+    for (name, members) in TYPES {
+        schema.push(object_type(name.to_string(), members));
+        schema
+            .push(json!({"name": format!("[{name}]"), "meta-type": "array", "element-type": name}));
     }
     for (event, members) in EVENTS {
         let arg_type = format!("q_obj_{event}-arg");
@@ -337,7 +640,11 @@ pub fn query_qmp_schema() -> Value {
     ] {
         schema.push(json!({"name": name, "meta-type": "builtin", "json-type": json_type}));
     }
-    schema.push(json!({"name": "[str]", "meta-type": "array", "element-type": "str"}));
+    for element in ["str", "int"] {
+        schema.push(
+            json!({"name": format!("[{element}]"), "meta-type": "array", "element-type": element}),
+        );
+    }
     Value::Array(schema)
 }
 

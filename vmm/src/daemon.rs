@@ -1,0 +1,155 @@
+//! Running under a service manager or a management stack: detaching once
+//! QMP is served (`--daemonize`, which libvirt's probe relies on), a pid
+//! file, and a QMP socket handed over as a descriptor (`--qmp-fd`).
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+
+/// The detached process's promise to its parent: said once the VM serves
+/// QMP; if the process ends first, the parent reads end-of-file and
+/// exits with a failure.
+pub struct Detached {
+    ready: std::fs::File,
+}
+
+/// Forks: the parent waits until the child says it serves, then exits
+/// (0 when it does, 1 when the child ended first); the child returns,
+/// in a session of its own. Call it before any thread starts.
+pub fn daemonize() -> Result<Detached, nix::Error> {
+    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    // SAFETY: no other thread runs yet (the caller's contract), so the
+    // child may go on with any code.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { .. } => {
+            drop(write_end);
+            let mut said = [0u8; 1];
+            let served = std::fs::File::from(read_end).read(&mut said).ok() == Some(1);
+            std::process::exit(if served { 0 } else { 1 });
+        }
+        nix::unistd::ForkResult::Child => {
+            drop(read_end);
+            nix::unistd::setsid()?;
+            Ok(Detached {
+                ready: std::fs::File::from(write_end),
+            })
+        }
+    }
+}
+
+impl Detached {
+    /// The VM serves: the parent exits, and this process's standard
+    /// streams go to /dev/null (nobody reads them any more).
+    pub fn serving(mut self) {
+        let _ = self.ready.write_all(b"1");
+        if let Ok(null) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+        {
+            for stream in 0..=2 {
+                // SAFETY: dup2 onto the standard streams replaces them
+                // with /dev/null; `null` stays valid during the call.
+                unsafe { nix::libc::dup2(null.as_raw_fd(), stream) };
+            }
+        }
+    }
+}
+
+/// `--pidfile`: the core's pid, written at start and removed at the end
+/// (if it still holds this pid).
+pub struct PidFile {
+    path: PathBuf,
+}
+
+impl PidFile {
+    /// Writes this process's pid to `path`.
+    pub fn write(path: &Path) -> Result<PidFile, String> {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .map_err(|error| format!("--pidfile {}: {error}", path.display()))?;
+        Ok(PidFile {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let ours = std::fs::read_to_string(&self.path)
+            .is_ok_and(|text| text.trim() == std::process::id().to_string());
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// `--qmp-fd`: the inherited descriptor, checked to be a listening Unix
+/// socket, and kept from every process the core starts.
+pub fn inherited_listener(fd: RawFd) -> Result<UnixListener, String> {
+    use nix::sys::socket::{getsockname, getsockopt, sockopt, UnixAddr};
+    // SAFETY: `fd` is checked to be open before it is owned; the command
+    // line gives it to the core, and nothing else in the process uses it.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    nix::fcntl::fcntl(borrowed, nix::fcntl::FcntlArg::F_GETFD)
+        .map_err(|error| format!("--qmp-fd {fd}: not an open descriptor ({error})"))?;
+    // SAFETY: open (checked above) and handed to the core alone.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    nix::fcntl::fcntl(
+        &owned,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(|error| format!("--qmp-fd {fd}: {error}"))?;
+    if getsockname::<UnixAddr>(owned.as_raw_fd()).is_err() {
+        return Err(format!("--qmp-fd {fd}: not a Unix socket"));
+    }
+    match getsockopt(&owned, sockopt::AcceptConn) {
+        Ok(true) => Ok(UnixListener::from(owned)),
+        _ => Err(format!("--qmp-fd {fd}: not a listening socket")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_listening_unix_socket_is_taken() {
+        let dir = std::env::temp_dir().join(format!("pv-daemon-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let listener = UnixListener::bind(dir.join("q.sock")).unwrap();
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(listener);
+        let taken = inherited_listener(fd).unwrap();
+        let flags = nix::fcntl::fcntl(&taken, nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert_ne!(flags & nix::libc::FD_CLOEXEC, 0);
+
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
+        assert!(inherited_listener(fd)
+            .unwrap_err()
+            .contains("not a Unix socket"));
+        let (one, _other) = std::os::unix::net::UnixStream::pair().unwrap();
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(one);
+        assert!(inherited_listener(fd)
+            .unwrap_err()
+            .contains("not a listening"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_pid_file_goes_with_its_process_only() {
+        let path = std::env::temp_dir().join(format!("pv-pid-{}", std::process::id()));
+        let pid_file = PidFile::write(&path).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{}\n", std::process::id())
+        );
+        drop(pid_file);
+        assert!(!path.exists());
+        let pid_file = PidFile::write(&path).unwrap();
+        std::fs::write(&path, "1\n").unwrap();
+        drop(pid_file);
+        assert!(path.exists(), "another process's pid file is left alone");
+        let _ = std::fs::remove_file(path);
+    }
+}
