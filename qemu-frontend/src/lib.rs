@@ -151,8 +151,25 @@ struct State {
     console: Option<String>,
     machine_none: bool,
     ram_backend: Option<String>,
-    ram_objects: BTreeMap<String, u64>,
+    /// Memory backends by id: their size, and the core's `--object`.
+    memory_objects: BTreeMap<String, (u64, String)>,
     ram_size: Option<u64>,
+    /// `-device` cores and DIMMs, as the core's `--device`, in order.
+    devices: Vec<String>,
+    numa_node: bool,
+    numa_memdev: Option<String>,
+}
+
+/// A device's or object's properties as the core's key=value list
+/// (`,,` a comma in a value), `first` leading.
+fn key_values(first: &str, opts: &Map<String, Value>, skip: &str) -> String {
+    let mut items = vec![first.replace(',', ",,")];
+    for (key, value) in opts {
+        if key != skip {
+            items.push(format!("{key}={}", text_of(value).replace(',', ",,")));
+        }
+    }
+    items.join(",")
 }
 
 impl State {
@@ -304,6 +321,7 @@ fn valued(state: &mut State, option: &str, value: &str) -> Result<(), String> {
             state.push("qmp", path);
         }
         "device" => device(state, option, value)?,
+        "numa" => numa(state, option, value)?,
         "object" => object(state, option, value)?,
         "pidfile" => state.push("pidfile", value),
         "kernel" => state.push("guest", value),
@@ -493,10 +511,42 @@ fn device(state: &mut State, option: &str, value: &str) -> Result<(), String> {
             }
             Ok(())
         }
+        // Present at boot; the core checks them as device_add's.
+        "host-spapr-cpu-core" | "pc-dimm" => {
+            state.devices.push(key_values(&driver, &opts, "driver"));
+            Ok(())
+        }
         _ => Err(format!(
-            "-device {driver}: not supported by Papervisor at start (cores and DIMMs are plugged over QMP once it runs)"
+            "-device {driver}: not supported by Papervisor (its devices are host-spapr-cpu-core, pc-dimm and spapr-vty; disks plug over QMP)"
         )),
     }
+}
+
+/// `-numa node,nodeid=0[,cpus=..][,memdev=ID]`: the one node there is.
+fn numa(state: &mut State, option: &str, value: &str) -> Result<(), String> {
+    let opts = parse_opts(option, value, "type")?;
+    if opts.get("type").map(text_of).as_deref() != Some("node") {
+        return Err(format!(
+            "-numa {value}: only one node (-numa node,nodeid=0) is supported by Papervisor"
+        ));
+    }
+    if state.numa_node {
+        return Err(format!(
+            "-numa {value}: Papervisor's machine has one NUMA node"
+        ));
+    }
+    for (key, item) in &opts {
+        match (key.as_str(), text_of(item).as_str()) {
+            ("type", _) | ("nodeid", "0") => {}
+            // Every CPU is on node 0 whatever the list says.
+            ("cpus", _) => {}
+            ("memdev", id) => state.numa_memdev = Some(id.to_string()),
+            _ => return Err(unsupported(option, key, item)),
+        }
+    }
+    state.numa_node = true;
+    state.args.push("--numa-node".into());
+    Ok(())
 }
 
 fn object(state: &mut State, option: &str, value: &str) -> Result<(), String> {
@@ -513,22 +563,21 @@ fn object(state: &mut State, option: &str, value: &str) -> Result<(), String> {
             Ok(())
         }
         "memory-backend-ram" | "memory-backend-memfd" => {
-            for (key, item) in &opts {
-                match key.as_str() {
-                    "qom-type"
-                    | "id"
-                    | "size"
-                    | "share"
-                    | "x-use-canonical-path-for-ramblock-id" => {}
-                    _ => return Err(unsupported(option, key, item)),
-                }
-            }
+            let mut opts = opts;
             let size = opts
                 .get("size")
                 .map(|size| parse_size(option, &text_of(size), 1))
                 .transpose()?
                 .ok_or_else(|| format!("-object {value}: no size"))?;
-            state.ram_objects.insert(id, size);
+            opts.insert("size".into(), Value::from(size));
+            let object = key_values(&format!("qom-type={qom_type}"), &opts, "qom-type");
+            if state
+                .memory_objects
+                .insert(id.clone(), (size, object))
+                .is_some()
+            {
+                return Err(format!("-object: duplicate id '{id}'"));
+            }
             Ok(())
         }
         _ => Err(format!("-object {qom_type}: not supported by Papervisor")),
@@ -539,20 +588,30 @@ fn finish(mut state: State) -> Result<Translation, String> {
     if state.machine_none {
         state.args.push("--no-machine".into());
     }
-    // Each -object memory backend must be the machine's RAM: the one
-    // -machine memory-backend names, as large as -m.
-    for (id, size) in std::mem::take(&mut state.ram_objects) {
-        if state.ram_backend.as_deref() != Some(id.as_str()) {
-            return Err(format!(
-                "-object {id}: a memory backend is only supported as the machine's RAM (-machine memory-backend={id}); DIMMs are plugged over QMP"
-            ));
-        }
+    // A memory backend is the machine's RAM (the one -machine
+    // memory-backend or the NUMA node names: as large as -m), or a DIMM's.
+    let ram: Vec<String> = [state.ram_backend.take(), state.numa_memdev.take()]
+        .into_iter()
+        .flatten()
+        .collect();
+    for id in &ram {
+        let (size, _) = state
+            .memory_objects
+            .remove(id)
+            .ok_or_else(|| format!("the machine's RAM {id}: no -object {id}"))?;
         if state.ram_size.is_some_and(|ram| ram != size) {
             return Err(format!("-object {id}: its size {size} is not -m's"));
         }
         if state.ram_size.is_none() {
+            state.ram_size = Some(size);
             state.push("memory", format!("size={}M", size >> 20));
         }
+    }
+    for (_, (_, object)) in std::mem::take(&mut state.memory_objects) {
+        state.push("object", object);
+    }
+    for device in std::mem::take(&mut state.devices) {
+        state.push("device", device);
     }
     for monitor in std::mem::take(&mut state.monitors) {
         match state.chardevs.remove(&monitor) {
@@ -652,7 +711,10 @@ mod tests {
         assert!(refused("-overcommit mem-lock=on").contains("mem-lock=on"));
         assert!(refused("-chardev pty,id=c0").contains("no device uses it"));
         assert!(refused("-mon chardev=nothing,mode=control").contains("no such -chardev"));
-        assert!(refused("-object memory-backend-ram,id=m0,size=1G").contains("machine's RAM"));
+        assert!(refused("-machine pseries,memory-backend=r0").contains("no -object r0"));
+        assert!(refused("-numa node,nodeid=1").contains("nodeid=1"));
+        assert!(refused("-numa node -numa node").contains("one NUMA node"));
+        assert!(refused("-numa dist,src=0,dst=0,val=10").contains("-numa"));
         assert!(refused("-m").contains("requires an argument"));
         assert!(refused("disk.img").contains("disk.img"));
         assert!(refused("-global spapr-nvram.reg=0x3000").contains("-global"));
@@ -661,6 +723,29 @@ mod tests {
             quoted.contains("-net\\nx") && !quoted.contains('\n'),
             "{quoted}"
         );
+    }
+
+    #[test]
+    fn boot_time_cores_dimms_and_the_numa_node_reach_the_core() {
+        let line = args(concat!(
+            "-m size=1G,slots=4,maxmem=4G -smp 1,maxcpus=4 ",
+            "-object {\"qom-type\":\"memory-backend-ram\",\"id\":\"ram-node0\",\"size\":1073741824} ",
+            "-numa node,nodeid=0,cpus=0-3,memdev=ram-node0 ",
+            "-object memory-backend-ram,id=memdimm0,size=256M ",
+            "-device {\"driver\":\"pc-dimm\",\"node\":0,\"memdev\":\"memdimm0\",\"id\":\"dimm0\",\"slot\":0} ",
+            "-device host-spapr-cpu-core,core-id=1,id=vcpu1"
+        ));
+        assert_eq!(
+            translate(&line).unwrap().args,
+            args(concat!(
+                "--memory maxmem=4096M,size=1024M,slots=4 --smp cpus=1,maxcpus=4,threads=1 --numa-node ",
+                "--object qom-type=memory-backend-ram,id=memdimm0,size=268435456 ",
+                "--device pc-dimm,id=dimm0,memdev=memdimm0,node=0,slot=0 ",
+                "--device host-spapr-cpu-core,core-id=1,id=vcpu1"
+            ))
+        );
+        let small = args("-m 1G -object memory-backend-ram,id=r,size=512M -numa node,memdev=r");
+        assert!(translate(&small).unwrap_err().contains("not -m's"));
     }
 
     #[test]

@@ -204,6 +204,7 @@ fn domain_xml(name: &str, emulator: &Path) -> String {
   <maxMemory slots='4' unit='MiB'>2048</maxMemory>
   <vcpu placement='static' current='1'>4</vcpu>
   <os><type arch='ppc64' machine='pseries'>hvm</type></os>
+  <cpu><numa><cell id='0' cpus='0-3' memory='512' unit='MiB'/></numa></cpu>
   <on_poweroff>destroy</on_poweroff>
   <devices>
     <emulator>{}</emulator>
@@ -219,7 +220,7 @@ fn domain_xml(name: &str, emulator: &Path) -> String {
 }
 
 const DIMM_XML: &str =
-    "<memory model='dimm'><target><size unit='MiB'>256</size></target></memory>\n";
+    "<memory model='dimm'><target><size unit='MiB'>256</size><node>0</node></target></memory>\n";
 
 /// The pids of processes running one of the binaries in `dir`.
 fn processes_from(dir: &Path) -> Vec<u32> {
@@ -370,11 +371,17 @@ fn libvirt_probes_starts_hotplugs_and_stops_papervisor() {
     drop(console);
     assert_nothing_left(&bin);
 
-    // Started again, then destroyed.
+    // Started again with a DIMM in its definition: there at boot (libvirt
+    // puts it on the command line), then destroyed.
+    virsh_ok(&["attach-device", &name, dimm, "--config"]);
     virsh_ok(&["start", &name]);
     let mut console = VirshConsole::open(&name);
     console.master.write_all(b"\r").unwrap();
     console.read_until(PROMPT);
+    assert_eq!(
+        console.command("mem")[0],
+        "lmb 0x80000004 at 0x40000000: assigned online"
+    );
     virsh_ok(&["destroy", &name]);
     assert_eq!(domain_state(&name), "shut off");
     drop(console);

@@ -248,3 +248,49 @@ fn the_console_on_a_pty_is_named_by_query_chardev() {
     assert!(child.wait().unwrap().success());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Cores and DIMMs on the command line (libvirt's `-device` for boot-time
+/// vCPUs and DIMMs) are present at boot, with no hot-plug event, and go as
+/// hot-plugged ones do.
+#[test]
+fn cores_and_dimms_of_the_command_line_are_there_at_boot() {
+    if !kvm_usable("cores_and_dimms_of_the_command_line_are_there_at_boot") {
+        return;
+    }
+    let mut vm = Vm::start(&[
+        "--smp",
+        "cpus=1,maxcpus=4",
+        "--memory",
+        "size=512M,maxmem=2G,slots=4",
+        "--object",
+        "qom-type=memory-backend-ram,id=m0,size=268435456",
+        "--device",
+        "pc-dimm,id=dimm0,memdev=m0,slot=2",
+        "--device",
+        "host-spapr-cpu-core,core-id=1,id=vcpu1",
+    ]);
+    let banner = vm.boot();
+    assert!(
+        !banner.contains("dlpar:"),
+        "an event for a cold plug: {banner}"
+    );
+    assert_eq!(vm.console.command("cpus"), ["cpu 0 online", "cpu 1 online"]);
+    assert_eq!(
+        vm.console.command("mem")[0],
+        "lmb 0x80000004 at 0x40000000: assigned online"
+    );
+    let mut qmp = QmpClient::connect(&vm.qmp_socket());
+    let dimms = qmp.execute("query-memory-devices", json!({}));
+    assert_eq!(dimms["return"][0]["data"]["slot"], 2, "{dimms}");
+    assert_eq!(
+        qmp.execute("device_del", json!({"id": "dimm0"})),
+        json!({"return": {}})
+    );
+    assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "dimm0");
+    assert_eq!(
+        qmp.execute("device_del", json!({"id": "vcpu1"})),
+        json!({"return": {}})
+    );
+    assert_eq!(qmp.wait_event("DEVICE_DELETED")["data"]["device"], "vcpu1");
+    assert_eq!(vm.console.command("cpus"), ["cpu 0 online"]);
+}

@@ -86,8 +86,14 @@ pub struct Cli {
     /// driver=file,node-name=N,filename=PATH[,read-only=on] (repeatable).
     #[arg(long, value_name = "KEY=VALUE,...")]
     pub blockdev: Vec<String>,
-    /// A disk present at boot (its connector configured), as device_add's
-    /// arguments: virtio-blk-pci,id=ID,drive=NODE[,addr=SLOT] (repeatable).
+    /// A memory backend made at start, as QMP object-add's arguments:
+    /// qom-type=memory-backend-ram,id=ID,size=BYTES (repeatable).
+    #[arg(long, value_name = "KEY=VALUE,...")]
+    pub object: Vec<String>,
+    /// A device present at boot (its connector configured), as
+    /// device_add's arguments: virtio-blk-pci,id=ID,drive=NODE[,addr=SLOT],
+    /// host-spapr-cpu-core,core-id=N[,id=ID] or
+    /// pc-dimm,memdev=BACKEND[,id=ID][,slot=S] (repeatable).
     #[arg(long, value_name = "DRIVER,KEY=VALUE,...")]
     pub device: Vec<String>,
     /// Serve QMP on this inherited descriptor, a listening Unix socket
@@ -106,6 +112,11 @@ pub struct Cli {
     /// serving QMP, instead of ending.
     #[arg(long)]
     pub no_shutdown: bool,
+    /// The machine has one NUMA node, 0, with every CPU and all memory
+    /// (QEMU's -numa node,nodeid=0): the CPUs' properties say so
+    /// (`node-id`), as clients that place CPUs by node expect.
+    #[arg(long)]
+    pub numa_node: bool,
     /// The VM's UUID, for QMP query-uuid.
     #[arg(long, value_parser = parse_uuid)]
     pub uuid: Option<String>,
@@ -450,6 +461,8 @@ pub struct VmConfig {
     pub paused: bool,
     /// `--no-shutdown`.
     pub no_shutdown: bool,
+    /// `--numa-node`.
+    pub numa_node: bool,
     /// `--console-id`.
     pub console_id: String,
     /// The uid and gid asked for on the command line.
@@ -585,6 +598,7 @@ impl VmConfig {
             uuid: cli.uuid,
             paused: cli.paused,
             no_shutdown: cli.no_shutdown,
+            numa_node: cli.numa_node,
             console_id: cli.console_id,
             uid: cli.uid,
             gid: cli.gid,

@@ -80,6 +80,7 @@ fn main() -> ExitCode {
         .blockdev
         .iter()
         .map(|text| ("--blockdev", text))
+        .chain(cli.object.iter().map(|text| ("--object", text)))
         .chain(cli.device.iter().map(|text| ("--device", text)))
         .map(|(option, text)| vmm::qmp::arguments::command_line_request(option, text))
         .collect::<Result<Vec<_>, _>>();

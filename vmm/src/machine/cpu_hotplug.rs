@@ -51,14 +51,20 @@ impl Vm {
 
     /// device_add of a core: its vCPUs are created (parked) before the
     /// controller tells the guest.
-    pub(super) fn core_add(&mut self, core_id: i64, id: Option<&str>) -> Result<Value, QmpError> {
+    /// `cold`: before the guest runs (its DRC configured, no event).
+    pub(super) fn core_add(
+        &mut self,
+        core_id: i64,
+        id: Option<&str>,
+        cold: bool,
+    ) -> Result<Value, QmpError> {
         let (core, device) = self.cores.prepare_plug(core_id, id)?;
         self.create_core_vcpus(core)
             .map_err(|error| QmpError::generic(format!("cannot create the vCPUs: {error}")))?;
         let plug = core_hotplug::Request::Plug {
             drcs: vec![self.cores.drc(core)],
             device: device.path.clone(),
-            cold: false,
+            cold,
         };
         if let Err(reason) = self.hotplug_request(plug) {
             for id in self.cores.vcpus(core) {

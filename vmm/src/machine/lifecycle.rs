@@ -17,7 +17,7 @@ use crate::interrupts::InterruptRouter;
 use crate::layout::{MemoryLayout, FDT_MAX_SIZE, FDT_START, GUEST_IMAGE_START, KVM_TSS_ADDRESS};
 use crate::memory::GuestRam;
 use crate::qmp::QmpServer;
-use crate::request::QmpError;
+use crate::request::{DeviceAdd, MachineRequest, QmpError};
 use crate::vcpu::{CpuTable, RunStatus, StartPoint, VcpuContext};
 use ipc_proto::link::core_eventlog;
 use ipc_proto::link::core_hotplug::{self, DrcRange};
@@ -260,6 +260,7 @@ impl Vm {
             }),
             start_paused: config.paused,
             no_shutdown: config.no_shutdown,
+            numa_node: config.numa_node,
             guest_image,
             vm_fd,
             kvm,
@@ -272,7 +273,7 @@ impl Vm {
         vm.startup.kvm += vcpus_started.elapsed();
         let cold_plug_started = Instant::now();
         vm.cold_plug_present_cores().map_err(VmError::Hotplug)?;
-        vm.cold_plug_disks(cold_plugs).map_err(VmError::Hotplug)?;
+        vm.cold_plug(cold_plugs).map_err(VmError::Hotplug)?;
         vm.startup.devices += cold_plug_started.elapsed();
         Ok(vm)
     }
@@ -333,6 +334,34 @@ impl Vm {
         );
         if !self.cpus.start(0, start) {
             log::error!("vCPU 0 was not stopped at power-on");
+        }
+        Ok(())
+    }
+
+    /// The devices of the command line (`--blockdev`, `--object`,
+    /// `--device`), in order, before the guest runs: present at boot.
+    fn cold_plug(&mut self, requests: Vec<MachineRequest>) -> Result<(), String> {
+        for request in requests {
+            let plugged = match request {
+                MachineRequest::BlockdevAdd(add) => self.block_nodes.add(add),
+                MachineRequest::ObjectAdd(backend) => self.object_add(backend).map(drop),
+                MachineRequest::DeviceAdd(DeviceAdd::VirtioBlk { id, drive, slot }) => {
+                    self.disk_add(&id, &drive, slot, true).map(drop)
+                }
+                MachineRequest::DeviceAdd(DeviceAdd::Core { core_id, id }) => {
+                    self.core_add(core_id, id.as_deref(), true).map(drop)
+                }
+                MachineRequest::DeviceAdd(DeviceAdd::Dimm {
+                    id,
+                    memdev,
+                    addr,
+                    slot,
+                }) => self.dimm_add(&id, &memdev, addr, slot, true).map(drop),
+                other => Err(QmpError::generic(format!(
+                    "{other:?} is not plugged at start"
+                ))),
+            };
+            plugged.map_err(|error| error.desc)?;
         }
         Ok(())
     }

@@ -93,13 +93,16 @@ impl Vm {
     }
 
     /// device_add of a DIMM: its memory is shown to the guest (KVM slot)
-    /// and to the RTAS server before the controller tells the guest.
+    /// and to the RTAS server before the controller tells the guest;
+    /// `cold`: before the guest runs (its DRCs configured, no event: the
+    /// device tree has it assigned).
     pub(super) fn dimm_add(
         &mut self,
         id: &str,
         memdev: &str,
         addr: Option<u64>,
         slot: Option<u32>,
+        cold: bool,
     ) -> Result<Value, QmpError> {
         let dimm = self.dimms.prepare_plug(id, memdev, addr, slot)?;
         let memfd = &self
@@ -139,7 +142,7 @@ impl Vm {
         let plug = core_hotplug::Request::Plug {
             drcs: dimm.drcs(),
             device: dimm.path(),
-            cold: false,
+            cold,
         };
         if let Err(reason) = self.hotplug_request(plug) {
             self.unshare_dimm_with_disks(&dimm, &memory);

@@ -153,6 +153,8 @@ pub struct Vm {
     start_paused: bool,
     /// `--no-shutdown`: a power-off stops the VM instead of ending it.
     no_shutdown: bool,
+    /// `--numa-node`: the CPUs say they are on node 0.
+    numa_node: bool,
     guest_image: Vec<u8>,
     vm_fd: Arc<VmFd>,
     kvm: Kvm,
@@ -273,14 +275,14 @@ impl Vm {
         }
         match request {
             MachineRequest::DeviceAdd(DeviceAdd::Core { core_id, id }) => {
-                self.core_add(core_id, id.as_deref())
+                self.core_add(core_id, id.as_deref(), false)
             }
             MachineRequest::DeviceAdd(DeviceAdd::Dimm {
                 id,
                 memdev,
                 addr,
                 slot,
-            }) => self.dimm_add(&id, &memdev, addr, slot),
+            }) => self.dimm_add(&id, &memdev, addr, slot, false),
             MachineRequest::DeviceAdd(DeviceAdd::VirtioBlk { id, drive, slot }) => {
                 self.disk_add(&id, &drive, slot, false)
             }

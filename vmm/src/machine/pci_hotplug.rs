@@ -10,7 +10,7 @@ use crate::block::disks::{Backend, Disk};
 use crate::block::frontend::{BlockFrontend, Region};
 use crate::control::ControlMessage;
 use crate::devices::spawn::{self, ProcessHandle};
-use crate::request::{DeviceAdd, MachineRequest, QmpError};
+use crate::request::QmpError;
 use ipc_proto::link::core_hotplug::{self, DeviceModel};
 use ipc_proto::spawner::BlockStart;
 use serde_json::{json, Value};
@@ -101,25 +101,6 @@ impl Vm {
             }
         }
         regions
-    }
-
-    /// The block nodes and disks of the command line, before the guest
-    /// runs: each disk's connector starts configured, its node in the device
-    /// tree.
-    pub(super) fn cold_plug_disks(&mut self, requests: Vec<MachineRequest>) -> Result<(), String> {
-        for request in requests {
-            let plugged = match request {
-                MachineRequest::BlockdevAdd(add) => self.block_nodes.add(add),
-                MachineRequest::DeviceAdd(DeviceAdd::VirtioBlk { id, drive, slot }) => {
-                    self.disk_add(&id, &drive, slot, true).map(drop)
-                }
-                other => Err(QmpError::generic(format!(
-                    "{other:?} is not plugged at start"
-                ))),
-            };
-            plugged.map_err(|error| error.desc)?;
-        }
-        Ok(())
     }
 
     /// device_add of a virtio-blk-pci disk serving node `drive`, in `slot`

@@ -119,6 +119,9 @@ impl Vm {
                     "vcpus-count": threads,
                     "props": {"core-id": core * threads},
                 });
+                if self.numa_node {
+                    entry["props"]["node-id"] = json!(0);
+                }
                 if let Some(CoreDevice { path, .. }) = self.cores.device(core) {
                     entry["qom-path"] = json!(path);
                 }
@@ -143,7 +146,11 @@ impl Vm {
                     "cpu-index": vcpu.id,
                     "qom-path": format!("{}/thread[{thread}]", device.path),
                     "thread-id": vcpu.thread_id,
-                    "props": {"core-id": core * threads, "thread-id": thread},
+                    "props": if self.numa_node {
+                        json!({"core-id": core * threads, "thread-id": thread, "node-id": 0})
+                    } else {
+                        json!({"core-id": core * threads, "thread-id": thread})
+                    },
                     "target": "x86_64",
                 }))
             })

@@ -3,7 +3,7 @@
 //! gives. The schema (`schema.rs`) has checked each argument's JSON type
 //! already; what is checked here is what the schema cannot say.
 
-use super::schema::Command;
+use super::schema::{ArgType, Command};
 use crate::block::{disks, nodes};
 use crate::cores::CORE_DRIVER;
 use crate::dimms::{BACKEND_TYPES, DIMM_DRIVER};
@@ -426,10 +426,12 @@ fn blockdev_add(arguments: &Map<String, Value>) -> Result<BlockdevAdd, QmpError>
 }
 
 /// A cold plug on the command line, as QEMU writes one: `--blockdev
-/// key=value,...` (blockdev-add's arguments) or `--device
-/// DRIVER,key=value,...` (device_add's); `,,` is a comma in a value, and
-/// `read-only` takes on/off. Checked as the QMP command with those
-/// arguments, by the same code.
+/// key=value,...` (blockdev-add's arguments), `--object
+/// qom-type=T,key=value,...` (object-add's) or `--device
+/// DRIVER,key=value,...` (device_add's); `,,` is a comma in a value,
+/// `read-only`, `share` and `prealloc` take on/off, and the numbers of
+/// object-add and device_add are numbers. Checked as the QMP command with
+/// those arguments, by the same code.
 pub fn command_line_request(option: &str, text: &str) -> Result<MachineRequest, String> {
     let mut arguments = Map::new();
     let mut items = Vec::new();
@@ -448,6 +450,7 @@ pub fn command_line_request(option: &str, text: &str) -> Result<MachineRequest, 
     items.push(item);
     let command = match option {
         "--blockdev" => Command::BlockdevAdd,
+        "--object" => Command::ObjectAdd,
         "--device" => {
             let driver = items.remove(0);
             arguments.insert("driver".into(), Value::String(driver));
@@ -459,12 +462,17 @@ pub fn command_line_request(option: &str, text: &str) -> Result<MachineRequest, 
         let (key, value) = item
             .split_once('=')
             .ok_or_else(|| format!("{option}: '{item}' is not key=value"))?;
-        let value = match (key, value) {
-            ("read-only", "on" | "true") => Value::Bool(true),
-            ("read-only", "off" | "false") => Value::Bool(false),
-            ("read-only", other) => {
-                return Err(format!("{option}: read-only={other}: expected on or off"))
+        let typed = command.args().iter().find(|arg| arg.name == key);
+        let value = match (typed.map(|arg| arg.ty), value) {
+            (Some(ArgType::Bool), "on" | "true") => Value::Bool(true),
+            (Some(ArgType::Bool), "off" | "false") => Value::Bool(false),
+            (Some(ArgType::Bool), other) => {
+                return Err(format!("{option}: {key}={other}: expected on or off"))
             }
+            (Some(ArgType::Int), number) => match number.parse::<u64>() {
+                Ok(number) => Value::from(number),
+                Err(_) => return Err(format!("{option}: {key}={number}: expected a number")),
+            },
             (_, value) => Value::String(value.to_string()),
         };
         if arguments.insert(key.to_string(), value).is_some() {
@@ -474,11 +482,15 @@ pub fn command_line_request(option: &str, text: &str) -> Result<MachineRequest, 
     let refused = |error: QmpError| format!("{option} {text}: {}", error.desc);
     command.check(&arguments).map_err(refused)?;
     match machine_request(command, &arguments).map_err(refused)? {
-        Some(request @ MachineRequest::BlockdevAdd(_))
-        | Some(request @ MachineRequest::DeviceAdd(DeviceAdd::VirtioBlk { .. })) => Ok(request),
+        Some(
+            request @ (MachineRequest::BlockdevAdd(_)
+            | MachineRequest::ObjectAdd(_)
+            | MachineRequest::DeviceAdd(
+                DeviceAdd::VirtioBlk { .. } | DeviceAdd::Core { .. } | DeviceAdd::Dimm { .. },
+            )),
+        ) => Ok(request),
         _ => Err(format!(
-            "{option} {text}: only disks are plugged from the command line (--blockdev, --device {})",
-            disks::VIRTIO_BLK_DRIVER
+            "{option} {text}: only disks, cores, memory backends and DIMMs are plugged from the command line"
         )),
     }
 }
@@ -917,6 +929,39 @@ mod tests {
         assert!(
             refused("--device", "virtio-blk-pci,id=vd0,drive=d,addr=3.1").contains("function 1")
         );
-        assert!(refused("--device", "pc-dimm,id=d,memdev=m").contains("only disks"));
+        assert!(refused("--blockdev", "driver=file").contains("'node-name' is missing"));
+        // Cores, backends and DIMMs too, their numbers numbers.
+        assert_eq!(
+            command_line_request("--device", "host-spapr-cpu-core,core-id=1,id=vcpu1"),
+            Ok(MachineRequest::DeviceAdd(DeviceAdd::Core {
+                core_id: 1,
+                id: Some("vcpu1".into())
+            }))
+        );
+        assert_eq!(
+            command_line_request(
+                "--object",
+                "qom-type=memory-backend-ram,id=m0,size=268435456,share=off"
+            ),
+            Ok(MachineRequest::ObjectAdd(BackendAdd {
+                qom_type: "memory-backend-ram".into(),
+                id: "m0".into(),
+                size: 1 << 28,
+                prealloc: false,
+                share: false,
+            }))
+        );
+        assert!(matches!(
+            command_line_request("--device", "pc-dimm,id=d,memdev=m0,slot=1,node=0"),
+            Ok(MachineRequest::DeviceAdd(DeviceAdd::Dimm {
+                slot: Some(1),
+                ..
+            }))
+        ));
+        assert!(
+            refused("--object", "qom-type=memory-backend-ram,id=m,size=big")
+                .contains("expected a number")
+        );
+        assert!(refused("--device", "host-spapr-cpu-core,core-id=x").contains("expected a number"));
     }
 }
