@@ -158,6 +158,8 @@ struct State {
     devices: Vec<String>,
     numa_node: bool,
     numa_memdev: Option<String>,
+    /// The core's `--blockdev`s, in order.
+    blockdevs: Vec<String>,
 }
 
 /// A device's or object's properties as the core's key=value list
@@ -322,6 +324,7 @@ fn valued(state: &mut State, option: &str, value: &str) -> Result<(), String> {
         }
         "device" => device(state, option, value)?,
         "numa" => numa(state, option, value)?,
+        "blockdev" => blockdev(state, option, value)?,
         "object" => object(state, option, value)?,
         "pidfile" => state.push("pidfile", value),
         "kernel" => state.push("guest", value),
@@ -516,10 +519,35 @@ fn device(state: &mut State, option: &str, value: &str) -> Result<(), String> {
             state.devices.push(key_values(&driver, &opts, "driver"));
             Ok(())
         }
+        "virtio-blk-pci" => {
+            let mut opts = opts;
+            // The guest is loaded directly: there is no firmware to boot
+            // from a disk, so no boot order to keep.
+            opts.remove("bootindex");
+            state.devices.push(key_values(&driver, &opts, "driver"));
+            Ok(())
+        }
         _ => Err(format!(
             "-device {driver}: not supported by Papervisor (its devices are host-spapr-cpu-core, pc-dimm and spapr-vty; disks plug over QMP)"
         )),
     }
+}
+
+/// `-blockdev`, as libvirt layers it: a `file` node (the image), and a
+/// `raw` node over it that the disk names; the core's `--blockdev` takes
+/// both, checked as blockdev-add's arguments.
+fn blockdev(state: &mut State, option: &str, value: &str) -> Result<(), String> {
+    let opts = parse_opts(option, value, "")?;
+    let driver = opts.get("driver").map(text_of).unwrap_or_default();
+    if driver != "file" && driver != "raw" {
+        return Err(format!(
+            "-blockdev {value}: only raw images (driver file, and raw over it) are supported by Papervisor"
+        ));
+    }
+    state
+        .blockdevs
+        .push(key_values(&format!("driver={driver}"), &opts, "driver"));
+    Ok(())
 }
 
 /// `-numa node,nodeid=0[,cpus=..][,memdev=ID]`: the one node there is.
@@ -606,6 +634,9 @@ fn finish(mut state: State) -> Result<Translation, String> {
             state.ram_size = Some(size);
             state.push("memory", format!("size={}M", size >> 20));
         }
+    }
+    for blockdev in std::mem::take(&mut state.blockdevs) {
+        state.push("blockdev", blockdev);
     }
     for (_, (_, object)) in std::mem::take(&mut state.memory_objects) {
         state.push("object", object);
@@ -746,6 +777,31 @@ mod tests {
         );
         let small = args("-m 1G -object memory-backend-ram,id=r,size=512M -numa node,memdev=r");
         assert!(translate(&small).unwrap_err().contains("not -m's"));
+    }
+
+    #[test]
+    fn libvirts_disk_is_a_raw_image_node_and_a_virtio_blk_pci_device() {
+        let line = vec![
+            "-blockdev".to_string(),
+            r#"{"driver":"file","filename":"/img/a,b.raw","node-name":"libvirt-1-storage","auto-read-only":true,"discard":"unmap"}"#.into(),
+            "-blockdev".into(),
+            r#"{"node-name":"libvirt-1-format","read-only":false,"driver":"raw","file":"libvirt-1-storage"}"#.into(),
+            "-device".into(),
+            "virtio-blk-pci,bus=pci.0,addr=0x1,drive=libvirt-1-format,id=virtio-disk0,bootindex=1".into(),
+        ];
+        assert_eq!(
+            translate(&line).unwrap().args,
+            [
+                "--blockdev",
+                "driver=file,auto-read-only=on,discard=unmap,filename=/img/a,,b.raw,node-name=libvirt-1-storage",
+                "--blockdev",
+                "driver=raw,file=libvirt-1-storage,node-name=libvirt-1-format,read-only=off",
+                "--device",
+                "virtio-blk-pci,addr=0x1,bus=pci.0,drive=libvirt-1-format,id=virtio-disk0",
+            ]
+        );
+        let refused = |line: &str| translate(&args(line)).unwrap_err();
+        assert!(refused("-blockdev driver=qcow2,node-name=q,file=f").contains("raw images"));
     }
 
     #[test]

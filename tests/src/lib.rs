@@ -184,14 +184,23 @@ pub fn log_once(path: &Path, complete: impl Fn(&str) -> bool) -> String {
 /// A fresh, short directory for sockets (Unix socket paths are limited to 108 bytes).
 pub fn scratch_dir() -> PathBuf {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "pv-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
+    // A directory left by an earlier process of the same pid is removed;
+    // one this user cannot remove (another user's) is passed over.
+    for _ in 0..1000 {
+        let dir = std::env::temp_dir().join(format!(
+            "pv-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        if std::fs::create_dir(&dir).is_ok() {
+            return dir;
+        }
+    }
+    panic!(
+        "cannot create a scratch directory in {}",
+        std::env::temp_dir().display()
+    );
 }
 
 /// The machine the hot-plug tests use: one boot core of four, 512 MiB of

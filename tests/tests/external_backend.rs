@@ -143,8 +143,14 @@ fn a_disk_served_by_qemu_storage_daemon_carries_the_guests_pattern() {
     );
 
     let chardevs = qmp.execute("query-chardev", json!({}));
-    assert_eq!(chardevs["return"][0]["label"], "char0");
-    assert_eq!(chardevs["return"][0]["frontend-open"], true);
+    // The console first (QEMU lists its character devices by creation),
+    // then the backend's socket.
+    assert_eq!(chardevs["return"][0]["label"], "console", "{chardevs}");
+    assert!(chardevs["return"][0]["filename"]
+        .as_str()
+        .unwrap()
+        .ends_with("console.sock,server=on"));
+    assert_eq!(chardev(&chardevs, "char0")["frontend-open"], true);
     let busy = qmp.execute("chardev-remove", json!({"id": "char0"}));
     assert!(busy["error"]["desc"]
         .as_str()
@@ -203,11 +209,17 @@ fn the_guests_io_completes_after_a_killed_storage_daemon_comes_back() {
         vm.console.command("blk check 0 1000 8 6"),
         ["blk check: 8 sectors, ok"]
     );
-    assert_eq!(
-        qmp.execute("query-chardev", json!({}))["return"][0]["frontend-open"],
-        true
-    );
+    let chardevs = qmp.execute("query-chardev", json!({}));
+    assert_eq!(chardev(&chardevs, "char0")["frontend-open"], true);
     drop(qmp);
     drop(vm);
     let _ = std::fs::remove_dir_all(scratch);
+}
+
+/// The entry of query-chardev's answer `chardevs` labelled `label`.
+fn chardev<'a>(chardevs: &'a serde_json::Value, label: &str) -> &'a serde_json::Value {
+    chardevs["return"]
+        .as_array()
+        .and_then(|list| list.iter().find(|c| c["label"] == label))
+        .unwrap_or_else(|| panic!("no chardev {label}: {chardevs}"))
 }

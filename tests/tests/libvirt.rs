@@ -7,7 +7,9 @@
 //! `scripts/libvirt-daemon` starts one (CI does); the device mode comes
 //! from the suite's variable, passed with libvirt's `<qemu:env>`.
 
-use papervisor_tests::{binary, in_process, root_and_kvm, say_skipped, DEVICE_MODE_VARIABLE};
+use papervisor_tests::{
+    binary, disks, in_process, root_and_kvm, say_skipped, DEVICE_MODE_VARIABLE,
+};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -176,11 +178,11 @@ impl Drop for VirshConsole {
 fn copied_binaries() -> PathBuf {
     let dir = papervisor_tests::scratch_dir().join("bin");
     std::fs::create_dir_all(&dir).unwrap();
-    let mut parent = Some(dir.as_path());
-    while let Some(path) = parent.filter(|p| p.starts_with(std::env::temp_dir())) {
+    // The scratch directory and this one, never the temporary directory
+    // itself (other users' files live there).
+    for path in [dir.as_path(), dir.parent().expect("the scratch directory")] {
         use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755));
-        parent = path.parent();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     for name in BINARIES {
         papervisor_tests::copy_binary(name, &dir, name);
@@ -189,7 +191,7 @@ fn copied_binaries() -> PathBuf {
     dir
 }
 
-fn domain_xml(name: &str, emulator: &Path) -> String {
+fn domain_xml(name: &str, emulator: &Path, disk: &Path) -> String {
     let env = if in_process() {
         format!(
             "<qemu:commandline><qemu:env name='{DEVICE_MODE_VARIABLE}' value='in-process'/></qemu:commandline>"
@@ -210,12 +212,18 @@ fn domain_xml(name: &str, emulator: &Path) -> String {
     <emulator>{}</emulator>
     <controller type='usb' model='none'/>
     <console type='pty'><target type='serial'/></console>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='{}'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
     <memballoon model='none'/>
   </devices>
   {env}
 </domain>
 ",
-        emulator.display()
+        emulator.display(),
+        disk.display()
     )
 }
 
@@ -313,8 +321,11 @@ fn libvirt_probes_starts_hotplugs_and_stops_papervisor() {
         if in_process() { "threads" } else { "processes" },
         std::process::id()
     );
+    // Images: libvirt gives its user the image (and takes it back).
+    let boot_disk = disks::image(&bin, "boot.raw", 16 << 20);
+    let hot_disk = disks::image(&bin, "hot.raw", 8 << 20);
     let xml_path = bin.join("domain.xml");
-    std::fs::write(&xml_path, domain_xml(&name, &emulator)).unwrap();
+    std::fs::write(&xml_path, domain_xml(&name, &emulator, &boot_disk)).unwrap();
     let dimm_path = bin.join("dimm.xml");
     std::fs::write(&dimm_path, DIMM_XML).unwrap();
     let dimm = dimm_path.to_str().unwrap();
@@ -323,10 +334,38 @@ fn libvirt_probes_starts_hotplugs_and_stops_papervisor() {
 
     virsh_ok(&["start", &name]);
     assert_eq!(domain_state(&name), "running");
+    let pid = core_pid(&name);
     let mut console = VirshConsole::open(&name);
     console.master.write_all(b"\r").unwrap();
     console.read_until(PROMPT);
     assert_eq!(console.command("cpus"), ["cpu 0 online"]);
+
+    // Disks: the domain's, there at boot (libvirt's -blockdev pair and
+    // -device), written; one more attached and detached while it runs.
+    assert_eq!(console.command("blk"), ["blk 0: 32768 sectors"]);
+    assert_eq!(
+        console.command("blk write 0 8 16 7"),
+        ["blk write: 16 sectors"]
+    );
+    assert_eq!(
+        console.command("blk check 0 8 16 7"),
+        ["blk check: 16 sectors, ok"]
+    );
+    let hot = hot_disk.to_str().unwrap();
+    virsh_ok(&[
+        "attach-disk",
+        &name,
+        hot,
+        "vdb",
+        "--live",
+        "--targetbus",
+        "virtio",
+    ]);
+    console.read_until("dlpar: pci add");
+    assert_eq!(console.command("pci").len(), 2, "the hot-plugged disk");
+    virsh_ok(&["detach-disk", &name, "vdb", "--live"]);
+    console.read_until("dlpar: pci remove");
+    assert_eq!(console.command("pci").len(), 1);
 
     // CPUs: one more, then back; the guest refuses first (the CPU to
     // remove is its last online one), and virsh says so.
@@ -369,12 +408,13 @@ fn libvirt_probes_starts_hotplugs_and_stops_papervisor() {
     virsh_ok(&["shutdown", &name]);
     wait_state(&name, "shut off");
     drop(console);
-    assert_nothing_left(&bin);
+    assert_nothing_left(&bin, pid);
 
     // Started again with a DIMM in its definition: there at boot (libvirt
     // puts it on the command line), then destroyed.
     virsh_ok(&["attach-device", &name, dimm, "--config"]);
     virsh_ok(&["start", &name]);
+    let pid = core_pid(&name);
     let mut console = VirshConsole::open(&name);
     console.master.write_all(b"\r").unwrap();
     console.read_until(PROMPT);
@@ -385,8 +425,14 @@ fn libvirt_probes_starts_hotplugs_and_stops_papervisor() {
     virsh_ok(&["destroy", &name]);
     assert_eq!(domain_state(&name), "shut off");
     drop(console);
-    assert_nothing_left(&bin);
+    assert_nothing_left(&bin, pid);
     drop(undefine);
+    let image = std::fs::read(&boot_disk).unwrap();
+    assert_eq!(
+        image[8 * 512..24 * 512],
+        disks::sectors_of_pattern(8, 16, 7)[..],
+        "the image holds what the guest wrote"
+    );
 
     let (sent, not_found) = monitor_traffic(log_offset);
     eprintln!("libvirt's monitor commands, in order: {}", sent.join(" "));
@@ -407,9 +453,18 @@ fn libvirt_probes_starts_hotplugs_and_stops_papervisor() {
     let _ = std::fs::remove_dir_all(bin.parent().unwrap());
 }
 
-/// No process runs the copied binaries, and no VM runtime directory is
-/// left (the probe's process, which libvirt ends itself, included).
-fn assert_nothing_left(bin: &Path) {
+/// The core's pid of a running domain, as libvirt records it.
+fn core_pid(domain: &str) -> u32 {
+    std::fs::read_to_string(format!("/run/libvirt/qemu/{domain}.pid"))
+        .expect("libvirt's pid file of the domain")
+        .trim()
+        .parse()
+        .expect("a pid")
+}
+
+/// No process runs the copied binaries (the probe's, which libvirt ends
+/// itself, included), and the runtime directory of the core `pid` is gone.
+fn assert_nothing_left(bin: &Path, pid: u32) {
     let deadline = Instant::now() + TIMEOUT;
     loop {
         let left = processes_from(bin);
@@ -422,11 +477,8 @@ fn assert_nothing_left(bin: &Path) {
     let user = nix::unistd::User::from_name("libvirt-qemu")
         .unwrap()
         .expect("libvirt's user");
-    let runtime = PathBuf::from(format!("/tmp/papervisor-{}", user.uid));
-    let vms: Vec<_> = std::fs::read_dir(&runtime)
-        .map(|dir| dir.filter_map(Result::ok).map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    assert!(vms.is_empty(), "left in {}: {vms:?}", runtime.display());
+    let runtime = PathBuf::from(format!("/tmp/papervisor-{}/vm-{pid}", user.uid));
+    assert!(!runtime.exists(), "{} is left", runtime.display());
 }
 
 /// Undefines the domain (destroying it first) however the test ends.

@@ -138,10 +138,16 @@ pub struct BackendAdd {
 pub struct BlockdevAdd {
     /// The node's name (checked: QEMU's rule).
     pub node_name: String,
-    /// The image's path.
+    /// The image's path (driver `file`).
     pub filename: PathBuf,
     /// Whether the node is read-only.
     pub read_only: bool,
+    /// Driver `raw`: the file node it is layered over (`filename` is
+    /// then empty).
+    pub over: Option<String>,
+    /// `auto-read-only`: read-only if the image cannot be opened for
+    /// writing.
+    pub auto_read_only: bool,
 }
 
 /// x-inject-fault.

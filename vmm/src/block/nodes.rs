@@ -1,7 +1,10 @@
 //! Block nodes (`blockdev-add`, `blockdev-del`, `query-block`): each an
-//! image the core opened once, by name, read-only or not. A block device
+//! image the core opened once, by name, read-only or not, or a `raw`
+//! format node layered over one (QEMU's stack for a raw image, which
+//! libvirt builds: the device names the `raw` node). A block device
 //! process gets a copy of the node's descriptor and never a path. The table
-//! is bounded, and a node a device uses cannot be deleted.
+//! is bounded, and a node a device uses, or one a node is layered over,
+//! cannot be deleted.
 
 use crate::request::{BlockdevAdd, QmpError};
 use serde_json::{json, Value};
@@ -13,8 +16,10 @@ use std::path::PathBuf;
 pub const MAX_NODES: usize = 32;
 /// The longest node name (QEMU's limit).
 pub const MAX_NODE_NAME: usize = 31;
-/// The one driver: a raw image in a file or a block device.
+/// The protocol driver: a raw image in a file or a block device.
 pub const DRIVER: &str = "file";
+/// The format driver over it: raw, the image as it is.
+pub const RAW_DRIVER: &str = "raw";
 /// The smallest image: one sector.
 pub const MIN_IMAGE_BYTES: u64 = 512;
 
@@ -33,6 +38,10 @@ pub struct Node {
     pub bytes: u64,
     /// The device using it, if any.
     pub user: Option<String>,
+    /// A `raw` node: the file node under it.
+    pub over: Option<String>,
+    /// A file node: the `raw` node layered over it, if any.
+    pub layered: Option<String>,
 }
 
 /// The VM's nodes.
@@ -53,14 +62,36 @@ pub fn valid_node_name(name: &str) -> bool {
 /// Opens `add`'s image: never blocking (a FIFO is refused, not waited on),
 /// never making a terminal the core's, and only a regular file or a block
 /// device of at least one sector.
-fn open_image(add: &BlockdevAdd) -> Result<(File, u64), QmpError> {
+/// With `auto-read-only`, an image that cannot be written is opened
+/// read-only; the answer says which.
+fn open_image(add: &BlockdevAdd) -> Result<(File, u64, bool), QmpError> {
     let path = add.filename.display();
-    let image = std::fs::OpenOptions::new()
-        .read(true)
-        .write(!add.read_only)
-        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
-        .open(&add.filename)
-        .map_err(|error| QmpError::generic(format!("Could not open '{path}': {error}")))?;
+    let open = |read_only: bool| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+            .open(&add.filename)
+    };
+    let (image, read_only) = match open(add.read_only) {
+        Ok(image) => (image, add.read_only),
+        Err(error)
+            if add.auto_read_only
+                && matches!(
+                    error.raw_os_error(),
+                    Some(nix::libc::EACCES | nix::libc::EROFS | nix::libc::EPERM)
+                ) =>
+        {
+            let image = open(true)
+                .map_err(|error| QmpError::generic(format!("Could not open '{path}': {error}")))?;
+            (image, true)
+        }
+        Err(error) => {
+            return Err(QmpError::generic(format!(
+                "Could not open '{path}': {error}"
+            )))
+        }
+    };
     let metadata = image
         .metadata()
         .map_err(|error| QmpError::generic(format!("Could not open '{path}': {error}")))?;
@@ -82,7 +113,7 @@ fn open_image(add: &BlockdevAdd) -> Result<(File, u64), QmpError> {
             "'{path}' is {bytes} bytes, less than one sector"
         )));
     }
-    Ok((image, bytes))
+    Ok((image, bytes, read_only))
 }
 
 impl Nodes {
@@ -99,21 +130,64 @@ impl Nodes {
                 "this VM holds {MAX_NODES} block nodes already"
             )));
         }
-        let (image, bytes) = open_image(&add)?;
+        if let Some(file) = &add.over {
+            return self.add_raw(&add.node_name, file, add.read_only);
+        }
+        let (image, bytes, read_only) = open_image(&add)?;
         log::info!(
             "block node {} opened {}{} ({bytes} bytes)",
             add.node_name,
             add.filename.display(),
-            if add.read_only { " read-only" } else { "" }
+            if read_only { " read-only" } else { "" }
         );
         self.nodes.push(Node {
             name: add.node_name,
             filename: add.filename,
-            read_only: add.read_only,
+            read_only,
             image,
             bytes,
             user: None,
+            over: None,
+            layered: None,
         });
+        Ok(())
+    }
+
+    /// A `raw` node `name` over file node `file`: the same image, by a
+    /// descriptor of its own.
+    fn add_raw(&mut self, name: &str, file: &str, read_only: bool) -> Result<(), QmpError> {
+        let under = self
+            .nodes
+            .iter_mut()
+            .find(|node| node.name == file && node.over.is_none())
+            .ok_or_else(|| QmpError::generic(format!("Parameter 'file': no file node '{file}'")))?;
+        if let Some(user) = under.user.as_ref().or(under.layered.as_ref()) {
+            return Err(QmpError::generic(format!(
+                "Node '{file}' is busy: '{user}' uses it"
+            )));
+        }
+        if under.read_only && !read_only {
+            return Err(QmpError::generic(format!(
+                "Block node '{file}' is read-only: a node over it must be too"
+            )));
+        }
+        let image = under
+            .image
+            .try_clone()
+            .map_err(|error| QmpError::generic(format!("cannot share node '{file}': {error}")))?;
+        under.layered = Some(name.to_string());
+        let node = Node {
+            name: name.to_string(),
+            filename: under.filename.clone(),
+            read_only,
+            image,
+            bytes: under.bytes,
+            user: None,
+            over: Some(file.to_string()),
+            layered: None,
+        };
+        log::info!("block node {name}: raw over {file}");
+        self.nodes.push(node);
         Ok(())
     }
 
@@ -126,6 +200,16 @@ impl Nodes {
             return Err(QmpError::generic(format!(
                 "Node '{name}' is busy: device '{user}' uses it"
             )));
+        }
+        if let Some(over) = &node.layered {
+            return Err(QmpError::generic(format!(
+                "Node '{name}' is busy: node '{over}' is layered over it"
+            )));
+        }
+        if let Some(file) = node.over.clone() {
+            if let Some(under) = self.nodes.iter_mut().find(|node| node.name == file) {
+                under.layered = None;
+            }
         }
         self.nodes.retain(|node| node.name != name);
         log::info!("block node {name} closed");
@@ -149,6 +233,11 @@ impl Nodes {
         if let Some(user) = &node.user {
             return Err(QmpError::generic(format!(
                 "Node '{name}' is busy: device '{user}' uses it"
+            )));
+        }
+        if let Some(over) = &node.layered {
+            return Err(QmpError::generic(format!(
+                "Node '{name}' is busy: node '{over}' is layered over it (a device names the top node)"
             )));
         }
         node.user = Some(device.to_string());
@@ -195,14 +284,14 @@ impl Nodes {
                         "node-name": node.name,
                         "file": node.filename.display().to_string(),
                         "ro": node.read_only,
-                        "drv": DRIVER,
+                        "drv": if node.over.is_some() { RAW_DRIVER } else { DRIVER },
                         "encrypted": false,
                         "detect_zeroes": "off",
                         "bps": 0, "bps_rd": 0, "bps_wr": 0,
                         "iops": 0, "iops_rd": 0, "iops_wr": 0,
                         "image": {
                             "filename": node.filename.display().to_string(),
-                            "format": DRIVER,
+                            "format": if node.over.is_some() { RAW_DRIVER } else { DRIVER },
                             "virtual-size": node.bytes,
                         },
                     },
@@ -247,7 +336,51 @@ mod tests {
             node_name: name.into(),
             filename: path.into(),
             read_only,
+            over: None,
+            auto_read_only: false,
         }
+    }
+
+    fn raw(name: &str, file: &str, read_only: bool) -> BlockdevAdd {
+        BlockdevAdd {
+            node_name: name.into(),
+            filename: Default::default(),
+            read_only,
+            over: Some(file.into()),
+            auto_read_only: false,
+        }
+    }
+
+    /// libvirt's stack: a raw node over a file node; the device names the
+    /// raw one, and they go top first.
+    #[test]
+    fn a_raw_node_layers_over_a_file_node_and_goes_first() {
+        let file = image(64 << 10);
+        let mut nodes = Nodes::default();
+        assert!(nodes
+            .add(raw("fmt", "storage", false))
+            .unwrap_err()
+            .desc
+            .contains("no file node"));
+        nodes.add(add("storage", &file.0, false)).unwrap();
+        nodes.add(raw("fmt", "storage", false)).unwrap();
+        let busy = |error: QmpError| error.desc;
+        assert!(busy(nodes.add(raw("fmt2", "storage", false)).unwrap_err()).contains("busy"));
+        assert!(busy(nodes.add(raw("fmt3", "fmt", false)).unwrap_err()).contains("no file node"));
+        assert!(busy(nodes.attach("storage", "vd0").unwrap_err()).contains("layered over it"));
+        assert_eq!(nodes.attach("fmt", "vd0").unwrap().bytes, 64 << 10);
+        assert_eq!(nodes.query()[1]["inserted"]["drv"], "raw");
+        assert!(busy(nodes.remove("storage").unwrap_err()).contains("'fmt' is layered"));
+        assert!(busy(nodes.remove("fmt").unwrap_err()).contains("'vd0'"));
+        nodes.detach("fmt");
+        nodes.remove("fmt").unwrap();
+        nodes.remove("storage").unwrap();
+        assert_eq!(nodes.query(), json!([]));
+
+        // A read-only file node takes only a read-only node over it.
+        nodes.add(add("ro", &file.0, true)).unwrap();
+        assert!(busy(nodes.add(raw("rw", "ro", false)).unwrap_err()).contains("read-only"));
+        nodes.add(raw("rw", "ro", true)).unwrap();
     }
 
     #[test]

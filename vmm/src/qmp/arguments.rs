@@ -393,15 +393,11 @@ fn object_add(arguments: &Map<String, Value>) -> Result<BackendAdd, QmpError> {
     })
 }
 
-/// blockdev-add of a raw image (driver `file`).
+/// blockdev-add of a raw image: a `file` node (the image), or a `raw`
+/// node layered over one (what libvirt makes: its disks name the `raw`
+/// node). `discard` is taken (the disk offers the guest no discard).
 fn blockdev_add(arguments: &Map<String, Value>) -> Result<BlockdevAdd, QmpError> {
     let driver = text(arguments, "driver").unwrap_or_default();
-    if driver != nodes::DRIVER {
-        return Err(QmpError::generic(format!(
-            "Parameter 'driver' does not accept value '{driver}' (this machine has '{}')",
-            nodes::DRIVER
-        )));
-    }
     let node_name = text(arguments, "node-name").unwrap_or_default();
     if !nodes::valid_node_name(node_name) {
         return Err(QmpError::generic(format!(
@@ -409,19 +405,63 @@ fn blockdev_add(arguments: &Map<String, Value>) -> Result<BlockdevAdd, QmpError>
             nodes::MAX_NODE_NAME
         )));
     }
-    let filename = text(arguments, "filename").unwrap_or_default();
-    if filename.is_empty() || filename.len() > MAX_PATH || filename.contains('\0') {
-        return Err(QmpError::generic(
-            "Parameter 'filename' expects a path of 1 to 4095 bytes",
-        ));
+    let flag = |name: &str| {
+        arguments
+            .get(name)
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    };
+    let (filename, over) = match driver {
+        nodes::DRIVER => {
+            if arguments.contains_key("file") {
+                return Err(QmpError::generic("Parameter 'file' is unexpected for driver 'file'"));
+            }
+            let filename = text(arguments, "filename")
+                .ok_or_else(|| QmpError::generic("Parameter 'filename' is missing"))?;
+            if filename.is_empty() || filename.len() > MAX_PATH || filename.contains('\0') {
+                return Err(QmpError::generic(
+                    "Parameter 'filename' expects a path of 1 to 4095 bytes",
+                ));
+            }
+            (filename.into(), None)
+        }
+        nodes::RAW_DRIVER => {
+            if arguments.contains_key("filename") || arguments.contains_key("auto-read-only") {
+                return Err(QmpError::generic(
+                    "Parameter 'filename' or 'auto-read-only' is unexpected for driver 'raw': it names a 'file' node",
+                ));
+            }
+            let file = text(arguments, "file")
+                .ok_or_else(|| QmpError::generic("Parameter 'file' is missing"))?;
+            if !nodes::valid_node_name(file) {
+                return Err(QmpError::generic(format!(
+                    "Parameter 'file' expects the name of a file node, not '{file}'"
+                )));
+            }
+            (std::path::PathBuf::new(), Some(file.to_string()))
+        }
+        _ => {
+            return Err(QmpError::generic(format!(
+                "Parameter 'driver' does not accept value '{driver}' (this machine has '{}' and '{}' over it)",
+                nodes::DRIVER,
+                nodes::RAW_DRIVER
+            )))
+        }
+    };
+    match text(arguments, "discard") {
+        None | Some("ignore" | "off" | "unmap" | "on") => {}
+        Some(other) => {
+            return Err(QmpError::generic(format!(
+                "Parameter 'discard' does not accept value '{other}'"
+            )))
+        }
     }
     Ok(BlockdevAdd {
         node_name: node_name.to_string(),
-        filename: filename.into(),
-        read_only: arguments
-            .get("read-only")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
+        filename,
+        read_only: flag("read-only"),
+        over,
+        auto_read_only: flag("auto-read-only"),
     })
 }
 
@@ -905,7 +945,29 @@ mod tests {
                 node_name: "disk0".into(),
                 filename: "/images/a,b.raw".into(),
                 read_only: true,
+                over: None,
+                auto_read_only: false,
             })
+        );
+        assert_eq!(
+            command_line_request("--blockdev", "driver=raw,node-name=fmt,file=disk0"),
+            Ok(MachineRequest::BlockdevAdd(BlockdevAdd {
+                node_name: "fmt".into(),
+                filename: Default::default(),
+                read_only: false,
+                over: Some("disk0".into()),
+                auto_read_only: false,
+            }))
+        );
+        assert!(
+            command_line_request("--blockdev", "driver=raw,node-name=fmt,filename=/x")
+                .unwrap_err()
+                .contains("unexpected")
+        );
+        assert!(
+            command_line_request("--blockdev", "driver=qcow2,node-name=q,file=f")
+                .unwrap_err()
+                .contains("'qcow2'")
         );
         let disk =
             command_line_request("--device", "virtio-blk-pci,id=vd0,drive=disk0,addr=3").unwrap();

@@ -244,8 +244,11 @@ commands! {
     BlockdevAdd = "blockdev-add", args: [
         required("driver", ArgType::Str),
         required("node-name", ArgType::Str),
-        required("filename", ArgType::Str),
-        optional("read-only", ArgType::Bool)
+        optional("filename", ArgType::Str),
+        optional("file", ArgType::Str),
+        optional("read-only", ArgType::Bool),
+        optional("auto-read-only", ArgType::Bool),
+        optional("discard", ArgType::Str)
     ], returns: Returns::Nothing;
     BlockdevDel = "blockdev-del", args: [required("node-name", ArgType::Str)], returns: Returns::Nothing;
     QueryBlock = "query-block", args: [], returns: Returns::List("BlockInfo");
