@@ -2,6 +2,7 @@
 //! causes on one line, and clap's command-line errors on one line.
 #![deny(missing_docs)]
 
+pub mod options;
 pub mod seccomp;
 
 use std::cell::Cell;

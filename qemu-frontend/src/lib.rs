@@ -46,20 +46,7 @@ fn parse_opts(option: &str, text: &str, implied: &str) -> Result<Map<String, Val
             _ => Err(format!("-{option} {text}: not a JSON object")),
         };
     }
-    let mut items = Vec::new();
-    let mut item = String::new();
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, chars.peek()) {
-            (',', Some(',')) => {
-                chars.next();
-                item.push(',');
-            }
-            (',', _) => items.push(std::mem::take(&mut item)),
-            _ => item.push(c),
-        }
-    }
-    items.push(item);
+    let items = common::options::split(text);
     let mut map = Map::new();
     for (index, item) in items.into_iter().enumerate() {
         let (key, value) = match item.split_once('=') {
@@ -165,10 +152,13 @@ struct State {
 /// A device's or object's properties as the core's key=value list
 /// (`,,` a comma in a value), `first` leading.
 fn key_values(first: &str, opts: &Map<String, Value>, skip: &str) -> String {
-    let mut items = vec![first.replace(',', ",,")];
+    let mut items = vec![common::options::escape(first)];
     for (key, value) in opts {
         if key != skip {
-            items.push(format!("{key}={}", text_of(value).replace(',', ",,")));
+            items.push(format!(
+                "{key}={}",
+                common::options::escape(&text_of(value))
+            ));
         }
     }
     items.join(",")

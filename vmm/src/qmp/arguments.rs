@@ -474,20 +474,7 @@ fn blockdev_add(arguments: &Map<String, Value>) -> Result<BlockdevAdd, QmpError>
 /// those arguments, by the same code.
 pub fn command_line_request(option: &str, text: &str) -> Result<MachineRequest, String> {
     let mut arguments = Map::new();
-    let mut items = Vec::new();
-    let mut item = String::new();
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, chars.peek()) {
-            (',', Some(',')) => {
-                chars.next();
-                item.push(',');
-            }
-            (',', _) => items.push(std::mem::take(&mut item)),
-            _ => item.push(c),
-        }
-    }
-    items.push(item);
+    let mut items = common::options::split(text);
     let command = match option {
         "--blockdev" => Command::BlockdevAdd,
         "--object" => Command::ObjectAdd,
