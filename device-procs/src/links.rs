@@ -560,8 +560,10 @@ pub fn serve(device: &mut impl Device, links: &mut Links) -> Result<(), ProcessE
                     log::info!("the core hung up; exiting");
                     return Ok(());
                 }
+                // A peer that ends: the VM ends, or the core restarts it
+                // (and says so); neither is this process's to warn of.
                 Err(ChannelError::HungUp) => {
-                    log::warn!("{link:?}: the peer hung up");
+                    log::info!("{link:?}: the peer hung up");
                     links.ends.remove(&link);
                 }
                 Err(ChannelError::Timeout(_)) => {}

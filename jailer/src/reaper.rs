@@ -100,8 +100,29 @@ fn has_ended(pidfd: &OwnedFd) -> bool {
     poll(&mut polled, PollTimeout::ZERO).is_ok_and(|ready| ready > 0)
 }
 
-/// The pidfds one message carries (the core sends one per message).
-fn received(socket: BorrowedFd<'_>) -> nix::Result<Option<Vec<OwnedFd>>> {
+/// The byte of the message by which the core says it ends cleanly: the
+/// processes still running when its end closes are ending with it.
+pub const ENDING: u8 = b'E';
+
+/// What one message from the core says.
+enum Received {
+    /// Pidfds of new device processes (the core sends one per message).
+    Pidfds(Vec<OwnedFd>),
+    /// [`ENDING`].
+    Ending,
+    /// The core's end closed.
+    Closed,
+}
+
+/// How the core ended, as [`serve`] saw it.
+pub struct Served {
+    /// Device processes still running that were killed.
+    pub killed: usize,
+    /// The core said it was ending before its end closed.
+    pub clean: bool,
+}
+
+fn received(socket: BorrowedFd<'_>) -> nix::Result<Received> {
     let mut byte = [0u8; 1];
     let mut space = nix::cmsg_space!([RawFd; 4]);
     let mut iov = [IoSliceMut::new(&mut byte)];
@@ -124,18 +145,23 @@ fn received(socket: BorrowedFd<'_>) -> nix::Result<Option<Vec<OwnedFd>>> {
         }
     }
     if message.bytes == 0 && fds.is_empty() {
-        return Ok(None);
+        return Ok(Received::Closed);
     }
-    Ok(Some(fds))
+    if fds.is_empty() && byte[0] == ENDING {
+        return Ok(Received::Ending);
+    }
+    Ok(Received::Pidfds(fds))
 }
 
 /// Serves `socket` until the core's end closes, then SIGKILLs every
-/// process it was told of that still runs. Returns how many it signalled.
-pub fn serve(socket: BorrowedFd<'_>) -> usize {
+/// process it was told of that still runs.
+pub fn serve(socket: BorrowedFd<'_>) -> Served {
     let mut held: Vec<OwnedFd> = Vec::new();
+    let mut clean = false;
     loop {
         match received(socket) {
-            Ok(Some(pidfds)) => {
+            Ok(Received::Ending) => clean = true,
+            Ok(Received::Pidfds(pidfds)) => {
                 for pidfd in pidfds {
                     if held.len() >= MAX_HELD {
                         held.retain(|held| !has_ended(held));
@@ -147,14 +173,16 @@ pub fn serve(socket: BorrowedFd<'_>) -> usize {
             }
             Err(nix::errno::Errno::EINTR) => continue,
             // The core's end closed (or broke): the core is gone.
-            Ok(None) | Err(_) => break,
+            Ok(Received::Closed) | Err(_) => break,
         }
     }
-    held.iter()
+    let killed = held
+        .iter()
         .filter(|pidfd| {
             rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::KILL).is_ok()
         })
-        .count()
+        .count();
+    Served { killed, clean }
 }
 
 #[cfg(test)]
@@ -210,9 +238,26 @@ mod tests {
         drop(core);
         // The stopped one is killed; the one that had exited is not
         // signalled (its pid may be anyone's by now).
-        assert_eq!(server.join().unwrap(), 1);
+        let served = server.join().unwrap();
+        assert_eq!((served.killed, served.clean), (1, false));
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(stopped.wait().unwrap().signal(), Some(nix::libc::SIGKILL));
+    }
+
+    /// The core said it ends: what it leaves running is no news.
+    #[test]
+    fn a_core_that_says_it_ends_ends_cleanly() {
+        let (core, reaper) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        nix::sys::socket::send(core.as_raw_fd(), &[ENDING], MsgFlags::empty()).unwrap();
+        drop(core);
+        let served = serve(reaper.as_fd());
+        assert_eq!((served.killed, served.clean), (0, true));
     }
 
     #[test]

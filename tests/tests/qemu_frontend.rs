@@ -239,11 +239,13 @@ fn the_console_on_a_pty_is_named_by_query_chardev() {
     terminal.write_all(b"cpus\r").unwrap();
     let mut seen = String::new();
     let mut buffer = [0u8; 1024];
-    while !seen.contains("cpu 0 online") {
+    while !seen.contains("cpu 0 online\r\n") {
         let n = terminal.read(&mut buffer).unwrap();
-        assert!(n > 0, "the pty closed: {seen}");
+        assert!(n > 0, "the pty closed: {seen:?}");
         seen.push_str(&String::from_utf8_lossy(&buffer[..n]));
     }
+    // A terminal: every line feed comes with its carriage return.
+    assert!(!seen.replace("\r\n", "").contains('\n'), "{seen:?}");
     qmp.execute("quit", json!({}));
     assert!(child.wait().unwrap().success());
     let _ = std::fs::remove_dir_all(dir);

@@ -74,7 +74,7 @@ fn the_schema_lists_exactly_the_commands_the_dispatcher_accepts() {
     }
     // And nothing else is.
     for command in [
-        "human-monitor-command",
+        "blockdev-snapshot-sync",
         "query-balloon",
         "migrate",
         "x-debug",

@@ -128,6 +128,12 @@ struct Output {
     backlog: VecDeque<u8>,
     /// Bytes dropped because the backlog was full, not yet reported.
     dropped: usize,
+    /// A terminal shows the output: a line feed goes as CR LF (the
+    /// terminal is in raw mode, which does not add the CR), unless the
+    /// guest sent the CR itself.
+    crlf: bool,
+    /// The last byte the guest wrote was a CR.
+    after_cr: bool,
 }
 
 struct Input {
@@ -149,6 +155,11 @@ pub struct Console {
 
 impl Console {
     fn new(target: Target, interrupt: EventFd) -> Arc<Console> {
+        let crlf = match &target {
+            Target::Stdout => nix::unistd::isatty(std::io::stdout()).unwrap_or(false),
+            Target::Pty(_) => true,
+            Target::Socket(_) => false,
+        };
         Arc::new(Console {
             input: Mutex::new(Input {
                 queue: VecDeque::new(),
@@ -160,6 +171,8 @@ impl Console {
                 next_client: 0,
                 backlog: VecDeque::new(),
                 dropped: 0,
+                crlf,
+                after_cr: false,
             }),
             output_ready: Condvar::new(),
             interrupt,
@@ -452,7 +465,17 @@ impl Console {
     /// H_PUT_TERM_CHAR and display-character: never blocks the vCPU.
     pub fn write(&self, bytes: &[u8]) {
         let mut output = lock(&self.output);
-        output.backlog.extend(bytes);
+        if output.crlf {
+            for &byte in bytes {
+                if byte == b'\n' && !output.after_cr {
+                    output.backlog.push_back(b'\r');
+                }
+                output.after_cr = byte == b'\r';
+                output.backlog.push_back(byte);
+            }
+        } else {
+            output.backlog.extend(bytes);
+        }
         let excess = output.backlog.len().saturating_sub(BACKLOG_CAPACITY);
         if excess > 0 {
             output.backlog.drain(..excess);
@@ -469,6 +492,25 @@ mod tests {
 
     fn console() -> Arc<Console> {
         Console::new(Target::Socket(None), EventFd::new(EFD_NONBLOCK).unwrap())
+    }
+
+    /// A terminal gets CR LF for the guest's LF (a CR the guest sent is not
+    /// doubled, also across writes); a socket client gets the bytes as
+    /// they are.
+    #[test]
+    fn a_terminal_gets_cr_lf_and_a_socket_the_guests_bytes() {
+        let terminal = std::fs::File::open("/dev/null").unwrap();
+        let pty = Console::new(Target::Pty(terminal), EventFd::new(EFD_NONBLOCK).unwrap());
+        let socket = console();
+        for chunk in [&b"a\n"[..], b"b\r", b"\nc\n\n"] {
+            pty.write(chunk);
+            socket.write(chunk);
+        }
+        let shown = |console: &Console| -> Vec<u8> {
+            lock(&console.output).backlog.iter().copied().collect()
+        };
+        assert_eq!(shown(&pty), b"a\r\nb\r\nc\r\n\r\n");
+        assert_eq!(shown(&socket), b"a\nb\r\nc\n\n");
     }
 
     #[test]

@@ -134,10 +134,30 @@ impl RunDir {
     }
 }
 
+/// How long the VM's last processes (the spawner, a standby it was
+/// starting) may take to stop adding to the runtime directory at the end.
+const REMOVAL_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Drop for RunDir {
     fn drop(&mut self) {
-        if let Err(error) = std::fs::remove_dir_all(&self.path) {
-            log::warn!("cannot remove {}: {error}", self.path.display());
+        // The spawner ends with the core's link, a moment after it: a jail
+        // it was making meanwhile appears while the tree is removed.
+        let deadline = std::time::Instant::now() + REMOVAL_GRACE;
+        loop {
+            match std::fs::remove_dir_all(&self.path) {
+                Ok(()) => return,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return,
+                Err(error)
+                    if error.raw_os_error() == Some(nix::libc::ENOTEMPTY)
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(error) => {
+                    log::warn!("cannot remove {}: {error}", self.path.display());
+                    return;
+                }
+            }
         }
     }
 }

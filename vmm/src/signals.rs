@@ -65,8 +65,8 @@ impl Blocked {
     fn forward(&self, control: &Sender<ControlMessage>) {
         loop {
             match self.0.wait() {
+                // The control loop logs it, once.
                 Ok(signal) => {
-                    log::info!("{signal} received: ending the VM");
                     if control.send(ControlMessage::HostSignal(signal)).is_err() {
                         return;
                     }

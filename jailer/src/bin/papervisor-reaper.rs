@@ -38,9 +38,17 @@ fn main() -> ExitCode {
     // SAFETY: the core hands the socket over as this descriptor, open for
     // the life of the process.
     let socket = unsafe { BorrowedFd::borrow_raw(jailer::reaper::REAPER_SOCKET_FD) };
-    let killed = jailer::reaper::serve(socket);
-    if killed > 0 {
-        log::warn!("the core is gone: {killed} of its device processes were still running, and were killed");
+    let served = jailer::reaper::serve(socket);
+    match (served.killed, served.clean) {
+        (0, _) => {}
+        (killed, true) => {
+            log::info!(
+                "the VM ended: {killed} of its device processes were still ending, and were killed"
+            )
+        }
+        (killed, false) => log::warn!(
+            "the core is gone: {killed} of its device processes were still running, and were killed"
+        ),
     }
     ExitCode::SUCCESS
 }

@@ -41,6 +41,23 @@ impl DeviceProcesses {
         }
     }
 
+    /// Tells the reaper the VM ends cleanly: what still runs when the core
+    /// is gone was ending with it (no warning).
+    pub fn announce_end(&self) {
+        use nix::sys::socket::{sendmsg, MsgFlags};
+        if let Some(reaper) = lock(&self.reaper).as_ref() {
+            // sendmsg, as for the pidfds: the system call the control
+            // thread's filter allows on this socket.
+            let _ = sendmsg::<()>(
+                reaper.as_raw_fd(),
+                &[std::io::IoSlice::new(&[jailer::reaper::ENDING])],
+                &[],
+                MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+                None,
+            );
+        }
+    }
+
     /// Hands the reaper a pidfd of a new device process.
     pub(super) fn tell_reaper(&self, handle: &ProcessHandle) {
         use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};

@@ -214,6 +214,7 @@ impl Vm {
                     self.stay_shut_down();
                     continue;
                 }
+                self.devices.announce_end();
                 self.shut_down(guest, reason);
                 return Ok(());
             }

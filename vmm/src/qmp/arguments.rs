@@ -73,6 +73,7 @@ pub fn machine_request(
         | Command::QueryTpmTypes
         | Command::QueryMigrateCapabilities
         | Command::MigrateSetCapabilities
+        | Command::HumanMonitorCommand
         | Command::QueryIothreads
         | Command::QueryCommands
         | Command::QueryQmpSchema

@@ -8,6 +8,7 @@
 
 pub mod arguments;
 pub mod catalog;
+pub mod hmp;
 pub mod schema;
 
 use crate::control::ControlMessage;
@@ -479,6 +480,22 @@ impl<'a> Session<'a> {
                 done(catalog::query_command_line_options(arguments)?)
             }
             Command::QueryCpuDefinitions => done(catalog::query_cpu_definitions()),
+            Command::HumanMonitorCommand => {
+                let line = arguments
+                    .get("command-line")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                done(Value::String(match hmp::parse(line) {
+                    hmp::Request::Help => hmp::help(),
+                    hmp::Request::Unknown(line) => hmp::unknown(&line),
+                    hmp::Request::Info(topic) => {
+                        let mut query = Map::new();
+                        query.insert("execute".into(), json!(topic.query()));
+                        let (answer, _) = self.dispatch(&query)?;
+                        hmp::render(topic, &answer)
+                    }
+                }))
+            }
             // No TPM, no migration, no I/O threads: empty lists, as QEMU
             // built without them answers.
             Command::QueryTpmModels | Command::QueryTpmTypes | Command::QueryIothreads => {

@@ -118,6 +118,8 @@ pub enum Returns {
     Object(&'static str),
     /// A list of objects of a type of [`TYPES`].
     List(&'static str),
+    /// A string (the human monitor's text).
+    Text,
     /// Any value: the `x-` queries, whose shape is Papervisor's own and
     /// documented where they are made.
     Any,
@@ -129,6 +131,7 @@ impl Returns {
             Returns::Nothing => EMPTY.into(),
             Returns::Object(name) => name.into(),
             Returns::List(name) => format!("[{name}]"),
+            Returns::Text => "str".into(),
             Returns::Any => "any".into(),
         }
     }
@@ -203,6 +206,10 @@ commands! {
     MigrateSetCapabilities = "migrate-set-capabilities", args: [
         required("capabilities", ArgType::ObjectList("MigrationCapabilityStatus"))
     ], returns: Returns::Nothing;
+    HumanMonitorCommand = "human-monitor-command", args: [
+        required("command-line", ArgType::Str),
+        optional("cpu-index", ArgType::Int)
+    ], returns: Returns::Text;
     QueryIothreads = "query-iothreads", args: [], returns: Returns::List("IOThreadInfo");
     SystemReset = "system_reset", args: [], returns: Returns::Nothing;
     SystemPowerdown = "system_powerdown", args: [], returns: Returns::Nothing;
@@ -616,13 +623,18 @@ pub fn query_qmp_schema() -> Value {
     let mut schema = Vec::new();
     for command in Command::ALL {
         let arg_type = format!("q_obj_{}-arg", command.name());
-        schema.push(json!({
+        let mut entry = json!({
             "name": command.name(),
             "meta-type": "command",
             "arg-type": arg_type,
             "ret-type": command.returns().schema_name(),
             "allow-oob": false,
-        }));
+        });
+        // QEMU marks what may change without notice: the x- commands.
+        if command.name().starts_with("x-") {
+            entry["features"] = json!(["unstable"]);
+        }
+        schema.push(entry);
         schema.push(object_type(arg_type, command.args()));
     }
     for (name, members) in TYPES {
@@ -632,7 +644,11 @@ pub fn query_qmp_schema() -> Value {
     }
     for (event, members) in EVENTS {
         let arg_type = format!("q_obj_{event}-arg");
-        schema.push(json!({"name": event, "meta-type": "event", "arg-type": arg_type}));
+        let mut entry = json!({"name": event, "meta-type": "event", "arg-type": arg_type});
+        if event.starts_with("X_") {
+            entry["features"] = json!(["unstable"]);
+        }
+        schema.push(entry);
         schema.push(object_type(arg_type, members));
     }
     for (name, json_type) in [
@@ -664,7 +680,7 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), Command::ALL.len());
-        assert_eq!(Command::from_name("human-monitor-command"), None);
+        assert_eq!(Command::from_name("migrate"), None);
     }
 
     #[test]
@@ -709,5 +725,10 @@ mod tests {
             .filter(|e| e["meta-type"] == "command")
             .count();
         assert_eq!(commands, Command::ALL.len());
+        for entry in entries.iter().filter(|e| e["meta-type"] == "command") {
+            let unstable = entry["features"] == json!(["unstable"]);
+            let name = entry["name"].as_str().unwrap();
+            assert_eq!(unstable, name.starts_with("x-"), "{name}");
+        }
     }
 }

@@ -1,0 +1,72 @@
+//! What an operator relies on: QEMU's human monitor through `qmp-shell -H`
+//! (QEMU's own client, unmodified).
+
+use papervisor_tests::{kvm_usable, Vm};
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+#[test]
+fn qmp_shell_in_human_monitor_mode_answers_info_commands() {
+    if !kvm_usable("qmp_shell_in_human_monitor_mode_answers_info_commands") {
+        return;
+    }
+    let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=2"]);
+    vm.boot();
+    let mut shell = Command::new("python3")
+        .args(["-m", "qemu.qmp.qmp_shell", "-H"])
+        .arg(vm.qmp_socket())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 with qemu.qmp (pip install qemu.qmp)");
+    shell
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"info status\ninfo hotpluggable-cpus\ninfo bogus\n")
+        .unwrap();
+    let output = shell.wait_with_output().unwrap();
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{shown}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(shown.contains("VM status: running"), "{shown}");
+    assert!(shown.contains("type: \"host-spapr-cpu-core\""), "{shown}");
+    assert_eq!(shown.matches("core-id:").count(), 2, "{shown}");
+    assert!(shown.contains("unknown command: 'info bogus'"), "{shown}");
+}
+
+/// A clean end (quit, or SIGTERM as a service manager sends it) logs no
+/// warning from any process, and a signal once.
+#[test]
+fn a_clean_end_logs_no_warning_and_a_signal_once() {
+    if !kvm_usable("a_clean_end_logs_no_warning_and_a_signal_once") {
+        return;
+    }
+    for how in ["quit", "SIGTERM"] {
+        let dir = papervisor_tests::scratch_dir();
+        let log_path = dir.join("vm.log");
+        let log_file = format!("--log-file={}", log_path.display());
+        let mut vm = Vm::start(&[&log_file]);
+        vm.boot();
+        if how == "quit" {
+            vm.qmp(&["quit"]);
+        } else {
+            papervisor_tests::send_signal(u64::from(vm.pid()), nix::sys::signal::Signal::SIGTERM);
+        }
+        assert!(vm.wait_exit(std::time::Duration::from_secs(10)).success());
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        let warnings: Vec<&str> = log
+            .lines()
+            .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
+            .collect();
+        assert!(warnings.is_empty(), "{how}: {warnings:#?}");
+        if how == "SIGTERM" {
+            assert_eq!(log.matches("SIGTERM").count(), 1, "{log}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
