@@ -333,8 +333,21 @@ impl Vm {
     /// pipe that is kept, unread, while the VM runs: a log reader that
     /// stopped reading).
     pub fn start_with_stderr(program: &Path, dir: PathBuf, args: &[&str], stderr: Stdio) -> Vm {
+        Vm::start_with_env(program, dir, args, stderr, &[])
+    }
+
+    /// Starts `program` as [`Vm::start_with_stderr`] does, with `env` added
+    /// to its environment.
+    pub fn start_with_env(
+        program: &Path,
+        dir: PathBuf,
+        args: &[&str],
+        stderr: Stdio,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Vm {
         let socket = dir.join("console.sock");
         let child = Command::new(program)
+            .envs(env.iter().copied())
             .args(args)
             .args(device_mode_args(args))
             .arg("--qmp")

@@ -70,3 +70,72 @@ fn a_clean_end_logs_no_warning_and_a_signal_once() {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+/// systemd's `Type=notify`: `READY=1` comes once QMP is served, the guest
+/// started; the variable is not passed on to the device processes.
+#[test]
+fn ready_is_notified_once_qmp_is_served() {
+    if !kvm_usable("ready_is_notified_once_qmp_is_served") {
+        return;
+    }
+    let dir = papervisor_tests::scratch_dir();
+    let notify = std::os::unix::net::UnixDatagram::bind(dir.join("notify")).unwrap();
+    notify
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let address = dir.join("notify");
+    let vm = Vm::start_with_env(
+        &papervisor_tests::binary("papervisor"),
+        papervisor_tests::scratch_dir(),
+        &[],
+        Stdio::inherit(),
+        &[("NOTIFY_SOCKET", address.as_os_str())],
+    );
+    let mut message = [0u8; 256];
+    let n = notify.recv(&mut message).expect("READY=1 within 20 s");
+    let message = String::from_utf8_lossy(&message[..n]).into_owned();
+    assert_eq!(message, format!("READY=1\nMAINPID={}", vm.pid()));
+    // Served by then: a client is answered at once.
+    assert_eq!(vm.qmp(&["query-status"])[0]["return"]["status"], "running");
+    // (Device threads share the core's environment block.)
+    let processes = if papervisor_tests::in_process() {
+        Vec::new()
+    } else {
+        vm.device_pids()
+    };
+    for pid in processes {
+        let environment = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&environment).contains("NOTIFY_SOCKET"),
+            "device process {pid} inherited NOTIFY_SOCKET"
+        );
+    }
+}
+
+/// Every record of every process names the VM (its name, or its pid).
+#[test]
+fn every_log_line_of_every_process_names_the_vm() {
+    if !kvm_usable("every_log_line_of_every_process_names_the_vm") {
+        return;
+    }
+    let dir = papervisor_tests::scratch_dir();
+    let log_path = dir.join("vm.log");
+    let log_file = format!("--log-file={}", log_path.display());
+    let mut vm = Vm::start(&["--name", "web 7", "--log-level", "debug", &log_file]);
+    vm.boot();
+    vm.console.command("time");
+    vm.qmp(&["quit"]);
+    assert!(vm.wait_exit(std::time::Duration::from_secs(10)).success());
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let records: Vec<&str> = log.lines().filter(|l| l.starts_with('[')).collect();
+    assert!(records.len() > 10, "{log}");
+    for record in &records {
+        assert!(record.starts_with("[web 7 "), "{record}");
+    }
+    for process in ["core", "rtas-server", "hotplug-controller", "event-log"] {
+        assert!(
+            records.iter().any(|r| r.contains(&format!(" {process}] "))),
+            "no line of {process}"
+        );
+    }
+}

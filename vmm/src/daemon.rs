@@ -1,6 +1,7 @@
 //! Running under a service manager or a management stack: detaching once
 //! QMP is served (`--daemonize`, which libvirt's probe relies on), a pid
-//! file, and a QMP socket handed over as a descriptor (`--qmp-fd`).
+//! file, a QMP socket handed over as a descriptor (`--qmp-fd`), and
+//! systemd's readiness notification (`$NOTIFY_SOCKET`, `Type=notify`).
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -53,6 +54,51 @@ impl Detached {
                 // with /dev/null; `null` stays valid during the call.
                 unsafe { nix::libc::dup2(null.as_raw_fd(), stream) };
             }
+        }
+    }
+}
+
+/// systemd's notification socket (`$NOTIFY_SOCKET`), connected at start,
+/// while the core may still open sockets: saying ready is then one write,
+/// which every thread's filter allows.
+pub struct Notifier {
+    socket: std::fs::File,
+}
+
+impl Notifier {
+    /// The socket `$NOTIFY_SOCKET` names (a path, or `@` and an abstract
+    /// name), if set; the variable is taken out of the environment, so
+    /// that no process the core starts inherits it.
+    pub fn from_environment() -> Result<Option<Notifier>, String> {
+        let Some(address) = std::env::var_os("NOTIFY_SOCKET") else {
+            return Ok(None);
+        };
+        // SAFETY: called before any thread starts (the caller's contract),
+        // so nothing reads the environment meanwhile.
+        unsafe { std::env::remove_var("NOTIFY_SOCKET") };
+        let shown = address.to_string_lossy().into_owned();
+        let failed = |error: std::io::Error| format!("NOTIFY_SOCKET {shown}: {error}");
+        let socket = std::os::unix::net::UnixDatagram::unbound().map_err(failed)?;
+        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(address.as_os_str());
+        match bytes.strip_prefix(b"@") {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                let address =
+                    std::os::unix::net::SocketAddr::from_abstract_name(name).map_err(failed)?;
+                socket.connect_addr(&address).map_err(failed)?;
+            }
+            None => socket.connect(&address).map_err(failed)?,
+        }
+        Ok(Some(Notifier {
+            socket: std::fs::File::from(OwnedFd::from(socket)),
+        }))
+    }
+
+    /// `READY=1`: QMP is served and the guest started.
+    pub fn ready(&self) {
+        let message = format!("READY=1\nMAINPID={}", std::process::id());
+        if let Err(error) = (&self.socket).write_all(message.as_bytes()) {
+            log::warn!("cannot notify the service manager: {error}");
         }
     }
 }

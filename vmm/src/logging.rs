@@ -5,7 +5,9 @@
 //! serves nothing else drains it into the real log (stderr or
 //! `--log-file`). A log reader that stops reading (a stuck journal, a
 //! paused pager) then stalls only that thread: never a vCPU, the control
-//! loop, QMP or a device process.
+//! loop, QMP or a device process. The drain puts the VM's name (its pid
+//! when unnamed) at the start of every record, whichever process wrote it,
+//! so that the logs of many VMs in one journal tell them apart.
 
 use std::fs::File;
 use std::io::Write;
@@ -55,7 +57,7 @@ impl LogPipe {
     /// Drains the pipe into `sink` (stderr when `None`) on a thread of
     /// its own, under its own filter. Start it once this thread holds no
     /// privilege (the thread inherits what its starter holds).
-    pub fn drain_into(self, sink: Option<File>) -> std::io::Result<LogDrain> {
+    pub fn drain_into(self, sink: Option<File>, label: String) -> std::io::Result<LogDrain> {
         let read_end = Arc::new(self.read_end);
         let writing = Arc::new(AtomicBool::new(false));
         let drain = LogDrain {
@@ -66,25 +68,63 @@ impl LogPipe {
             .name("log".into())
             .spawn(move || {
                 crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Log);
-                drain_loop(&read_end, sink, &writing);
+                drain_loop(&read_end, sink, &writing, &label);
             })?;
         Ok(drain)
     }
 }
 
-fn drain_loop(read_end: &OwnedFd, sink: Option<File>, writing: &AtomicBool) {
+/// A line longer than this without its end is passed on as it is.
+const MAX_PENDING: usize = 64 * 1024;
+
+/// Whole lines of the pipe, each record (a line that starts with `[`, as
+/// `common`'s format makes them) with the VM's label after its `[`; a
+/// line's start that came without its end waits for it.
+#[derive(Default)]
+struct Labeller {
+    pending: Vec<u8>,
+}
+
+impl Labeller {
+    fn label(&mut self, bytes: &[u8], label: &str, out: &mut Vec<u8>) {
+        self.pending.extend_from_slice(bytes);
+        let whole = match self.pending.iter().rposition(|&b| b == b'\n') {
+            Some(last) => last + 1,
+            None if self.pending.len() > MAX_PENDING => self.pending.len(),
+            None => return,
+        };
+        for line in self.pending[..whole].split_inclusive(|&b| b == b'\n') {
+            match line.strip_prefix(b"[") {
+                Some(rest) => {
+                    out.push(b'[');
+                    out.extend_from_slice(label.as_bytes());
+                    out.push(b' ');
+                    out.extend_from_slice(rest);
+                }
+                None => out.extend_from_slice(line),
+            }
+        }
+        self.pending.drain(..whole);
+    }
+}
+
+fn drain_loop(read_end: &OwnedFd, sink: Option<File>, writing: &AtomicBool, label: &str) {
     let mut sink: Box<dyn Write> = match sink {
         Some(file) => Box::new(file),
         None => Box::new(std::io::stderr()),
     };
     let mut buffer = vec![0u8; 64 * 1024];
+    let mut labeller = Labeller::default();
+    let mut labelled = Vec::with_capacity(buffer.len());
     loop {
         match nix::unistd::read(read_end, &mut buffer) {
             Ok(0) => return,
             Ok(n) => {
                 writing.store(true, Ordering::SeqCst);
+                labelled.clear();
+                labeller.label(&buffer[..n], label, &mut labelled);
                 // A sink that fails loses these lines; nothing else to do.
-                let _ = sink.write_all(&buffer[..n]).and_then(|()| sink.flush());
+                let _ = sink.write_all(&labelled).and_then(|()| sink.flush());
                 writing.store(false, Ordering::SeqCst);
             }
             Err(nix::errno::Errno::EINTR) => continue,
@@ -115,12 +155,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_record_gets_the_label_and_a_split_line_waits_for_its_end() {
+        let mut labeller = Labeller::default();
+        let mut out = Vec::new();
+        labeller.label(b"[t INFO  core] one\n[t WARN  rtas-", "vm1", &mut out);
+        assert_eq!(out, b"[vm1 t INFO  core] one\n");
+        out.clear();
+        labeller.label(b"server] two\n  a continuation\n", "vm1", &mut out);
+        assert_eq!(out, b"[vm1 t WARN  rtas-server] two\n  a continuation\n");
+        out.clear();
+        labeller.label(&vec![b'x'; MAX_PENDING + 1], "vm1", &mut out);
+        assert_eq!(out.len(), MAX_PENDING + 1, "an endless line is not held");
+    }
+
+    #[test]
     fn writers_never_wait_for_a_sink_that_does_not_read() {
         let pipe = LogPipe::new().unwrap();
         // A sink nobody reads: a pipe whose reader sleeps forever.
         let (_stalled_reader, stalled) = nix::unistd::pipe().unwrap();
         let mut writer = common::LogWriter::on(pipe.writer().unwrap());
-        let _drain = pipe.drain_into(Some(File::from(stalled))).unwrap();
+        let _drain = pipe
+            .drain_into(Some(File::from(stalled)), "vm".into())
+            .unwrap();
         // 10 MB into a 64 KiB sink and a 1 MiB pipe: most are dropped, and
         // the writer finishes (a writer that waited would wait forever).
         let (done, finished) = std::sync::mpsc::channel();

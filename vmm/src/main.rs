@@ -33,6 +33,14 @@ fn main() -> ExitCode {
     } else {
         None
     };
+    // Before any thread starts: it changes the environment.
+    let notifier = match daemon::Notifier::from_environment() {
+        Ok(notifier) => notifier,
+        Err(error) => {
+            eprintln!("papervisor: {error}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
     let no_machine = cli.no_machine;
     let qmp_fd = cli.qmp_fd;
     let pid_file = match cli
@@ -150,7 +158,7 @@ fn main() -> ExitCode {
     // (one that starts before would install none).
     seccomp::set_mode(&config.sandbox.seccomp);
     if no_machine {
-        let log_drain = match log_pipe.drain_into(log_file) {
+        let log_drain = match log_pipe.drain_into(log_file, vm_label(&config)) {
             Ok(drain) => drain,
             Err(error) => {
                 eprintln!("papervisor: cannot start the log thread: {error}");
@@ -158,7 +166,7 @@ fn main() -> ExitCode {
             }
         };
         let sockets = config.qmp_socket.take();
-        let result = serve_without_machine(&config, signals, qmp_listener, detached);
+        let result = serve_without_machine(&config, signals, qmp_listener, detached, notifier);
         drop(sockets);
         drop(pid_file);
         log_drain.flush(LOG_FLUSH);
@@ -201,7 +209,7 @@ fn main() -> ExitCode {
         eprintln!("papervisor: cannot make the core non-dumpable: {error}");
         return ExitCode::from(EXIT_FAILURE);
     }
-    let log_drain = match log_pipe.drain_into(log_file) {
+    let log_drain = match log_pipe.drain_into(log_file, vm_label(&config)) {
         Ok(drain) => drain,
         Err(error) => {
             eprintln!("papervisor: cannot start the log thread: {error}");
@@ -221,7 +229,14 @@ fn main() -> ExitCode {
     };
     // Sockets this VM bound go when it ends, and only those.
     let sockets = (config.console_socket.take(), config.qmp_socket.take());
-    let result = run(config, signals, qmp_listener, sockets.0.as_ref(), detached);
+    let result = run(
+        config,
+        signals,
+        qmp_listener,
+        sockets.0.as_ref(),
+        detached,
+        notifier,
+    );
     drop(terminal);
     drop(sockets);
     drop(runtime);
@@ -235,6 +250,14 @@ fn main() -> ExitCode {
     };
     log_drain.flush(LOG_FLUSH);
     exit
+}
+
+/// What every log line starts with: the VM's name, or its pid.
+fn vm_label(config: &config::VmConfig) -> String {
+    config
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("vm-{}", std::process::id()))
 }
 
 /// Where the logs go: `--log-file` (a file, or `stderr`); by default stderr,
@@ -317,6 +340,7 @@ fn run(
     qmp_listener: Option<std::os::unix::net::UnixListener>,
     console_socket: Option<&vmm::sockets::ClaimedSocket>,
     detached: Option<daemon::Detached>,
+    notifier: Option<daemon::Notifier>,
 ) -> Result<(), Box<dyn Error>> {
     let qmp = std::sync::Arc::new(qmp::QmpServer::default());
     let vm = machine::Vm::new(config, console_socket, std::sync::Arc::clone(&qmp))?;
@@ -330,7 +354,11 @@ fn run(
     }
     // Set up: from here this thread is the control loop, under its filter.
     seccomp::confine_thread(seccomp::ThreadKind::Control)?;
-    Ok(vm.run()?)
+    Ok(vm.run(|| {
+        if let Some(notifier) = notifier {
+            notifier.ready();
+        }
+    })?)
 }
 
 /// `--no-machine`: QMP alone, its descriptions of this VMM answered and
@@ -340,6 +368,7 @@ fn serve_without_machine(
     signals: signals::Blocked,
     qmp_listener: Option<std::os::unix::net::UnixListener>,
     detached: Option<daemon::Detached>,
+    notifier: Option<daemon::Notifier>,
 ) -> Result<(), Box<dyn Error>> {
     use vmm::control::ControlMessage;
     let (control, inbox) = std::sync::mpsc::channel();
@@ -364,6 +393,9 @@ fn serve_without_machine(
         detached.serving();
     }
     log::info!("no machine: serving QMP only");
+    if let Some(notifier) = notifier {
+        notifier.ready();
+    }
     seccomp::confine_thread(seccomp::ThreadKind::Control)?;
     for message in inbox {
         match message {

@@ -194,12 +194,14 @@ impl Vm {
     }
 
     /// Boots the guest and runs it until it powers off or QMP quits (Ok),
-    /// or it crashes.
-    pub fn run(mut self) -> Result<(), VmError> {
+    /// or it crashes; `started` once the guest started (or, `--paused`,
+    /// waits for `cont`).
+    pub fn run(mut self, started: impl FnOnce()) -> Result<(), VmError> {
         if self.start_paused {
             self.cpus.set_status(RunStatus::Prelaunch);
         }
         self.power_on()?;
+        started();
         loop {
             let message = match self.deferred.pop_front() {
                 Some(message) => message,
