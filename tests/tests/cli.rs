@@ -45,6 +45,32 @@ fn bad_values_are_named() {
         (&["--qmp", "/no/such/dir/qmp.sock"], "/no/such/dir"),
         (&["--guest", "/no/such/guest.elf"], "/no/such/guest.elf"),
         (&["--frobnicate"], "--frobnicate"),
+        (
+            &["--jail-dir", "/proc/nope", "--console", "/tmp/pv-cli.sock"],
+            "--jail-dir /proc/nope",
+        ),
+        (&["--jail-dir", "relative"], "--jail-dir relative"),
+        (
+            &[
+                "--pidfile",
+                "/proc/nope/pid",
+                "--console",
+                "/tmp/pv-cli.sock",
+            ],
+            "--pidfile /proc/nope/pid",
+        ),
+        (&["--helper-dir", "/nope"], "--helper-dir /nope"),
+        (
+            &["--qmp-fd", "77", "--console", "/tmp/pv-cli.sock"],
+            "--qmp-fd 77",
+        ),
+        (&["--qmp-fd", "1"], "--qmp-fd"),
+        (&["--uuid", "not-a-uuid"], "not-a-uuid"),
+        (&["--console-id", "9x"], "--console-id 9x"),
+        (
+            &["--object", "qom-type=memory-backend-ram,id=m,size=x"],
+            "size=x",
+        ),
     ];
     for (args, named) in cases {
         let message = refused(args);

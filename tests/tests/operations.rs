@@ -139,3 +139,44 @@ fn every_log_line_of_every_process_names_the_vm() {
         );
     }
 }
+
+/// `scripts/install` into a fresh prefix gives a set that boots a VM: the
+/// core in bin, the helpers in libexec (where the build told the core to
+/// look), the man page from the command-line definition.
+#[test]
+fn an_installed_set_in_a_fresh_prefix_boots_a_vm() {
+    if !kvm_usable("an_installed_set_in_a_fresh_prefix_boots_a_vm") {
+        return;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let prefix = papervisor_tests::scratch_dir().join("prefix");
+    let status = Command::new(root.join("scripts/install"))
+        .arg(&prefix)
+        .arg("--debug")
+        .env("CARGO_TARGET_DIR", root.join("target/install"))
+        .status()
+        .expect("scripts/install");
+    assert!(status.success());
+    let libexec = prefix.join("libexec/papervisor");
+    for helper in [
+        "jailer",
+        "papervisor-spawner",
+        "papervisor-reaper",
+        "papervisor-rtas",
+    ] {
+        assert!(libexec.join(helper).is_file(), "{helper}");
+        assert!(!prefix.join("bin").join(helper).exists(), "{helper} in bin");
+    }
+    let man = std::fs::read_to_string(prefix.join("share/man/man1/papervisor.1")).unwrap();
+    assert!(man.contains(".TH papervisor 1") && man.contains(r"\-\-helper\-dir"));
+    let mut vm = Vm::start_program(&prefix.join("bin/papervisor"), &[]);
+    vm.boot();
+    assert_eq!(vm.console.command("cpus"), ["cpu 0 online"]);
+    if !papervisor_tests::in_process() {
+        let rtas = vm.device_process("rtas-server");
+        let binary = libexec.join("papervisor-rtas");
+        assert_eq!(rtas["binary"], binary.display().to_string(), "{rtas}");
+    }
+    drop(vm);
+    let _ = std::fs::remove_dir_all(prefix.parent().unwrap());
+}

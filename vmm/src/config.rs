@@ -14,13 +14,31 @@ pub const MAX_VCPUS: u32 = 64;
 /// The most vCPUs a core may have (PAPR's SMT-8).
 pub const MAX_THREADS_PER_CORE: u32 = 8;
 
+/// What `--help` (and the man page) say after the options.
+const AFTER_HELP: &str = "\
+Examples:
+  papervisor --smp cpus=2,maxcpus=4 --memory size=512M,maxmem=4G,slots=8 --qmp /tmp/vm.qmp
+      the built-in test guest; its console is this terminal
+  papervisor --name web1 --console /run/web1.console --qmp /run/web1.qmp --log-file /var/log/web1.log
+      a VM in the background of a service: console and QMP on sockets
+  papervisor --no-machine --qmp /tmp/probe.qmp
+      QMP only: what this VMM offers, as a management stack probes it
+
+Console: on a terminal, Ctrl-a x ends the VM, Ctrl-a Ctrl-a sends a Ctrl-a.
+
+Exit status: 0 the guest powered off, or quit, SIGTERM, SIGINT, SIGHUP or
+Ctrl-a x ended the VM; 1 the VM could not run or the guest crashed (the
+log says which); 2 a bad command line (one line on stderr names the
+option).";
+
 /// The core's command line.
 #[derive(Parser, Debug)]
 #[command(
     name = "papervisor",
     version,
     about = "A multi-process VMM for the PAPR (pseries) platform on KVM",
-    long_about = None
+    long_about = None,
+    after_help = AFTER_HELP
 )]
 pub struct Cli {
     /// CPU topology: cpus=N[,maxcpus=M][,threads=T]. A core is T vCPUs.
@@ -130,6 +148,11 @@ pub struct Cli {
     /// could not start) and the VM runs on in the background.
     #[arg(long)]
     pub daemonize: bool,
+    /// Where the jailer, the spawner, the reaper and the device programs
+    /// are (an absolute path). By default the directory the build named
+    /// (scripts/install: PREFIX/libexec/papervisor), else the core's own.
+    #[arg(long, value_name = "DIR")]
+    pub helper_dir: Option<PathBuf>,
 }
 
 /// A UUID as QEMU takes it: 8-4-4-4-12 hexadecimal digits.
@@ -465,6 +488,8 @@ pub struct VmConfig {
     pub numa_node: bool,
     /// `--console-id`.
     pub console_id: String,
+    /// `--helper-dir`.
+    pub helper_dir: Option<PathBuf>,
     /// The uid and gid asked for on the command line.
     pub uid: Option<u32>,
     /// The gid the device processes run as (`--gid`), if given.
@@ -538,6 +563,15 @@ impl VmConfig {
                 GuestImage::File(bytes)
             }
         };
+        if let Some(dir) = &cli.helper_dir {
+            let spawner = dir.join("papervisor-spawner");
+            if !dir.is_absolute() || !spawner.is_file() {
+                return Err(ConfigError::Invalid(format!(
+                    "--helper-dir {}: not an absolute path to a directory holding papervisor-spawner",
+                    dir.display()
+                )));
+            }
+        }
         let jail_dir = cli.jail_dir.unwrap_or_else(crate::runtime::default_base);
         if !jail_dir.is_absolute() {
             return Err(ConfigError::Invalid(format!(
@@ -600,6 +634,7 @@ impl VmConfig {
             no_shutdown: cli.no_shutdown,
             numa_node: cli.numa_node,
             console_id: cli.console_id,
+            helper_dir: cli.helper_dir,
             uid: cli.uid,
             gid: cli.gid,
             block_stall_timeout: cli

@@ -52,7 +52,7 @@ fn main() -> ExitCode {
         Ok(pid_file) => pid_file,
         Err(error) => {
             eprintln!("papervisor: {error}");
-            return ExitCode::from(EXIT_FAILURE);
+            return ExitCode::from(common::EXIT_USAGE);
         }
     };
     let log_level = cli
@@ -107,6 +107,9 @@ fn main() -> ExitCode {
         }
     };
     config.cold_plugs = cold_plugs;
+    if let Some(dir) = config.helper_dir.clone() {
+        devices::spawn::set_helper_dir(dir);
+    }
     // The QMP listener: the socket claimed at its path, or the one handed
     // over; either way a descriptor no device process inherits.
     let qmp_listener = match (&config.qmp_socket, qmp_fd) {
@@ -180,11 +183,24 @@ fn main() -> ExitCode {
     }
     // What the device processes run as, and where their jails go: fixed
     // before the spawner starts, since it takes them from its command line.
+    let jail_dir = config.sandbox.jail_dir.clone();
     let runtime = match claim_runtime(&mut config) {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("papervisor: {}", common::describe(&error));
-            return ExitCode::from(EXIT_FAILURE);
+            use runtime::RuntimeError;
+            // A value of the command line that cannot serve: named, exit 2.
+            let (option, status) = match &error {
+                RuntimeError::Create(..) | RuntimeError::NotPrivate(_) => (
+                    format!("--jail-dir {}: ", jail_dir.display()),
+                    common::EXIT_USAGE,
+                ),
+                RuntimeError::UidInUse(_)
+                | RuntimeError::GidInUse(_)
+                | RuntimeError::IdsNeedRoot => (String::new(), common::EXIT_USAGE),
+                _ => (String::new(), EXIT_FAILURE),
+            };
+            eprintln!("papervisor: {option}{}", common::describe(&error));
+            return ExitCode::from(status);
         }
     };
     // Privileges: only the spawner process keeps some, and only what

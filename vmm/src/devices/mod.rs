@@ -360,7 +360,7 @@ impl DeviceProcesses {
         lock(&self.upgraded)
             .get(&kind)
             .cloned()
-            .unwrap_or_else(|| spawn::sibling_binary(kind.binary()))
+            .unwrap_or_else(|| spawn::helper_binary(kind.binary()))
     }
 
     /// Why the process of `kind` last ended.

@@ -67,7 +67,7 @@ impl DeviceProcesses {
         let binary = match (self.starter.mode(), program) {
             (DeviceMode::OutOfProcess, Some(program)) => Some(program.to_path_buf()),
             (DeviceMode::OutOfProcess, None) => {
-                Some(super::spawn::sibling_binary("papervisor-block"))
+                Some(super::spawn::helper_binary("papervisor-block"))
             }
             (DeviceMode::InProcess, _) => None,
         };

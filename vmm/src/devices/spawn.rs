@@ -108,13 +108,35 @@ pub enum SpawnError {
     NoInProcess,
 }
 
-/// The binary of a device process: beside the core's own executable.
-pub fn sibling_binary(name: &str) -> PathBuf {
+/// `--helper-dir`, once set at start.
+static HELPER_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Sets where the jailer, the spawner, the reaper and the device programs
+/// are (`--helper-dir`); call it once, before anything starts.
+pub fn set_helper_dir(dir: PathBuf) {
+    let _ = HELPER_DIR.set(dir);
+}
+
+/// Where the helpers are: `--helper-dir`, else the directory the build
+/// named (`PAPERVISOR_HELPER_DIR` when the core was built, as
+/// `scripts/install` does: a libexec directory), else beside the core's
+/// own executable.
+pub fn helper_dir() -> PathBuf {
+    if let Some(dir) = HELPER_DIR.get() {
+        return dir.clone();
+    }
+    if let Some(dir) = option_env!("PAPERVISOR_HELPER_DIR") {
+        return PathBuf::from(dir);
+    }
     std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(Path::to_path_buf))
         .unwrap_or_default()
-        .join(name)
+}
+
+/// The binary of a helper or a device process, in [`helper_dir`].
+pub fn helper_binary(name: &str) -> PathBuf {
+    helper_dir().join(name)
 }
 
 /// The core's link to its spawner: requests one at a time, and the exits
@@ -179,7 +201,7 @@ pub fn start_spawner(args: &SpawnerArgs<'_>) -> Result<(), SpawnError> {
     let sandbox = args.sandbox;
     let (requests, its_requests) = Channel::pair().map_err(SpawnError::Link)?;
     let (events, its_events) = Channel::pair().map_err(SpawnError::Link)?;
-    let program = sibling_binary("papervisor-spawner");
+    let program = helper_binary("papervisor-spawner");
     let bin_dir = program.parent().map(Path::to_path_buf).unwrap_or_default();
     let command_line: Vec<std::ffi::OsString> = vec![
         "--bin-dir".into(),
