@@ -18,7 +18,7 @@ pub const MAX_QUEUED_EVENTS: usize = 4096;
 pub const STATE_REGION_BYTES: u64 = 4 << 20;
 
 /// Core → event log.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, strum::VariantNames)]
 pub enum Request {
     /// Machine reset: the queue is emptied; acknowledged.
     Reset,

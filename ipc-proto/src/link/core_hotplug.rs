@@ -61,7 +61,7 @@ pub struct DrcRange {
 }
 
 /// Core → hotplug controller.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, strum::VariantNames)]
 pub enum Request {
     /// Sent first to every incarnation. The first (started with `--state
     /// fresh`) formats its state region and creates the machine's DRCs, all

@@ -62,7 +62,7 @@ impl CpuSnapshot {
 }
 
 /// Core → RTAS server.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, strum::VariantNames)]
 pub enum Request {
     /// Replaces the guest memory map; one descriptor per region, in order.
     SetMemoryTable {

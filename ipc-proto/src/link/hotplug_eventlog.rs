@@ -46,7 +46,7 @@ pub struct HotplugEvent {
 }
 
 /// Hotplug controller → event log.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, strum::VariantNames)]
 pub enum Request {
     /// Queues the event unless the same one waits unconsumed; pulses the
     /// hot-plug interrupt either way.

@@ -19,7 +19,7 @@ pub struct Released {
 }
 
 /// Hotplug controller → core.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, strum::VariantNames)]
 pub enum Notification {
     /// The device is gone: the guest gave it back, it never took it, or a
     /// reset completed its pending unplug.

@@ -13,7 +13,7 @@ link_protocol! {
 pub const MAX_EVENT_BYTES: usize = 4096;
 
 /// RTAS server → event log.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, strum::VariantNames)]
 pub enum Request {
     /// check-exception: the first event whose class is in `mask`, if it fits
     /// in `max_len` bytes (otherwise it stays queued).

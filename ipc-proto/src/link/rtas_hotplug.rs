@@ -13,7 +13,7 @@ link_protocol! {
 }
 
 /// RTAS server → hotplug controller.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, strum::VariantNames)]
 pub enum Request {
     /// set-indicator.
     SetIndicator {

@@ -594,6 +594,24 @@ fn inject_fault(arguments: &Map<String, Value>) -> Result<MachineRequest, QmpErr
             {
                 return Err(QmpError::generic("Parameter 'request' is too long"));
             }
+            // A misspelt name would be armed and never fire: a test that
+            // relies on it would pass without its fault.
+            if let Some(name) = &request {
+                let mut known: Vec<&str> = process
+                    .links()
+                    .iter()
+                    .flat_map(|link| ipc_proto::link::request_names(*link).iter().copied())
+                    .collect();
+                known.sort_unstable();
+                known.dedup();
+                if !known.contains(&name.as_str()) {
+                    return Err(QmpError::generic(format!(
+                        "Parameter 'request': {} neither takes nor sends a request '{name}' (one of: {})",
+                        process.name(),
+                        known.join(", ")
+                    )));
+                }
+            }
             FaultInjection::Armed(ArmedFault {
                 point: named(&FaultPoint::ALL, "point", point)?,
                 action: named(&FaultAction::ALL, "action", action)?,
@@ -918,6 +936,20 @@ mod tests {
                                     "action": "delay", "request": long})
         ))
         .contains("too long"));
+        let misspelt = error(inject(
+            json!({"process": "rtas-server", "point": "received",
+                                           "action": "crash", "request": "SetIndicatr"}),
+        ));
+        assert!(
+            misspelt.contains("'SetIndicatr'") && misspelt.contains("SetIndicator"),
+            "{misspelt}"
+        );
+        // A name of another process's links is not this one's.
+        assert!(
+            error(inject(json!({"process": "event-log", "point": "received",
+                                    "action": "crash", "request": "Call"})))
+            .contains("one of")
+        );
     }
 
     #[test]
