@@ -45,62 +45,72 @@ fn the_stdio_console_is_a_raw_terminal_with_ctrl_a_x_and_no_logs() {
     if !kvm_usable("the_stdio_console_is_a_raw_terminal_with_ctrl_a_x_and_no_logs") {
         return;
     }
-    let pty = nix::pty::openpty(None, None).unwrap();
-    let dir = scratch_dir();
-    let slave = pty.slave;
-    assert!(echoing(&slave), "a fresh terminal echoes");
-    let mut child = papervisor_tests::papervisor_command()
-        .args(["--smp", "cpus=2", "--jail-dir"])
-        .arg(dir.join("run"))
-        .arg("--qmp")
-        .arg(dir.join("qmp.sock"))
-        .stdin(Stdio::from(slave.try_clone().unwrap()))
-        .stdout(Stdio::from(slave.try_clone().unwrap()))
-        .stderr(Stdio::from(slave.try_clone().unwrap()))
-        .spawn()
+    // The log made for a terminal console goes with a VM that ends well,
+    // unless kept.
+    for keep in [false, true] {
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let dir = scratch_dir();
+        let slave = pty.slave;
+        assert!(echoing(&slave), "a fresh terminal echoes");
+        let mut child = papervisor_tests::papervisor_command()
+            .args(keep.then_some("--keep-log"))
+            .args(["--smp", "cpus=2", "--jail-dir"])
+            .arg(dir.join("run"))
+            .arg("--qmp")
+            .arg(dir.join("qmp.sock"))
+            .stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave.try_clone().unwrap()))
+            .spawn()
+            .unwrap();
+        let mut master = std::fs::File::from(pty.master);
+        nix::fcntl::fcntl(
+            &master,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
         .unwrap();
-    let mut master = std::fs::File::from(pty.master);
-    nix::fcntl::fcntl(
-        &master,
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-    )
-    .unwrap();
-    let mut seen = String::new();
-    let before_prompt = read_until(&mut master, &mut seen, "guest> ");
-    // One line says where the logs go; none of them comes here.
-    assert!(before_prompt.contains("logs go to"), "{before_prompt}");
-    assert!(!before_prompt.contains(" INFO "), "{before_prompt}");
-    assert!(!echoing(&slave), "the terminal is not in raw mode");
-    // Typed once, echoed once (by the guest, not by the terminal too).
-    master.write_all(b"cpus\r").unwrap();
-    let answer = read_until(&mut master, &mut seen, "cpu 1 online");
-    assert_eq!(answer.matches("cpus").count(), 1, "{answer:?}");
-    // Ctrl-C is the guest's byte, not a signal that ends the VM.
-    master.write_all(b"\x03").unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(child.try_wait().unwrap().is_none(), "Ctrl-C ended the VM");
-    // Ctrl-a x ends it, cleanly, and the terminal gets its settings back.
-    master.write_all(b"\x01x").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
+        let mut seen = String::new();
+        let before_prompt = read_until(&mut master, &mut seen, "guest> ");
+        // One line says where the logs go; none of them comes here.
+        assert!(before_prompt.contains("logs go to"), "{before_prompt}");
+        assert!(!before_prompt.contains(" INFO "), "{before_prompt}");
+        assert!(!echoing(&slave), "the terminal is not in raw mode");
+        // Typed once, echoed once (by the guest, not by the terminal too).
+        master.write_all(b"cpus\r").unwrap();
+        let answer = read_until(&mut master, &mut seen, "cpu 1 online\r\n");
+        assert_eq!(answer.matches("cpus").count(), 1, "{answer:?}");
+        // Ctrl-C is the guest's byte, not a signal that ends the VM.
+        master.write_all(b"\x03").unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(child.try_wait().unwrap().is_none(), "Ctrl-C ended the VM");
+        // Ctrl-a x ends it, cleanly, and the terminal gets its settings back.
+        master.write_all(b"\x01x").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "Ctrl-a x did not end the VM");
+            let mut buf = [0u8; 4096];
+            let _ = master.read(&mut buf);
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status.code(), Some(0));
+        assert!(echoing(&slave), "the terminal was left in raw mode");
+        let log = std::fs::read_dir(dir.join("run"))
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().ends_with(".log"));
+        match log {
+            Some(log) if keep => {
+                let log = std::fs::read_to_string(log.path()).unwrap();
+                assert!(log.contains("core] Ctrl-a x"), "{log}");
+            }
+            None if !keep => {}
+            log => panic!("keep {keep}: {log:?}"),
         }
-        assert!(Instant::now() < deadline, "Ctrl-a x did not end the VM");
-        let mut buf = [0u8; 4096];
-        let _ = master.read(&mut buf);
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(status.code(), Some(0));
-    assert!(echoing(&slave), "the terminal was left in raw mode");
-    let log = std::fs::read_dir(dir.join("run"))
-        .unwrap()
-        .flatten()
-        .find(|e| e.file_name().to_string_lossy().ends_with(".log"))
-        .expect("a log file beside the runtime directories");
-    let log = std::fs::read_to_string(log.path()).unwrap();
-    assert!(log.contains("core] Ctrl-a x"), "{log}");
-    let _ = std::fs::remove_dir_all(dir);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 #[test]

@@ -148,6 +148,10 @@ pub struct Cli {
     /// could not start) and the VM runs on in the background.
     #[arg(long)]
     pub daemonize: bool,
+    /// Keep the log file made when the console is this terminal: by
+    /// default it goes when the VM ends well (one that failed keeps it).
+    #[arg(long)]
+    pub keep_log: bool,
     /// Where the jailer, the spawner, the reaper and the device programs
     /// are (an absolute path). By default the directory the build named
     /// (scripts/install: PREFIX/libexec/papervisor), else the core's own.

@@ -6,6 +6,7 @@ use vmm::{
 
 use config::Cli;
 use std::error::Error;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Exit status when the VM could not be run or the guest crashed.
@@ -59,7 +60,8 @@ fn main() -> ExitCode {
         .log_level
         .as_deref()
         .and_then(|level| level.parse().ok());
-    let log_file = match open_log(&cli) {
+    let keep_log = cli.keep_log;
+    let (log_file, interactive_log) = match open_log(&cli) {
         Ok(log_file) => log_file,
         Err(error) => {
             eprintln!("papervisor: {error}");
@@ -173,6 +175,7 @@ fn main() -> ExitCode {
         drop(sockets);
         drop(pid_file);
         log_drain.flush(LOG_FLUSH);
+        settle_interactive_log(interactive_log, result.is_ok(), keep_log);
         return match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
@@ -265,6 +268,7 @@ fn main() -> ExitCode {
         }
     };
     log_drain.flush(LOG_FLUSH);
+    settle_interactive_log(interactive_log, exit == ExitCode::SUCCESS, keep_log);
     exit
 }
 
@@ -279,15 +283,17 @@ fn vm_label(config: &config::VmConfig) -> String {
 /// Where the logs go: `--log-file` (a file, or `stderr`); by default stderr,
 /// unless the console is this terminal: then a file beside the runtime
 /// directories, named on stderr before the console starts.
-fn open_log(cli: &Cli) -> Result<Option<std::fs::File>, String> {
+/// The interactive file's path comes back too: it goes when the VM ends
+/// well, unless `--keep-log`.
+fn open_log(cli: &Cli) -> Result<(Option<std::fs::File>, Option<PathBuf>), String> {
     use std::os::unix::fs::OpenOptionsExt;
-    let path = match &cli.log_file {
-        Some(path) if path.as_os_str() == "stderr" => return Ok(None),
-        Some(path) => path.clone(),
+    let (path, interactive) = match &cli.log_file {
+        Some(path) if path.as_os_str() == "stderr" => return Ok((None, None)),
+        Some(path) => (path.clone(), false),
         None => {
             let stdio = matches!(cli.console, config::ConsoleConfig::Stdio);
             if !stdio || !nix::unistd::isatty(std::io::stderr()).unwrap_or(false) {
-                return Ok(None);
+                return Ok((None, None));
             }
             let base = cli.jail_dir.clone().unwrap_or_else(runtime::default_base);
             runtime::create_private_dir(&base).map_err(|error| common::describe(&error))?;
@@ -296,16 +302,29 @@ fn open_log(cli: &Cli) -> Result<Option<std::fs::File>, String> {
                 "papervisor: the console is this terminal; logs go to {}",
                 path.display()
             );
-            path
+            (path, true)
         }
     };
-    std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
         .open(&path)
-        .map(Some)
-        .map_err(|error| format!("--log-file {}: {error}", path.display()))
+        .map_err(|error| format!("--log-file {}: {error}", path.display()))?;
+    Ok((Some(file), interactive.then_some(path)))
+}
+
+/// The interactive log goes with a VM that ended well (unless
+/// `--keep-log`); one that failed keeps it, and says where.
+fn settle_interactive_log(path: Option<PathBuf>, ended_well: bool, keep: bool) {
+    let Some(path) = path else {
+        return;
+    };
+    if ended_well && !keep {
+        let _ = std::fs::remove_file(&path);
+    } else {
+        eprintln!("papervisor: the log is kept in {}", path.display());
+    }
 }
 
 /// The runtime directory (every VM's: its disks' vhost-user sockets are
