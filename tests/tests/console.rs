@@ -158,6 +158,8 @@ fn the_log_level_reaches_every_device_process() {
         );
     }
     assert!(log.contains("DEBUG rtas-server]"), "{log}");
+    // A call's debug line names it, its arguments and its status.
+    assert!(log.contains(": get-time-of-day() -> status 0"), "{log}");
 
     let info_log = dir.join("info.log");
     let log_file = format!("--log-file={}", info_log.display());

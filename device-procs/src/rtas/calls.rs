@@ -131,10 +131,49 @@ pub fn handle_call<M: Bytes<GuestAddress, E = GuestMemoryError>>(
     address: u64,
     services: &mut Services<'_>,
 ) -> Result<Option<PlatformRequest>, CallRefusal> {
+    handle_described(memory, address, services).map(|(request, _)| request)
+}
+
+/// A call as the log names it: the call, its arguments, its status.
+pub struct CallSummary {
+    token: u32,
+    args: Vec<u32>,
+    status: Option<u32>,
+}
+
+impl std::fmt::Display for CallSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match RtasCall::from_token(self.token) {
+            Some(call) => write!(f, "{}", call.name())?,
+            None => write!(f, "token {:#x}", self.token)?,
+        }
+        write!(f, "(")?;
+        for (index, arg) in self.args.iter().enumerate() {
+            let comma = if index == 0 { "" } else { ", " };
+            write!(f, "{comma}{arg:#x}")?;
+        }
+        match self.status {
+            Some(status) => write!(f, ") -> status {}", status as i32),
+            None => write!(f, ") -> no return cell"),
+        }
+    }
+}
+
+/// [`handle_call`], and what the call was.
+pub fn handle_described<M: Bytes<GuestAddress, E = GuestMemoryError>>(
+    memory: &M,
+    address: u64,
+    services: &mut Services<'_>,
+) -> Result<(Option<PlatformRequest>, CallSummary), CallRefusal> {
     let call = RtasArgs::read(memory, address)?;
     let (rets, request) = dispatch(memory, &call, services)?;
     call.write_rets(memory, &rets)?;
-    Ok(request)
+    let summary = CallSummary {
+        token: call.token,
+        args: call.args,
+        status: rets.first().copied(),
+    };
+    Ok((request, summary))
 }
 
 pub(super) fn status(status: RtasStatus) -> Vec<u32> {
@@ -384,6 +423,25 @@ fn time_of_day(now: UtcTime) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_is_summarised_by_name_arguments_and_status() {
+        let summary = CallSummary {
+            token: RtasCall::SetIndicator.token(),
+            args: vec![9003, 0x2000_0001, 1],
+            status: Some(-3i32 as u32),
+        };
+        assert_eq!(
+            summary.to_string(),
+            "set-indicator(0x232b, 0x20000001, 0x1) -> status -3"
+        );
+        let unknown = CallSummary {
+            token: 0x7777,
+            args: vec![],
+            status: None,
+        };
+        assert_eq!(unknown.to_string(), "token 0x7777() -> no return cell");
+    }
     use ipc_proto::ProcessKind;
     use vm_memory::GuestMemoryMmap;
 

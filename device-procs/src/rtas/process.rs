@@ -1,7 +1,7 @@
 //! The RTAS server's process: requests from the core, one at a time; the
 //! hotplug controller and the event log are reached on their own links.
 
-use super::calls::{handle_call, Peers, Services};
+use super::calls::{handle_described, Peers, Services};
 use crate::links::{answer, serve, Device, Links};
 use crate::process::{Descriptors, ProcessError, Startup};
 use ipc_proto::channel::{ChannelError, Frame};
@@ -130,18 +130,25 @@ impl RtasServer {
                     peers: links,
                     threads_per_core: self.threads_per_core,
                 };
-                Answer::Link(match handle_call(memory, args_address, &mut services) {
-                    Ok(request) => {
-                        log::debug!("vCPU {caller}: call at {args_address:#x} -> {request:?}");
-                        #[cfg(feature = "fault-injection")]
-                        let request = lie_about(links, request);
-                        Reply::CallDone { request }
-                    }
-                    Err(refusal) => {
-                        log::warn!("vCPU {caller}: {refusal}");
-                        Reply::CallRefused(refusal)
-                    }
-                })
+                Answer::Link(
+                    match handle_described(memory, args_address, &mut services) {
+                        Ok((request, summary)) => {
+                            match &request {
+                                Some(request) => log::debug!(
+                                    "vCPU {caller}: {summary}; the core carries out {request:?}"
+                                ),
+                                None => log::debug!("vCPU {caller}: {summary}"),
+                            }
+                            #[cfg(feature = "fault-injection")]
+                            let request = lie_about(links, request);
+                            Reply::CallDone { request }
+                        }
+                        Err(refusal) => {
+                            log::warn!("vCPU {caller}: {refusal}");
+                            Reply::CallRefused(refusal)
+                        }
+                    },
+                )
             }
         }
     }
