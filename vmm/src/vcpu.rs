@@ -103,6 +103,14 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
+    /// Every status.
+    pub const ALL: [RunStatus; 4] = [
+        RunStatus::Running,
+        RunStatus::Paused,
+        RunStatus::Prelaunch,
+        RunStatus::Shutdown,
+    ];
+
     /// Its QMP name.
     pub const fn qmp_name(self) -> &'static str {
         match self {
@@ -250,12 +258,19 @@ impl VcpuHandle {
     /// Starts vCPU `id` on a thread of its own, parked.
     pub fn spawn(id: u32, fd: VcpuFd, context: VcpuContext) -> std::io::Result<VcpuHandle> {
         let cpus = Arc::clone(&context.cpus);
+        let (started, thread_id) = std::sync::mpsc::sync_channel(1);
         let thread = thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
+                let _ = started.send(nix::unistd::gettid().as_raw());
                 crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Vcpu);
                 Vcpu { id, fd, context }.run()
             })?;
+        // Known before device_add answers: a client that lists the CPUs
+        // next (libvirt does) finds the new one's thread.
+        if let Ok(tid) = thread_id.recv_timeout(Duration::from_secs(5)) {
+            cpus.vcpus[id as usize].thread_id.store(tid, Ordering::Relaxed);
+        }
         Ok(VcpuHandle {
             id,
             cpus,
@@ -360,9 +375,6 @@ impl Vcpu {
     }
 
     fn run(mut self) {
-        self.control()
-            .thread_id
-            .store(nix::unistd::gettid().as_raw(), Ordering::Relaxed);
         while let Some(start) = self.wait_for_start() {
             if let Err(error) = self.prepare(start) {
                 self.crash(format!("vcpu{}: cannot set up registers: {error}", self.id));

@@ -10,6 +10,8 @@ use serde_json::{json, Map, Value};
 /// An argument's (or a member's) JSON type, as QEMU's schema names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ArgType {
+    /// A string, one of the values of an enumeration of [`ENUMS`].
+    Enum(&'static str),
     /// An object of a type of [`TYPES`].
     Object(&'static str),
     /// A list of objects of a type of [`TYPES`].
@@ -31,7 +33,7 @@ pub enum ArgType {
 impl ArgType {
     fn schema_name(self) -> String {
         match self {
-            ArgType::Object(name) => name.into(),
+            ArgType::Enum(name) | ArgType::Object(name) => name.into(),
             ArgType::ObjectList(name) => format!("[{name}]"),
             ArgType::IntList => "[int]".into(),
             other => other.builtin_name().into(),
@@ -40,7 +42,9 @@ impl ArgType {
 
     const fn builtin_name(self) -> &'static str {
         match self {
-            ArgType::Object(_) | ArgType::ObjectList(_) | ArgType::IntList => "any",
+            ArgType::Enum(_) | ArgType::Object(_) | ArgType::ObjectList(_) | ArgType::IntList => {
+                "any"
+            }
             ArgType::Str => "str",
             ArgType::Int => "int",
             ArgType::Bool => "bool",
@@ -57,6 +61,8 @@ impl ArgType {
             ArgType::StrList => value
                 .as_array()
                 .is_some_and(|items| items.iter().all(Value::is_string)),
+            // Which value, the command's parser says (with the values).
+            ArgType::Enum(_) => value.is_string(),
             ArgType::Object(_) => value.is_object(),
             ArgType::ObjectList(_) => value
                 .as_array()
@@ -74,6 +80,7 @@ impl ArgType {
             ArgType::Int => "an integer",
             ArgType::Bool => "a boolean",
             ArgType::StrList => "a list of strings",
+            ArgType::Enum(_) => "a string",
             ArgType::Object(_) => "an object",
             ArgType::ObjectList(_) => "a list of objects",
             ArgType::IntList => "a list of integers",
@@ -232,7 +239,7 @@ commands! {
         optional("bus", ArgType::Str)
     ], returns: Returns::Nothing;
     ObjectAdd = "object-add", args: [
-        required("qom-type", ArgType::Str),
+        required("qom-type", ArgType::Enum("MemoryBackendType")),
         required("id", ArgType::Str),
         optional("props", ArgType::Any),
         optional("size", ArgType::Int),
@@ -249,7 +256,7 @@ commands! {
     ObjectDel = "object-del", args: [required("id", ArgType::Str)], returns: Returns::Nothing;
     QueryMemdev = "query-memdev", args: [], returns: Returns::List("Memdev");
     BlockdevAdd = "blockdev-add", args: [
-        required("driver", ArgType::Str),
+        required("driver", ArgType::Enum("BlockdevDriver")),
         required("node-name", ArgType::Str),
         optional("filename", ArgType::Str),
         optional("file", ArgType::Str),
@@ -274,22 +281,59 @@ commands! {
     XQueryEventLog = "x-query-event-log", args: [], returns: Returns::Any;
     XQueryDeviceProcesses = "x-query-device-processes", args: [], returns: Returns::Any;
     XQueryStartup = "x-query-startup", args: [], returns: Returns::Any;
-    XRestartDeviceProcess = "x-restart-device-process", args: [required("process", ArgType::Str)], returns: Returns::Nothing;
+    XRestartDeviceProcess = "x-restart-device-process", args: [required("process", ArgType::Enum("DeviceProcess"))], returns: Returns::Nothing;
     XUpgradeDeviceProcess = "x-upgrade-device-process", args: [
-        required("process", ArgType::Str),
+        required("process", ArgType::Enum("DeviceProcess")),
         required("path", ArgType::Str),
         optional("id", ArgType::Str)
     ], returns: Returns::Nothing;
     XInjectFault = "x-inject-fault", args: [
-        required("process", ArgType::Str),
-        optional("fault", ArgType::Str),
-        optional("point", ArgType::Str),
-        optional("action", ArgType::Str),
+        required("process", ArgType::Enum("DeviceProcess")),
+        optional("fault", ArgType::Enum("Fault")),
+        optional("point", ArgType::Enum("FaultPoint")),
+        optional("action", ArgType::Enum("FaultAction")),
         optional("request", ArgType::Str)
     ], returns: Returns::Any;
 }
 
 use ArgType::{Bool, Int, IntList, Str, StrList};
+
+/// The enumerations, by name: what a string argument or member may be.
+pub const ENUMS: &[&str] = &[
+    "MemoryBackendType",
+    "BlockdevDriver",
+    "DeviceProcess",
+    "Fault",
+    "FaultPoint",
+    "FaultAction",
+    "RunState",
+];
+
+/// The values of enumeration `name` (of [`ENUMS`]), each from where the
+/// parser takes it.
+pub fn enum_values(name: &str) -> Vec<&'static str> {
+    use ipc_proto::control::{Fault, FaultAction, FaultPoint};
+    fn names<T>(all: &[(&'static str, T)]) -> Vec<&'static str> {
+        all.iter().map(|(name, _)| *name).collect()
+    }
+    match name {
+        "MemoryBackendType" => crate::dimms::BACKEND_TYPES.to_vec(),
+        "BlockdevDriver" => vec![crate::block::nodes::DRIVER, crate::block::nodes::RAW_DRIVER],
+        "DeviceProcess" => ipc_proto::ProcessKind::ALL
+            .iter()
+            .map(|kind| kind.name())
+            .chain(["block"])
+            .collect(),
+        "Fault" => names(&Fault::ALL),
+        "FaultPoint" => names(&FaultPoint::ALL),
+        "FaultAction" => names(&FaultAction::ALL),
+        "RunState" => crate::vcpu::RunStatus::ALL
+            .iter()
+            .map(|status| status.qmp_name())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
 
 /// The object types commands return, with their members, as QEMU's
 /// schema defines them (the members this machine fills in).
@@ -300,7 +344,7 @@ pub const TYPES: &[(&str, &[Arg])] = &[
         &[
             required("running", Bool),
             required("singlestep", Bool),
-            required("status", Str),
+            required("status", ArgType::Enum("RunState")),
         ],
     ),
     (
@@ -517,7 +561,7 @@ pub const EVENTS: &[(&str, &[Arg])] = &[
     (
         "X_DEVICE_PROCESS_EXITED",
         &[
-            required("process", ArgType::Str),
+            required("process", ArgType::Enum("DeviceProcess")),
             required("pid", ArgType::Int),
             required("reason", ArgType::Str),
             required("restarts", ArgType::Int),
@@ -527,7 +571,7 @@ pub const EVENTS: &[(&str, &[Arg])] = &[
     (
         "X_DEVICE_PROCESS_RESTARTED",
         &[
-            required("process", ArgType::Str),
+            required("process", ArgType::Enum("DeviceProcess")),
             required("pid", ArgType::Int),
             required("restarts", ArgType::Int),
         ],
@@ -535,7 +579,7 @@ pub const EVENTS: &[(&str, &[Arg])] = &[
     (
         "X_DEVICE_PROCESS_UPGRADED",
         &[
-            required("process", ArgType::Str),
+            required("process", ArgType::Enum("DeviceProcess")),
             required("pid", ArgType::Int),
             required("path", ArgType::Str),
         ],
@@ -651,6 +695,9 @@ pub fn query_qmp_schema() -> Value {
         schema.push(entry);
         schema.push(object_type(arg_type, members));
     }
+    for name in ENUMS {
+        schema.push(json!({"name": name, "meta-type": "enum", "values": enum_values(name)}));
+    }
     for (name, json_type) in [
         ("str", "string"),
         ("int", "int"),
@@ -725,6 +772,9 @@ mod tests {
             .filter(|e| e["meta-type"] == "command")
             .count();
         assert_eq!(commands, Command::ALL.len());
+        for name in ENUMS {
+            assert!(!enum_values(name).is_empty(), "{name} has no values");
+        }
         for entry in entries.iter().filter(|e| e["meta-type"] == "command") {
             let unstable = entry["features"] == json!(["unstable"]);
             let name = entry["name"].as_str().unwrap();
