@@ -180,3 +180,87 @@ fn an_installed_set_in_a_fresh_prefix_boots_a_vm() {
     drop(vm);
     let _ = std::fs::remove_dir_all(prefix.parent().unwrap());
 }
+
+/// query-stats counts what was done: N RTAS calls of one token, M
+/// hot-plugs; the metrics file gets the same, a JSON line at a time.
+#[test]
+fn stats_count_a_known_workload_and_reach_the_metrics_file() {
+    if !kvm_usable("stats_count_a_known_workload_and_reach_the_metrics_file") {
+        return;
+    }
+    let dir = papervisor_tests::scratch_dir();
+    let metrics = dir.join("metrics.json");
+    let metrics_path = format!("--metrics-path={}", metrics.display());
+    let mut vm = Vm::start(&[
+        "--smp",
+        "cpus=1,maxcpus=2",
+        &metrics_path,
+        "--metrics-interval",
+        "200",
+    ]);
+    vm.boot();
+    let mut qmp = papervisor_tests::QmpClient::connect(&vm.qmp_socket());
+    let stat = |qmp: &mut papervisor_tests::QmpClient, name: &str| -> serde_json::Value {
+        let answer = qmp.execute("query-stats", serde_json::json!({"target": "vm"}));
+        answer["return"][0]["stats"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .map(|s| s["value"].clone())
+            .unwrap_or(serde_json::json!(0))
+    };
+    let calls = "rtas-calls-query-cpu-stopped-state";
+    let before = stat(&mut qmp, calls).as_u64().unwrap();
+    let hypercalls = stat(&mut qmp, "exits-hypercall").as_u64().unwrap();
+    let bench = vm.console.command("bench rtas 300");
+    assert!(bench[0].starts_with("bench: 300 calls"), "{bench:?}");
+    assert_eq!(stat(&mut qmp, calls).as_u64().unwrap() - before, 300);
+    assert!(stat(&mut qmp, "exits-hypercall").as_u64().unwrap() >= hypercalls + 300);
+    let histogram = stat(&mut qmp, "rtas-call-time");
+    let timed: u64 = histogram
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|b| b.as_u64())
+        .sum();
+    assert_eq!(timed, stat(&mut qmp, "rtas-calls").as_u64().unwrap());
+
+    vm.plug_core(1, "core1");
+    assert_eq!(stat(&mut qmp, "hotplug-core-add"), 1);
+    assert_eq!(
+        qmp.execute("device_del", serde_json::json!({"id": "core1"})),
+        serde_json::json!({"return": {}})
+    );
+    qmp.wait_event("DEVICE_DELETED");
+    assert_eq!(stat(&mut qmp, "hotplug-core-del"), 1);
+    assert_eq!(stat(&mut qmp, "hotplug-deleted"), 1);
+    assert_eq!(stat(&mut qmp, "restarts-rtas-server"), 0);
+
+    let vcpus = qmp.execute("query-stats", serde_json::json!({"target": "vcpu"}));
+    let vcpu0 = &vcpus["return"][0];
+    assert_eq!(vcpu0["provider"], "papervisor");
+    assert!(
+        vcpu0["qom-path"].as_str().unwrap().ends_with("thread[0]"),
+        "{vcpus}"
+    );
+    let schemas = qmp.execute("query-stats-schemas", serde_json::json!({}));
+    assert_eq!(schemas["return"].as_array().unwrap().len(), 2, "{schemas}");
+
+    // Quiet now (the guest's start of the plugged CPU made calls of its
+    // own): the file's last line says what query-stats says.
+    let now = stat(&mut qmp, calls).as_u64().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let lines = std::fs::read_to_string(&metrics).unwrap();
+    let last: serde_json::Value = serde_json::from_str(lines.lines().last().unwrap()).unwrap();
+    assert!(lines.lines().count() >= 2, "{lines}");
+    let written = last["vm"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == calls)
+        .unwrap()["value"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(written, now);
+}

@@ -148,6 +148,14 @@ pub struct Cli {
     /// could not start) and the VM runs on in the background.
     #[arg(long)]
     pub daemonize: bool,
+    /// Append the VM's stats (query-stats of the VM and of its vCPUs) to
+    /// this file as one JSON line every --metrics-interval, and once at
+    /// the end.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_path: Option<PathBuf>,
+    /// How often (milliseconds, 100 to 3600000) --metrics-path is written.
+    #[arg(long, value_name = "MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub metrics_interval: u64,
     /// Keep the log file made when the console is this terminal: by
     /// default it goes when the VM ends well (one that failed keeps it).
     #[arg(long)]
@@ -494,6 +502,8 @@ pub struct VmConfig {
     pub console_id: String,
     /// `--helper-dir`.
     pub helper_dir: Option<PathBuf>,
+    /// `--metrics-path`, opened (for appending), and `--metrics-interval`.
+    pub metrics: Option<(std::fs::File, std::time::Duration)>,
     /// The uid and gid asked for on the command line.
     pub uid: Option<u32>,
     /// The gid the device processes run as (`--gid`), if given.
@@ -576,6 +586,19 @@ impl VmConfig {
                 )));
             }
         }
+        let metrics = match &cli.metrics_path {
+            None => None,
+            Some(path) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|error| {
+                        ConfigError::Invalid(format!("--metrics-path {}: {error}", path.display()))
+                    })?;
+                Some((file, std::time::Duration::from_millis(cli.metrics_interval)))
+            }
+        };
         let jail_dir = cli.jail_dir.unwrap_or_else(crate::runtime::default_base);
         if !jail_dir.is_absolute() {
             return Err(ConfigError::Invalid(format!(
@@ -639,6 +662,7 @@ impl VmConfig {
             numa_node: cli.numa_node,
             console_id: cli.console_id,
             helper_dir: cli.helper_dir,
+            metrics,
             uid: cli.uid,
             gid: cli.gid,
             block_stall_timeout: cli

@@ -80,6 +80,8 @@ pub enum ControlMessage {
     },
     /// Time to look whether each disk's block process makes progress.
     WatchDisks,
+    /// Time to append the stats to `--metrics-path`.
+    WriteMetrics,
     /// Time to connect to disk `serial`'s backend again.
     ReconnectBackend {
         /// Which disk's.

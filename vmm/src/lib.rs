@@ -27,6 +27,7 @@ pub mod runtime;
 pub mod seccomp;
 pub mod signals;
 pub mod sockets;
+pub mod stats;
 pub mod vcpu;
 
 /// When the core's `main` began: the origin of `x-query-startup`'s times.

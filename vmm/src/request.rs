@@ -188,6 +188,10 @@ pub enum Query {
     Memdev,
     /// query-named-block-nodes.
     NamedBlockNodes,
+    /// query-stats of the VM.
+    StatsVm,
+    /// query-stats of every vCPU.
+    StatsVcpus,
 }
 
 /// A QMP command that needs the machine, its arguments parsed.

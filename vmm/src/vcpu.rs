@@ -66,6 +66,8 @@ pub struct VcpuControl {
     present: AtomicBool,
     /// The thread holds at the pause gate (QMP `stop`).
     holding: AtomicBool,
+    /// Its exits, by reason.
+    stats: crate::stats::VcpuStats,
 }
 
 impl VcpuControl {
@@ -77,6 +79,7 @@ impl VcpuControl {
             park_requested: AtomicBool::new(false),
             thread_id: AtomicI32::new(0),
             present: AtomicBool::new(false),
+            stats: Default::default(),
         }
     }
 
@@ -170,6 +173,11 @@ impl CpuTable {
         self.status() != RunStatus::Running
     }
 
+    /// The exits of vCPU `id` (none for an id beyond the table).
+    pub fn vcpu_stats(&self, id: u32) -> Option<&crate::stats::VcpuStats> {
+        self.vcpus.get(id as usize).map(|vcpu| &vcpu.stats)
+    }
+
     /// What QMP `query-status` says.
     pub fn status(&self) -> RunStatus {
         *lock(&self.status)
@@ -245,6 +253,8 @@ pub struct VcpuContext {
     pub interrupts: Arc<InterruptRouter>,
     /// The control loop.
     pub control: Sender<ControlMessage>,
+    /// The VM's counters (RTAS calls).
+    pub stats: Arc<crate::stats::VmStats>,
 }
 
 /// Owns a vCPU thread.
@@ -269,7 +279,9 @@ impl VcpuHandle {
         // Known before device_add answers: a client that lists the CPUs
         // next (libvirt does) finds the new one's thread.
         if let Ok(tid) = thread_id.recv_timeout(Duration::from_secs(5)) {
-            cpus.vcpus[id as usize].thread_id.store(tid, Ordering::Relaxed);
+            cpus.vcpus[id as usize]
+                .thread_id
+                .store(tid, Ordering::Relaxed);
         }
         Ok(VcpuHandle {
             id,
@@ -481,6 +493,14 @@ impl Vcpu {
                     .send(ControlMessage::GuestCrashed(reason));
                 Next::Park
             };
+            use crate::stats::Exit;
+            let reason = match &exit {
+                VcpuExit::IoOut(HCALL_DOORBELL_PORT, _) => Exit::Hypercall,
+                VcpuExit::IoOut(..) | VcpuExit::IoIn(..) => Exit::Io,
+                VcpuExit::MmioRead(..) | VcpuExit::MmioWrite(..) => Exit::Mmio,
+                _ => Exit::Other,
+            };
+            self.context.cpus.vcpus[self.id as usize].stats.exit(reason);
             let next = match exit {
                 VcpuExit::IoOut(HCALL_DOORBELL_PORT, _) => self.doorbell(),
                 VcpuExit::IoOut(port, data) => {
@@ -580,7 +600,12 @@ impl Vcpu {
                 };
                 let control = self.control();
                 let parking = || control.park_requested.load(Ordering::SeqCst);
-                match self.context.devices.rtas_call(call, &parking) {
+                let started = std::time::Instant::now();
+                let answer = self.context.devices.rtas_call(call, &parking);
+                self.context
+                    .stats
+                    .rtas_call(self.call_name(args_address), started.elapsed());
+                match answer {
                     Ok(core_rtas::Reply::CallDone { request }) => {
                         let request = request.filter(|request| {
                             let asked = self.asked_by_guest(args_address, request);
@@ -621,6 +646,18 @@ impl Vcpu {
     }
 
     /// Whether the guest's `rtas_args` block at `address` asks for `request`.
+    /// The name of the RTAS call at `address` (its token, which the guest
+    /// may have changed since: a count, never a decision, rests on it).
+    fn call_name(&self, address: u64) -> &'static str {
+        let at = address & REAL_ADDRESS_MASK;
+        self.context
+            .ram
+            .read_obj::<u32>(GuestAddress(at))
+            .ok()
+            .and_then(|token| ipc_proto::papr::RtasCall::from_token(u32::from_be(token)))
+            .map_or("unknown", |call| call.name())
+    }
+
     fn asked_by_guest(&self, address: u64, request: &PlatformRequest) -> bool {
         let address = address & REAL_ADDRESS_MASK;
         let cell = |i: u64| {

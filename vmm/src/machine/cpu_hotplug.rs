@@ -2,7 +2,6 @@
 //! and a core's release. The vCPUs of a core are created once (KVM cannot
 //! destroy them) and parked while the core is unplugged.
 
-use super::notifications::device_event;
 use super::{kvm_call, Vm, VmError};
 use crate::boot;
 use crate::request::QmpError;
@@ -104,10 +103,7 @@ impl Vm {
             }
         }
         log::info!("core {core} ({}) unplugged", device.path);
-        self.qmp.emit(
-            "DEVICE_DELETED",
-            device_event(device.id.as_deref(), &device.path),
-        );
+        self.device_deleted(device.id.as_deref(), &device.path);
         Ok(())
     }
 }

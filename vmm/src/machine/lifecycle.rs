@@ -139,7 +139,7 @@ impl ResetSteps for Vm {
 impl Vm {
     /// Builds the machine: KVM, memory, interrupts, the console, the device processes and the boot vCPUs, parked until [`Vm::run`].
     pub fn new(
-        config: VmConfig,
+        mut config: VmConfig,
         console_socket: Option<&crate::sockets::ClaimedSocket>,
         qmp: Arc<QmpServer>,
     ) -> Result<Vm, VmError> {
@@ -230,6 +230,7 @@ impl Vm {
             devices: Arc::clone(&devices),
             interrupts: Arc::clone(&interrupts),
             control: control.clone(),
+            stats: Default::default(),
         };
         let mut vm = Vm {
             vcpus: (0..config.smp.max_cpus).map(|_| None).collect(),
@@ -253,6 +254,7 @@ impl Vm {
             name: config.name.clone(),
             uuid: config.uuid.clone(),
             migration_events: Default::default(),
+            metrics: config.metrics.take(),
             console_chardev: json!({
                 "label": config.console_id,
                 "filename": console_filename,

@@ -3,7 +3,6 @@
 //! slot) and to the RTAS server before the guest is told of it, and taken
 //! from both once every LMB of it went back.
 
-use super::notifications::device_event;
 use super::Vm;
 use crate::dimms::Dimm;
 use crate::memory::{BackendMemory, DimmMemory};
@@ -238,8 +237,7 @@ impl Vm {
             log::error!("the RTAS server did not drop DIMM {}: {error}", dimm.id);
         }
         log::info!("DIMM {} unplugged", dimm.id);
-        self.qmp
-            .emit("DEVICE_DELETED", device_event(Some(&dimm.id), &dimm.path()));
+        self.device_deleted(Some(&dimm.id), &dimm.path());
         Ok(())
     }
 }

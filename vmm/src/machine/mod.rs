@@ -145,6 +145,8 @@ pub struct Vm {
     name: Option<String>,
     /// The console as query-chardev reports it.
     console_chardev: Value,
+    /// `--metrics-path` and how often it is written.
+    metrics: Option<(std::fs::File, std::time::Duration)>,
     /// QMP's migration capability `events` (shared by every client).
     migration_events: Arc<std::sync::atomic::AtomicBool>,
     /// `--uuid`, for query-uuid.
@@ -201,6 +203,7 @@ impl Vm {
             self.cpus.set_status(RunStatus::Prelaunch);
         }
         self.power_on()?;
+        self.start_metrics();
         started();
         loop {
             let message = match self.deferred.pop_front() {
@@ -217,6 +220,7 @@ impl Vm {
                     continue;
                 }
                 self.devices.announce_end();
+                self.write_metrics();
                 self.shut_down(guest, reason);
                 return Ok(());
             }
@@ -238,6 +242,7 @@ impl Vm {
                 ControlMessage::BackendHungUp { serial } => self.backend_hung_up(serial),
                 ControlMessage::ReconnectBackend { serial } => self.reconnect_backend(serial),
                 ControlMessage::WatchDisks => self.watch_disks(),
+                ControlMessage::WriteMetrics => self.write_metrics(),
                 ControlMessage::Function { effect, done } => {
                     let outcome = self.function_effect(effect);
                     if let Err(error) = &outcome {
@@ -276,6 +281,29 @@ impl Vm {
                 return Err(QmpError::generic(format!("Duplicate device ID '{id}'")));
             }
         }
+        use crate::stats::Hotplug;
+        let counted = match &request {
+            MachineRequest::DeviceAdd(DeviceAdd::Core { .. }) => Some(Hotplug::CoreAdd),
+            MachineRequest::DeviceAdd(DeviceAdd::Dimm { .. }) => Some(Hotplug::DimmAdd),
+            MachineRequest::DeviceAdd(_) => Some(Hotplug::DiskAdd),
+            MachineRequest::DeviceDel(name) if self.dimms.find(name).is_some() => {
+                Some(Hotplug::DimmDel)
+            }
+            MachineRequest::DeviceDel(name) if self.disks.find(name).is_some() => {
+                Some(Hotplug::DiskDel)
+            }
+            MachineRequest::DeviceDel(_) => Some(Hotplug::CoreDel),
+            _ => None,
+        };
+        let answer = self.answer(request);
+        if let (Some(operation), Ok(_)) = (counted, &answer) {
+            self.context.stats.hotplug(operation);
+        }
+        answer
+    }
+
+    /// [`Vm::carry_out`]'s answer.
+    fn answer(&mut self, request: MachineRequest) -> Result<Value, QmpError> {
         match request {
             MachineRequest::DeviceAdd(DeviceAdd::Core { core_id, id }) => {
                 self.core_add(core_id, id.as_deref(), false)

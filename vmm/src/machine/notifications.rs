@@ -36,11 +36,18 @@ impl Vm {
             return Err(format!("{device}, which no device_del asked back"));
         }
         log::warn!("Device hotunplug rejected by the guest for device {device}");
+        self.context.stats.hotplug(crate::stats::Hotplug::Refused);
         self.qmp.emit(
             "DEVICE_UNPLUG_GUEST_ERROR",
             device_event(id.as_deref(), device),
         );
         Ok(())
+    }
+
+    /// A device went: QMP clients are told, and it is counted.
+    pub(super) fn device_deleted(&self, id: Option<&str>, path: &str) {
+        self.context.stats.hotplug(crate::stats::Hotplug::Deleted);
+        self.qmp.emit("DEVICE_DELETED", device_event(id, path));
     }
 
     /// The plugged core or DIMM named by QMP id or QOM path: its QMP id,

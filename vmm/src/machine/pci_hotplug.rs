@@ -4,7 +4,6 @@
 //! `device_del` asks the guest (again, every time); the release ends the
 //! process and frees the node. Each step that fails undoes the ones before.
 
-use super::notifications::device_event;
 use super::Vm;
 use crate::block::disks::{Backend, Disk};
 use crate::block::frontend::{BlockFrontend, Region};
@@ -343,10 +342,7 @@ impl Vm {
             Backend::External { chardev, .. } => self.chardevs.detach(chardev),
         }
         log::info!("disk {id} unplugged");
-        self.qmp.emit(
-            "DEVICE_DELETED",
-            device_event(Some(&id), &format!("/machine/peripheral/{id}")),
-        );
+        self.device_deleted(Some(&id), &format!("/machine/peripheral/{id}"));
         Ok(())
     }
 

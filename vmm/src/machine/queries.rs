@@ -3,6 +3,7 @@
 
 use super::Vm;
 use crate::block::disks::Backend;
+use crate::control::ControlMessage;
 use crate::cores::{CoreDevice, CORE_DRIVER};
 use crate::devices::reports::BlockRow;
 use crate::request::{QmpError, Query};
@@ -29,6 +30,11 @@ impl Vm {
             Query::DeviceProcesses => Ok(self.query_device_processes()),
             Query::Block => Ok(self.block_nodes.query()),
             Query::NamedBlockNodes => Ok(self.block_nodes.query_named()),
+            Query::StatsVm => Ok(json!([{
+                "provider": crate::stats::PROVIDER,
+                "stats": self.context.stats.to_stats(self.machine_stats()),
+            }])),
+            Query::StatsVcpus => Ok(self.vcpu_stats()),
             Query::Chardev => {
                 let mut chardevs = self.chardevs.query();
                 if let Value::Array(list) = &mut chardevs {
@@ -132,6 +138,88 @@ impl Vm {
     }
 
     /// Every vCPU of a plugged core, with the core's QOM path.
+    /// Starts the ticks of `--metrics-path`, if asked.
+    pub(super) fn start_metrics(&self) {
+        let Some((_, every)) = &self.metrics else {
+            return;
+        };
+        let (control, every) = (self.control.clone(), *every);
+        let spawned = std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || loop {
+                std::thread::sleep(every);
+                // Ends with the control loop (its channel closes).
+                if control.send(ControlMessage::WriteMetrics).is_err() {
+                    return;
+                }
+            });
+        if let Err(error) = spawned {
+            log::error!("cannot time the metrics file: {error}");
+        }
+    }
+
+    /// Appends the VM's stats and its vCPUs' to `--metrics-path`, one JSON
+    /// line (one write: a reader never sees half a line).
+    pub(super) fn write_metrics(&self) {
+        use std::io::Write;
+        let Some((file, _)) = &self.metrics else {
+            return;
+        };
+        let utc = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|since| since.as_secs())
+            .unwrap_or_default();
+        let mut line = json!({
+            "utc": utc,
+            "vm": self.context.stats.to_stats(self.machine_stats()),
+            "vcpus": self.vcpu_stats(),
+        })
+        .to_string();
+        line.push('\n');
+        if let Err(error) = (&*file).write_all(line.as_bytes()) {
+            log::warn!("cannot write the metrics file: {error}");
+        }
+    }
+
+    /// What only the machine knows of the VM's stats: the vCPUs' exits,
+    /// each device process's restarts, the guest's event queue.
+    pub(super) fn machine_stats(&self) -> Vec<Value> {
+        let vcpus: Vec<&crate::stats::VcpuStats> = (0..self.smp.max_cpus)
+            .filter_map(|id| self.cpus.vcpu_stats(id))
+            .collect();
+        let mut stats = crate::stats::exits_of(&vcpus);
+        for process in self.devices.info().as_array().into_iter().flatten() {
+            if let (Some(kind), Some(restarts)) =
+                (process["kind"].as_str(), process["restarts"].as_u64())
+            {
+                stats.push(json!({"name": format!("restarts-{kind}"), "value": restarts}));
+            }
+        }
+        if let Ok(Value::Array(queued)) = self.query_event_log() {
+            stats.push(json!({"name": "event-queue-depth", "value": queued.len()}));
+        }
+        stats
+    }
+
+    /// query-stats of the vCPUs: each present one's exits, by QOM path.
+    fn vcpu_stats(&self) -> Value {
+        let cpus = self.query_cpus_fast();
+        Value::Array(
+            cpus.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|cpu| {
+                    let id = u32::try_from(cpu["cpu-index"].as_u64()?).ok()?;
+                    Some(json!({
+                        "provider": crate::stats::PROVIDER,
+                        "qom-path": cpu["qom-path"],
+                        "stats": self.cpus.vcpu_stats(id)?.to_stats(),
+                    }))
+                })
+                .collect(),
+        )
+    }
+
     fn query_cpus_fast(&self) -> Value {
         let threads = self.cores.threads();
         let cpus: Vec<Value> = self

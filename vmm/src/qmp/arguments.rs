@@ -39,6 +39,15 @@ pub fn machine_request(
         }
         Command::QueryChardev => return query(Query::Chardev),
         Command::QueryMemdev => return query(Query::Memdev),
+        Command::QueryStats => {
+            return match text(arguments, "target") {
+                Some("vm") => query(Query::StatsVm),
+                Some("vcpu") => query(Query::StatsVcpus),
+                other => Err(QmpError::generic(format!(
+                    "Parameter 'target' expects 'vm' or 'vcpu', not {other:?}"
+                ))),
+            }
+        }
         Command::QueryPci => return query(Query::Pci),
         Command::QueryMemoryDevices => return query(Query::MemoryDevices),
         Command::QueryMemorySizeSummary => return query(Query::MemorySizeSummary),
@@ -73,6 +82,7 @@ pub fn machine_request(
         | Command::QueryTpmTypes
         | Command::QueryMigrateCapabilities
         | Command::MigrateSetCapabilities
+        | Command::QueryStatsSchemas
         | Command::HumanMonitorCommand
         | Command::QueryIothreads
         | Command::QueryCommands

@@ -322,6 +322,39 @@ fn version() -> Value {
     })
 }
 
+/// query-stats' answer with only the providers and vCPUs (by QOM path) the
+/// client named, if it named any.
+fn filter_stats(answer: Value, arguments: &Map<String, Value>) -> Value {
+    let vcpus: Option<Vec<&str>> = arguments
+        .get("vcpus")
+        .and_then(Value::as_array)
+        .map(|paths| paths.iter().filter_map(Value::as_str).collect());
+    let providers: Option<Vec<&str>> = arguments
+        .get("providers")
+        .and_then(Value::as_array)
+        .map(|list| list.iter().filter_map(|p| p["provider"].as_str()).collect());
+    let Value::Array(results) = answer else {
+        return answer;
+    };
+    Value::Array(
+        results
+            .into_iter()
+            .filter(|result| {
+                let path = result["qom-path"].as_str();
+                vcpus
+                    .as_ref()
+                    .is_none_or(|wanted| path.is_some_and(|p| wanted.contains(&p)))
+            })
+            .filter(|result| {
+                let provider = result["provider"].as_str().unwrap_or_default();
+                providers
+                    .as_ref()
+                    .is_none_or(|wanted| wanted.contains(&provider))
+            })
+            .collect(),
+    )
+}
+
 /// query-uuid of a VM started without `--uuid`, as QEMU answers.
 const NO_UUID: &str = "00000000-0000-0000-0000-000000000000";
 
@@ -480,6 +513,13 @@ impl<'a> Session<'a> {
                 done(catalog::query_command_line_options(arguments)?)
             }
             Command::QueryCpuDefinitions => done(catalog::query_cpu_definitions()),
+            Command::QueryStatsSchemas => done(crate::stats::schemas()),
+            Command::QueryStats => {
+                let request = arguments::machine_request(command, arguments)?
+                    .ok_or_else(|| QmpError::generic("query-stats has no answer"))?;
+                let (answer, after) = self.ask_machine(command, request)?;
+                Ok((filter_stats(answer, arguments), after))
+            }
             Command::HumanMonitorCommand => {
                 let line = arguments
                     .get("command-line")

@@ -217,6 +217,14 @@ commands! {
         required("command-line", ArgType::Str),
         optional("cpu-index", ArgType::Int)
     ], returns: Returns::Text;
+    QueryStats = "query-stats", args: [
+        required("target", ArgType::Enum("StatsTarget")),
+        optional("providers", ArgType::Any),
+        optional("vcpus", ArgType::StrList)
+    ], returns: Returns::List("StatsResult");
+    QueryStatsSchemas = "query-stats-schemas", args: [
+        optional("provider", ArgType::Enum("StatsProvider"))
+    ], returns: Returns::List("StatsSchema");
     QueryIothreads = "query-iothreads", args: [], returns: Returns::List("IOThreadInfo");
     SystemReset = "system_reset", args: [], returns: Returns::Nothing;
     SystemPowerdown = "system_powerdown", args: [], returns: Returns::Nothing;
@@ -307,6 +315,8 @@ pub const ENUMS: &[&str] = &[
     "FaultPoint",
     "FaultAction",
     "RunState",
+    "StatsTarget",
+    "StatsProvider",
 ];
 
 /// The values of enumeration `name` (of [`ENUMS`]), each from where the
@@ -327,6 +337,8 @@ pub fn enum_values(name: &str) -> Vec<&'static str> {
         "Fault" => names(&Fault::ALL),
         "FaultPoint" => names(&FaultPoint::ALL),
         "FaultAction" => names(&FaultAction::ALL),
+        "StatsTarget" => vec!["vm", "vcpu"],
+        "StatsProvider" => vec![crate::stats::PROVIDER],
         "RunState" => crate::vcpu::RunStatus::ALL
             .iter()
             .map(|status| status.qmp_name())
@@ -497,6 +509,36 @@ pub const TYPES: &[(&str, &[Arg])] = &[
             required("file", Str),
             required("ro", Bool),
             required("drv", Str),
+        ],
+    ),
+    (
+        "Stats",
+        &[required("name", Str), required("value", ArgType::Any)],
+    ),
+    (
+        "StatsResult",
+        &[
+            required("provider", ArgType::Enum("StatsProvider")),
+            optional("qom-path", Str),
+            required("stats", ArgType::ObjectList("Stats")),
+        ],
+    ),
+    (
+        "StatsSchemaValue",
+        &[
+            required("name", Str),
+            required("type", Str),
+            optional("unit", Str),
+            optional("base", Int),
+            optional("exponent", Int),
+        ],
+    ),
+    (
+        "StatsSchema",
+        &[
+            required("provider", ArgType::Enum("StatsProvider")),
+            required("target", ArgType::Enum("StatsTarget")),
+            required("stats", ArgType::ObjectList("StatsSchemaValue")),
         ],
     ),
     ("ChardevReturn", &[optional("pty", Str)]),
