@@ -103,11 +103,16 @@ impl VirshConsole {
         }
         let child = command.spawn().expect("virsh console");
         drop(terminal);
-        VirshConsole {
+        let mut console = VirshConsole {
             master: std::fs::File::from(pty.master),
             child,
             seen: String::new(),
-        }
+        };
+        // Connected, its terminal raw (setting it flushes what was typed
+        // before): only then does input reach the guest.
+        console.read_until("Escape character is");
+        console.read_until("\n");
+        console
     }
 
     /// Reads until `pattern` appears; what came before it and it.
@@ -367,6 +372,16 @@ fn libvirt_probes_starts_hotplugs_and_stops_papervisor() {
     console.read_until("dlpar: pci remove");
     assert_eq!(console.command("pci").len(), 1);
 
+    // libvirtd restarts (an upgrade, say) while the domain runs: the new
+    // daemon reconnects to its monitor, and the domain goes on.
+    if restart_libvirtd() {
+        assert_eq!(domain_state(&name), "running");
+        assert_eq!(core_pid(&name), pid);
+        console = VirshConsole::open(&name);
+        console.master.write_all(b"\r").unwrap();
+        console.read_until(PROMPT);
+    }
+
     // CPUs: one more, then back; the guest refuses first (the CPU to
     // remove is its last online one), and virsh says so.
     virsh_ok(&["setvcpus", &name, "2", "--live"]);
@@ -451,6 +466,33 @@ fn libvirt_probes_starts_hotplugs_and_stops_papervisor() {
         not_found.join("\n")
     );
     let _ = std::fs::remove_dir_all(bin.parent().unwrap());
+}
+
+/// Restarts libvirtd if it is the tests' own (`scripts/libvirt-daemon`
+/// started it); says so loudly when it is not.
+fn restart_libvirtd() -> bool {
+    if !Path::new("/run/libvirt/papervisor-test-daemon").exists() {
+        say_skipped("SKIPPED the libvirtd restart: this libvirtd is not the tests' own");
+        return false;
+    }
+    let _ = Command::new("pkill")
+        .args(["-TERM", "-x", "libvirtd"])
+        .status();
+    let deadline = Instant::now() + TIMEOUT;
+    while Command::new("pgrep")
+        .args(["-x", "libvirtd"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        assert!(Instant::now() < deadline, "libvirtd did not end");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/libvirt-daemon");
+    assert!(
+        Command::new(script).status().unwrap().success(),
+        "libvirtd did not start again"
+    );
+    true
 }
 
 /// The core's pid of a running domain, as libvirt records it.

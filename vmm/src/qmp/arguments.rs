@@ -83,6 +83,7 @@ pub fn machine_request(
         | Command::QueryMigrateCapabilities
         | Command::MigrateSetCapabilities
         | Command::QueryStatsSchemas
+        | Command::QueryJobs
         | Command::HumanMonitorCommand
         | Command::QueryIothreads
         | Command::QueryCommands

@@ -538,9 +538,12 @@ impl<'a> Session<'a> {
             }
             // No TPM, no migration, no I/O threads: empty lists, as QEMU
             // built without them answers.
-            Command::QueryTpmModels | Command::QueryTpmTypes | Command::QueryIothreads => {
-                done(json!([]))
-            }
+            // No block jobs (no mirror, backup or commit here): libvirt asks
+            // when it reconnects, and a missing command ends its domain.
+            Command::QueryTpmModels
+            | Command::QueryTpmTypes
+            | Command::QueryIothreads
+            | Command::QueryJobs => done(json!([])),
             // Nothing migrates: `events` (MIGRATION events, which libvirt
             // turns on at every start) is the one capability, and there
             // is never an event to send.

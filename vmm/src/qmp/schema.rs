@@ -225,6 +225,7 @@ commands! {
     QueryStatsSchemas = "query-stats-schemas", args: [
         optional("provider", ArgType::Enum("StatsProvider"))
     ], returns: Returns::List("StatsSchema");
+    QueryJobs = "query-jobs", args: [], returns: Returns::List("JobInfo");
     QueryIothreads = "query-iothreads", args: [], returns: Returns::List("IOThreadInfo");
     SystemReset = "system_reset", args: [], returns: Returns::Nothing;
     SystemPowerdown = "system_powerdown", args: [], returns: Returns::Nothing;
@@ -453,6 +454,14 @@ pub const TYPES: &[(&str, &[Arg])] = &[
     (
         "MigrationCapabilityStatus",
         &[required("capability", Str), required("state", Bool)],
+    ),
+    (
+        "JobInfo",
+        &[
+            required("id", Str),
+            required("type", Str),
+            required("status", Str),
+        ],
     ),
     (
         "IOThreadInfo",
