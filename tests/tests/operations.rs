@@ -264,3 +264,52 @@ fn stats_count_a_known_workload_and_reach_the_metrics_file() {
         .unwrap();
     assert_eq!(written, now);
 }
+
+/// With the trace on, every RTAS call is a record (no rate limit), with
+/// its name and status, in the ring and in the streamed file.
+#[test]
+fn a_thousand_rtas_calls_give_a_thousand_trace_records() {
+    if !kvm_usable("a_thousand_rtas_calls_give_a_thousand_trace_records") {
+        return;
+    }
+    let dir = papervisor_tests::scratch_dir();
+    let trace = dir.join("trace.jsonl");
+    let trace_option = format!("--trace={}", trace.display());
+    let mut vm = Vm::start(&[&trace_option, "--trace-filter", "rtas,hotplug"]);
+    vm.boot();
+    let bench = vm.console.command("bench rtas 1000");
+    assert!(bench[0].starts_with("bench: 1000 calls"), "{bench:?}");
+    let mut qmp = papervisor_tests::QmpClient::connect(&vm.qmp_socket());
+    let answer = qmp.execute("x-query-trace", serde_json::json!({"filter": "rtas-call"}));
+    let records = answer["return"]["records"].as_array().unwrap();
+    let calls: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["call"] == "query-cpu-stopped-state")
+        .collect();
+    assert_eq!(calls.len(), 1000, "{}", answer["return"]["dropped"]);
+    for call in &calls {
+        assert_eq!(call["status"], 0, "{call}");
+        assert_eq!(call["vcpu"], 0, "{call}");
+        assert!(call["took-us"].is_u64(), "{call}");
+    }
+    assert_eq!(answer["return"]["dropped"], 0);
+    // The filter left the QMP events out.
+    let events = qmp.execute("x-query-trace", serde_json::json!({"filter": "qmp-event"}));
+    assert_eq!(events["return"]["records"], serde_json::json!([]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let streamed = std::fs::read_to_string(&trace).unwrap_or_default();
+        let lines = streamed
+            .lines()
+            .filter(|l| l.contains("\"call\":\"query-cpu-stopped-state\""))
+            .count();
+        if lines == 1000 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{lines} lines streamed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -156,6 +156,17 @@ pub struct Cli {
     /// How often (milliseconds, 100 to 3600000) --metrics-path is written.
     #[arg(long, value_name = "MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub metrics_interval: u64,
+    /// Trace what crosses the core (RTAS calls with their status and time,
+    /// hot-plug requests and notifications, device processes' exits and
+    /// restarts, QMP events) into a ring of the last 4096 records, read by
+    /// QMP x-query-trace (`ring`), and also as JSON lines to a file (a
+    /// path). Off by default.
+    #[arg(long, value_name = "ring|PATH")]
+    pub trace: Option<PathBuf>,
+    /// With --trace: only the points whose name contains one of these
+    /// (comma-separated), e.g. rtas,hotplug.
+    #[arg(long, value_name = "PATTERN,...")]
+    pub trace_filter: Option<String>,
     /// Keep the log file made when the console is this terminal: by
     /// default it goes when the VM ends well (one that failed keeps it).
     #[arg(long)]

@@ -28,6 +28,7 @@ pub mod seccomp;
 pub mod signals;
 pub mod sockets;
 pub mod stats;
+pub mod trace;
 pub mod vcpu;
 
 /// When the core's `main` began: the origin of `x-query-startup`'s times.

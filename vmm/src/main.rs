@@ -43,6 +43,7 @@ fn main() -> ExitCode {
         }
     };
     let no_machine = cli.no_machine;
+    let trace = (cli.trace.clone(), cli.trace_filter.clone());
     let qmp_fd = cli.qmp_fd;
     let pid_file = match cli
         .pidfile
@@ -162,6 +163,11 @@ fn main() -> ExitCode {
     // Set before any thread starts: each installs its filter in this mode
     // (one that starts before would install none).
     seccomp::set_mode(&config.sandbox.seccomp);
+    // Its writer is the first thread: it installs its filter in that mode.
+    if let Err(error) = start_trace(&trace) {
+        eprintln!("papervisor: {error}");
+        return ExitCode::from(common::EXIT_USAGE);
+    }
     if no_machine {
         let log_drain = match log_pipe.drain_into(log_file, vm_label(&config)) {
             Ok(drain) => drain,
@@ -270,6 +276,34 @@ fn main() -> ExitCode {
     log_drain.flush(LOG_FLUSH);
     settle_interactive_log(interactive_log, exit == ExitCode::SUCCESS, keep_log);
     exit
+}
+
+/// `--trace` and `--trace-filter`.
+fn start_trace((target, trace_filter): &(Option<PathBuf>, Option<String>)) -> Result<(), String> {
+    let Some(target) = target else {
+        if trace_filter.is_some() {
+            return Err("--trace-filter: without --trace there is nothing to filter".into());
+        }
+        return Ok(());
+    };
+    let sink = if target.as_os_str() == "ring" {
+        vmm::trace::Sink::Ring
+    } else {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(target)
+            .map_err(|error| format!("--trace {}: {error}", target.display()))?;
+        vmm::trace::Sink::File(file)
+    };
+    let filter = trace_filter
+        .iter()
+        .flat_map(|list| list.split(','))
+        .filter(|pattern| !pattern.is_empty())
+        .map(str::to_string)
+        .collect();
+    vmm::trace::start(sink, filter)
+        .map_err(|error| format!("--trace: cannot start its thread: {error}"))
 }
 
 /// What every log line starts with: the VM's name, or its pid.

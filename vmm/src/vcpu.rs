@@ -602,9 +602,22 @@ impl Vcpu {
                 let parking = || control.park_requested.load(Ordering::SeqCst);
                 let started = std::time::Instant::now();
                 let answer = self.context.devices.rtas_call(call, &parking);
-                self.context
-                    .stats
-                    .rtas_call(self.call_name(args_address), started.elapsed());
+                let took = started.elapsed();
+                let name = self.call_name(args_address);
+                self.context.stats.rtas_call(name, took);
+                crate::trace::record("rtas-call", || {
+                    serde_json::json!({
+                        "vcpu": self.id,
+                        "call": name,
+                        "at": args_address,
+                        "answer": match &answer {
+                            Ok(reply) => format!("{reply:?}"),
+                            Err(failure) => failure.to_string(),
+                        },
+                        "status": self.call_status(args_address),
+                        "took-us": took.as_micros() as u64,
+                    })
+                });
                 match answer {
                     Ok(core_rtas::Reply::CallDone { request }) => {
                         let request = request.filter(|request| {
@@ -656,6 +669,22 @@ impl Vcpu {
             .ok()
             .and_then(|token| ipc_proto::papr::RtasCall::from_token(u32::from_be(token)))
             .map_or("unknown", |call| call.name())
+    }
+
+    /// The status cell of the RTAS call at `address`, as the guest reads it
+    /// (for the trace: its first return cell, after the arguments).
+    fn call_status(&self, address: u64) -> Option<i32> {
+        let at = address & REAL_ADDRESS_MASK;
+        let cell = |i: u64| {
+            let value: u32 = self
+                .context
+                .ram
+                .read_obj(GuestAddress(at.checked_add(4 * i)?))
+                .ok()?;
+            Some(u32::from_be(value))
+        };
+        let nargs = u64::from(cell(1)?);
+        cell(3 + nargs).map(|status| status as i32)
     }
 
     fn asked_by_guest(&self, address: u64, request: &PlatformRequest) -> bool {

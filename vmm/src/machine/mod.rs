@@ -295,6 +295,12 @@ impl Vm {
             MachineRequest::DeviceDel(_) => Some(Hotplug::CoreDel),
             _ => None,
         };
+        if counted.is_some() {
+            crate::trace::record(
+                "hotplug-request",
+                || json!({"request": format!("{request:?}")}),
+            );
+        }
         let answer = self.answer(request);
         if let (Some(operation), Ok(_)) = (counted, &answer) {
             self.context.stats.hotplug(operation);

@@ -9,6 +9,10 @@ use serde_json::{json, Value};
 
 impl Vm {
     pub(super) fn on_hotplug(&mut self, id: u64, notification: Notification) {
+        crate::trace::record(
+            "hotplug-notification",
+            || json!({"id": id, "notification": format!("{notification:?}")}),
+        );
         if self.notifications.is_repeat(id) {
             log::info!("the hotplug controller repeats notification {id}: already handled");
             return;

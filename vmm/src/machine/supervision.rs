@@ -146,6 +146,10 @@ impl Vm {
 
     /// The supervisor's part: report, then restart with backoff or give up.
     pub(super) fn device_exited(&mut self, kind: ProcessKind, generation: u64, reason: &str) {
+        crate::trace::record(
+            "device-exit",
+            || serde_json::json!({"process": kind.name(), "generation": generation, "reason": reason}),
+        );
         let after = self.devices.exited(kind, generation, reason);
         self.after_exit(kind, reason, after);
     }
@@ -193,6 +197,10 @@ impl Vm {
     /// Restarts `kind` together with every other process that is down:
     /// processes that died together come back together.
     pub(super) fn restart_device(&mut self, kind: ProcessKind) {
+        crate::trace::record(
+            "device-restart",
+            || serde_json::json!({"process": kind.name()}),
+        );
         match restart_outcome(self.devices.restart(kind)) {
             RestartOutcome::Restarted(group) => {
                 for kind in group {

@@ -84,6 +84,7 @@ pub fn machine_request(
         | Command::MigrateSetCapabilities
         | Command::QueryStatsSchemas
         | Command::QueryJobs
+        | Command::XQueryTrace
         | Command::HumanMonitorCommand
         | Command::QueryIothreads
         | Command::QueryCommands

@@ -198,6 +198,7 @@ impl QmpServer {
     /// Queues an event for every negotiated client. A client whose queue is
     /// full is not reading: it is disconnected, and nobody waits for it.
     pub fn emit(&self, event: &str, data: Value) {
+        crate::trace::record("qmp-event", || json!({"event": event, "data": data}));
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -514,6 +515,13 @@ impl<'a> Session<'a> {
             }
             Command::QueryCpuDefinitions => done(catalog::query_cpu_definitions()),
             Command::QueryStatsSchemas => done(crate::stats::schemas()),
+            Command::XQueryTrace => done(crate::trace::query(
+                arguments.get("filter").and_then(Value::as_str),
+                arguments
+                    .get("last")
+                    .and_then(Value::as_u64)
+                    .map(|last| usize::try_from(last).unwrap_or(usize::MAX)),
+            )),
             Command::QueryStats => {
                 let request = arguments::machine_request(command, arguments)?
                     .ok_or_else(|| QmpError::generic("query-stats has no answer"))?;

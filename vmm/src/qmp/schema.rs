@@ -290,6 +290,10 @@ commands! {
     XQueryEventLog = "x-query-event-log", args: [], returns: Returns::Any;
     XQueryDeviceProcesses = "x-query-device-processes", args: [], returns: Returns::Any;
     XQueryStartup = "x-query-startup", args: [], returns: Returns::Any;
+    XQueryTrace = "x-query-trace", args: [
+        optional("filter", ArgType::Str),
+        optional("last", ArgType::Int)
+    ], returns: Returns::Any;
     XRestartDeviceProcess = "x-restart-device-process", args: [required("process", ArgType::Enum("DeviceProcess"))], returns: Returns::Nothing;
     XUpgradeDeviceProcess = "x-upgrade-device-process", args: [
         required("process", ArgType::Enum("DeviceProcess")),

@@ -1,0 +1,177 @@
+//! A trace of what crosses the core, for debugging a guest: named points
+//! (an RTAS call with its name, status, time and vCPU; a hot-plug request
+//! and the controller's notifications; a device process's exit and
+//! restart; every QMP event), each one JSON record, kept without rate
+//! limit in a bounded ring (the oldest go first, and are counted), read by
+//! `x-query-trace`, and with `--trace FILE` streamed as JSON lines by a
+//! thread of its own: a vCPU never waits for the file (a full queue drops
+//! the record, counted). Off, the default, a point costs one relaxed load.
+
+use common::lock;
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Mutex, OnceLock};
+
+/// Records the ring keeps.
+pub const RING_RECORDS: usize = 4096;
+/// Records waiting for the stream's writer, at most.
+const STREAM_QUEUE: usize = 4096;
+
+/// The VM's tracer.
+struct Tracer {
+    /// Point names to record (a record's point contains one); all if empty.
+    filter: Vec<String>,
+    ring: Mutex<Ring>,
+    stream: Option<SyncSender<String>>,
+    stream_dropped: AtomicU64,
+}
+
+#[derive(Default)]
+struct Ring {
+    records: VecDeque<Value>,
+    next: u64,
+    dropped: u64,
+}
+
+static ON: AtomicBool = AtomicBool::new(false);
+static TRACER: OnceLock<Tracer> = OnceLock::new();
+
+/// Where `--trace` sends the records besides the ring.
+pub enum Sink {
+    /// The ring alone (`--trace ring`).
+    Ring,
+    /// The ring and this file, appended as JSON lines.
+    File(std::fs::File),
+}
+
+/// Turns the trace on, once, before the VM's threads start: `filter`
+/// lists the points to record (by part of their name), all if empty.
+pub fn start(sink: Sink, filter: Vec<String>) -> std::io::Result<()> {
+    let stream = match sink {
+        Sink::Ring => None,
+        Sink::File(file) => {
+            let (sender, records) = sync_channel::<String>(STREAM_QUEUE);
+            std::thread::Builder::new()
+                .name("trace".into())
+                .spawn(move || {
+                    // Its work is the log thread's: take lines, write them.
+                    crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Log);
+                    use std::io::Write;
+                    let mut file = std::io::BufWriter::new(file);
+                    for line in records {
+                        let _ = file.write_all(line.as_bytes());
+                        // Flushed whenever the queue is empty: a reader of
+                        // the file is behind by what is in flight at most.
+                        let _ = file.flush();
+                    }
+                })?;
+            Some(sender)
+        }
+    };
+    let tracer = Tracer {
+        filter,
+        ring: Mutex::new(Ring::default()),
+        stream,
+        stream_dropped: AtomicU64::new(0),
+    };
+    if TRACER.set(tracer).is_ok() {
+        ON.store(true, Ordering::Release);
+    }
+    Ok(())
+}
+
+/// Whether tracing is on.
+pub fn enabled() -> bool {
+    ON.load(Ordering::Relaxed)
+}
+
+/// Records point `point`, its fields made only when it is recorded.
+pub fn record(point: &'static str, fields: impl FnOnce() -> Value) {
+    if !enabled() {
+        return;
+    }
+    let Some(tracer) = TRACER.get() else {
+        return;
+    };
+    if !tracer.filter.is_empty() && !tracer.filter.iter().any(|f| point.contains(f.as_str())) {
+        return;
+    }
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.as_micros() as u64)
+        .unwrap_or_default();
+    let mut ring = lock(&tracer.ring);
+    let mut record = json!({"seq": ring.next, "us": micros, "point": point});
+    if let (Value::Object(record), Value::Object(fields)) = (&mut record, fields()) {
+        record.extend(fields);
+    }
+    ring.next += 1;
+    if ring.records.len() == RING_RECORDS {
+        ring.records.pop_front();
+        ring.dropped += 1;
+    }
+    if let Some(stream) = &tracer.stream {
+        let mut line = record.to_string();
+        line.push('\n');
+        if let Err(TrySendError::Full(_)) = stream.try_send(line) {
+            tracer.stream_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    ring.records.push_back(record);
+}
+
+/// `x-query-trace`: the records whose point contains `filter` (all if
+/// none), the last `last` of them (all the ring holds if none), and what
+/// the ring and the stream dropped.
+pub fn query(filter: Option<&str>, last: Option<usize>) -> Value {
+    let Some(tracer) = TRACER.get() else {
+        return json!({"enabled": false, "records": [], "dropped": 0, "stream-dropped": 0});
+    };
+    let ring = lock(&tracer.ring);
+    let matching: Vec<&Value> = ring
+        .records
+        .iter()
+        .filter(|record| {
+            filter.is_none_or(|f| record["point"].as_str().is_some_and(|p| p.contains(f)))
+        })
+        .collect();
+    let skip = last.map_or(0, |last| matching.len().saturating_sub(last));
+    json!({
+        "enabled": true,
+        "records": matching[skip..],
+        "dropped": ring.dropped,
+        "stream-dropped": tracer.stream_dropped.load(Ordering::Relaxed),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One test, as the tracer is the process's: off, nothing; on, every
+    /// point, without rate limit, the oldest dropped and counted past the
+    /// ring, read back by filter.
+    #[test]
+    fn records_are_kept_in_a_bounded_ring_and_read_by_filter() {
+        record("early", || panic!("fields made while tracing is off"));
+        assert_eq!(query(None, None)["enabled"], false);
+        start(Sink::Ring, vec!["rtas".into(), "hotplug".into()]).unwrap();
+        for i in 0..RING_RECORDS + 10 {
+            record("rtas-call", || json!({"i": i}));
+        }
+        record("hotplug-request", || json!({"device": "c1"}));
+        record("other", || panic!("a point the filter leaves out was made"));
+        let all = query(None, None);
+        assert_eq!(all["records"].as_array().unwrap().len(), RING_RECORDS);
+        assert_eq!(all["dropped"], 11);
+        let last = query(Some("rtas"), Some(2));
+        let records = last["records"].as_array().unwrap();
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[1]["i"], RING_RECORDS + 9);
+        assert_eq!(records[1]["point"], "rtas-call");
+        let hotplug = query(Some("hotplug"), None);
+        assert_eq!(hotplug["records"][0]["device"], "c1");
+    }
+}
