@@ -23,9 +23,11 @@ pub const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "tra
 /// Logs to stderr (or `file`) with the process's name in every line, so
 /// that the interleaved logs of the core and its device processes stay
 /// readable. `level` (`--log-level`) wins over `RUST_LOG`; info when
-/// neither is given. Each place in the code that logs is rate-limited
-/// ([`RateLimit`]): a guest or a peer that makes one line repeat cannot
-/// flood the host's log. A line is one write(2) that never waits
+/// neither is given. Each place in the code that logs at info level or
+/// above is rate-limited ([`RateLimit`]): a guest or a peer that makes one
+/// line repeat cannot flood the host's log. Debug and trace lines, which
+/// an operator asks for to see every event, are not: what bounds them is
+/// the log itself. A line is one write(2) that never waits
 /// ([`LogWriter`]): on a log that cannot take it now (a non-blocking pipe
 /// that is full), it is dropped and counted, never waited for.
 pub fn init_logging(
@@ -210,6 +212,9 @@ impl log::Log for RateLimitedLogger {
     fn log(&self, record: &log::Record<'_>) {
         if !self.inner.enabled(record.metadata()) {
             return;
+        }
+        if record.level() >= log::Level::Debug {
+            return self.inner.log(record);
         }
         let site = (
             record

@@ -275,7 +275,16 @@ fn a_thousand_rtas_calls_give_a_thousand_trace_records() {
     let dir = papervisor_tests::scratch_dir();
     let trace = dir.join("trace.jsonl");
     let trace_option = format!("--trace={}", trace.display());
-    let mut vm = Vm::start(&[&trace_option, "--trace-filter", "rtas,hotplug"]);
+    let log_path = dir.join("vm.log");
+    let log_option = format!("--log-file={}", log_path.display());
+    let mut vm = Vm::start(&[
+        &trace_option,
+        "--trace-filter",
+        "rtas,hotplug",
+        "--log-level",
+        "debug",
+        &log_option,
+    ]);
     vm.boot();
     let bench = vm.console.command("bench rtas 1000");
     assert!(bench[0].starts_with("bench: 1000 calls"), "{bench:?}");
@@ -293,6 +302,17 @@ fn a_thousand_rtas_calls_give_a_thousand_trace_records() {
         assert!(call["took-us"].is_u64(), "{call}");
     }
     assert_eq!(answer["return"]["dropped"], 0);
+    // And a debug line per call: debug lines are not rate-limited.
+    let log = papervisor_tests::log_once(&log_path, |log| {
+        log.matches("query-cpu-stopped-state(0x0) -> status 0")
+            .count()
+            >= 1000
+    });
+    assert_eq!(
+        log.matches("query-cpu-stopped-state(0x0) -> status 0")
+            .count(),
+        1000
+    );
     // The filter left the QMP events out.
     let events = qmp.execute("x-query-trace", serde_json::json!({"filter": "qmp-event"}));
     assert_eq!(events["return"]["records"], serde_json::json!([]));
