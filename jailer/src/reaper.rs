@@ -206,16 +206,21 @@ mod tests {
         .unwrap();
     }
 
-    #[test]
-    #[allow(clippy::zombie_processes)]
-    fn when_the_core_end_closes_every_process_still_running_is_killed() {
-        let (core, reaper) = socketpair(
+    /// The core's end and the reaper's.
+    fn link() -> (OwnedFd, OwnedFd) {
+        socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
             None,
             SockFlag::SOCK_CLOEXEC,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    #[allow(clippy::zombie_processes)]
+    fn when_the_core_end_closes_every_process_still_running_is_killed() {
+        let (core, reaper) = link();
         let mut stopped = Command::new("sleep").arg("600").spawn().unwrap();
         let mut exited = Command::new("true").spawn().unwrap();
         let pidfd = |child: &std::process::Child| {
@@ -247,13 +252,7 @@ mod tests {
     /// The core said it ends: what it leaves running is no news.
     #[test]
     fn a_core_that_says_it_ends_ends_cleanly() {
-        let (core, reaper) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .unwrap();
+        let (core, reaper) = link();
         nix::sys::socket::send(core.as_raw_fd(), &[ENDING], MsgFlags::empty()).unwrap();
         drop(core);
         let served = serve(reaper.as_fd());
