@@ -223,6 +223,10 @@ impl Vm {
         )?);
         startup.devices = devices_started.elapsed();
         let cpus = Arc::new(CpuTable::new(config.smp.max_cpus));
+        // Before QMP serves: a client that asks at once sees `prelaunch`.
+        if config.paused {
+            cpus.set_status(RunStatus::Prelaunch);
+        }
         let context = VcpuContext {
             ram: ram.memory().clone(),
             console,
@@ -260,7 +264,6 @@ impl Vm {
                 "filename": console_filename,
                 "frontend-open": true,
             }),
-            start_paused: config.paused,
             no_shutdown: config.no_shutdown,
             numa_node: config.numa_node,
             guest_image,

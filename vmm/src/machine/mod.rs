@@ -33,7 +33,7 @@ use crate::layout::{MemoryLayout, FDT_MAX_SIZE, FDT_START};
 use crate::memory::{BackendMemory, GuestRam, MemoryError};
 use crate::qmp::{QmpContext, QmpServer};
 use crate::request::{DeviceAdd, MachineRequest, QmpError};
-use crate::vcpu::{CpuTable, RunStatus, VcpuContext, VcpuHandle};
+use crate::vcpu::{CpuTable, VcpuContext, VcpuHandle};
 use kvm_ioctls::{Kvm, VmFd};
 use notification_log::NotificationLog;
 use serde_json::{json, Value};
@@ -151,8 +151,6 @@ pub struct Vm {
     migration_events: Arc<std::sync::atomic::AtomicBool>,
     /// `--uuid`, for query-uuid.
     uuid: Option<String>,
-    /// `--paused`: the guest waits for `cont`.
-    start_paused: bool,
     /// `--no-shutdown`: a power-off stops the VM instead of ending it.
     no_shutdown: bool,
     /// `--numa-node`: the CPUs say they are on node 0.
@@ -199,9 +197,6 @@ impl Vm {
     /// or it crashes; `started` once the guest started (or, `--paused`,
     /// waits for `cont`).
     pub fn run(mut self, started: impl FnOnce()) -> Result<(), VmError> {
-        if self.start_paused {
-            self.cpus.set_status(RunStatus::Prelaunch);
-        }
         self.power_on()?;
         self.start_metrics();
         started();
