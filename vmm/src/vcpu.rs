@@ -659,46 +659,41 @@ impl Vcpu {
     }
 
     /// Whether the guest's `rtas_args` block at `address` asks for `request`.
+    /// Cell `i` of the guest's `rtas_args` block at `address` (big-endian,
+    /// as the guest wrote it), if it lies in boot RAM.
+    fn rtas_cell(&self, address: u64, i: u64) -> Option<u32> {
+        let at = (address & REAL_ADDRESS_MASK).checked_add(i.checked_mul(4)?)?;
+        let value: u32 = self.context.ram.read_obj(GuestAddress(at)).ok()?;
+        Some(u32::from_be(value))
+    }
+
     /// The name of the RTAS call at `address` (its token, which the guest
     /// may have changed since: a count, never a decision, rests on it).
     fn call_name(&self, address: u64) -> &'static str {
-        let at = address & REAL_ADDRESS_MASK;
-        self.context
-            .ram
-            .read_obj::<u32>(GuestAddress(at))
-            .ok()
-            .and_then(|token| ipc_proto::papr::RtasCall::from_token(u32::from_be(token)))
+        self.rtas_cell(address, 0)
+            .and_then(ipc_proto::papr::RtasCall::from_token)
             .map_or("unknown", |call| call.name())
     }
 
     /// The status cell of the RTAS call at `address`, as the guest reads it
     /// (for the trace: its first return cell, after the arguments).
     fn call_status(&self, address: u64) -> Option<i32> {
-        let at = address & REAL_ADDRESS_MASK;
-        let cell = |i: u64| {
-            let value: u32 = self
-                .context
-                .ram
-                .read_obj(GuestAddress(at.checked_add(4 * i)?))
-                .ok()?;
-            Some(u32::from_be(value))
-        };
-        let nargs = u64::from(cell(1)?);
-        cell(3 + nargs).map(|status| status as i32)
+        let nargs = u64::from(self.rtas_cell(address, 1)?);
+        self.rtas_cell(address, 3 + nargs)
+            .map(|status| status as i32)
     }
 
     fn asked_by_guest(&self, address: u64, request: &PlatformRequest) -> bool {
-        let address = address & REAL_ADDRESS_MASK;
-        let cell = |i: u64| {
-            let at = address.checked_add(4 * i)?;
-            let value: u32 = self.context.ram.read_obj(GuestAddress(at)).ok()?;
-            Some(u32::from_be(value))
-        };
-        let Some(token) = cell(0) else {
+        let Some(token) = self.rtas_cell(address, 0) else {
             return false;
         };
-        let nargs = cell(1).unwrap_or(0).min(ARGS_CHECKED as u32);
-        let args: Vec<u32> = (0..nargs).map_while(|i| cell(3 + u64::from(i))).collect();
+        let nargs = self
+            .rtas_cell(address, 1)
+            .unwrap_or(0)
+            .min(ARGS_CHECKED as u32);
+        let args: Vec<u32> = (0..nargs)
+            .map_while(|i| self.rtas_cell(address, 3 + u64::from(i)))
+            .collect();
         request.answers(token, &args)
     }
 
