@@ -32,7 +32,7 @@ impl Vm {
             Query::NamedBlockNodes => Ok(self.block_nodes.query_named()),
             Query::StatsVm => Ok(json!([{
                 "provider": crate::stats::PROVIDER,
-                "stats": self.context.stats.to_stats(self.machine_stats()),
+                "stats": self.vm_stats(),
             }])),
             Query::StatsVcpus => Ok(self.vcpu_stats()),
             Query::Chardev => {
@@ -137,7 +137,6 @@ impl Vm {
         Value::Array(cpus)
     }
 
-    /// Every vCPU of a plugged core, with the core's QOM path.
     /// Starts the ticks of `--metrics-path`, if asked.
     pub(super) fn start_metrics(&self) {
         let Some((_, every)) = &self.metrics else {
@@ -171,7 +170,7 @@ impl Vm {
             .unwrap_or_default();
         let mut line = json!({
             "utc": utc,
-            "vm": self.context.stats.to_stats(self.machine_stats()),
+            "vm": self.vm_stats(),
             "vcpus": self.vcpu_stats(),
         })
         .to_string();
@@ -181,9 +180,14 @@ impl Vm {
         }
     }
 
+    /// The VM's stats: its counters and what only the machine knows.
+    fn vm_stats(&self) -> Vec<Value> {
+        self.context.stats.to_stats(self.machine_stats())
+    }
+
     /// What only the machine knows of the VM's stats: the vCPUs' exits,
     /// each device process's restarts, the guest's event queue.
-    pub(super) fn machine_stats(&self) -> Vec<Value> {
+    fn machine_stats(&self) -> Vec<Value> {
         let vcpus: Vec<&crate::stats::VcpuStats> = (0..self.smp.max_cpus)
             .filter_map(|id| self.cpus.vcpu_stats(id))
             .collect();
@@ -220,6 +224,7 @@ impl Vm {
         )
     }
 
+    /// Every vCPU of a plugged core, with the core's QOM path.
     fn query_cpus_fast(&self) -> Value {
         let threads = self.cores.threads();
         let cpus: Vec<Value> = self

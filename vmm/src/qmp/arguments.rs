@@ -335,7 +335,6 @@ fn device_del(arguments: &Map<String, Value>) -> Result<String, QmpError> {
     }
 }
 
-/// object-add of a memory backend.
 /// object-add of a memory backend; its properties flat (QEMU 6.0 on) or
 /// under `props` (before; libvirt sends them so when the schema does not
 /// name the object types), checked alike.
