@@ -5,7 +5,7 @@
 
 use crate::links::Links;
 use ipc_proto::channel::{encode, Channel, Envelope};
-use ipc_proto::control::{ArmedFault, Fault, FaultAction, FaultPoint, FAULT_DELAY_MS};
+use ipc_proto::control::{ArmedFault, Fault, FaultAction, FaultPoint, FaultRecord, FAULT_DELAY_MS};
 use ipc_proto::Link;
 
 /// The status a crashing process ends with: `_exit`, as abrupt as SIGKILL
@@ -16,7 +16,8 @@ pub const CRASH_STATUS: i32 = 70;
 /// The fault armed at a point, and what it does to the request in hand.
 #[derive(Debug, Default)]
 pub struct Armed {
-    fault: Option<ArmedFault>,
+    /// Kept once spent, until cleared or replaced.
+    fault: Option<FaultRecord>,
     /// RTAS calls still to be answered with a lie (`Fault::Lie`).
     pub(crate) lies: usize,
     /// The request being answered: its link and name.
@@ -30,7 +31,17 @@ pub struct Armed {
 impl Armed {
     /// Arms `fault`, replacing any other.
     pub fn arm(&mut self, fault: ArmedFault) {
-        self.fault = Some(fault);
+        self.fault = Some(FaultRecord { fault, fired: 0 });
+    }
+
+    /// The fault armed at a point, fired or not.
+    pub fn armed(&self) -> Option<&FaultRecord> {
+        self.fault.as_ref()
+    }
+
+    /// Disarms and forgets the fault armed at a point.
+    pub fn clear(&mut self) -> Option<FaultRecord> {
+        self.fault.take()
     }
 
     /// A request of `link` named `name` is being answered.
@@ -42,12 +53,16 @@ impl Armed {
     /// The action of the armed fault, if it fires at `point` now (once).
     pub fn fire(&mut self, point: FaultPoint) -> Option<FaultAction> {
         let (_, name) = self.current.as_ref()?;
-        if !self.fault.as_ref()?.fires(point, name) {
+        let record = self.fault.as_mut()?;
+        if record.fired > 0 || !record.fault.fires(point, name) {
             return None;
         }
-        let fault = self.fault.take()?;
-        log::warn!("fault {:?} fires at {point:?} for {name}", fault.action);
-        Some(fault.action)
+        record.fired += 1;
+        log::warn!(
+            "fault {:?} fires at {point:?} for {name}",
+            record.fault.action
+        );
+        Some(record.fault.action)
     }
 }
 
@@ -194,5 +209,30 @@ fn send_garbage(channel: &Channel) {
         if channel.send_frame(&frame, &[]).is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fault_fires_once_for_its_request_and_stays_listed_until_cleared() {
+        let mut armed = Armed::default();
+        armed.arm(ArmedFault {
+            point: FaultPoint::Received,
+            action: FaultAction::Delay,
+            request: Some("SetIndicator".into()),
+        });
+        armed.serving(Link::RtasHotplug, "GetSensorState".into());
+        assert_eq!(armed.fire(FaultPoint::Received), None);
+        assert_eq!(armed.armed().unwrap().fired, 0);
+        armed.serving(Link::RtasHotplug, "SetIndicator".into());
+        assert_eq!(armed.fire(FaultPoint::Replying), None);
+        assert_eq!(armed.fire(FaultPoint::Received), Some(FaultAction::Delay));
+        assert_eq!(armed.fire(FaultPoint::Received), None);
+        assert_eq!(armed.armed().unwrap().fired, 1);
+        assert_eq!(armed.clear().unwrap().fired, 1);
+        assert!(armed.armed().is_none());
     }
 }

@@ -18,6 +18,7 @@ pub mod process;
 pub mod rtas;
 pub mod seccomp;
 pub mod state;
+pub mod trace;
 
 use ipc_proto::ProcessKind;
 

@@ -60,6 +60,8 @@ pub struct Links {
     serving: Option<(u64, u64)>,
     /// The state region failed to record a transition: the device ends.
     lost_state: Option<Box<dyn std::error::Error + Send + Sync>>,
+    /// What happened inside the device, for the core's trace.
+    trace: crate::trace::TraceRing,
     /// Faults armed at points, and the request they would spoil.
     #[cfg(feature = "fault-injection")]
     faults: crate::fault::Armed,
@@ -125,6 +127,7 @@ impl Links {
             relinked: Vec::new(),
             serving: None,
             lost_state: None,
+            trace: crate::trace::TraceRing::default(),
             #[cfg(feature = "fault-injection")]
             faults: crate::fault::Armed::default(),
         })
@@ -282,6 +285,9 @@ impl Links {
             },
             ControlRequest::ArmFault(fault) => arm_fault(self, fault),
             ControlRequest::ArmFaultPoint(armed) => arm_fault_point(self, armed),
+            ControlRequest::QueryFaults => query_faults(self),
+            ControlRequest::ClearFaults => clear_faults(self),
+            ControlRequest::TakeTrace => Answer::Control(self.trace.take()),
         }
     }
 
@@ -386,6 +392,31 @@ fn arm_fault_point<R>(links: &mut Links, armed: ipc_proto::control::ArmedFault) 
     Answer::Ack
 }
 
+#[cfg(feature = "fault-injection")]
+fn query_faults<R>(links: &mut Links) -> Answer<R> {
+    Answer::Control(ipc_proto::control::ControlReply::Faults(
+        links.faults.armed().cloned(),
+    ))
+}
+
+#[cfg(feature = "fault-injection")]
+fn clear_faults<R>(links: &mut Links) -> Answer<R> {
+    if let Some(record) = links.faults.clear() {
+        log::info!("cleared {record:?} as asked");
+    }
+    Answer::Ack
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn query_faults<R>(_: &mut Links) -> Answer<R> {
+    Answer::Refused(Refusal::FaultInjectionNotBuilt)
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn clear_faults<R>(_: &mut Links) -> Answer<R> {
+    Answer::Refused(Refusal::FaultInjectionNotBuilt)
+}
+
 #[cfg(not(feature = "fault-injection"))]
 fn arm_fault_point<R>(_: &mut Links, armed: ipc_proto::control::ArmedFault) -> Answer<R> {
     log::warn!("refused to arm {armed:?}: this build has no fault injection");
@@ -415,6 +446,11 @@ impl Links {
                 false
             }
         }
+    }
+
+    /// Records trace point `point` (see [`crate::trace`]).
+    pub fn trace(&mut self, point: &'static str, fields: &[(&'static str, String)]) {
+        self.trace.record(point, fields);
     }
 
     /// Whether a transition could not be recorded.

@@ -166,6 +166,63 @@ impl ArmedFault {
     }
 }
 
+/// A fault armed at a point, and how often it fired there (it fires
+/// once: 0 while it waits, 1 once spent); kept, spent, until cleared or
+/// replaced, so that a test can tell a fault that fired from one that
+/// never met its request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultRecord {
+    /// The fault as armed.
+    pub fault: ArmedFault,
+    /// How often it fired.
+    pub fired: u32,
+}
+
+/// The records a device process's trace ring keeps, at most.
+pub const TRACE_RING_RECORDS: usize = 256;
+/// The records one reply to [`ControlRequest::TakeTrace`] carries, at most
+/// (the rest wait in the process's ring for the next).
+pub const MAX_TRACE_RECORDS: usize = 32;
+/// The fields of one trace record, at most.
+pub const MAX_TRACE_FIELDS: usize = 6;
+/// The longest trace point name or field name.
+pub const MAX_TRACE_NAME: usize = 24;
+/// The longest trace field value.
+pub const MAX_TRACE_VALUE: usize = 64;
+
+/// One record of a device process's trace: a named point (a DRC
+/// transition, an event queued or fetched) with its fields, as text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceRecord {
+    /// When, in microseconds since the Unix epoch.
+    pub us: u64,
+    /// The point, e.g. `drc-transition`.
+    pub point: String,
+    /// Its fields, by name.
+    pub fields: Vec<(String, String)>,
+}
+
+impl TraceRecord {
+    /// Checks a record from a peer: every part bounded.
+    pub fn validate(&self) -> Result<(), String> {
+        let name = |what: &str, text: &str| match text.len() > MAX_TRACE_NAME || text.is_empty() {
+            true => Err(format!("a trace {what} of {} bytes", text.len())),
+            false => Ok(()),
+        };
+        name("point", &self.point)?;
+        if self.fields.len() > MAX_TRACE_FIELDS {
+            return Err(format!("a trace record of {} fields", self.fields.len()));
+        }
+        for (field, value) in &self.fields {
+            name("field", field)?;
+            if value.len() > MAX_TRACE_VALUE {
+                return Err(format!("a trace value of {} bytes", value.len()));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The variant name of a request, as an armed fault names it.
 pub fn request_name(request: &impl std::fmt::Debug) -> String {
     let text = format!("{request:?}");
@@ -185,6 +242,14 @@ pub enum ControlRequest {
     ArmFault(Fault),
     /// Arm a fault at a point; acknowledged.
     ArmFaultPoint(ArmedFault),
+    /// The fault armed at a point, and whether it fired
+    /// ([`ControlReply::Faults`]).
+    QueryFaults,
+    /// Disarm and forget the fault armed at a point; acknowledged.
+    ClearFaults,
+    /// Hand over the oldest records of the process's trace ring
+    /// ([`ControlReply::Trace`]); they leave the ring.
+    TakeTrace,
 }
 
 /// The answers to a [`ControlRequest`] besides an acknowledgement.
@@ -194,6 +259,18 @@ pub enum ControlReply {
     FaultSurvived {
         /// The outcome, e.g. the error the attempt got.
         outcome: String,
+    },
+    /// The fault armed at a point, if any (fired or not).
+    Faults(Option<FaultRecord>),
+    /// Trace records, oldest first, and how many the ring dropped (it was
+    /// full) since the last such reply.
+    Trace {
+        /// At most [`MAX_TRACE_RECORDS`].
+        records: Vec<TraceRecord>,
+        /// Records lost to a full ring.
+        dropped: u64,
+        /// More records wait in the ring.
+        more: bool,
     },
 }
 
@@ -334,6 +411,10 @@ impl ControlRequest {
                     return Err(format!("{:?} is the core's", armed.point));
                 }
             }
+            ControlRequest::QueryFaults | ControlRequest::ClearFaults => {
+                crate::channel::no_descriptors(fds, "a fault query")?
+            }
+            ControlRequest::TakeTrace => crate::channel::no_descriptors(fds, "a trace query")?,
         }
         Ok(())
     }
@@ -347,6 +428,24 @@ impl<R> Answer<R> {
             Answer::Link(reply) => link(reply),
             Answer::Control(ControlReply::FaultSurvived { outcome }) => {
                 check_text("fault outcome", outcome)
+            }
+            Answer::Control(ControlReply::Faults(record)) => match record {
+                Some(record)
+                    if record
+                        .fault
+                        .request
+                        .as_ref()
+                        .is_some_and(|name| name.len() > MAX_FAULT_REQUEST_NAME) =>
+                {
+                    Err("a fault's request name is too long".into())
+                }
+                _ => Ok(()),
+            },
+            Answer::Control(ControlReply::Trace { records, .. }) => {
+                if records.len() > MAX_TRACE_RECORDS {
+                    return Err(format!("{} trace records in one reply", records.len()));
+                }
+                records.iter().try_for_each(TraceRecord::validate)
             }
             Answer::Refused(refusal) => refusal
                 .text()
@@ -386,5 +485,34 @@ mod tests {
         assert!(Answer::Link(5)
             .validate(|v| if *v == 5 { Err("no".into()) } else { Ok(()) })
             .is_err());
+    }
+
+    #[test]
+    fn trace_records_from_a_peer_are_bounded() {
+        let record = |point: &str, value: &str| TraceRecord {
+            us: 1,
+            point: point.into(),
+            fields: vec![("drc".into(), value.into())],
+        };
+        let trace = |records: Vec<TraceRecord>| {
+            Answer::<()>::Control(ControlReply::Trace {
+                records,
+                dropped: 0,
+                more: false,
+            })
+            .validate(|_| Ok(()))
+        };
+        assert!(trace(vec![record("drc-transition", "0x10000000")]).is_ok());
+        assert!(trace(vec![record("", "x")]).is_err());
+        assert!(trace(vec![record(&"p".repeat(MAX_TRACE_NAME + 1), "x")]).is_err());
+        assert!(trace(vec![record("p", &"v".repeat(MAX_TRACE_VALUE + 1))]).is_err());
+        assert!(trace(vec![record("p", "v"); MAX_TRACE_RECORDS + 1]).is_err());
+        let many_fields = TraceRecord {
+            fields: vec![("f".into(), "v".into()); MAX_TRACE_FIELDS + 1],
+            ..record("p", "v")
+        };
+        assert!(trace(vec![many_fields]).is_err());
+        assert!(ControlRequest::TakeTrace.validate(1).is_err());
+        assert!(ControlRequest::QueryFaults.validate(0).is_ok());
     }
 }

@@ -8,7 +8,7 @@
 //! Run with `cargo bench -p papervisor-tests --bench isolation [-- ROUNDS]`
 //! (ROUNDS, 15 by default, scales the hot-plug, boot, per-VM and restart
 //! rows); `PAPERVISOR_BENCH_ROWS=restart,per-vm` runs only those groups
-//! (of `boot`, `calls`, `per-vm`, `floor`, `restart`, `block`).
+//! (of `boot`, `calls`, `per-vm`, `floor`, `restart`, `block`, `trace`).
 //! It runs the README's build (no fault injection), optimised, from
 //! target/plain. Needs /dev/kvm; the restart rows need root (the jail).
 //!
@@ -249,25 +249,58 @@ fn call_rows(table: &mut Table, mode: usize, vm: &mut Vm, rate: f64) {
             "RTAS get-sensor-state (needs the hotplug controller)",
         ),
     ] {
-        let mut medians = Vec::new();
-        let mut p99s = Vec::new();
-        for _ in 0..3 {
-            let run = guest_bench(vm, kind);
-            let counted = run.total / rate;
-            let passed = run.elapsed.as_secs_f64() * 1e6;
-            assert!(
-                counted <= passed,
-                "the guest counted {counted:.0} µs in {passed:.0} µs: its counter is not the host's"
-            );
-            medians.push(run.median / rate);
-            p99s.push(run.p99 / rate);
-        }
-        // Each run gives a median and a p99 of CALLS calls: the row keeps
-        // the runs' medians (its median) and their p99s (its p99).
-        let row = table.row(name, "µs");
-        row.samples[mode].extend(medians);
-        let worst = p99s.iter().copied().fold(0.0, f64::max);
-        row.samples[mode].push(worst);
+        guest_call_row(table, mode, vm, rate, kind, name);
+    }
+}
+
+/// Row `name`: three guest runs of `bench KIND`, timed per call.
+fn guest_call_row(table: &mut Table, mode: usize, vm: &mut Vm, rate: f64, kind: &str, name: &str) {
+    let mut medians = Vec::new();
+    let mut p99s = Vec::new();
+    for _ in 0..3 {
+        let run = guest_bench(vm, kind);
+        let counted = run.total / rate;
+        let passed = run.elapsed.as_secs_f64() * 1e6;
+        assert!(
+            counted <= passed,
+            "the guest counted {counted:.0} µs in {passed:.0} µs: its counter is not the host's"
+        );
+        medians.push(run.median / rate);
+        p99s.push(run.p99 / rate);
+    }
+    // Each run gives a median and a p99 of CALLS calls: the row keeps
+    // the runs' medians (its median) and their p99s (its p99).
+    let row = table.row(name, "µs");
+    row.samples[mode].extend(medians);
+    let worst = p99s.iter().copied().fold(0.0, f64::max);
+    row.samples[mode].push(worst);
+}
+
+/// The trace's cost on the busiest point, an RTAS call: the same call in
+/// a VM with the trace off (the default), on into the ring, and on into
+/// the ring and a file.
+fn trace_rows(table: &mut Table, mode: usize) {
+    let dir = papervisor_tests::scratch_dir();
+    let file = format!("--trace={}", dir.join("trace.jsonl").display());
+    for (trace, name) in [
+        (None, "RTAS call (the RTAS server alone), trace off"),
+        (
+            Some("--trace=ring"),
+            "RTAS call (the RTAS server alone), --trace ring",
+        ),
+        (
+            Some(file.as_str()),
+            "RTAS call (the RTAS server alone), --trace FILE",
+        ),
+    ] {
+        let mut args = MACHINE.to_vec();
+        args.extend(["--device-mode", MODES[mode]]);
+        args.extend(trace);
+        let mut vm = Vm::start_program(&plain_binary("papervisor"), &args);
+        vm.boot();
+        guest_call_row(table, mode, &mut vm, cycles_per_micro(), "rtas", name);
+        vm.console.send_line("poweroff");
+        vm.wait_exit(Duration::from_secs(30));
     }
 }
 
@@ -893,6 +926,9 @@ fn main() {
         }
         if runs("per-vm") {
             per_vm_rows(&mut table, mode, rounds.min(3));
+        }
+        if runs("trace") {
+            trace_rows(&mut table, mode);
         }
     }
     if runs("floor") {

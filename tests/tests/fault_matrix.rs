@@ -396,6 +396,16 @@ fn run(cell: &Cell<'_>, log: &std::path::Path) -> Outcome {
     } else {
         assert!(restarts >= 1, "the fault never fired (no restart)");
     }
+    // Where the fault's holder lived on (a delay; the core's end of a
+    // link), it says the fault fired; a process it ended took it along.
+    let faults = qmp.execute("x-query-faults", json!({}));
+    if cell.action == "delay" || cell.point.starts_with("core-") {
+        assert_eq!(faults["return"]["faults"][0]["fired"], 1, "{faults}");
+    }
+    assert_eq!(
+        qmp.execute("x-clear-faults", json!({})),
+        json!({"return": {}})
+    );
     // The guest is healthy and the platform consistent: the operation
     // that undoes this one works as usual.
     match cell.operation {

@@ -333,3 +333,129 @@ fn a_thousand_rtas_calls_give_a_thousand_trace_records() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Armed faults can be listed, with how often each fired, and cleared: a
+/// test can tell a fault that fired from one that never met its request.
+#[test]
+fn armed_faults_are_listed_with_how_often_they_fired_and_cleared() {
+    if !kvm_usable("armed_faults_are_listed_with_how_often_they_fired_and_cleared") {
+        return;
+    }
+    let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=2"]);
+    vm.boot();
+    let mut qmp = papervisor_tests::QmpClient::connect(&vm.qmp_socket());
+    let arm = |qmp: &mut papervisor_tests::QmpClient, fault: serde_json::Value| {
+        assert_eq!(
+            qmp.execute("x-inject-fault", fault),
+            serde_json::json!({"return": {"armed": true}})
+        );
+    };
+    // In the process: the guest's first set-indicator of a plug.
+    arm(
+        &mut qmp,
+        serde_json::json!({"process": "hotplug-controller", "point": "received",
+                           "action": "delay", "request": "SetIndicator"}),
+    );
+    // At the core's end of the event log's link: x-query-event-log's request.
+    arm(
+        &mut qmp,
+        serde_json::json!({"process": "event-log", "point": "core-sending",
+                           "action": "delay", "request": "List"}),
+    );
+    let listed = |qmp: &mut papervisor_tests::QmpClient| {
+        let answer = qmp.execute("x-query-faults", serde_json::json!({}));
+        assert_eq!(
+            answer["return"]["unreachable"],
+            serde_json::json!([]),
+            "{answer}"
+        );
+        answer["return"]["faults"].clone()
+    };
+    let fired = |faults: &serde_json::Value, process: &str| {
+        let fault = faults
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["process"] == process)
+            .unwrap_or_else(|| panic!("no fault of the {process} in {faults}"));
+        fault["fired"].as_u64().unwrap()
+    };
+    let faults = listed(&mut qmp);
+    assert_eq!(faults.as_array().unwrap().len(), 2, "{faults}");
+    assert_eq!(fired(&faults, "hotplug-controller"), 0);
+    assert_eq!(fired(&faults, "event-log"), 0);
+    let hotplug = faults
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["process"] == "hotplug-controller")
+        .unwrap();
+    assert_eq!(hotplug["point"], "received");
+    assert_eq!(hotplug["action"], "delay");
+    assert_eq!(hotplug["request"], "SetIndicator");
+
+    vm.plug_core(1, "core1");
+    let after_plug = listed(&mut qmp);
+    assert_eq!(fired(&after_plug, "hotplug-controller"), 1, "{after_plug}");
+    assert_eq!(fired(&after_plug, "event-log"), 0, "{after_plug}");
+    let log = qmp.execute("x-query-event-log", serde_json::json!({}));
+    assert!(log.get("return").is_some(), "{log}");
+    assert_eq!(fired(&listed(&mut qmp), "event-log"), 1);
+
+    assert_eq!(
+        qmp.execute("x-clear-faults", serde_json::json!({})),
+        serde_json::json!({"return": {}})
+    );
+    assert_eq!(listed(&mut qmp), serde_json::json!([]));
+}
+
+/// With the trace on, what happens inside the device processes reaches
+/// the trace: every DRC transition of a plug, the event queued and the
+/// event fetched, each named with its process.
+#[test]
+fn device_processes_trace_drc_transitions_and_events() {
+    if !kvm_usable("device_processes_trace_drc_transitions_and_events") {
+        return;
+    }
+    let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=2", "--trace", "ring"]);
+    vm.boot();
+    let mut qmp = papervisor_tests::QmpClient::connect(&vm.qmp_socket());
+    vm.plug_core(1, "core1");
+    let trace = |qmp: &mut papervisor_tests::QmpClient, point: &str| {
+        let answer = qmp.execute("x-query-trace", serde_json::json!({"filter": point}));
+        assert_eq!(answer["return"]["process-dropped"], serde_json::json!({}));
+        answer["return"]["records"].as_array().unwrap().clone()
+    };
+    let transitions: Vec<serde_json::Value> = trace(&mut qmp, "drc-transition")
+        .into_iter()
+        .filter(|r| r["drc"] == "0x10000001")
+        .collect();
+    assert!(transitions.len() >= 2, "{transitions:?}");
+    for pair in transitions.windows(2) {
+        assert_eq!(pair[0]["to"], pair[1]["from"], "{transitions:?}");
+    }
+    let last = transitions.last().unwrap();
+    assert_eq!(last["to"], "Configured", "{transitions:?}");
+    assert_eq!(last["process"], "hotplug-controller");
+    assert_eq!(last["device"], "/machine/peripheral/core1");
+
+    let queued = trace(&mut qmp, "event-queued");
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert_eq!(queued[0]["process"], "event-log");
+    assert_eq!(queued[0]["action"], "Add");
+    assert_eq!(queued[0]["kind"], "cpu");
+    assert_eq!(queued[0]["drc"], "0x10000001");
+    assert_eq!(queued[0]["outcome"], "queued");
+    let fetched = trace(&mut qmp, "event-fetched");
+    assert_eq!(fetched.len(), 1, "{fetched:?}");
+    assert_eq!(fetched[0]["process"], "event-log");
+    assert!(
+        fetched[0]["bytes"]
+            .as_str()
+            .unwrap()
+            .parse::<u32>()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(fetched[0]["depth"], "0");
+}

@@ -82,6 +82,8 @@ pub enum ControlMessage {
     WatchDisks,
     /// Time to append the stats to `--metrics-path`.
     WriteMetrics,
+    /// Time to take the device processes' trace records (the trace is on).
+    CollectTrace,
     /// Time to connect to disk `serial`'s backend again.
     ReconnectBackend {
         /// Which disk's.
@@ -128,4 +130,23 @@ impl PartialEq for ControlMessage {
             _ => false,
         }
     }
+}
+
+/// Sends `message()` to the control loop every `every`, from a thread
+/// named `name`, until the loop ends (its channel closes).
+pub fn tick(
+    control: Sender<ControlMessage>,
+    name: &str,
+    every: std::time::Duration,
+    message: fn() -> ControlMessage,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || loop {
+            std::thread::sleep(every);
+            if control.send(message()).is_err() {
+                return;
+            }
+        })
+        .map(drop)
 }

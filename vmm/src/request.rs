@@ -226,6 +226,13 @@ pub enum MachineRequest {
         /// What it does.
         fault: FaultInjection,
     },
+    /// x-query-faults.
+    QueryFaults,
+    /// x-clear-faults.
+    ClearFaults,
+    /// Take the device processes' trace records into the core's trace
+    /// (before x-query-trace reads it, and periodically).
+    CollectTrace,
     /// x-upgrade-device-process.
     Upgrade {
         /// The process replaced.

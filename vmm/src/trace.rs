@@ -1,15 +1,18 @@
 //! A trace of what crosses the core, for debugging a guest: named points
 //! (an RTAS call with its name, status, time and vCPU; a hot-plug request
 //! and the controller's notifications; a device process's exit and
-//! restart; every QMP event), each one JSON record, kept without rate
+//! restart; every QMP event; and, taken from the device processes' own
+//! rings, DRC transitions and events queued and fetched, each with the
+//! `process` it happened in), each one JSON record, kept without rate
 //! limit in a bounded ring (the oldest go first, and are counted), read by
 //! `x-query-trace`, and with `--trace FILE` streamed as JSON lines by a
 //! thread of its own: a vCPU never waits for the file (a full queue drops
 //! the record, counted). Off, the default, a point costs one relaxed load.
 
 use common::lock;
+use ipc_proto::control::TraceRecord;
 use serde_json::{json, Value};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Mutex, OnceLock};
@@ -33,6 +36,8 @@ struct Ring {
     records: VecDeque<Value>,
     next: u64,
     dropped: u64,
+    /// What each device process's own ring dropped before the core took it.
+    process_dropped: BTreeMap<&'static str, u64>,
 }
 
 static ON: AtomicBool = AtomicBool::new(false);
@@ -92,34 +97,74 @@ pub fn record(point: &'static str, fields: impl FnOnce() -> Value) {
     if !enabled() {
         return;
     }
-    let Some(tracer) = TRACER.get() else {
+    let Some(tracer) = TRACER.get().filter(|tracer| tracer.wants(point)) else {
         return;
     };
-    if !tracer.filter.is_empty() && !tracer.filter.iter().any(|f| point.contains(f.as_str())) {
-        return;
-    }
     let micros = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|since| since.as_micros() as u64)
         .unwrap_or_default();
-    let mut ring = lock(&tracer.ring);
-    let mut record = json!({"seq": ring.next, "us": micros, "point": point});
-    if let (Value::Object(record), Value::Object(fields)) = (&mut record, fields()) {
-        record.extend(fields);
+    let Value::Object(fields) = fields() else {
+        return;
+    };
+    tracer.push(point, micros, fields);
+}
+
+/// Takes records a device process kept in its own ring (and how many it
+/// dropped) into the trace, each named with `process`.
+pub fn adopt(process: &'static str, records: Vec<TraceRecord>, dropped: u64) {
+    let Some(tracer) = TRACER.get() else {
+        return;
+    };
+    if dropped > 0 {
+        *lock(&tracer.ring)
+            .process_dropped
+            .entry(process)
+            .or_default() += dropped;
     }
-    ring.next += 1;
-    if ring.records.len() == RING_RECORDS {
-        ring.records.pop_front();
-        ring.dropped += 1;
-    }
-    if let Some(stream) = &tracer.stream {
-        let mut line = record.to_string();
-        line.push('\n');
-        if let Err(TrySendError::Full(_)) = stream.try_send(line) {
-            tracer.stream_dropped.fetch_add(1, Ordering::Relaxed);
+    for record in records {
+        if !tracer.wants(&record.point) {
+            continue;
         }
+        let mut fields = serde_json::Map::new();
+        fields.insert("process".into(), process.into());
+        // A process names its own fields, not the record's.
+        for (name, value) in record.fields {
+            if !matches!(name.as_str(), "seq" | "us" | "point" | "process") {
+                fields.insert(name, value.into());
+            }
+        }
+        tracer.push(&record.point, record.us, fields);
     }
-    ring.records.push_back(record);
+}
+
+impl Tracer {
+    /// Whether the filter lets `point` through.
+    fn wants(&self, point: &str) -> bool {
+        self.filter.is_empty() || self.filter.iter().any(|f| point.contains(f.as_str()))
+    }
+
+    /// Appends a record to the ring (and the stream).
+    fn push(&self, point: &str, micros: u64, fields: serde_json::Map<String, Value>) {
+        let mut ring = lock(&self.ring);
+        let mut record = json!({"seq": ring.next, "us": micros, "point": point});
+        if let Value::Object(record) = &mut record {
+            record.extend(fields);
+        }
+        ring.next += 1;
+        if ring.records.len() == RING_RECORDS {
+            ring.records.pop_front();
+            ring.dropped += 1;
+        }
+        if let Some(stream) = &self.stream {
+            let mut line = record.to_string();
+            line.push('\n');
+            if let Err(TrySendError::Full(_)) = stream.try_send(line) {
+                self.stream_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        ring.records.push_back(record);
+    }
 }
 
 /// `x-query-trace`: the records whose point contains `filter` (all if
@@ -143,6 +188,7 @@ pub fn query(filter: Option<&str>, last: Option<usize>) -> Value {
         "records": matching[skip..],
         "dropped": ring.dropped,
         "stream-dropped": tracer.stream_dropped.load(Ordering::Relaxed),
+        "process-dropped": ring.process_dropped,
     })
 }
 
@@ -173,5 +219,34 @@ mod tests {
         assert_eq!(records[1]["point"], "rtas-call");
         let hotplug = query(Some("hotplug"), None);
         assert_eq!(hotplug["records"][0]["device"], "c1");
+        // A process's records: named with it, its reserved names ignored,
+        // what the filter leaves out left out, its drops counted.
+        let from_process = |point: &str, fields: &[(&str, &str)]| TraceRecord {
+            us: 7,
+            point: point.into(),
+            fields: fields
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_string()))
+                .collect(),
+        };
+        adopt(
+            "hotplug-controller",
+            vec![
+                from_process(
+                    "hotplug-drc-transition",
+                    &[("to", "Configured"), ("seq", "0")],
+                ),
+                from_process("event-fetched", &[]),
+            ],
+            3,
+        );
+        let adopted = query(Some("hotplug-drc"), None);
+        let record = &adopted["records"][0];
+        assert_eq!(record["process"], "hotplug-controller");
+        assert_eq!(record["to"], "Configured");
+        assert_eq!(record["us"], 7);
+        assert!(record["seq"].as_u64().unwrap() > RING_RECORDS as u64);
+        assert_eq!(adopted["process-dropped"]["hotplug-controller"], 3);
+        assert_eq!(query(Some("event-fetched"), None)["records"], json!([]));
     }
 }

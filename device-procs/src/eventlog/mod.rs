@@ -225,6 +225,11 @@ impl EventQueue {
         );
     }
 
+    /// How many events wait.
+    pub fn depth(&self) -> usize {
+        self.entries.len()
+    }
+
     /// The queued events, oldest first.
     pub fn list(&self) -> Vec<Queued> {
         self.entries.iter().map(|e| e.event).collect()

@@ -199,6 +199,31 @@ impl EventLog {
         };
         if self.commit(links, Some(Store::controller_answer(id, &request, &reply))) {
             self.pulse(pulse);
+            let (point, event, outcome) = match (&request, &reply) {
+                (hotplug_eventlog::Request::Queue(event), hotplug_eventlog::Reply::Full) => {
+                    ("event-queued", event, "dropped: queue full")
+                }
+                (hotplug_eventlog::Request::Queue(event), reply) => (
+                    "event-queued",
+                    event,
+                    match reply {
+                        hotplug_eventlog::Reply::Queued { coalesced: true } => "coalesced",
+                        _ => "queued",
+                    },
+                ),
+                (hotplug_eventlog::Request::Withdraw(event), reply) => (
+                    "event-withdrawn",
+                    event,
+                    match reply {
+                        hotplug_eventlog::Reply::Withdrawn(true) => "withdrawn",
+                        _ => "not queued",
+                    },
+                ),
+            };
+            let mut fields = event_fields(event).to_vec();
+            fields.push(("outcome", outcome.to_string()));
+            fields.push(("depth", self.queue.depth().to_string()));
+            links.trace(point, &fields);
         }
         reply
     }
@@ -235,6 +260,16 @@ impl EventLog {
                 );
                 if recorded {
                     self.pulse(pulse);
+                    if let rtas_eventlog::Reply::Event(bytes) = &reply {
+                        links.trace(
+                            "event-fetched",
+                            &[
+                                ("mask", format!("{mask:#x}")),
+                                ("bytes", bytes.len().to_string()),
+                                ("depth", self.queue.depth().to_string()),
+                            ],
+                        );
+                    }
                 }
                 Answer::Link(reply)
             }
@@ -245,4 +280,20 @@ impl EventLog {
             }
         }
     }
+}
+
+/// A hot-plug event as trace fields: its action and what it names.
+fn event_fields(event: &hotplug_eventlog::HotplugEvent) -> [(&'static str, String); 4] {
+    use hotplug_eventlog::HotplugTarget;
+    let (kind, drc, count) = match event.target {
+        HotplugTarget::CpuByIndex(drc) => ("cpu", drc, 1),
+        HotplugTarget::PciByIndex(drc) => ("pci", drc, 1),
+        HotplugTarget::LmbsCountIndexed { count, first } => ("lmb", first, count),
+    };
+    [
+        ("action", format!("{:?}", event.action)),
+        ("kind", kind.to_string()),
+        ("drc", format!("{:#x}", drc.0)),
+        ("count", count.to_string()),
+    ]
 }

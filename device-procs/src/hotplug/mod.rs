@@ -200,6 +200,14 @@ impl Controller {
         touched
     }
 
+    /// The DRCs a request changed since [`Controller::take_touched`].
+    pub fn touched_drcs(&self) -> impl Iterator<Item = DrcIndex> + '_ {
+        self.touched.iter().filter_map(|touched| match touched {
+            Touched::Drc(index) => Some(*index),
+            Touched::Device(_) => None,
+        })
+    }
+
     /// Whether a request changed anything since [`Controller::take_touched`].
     pub fn has_touched(&self) -> bool {
         !self.touched.is_empty()

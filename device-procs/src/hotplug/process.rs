@@ -15,8 +15,10 @@ use ipc_proto::link::core_hotplug::{self, CoreHotplug, DrcRange};
 use ipc_proto::link::hotplug_eventlog::{self, HotplugEventLog};
 use ipc_proto::link::hotplug_notify::{HotplugNotify, Notification};
 use ipc_proto::link::rtas_hotplug::{self, RtasHotplug};
+use ipc_proto::papr::{DrcIndex, DrcState};
 use ipc_proto::protocol::refused;
 use ipc_proto::{Link, ProcessKind};
+use std::collections::HashMap;
 
 /// Runs the controller until the core hangs up.
 pub fn run(startup: Startup, mut descriptors: Descriptors) -> Result<(), ProcessError> {
@@ -36,6 +38,7 @@ pub fn run(startup: Startup, mut descriptors: Descriptors) -> Result<(), Process
         state: State::Unattached(Some(mapping)),
         resume: startup.resume,
         pci: PciBus::default(),
+        traced_states: HashMap::new(),
     };
     serve(&mut process, &mut links)
 }
@@ -55,6 +58,9 @@ struct HotplugController {
     resume: bool,
     /// The PCI host bridge's functions.
     pci: PciBus,
+    /// Each DRC's state as last committed: a commit that changes one is a
+    /// `drc-transition` in the trace.
+    traced_states: HashMap<DrcIndex, DrcState>,
 }
 
 impl Device for HotplugController {
@@ -133,6 +139,9 @@ impl HotplugController {
             }
         }
         self.controller = controller;
+        self.traced_states = (self.controller.drcs())
+            .map(|drc| (drc.index(), drc.state()))
+            .collect();
         self.state = State::Attached(Box::new(store));
         self.pci.sync(&self.controller, !resume);
         self.record_functions();
@@ -373,6 +382,7 @@ impl HotplugController {
         effects: Vec<Effect>,
         reply: Option<(RequestKey, StoredReply)>,
     ) {
+        let transitions = self.drc_transitions();
         let State::Attached(store) = &mut self.state else {
             return;
         };
@@ -380,10 +390,38 @@ impl HotplugController {
         let reply = reply.filter(|_| touched || !effects.is_empty());
         let before = store.transitions();
         let controller = &mut self.controller;
-        if links.record(|| store.commit(controller, effects, reply)) && store.transitions() > before
-        {
-            links.fault_point(FaultPoint::Committed);
+        if links.record(|| store.commit(controller, effects, reply)) {
+            for fields in &transitions {
+                links.trace("drc-transition", fields);
+            }
+            if store.transitions() > before {
+                links.fault_point(FaultPoint::Committed);
+            }
         }
+    }
+
+    /// The state changes of the DRCs the request touched, as trace fields.
+    fn drc_transitions(&mut self) -> Vec<[(&'static str, String); 4]> {
+        let mut transitions = Vec::new();
+        for index in self.controller.touched_drcs() {
+            let Some(drc) = self.controller.drc(index) else {
+                continue;
+            };
+            let to = drc.state();
+            let from = self.traced_states.insert(index, to);
+            if from != Some(to) {
+                transitions.push([
+                    ("drc", format!("{:#x}", index.0)),
+                    (
+                        "from",
+                        from.map_or("none".into(), |from| format!("{from:?}")),
+                    ),
+                    ("to", format!("{to:?}")),
+                    ("device", drc.device().unwrap_or_default().to_string()),
+                ]);
+            }
+        }
+        transitions
     }
 
     /// Sends what the core and the event log are owed, in order; stops at

@@ -2,7 +2,10 @@
 //! from (scripts/fuzz writes them out), replayed by the tests too.
 
 use ipc_proto::channel::{encode, Envelope};
-use ipc_proto::control::{Answer, Reply, Request};
+use ipc_proto::control::{
+    Answer, ArmedFault, ControlReply, FaultAction, FaultPoint, FaultRecord, Reply, Request,
+    TraceRecord,
+};
 use ipc_proto::link::hotplug_eventlog::{HotplugAction, HotplugEvent, HotplugTarget};
 use ipc_proto::link::{core_hotplug, core_rtas, hotplug_eventlog, rtas_eventlog, rtas_hotplug};
 use ipc_proto::papr::{DrcIndex, RtasCall};
@@ -80,6 +83,31 @@ fn ipc_frames() -> Vec<Vec<u8>> {
         frame(
             selector(5, true),
             Reply::new(Answer::Link(rtas_eventlog::Reply::Event(vec![0; 116]))),
+        ),
+        frame(
+            selector(1, true),
+            Reply::<core_hotplug::Reply>::new(Answer::Control(ControlReply::Trace {
+                records: vec![TraceRecord {
+                    us: 1,
+                    point: "drc-transition".into(),
+                    fields: vec![("drc".into(), "0x10000001".into())],
+                }],
+                dropped: 2,
+                more: false,
+            })),
+        ),
+        frame(
+            selector(1, true),
+            Reply::<core_hotplug::Reply>::new(Answer::Control(ControlReply::Faults(Some(
+                FaultRecord {
+                    fault: ArmedFault {
+                        point: FaultPoint::Received,
+                        action: FaultAction::Delay,
+                        request: Some("SetIndicator".into()),
+                    },
+                    fired: 1,
+                },
+            )))),
         ),
     ]
 }

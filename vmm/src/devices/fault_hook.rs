@@ -5,7 +5,9 @@
 //! decided once, here, by the `fault-injection` feature.
 
 use ipc_proto::channel::ChannelError;
-use ipc_proto::control::{ArmedFault, FaultAction, FaultPoint, Request, FAULT_DELAY_MS};
+use ipc_proto::control::{
+    ArmedFault, FaultAction, FaultPoint, FaultRecord, Request, FAULT_DELAY_MS,
+};
 use ipc_proto::ProcessKind;
 use std::time::Duration;
 
@@ -32,6 +34,12 @@ pub trait FaultHook: Default + Send + Sync {
     /// Arms `fault`, replacing any armed before.
     fn arm(&self, fault: ArmedFault);
 
+    /// The fault armed, fired or not (kept, spent, until cleared).
+    fn armed(&self) -> Option<FaultRecord>;
+
+    /// Disarms and forgets the fault armed.
+    fn clear(&self);
+
     /// What `request` to the `kind` meets on its way out.
     fn before_send<R: std::fmt::Debug>(
         &self,
@@ -54,6 +62,12 @@ pub struct Inert;
 impl FaultHook for Inert {
     fn arm(&self, _: ArmedFault) {}
 
+    fn armed(&self) -> Option<FaultRecord> {
+        None
+    }
+
+    fn clear(&self) {}
+
     fn before_send<R: std::fmt::Debug>(&self, _: ProcessKind, _: &Request<R>) -> BeforeSend {
         BeforeSend::Send { at_reply: None }
     }
@@ -70,7 +84,7 @@ impl FaultHook for Inert {
 /// A hook that holds one armed fault, which fires once.
 #[derive(Default)]
 pub struct Armable {
-    armed: std::sync::Mutex<Option<ArmedFault>>,
+    armed: std::sync::Mutex<Option<FaultRecord>>,
 }
 
 impl Armable {
@@ -86,23 +100,32 @@ impl Armable {
             return None;
         };
         let mut armed = common::lock(&self.armed);
+        let record = armed.as_mut()?;
         let name = ipc_proto::control::request_name(request);
-        if !armed.as_ref()?.fires(point, &name) {
+        if record.fired > 0 || !record.fault.fires(point, &name) {
             return None;
         }
-        let fault = armed.take()?;
+        record.fired += 1;
         log::warn!(
             "fault {:?} fires at {point:?} for {name} to the {}",
-            fault.action,
+            record.fault.action,
             kind.name()
         );
-        Some(fault.action)
+        Some(record.fault.action)
     }
 }
 
 impl FaultHook for Armable {
     fn arm(&self, fault: ArmedFault) {
-        *common::lock(&self.armed) = Some(fault);
+        *common::lock(&self.armed) = Some(FaultRecord { fault, fired: 0 });
+    }
+
+    fn armed(&self) -> Option<FaultRecord> {
+        common::lock(&self.armed).clone()
+    }
+
+    fn clear(&self) {
+        common::lock(&self.armed).take();
     }
 
     fn before_send<R: std::fmt::Debug>(
@@ -186,6 +209,10 @@ mod tests {
             hook.before_send(KIND, &reset),
             BeforeSend::Send { at_reply: None }
         ));
+        // Spent, it stays listed, fired once, until cleared.
+        assert_eq!(hook.armed().map(|record| record.fired), Some(1));
+        hook.clear();
+        assert_eq!(hook.armed(), None);
     }
 
     #[test]
@@ -210,6 +237,7 @@ mod tests {
             action: FaultAction::CloseLink,
             request: None,
         });
+        assert_eq!(hook.armed(), None);
         assert!(matches!(
             hook.before_send(KIND, &list()),
             BeforeSend::Send { at_reply: None }

@@ -1,11 +1,16 @@
 //! x-inject-fault as the core carries it out: a fault committed by a
 //! device now, or armed at a point of a request's path (at the core's end
-//! of a link, through [`super::fault_hook`], or in the device).
+//! of a link, through [`super::fault_hook`], or in the device); and
+//! x-query-faults and x-clear-faults, which list (with how often each
+//! fired) and forget the faults armed at points.
 
 use super::proxy::DeviceFailure;
 use super::spawn::DeviceMode;
+use super::supervisor::State;
 use super::DeviceProcesses;
+use ipc_proto::control::{ControlReply, ControlRequest, FaultAction, FaultPoint, FaultRecord};
 use ipc_proto::ProcessKind;
+use serde_json::{json, Value};
 
 impl DeviceProcesses {
     /// x-inject-fault at a point: armed at the core's end of the link to
@@ -15,7 +20,6 @@ impl DeviceProcesses {
         kind: ProcessKind,
         fault: ipc_proto::control::ArmedFault,
     ) -> Result<(), String> {
-        use ipc_proto::control::{ControlRequest, FaultAction};
         if fault.point.at_core() {
             if matches!(fault.action, FaultAction::Crash | FaultAction::Hang) {
                 return Err(format!(
@@ -38,8 +42,63 @@ impl DeviceProcesses {
             .control(ControlRequest::ArmFaultPoint(fault), &[])
         {
             Ok(None) => Ok(()),
-            Ok(Some(outcome)) => Err(format!("it answered {outcome}")),
+            Ok(Some(reply)) => Err(format!("it answered {reply:?}")),
             Err(error) => Err(error.to_string()),
+        }
+    }
+
+    /// x-query-faults: every fault armed at a point, at the core's end of
+    /// a link or in a process, with how often it fired. A process that is
+    /// not running is named in `unreachable` (a fault that crashed or hung
+    /// its process went with it; its exit event tells).
+    pub fn query_faults(&self) -> Value {
+        let mut faults = Vec::new();
+        let mut unreachable = Vec::new();
+        for kind in ProcessKind::ALL {
+            let proxy = self.proxy(kind);
+            if let Some(record) = proxy.core_fault() {
+                faults.push(fault_json(kind, &record));
+            }
+            if self.state(kind) != Some(State::Running) {
+                unreachable.push(kind.name());
+                continue;
+            }
+            match proxy.control(ControlRequest::QueryFaults, &[]) {
+                Ok(Some(ControlReply::Faults(record))) => {
+                    faults.extend(record.map(|record| fault_json(kind, &record)))
+                }
+                Ok(other) => {
+                    let why = format!("{other:?} to a fault query");
+                    self.cut_off(kind, &why);
+                    unreachable.push(kind.name());
+                }
+                Err(error) => {
+                    log::warn!("x-query-faults: the {}: {error}", kind.name());
+                    unreachable.push(kind.name());
+                }
+            }
+        }
+        json!({"faults": faults, "unreachable": unreachable})
+    }
+
+    /// x-clear-faults: disarms and forgets every fault armed at a point;
+    /// the processes it could not reach, if any, in the error.
+    pub fn clear_faults(&self) -> Result<(), String> {
+        let mut missed = Vec::new();
+        for kind in ProcessKind::ALL {
+            let proxy = self.proxy(kind);
+            proxy.clear_core_fault();
+            if self.state(kind) != Some(State::Running) {
+                missed.push(format!("the {} is not running", kind.name()));
+                continue;
+            }
+            if let Err(error) = proxy.control(ControlRequest::ClearFaults, &[]) {
+                missed.push(format!("the {}: {error}", kind.name()));
+            }
+        }
+        match missed.is_empty() {
+            true => Ok(()),
+            false => Err(format!("not cleared everywhere: {}", missed.join("; "))),
         }
     }
 
@@ -60,12 +119,16 @@ impl DeviceProcesses {
         kind: ProcessKind,
         fault: ipc_proto::control::Fault,
     ) -> Result<String, String> {
-        use ipc_proto::control::ControlRequest;
         match self
             .proxy(kind)
             .control(ControlRequest::ArmFault(fault), &[])
         {
-            Ok(Some(outcome)) => Ok(outcome),
+            Ok(Some(ControlReply::FaultSurvived { outcome })) => Ok(outcome),
+            Ok(Some(other)) => {
+                let why = format!("{other:?} to a fault");
+                self.cut_off(kind, &why);
+                Err(format!("it answered {why} and was cut off"))
+            }
             Ok(None) => {
                 let why = format!("an acknowledgement after {fault:?}");
                 self.cut_off(kind, &why);
@@ -76,4 +139,22 @@ impl DeviceProcesses {
             Err(error) => Err(error.to_string()),
         }
     }
+}
+
+/// One armed fault as x-query-faults lists it.
+fn fault_json(kind: ProcessKind, record: &FaultRecord) -> Value {
+    json!({
+        "process": kind.name(),
+        "point": qmp_name(&FaultPoint::ALL, record.fault.point),
+        "action": qmp_name(&FaultAction::ALL, record.fault.action),
+        "request": record.fault.request,
+        "fired": record.fired,
+    })
+}
+
+/// The QMP name of `value` among `all`.
+fn qmp_name<T: PartialEq>(all: &[(&'static str, T)], value: T) -> &'static str {
+    all.iter()
+        .find(|(_, v)| *v == value)
+        .map_or("", |(name, _)| *name)
 }

@@ -21,6 +21,7 @@ pub mod supervisor;
 mod testing;
 #[cfg(feature = "in-process")]
 pub mod threads;
+mod traces;
 mod upgrade;
 mod wire;
 pub mod wiring;

@@ -8,7 +8,7 @@ use super::fault_hook::{BeforeSend, CoreFaults, FaultHook};
 use super::spawn::ProcessHandle;
 use crate::control::ControlMessage;
 use ipc_proto::channel::{Channel, ChannelError};
-use ipc_proto::control::{Answer, ControlRequest, Refusal, Request};
+use ipc_proto::control::{Answer, ControlReply, ControlRequest, Refusal, Request};
 use ipc_proto::protocol::{Client, Protocol};
 use ipc_proto::ProcessKind;
 use std::collections::HashMap;
@@ -96,12 +96,17 @@ pub trait Supervised: Send + Sync {
     /// one aside is killed; else the staged one is killed and the one aside
     /// serves again.
     fn finish_stage(&self, keep: bool);
-    /// A control request, answered by an acknowledgement or a fault's outcome.
+    /// A control request, answered by an acknowledgement (`None`) or a
+    /// control reply.
     fn control(
         &self,
         request: ControlRequest,
         fds: &[BorrowedFd<'_>],
-    ) -> Result<Option<String>, DeviceFailure>;
+    ) -> Result<Option<ControlReply>, DeviceFailure>;
+    /// The fault armed at the core's end of the link, fired or not.
+    fn core_fault(&self) -> Option<ipc_proto::control::FaultRecord>;
+    /// Disarms and forgets the fault armed at the core's end of the link.
+    fn clear_core_fault(&self);
 }
 
 struct Connected<P> {
@@ -471,14 +476,20 @@ impl<P: Protocol> Supervised for Proxy<P> {
         &self,
         request: ControlRequest,
         fds: &[BorrowedFd<'_>],
-    ) -> Result<Option<String>, DeviceFailure> {
+    ) -> Result<Option<ControlReply>, DeviceFailure> {
         match self.call(Request::Control(request), fds)? {
             Answer::Ack => Ok(None),
-            Answer::Control(ipc_proto::control::ControlReply::FaultSurvived { outcome }) => {
-                Ok(Some(outcome))
-            }
+            Answer::Control(reply) => Ok(Some(reply)),
             other => Err(self.wrong_answer(&other)),
         }
+    }
+
+    fn core_fault(&self) -> Option<ipc_proto::control::FaultRecord> {
+        self.faults.armed()
+    }
+
+    fn clear_core_fault(&self) {
+        self.faults.clear();
     }
 }
 

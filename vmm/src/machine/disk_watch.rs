@@ -87,18 +87,12 @@ impl Vm {
             return;
         }
         self.disks.watched = true;
-        let control = self.control.clone();
-        let tick =
+        let every =
             (self.stall_timeout() / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
-        let spawned = std::thread::Builder::new()
-            .name("disk-watch".into())
-            .spawn(move || {
-                // Ends with the control loop (its channel closes).
-                while control.send(ControlMessage::WatchDisks).is_ok() {
-                    std::thread::sleep(tick);
-                }
-            });
-        if let Err(error) = spawned {
+        let ticks = crate::control::tick(self.control.clone(), "disk-watch", every, || {
+            ControlMessage::WatchDisks
+        });
+        if let Err(error) = ticks {
             log::error!("cannot watch the disks' progress: {error}");
             self.disks.watched = false;
         }

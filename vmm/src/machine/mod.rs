@@ -199,6 +199,7 @@ impl Vm {
     pub fn run(mut self, started: impl FnOnce()) -> Result<(), VmError> {
         self.power_on()?;
         self.start_metrics();
+        self.start_trace_collection();
         started();
         loop {
             let message = match self.deferred.pop_front() {
@@ -238,6 +239,7 @@ impl Vm {
                 ControlMessage::ReconnectBackend { serial } => self.reconnect_backend(serial),
                 ControlMessage::WatchDisks => self.watch_disks(),
                 ControlMessage::WriteMetrics => self.write_metrics(),
+                ControlMessage::CollectTrace => self.devices.collect_trace(),
                 ControlMessage::Function { effect, done } => {
                     let outcome = self.function_effect(effect);
                     if let Err(error) = &outcome {
@@ -338,6 +340,16 @@ impl Vm {
             MachineRequest::PowerDown => self.power_button(),
             MachineRequest::Pause(pause) => self.pause(pause),
             MachineRequest::InjectFault { process, fault } => self.inject_fault(process, fault),
+            MachineRequest::QueryFaults => Ok(self.devices.query_faults()),
+            MachineRequest::ClearFaults => self
+                .devices
+                .clear_faults()
+                .map(|()| json!({}))
+                .map_err(|error| QmpError::generic(format!("x-clear-faults: {error}"))),
+            MachineRequest::CollectTrace => {
+                self.devices.collect_trace();
+                Ok(json!({}))
+            }
             MachineRequest::Upgrade { process, program } => {
                 self.upgrade_device_process(process, program)
             }

@@ -13,6 +13,9 @@ use ipc_proto::link::hotplug_eventlog::{HotplugAction, HotplugTarget};
 use ipc_proto::ProcessKind;
 use serde_json::{json, Value};
 
+/// How often the device processes' trace records are taken while the trace is on.
+const TRACE_COLLECTION: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Vm {
     /// A query's answer.
     pub(super) fn query(&self, query: Query) -> Result<Value, QmpError> {
@@ -142,18 +145,28 @@ impl Vm {
         let Some((_, every)) = &self.metrics else {
             return;
         };
-        let (control, every) = (self.control.clone(), *every);
-        let spawned = std::thread::Builder::new()
-            .name("metrics".into())
-            .spawn(move || loop {
-                std::thread::sleep(every);
-                // Ends with the control loop (its channel closes).
-                if control.send(ControlMessage::WriteMetrics).is_err() {
-                    return;
-                }
-            });
-        if let Err(error) = spawned {
+        let ticks = crate::control::tick(self.control.clone(), "metrics", *every, || {
+            ControlMessage::WriteMetrics
+        });
+        if let Err(error) = ticks {
             log::error!("cannot time the metrics file: {error}");
+        }
+    }
+
+    /// While the trace is on, the device processes' records are taken
+    /// once a second, so that their rings do not overflow between reads.
+    pub(super) fn start_trace_collection(&self) {
+        if !crate::trace::enabled() {
+            return;
+        }
+        let ticks = crate::control::tick(
+            self.control.clone(),
+            "trace-collect",
+            TRACE_COLLECTION,
+            || ControlMessage::CollectTrace,
+        );
+        if let Err(error) = ticks {
+            log::error!("cannot time the trace collection: {error}");
         }
     }
 

@@ -61,6 +61,14 @@ pub fn machine_request(
         Command::Stop => MachineRequest::Pause(true),
         Command::Cont => MachineRequest::Pause(false),
         Command::XInjectFault => inject_fault(arguments)?,
+        Command::XQueryFaults => {
+            fault_injection_built("x-query-faults")?;
+            MachineRequest::QueryFaults
+        }
+        Command::XClearFaults => {
+            fault_injection_built("x-clear-faults")?;
+            MachineRequest::ClearFaults
+        }
         Command::XUpgradeDeviceProcess => upgrade(arguments)?,
         Command::XRestartDeviceProcess => MachineRequest::Restart(process_kind(arguments)?),
         Command::QmpCapabilities
@@ -585,11 +593,7 @@ fn process_kind(arguments: &Map<String, Value>) -> Result<ProcessKind, QmpError>
 /// fault injection refuses it here: its device processes commit none.
 fn inject_fault(arguments: &Map<String, Value>) -> Result<MachineRequest, QmpError> {
     use ipc_proto::control::{ArmedFault, Fault, FaultAction, FaultPoint, MAX_FAULT_REQUEST_NAME};
-    if !cfg!(feature = "fault-injection") {
-        return Err(QmpError::generic(
-            "x-inject-fault: this build has no fault injection (build with --features fault-injection)",
-        ));
-    }
+    fault_injection_built("x-inject-fault")?;
     let process = process_kind(arguments)?;
     let fault = match (
         text(arguments, "fault"),
@@ -636,6 +640,16 @@ fn inject_fault(arguments: &Map<String, Value>) -> Result<MachineRequest, QmpErr
         }
     };
     Ok(MachineRequest::InjectFault { process, fault })
+}
+
+/// Refuses `command` in a build without fault injection.
+fn fault_injection_built(command: &str) -> Result<(), QmpError> {
+    match cfg!(feature = "fault-injection") {
+        true => Ok(()),
+        false => Err(QmpError::generic(format!(
+            "{command}: this build has no fault injection (build with --features fault-injection)"
+        ))),
+    }
 }
 
 /// The value named `name` among `all` (QMP parameter `parameter`).

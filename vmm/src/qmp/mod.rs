@@ -515,13 +515,24 @@ impl<'a> Session<'a> {
             }
             Command::QueryCpuDefinitions => done(catalog::query_cpu_definitions()),
             Command::QueryStatsSchemas => done(crate::stats::schemas()),
-            Command::XQueryTrace => done(crate::trace::query(
-                arguments.get("filter").and_then(Value::as_str),
-                arguments
-                    .get("last")
-                    .and_then(Value::as_u64)
-                    .map(|last| usize::try_from(last).unwrap_or(usize::MAX)),
-            )),
+            Command::XQueryTrace => {
+                // What the device processes recorded since the last take.
+                if crate::trace::enabled() {
+                    if let Err(error) = self.ask_machine(command, MachineRequest::CollectTrace) {
+                        log::debug!(
+                            "x-query-trace without the device processes' records: {}",
+                            error.desc
+                        );
+                    }
+                }
+                done(crate::trace::query(
+                    arguments.get("filter").and_then(Value::as_str),
+                    arguments
+                        .get("last")
+                        .and_then(Value::as_u64)
+                        .map(|last| usize::try_from(last).unwrap_or(usize::MAX)),
+                ))
+            }
             Command::QueryStats => {
                 let request = arguments::machine_request(command, arguments)?
                     .ok_or_else(|| QmpError::generic("query-stats has no answer"))?;

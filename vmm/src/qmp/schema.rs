@@ -300,6 +300,8 @@ commands! {
         required("path", ArgType::Str),
         optional("id", ArgType::Str)
     ], returns: Returns::Nothing;
+    XQueryFaults = "x-query-faults", args: [], returns: Returns::Any;
+    XClearFaults = "x-clear-faults", args: [], returns: Returns::Nothing;
     XInjectFault = "x-inject-fault", args: [
         required("process", ArgType::Enum("DeviceProcess")),
         optional("fault", ArgType::Enum("Fault")),
