@@ -6,6 +6,7 @@
 
 use crate::process::{ProcessError, HANDSHAKE_TIMEOUT};
 use crate::seccomp;
+use crate::trace::TraceRing;
 use ipc_proto::channel::{poll_briefly, Channel, ChannelError, Envelope, Frame, ADAPTIVE_POLL};
 use ipc_proto::control::{Answer, ControlRequest, Refusal, Reply, Request};
 use ipc_proto::protocol::{
@@ -15,7 +16,7 @@ use ipc_proto::{Link, ProcessKind};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use thiserror::Error;
 
 /// One end of a link, and the next request id on it for requests that are
@@ -60,8 +61,9 @@ pub struct Links {
     serving: Option<(u64, u64)>,
     /// The state region failed to record a transition: the device ends.
     lost_state: Option<Box<dyn std::error::Error + Send + Sync>>,
-    /// What happened inside the device, for the core's trace.
-    trace: crate::trace::TraceRing,
+    /// What happened inside the device, for the core's trace (while the
+    /// core traces).
+    trace: Option<crate::trace::TraceRing>,
     /// Faults armed at points, and the request they would spoil.
     #[cfg(feature = "fault-injection")]
     faults: crate::fault::Armed,
@@ -127,7 +129,7 @@ impl Links {
             relinked: Vec::new(),
             serving: None,
             lost_state: None,
-            trace: crate::trace::TraceRing::default(),
+            trace: None,
             #[cfg(feature = "fault-injection")]
             faults: crate::fault::Armed::default(),
         })
@@ -185,6 +187,38 @@ impl Links {
     /// same request, whichever incarnation of this process sends it, so the
     /// peer can recognise a repeat.
     pub fn request_as<P: Protocol>(
+        &mut self,
+        id: u64,
+        request: P::Request,
+    ) -> Result<Answer<P::Reply>, PeerDown> {
+        let traced =
+            (self.tracing()).then(|| (ipc_proto::control::request_name(&request), Instant::now()));
+        let result = self.exchange::<P>(id, request);
+        if let Some((name, started)) = traced {
+            let answer = match &result {
+                Ok(Answer::Refused(refusal)) => format!("refused: {refusal}"),
+                Ok(_) => "answered".to_string(),
+                Err(down) => down.to_string(),
+            };
+            let peer = P::LINK.server().map_or("unknown", ProcessKind::name);
+            let serving = self.serving.map_or(String::new(), |(id, _)| id.to_string());
+            self.trace(
+                "peer-request",
+                &[
+                    ("peer", peer.to_string()),
+                    ("request", name),
+                    ("id", id.to_string()),
+                    ("for", serving),
+                    ("answer", answer),
+                    ("took-us", started.elapsed().as_micros().to_string()),
+                ],
+            );
+        }
+        result
+    }
+
+    /// Sends `request` on link `P` as `id` and awaits its reply.
+    fn exchange<P: Protocol>(
         &mut self,
         id: u64,
         request: P::Request,
@@ -287,7 +321,9 @@ impl Links {
             ControlRequest::ArmFaultPoint(armed) => arm_fault_point(self, armed),
             ControlRequest::QueryFaults => query_faults(self),
             ControlRequest::ClearFaults => clear_faults(self),
-            ControlRequest::TakeTrace => Answer::Control(self.trace.take()),
+            ControlRequest::TakeTrace => Answer::Control(
+                (self.trace.as_mut()).map_or_else(TraceRing::nothing, TraceRing::take),
+            ),
         }
     }
 
@@ -448,9 +484,22 @@ impl Links {
         }
     }
 
-    /// Records trace point `point` (see [`crate::trace`]).
+    /// Records trace point `point` (see [`crate::trace`]), if tracing.
     pub fn trace(&mut self, point: &'static str, fields: &[(&'static str, String)]) {
-        self.trace.record(point, fields);
+        if let Some(ring) = &mut self.trace {
+            ring.record(point, fields);
+        }
+    }
+
+    /// Whether the device records its trace points.
+    pub fn tracing(&self) -> bool {
+        self.trace.is_some()
+    }
+
+    /// Records trace points from now on, if `on` (`--trace on`).
+    pub fn with_trace(mut self, on: bool) -> Links {
+        self.trace = on.then(Default::default);
+        self
     }
 
     /// Whether a transition could not be recorded.

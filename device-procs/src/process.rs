@@ -149,6 +149,8 @@ pub struct Startup {
     /// `--state resume`: an earlier incarnation formatted the state region,
     /// which must validate; `--state fresh` (the default): format it.
     pub resume: bool,
+    /// `--trace on`: the core traces, so the device records its points.
+    pub trace: bool,
 }
 
 /// What a device process's command line says.
@@ -168,6 +170,7 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
         startup: Startup {
             seccomp: seccomp::Mode::Kill,
             resume: false,
+            trace: false,
         },
         log_level: None,
         standby: false,
@@ -188,6 +191,13 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
                 }
             },
             "--log-level" => options.log_level = Some(log_level_option(value)?),
+            "--trace" => {
+                options.startup.trace = match value.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(format!("--trace {value}: expected on or off")),
+                }
+            }
             _ => return Err(format!("unknown option {flag}")),
         }
     }
@@ -264,7 +274,7 @@ pub fn main(kind: ProcessKind) -> std::process::ExitCode {
         Ok(options) => (options.startup, options.standby),
         Err(error) => {
             log::error!(
-                "{error}; {name} takes --seccomp kill|log|off, --log-level LEVEL and --state fresh|resume|standby; its channels are descriptors {FIRST_CHANNEL_FD}.."
+                "{error}; {name} takes --seccomp kill|log|off, --log-level LEVEL, --trace on|off and --state fresh|resume|standby; its channels are descriptors {FIRST_CHANNEL_FD}.."
             );
             return std::process::ExitCode::from(common::EXIT_USAGE);
         }
@@ -342,7 +352,8 @@ mod tests {
             Options {
                 startup: Startup {
                     seccomp: seccomp::Mode::Kill,
-                    resume: false
+                    resume: false,
+                    trace: false,
                 },
                 log_level: None,
                 standby: false,
@@ -354,6 +365,8 @@ mod tests {
                 "debug",
                 "--state",
                 "resume",
+                "--trace",
+                "on",
                 "--seccomp",
                 "log"
             ])
@@ -361,7 +374,8 @@ mod tests {
             Options {
                 startup: Startup {
                     seccomp: seccomp::Mode::Log,
-                    resume: true
+                    resume: true,
+                    trace: true,
                 },
                 log_level: Some(log::LevelFilter::Debug),
                 standby: false,
@@ -373,6 +387,7 @@ mod tests {
             .unwrap_err()
             .contains("loud"));
         assert!(parse(&["--seccomp"]).unwrap_err().contains("needs a value"));
+        assert!(parse(&["--trace", "yes"]).unwrap_err().contains("yes"));
         assert!(parse(&["--verbose", "1"])
             .unwrap_err()
             .contains("--verbose"));

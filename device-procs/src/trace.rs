@@ -1,10 +1,10 @@
 //! A device process's trace: what happens inside it that the core cannot
 //! see (a DRC changing state, an event queued for the guest or fetched by
-//! it), one record per point, kept without rate limit in a bounded ring
-//! (the oldest go first, and are counted) until the core takes them
-//! (`TakeTrace`) into its own trace. These points are rare (a few per
-//! hot-plug), so the ring is always kept: with the core's trace off it
-//! holds the last [`RING_RECORDS`] and costs nothing else.
+//! it, a request to a peer on a guest's call's behalf), one record per
+//! point, kept without rate limit in a bounded ring (the oldest go first,
+//! and are counted) until the core takes them (`TakeTrace`) into its own
+//! trace. Only while the core traces (`--trace on`): off, a point is one
+//! test of an `Option`.
 
 use ipc_proto::control::{
     ControlReply, TraceRecord, MAX_TRACE_FIELDS, MAX_TRACE_NAME, MAX_TRACE_RECORDS,
@@ -42,6 +42,15 @@ impl TraceRing {
             point: point.to_string(),
             fields,
         });
+    }
+
+    /// The answer of a device that does not trace (`--trace off`).
+    pub fn nothing() -> ControlReply {
+        ControlReply::Trace {
+            records: Vec::new(),
+            dropped: 0,
+            more: false,
+        }
     }
 
     /// The oldest records (at most what one reply carries), taken out of

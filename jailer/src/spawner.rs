@@ -76,6 +76,8 @@ pub struct SpawnerConfig {
     pub seccomp: String,
     /// The device processes' `--log-level`.
     pub log_level: String,
+    /// The device processes' `--trace` (`on` while the core traces).
+    pub trace: bool,
     /// The user the VM runs as, who besides root may own an upgrade's binary.
     pub owner: u32,
     /// The core's pid, which names the jails.
@@ -692,6 +694,8 @@ impl Spawner {
             self.config.seccomp.clone(),
             "--log-level".to_string(),
             self.config.log_level.clone(),
+            "--trace".to_string(),
+            if self.config.trace { "on" } else { "off" }.to_string(),
             "--state".to_string(),
             state.to_string(),
         ]

@@ -458,4 +458,30 @@ fn device_processes_trace_drc_transitions_and_events() {
             > 0
     );
     assert_eq!(fetched[0]["depth"], "0");
+
+    // The guest's set-indicator crossed the RTAS server to the controller:
+    // the server's peer request names the core's request id.
+    let calls = trace(&mut qmp, "rtas-call");
+    let call = calls
+        .iter()
+        .find(|r| r["call"] == "set-indicator")
+        .unwrap_or_else(|| panic!("no set-indicator in {calls:?}"));
+    assert_eq!(call["args"].as_array().unwrap().len(), 3, "{call}");
+    let id = call["request"].as_u64().unwrap().to_string();
+    let crossed = trace(&mut qmp, "peer-request");
+    let peer_request = crossed
+        .iter()
+        .find(|r| r["for"] == id.as_str())
+        .unwrap_or_else(|| panic!("no peer request for call {id} in {crossed:?}"));
+    assert_eq!(peer_request["process"], "rtas-server");
+    assert_eq!(peer_request["peer"], "hotplug-controller");
+    assert_eq!(peer_request["request"], "SetIndicator");
+    assert_eq!(peer_request["answer"], "answered");
+    // And the controller's own requests to the event log.
+    assert!(
+        crossed
+            .iter()
+            .any(|r| r["process"] == "hotplug-controller" && r["peer"] == "event-log"),
+        "{crossed:?}"
+    );
 }

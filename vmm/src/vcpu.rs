@@ -30,6 +30,9 @@ use std::time::Duration;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::signal::{Killable, SIGRTMIN};
 
+/// The argument cells an RTAS call's trace record shows, at most.
+const TRACED_ARGS: u32 = 8;
+
 /// The signal that kicks a vCPU thread out of KVM_RUN.
 pub fn kick_signal() -> i32 {
     SIGRTMIN()
@@ -601,14 +604,17 @@ impl Vcpu {
                 let control = self.control();
                 let parking = || control.park_requested.load(Ordering::SeqCst);
                 let started = std::time::Instant::now();
-                let answer = self.context.devices.rtas_call(call, &parking);
+                let id = self.context.devices.rtas_call_id();
+                let answer = self.context.devices.rtas_call(id, call, &parking);
                 let took = started.elapsed();
                 let name = self.call_name(args_address);
                 self.context.stats.rtas_call(name, took);
                 crate::trace::record("rtas-call", || {
                     serde_json::json!({
                         "vcpu": self.id,
+                        "request": id,
                         "call": name,
+                        "args": self.call_args(args_address, TRACED_ARGS),
                         "at": args_address,
                         "answer": match &answer {
                             Ok(reply) => format!("{reply:?}"),
@@ -683,18 +689,20 @@ impl Vcpu {
             .map(|status| status as i32)
     }
 
+    /// The first `max` argument cells of the RTAS call at `address`
+    /// (fewer if it has fewer, or they are not memory).
+    fn call_args(&self, address: u64, max: u32) -> Vec<u32> {
+        let nargs = self.rtas_cell(address, 1).unwrap_or(0).min(max);
+        (0..nargs)
+            .map_while(|i| self.rtas_cell(address, 3 + u64::from(i)))
+            .collect()
+    }
+
     fn asked_by_guest(&self, address: u64, request: &PlatformRequest) -> bool {
         let Some(token) = self.rtas_cell(address, 0) else {
             return false;
         };
-        let nargs = self
-            .rtas_cell(address, 1)
-            .unwrap_or(0)
-            .min(ARGS_CHECKED as u32);
-        let args: Vec<u32> = (0..nargs)
-            .map_while(|i| self.rtas_cell(address, 3 + u64::from(i)))
-            .collect();
-        request.answers(token, &args)
+        request.answers(token, &self.call_args(address, ARGS_CHECKED as u32))
     }
 
     /// Carries out what the RTAS server asked for on the guest's behalf.

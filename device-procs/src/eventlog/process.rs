@@ -48,7 +48,8 @@ pub fn run(startup: Startup, mut descriptors: Descriptors) -> Result<(), Process
         descriptors.channels,
         &[interrupt.as_raw_fd(), epow.as_raw_fd()],
         startup.seccomp,
-    )?;
+    )?
+    .with_trace(startup.trace);
     log::info!("serving the event queue");
     let mut log = EventLog {
         queue: resumed.queue,
@@ -199,33 +200,46 @@ impl EventLog {
         };
         if self.commit(links, Some(Store::controller_answer(id, &request, &reply))) {
             self.pulse(pulse);
-            let (point, event, outcome) = match (&request, &reply) {
-                (hotplug_eventlog::Request::Queue(event), hotplug_eventlog::Reply::Full) => {
-                    ("event-queued", event, "dropped: queue full")
-                }
-                (hotplug_eventlog::Request::Queue(event), reply) => (
-                    "event-queued",
-                    event,
-                    match reply {
-                        hotplug_eventlog::Reply::Queued { coalesced: true } => "coalesced",
-                        _ => "queued",
-                    },
-                ),
-                (hotplug_eventlog::Request::Withdraw(event), reply) => (
-                    "event-withdrawn",
-                    event,
-                    match reply {
-                        hotplug_eventlog::Reply::Withdrawn(true) => "withdrawn",
-                        _ => "not queued",
-                    },
-                ),
-            };
-            let mut fields = event_fields(event).to_vec();
-            fields.push(("outcome", outcome.to_string()));
-            fields.push(("depth", self.queue.depth().to_string()));
-            links.trace(point, &fields);
+            self.trace_event(links, &request, &reply);
         }
         reply
+    }
+
+    /// The trace record of what the controller's request did to the queue.
+    fn trace_event(
+        &self,
+        links: &mut Links,
+        request: &hotplug_eventlog::Request,
+        reply: &hotplug_eventlog::Reply,
+    ) {
+        if !links.tracing() {
+            return;
+        }
+        let (point, event, outcome) = match (request, reply) {
+            (hotplug_eventlog::Request::Queue(event), hotplug_eventlog::Reply::Full) => {
+                ("event-queued", event, "dropped: queue full")
+            }
+            (hotplug_eventlog::Request::Queue(event), reply) => (
+                "event-queued",
+                event,
+                match reply {
+                    hotplug_eventlog::Reply::Queued { coalesced: true } => "coalesced",
+                    _ => "queued",
+                },
+            ),
+            (hotplug_eventlog::Request::Withdraw(event), reply) => (
+                "event-withdrawn",
+                event,
+                match reply {
+                    hotplug_eventlog::Reply::Withdrawn(true) => "withdrawn",
+                    _ => "not queued",
+                },
+            ),
+        };
+        let mut fields = event_fields(event).to_vec();
+        fields.push(("outcome", outcome.to_string()));
+        fields.push(("depth", self.queue.depth().to_string()));
+        links.trace(point, &fields);
     }
 
     /// A check-exception that fetched an event is recorded with its answer:
@@ -260,7 +274,7 @@ impl EventLog {
                 );
                 if recorded {
                     self.pulse(pulse);
-                    if let rtas_eventlog::Reply::Event(bytes) = &reply {
+                    if let (rtas_eventlog::Reply::Event(bytes), true) = (&reply, links.tracing()) {
                         links.trace(
                             "event-fetched",
                             &[

@@ -31,7 +31,8 @@ pub fn run(startup: Startup, mut descriptors: Descriptors) -> Result<(), Process
         descriptors.channels,
         &[],
         startup.seccomp,
-    )?;
+    )?
+    .with_trace(startup.trace);
     log::info!("serving the DRC table");
     let mut process = HotplugController {
         controller: Controller::default(),
@@ -382,7 +383,10 @@ impl HotplugController {
         effects: Vec<Effect>,
         reply: Option<(RequestKey, StoredReply)>,
     ) {
-        let transitions = self.drc_transitions();
+        let transitions = match links.tracing() {
+            true => self.drc_transitions(),
+            false => Vec::new(),
+        };
         let State::Attached(store) = &mut self.state else {
             return;
         };

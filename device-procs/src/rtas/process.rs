@@ -24,7 +24,8 @@ pub fn run(startup: Startup, descriptors: Descriptors) -> Result<(), ProcessErro
         descriptors.channels,
         &[],
         startup.seccomp,
-    )?;
+    )?
+    .with_trace(startup.trace);
     log::info!("serving RTAS calls");
     let mut server = RtasServer {
         memory: None,

@@ -36,6 +36,9 @@ struct Cli {
     /// The device processes' log level.
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Whether the device processes record their trace points: on or off.
+    #[arg(long, default_value = "off", value_parser = ["on", "off"])]
+    trace: String,
     /// The user the VM runs as (besides root, who may own an upgrade's binary).
     #[arg(long)]
     owner: u32,
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
         guest_memory: cli.guest_memory,
         seccomp: cli.seccomp,
         log_level: cli.log_level,
+        trace: cli.trace == "on",
         owner: cli.owner,
         core_pid: nix::unistd::getppid().as_raw() as u32,
     };

@@ -57,7 +57,13 @@ impl DeviceProcesses {
         }
     }
 
-    /// One H_RTAS call. While the RTAS server, or a peer the call needs,
+    /// An id for an H_RTAS call ([`DeviceProcesses::rtas_call`]): the
+    /// trace names the call by it, and the RTAS server its peer requests.
+    pub fn rtas_call_id(&self) -> u64 {
+        self.rtas.new_id()
+    }
+
+    /// One H_RTAS call, as request `id`. While the RTAS server, or a peer the call needs,
     /// restarts, the call waits for the successor (up to
     /// [`RTAS_RESTART_WAIT`], or until `abort`) and is made again, under the
     /// same id: the guest sees a slower call, never a status for a call that
@@ -68,11 +74,11 @@ impl DeviceProcesses {
     /// twice. Only a process failed for good fails the call.
     pub fn rtas_call(
         &self,
+        id: u64,
         request: core_rtas::Request,
         abort: &dyn Fn() -> bool,
     ) -> Result<core_rtas::Reply, DeviceFailure> {
         let deadline = Instant::now() + RTAS_RESTART_WAIT;
-        let id = self.rtas.new_id();
         loop {
             // Which processes served when the call was sent: a peer the RTAS
             // server finds down is awaited until another serves.

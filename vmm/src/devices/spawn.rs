@@ -220,6 +220,8 @@ pub fn start_spawner(args: &SpawnerArgs<'_>) -> Result<(), SpawnError> {
         sandbox.seccomp.clone().into(),
         "--log-level".into(),
         sandbox.log_level.to_string().to_lowercase().into(),
+        "--trace".into(),
+        if crate::trace::enabled() { "on" } else { "off" }.into(),
         "--owner".into(),
         args.owner.to_string().into(),
     ];

@@ -128,7 +128,10 @@ impl TestDevices {
             args_address: RTAS_ARGS,
             cpus: CpuSnapshot::default(),
         };
-        match self.devices.rtas_call(call, &|| false) {
+        match self
+            .devices
+            .rtas_call(self.devices.rtas_call_id(), call, &|| false)
+        {
             Ok(core_rtas::Reply::CallDone { .. }) => {}
             other => return Err(format!("RTAS server: {other:?}")),
         }

@@ -102,6 +102,7 @@ fn start_thread(launch: &Launch) -> Result<(ProcessHandle, Waiter), SpawnError> 
         seccomp: common::seccomp::Mode::parse(&launch.sandbox.seccomp)
             .unwrap_or(common::seccomp::Mode::Kill),
         resume: launch.resume,
+        trace: crate::trace::enabled(),
     };
     let (started, tid) = channel();
     let thread = std::thread::Builder::new()
