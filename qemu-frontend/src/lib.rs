@@ -431,7 +431,11 @@ fn smp(state: &mut State, option: &str, value: &str) -> Result<(), String> {
         ));
     }
     if let (Some(sockets), Some(cores)) = (sockets, cores) {
-        if sockets * cores * threads != max {
+        // Checked: the numbers are the command line's, any size.
+        let product = sockets
+            .checked_mul(cores)
+            .and_then(|product| product.checked_mul(threads));
+        if product != Some(max) {
             return Err(format!(
                 "-smp {value}: sockets ({sockets}) * cores ({cores}) * threads ({threads}) is not maxcpus ({max})"
             ));
@@ -729,6 +733,11 @@ mod tests {
         assert!(refused("-device e1000").contains("-device e1000"));
         assert!(refused("-netdev user,id=n0").contains("-netdev"));
         assert!(refused("-smp 2,sockets=3,cores=1,threads=1,maxcpus=4").contains("sockets (3)"));
+        // Found by fuzzing: the product overflowed.
+        assert!(
+            refused("-smp 1,maxcpus=4,sockets=4,cores=1,threads=111111111111111111")
+                .contains("is not maxcpus")
+        );
         assert!(refused("-overcommit mem-lock=on").contains("mem-lock=on"));
         assert!(refused("-chardev pty,id=c0").contains("no device uses it"));
         assert!(refused("-mon chardev=nothing,mode=control").contains("no such -chardev"));
