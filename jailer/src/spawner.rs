@@ -689,16 +689,20 @@ impl Spawner {
     /// The arguments of a device process: `state` is `fresh`, `resume`
     /// or `standby`.
     fn device_args(&self, state: &str) -> Vec<String> {
-        vec![
+        let mut args = vec![
             "--seccomp".to_string(),
             self.config.seccomp.clone(),
             "--log-level".to_string(),
             self.config.log_level.clone(),
-            "--trace".to_string(),
-            if self.config.trace { "on" } else { "off" }.to_string(),
             "--state".to_string(),
             state.to_string(),
-        ]
+        ];
+        // Only when on: a binary from before the trace (an upgrade's)
+        // still starts while the VM does not trace.
+        if self.config.trace {
+            args.extend(["--trace".to_string(), "on".to_string()]);
+        }
+        args
     }
 
     /// Starts `program` as a device process of `kind` with `args` and

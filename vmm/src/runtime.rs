@@ -173,17 +173,32 @@ fn remove_stale(base: &Path) {
             continue;
         }
         let dir = entry.path();
+        // A VM ending removes its own directory while another starts and
+        // sweeps: what vanishes meanwhile is someone else's removal, not
+        // a problem to warn of.
         match try_lock(&dir.join(LOCK_FILE)) {
             Ok(Some(_stale)) => {
                 log::info!("removing {}, left by a VM that is gone", dir.display());
-                if let Err(error) = std::fs::remove_dir_all(&dir) {
-                    log::warn!("cannot remove {}: {error}", dir.display());
+                match std::fs::remove_dir_all(&dir) {
+                    Ok(()) => {}
+                    Err(error) if removed_meanwhile(&error) => {
+                        log::info!("{} is being removed by another: {error}", dir.display())
+                    }
+                    Err(error) => log::warn!("cannot remove {}: {error}", dir.display()),
                 }
             }
             Ok(None) => {}
+            Err(RuntimeError::Create(_, error)) if removed_meanwhile(&error) => {}
             Err(error) => log::warn!("{}", common::describe(&error)),
         }
     }
+}
+
+/// Whether `error` says another process removed (or is removing) what a
+/// sweep touched: gone, or not yet empty.
+fn removed_meanwhile(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::NotFound
+        || error.raw_os_error() == Some(nix::libc::ENOTEMPTY)
 }
 
 /// The uid and gid this VM's device processes run as, held while it runs.
@@ -326,6 +341,26 @@ mod tests {
             Identity::claim(&base, Some(mine), None),
             Err(RuntimeError::UidInUse(_))
         ));
+        let _ = std::fs::remove_dir_all(base);
+    }
+
+    #[test]
+    fn a_directory_removed_during_a_sweep_is_not_an_error() {
+        let base = base();
+        create_private_dir(&base).unwrap();
+        // What the sweep meets when the directory went between its listing
+        // and its lock.
+        let Err(RuntimeError::Create(_, error)) = try_lock(&base.join("vm-1/lock")) else {
+            panic!("a lock in a missing directory");
+        };
+        assert!(removed_meanwhile(&error));
+        // And when the owner's removal is halfway.
+        let busy = base.join("vm-2");
+        create_private_dir(&busy.join("jails")).unwrap();
+        let error = std::fs::remove_dir(&busy).unwrap_err();
+        assert!(removed_meanwhile(&error));
+        let permission = std::io::Error::from_raw_os_error(nix::libc::EACCES);
+        assert!(!removed_meanwhile(&permission));
         let _ = std::fs::remove_dir_all(base);
     }
 
