@@ -7,7 +7,7 @@
 //! test of an `Option`.
 
 use ipc_proto::control::{
-    ControlReply, TraceRecord, MAX_TRACE_FIELDS, MAX_TRACE_NAME, MAX_TRACE_RECORDS,
+    cut_text, ControlReply, TraceRecord, MAX_TRACE_FIELDS, MAX_TRACE_NAME, MAX_TRACE_RECORDS,
     MAX_TRACE_VALUE, TRACE_RING_RECORDS as RING_RECORDS,
 };
 use std::collections::VecDeque;
@@ -31,7 +31,12 @@ impl TraceRing {
         let fields = fields
             .iter()
             .take(MAX_TRACE_FIELDS)
-            .map(|(name, value)| (name.to_string(), cut(value, MAX_TRACE_VALUE)))
+            .map(|(name, value)| {
+                (
+                    name.to_string(),
+                    cut_text(value, MAX_TRACE_VALUE).to_string(),
+                )
+            })
             .collect();
         if self.records.len() == RING_RECORDS {
             self.records.pop_front();
@@ -63,15 +68,6 @@ impl TraceRing {
             more: !self.records.is_empty(),
         }
     }
-}
-
-/// `text`, cut to at most `max` bytes at a character boundary.
-fn cut(text: &str, max: usize) -> String {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_string()
 }
 
 #[cfg(test)]

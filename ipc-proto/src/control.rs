@@ -377,6 +377,16 @@ impl<R> Reply<R> {
     }
 }
 
+/// `text` cut to at most `max` bytes, at a character boundary: what a
+/// sender does to free text so that it fits what a message carries.
+pub fn cut_text(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// Checks free text from a peer: bounded, so it cannot flood a log line.
 pub fn check_text(what: &str, text: &str) -> Result<(), String> {
     if text.len() > MAX_TEXT {
@@ -485,6 +495,14 @@ mod tests {
         assert!(Answer::Link(5)
             .validate(|v| if *v == 5 { Err("no".into()) } else { Ok(()) })
             .is_err());
+    }
+
+    #[test]
+    fn text_is_cut_at_a_character_boundary() {
+        assert_eq!(cut_text("abc", 2), "ab");
+        assert_eq!(cut_text("abc", 8), "abc");
+        // 'é' is two bytes: three bytes hold one of them.
+        assert_eq!(cut_text("ééé", 3), "é");
     }
 
     #[test]

@@ -964,14 +964,7 @@ pub fn describe_exit(status: &rustix::process::WaitIdStatus) -> String {
 
 /// A refusal's reason, cut to what a message carries.
 fn truncated(mut why: String) -> String {
-    let max = ipc_proto::control::MAX_TEXT;
-    if why.len() > max {
-        let mut cut = max;
-        while !why.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        why.truncate(cut);
-    }
+    why.truncate(ipc_proto::control::cut_text(&why, ipc_proto::control::MAX_TEXT).len());
     why
 }
 
