@@ -39,7 +39,7 @@ pub fn run(startup: Startup, mut descriptors: Descriptors) -> Result<(), Process
         state: State::Unattached(Some(mapping)),
         resume: startup.resume,
         pci: PciBus::default(),
-        traced_states: HashMap::new(),
+        traced_states: startup.trace.then(HashMap::new),
     };
     serve(&mut process, &mut links)
 }
@@ -59,9 +59,9 @@ struct HotplugController {
     resume: bool,
     /// The PCI host bridge's functions.
     pci: PciBus,
-    /// Each DRC's state as last committed: a commit that changes one is a
-    /// `drc-transition` in the trace.
-    traced_states: HashMap<DrcIndex, DrcState>,
+    /// While tracing (`--trace on`), each DRC's state as last committed:
+    /// a commit that changes one is a `drc-transition` in the trace.
+    traced_states: Option<HashMap<DrcIndex, DrcState>>,
 }
 
 impl Device for HotplugController {
@@ -140,9 +140,11 @@ impl HotplugController {
             }
         }
         self.controller = controller;
-        self.traced_states = (self.controller.drcs())
-            .map(|drc| (drc.index(), drc.state()))
-            .collect();
+        if let Some(states) = &mut self.traced_states {
+            *states = (self.controller.drcs())
+                .map(|drc| (drc.index(), drc.state()))
+                .collect();
+        }
         self.state = State::Attached(Box::new(store));
         self.pci.sync(&self.controller, !resume);
         self.record_functions();
@@ -383,10 +385,7 @@ impl HotplugController {
         effects: Vec<Effect>,
         reply: Option<(RequestKey, StoredReply)>,
     ) {
-        let transitions = match links.tracing() {
-            true => self.drc_transitions(),
-            false => Vec::new(),
-        };
+        let transitions = self.drc_transitions();
         let State::Attached(store) = &mut self.state else {
             return;
         };
@@ -404,15 +403,19 @@ impl HotplugController {
         }
     }
 
-    /// The state changes of the DRCs the request touched, as trace fields.
+    /// The state changes of the DRCs the request touched, as trace fields
+    /// (none while not tracing).
     fn drc_transitions(&mut self) -> Vec<[(&'static str, String); 4]> {
         let mut transitions = Vec::new();
+        let Some(traced_states) = &mut self.traced_states else {
+            return transitions;
+        };
         for index in self.controller.touched_drcs() {
             let Some(drc) = self.controller.drc(index) else {
                 continue;
             };
             let to = drc.state();
-            let from = self.traced_states.insert(index, to);
+            let from = traced_states.insert(index, to);
             if from != Some(to) {
                 transitions.push([
                     ("drc", format!("{:#x}", index.0)),
