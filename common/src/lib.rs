@@ -264,6 +264,15 @@ pub fn release_free_memory() {
     unsafe { nix::libc::malloc_trim(0) };
 }
 
+/// Now, in microseconds since the Unix epoch: when a trace record was made
+/// (the core's and the device processes' records share the clock).
+pub fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.as_micros() as u64)
+        .unwrap_or_default()
+}
+
 /// Locks `mutex`, whether or not a thread panicked holding it: the data
 /// under this project's locks stays consistent across a panic (each
 /// critical section leaves it whole), and a panicking thread must not take

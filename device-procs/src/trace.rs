@@ -24,10 +24,7 @@ impl TraceRing {
     /// carry is cut (at a character boundary), extra fields are left out.
     pub fn record(&mut self, point: &'static str, fields: &[(&'static str, String)]) {
         debug_assert!(point.len() <= MAX_TRACE_NAME && fields.len() <= MAX_TRACE_FIELDS);
-        let us = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|since| since.as_micros() as u64)
-            .unwrap_or_default();
+        let us = common::unix_micros();
         let fields = fields
             .iter()
             .take(MAX_TRACE_FIELDS)

@@ -100,12 +100,11 @@ pub fn record(point: &'static str, fields: impl FnOnce() -> Value) {
     let Some(tracer) = TRACER.get().filter(|tracer| tracer.wants(point)) else {
         return;
     };
-    let micros = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|since| since.as_micros() as u64)
-        .unwrap_or_default();
-    let Value::Object(fields) = fields() else {
-        return;
+    let micros = common::unix_micros();
+    // A point whose fields are not an object is still recorded, bare.
+    let fields = match fields() {
+        Value::Object(fields) => fields,
+        _ => serde_json::Map::new(),
     };
     tracer.push(point, micros, fields);
 }
@@ -248,5 +247,11 @@ mod tests {
         assert!(record["seq"].as_u64().unwrap() > RING_RECORDS as u64);
         assert_eq!(adopted["process-dropped"]["hotplug-controller"], 3);
         assert_eq!(query(Some("event-fetched"), None)["records"], json!([]));
+        // Fields that are not an object leave the point recorded, bare.
+        super::record("rtas-bare", || Value::Null);
+        assert_eq!(
+            query(Some("rtas-bare"), None)["records"][0]["point"],
+            "rtas-bare"
+        );
     }
 }
