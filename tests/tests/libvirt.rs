@@ -108,8 +108,9 @@ impl VirshConsole {
             child,
             seen: String::new(),
         };
-        // Connected, its terminal raw (setting it flushes what was typed
-        // before): only then does input reach the guest.
+        // Connected. virsh makes its terminal raw only after this line,
+        // flushing what was typed before: the first key is typed by
+        // `wait_for_prompt`, which types again until it is heard.
         console.read_until("Escape character is");
         console.read_until("\n");
         console
@@ -117,21 +118,51 @@ impl VirshConsole {
 
     /// Reads until `pattern` appears; what came before it and it.
     fn read_until(&mut self, pattern: &str) -> String {
-        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        match self.read_until_within(pattern, TIMEOUT) {
+            Some(before) => before,
+            None => panic!(
+                "the console never showed {pattern:?}; it showed:\n{}",
+                self.seen
+            ),
+        }
+    }
+
+    /// Types Enter until the guest's shell answers with a prompt. A key
+    /// typed before virsh has made its terminal raw is flushed by it, and
+    /// virsh says "Escape character is" before that: one Enter may be lost.
+    fn wait_for_prompt(&mut self) {
         let deadline = Instant::now() + TIMEOUT;
+        loop {
+            self.master.write_all(b"\r").unwrap();
+            if self
+                .read_until_within(PROMPT, Duration::from_secs(1))
+                .is_some()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the console never showed a prompt; it showed:\n{}",
+                self.seen
+            );
+        }
+    }
+
+    /// Reads until `pattern` appears or `within` has passed.
+    fn read_until_within(&mut self, pattern: &str, within: Duration) -> Option<String> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let deadline = Instant::now() + within;
         loop {
             if let Some(at) = self.seen.find(pattern) {
                 let end = at + pattern.len();
                 let before = self.seen[..end].to_string();
                 self.seen.drain(..end);
-                return before;
+                return Some(before);
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "the console never showed {pattern:?}; it showed:\n{}",
-                self.seen
-            );
+            if left.is_zero() {
+                return None;
+            }
             // SAFETY: `master` is open for the whole call.
             let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.master.as_raw_fd()) };
             let mut ready = [PollFd::new(fd, PollFlags::POLLIN)];
@@ -341,8 +372,7 @@ fn libvirt_probes_starts_hotplugs_and_stops_papervisor() {
     assert_eq!(domain_state(&name), "running");
     let pid = core_pid(&name);
     let mut console = VirshConsole::open(&name);
-    console.master.write_all(b"\r").unwrap();
-    console.read_until(PROMPT);
+    console.wait_for_prompt();
     assert_eq!(console.command("cpus"), ["cpu 0 online"]);
 
     // Disks: the domain's, there at boot (libvirt's -blockdev pair and
@@ -378,8 +408,7 @@ fn libvirt_probes_starts_hotplugs_and_stops_papervisor() {
         assert_eq!(domain_state(&name), "running");
         assert_eq!(core_pid(&name), pid);
         console = VirshConsole::open(&name);
-        console.master.write_all(b"\r").unwrap();
-        console.read_until(PROMPT);
+        console.wait_for_prompt();
     }
 
     // CPUs: one more, then back; the guest refuses first (the CPU to
@@ -431,8 +460,7 @@ fn libvirt_probes_starts_hotplugs_and_stops_papervisor() {
     virsh_ok(&["start", &name]);
     let pid = core_pid(&name);
     let mut console = VirshConsole::open(&name);
-    console.master.write_all(b"\r").unwrap();
-    console.read_until(PROMPT);
+    console.wait_for_prompt();
     assert_eq!(
         console.command("mem")[0],
         "lmb 0x80000004 at 0x40000000: assigned online"
