@@ -9,17 +9,19 @@
 pub mod arguments;
 pub mod catalog;
 pub mod hmp;
+pub mod outbox;
 pub mod schema;
 
 use crate::control::ControlMessage;
 use crate::request::{MachineRequest, QmpError};
+use outbox::{Outbox, Refused};
 use schema::Command;
 use serde_json::{json, Map, Value};
 use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, Sender, SyncSender, TrySendError};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -32,9 +34,6 @@ const MACHINE_TIMEOUT: Duration = Duration::from_secs(30);
 /// that never negotiated is dropped to make room; if every client has
 /// negotiated, the new one is refused with a message.
 const MAX_CLIENTS: usize = 16;
-/// Messages (replies and events) waiting for one client at most: a client
-/// that lets more pile up is not reading, and is disconnected.
-const MAX_QUEUED: usize = 1024;
 /// How long a client has to negotiate capabilities.
 const NEGOTIATION_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one write to a client may block before it is given up.
@@ -67,7 +66,7 @@ pub struct QmpContext {
 struct Client {
     id: u64,
     /// Replies and events, written in order by the client's writer thread.
-    outgoing: SyncSender<Arc<str>>,
+    outbox: Arc<Outbox>,
     /// To disconnect it from another thread.
     socket: UnixStream,
     negotiated: bool,
@@ -75,6 +74,7 @@ struct Client {
 
 impl Client {
     fn disconnect(&self) {
+        self.outbox.close();
         let _ = self.socket.shutdown(Shutdown::Both);
     }
 }
@@ -130,7 +130,7 @@ impl QmpServer {
         context: &QmpContext,
     ) -> std::io::Result<()> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (outgoing, queue) = sync_channel::<Arc<str>>(MAX_QUEUED);
+        let outbox = Outbox::new();
         {
             let mut clients = self.clients();
             if clients.len() >= MAX_CLIENTS {
@@ -143,6 +143,9 @@ impl QmpServer {
                     }
                     None => {
                         let mut stream = stream;
+                        // Refused in a blocking write of its own: a client
+                        // that does not read holds up the accept thread
+                        // for WRITE_TIMEOUT at most.
                         let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
                         let refusal = error_reply(None, "GenericError", "too many QMP clients");
                         let _ = stream.write_all(frame(&refusal).as_bytes());
@@ -152,16 +155,17 @@ impl QmpServer {
             }
             clients.push(Client {
                 id,
-                outgoing: outgoing.clone(),
+                outbox: Arc::clone(&outbox),
                 socket: stream.try_clone()?,
                 negotiated: false,
             });
         }
         let writer = stream.try_clone()?;
         writer.set_write_timeout(Some(WRITE_TIMEOUT))?;
+        let queue = Arc::clone(&outbox);
         let spawned = thread::Builder::new()
             .name("qmp-writer".into())
-            .spawn(move || write_loop(writer, queue));
+            .spawn(move || write_loop(id, writer, &queue));
         if let Err(error) = spawned {
             self.forget(id);
             return Err(error);
@@ -171,7 +175,7 @@ impl QmpServer {
         let spawned = thread::Builder::new()
             .name("qmp-client".into())
             .spawn(move || {
-                if let Err(error) = server.serve_client(id, &stream, &outgoing, &context) {
+                if let Err(error) = server.serve_client(id, &stream, &outbox, &context) {
                     log::debug!("qmp: client {id} gone: {error}");
                 }
                 let _ = stream.shutdown(Shutdown::Both);
@@ -184,8 +188,8 @@ impl QmpServer {
         Ok(())
     }
 
-    /// Removes a client: its queue's last sender goes, so its writer ends,
-    /// and with it the last descriptor of its socket.
+    /// Removes a client: its outbox closes, so its writer ends, and with it
+    /// the last descriptor of its socket.
     fn forget(&self, id: u64) {
         self.clients().retain(|c| {
             if c.id == id {
@@ -212,17 +216,18 @@ impl QmpServer {
             if !client.negotiated {
                 return true;
             }
-            match client.outgoing.try_send(Arc::clone(&text)) {
+            match client.outbox.offer(Arc::clone(&text)) {
                 Ok(()) => true,
-                Err(TrySendError::Full(_)) => {
+                Err(Refused::Full) => {
                     log::warn!(
-                        "qmp: client {} does not read ({MAX_QUEUED} messages wait): disconnecting it",
-                        client.id
+                        "qmp: client {} does not read ({} bytes wait for it): disconnecting it",
+                        client.id,
+                        client.outbox.queued_bytes()
                     );
                     client.disconnect();
                     false
                 }
-                Err(TrySendError::Disconnected(_)) => false,
+                Err(Refused::Closed) => false,
             }
         });
     }
@@ -231,15 +236,14 @@ impl QmpServer {
         &self,
         id: u64,
         stream: &UnixStream,
-        outgoing: &SyncSender<Arc<str>>,
+        outbox: &Outbox,
         context: &QmpContext,
     ) -> std::io::Result<()> {
-        let send = |message: &Value| {
-            outgoing
-                .try_send(frame(message).into())
-                .map_err(|_| std::io::Error::other("the client does not read its replies"))
-        };
-        send(&greeting())?;
+        let refused = |_| std::io::Error::other("the client does not read its replies");
+        // Waits for room: the next request is read once the client has
+        // read enough of what it was sent.
+        let send = |text: Arc<str>| outbox.send(text).map_err(refused);
+        send(frame(&greeting()).into())?;
         stream.set_read_timeout(Some(NEGOTIATION_TIMEOUT))?;
         let mut session = Session::new(context);
         let mut splitter = JsonSplitter::default();
@@ -268,13 +272,16 @@ impl QmpServer {
                     Ok(text) => session.handle(&text),
                     Err(too_long) => (error_reply(None, "GenericError", &too_long), None),
                 };
+                // Only the text is kept while it waits for room.
+                let reply: Arc<str> = frame(&reply).into();
                 match after {
                     Some(After::Negotiated) => {
                         // The reply is queued and the client starts getting
                         // events under one lock: no event is lost in between,
                         // and none comes before the reply.
                         let mut clients = self.clients();
-                        send(&reply)?;
+                        // Under the lock, nothing may wait.
+                        outbox.offer(reply).map_err(refused)?;
                         if let Some(client) = clients.iter_mut().find(|c| c.id == id) {
                             client.negotiated = true;
                         }
@@ -282,24 +289,37 @@ impl QmpServer {
                         reader.set_read_timeout(None)?;
                     }
                     Some(After::Send(message)) => {
-                        send(&reply)?;
+                        send(reply)?;
                         let _ = context.control.send(message);
                     }
-                    None => send(&reply)?,
+                    None => send(reply)?,
                 }
             }
         }
     }
 }
 
-/// Writes a client's messages in order until its queue closes or a write
-/// fails (or blocks longer than [`WRITE_TIMEOUT`]).
-fn write_loop(mut stream: UnixStream, queue: Receiver<Arc<str>>) {
-    for text in queue {
-        if stream.write_all(text.as_bytes()).is_err() {
+/// Writes a client's messages in order until its outbox closes or a write
+/// fails (or blocks longer than [`WRITE_TIMEOUT`]), which closes it.
+fn write_loop(id: u64, mut stream: UnixStream, outbox: &Outbox) {
+    while let Some(text) = outbox.next() {
+        if let Err(error) = stream.write_all(text.as_bytes()) {
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) {
+                log::warn!(
+                    "qmp: client {id} read nothing for {WRITE_TIMEOUT:?} ({} bytes wait for it): disconnecting it",
+                    outbox.queued_bytes()
+                );
+            } else {
+                log::debug!("qmp: client {id} gone while written to: {error}");
+            }
+            outbox.close();
             let _ = stream.shutdown(Shutdown::Both);
             return;
         }
+        outbox.written(&text);
     }
 }
 
