@@ -5,7 +5,9 @@
 
 use crate::links::Links;
 use ipc_proto::channel::{encode, Channel, Envelope};
-use ipc_proto::control::{ArmedFault, Fault, FaultAction, FaultPoint, FaultRecord, FAULT_DELAY_MS};
+use ipc_proto::control::{
+    ArmedFault, Fault, FaultAction, FaultPoint, FaultRecord, PendingFault, FAULT_DELAY_MS,
+};
 use ipc_proto::Link;
 
 /// The status a crashing process ends with: `_exit`, as abrupt as SIGKILL
@@ -42,6 +44,33 @@ impl Armed {
     /// Disarms and forgets the fault armed at a point.
     pub fn clear(&mut self) -> Option<FaultRecord> {
         self.fault.take()
+    }
+
+    /// Committed faults whose effect is still to come.
+    pub fn pending(&self) -> Vec<PendingFault> {
+        let left = |count: usize| u32::try_from(count).unwrap_or(u32::MAX);
+        let mut pending = Vec::new();
+        if self.lies > 0 {
+            pending.push(PendingFault {
+                fault: Fault::Lie,
+                left: left(self.lies),
+            });
+        }
+        if self.lose_state {
+            pending.push(PendingFault {
+                fault: Fault::LoseState,
+                left: 1,
+            });
+        }
+        pending
+    }
+
+    /// Cancels what committed faults were still to do; what that was.
+    pub fn clear_pending(&mut self) -> Vec<PendingFault> {
+        let pending = self.pending();
+        self.lies = 0;
+        self.lose_state = false;
+        pending
     }
 
     /// A request of `link` named `name` is being answered.
@@ -234,5 +263,30 @@ mod tests {
         assert_eq!(armed.armed().unwrap().fired, 1);
         assert_eq!(armed.clear().unwrap().fired, 1);
         assert!(armed.armed().is_none());
+    }
+
+    #[test]
+    fn committed_faults_still_to_act_are_listed_until_spent_or_cleared() {
+        let mut armed = Armed::default();
+        assert_eq!(armed.pending(), []);
+        armed.lies = 2;
+        armed.lose_state = true;
+        let both = vec![
+            PendingFault {
+                fault: Fault::Lie,
+                left: 2,
+            },
+            PendingFault {
+                fault: Fault::LoseState,
+                left: 1,
+            },
+        ];
+        assert_eq!(armed.pending(), both);
+        armed.lies -= 1;
+        assert_eq!(armed.pending()[0].left, 1);
+        assert_eq!(armed.clear_pending().len(), 2);
+        assert_eq!(armed.pending(), []);
+        assert_eq!(armed.lies, 0);
+        assert!(!armed.lose_state);
     }
 }

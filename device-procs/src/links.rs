@@ -430,15 +430,19 @@ fn arm_fault_point<R>(links: &mut Links, armed: ipc_proto::control::ArmedFault) 
 
 #[cfg(feature = "fault-injection")]
 fn query_faults<R>(links: &mut Links) -> Answer<R> {
-    Answer::Control(ipc_proto::control::ControlReply::Faults(
-        links.faults.armed().cloned(),
-    ))
+    Answer::Control(ipc_proto::control::ControlReply::Faults {
+        armed: links.faults.armed().cloned(),
+        pending: links.faults.pending(),
+    })
 }
 
 #[cfg(feature = "fault-injection")]
 fn clear_faults<R>(links: &mut Links) -> Answer<R> {
     if let Some(record) = links.faults.clear() {
         log::info!("cleared {record:?} as asked");
+    }
+    for pending in links.faults.clear_pending() {
+        log::info!("cancelled {pending:?} as asked");
     }
     Answer::Ack
 }

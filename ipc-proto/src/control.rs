@@ -178,6 +178,20 @@ pub struct FaultRecord {
     pub fired: u32,
 }
 
+/// A committed fault whose effect is still to come (`lie`: the next RTAS
+/// calls are answered with lies; `lose-state`: the next transition is not
+/// recorded), and how many times more it will act.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingFault {
+    /// The fault as committed.
+    pub fault: Fault,
+    /// Acts this many times more.
+    pub left: u32,
+}
+
+/// The pending faults one reply lists, at most: one per kind of fault.
+pub const MAX_PENDING_FAULTS: usize = Fault::ALL.len();
+
 /// The records a device process's trace ring keeps, at most.
 pub const TRACE_RING_RECORDS: usize = 256;
 /// The records one reply to [`ControlRequest::TakeTrace`] carries, at most
@@ -260,8 +274,14 @@ pub enum ControlReply {
         /// The outcome, e.g. the error the attempt got.
         outcome: String,
     },
-    /// The fault armed at a point, if any (fired or not).
-    Faults(Option<FaultRecord>),
+    /// The faults of a process still to act or to be cleared.
+    Faults {
+        /// The fault armed at a point, if any (fired or not).
+        armed: Option<FaultRecord>,
+        /// Committed faults whose effect is still to come; at most
+        /// [`MAX_PENDING_FAULTS`].
+        pending: Vec<PendingFault>,
+    },
     /// Trace records, oldest first, and how many the ring dropped (it was
     /// full) since the last such reply.
     Trace {
@@ -439,18 +459,23 @@ impl<R> Answer<R> {
             Answer::Control(ControlReply::FaultSurvived { outcome }) => {
                 check_text("fault outcome", outcome)
             }
-            Answer::Control(ControlReply::Faults(record)) => match record {
-                Some(record)
-                    if record
-                        .fault
-                        .request
-                        .as_ref()
-                        .is_some_and(|name| name.len() > MAX_FAULT_REQUEST_NAME) =>
-                {
-                    Err("a fault's request name is too long".into())
+            Answer::Control(ControlReply::Faults { armed, pending }) => {
+                if pending.len() > MAX_PENDING_FAULTS {
+                    return Err(format!("{} pending faults", pending.len()));
                 }
-                _ => Ok(()),
-            },
+                match armed {
+                    Some(record)
+                        if record
+                            .fault
+                            .request
+                            .as_ref()
+                            .is_some_and(|name| name.len() > MAX_FAULT_REQUEST_NAME) =>
+                    {
+                        Err("a fault's request name is too long".into())
+                    }
+                    _ => Ok(()),
+                }
+            }
             Answer::Control(ControlReply::Trace { records, .. }) => {
                 if records.len() > MAX_TRACE_RECORDS {
                     return Err(format!("{} trace records in one reply", records.len()));
@@ -495,6 +520,26 @@ mod tests {
         assert!(Answer::Link(5)
             .validate(|v| if *v == 5 { Err("no".into()) } else { Ok(()) })
             .is_err());
+    }
+
+    #[test]
+    fn a_fault_list_from_a_peer_is_bounded() {
+        let faults = |pending: usize| {
+            Answer::<()>::Control(ControlReply::Faults {
+                armed: None,
+                pending: vec![
+                    PendingFault {
+                        fault: Fault::Lie,
+                        left: 3,
+                    };
+                    pending
+                ],
+            })
+            .validate(|_| Ok(()))
+        };
+        assert!(faults(1).is_ok());
+        assert!(faults(MAX_PENDING_FAULTS).is_ok());
+        assert!(faults(MAX_PENDING_FAULTS + 1).is_err());
     }
 
     #[test]

@@ -409,6 +409,60 @@ fn armed_faults_are_listed_with_how_often_they_fired_and_cleared() {
     assert_eq!(listed(&mut qmp), serde_json::json!([]));
 }
 
+/// A committed fault whose effect is still to come (a `lose-state` of the
+/// next transition, a `lie` to the next calls) is listed as `pending`,
+/// and x-clear-faults cancels it: the plug that would have lost its
+/// transition then restarts nothing.
+#[test]
+fn committed_faults_still_to_act_are_listed_and_cancelled() {
+    if !kvm_usable("committed_faults_still_to_act_are_listed_and_cancelled") {
+        return;
+    }
+    use serde_json::json;
+    let mut vm = Vm::start(&["--smp", "cpus=1,maxcpus=2"]);
+    vm.boot();
+    let mut qmp = papervisor_tests::QmpClient::connect(&vm.qmp_socket());
+    // The lie first: the RTAS server's lies include requests to the
+    // controller, whose recorded replies are transitions too.
+    for (process, fault) in [("rtas-server", "lie"), ("hotplug-controller", "lose-state")] {
+        let injected = qmp.execute(
+            "x-inject-fault",
+            json!({"process": process, "fault": fault}),
+        );
+        assert_eq!(injected["return"]["survived"], true, "{injected}");
+    }
+    let answer = qmp.execute("x-query-faults", json!({}));
+    assert_eq!(answer["return"]["faults"], json!([]), "{answer}");
+    let pending = answer["return"]["pending"].as_array().unwrap();
+    assert_eq!(pending.len(), 2, "{answer}");
+    assert!(
+        pending
+            .contains(&json!({"process": "hotplug-controller", "fault": "lose-state", "left": 1})),
+        "{answer}"
+    );
+    let lie = pending
+        .iter()
+        .find(|p| p["process"] == "rtas-server")
+        .unwrap_or_else(|| panic!("no pending lie in {answer}"));
+    assert_eq!(lie["fault"], "lie");
+    // Eight calls are to be lied to; an idle guest makes none.
+    assert_eq!(lie["left"], 8, "{answer}");
+
+    assert_eq!(
+        qmp.execute("x-clear-faults", json!({})),
+        json!({"return": {}})
+    );
+    let answer = qmp.execute("x-query-faults", json!({}));
+    assert_eq!(answer["return"]["pending"], json!([]), "{answer}");
+    // Cancelled, not only unlisted: the plug's transitions are recorded,
+    // and its calls answered truly.
+    vm.plug_core(1, "core1");
+    for process in vm.device_processes() {
+        assert_eq!(process["restarts"], 0, "{process}");
+    }
+    assert_eq!(vm.console.command("cpus"), ["cpu 0 online", "cpu 1 online"]);
+}
+
 /// With the trace on, what happens inside the device processes reaches
 /// the trace: every DRC transition of a plug, the event queued and the
 /// event fetched, each named with its process.

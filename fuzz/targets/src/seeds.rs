@@ -3,8 +3,8 @@
 
 use ipc_proto::channel::{encode, Envelope};
 use ipc_proto::control::{
-    Answer, ArmedFault, ControlReply, FaultAction, FaultPoint, FaultRecord, Reply, Request,
-    TraceRecord,
+    Answer, ArmedFault, ControlReply, Fault, FaultAction, FaultPoint, FaultRecord, PendingFault,
+    Reply, Request, TraceRecord,
 };
 use ipc_proto::link::hotplug_eventlog::{HotplugAction, HotplugEvent, HotplugTarget};
 use ipc_proto::link::{core_hotplug, core_rtas, hotplug_eventlog, rtas_eventlog, rtas_hotplug};
@@ -98,16 +98,20 @@ fn ipc_frames() -> Vec<Vec<u8>> {
         ),
         frame(
             selector(1, true),
-            Reply::<core_hotplug::Reply>::new(Answer::Control(ControlReply::Faults(Some(
-                FaultRecord {
+            Reply::<core_hotplug::Reply>::new(Answer::Control(ControlReply::Faults {
+                armed: Some(FaultRecord {
                     fault: ArmedFault {
                         point: FaultPoint::Received,
                         action: FaultAction::Delay,
                         request: Some("SetIndicator".into()),
                     },
                     fired: 1,
-                },
-            )))),
+                }),
+                pending: vec![PendingFault {
+                    fault: Fault::LoseState,
+                    left: 1,
+                }],
+            })),
         ),
     ]
 }

@@ -2,13 +2,16 @@
 //! device now, or armed at a point of a request's path (at the core's end
 //! of a link, through [`super::fault_hook`], or in the device); and
 //! x-query-faults and x-clear-faults, which list (with how often each
-//! fired) and forget the faults armed at points.
+//! fired) and forget the faults armed at points, and the committed faults
+//! still to act.
 
 use super::proxy::DeviceFailure;
 use super::spawn::DeviceMode;
 use super::supervisor::State;
 use super::DeviceProcesses;
-use ipc_proto::control::{ControlReply, ControlRequest, FaultAction, FaultPoint, FaultRecord};
+use ipc_proto::control::{
+    ControlReply, ControlRequest, Fault, FaultAction, FaultPoint, FaultRecord, PendingFault,
+};
 use ipc_proto::ProcessKind;
 use serde_json::{json, Value};
 
@@ -48,11 +51,14 @@ impl DeviceProcesses {
     }
 
     /// x-query-faults: every fault armed at a point, at the core's end of
-    /// a link or in a process, with how often it fired. A process that is
-    /// not running is named in `unreachable` (a fault that crashed or hung
-    /// its process went with it; its exit event tells).
+    /// a link or in a process, with how often it fired; and in `pending`,
+    /// the committed faults still to act (a `lie` to the next calls, a
+    /// `lose-state` of the next transition). A process that is not running
+    /// is named in `unreachable` (a fault that crashed or hung its process
+    /// went with it; its exit event tells).
     pub fn query_faults(&self) -> Value {
         let mut faults = Vec::new();
+        let mut pending = Vec::new();
         let mut unreachable = Vec::new();
         for kind in ProcessKind::ALL {
             let proxy = self.proxy(kind);
@@ -64,8 +70,12 @@ impl DeviceProcesses {
                 continue;
             }
             match proxy.control(ControlRequest::QueryFaults, &[]) {
-                Ok(Some(ControlReply::Faults(record))) => {
-                    faults.extend(record.map(|record| fault_json(kind, &record)))
+                Ok(Some(ControlReply::Faults {
+                    armed,
+                    pending: still,
+                })) => {
+                    faults.extend(armed.map(|record| fault_json(kind, &record)));
+                    pending.extend(still.iter().map(|fault| pending_json(kind, fault)));
                 }
                 Ok(other) => {
                     let why = format!("{other:?} to a fault query");
@@ -78,11 +88,12 @@ impl DeviceProcesses {
                 }
             }
         }
-        json!({"faults": faults, "unreachable": unreachable})
+        json!({"faults": faults, "pending": pending, "unreachable": unreachable})
     }
 
-    /// x-clear-faults: disarms and forgets every fault armed at a point;
-    /// the processes it could not reach, if any, in the error.
+    /// x-clear-faults: disarms and forgets every fault armed at a point,
+    /// and cancels what committed faults were still to do; the processes it
+    /// could not reach, if any, in the error.
     pub fn clear_faults(&self) -> Result<(), String> {
         let mut missed = Vec::new();
         for kind in ProcessKind::ALL {
@@ -149,6 +160,15 @@ fn fault_json(kind: ProcessKind, record: &FaultRecord) -> Value {
         "action": qmp_name(&FaultAction::ALL, record.fault.action),
         "request": record.fault.request,
         "fired": record.fired,
+    })
+}
+
+/// One committed fault still to act, as x-query-faults lists it.
+fn pending_json(kind: ProcessKind, pending: &PendingFault) -> Value {
+    json!({
+        "process": kind.name(),
+        "fault": qmp_name(&Fault::ALL, pending.fault),
+        "left": pending.left,
     })
 }
 
