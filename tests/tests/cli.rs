@@ -128,3 +128,42 @@ fn help_describes_the_options() {
         assert!(help.contains(option), "--help lacks {option}");
     }
 }
+
+/// `--metrics-path` and `--trace` take a FIFO (a collector reads it), but
+/// one that nobody reads yet is refused at once, naming the option: opening
+/// it for writing would wait for a reader before the VM even starts.
+#[test]
+fn a_fifo_that_nobody_reads_is_refused_not_waited_for() {
+    let dir = scratch_dir();
+    let fifo = dir.join("collector");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let fifo = fifo.to_str().unwrap();
+    for option in ["--metrics-path", "--trace"] {
+        let mut child = Command::new(binary("papervisor"))
+            .args([option, fifo])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run papervisor");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{option} {fifo}: still waiting for a reader after 20 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert_eq!(status.code(), Some(2), "{option}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{option} {fifo}: a FIFO that nobody reads")),
+            "{stderr}"
+        );
+    }
+}

@@ -265,6 +265,55 @@ fn stats_count_a_known_workload_and_reach_the_metrics_file() {
     assert_eq!(written, now);
 }
 
+/// A metrics collector on a FIFO that stops reading costs lines, never
+/// the VM: the control loop, which makes the lines, goes on answering; the
+/// lines that were written are whole.
+#[test]
+fn a_metrics_fifo_that_is_not_read_stalls_nothing() {
+    if !kvm_usable("a_metrics_fifo_that_is_not_read_stalls_nothing") {
+        return;
+    }
+    use std::io::BufRead;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = papervisor_tests::scratch_dir();
+    let fifo = dir.join("metrics");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    // The collector: there, but reading nothing, its pipe one page.
+    let collector = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    nix::fcntl::fcntl(&collector, nix::fcntl::FcntlArg::F_SETPIPE_SZ(4096)).unwrap();
+    let metrics_path = format!("--metrics-path={}", fifo.display());
+    let mut vm = Vm::start(&[&metrics_path, "--metrics-interval", "100"]);
+    vm.boot();
+    let mut qmp = papervisor_tests::QmpClient::connect(&vm.qmp_socket());
+    // Long enough for the pipe to fill several times over.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let stats = qmp.execute("query-stats", serde_json::json!({"target": "vm"}));
+        assert!(stats["return"].is_array(), "{stats}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "the control loop waited for the metrics FIFO"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    nix::fcntl::fcntl(
+        &collector,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+    )
+    .unwrap();
+    let mut lines = std::io::BufReader::new(collector).lines();
+    for _ in 0..3 {
+        let line = lines.next().unwrap().unwrap();
+        let sample: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert!(sample["vm"].is_array(), "{line}");
+    }
+}
+
 /// With the trace on, every RTAS call is a record (no rate limit), with
 /// its name and status, in the ring and in the streamed file.
 #[test]

@@ -150,7 +150,8 @@ pub struct Cli {
     pub daemonize: bool,
     /// Append the VM's stats (query-stats of the VM and of its vCPUs) to
     /// this file as one JSON line every --metrics-interval, and once at
-    /// the end.
+    /// the end. A FIFO must have its reader already; one that stops
+    /// reading costs lines, never a wait.
     #[arg(long, value_name = "PATH")]
     pub metrics_path: Option<PathBuf>,
     /// How often (milliseconds, 100 to 3600000) --metrics-path is written.
@@ -600,13 +601,8 @@ impl VmConfig {
         let metrics = match &cli.metrics_path {
             None => None,
             Some(path) => {
-                let file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|error| {
-                        ConfigError::Invalid(format!("--metrics-path {}: {error}", path.display()))
-                    })?;
+                let file = crate::line_stream::open_for_append(path, "--metrics-path")
+                    .map_err(ConfigError::Invalid)?;
                 Some((file, std::time::Duration::from_millis(cli.metrics_interval)))
             }
         };

@@ -18,6 +18,7 @@ pub mod fdt;
 pub mod hcall;
 pub mod interrupts;
 pub mod layout;
+pub mod line_stream;
 pub mod logging;
 pub mod machine;
 pub mod memory;

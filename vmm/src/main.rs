@@ -273,6 +273,7 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
     };
+    vmm::trace::flush(LOG_FLUSH);
     log_drain.flush(LOG_FLUSH);
     settle_interactive_log(interactive_log, exit == ExitCode::SUCCESS, keep_log);
     exit
@@ -289,12 +290,7 @@ fn start_trace((target, trace_filter): &(Option<PathBuf>, Option<String>)) -> Re
     let sink = if target.as_os_str() == "ring" {
         vmm::trace::Sink::Ring
     } else {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(target)
-            .map_err(|error| format!("--trace {}: {error}", target.display()))?;
-        vmm::trace::Sink::File(file)
+        vmm::trace::Sink::File(vmm::line_stream::open_for_append(target, "--trace")?)
     };
     let filter = trace_filter
         .iter()

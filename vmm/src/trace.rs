@@ -6,15 +6,15 @@
 //! `process` it happened in), each one JSON record, kept without rate
 //! limit in a bounded ring (the oldest go first, and are counted), read by
 //! `x-query-trace`, and with `--trace FILE` streamed as JSON lines by a
-//! thread of its own: a vCPU never waits for the file (a full queue drops
-//! the record, counted). Off, the default, a point costs one relaxed load.
+//! [`LineStream`]: a vCPU never waits for the file (a full queue drops the
+//! record, counted). Off, the default, a point costs one relaxed load.
 
+use crate::line_stream::LineStream;
 use common::lock;
 use ipc_proto::control::TraceRecord;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 /// Records the ring keeps.
@@ -27,8 +27,7 @@ struct Tracer {
     /// Point names to record (a record's point contains one); all if empty.
     filter: Vec<String>,
     ring: Mutex<Ring>,
-    stream: Option<SyncSender<String>>,
-    stream_dropped: AtomicU64,
+    stream: Option<LineStream>,
 }
 
 #[derive(Default)]
@@ -56,35 +55,25 @@ pub enum Sink {
 pub fn start(sink: Sink, filter: Vec<String>) -> std::io::Result<()> {
     let stream = match sink {
         Sink::Ring => None,
-        Sink::File(file) => {
-            let (sender, records) = sync_channel::<String>(STREAM_QUEUE);
-            std::thread::Builder::new()
-                .name("trace".into())
-                .spawn(move || {
-                    // Its work is the log thread's: take lines, write them.
-                    crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Log);
-                    use std::io::Write;
-                    let mut file = std::io::BufWriter::new(file);
-                    for line in records {
-                        let _ = file.write_all(line.as_bytes());
-                        // Flushed whenever the queue is empty: a reader of
-                        // the file is behind by what is in flight at most.
-                        let _ = file.flush();
-                    }
-                })?;
-            Some(sender)
-        }
+        Sink::File(file) => Some(LineStream::start(file, "trace", STREAM_QUEUE)?),
     };
     let tracer = Tracer {
         filter,
         ring: Mutex::new(Ring::default()),
         stream,
-        stream_dropped: AtomicU64::new(0),
     };
     if TRACER.set(tracer).is_ok() {
         ON.store(true, Ordering::Release);
     }
     Ok(())
+}
+
+/// Waits, for `timeout` at most, until the records streamed so far are in
+/// the file: at the end of the VM.
+pub fn flush(timeout: std::time::Duration) {
+    if let Some(stream) = TRACER.get().and_then(|tracer| tracer.stream.as_ref()) {
+        stream.flush(timeout);
+    }
 }
 
 /// Whether tracing is on.
@@ -158,9 +147,7 @@ impl Tracer {
         if let Some(stream) = &self.stream {
             let mut line = record.to_string();
             line.push('\n');
-            if let Err(TrySendError::Full(_)) = stream.try_send(line) {
-                self.stream_dropped.fetch_add(1, Ordering::Relaxed);
-            }
+            stream.send(line);
         }
         ring.records.push_back(record);
     }
@@ -186,7 +173,7 @@ pub fn query(filter: Option<&str>, last: Option<usize>) -> Value {
         "enabled": true,
         "records": matching[skip..],
         "dropped": ring.dropped,
-        "stream-dropped": tracer.stream_dropped.load(Ordering::Relaxed),
+        "stream-dropped": tracer.stream.as_ref().map_or(0, LineStream::dropped),
         "process-dropped": ring.process_dropped,
     })
 }

@@ -5,6 +5,9 @@
 use super::notification_log::NotificationLog;
 use super::startup::StartupTimes;
 use super::{kvm_call, Vm, VmError, BUILTIN_GUEST};
+
+/// Lines of `--metrics-path` waiting for the file, at most.
+const METRICS_QUEUE: usize = 64;
 use crate::boot;
 use crate::config::{ConsoleConfig, GuestImage, SmpConfig, VmConfig};
 use crate::console::{Console, ConsoleError};
@@ -15,6 +18,7 @@ use crate::dimms::Dimms;
 use crate::fdt::{self, MachineDescription};
 use crate::interrupts::InterruptRouter;
 use crate::layout::{MemoryLayout, FDT_MAX_SIZE, FDT_START, GUEST_IMAGE_START, KVM_TSS_ADDRESS};
+use crate::line_stream::LineStream;
 use crate::memory::GuestRam;
 use crate::qmp::QmpServer;
 use crate::request::{DeviceAdd, MachineRequest, QmpError};
@@ -236,6 +240,21 @@ impl Vm {
             control: control.clone(),
             stats: Default::default(),
         };
+        // Started here, before the control loop's filter, which its
+        // writer's would stack on.
+        let metrics = match config.metrics.take() {
+            None => None,
+            Some((file, every)) => {
+                let stream =
+                    LineStream::start(file, "metrics", METRICS_QUEUE).map_err(|source| {
+                        VmError::Thread {
+                            what: "--metrics-path".into(),
+                            source,
+                        }
+                    })?;
+                Some((stream, every))
+            }
+        };
         let mut vm = Vm {
             vcpus: (0..config.smp.max_cpus).map(|_| None).collect(),
             cpus,
@@ -258,7 +277,7 @@ impl Vm {
             name: config.name.clone(),
             uuid: config.uuid.clone(),
             migration_events: Default::default(),
-            metrics: config.metrics.take(),
+            metrics,
             console_chardev: json!({
                 "label": config.console_id,
                 "filename": console_filename,

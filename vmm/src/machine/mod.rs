@@ -43,6 +43,10 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use thiserror::Error;
 
+/// How long the end of the VM waits for its last metrics line to be
+/// written.
+const METRICS_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The built-in test guest, built by vmm/build.rs from guest/.
 pub static BUILTIN_GUEST: &[u8] = include_bytes!(env!("PAPERVISOR_GUEST_ELF"));
 
@@ -146,7 +150,7 @@ pub struct Vm {
     /// The console as query-chardev reports it.
     console_chardev: Value,
     /// `--metrics-path` and how often it is written.
-    metrics: Option<(std::fs::File, std::time::Duration)>,
+    metrics: Option<(crate::line_stream::LineStream, std::time::Duration)>,
     /// QMP's migration capability `events` (shared by every client).
     migration_events: Arc<std::sync::atomic::AtomicBool>,
     /// `--uuid`, for query-uuid.
@@ -217,6 +221,9 @@ impl Vm {
                 }
                 self.devices.announce_end();
                 self.write_metrics();
+                if let Some((stream, _)) = &self.metrics {
+                    stream.flush(METRICS_FLUSH);
+                }
                 self.shut_down(guest, reason);
                 return Ok(());
             }

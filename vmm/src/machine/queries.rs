@@ -171,10 +171,10 @@ impl Vm {
     }
 
     /// Appends the VM's stats and its vCPUs' to `--metrics-path`, one JSON
-    /// line (one write: a reader never sees half a line).
+    /// line, through its stream: a file that does not take it costs the
+    /// line, never a wait.
     pub(super) fn write_metrics(&self) {
-        use std::io::Write;
-        let Some((file, _)) = &self.metrics else {
+        let Some((stream, _)) = &self.metrics else {
             return;
         };
         let utc = std::time::SystemTime::now()
@@ -188,8 +188,11 @@ impl Vm {
         })
         .to_string();
         line.push('\n');
-        if let Err(error) = (&*file).write_all(line.as_bytes()) {
-            log::warn!("cannot write the metrics file: {error}");
+        if !stream.send(line) {
+            log::warn!(
+                "--metrics-path does not take its lines: {} dropped so far",
+                stream.dropped()
+            );
         }
     }
 
