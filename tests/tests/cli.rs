@@ -129,16 +129,17 @@ fn help_describes_the_options() {
     }
 }
 
-/// `--metrics-path` and `--trace` take a FIFO (a collector reads it), but
-/// one that nobody reads yet is refused at once, naming the option: opening
-/// it for writing would wait for a reader before the VM even starts.
+/// `--metrics-path`, `--trace` and `--log-file` take a FIFO (a collector
+/// reads it), but one that nobody reads yet is refused at once, naming the
+/// option: opening it for writing would wait for a reader before the VM
+/// even starts.
 #[test]
 fn a_fifo_that_nobody_reads_is_refused_not_waited_for() {
     let dir = scratch_dir();
     let fifo = dir.join("collector");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
     let fifo = fifo.to_str().unwrap();
-    for option in ["--metrics-path", "--trace"] {
+    for option in ["--metrics-path", "--trace", "--log-file"] {
         let mut child = Command::new(binary("papervisor"))
             .args([option, fifo])
             .stdin(Stdio::null())

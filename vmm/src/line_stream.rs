@@ -12,14 +12,16 @@ use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Opens `path` for appending, creating it, as `option` names it in an
-/// error. A FIFO must have a reader already: opening one without would
+/// Opens `path` for appending, creating it readable by its owner alone
+/// (a log or a trace tells what the guest did), as `option` names it in
+/// an error. A FIFO must have a reader already: opening one without would
 /// wait for a reader before the VM even starts.
 pub fn open_for_append(path: &Path, option: &str) -> Result<File, String> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .custom_flags(nix::libc::O_NONBLOCK)
         .open(path)
         .map_err(|error| match error.raw_os_error() {

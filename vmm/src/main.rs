@@ -316,7 +316,6 @@ fn vm_label(config: &config::VmConfig) -> String {
 /// The interactive file's path comes back too: it goes when the VM ends
 /// well, unless `--keep-log`.
 fn open_log(cli: &Cli) -> Result<(Option<std::fs::File>, Option<PathBuf>), String> {
-    use std::os::unix::fs::OpenOptionsExt;
     let (path, interactive) = match &cli.log_file {
         Some(path) if path.as_os_str() == "stderr" => return Ok((None, None)),
         Some(path) => (path.clone(), false),
@@ -335,12 +334,7 @@ fn open_log(cli: &Cli) -> Result<(Option<std::fs::File>, Option<PathBuf>), Strin
             (path, true)
         }
     };
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|error| format!("--log-file {}: {error}", path.display()))?;
+    let file = vmm::line_stream::open_for_append(&path, "--log-file")?;
     Ok((Some(file), interactive.then_some(path)))
 }
 
