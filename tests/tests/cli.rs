@@ -4,12 +4,34 @@
 use papervisor_tests::{binary, scratch_dir};
 use std::process::{Command, Stdio};
 
-fn refused(args: &[&str]) -> String {
-    let output = Command::new(binary("papervisor"))
+/// How long a refusal may take: one that is not coming (the command runs
+/// a VM, or waits) fails the test instead of hanging it.
+const REFUSAL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// What `papervisor args` printed and how it ended, within
+/// [`REFUSAL_DEADLINE`].
+fn run_briefly(args: &[&str]) -> std::process::Output {
+    let mut child = Command::new(binary("papervisor"))
         .args(args)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run papervisor");
+    let deadline = std::time::Instant::now() + REFUSAL_DEADLINE;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!("{args:?} still runs after {REFUSAL_DEADLINE:?}: {output:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn refused(args: &[&str]) -> String {
+    let output = run_briefly(args);
     assert_eq!(
         output.status.code(),
         Some(2),
@@ -140,31 +162,69 @@ fn a_fifo_that_nobody_reads_is_refused_not_waited_for() {
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
     let fifo = fifo.to_str().unwrap();
     for option in ["--metrics-path", "--trace", "--log-file"] {
-        let mut child = Command::new(binary("papervisor"))
-            .args([option, fifo])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run papervisor");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("{option} {fifo}: still waiting for a reader after 20 s");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        };
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-        assert_eq!(status.code(), Some(2), "{option}: {stderr}");
+        let stderr = refused(&[option, fifo]);
         assert!(
             stderr.contains(&format!("{option} {fifo}: a FIFO that nobody reads")),
             "{stderr}"
         );
     }
+}
+
+/// A pid file is locked while its VM runs: a second VM given the same one
+/// is refused, naming the holder, and does not overwrite it (the first
+/// VM's end would then remove the second's); it goes with its VM.
+#[test]
+fn a_pid_file_in_use_is_refused() {
+    let dir = scratch_dir();
+    let pid_file = dir.join("vm.pid");
+    /// Ended however the test ends.
+    struct Running(std::process::Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut first = Running(
+        Command::new(binary("papervisor"))
+            .arg("--no-machine")
+            .arg("--qmp")
+            .arg(dir.join("qmp.sock"))
+            .arg("--pidfile")
+            .arg(&pid_file)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run papervisor"),
+    );
+    let first_pid = first.0.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::read_to_string(&pid_file).unwrap_or_default() != format!("{first_pid}\n") {
+        assert!(std::time::Instant::now() < deadline, "no pid file");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let second_socket = dir.join("second.sock");
+    let message = refused(&[
+        "--no-machine",
+        "--qmp",
+        second_socket.to_str().unwrap(),
+        "--pidfile",
+        pid_file.to_str().unwrap(),
+    ]);
+    assert!(
+        message.contains(&format!(
+            "--pidfile {}: in use by a running process (pid {})",
+            pid_file.display(),
+            first_pid
+        )),
+        "{message}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap(),
+        format!("{first_pid}\n")
+    );
+    papervisor_tests::send_signal(u64::from(first_pid), nix::sys::signal::Signal::SIGTERM);
+    assert!(first.0.wait().unwrap().success());
+    assert!(!pid_file.exists(), "the pid file outlived its VM");
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -103,28 +103,77 @@ impl Notifier {
     }
 }
 
-/// `--pidfile`: the core's pid, written at start and removed at the end
-/// (if it still holds this pid).
+/// `--pidfile`: the core's pid, written at start and removed at the end,
+/// and locked meanwhile (`flock`, as QEMU locks its own): a second VM
+/// given the same file is refused instead of overwriting the pid of one
+/// that runs, whose end would then remove the second's. A file left by a
+/// VM that is gone holds no lock and is taken over.
 pub struct PidFile {
     path: PathBuf,
+    /// Open, and locked, for as long as the process runs; not inherited by
+    /// what the core starts (close-on-exec).
+    file: nix::fcntl::Flock<std::fs::File>,
 }
 
 impl PidFile {
-    /// Writes this process's pid to `path`.
+    /// Locks `path` (created if need be) and writes this process's pid to it.
     pub fn write(path: &Path) -> Result<PidFile, String> {
-        std::fs::write(path, format!("{}\n", std::process::id()))
-            .map_err(|error| format!("--pidfile {}: {error}", path.display()))?;
-        Ok(PidFile {
-            path: path.to_path_buf(),
-        })
+        use nix::fcntl::{Flock, FlockArg};
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let failed =
+            |error: &dyn std::fmt::Display| format!("--pidfile {}: {error}", path.display());
+        loop {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .mode(0o644)
+                .custom_flags(nix::libc::O_CLOEXEC)
+                .open(path)
+                .map_err(|error| failed(&error))?;
+            let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(file) => file,
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                    let holder = std::fs::read_to_string(path).unwrap_or_default();
+                    return Err(failed(&format_args!(
+                        "in use by a running process (pid {})",
+                        holder.trim()
+                    )));
+                }
+                Err((_, errno)) => return Err(failed(&errno)),
+            };
+            let pid_file = PidFile {
+                path: path.to_path_buf(),
+                file,
+            };
+            // Removed (by the VM that held it, ending) between the open and
+            // the lock: the lock is on a file nobody reads. Again.
+            if !pid_file.still_named() {
+                continue;
+            }
+            pid_file.file.set_len(0).map_err(|error| failed(&error))?;
+            (&*pid_file.file)
+                .write_all(format!("{}\n", std::process::id()).as_bytes())
+                .map_err(|error| failed(&error))?;
+            return Ok(pid_file);
+        }
+    }
+
+    /// Whether the locked file is still the one at the path.
+    fn still_named(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (self.file.metadata(), std::fs::metadata(&self.path)) {
+            (Ok(held), Ok(named)) => held.ino() == named.ino() && held.dev() == named.dev(),
+            _ => false,
+        }
     }
 }
 
 impl Drop for PidFile {
     fn drop(&mut self) {
-        let ours = std::fs::read_to_string(&self.path)
-            .is_ok_and(|text| text.trim() == std::process::id().to_string());
-        if ours {
+        // Removed while the lock is held: nobody else took the path.
+        if self.still_named() {
             let _ = std::fs::remove_file(&self.path);
         }
     }
@@ -183,16 +232,31 @@ mod tests {
     }
 
     #[test]
-    fn a_pid_file_goes_with_its_process_only() {
+    fn a_pid_file_is_held_while_its_process_runs_and_goes_with_it() {
         let path = std::env::temp_dir().join(format!("pv-pid-{}", std::process::id()));
+        // Left by a VM that is gone: taken over.
+        std::fs::write(&path, "999999999\n").unwrap();
         let pid_file = PidFile::write(&path).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{}\n", std::process::id())
+        );
+        // Held: a second VM is refused, and the file names the first.
+        let refused = PidFile::write(&path).err().unwrap();
+        assert!(refused.contains("in use by a running process"), "{refused}");
+        assert!(
+            refused.contains(&std::process::id().to_string()),
+            "{refused}"
+        );
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             format!("{}\n", std::process::id())
         );
         drop(pid_file);
         assert!(!path.exists());
+        // Replaced by another file meanwhile: that one is left alone.
         let pid_file = PidFile::write(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
         std::fs::write(&path, "1\n").unwrap();
         drop(pid_file);
         assert!(path.exists(), "another process's pid file is left alone");
