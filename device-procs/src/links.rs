@@ -203,7 +203,7 @@ impl Links {
             let peer = P::LINK.server().map_or("unknown", ProcessKind::name);
             let serving = self.serving.map_or(String::new(), |(id, _)| id.to_string());
             self.trace(
-                "peer-request",
+                ipc_proto::control::trace_point::PEER_REQUEST,
                 &[
                     ("peer", peer.to_string()),
                     ("request", name),

@@ -199,6 +199,47 @@ pub const TRACE_RING_RECORDS: usize = 256;
 pub const MAX_TRACE_RECORDS: usize = 32;
 /// The fields of one trace record, at most.
 pub const MAX_TRACE_FIELDS: usize = 6;
+/// The trace's points, by name: where each is recorded names it by its
+/// constant, and `--trace-filter` takes only patterns that one contains.
+pub mod trace_point {
+    /// A guest's RTAS call, in the core.
+    pub const RTAS_CALL: &str = "rtas-call";
+    /// A hot-plug request of the machine to the controller.
+    pub const HOTPLUG_REQUEST: &str = "hotplug-request";
+    /// A notification of the controller to the machine.
+    pub const HOTPLUG_NOTIFICATION: &str = "hotplug-notification";
+    /// A device process's exit.
+    pub const DEVICE_EXIT: &str = "device-exit";
+    /// A device process's restart.
+    pub const DEVICE_RESTART: &str = "device-restart";
+    /// A QMP event sent.
+    pub const QMP_EVENT: &str = "qmp-event";
+    /// A DRC's state change, in the hotplug controller.
+    pub const DRC_TRANSITION: &str = "drc-transition";
+    /// An event queued for the guest, in the event log.
+    pub const EVENT_QUEUED: &str = "event-queued";
+    /// An event taken back from the queue, in the event log.
+    pub const EVENT_WITHDRAWN: &str = "event-withdrawn";
+    /// An event the guest fetched, in the event log.
+    pub const EVENT_FETCHED: &str = "event-fetched";
+    /// A request of one device process to another.
+    pub const PEER_REQUEST: &str = "peer-request";
+    /// Every point.
+    pub const ALL: [&str; 11] = [
+        RTAS_CALL,
+        HOTPLUG_REQUEST,
+        HOTPLUG_NOTIFICATION,
+        DEVICE_EXIT,
+        DEVICE_RESTART,
+        QMP_EVENT,
+        DRC_TRANSITION,
+        EVENT_QUEUED,
+        EVENT_WITHDRAWN,
+        EVENT_FETCHED,
+        PEER_REQUEST,
+    ];
+}
+
 /// The longest trace point name or field name.
 pub const MAX_TRACE_NAME: usize = 24;
 /// The longest trace field value.

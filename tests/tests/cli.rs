@@ -88,6 +88,14 @@ fn bad_values_are_named() {
         ),
         (&["--qmp-fd", "1"], "--qmp-fd"),
         (&["--uuid", "not-a-uuid"], "not-a-uuid"),
+        (
+            &["--trace", "ring", "--trace-filter", "rtas,hotplgu"],
+            "--trace-filter hotplgu: no trace point",
+        ),
+        (
+            &["--trace", "ring", "--trace-filter", ","],
+            "--trace-filter",
+        ),
         (&["--console-id", "9x"], "--console-id 9x"),
         (
             &["--object", "qom-type=memory-backend-ram,id=m,size=x"],

@@ -292,12 +292,10 @@ fn start_trace((target, trace_filter): &(Option<PathBuf>, Option<String>)) -> Re
     } else {
         vmm::trace::Sink::File(vmm::line_stream::open_for_append(target, "--trace")?)
     };
-    let filter = trace_filter
-        .iter()
-        .flat_map(|list| list.split(','))
-        .filter(|pattern| !pattern.is_empty())
-        .map(str::to_string)
-        .collect();
+    let filter = match trace_filter {
+        Some(text) => vmm::trace::parse_filter(text)?,
+        None => Vec::new(),
+    };
     vmm::trace::start(sink, filter)
         .map_err(|error| format!("--trace: cannot start its thread: {error}"))
 }

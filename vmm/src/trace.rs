@@ -11,7 +11,7 @@
 
 use crate::line_stream::LineStream;
 use common::lock;
-use ipc_proto::control::TraceRecord;
+use ipc_proto::control::{trace_point, TraceRecord};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,6 +66,30 @@ pub fn start(sink: Sink, filter: Vec<String>) -> std::io::Result<()> {
         ON.store(true, Ordering::Release);
     }
     Ok(())
+}
+
+/// `--trace-filter`: patterns separated by commas, each a part of some
+/// point's name; a misspelt one would record nothing, and say nothing.
+pub fn parse_filter(text: &str) -> Result<Vec<String>, String> {
+    let patterns: Vec<String> = text
+        .split(',')
+        .filter(|pattern| !pattern.is_empty())
+        .map(str::to_string)
+        .collect();
+    if patterns.is_empty() {
+        return Err(format!("--trace-filter {text:?}: names no pattern"));
+    }
+    let points = trace_point::ALL;
+    match patterns
+        .iter()
+        .find(|pattern| !points.iter().any(|point| point.contains(pattern.as_str())))
+    {
+        Some(unknown) => Err(format!(
+            "--trace-filter {unknown}: no trace point's name contains it (the points: {})",
+            points.join(", ")
+        )),
+        None => Ok(patterns),
+    }
 }
 
 /// Waits, for `timeout` at most, until the records streamed so far are in
@@ -181,6 +205,23 @@ pub fn query(filter: Option<&str>, last: Option<usize>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_filter_names_parts_of_known_points_only() {
+        assert_eq!(parse_filter("rtas,hotplug").unwrap(), ["rtas", "hotplug"]);
+        assert_eq!(parse_filter("event-,").unwrap(), ["event-"]);
+        let misspelt = parse_filter("rtas,hotplgu").unwrap_err();
+        assert!(
+            misspelt.starts_with("--trace-filter hotplgu: "),
+            "{misspelt}"
+        );
+        assert!(
+            misspelt.contains("rtas-call, hotplug-request"),
+            "{misspelt}"
+        );
+        assert!(parse_filter(",,").is_err());
+        assert!(parse_filter("").is_err());
+    }
 
     /// One test, as the tracer is the process's: off, nothing; on, every
     /// point, without rate limit, the oldest dropped and counted past the

@@ -609,7 +609,7 @@ impl Vcpu {
                 let took = started.elapsed();
                 let name = self.call_name(args_address);
                 self.context.stats.rtas_call(name, took);
-                crate::trace::record("rtas-call", || {
+                crate::trace::record(ipc_proto::control::trace_point::RTAS_CALL, || {
                     serde_json::json!({
                         "vcpu": self.id,
                         "request": id,

@@ -216,11 +216,13 @@ impl EventLog {
             return;
         }
         let (point, event, outcome) = match (request, reply) {
-            (hotplug_eventlog::Request::Queue(event), hotplug_eventlog::Reply::Full) => {
-                ("event-queued", event, "dropped: queue full")
-            }
+            (hotplug_eventlog::Request::Queue(event), hotplug_eventlog::Reply::Full) => (
+                ipc_proto::control::trace_point::EVENT_QUEUED,
+                event,
+                "dropped: queue full",
+            ),
             (hotplug_eventlog::Request::Queue(event), reply) => (
-                "event-queued",
+                ipc_proto::control::trace_point::EVENT_QUEUED,
                 event,
                 match reply {
                     hotplug_eventlog::Reply::Queued { coalesced: true } => "coalesced",
@@ -228,7 +230,7 @@ impl EventLog {
                 },
             ),
             (hotplug_eventlog::Request::Withdraw(event), reply) => (
-                "event-withdrawn",
+                ipc_proto::control::trace_point::EVENT_WITHDRAWN,
                 event,
                 match reply {
                     hotplug_eventlog::Reply::Withdrawn(true) => "withdrawn",
@@ -276,7 +278,7 @@ impl EventLog {
                     self.pulse(pulse);
                     if let (rtas_eventlog::Reply::Event(bytes), true) = (&reply, links.tracing()) {
                         links.trace(
-                            "event-fetched",
+                            ipc_proto::control::trace_point::EVENT_FETCHED,
                             &[
                                 ("mask", format!("{mask:#x}")),
                                 ("bytes", bytes.len().to_string()),

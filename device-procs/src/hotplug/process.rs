@@ -395,7 +395,7 @@ impl HotplugController {
         let controller = &mut self.controller;
         if links.record(|| store.commit(controller, effects, reply)) {
             for fields in &transitions {
-                links.trace("drc-transition", fields);
+                links.trace(ipc_proto::control::trace_point::DRC_TRANSITION, fields);
             }
             if store.transitions() > before {
                 links.fault_point(FaultPoint::Committed);

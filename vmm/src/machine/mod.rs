@@ -301,7 +301,7 @@ impl Vm {
         };
         if counted.is_some() {
             crate::trace::record(
-                "hotplug-request",
+                ipc_proto::control::trace_point::HOTPLUG_REQUEST,
                 || json!({"request": format!("{request:?}")}),
             );
         }

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 impl Vm {
     pub(super) fn on_hotplug(&mut self, id: u64, notification: Notification) {
         crate::trace::record(
-            "hotplug-notification",
+            ipc_proto::control::trace_point::HOTPLUG_NOTIFICATION,
             || json!({"id": id, "notification": format!("{notification:?}")}),
         );
         if self.notifications.is_repeat(id) {

@@ -147,7 +147,7 @@ impl Vm {
     /// The supervisor's part: report, then restart with backoff or give up.
     pub(super) fn device_exited(&mut self, kind: ProcessKind, generation: u64, reason: &str) {
         crate::trace::record(
-            "device-exit",
+            ipc_proto::control::trace_point::DEVICE_EXIT,
             || serde_json::json!({"process": kind.name(), "generation": generation, "reason": reason}),
         );
         let after = self.devices.exited(kind, generation, reason);
@@ -198,7 +198,7 @@ impl Vm {
     /// processes that died together come back together.
     pub(super) fn restart_device(&mut self, kind: ProcessKind) {
         crate::trace::record(
-            "device-restart",
+            ipc_proto::control::trace_point::DEVICE_RESTART,
             || serde_json::json!({"process": kind.name()}),
         );
         match restart_outcome(self.devices.restart(kind)) {

@@ -202,7 +202,10 @@ impl QmpServer {
     /// Queues an event for every negotiated client. A client whose queue is
     /// full is not reading: it is disconnected, and nobody waits for it.
     pub fn emit(&self, event: &str, data: Value) {
-        crate::trace::record("qmp-event", || json!({"event": event, "data": data}));
+        crate::trace::record(
+            ipc_proto::control::trace_point::QMP_EVENT,
+            || json!({"event": event, "data": data}),
+        );
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
