@@ -76,10 +76,16 @@ impl Notifier {
         // SAFETY: called before any thread starts (the caller's contract),
         // so nothing reads the environment meanwhile.
         unsafe { std::env::remove_var("NOTIFY_SOCKET") };
+        Notifier::connect(&address).map(Some)
+    }
+
+    /// Connects to the notification socket at `address` (a path, or `@`
+    /// and an abstract name).
+    fn connect(address: &std::ffi::OsStr) -> Result<Notifier, String> {
         let shown = address.to_string_lossy().into_owned();
         let failed = |error: std::io::Error| format!("NOTIFY_SOCKET {shown}: {error}");
         let socket = std::os::unix::net::UnixDatagram::unbound().map_err(failed)?;
-        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(address.as_os_str());
+        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(address);
         match bytes.strip_prefix(b"@") {
             Some(name) => {
                 use std::os::linux::net::SocketAddrExt;
@@ -87,11 +93,14 @@ impl Notifier {
                     std::os::unix::net::SocketAddr::from_abstract_name(name).map_err(failed)?;
                 socket.connect_addr(&address).map_err(failed)?;
             }
-            None => socket.connect(&address).map_err(failed)?,
+            None => socket.connect(address).map_err(failed)?,
         }
-        Ok(Some(Notifier {
+        // Said from the control loop, which must not wait for a receiver
+        // whose queue is full: the notice is lost then, and logged.
+        socket.set_nonblocking(true).map_err(failed)?;
+        Ok(Notifier {
             socket: std::fs::File::from(OwnedFd::from(socket)),
-        }))
+        })
     }
 
     /// `READY=1`: QMP is served and the guest started.
@@ -228,6 +237,34 @@ mod tests {
         assert!(inherited_listener(fd)
             .unwrap_err()
             .contains("not a listening"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_service_manager_that_does_not_read_is_not_waited_for() {
+        let dir = std::env::temp_dir().join(format!("pv-notify-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notify");
+        let _ = std::fs::remove_file(&path);
+        let receiver = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        let notifier = Notifier::connect(path.as_os_str()).unwrap();
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Far more than a datagram queue holds (its default is 10).
+            for _ in 0..1000 {
+                notifier.ready();
+            }
+            let _ = done.send(());
+        });
+        assert!(
+            finished
+                .recv_timeout(std::time::Duration::from_secs(20))
+                .is_ok(),
+            "saying ready waited for a receiver that does not read"
+        );
+        let mut message = [0u8; 64];
+        let n = receiver.recv(&mut message).unwrap();
+        assert!(message[..n].starts_with(b"READY=1\nMAINPID="));
         let _ = std::fs::remove_dir_all(dir);
     }
 
