@@ -2,7 +2,9 @@
 //! `--trace FILE` and the metrics of `--metrics-path`. Whoever records a
 //! line never waits for the file (a full queue drops the line, counted),
 //! so a file that blocks — a FIFO whose reader stopped reading, a stuck
-//! disk — stalls only that thread, never a vCPU or the control loop.
+//! disk — stalls only that thread, never a vCPU or the control loop. A
+//! line the file refuses (a full disk) is dropped and counted too, and the
+//! first of a run of them logged.
 
 use std::fs::File;
 use std::io::Write;
@@ -49,7 +51,8 @@ pub struct LineStream {
     lines: SyncSender<String>,
     /// Lines sent and not yet written.
     in_flight: Arc<AtomicUsize>,
-    dropped: AtomicU64,
+    /// Lines dropped: at a full queue, or refused by the file.
+    dropped: Arc<AtomicU64>,
 }
 
 impl LineStream {
@@ -60,26 +63,39 @@ impl LineStream {
     pub fn start(file: File, name: &str, queue: usize) -> std::io::Result<LineStream> {
         let (lines, queued) = sync_channel::<String>(queue);
         let in_flight = Arc::new(AtomicUsize::new(0));
-        let written = Arc::clone(&in_flight);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let (written, refused) = (Arc::clone(&in_flight), Arc::clone(&dropped));
+        let label = name.to_string();
         std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
                 // Its work is the log thread's: take lines, write them.
                 crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Log);
-                let mut file = std::io::BufWriter::new(file);
+                let mut file = file;
+                let mut failing = false;
+                // A line is one write: a reader never sees half of one
+                // (unless the file takes part of it and fails), and never
+                // waits for a buffer to fill.
                 for line in queued {
-                    let _ = file.write_all(line.as_bytes());
-                    // Flushed whenever the queue is empty: a reader of the
-                    // file is behind by what is in flight at most.
-                    if written.fetch_sub(1, Ordering::AcqRel) == 1 {
-                        let _ = file.flush();
+                    match file.write_all(line.as_bytes()) {
+                        Ok(()) => failing = false,
+                        Err(error) => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                            if !failing {
+                                log::warn!(
+                                    "{label}: the file refuses lines ({error}): dropping them"
+                                );
+                            }
+                            failing = true;
+                        }
                     }
+                    written.fetch_sub(1, Ordering::AcqRel);
                 }
             })?;
         Ok(LineStream {
             lines,
             in_flight,
-            dropped: AtomicU64::new(0),
+            dropped,
         })
     }
 
@@ -144,6 +160,20 @@ mod tests {
         assert_eq!(stream.dropped(), 64 - sent as u64);
         stream.flush(Duration::from_millis(50));
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn lines_a_full_disk_refuses_are_counted() {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let stream = LineStream::start(full, "t", 8).unwrap();
+        for _ in 0..3 {
+            assert!(stream.send("line\n".into()));
+        }
+        stream.flush(Duration::from_secs(5));
+        assert_eq!(stream.dropped(), 3);
     }
 
     #[test]
