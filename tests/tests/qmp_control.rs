@@ -113,6 +113,47 @@ fn clients_that_never_negotiate_do_not_lock_out_a_real_one() {
     drop(silent);
 }
 
+/// With every slot held by a client that negotiated, a new one is told
+/// why and closed, and nothing else waits; once a slot is free, a new
+/// client is served.
+#[test]
+fn a_client_past_the_limit_is_told_and_closed() {
+    if !kvm_usable("a_client_past_the_limit_is_told_and_closed") {
+        return;
+    }
+    let vm = Vm::start(&[]);
+    let mut held: Vec<QmpClient> = (0..16)
+        .map(|_| QmpClient::connect(&vm.qmp_socket()))
+        .collect();
+    let mut refused = UnixStream::connect(vm.qmp_socket()).unwrap();
+    refused
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut said = String::new();
+    refused.read_to_string(&mut said).unwrap();
+    let said: serde_json::Value = serde_json::from_str(said.trim()).unwrap();
+    assert_eq!(said["error"]["desc"], "too many QMP clients", "{said}");
+    assert_eq!(
+        held[15].execute("query-status", json!({}))["return"]["status"],
+        "running"
+    );
+    held.pop();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut stream = UnixStream::connect(vm.qmp_socket()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut first = [0u8; 8];
+        stream.read_exact(&mut first).unwrap();
+        if first.starts_with(b"{\"QMP\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no slot came free");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn stop_pauses_the_guest_and_cont_resumes_it() {
     if !kvm_usable("stop_pauses_the_guest_and_cont_resumes_it") {

@@ -131,34 +131,35 @@ impl QmpServer {
     ) -> std::io::Result<()> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let outbox = Outbox::new();
-        {
+        let admitted = {
             let mut clients = self.clients();
             if clients.len() >= MAX_CLIENTS {
-                match clients.iter().find(|c| !c.negotiated) {
-                    Some(oldest) => {
-                        log::warn!("qmp: all {MAX_CLIENTS} slots taken; dropping client {} that never negotiated", oldest.id);
-                        oldest.disconnect();
-                        let oldest = oldest.id;
-                        clients.retain(|c| c.id != oldest);
-                    }
-                    None => {
-                        let mut stream = stream;
-                        // Refused in a blocking write of its own: a client
-                        // that does not read holds up the accept thread
-                        // for WRITE_TIMEOUT at most.
-                        let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-                        let refusal = error_reply(None, "GenericError", "too many QMP clients");
-                        let _ = stream.write_all(frame(&refusal).as_bytes());
-                        return Ok(());
-                    }
+                if let Some(oldest) = clients.iter().find(|c| !c.negotiated) {
+                    log::warn!("qmp: all {MAX_CLIENTS} slots taken; dropping client {} that never negotiated", oldest.id);
+                    oldest.disconnect();
+                    let oldest = oldest.id;
+                    clients.retain(|c| c.id != oldest);
                 }
             }
-            clients.push(Client {
-                id,
-                outbox: Arc::clone(&outbox),
-                socket: stream.try_clone()?,
-                negotiated: false,
-            });
+            let admitted = clients.len() < MAX_CLIENTS;
+            if admitted {
+                clients.push(Client {
+                    id,
+                    outbox: Arc::clone(&outbox),
+                    socket: stream.try_clone()?,
+                    negotiated: false,
+                });
+            }
+            admitted
+        };
+        if !admitted {
+            // Refused outside the lock, in a write that waits WRITE_TIMEOUT
+            // at most: the accept thread alone waits for this client.
+            let mut stream = stream;
+            let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+            let refusal = error_reply(None, "GenericError", "too many QMP clients");
+            let _ = stream.write_all(frame(&refusal).as_bytes());
+            return Ok(());
         }
         let writer = stream.try_clone()?;
         writer.set_write_timeout(Some(WRITE_TIMEOUT))?;
