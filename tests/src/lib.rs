@@ -602,6 +602,17 @@ impl Vm {
     }
 }
 
+/// A process a test started, killed and reaped when the test ends (a
+/// failed one too).
+pub struct KilledOnDrop(pub std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 impl Drop for Vm {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -185,15 +185,7 @@ fn a_fifo_that_nobody_reads_is_refused_not_waited_for() {
 fn a_pid_file_in_use_is_refused() {
     let dir = scratch_dir();
     let pid_file = dir.join("vm.pid");
-    /// Ended however the test ends.
-    struct Running(std::process::Child);
-    impl Drop for Running {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut first = Running(
+    let mut first = papervisor_tests::KilledOnDrop(
         Command::new(binary("papervisor"))
             .arg("--no-machine")
             .arg("--qmp")

@@ -5,28 +5,18 @@
 //! qemu-storage-daemon (the distribution's qemu-utils).
 
 use papervisor_tests::disks::{image, ok, sectors_of_pattern, wait_until, SECTOR};
-use papervisor_tests::{kvm_usable, say_skipped, QmpClient, Vm};
+use papervisor_tests::{kvm_usable, say_skipped, KilledOnDrop, QmpClient, Vm};
 use serde_json::json;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
 const DAEMON: &str = "qemu-storage-daemon";
 
-/// A daemon the test started, ended with the test (a failed one too).
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// qemu-storage-daemon exporting `image` as vhost-user-blk at `socket`.
-fn storage_daemon(image: &Path, socket: &Path) -> Daemon {
+fn storage_daemon(image: &Path, socket: &Path) -> KilledOnDrop {
     let child = Command::new(DAEMON)
         .arg("--blockdev")
         .arg(format!(
@@ -41,7 +31,7 @@ fn storage_daemon(image: &Path, socket: &Path) -> Daemon {
         .stdin(Stdio::null())
         .spawn()
         .expect("qemu-storage-daemon starts");
-    let daemon = Daemon(child);
+    let daemon = KilledOnDrop(child);
     wait_until("the daemon's socket", || socket.exists());
     daemon
 }
