@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 /// an error. A FIFO must have a reader already: opening one without would
 /// wait for a reader before the VM even starts.
 pub fn open_for_append(path: &Path, option: &str) -> Result<File, String> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
     use std::os::unix::fs::OpenOptionsExt;
+    let failed = |error: &dyn std::fmt::Display| format!("{option} {}: {error}", path.display());
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -27,22 +29,15 @@ pub fn open_for_append(path: &Path, option: &str) -> Result<File, String> {
         .custom_flags(nix::libc::O_NONBLOCK)
         .open(path)
         .map_err(|error| match error.raw_os_error() {
-            Some(nix::libc::ENXIO) => format!(
-                "{option} {}: a FIFO that nobody reads (start its reader first)",
-                path.display()
-            ),
-            _ => format!("{option} {}: {error}", path.display()),
+            Some(nix::libc::ENXIO) => failed(&"a FIFO that nobody reads (start its reader first)"),
+            _ => failed(&error),
         })?;
     // Writes block again, in the stream's thread only: a line is written
     // whole or not at all.
-    let flags = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL)
-        .map(nix::fcntl::OFlag::from_bits_truncate)
-        .map_err(|error| format!("{option} {}: {error}", path.display()))?;
-    nix::fcntl::fcntl(
-        &file,
-        nix::fcntl::FcntlArg::F_SETFL(flags - nix::fcntl::OFlag::O_NONBLOCK),
-    )
-    .map_err(|error| format!("{option} {}: {error}", path.display()))?;
+    let flags = fcntl(&file, FcntlArg::F_GETFL)
+        .map(OFlag::from_bits_truncate)
+        .map_err(|error| failed(&error))?;
+    fcntl(&file, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK)).map_err(|error| failed(&error))?;
     Ok(file)
 }
 

@@ -5,9 +5,6 @@
 use super::notification_log::NotificationLog;
 use super::startup::StartupTimes;
 use super::{kvm_call, Vm, VmError, BUILTIN_GUEST};
-
-/// Lines of `--metrics-path` waiting for the file, at most.
-const METRICS_QUEUE: usize = 64;
 use crate::boot;
 use crate::config::{ConsoleConfig, GuestImage, SmpConfig, VmConfig};
 use crate::console::{Console, ConsoleError};
@@ -37,6 +34,9 @@ use std::sync::mpsc::{channel, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Instant;
 use vm_memory::{Bytes, GuestAddress};
+
+/// Lines of `--metrics-path` waiting for the file, at most.
+const METRICS_QUEUE: usize = 64;
 
 /// The DRC table of the machine: a CPU DRC per possible core, an LMB DRC per
 /// 256 MiB of device memory.

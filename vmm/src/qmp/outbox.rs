@@ -168,6 +168,15 @@ mod tests {
         "x".repeat(bytes).into()
     }
 
+    /// A reply sent from a thread of its own, found waiting for room.
+    fn waiting_reply(outbox: &Arc<Outbox>) -> std::thread::JoinHandle<Result<(), Refused>> {
+        let sender = Arc::clone(outbox);
+        let reply = std::thread::spawn(move || sender.send("reply".into()));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!reply.is_finished(), "the reply did not wait for room");
+        reply
+    }
+
     #[test]
     fn bytes_are_bounded_but_one_large_message_is_taken() {
         let outbox = Outbox::new();
@@ -201,10 +210,7 @@ mod tests {
             outbox.send(message(0)).unwrap();
         }
         assert_eq!(outbox.offer(message(200)), Ok(()));
-        let sender = Arc::clone(&outbox);
-        let reply = std::thread::spawn(move || sender.send("reply".into()));
-        std::thread::sleep(Duration::from_millis(50));
-        assert!(!reply.is_finished(), "the reply did not wait for room");
+        let reply = waiting_reply(&outbox);
         outbox.close();
         assert_eq!(reply.join().unwrap(), Err(Refused::Closed));
     }
@@ -213,10 +219,7 @@ mod tests {
     fn a_reply_waits_for_room_and_comes_after_what_was_queued() {
         let outbox = Outbox::new();
         outbox.offer(message(REPLY_SHARE.bytes)).unwrap();
-        let sender = Arc::clone(&outbox);
-        let reply = std::thread::spawn(move || sender.send("reply".into()));
-        std::thread::sleep(Duration::from_millis(50));
-        assert!(!reply.is_finished(), "the reply did not wait for room");
+        let reply = waiting_reply(&outbox);
         let first = outbox.next().unwrap();
         assert_eq!(first.len(), REPLY_SHARE.bytes);
         outbox.written(&first);
@@ -228,9 +231,7 @@ mod tests {
     fn closing_ends_the_writer_and_a_waiting_sender() {
         let outbox = Outbox::new();
         outbox.offer(message(ALL.bytes)).unwrap();
-        let sender = Arc::clone(&outbox);
-        let reply = std::thread::spawn(move || sender.send("reply".into()));
-        std::thread::sleep(Duration::from_millis(20));
+        let reply = waiting_reply(&outbox);
         outbox.close();
         assert_eq!(reply.join().unwrap(), Err(Refused::Closed));
         assert_eq!(outbox.next(), None);
